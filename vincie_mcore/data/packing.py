@@ -1,0 +1,212 @@
+"""Where a session is packed: samples -> one token sequence + compact mask spec.
+
+Several sessions share one packed sequence (never attending across sessions).
+Streams (package docstring): the text stream holds, session after session, each
+text block as ``<TURN>_i`` + its encoder tokens; the image stream holds every
+image block patchified. Joint coordinates put all text first, then all images.
+Padding (to ``pad_multiple``, for TP/SP/CP splits) is a block of its own
+session, so it sees only itself and carries no loss.
+
+Also here: patchify/unpatchify, the in-memory encoded corpus, and the batch
+stream whose whole state is its step counter (so a resumed run draws exactly
+the batches an uninterrupted run would).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MaskSpec
+from .packed import PackedBatch
+from .recipe import RecipeConfig, SessionSample, build_sample, draw_plan
+
+ROPE_MODES = ("separate", "interleaved")
+
+
+def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
+    """[C, H, W] -> [(H/p)*(W/p), C*p*p] (row-major over the patch grid)."""
+    C, H, W = latents.shape
+    if H % p or W % p:
+        raise ValueError(f"latent size {H}x{W} is not divisible by patch_size={p}")
+    x = latents.reshape(C, H // p, p, W // p, p)                  # (C, h, p, w, p)
+    return x.permute(1, 3, 0, 2, 4).reshape((H // p) * (W // p), C * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, hw: tuple[int, int], p: int) -> torch.Tensor:
+    """[h*w, C*p*p] -> [C, h*p, w*p]."""
+    h, w = hw
+    C = tokens.shape[1] // (p * p)
+    x = tokens.reshape(h, w, C, p, p)                              # (h, w, C, p, p)
+    return x.permute(2, 0, 3, 1, 4).reshape(C, h * p, w * p)
+
+
+@dataclass
+class PackConfig:
+    patch_size: int = 8
+    rope_mode: str = "separate"      # "separate": text 1D and image 3D both from 0; "interleaved": one counter
+    pad_multiple: int = 1            # pad each stream to a multiple of this (TP*CP for SP/CP splits)
+    token_budget: int = 4096         # stream: add sessions until the next would exceed this
+
+    def __post_init__(self):
+        if self.rope_mode not in ROPE_MODES:
+            raise ValueError(f"pack.rope_mode: expected one of {ROPE_MODES}, got {self.rope_mode!r}")
+        if self.patch_size < 1 or self.pad_multiple < 1 or self.token_budget < 1:
+            raise ValueError("pack.patch_size, pack.pad_multiple and pack.token_budget must be >= 1")
+
+
+@dataclass
+class EncodedSession:
+    """A session with its images already through the (frozen) image encoder."""
+    frames: torch.Tensor                  # [K, C, h, w]
+    texts: list[str]                      # K-1 transitions
+    cameras: list[str | None]
+    roe_src: torch.Tensor | None = None   # [K-1, C, h, w]
+    roe_tgt: torch.Tensor | None = None   # [K-1, C, h, w]
+    meta: dict = field(default_factory=dict)
+
+    def latent(self, ref) -> torch.Tensor:
+        kind, j = ref
+        src = {"frame": self.frames, "roe_src": self.roe_src, "roe_tgt": self.roe_tgt}[kind]
+        return src[j]
+
+
+def _text_ids(blocks):
+    return [b for b in blocks if b.modality == "text"]
+
+
+def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: PackConfig,
+         mask_type: str) -> PackedBatch:
+    """Pack sessions into one PackedBatch.
+
+    ``encode_text(list[str]) -> list[Tensor [L, text_dim]]`` (a cached frozen
+    encoder). Noisy blocks carry their clean target in ``img_x0``; the
+    diffusion code noises them and sets ``block_t``.
+    """
+    p = cfg.patch_size
+    txt_rows, txt_turn, txt_pos = [], [], []
+    img_rows, img_pos, img_loss = [], [], []
+    tblocks, iblocks = [], []           # (length, order, kind, session)
+    image_blocks = []
+    all_texts = [b.text for s, _ in items for b in _text_ids(s.blocks)]
+    embs = iter(encode_text(all_texts)) if all_texts else iter(())
+    text_dim = None
+    s_img = 0
+    for sid, (sample, sess) in enumerate(items):
+        counter, t_counter, img_index = 0, 0, {}
+        for b in sample.blocks:
+            if b.modality == "text":
+                e = next(embs)                                            # (L, text_dim)
+                text_dim = e.shape[1]
+                L = e.shape[0] + 1                                        # + <TURN>
+                txt_rows.append(torch.cat([e.new_zeros(1, e.shape[1]), e]))
+                txt_turn.append(torch.tensor([b.turn] + [-1] * e.shape[0]))
+                start = counter if cfg.rope_mode == "interleaved" else t_counter
+                txt_pos.append(torch.arange(start, start + L))
+                counter += L
+                t_counter += L
+                tblocks.append((L, b.order, KIND_TEXT, sid))
+            else:
+                if b.order not in img_index:                              # a noisy twin shares the position
+                    img_index[b.order] = counter if cfg.rope_mode == "interleaved" else len(img_index)
+                    counter += 1
+                tok = patchify(sess.latent(b.image).float(), p)           # (h*w, C*p*p)
+                h, w = sess.latent(b.image).shape[1] // p, sess.latent(b.image).shape[2] // p
+                hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+                pos = torch.stack([torch.full((h * w,), img_index[b.order]), hh.reshape(-1), ww.reshape(-1)], 1)
+                img_rows.append(tok)
+                img_pos.append(pos)
+                img_loss.append(torch.full((h * w,), b.kind == KIND_NOISY))
+                image_blocks.append(dict(block=len(iblocks), session=sid, ref=b.image, hw=(h, w),
+                                         noisy=b.kind == KIND_NOISY, start=s_img, length=h * w))
+                s_img += h * w
+                iblocks.append((h * w, b.order, b.kind, sid))
+    n_sess = len(items)
+    # ---- padding: a block of its own session per stream ----
+    s_txt = sum(r.shape[0] for r in txt_rows)
+    text_dim = text_dim or 1
+    pad_t = -s_txt % cfg.pad_multiple
+    if pad_t:
+        txt_rows.append(torch.zeros(pad_t, text_dim))
+        txt_turn.append(torch.full((pad_t,), -1))
+        txt_pos.append(torch.zeros(pad_t, dtype=torch.long))
+        tblocks.append((pad_t, 0, KIND_TEXT, n_sess))
+    patch_dim = img_rows[0].shape[1]
+    pad_i = -s_img % cfg.pad_multiple
+    if pad_i:
+        img_rows.append(torch.zeros(pad_i, patch_dim))
+        img_pos.append(torch.zeros(pad_i, 3, dtype=torch.long))
+        img_loss.append(torch.zeros(pad_i, dtype=torch.bool))
+        iblocks.append((pad_i, 0, KIND_CLEAN, n_sess + 1))
+    n_txt_blocks = len(tblocks)
+    for ib in image_blocks:
+        ib["block"] += n_txt_blocks
+    allb = tblocks + iblocks
+    lengths = torch.tensor([b[0] for b in allb], dtype=torch.int32)
+    spec = MaskSpec(
+        block_offsets=torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(lengths, 0).to(torch.int32)]),
+        block_order=torch.tensor([b[1] for b in allb], dtype=torch.int32),
+        block_kind=torch.tensor([b[2] for b in allb], dtype=torch.int32),
+        block_session=torch.tensor([b[3] for b in allb], dtype=torch.int32),
+        mask_type=mask_type,
+    )
+    return PackedBatch(
+        txt_emb=torch.cat(txt_rows).float(), txt_turn=torch.cat(txt_turn).long(), txt_pos=torch.cat(txt_pos).long(),
+        img_x0=torch.cat(img_rows).float(), img_pos=torch.cat(img_pos).long(), img_loss_mask=torch.cat(img_loss),
+        spec=spec, block_t=torch.zeros(len(allb)), image_blocks=image_blocks, num_sessions=n_sess,
+    )
+
+
+def sample_tokens(sample: SessionSample, sess: EncodedSession, text_len, p: int) -> int:
+    """Joint tokens a sample will take (text_len(str) -> encoder tokens)."""
+    n = 0
+    for b in sample.blocks:
+        if b.modality == "text":
+            n += text_len(b.text) + 1
+        else:
+            _, h, w = sess.latent(b.image).shape
+            n += (h // p) * (w // p)
+    return n
+
+
+class PackedStream:
+    """Endless, seeded stream of PackedBatches drawn from an in-memory corpus.
+
+    Batch ``k`` depends only on (seed, k): the stream's state is ``{"step": k}``.
+    """
+
+    def __init__(self, corpus: list[EncodedSession], text_encoder, recipe: RecipeConfig, pack_cfg: PackConfig,
+                 seed: int = 0):
+        if not corpus:
+            raise ValueError("PackedStream: the corpus is empty")
+        self.corpus, self.text_encoder, self.recipe, self.cfg, self.seed = corpus, text_encoder, recipe, pack_cfg, seed
+        self.step = 0
+
+    def _text_len(self, text: str) -> int:
+        return self.text_encoder.encode([text])[0].shape[0]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> PackedBatch:
+        rng = np.random.default_rng([self.seed, self.step])
+        items, used = [], 0
+        while True:
+            sess = self.corpus[int(rng.integers(len(self.corpus)))]
+            plan = draw_plan(len(sess.frames), self.recipe, rng, has_roe=sess.roe_src is not None)
+            sample = build_sample(sess.texts, sess.cameras, plan, self.recipe)
+            n = sample_tokens(sample, sess, self._text_len, self.cfg.patch_size)
+            if items and used + n > self.cfg.token_budget:
+                break
+            items.append((sample, sess))
+            used += n
+        self.step += 1
+        return pack(items, self.text_encoder.encode, self.cfg, self.recipe.mask_type)
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict):
+        self.step = int(state["step"])
+        self.seed = int(state.get("seed", self.seed))

@@ -1,0 +1,177 @@
+"""Session -> training sample: the paper's recipe (§3.3, §4.1).
+
+A session of K frames has K-1 transitions. Its interleaved sequence is
+
+    I0, T0, [Tm0, M00], [Tm1, M01], I1, T1, [Tm0, M10], [Tm1, M11], I2, ...
+
+(T_i: transition text, optionally with a camera prompt; Tm0/Tm1: the fixed
+"mask of the source/target" prompts; M_i0 / M_i1: the RoE map of the changing
+region in I_i / I_{i+1}). Recipe choices, each drawn per sample:
+
+* RoE maps are used for the whole session with probability ``roe_prob`` (0.8).
+* Context dropout, independently per turn: current frame 20 %, current RoE map
+  70 %, next RoE map 70 %. The block being predicted is never dropped (nor,
+  with ``keep_source``, the frame the target is edited from).
+* Task: NIP (predict I_{i+1}), CSP (predict M_i0), NSP (predict M_i1).
+* ``full`` mask: ONE noisy target per session; later turns are cut.
+  ``block_causal``: every kept image/map after I0 gets a noisy twin (a loss).
+
+The output is a list of ``Block``s in interleaved order. Orders are assigned
+here; the packer turns blocks into streams and the mask spec.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES
+
+TASKS = ("nip", "csp", "nsp")
+
+
+@dataclass
+class RecipeConfig:
+    mask_type: str = "full"              # "full" | "block_causal"
+    roe_prob: float = 0.8                # P(session uses RoE maps)
+    drop_frame: float = 0.2              # context dropout of the current frame, per turn
+    drop_roe_src: float = 0.7            # ... of the current RoE map
+    drop_roe_tgt: float = 0.7            # ... of the next RoE map
+    task_probs: tuple = (0.6, 0.2, 0.2)  # NIP, CSP, NSP (CSP/NSP need RoE maps)
+    keep_source: bool = True             # never drop the frame the target is edited from
+    camera_prompts: bool = True          # append "[###CAMERA: <motion>###]" to each transition
+    mask_prompt_src: str = "generate the mask of changing areas in the source image"
+    mask_prompt_tgt: str = "generate the mask of changing areas in the target image"
+    max_frames: int = 20                 # longer sessions are cut
+
+    def __post_init__(self):
+        if self.mask_type not in MASK_TYPES:
+            raise ValueError(f"recipe.mask_type: expected one of {MASK_TYPES}, got {self.mask_type!r}")
+        for name in ("roe_prob", "drop_frame", "drop_roe_src", "drop_roe_tgt"):
+            v = getattr(self, name)
+            if not 0.0 <= v <= 1.0:
+                raise ValueError(f"recipe.{name}: must be a probability in [0, 1], got {v}")
+        p = np.asarray(self.task_probs, dtype=float)
+        if p.shape != (3,) or (p < 0).any() or p.sum() <= 0:
+            raise ValueError(f"recipe.task_probs: expected 3 non-negative weights (NIP, CSP, NSP), got {self.task_probs}")
+        if self.max_frames < 2:
+            raise ValueError(f"recipe.max_frames: must be >= 2, got {self.max_frames}")
+
+
+def camera_prompt(text: str, camera: str | None) -> str:
+    """The paper's camera wrapper; inference uses camera None."""
+    return f"{text} [###CAMERA: {camera or 'None'}###]"
+
+
+@dataclass
+class Block:
+    modality: str            # "text" | "image"
+    kind: int                # KIND_TEXT / KIND_CLEAN / KIND_NOISY
+    order: int               # index in the interleaved session (noisy twins share it)
+    turn: int                # transition index the block belongs to (<TURN>_turn for text)
+    text: str | None = None  # text blocks
+    image: tuple | None = None   # image blocks: ("frame", j) | ("roe_src", j) | ("roe_tgt", j)
+    role: str = ""           # "frame" | "roe_src" | "roe_tgt" | "text" | "mask_prompt"
+
+
+@dataclass
+class SessionSample:
+    blocks: list[Block]
+    task: str = "nip"
+    target_turn: int = -1
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class SessionPlan:
+    """The random choices of one sample, kept explicit so inference and tests can set them."""
+    num_turns: int                           # transitions kept (frames = num_turns + 1)
+    use_roe: bool = False
+    task: str = "nip"
+    target_turn: int = -1                    # full mask: the turn whose target is noisy
+    dropped: set = field(default_factory=set)    # {("frame", j), ("roe_src", j), ("roe_tgt", j)}
+
+
+def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_roe: bool = True) -> SessionPlan:
+    """Draw the recipe's random choices for a session with ``num_frames`` frames."""
+    if num_frames < 2:
+        raise ValueError(f"session has {num_frames} frame(s); a training session needs at least 2")
+    n = min(num_frames, cfg.max_frames) - 1
+    use_roe = has_roe and rng.random() < cfg.roe_prob
+    probs = np.asarray(cfg.task_probs, dtype=float) if use_roe else np.array([1.0, 0.0, 0.0])
+    task = TASKS[rng.choice(3, p=probs / probs.sum())]
+    target = int(rng.integers(n)) if cfg.mask_type == "full" else -1
+    last = target if cfg.mask_type == "full" else n - 1
+    dropped = set()
+    for j in range(last + 1):
+        if rng.random() < cfg.drop_frame:
+            dropped.add(("frame", j))
+        if use_roe and rng.random() < cfg.drop_roe_src:
+            dropped.add(("roe_src", j))
+        if use_roe and rng.random() < cfg.drop_roe_tgt:
+            dropped.add(("roe_tgt", j))
+    if cfg.mask_type == "full":
+        # never drop what is predicted, nor (keep_source) the frame it is edited from
+        goal = {"nip": ("frame", target + 1), "csp": ("roe_src", target), "nsp": ("roe_tgt", target)}[task]
+        dropped.discard(goal)
+        if cfg.keep_source:
+            dropped.discard(("frame", target))
+    return SessionPlan(num_turns=n, use_roe=use_roe, task=task, target_turn=target, dropped=dropped)
+
+
+def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan, cfg: RecipeConfig) -> SessionSample:
+    """Lay out the blocks of one session under ``plan``.
+
+    ``texts[j]`` / ``cameras[j]`` describe transition j (frame j -> j+1). Image
+    blocks refer to latents by ("frame", j) / ("roe_src", j) / ("roe_tgt", j).
+    """
+    blocks: list[Block] = []
+    order = 0
+
+    def add_text(text, turn, role):
+        nonlocal order
+        blocks.append(Block("text", KIND_TEXT, order, turn, text=text, role=role))
+        order += 1
+
+    full = cfg.mask_type == "full"
+
+    def place(ref, turn, is_target: bool):
+        """full: the target is noisy only, other kept blocks clean only.
+        block_causal: every image after I0 has a noisy twin; dropout removes only the clean copy."""
+        nonlocal order
+        dropped = ref in plan.dropped and not is_target
+        clean = not dropped and not (full and is_target)
+        noisy = is_target if full else ref != ("frame", 0)
+        if clean:
+            blocks.append(Block("image", KIND_CLEAN, order, turn, image=ref, role=ref[0]))
+        if noisy:
+            blocks.append(Block("image", KIND_NOISY, order, turn, image=ref, role=ref[0]))
+        order += 1
+        return clean or noisy
+
+    last = plan.target_turn if full else plan.num_turns - 1
+    place(("frame", 0), 0, is_target=False)
+    for j in range(last + 1):
+        tgt = full and j == plan.target_turn
+        add_text(camera_prompt(texts[j], cameras[j]) if cfg.camera_prompts else texts[j], j, "text")
+        if plan.use_roe:
+            for kind, prompt, task in (("roe_src", cfg.mask_prompt_src, "csp"), ("roe_tgt", cfg.mask_prompt_tgt, "nsp")):
+                is_target = tgt and plan.task == task
+                if (kind, j) in plan.dropped and not is_target and full:
+                    continue                         # dropped context: neither prompt nor map
+                add_text(prompt, j, "mask_prompt")
+                place((kind, j), j, is_target)
+                if is_target:
+                    break
+            if tgt and plan.task in ("csp", "nsp"):
+                break                                # the map was the target: later blocks are cut
+        place(("frame", j + 1), j + 1, is_target=tgt and plan.task == "nip")
+    return SessionSample(blocks=blocks, task=plan.task, target_turn=plan.target_turn)
+
+
+def inference_sample(texts: list[str], camera_prompts: bool = True) -> SessionSample:
+    """Editing turn n: I0, T0, I1, ..., I_{n}, T_n, then a noisy I_{n+1} (full mask, no RoE)."""
+    n = len(texts)
+    cfg = RecipeConfig(mask_type="full", camera_prompts=camera_prompts)
+    plan = SessionPlan(num_turns=n, use_roe=False, task="nip", target_turn=n - 1)
+    return build_sample(texts, [None] * n, plan, cfg)

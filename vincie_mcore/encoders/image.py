@@ -1,0 +1,74 @@
+"""Image encoders: pixels <-> latents.
+
+* ``pixel``: identity up to scaling to [-1, 1]; the synthetic world trains in
+  pixel space (latent = RGB, 3 channels, no down-sampling).
+* ``vae``: a ``diffusers`` AutoencoderKL (16 latent channels in the real
+  presets) loaded from a local folder; tests build a tiny random one.
+
+RoE masks go through the same encoder as RGB images (paper §3.3 footnote).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class ImageEncoderConfig:
+    kind: str = "pixel"          # "pixel" | "vae"
+    path: str | None = None      # local AutoencoderKL folder (kind="vae")
+    tiny_random: bool = False    # kind="vae" without weights: a tiny random AutoencoderKL (tests)
+
+    def __post_init__(self):
+        if self.kind not in ("pixel", "vae"):
+            raise ValueError(f"image_encoder.kind: expected 'pixel' or 'vae', got {self.kind!r}")
+        if self.kind == "vae" and not (self.path or self.tiny_random):
+            raise ValueError("image_encoder.path: required when image_encoder.kind='vae'")
+
+
+class PixelEncoder:
+    channels = 3
+    downsample = 1
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """float [N, 3, H, W] -> uint8 [N, H, W, 3]."""
+        return ((latents.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class VAEEncoder:
+    def __init__(self, cfg: ImageEncoderConfig, device="cpu"):
+        from diffusers import AutoencoderKL
+
+        if cfg.path:
+            self.vae = AutoencoderKL.from_pretrained(cfg.path, local_files_only=True)
+        else:
+            self.vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
+                                     block_out_channels=(16, 32), layers_per_block=1,
+                                     down_block_types=("DownEncoderBlock2D",) * 2,
+                                     up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=8)
+        self.vae.to(device).eval().requires_grad_(False)
+        c = self.vae.config
+        self.channels = c.latent_channels
+        self.downsample = 2 ** (len(c.block_out_channels) - 1)
+        self.scale = getattr(c, "scaling_factor", 1.0) or 1.0
+        self.shift = getattr(c, "shift_factor", 0.0) or 0.0
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0                      # (N, 3, H, W)
+        z = self.vae.encode(x.to(self.vae.device)).latent_dist.mode()             # (N, C, h, w)
+        return ((z - self.shift) * self.scale).cpu()
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        x = self.vae.decode(latents.to(self.vae.device) / self.scale + self.shift).sample
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+
+
+def build_image_encoder(cfg: ImageEncoderConfig, device="cpu"):
+    return PixelEncoder() if cfg.kind == "pixel" else VAEEncoder(cfg, device)

@@ -1,0 +1,71 @@
+"""Text encoder: a ``transformers`` T5 encoder, each turn encoded separately.
+
+Real presets load Flan-T5 from a local path (no hub access at run time). The
+demo and tests use a tiny *random, frozen* T5 with the byte-level ByT5
+tokenizer, which needs no vocabulary file: DESIGN.md measured that a frozen
+random text encoder does as well as a learned one on the synthetic world.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TextEncoderConfig:
+    kind: str = "tiny_random"   # "tiny_random" | "pretrained"
+    path: str | None = None     # local folder with a T5 encoder + tokenizer (kind="pretrained")
+    d_model: int = 64           # tiny_random only
+    num_layers: int = 2         # tiny_random only
+    num_heads: int = 4          # tiny_random only
+    max_tokens: int = 64        # per turn, after tokenisation (longer prompts are cut)
+    seed: int = 0               # tiny_random weights
+
+    def __post_init__(self):
+        if self.kind not in ("tiny_random", "pretrained"):
+            raise ValueError(f"text_encoder.kind: expected 'tiny_random' or 'pretrained', got {self.kind!r}")
+        if self.kind == "pretrained" and not self.path:
+            raise ValueError("text_encoder.path: required when text_encoder.kind='pretrained'")
+        if self.max_tokens < 1:
+            raise ValueError(f"text_encoder.max_tokens: must be >= 1, got {self.max_tokens}")
+
+
+class TextEncoder:
+    """``encode(texts) -> list of [L_i, dim]`` float32 tensors, one per text, cached."""
+
+    def __init__(self, cfg: TextEncoderConfig, device="cpu"):
+        from transformers import T5EncoderModel
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        if cfg.kind == "pretrained":
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(cfg.path, local_files_only=True)
+            self.model = T5EncoderModel.from_pretrained(cfg.path, local_files_only=True)
+        else:
+            from transformers import ByT5Tokenizer, T5Config
+
+            self.tokenizer = ByT5Tokenizer()
+            t5cfg = T5Config(vocab_size=384, d_model=cfg.d_model, d_kv=cfg.d_model // cfg.num_heads,
+                             d_ff=2 * cfg.d_model, num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+                             feed_forward_proj="gated-gelu", dropout_rate=0.0)
+            with torch.random.fork_rng():
+                torch.manual_seed(cfg.seed)
+                self.model = T5EncoderModel(t5cfg)
+        self.model.to(self.device).eval().requires_grad_(False)
+        self.dim = self.model.config.d_model
+        self._cache: dict[str, torch.Tensor] = {}
+
+    @torch.no_grad()
+    def encode(self, texts: list[str]) -> list[torch.Tensor]:
+        todo = sorted({t for t in texts if t not in self._cache})
+        if todo:
+            enc = self.tokenizer(todo, padding=True, truncation=True, max_length=self.cfg.max_tokens,
+                                 return_tensors="pt")
+            ids, att = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
+            hidden = self.model(input_ids=ids, attention_mask=att).last_hidden_state.float()  # (N, L, dim)
+            for i, t in enumerate(todo):
+                self._cache[t] = hidden[i, : int(att[i].sum())].cpu()                        # (L_i, dim)
+        return [self._cache[t] for t in texts]
