@@ -1,0 +1,116 @@
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vincie_mcore.data.build import build_sessions
+from vincie_mcore.data.sampling import SamplingConfig
+from vincie_mcore.data.store import SessionStore
+from vincie_mcore.data.video import read_video, sidecar_path, write_synthetic_corpus, write_video
+from vincie_mcore.data.world import Scene, WorldConfig, render, transition_text, camera_label
+
+CFG = WorldConfig(camera_pan_prob=0.3, num_objects=(1, 4))
+
+
+def png(b):
+    return np.asarray(Image.open(io.BytesIO(b)))
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("videos")
+    write_synthetic_corpus(d, 12, CFG, seed=1)
+    return d
+
+
+def test_sessions_are_exact(corpus, tmp_path):
+    s = build_sessions(corpus, tmp_path / "s", sampling="mixed", shard_size=5, seed=0, progress=False)
+    assert (s["written"], s["skipped"], s["failed"], s["total"]) == (12, 0, 0, 12)
+    st = SessionStore(tmp_path / "s")
+    assert len(st) == 12 and sorted(st.video_ids()) == [f"vid_{i:06d}" for i in range(12)]
+    strategies = set()
+    for i in range(len(st)):
+        r = st[i]
+        idx = r.meta["frame_indices"]
+        video = read_video(r.meta["video_path"])
+        states = [Scene.from_dict(d) for d in r.states]
+        strategies.add(r.meta["sampling"])
+        assert r.meta["annotator"] == r.meta["segmenter"] == "ground_truth"
+        for k, (f, sd) in enumerate(zip(r.frames, states)):
+            assert np.array_equal(png(f), video[idx[k]]) and np.array_equal(png(f), render(sd, CFG))
+        for k in range(len(idx) - 1):
+            a, b = states[k], states[k + 1]
+            assert r.texts[k] == transition_text(a, b, CFG) and r.cameras[k] == camera_label(a, b)
+            src, tgt = png(r.roe_src[k]), png(r.roe_tgt[k])
+            assert set(np.unique(src)) <= {0, 255} and src.shape == (24, 24)
+            fa, fb = render(a, CFG), render(b, CFG)
+            # independent check: masks lie on objects of their own frame, and, without a pan, cover every changed pixel
+            assert not (src & np.all(fa == CFG.background, -1)).any() and not (tgt & np.all(fb == CFG.background, -1)).any()
+            if a.camera == b.camera:
+                changed = np.any(fa != fb, -1)
+                assert not (changed & ~((src > 0) | (tgt > 0))).any()
+                assert (r.texts[k] == "no change") == (not changed.any()) == (src.max() == tgt.max() == 0)
+    assert strategies == {"equal", "fixed"}
+
+
+def test_workers_do_not_change_results(corpus, tmp_path):
+    build_sessions(corpus, tmp_path / "a", workers=1, shard_size=4, progress=False)
+    build_sessions(corpus, tmp_path / "b", workers=2, shard_size=4, progress=False)
+    a, b = SessionStore(tmp_path / "a"), SessionStore(tmp_path / "b")
+    assert a.video_ids() == b.video_ids()
+    for i in range(len(a)):
+        assert a[i].frames == b[i].frames and a[i].texts == b[i].texts and a[i].roe_tgt == b[i].roe_tgt
+
+
+def test_bad_videos_skipped_with_reasons_and_rerun_skips(corpus, tmp_path):
+    d = tmp_path / "v"
+    shutil.copytree(corpus, d)
+    good = sorted(d.glob("*.webm"))
+    data = good[0].read_bytes()
+    (d / "corrupt.webm").write_bytes(b"\x1aE\xdf\xa3" + bytes(range(256)) * 4)
+    (d / "trunc.webm").write_bytes(data[: len(data) * 9 // 10])
+    shutil.copy(sidecar_path(good[0]), d / "trunc.json")
+    frames = read_video(good[1])
+    write_video(d / "missing.webm", frames[:5], 8, pts=[0, 1, 2, 3, 40])       # sampling plans 41 frames, 5 decode
+    shutil.copy(sidecar_path(good[1]), d / "missing.json")
+    shutil.copy(good[2], d / "badjson.webm")
+    (d / "badjson.json").write_text('{"format": "vincie-synthetic-video/1", "world": ')
+    shutil.copy(good[3], d / "wrongtruth.webm")
+    shutil.copy(sidecar_path(good[4]), d / "wrongtruth.json")                    # a sidecar of another video
+
+    fixed = SamplingConfig(strategy="fixed", n_frames=(3, 3))                 # always samples the last frame
+    s = build_sessions(d, tmp_path / "s", sampling=fixed, workers=2, progress=False)
+    assert (s["written"], s["failed"], s["skipped"]) == (12, 5, 0)
+    fails = [json.loads(l) for l in (tmp_path / "s" / "failures.jsonl").read_text().splitlines()]
+    reasons = {f["video_id"]: f["reason"] for f in fails}
+    assert set(reasons) == {"corrupt", "trunc", "missing", "badjson", "wrongtruth"}
+    assert "corrupt video" in reasons["corrupt"] or "cannot open" in reasons["corrupt"]
+    assert reasons["trunc"].startswith("truncated video trunc.webm")
+    assert reasons["missing"] == "missing frame in missing.webm: index 20 but only 5 frames decode"  # frames 0, 20, 40
+    assert reasons["badjson"].startswith("malformed sidecar badjson.json: not JSON")
+    assert reasons["wrongtruth"].startswith("sidecar does not match the video")
+    assert all("\n" not in r for r in reasons.values())
+    assert len(SessionStore(tmp_path / "s")) == 12
+
+    s2 = build_sessions(d, tmp_path / "s", sampling=fixed, progress=False)     # re-run: nothing to do
+    assert (s2["written"], s2["failed"], s2["skipped"]) == (0, 0, 17)
+    write_synthetic_corpus(d, 14, CFG, seed=1)                                 # two new videos appear
+    s3 = build_sessions(d, tmp_path / "s", sampling=fixed, progress=False)
+    assert (s3["written"], s3["failed"], s3["skipped"]) == (2, 0, 17)
+    assert len(SessionStore(tmp_path / "s")) == 14
+
+
+def test_cli_synthetic(tmp_path, capsys):
+    from tools.build_sessions import main
+    s = main(["--synthetic", "5", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "s"), "--sampling", "fixed",
+              "--shard-size", "2", "--quiet", "--world", '{"image_px": 64, "grid_rows": 4, "grid_cols": 4, "cell_px": 16}'])
+    assert s["written"] == 5
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith("sessions: 5 written, 0 skipped, 0 failed of 5 videos")
+    r = SessionStore(tmp_path / "s")[0]
+    assert png(r.frames[0]).shape == (64, 64, 3) and 2 <= len(r.frames) <= 6
+    with pytest.raises(SystemExit):
+        main(["--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "s2"), "--quiet"])

@@ -1,0 +1,84 @@
+"""Frame sampling (paper §3.1, Fig. 8): which frames of a video form a session.
+
+* equal-interval: a frame every ``interval_s`` seconds (at the video's fps),
+  so a session follows the video's own pace (subtle, object-level changes);
+* fixed-frame: ``n`` frames (2 <= n <= 6) spread uniformly over the whole
+  video whatever its length (large, scene-level changes);
+* mixed: equal-interval with probability ``p_equal``, else fixed-frame.
+
+Both plan from the container's frame count; frames that then fail to decode
+are the reader's error to raise ("missing frame").
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+STRATEGIES = ("equal", "fixed", "mixed")
+
+
+@dataclass
+class SamplingConfig:
+    strategy: str = "mixed"        # "equal" | "fixed" | "mixed"
+    interval_s: float = 1.0        # equal-interval: seconds between sampled frames (paper: e.g. 3 s on real video)
+    start_s: float = 0.0           # equal-interval: time of the first frame
+    n_frames: tuple = (2, 6)       # fixed-frame: [min, max] frames, drawn uniformly per video (min == max: fixed n)
+    p_equal: float = 0.5           # mixed: probability of equal-interval
+    max_frames: int = 20           # cap on frames per session (paper: 2-20 images)
+
+    def __post_init__(self):
+        self.n_frames = tuple(self.n_frames)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"SamplingConfig.strategy: must be one of {STRATEGIES}, got {self.strategy!r}")
+        if not self.interval_s > 0:
+            raise ValueError(f"SamplingConfig.interval_s: must be > 0, got {self.interval_s}")
+        if self.start_s < 0:
+            raise ValueError(f"SamplingConfig.start_s: must be >= 0, got {self.start_s}")
+        lo, hi = self.n_frames if len(self.n_frames) == 2 else (0, -1)
+        if not (2 <= lo <= hi):
+            raise ValueError(f"SamplingConfig.n_frames: must be [min, max] with 2 <= min <= max, got {self.n_frames!r}")
+        if not 0.0 <= self.p_equal <= 1.0:
+            raise ValueError(f"SamplingConfig.p_equal: must be in [0, 1], got {self.p_equal}")
+        if self.max_frames < 2:
+            raise ValueError(f"SamplingConfig.max_frames: must be >= 2, got {self.max_frames}")
+
+
+def equal_interval(num_frames: int, fps: float, interval_s: float, start_s: float = 0.0,
+                   max_frames: int | None = None) -> list[int]:
+    """Frame at times start_s, start_s + interval_s, ... while inside the video."""
+    if num_frames < 1 or fps <= 0 or interval_s <= 0:
+        raise ValueError(f"need num_frames >= 1, fps > 0, interval_s > 0; got {num_frames}, {fps}, {interval_s}")
+    out, k = [], 0
+    while True:
+        i = int(np.floor((start_s + k * interval_s) * fps + 0.5))    # nearest frame, ties up
+        if i >= num_frames or (max_frames is not None and len(out) >= max_frames):
+            break
+        if not out or i != out[-1]:        # an interval under one frame must not repeat a frame
+            out.append(i)
+        k += 1
+    return out
+
+
+def fixed_frame(num_frames: int, n: int) -> list[int]:
+    """``n`` frames uniformly over [0, num_frames - 1], both ends included
+    (``round(k * (num_frames - 1) / (n - 1))``, ties up); fewer if the video is shorter than n."""
+    if num_frames < 1 or n < 1:
+        raise ValueError(f"need num_frames >= 1 and n >= 1; got {num_frames}, {n}")
+    n = min(n, num_frames)
+    if n == 1:
+        return [0]
+    return [(2 * k * (num_frames - 1) + (n - 1)) // (2 * (n - 1)) for k in range(n)]
+
+
+def sample_frames(num_frames: int, fps: float, cfg: SamplingConfig, rng: np.random.Generator) -> tuple[list[int], str]:
+    """(frame indices, strategy used: "equal" or "fixed")."""
+    strategy = cfg.strategy
+    if strategy == "mixed":
+        strategy = "equal" if rng.random() < cfg.p_equal else "fixed"
+    if strategy == "equal":
+        idx = equal_interval(num_frames, fps, cfg.interval_s, cfg.start_s, cfg.max_frames)
+    else:
+        n = int(rng.integers(cfg.n_frames[0], cfg.n_frames[1] + 1))
+        idx = fixed_frame(num_frames, min(n, cfg.max_frames))
+    return idx, strategy

@@ -1,0 +1,56 @@
+"""Segmenters: the region of editing (RoE) of each transition.
+
+Contract (every implementation):
+
+    segment(frames, frame_indices, transitions, video_meta) -> list[(roe_src, roe_tgt)]
+
+* inputs as for ``Annotator.annotate`` plus its K - 1 ``transitions``;
+* returns K - 1 pairs of uint8 [H, W] masks (0 or 255): ``roe_src`` marks the
+  changing objects as they appear in frame i, ``roe_tgt`` as they appear in
+  frame i + 1 (paper §3.1: M_i and M_{i+1}). An object that appears has no
+  pixels in the source mask, one that disappears none in the target mask; a
+  transition with no change has two empty masks.
+* Raises ValueError / RuntimeError (one line) when it cannot segment.
+
+The GroundingDINO + SAM2 segmenter goes behind the same interface: ground the
+objects named in each transition text in both frames, segment the boxes,
+union the masks per frame.
+"""
+from __future__ import annotations
+
+import abc
+
+import numpy as np
+
+from .annotate import ground_truth
+from .world import changed_oids, object_mask
+
+
+class Segmenter(abc.ABC):
+    name: str = "segmenter"
+
+    @abc.abstractmethod
+    def segment(self, frames: np.ndarray, frame_indices, transitions, video_meta: dict) -> list[tuple[np.ndarray, np.ndarray]]:
+        ...
+
+
+class GroundTruthSegmenter(Segmenter):
+    """Exact RoE masks from the synthetic world's sidecar: union of the changed objects' pixels."""
+    name = "ground_truth"
+
+    def segment(self, frames, frame_indices, transitions, video_meta):
+        truth = ground_truth(video_meta, frames, frame_indices)
+        cfg = truth.cfg
+        st = [truth.state(i) for i in frame_indices]
+        out = []
+        for a, b in zip(st, st[1:]):
+            oids = changed_oids(a, b, cfg)
+            masks = []
+            for s in (a, b):
+                m = np.zeros((cfg.image_px, cfg.image_px), bool)
+                for o in s.objects:
+                    if o.oid in oids:
+                        m |= object_mask(o, s.camera, cfg)
+                masks.append(m.astype(np.uint8) * 255)
+            out.append((masks[0], masks[1]))
+        return out

@@ -1,0 +1,219 @@
+"""The session store: sessions in sharded zarr v3 groups.
+
+One session = K frames (PNG bytes, lossless), K - 1 transition texts, K - 1
+camera labels, K - 1 source and K - 1 target RoE masks (grayscale PNG bytes),
+provenance (video path, frame indices, sampling strategy, annotator and
+segmenter names) and, for synthetic videos, the scene states of the K frames.
+
+Layout under ``root/`` (a zarr v3 group)::
+
+    zarr.json                 root attrs: format, shard_size
+    shard_00000/              one zarr group per shard of <= shard_size sessions
+      blob      uint8 [B]     every image's PNG bytes, concatenated
+      offsets   int64 [N+1]   image j is blob[offsets[j]:offsets[j+1]]
+      first     int64 [S+1]   session s owns images first[s]:first[s+1]:
+                              K frames, then K-1 source masks, then K-1 target masks
+      video_id  str   [S]
+      record    str   [S]     JSON: texts, cameras, states, meta
+    index.jsonl               one line per *complete* shard: {"shard", "video_ids"}
+    failures.jsonl            one line per failed video: {"video_id", "reason"}
+
+A shard is written whole and only then listed in ``index.jsonl``, so a crash
+leaves at most one unlisted shard, which the next writer deletes. One writer
+at a time (the builder's main process).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import zarr
+
+STORE_FORMAT = "vincie-sessions/1"
+
+
+@dataclass
+class RawSession:
+    video_id: str
+    frames: list              # K PNG bytes (RGB)
+    roe_src: list             # K-1 PNG bytes (grayscale, 0/255)
+    roe_tgt: list             # K-1 PNG bytes
+    texts: list               # K-1 str
+    cameras: list             # K-1 str ("None" when the camera did not move)
+    meta: dict = field(default_factory=dict)   # provenance: video_path, frame_indices, sampling, annotator, segmenter, fps
+    states: list | None = None                 # K scene dicts (synthetic world) or None
+
+    def __post_init__(self):
+        k = len(self.frames)
+        if k < 2:
+            raise ValueError(f"session {self.video_id!r}: needs >= 2 frames, got {k}")
+        for name in ("roe_src", "roe_tgt", "texts", "cameras"):
+            if len(getattr(self, name)) != k - 1:
+                raise ValueError(f"session {self.video_id!r}: {name} has {len(getattr(self, name))} entries for {k} frames")
+        if self.states is not None and len(self.states) != k:
+            raise ValueError(f"session {self.video_id!r}: states has {len(self.states)} entries for {k} frames")
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    def images(self) -> list:
+        return list(self.frames) + list(self.roe_src) + list(self.roe_tgt)
+
+
+def _shard_name(i: int) -> str:
+    return f"shard_{i:05d}"
+
+
+def _read_index(root: Path) -> list[dict]:
+    p = root / "index.jsonl"
+    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+
+
+def read_failures(root) -> dict:
+    """video_id -> reason of the last recorded failure."""
+    p = Path(root) / "failures.jsonl"
+    out = {}
+    if p.exists():
+        for l in p.read_text().splitlines():
+            if l.strip():
+                d = json.loads(l)
+                out[d["video_id"]] = d["reason"]
+    return out
+
+
+# ----------------------------------------------------------------------------- writing
+class SessionWriter:
+    """Append sessions to a store, ``shard_size`` per shard; reopening resumes."""
+
+    def __init__(self, root, shard_size: int = 256):
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        self.root = Path(root)
+        self.shard_size = shard_size
+        if (self.root / "zarr.json").exists():
+            g = zarr.open_group(str(self.root), mode="r+")
+            if g.attrs.get("format") != STORE_FORMAT:
+                raise ValueError(f"{self.root} is not a session store (format {g.attrs.get('format')!r})")
+        else:
+            g = zarr.open_group(str(self.root), mode="w")
+            g.attrs.update({"format": STORE_FORMAT, "shard_size": shard_size})
+        self._root_group = g
+        index = _read_index(self.root)
+        listed = {d["shard"] for d in index}
+        for p in self.root.glob("shard_*"):                 # unlisted = unfinished by a crashed writer
+            if p.name not in listed:
+                shutil.rmtree(p)
+        self._done = {v for d in index for v in d["video_ids"]}
+        self._next = 1 + max((int(d["shard"].split("_")[1]) for d in index), default=-1)
+        self._buf: list[RawSession] = []
+
+    def done_video_ids(self) -> set:
+        """Videos with a session in a complete shard (or buffered for the next one)."""
+        return self._done | {s.video_id for s in self._buf}
+
+    def add(self, s: RawSession) -> None:
+        self._buf.append(s)
+        if len(self._buf) >= self.shard_size:
+            self.flush()
+
+    def fail(self, video_id: str, reason: str) -> None:
+        line = json.dumps({"video_id": video_id, "reason": " ".join(str(reason).split())})
+        with open(self.root / "failures.jsonl", "a") as f:
+            f.write(line + "\n")
+
+    def flush(self) -> None:
+        """Write the buffered sessions as one complete shard."""
+        if not self._buf:
+            return
+        name = _shard_name(self._next)
+        imgs = [im for s in self._buf for im in s.images()]
+        sizes = np.array([len(b) for b in imgs], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        first = np.concatenate([[0], np.cumsum([3 * s.num_frames - 2 for s in self._buf])]).astype(np.int64)
+        blob = np.frombuffer(b"".join(imgs), np.uint8)
+        g = self._root_group.create_group(name)
+        # PNG bytes do not compress further: store raw, in 4 MiB chunks.
+        g.create_array("blob", data=blob, chunks=(min(max(len(blob), 1), 1 << 22),), compressors=None)
+        g.create_array("offsets", data=offsets)
+        g.create_array("first", data=first)
+        ids = np.array([s.video_id for s in self._buf], dtype=object)
+        recs = np.array([json.dumps({"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta})
+                         for s in self._buf], dtype=object)
+        for key, arr in (("video_id", ids), ("record", recs)):
+            a = g.create_array(key, shape=(len(arr),), dtype=str)
+            a[:] = arr
+        g.attrs["num_sessions"] = len(self._buf)
+        with open(self.root / "index.jsonl", "a") as f:     # listing it is what makes the shard complete
+            f.write(json.dumps({"shard": name, "video_ids": [s.video_id for s in self._buf]}) + "\n")
+        self._done |= {s.video_id for s in self._buf}
+        self._buf = []
+        self._next += 1
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+# ----------------------------------------------------------------------------- reading
+class SessionStore:
+    """Read-only view: ``len(store)``, ``store[i] -> RawSession``, ``video_ids()``.
+
+    Sessions are numbered shard by shard in index order. The last shard read
+    is kept in memory, so iterating in order reads every shard once.
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+        if not (self.root / "zarr.json").exists():
+            raise FileNotFoundError(f"no session store at {self.root}")
+        self._group = zarr.open_group(str(self.root), mode="r")
+        if self._group.attrs.get("format") != STORE_FORMAT:
+            raise ValueError(f"{self.root} is not a session store (format {self._group.attrs.get('format')!r})")
+        index = _read_index(self.root)
+        self._shards = [d["shard"] for d in index]
+        self._ids = [v for d in index for v in d["video_ids"]]
+        self._loc = [(si, j) for si, d in enumerate(index) for j in range(len(d["video_ids"]))]
+        self._cache = (None, None)
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def video_ids(self) -> list[str]:
+        return list(self._ids)
+
+    def location(self, i: int) -> tuple[str, int]:
+        """(shard name, index inside the shard) of session i."""
+        si, j = self._loc[i]
+        return self._shards[si], j
+
+    def failures(self) -> dict:
+        return read_failures(self.root)
+
+    def _shard(self, name: str):
+        if self._cache[0] != name:
+            g = self._group[name]
+            self._cache = (name, dict(blob=g["blob"][:].tobytes(), offsets=g["offsets"][:], first=g["first"][:],
+                                      ids=g["video_id"][:], recs=g["record"][:]))
+        return self._cache[1]
+
+    def __getitem__(self, i: int) -> RawSession:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"session {i} out of range for a store of {len(self)}")
+        name, j = self.location(i % len(self))
+        sh = self._shard(name)
+        a, b = int(sh["first"][j]), int(sh["first"][j + 1])
+        off = sh["offsets"]
+        imgs = [sh["blob"][off[k]:off[k + 1]] for k in range(a, b)]
+        k = (b - a + 2) // 3
+        rec = json.loads(sh["recs"][j])
+        return RawSession(str(sh["ids"][j]), imgs[:k], imgs[k:2 * k - 1], imgs[2 * k - 1:], rec["texts"], rec["cameras"],
+                          rec["meta"], rec["states"])
