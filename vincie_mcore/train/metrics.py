@@ -1,0 +1,89 @@
+"""Throughput bookkeeping (tokens/s, TFLOP/s per device) and a TensorBoard writer that is safe to call anywhere.
+
+``Throughput`` accumulates tokens and model FLOPs between two log points and
+turns them into rates; ``MetricsWriter`` writes scalars on rank 0 only and does
+nothing when no directory is given.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+def batch_tokens(batch) -> int:
+    """Tokens in one packed batch: text plus image stream (what attention runs over)."""
+    if hasattr(batch, "s_txt") and hasattr(batch, "s_img"):
+        return int(batch.s_txt + batch.s_img)
+    if hasattr(batch, "numel"):
+        return int(batch.shape[0])
+    return 0
+
+
+def model_flops(model, batch) -> float | None:
+    """FLOPs of one forward+backward on ``batch`` from ``model.flops_per_step(batch)``, else None.
+
+    Looks through wrappers (DDP, Float16Module) for the method.
+    """
+    m = model
+    while m is not None:
+        fn = getattr(type(m), "flops_per_step", None)
+        if fn is not None:
+            return float(m.flops_per_step(batch))
+        m = getattr(m, "module", None)
+    return None
+
+
+@dataclass
+class Throughput:
+    """Rates over the window since the last ``read()``. Times are wall-clock seconds."""
+
+    tokens: int = 0
+    flops: float = 0.0
+    steps: int = 0
+    has_flops: bool = False
+    _t0: float = field(default_factory=time.perf_counter)
+
+    def update(self, tokens: int, flops: float | None) -> None:
+        self.tokens += tokens
+        self.steps += 1
+        if flops is not None:
+            self.flops += flops
+            self.has_flops = True
+
+    def read(self) -> dict:
+        """{'tokens_per_s', 'tflops' (per device, or None), 'step_time_s'} and reset the window."""
+        dt = max(time.perf_counter() - self._t0, 1e-9)
+        out = {
+            "tokens_per_s": self.tokens / dt,
+            "tflops": self.flops / dt / 1e12 if self.has_flops else None,
+            "step_time_s": dt / max(self.steps, 1),
+        }
+        self.tokens, self.flops, self.steps, self.has_flops = 0, 0.0, 0, False
+        self._t0 = time.perf_counter()
+        return out
+
+
+class MetricsWriter:
+    """TensorBoard scalars on rank 0; a no-op when ``log_dir`` is None or on other ranks."""
+
+    def __init__(self, log_dir: str | None, rank: int = 0):
+        self._writer = None
+        if log_dir is not None and rank == 0:
+            from torch.utils.tensorboard import SummaryWriter
+            self._writer = SummaryWriter(log_dir=log_dir)
+
+    def scalars(self, step: int, values: dict, prefix: str = "train/") -> None:
+        if self._writer is None:
+            return
+        for k, v in values.items():
+            if v is not None:
+                self._writer.add_scalar(prefix + k, float(v), step)
+
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
