@@ -1,0 +1,253 @@
+"""Joint attention over the text and image streams, and its two masked cores.
+
+``JointAttention`` owns the projections (one weight set per stream in dual-stream blocks,
+one shared set in shared blocks): per stream ``linear_qkv`` -> per-head q/k RMSNorm, then
+q, k, v of all streams are concatenated in joint order (text, then image), RoPE is applied,
+``core_attention`` runs under the packed mask spec, and the result is split back and sent
+through each stream's ``linear_proj``. Which classes fill the slots is decided in ``specs.py``.
+
+Cores take ``(q [Sq, H, D], k [Sk, H, D], v [Sk, H, D], spec, q_start=0, k_start=0)``: the
+queries are joint tokens [q_start, q_start + Sq), the keys [k_start, k_start + Sk) (context
+parallelism passes a slice). Both follow ``kernels/reference.py`` exactly:
+
+* ``TorchMaskedAttention``: per-session SDPA. Tokens are grouped by session (vectorised
+  index arithmetic, no per-token Python), sessions of similar size share one batched
+  ``scaled_dot_product_attention`` call padded to the bucket's largest session, and each
+  session's small mask comes from the block-level visibility table. Memory is
+  O(sum over buckets of n * Lq * Lk), never S x S over the packed sequence.
+* ``TritonMaskedAttention``: the kernel in ``kernels/masked_attention.py``.
+"""
+from __future__ import annotations
+
+import math
+import weakref
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import ModuleSpec, build_module
+
+from kernels.reference import block_visibility, token_block_ids
+from vincie_mcore.data.maskspec import MaskSpec
+
+from .embeddings import apply_rope
+
+# ----------------------------------------------------------------------------
+# Torch core: per-session SDPA, sessions bucketed by size
+# ----------------------------------------------------------------------------
+
+_BUCKET_WASTE = 1.3     # a bucket's padded area may exceed its sessions' true area by at most 30 %
+
+
+@dataclass
+class _Bucket:
+    q_rows: torch.Tensor            # long [n, Lq]: rows of q (padding points at row 0)
+    k_rows: torch.Tensor            # long [n, Lk]: rows of k/v
+    mask: torch.Tensor | None       # bool [n, 1, Lq, Lk], None when every pair is allowed
+    out_sel: torch.Tensor           # long [m]: real query slots in the flattened (n * Lq)
+    out_rows: torch.Tensor          # long [m]: their rows in q
+    dead: torch.Tensor | None       # bool [m]: real rows that see no key (output 0), None if none
+
+
+def _build_plan(spec: MaskSpec, q_start: int, q_len: int, k_start: int, k_len: int,
+                device: torch.device) -> list[_Bucket]:
+    offsets, order, kind, session = (t.to(device) for t in spec.tensors())
+    blk = token_block_ids(offsets)                                           # (S,)
+    vis = block_visibility(order, kind, session, spec.mask_type)             # (nb, nb)
+    qblk, kblk = blk[q_start:q_start + q_len], blk[k_start:k_start + k_len]
+    sess = session.long()
+    uniq, inv = torch.unique(torch.cat([sess[qblk], sess[kblk]]), return_inverse=True)
+    qs, ks = inv[:q_len], inv[q_len:]                                         # dense session ids
+    n_s = uniq.numel()
+    qcount, kcount = torch.bincount(qs, minlength=n_s), torch.bincount(ks, minlength=n_s)
+    q_sorted, k_sorted = torch.argsort(qs, stable=True), torch.argsort(ks, stable=True)
+    q_first, k_first = torch.cumsum(qcount, 0) - qcount, torch.cumsum(kcount, 0) - kcount
+
+    # Greedy buckets over sessions sorted by size (sessions with no keys in range stay 0).
+    qc, kc = qcount.tolist(), kcount.tolist()
+    live = sorted((s for s in range(n_s) if qc[s] and kc[s]), key=lambda s: (qc[s] * kc[s], qc[s]), reverse=True)
+    groups, cur, lq, lk, area = [], [], 0, 0, 0
+    for s in live:
+        nlq, nlk = max(lq, qc[s]), max(lk, kc[s])
+        if cur and (len(cur) + 1) * nlq * nlk > _BUCKET_WASTE * (area + qc[s] * kc[s]):
+            groups.append(cur)
+            cur, nlq, nlk, area = [], qc[s], kc[s], 0
+        cur.append(s)
+        lq, lk, area = nlq, nlk, area + qc[s] * kc[s]
+    if cur:
+        groups.append(cur)
+
+    buckets = []
+    for g in groups:
+        sb = torch.tensor(g, device=device)
+        Lq, Lk = max(qc[s] for s in g), max(kc[s] for s in g)
+        ar_q, ar_k = torch.arange(Lq, device=device), torch.arange(Lk, device=device)
+        valid_q = ar_q[None] < qcount[sb][:, None]                                 # (n, Lq)
+        valid_k = ar_k[None] < kcount[sb][:, None]                                 # (n, Lk)
+        q_rows = torch.where(valid_q, q_sorted[(q_first[sb][:, None] + ar_q).clamp(max=q_len - 1)], 0)
+        k_rows = torch.where(valid_k, k_sorted[(k_first[sb][:, None] + ar_k).clamp(max=k_len - 1)], 0)
+        m = vis[qblk[q_rows][:, :, None], kblk[k_rows][:, None, :]] & valid_k[:, None, :]   # (n, Lq, Lk)
+        dead = ~m.any(-1)                                                          # (n, Lq)
+        m[..., 0] |= dead            # a blind row gets one real key so SDPA stays finite; zeroed below
+        out_sel = valid_q.flatten().nonzero().squeeze(1)                           # (m,)
+        dead_sel = dead.flatten()[out_sel]
+        buckets.append(_Bucket(q_rows=q_rows, k_rows=k_rows,
+                               mask=None if bool(m.all()) else m[:, None],
+                               out_sel=out_sel, out_rows=q_rows.flatten()[out_sel],
+                               dead=dead_sel if bool(dead_sel.any()) else None))
+    return buckets
+
+
+# The same spec is attended by every layer: keep the last few plans, keyed by the spec
+# object itself (specs are treated as immutable once built).
+_PLAN_CACHE: list[tuple[weakref.ref, tuple, list[_Bucket]]] = []
+_PLAN_CACHE_SIZE = 8
+
+
+def session_plan(spec: MaskSpec, q_start: int, q_len: int, k_start: int, k_len: int, device) -> list[_Bucket]:
+    key = (q_start, q_len, k_start, k_len, str(device))
+    for ref, k, plan in _PLAN_CACHE:
+        if ref() is spec and k == key:
+            return plan
+    plan = _build_plan(spec, q_start, q_len, k_start, k_len, torch.device(device))
+    _PLAN_CACHE[:] = [e for e in _PLAN_CACHE if e[0]() is not None]     # drop plans of dead specs
+    _PLAN_CACHE.insert(0, (weakref.ref(spec), key, plan))
+    del _PLAN_CACHE[_PLAN_CACHE_SIZE:]
+    return plan
+
+
+def _check_core_inputs(q, k, v, spec, q_start, k_start):
+    if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape or q.shape[1:] != k.shape[1:]:
+        raise ValueError(f"core attention: expected q [Sq,H,D], k/v [Sk,H,D]; got q {tuple(q.shape)}, "
+                         f"k {tuple(k.shape)}, v {tuple(v.shape)}")
+    S = spec.seq_len
+    if q_start < 0 or q_start + q.shape[0] > S or k_start < 0 or k_start + k.shape[0] > S:
+        raise ValueError(f"core attention: q rows [{q_start}, {q_start + q.shape[0]}) or k rows "
+                         f"[{k_start}, {k_start + k.shape[0]}) fall outside the spec's {S} tokens")
+
+
+class TorchMaskedAttention(torch.nn.Module):
+    """Masked attention from the spec with per-session SDPA (reference-exact; CPU and GPU).
+
+    Rows that see no key (possible only with a key slice) give 0, as in the reference.
+    """
+
+    def __init__(self, config=None, softmax_scale: float | None = None, **_):
+        super().__init__()
+        self.softmax_scale = softmax_scale
+
+    def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
+        _check_core_inputs(q, k, v, spec, q_start, k_start)
+        Sq, H, D = q.shape
+        scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(D)
+        parts, rows = [], []
+        for b in session_plan(spec, q_start, Sq, k_start, k.shape[0], q.device):
+            n, Lq = b.q_rows.shape
+            qb = q[b.q_rows].transpose(1, 2)                                  # (n, H, Lq, D)
+            kb = k[b.k_rows].transpose(1, 2)                                  # (n, H, Lk, D)
+            vb = v[b.k_rows].transpose(1, 2)                                  # (n, H, Lk, D)
+            o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=b.mask, scale=scale)
+            o = o.transpose(1, 2).reshape(n * Lq, H, D)[b.out_sel]            # (m, H, D)
+            if b.dead is not None:
+                o = o.masked_fill(b.dead[:, None, None], 0.0)
+            parts.append(o)
+            rows.append(b.out_rows)
+        out = q.new_zeros(Sq, H, D)
+        if not parts:
+            return out + 0.0 * q            # keep the graph: nothing is visible
+        return out.index_copy(0, torch.cat(rows), torch.cat(parts))          # (Sq, H, D)
+
+
+class TritonMaskedAttention(torch.nn.Module):
+    """Masked attention from the spec with the Triton kernel (``kernels/masked_attention.py``)."""
+
+    def __init__(self, config=None, softmax_scale: float | None = None, **_):
+        super().__init__()
+        self.softmax_scale = softmax_scale
+
+    def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
+        _check_core_inputs(q, k, v, spec, q_start, k_start)
+        try:
+            from kernels.masked_attention import masked_attention
+        except ImportError as e:
+            raise RuntimeError(f"attention backend 'triton' needs kernels.masked_attention, which failed to "
+                               f"import ({e}); use attention_backend='torch'") from e
+        out = masked_attention(q, k, v, *spec.tensors(), spec.mask_type, q_start=q_start, k_start=k_start,
+                               softmax_scale=self.softmax_scale)
+        return out[0] if isinstance(out, tuple) else out
+
+
+# ----------------------------------------------------------------------------
+# Joint attention: projections per stream + core slot
+# ----------------------------------------------------------------------------
+
+@dataclass
+class JointAttentionSubmodules:
+    linear_qkv: ModuleSpec | type = None
+    q_layernorm: ModuleSpec | type = None
+    k_layernorm: ModuleSpec | type = None
+    core_attention: ModuleSpec | type = None
+    linear_proj: ModuleSpec | type = None
+
+
+class AttentionProjections(MegatronModule):
+    """One weight set: linear_qkv (column-parallel, per-head [q, k, v] rows), q/k RMSNorm, linear_proj."""
+
+    def __init__(self, config, submodules: JointAttentionSubmodules, tp_group=None):
+        super().__init__(config=config)
+        d = config.kv_channels
+        self.linear_qkv = build_module(
+            submodules.linear_qkv, config.hidden_size, 3 * config.num_attention_heads * d, config=config,
+            init_method=config.init_method, gather_output=False, bias=True, skip_bias_add=False,
+            is_expert=False, tp_comm_buffer_name="qkv", tp_group=tp_group)
+        self.q_layernorm = build_module(submodules.q_layernorm, config=config, hidden_size=d,
+                                        eps=config.layernorm_epsilon)
+        self.k_layernorm = build_module(submodules.k_layernorm, config=config, hidden_size=d,
+                                        eps=config.layernorm_epsilon)
+        self.linear_proj = build_module(
+            submodules.linear_proj, config.num_attention_heads * d, config.hidden_size, config=config,
+            init_method=config.output_layer_init_method, bias=True, input_is_parallel=True,
+            skip_bias_add=False, is_expert=False, tp_comm_buffer_name="proj", tp_group=tp_group)
+
+    def qkv(self, x: torch.Tensor):
+        """x [S, 1, D] -> q, k, v [S', H_local, d] (S' is the full stream under sequence parallelism)."""
+        y, _ = self.linear_qkv(x)                                           # (S', 1, 3 * H_local * d)
+        d = self.config.kv_channels
+        y = y.reshape(y.shape[0], -1, 3, d)                                 # (S', H_local, 3, d)
+        q, k, v = y.unbind(2)                                               # (S', H_local, d) each
+        return self.q_layernorm(q), self.k_layernorm(k), v
+
+    def proj(self, o: torch.Tensor) -> torch.Tensor:
+        """o [S', H_local, d] -> [S, 1, D]."""
+        out, _ = self.linear_proj(o.reshape(o.shape[0], 1, -1))             # (S, 1, D)
+        return out
+
+
+class JointAttention(MegatronModule):
+    """Attention over cat(streams) under the mask spec.
+
+    weight_names: one projection set per name, stored under that name (checkpoint keys
+    ``attention.txt.linear_qkv.weight`` ...). ``forward`` maps stream i to set ``stream_weights[i]``.
+    """
+
+    def __init__(self, config, submodules: JointAttentionSubmodules, weight_names: tuple[str, ...],
+                 tp_group=None):
+        super().__init__(config=config)
+        self.weight_names = tuple(weight_names)
+        for name in self.weight_names:
+            self.add_module(name, AttentionProjections(config, submodules, tp_group=tp_group))
+        self.core_attention = build_module(submodules.core_attention, config=config,
+                                           softmax_scale=1.0 / math.sqrt(config.kv_channels))
+
+    def forward(self, streams: list[torch.Tensor], stream_weights: list[int], rope: tuple[torch.Tensor, torch.Tensor],
+                spec: MaskSpec) -> list[torch.Tensor]:
+        """streams[i] [S_i, 1, D] (local under SP); rope cos/sin [S_joint, d/2] -> list of [S_i, 1, D]."""
+        projs = [getattr(self, self.weight_names[w]) for w in stream_weights]
+        qkvs = [p.qkv(x) for p, x in zip(projs, streams)]
+        lens = [t[0].shape[0] for t in qkvs]
+        q, k, v = (torch.cat([t[i] for t in qkvs], dim=0) for i in range(3))  # (S_joint, H_local, d)
+        cos, sin = rope
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        o = self.core_attention(q, k, v, spec)                              # (S_joint, H_local, d)
+        return [p.proj(oi) for p, oi in zip(projs, o.split(lens, dim=0))]

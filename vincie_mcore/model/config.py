@@ -1,0 +1,175 @@
+"""MMDiTConfig: the architecture of the MM-DiT, and nothing else.
+
+Parallel sizes, dtypes and devices are not architecture: they enter through
+``to_transformer_config(...)``, which builds the Megatron ``TransformerConfig``
+the parallel linears (and Megatron's MLP) read.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ATTENTION_BACKENDS = ("auto", "torch", "triton")
+TRANSFORMER_IMPLS = ("local", "transformer_engine")
+ADALN_MODES = ("single", "per_layer")
+
+
+def _round_up(x: int, multiple: int) -> int:
+    return (x + multiple - 1) // multiple * multiple
+
+
+@dataclass
+class MMDiTConfig:
+    hidden_size: int = 128
+    """Width D of both streams."""
+    num_layers: int = 4
+    """Total number of transformer blocks."""
+    mm_layers: int = 2
+    """The first ``mm_layers`` blocks keep separate weights for the text and image stream
+    (dual-stream); the remaining ``num_layers - mm_layers`` share one set over both."""
+    num_heads: int = 4
+    """Attention heads."""
+    head_dim: int | None = None
+    """Channels per head. None: hidden_size / num_heads. May differ from it (7B: 32 x 128 over hidden 3584):
+    linear_qkv is D -> 3 * num_heads * head_dim and linear_proj num_heads * head_dim -> D."""
+    ffn_hidden_size: int | None = None
+    """SwiGLU inner width F (fc1 is D -> 2F, fc2 is F -> D). None: 8/3 * D rounded up to 64."""
+    text_dim: int = 64
+    """Width of the frozen text-encoder outputs (``PackedBatch.txt_emb``)."""
+    patch_dim: int = 192
+    """Width of one patchified latent token: latent_channels * patch_size**2."""
+    max_turns: int = 8
+    """Number of learnable ``<TURN>_i`` embeddings (i in [0, max_turns))."""
+    rope_theta: float = 10000.0
+    """RoPE base frequency (text 1D and image 3D alike)."""
+    rope_axes_dim: tuple[int, int, int] | None = None
+    """Head-dim split across the image axes (turn, h, w); even entries summing to head_dim.
+    None: turn gets head_dim/4 (rounded down to even), h and w share the rest."""
+    adaln: str = "single"
+    """"single": one shared SiLU->Linear(D, 6D) over the block-timestep embedding plus a learned
+    per-layer, per-stream [6, D] table (adaLN-single, PixArt-alpha / Seaweed); "per_layer": every
+    block and stream owns a SiLU->Linear(D, 6D) (DiT). The nominal 3B/7B counts imply "single"."""
+    adaln_zero_init: bool = True
+    """Start every residual gate at 0 so each block begins as the identity (adaLN-Zero)."""
+    norm_eps: float = 1e-6
+    """Epsilon of the parameter-free pre-norms (LayerNorm) and the final norm."""
+    qk_norm_eps: float = 1e-6
+    """Epsilon of the per-head RMSNorm on queries and keys."""
+    frequency_embedding_size: int = 256
+    """Width of the sinusoidal timestep features fed to the timestep MLP."""
+    timestep_scale: float = 1000.0
+    """t in [0, 1] is multiplied by this before the sinusoidal features."""
+    init_method_std: float = 0.02
+    """Std of the normal init of every linear weight (output projections scaled by 1/sqrt(2L))."""
+    attention_backend: str = "auto"
+    """Core attention: "torch" (per-session SDPA), "triton" (kernels/masked_attention.py),
+    "auto" (triton on CUDA, torch otherwise)."""
+    transformer_impl: str = "local"
+    """Linear/norm implementations: "local" (Megatron tensor_parallel) or "transformer_engine"."""
+
+    def __post_init__(self):
+        if isinstance(self.rope_axes_dim, list):
+            self.rope_axes_dim = tuple(self.rope_axes_dim)
+        for name in ("hidden_size", "num_layers", "num_heads", "text_dim", "patch_dim", "max_turns",
+                     "frequency_embedding_size"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"MMDiTConfig.{name}: expected a positive int, got {v!r}")
+        if not isinstance(self.mm_layers, int) or not 0 <= self.mm_layers <= self.num_layers:
+            raise ValueError(f"MMDiTConfig.mm_layers: expected an int in [0, num_layers={self.num_layers}], "
+                             f"got {self.mm_layers!r}")
+        if self.head_dim is None:
+            if self.hidden_size % self.num_heads:
+                raise ValueError(f"MMDiTConfig.hidden_size: {self.hidden_size} is not divisible by "
+                                 f"num_heads={self.num_heads} (or set head_dim)")
+            self.head_dim = self.hidden_size // self.num_heads
+        if not isinstance(self.head_dim, int) or self.head_dim < 2 or self.head_dim % 2:
+            raise ValueError(f"MMDiTConfig.head_dim: expected an even int >= 2 (RoPE rotates pairs), got {self.head_dim!r}")
+        if self.ffn_hidden_size is None:
+            self.ffn_hidden_size = _round_up(int(self.hidden_size * 8 / 3), 64)
+        if not isinstance(self.ffn_hidden_size, int) or self.ffn_hidden_size < 1:
+            raise ValueError(f"MMDiTConfig.ffn_hidden_size: expected a positive int or None, got {self.ffn_hidden_size!r}")
+        if self.rope_axes_dim is None:
+            t = self.head_dim // 4 // 2 * 2
+            h = (self.head_dim - t) // 4 * 2
+            self.rope_axes_dim = (t, h, self.head_dim - t - h)
+        ax = self.rope_axes_dim
+        if len(ax) != 3 or any((not isinstance(a, int)) or a < 0 or a % 2 for a in ax) or sum(ax) != self.head_dim:
+            raise ValueError(f"MMDiTConfig.rope_axes_dim: expected 3 non-negative even ints summing to "
+                             f"head_dim={self.head_dim}, got {ax!r}")
+        if self.rope_theta <= 0:
+            raise ValueError(f"MMDiTConfig.rope_theta: expected > 0, got {self.rope_theta!r}")
+        if self.adaln not in ADALN_MODES:
+            raise ValueError(f"MMDiTConfig.adaln: expected one of {ADALN_MODES}, got {self.adaln!r}")
+        if self.attention_backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"MMDiTConfig.attention_backend: expected one of {ATTENTION_BACKENDS}, "
+                             f"got {self.attention_backend!r}")
+        if self.transformer_impl not in TRANSFORMER_IMPLS:
+            raise ValueError(f"MMDiTConfig.transformer_impl: expected one of {TRANSFORMER_IMPLS}, "
+                             f"got {self.transformer_impl!r}")
+        for name in ("norm_eps", "qk_norm_eps", "init_method_std", "timestep_scale"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"MMDiTConfig.{name}: expected > 0, got {getattr(self, name)!r}")
+
+    # ------------------------------------------------------------------ factories
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "MMDiTConfig":
+        """Build from a plain dict (a resolved Hydra ``model`` node); unknown keys are an error."""
+        d = dict(d)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"MMDiTConfig: unknown key(s) {unknown}; known keys: {sorted(known)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rope_axes_dim"] = list(self.rope_axes_dim)
+        return d
+
+    def to_transformer_config(self, tensor_model_parallel_size: int = 1, sequence_parallel: bool = False,
+                              params_dtype: torch.dtype = torch.float32,
+                              use_cpu_initialization: bool | None = None,
+                              perform_initialization: bool = True):
+        """Megatron's TransformerConfig for the parallel linears and the MLP.
+
+        use_cpu_initialization: None means "when CUDA is absent". perform_initialization=False
+        skips weight init (meta-device builds for parameter counting).
+        """
+        from megatron.core.transformer.transformer_config import TransformerConfig
+
+        cuda = torch.cuda.is_available()
+        if params_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"to_transformer_config: params_dtype must be float32/bfloat16/float16, got {params_dtype}")
+        return TransformerConfig(
+            num_layers=self.num_layers,
+            hidden_size=self.hidden_size,
+            num_attention_heads=self.num_heads,
+            kv_channels=self.head_dim,
+            ffn_hidden_size=self.ffn_hidden_size,
+            gated_linear_unit=True,            # SwiGLU
+            activation_func=F.silu,
+            add_bias_linear=True,              # biases act as modality embeddings (paper §3.2)
+            bias_activation_fusion=cuda,       # jit-fused bias+swiglu on GPU; plain ops on CPU
+            qk_layernorm=True,                 # makes finalize_model_grads sum q/k_layernorm grads over TP
+            normalization="RMSNorm",
+            layernorm_epsilon=self.qk_norm_eps,
+            hidden_dropout=0.0,
+            attention_dropout=0.0,
+            init_method_std=self.init_method_std,
+            tensor_model_parallel_size=tensor_model_parallel_size,
+            sequence_parallel=sequence_parallel,
+            params_dtype=params_dtype,
+            bf16=params_dtype == torch.bfloat16,
+            fp16=params_dtype == torch.float16,
+            use_cpu_initialization=(not cuda) if use_cpu_initialization is None else use_cpu_initialization,
+            perform_initialization=perform_initialization,
+            persist_layer_norm=False,
+            masked_softmax_fusion=False,
+            apply_rope_fusion=False,
+            gradient_accumulation_fusion=False,
+        )

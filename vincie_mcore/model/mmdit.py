@@ -1,0 +1,208 @@
+"""MMDiT: embed -> blocks (dual-stream, then shared) -> final layer, on Megatron-Core.
+
+``MMDiT.forward(x_img [S_img, patch_dim], batch: PackedBatch) -> [S_img, patch_dim]``. The
+model reads ``txt_emb, txt_turn, txt_pos, img_pos, spec, block_t`` from the batch; the image
+stream ``x_img`` (partly noised by ``diffusion/``) comes in separately. What the output means
+(velocity, x0, ...) is the diffusion code's business.
+
+Tensor parallelism enters only through the parallel linears chosen in ``specs.py``. With
+sequence parallelism each stream is scattered along the sequence here, at the model boundary,
+and the image output is gathered back; the blocks only see local chunks (the QKV/fc1 linears
+all-gather and linear_proj/fc2 reduce-scatter, as in Megatron).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint
+from megatron.core.tensor_parallel import gather_from_sequence_parallel_region, scatter_to_sequence_parallel_region
+from megatron.core.transformer.module import MegatronModule
+from megatron.core.transformer.spec_utils import build_module
+from megatron.core.transformer.utils import sharded_state_dict_default
+from megatron.core.utils import get_pg_rank, get_pg_size, get_tensor_model_parallel_group_if_none
+
+from kernels.reference import block_visibility
+from vincie_mcore.data.packed import PackedBatch
+
+from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
+from .config import MMDiTConfig
+from .embeddings import TextEmbedder, TimestepEmbedder, rope_cos_sin
+from .specs import get_block_specs
+
+
+class MMDiT(MegatronModule):
+    """The VINCIE MM-DiT.
+
+    Args:
+        cfg: architecture (``MMDiTConfig``).
+        config: Megatron ``TransformerConfig`` for the parallel layers; None builds the
+            single-device one from ``cfg.to_transformer_config()``.
+        tp_group: tensor-parallel process group (None: Megatron's global one).
+        device: where the model will run; only used to resolve ``attention_backend="auto"``.
+        recompute: recompute each block in backward instead of keeping its activations
+            (memory for time; a training choice, not architecture).
+    """
+
+    def __init__(self, cfg: MMDiTConfig, config=None, tp_group=None, device=None, recompute: bool = False):
+        config = config if config is not None else cfg.to_transformer_config()
+        super().__init__(config=config)
+        self.cfg = cfg
+        self.recompute = recompute
+        self.tp_group = get_tensor_model_parallel_group_if_none(tp_group)
+        D, std, dtype = cfg.hidden_size, cfg.init_method_std, config.params_dtype
+
+        # ---- embedders (applied to the full streams before any sequence split) ----
+        self.img_embedder = torch.nn.Linear(cfg.patch_dim, D, dtype=dtype)
+        with torch.no_grad():
+            torch.nn.init.normal_(self.img_embedder.weight, std=std)
+            self.img_embedder.bias.zero_()
+        self.txt_embedder = TextEmbedder(cfg.text_dim, D, cfg.max_turns, std).to(dtype)
+        self.t_embedder = TimestepEmbedder(D, cfg.frequency_embedding_size, cfg.timestep_scale, std).to(dtype)
+        if cfg.adaln == "single":
+            self.adaln_single = torch.nn.Linear(D, 6 * D, dtype=dtype)
+            with torch.no_grad():
+                torch.nn.init.normal_(self.adaln_single.weight, std=std)
+                self.adaln_single.bias.zero_()
+                if cfg.adaln_zero_init:
+                    self.adaln_single.weight.view(6, D, D)[list(GATE_CHUNKS)] = 0.0
+            mark_sequence_parallel(self.adaln_single)
+        else:
+            self.adaln_single = None
+        mark_sequence_parallel(self.t_embedder)   # c feeds per-token modulation of local tokens
+
+        # ---- blocks ----
+        dual, shared, final_adaln = get_block_specs(cfg, device)
+        self.layers = torch.nn.ModuleList([
+            build_module(dual if i < cfg.mm_layers else shared, config=config, layer_number=i + 1,
+                         tp_group=self.tp_group)
+            for i in range(cfg.num_layers)])
+        self.final_layer = FinalLayer(config, final_adaln, cfg.patch_dim, norm_eps=cfg.norm_eps,
+                                      zero_init=cfg.adaln_zero_init)
+
+    # ------------------------------------------------------------------ forward
+    def _check(self, x_img: torch.Tensor, batch: PackedBatch) -> None:
+        cfg, spec = self.cfg, batch.spec
+        if x_img.dim() != 2 or x_img.shape[1] != cfg.patch_dim:
+            raise ValueError(f"x_img: expected [S_img, patch_dim={cfg.patch_dim}], got {tuple(x_img.shape)}")
+        if batch.txt_emb.dim() != 2 or batch.txt_emb.shape[1] != cfg.text_dim:
+            raise ValueError(f"batch.txt_emb: expected [S_txt, text_dim={cfg.text_dim}], got {tuple(batch.txt_emb.shape)}")
+        s_txt, s_img = batch.s_txt, x_img.shape[0]
+        if spec.seq_len != s_txt + s_img:
+            raise ValueError(f"batch.spec: covers {spec.seq_len} tokens but S_txt + S_img = {s_txt} + {s_img}")
+        if batch.block_t.shape != (spec.num_blocks,):
+            raise ValueError(f"batch.block_t: expected shape ({spec.num_blocks},), got {tuple(batch.block_t.shape)}")
+        if batch.img_pos.shape != (s_img, 3):
+            raise ValueError(f"batch.img_pos: expected [S_img={s_img}, 3], got {tuple(batch.img_pos.shape)}")
+        if batch.txt_pos.shape[0] != s_txt or batch.txt_pos.dim() not in (1, 2) or \
+                (batch.txt_pos.dim() == 2 and batch.txt_pos.shape[1] != 3):
+            raise ValueError(f"batch.txt_pos: expected [S_txt={s_txt}] or [S_txt, 3], got {tuple(batch.txt_pos.shape)}")
+        if batch.txt_turn.shape != (s_txt,):
+            raise ValueError(f"batch.txt_turn: expected [S_txt={s_txt}], got {tuple(batch.txt_turn.shape)}")
+
+    def rope(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [S_joint, head_dim/2]: 1D over the whole head dim for text ([S_txt] positions,
+        "separate" RoPE) or the 3D split when the packer gives text 3D positions ("interleaved")."""
+        cfg = self.cfg
+        txt_axes = (cfg.head_dim,) if batch.txt_pos.dim() == 1 else cfg.rope_axes_dim
+        ct, st = rope_cos_sin(batch.txt_pos, txt_axes, cfg.rope_theta)
+        ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)
+        return torch.cat([ct, ci]), torch.cat([st, si])                       # (S_joint, head_dim/2)
+
+    def forward(self, x_img: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+        """x_img [S_img, patch_dim] -> [S_img, patch_dim] (image stream only)."""
+        self._check(x_img, batch)
+        dtype = self.config.params_dtype
+        s_txt = batch.s_txt
+        blk = batch.spec.token_blocks().to(x_img.device)                       # (S_joint,)
+
+        # 1. Embed both streams and the block timesteps.
+        h_txt = self.txt_embedder(batch.txt_emb.to(dtype), batch.txt_turn)[:, None]   # (S_txt, 1, D)
+        h_img = self.img_embedder(x_img.to(dtype))[:, None]                          # (S_img, 1, D)
+        c = self.t_embedder(batch.block_t)                                           # (nb, D)
+        shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
+        streams, stream_blocks = [h_txt, h_img], [blk[:s_txt], blk[s_txt:]]
+
+        # 2. Sequence parallelism: every block works on this rank's chunk of each stream.
+        sp = self.config.sequence_parallel and get_pg_size(self.tp_group) > 1
+        if sp:
+            tp, r = get_pg_size(self.tp_group), get_pg_rank(self.tp_group)
+            for name, s in zip(("text", "image"), streams):
+                if s.shape[0] % tp:
+                    raise ValueError(f"sequence parallel: the {name} stream has {s.shape[0]} tokens, not a "
+                                     f"multiple of tp={tp}; pad the packed batch")
+            streams = [scatter_to_sequence_parallel_region(s, group=self.tp_group) for s in streams]
+            stream_blocks = [b.chunk(tp)[r] for b in stream_blocks]
+
+        # 3. Blocks.
+        ctx = BlockContext(c=c, shared_mod=shared, stream_blocks=stream_blocks, rope=self.rope(batch),
+                           spec=batch.spec)
+        for layer in self.layers:
+            if self.recompute and torch.is_grad_enabled():
+                streams = torch.utils.checkpoint.checkpoint(layer, streams, ctx, use_reentrant=False)
+            else:
+                streams = layer(streams, ctx)
+
+        # 4. Final layer on the image stream.
+        out = self.final_layer(streams[1], c, stream_blocks[1])                     # (S_img_local, 1, patch_dim)
+        if sp:
+            # Every rank computes the same loss on the full output: its gradient is split, not summed.
+            out = gather_from_sequence_parallel_region(out, tensor_parallel_output_grad=False, group=self.tp_group)
+        return out[:, 0]                                                             # (S_img, patch_dim)
+
+    # ------------------------------------------------------------------ checkpointing
+    def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):
+        """Parallel linears shard themselves; everything else is replicated (MegatronModule default).
+        ``layers`` is a plain ModuleList, so each block is asked directly."""
+        sd = {}
+        for name, child in self.named_children():
+            if name == "layers":
+                for i, layer in enumerate(child):
+                    sd.update(layer.sharded_state_dict(f"{prefix}layers.{i}.", sharded_offsets, metadata))
+            else:
+                sd.update(sharded_state_dict_default(child, f"{prefix}{name}.", sharded_offsets, metadata,
+                                                     tp_group=self.tp_group))
+        return sd
+
+    # ------------------------------------------------------------------ accounting
+    def num_parameters(self) -> int:
+        """Parameters held by this rank (the full model when TP = 1)."""
+        return sum(p.numel() for p in self.parameters())
+
+    def flops_per_step(self, batch: PackedBatch, training: bool = True) -> float:
+        """Matmul FLOPs of one forward (x3 with backward) on this packed batch, full model (all TP ranks).
+
+        Linears: 2 * tokens * weights; attention: 4 * heads * head_dim per allowed (q, k) pair per layer
+        (QK^T and PV), with allowed pairs counted from the spec's block table, not an S x S mask.
+        """
+        cfg, spec = self.cfg, batch.spec
+        D, F_, L, A = cfg.hidden_size, cfg.ffn_hidden_size, cfg.num_layers, cfg.num_heads * cfg.head_dim
+        s_txt, s_img = batch.s_txt, batch.s_img
+        per_token_layer = 4 * D * A + 3 * D * F_                                 # qkv + proj + SwiGLU
+        linear = 2 * (s_txt + s_img) * L * per_token_layer
+        embed = 2 * (s_txt * cfg.text_dim * D + 2 * s_img * cfg.patch_dim * D)   # text/image in + final out
+        lens = (spec.block_offsets[1:] - spec.block_offsets[:-1]).double()
+        vis = block_visibility(spec.block_order, spec.block_kind, spec.block_session, spec.mask_type).double()
+        pairs = float(lens @ vis @ lens)
+        attention = 4 * pairs * A * L
+        fwd = float(linear + embed + attention)
+        return 3 * fwd if training else fwd
+
+
+def build_model(cfg: MMDiTConfig | dict, tensor_model_parallel_size: int = 1, sequence_parallel: bool = False,
+                params_dtype: torch.dtype = torch.float32, tp_group=None, device=None,
+                meta: bool = False, recompute: bool = False) -> MMDiT:
+    """MMDiTConfig or a dict of its fields -> MMDiT (needs Megatron's parallel groups initialised).
+
+    device: where to put it (None: CUDA when available, else CPU). meta=True builds on the meta
+    device without initialisation (parameter counting of 3B/7B on a laptop).
+    """
+    cfg = cfg if isinstance(cfg, MMDiTConfig) else MMDiTConfig.from_dict(cfg)
+    if meta:
+        tcfg = cfg.to_transformer_config(tensor_model_parallel_size, sequence_parallel, params_dtype,
+                                         use_cpu_initialization=True, perform_initialization=False)
+        with torch.device("meta"):
+            return MMDiT(cfg, tcfg, tp_group=tp_group, device="meta", recompute=recompute)
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    tcfg = cfg.to_transformer_config(tensor_model_parallel_size, sequence_parallel, params_dtype,
+                                     use_cpu_initialization=device.type != "cuda")
+    return MMDiT(cfg, tcfg, tp_group=tp_group, device=device, recompute=recompute).to(device)

@@ -1,0 +1,79 @@
+"""The only place that chooses implementations for the MM-DiT.
+
+``get_block_specs(cfg)`` returns the ``ModuleSpec`` of the dual-stream and the shared block
+and the adaLN class the final layer uses. Backends:
+
+* local: Megatron ``tensor_parallel`` ``ColumnParallelLinear`` / ``RowParallelLinear``,
+  Megatron's torch RMSNorm wrapper for the per-head QK norm, Megatron's ``MLP`` (SwiGLU).
+* transformer_engine: TE linears and TE RMSNorm (``megatron.core.extensions.transformer_engine``);
+  also the FP8 path (``fp8_autocast``). Needs Transformer Engine (CUDA only).
+
+The attention core is ours in both: ``TorchMaskedAttention`` (per-session SDPA) or
+``TritonMaskedAttention`` (the kernel); "auto" picks Triton on CUDA and torch otherwise.
+Megatron's own local attention is never used (it is dense and ~5x slower, DESIGN.md).
+Measured on one H200 (bf16, 3B width, 4 layers, ~10k-token packs of 2-4 sessions): the torch
+core was 10-30 % faster end to end than the Triton kernel of that day; re-measure with
+tests/model/gpu_check.py before trusting "auto".
+"""
+from __future__ import annotations
+
+import torch
+from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
+from megatron.core.transformer.mlp import MLP, MLPSubmodules
+from megatron.core.transformer.spec_utils import ModuleSpec
+from megatron.core.transformer.torch_norm import WrappedTorchNorm
+
+from .attention import JointAttention, JointAttentionSubmodules, TorchMaskedAttention, TritonMaskedAttention
+from .blocks import AdaLNLinear, AdaLNTable, DualStreamBlock, MMDiTBlockSubmodules, SharedBlock
+from .config import MMDiTConfig
+
+
+def core_attention_class(backend: str, device: torch.device | str | None = None) -> type:
+    """"torch" | "triton" | "auto" -> the core class ("auto": triton when the model lives on CUDA)."""
+    if backend == "auto":
+        on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
+        backend = "triton" if on_cuda else "torch"
+    if backend == "torch":
+        return TorchMaskedAttention
+    if backend == "triton":
+        return TritonMaskedAttention
+    raise ValueError(f"attention_backend: expected 'auto', 'torch' or 'triton', got {backend!r}")
+
+
+def _adaln_spec(cfg: MMDiTConfig) -> ModuleSpec:
+    cls = AdaLNTable if cfg.adaln == "single" else AdaLNLinear
+    return ModuleSpec(module=cls, params={"zero_gates": cfg.adaln_zero_init})
+
+
+def _local_modules():
+    return dict(column=ColumnParallelLinear, row=RowParallelLinear, norm=WrappedTorchNorm)
+
+
+def _te_modules():
+    try:
+        import transformer_engine  # noqa: F401
+        from megatron.core.extensions.transformer_engine import (TEColumnParallelLinear, TENorm,
+                                                                 TERowParallelLinear)
+    except (ImportError, AttributeError) as e:
+        raise RuntimeError(f"transformer_impl='transformer_engine' needs Transformer Engine, which failed to "
+                           f"import ({e}); use transformer_impl='local'") from e
+    return dict(column=TEColumnParallelLinear, row=TERowParallelLinear, norm=TENorm)
+
+
+def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSpec, ModuleSpec]:
+    """-> (dual_stream_block_spec, shared_block_spec, final_layer_adaln_spec)."""
+    mods = _te_modules() if cfg.transformer_impl == "transformer_engine" else _local_modules()
+    core = core_attention_class(cfg.attention_backend, device)
+    attention = ModuleSpec(
+        module=JointAttention,
+        submodules=JointAttentionSubmodules(linear_qkv=mods["column"], q_layernorm=mods["norm"],
+                                            k_layernorm=mods["norm"], core_attention=core,
+                                            linear_proj=mods["row"]))
+    mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=mods["column"], linear_fc2=mods["row"]))
+    adaln = _adaln_spec(cfg)
+    sub = MMDiTBlockSubmodules(adaln=adaln, attention=attention, mlp=mlp)
+    block_params = {"norm_eps": cfg.norm_eps}
+    dual = ModuleSpec(module=DualStreamBlock, params=block_params, submodules=sub)
+    shared = ModuleSpec(module=SharedBlock, params=block_params, submodules=sub)
+    final_adaln = ModuleSpec(module=adaln.module, params={"zero_gates": False})
+    return dual, shared, final_adaln
