@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from vincie_mcore.data.maskspec import KIND_NOISY
-from vincie_mcore.data.packing import EncodedSession, PackConfig, PackedStream, pack, patchify, unpatchify
+from vincie_mcore.data.packing import EncodedSession, PackConfig, PackedStream, pack
 from vincie_mcore.data.recipe import RecipeConfig, SessionPlan, build_sample, draw_plan, inference_sample
 
 
@@ -120,14 +120,6 @@ def test_rope_positions():
     # interleaved: I0 at 0, T0 occupies 1..L0, I1 right after
     L0 = len(sess.texts[0].split()) + 1
     assert bi.img_pos[:, 0].unique().tolist()[:2] == [0, 1 + L0] and bi.txt_pos[0] == 1
-
-
-def test_patchify_roundtrip():
-    x = torch.randn(3, 24, 16)
-    t = patchify(x, 8)
-    assert t.shape == (6, 192)
-    assert torch.equal(unpatchify(t, (3, 2), 8), x)
-    assert torch.equal(t[1], x[:, 0:8, 8:16].reshape(-1))
 
 
 def test_stream_is_a_function_of_step():

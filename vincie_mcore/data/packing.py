@@ -7,7 +7,7 @@ image block patchified. Joint coordinates put all text first, then all images.
 Padding (to ``pad_multiple``, for TP/SP/CP splits) is a block of its own
 session, so it sees only itself and carries no loss.
 
-Also here: patchify/unpatchify, the in-memory encoded corpus, and the batch
+Also here: the in-memory encoded corpus, and the batch
 stream whose whole state is its step counter (so a resumed run draws exactly
 the batches an uninterrupted run would).
 """
@@ -18,28 +18,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ..model.embeddings import patchify, unpatchify  # noqa: F401  (re-exported for the data side)
 from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MaskSpec
 from .packed import PackedBatch
-from .recipe import RecipeConfig, SessionSample, build_sample, draw_plan
+from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan
 
 ROPE_MODES = ("separate", "interleaved")
-
-
-def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
-    """[C, H, W] -> [(H/p)*(W/p), C*p*p] (row-major over the patch grid)."""
-    C, H, W = latents.shape
-    if H % p or W % p:
-        raise ValueError(f"latent size {H}x{W} is not divisible by patch_size={p}")
-    x = latents.reshape(C, H // p, p, W // p, p)                  # (C, h, p, w, p)
-    return x.permute(1, 3, 0, 2, 4).reshape((H // p) * (W // p), C * p * p)
-
-
-def unpatchify(tokens: torch.Tensor, hw: tuple[int, int], p: int) -> torch.Tensor:
-    """[h*w, C*p*p] -> [C, h*p, w*p]."""
-    h, w = hw
-    C = tokens.shape[1] // (p * p)
-    x = tokens.reshape(h, w, C, p, p)                              # (h, w, C, p, p)
-    return x.permute(2, 0, 3, 1, 4).reshape(C, h * p, w * p)
 
 
 @dataclass
@@ -182,6 +166,17 @@ class PackedStream:
             raise ValueError("PackedStream: the corpus is empty")
         self.corpus, self.text_encoder, self.recipe, self.cfg, self.seed = corpus, text_encoder, recipe, pack_cfg, seed
         self.step = 0
+        self._warm_text_cache()
+
+    def _warm_text_cache(self, chunk: int = 256):
+        """Encode every text the recipe can emit once, in large batches (the encoder is frozen)."""
+        texts = {self.recipe.mask_prompt_src, self.recipe.mask_prompt_tgt}
+        for s in self.corpus:
+            for t, c in zip(s.texts, s.cameras):
+                texts.add(camera_prompt(t, c) if self.recipe.camera_prompts else t)
+        texts = sorted(texts)
+        for a in range(0, len(texts), chunk):
+            self.text_encoder.encode(texts[a:a + chunk])
 
     def _text_len(self, text: str) -> int:
         return self.text_encoder.encode([text])[0].shape[0]

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# VINCIE 3B (paper: 15k steps). Layout and sizes live in configs/experiment/3b.yaml;
+# extra Hydra overrides pass through:  sbatch slurm/train_3b.sh data.store=/path/to/store
+#SBATCH --job-name=vincie-3b
+#SBATCH --nodes=4
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=48:00:00
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+exec bash "${SLURM_SUBMIT_DIR:-.}/slurm/train.sbatch" experiment=3b "$@"

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# VINCIE 7B (paper: 40k steps). Layout and sizes live in configs/experiment/7b.yaml;
+# extra Hydra overrides pass through:  sbatch slurm/train_7b.sh data.store=/path/to/store
+#SBATCH --job-name=vincie-7b
+#SBATCH --nodes=8
+#SBATCH --ntasks-per-node=1
+#SBATCH --gpus-per-node=8
+#SBATCH --exclusive
+#SBATCH --time=72:00:00
+#SBATCH --output=%x-%j.out
+set -euo pipefail
+exec bash "${SLURM_SUBMIT_DIR:-.}/slurm/train.sbatch" experiment=7b "$@"
