@@ -174,7 +174,7 @@ def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
     dc = data_configs(cfg)
     return Editor(model, text_encoder, image_encoder, dc["pack"], build(FlowConfig, cfg.flow, "flow"),
                   build(SamplerConfig, cfg.sampler, "sampler"),
-                  device="cuda" if torch.cuda.is_available() else "cpu")
+                  device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
 
 
 # ----------------------------------------------------------------------------- evaluation

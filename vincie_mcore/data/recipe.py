@@ -170,7 +170,10 @@ def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan,
 
 
 def inference_sample(texts: list[str], camera_prompts: bool = True) -> SessionSample:
-    """Editing turn n: I0, T0, I1, ..., I_{n}, T_n, then a noisy I_{n+1} (full mask, no RoE)."""
+    """Editing turn n: I0, T0, I1, ..., I_{n}, T_n, then a noisy I_{n+1} (no RoE).
+
+    The layout is the same under either mask: context blocks are clean only and the
+    target is noisy only; the packer's mask type decides who sees whom."""
     n = len(texts)
     cfg = RecipeConfig(mask_type="full", camera_prompts=camera_prompts)
     plan = SessionPlan(num_turns=n, use_roe=False, task="nip", target_turn=n - 1)

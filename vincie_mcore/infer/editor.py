@@ -1,7 +1,8 @@
 """Turn-after-turn image editing with the in-context model.
 
 Each turn packs the whole history (I0, T0, I1, ..., I_n, T_n) followed by a
-noisy I_{n+1} under the ``full`` mask (how the released VINCIE models edit),
+noisy I_{n+1} under the mask the model was trained with (``full`` for the
+released VINCIE models; ``block_causal``: the history never sees the target),
 runs the Euler sampler with CFG, and appends the result to the history: the
 model's own outputs become the context of later turns.
 
@@ -40,11 +41,12 @@ class SamplerConfig:
 
 class Editor:
     def __init__(self, model, text_encoder, image_encoder, pack_cfg: PackConfig, flow_cfg: FlowConfig,
-                 sampler: SamplerConfig | None = None, device="cpu"):
+                 sampler: SamplerConfig | None = None, device="cpu", mask_type: str = "full"):
         self.model, self.text, self.image = model, text_encoder, image_encoder
         self.pack_cfg, self.flow_cfg = pack_cfg, flow_cfg
         self.sampler = sampler or SamplerConfig()
         self.device = torch.device(device)
+        self.mask_type = mask_type
         self.gen = torch.Generator().manual_seed(self.sampler.seed)
 
     def _check_image(self, image) -> torch.Tensor:
@@ -76,7 +78,7 @@ class Editor:
             all_texts = list(texts) + [prompt]
             sess = EncodedSession(frames=frames, texts=all_texts, cameras=[None] * len(all_texts))
             items.append((inference_sample(all_texts, self.sampler.camera_prompts), sess))
-        batch = pack(items, self.text.encode, self.pack_cfg, "full").to(self.device)
+        batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         s = self.sampler
         x = euler_sample(self.model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
                          gen=self.gen)
