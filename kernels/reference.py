@@ -83,3 +83,74 @@ def attention_reference(q, k, v, mask: torch.Tensor, softmax_scale: float | None
     p = p.masked_fill(~mask[None], 0.0)
     out = torch.einsum("hqk,khd->qhd", p, v.float())                     # (Sq, H, D)
     return out.to(q.dtype), lse
+
+
+# ----------------------------------------------------------------------------- test layouts
+# Helpers added for kernel tests and tools/check_attention.py; the rule above is unchanged.
+
+def spec_from_blocks(blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """[(length, order, kind, session), ...] in sequence order -> the four int32 spec vectors (CPU)."""
+    if not blocks:
+        raise ValueError("spec_from_blocks: no blocks")
+    lengths = torch.tensor([b[0] for b in blocks], dtype=torch.int32)
+    if (lengths < 0).any():
+        raise ValueError(f"spec_from_blocks: negative block length in {lengths.tolist()}")
+    offsets = torch.zeros(len(blocks) + 1, dtype=torch.int32)
+    offsets[1:] = torch.cumsum(lengths, 0)
+    cols = [torch.tensor([b[i] for b in blocks], dtype=torch.int32) for i in (1, 2, 3)]
+    return (offsets, *cols)
+
+
+def random_blocks(gen: torch.Generator, max_tokens: int = 256, max_sessions: int = 3,
+                  text_first: bool | None = None, padding: bool | None = None, image_scale: int = 1):
+    """A random packed layout as [(length, order, kind, session), ...]: awkward on purpose.
+
+    Several sessions of interleaved turns (image, text, optional mask image), noisy
+    copies of target images, single-token blocks, long text blocks, lengths that are
+    no multiple of any tile; either session-contiguous or the joint layout (every
+    text block first, then every image block); optionally a trailing padding block.
+    ``image_scale`` > 1 makes images that many times longer (GPU-sized tiles).
+    """
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    def length(kind):
+        r = rint(0, 9)
+        if r == 0:
+            return 1                                   # single-token block
+        if kind == KIND_TEXT and r >= 8:
+            return rint(40, 70)                        # long text turn
+        if kind != KIND_TEXT and image_scale > 1:
+            return rint(2, 29) * image_scale + rint(0, image_scale - 1)
+        return rint(2, 29)
+
+    if text_first is None:
+        text_first = bool(rint(0, 1))
+    if padding is None:
+        padding = rint(0, 3) == 0
+    n_sessions = rint(1, max_sessions)
+    budget = max_tokens // n_sessions
+    blocks = []
+    for s in range(n_sessions):
+        sess, used, order, turn = [], 0, 0, 0
+        while used < budget * 0.6 or turn < 1:
+            img = (length(KIND_CLEAN), order, KIND_CLEAN, s)
+            sess.append(img)
+            if turn > 0:                               # every target also has a noisy copy
+                sess.append((img[0], order, KIND_NOISY, s))
+            order += 1
+            if rint(0, 2) == 0:                        # region-of-editing mask image
+                sess.append((length(KIND_CLEAN), order, KIND_CLEAN, s))
+                order += 1
+            sess.append((length(KIND_TEXT), order, KIND_TEXT, s))
+            order += 1
+            turn += 1
+            used = sum(b[0] for b in sess)
+            if used + 2 * budget // 5 > budget:
+                break
+        blocks.extend(sess)
+    if text_first:
+        blocks = [b for b in blocks if b[2] == KIND_TEXT] + [b for b in blocks if b[2] != KIND_TEXT]
+    if padding:
+        blocks.append((rint(1, 20), 0, KIND_CLEAN, n_sessions))
+    return blocks

@@ -1,0 +1,520 @@
+"""Masked flash attention for VINCIE's interleaved masks: Triton forward + deterministic backward.
+
+One packed sequence, no batch dimension:
+
+    q [Sq, H, D]   queries of the joint-sequence slice [q_start, q_start + Sq)
+    k, v [Sk, H, D] keys/values of the slice [k_start, k_start + Sk)
+    out [Sq, H, D], lse [H, Sq] (natural log; -inf for a query that sees no key, whose out is 0)
+
+The mask comes from the compact spec (``kernels/reference.py``) through
+``kernels/worklist.py``: per-token int32 attributes and per-tile work lists.
+Each program walks its runs of tiles: *full* tiles with no element mask,
+*partial* tiles with the element test; skipped tiles are never loaded.
+
+Backward (no atomics, so bit-for-bit deterministic):
+    _bwd_delta_kernel: delta = rowsum(dO * O)                [H, Sq] fp32
+    _bwd_dkdv_kernel: one program per (head, key tile), walking the transposed list
+    _bwd_dq_kernel:   one program per (head, query tile), walking the forward list
+
+Matches ``kernels.reference.attention_reference`` with ``dense_mask``. Head dims
+16..128 (powers of two); fp16/bf16 on GPU, fp32 anywhere (under
+``TRITON_INTERPRET=1`` on CPU); fp32 accumulation throughout. Sequence lengths
+are not specialised on, so a new S never recompiles.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels.worklist import TileRuns, TokenAttrs, WorkLists, build_worklists
+
+__all__ = ["masked_attention", "masked_attention_forward", "plan_masked_attention", "AttentionPlan",
+           "MaskedAttentionFunction", "KernelConfig", "default_configs", "build_worklists"]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+
+# ----------------------------------------------------------------------------- kernels
+# Layout: q/k/v/o/do/dq/dk/dv are [S, H, D] with unit stride on D; strides passed per tensor.
+# Per-token attributes are int32 [Sq] (queries) and [Sk] (keys); lse/delta are fp32 [H, Sq].
+
+@triton.jit
+def _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank):
+    """[BM] query attrs x [BN] key attrs -> [BM, BN] bool: the element rule of kernels/worklist.py."""
+    same_sess = q_sess[:, None] == k_sess[None, :]
+    same_blk = q_blk[:, None] == k_blk[None, :]
+    return same_sess & (same_blk | (k_rank[None, :] <= q_lim[:, None]))
+
+
+@triton.jit
+def _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
+              K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+              D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """One online-softmax step over key tile kt (log2 domain)."""
+    offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    if MASKED:
+        n_valid = offs_n < Sk
+        k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :],
+                    mask=n_valid[:, None], other=0.0)                               # (BN, D)
+        v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :],
+                    mask=n_valid[:, None], other=0.0)
+        k_sess = tl.load(KS + offs_n, mask=n_valid, other=0)
+        k_blk = tl.load(KB + offs_n, mask=n_valid, other=0)
+        k_rank = tl.load(KR + offs_n, mask=n_valid, other=0)
+        vis = _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank) & n_valid[None, :]
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2            # (BM, BN)
+        s = tl.where(vis, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # row still empty: avoid -inf - -inf
+    else:
+        # full tile: complete, every pair visible -> no bounds, no element test
+        k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :])
+        v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :])
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = m_new
+    alpha = tl.exp2(m_i - m_use)
+    p = tl.exp2(s - m_use[:, None])
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PREC)
+    return acc, l_i, m_new
+
+
+@triton.jit(do_not_specialize=["Sq", "Sk", "W"])
+def _fwd_kernel(Q, K, V, O, LSE,
+                QS, QB, QL, KS, KB, KR,
+                FS, FE, NFR, PS, PE, NPR, PERM,  # runs of key tiles per query tile: [Tq, W] x2, [Tq] (x2)
+                scale_log2,                      # softmax_scale * log2(e)
+                Sq, Sk, W,
+                stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_os, stride_oh,
+                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    h = tl.program_id(0)                         # heads vary fastest: heavy tiles of all heads go first
+    tile = tl.load(PERM + tl.program_id(1))
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < Sq
+    q = tl.load(Q + offs_m[:, None] * stride_qs + h * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)                                   # (BM, D)
+    q_sess = tl.load(QS + offs_m, mask=m_valid, other=0)
+    q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
+    q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
+
+    row = tile.to(tl.int64) * W
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    # runs, then tiles of a run: the inner loop is affine, so its K/V loads are pipelined
+    for r in range(0, tl.load(NFR + tile)):
+        for kt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
+                                      K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
+                                      stride_vh, D, BLOCK_N, False, DOT_PREC)
+    for r in range(0, tl.load(NPR + tile)):
+        for kt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
+            acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
+                                      K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
+                                      stride_vh, D, BLOCK_N, True, DOT_PREC)
+
+    empty = l_i == 0.0                           # saw no key: out 0, lse -inf
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.log2(tl.where(empty, 1.0, l_i))) * 0.6931471805599453)
+    tl.store(O + offs_m[:, None] * stride_os + h * stride_oh + offs_d[None, :],
+             out.to(O.dtype.element_ty), mask=m_valid[:, None])
+    tl.store(LSE + h * Sq + offs_m, lse, mask=m_valid)
+
+
+@triton.jit(do_not_specialize=["Sq"])
+def _bwd_delta_kernel(O, DO, DELTA, Sq, stride_os, stride_oh, stride_dos, stride_doh,
+                      D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta[h, m] = sum_d O[m, h, d] * dO[m, h, d] in fp32, [H, Sq]."""
+    h = tl.program_id(0)
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < Sq
+    o = tl.load(O + offs_m[:, None] * stride_os + h * stride_oh + offs_d[None, :], mask=m_valid[:, None], other=0.0)
+    do = tl.load(DO + offs_m[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
+                 mask=m_valid[:, None], other=0.0)
+    tl.store(DELTA + h * Sq + offs_m, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=m_valid)
+
+
+@triton.jit
+def _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq):
+    """[BM] lse in log2 units (+inf for padding and empty rows, so their p is 0) and delta."""
+    lse = tl.load(LSE + h * Sq + offs_m, mask=m_valid, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * 1.4426950408889634)
+    delta = tl.load(DELTA + h * Sq + offs_m, mask=m_valid, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
+               Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
+               stride_qs, stride_qh, stride_dos, stride_doh,
+               D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate query tile qt into dK, dV of one key tile (transposed products, [BN, BM])."""
+    offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < Sq
+    q = tl.load(Q + offs_m[:, None] * stride_qs + h * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)                                   # (BM, D)
+    do = tl.load(DO + offs_m[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
+                 mask=m_valid[:, None], other=0.0)
+    lse2, delta = _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq)
+    s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale_log2             # (BN, BM)
+    p_t = tl.exp2(s_t - lse2[None, :])
+    if MASKED:
+        q_sess = tl.load(QS + offs_m, mask=m_valid, other=0)
+        q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
+        q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
+        vis = _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank)                 # (BM, BN)
+        p_t = tl.where(tl.trans(vis), p_t, 0.0)
+    dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
+    dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)                      # (BN, BM)
+    ds_t = p_t * (dp_t - delta[None, :])
+    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    return dk, dv
+
+
+@triton.jit(do_not_specialize=["Sq", "Sk", "W"])
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+                     QS, QB, QL, KS, KB, KR,
+                     FS, FE, NFR, PS, PE, NPR, PERM,   # runs of query tiles per key tile (transposed lists)
+                     sm_scale, scale_log2,
+                     Sq, Sk, W,
+                     stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
+                     stride_dos, stride_doh, stride_dks, stride_dkh, stride_dvs, stride_dvh,
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    h = tl.program_id(0)
+    tile = tl.load(PERM + tl.program_id(1))
+    offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    n_valid = offs_n < Sk
+    k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)                                   # (BN, D)
+    v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)
+    # padding keys get an impossible session so the element test drops them
+    k_sess = tl.load(KS + offs_n, mask=n_valid, other=-2147483648)
+    k_blk = tl.load(KB + offs_n, mask=n_valid, other=0)
+    k_rank = tl.load(KR + offs_n, mask=n_valid, other=0)
+
+    row = tile.to(tl.int64) * W
+    dk = tl.zeros([BLOCK_N, D], tl.float32)
+    dv = tl.zeros([BLOCK_N, D], tl.float32)
+    # full query tiles may hold padding rows: their do = 0 and p = 0, so they add nothing
+    for r in range(0, tl.load(NFR + tile)):
+        for qt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
+            dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
+                                Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, False, DOT_PREC)
+    for r in range(0, tl.load(NPR + tile)):
+        for qt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
+            dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
+                                Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, True, DOT_PREC)
+    dk = dk * sm_scale
+    tl.store(DK + offs_n[:, None] * stride_dks + h * stride_dkh + offs_d[None, :],
+             dk.to(DK.dtype.element_ty), mask=n_valid[:, None])
+    tl.store(DV + offs_n[:, None] * stride_dvs + h * stride_dvh + offs_d[None, :],
+             dv.to(DV.dtype.element_ty), mask=n_valid[:, None])
+
+
+@triton.jit
+def _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
+             K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+             D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+    """Accumulate key tile kt into dQ of one query tile."""
+    offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, D)
+    n_valid = offs_n < Sk
+    k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)                                   # (BN, D)
+    v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :],
+                mask=n_valid[:, None], other=0.0)
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2                # (BM, BN)
+    p = tl.exp2(s - lse2[:, None])
+    if MASKED:
+        k_sess = tl.load(KS + offs_n, mask=n_valid, other=0)
+        k_blk = tl.load(KB + offs_n, mask=n_valid, other=0)
+        k_rank = tl.load(KR + offs_n, mask=n_valid, other=0)
+        vis = _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank) & n_valid[None, :]
+        p = tl.where(vis, p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)                        # (BM, BN)
+    ds = p * (dp - delta[:, None])
+    dq += tl.dot(ds.to(k.dtype), k, input_precision=DOT_PREC)
+    return dq
+
+
+@triton.jit(do_not_specialize=["Sq", "Sk", "W"])
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
+                   QS, QB, QL, KS, KB, KR,
+                   FS, FE, NFR, PS, PE, NPR, PERM,     # runs of key tiles per query tile (forward lists)
+                   sm_scale, scale_log2,
+                   Sq, Sk, W,
+                   stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
+                   stride_dos, stride_doh, stride_dqs, stride_dqh,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+    h = tl.program_id(0)
+    tile = tl.load(PERM + tl.program_id(1))
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, D)
+    m_valid = offs_m < Sq
+    q = tl.load(Q + offs_m[:, None] * stride_qs + h * stride_qh + offs_d[None, :],
+                mask=m_valid[:, None], other=0.0)                                   # (BM, D)
+    do = tl.load(DO + offs_m[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
+                 mask=m_valid[:, None], other=0.0)
+    lse2, delta = _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq)
+    q_sess = tl.load(QS + offs_m, mask=m_valid, other=0)
+    q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
+    q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
+
+    row = tile.to(tl.int64) * W
+    dq = tl.zeros([BLOCK_M, D], tl.float32)
+    for r in range(0, tl.load(NFR + tile)):
+        for kt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
+            dq = _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
+                          K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+                          D, BLOCK_N, False, DOT_PREC)
+    for r in range(0, tl.load(NPR + tile)):
+        for kt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
+            dq = _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
+                          K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+                          D, BLOCK_N, True, DOT_PREC)
+    dq = dq * sm_scale
+    tl.store(DQ + offs_m[:, None] * stride_dqs + h * stride_dqh + offs_d[None, :],
+             dq.to(DQ.dtype.element_ty), mask=m_valid[:, None])
+
+
+# ----------------------------------------------------------------------------- configs
+
+@dataclass(frozen=True)
+class KernelConfig:
+    """One tiling + launch shape. Exactly one per (head dim, dtype, device): no autotuning, no recompiles."""
+    block_m: int
+    block_n: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def default_configs(head_dim: int, dtype: torch.dtype, device: torch.device):
+    """-> (forward config, backward config)."""
+    if device.type != "cuda":                  # Triton interpreter: small tiles keep numpy fast
+        return KernelConfig(32, 16), KernelConfig(16, 32)
+    if dtype == torch.float32:                 # checks only: fp32 tiles are 2x the shared memory
+        return KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 1)
+    if head_dim <= 64:
+        return KernelConfig(128, 64, 4, 3), KernelConfig(64, 64, 4, 2)
+    return KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2)
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs: exact products (TF32 would miss the fp32 tolerances); fp16/bf16 ignore this
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+# ----------------------------------------------------------------------------- launchers
+
+def _check_inputs(q, k, v):
+    if q.dim() != 3 or k.dim() != 3 or v.dim() != 3:
+        raise ValueError(f"q, k, v must be [S, H, D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"k and v shapes differ: {tuple(k.shape)} vs {tuple(v.shape)}")
+    if q.shape[1:] != k.shape[1:]:
+        raise ValueError(f"q [Sq, H, D] and k [Sk, H, D] disagree on H, D: {tuple(q.shape)} vs {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"dtype must be float16, bfloat16 or float32, got {q.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k, v devices differ: {q.device}, {k.device}, {v.device}")
+    D = q.shape[2]
+    if D < 16 or D > 128 or D & (D - 1):
+        raise ValueError(f"head dim must be a power of two in [16, 128], got {D}")
+    if q.device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            raise RuntimeError("masked_attention on CPU tensors needs TRITON_INTERPRET=1 set before triton is imported")
+        if q.dtype != torch.float32:
+            raise TypeError(f"the Triton interpreter computes fp16/bf16 wrongly; use float32 on CPU, got {q.dtype}")
+    elif q.device.type != "cuda":
+        raise ValueError(f"unsupported device {q.device}")
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if t.numel() >= 2**31:
+            raise ValueError(f"{name} has {t.numel()} elements; int32 offsets need < 2**31")
+
+
+def _runs_args(r: TileRuns):
+    return r.full_start, r.full_end, r.n_full_runs, r.part_start, r.part_end, r.n_part_runs, r.perm
+
+
+def _contig(t: torch.Tensor) -> torch.Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _fwd(q, k, v, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
+    Sq, H, D = q.shape
+    Sk = k.shape[0]
+    out = torch.empty_like(q)
+    lse = torch.empty((H, Sq), device=q.device, dtype=torch.float32)
+    if Sq == 0:
+        return out, lse
+    _fwd_kernel[(H, wl.num_q_tiles)](
+        q, k, v, out, lse,
+        attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
+        *_runs_args(wl.q), scale * LOG2E, Sq, Sk, wl.q.width,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return out, lse
+
+
+def _bwd(do, q, k, v, out, lse, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
+    Sq, H, D = q.shape
+    Sk = k.shape[0]
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    if Sq == 0 or Sk == 0:
+        return dq.zero_(), dk.zero_(), dv.zero_()
+    delta = torch.empty((H, Sq), device=q.device, dtype=torch.float32)
+    _bwd_delta_kernel[(H, triton.cdiv(Sq, wl.block_m))](
+        out, do, delta, Sq, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+        D=D, BLOCK_M=wl.block_m, num_warps=cfg.num_warps)
+    prec = _dot_precision(q.dtype)
+    _bwd_dkdv_kernel[(H, wl.num_k_tiles)](
+        q, k, v, do, lse, delta, dk, dv,
+        attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
+        *_runs_args(wl.k), scale, scale * LOG2E, Sq, Sk, wl.k.width,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    _bwd_dq_kernel[(H, wl.num_q_tiles)](
+        q, k, v, do, lse, delta, dq,
+        attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
+        *_runs_args(wl.q), scale, scale * LOG2E, Sq, Sk, wl.q.width,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=prec,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dq, dk, dv
+
+
+# ----------------------------------------------------------------------------- autograd + public API
+
+class MaskedAttentionFunction(torch.autograd.Function):
+    """out = softmax(q k^T * scale, masked by the spec) v.
+
+    forward(q [Sq,H,D], k [Sk,H,D], v [Sk,H,D], attrs, wl_fwd, wl_bwd, scale, cfg_fwd, cfg_bwd) -> out [Sq,H,D]
+    backward -> dq, dk, dv (same shapes). Matches kernels.reference.attention_reference(q, k, v, dense_mask(...)).
+    ``wl_bwd`` may be None when no gradient is needed.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, attrs, wl_fwd, wl_bwd, scale, cfg_fwd, cfg_bwd):
+        q, k, v = _contig(q), _contig(k), _contig(v)
+        out, lse = _fwd(q, k, v, attrs, wl_fwd, scale, cfg_fwd)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.attrs, ctx.wl_bwd, ctx.scale, ctx.cfg_bwd = attrs, wl_bwd, scale, cfg_bwd
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, out, lse = ctx.saved_tensors
+        if ctx.wl_bwd is None:
+            raise RuntimeError("masked_attention: backward work lists were not built (inputs did not require grad)")
+        dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, ctx.attrs, ctx.wl_bwd, ctx.scale, ctx.cfg_bwd)
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+@dataclass
+class AttentionPlan:
+    """Everything masked_attention derives from the spec: build once per packed batch, reuse in every layer."""
+    q_start: int
+    q_len: int
+    k_start: int
+    k_len: int
+    head_dim: int
+    dtype: torch.dtype
+    attrs: TokenAttrs
+    wl_fwd: WorkLists
+    wl_bwd: WorkLists | None
+    cfg_fwd: KernelConfig
+    cfg_bwd: KernelConfig
+
+
+def plan_masked_attention(block_offsets, block_order, block_kind, block_session, mask_type: str,
+                          q_start: int, q_len: int, k_start: int, k_len: int, head_dim: int,
+                          dtype: torch.dtype, need_bwd: bool = True,
+                          configs: tuple[KernelConfig, KernelConfig] | None = None) -> AttentionPlan:
+    """Token attributes + forward (and backward) work lists for one (spec, slice, head dim, dtype). No sync."""
+    device = block_offsets.device
+    for name, t in (("block_order", block_order), ("block_kind", block_kind), ("block_session", block_session)):
+        if t.device != device:
+            raise ValueError(f"{name} is on {t.device} but block_offsets is on {device}")
+    cfg_f, cfg_b = configs if configs is not None else default_configs(head_dim, dtype, device)
+    attrs, wl_f = build_worklists(block_offsets, block_order, block_kind, block_session, mask_type,
+                                  q_start, q_len, k_start, k_len, cfg_f.block_m, cfg_f.block_n)
+    wl_b = None
+    if need_bwd:
+        if (cfg_b.block_m, cfg_b.block_n) == (cfg_f.block_m, cfg_f.block_n):
+            wl_b = wl_f
+        else:
+            _, wl_b = build_worklists(block_offsets, block_order, block_kind, block_session, mask_type,
+                                      q_start, q_len, k_start, k_len, cfg_b.block_m, cfg_b.block_n, attrs=attrs)
+    return AttentionPlan(q_start, q_len, k_start, k_len, head_dim, dtype, attrs, wl_f, wl_b, cfg_f, cfg_b)
+
+
+def _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd, configs, plan):
+    _check_inputs(q, k, v)
+    Sq, H, D = q.shape
+    Sk = k.shape[0]
+    if spec[0].device != q.device:
+        raise ValueError(f"block_offsets is on {spec[0].device} but q is on {q.device}")
+    if plan is None:
+        plan = plan_masked_attention(*spec, mask_type, q_start, Sq, k_start, Sk, D, q.dtype, need_bwd, configs)
+    else:
+        got = (plan.q_start, plan.q_len, plan.k_start, plan.k_len, plan.head_dim, plan.dtype)
+        want = (q_start, Sq, k_start, Sk, D, q.dtype)
+        if got != want:
+            raise ValueError(f"plan was built for (q_start, Sq, k_start, Sk, D, dtype) = {got}, called with {want}")
+        if need_bwd and plan.wl_bwd is None:
+            raise ValueError("plan was built with need_bwd=False but gradients are required")
+    scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
+    return plan, scale
+
+
+def masked_attention(q, k, v, block_offsets, block_order, block_kind, block_session, mask_type: str,
+                     q_start: int = 0, k_start: int = 0, softmax_scale: float | None = None,
+                     *, plan: AttentionPlan | None = None,
+                     configs: tuple[KernelConfig, KernelConfig] | None = None) -> torch.Tensor:
+    """Attention of queries [q_start, q_start+Sq) over keys [k_start, k_start+Sk) of one packed joint sequence.
+
+    q [Sq, H, D], k/v [Sk, H, D] -> out [Sq, H, D]; differentiable in q, k, v.
+    The spec tensors (int32, on q's device) and ``mask_type`` ("full" | "block_causal")
+    define the mask as in ``kernels/reference.py``. A query that sees no key gets 0.
+    ``plan`` (from ``plan_masked_attention``, same spec) skips rebuilding the work lists:
+    build it once per batch and pass it to every layer. ``configs`` (forward, backward)
+    overrides the tiling; tests use it.
+    """
+    need_bwd = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+    spec = (block_offsets, block_order, block_kind, block_session)
+    plan, scale = _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd, configs, plan)
+    return MaskedAttentionFunction.apply(q, k, v, plan.attrs, plan.wl_fwd, plan.wl_bwd, scale,
+                                         plan.cfg_fwd, plan.cfg_bwd)
+
+
+def masked_attention_forward(q, k, v, block_offsets, block_order, block_kind, block_session, mask_type: str,
+                             q_start: int = 0, k_start: int = 0, softmax_scale: float | None = None,
+                             *, plan: AttentionPlan | None = None,
+                             configs: tuple[KernelConfig, KernelConfig] | None = None):
+    """Forward only, no autograd: -> (out [Sq, H, D], lse [H, Sq] fp32, natural log, -inf for empty rows)."""
+    spec = (block_offsets, block_order, block_kind, block_session)
+    plan, scale = _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, False, configs, plan)
+    return _fwd(_contig(q), _contig(k), _contig(v), plan.attrs, plan.wl_fwd, scale, plan.cfg_fwd)

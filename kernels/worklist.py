@@ -1,0 +1,238 @@
+"""Per-token mask attributes and per-tile work lists, built on the device from the compact spec.
+
+The mask rule (``kernels/reference.py``) is rewritten per token as three int32s,
+so that one element test serves both mask types:
+
+    visible(q, k) = sess[q] == sess[k] and (blk[q] == blk[k] or key_rank[k] <= query_limit[q])
+
+    block_causal:  query_limit = order - (kind == NOISY)   (noisy q sees strictly earlier orders)
+                   key_rank    = order, or INT32_MAX if the key is noisy (noisy keys only via same block)
+    full:          query_limit = INT32_MAX, key_rank = 0   (everything in the session)
+
+A (query tile, key tile) pair is then classified from the min/max of those
+attributes inside each tile:
+
+    skip     no pair can be visible: session ranges disjoint, or block ranges
+             disjoint and min(key_rank) > max(query_limit). Exact-safe.
+    full     every pair is visible: one session on both sides, equal, and either
+             max(key_rank) <= min(query_limit) or both tiles lie in one same block;
+             and the key tile is complete (no padding keys). Exact-safe.
+    partial  anything else; the kernel evaluates the element test. Always safe.
+
+Cost: O(S) for the token attributes and tile summaries, O(Tq * Tk) small integer
+ops for the classification (Tq = ceil(Sq / block_m)); no S x S tensor and no
+host synchronisation, so building is asynchronous on a GPU.
+
+Work lists are stored as *runs* of consecutive tiles, padded per row ("ELL"):
+for each query tile, the [start, end) key-tile ranges of its full tiles and of
+its partial tiles. A kernel loops over runs, then over the tiles of a run; the
+inner loop's addresses are affine in its index, so Triton software-pipelines the
+K/V loads (a flat list of tile indices makes every load indirect, and Triton
+then does not pipeline them). The visible key tiles of a block-causal row form
+a few long runs (whole images). The transposed runs (for each key tile, its
+query tiles) feed the dK/dV backward. ``perm`` lists row tiles by decreasing
+work so the heaviest programs start first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kernels.reference import KIND_NOISY, MASK_TYPES
+
+INT32_MAX = 2**31 - 1
+
+__all__ = ["TokenAttrs", "TileRuns", "WorkLists", "token_attributes", "build_worklists", "classify_tiles",
+           "SKIP", "PARTIAL", "FULL"]
+
+SKIP, PARTIAL, FULL = 0, 1, 2
+
+
+@dataclass
+class TokenAttrs:
+    """Per-token int32 attributes of a query slice and a key slice of the joint sequence."""
+    q_sess: torch.Tensor    # [Sq]
+    q_blk: torch.Tensor     # [Sq]
+    q_limit: torch.Tensor   # [Sq]
+    k_sess: torch.Tensor    # [Sk]
+    k_blk: torch.Tensor     # [Sk]
+    k_rank: torch.Tensor    # [Sk]
+
+
+@dataclass
+class TileRuns:
+    """Runs of consecutive tiles for each row tile (query tiles; key tiles when transposed).
+
+    Row r's full tiles are the union of [full_start[r, i], full_end[r, i]) for i < n_full_runs[r];
+    its partial tiles likewise. Runs are sorted and disjoint; the arrays are padded to [R, W].
+    """
+    full_start: torch.Tensor    # int32 [R, W]
+    full_end: torch.Tensor      # int32 [R, W]
+    n_full_runs: torch.Tensor   # int32 [R]
+    part_start: torch.Tensor    # int32 [R, W]
+    part_end: torch.Tensor      # int32 [R, W]
+    n_part_runs: torch.Tensor   # int32 [R]
+    n_full: torch.Tensor        # int32 [R]  number of full tiles
+    n_part: torch.Tensor        # int32 [R]  number of partial tiles
+    perm: torch.Tensor          # int32 [R]  rows by decreasing work
+
+    @property
+    def width(self) -> int:
+        return self.full_start.shape[1]
+
+
+@dataclass
+class WorkLists:
+    """Tile work lists for one (block_m, block_n) tiling. See the module docstring."""
+    block_m: int
+    block_n: int
+    num_q_tiles: int
+    num_k_tiles: int
+    q: TileRuns                 # per query tile: runs of key tiles (forward, dQ)
+    k: TileRuns                 # per key tile: runs of query tiles (dK, dV)
+
+    def counts(self) -> dict:
+        """Numbers of full / partial / skipped tile pairs and of runs (host sync: for reports only)."""
+        n_full, n_part = int(self.q.n_full.sum()), int(self.q.n_part.sum())
+        total = self.num_q_tiles * self.num_k_tiles
+        return {"full": n_full, "partial": n_part, "skip": total - n_full - n_part, "total": total,
+                "q_runs": int(self.q.n_full_runs.sum() + self.q.n_part_runs.sum()),
+                "k_runs": int(self.k.n_full_runs.sum() + self.k.n_part_runs.sum())}
+
+
+def _check_spec(block_offsets, block_order, block_kind, block_session, mask_type):
+    if mask_type not in MASK_TYPES:
+        raise ValueError(f"mask_type must be one of {MASK_TYPES}, got {mask_type!r}")
+    nb = block_order.numel()
+    for name, t, n in (("block_offsets", block_offsets, nb + 1), ("block_order", block_order, nb),
+                       ("block_kind", block_kind, nb), ("block_session", block_session, nb)):
+        if t.dtype != torch.int32:
+            raise TypeError(f"{name} must be int32, got {t.dtype}")
+        if t.dim() != 1 or t.numel() != n:
+            raise ValueError(f"{name} must be 1-D with {n} entries (nb = {nb}), got shape {tuple(t.shape)}")
+        if t.device != block_offsets.device:
+            raise ValueError(f"{name} is on {t.device}, block_offsets on {block_offsets.device}")
+    if nb == 0:
+        raise ValueError("mask spec has no blocks")
+
+
+def token_attributes(block_offsets, block_order, block_kind, block_session, mask_type: str,
+                     q_start: int, q_len: int, k_start: int, k_len: int) -> TokenAttrs:
+    """O(S) per-token attributes for queries [q_start, q_start+q_len) and keys [k_start, k_start+k_len)."""
+    _check_spec(block_offsets, block_order, block_kind, block_session, mask_type)
+    if q_start < 0 or k_start < 0 or q_len < 0 or k_len < 0:
+        raise ValueError(f"negative slice: q_start={q_start} q_len={q_len} k_start={k_start} k_len={k_len}")
+    if block_offsets.device.type == "cpu":   # free to check here; on a GPU it would cost a sync
+        S = int(block_offsets[-1])
+        if q_start + q_len > S or k_start + k_len > S:
+            raise ValueError(f"slice beyond the spec's sequence length {S}: "
+                             f"queries end at {q_start + q_len}, keys at {k_start + k_len}")
+    dev = block_offsets.device
+
+    def per_token(start, length):
+        pos = torch.arange(start, start + length, device=dev, dtype=torch.int32)
+        # right=True: among empty blocks sharing an offset, the last (non-empty) one owns the token
+        blk = (torch.searchsorted(block_offsets, pos, right=True) - 1).to(torch.int32)   # (L,)
+        blk = blk.clamp_(0, block_order.numel() - 1)
+        blk_l = blk.long()
+        return blk, block_order[blk_l], block_kind[blk_l] == KIND_NOISY, block_session[blk_l]
+
+    q_blk, q_order, q_noisy, q_sess = per_token(q_start, q_len)
+    k_blk, k_order, k_noisy, k_sess = per_token(k_start, k_len)
+    if mask_type == "full":
+        q_limit = torch.full_like(q_order, INT32_MAX)
+        k_rank = torch.zeros_like(k_order)
+    else:
+        q_limit = q_order - q_noisy.to(torch.int32)
+        k_rank = torch.where(k_noisy, torch.full_like(k_order, INT32_MAX), k_order)
+    return TokenAttrs(q_sess.contiguous(), q_blk.contiguous(), q_limit.contiguous(),
+                      k_sess.contiguous(), k_blk.contiguous(), k_rank.contiguous())
+
+
+def _tile_minmax(x: torch.Tensor, tile: int):
+    """[L] -> ([T], [T]) min and max per tile; the last tile is padded by repeating its last value."""
+    L = x.numel()
+    T = (L + tile - 1) // tile
+    pad = T * tile - L
+    if pad:
+        x = torch.cat([x, x[-1:].expand(pad)])
+    x = x.view(T, tile)                                                         # (T, tile)
+    return x.amin(dim=1), x.amax(dim=1)
+
+
+def classify_tiles(attrs: TokenAttrs, block_m: int, block_n: int) -> torch.Tensor:
+    """[Tq, Tk] int8 of SKIP / PARTIAL / FULL (see module docstring). O(S + Tq*Tk)."""
+    Sq, Sk = attrs.q_sess.numel(), attrs.k_sess.numel()
+    if Sq == 0 or Sk == 0:
+        return torch.zeros(((Sq + block_m - 1) // block_m, (Sk + block_n - 1) // block_n),
+                           dtype=torch.int8, device=attrs.q_sess.device)
+    qs_lo, qs_hi = (t[:, None] for t in _tile_minmax(attrs.q_sess, block_m))   # (Tq, 1)
+    qb_lo, qb_hi = (t[:, None] for t in _tile_minmax(attrs.q_blk, block_m))
+    ql_lo, ql_hi = (t[:, None] for t in _tile_minmax(attrs.q_limit, block_m))
+    ks_lo, ks_hi = (t[None, :] for t in _tile_minmax(attrs.k_sess, block_n))   # (1, Tk)
+    kb_lo, kb_hi = (t[None, :] for t in _tile_minmax(attrs.k_blk, block_n))
+    kr_lo, kr_hi = (t[None, :] for t in _tile_minmax(attrs.k_rank, block_n))
+    Tk = kr_lo.shape[1]
+    k_complete = (torch.arange(Tk, device=kr_lo.device) + 1) * block_n <= Sk  # (Tk,)
+
+    sess_disjoint = (qs_hi < ks_lo) | (ks_hi < qs_lo)                           # (Tq, Tk)
+    blk_disjoint = (qb_hi < kb_lo) | (kb_hi < qb_lo)
+    skip = sess_disjoint | (blk_disjoint & (kr_lo > ql_hi))
+    one_session = (qs_lo == qs_hi) & (ks_lo == ks_hi) & (qs_lo == ks_lo)
+    one_block = (qb_lo == qb_hi) & (kb_lo == kb_hi) & (qb_lo == kb_lo)
+    full = one_session & ((kr_hi <= ql_lo) | one_block) & k_complete[None, :]
+    cls = torch.full(skip.shape, PARTIAL, dtype=torch.int8, device=skip.device)
+    cls.masked_fill_(full, FULL)
+    cls.masked_fill_(skip, SKIP)
+    return cls
+
+
+def _runs(is_c: torch.Tensor, width: int):
+    """[R, C] bool -> (start [R, W], end [R, W], count [R]): maximal runs of True, sorted, zero-padded."""
+    R, C = is_c.shape
+    pad = torch.zeros(R, 1, dtype=torch.bool, device=is_c.device)
+    prev = torch.cat([pad, is_c[:, :-1]], dim=1)                               # (R, C)
+    nxt = torch.cat([is_c[:, 1:], pad], dim=1)
+    col = torch.arange(C, device=is_c.device, dtype=torch.int32)
+    found = []
+    for edge in (is_c & ~prev, is_c & ~nxt):                                  # run starts, run ends (inclusive)
+        # marked columns moved to the front of each row, in order: argsort of a unique key, no host sync
+        key = torch.where(edge, col, col + C)
+        found.append(torch.sort(key, dim=1).values[:, :width])                # (R, W)
+    count = (is_c & ~prev).sum(dim=1, dtype=torch.int32)
+    valid = torch.arange(width, device=is_c.device)[None, :] < count[:, None]
+    start = torch.where(valid, found[0], 0).to(torch.int32).contiguous()
+    end = torch.where(valid, found[1] + 1, 0).to(torch.int32).contiguous()
+    return start, end, count
+
+
+def _tile_runs(cls: torch.Tensor) -> TileRuns:
+    """[R, C] classes -> TileRuns (runs of full and of partial tiles per row)."""
+    R, C = cls.shape
+    width = max(1, (C + 1) // 2)            # at most ceil(C/2) disjoint runs of one class per row
+    fs, fe, nfr = _runs(cls == FULL, width)
+    ps, pe, npr = _runs(cls == PARTIAL, width)
+    n_full = (cls == FULL).sum(dim=1, dtype=torch.int32)
+    n_part = (cls == PARTIAL).sum(dim=1, dtype=torch.int32)
+    # heaviest rows first (partial tiles cost a little more); stable for determinism
+    perm = torch.argsort(-(n_full + 2 * n_part), stable=True).to(torch.int32)
+    return TileRuns(fs, fe, nfr, ps, pe, npr, n_full, n_part, perm)
+
+
+def build_worklists(block_offsets, block_order, block_kind, block_session, mask_type: str,
+                    q_start: int, q_len: int, k_start: int, k_len: int,
+                    block_m: int, block_n: int, attrs: TokenAttrs | None = None):
+    """Token attributes + work lists for one tiling. Returns (TokenAttrs, WorkLists).
+
+    Pass ``attrs`` to reuse already built token attributes (e.g. a second tiling).
+    """
+    if block_m <= 0 or block_n <= 0:
+        raise ValueError(f"tile sizes must be positive, got block_m={block_m} block_n={block_n}")
+    if attrs is None:
+        attrs = token_attributes(block_offsets, block_order, block_kind, block_session, mask_type,
+                                 q_start, q_len, k_start, k_len)
+    cls = classify_tiles(attrs, block_m, block_n)                               # (Tq, Tk)
+    Tq, Tk = cls.shape
+    wl = WorkLists(block_m, block_n, Tq, Tk, _tile_runs(cls), _tile_runs(cls.t()))
+    return attrs, wl

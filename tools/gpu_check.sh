@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# One-shot GPU check: every GPU test and benchmark, JSON out. Run from anywhere:
+#
+#     OUT=/some/dir bash tools/gpu_check.sh          # OUT defaults to benchmarks/out
+#
+# The GPU box has torch + triton but none of this package's other deps and no
+# internet: never `pip install -e .` here (it would fetch a CPU torch); the repo
+# runs from its root with PYTHONPATH=. . pytest is used if importable, else from
+# .gpu_pydeps/ (make it here with `bash tools/gpu_check.sh --prep-pydeps` and carry it).
+#
+# Every step runs under `timeout` and inside an overall budget (BUDGET_S, default
+# 330 s); a failing or timed-out step is recorded, never fatal. Each step's last
+# stdout line (JSON) and log tail land in $OUT/gpu_check.json; every *.json in
+# $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
+# (a CPU dry run takes ~15 s). The last line printed is the summary JSON.
+#
+# To add a section: copy a `run_step` block into the marked place, above "Summary".
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+if [ "${1:-}" = "--prep-pydeps" ]; then       # local machine: copy pure-Python pytest into .gpu_pydeps
+    SP=$(ls -d .venv/lib/python3*/site-packages | head -n 1)
+    rm -rf .gpu_pydeps && mkdir -p .gpu_pydeps
+    for p in pytest _pytest pluggy iniconfig packaging py.py; do cp -r "$SP/$p" .gpu_pydeps/; done
+    find .gpu_pydeps -name __pycache__ -prune -exec rm -rf {} +
+    echo "wrote .gpu_pydeps ($(du -sh .gpu_pydeps | cut -f1)); carry it to the GPU box"
+    exit 0
+fi
+
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-benchmarks/out}
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+PY=${PYTHON:-$(command -v python || command -v python3)}
+STEPS="$OUT/gpu_check_steps.jsonl"
+: > "$STEPS"
+BUDGET_S=${BUDGET_S:-330}
+T_START=$(date +%s)
+
+# run_step NAME LIMIT_S CMD...: run CMD under timeout (capped by the remaining budget), log it, record it
+run_step() {
+    local name=$1 limit=$2; shift 2
+    local left=$(( BUDGET_S - ($(date +%s) - T_START) ))
+    if [ "$left" -lt 20 ]; then
+        record "$name" skipped 0 0 "overall budget spent"; return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    echo "=== [$name] (limit ${limit}s): $*"
+    local t0=$(date +%s.%N)
+    timeout -k 10 "$limit" "$@" > "$OUT/logs/$name.log" 2>&1
+    local rc=$?
+    local secs=$("$PY" -c "import sys; print(round($(date +%s.%N) - $t0, 1))")
+    tail -n 3 "$OUT/logs/$name.log" | cut -c1-400
+    record "$name" ran "$rc" "$secs" ""
+}
+
+# record NAME STATUS RC SECONDS NOTE: append one JSON line to $STEPS (parses the log's last line as JSON)
+record() {
+    STEP_NAME=$1 STEP_STATUS=$2 STEP_RC=$3 STEP_SECS=$4 STEP_NOTE=$5 STEP_LOG="$OUT/logs/$1.log" \
+    "$PY" - >> "$STEPS" <<'PYEOF'
+import json, os
+e = os.environ
+rec = {"step": e["STEP_NAME"], "status": e["STEP_STATUS"], "rc": int(e["STEP_RC"]),
+       "seconds": float(e["STEP_SECS"]), "timed_out": e["STEP_RC"] in ("124", "137")}
+if e["STEP_NOTE"]:
+    rec["note"] = e["STEP_NOTE"]
+if e["STEP_STATUS"] == "ran":
+    rec["ok"] = rec["rc"] == 0
+    try:
+        lines = open(e["STEP_LOG"], errors="replace").read().splitlines()
+    except OSError:
+        lines = []
+    try:
+        rec["result"] = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        rec["result"] = None
+    if rec["rc"] != 0 or rec["result"] is None:
+        rec["log_tail"] = lines[-25:]
+print(json.dumps(rec))
+PYEOF
+}
+
+HAS_GPU=0
+"$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null && HAS_GPU=1
+
+# ============================================================================ Section: environment
+run_step env 60 "$PY" - <<'PYEOF'
+import json, platform, subprocess, torch
+info = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
+        "cuda_available": torch.cuda.is_available()}
+try:
+    import triton
+    info["triton"] = triton.__version__
+except Exception as e:
+    info["triton"] = f"unavailable: {e}"
+if torch.cuda.is_available():
+    info["device"] = torch.cuda.get_device_name()
+    info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+    info["device_memory_gib"] = round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1)
+for mod in ("pytest", "megatron.core", "transformer_engine"):
+    try:
+        __import__(mod)
+        info[mod] = "yes"
+    except Exception:
+        info[mod] = "no"
+try:
+    info["nvidia_smi"] = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total",
+                                         "--format=csv,noheader"], capture_output=True, text=True,
+                                        timeout=20).stdout.strip()
+except Exception:
+    info["nvidia_smi"] = None
+try:
+    info["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+except Exception:
+    pass
+print(json.dumps(info))
+PYEOF
+
+# ============================================================================ Section: kernels (Triton masked attention)
+if [ "$HAS_GPU" = 1 ]; then
+    run_step check_attention_bf16 120 "$PY" -m tools.check_attention --device cuda --dtype bfloat16 \
+        --cases 18 --seed 0 --out "$OUT/check_attention_bf16.json"
+    run_step bench_attention 210 "$PY" tools/bench_attention.py --out "$OUT/bench_attention.json"
+    PYTEST_PATH="$PYTHONPATH"
+    "$PY" -c "import pytest" 2>/dev/null || PYTEST_PATH="$ROOT/.gpu_pydeps:$PYTHONPATH"
+    if PYTHONPATH="$PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
+        run_step pytest_kernels 120 env PYTHONPATH="$PYTEST_PATH" "$PY" -m pytest -q -p no:cacheprovider tests/kernels
+    else
+        record pytest_kernels skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
+    fi
+    run_step check_attention_fp32 90 "$PY" -m tools.check_attention --device cuda --dtype float32 \
+        --cases 6 --seed 1 --out "$OUT/check_attention_fp32.json"
+    run_step check_attention_fp16 60 "$PY" -m tools.check_attention --device cuda --dtype float16 \
+        --cases 6 --seed 2 --out "$OUT/check_attention_fp16.json"
+else
+    # CPU dry run: the interpreter path of the check, and the benchmark's skip answer
+    run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m tools.check_attention --device cpu \
+        --cases 2 --seed 0 --out "$OUT/check_attention_cpu.json"
+    run_step bench_attention 60 "$PY" tools/bench_attention.py --out "$OUT/bench_attention.json"
+    for s in pytest_kernels check_attention_fp32 check_attention_fp16; do record "$s" skipped 0 0 "no GPU"; done
+fi
+
+# ============================================================================ Add new sections here (above Summary)
+
+# ============================================================================ Section: model on TE/FP8 + layer benchmark (H6)
+# (a) install the carried wheels (megatron-core, ...) with --no-deps --no-index: the box has no internet;
+#     never on a CPU dry run (it would replace the venv's megatron-core);
+# (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
+# (c) tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
+WHEELS=$(ls shared/wheels/*.whl .wheels/*.whl 2>/dev/null | tr '\n' ' ')
+if [ "$HAS_GPU" = 1 ] && [ -n "$WHEELS" ]; then
+    # shellcheck disable=SC2086
+    run_step install_wheels 90 "$PY" -m pip install --no-deps --no-index --disable-pip-version-check -q $WHEELS
+    if ! "$PY" -c "import megatron.core" 2>/dev/null; then
+        # pip refused (no pip, PEP 668 "externally managed", read-only site): unpack the wheels onto PYTHONPATH
+        # shellcheck disable=SC2086
+        run_step unpack_wheels 60 "$PY" -c "import sys, zipfile; [zipfile.ZipFile(w).extractall(sys.argv[1]) for w in sys.argv[2:]]; print('{\"unpacked\": %d}' % (len(sys.argv) - 2))" "$ROOT/.gpu_site" $WHEELS
+        export PYTHONPATH="$ROOT/.gpu_site:$PYTHONPATH"
+    fi
+elif [ "$HAS_GPU" = 1 ]; then
+    record install_wheels skipped 0 0 "no wheels under shared/wheels/ or .wheels/"
+else
+    record install_wheels skipped 0 0 "no GPU (dry run: the local venv is left alone)"
+fi
+run_step model_deps 30 "$PY" - <<'PYEOF'
+import importlib, json
+out = {}
+for mod in ("numpy", "packaging", "megatron.core", "transformer_engine", "triton", "pytest"):
+    try:
+        m = importlib.import_module(mod)
+        out[mod] = getattr(m, "__version__", "yes")
+    except Exception as e:
+        out[mod] = f"no ({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''})"
+print(json.dumps(out))
+PYEOF
+TE_PYTEST_PATH="$PYTHONPATH"
+"$PY" -c "import pytest" 2>/dev/null || TE_PYTEST_PATH="$ROOT/.gpu_pydeps:$PYTHONPATH"
+if PYTHONPATH="$TE_PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
+    run_step pytest_te_spec 90 env PYTHONPATH="$TE_PYTEST_PATH" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+        "$PY" -m pytest -q -rs -p no:cacheprovider tests/model/test_te_spec.py
+else
+    record pytest_te_spec skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
+fi
+run_step bench_layers 150 "$PY" tools/bench_layers.py --out "$OUT/bench_layers.json"
+
+# ============================================================================ Summary
+T_TOTAL=$(( $(date +%s) - T_START ))
+STEPS="$STEPS" OUT="$OUT" T_TOTAL="$T_TOTAL" HAS_GPU="$HAS_GPU" "$PY" - <<'PYEOF'
+import json, os
+steps = [json.loads(l) for l in open(os.environ["STEPS"]) if l.strip()]
+env = next((s.get("result") for s in steps if s["step"] == "env"), None)
+summary = {"tool": "gpu_check", "has_gpu": os.environ["HAS_GPU"] == "1", "versions": env,
+           "total_seconds": int(os.environ["T_TOTAL"]),
+           "ok": all(s.get("ok", True) for s in steps),
+           "failed": [s["step"] for s in steps if s.get("ok") is False],
+           "skipped": [s["step"] for s in steps if s["status"] == "skipped"], "steps": steps}
+with open(os.path.join(os.environ["OUT"], "gpu_check.json"), "w") as fh:
+    json.dump(summary, fh, indent=1)
+PYEOF
+# collect: every JSON of a GPU run into benchmarks/ (the committed copy; a CPU dry run must not overwrite it)
+if [ "$HAS_GPU" = 1 ] && [ "$OUT" != "$ROOT/benchmarks" ]; then
+    mkdir -p "$ROOT/benchmarks"
+    cp -f "$OUT"/*.json "$ROOT/benchmarks/" 2>/dev/null || true
+fi
+"$PY" -c "import json,sys; d=json.load(open(sys.argv[1])); d.pop('steps'); print(json.dumps(d))" "$OUT/gpu_check.json"
