@@ -105,16 +105,26 @@ _PLAN_CACHE: list[tuple[weakref.ref, tuple, list[_Bucket]]] = []
 _PLAN_CACHE_SIZE = 8
 
 
-def session_plan(spec: MaskSpec, q_start: int, q_len: int, k_start: int, k_len: int, device) -> list[_Bucket]:
-    key = (q_start, q_len, k_start, k_len, str(device))
+def _cached(spec: MaskSpec, key: tuple, make):
+    """Per-spec memo (specs are per batch; every layer asks for the same plan)."""
     for ref, k, plan in _PLAN_CACHE:
         if ref() is spec and k == key:
             return plan
-    plan = _build_plan(spec, q_start, q_len, k_start, k_len, torch.device(device))
+    plan = make()
     _PLAN_CACHE[:] = [e for e in _PLAN_CACHE if e[0]() is not None]     # drop plans of dead specs
     _PLAN_CACHE.insert(0, (weakref.ref(spec), key, plan))
     del _PLAN_CACHE[_PLAN_CACHE_SIZE:]
     return plan
+
+
+def plan_spec(spec: MaskSpec, device) -> tuple:
+    """The spec's four vectors on ``device`` (moved once per batch, not per layer)."""
+    return _cached(spec, ("tensors", str(device)), lambda: tuple(t.to(device) for t in spec.tensors()))
+
+
+def session_plan(spec: MaskSpec, q_start: int, q_len: int, k_start: int, k_len: int, device) -> list[_Bucket]:
+    return _cached(spec, ("torch", q_start, q_len, k_start, k_len, str(device)),
+                   lambda: _build_plan(spec, q_start, q_len, k_start, k_len, torch.device(device)))
 
 
 def _check_core_inputs(q, k, v, spec, q_start, k_start):
@@ -169,12 +179,17 @@ class TritonMaskedAttention(torch.nn.Module):
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
         _check_core_inputs(q, k, v, spec, q_start, k_start)
         try:
-            from kernels.masked_attention import masked_attention
+            from kernels.masked_attention import masked_attention, plan_masked_attention
         except ImportError as e:
             raise RuntimeError(f"attention backend 'triton' needs kernels.masked_attention, which failed to "
                                f"import ({e}); use attention_backend='torch'") from e
-        out = masked_attention(q, k, v, *spec.tensors(), spec.mask_type, q_start=q_start, k_start=k_start,
-                               softmax_scale=self.softmax_scale)
+        # every layer of a step shares the spec: build the kernel's work lists once per (spec, slice)
+        key = ("triton", q_start, q.shape[0], k_start, k.shape[0], q.shape[-1], q.dtype, str(q.device))
+        plan = _cached(spec, key, lambda: plan_masked_attention(
+            *plan_spec(spec, q.device), spec.mask_type, q_start, q.shape[0], k_start, k.shape[0], q.shape[-1],
+            q.dtype))
+        out = masked_attention(q, k, v, *plan_spec(spec, q.device), spec.mask_type, q_start=q_start,
+                               k_start=k_start, softmax_scale=self.softmax_scale, plan=plan)
         return out[0] if isinstance(out, tuple) else out
 
 
@@ -241,13 +256,17 @@ class JointAttention(MegatronModule):
                                            softmax_scale=1.0 / math.sqrt(config.kv_channels))
 
     def forward(self, streams: list[torch.Tensor], stream_weights: list[int], rope: tuple[torch.Tensor, torch.Tensor],
-                spec: MaskSpec) -> list[torch.Tensor]:
-        """streams[i] [S_i, 1, D] (local under SP); rope cos/sin [S_joint, d/2] -> list of [S_i, 1, D]."""
+                spec: MaskSpec, q_start: int = 0) -> list[torch.Tensor]:
+        """streams[i] [S_i, 1, D] (local under SP); rope cos/sin [S_joint, d/2] -> list of [S_i, 1, D].
+
+        q_start: joint index of the first token (context parallelism hands each rank a chunk of
+        the joint sequence; its core slot then gathers the other ranks' keys).
+        """
         projs = [getattr(self, self.weight_names[w]) for w in stream_weights]
         qkvs = [p.qkv(x) for p, x in zip(projs, streams)]
         lens = [t[0].shape[0] for t in qkvs]
         q, k, v = (torch.cat([t[i] for t in qkvs], dim=0) for i in range(3))  # (S_joint, H_local, d)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = self.core_attention(q, k, v, spec)                              # (S_joint, H_local, d)
+        o = self.core_attention(q, k, v, spec, q_start=q_start, k_start=q_start)   # (S_joint, H_local, d)
         return [p.proj(oi) for p, oi in zip(projs, o.split(lens, dim=0))]
