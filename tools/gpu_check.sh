@@ -178,12 +178,12 @@ PYEOF
 TE_PYTEST_PATH="$PYTHONPATH"
 "$PY" -c "import pytest" 2>/dev/null || TE_PYTEST_PATH="$ROOT/.gpu_pydeps:$PYTHONPATH"
 if PYTHONPATH="$TE_PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
-    run_step pytest_te_spec 90 env PYTHONPATH="$TE_PYTEST_PATH" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
+    run_step pytest_te_spec 75 env PYTHONPATH="$TE_PYTEST_PATH" PYTEST_DISABLE_PLUGIN_AUTOLOAD=1 \
         "$PY" -m pytest -q -rs -p no:cacheprovider tests/model/test_te_spec.py
 else
     record pytest_te_spec skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
 fi
-run_step bench_layers 150 "$PY" tools/bench_layers.py --out "$OUT/bench_layers.json"
+run_step bench_layers 140 "$PY" tools/bench_layers.py --out "$OUT/bench_layers.json"
 
 # ============================================================================ Summary
 T_TOTAL=$(( $(date +%s) - T_START ))

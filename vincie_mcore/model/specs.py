@@ -6,7 +6,8 @@ and the adaLN class the final layer uses. Backends:
 * local: Megatron ``tensor_parallel`` ``ColumnParallelLinear`` / ``RowParallelLinear``,
   Megatron's torch RMSNorm wrapper for the per-head QK norm, Megatron's ``MLP`` (SwiGLU).
 * transformer_engine: TE linears and TE RMSNorm (``megatron.core.extensions.transformer_engine``);
-  also the FP8 path (``fp8_autocast``). Needs Transformer Engine (CUDA only).
+  also the FP8 path: ``train.fp8`` (``model/fp8.py``) runs the forward under TE's FP8 autocast.
+  Needs Transformer Engine (CUDA only).
 
 The attention core is ours in both: ``TorchMaskedAttention`` (per-session SDPA) or
 ``TritonMaskedAttention`` (the kernel); "auto" picks Triton on CUDA and torch otherwise.
@@ -16,6 +17,8 @@ core was 10-30 % faster end to end than the Triton kernel of that day; re-measur
 tests/model/gpu_check.py before trusting "auto".
 """
 from __future__ import annotations
+
+import importlib.util
 
 import torch
 from megatron.core.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -50,14 +53,22 @@ def _local_modules():
 
 
 def _te_modules():
+    """Megatron's TE wrappers: TEColumnParallelLinear / TERowParallelLinear (qkv, proj, fc1, fc2; the FP8
+    GEMMs under ``fp8_autocast``) and TENorm (RMSNorm here, from the TransformerConfig) for the QK norms."""
+    if importlib.util.find_spec("transformer_engine") is None:
+        raise RuntimeError("transformer_impl='transformer_engine' needs Transformer Engine, which is not installed "
+                           "(pip install -e .[gpu] on a CUDA machine); use transformer_impl='local'")
     try:
-        import transformer_engine  # noqa: F401
-        from megatron.core.extensions.transformer_engine import (TEColumnParallelLinear, TENorm,
-                                                                 TERowParallelLinear)
-    except (ImportError, AttributeError) as e:
+        import transformer_engine.pytorch  # noqa: F401
+        from megatron.core.extensions import transformer_engine as mte
+    except Exception as e:    # ImportError, or OSError/RuntimeError when CUDA libraries are missing
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise RuntimeError(f"transformer_impl='transformer_engine' needs Transformer Engine, which failed to "
-                           f"import ({e}); use transformer_impl='local'") from e
-    return dict(column=TEColumnParallelLinear, row=TERowParallelLinear, norm=TENorm)
+                           f"import ({msg}); use transformer_impl='local'") from e
+    if not getattr(mte, "HAVE_TE", False):
+        raise RuntimeError("transformer_impl='transformer_engine': megatron.core.extensions.transformer_engine "
+                           "did not find Transformer Engine; use transformer_impl='local'")
+    return dict(column=mte.TEColumnParallelLinear, row=mte.TERowParallelLinear, norm=mte.TENorm)
 
 
 def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSpec, ModuleSpec]:

@@ -19,13 +19,14 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from ..model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
 from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops
 from .optim import build_optimizer, build_scheduler, current_lr
 
@@ -53,6 +54,7 @@ class TrainConfig:
     seed: int = 0                    # seeds python/numpy/torch and the loss generator (offset by DP rank)
     max_minutes: float | None = None     # stop (and save) once this much wall time has passed
     progress: bool = True            # tqdm bar on rank 0
+    fp8: FP8Config = field(default_factory=FP8Config)   # FP8 linears via Transformer Engine (model/fp8.py)
 
     def __post_init__(self):
         def bad(key, why):
@@ -95,6 +97,9 @@ class TrainConfig:
         for key in ("resume", "progress", "use_distributed_optimizer"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "must be a bool")
+        self.fp8 = FP8Config.from_dict(self.fp8)
+        if self.fp8.enabled and not self.bf16:
+            bad("dtype", "FP8 (fp8.enabled) trains around bf16 weights: use 'bf16' or 'auto' on a GPU")
 
     @property
     def bf16(self) -> bool:
@@ -147,6 +152,7 @@ class Trainer:
 
         # 2. precision + Megatron DDP (grads land in one contiguous fp32 buffer per dtype)
         mcfg = model.config
+        check_fp8_model(cfg.fp8, model)
         if cfg.bf16:
             if not getattr(mcfg, "bf16", False):
                 raise ValueError("TrainConfig.dtype: bf16 training needs the model's TransformerConfig(bf16=True)")
@@ -226,8 +232,14 @@ class Trainer:
     # ------------------------------------------------------------------
 
     def forward_backward_step(self, batch):
-        """Loss and backward on one batch. Returns (loss tensor, metrics dict)."""
-        loss, metrics = self.loss_fn(self.model, batch, self.generator)
+        """Loss and backward on one batch. Returns (loss tensor, metrics dict).
+
+        With ``cfg.fp8.enabled`` the forward runs under TE's FP8 autocast (the backward follows it).
+        """
+        mcfg = self.model.config
+        check_fp8_batch(self.cfg.fp8, batch, mcfg.tensor_model_parallel_size, mcfg.sequence_parallel)
+        with fp8_autocast(self.cfg.fp8):
+            loss, metrics = self.loss_fn(self.model, batch, self.generator)
         loss.backward()
         return loss.detach(), metrics
 

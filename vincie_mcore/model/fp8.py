@@ -1,0 +1,217 @@
+"""FP8 training through Transformer Engine: the config, the recipe, the autocast context.
+
+FP8 is a precision choice, not architecture: ``FP8Config`` lives in the train config
+(``train.fp8``) and is read by the trainer and ``tools/bench_layers.py``. Only Transformer
+Engine modules run in FP8, so it needs ``model.transformer_impl: transformer_engine``; the
+attention core (ours: per-session SDPA or the Triton kernel) and the adaLN/embedder linears
+stay in bf16.
+
+Recipes:
+
+* ``delayed``: per-tensor scales from a rolling amax history (``DelayedScaling``;
+  ``margin``, ``amax_history_len``, ``amax_compute_algo`` apply).
+* ``current``: per-tensor scales from the tensor being cast (``Float8CurrentScaling``,
+  TE >= 2.2): one extra amax pass per cast, no history.
+
+Caveat for ``delayed``: a shared MM-DiT block applies one weight set to the text and then the
+image stream, i.e. each of its TE linears runs twice per forward. TE documents that a module
+called twice inside one autocast region with ``reduce_amax=True`` keeps only the last call's
+amax. With a single rank we turn ``reduce_amax`` off (each call then records its own amax);
+with several ranks the text stream's amax is not seen by the scale. ``current`` has no such
+issue, hence it is the default.
+
+TE Linear in FP8 also needs every GEMM input to have a multiple of 16 rows: each stream's
+token count (per rank under sequence parallelism) must be a multiple of 16; pad with
+``data.pack.pad_multiple`` (``check_fp8_batch`` says so before TE asserts deep inside).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, fields
+
+import torch
+
+FP8_RECIPES = ("delayed", "current")
+FP8_FORMATS = ("hybrid", "e4m3")
+AMAX_ALGOS = ("max", "most_recent")
+FP8_ROW_MULTIPLE = 16       # TE FP8 GEMMs: rows % 8 (fprop) and % 16 (wgrad, transposed) must be 0
+
+
+@dataclass
+class FP8Config:
+    enabled: bool = False
+    """Run the Transformer Engine linears in FP8 (needs transformer_impl='transformer_engine' and an
+    FP8-capable GPU: compute capability >= 8.9)."""
+    recipe: str = "current"
+    """"delayed" (scales from an amax history) or "current" (scales from the tensor itself); see the
+    module docstring for why "current" is the default."""
+    fp8_format: str = "hybrid"
+    """"hybrid": E4M3 forward, E5M2 gradients (the usual training choice); "e4m3": E4M3 everywhere."""
+    margin: int = 0
+    """Delayed scaling: scale = fp8_max / amax / 2**margin (headroom in powers of two)."""
+    amax_history_len: int = 1024
+    """Delayed scaling: length of the amax history window."""
+    amax_compute_algo: str = "max"
+    """Delayed scaling: "max" over the history or the "most_recent" amax."""
+
+    def __post_init__(self):
+        def bad(key, why):
+            raise ValueError(f"FP8Config.{key}: {why}, got {getattr(self, key)!r}")
+
+        def is_int(v):
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        if not isinstance(self.enabled, bool):
+            bad("enabled", "must be a bool")
+        if self.recipe not in FP8_RECIPES:
+            bad("recipe", f"must be one of {FP8_RECIPES}")
+        if self.fp8_format not in FP8_FORMATS:
+            bad("fp8_format", f"must be one of {FP8_FORMATS}")
+        if not is_int(self.margin) or self.margin < 0:
+            bad("margin", "must be an int >= 0")
+        if not is_int(self.amax_history_len) or self.amax_history_len < 1:
+            bad("amax_history_len", "must be an int >= 1")
+        if self.amax_compute_algo not in AMAX_ALGOS:
+            bad("amax_compute_algo", f"must be one of {AMAX_ALGOS}")
+        if self.recipe == "current" and (self.margin != 0 or self.amax_history_len != 1024
+                                         or self.amax_compute_algo != "max"):
+            # these knobs mean nothing to current scaling: silently ignoring them would mislead
+            key = next(k for k, d in (("margin", 0), ("amax_history_len", 1024), ("amax_compute_algo", "max"))
+                       if getattr(self, k) != d)
+            bad(key, "only applies to recipe='delayed'")
+
+    @classmethod
+    def from_dict(cls, d) -> "FP8Config":
+        """None / a dict / an FP8Config -> FP8Config; an unknown key is an error naming it."""
+        if d is None:
+            return cls()
+        if isinstance(d, cls):
+            return d
+        if not isinstance(d, Mapping):      # a dict or an OmegaConf DictConfig (a Hydra ``train.fp8`` node)
+            raise ValueError(f"FP8Config: expected a mapping, got {type(d).__name__}")
+        d = {k: d[k] for k in d}
+        names = {f.name for f in fields(cls)}
+        for k in d:
+            if k not in names:
+                raise ValueError(f"FP8Config.{k}: unknown key (known: {', '.join(sorted(names))})")
+        return cls(**dict(d))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------
+# Transformer Engine access (imported lazily: TE cannot even be imported without CUDA)
+# ----------------------------------------------------------------------------
+
+def te_available() -> bool:
+    """True when ``transformer_engine`` is installed (it may still fail to import without CUDA)."""
+    return importlib.util.find_spec("transformer_engine") is not None
+
+
+def _import_te():
+    try:
+        import transformer_engine.common.recipe as te_recipe
+        import transformer_engine.pytorch as te_pt
+    except Exception as e:   # ImportError, or OSError/RuntimeError from a CUDA-less machine
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"FP8Config.enabled: FP8 needs Transformer Engine, which failed to import ({msg})") from e
+    return te_pt, te_recipe
+
+
+def fp8_supported() -> tuple[bool, str]:
+    """(supported, reason) for FP8 on the current GPU, as Transformer Engine reports it."""
+    if not torch.cuda.is_available():
+        return False, "no CUDA device"
+    te_pt, _ = _import_te()
+    for name in ("is_fp8_available",):                     # TE >= 2.x public helper
+        fn = getattr(te_pt, name, None)
+        if fn is not None:
+            try:
+                ok, why = fn(return_reason=True)
+                return bool(ok), str(why or "")
+            except TypeError:
+                return bool(fn()), ""
+    from transformer_engine.pytorch.fp8 import check_fp8_support   # older TE
+    ok, why = check_fp8_support()
+    return bool(ok), str(why or "")
+
+
+def make_recipe(cfg: FP8Config, world_size: int = 1):
+    """FP8Config -> a Transformer Engine recipe object.
+
+    world_size: ranks in the amax reduction group; with one rank the delayed recipe does not
+    reduce amaxes, so a module called twice per forward (shared blocks) keeps both calls' amax.
+    """
+    _, R = _import_te()
+    fmt = R.Format.HYBRID if cfg.fp8_format == "hybrid" else R.Format.E4M3
+    if cfg.recipe == "delayed":
+        return R.DelayedScaling(fp8_format=fmt, margin=cfg.margin, amax_history_len=cfg.amax_history_len,
+                                amax_compute_algo=cfg.amax_compute_algo, reduce_amax=world_size > 1)
+    if not hasattr(R, "Float8CurrentScaling"):
+        raise RuntimeError("FP8Config.recipe: 'current' needs Transformer Engine >= 2.2 (Float8CurrentScaling); "
+                           "use recipe='delayed'")
+    return R.Float8CurrentScaling(fp8_format=fmt)
+
+
+def amax_group():
+    """The amax reduction group (TP x DP x CP, as Megatron uses) when Megatron's groups exist, else None."""
+    try:
+        from megatron.core import parallel_state
+        if parallel_state.model_parallel_is_initialized() and torch.distributed.get_world_size() > 1:
+            return parallel_state.get_amax_reduction_group(with_context_parallel=True)
+    except (ImportError, AssertionError, RuntimeError, ValueError):
+        pass
+    return None
+
+
+def fp8_autocast(cfg: FP8Config | None, group=None):
+    """Context manager running the TE modules inside it in FP8; a no-op when cfg is None or disabled.
+
+    Only the forward goes inside; TE runs the backward in FP8 on its own.
+    """
+    if cfg is None or not cfg.enabled:
+        return contextlib.nullcontext()
+    te_pt, _ = _import_te()
+    group = amax_group() if group is None else group
+    n = torch.distributed.get_world_size(group) if group is not None else 1
+    recipe = make_recipe(cfg, world_size=n)
+    if hasattr(te_pt, "autocast"):                          # TE >= 2.8; fp8_autocast is deprecated there
+        return te_pt.autocast(enabled=True, recipe=recipe, amax_reduction_group=group)
+    return te_pt.fp8_autocast(enabled=True, fp8_recipe=recipe, fp8_group=group)
+
+
+# ----------------------------------------------------------------------------
+# Checks that turn TE's deep asserts into one-line errors naming the setting to change
+# ----------------------------------------------------------------------------
+
+def uses_transformer_engine(model: torch.nn.Module) -> bool:
+    """True when any submodule is a Transformer Engine module."""
+    return any(type(m).__module__.startswith("transformer_engine") for m in model.modules())
+
+
+def check_fp8_model(cfg: FP8Config | None, model: torch.nn.Module) -> None:
+    """Raise if FP8 is on but nothing in the model would run in FP8, or the GPU cannot."""
+    if cfg is None or not cfg.enabled:
+        return
+    if not uses_transformer_engine(model):
+        raise ValueError("FP8Config.enabled: the model has no Transformer Engine modules; set "
+                         "model.transformer_impl=transformer_engine")
+    ok, why = fp8_supported()
+    if not ok:
+        raise RuntimeError(f"FP8Config.enabled: this device cannot run FP8 ({why or 'compute capability < 8.9'})")
+
+
+def check_fp8_batch(cfg: FP8Config | None, batch, tp_size: int = 1, sequence_parallel: bool = False) -> None:
+    """Raise if a stream's per-rank token count is not a multiple of 16 (TE FP8 GEMM shapes)."""
+    if cfg is None or not cfg.enabled or not hasattr(batch, "s_txt"):
+        return
+    split = tp_size if sequence_parallel else 1
+    need = FP8_ROW_MULTIPLE * split
+    for name, n in (("text", batch.s_txt), ("image", batch.s_img)):
+        if n % need:
+            raise ValueError(f"FP8Config.enabled: the {name} stream has {n} tokens, not a multiple of {need} "
+                             f"(16 rows per rank); set data.pack.pad_multiple to a multiple of {need}")
+
