@@ -85,10 +85,25 @@ def training_loss(model, batch: PackedBatch, cfg: FlowConfig, gen: torch.Generat
     if cfg.text_drop > 0:
         batch = drop_text(batch, torch.rand(batch.num_sessions, generator=gen) < cfg.text_drop)
     x_t, target, batch = noise_batch(batch, cfg, gen)
-    pred = model(x_t, batch)                                             # (S_img, P)
-    m = batch.img_loss_mask
-    err = (pred.float() - target.float())[m].pow(2).mean()
-    return err, {"loss": err.detach(), "noisy_tokens": int(m.sum()),
+    return prediction_loss(model, x_t, target, batch)
+
+
+def prediction_loss(model, x_t: torch.Tensor, target: torch.Tensor, batch: PackedBatch):
+    """MSE of ``model(x_t, batch)`` against ``target`` on noisy tokens. Returns (loss, metrics dict).
+
+    The mean runs over every noisy element of the global batch (all data- and context-parallel
+    ranks): each rank sums its own squared errors and the count is all-reduced
+    (``parallel.context_parallel.data_parallel_mean``), so any layout trains like one device.
+    Under context parallelism the model returns only this rank's image rows.
+    """
+    from ..parallel.context_parallel import data_parallel_mean, image_rows
+
+    pred = model(x_t, batch)                                             # (S_img_local, P)
+    rows = image_rows(batch.spec)
+    m = batch.img_loss_mask[rows]
+    sq = (pred.float() - target[rows].float())[m].pow(2).sum()
+    err, count = data_parallel_mean(sq, m.sum() * pred.shape[-1])
+    return err, {"loss": err.detach(), "noisy_tokens": int(count) // pred.shape[-1],
                  "tokens": batch.s_txt + batch.s_img}
 
 

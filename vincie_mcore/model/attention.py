@@ -229,13 +229,13 @@ class AttentionProjections(MegatronModule):
         """x [S, 1, D] -> q, k, v [S', H_local, d] (S' is the full stream under sequence parallelism)."""
         y, _ = self.linear_qkv(x)                                           # (S', 1, 3 * H_local * d)
         d = self.config.kv_channels
-        y = y.reshape(y.shape[0], -1, 3, d)                                 # (S', H_local, 3, d)
+        y = y.reshape(y.shape[0], y.shape[-1] // (3 * d), 3, d)             # (S', H_local, 3, d); S' may be 0
         q, k, v = y.unbind(2)                                               # (S', H_local, d) each
         return self.q_layernorm(q), self.k_layernorm(k), v
 
     def proj(self, o: torch.Tensor) -> torch.Tensor:
         """o [S', H_local, d] -> [S, 1, D]."""
-        out, _ = self.linear_proj(o.reshape(o.shape[0], 1, -1))             # (S, 1, D)
+        out, _ = self.linear_proj(o.reshape(o.shape[0], 1, o.shape[1] * o.shape[2]))   # (S, 1, D); S may be 0
         return out
 
 

@@ -95,8 +95,9 @@ class BlockContext:
     c: torch.Tensor                       # [nb, D] block timestep embeddings
     shared_mod: torch.Tensor | None       # [nb, 6D] adaLN-single shared modulation (None for per_layer)
     stream_blocks: list[torch.Tensor]     # per stream, long [S_i(local)]: block id of every token
-    rope: tuple[torch.Tensor, torch.Tensor]   # cos, sin [S_joint, head_dim/2]
+    rope: tuple[torch.Tensor, torch.Tensor]   # cos, sin [S_local, head_dim/2]: rows of this rank's joint tokens
     spec: MaskSpec
+    q_start: int = 0                      # joint index of the first local token (context parallelism)
 
 
 class PerStream(MegatronModule):
@@ -139,7 +140,7 @@ class _MMDiTBlock(MegatronModule):
             m = self.adaln[w[i]](ctx.c, ctx.shared_mod)[ctx.stream_blocks[i]]    # (S_i, 6, D)
             mods.append(m.unsqueeze(1).unbind(2))                                # 6 x (S_i, 1, D)
         h = [modulate(self._norm(x), m[0], m[1]) for x, m in zip(streams, mods)]
-        attn = self.attention(h, w, ctx.rope, ctx.spec)
+        attn = self.attention(h, w, ctx.rope, ctx.spec, q_start=ctx.q_start)
         streams = [x + m[2] * a for x, m, a in zip(streams, mods, attn)]
         out = []
         for i, (x, m) in enumerate(zip(streams, mods)):

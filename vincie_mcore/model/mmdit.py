@@ -9,6 +9,11 @@ Tensor parallelism enters only through the parallel linears chosen in ``specs.py
 sequence parallelism each stream is scattered along the sequence here, at the model boundary,
 and the image output is gathered back; the blocks only see local chunks (the QKV/fc1 linears
 all-gather and linear_proj/fc2 reduce-scatter, as in Megatron).
+
+Context parallelism (``parallel/context_parallel.py``) enters in two places only: the forward
+keeps this rank's chunk of the joint sequence (a ``CPShard``: a view of the inputs, with RoPE
+and per-block AdaLN following their tokens), and every core-attention slot is wrapped to
+gather K/V from the other ranks. The model then returns this rank's image rows.
 """
 from __future__ import annotations
 
@@ -23,11 +28,19 @@ from megatron.core.utils import get_pg_rank, get_pg_size, get_tensor_model_paral
 
 from kernels.reference import block_visibility
 from vincie_mcore.data.packed import PackedBatch
+from vincie_mcore.parallel import context_parallel
 
 from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
 from .config import MMDiTConfig
 from .embeddings import TextEmbedder, TimestepEmbedder, rope_cos_sin
 from .specs import get_block_specs
+
+
+def check_tensor_parallel(cfg: MMDiTConfig, tp: int) -> None:
+    """One-line error when tp cannot split what the column/row-parallel linears split (heads, SwiGLU width)."""
+    for name in ("num_heads", "ffn_hidden_size"):
+        if getattr(cfg, name) % tp:
+            raise ValueError(f"tensor parallel: MMDiTConfig.{name}={getattr(cfg, name)} is not divisible by tp={tp}")
 
 
 class MMDiT(MegatronModule):
@@ -49,6 +62,7 @@ class MMDiT(MegatronModule):
         self.cfg = cfg
         self.recompute = recompute
         self.tp_group = get_tensor_model_parallel_group_if_none(tp_group)
+        check_tensor_parallel(cfg, get_pg_size(self.tp_group))
         D, std, dtype = cfg.hidden_size, cfg.init_method_std, config.params_dtype
 
         # ---- embedders (applied to the full streams before any sequence split) ----
@@ -78,6 +92,9 @@ class MMDiT(MegatronModule):
             for i in range(cfg.num_layers)])
         self.final_layer = FinalLayer(config, final_adaln, cfg.patch_dim, norm_eps=cfg.norm_eps,
                                       zero_init=cfg.adaln_zero_init)
+        # context parallelism: K/V-gathering wrapper around each core slot (None: CP off)
+        self.cp_group = None if device == "meta" else \
+            context_parallel.wrap_core_attention(self, multiple=get_pg_size(self.tp_group))
 
     # ------------------------------------------------------------------ forward
     def _check(self, x_img: torch.Tensor, batch: PackedBatch) -> None:
@@ -108,19 +125,36 @@ class MMDiT(MegatronModule):
         ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)
         return torch.cat([ct, ci]), torch.cat([st, si])                       # (S_joint, head_dim/2)
 
+    def cp_shard(self, batch: PackedBatch) -> context_parallel.CPShard:
+        """The joint tokens this rank computes: all of them without context parallelism."""
+        if self.cp_group is None:
+            return context_parallel.CPShard((0, batch.spec.seq_len), 0, batch.s_txt)
+        shard = context_parallel.shard_of(batch.spec, get_pg_size(self.cp_group), get_pg_rank(self.cp_group),
+                                          get_pg_size(self.tp_group))
+        if shard.s_txt != batch.s_txt:
+            raise ValueError(f"context parallel: the spec's text blocks cover {shard.s_txt} tokens but the text "
+                             f"stream has {batch.s_txt}")
+        return shard
+
     def forward(self, x_img: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
-        """x_img [S_img, patch_dim] -> [S_img, patch_dim] (image stream only)."""
+        """x_img [S_img, patch_dim] -> [S_img, patch_dim] (image stream only).
+
+        Under context parallelism: -> [S_img_local, patch_dim], the rows ``cp_shard(batch).img_rows``.
+        """
         self._check(x_img, batch)
         dtype = self.config.params_dtype
-        s_txt = batch.s_txt
-        blk = batch.spec.token_blocks().to(x_img.device)                       # (S_joint,)
+        shard = self.cp_shard(batch)                                            # whole sequence without CP
+        blk = batch.spec.token_blocks().to(x_img.device)[shard.joint_rows]      # (S_local,)
+        cos, sin = (t[shard.joint_rows] for t in self.rope(batch))              # (S_local, head_dim/2)
 
-        # 1. Embed both streams and the block timesteps.
-        h_txt = self.txt_embedder(batch.txt_emb.to(dtype), batch.txt_turn)[:, None]   # (S_txt, 1, D)
-        h_img = self.img_embedder(x_img.to(dtype))[:, None]                          # (S_img, 1, D)
+        # 1. Embed this rank's tokens of both streams, and the timesteps of every block.
+        txt_rows = shard.txt_rows
+        h_txt = self.txt_embedder(batch.txt_emb[txt_rows].to(dtype), batch.txt_turn[txt_rows])[:, None]   # (S_txt_l, 1, D)
+        h_img = self.img_embedder(x_img[shard.img_rows].to(dtype))[:, None]                           # (S_img_l, 1, D)
         c = self.t_embedder(batch.block_t)                                           # (nb, D)
         shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
-        streams, stream_blocks = [h_txt, h_img], [blk[:s_txt], blk[s_txt:]]
+        n_txt = h_txt.shape[0]
+        streams, stream_blocks = [h_txt, h_img], [blk[:n_txt], blk[n_txt:]]
 
         # 2. Sequence parallelism: every block works on this rank's chunk of each stream.
         sp = self.config.sequence_parallel and get_pg_size(self.tp_group) > 1
@@ -134,8 +168,8 @@ class MMDiT(MegatronModule):
             stream_blocks = [b.chunk(tp)[r] for b in stream_blocks]
 
         # 3. Blocks.
-        ctx = BlockContext(c=c, shared_mod=shared, stream_blocks=stream_blocks, rope=self.rope(batch),
-                           spec=batch.spec)
+        ctx = BlockContext(c=c, shared_mod=shared, stream_blocks=stream_blocks, rope=(cos, sin),
+                           spec=batch.spec, q_start=shard.q_start)
         for layer in self.layers:
             if self.recompute and torch.is_grad_enabled():
                 streams = torch.utils.checkpoint.checkpoint(layer, streams, ctx, use_reentrant=False)
@@ -147,7 +181,7 @@ class MMDiT(MegatronModule):
         if sp:
             # Every rank computes the same loss on the full output: its gradient is split, not summed.
             out = gather_from_sequence_parallel_region(out, tensor_parallel_output_grad=False, group=self.tp_group)
-        return out[:, 0]                                                             # (S_img, patch_dim)
+        return out[:, 0]                                                             # (S_img_local, patch_dim)
 
     # ------------------------------------------------------------------ checkpointing
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):
@@ -197,6 +231,7 @@ def build_model(cfg: MMDiTConfig | dict, tensor_model_parallel_size: int = 1, se
     device without initialisation (parameter counting of 3B/7B on a laptop).
     """
     cfg = cfg if isinstance(cfg, MMDiTConfig) else MMDiTConfig.from_dict(cfg)
+    check_tensor_parallel(cfg, tensor_model_parallel_size)
     if meta:
         tcfg = cfg.to_transformer_config(tensor_model_parallel_size, sequence_parallel, params_dtype,
                                          use_cpu_initialization=True, perform_initialization=False)

@@ -31,8 +31,12 @@ from megatron.core import dist_checkpointing
 
 LATEST = "latest"
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
-# The distributed optimizer's state is saved sharded per DP rank yet reloadable at another DP size.
-_SHARDING_METADATA = {"distrib_optim_sharding_type": "dp_reshardable"}
+# How the distributed optimizer's state is saved. "fully_reshardable" (canonical per-parameter
+# state, gathered on each DP group's first rank at save) reloads at another TP, CP and DP size;
+# "dp_reshardable" (each rank's buffer shards, no communication) only at another DP size.
+# The choice is written beside the checkpoint (OPTIMIZER_FORMAT_FILE) and read back on load.
+OPTIMIZER_FORMAT = "fully_reshardable"
+OPTIMIZER_FORMAT_FILE = "optimizer_format.txt"
 
 
 def step_dir(ckpt_dir: str, step: int) -> str:
@@ -105,14 +109,38 @@ def _restore_adam_step(optimizer, loaded: dict) -> None:
                 st["step"] = torch.tensor(step, dtype=torch.float32)
 
 
-def _sharded_state(model, optimizer, is_loading: bool) -> dict:
-    model_sd = _unwrap(model).sharded_state_dict(metadata=dict(_SHARDING_METADATA))
+def _load_optimizer(optimizer, loaded: dict) -> None:
+    """optimizer.load_state_dict, except that a fully_reshardable DistributedOptimizer state is loaded
+    in two parts with torch Adam's per-param ``step`` kept out of the second.
+
+    Without TE/apex, Megatron (0.16) first sets ``step`` from the saved param groups, then copies
+    every entry of the optimizer state from the loaded per-parameter tensors, which carry no
+    ``step`` (KeyError). The step set by the first part is put back after the second.
+    """
+    subs = getattr(optimizer, "chained_optimizers", [optimizer])
+    states = [loaded] if len(subs) == 1 else [v for _, v in sorted(loaded.items())]
+    for sub, sd in zip(subs, states):
+        inner = getattr(sub, "optimizer", None)
+        if type(sub).__name__ != "DistributedOptimizer" or sd.get("param_state_sharding_type") != "fully_reshardable":
+            sub.load_state_dict(sd)
+            continue
+        sd = dict(sd)
+        param_state = sd.pop("param_state")
+        sub.load_state_dict(sd)                          # param groups, step, scaler
+        steps = {p: st.pop("step") for p, st in inner.state.items() if "step" in st}
+        sub.load_parameter_state_from_fully_reshardable(param_state)
+        for p, step in steps.items():
+            inner.state[p]["step"] = step
+
+
+def _sharded_state(model, optimizer, is_loading: bool, fmt: str = OPTIMIZER_FORMAT) -> dict:
+    metadata = {"distrib_optim_sharding_type": fmt}
+    model_sd = _unwrap(model).sharded_state_dict(metadata=dict(metadata))
     state = {"model": model_sd}
     if optimizer is not None:
         if is_loading:
             _prime_empty_optimizer_state(optimizer)
-        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading,
-                                                          metadata=dict(_SHARDING_METADATA))
+        state["optimizer"] = optimizer.sharded_state_dict(model_sd, is_loading=is_loading, metadata=dict(metadata))
     return state
 
 
@@ -169,6 +197,9 @@ def save(ckpt_dir: str, step: int, model, optimizer, scheduler, trainer_state: d
     # 1. model + optimizer (collective, every rank writes its shards)
     state = _sharded_state(model, optimizer, is_loading=False)
     dist_checkpointing.save(state, tmp)
+    if _rank() == 0:
+        with open(os.path.join(tmp, OPTIMIZER_FORMAT_FILE), "w") as f:
+            f.write(OPTIMIZER_FORMAT + "\n")
     # 2. this rank's trainer state, the scheduler with it (it is identical on every rank)
     trainer_state = dict(trainer_state, step=step,
                          scheduler=scheduler.state_dict() if scheduler is not None else None)
@@ -208,13 +239,15 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"checkpoint.load: no checkpoint folder {path}")
 
-    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True), path)
+    fmt_file = os.path.join(path, OPTIMIZER_FORMAT_FILE)     # absent in checkpoints older than the file
+    fmt = open(fmt_file).read().strip() if os.path.isfile(fmt_file) else "dp_reshardable"
+    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True, fmt=fmt), path)
     _unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         # no_grad: in fp32 the DistributedOptimizer's main params are views of the model's
         # leaf params, and it copies into them in place
         with torch.no_grad():
-            optimizer.load_state_dict(state["optimizer"])
+            _load_optimizer(optimizer, state["optimizer"])
         _restore_adam_step(optimizer, state["optimizer"])
 
     f = _trainer_state_file(path, _rank())
