@@ -53,9 +53,13 @@ def main(argv=None) -> dict:
     stream = PackedStream(train_corpus, text_enc, dc["recipe"], dc["pack"], seed=int(cfg.seed))
     flow = build(FlowConfig, cfg.flow, "flow")
     minutes = cfg.train.get("max_minutes") or 9.0
-    step_s = ex.time_per_step(model, stream, flow) * 1.1       # + optimizer and logging
-    steps = max(20, int(minutes * 60 / step_s))
-    print(f"   {model.num_parameters() / 1e6:.2f}M parameters, ~{step_s:.2f} s/step -> {steps} steps", flush=True)
+    if cfg.get("demo_steps"):                                   # a fixed schedule (comparisons across machines)
+        steps = int(cfg.demo_steps)
+        print(f"   {model.num_parameters() / 1e6:.2f}M parameters, {steps} steps (demo_steps)", flush=True)
+    else:
+        step_s = ex.time_per_step(model, stream, flow) * 1.1   # + optimizer and logging
+        steps = max(20, int(minutes * 60 / step_s))
+        print(f"   {model.num_parameters() / 1e6:.2f}M parameters, ~{step_s:.2f} s/step -> {steps} steps", flush=True)
     trainer = ex.make_trainer(cfg, model, stream, run, steps=steps)
     trainer.train()
     ex.plot_losses(trainer.losses, run / "loss.png")
