@@ -15,6 +15,9 @@ Backward (no atomics, so bit-for-bit deterministic):
     _bwd_delta_kernel: delta = rowsum(dO * O)                [H, Sq] fp32
     _bwd_dkdv_kernel: one program per (head, key tile), walking the transposed list
     _bwd_dq_kernel:   one program per (head, query tile), walking the forward list
+Each kernel has its own tiling (``AttentionConfigs``: fwd, dkdv, dq); kernels with equal
+tilings share one work list (on GPU the dQ kernel reuses the forward's), and
+``tools/tune_attention.py`` times the alternatives on a GPU.
 
 Matches ``kernels.reference.attention_reference`` with ``dense_mask``. Head dims
 16..128 (powers of two); fp16/bf16 on GPU, fp32 anywhere (under
@@ -34,6 +37,7 @@ import triton.language as tl
 from kernels.worklist import TileRuns, TokenAttrs, WorkLists, build_worklists
 
 __all__ = ["masked_attention", "masked_attention_forward", "plan_masked_attention", "AttentionPlan",
+           "AttentionConfigs", "as_configs", "LEGACY_CONFIGS_BF16_D128",
            "MaskedAttentionFunction", "KernelConfig", "default_configs", "build_worklists"]
 
 LOG2E = 1.4426950408889634
@@ -51,6 +55,14 @@ def _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank):
     same_sess = q_sess[:, None] == k_sess[None, :]
     same_blk = q_blk[:, None] == k_blk[None, :]
     return same_sess & (same_blk | (k_rank[None, :] <= q_lim[:, None]))
+
+
+@triton.jit
+def _visible_t(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank):
+    """The same rule transposed: [BN] key attrs x [BM] query attrs -> [BN, BM] bool."""
+    same_sess = k_sess[:, None] == q_sess[None, :]
+    same_blk = k_blk[:, None] == q_blk[None, :]
+    return same_sess & (same_blk | (k_rank[:, None] <= q_lim[None, :]))
 
 
 @triton.jit
@@ -174,8 +186,9 @@ def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
         q_sess = tl.load(QS + offs_m, mask=m_valid, other=0)
         q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
         q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
-        vis = _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank)                 # (BM, BN)
-        p_t = tl.where(tl.trans(vis), p_t, 0.0)
+        # the test built directly in the (BN, BM) orientation: a tl.trans of it would cost a shuffle
+        vis_t = _visible_t(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank)              # (BN, BM)
+        p_t = tl.where(vis_t, p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)                      # (BN, BM)
     ds_t = p_t * (dp_t - delta[None, :])
@@ -297,22 +310,56 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
 
 @dataclass(frozen=True)
 class KernelConfig:
-    """One tiling + launch shape. Exactly one per (head dim, dtype, device): no autotuning, no recompiles."""
+    """One tiling + launch shape of one kernel. block_m tiles queries, block_n keys.
+
+    Exactly one per (kernel, head dim, dtype, device): no autotuning, no recompiles.
+    """
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
 
 
-def default_configs(head_dim: int, dtype: torch.dtype, device: torch.device):
-    """-> (forward config, backward config)."""
+@dataclass(frozen=True)
+class AttentionConfigs:
+    """Configs of the forward, the dK/dV kernel and the dQ kernel (the delta kernel follows dQ's block_m)."""
+    fwd: KernelConfig
+    dkdv: KernelConfig
+    dq: KernelConfig
+
+
+# The configs before the backward was retuned (one 64x64 tiling for both backward kernels): reachable
+# as configs=LEGACY_CONFIGS_BF16_D128 or configs=(KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2)).
+LEGACY_CONFIGS_BF16_D128 = AttentionConfigs(KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2),
+                                            KernelConfig(64, 64, 8, 2))
+
+
+def default_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> AttentionConfigs:
+    """Per-kernel tilings. On GPU the dQ kernel shares the forward's tiling, so its work lists are reused."""
     if device.type != "cuda":                  # Triton interpreter: small tiles keep numpy fast
-        return KernelConfig(32, 16), KernelConfig(16, 32)
+        return AttentionConfigs(KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(16, 32))
     if dtype == torch.float32:                 # checks only: fp32 tiles are 2x the shared memory
-        return KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 1)
+        return AttentionConfigs(KernelConfig(64, 32, 4, 2), KernelConfig(32, 32, 4, 1), KernelConfig(32, 32, 4, 1))
+    # FlashAttention-2/3 shape of the backward: dK/dV programs own 128 keys (dK, dV stay in registers,
+    # two warpgroups of 64 key rows each) and stream small query tiles of Q/dO; dQ programs own 128
+    # queries and stream 64-key tiles of K/V, like the forward (so they share its work lists).
     if head_dim <= 64:
-        return KernelConfig(128, 64, 4, 3), KernelConfig(64, 64, 4, 2)
-    return KernelConfig(128, 64, 8, 3), KernelConfig(64, 64, 8, 2)
+        return AttentionConfigs(KernelConfig(128, 64, 4, 3), KernelConfig(32, 128, 8, 3), KernelConfig(128, 64, 8, 3))
+    # sm_90 compile (tests/kernels/test_compile_sm90.py): dK/dV 32x128x8w spills nothing, 64x128x8w
+    # spills 112-176 B/thread; dQ 128x64x8w uses 209 registers, no spill. tools/tune_attention.py decides.
+    return AttentionConfigs(KernelConfig(128, 64, 8, 3), KernelConfig(32, 128, 8, 2), KernelConfig(128, 64, 8, 2))
+
+
+def as_configs(configs) -> AttentionConfigs:
+    """AttentionConfigs, or a tuple (fwd, bwd) (one config for both backward kernels) or (fwd, dkdv, dq)."""
+    if isinstance(configs, AttentionConfigs):
+        return configs
+    if isinstance(configs, (tuple, list)) and all(isinstance(c, KernelConfig) for c in configs):
+        if len(configs) == 2:
+            return AttentionConfigs(configs[0], configs[1], configs[1])
+        if len(configs) == 3:
+            return AttentionConfigs(*configs)
+    raise TypeError(f"configs must be AttentionConfigs or a tuple of 2 or 3 KernelConfig, got {configs!r}")
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -376,33 +423,55 @@ def _fwd(q, k, v, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelCon
     return out, lse
 
 
-def _bwd(do, q, k, v, out, lse, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
+def _bwd_delta(out, do, block_m: int, num_warps: int):
+    """delta = rowsum(dO * O), fp32 [H, Sq]."""
+    Sq, H, D = out.shape
+    delta = torch.empty((H, Sq), device=out.device, dtype=torch.float32)
+    _bwd_delta_kernel[(H, triton.cdiv(Sq, block_m))](
+        out, do, delta, Sq, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
+        D=D, BLOCK_M=block_m, num_warps=num_warps)
+    return delta
+
+
+def _bwd_dkdv(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
+    """dK, dV: one program per (head, key tile of wl.block_n), over the transposed lists wl.k."""
     Sq, H, D = q.shape
     Sk = k.shape[0]
-    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    if Sq == 0 or Sk == 0:
-        return dq.zero_(), dk.zero_(), dv.zero_()
-    delta = torch.empty((H, Sq), device=q.device, dtype=torch.float32)
-    _bwd_delta_kernel[(H, triton.cdiv(Sq, wl.block_m))](
-        out, do, delta, Sq, out.stride(0), out.stride(1), do.stride(0), do.stride(1),
-        D=D, BLOCK_M=wl.block_m, num_warps=cfg.num_warps)
-    prec = _dot_precision(q.dtype)
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
     _bwd_dkdv_kernel[(H, wl.num_k_tiles)](
         q, k, v, do, lse, delta, dk, dv,
         attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
         *_runs_args(wl.k), scale, scale * LOG2E, Sq, Sk, wl.k.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=prec,
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dk, dv
+
+
+def _bwd_dq(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
+    """dQ: one program per (head, query tile of wl.block_m), over the forward-direction lists wl.q."""
+    Sq, H, D = q.shape
+    Sk = k.shape[0]
+    dq = torch.empty_like(q)
     _bwd_dq_kernel[(H, wl.num_q_tiles)](
         q, k, v, do, lse, delta, dq,
         attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
         *_runs_args(wl.q), scale, scale * LOG2E, Sq, Sk, wl.q.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=prec,
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    return dq
+
+
+def _bwd(do, q, k, v, out, lse, attrs: TokenAttrs, wl_dkdv: WorkLists, wl_dq: WorkLists, scale: float,
+         cfgs: AttentionConfigs):
+    if q.shape[0] == 0 or k.shape[0] == 0:
+        return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    delta = _bwd_delta(out, do, wl_dq.block_m, cfgs.dq.num_warps)
+    dk, dv = _bwd_dkdv(do, q, k, v, lse, delta, attrs, wl_dkdv, scale, cfgs.dkdv)
+    dq = _bwd_dq(do, q, k, v, lse, delta, attrs, wl_dq, scale, cfgs.dq)
     return dq, dk, dv
 
 
@@ -411,31 +480,35 @@ def _bwd(do, q, k, v, out, lse, attrs: TokenAttrs, wl: WorkLists, scale: float, 
 class MaskedAttentionFunction(torch.autograd.Function):
     """out = softmax(q k^T * scale, masked by the spec) v.
 
-    forward(q [Sq,H,D], k [Sk,H,D], v [Sk,H,D], attrs, wl_fwd, wl_bwd, scale, cfg_fwd, cfg_bwd) -> out [Sq,H,D]
+    forward(q [Sq,H,D], k [Sk,H,D], v [Sk,H,D], attrs, wl_fwd, wl_dkdv, wl_dq, scale, cfgs) -> out [Sq,H,D]
     backward -> dq, dk, dv (same shapes). Matches kernels.reference.attention_reference(q, k, v, dense_mask(...)).
-    ``wl_bwd`` may be None when no gradient is needed.
+    ``wl_dkdv`` / ``wl_dq`` may be None when no gradient is needed.
     """
 
     @staticmethod
-    def forward(ctx, q, k, v, attrs, wl_fwd, wl_bwd, scale, cfg_fwd, cfg_bwd):
+    def forward(ctx, q, k, v, attrs, wl_fwd, wl_dkdv, wl_dq, scale, cfgs):
         q, k, v = _contig(q), _contig(k), _contig(v)
-        out, lse = _fwd(q, k, v, attrs, wl_fwd, scale, cfg_fwd)
+        out, lse = _fwd(q, k, v, attrs, wl_fwd, scale, cfgs.fwd)
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.attrs, ctx.wl_bwd, ctx.scale, ctx.cfg_bwd = attrs, wl_bwd, scale, cfg_bwd
+        ctx.attrs, ctx.wl_dkdv, ctx.wl_dq, ctx.scale, ctx.cfgs = attrs, wl_dkdv, wl_dq, scale, cfgs
         return out
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse = ctx.saved_tensors
-        if ctx.wl_bwd is None:
+        if ctx.wl_dkdv is None or ctx.wl_dq is None:
             raise RuntimeError("masked_attention: backward work lists were not built (inputs did not require grad)")
-        dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, ctx.attrs, ctx.wl_bwd, ctx.scale, ctx.cfg_bwd)
+        dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, ctx.attrs, ctx.wl_dkdv, ctx.wl_dq, ctx.scale,
+                          ctx.cfgs)
         return dq, dk, dv, None, None, None, None, None, None
 
 
 @dataclass
 class AttentionPlan:
-    """Everything masked_attention derives from the spec: build once per packed batch, reuse in every layer."""
+    """Everything masked_attention derives from the spec: build once per packed batch, reuse in every layer.
+
+    Work lists are built once per distinct tiling: kernels that share a (block_m, block_n) share the object.
+    """
     q_start: int
     q_len: int
     k_start: int
@@ -444,31 +517,41 @@ class AttentionPlan:
     dtype: torch.dtype
     attrs: TokenAttrs
     wl_fwd: WorkLists
-    wl_bwd: WorkLists | None
-    cfg_fwd: KernelConfig
-    cfg_bwd: KernelConfig
+    wl_dkdv: WorkLists | None
+    wl_dq: WorkLists | None
+    cfgs: AttentionConfigs
+
+    @property
+    def wl_bwd(self) -> WorkLists | None:
+        """The dK/dV lists (the backward's own tiling; kept for callers of the old two-config plan)."""
+        return self.wl_dkdv
 
 
 def plan_masked_attention(block_offsets, block_order, block_kind, block_session, mask_type: str,
                           q_start: int, q_len: int, k_start: int, k_len: int, head_dim: int,
-                          dtype: torch.dtype, need_bwd: bool = True,
-                          configs: tuple[KernelConfig, KernelConfig] | None = None) -> AttentionPlan:
-    """Token attributes + forward (and backward) work lists for one (spec, slice, head dim, dtype). No sync."""
+                          dtype: torch.dtype, need_bwd: bool = True, configs=None) -> AttentionPlan:
+    """Token attributes + forward (and backward) work lists for one (spec, slice, head dim, dtype). No sync.
+
+    ``configs``: AttentionConfigs, (fwd, bwd) or (fwd, dkdv, dq) KernelConfigs; default ``default_configs``.
+    """
     device = block_offsets.device
     for name, t in (("block_order", block_order), ("block_kind", block_kind), ("block_session", block_session)):
         if t.device != device:
             raise ValueError(f"{name} is on {t.device} but block_offsets is on {device}")
-    cfg_f, cfg_b = configs if configs is not None else default_configs(head_dim, dtype, device)
-    attrs, wl_f = build_worklists(block_offsets, block_order, block_kind, block_session, mask_type,
-                                  q_start, q_len, k_start, k_len, cfg_f.block_m, cfg_f.block_n)
-    wl_b = None
-    if need_bwd:
-        if (cfg_b.block_m, cfg_b.block_n) == (cfg_f.block_m, cfg_f.block_n):
-            wl_b = wl_f
-        else:
-            _, wl_b = build_worklists(block_offsets, block_order, block_kind, block_session, mask_type,
-                                      q_start, q_len, k_start, k_len, cfg_b.block_m, cfg_b.block_n, attrs=attrs)
-    return AttentionPlan(q_start, q_len, k_start, k_len, head_dim, dtype, attrs, wl_f, wl_b, cfg_f, cfg_b)
+    cfgs = as_configs(configs) if configs is not None else default_configs(head_dim, dtype, device)
+    spec = (block_offsets, block_order, block_kind, block_session, mask_type, q_start, q_len, k_start, k_len)
+    attrs, wl_f = build_worklists(*spec, cfgs.fwd.block_m, cfgs.fwd.block_n)
+    lists = {(cfgs.fwd.block_m, cfgs.fwd.block_n): wl_f}
+
+    def lists_for(cfg):
+        key = (cfg.block_m, cfg.block_n)
+        if key not in lists:
+            lists[key] = build_worklists(*spec, cfg.block_m, cfg.block_n, attrs=attrs)[1]
+        return lists[key]
+
+    wl_dkdv = lists_for(cfgs.dkdv) if need_bwd else None
+    wl_dq = lists_for(cfgs.dq) if need_bwd else None
+    return AttentionPlan(q_start, q_len, k_start, k_len, head_dim, dtype, attrs, wl_f, wl_dkdv, wl_dq, cfgs)
 
 
 def _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd, configs, plan):
@@ -484,7 +567,7 @@ def _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd
         want = (q_start, Sq, k_start, Sk, D, q.dtype)
         if got != want:
             raise ValueError(f"plan was built for (q_start, Sq, k_start, Sk, D, dtype) = {got}, called with {want}")
-        if need_bwd and plan.wl_bwd is None:
+        if need_bwd and (plan.wl_dkdv is None or plan.wl_dq is None):
             raise ValueError("plan was built with need_bwd=False but gradients are required")
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
     return plan, scale
@@ -492,29 +575,27 @@ def _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd
 
 def masked_attention(q, k, v, block_offsets, block_order, block_kind, block_session, mask_type: str,
                      q_start: int = 0, k_start: int = 0, softmax_scale: float | None = None,
-                     *, plan: AttentionPlan | None = None,
-                     configs: tuple[KernelConfig, KernelConfig] | None = None) -> torch.Tensor:
+                     *, plan: AttentionPlan | None = None, configs=None) -> torch.Tensor:
     """Attention of queries [q_start, q_start+Sq) over keys [k_start, k_start+Sk) of one packed joint sequence.
 
     q [Sq, H, D], k/v [Sk, H, D] -> out [Sq, H, D]; differentiable in q, k, v.
     The spec tensors (int32, on q's device) and ``mask_type`` ("full" | "block_causal")
     define the mask as in ``kernels/reference.py``. A query that sees no key gets 0.
     ``plan`` (from ``plan_masked_attention``, same spec) skips rebuilding the work lists:
-    build it once per batch and pass it to every layer. ``configs`` (forward, backward)
-    overrides the tiling; tests use it.
+    build it once per batch and pass it to every layer. ``configs`` (AttentionConfigs, or
+    KernelConfig tuples (fwd, bwd) / (fwd, dkdv, dq)) overrides the tiling; tests and tuning use it.
     """
     need_bwd = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
     spec = (block_offsets, block_order, block_kind, block_session)
     plan, scale = _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd, configs, plan)
-    return MaskedAttentionFunction.apply(q, k, v, plan.attrs, plan.wl_fwd, plan.wl_bwd, scale,
-                                         plan.cfg_fwd, plan.cfg_bwd)
+    return MaskedAttentionFunction.apply(q, k, v, plan.attrs, plan.wl_fwd, plan.wl_dkdv, plan.wl_dq, scale,
+                                         plan.cfgs)
 
 
 def masked_attention_forward(q, k, v, block_offsets, block_order, block_kind, block_session, mask_type: str,
                              q_start: int = 0, k_start: int = 0, softmax_scale: float | None = None,
-                             *, plan: AttentionPlan | None = None,
-                             configs: tuple[KernelConfig, KernelConfig] | None = None):
+                             *, plan: AttentionPlan | None = None, configs=None):
     """Forward only, no autograd: -> (out [Sq, H, D], lse [H, Sq] fp32, natural log, -inf for empty rows)."""
     spec = (block_offsets, block_order, block_kind, block_session)
     plan, scale = _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, False, configs, plan)
-    return _fwd(_contig(q), _contig(k), _contig(v), plan.attrs, plan.wl_fwd, scale, plan.cfg_fwd)
+    return _fwd(_contig(q), _contig(k), _contig(v), plan.attrs, plan.wl_fwd, scale, plan.cfgs.fwd)

@@ -21,7 +21,9 @@ attributes inside each tile:
 
 Cost: O(S) for the token attributes and tile summaries, O(Tq * Tk) small integer
 ops for the classification (Tq = ceil(Sq / block_m)); no S x S tensor and no
-host synchronisation, so building is asynchronous on a GPU.
+host synchronisation, so building is asynchronous on a GPU. On CUDA the same
+lists come from four small Triton kernels plus a few torch ops (see "fused GPU
+build" below); the plain torch path serves CPU tensors and is the reference.
 
 Work lists are stored as *runs* of consecutive tiles, padded per row ("ELL"):
 for each query tile, the [start, end) key-tile ranges of its full tiles and of
@@ -38,6 +40,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import triton
+import triton.language as tl
 
 from kernels.reference import KIND_NOISY, MASK_TYPES
 
@@ -117,9 +121,7 @@ def _check_spec(block_offsets, block_order, block_kind, block_session, mask_type
         raise ValueError("mask spec has no blocks")
 
 
-def token_attributes(block_offsets, block_order, block_kind, block_session, mask_type: str,
-                     q_start: int, q_len: int, k_start: int, k_len: int) -> TokenAttrs:
-    """O(S) per-token attributes for queries [q_start, q_start+q_len) and keys [k_start, k_start+k_len)."""
+def _check_args(block_offsets, block_order, block_kind, block_session, mask_type, q_start, q_len, k_start, k_len):
     _check_spec(block_offsets, block_order, block_kind, block_session, mask_type)
     if q_start < 0 or k_start < 0 or q_len < 0 or k_len < 0:
         raise ValueError(f"negative slice: q_start={q_start} q_len={q_len} k_start={k_start} k_len={k_len}")
@@ -128,6 +130,12 @@ def token_attributes(block_offsets, block_order, block_kind, block_session, mask
         if q_start + q_len > S or k_start + k_len > S:
             raise ValueError(f"slice beyond the spec's sequence length {S}: "
                              f"queries end at {q_start + q_len}, keys at {k_start + k_len}")
+
+
+def token_attributes(block_offsets, block_order, block_kind, block_session, mask_type: str,
+                     q_start: int, q_len: int, k_start: int, k_len: int) -> TokenAttrs:
+    """O(S) per-token attributes for queries [q_start, q_start+q_len) and keys [k_start, k_start+k_len)."""
+    _check_args(block_offsets, block_order, block_kind, block_session, mask_type, q_start, q_len, k_start, k_len)
     dev = block_offsets.device
 
     def per_token(start, length):
@@ -220,18 +228,199 @@ def _tile_runs(cls: torch.Tensor) -> TileRuns:
     return TileRuns(fs, fe, nfr, ps, pe, npr, n_full, n_part, perm)
 
 
+# ----------------------------------------------------------------------------- fused GPU build
+# The torch path above is ~150 small ops (launch-bound: ~5 ms on a GPU whatever S is). On CUDA the
+# same lists come from 2 Triton launches per direction plus a zero-fill and an argsort: one kernel
+# turns token positions into attributes and per-tile min/max, one walks each row's tiles in chunks,
+# classifies them and scatters run starts/ends at their prefix-sum positions. Same output, bit for
+# bit (tests/kernels/test_worklist.py compares the two under the interpreter).
+
+_CHUNK = 256    # tiles of a row classified per step (fixed: a new S must not recompile)
+
+
+@triton.jit(do_not_specialize=["start", "length", "nb", "n_steps", "n_tiles"])
+def _tile_attr_kernel(OFF, ORDER, KIND, SESS, A_SESS, A_BLK, A_THIRD, MM,
+                      start, length, nb, n_steps, n_tiles,
+                      IS_QUERY: tl.constexpr, FULL_MASK: tl.constexpr, NOISY: tl.constexpr, TILE: tl.constexpr):
+    """Tokens of one tile -> sess, blk, limit (queries) or rank (keys); MM [6, n_tiles] gets their min/max."""
+    t = tl.program_id(0)
+    i = t * TILE + tl.arange(0, TILE)
+    valid = i < length
+    pos = start + i
+    # searchsorted(OFF, pos, right=True) as a branch-free binary search over the nb + 1 offsets
+    lo = tl.zeros([TILE], tl.int32)
+    hi = tl.zeros([TILE], tl.int32) + (nb + 1)
+    for _ in range(n_steps):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        le = tl.load(OFF + mid, mask=active & valid, other=0) <= pos
+        lo = tl.where(active & le, mid + 1, lo)
+        hi = tl.where(active & ~le, mid, hi)
+    blk = tl.minimum(tl.maximum(lo - 1, 0), nb - 1)
+    order = tl.load(ORDER + blk, mask=valid, other=0)
+    noisy = tl.load(KIND + blk, mask=valid, other=0) == NOISY
+    sess = tl.load(SESS + blk, mask=valid, other=0)
+    if IS_QUERY:
+        if FULL_MASK:
+            third = tl.zeros([TILE], tl.int32) + 2147483647
+        else:
+            third = order - noisy.to(tl.int32)
+    else:
+        if FULL_MASK:
+            third = tl.zeros([TILE], tl.int32)
+        else:
+            third = tl.where(noisy, 2147483647, order)
+    tl.store(A_SESS + i, sess, mask=valid)
+    tl.store(A_BLK + i, blk, mask=valid)
+    tl.store(A_THIRD + i, third, mask=valid)
+    big, small = 2147483647, -2147483648
+    tl.store(MM + t, tl.min(tl.where(valid, sess, big), 0))
+    tl.store(MM + n_tiles + t, tl.max(tl.where(valid, sess, small), 0))
+    tl.store(MM + 2 * n_tiles + t, tl.min(tl.where(valid, blk, big), 0))
+    tl.store(MM + 3 * n_tiles + t, tl.max(tl.where(valid, blk, small), 0))
+    tl.store(MM + 4 * n_tiles + t, tl.min(tl.where(valid, third, big), 0))
+    tl.store(MM + 5 * n_tiles + t, tl.max(tl.where(valid, third, small), 0))
+
+
+@triton.jit
+def _classify(qs_lo, qs_hi, qb_lo, qb_hi, ql_lo, ql_hi, ks_lo, ks_hi, kb_lo, kb_hi, kr_lo, kr_hi, k_complete):
+    """classify_tiles' rule on broadcast tile stats -> SKIP 0 / PARTIAL 1 / FULL 2."""
+    sess_disjoint = (qs_hi < ks_lo) | (ks_hi < qs_lo)
+    blk_disjoint = (qb_hi < kb_lo) | (kb_hi < qb_lo)
+    skip = sess_disjoint | (blk_disjoint & (kr_lo > ql_hi))
+    one_session = (qs_lo == qs_hi) & (ks_lo == ks_hi) & (qs_lo == ks_lo)
+    one_block = (qb_lo == qb_hi) & (kb_lo == kb_hi) & (qb_lo == kb_lo)
+    full = one_session & ((kr_hi <= ql_lo) | one_block) & k_complete
+    return tl.where(skip, 0, tl.where(full, 2, 1))
+
+
+@triton.jit
+def _col_class(ROW_MM, COL_MM, r, c, R, C, Sk, block_n, ROWS_ARE_Q: tl.constexpr):
+    """Classes of row tile r against column tiles c ([CHUNK]); columns outside [0, C) give SKIP."""
+    ok = (c >= 0) & (c < C)
+    a0 = tl.load(ROW_MM + r)
+    a1 = tl.load(ROW_MM + R + r)
+    a2 = tl.load(ROW_MM + 2 * R + r)
+    a3 = tl.load(ROW_MM + 3 * R + r)
+    a4 = tl.load(ROW_MM + 4 * R + r)
+    a5 = tl.load(ROW_MM + 5 * R + r)
+    b0 = tl.load(COL_MM + c, mask=ok, other=0)
+    b1 = tl.load(COL_MM + C + c, mask=ok, other=0)
+    b2 = tl.load(COL_MM + 2 * C + c, mask=ok, other=0)
+    b3 = tl.load(COL_MM + 3 * C + c, mask=ok, other=0)
+    b4 = tl.load(COL_MM + 4 * C + c, mask=ok, other=0)
+    b5 = tl.load(COL_MM + 5 * C + c, mask=ok, other=0)
+    if ROWS_ARE_Q:
+        cls = _classify(a0, a1, a2, a3, a4, a5, b0, b1, b2, b3, b4, b5, (c + 1) * block_n <= Sk)
+    else:
+        cls = _classify(b0, b1, b2, b3, b4, b5, a0, a1, a2, a3, a4, a5, (r + 1) * block_n <= Sk)
+    return tl.where(ok, cls, 0)
+
+
+@triton.jit
+def _emit_runs(cls, cls_prev, cls_next, c, START, END, n_runs, n_tiles, KIND: tl.constexpr):
+    """Scatter this chunk's run starts / ends of class KIND after the n_runs already written."""
+    is_c = cls == KIND
+    st = is_c & (cls_prev != KIND)
+    en = is_c & (cls_next != KIND)
+    tl.store(START + n_runs + tl.cumsum(st.to(tl.int32), 0) - 1, c, mask=st)
+    tl.store(END + n_runs + tl.cumsum(en.to(tl.int32), 0) - 1, c + 1, mask=en)
+    return n_runs + tl.sum(st.to(tl.int32), 0), n_tiles + tl.sum(is_c.to(tl.int32), 0)
+
+
+@triton.jit(do_not_specialize=["R", "C", "W", "Sk"])
+def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n,
+                 ROWS_ARE_Q: tl.constexpr, CHUNK: tl.constexpr):
+    """Row tile r: RUNS [4, R, W] (full start/end, partial start/end); COUNTS [5, R]
+    (full runs, partial runs, full tiles, partial tiles, -(full + 2 partial) as the sort key)."""
+    r = tl.program_id(0)
+    row = r.to(tl.int64) * W
+    plane = R.to(tl.int64) * W
+    nfr = tl.zeros([], tl.int32)
+    npr = tl.zeros([], tl.int32)
+    nf = tl.zeros([], tl.int32)
+    npt = tl.zeros([], tl.int32)
+    for c0 in range(0, C, CHUNK):
+        c = c0 + tl.arange(0, CHUNK)
+        cls = _col_class(ROW_MM, COL_MM, r, c, R, C, Sk, block_n, ROWS_ARE_Q)
+        cls_prev = _col_class(ROW_MM, COL_MM, r, c - 1, R, C, Sk, block_n, ROWS_ARE_Q)
+        cls_next = _col_class(ROW_MM, COL_MM, r, c + 1, R, C, Sk, block_n, ROWS_ARE_Q)
+        nfr, nf = _emit_runs(cls, cls_prev, cls_next, c, RUNS + row, RUNS + plane + row, nfr, nf, 2)
+        npr, npt = _emit_runs(cls, cls_prev, cls_next, c, RUNS + 2 * plane + row, RUNS + 3 * plane + row,
+                              npr, npt, 1)
+    tl.store(COUNTS + r, nfr)
+    tl.store(COUNTS + R + r, npr)
+    tl.store(COUNTS + 2 * R + r, nf)
+    tl.store(COUNTS + 3 * R + r, npt)
+    tl.store(COUNTS + 4 * R + r, -(nf + 2 * npt))
+
+
+def _fused_ok(block_m: int, block_n: int) -> bool:
+    return all(b >= 16 and b & (b - 1) == 0 for b in (block_m, block_n))
+
+
+def _tile_attrs_fused(spec, mask_type, start, length, tile, is_query):
+    """-> (sess, blk, third) [length] int32 and min/max stats [6, T] int32 for one side."""
+    off, order, kind, sess = spec
+    dev = off.device
+    T = (length + tile - 1) // tile
+    out = torch.empty(3 * length + 6 * T, device=dev, dtype=torch.int32)   # one allocation
+    a_sess, a_blk, a_third = out[:length], out[length:2 * length], out[2 * length:3 * length]
+    mm = out[3 * length:].view(6, T)                                             # (6, T)
+    nb = order.numel()
+    _tile_attr_kernel[(T,)](off, order, kind, sess, a_sess, a_blk, a_third, mm, start, length, nb,
+                            (nb + 1).bit_length() + 1, T, IS_QUERY=is_query, FULL_MASK=mask_type == "full",
+                            NOISY=KIND_NOISY, TILE=tile, num_warps=4)
+    return (a_sess, a_blk, a_third), mm
+
+
+def _tile_runs_fused(row_mm, col_mm, Sk: int, block_n: int, rows_are_q: bool) -> TileRuns:
+    R, C = row_mm.shape[1], col_mm.shape[1]
+    W = max(1, (C + 1) // 2)
+    runs = torch.zeros(4, R, W, device=row_mm.device, dtype=torch.int32)         # (4, R, W) zero-padded
+    counts = torch.empty(5, R, device=row_mm.device, dtype=torch.int32)
+    _runs_kernel[(R,)](row_mm, col_mm, runs, counts, R, C, W, Sk, block_n,
+                       ROWS_ARE_Q=rows_are_q, CHUNK=_CHUNK, num_warps=4)
+    perm = torch.argsort(counts[4], stable=True).to(torch.int32)
+    return TileRuns(runs[0], runs[1], counts[0], runs[2], runs[3], counts[1], counts[2], counts[3], perm)
+
+
+def _build_fused(spec, mask_type, q_start, q_len, k_start, k_len, block_m, block_n, attrs):
+    q_attr, q_mm = _tile_attrs_fused(spec, mask_type, q_start, q_len, block_m, True)
+    k_attr, k_mm = _tile_attrs_fused(spec, mask_type, k_start, k_len, block_n, False)
+    if attrs is None:
+        attrs = TokenAttrs(*q_attr, *k_attr)
+    Tq, Tk = q_mm.shape[1], k_mm.shape[1]
+    wl = WorkLists(block_m, block_n, Tq, Tk, _tile_runs_fused(q_mm, k_mm, k_len, block_n, True),
+                   _tile_runs_fused(k_mm, q_mm, k_len, block_n, False))
+    return attrs, wl
+
+
 def build_worklists(block_offsets, block_order, block_kind, block_session, mask_type: str,
                     q_start: int, q_len: int, k_start: int, k_len: int,
-                    block_m: int, block_n: int, attrs: TokenAttrs | None = None):
+                    block_m: int, block_n: int, attrs: TokenAttrs | None = None, backend: str = "auto"):
     """Token attributes + work lists for one tiling. Returns (TokenAttrs, WorkLists).
 
     Pass ``attrs`` to reuse already built token attributes (e.g. a second tiling).
+    ``backend``: "torch" (plain torch ops), "triton" (the fused kernels; on CPU only under
+    TRITON_INTERPRET=1) or "auto" (triton on CUDA for power-of-two tiles >= 16, else torch).
+    Both give identical tensors.
     """
     if block_m <= 0 or block_n <= 0:
         raise ValueError(f"tile sizes must be positive, got block_m={block_m} block_n={block_n}")
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    spec = (block_offsets, block_order, block_kind, block_session)
+    if backend == "auto":
+        backend = "triton" if block_offsets.device.type == "cuda" and _fused_ok(block_m, block_n) else "torch"
+    if backend == "triton":
+        if not _fused_ok(block_m, block_n):
+            raise ValueError(f"the triton work-list build needs power-of-two tiles >= 16, got {block_m}x{block_n}")
+        if q_len > 0 and k_len > 0:
+            _check_args(*spec, mask_type, q_start, q_len, k_start, k_len)
+            return _build_fused(spec, mask_type, q_start, q_len, k_start, k_len, block_m, block_n, attrs)
     if attrs is None:
-        attrs = token_attributes(block_offsets, block_order, block_kind, block_session, mask_type,
-                                 q_start, q_len, k_start, k_len)
+        attrs = token_attributes(*spec, mask_type, q_start, q_len, k_start, k_len)
     cls = classify_tiles(attrs, block_m, block_n)                               # (Tq, Tk)
     Tq, Tk = cls.shape
     wl = WorkLists(block_m, block_n, Tq, Tk, _tile_runs(cls), _tile_runs(cls.t()))

@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/out/bench_attention.json")
     p.add_argument("--cases", default="a,b,c", help="comma list of a, b, c")
     p.add_argument("--skip", default="", help="comma list of: flex, sdpa_mask, dense, newlen")
+    p.add_argument("--configs", choices=["default", "legacy"], default="default",
+                   help="kernel configs: today's defaults, or the pre-retune ones (64x64 backward)")
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--target-seconds", type=float, default=0.6, help="time budget per measurement")
@@ -174,16 +176,22 @@ def run_case(name, args, record):
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     # --- ours: end to end (builds the work lists every call) and with a prebuilt plan (per-layer cost)
-    def build():
-        return plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, need_bwd=True)
+    configs = None
+    if args.configs == "legacy" and not args.smoke:
+        from kernels.masked_attention import LEGACY_CONFIGS_BF16_D128 as configs
 
-    t_first = wall_once(lambda: masked_attention(qg, kg, vg, *spec, mask_type).backward(do))
+    def build():
+        return plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, need_bwd=True, configs=configs)
+
+    t_first = wall_once(lambda: masked_attention(qg, kg, vg, *spec, mask_type, configs=configs).backward(do))
     record(name, {"ours_first_call_ms_incl_compile": t_first})
     record(name, {"ours_worklist_build_ms": cuda_time(build, 0.2)})
     plan = build()
-    wl_f, wl_b = plan.wl_fwd, plan.wl_bwd
-    record(name, {"ours_tiles_fwd": {**wl_f.counts(), "block_m": wl_f.block_m, "block_n": wl_f.block_n},
-                  "ours_tiles_bwd": {**wl_b.counts(), "block_m": wl_b.block_m, "block_n": wl_b.block_n}})
+    record(name, {f"ours_tiles_{kern}": {**wl.counts(), "block_m": wl.block_m, "block_n": wl.block_n}
+                  for kern, wl in (("fwd", plan.wl_fwd), ("dkdv", plan.wl_dkdv), ("dq", plan.wl_dq))})
+    record(name, {"ours_configs": {kern: [c.block_m, c.block_n, c.num_warps, c.num_stages]
+                                   for kern, c in (("fwd", plan.cfgs.fwd), ("dkdv", plan.cfgs.dkdv),
+                                                   ("dq", plan.cfgs.dq))}})
 
     def ours_bwd(fn):
         def run():
@@ -191,8 +199,8 @@ def run_case(name, args, record):
             fn().backward(do)
         return run
 
-    measure("ours", lambda: masked_attention(q, k, v, *spec, mask_type),
-            ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type)), fl_fwd)
+    measure("ours", lambda: masked_attention(q, k, v, *spec, mask_type, configs=configs),
+            ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, configs=configs)), fl_fwd)
     measure("ours_with_plan", lambda: masked_attention_forward(q, k, v, *spec, mask_type, plan=plan),
             ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=plan)), fl_fwd)
 
@@ -205,9 +213,9 @@ def run_case(name, args, record):
     if "newlen" not in skip:
         try:
             record(name, {"ours_new_len_first_fwd_bwd_ms": wall_once(
-                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type).backward(do2))})
+                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type, configs=configs).backward(do2))})
             record(name, {"ours_new_len_second_fwd_bwd_ms": wall_once(
-                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type).backward(do2))})
+                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type, configs=configs).backward(do2))})
         except Exception as e:
             record(name, {"ours_new_len_error": f"{type(e).__name__}: {str(e)[:300]}"})
 

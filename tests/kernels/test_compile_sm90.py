@@ -47,18 +47,48 @@ def _compile(fn, dtype: str, consts: dict, cfg):
                           options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
 
 
+def _resources(kernel) -> dict:
+    """Registers and stack (spill) bytes per thread, from the cubin via Triton's bundled cuobjdump."""
+    import re
+    import tempfile
+    import triton
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    if not os.path.exists(tool) or "cubin" not in kernel.asm:
+        return {}
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(kernel.asm["cubin"])
+        fh.flush()
+        txt = subprocess.run([tool, "-res-usage", fh.name], capture_output=True, text=True).stdout
+    m = re.search(r"REG:(\d+) STACK:(\d+)", txt)
+    return {"regs": int(m.group(1)), "stack": int(m.group(2))} if m else {}
+
+
 def _report() -> dict:
     """Run in a fresh process without TRITON_INTERPRET (kernels must be real JITFunctions)."""
     import kernels.masked_attention as ma
-    cfg_f, cfg_b = ma.default_configs(128, torch.bfloat16, torch.device("cuda"))
+    cfgs = ma.default_configs(128, torch.bfloat16, torch.device("cuda"))
+    cfg_f = cfgs.fwd
     out = {"fwd_kv_buffer": f"{cfg_f.num_stages}x{cfg_f.block_n}x128xbf16"}
-    for name, kern, cfg in (("fwd", ma._fwd_kernel, cfg_f), ("dkdv", ma._bwd_dkdv_kernel, cfg_b),
-                            ("dq", ma._bwd_dq_kernel, cfg_b)):
+    for name, kern, cfg in (("fwd", ma._fwd_kernel, cfg_f), ("dkdv", ma._bwd_dkdv_kernel, cfgs.dkdv),
+                            ("dq", ma._bwd_dq_kernel, cfgs.dq)):
         k = _compile(kern, "bf16", {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
                                     "DOT_PREC": "tf32"}, cfg)
         ir = k.asm["ttgir"]
         out[name] = {"shared": k.metadata.shared, "async_copies": ir.count("async_copy_global_to_local"),
-                     "kv_buffers": ir.count(out["fwd_kv_buffer"])}
+                     "kv_buffers": ir.count(out["fwd_kv_buffer"]), **_resources(k)}
+    # the fused work-list build (int32 pointers and scalars only)
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    import kernels.worklist as wl
+    for name, fn, consts, ints in (
+            ("wl_attrs", wl._tile_attr_kernel, {"IS_QUERY": True, "FULL_MASK": False, "NOISY": 2, "TILE": 128},
+             {"start", "length", "nb", "n_steps", "n_tiles"}),
+            ("wl_runs", wl._runs_kernel, {"ROWS_ARE_Q": False, "CHUNK": wl._CHUNK}, {"R", "C", "W", "Sk", "block_n"})):
+        sig = {n: "constexpr" if n in consts else ("i32" if n in ints else "*i32") for n in fn.arg_names}
+        src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in consts.items()})
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+        out[name] = {"shared": k.metadata.shared, **_resources(k)}
     return out
 
 
@@ -73,11 +103,17 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
         pytest.skip("this Triton has no ASTSource/GPUTarget")
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name in ("wl_attrs", "wl_runs"):
+        assert rep[name]["shared"] <= H100_SMEM and rep[name].get("stack", 0) == 0, (name, rep[name])
     for name in ("fwd", "dkdv", "dq"):
         assert rep[name]["shared"] <= H100_SMEM, (name, rep[name])
         assert rep[name]["async_copies"] > 0, (name, rep[name])
     # K and V tiles of the forward go through num_stages-deep shared buffers: the loop is pipelined
     assert rep["fwd"]["kv_buffers"] >= 2, rep
+    # the default backward tilings were chosen not to spill registers (dK, dV live in registers)
+    for name in ("dkdv", "dq"):
+        if "stack" in rep[name]:
+            assert rep[name]["stack"] == 0, (name, rep[name])
 
 
 if __name__ == "__main__":

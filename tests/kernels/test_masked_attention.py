@@ -12,6 +12,8 @@ ATOL = 1e-4
 CONFIGS = {
     "32x16/16x32": (KernelConfig(32, 16), KernelConfig(16, 32)),
     "16x16/16x16": (KernelConfig(16, 16), KernelConfig(16, 16)),
+    # dK/dV on its own tiling, dQ on the forward's (the GPU default's shape: lists shared with the forward)
+    "32x16/dkdv16x32/dq32x16": (KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(32, 16)),
 }
 
 
@@ -50,7 +52,8 @@ HAND = [(3, 1, KIND_TEXT, 0), (61, 3, KIND_TEXT, 0), (1, 5, KIND_TEXT, 0), (20, 
 
 
 @pytest.mark.parametrize("mask_type,cfg", [("block_causal", "32x16/16x32"), ("full", "16x16/16x16"),
-                                            ("block_causal", "16x16/16x16")])
+                                            ("block_causal", "16x16/16x16"),
+                                            ("block_causal", "32x16/dkdv16x32/dq32x16")])
 def test_hand_layout(mask_type, cfg):
     _assert_close(*_run(HAND, mask_type, configs=CONFIGS[cfg])[:4])
 
@@ -150,3 +153,22 @@ def test_plan_reuse_and_mismatch():
     assert torch.equal(out, ref)
     with pytest.raises(ValueError, match="plan was built for"):
         masked_attention(q, k, v, *spec, "block_causal", q_start=0, plan=plan)
+
+
+def test_config_forms_and_list_sharing():
+    """configs as (fwd, bwd), (fwd, dkdv, dq) or AttentionConfigs; kernels with one tiling share one list."""
+    from kernels.masked_attention import AttentionConfigs, as_configs, plan_masked_attention
+    f, b, c = KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(32, 16, 8, 3)
+    assert as_configs((f, b)) == AttentionConfigs(f, b, b)
+    assert as_configs((f, b, c)) == AttentionConfigs(f, b, c)
+    with pytest.raises(TypeError, match="configs must be"):
+        as_configs((f,))
+    with pytest.raises(TypeError, match="configs must be"):
+        as_configs((f, (16, 32)))
+    spec = [t.to(DEVICE) for t in spec_from_blocks(HAND)]
+    S = int(spec[0][-1])
+    plan = plan_masked_attention(*spec, "block_causal", 0, S, 0, S, 16, torch.float32, configs=(f, b, c))
+    assert plan.wl_dq is plan.wl_fwd and plan.wl_dkdv is not plan.wl_fwd
+    assert (plan.wl_dkdv.block_m, plan.wl_dkdv.block_n) == (16, 32) and plan.wl_bwd is plan.wl_dkdv
+    plan = plan_masked_attention(*spec, "block_causal", 0, S, 0, S, 16, torch.float32, need_bwd=False)
+    assert plan.wl_dkdv is None and plan.wl_dq is None

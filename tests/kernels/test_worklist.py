@@ -104,3 +104,33 @@ def test_empty_blocks_and_bad_specs():
         token_attributes(off, order, kind[:2], sess, "full", 0, 9, 0, 9)
     with pytest.raises(ValueError, match="beyond the spec's sequence length 9"):
         token_attributes(*spec, "full", 5, 5, 0, 9)
+
+
+@pytest.mark.parametrize("mask_type", ["full", "block_causal"])
+def test_fused_triton_build_matches_torch(mask_type):
+    """The fused Triton build (the CUDA path; here under the interpreter) equals the torch build exactly."""
+    if not torch.cuda.is_available():
+        import os
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(31 if mask_type == "full" else 32)
+    for i, (bm, bn) in enumerate(((16, 32), (64, 16))):
+        spec = [t.to(dev) for t in spec_from_blocks(random_blocks(gen, max_tokens=300))]
+        S = int(spec[0][-1])
+        qs, ql, ks, kl = (0, S, 0, S) if i == 0 else (S // 3, S - S // 3 - 1, 5, S - 9)
+        a1, w1 = build_worklists(*spec, mask_type, qs, ql, ks, kl, bm, bn, backend="torch")
+        a2, w2 = build_worklists(*spec, mask_type, qs, ql, ks, kl, bm, bn, backend="triton")
+        for f in ("q_sess", "q_blk", "q_limit", "k_sess", "k_blk", "k_rank"):
+            assert torch.equal(getattr(a1, f), getattr(a2, f)), f
+        for side in ("q", "k"):
+            r1, r2 = getattr(w1, side), getattr(w2, side)
+            for f in ("full_start", "full_end", "n_full_runs", "part_start", "part_end", "n_part_runs",
+                      "n_full", "n_part", "perm"):
+                x, y = getattr(r1, f), getattr(r2, f)
+                assert x.dtype == y.dtype and torch.equal(x, y), (side, f)
+        assert (w2.q.n_full.sum() > 0) or (w2.q.n_part.sum() > 0)
+    with pytest.raises(ValueError, match="power-of-two tiles"):
+        build_worklists(*spec, mask_type, 0, S, 0, S, 24, 16, backend="triton")
+    with pytest.raises(ValueError, match="backend must be"):
+        build_worklists(*spec, mask_type, 0, S, 0, S, 16, 16, backend="cuda")
