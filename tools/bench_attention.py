@@ -116,7 +116,12 @@ def cuda_time(fn, target_s: float, warmup: int = 2):
     for _ in range(warmup):
         fn()
     once = wall_once(fn) * 1e-3
-    reps = max(3, min(50, int(target_s / max(once, 1e-6))))
+    return event_median_ms(fn, max(3, min(50, int(target_s / max(once, 1e-6)))))
+
+
+def event_median_ms(fn, reps: int) -> float:
+    """Median of ``reps`` CUDA-event timings of fn() (the caller warms up)."""
+    import torch
     times = []
     for _ in range(reps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
