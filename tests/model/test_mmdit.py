@@ -213,3 +213,21 @@ def test_backend_choice_and_transformer_engine_gate(megatron_cpu):
     m = build_model(tiny_cfg(transformer_impl="transformer_engine"), device="cuda")
     batch = make_batch([BLOCK_CAUSAL_SESSION], "block_causal", 64, 192)[0].to("cuda")
     assert torch.isfinite(m(batch.img_x0, batch)).all()
+
+
+def test_image_abs_pos_grid_gives_tokens_their_place(megatron_cpu):
+    """The optional learned (h, w) table: checkpointed, trained, and a grid too small is named."""
+    torch.manual_seed(0)
+    m = build_model(tiny_cfg(image_abs_pos_grid=8, adaln_zero_init=False), device="cpu")
+    batch, _ = make_batch([FULL_SESSION], "full", 64, 192)
+    out = m(batch.img_x0, batch)
+    assert out.shape == (batch.s_img, 192)
+    # the table is a checkpointed, trained parameter
+    assert any(k.startswith("img_pos_embedder") for k in m.sharded_state_dict())
+    out.sum().backward()
+    assert m.img_pos_embedder.weight.grad.abs().sum() > 0
+    small = build_model(tiny_cfg(image_abs_pos_grid=1), device="cpu")
+    with pytest.raises(ValueError, match="image_abs_pos_grid"):
+        small(batch.img_x0, batch)
+    with pytest.raises(ValueError, match="MMDiTConfig.image_abs_pos_grid"):
+        tiny_cfg(image_abs_pos_grid=-1)

@@ -46,6 +46,9 @@ class MMDiTConfig:
     """Number of learnable ``<TURN>_i`` embeddings (i in [0, max_turns))."""
     rope_theta: float = 10000.0
     """RoPE base frequency (text 1D and image 3D alike)."""
+    image_abs_pos_grid: int = 0
+    """0 (the paper): image tokens carry position through 3D RoPE only. N > 0: also add a learned
+    absolute (h, w) embedding for token grids up to N x N (a DiT/SD3-style aid for tiny models)."""
     rope_axes_dim: tuple[int, int, int] | None = None
     """Head-dim split across the image axes (turn, h, w); even entries summing to head_dim.
     None: turn gets head_dim/4 (rounded down to even), h and w share the rest."""
@@ -79,6 +82,9 @@ class MMDiTConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"MMDiTConfig.{name}: expected a positive int, got {v!r}")
+        if not isinstance(self.image_abs_pos_grid, int) or isinstance(self.image_abs_pos_grid, bool) \
+                or self.image_abs_pos_grid < 0:
+            raise ValueError(f"MMDiTConfig.image_abs_pos_grid: expected an int >= 0, got {self.image_abs_pos_grid!r}")
         if not isinstance(self.mm_layers, int) or not 0 <= self.mm_layers <= self.num_layers:
             raise ValueError(f"MMDiTConfig.mm_layers: expected an int in [0, num_layers={self.num_layers}], "
                              f"got {self.mm_layers!r}")

@@ -71,6 +71,10 @@ class MMDiT(MegatronModule):
             torch.nn.init.normal_(self.img_embedder.weight, std=std)
             self.img_embedder.bias.zero_()
         self.txt_embedder = TextEmbedder(cfg.text_dim, D, cfg.max_turns, std).to(dtype)
+        n = cfg.image_abs_pos_grid
+        self.img_pos_embedder = torch.nn.Embedding(n * n, D, dtype=dtype) if n else None
+        if n:
+            torch.nn.init.normal_(self.img_pos_embedder.weight, std=std)
         self.t_embedder = TimestepEmbedder(D, cfg.frequency_embedding_size, cfg.timestep_scale, std).to(dtype)
         if cfg.adaln == "single":
             self.adaln_single = torch.nn.Linear(D, 6 * D, dtype=dtype)
@@ -151,6 +155,12 @@ class MMDiT(MegatronModule):
         txt_rows = shard.txt_rows
         h_txt = self.txt_embedder(batch.txt_emb[txt_rows].to(dtype), batch.txt_turn[txt_rows])[:, None]   # (S_txt_l, 1, D)
         h_img = self.img_embedder(x_img[shard.img_rows].to(dtype))[:, None]                           # (S_img_l, 1, D)
+        if self.img_pos_embedder is not None:
+            n = self.cfg.image_abs_pos_grid
+            hw = batch.img_pos[shard.img_rows][:, 1:].to(x_img.device)                                # (S_img_l, 2)
+            if hw.numel() and int(hw.max()) >= n:
+                raise ValueError(f"image_abs_pos_grid={n} is smaller than a {int(hw.max()) + 1}-token image side")
+            h_img = h_img + self.img_pos_embedder(hw[:, 0] * n + hw[:, 1])[:, None]                  # (S_img_l, 1, D)
         c = self.t_embedder(batch.block_t)                                           # (nb, D)
         shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
         n_txt = h_txt.shape[0]
