@@ -40,7 +40,7 @@ def main(argv=None):
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
     stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
                           seed=int(cfg.seed) + 7919 * dims.dp_rank)
-    model = ex.make_model(cfg, dims)
+    model = ex.make_model(cfg)
     trainer = ex.make_trainer(cfg, model, stream, run)
     trainer.train()
     if dims.rank == 0:

@@ -71,11 +71,8 @@ def candidates(smoke: bool):
 
 
 def _write(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
+    from tools.bench_attention import _write as write_atomic    # one atomic JSON writer for both tools
+    write_atomic(path, obj)
 
 
 def _time(fn, reps: int) -> float:

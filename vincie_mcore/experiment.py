@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import ConfigError, build
+from .config import build
 from .data.packing import EncodedSession, PackConfig, PackedStream
 from .data.recipe import RecipeConfig
 from .diffusion.flow import FlowConfig, training_loss
@@ -122,7 +122,7 @@ def init_parallel(cfg):
     return init_distributed(tp=int(p.tp), cp=int(p.cp), dp=p.dp, seed=int(cfg.seed))
 
 
-def make_model(cfg, dims=None):
+def make_model(cfg):
     from .model.config import MMDiTConfig
     from .model.mmdit import build_model
 

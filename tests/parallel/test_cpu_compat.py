@@ -12,11 +12,8 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="cpu_compat is
 
 
 @pytest.fixture(scope="module")
-def dist1():
-    dims = groups.init_distributed(tp=1, cp=1, seed=7)
-    yield dims
-    groups.destroy()
-    cpu_compat.deactivate()
+def dist1(megatron_cpu):
+    return megatron_cpu
 
 
 def _mlp_cfg():

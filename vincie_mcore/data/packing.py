@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.embeddings import patchify, unpatchify  # noqa: F401  (re-exported for the data side)
+from ..model.embeddings import patchify
 from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MaskSpec
 from .packed import PackedBatch
 from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan

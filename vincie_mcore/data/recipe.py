@@ -147,7 +147,6 @@ def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan,
         if noisy:
             blocks.append(Block("image", KIND_NOISY, order, turn, image=ref, role=ref[0]))
         order += 1
-        return clean or noisy
 
     last = plan.target_turn if full else plan.num_turns - 1
     place(("frame", 0), 0, is_target=False)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..data.maskspec import KIND_NOISY, KIND_TEXT
+from ..data.maskspec import KIND_NOISY
 from ..data.packed import PackedBatch
 
 PREDICTIONS = ("v", "x0")
@@ -56,7 +56,10 @@ def drop_text(batch: PackedBatch, sessions: torch.Tensor) -> PackedBatch:
     """Zero the text embeddings of the given sessions (bool [num_sessions+pads]); <TURN> tokens stay."""
     tok_block = batch.spec.token_blocks()[: batch.s_txt]
     sess = batch.spec.block_session.long()[tok_block]
-    drop = sessions.to(sess.device)[sess.clamp(max=sessions.numel() - 1)] & (sess < sessions.numel())
+    n_ids = int(batch.spec.block_session.max()) + 1                       # padding blocks have their own ids
+    chosen = torch.zeros(max(n_ids, sessions.numel()), dtype=torch.bool)
+    chosen[: sessions.numel()] = sessions.bool().cpu()
+    drop = chosen.to(sess.device)[sess]
     return replace(batch, txt_emb=batch.txt_emb * (~drop).unsqueeze(1).to(batch.txt_emb.dtype))
 
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..data.packing import EncodedSession, PackConfig, pack, unpatchify
+from ..data.packing import EncodedSession, PackConfig, pack
 from ..data.recipe import inference_sample
 from ..diffusion.flow import FlowConfig, euler_sample
+from ..model.embeddings import unpatchify
 
 
 @dataclass
