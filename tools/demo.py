@@ -27,7 +27,13 @@ def main(argv=None) -> dict:
     from vincie_mcore.encoders import TextEncoder, build_image_encoder
     from vincie_mcore.infer.editor import save_strip
 
-    cfg = load_config(["experiment=demo", *argv])
+    from vincie_mcore.config import ConfigError
+    try:
+        cfg = load_config(["experiment=demo", *argv])
+        ex.data_configs(cfg)                                     # validate the data groups up front
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -29,7 +29,11 @@ def main(argv=None):
         return 2
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    dims = ex.init_parallel(cfg)
+    try:
+        dims = ex.init_parallel(cfg)
+    except ValueError as e:                                      # impossible layout: one line naming it
+        print(f"error: parallel: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
     if dims.rank == 0:
         (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     corpus = dc["corpus"]
