@@ -112,9 +112,18 @@ def test_rope_positions():
     sess = make_session(3)
     sample = inference_sample(sess.texts, camera_prompts=False)
     b = pack([(sample, sess)], FakeText().encode, PackConfig(patch_size=8), "full")
-    # separate: text positions run 0.. over the text stream; images indexed 0, 1, 2 in order
+    # separate: text positions run 0.. over the text stream; frame j at turn coordinate 3j
     assert torch.equal(b.txt_pos, torch.arange(b.s_txt))
-    assert b.img_pos[:, 0].unique().tolist() == [0, 1, 2]
+    assert b.img_pos[:, 0].unique().tolist() == [0, 3, 6]
+    # RoE maps sit between their frames, and dropped context shifts nothing
+    plan = SessionPlan(num_turns=2, use_roe=True, task="nip", dropped={("frame", 1), ("roe_src", 0)})
+    cfg = RecipeConfig(mask_type="block_causal", camera_prompts=False)
+    bm = pack([(build_sample(sess.texts, sess.cameras, plan, cfg), sess)], FakeText().encode,
+              PackConfig(patch_size=8), "block_causal")
+    turn_of = {(ib["ref"], ib["noisy"]): int(bm.img_pos[ib["start"], 0]) for ib in bm.image_blocks}
+    assert turn_of[(("frame", 0), False)] == 0 and turn_of[(("roe_src", 0), True)] == 1
+    assert turn_of[(("roe_tgt", 0), True)] == 2 and turn_of[(("frame", 1), True)] == 3
+    assert turn_of[(("frame", 2), True)] == turn_of[(("frame", 2), False)] == 6
     assert b.txt_turn[0] == 0 and (b.txt_turn >= 0).sum() == 2
     bi = pack([(sample, sess)], FakeText().encode, PackConfig(patch_size=8, rope_mode="interleaved"), "full")
     # interleaved: I0 at 0, T0 occupies 1..L0, I1 right after
@@ -131,3 +140,28 @@ def test_stream_is_a_function_of_step():
     b.load_state_dict(a.state_dict() | {"step": 2})
     assert torch.equal(next(b).img_x0, batches[2].img_x0)
     assert all(x.spec.seq_len <= 200 or x.num_sessions == 1 for x in batches)
+
+
+def test_block_text_names_each_image_its_instruction():
+    """Per image block: the transition text that precedes it, and for RoE maps also its own prompt."""
+    sess = make_session(3)
+    cfg = RecipeConfig(mask_type="block_causal", camera_prompts=False)
+    sample = build_sample(sess.texts, sess.cameras, SessionPlan(num_turns=2, use_roe=True, task="nip"), cfg)
+    b = pack([(sample, sess), (sample, sess)], FakeText().encode, PackConfig(patch_size=8), "block_causal")
+    texts = [x for x in sample.blocks if x.modality == "text"] * 2          # text blocks come first, by session
+    images = [x for x in sample.blocks if x.modality == "image"] * 2
+    assert (b.block_text[:len(texts)] == -1).all()
+    for i, x in enumerate(images):
+        tr, prompt = b.block_text[len(texts) + i].tolist()
+        turn = x.image[1] - 1 if x.image[0] == "frame" else x.image[1]       # frame j follows transition j - 1
+        if turn < 0:
+            assert (tr, prompt) == (-1, -1)
+            continue
+        session_offset = 0 if i < len(images) // 2 else len(texts) // 2
+        assert tr >= session_offset and texts[tr].text == sess.texts[turn]
+        if x.image[0] == "frame":
+            assert prompt == -1
+        else:
+            want = cfg.mask_prompt_src if x.image[0] == "roe_src" else cfg.mask_prompt_tgt
+            assert texts[prompt].text == want and prompt > tr
+    assert b.block_text.shape == (b.spec.num_blocks, 2)

@@ -17,6 +17,16 @@ def test_tiny_text_encoder_is_deterministic_and_per_text():
                                rtol=1e-5, atol=1e-5)
 
 
+def test_text_pooling_is_a_windowed_mean_of_the_unpooled_output():
+    raw = TextEncoder(TextEncoderConfig(seed=2)).encode(["move the red circle"])[0]        # 19 bytes + </s> = 20
+    pooled = TextEncoder(TextEncoderConfig(seed=2, pool=3)).encode(["move the red circle"])[0]
+    assert pooled.shape == (7, 64)                                                       # ceil(20 / 3)
+    ref = torch.stack([raw[i:i + 3].mean(0) for i in range(0, raw.shape[0], 3)])         # last window: 2 rows
+    torch.testing.assert_close(pooled, ref)
+    with pytest.raises(ValueError, match="text_encoder.pool"):
+        TextEncoderConfig(pool=0)
+
+
 def test_pretrained_text_encoder_loads_from_local_folder(tmp_path):
     tiny = TextEncoder(TextEncoderConfig(seed=1))
     tiny.model.save_pretrained(tmp_path)

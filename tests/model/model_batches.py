@@ -38,20 +38,23 @@ def make_batch(sessions: list[list[tuple]], mask_type: str, text_dim: int, patch
     g = torch.Generator().manual_seed(seed)
     txt_blocks, img_blocks = [], []
     for s, sess in enumerate(sessions):
-        order, txt_pos = 0, 0
+        order, txt_pos, last_text = 0, 0, -1
         for blk in sess:
             if blk[0] == "text":
                 _, n, turn = blk
+                last_text = len(txt_blocks)
                 txt_blocks.append(dict(session=s, kind=KIND_TEXT, order=order, n=n, turn=turn, pos0=txt_pos))
                 txt_pos += n
                 order += 1
             elif blk[0] == "clean":
                 _, h, w, turn = blk
-                img_blocks.append(dict(session=s, kind=KIND_CLEAN, order=order, n=h * w, h=h, w=w, turn=turn))
+                img_blocks.append(dict(session=s, kind=KIND_CLEAN, order=order, n=h * w, h=h, w=w, turn=turn,
+                                       text=last_text))
                 order += 1
             else:
                 _, h, w, turn = blk
-                img_blocks.append(dict(session=s, kind=KIND_NOISY, order=order - 1, n=h * w, h=h, w=w, turn=turn))
+                img_blocks.append(dict(session=s, kind=KIND_NOISY, order=order - 1, n=h * w, h=h, w=w, turn=turn,
+                                       text=last_text))
     s_txt = sum(b["n"] for b in txt_blocks)
     txt_emb = torch.randn(s_txt, text_dim, generator=g)
     txt_turn = torch.full((s_txt,), -1, dtype=torch.long)
@@ -83,7 +86,8 @@ def make_batch(sessions: list[list[tuple]], mask_type: str, text_dim: int, patch
     batch = PackedBatch(txt_emb=txt_emb, txt_turn=txt_turn, txt_pos=txt_pos,
                         img_x0=torch.randn(s_img, patch_dim, generator=g),
                         img_pos=torch.cat(img_pos) if img_pos else torch.zeros(0, 3, dtype=torch.long),
-                        img_loss_mask=loss_mask, spec=spec, block_t=block_t, num_sessions=len(sessions))
+                        img_loss_mask=loss_mask, spec=spec, block_t=block_t, num_sessions=len(sessions),
+                        block_text=torch.tensor([[b.get("text", -1), -1] for b in blocks], dtype=torch.long))
     return batch, blocks
 
 

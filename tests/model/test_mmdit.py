@@ -150,6 +150,7 @@ def test_bad_batch_is_named(model):
     (dict(adaln="zero"), "adaln"),
     (dict(head_dim=31), "head_dim"),
     (dict(num_layers=0), "num_layers"),
+    (dict(softmax_scale=0), "softmax_scale"),
 ])
 def test_config_errors_name_the_key(over, key):
     with pytest.raises(ValueError, match=f"MMDiTConfig.{key}"):
@@ -231,3 +232,45 @@ def test_image_abs_pos_grid_gives_tokens_their_place(megatron_cpu):
         small(batch.img_x0, batch)
     with pytest.raises(ValueError, match="MMDiTConfig.image_abs_pos_grid"):
         tiny_cfg(image_abs_pos_grid=-1)
+
+
+def test_text_adaln_conditions_each_block_on_its_own_instruction(megatron_cpu):
+    """text_adaln: a block's AdaLN gets the mean embedding of exactly its instruction's rows; a later
+    instruction stays invisible, text dropout removes the conditioning, and the projection trains."""
+    from dataclasses import replace
+    from vincie_mcore.diffusion.flow import drop_text
+    torch.manual_seed(0)
+    m = build_model(tiny_cfg(text_adaln=True), device="cpu")
+    batch, blocks = make_batch([BLOCK_CAUSAL_SESSION, FULL_SESSION], "block_causal", 64, 192, seed=5)
+    mean = m.block_text_mean(batch)
+    for i, b in enumerate(blocks):
+        if b["stream"] == "img" and b["text"] >= 0:
+            r0, r1 = blocks[b["text"]]["rows"]
+            torch.testing.assert_close(mean[i], batch.txt_emb[r0 + 1:r1].mean(0))    # row r0 is <TURN>
+        else:
+            assert mean[i].abs().max() == 0
+    dropped = m.block_text_mean(drop_text(batch, torch.tensor([True, False])))
+    for i, b in enumerate(blocks):
+        assert (dropped[i].abs().max() == 0) if b["session"] == 0 else torch.equal(dropped[i], mean[i])
+    # the later instruction (session 0, text 1) cannot reach the first noisy block
+    _, t0, t1 = _rows(blocks, 0, "noisy", 0)
+    with torch.no_grad():
+        base = m(batch.img_x0, batch)[t0:t1]
+        b2, x2 = _perturb(batch, batch.img_x0, *_rows(blocks, 0, "text", 1))
+        torch.testing.assert_close(m(x2, b2)[t0:t1], base, rtol=0, atol=1e-6)
+    m(batch.img_x0, batch).pow(2).mean().backward()
+    assert m.text_cond.weight.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="block_text"):
+        m(batch.img_x0, replace(batch, block_text=None))
+
+
+@torch.no_grad()
+def test_softmax_scale_reaches_the_core(megatron_cpu):
+    """null is 1/sqrt(head_dim); another value changes the output (sharper attention)."""
+    batch, _ = make_batch([BLOCK_CAUSAL_SESSION], "block_causal", 64, 192, seed=6)
+    outs = {}
+    for scale in (None, 32 ** -0.5, 1.0):
+        torch.manual_seed(0)
+        outs[scale] = build_model(tiny_cfg(softmax_scale=scale), device="cpu")(batch.img_x0, batch)
+    torch.testing.assert_close(outs[32 ** -0.5], outs[None], rtol=0, atol=0)
+    assert (outs[1.0] - outs[None]).abs().max() > 1e-4

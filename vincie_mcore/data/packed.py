@@ -25,6 +25,8 @@ class PackedBatch:
     # ---- joint sequence ----
     spec: MaskSpec               # blocks over cat(text, image)
     block_t: torch.Tensor        # float [nb]: diffusion time per block; 0 for text and clean blocks
+    block_text: torch.Tensor | None = None   # long [nb, 2]: text blocks conditioning each block (its
+                                 # transition text, its own prompt), -1 for none; read when text_adaln
     # ---- bookkeeping (not read by the model) ----
     image_blocks: list = field(default_factory=list)   # per image block: dict(block=b, session=s, turn=i, hw=(h_tok, w_tok), noisy=bool)
     num_sessions: int = 0
@@ -45,4 +47,5 @@ class PackedBatch:
         mv = lambda x: x.to(device)
         return replace(self, txt_emb=mv(self.txt_emb), txt_turn=mv(self.txt_turn), txt_pos=mv(self.txt_pos),
                        img_x0=mv(self.img_x0), img_pos=mv(self.img_pos), img_loss_mask=mv(self.img_loss_mask),
-                       spec=self.spec.to(device), block_t=mv(self.block_t))
+                       spec=self.spec.to(device), block_t=mv(self.block_t),
+                       block_text=None if self.block_text is None else mv(self.block_text))

@@ -60,6 +60,18 @@ def _text_ids(blocks):
     return [b for b in blocks if b.modality == "text"]
 
 
+SLOTS = {"frame": 0, "roe_src": 1, "roe_tgt": 2}
+
+
+def image_slot(ref: tuple) -> int:
+    """Turn coordinate of an image block under "separate" RoPE: frame j at 3j, its transition's
+    RoE maps at 3j+1 (source) and 3j+2 (target). Frames keep the same relative positions whether
+    or not a session carries RoE maps or drops context, so training (maps, dropout) and editing
+    (frames only) agree on where the previous frame is."""
+    kind, j = ref
+    return 3 * j + SLOTS[kind]
+
+
 def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: PackConfig,
          mask_type: str) -> PackedBatch:
     """Pack sessions into one PackedBatch.
@@ -72,6 +84,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     txt_rows, txt_turn, txt_pos = [], [], []
     img_rows, img_pos, img_loss = [], [], []
     tblocks, iblocks = [], []           # (length, order, kind, session)
+    icond = []                          # per image block: (transition text block, own prompt block) or -1
     image_blocks = []
     all_texts = [b.text for s, _ in items for b in _text_ids(s.blocks)]
     embs = iter(encode_text(all_texts)) if all_texts else iter(())
@@ -79,8 +92,13 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     s_img = 0
     for sid, (sample, sess) in enumerate(items):
         counter, t_counter, img_index = 0, 0, {}
+        last_text = last_prompt = -1    # text-block ids; a prompt counts only after the latest transition text
         for b in sample.blocks:
             if b.modality == "text":
+                if b.role == "mask_prompt":
+                    last_prompt = len(tblocks)
+                else:
+                    last_text, last_prompt = len(tblocks), -1
                 e = next(embs)                                            # (L, text_dim)
                 text_dim = e.shape[1]
                 L = e.shape[0] + 1                                        # + <TURN>
@@ -93,7 +111,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
                 tblocks.append((L, b.order, KIND_TEXT, sid))
             else:
                 if b.order not in img_index:                              # a noisy twin shares the position
-                    img_index[b.order] = counter if cfg.rope_mode == "interleaved" else len(img_index)
+                    img_index[b.order] = counter if cfg.rope_mode == "interleaved" else image_slot(b.image)
                     counter += 1
                 tok = patchify(sess.latent(b.image).float(), p)           # (h*w, C*p*p)
                 h, w = sess.latent(b.image).shape[1] // p, sess.latent(b.image).shape[2] // p
@@ -106,6 +124,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
                                          noisy=b.kind == KIND_NOISY, start=s_img, length=h * w))
                 s_img += h * w
                 iblocks.append((h * w, b.order, b.kind, sid))
+                icond.append((last_text, last_prompt if b.role.startswith("roe") else -1))
     n_sess = len(items)
     # ---- padding: a block of its own session per stream ----
     s_txt = sum(r.shape[0] for r in txt_rows)
@@ -123,10 +142,12 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
         img_pos.append(torch.zeros(pad_i, 3, dtype=torch.long))
         img_loss.append(torch.zeros(pad_i, dtype=torch.bool))
         iblocks.append((pad_i, 0, KIND_CLEAN, n_sess + 1))
+        icond.append((-1, -1))
     n_txt_blocks = len(tblocks)
     for ib in image_blocks:
         ib["block"] += n_txt_blocks
     allb = tblocks + iblocks
+    block_text = torch.tensor([(-1, -1)] * n_txt_blocks + icond, dtype=torch.long).view(-1, 2)
     lengths = torch.tensor([b[0] for b in allb], dtype=torch.int32)
     spec = MaskSpec(
         block_offsets=torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(lengths, 0).to(torch.int32)]),
@@ -138,7 +159,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     return PackedBatch(
         txt_emb=torch.cat(txt_rows).float(), txt_turn=torch.cat(txt_turn).long(), txt_pos=torch.cat(txt_pos).long(),
         img_x0=torch.cat(img_rows).float(), img_pos=torch.cat(img_pos).long(), img_loss_mask=torch.cat(img_loss),
-        spec=spec, block_t=torch.zeros(len(allb)), image_blocks=image_blocks, num_sessions=n_sess,
+        spec=spec, block_t=torch.zeros(len(allb)), block_text=block_text, image_blocks=image_blocks, num_sessions=n_sess,
     )
 
 

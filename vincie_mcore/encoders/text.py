@@ -20,6 +20,8 @@ class TextEncoderConfig:
     num_layers: int = 2         # tiny_random only
     num_heads: int = 4          # tiny_random only
     max_tokens: int = 64        # per turn, after tokenisation (longer prompts are cut)
+    pool: int = 1               # mean-pool every `pool` output tokens into one (byte tokens are ~4x
+                                # denser than word pieces; 1 = the encoder's own resolution)
     seed: int = 0               # tiny_random weights
 
     def __post_init__(self):
@@ -29,6 +31,8 @@ class TextEncoderConfig:
             raise ValueError("text_encoder.path: required when text_encoder.kind='pretrained'")
         if self.max_tokens < 1:
             raise ValueError(f"text_encoder.max_tokens: must be >= 1, got {self.max_tokens}")
+        if self.pool < 1:
+            raise ValueError(f"text_encoder.pool: must be >= 1, got {self.pool}")
 
 
 class TextEncoder:
@@ -67,5 +71,15 @@ class TextEncoder:
             ids, att = enc.input_ids.to(self.device), enc.attention_mask.to(self.device)
             hidden = self.model(input_ids=ids, attention_mask=att).last_hidden_state.float()  # (N, L, dim)
             for i, t in enumerate(todo):
-                self._cache[t] = hidden[i, : int(att[i].sum())].cpu()                        # (L_i, dim)
+                self._cache[t] = _pool(hidden[i, : int(att[i].sum())], self.cfg.pool).cpu()   # (L_i, dim)
         return [self._cache[t] for t in texts]
+
+
+def _pool(h: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over non-overlapping windows of k rows; the last window may be shorter."""
+    if k == 1:
+        return h
+    n = h.shape[0]
+    idx = torch.arange(n, device=h.device) // k
+    out = torch.zeros(idx[-1] + 1, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, idx, h)
+    return out / torch.bincount(idx).unsqueeze(1).to(h.dtype)

@@ -253,7 +253,7 @@ class JointAttention(MegatronModule):
         for name in self.weight_names:
             self.add_module(name, AttentionProjections(config, submodules, tp_group=tp_group))
         self.core_attention = build_module(submodules.core_attention, config=config,
-                                           softmax_scale=1.0 / math.sqrt(config.kv_channels))
+                                           softmax_scale=config.softmax_scale or 1.0 / math.sqrt(config.kv_channels))
 
     def forward(self, streams: list[torch.Tensor], stream_weights: list[int], rope: tuple[torch.Tensor, torch.Tensor],
                 spec: MaskSpec, q_start: int = 0) -> list[torch.Tensor]:

@@ -49,9 +49,17 @@ class MMDiTConfig:
     image_abs_pos_grid: int = 0
     """0 (the paper): image tokens carry position through 3D RoPE only. N > 0: also add a learned
     absolute (h, w) embedding for token grids up to N x N (a DiT/SD3-style aid for tiny models)."""
+    text_adaln: bool = False
+    """False (the paper's description): text reaches image tokens through joint attention only.
+    True: each block's AdaLN conditioning also gets a projection of the mean text-encoder embedding of
+    the instruction that produced it (its transition text, plus its own prompt for RoE maps), the
+    pooled-text vector of SD3/FLUX MM-DiTs, here per block (``PackedBatch.block_text``)."""
     rope_axes_dim: tuple[int, int, int] | None = None
     """Head-dim split across the image axes (turn, h, w); even entries summing to head_dim.
     None: turn gets head_dim/4 (rounded down to even), h and w share the rest."""
+    softmax_scale: float | None = None
+    """Attention logit scale. None: 1/sqrt(head_dim). With QK RMSNorm a logit is at most
+    scale * head_dim (norm gains 1), so small heads start with blunt attention: sqrt(32) = 5.7."""
     adaln: str = "single"
     """"single": one shared SiLU->Linear(D, 6D) over the block-timestep embedding plus a learned
     per-layer, per-stream [6, D] table (adaLN-single, PixArt-alpha / Seaweed); "per_layer": every
@@ -85,6 +93,9 @@ class MMDiTConfig:
         if not isinstance(self.image_abs_pos_grid, int) or isinstance(self.image_abs_pos_grid, bool) \
                 or self.image_abs_pos_grid < 0:
             raise ValueError(f"MMDiTConfig.image_abs_pos_grid: expected an int >= 0, got {self.image_abs_pos_grid!r}")
+        if self.softmax_scale is not None and not (isinstance(self.softmax_scale, (int, float))
+                                                   and not isinstance(self.softmax_scale, bool) and self.softmax_scale > 0):
+            raise ValueError(f"MMDiTConfig.softmax_scale: expected a positive number or null, got {self.softmax_scale!r}")
         if not isinstance(self.mm_layers, int) or not 0 <= self.mm_layers <= self.num_layers:
             raise ValueError(f"MMDiTConfig.mm_layers: expected an int in [0, num_layers={self.num_layers}], "
                              f"got {self.mm_layers!r}")
@@ -162,6 +173,7 @@ class MMDiTConfig:
             add_bias_linear=True,              # biases act as modality embeddings (paper §3.2)
             bias_activation_fusion=cuda,       # jit-fused bias+swiglu on GPU; plain ops on CPU
             qk_layernorm=True,                 # makes finalize_model_grads sum q/k_layernorm grads over TP
+            softmax_scale=self.softmax_scale,
             normalization="RMSNorm",
             layernorm_epsilon=self.qk_norm_eps,
             hidden_dropout=0.0,

@@ -76,6 +76,12 @@ class MMDiT(MegatronModule):
         if n:
             torch.nn.init.normal_(self.img_pos_embedder.weight, std=std)
         self.t_embedder = TimestepEmbedder(D, cfg.frequency_embedding_size, cfg.timestep_scale, std).to(dtype)
+        self.text_cond = torch.nn.Linear(cfg.text_dim, D, dtype=dtype) if cfg.text_adaln else None
+        if self.text_cond is not None:
+            with torch.no_grad():
+                torch.nn.init.normal_(self.text_cond.weight, std=std)
+                self.text_cond.bias.zero_()
+            mark_sequence_parallel(self.text_cond)
         if cfg.adaln == "single":
             self.adaln_single = torch.nn.Linear(D, 6 * D, dtype=dtype)
             with torch.no_grad():
@@ -129,6 +135,23 @@ class MMDiT(MegatronModule):
         ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)
         return torch.cat([ct, ci]), torch.cat([st, si])                       # (S_joint, head_dim/2)
 
+    def block_text_mean(self, batch: PackedBatch) -> torch.Tensor:
+        """[nb, text_dim]: per block, the summed mean text embeddings of the text blocks in
+        ``batch.block_text`` (0 where none). Computed from ``txt_emb``, so dropping a session's
+        text for CFG drops this conditioning with it."""
+        if batch.block_text is None or batch.block_text.shape != (batch.spec.num_blocks, 2):
+            raise ValueError(f"batch.block_text: text_adaln needs a [{batch.spec.num_blocks}, 2] long tensor "
+                             f"from the packer, got {None if batch.block_text is None else tuple(batch.block_text.shape)}")
+        emb = batch.txt_emb
+        words = (batch.txt_turn < 0).to(emb.dtype)[:, None]                      # <TURN> rows do not count
+        tok_block = batch.spec.token_blocks()[: batch.s_txt].to(emb.device).long()
+        nb = batch.spec.num_blocks
+        sums = emb.new_zeros(nb, emb.shape[1]).index_add_(0, tok_block, emb * words)
+        counts = emb.new_zeros(nb, 1).index_add_(0, tok_block, words).clamp(min=1)
+        means = torch.cat([sums / counts, emb.new_zeros(1, emb.shape[1])])        # row nb: "none"
+        idx = batch.block_text.to(emb.device).long()
+        return means[torch.where(idx < 0, nb, idx)].sum(1)                        # (nb, text_dim)
+
     def cp_shard(self, batch: PackedBatch) -> context_parallel.CPShard:
         """The joint tokens this rank computes: all of them without context parallelism."""
         if self.cp_group is None:
@@ -162,6 +185,8 @@ class MMDiT(MegatronModule):
                 raise ValueError(f"image_abs_pos_grid={n} is smaller than a {int(hw.max()) + 1}-token image side")
             h_img = h_img + self.img_pos_embedder(hw[:, 0] * n + hw[:, 1])[:, None]                  # (S_img_l, 1, D)
         c = self.t_embedder(batch.block_t)                                           # (nb, D)
+        if self.text_cond is not None:
+            c = c + self.text_cond(self.block_text_mean(batch).to(dtype))             # (nb, D)
         shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
         n_txt = h_txt.shape[0]
         streams, stream_blocks = [h_txt, h_img], [blk[:n_txt], blk[n_txt:]]
