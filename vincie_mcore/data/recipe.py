@@ -137,10 +137,12 @@ def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan,
 
     def place(ref, turn, is_target: bool):
         """full: the target is noisy only, other kept blocks clean only.
-        block_causal: every image after I0 has a noisy twin; dropout removes only the clean copy."""
+        block_causal: every image after I0 has a noisy twin; dropout removes only the clean copy,
+        and the session's last frame has none (no later block could see it)."""
         nonlocal order
         dropped = ref in plan.dropped and not is_target
-        clean = not dropped and not (full and is_target)
+        final = not full and ref == ("frame", plan.num_turns)
+        clean = not dropped and not (full and is_target) and not final
         noisy = is_target if full else ref != ("frame", 0)
         if clean:
             blocks.append(Block("image", KIND_CLEAN, order, turn, image=ref, role=ref[0]))
