@@ -52,6 +52,17 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
     assert Image.open(out).size[0] > 3 * 24
 
 
+def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
+    import json
+    r = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
+            "sampler.steps=2", "sampler.guidance=1.0", "eval.turns=1")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(out["turn_success"]) == 1 and out["overrides"][0] == "sampler.steps=2"
+    bad = run("tools.evaluate", "--run", str(trained_run), "sampler.steps=-1")
+    assert bad.returncode == 2 and "sampler.steps" in bad.stderr
+
+
 def test_edit_rejects_bad_image_with_one_line(trained_run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

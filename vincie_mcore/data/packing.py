@@ -50,10 +50,26 @@ class EncodedSession:
     roe_tgt: torch.Tensor | None = None   # [K-1, C, h, w]
     meta: dict = field(default_factory=dict)
 
+    _patches: dict = field(default_factory=dict, repr=False, compare=False)
+
     def latent(self, ref) -> torch.Tensor:
         kind, j = ref
         src = {"frame": self.frames, "roe_src": self.roe_src, "roe_tgt": self.roe_tgt}[kind]
         return src[j]
+
+    def patches(self, ref, p: int) -> tuple[torch.Tensor, int, int]:
+        """(tokens [h*w, C*p*p], h, w) of one image, patchified once (every epoch re-packs it)."""
+        key = (ref, p)
+        if key not in self._patches:
+            lat = self.latent(ref).float()
+            self._patches[key] = (patchify(lat, p), lat.shape[1] // p, lat.shape[2] // p)
+        return self._patches[key]
+
+
+def _grid(h: int, w: int) -> torch.Tensor:
+    """[h*w, 2] (row, col) of a token grid, row-major."""
+    hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return torch.stack([hh.reshape(-1), ww.reshape(-1)], 1)
 
 
 def _text_ids(blocks):
@@ -85,6 +101,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     img_rows, img_pos, img_loss = [], [], []
     tblocks, iblocks = [], []           # (length, order, kind, session)
     icond = []                          # per image block: (transition text block, own prompt block) or -1
+    grids = {}                          # (h, w) -> token grid positions
     image_blocks = []
     all_texts = [b.text for s, _ in items for b in _text_ids(s.blocks)]
     embs = iter(encode_text(all_texts)) if all_texts else iter(())
@@ -113,10 +130,10 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
                 if b.order not in img_index:                              # a noisy twin shares the position
                     img_index[b.order] = counter if cfg.rope_mode == "interleaved" else image_slot(b.image)
                     counter += 1
-                tok = patchify(sess.latent(b.image).float(), p)           # (h*w, C*p*p)
-                h, w = sess.latent(b.image).shape[1] // p, sess.latent(b.image).shape[2] // p
-                hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-                pos = torch.stack([torch.full((h * w,), img_index[b.order]), hh.reshape(-1), ww.reshape(-1)], 1)
+                tok, h, w = sess.patches(b.image, p)                      # (h*w, C*p*p)
+                if (h, w) not in grids:
+                    grids[(h, w)] = _grid(h, w)
+                pos = torch.cat([torch.full((h * w, 1), img_index[b.order]), grids[(h, w)]], 1)
                 img_rows.append(tok)
                 img_pos.append(pos)
                 img_loss.append(torch.full((h * w,), b.kind == KIND_NOISY))
