@@ -63,6 +63,23 @@ def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     assert bad.returncode == 2 and "sampler.steps" in bad.stderr
 
 
+def test_demo_runs_end_to_end_small_and_trains_afresh(tmp_path):
+    """`make demo`'s tool, tiny: its last line is the JSON the README promises; a stale checkpoint
+    folder from an earlier run is replaced, not resumed."""
+    import json
+    (tmp_path / "checkpoints" / "stale").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "latest").write_text("999")
+    r = run("tools.demo", f"run_dir={tmp_path}", "data.corpus.videos=24", "data.corpus.heldout_videos=40",
+            "data.corpus.workers=1", "data.pack.token_budget=400", "demo_steps=3", "train.progress=false",
+            "sampler.steps=2", "eval.turns=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert {"turn_success", "baseline_success", "success_by_edit", "minutes"} <= set(out)
+    assert len(out["turn_success"]) == len(out["baseline_success"]) == 2 and out["steps"] == 3
+    assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "3"
+    assert (tmp_path / "loss.png").is_file() and (tmp_path / "results.json").is_file()
+
+
 def test_edit_rejects_bad_image_with_one_line(trained_run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")

@@ -10,6 +10,7 @@ turn_success, baseline_success, success_by_edit, minutes.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,9 @@ def main(argv=None) -> dict:
         step_s = ex.time_per_step(model, stream, flow) * 1.25  # + batch building (~12%), optimizer, logging
         steps = max(20, int(minutes * 60 / step_s))
         print(f"   {model.num_parameters() / 1e6:.2f}M parameters, ~{step_s:.2f} s/step -> {steps} steps", flush=True)
+    if (run / "checkpoints").exists():                          # the demo trains afresh; the corpus is reused
+        print(f"   removing the previous demo checkpoints in {run / 'checkpoints'}", flush=True)
+        shutil.rmtree(run / "checkpoints")
     trainer = ex.make_trainer(cfg, model, stream, run, steps=steps)
     trainer.train()
     ex.plot_losses(trainer.losses, run / "loss.png")

@@ -107,6 +107,8 @@ class EditSession:
 
 def save_strip(images, path, texts=None, scale: int = 4):
     """Write an edit strip (I0 | I1 | ...) as PNG, captions under each turn when given."""
+    import textwrap
+
     from PIL import Image, ImageDraw
 
     if isinstance(images, EditSession):
@@ -114,14 +116,15 @@ def save_strip(images, path, texts=None, scale: int = 4):
     ims = [Image.fromarray(np.asarray(im)).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST)
            for im in images]
     w, h = ims[0].size
-    cap = 28 if texts else 0
+    per_line = max(w // 6, 1)                        # PIL's default font is ~6 px wide
+    lines = [textwrap.wrap(t, per_line) or [""] for t in (texts or [])]
+    cap = 12 * max((len(x) for x in lines), default=0) + 4 if texts else 0
     strip = Image.new("RGB", (len(ims) * (w + 4), h + cap), "white")
     d = ImageDraw.Draw(strip)
     for i, im in enumerate(ims):
         strip.paste(im, (i * (w + 4), 0))
         if texts and i > 0 and i - 1 < len(texts):
-            t = texts[i - 1]
-            d.text((i * (w + 4) + 2, h + 2), t[: w // 6], fill="black")
-            d.text((i * (w + 4) + 2, h + 14), t[w // 6: w // 3], fill="black")
+            for k, line in enumerate(lines[i - 1]):   # the whole prompt, wrapped at word boundaries
+                d.text((i * (w + 4) + 2, h + 2 + 12 * k), line, fill="black")
     strip.save(path)
     return path
