@@ -59,6 +59,24 @@ def _write(path, obj):
     os.replace(tmp, path)
 
 
+def start(tool: str, args, gpu_only: str) -> dict | None:
+    """The attention tools' common start. ``--smoke`` runs Triton's interpreter (set before
+    triton's first import). Without CUDA and without --smoke: write and print a "skipped"
+    record saying ``gpu_only`` and return None. Otherwise: the result header (versions, GPU)."""
+    if args.smoke:
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    import torch
+    if not torch.cuda.is_available() and not args.smoke:
+        out = {"tool": tool, "skipped": f"no CUDA device: {gpu_only}"}
+        print(f"{tool}: no CUDA device, skipping", file=sys.stderr)
+        _write(args.out, out)
+        print(json.dumps(out))
+        return None
+    import triton
+    return {"tool": tool, "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (--smoke)"}
+
+
 # ----------------------------------------------------------------------------- layouts
 
 def session_blocks(img_tokens: int, n_images: int, text_lens, session: int, noisy_targets):
@@ -302,19 +320,11 @@ def run_case(name, args, record):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")        # before triton's first import
-    import torch
-    if not torch.cuda.is_available() and not args.smoke:
-        out = {"tool": "bench_attention", "skipped": "no CUDA device: the benchmark runs on GPU only"}
-        print("bench_attention: no CUDA device, skipping", file=sys.stderr)
-        _write(args.out, out)
-        print(json.dumps(out))
+    header = start("bench_attention", args, "the benchmark runs on GPU only")
+    if header is None:
         return 0
-    import triton
-    result = {"tool": "bench_attention", "torch": torch.__version__, "triton": triton.__version__,
-              "cuda": torch.version.cuda, "cases": {},
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (--smoke)"}
+    import torch
+    result = {**header, "cases": {}}
 
     def record(case, entries):
         c = result["cases"].setdefault(case, {})

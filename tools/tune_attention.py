@@ -243,21 +243,14 @@ def run_case(name, args, cands, record, deadline):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")        # before triton's first import
-    import torch
-    if not torch.cuda.is_available() and not args.smoke:
-        out = {"tool": "tune_attention", "skipped": "no CUDA device: tuning runs on GPU only (--smoke for a dry run)"}
-        _write(args.out, out)
-        print(json.dumps(out))
+    from tools.bench_attention import start
+    header = start("tune_attention", args, "tuning runs on GPU only (--smoke for a dry run)")
+    if header is None:
         return 0
-    import triton
     t_start = time.time()
     deadline = t_start + args.budget_s
     cands = candidates(args.smoke)
-    result = {"tool": "tune_attention", "torch": torch.__version__, "triton": triton.__version__,
-              "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (--smoke)",
-              "budget_s": args.budget_s, "rel_tol": REL_TOL, "cases": {}}
+    result = {**header, "budget_s": args.budget_s, "rel_tol": REL_TOL, "cases": {}}
 
     def record(case, entries):
         result["cases"].setdefault(case, {}).update(entries)
