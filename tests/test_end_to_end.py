@@ -59,8 +59,31 @@ def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["turn_success"]) == 1 and out["overrides"][0] == "sampler.steps=2"
-    bad = run("tools.evaluate", "--run", str(trained_run), "sampler.steps=-1")
+    bad = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
+              "sampler.steps=-1")
     assert bad.returncode == 2 and "sampler.steps" in bad.stderr
+    missing = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "nowhere"))
+    assert missing.returncode == 2 and "nowhere" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_diagnose_context_takes_the_error_apart(trained_run):
+    """copy_source is the plain I0-vs-I1 error; the model's error lies between its unchanged- and
+    changed-token parts (a token-weighted mean of the two)."""
+    import json
+    import torch
+    from vincie_mcore.data.store import SessionStore
+    store = trained_run / "train" / "store"
+    r = run("tools.diagnose_context", "--run", str(trained_run), "--store", str(store), "--sessions", "6",
+            "--t", "1.0")
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = json.loads(r.stdout.strip().splitlines()[-1])["t"]["1.0"]
+    assert min(d["unchanged"], d["changed"]) - 1e-5 <= d["model"] <= max(d["unchanged"], d["changed"]) + 1e-5
+    st = SessionStore(store)
+    import io
+    png = lambda b: np.asarray(Image.open(io.BytesIO(bytes(b))).convert("RGB"), dtype=np.float32)   # PIL, not DALI
+    frames = [torch.from_numpy(np.stack([png(b) for b in st[i].frames[:2]])) / 127.5 - 1 for i in range(6)]
+    copy = sum(float((f[0] - f[1]).pow(2).mean()) for f in frames) / 6
+    assert abs(d["copy_source"] - copy) < 1e-4
 
 
 def test_demo_runs_end_to_end_small_and_trains_afresh(tmp_path):

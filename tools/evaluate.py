@@ -12,6 +12,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -26,14 +27,18 @@ def main(argv=None) -> int:
     from vincie_mcore import experiment as ex
 
     t0 = time.time()
+    store = Path(a.store or f"{a.run}/heldout/store")
+    if not store.is_dir():                                     # before the slow model load
+        print(f"error: --store: no session store at {store}", file=sys.stderr)
+        return 2
     try:
         cfg, model, text, image = ex.load_run(a.run, a.overrides)
         dc = ex.data_configs(cfg)
         editor = ex.make_editor(cfg, model, text, image)
+        held = ex.decode_corpus(store, dc["corpus"], a.sessions)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    held = ex.decode_corpus(a.store or f"{a.run}/heldout/store", dc["corpus"], a.sessions)
     results, baseline, _ = ex.evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
     summary = ex.summarize_eval(results, baseline)
     summary["overrides"] = list(a.overrides)

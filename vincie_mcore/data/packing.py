@@ -50,7 +50,7 @@ class EncodedSession:
     roe_tgt: torch.Tensor | None = None   # [K-1, C, h, w]
     meta: dict = field(default_factory=dict)
 
-    _patches: dict = field(default_factory=dict, repr=False, compare=False)
+    _patches: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # patches() memo
 
     def latent(self, ref) -> torch.Tensor:
         kind, j = ref

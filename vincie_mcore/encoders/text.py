@@ -75,11 +75,9 @@ class TextEncoder:
         return [self._cache[t] for t in texts]
 
 
+
 def _pool(h: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over non-overlapping windows of k rows; the last window may be shorter."""
+    """[L, dim] -> [ceil(L / k), dim]: mean over non-overlapping windows of k rows (the last may be shorter)."""
     if k == 1:
         return h
-    n = h.shape[0]
-    idx = torch.arange(n, device=h.device) // k
-    out = torch.zeros(idx[-1] + 1, h.shape[1], dtype=h.dtype, device=h.device).index_add_(0, idx, h)
-    return out / torch.bincount(idx).unsqueeze(1).to(h.dtype)
+    return torch.nn.functional.avg_pool1d(h.T.unsqueeze(0), k, ceil_mode=True)[0].T
