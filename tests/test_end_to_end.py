@@ -3,7 +3,6 @@
 Each tool runs in its own process (as a user runs them), so Megatron's global
 state never leaks between tests.
 """
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,16 +16,16 @@ SMALL = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos
          "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.log_every=1", "train.progress=false"]
 
 
-def run(*args, timeout=600):
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", *args], cwd=ROOT, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+def run(script, *args, timeout=600):
+    """Run one of the package's console scripts (declared in pyproject.toml) from the venv's bin/."""
+    exe = Path(sys.executable).parent / script
+    return subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("run")
-    r = run("tools.train", *SMALL, f"run_dir={run_dir}")
+    r = run("vincie-train", *SMALL, f"run_dir={run_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
     return run_dir
 
@@ -43,7 +42,7 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
     start[2:6, 2:6] = (220, 40, 40)
     Image.fromarray(start).save(tmp_path / "start.png")
     out = tmp_path / "strip.png"
-    r = run("tools.edit", "--run", str(trained_run), "--image", str(tmp_path / "start.png"),
+    r = run("vincie-edit", "--run", str(trained_run), "--image", str(tmp_path / "start.png"),
             "--prompt", "make the red square blue", "--prompt", "move the blue square to the center",
             "--out", str(out), "--set", "sampler.steps=3")
     assert r.returncode == 0, r.stderr[-3000:]
@@ -54,15 +53,15 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
 
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     import json
-    r = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
+    r = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
             "sampler.steps=2", "sampler.guidance=1.0", "eval.turns=1")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["turn_success"]) == 1 and out["overrides"][0] == "sampler.steps=2"
-    bad = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
+    bad = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
               "sampler.steps=-1")
     assert bad.returncode == 2 and "sampler.steps" in bad.stderr
-    missing = run("tools.evaluate", "--run", str(trained_run), "--store", str(trained_run / "nowhere"))
+    missing = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "nowhere"))
     assert missing.returncode == 2 and "nowhere" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
 
 
@@ -73,7 +72,7 @@ def test_diagnose_context_takes_the_error_apart(trained_run):
     import torch
     from vincie_mcore.data.store import SessionStore
     store = trained_run / "train" / "store"
-    r = run("tools.diagnose_context", "--run", str(trained_run), "--store", str(store), "--sessions", "6",
+    r = run("vincie-diagnose-context", "--run", str(trained_run), "--store", str(store), "--sessions", "6",
             "--t", "1.0")
     assert r.returncode == 0, r.stderr[-3000:]
     d = json.loads(r.stdout.strip().splitlines()[-1])["t"]["1.0"]
@@ -92,12 +91,12 @@ def test_demo_runs_end_to_end_small_and_trains_afresh(tmp_path):
     import json
     (tmp_path / "checkpoints" / "stale").mkdir(parents=True)
     (tmp_path / "checkpoints" / "latest").write_text("999")
-    r = run("tools.demo", f"run_dir={tmp_path}", "data.corpus.videos=24", "data.corpus.heldout_videos=40",
-            "data.corpus.workers=1", "data.pack.token_budget=400", "demo_steps=3", "train.progress=false",
+    r = run("vincie-demo", f"run_dir={tmp_path}", "data.corpus.videos=24", "data.corpus.heldout_videos=40",
+            "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false",
             "sampler.steps=2", "eval.turns=2")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert {"turn_success", "baseline_success", "success_by_edit", "minutes"} <= set(out)
+    assert {"turn_success", "baseline_success", "success_by_edit", "minutes", "seconds_per_step", "git_sha"} <= set(out)
     assert len(out["turn_success"]) == len(out["baseline_success"]) == 2 and out["steps"] == 3
     assert (tmp_path / "checkpoints" / "latest").read_text().strip() == "3"
     assert (tmp_path / "loss.png").is_file() and (tmp_path / "results.json").is_file()
@@ -106,7 +105,7 @@ def test_demo_runs_end_to_end_small_and_trains_afresh(tmp_path):
 def test_edit_rejects_bad_image_with_one_line(trained_run, tmp_path):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
-    r = run("tools.edit", "--run", str(trained_run), "--image", str(bad), "--prompt", "x")
+    r = run("vincie-edit", "--run", str(trained_run), "--image", str(bad), "--prompt", "x")
     assert r.returncode == 2 and str(bad) in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -114,7 +113,7 @@ def test_edit_rejects_bad_image_with_one_line(trained_run, tmp_path):
                                           ("data.recipe.mask_type=diagonal", "mask_type"),
                                           ("model.num_heads=5", "num_heads")])
 def test_bad_config_value_names_the_key(override, key, tmp_path):
-    r = run("tools.train", *SMALL, f"run_dir={tmp_path}", override, timeout=300)
+    r = run("vincie-train", *SMALL, f"run_dir={tmp_path}", override, timeout=300)
     assert r.returncode != 0
     last = r.stderr.strip().splitlines()[-1]
     assert key in last, r.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""tools/plan_parallel.py: its memory and FLOP model against the real model on CPU, and the CLI.
+"""tools/vincie_tools/plan_parallel.py: its memory and FLOP model against the real model on CPU, and the CLI.
 
 The references are independent of the planner's arithmetic: parameter counts of the real model
 (meta device, TP shards through a stand-in group of size tp), the bytes Megatron's DDP + optimizer
@@ -16,7 +16,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "model"))
 from model_batches import make_batch  # noqa: E402
 
-from tools import plan_parallel as pp  # noqa: E402
+from vincie_tools import plan_parallel as pp  # noqa: E402
 from vincie_mcore.model import MMDiTConfig, build_model  # noqa: E402
 
 TINY = dict(hidden_size=128, num_heads=4, ffn_hidden_size=384, text_dim=64, patch_dim=64, max_turns=8,

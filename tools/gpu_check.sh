@@ -5,7 +5,7 @@
 #
 # The GPU box has torch + triton but none of this package's other deps and no
 # internet: never `pip install -e .` here (it would fetch a CPU torch); the repo
-# runs from its root with PYTHONPATH=. . pytest is used if importable, else from
+# runs from the source tree with PYTHONPATH=.:kernels:tools (the three import roots). pytest is used if importable, else from
 # .gpu_pydeps/ (make it here with `bash tools/gpu_check.sh --prep-pydeps` and carry it).
 #
 # Every step runs under `timeout` and inside an overall budget (BUDGET_S, default
@@ -28,7 +28,7 @@ if [ "${1:-}" = "--prep-pydeps" ]; then       # local machine: copy pure-Python 
     exit 0
 fi
 
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$ROOT:$ROOT/kernels:$ROOT/tools${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-benchmarks/out}
 mkdir -p "$OUT/logs"
@@ -120,14 +120,14 @@ PYEOF
 
 # ============================================================================ Section: kernels (Triton masked attention)
 if [ "$HAS_GPU" = 1 ]; then
-    run_step check_attention_bf16 75 "$PY" -m tools.check_attention --device cuda --dtype bfloat16 \
+    run_step check_attention_bf16 75 "$PY" -m vincie_tools.check_attention --device cuda --dtype bfloat16 \
         --cases 18 --seed 0 --out "$OUT/check_attention_bf16.json"
-    run_step bench_attention 160 "$PY" tools/bench_attention.py --out "$OUT/bench_attention.json"
+    run_step bench_attention 160 "$PY" -m vincie_tools.bench_attention --out "$OUT/bench_attention.json"
 else
     # CPU dry run: the interpreter path of the check, and the benchmark's skip answer
-    run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m tools.check_attention --device cpu \
+    run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m vincie_tools.check_attention --device cpu \
         --cases 2 --seed 0 --out "$OUT/check_attention_cpu.json"
-    run_step bench_attention 60 "$PY" tools/bench_attention.py --out "$OUT/bench_attention.json"
+    run_step bench_attention 60 "$PY" -m vincie_tools.bench_attention --out "$OUT/bench_attention.json"
     for s in pytest_kernels check_attention_fp32 check_attention_fp16; do record "$s" skipped 0 0 "no GPU"; done
 fi
 
@@ -137,7 +137,7 @@ fi
 # (a) install the carried wheels (megatron-core, ...) with --no-deps --no-index: the box has no internet;
 #     never on a CPU dry run (it would replace the venv's megatron-core);
 # (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
-# (c) tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
+# (c) tools/vincie_tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
 WHEELS=$(ls shared/wheels/*.whl .wheels/*.whl 2>/dev/null | tr '\n' ' ')
 if [ "$HAS_GPU" = 1 ] && [ -n "$WHEELS" ]; then
     # shellcheck disable=SC2086
@@ -172,7 +172,7 @@ if PYTHONPATH="$TE_PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
 else
     record pytest_te_spec skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
 fi
-run_step bench_layers 120 "$PY" tools/bench_layers.py --out "$OUT/bench_layers.json"
+run_step bench_layers 120 "$PY" -m vincie_tools.bench_layers --out "$OUT/bench_layers.json"
 
 # ============================================================================ Section: secondary kernel checks
 # (after the benchmarks, so that a tight budget drops these first)
@@ -184,9 +184,9 @@ if [ "$HAS_GPU" = 1 ]; then
     else
         record pytest_kernels skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
     fi
-    run_step check_attention_fp32 45 "$PY" -m tools.check_attention --device cuda --dtype float32 \
+    run_step check_attention_fp32 45 "$PY" -m vincie_tools.check_attention --device cuda --dtype float32 \
         --cases 6 --seed 1 --out "$OUT/check_attention_fp32.json"
-    run_step check_attention_fp16 40 "$PY" -m tools.check_attention --device cuda --dtype float16 \
+    run_step check_attention_fp16 40 "$PY" -m vincie_tools.check_attention --device cuda --dtype float16 \
         --cases 6 --seed 2 --out "$OUT/check_attention_fp16.json"
 fi
 

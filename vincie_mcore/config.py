@@ -10,7 +10,9 @@ import dataclasses
 import os
 from pathlib import Path
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+# The Hydra tree at the repo root (an editable install); VINCIE_CONFIG_DIR points elsewhere
+# (a non-editable install carries no configs/: point it at a checkout's configs/).
+CONFIG_DIR = Path(os.environ.get("VINCIE_CONFIG_DIR") or Path(__file__).resolve().parent.parent / "configs")
 
 
 class ConfigError(ValueError):

@@ -65,7 +65,7 @@ def _resources(kernel) -> dict:
 
 def _report() -> dict:
     """Run in a fresh process without TRITON_INTERPRET (kernels must be real JITFunctions)."""
-    import kernels.masked_attention as ma
+    import vincie_kernels.masked_attention as ma
     cfgs = ma.default_configs(128, torch.bfloat16, torch.device("cuda"))
     cfg_f = cfgs.fwd
     out = {"fwd_kv_buffer": f"{cfg_f.num_stages}x{cfg_f.block_n}x128xbf16"}
@@ -80,7 +80,7 @@ def _report() -> dict:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
-    import kernels.worklist as wl
+    import vincie_kernels.worklist as wl
     for name, fn, consts, ints in (
             ("wl_attrs", wl._tile_attr_kernel, {"IS_QUERY": True, "FULL_MASK": False, "NOISY": 2, "TILE": 128},
              {"start", "length", "nb", "n_steps", "n_tiles"}),

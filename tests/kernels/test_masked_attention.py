@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kernels.masked_attention import KernelConfig, masked_attention, masked_attention_forward
-from kernels.reference import (KIND_CLEAN, KIND_NOISY, KIND_TEXT, attention_reference, dense_mask,
+from vincie_kernels.masked_attention import KernelConfig, masked_attention, masked_attention_forward
+from vincie_kernels.reference import (KIND_CLEAN, KIND_NOISY, KIND_TEXT, attention_reference, dense_mask,
                                random_blocks, spec_from_blocks)
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -141,7 +141,7 @@ def test_no_grad_path_and_errors():
 
 def test_plan_reuse_and_mismatch():
     """A plan built once serves several calls (as every layer of a model would); a wrong plan is refused."""
-    from kernels.masked_attention import plan_masked_attention
+    from vincie_kernels.masked_attention import plan_masked_attention
     spec = [t.to(DEVICE) for t in spec_from_blocks(HAND)]
     S = int(spec[0][-1])
     plan = plan_masked_attention(*spec, "block_causal", 70, 77, 0, S, 16, torch.float32)
@@ -157,7 +157,7 @@ def test_plan_reuse_and_mismatch():
 
 def test_config_forms_and_list_sharing():
     """configs as (fwd, bwd), (fwd, dkdv, dq) or AttentionConfigs; kernels with one tiling share one list."""
-    from kernels.masked_attention import AttentionConfigs, as_configs, plan_masked_attention
+    from vincie_kernels.masked_attention import AttentionConfigs, as_configs, plan_masked_attention
     f, b, c = KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(32, 16, 8, 3)
     assert as_configs((f, b)) == AttentionConfigs(f, b, b)
     assert as_configs((f, b, c)) == AttentionConfigs(f, b, c)

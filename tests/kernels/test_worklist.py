@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
-from kernels.worklist import FULL, PARTIAL, SKIP, build_worklists, classify_tiles, token_attributes
+from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
+from vincie_kernels.worklist import FULL, PARTIAL, SKIP, build_worklists, classify_tiles, token_attributes
 
 
 def dense_tile_classes(mask: torch.Tensor, bm: int, bn: int) -> torch.Tensor:

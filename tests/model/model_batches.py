@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
 from vincie_mcore.data.maskspec import MaskSpec
 from vincie_mcore.data.packed import PackedBatch
 

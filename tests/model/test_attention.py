@@ -1,8 +1,8 @@
-"""Masked attention cores against the dense oracle in kernels/reference.py."""
+"""Masked attention cores against the dense oracle in kernels/vincie_kernels/reference.py."""
 import pytest
 import torch
 
-from kernels.reference import attention_reference, dense_mask
+from vincie_kernels.reference import attention_reference, dense_mask
 from model_batches import BLOCK_CAUSAL_SESSION, FULL_SESSION, make_batch, random_sessions
 from vincie_mcore.model.attention import TorchMaskedAttention, TritonMaskedAttention, _build_plan
 
@@ -88,7 +88,7 @@ def test_triton_core_matches_reference_or_names_backend():
     spec = _spec("block_causal")
     q, k, v = (t.detach().float() for t in _qkv(spec.seq_len))
     try:
-        import kernels.masked_attention  # noqa: F401
+        import vincie_kernels.masked_attention  # noqa: F401
     except ImportError:
         with pytest.raises(RuntimeError, match="backend 'triton'"):
             TritonMaskedAttention()(q, k, v, spec)
@@ -101,7 +101,7 @@ def test_triton_core_matches_reference_or_names_backend():
 @pytest.mark.parametrize("seed", range(6))
 def test_torch_core_on_awkward_random_layouts(seed):
     """Single-token blocks, padding blocks, session-contiguous or joint layouts, random slices."""
-    from kernels.reference import random_blocks, spec_from_blocks
+    from vincie_kernels.reference import random_blocks, spec_from_blocks
     from vincie_mcore.data.maskspec import MaskSpec
     g = torch.Generator().manual_seed(seed)
     mask_type = ("block_causal", "full")[seed % 2]

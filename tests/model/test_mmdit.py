@@ -15,7 +15,7 @@ def model(megatron_cpu):
 
 def _rows(blocks, session, kind, nth=0):
     """(stream, start, end) of the nth block of that kind in a session."""
-    from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
     k = {"text": KIND_TEXT, "clean": KIND_CLEAN, "noisy": KIND_NOISY}[kind]
     b = [b for b in blocks if b["session"] == session and b["kind"] == k][nth]
     return b["stream"], b["rows"][0], b["rows"][1]

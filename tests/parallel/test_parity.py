@@ -1,8 +1,8 @@
 """Parallel layouts train like one device, and impossible layouts fail with one clear line.
 
-The parity runs use ``tools/check_parallel_parity.py`` (tiny model, ~400 tokens per step,
+The parity runs use ``tools/vincie_tools/check_parallel_parity.py`` (tiny model, ~400 tokens per step,
 2 optimizer steps, spawned gloo ranks vs one process); the split itself is checked against
-the dense mask oracle of ``kernels/reference.py``.
+the dense mask oracle of ``kernels/vincie_kernels/reference.py``.
 """
 import json
 import math
@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kernels.reference import KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
+from vincie_kernels.reference import KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
 from vincie_mcore.data.maskspec import MaskSpec
 from vincie_mcore.parallel import context_parallel as cpm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.check_parallel_parity import Layout, check_layouts  # noqa: E402
+from vincie_tools.check_parallel_parity import Layout, check_layouts  # noqa: E402
 
 TOL = 1e-5
 
@@ -149,7 +149,7 @@ def test_full_mask_context_parallel_matches_one_device():
 
 
 def test_tool_prints_json_last_and_fails_when_the_target_is_missed(capsys):
-    from tools.check_parallel_parity import main
+    from vincie_tools.check_parallel_parity import main
     rc = main(["--tp", "2", "--steps", "1", "--tokens", "200", "--tol", "0"])   # TP sums in another order: diff > 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 1 and res["ok"] is False and res["layout"]["tp"] == 2 and res["max_rel_diff_grad"] > 0

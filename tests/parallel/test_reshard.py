@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from tools.check_parallel_parity import Layout, full_tensors, rel_diff, run_layout  # noqa: E402
+from vincie_tools.check_parallel_parity import Layout, full_tensors, rel_diff, run_layout  # noqa: E402
 
 TOL = 1e-5
 STEPS, SPLIT = 4, 2

@@ -1,6 +1,6 @@
 """The compact attention-mask spec of a packed sequence.
 
-A spec is four small int32 vectors over *blocks* (see ``kernels/reference.py``
+A spec is four small int32 vectors over *blocks* (see ``kernels/vincie_kernels/reference.py``
 for the rule, written once): block offsets in the joint sequence, the block's
 order in its session, its kind (text / clean / noisy) and its session id.
 The mask itself is never materialised on a fast path: kernels, the per-session
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import (KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES,
+from vincie_kernels.reference import (KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES,
                                dense_mask, token_block_ids)
 
 __all__ = ["MaskSpec", "KIND_TEXT", "KIND_CLEAN", "KIND_NOISY", "MASK_TYPES"]

@@ -8,14 +8,14 @@ through each stream's ``linear_proj``. Which classes fill the slots is decided i
 
 Cores take ``(q [Sq, H, D], k [Sk, H, D], v [Sk, H, D], spec, q_start=0, k_start=0)``: the
 queries are joint tokens [q_start, q_start + Sq), the keys [k_start, k_start + Sk) (context
-parallelism passes a slice). Both follow ``kernels/reference.py`` exactly:
+parallelism passes a slice). Both follow ``kernels/vincie_kernels/reference.py`` exactly:
 
 * ``TorchMaskedAttention``: per-session SDPA. Tokens are grouped by session (vectorised
   index arithmetic, no per-token Python), sessions of similar size share one batched
   ``scaled_dot_product_attention`` call padded to the bucket's largest session, and each
   session's small mask comes from the block-level visibility table. Memory is
   O(sum over buckets of n * Lq * Lk), never S x S over the packed sequence.
-* ``TritonMaskedAttention``: the kernel in ``kernels/masked_attention.py``.
+* ``TritonMaskedAttention``: the kernel in ``kernels/vincie_kernels/masked_attention.py``.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from kernels.reference import block_visibility, token_block_ids
+from vincie_kernels.reference import block_visibility, token_block_ids
 from vincie_mcore.data.maskspec import MaskSpec
 
 from .embeddings import apply_rope
@@ -170,7 +170,7 @@ class TorchMaskedAttention(torch.nn.Module):
 
 
 class TritonMaskedAttention(torch.nn.Module):
-    """Masked attention from the spec with the Triton kernel (``kernels/masked_attention.py``)."""
+    """Masked attention from the spec with the Triton kernel (``kernels/vincie_kernels/masked_attention.py``)."""
 
     def __init__(self, config=None, softmax_scale: float | None = None, **_):
         super().__init__()
@@ -179,9 +179,9 @@ class TritonMaskedAttention(torch.nn.Module):
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
         _check_core_inputs(q, k, v, spec, q_start, k_start)
         try:
-            from kernels.masked_attention import masked_attention, plan_masked_attention
+            from vincie_kernels.masked_attention import masked_attention, plan_masked_attention
         except ImportError as e:
-            raise RuntimeError(f"attention backend 'triton' needs kernels.masked_attention, which failed to "
+            raise RuntimeError(f"attention backend 'triton' needs vincie_kernels.masked_attention, which failed to "
                                f"import ({e}); use attention_backend='torch'") from e
         # every layer of a step shares the spec: build the kernel's work lists once per (spec, slice)
         key = ("triton", q_start, q.shape[0], k_start, k.shape[0], q.shape[-1], q.dtype, str(q.device))

@@ -77,7 +77,7 @@ class MMDiTConfig:
     init_method_std: float = 0.02
     """Std of the normal init of every linear weight (output projections scaled by 1/sqrt(2L))."""
     attention_backend: str = "auto"
-    """Core attention: "torch" (per-session SDPA), "triton" (kernels/masked_attention.py),
+    """Core attention: "torch" (per-session SDPA), "triton" (kernels/vincie_kernels/masked_attention.py),
     "auto" (triton on CUDA, torch otherwise)."""
     transformer_impl: str = "local"
     """Linear/norm implementations: "local" (Megatron tensor_parallel) or "transformer_engine"."""

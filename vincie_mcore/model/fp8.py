@@ -1,7 +1,7 @@
 """FP8 training through Transformer Engine: the config, the recipe, the autocast context.
 
 FP8 is a precision choice, not architecture: ``FP8Config`` lives in the train config
-(``train.fp8``) and is read by the trainer and ``tools/bench_layers.py``. Only Transformer
+(``train.fp8``) and is read by the trainer and ``tools/vincie_tools/bench_layers.py``. Only Transformer
 Engine modules run in FP8, so it needs ``model.transformer_impl: transformer_engine``; the
 attention core (ours: per-session SDPA or the Triton kernel) and the adaLN/embedder linears
 stay in bf16.

@@ -26,7 +26,7 @@ from megatron.core.transformer.spec_utils import build_module
 from megatron.core.transformer.utils import sharded_state_dict_default
 from megatron.core.utils import get_pg_rank, get_pg_size, get_tensor_model_parallel_group_if_none
 
-from kernels.reference import block_visibility
+from vincie_kernels.reference import block_visibility
 from vincie_mcore.data.packed import PackedBatch
 from vincie_mcore.parallel import context_parallel
 

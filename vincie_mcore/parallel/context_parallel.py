@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.reference import KIND_TEXT, block_visibility
+from vincie_kernels.reference import KIND_TEXT, block_visibility
 from vincie_mcore.data.maskspec import MaskSpec
 
 from .mappings import gather_chunks, sum_over

@@ -1,7 +1,7 @@
 """Benchmark a 3B-width MM-DiT layer stack on one session-length packed sequence (GPU).
 
-    PYTHONPATH=. python tools/bench_layers.py --out benchmarks/bench_layers.json
-    PYTHONPATH=. python tools/bench_layers.py --smoke          # tiny CPU dry run of the same code path
+    PYTHONPATH=. python tools/vincie_tools/bench_layers.py --out benchmarks/bench_layers.json
+    PYTHONPATH=. python tools/vincie_tools/bench_layers.py --smoke          # tiny CPU dry run of the same code path
 
 Stack: hidden 2560, 20 heads x 128, FFN 6144 (configs/model/3b.yaml), 4 layers (2 dual-stream +
 2 shared), bf16 parameters. Sequences:
@@ -56,7 +56,7 @@ def session_batch(mask_type: str, turns: int, hw: int, txt_len: int, n_sessions:
     full: I0 T0 I1 T1 ... I_{turns-1} T_{turns-1} I_turns* (one noisy target, every earlier image clean).
     Joint layout: every session's text blocks, then every session's image blocks.
     """
-    from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
     from vincie_mcore.data.maskspec import MaskSpec
     from vincie_mcore.data.packed import PackedBatch
 

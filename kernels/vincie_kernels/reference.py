@@ -86,7 +86,7 @@ def attention_reference(q, k, v, mask: torch.Tensor, softmax_scale: float | None
 
 
 # ----------------------------------------------------------------------------- test layouts
-# Helpers added for kernel tests and tools/check_attention.py; the rule above is unchanged.
+# Helpers added for kernel tests and tools/vincie_tools/check_attention.py; the rule above is unchanged.
 
 def spec_from_blocks(blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """[(length, order, kind, session), ...] in sequence order -> the four int32 spec vectors (CPU)."""

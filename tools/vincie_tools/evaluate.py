@@ -1,6 +1,6 @@
 """Re-run the demo's multi-turn evaluation on a trained run, e.g. with other sampler settings.
 
-    python -m tools.evaluate --run runs/demo sampler.guidance=3 sampler.steps=50
+    vincie-evaluate --run runs/demo sampler.guidance=3 sampler.steps=50
 
 Loads ``<run>/config.yaml`` (overrides apply on top) and the latest checkpoint, edits the
 held-out sessions of ``<run>/heldout/store`` (or ``--store``) turn after turn, judges every turn

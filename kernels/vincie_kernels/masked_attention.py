@@ -6,8 +6,8 @@ One packed sequence, no batch dimension:
     k, v [Sk, H, D] keys/values of the slice [k_start, k_start + Sk)
     out [Sq, H, D], lse [H, Sq] (natural log; -inf for a query that sees no key, whose out is 0)
 
-The mask comes from the compact spec (``kernels/reference.py``) through
-``kernels/worklist.py``: per-token int32 attributes and per-tile work lists.
+The mask comes from the compact spec (``kernels/vincie_kernels/reference.py``) through
+``kernels/vincie_kernels/worklist.py``: per-token int32 attributes and per-tile work lists.
 Each program walks its runs of tiles: *full* tiles with no element mask,
 *partial* tiles with the element test; skipped tiles are never loaded.
 
@@ -17,9 +17,9 @@ Backward (no atomics, so bit-for-bit deterministic):
     _bwd_dq_kernel:   one program per (head, query tile), walking the forward list
 Each kernel has its own tiling (``AttentionConfigs``: fwd, dkdv, dq); kernels with equal
 tilings share one work list (on GPU the dQ kernel reuses the forward's), and
-``tools/tune_attention.py`` times the alternatives on a GPU.
+``tools/vincie_tools/tune_attention.py`` times the alternatives on a GPU.
 
-Matches ``kernels.reference.attention_reference`` with ``dense_mask``. Head dims
+Matches ``vincie_kernels.reference.attention_reference`` with ``dense_mask``. Head dims
 16..128 (powers of two); fp16/bf16 on GPU, fp32 anywhere (under
 ``TRITON_INTERPRET=1`` on CPU); fp32 accumulation throughout. Sequence lengths
 are not specialised on, so a new S never recompiles.
@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.worklist import TileRuns, TokenAttrs, WorkLists, build_worklists
+from vincie_kernels.worklist import TileRuns, TokenAttrs, WorkLists, build_worklists
 
 __all__ = ["masked_attention", "masked_attention_forward", "plan_masked_attention", "AttentionPlan",
            "AttentionConfigs", "as_configs", "LEGACY_CONFIGS_BF16_D128",
@@ -51,7 +51,7 @@ LN2 = 0.6931471805599453
 
 @triton.jit
 def _visible(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank):
-    """[BM] query attrs x [BN] key attrs -> [BM, BN] bool: the element rule of kernels/worklist.py."""
+    """[BM] query attrs x [BN] key attrs -> [BM, BN] bool: the element rule of kernels/vincie_kernels/worklist.py."""
     same_sess = q_sess[:, None] == k_sess[None, :]
     same_blk = q_blk[:, None] == k_blk[None, :]
     return same_sess & (same_blk | (k_rank[None, :] <= q_lim[:, None]))
@@ -350,7 +350,7 @@ def default_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> 
     # The tilings checked and benchmarked on an H200 (benchmarks/h200/). FA2_CONFIGS_BF16_D128 (dK/dV
     # 32x128, dQ 128x64: spill-free on sm_90, ~2x faster backward in the tune run) disagreed with them
     # on dK/dV in that run while the fused work-list build was on; opt in with configs= until a GPU
-    # session re-runs tools/tune_attention.py with the torch build.
+    # session re-runs tools/vincie_tools/tune_attention.py with the torch build.
     return LEGACY_CONFIGS_BF16_D128
 
 
@@ -485,7 +485,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
     """out = softmax(q k^T * scale, masked by the spec) v.
 
     forward(q [Sq,H,D], k [Sk,H,D], v [Sk,H,D], attrs, wl_fwd, wl_dkdv, wl_dq, scale, cfgs) -> out [Sq,H,D]
-    backward -> dq, dk, dv (same shapes). Matches kernels.reference.attention_reference(q, k, v, dense_mask(...)).
+    backward -> dq, dk, dv (same shapes). Matches vincie_kernels.reference.attention_reference(q, k, v, dense_mask(...)).
     ``wl_dkdv`` / ``wl_dq`` may be None when no gradient is needed.
     """
 
@@ -584,7 +584,7 @@ def masked_attention(q, k, v, block_offsets, block_order, block_kind, block_sess
 
     q [Sq, H, D], k/v [Sk, H, D] -> out [Sq, H, D]; differentiable in q, k, v.
     The spec tensors (int32, on q's device) and ``mask_type`` ("full" | "block_causal")
-    define the mask as in ``kernels/reference.py``. A query that sees no key gets 0.
+    define the mask as in ``kernels/vincie_kernels/reference.py``. A query that sees no key gets 0.
     ``plan`` (from ``plan_masked_attention``, same spec) skips rebuilding the work lists:
     build it once per batch and pass it to every layer. ``configs`` (AttentionConfigs, or
     KernelConfig tuples (fwd, bwd) / (fwd, dkdv, dq)) overrides the tiling; tests and tuning use it.

@@ -1,7 +1,7 @@
 """Build a session store from a folder of videos (or from synthetic videos).
 
-    python -m tools.build_sessions --videos VIDEOS --out STORE [--sampling mixed] [--workers 2]
-    python -m tools.build_sessions --synthetic 2000 --videos VIDEOS --out STORE --world demo
+    vincie-build-sessions --videos VIDEOS --out STORE [--sampling mixed] [--workers 2]
+    vincie-build-sessions --synthetic 2000 --videos VIDEOS --out STORE --world demo
 
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth

@@ -8,7 +8,7 @@ the model's error over the tokens the edit leaves alone (copying) and the ones i
 edit itself). A model that edits in context must beat copy_source at high t, and its ``changed``
 error must depend on the text; DESIGN's in-context problem shows up here first.
 
-    python -m tools.diagnose_context --run runs/demo --sessions 40 --t 0.5 0.8 0.95
+    vincie-diagnose-context --run runs/demo --sessions 40 --t 0.5 0.8 0.95
 
 Prints a JSON object as the last line.
 """

@@ -1,9 +1,9 @@
 """Check the Triton masked attention against the dense oracle on random awkward layouts.
 
-    python -m tools.check_attention --cases 12 --seed 0                 # CPU: Triton interpreter, fp32
-    python -m tools.check_attention --cases 24 --device cuda --dtype bfloat16
+    vincie-check-attention --cases 12 --seed 0                 # CPU: Triton interpreter, fp32
+    vincie-check-attention --cases 24 --device cuda --dtype bfloat16
 
-Each case draws a random packed layout (``kernels.reference.random_blocks``:
+Each case draws a random packed layout (``vincie_kernels.reference.random_blocks``:
 several sessions, single-token blocks, long text blocks, block lengths no
 multiple of the tile, joint text-first or session-contiguous order, padding),
 a mask type, and a query/key slice (whole sequence, a context-parallel query
@@ -63,8 +63,8 @@ def main(argv=None) -> int:
     atol, rtol = TOLERANCES[dtype_name]
 
     import torch.nn.functional as F
-    from kernels.masked_attention import masked_attention
-    from kernels.reference import (MASK_TYPES, attention_reference, dense_mask, random_blocks,
+    from vincie_kernels.masked_attention import masked_attention
+    from vincie_kernels.reference import (MASK_TYPES, attention_reference, dense_mask, random_blocks,
                                    spec_from_blocks)
 
     gen = torch.Generator().manual_seed(args.seed)

@@ -1,7 +1,7 @@
 """Train VINCIE from a Hydra config (single process, or under torchrun / slurm/train.sbatch).
 
-    python -m tools.train experiment=demo train.steps=500
-    torchrun --nproc-per-node 8 -m tools.train experiment=3b data.corpus.store=/data/store ...
+    vincie-train experiment=demo train.steps=500
+    torchrun --nproc-per-node 8 -m vincie_tools.train experiment=3b data.corpus.store=/data/store ...
 
 Synthetic data is built on the fly when ``data.corpus.store`` is null.
 Resumes from ``<run_dir>/checkpoints`` when a checkpoint exists.
@@ -14,6 +14,9 @@ from pathlib import Path
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if any(a in ("-h", "--help") for a in argv):               # Hydra overrides only; no argparse
+        print(f"usage: vincie-train [key=value ...]  (Hydra overrides of configs/)\n{__doc__}")
+        return 0
     from omegaconf import OmegaConf
 
     from vincie_mcore import experiment as ex
@@ -44,8 +47,12 @@ def main(argv=None):
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
     stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
                           seed=int(cfg.seed) + 7919 * dims.dp_rank)
-    model = ex.make_model(cfg)
-    trainer = ex.make_trainer(cfg, model, stream, run)
+    try:                                                         # e.g. warmup >= steps: one line, no traceback
+        model = ex.make_model(cfg)
+        trainer = ex.make_trainer(cfg, model, stream, run)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     trainer.train()
     if dims.rank == 0:
         ex.plot_losses(trainer.losses, run / "loss.png")

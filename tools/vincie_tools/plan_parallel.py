@@ -1,7 +1,7 @@
 """Plan TP x CP x DP layouts for an MM-DiT preset: memory per GPU and step time, ranked.
 
-    python -m tools.plan_parallel --preset 7b --tokens 11584 --gpu-mem-gb 80 --gpus 64
-    python -m tools.plan_parallel --preset 3b --tokens 45341 --gpu-mem-gb 80 --gpus 16 --recompute --json
+    vincie-plan-parallel --preset 7b --tokens 11584 --gpu-mem-gb 80 --gpus 64
+    vincie-plan-parallel --preset 3b --tokens 45341 --gpu-mem-gb 80 --gpus 16 --recompute --json
 
 A layout is (tp, cp, dp) with tp * cp * dp = gpus; tp divides heads, FFN and hidden width and stays
 inside a node (<= 8); every CP rank keeps at least --min-cp-tokens query tokens. ``--tokens`` is the
@@ -33,14 +33,13 @@ import math
 import os
 import sys
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
 
-from vincie_mcore.model.config import MMDiTConfig  # noqa: E402  (pure Python: no Megatron needed)
+from vincie_mcore.config import CONFIG_DIR
+from vincie_mcore.model.config import MMDiTConfig  # pure Python: no Megatron needed
 
 PRESETS = ("tiny", "3b", "7b")
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+CONFIGS = CONFIG_DIR / "model"
 GiB = 2 ** 30
 
 

@@ -1,6 +1,6 @@
 """Benchmark the Triton masked attention on DESIGN.md's reference cases (GPU only).
 
-    PYTHONPATH=. python tools/bench_attention.py --out benchmarks/bench_attention.json
+    PYTHONPATH=. python tools/vincie_tools/bench_attention.py --out benchmarks/bench_attention.json
 
 Cases (24 heads x 128, bf16; text stream first, then the image stream, as in the joint layout):
     a  block-causal 5-turn session at 512 px: 6 clean images + 5 noisy targets of 1024 tokens,
@@ -85,7 +85,7 @@ def session_blocks(img_tokens: int, n_images: int, text_lens, session: int, nois
     ``noisy_targets`` lists the image indices that also get a noisy copy (same order).
     Returns (text blocks, image blocks) as (length, order, kind, session) tuples.
     """
-    from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
     text = [(n, 2 * i + 1, KIND_TEXT, session) for i, n in enumerate(text_lens)]
     clean = [(img_tokens, 2 * i, KIND_CLEAN, session) for i in range(n_images)]
     noisy = [(img_tokens, 2 * i, KIND_NOISY, session) for i in noisy_targets]
@@ -98,7 +98,7 @@ def case_blocks(name: str, small: bool = False):
         tok = (1024 if name == "a" else 4096) if not small else (12 if name == "a" else 20)
         text, img = session_blocks(tok, 6, [57 if not small else 5] * 5, 0, range(1, 6))
         return text + img, "block_causal"
-    from kernels.reference import KIND_NOISY
+    from vincie_kernels.reference import KIND_NOISY
     tok, text_lens = (256, [23, 22, 23, 22, 23, 22]) if not small else (9, [3, 2, 3, 2, 3, 2])
     texts, imgs = [], []
     for s in range(4):       # full mask: the session is cut after its one noisy target (the last image)
@@ -111,7 +111,7 @@ def case_blocks(name: str, small: bool = False):
 
 def allowed_pairs(spec, mask_type) -> int:
     """Number of visible (q, k) pairs, from the block-level visibility (O(nb^2), no S x S)."""
-    from kernels.reference import block_visibility
+    from vincie_kernels.reference import block_visibility
     off, order, kind, sess = (t.cpu() for t in spec)
     lens = (off[1:] - off[:-1]).double()
     vis = block_visibility(order, kind, sess, mask_type).double()
@@ -164,8 +164,8 @@ def wall_once(fn):
 def run_case(name, args, record):
     import torch
     import torch.nn.functional as F
-    from kernels.masked_attention import masked_attention, masked_attention_forward, plan_masked_attention
-    from kernels.reference import spec_from_blocks, token_block_ids
+    from vincie_kernels.masked_attention import masked_attention, masked_attention_forward, plan_masked_attention
+    from vincie_kernels.reference import spec_from_blocks, token_block_ids
 
     if args.smoke:
         dev, dtype, H, D = "cpu", torch.float32, 2, 16
@@ -201,7 +201,7 @@ def run_case(name, args, record):
     # --- ours: end to end (builds the work lists every call) and with a prebuilt plan (per-layer cost)
     configs = None
     if args.configs == "legacy" and not args.smoke:
-        from kernels.masked_attention import LEGACY_CONFIGS_BF16_D128 as configs
+        from vincie_kernels.masked_attention import LEGACY_CONFIGS_BF16_D128 as configs
 
     def build():
         return plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, need_bwd=True, configs=configs)
@@ -246,7 +246,7 @@ def run_case(name, args, record):
     if "flex" not in skip:
         try:
             from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-            from kernels.reference import KIND_NOISY
+            from vincie_kernels.reference import KIND_NOISY
 
             def make_mask_mod(sp):
                 off, order, kind, sess = sp
@@ -300,7 +300,7 @@ def run_case(name, args, record):
 
     if "sdpa_mask" not in skip:
         try:
-            from kernels.reference import dense_mask
+            from vincie_kernels.reference import dense_mask
             mask = dense_mask(*spec, mask_type)                                       # (S, S) bool, 2 GB at S=45k
             measure("sdpa_dense_mask", lambda: F.scaled_dot_product_attention(sq, sk, sv, attn_mask=mask),
                     sdpa_fb(attn_mask=mask), fl_fwd)
@@ -349,5 +349,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

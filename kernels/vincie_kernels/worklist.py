@@ -1,6 +1,6 @@
 """Per-token mask attributes and per-tile work lists, built on the device from the compact spec.
 
-The mask rule (``kernels/reference.py``) is rewritten per token as three int32s,
+The mask rule (``kernels/vincie_kernels/reference.py``) is rewritten per token as three int32s,
 so that one element test serves both mask types:
 
     visible(q, k) = sess[q] == sess[k] and (blk[q] == blk[k] or key_rank[k] <= query_limit[q])
@@ -43,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.reference import KIND_NOISY, MASK_TYPES
+from vincie_kernels.reference import KIND_NOISY, MASK_TYPES
 
 INT32_MAX = 2**31 - 1
 

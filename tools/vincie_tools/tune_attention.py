@@ -1,9 +1,9 @@
 """Time a small grid of masked-attention kernel configs on the GPU and print the best (JSON).
 
-    PYTHONPATH=. python tools/tune_attention.py --out benchmarks/out/tune_attention.json
-    PYTHONPATH=. python tools/tune_attention.py --smoke          # CPU: Triton interpreter dry run, tiny shapes
+    PYTHONPATH=. python tools/vincie_tools/tune_attention.py --out benchmarks/out/tune_attention.json
+    PYTHONPATH=. python tools/vincie_tools/tune_attention.py --smoke          # CPU: Triton interpreter dry run, tiny shapes
 
-For each case of ``tools/bench_attention.py`` (a, c, then b while the budget lasts; 24 heads x
+For each case of ``tools/vincie_tools/bench_attention.py`` (a, c, then b while the budget lasts; 24 heads x
 128, bf16, plan prebuilt) and each candidate ``AttentionConfigs`` (at most 8; every one fits
 sm_90's 227 KiB of shared memory, see tests/kernels/test_compile_sm90.py):
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -49,8 +48,8 @@ def parse_args(argv=None):
 def candidates(smoke: bool):
     """-> [(name, AttentionConfigs)], the default first. Tilings are (block_m queries, block_n keys)."""
     import torch
-    from kernels.masked_attention import LEGACY_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig as K
-    from kernels.masked_attention import default_configs
+    from vincie_kernels.masked_attention import LEGACY_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig as K
+    from vincie_kernels.masked_attention import default_configs
     if smoke:
         d = default_configs(16, torch.float32, torch.device("cpu"))
         return [("default", d), ("bwd16x16", AttentionConfigs(d.fwd, K(16, 16), K(16, 16))),
@@ -71,7 +70,7 @@ def candidates(smoke: bool):
 
 
 def _write(path, obj):
-    from tools.bench_attention import _write as write_atomic    # one atomic JSON writer for both tools
+    from vincie_tools.bench_attention import _write as write_atomic    # one atomic JSON writer for both tools
     write_atomic(path, obj)
 
 
@@ -82,7 +81,7 @@ def _time(fn, reps: int) -> float:
         t0 = time.perf_counter()
         fn()
         return (time.perf_counter() - t0) * 1e3
-    from tools.bench_attention import event_median_ms
+    from vincie_tools.bench_attention import event_median_ms
     for _ in range(2):
         fn()
     return event_median_ms(fn, reps)
@@ -117,7 +116,7 @@ class _LaunchCounter:
 def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
     """Ops of one plan build per backend: non-view aten ops (~1 kernel launch each on a GPU) + Triton launches."""
     from torch.utils._python_dispatch import TorchDispatchMode
-    import kernels.worklist as wl
+    import vincie_kernels.worklist as wl
 
     class Count(TorchDispatchMode):
         def __init__(self):
@@ -147,10 +146,10 @@ def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
 
 def run_case(name, args, cands, record, deadline):
     import torch
-    import kernels.masked_attention as ma
-    from kernels.worklist import build_worklists
-    from tools.bench_attention import allowed_pairs, case_blocks
-    from kernels.reference import spec_from_blocks
+    import vincie_kernels.masked_attention as ma
+    from vincie_kernels.worklist import build_worklists
+    from vincie_tools.bench_attention import allowed_pairs, case_blocks
+    from vincie_kernels.reference import spec_from_blocks
 
     if args.smoke:
         dev, dtype, H, D = "cpu", torch.float32, 2, 16
@@ -243,7 +242,7 @@ def run_case(name, args, cands, record, deadline):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from tools.bench_attention import start
+    from vincie_tools.bench_attention import start
     header = start("tune_attention", args, "tuning runs on GPU only (--smoke for a dry run)")
     if header is None:
         return 0
@@ -274,5 +273,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.exit(main())

@@ -1,8 +1,8 @@
 """Does a parallel layout compute what one device computes? Train the tiny MM-DiT both ways.
 
-    python -m tools.check_parallel_parity --tp 2 --cp 2 --mask block_causal --steps 2
-    python -m tools.check_parallel_parity --dp 2 --dist-opt --mask full --steps 3
-    python -m tools.check_parallel_parity --tp 2 --sp --steps 2
+    vincie-check-parallel-parity --tp 2 --cp 2 --mask block_causal --steps 2
+    vincie-check-parallel-parity --dp 2 --dist-opt --mask full --steps 3
+    vincie-check-parallel-parity --tp 2 --sp --steps 2
 
 The tiny model (``configs/model/tiny.yaml``, torch core, ``adaln_zero_init`` off so every
 parameter has a gradient from step 1) is trained for ``--steps`` optimizer steps (Megatron
@@ -37,14 +37,10 @@ from pathlib import Path
 
 import torch
 
-ROOT_ = Path(__file__).resolve().parents[1]
-if str(ROOT_) not in sys.path:            # spawned ranks import this file by path
-    sys.path.insert(0, str(ROOT_))
+from vincie_mcore.config import CONFIG_DIR
+from vincie_mcore.data.packed import PackedBatch
 
-from vincie_mcore.data.packed import PackedBatch  # noqa: E402
-
-ROOT = ROOT_
-TINY = ROOT / "configs" / "model" / "tiny.yaml"
+TINY = CONFIG_DIR / "model" / "tiny.yaml"
 PAD_MULTIPLE = 8          # every part's streams are padded to this, for any tp (SP) used here
 TINY_NUMBER = 1e-12
 # Adam's epsilon. With the usual 1e-8, gradient elements near 1e-8 (biases here) turn fp32
@@ -90,7 +86,7 @@ def synthetic_part(gen: torch.Generator, tokens: int, mask_type: str, text_dim: 
 
     Returns (batch, x_t, target), noised with a rectified-flow draw from ``gen``.
     """
-    from kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
     from vincie_mcore.data.maskspec import MaskSpec
     from vincie_mcore.diffusion.flow import FlowConfig, noise_batch
 
@@ -182,7 +178,7 @@ def merge_parts(parts):
 
 
 def _n_txt(batch) -> int:
-    from kernels.reference import KIND_TEXT
+    from vincie_kernels.reference import KIND_TEXT
     kinds = batch.spec.block_kind.tolist()
     return next((i for i, k in enumerate(kinds) if k != KIND_TEXT), len(kinds))
 
@@ -321,7 +317,7 @@ def _worker(rank: int, run: dict):
 
 _PRELOAD = ["torch", "megatron.core.parallel_state", "megatron.core.dist_checkpointing", "megatron.core.optimizer",
             "megatron.core.distributed", "vincie_mcore.model.mmdit", "vincie_mcore.train.trainer",
-            "tools.check_parallel_parity"]
+            "vincie_tools.check_parallel_parity"]
 
 
 def _start_forkserver() -> None:

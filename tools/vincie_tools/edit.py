@@ -1,6 +1,6 @@
 """Edit an image turn after turn with a trained run.
 
-    python -m tools.edit --run runs/demo --image start.png \
+    vincie-edit --run runs/demo --image start.png \
         --prompt "add a red square at the top left" --prompt "make the red square blue" --out strip.png
 
 Each prompt is one turn; every turn sees the whole history (images and texts).
