@@ -1,4 +1,5 @@
-"""tools/vincie_tools/plan_parallel.py: its memory and FLOP model against the real model on CPU, and the CLI.
+"""vincie_mcore/parallel/plan.py: its memory and FLOP model against the real model on CPU, and the CLI
+(tools/vincie_tools/plan_parallel.py).
 
 The references are independent of the planner's arithmetic: parameter counts of the real model
 (meta device, TP shards through a stand-in group of size tp), the bytes Megatron's DDP + optimizer
@@ -16,8 +17,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent / "model"))
 from model_batches import make_batch  # noqa: E402
 
-from vincie_tools import plan_parallel as pp  # noqa: E402
 from vincie_mcore.model import MMDiTConfig, build_model  # noqa: E402
+from vincie_mcore.parallel import plan as pp  # noqa: E402
+from vincie_tools import plan_parallel as cli  # noqa: E402
 
 TINY = dict(hidden_size=128, num_heads=4, ffn_hidden_size=384, text_dim=64, patch_dim=64, max_turns=8,
             rope_axes_dim=[8, 12, 12], attention_backend="torch", adaln_zero_init=False)
@@ -187,7 +189,7 @@ def test_plan_layouts_are_valid_and_ranked():
 
 
 def test_cli_json(capsys):
-    assert pp.main(["--preset", "7b", "--tokens", "11584", "--gpu-mem-gb", "79", "--gpus", "16", "--json"]) == 0
+    assert cli.main(["--preset", "7b", "--tokens", "11584", "--gpu-mem-gb", "79", "--gpus", "16", "--json"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["preset"] == "7b" and out["feasible"]
     best = out["feasible"][0]
@@ -195,7 +197,7 @@ def test_cli_json(capsys):
 
 
 def test_cli_table_and_recompute(capsys):
-    assert pp.main(["--preset", "3b", "--tokens", "45341", "--gpu-mem-gb", "79", "--gpus", "8", "--recompute"]) == 0
+    assert cli.main(["--preset", "3b", "--tokens", "45341", "--gpu-mem-gb", "79", "--gpus", "8", "--recompute"]) == 0
     out = capsys.readouterr().out
     assert "tp  cp" in out.splitlines()[1] and "yes" in out
 
@@ -214,6 +216,6 @@ def test_cli_bad_inputs_are_one_line(capsys, argv, rc, pattern):
     args = dict(base)
     args.update(dict(zip(argv[::2], argv[1::2])))
     flat = [x for kv in args.items() for x in kv]
-    got = pp.main(flat)
+    got = cli.main(flat)
     err = capsys.readouterr().err.strip().splitlines()
     assert got == rc and len(err) == 1 and re.match(pattern, err[0]), err

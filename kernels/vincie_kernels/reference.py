@@ -86,7 +86,9 @@ def attention_reference(q, k, v, mask: torch.Tensor, softmax_scale: float | None
 
 
 # ----------------------------------------------------------------------------- test layouts
-# Helpers added for kernel tests and tools/vincie_tools/check_attention.py; the rule above is unchanged.
+# Layout helpers for kernel tests and the kernels' own check/bench/tune. ``spec_from_blocks`` is also
+# where vincie_mcore's batch builder (vincie_mcore/packed/builder.py) turns its block tuples into
+# the four vectors; the rule above stays independent of it and checks it.
 
 def spec_from_blocks(blocks) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """[(length, order, kind, session), ...] in sequence order -> the four int32 spec vectors (CPU)."""

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from vincie_mcore.data.maskspec import KIND_NOISY
 from vincie_mcore.data.packing import EncodedSession, PackConfig, PackedStream, pack
 from vincie_mcore.data.recipe import RecipeConfig, SessionPlan, build_sample, draw_plan, inference_sample
+from vincie_mcore.packed.maskspec import KIND_NOISY
 
 
 class FakeText:
@@ -29,7 +29,7 @@ def make_session(K, C=3, H=16, W=16, seed=0):
 
 
 def oracle(items, mask_type, p, text):
-    """Token-level facts from the samples, then the rule stated in words (DESIGN.md)."""
+    """Token-level facts from the samples, then the rule stated in words (docs/masks.md)."""
     txt, img = [], []   # per token: (session, interleaved position, block uid, noisy)
     uid = 0
     for s, (sample, sess) in enumerate(items):
@@ -166,3 +166,54 @@ def test_block_text_names_each_image_its_instruction():
             want = cfg.mask_prompt_src if x.image[0] == "roe_src" else cfg.mask_prompt_tgt
             assert texts[prompt].text == want and prompt > tr
     assert b.block_text.shape == (b.spec.num_blocks, 2)
+
+
+def test_pack_lays_out_two_sessions_exactly():
+    """Every tensor of a small pack, written out by hand from the recipe's blocks (packed/builder.py rules)."""
+    cfg = RecipeConfig(mask_type="block_causal", camera_prompts=False, mask_prompt_src="src", mask_prompt_tgt="tgt mask")
+    a = make_session(2)                                                       # 16 x 16 latents: 2 x 2 tokens
+    sa = build_sample(["a b"], [None], SessionPlan(num_turns=1, use_roe=True, task="nip"), cfg)
+    # I0 | T"a b" | Tm"src" | M_src clean + noisy | Tm"tgt mask" | M_tgt clean + noisy | I1 noisy (last frame)
+    g = torch.Generator().manual_seed(1)
+    b = EncodedSession(frames=torch.randn(2, 3, 8, 16, generator=g), texts=["x"], cameras=[None])  # 1 x 2 tokens
+    sb = inference_sample(["x"], camera_prompts=False)                        # I0 | T"x" | I1 noisy
+    batch = pack([(sa, a), (sb, b)], FakeText().encode, PackConfig(patch_size=8, pad_multiple=8), "block_causal")
+
+    # text: A's three blocks (3, 2, 3 tokens), B's one (2), padding 6 (10 -> 16); images: A 6 x 4, B 2 x 2, padding 4
+    assert batch.spec.block_offsets.tolist() == [0, 3, 5, 8, 10, 16, 20, 24, 28, 32, 36, 40, 42, 44, 48]
+    assert batch.spec.block_order.tolist() == [1, 2, 4, 1, 0, 0, 3, 3, 5, 5, 6, 0, 2, 0]
+    assert batch.spec.block_kind.tolist() == [0, 0, 0, 0, 0, 1, 1, 2, 1, 2, 2, 1, 2, 1]
+    assert batch.spec.block_session.tolist() == [0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 1, 1, 3]
+    assert batch.spec.mask_type == "block_causal" and batch.num_sessions == 2
+    assert batch.txt_turn.tolist() == [0, -1, -1, 0, -1, 0, -1, -1, 0, -1] + [-1] * 6
+    assert batch.txt_pos.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1] + [0] * 6
+    word = {"a b": 3.0, "src": 3.0, "tgt mask": 1.0, "x": 1.0}                # FakeText: len(text) % 7
+    want_emb = [0.0, word["a b"], word["a b"], 0.0, word["src"], 0.0, word["tgt mask"], word["tgt mask"],
+                0.0, word["x"]] + [0.0] * 6
+    assert torch.equal(batch.txt_emb, torch.tensor(want_emb)[:, None].expand(16, 4))
+    # image positions: (turn slot, row, col); frame j at 3j, RoE source / target maps at 3j+1 / 3j+2
+    g22, g12 = [[0, 0], [0, 1], [1, 0], [1, 1]], [[0, 0], [0, 1]]
+    want_pos = [[s] + rc for s in (0, 1, 1, 2, 2, 3) for rc in g22] + [[s] + rc for s in (0, 3) for rc in g12]
+    assert batch.img_pos.tolist() == want_pos + [[0, 0, 0]] * 4
+    noisy = [False, False, True, False, True, True]
+    assert batch.img_loss_mask.tolist() == [n for n in noisy for _ in range(4)] + [False, False, True, True] + [False] * 4
+    # conditioning: maps name the transition text (block 0) and their own prompt (1 / 2); frames the text only
+    assert batch.block_text.tolist() == [[-1, -1]] * 5 + [[-1, -1], [0, 1], [0, 1], [0, 2], [0, 2], [0, -1],
+                                                          [-1, -1], [3, -1], [-1, -1]]
+    assert torch.equal(batch.block_t, torch.zeros(14))
+    refs = [("frame", 0), ("roe_src", 0), ("roe_src", 0), ("roe_tgt", 0), ("roe_tgt", 0), ("frame", 1)]
+    want_blocks = [dict(block=5 + i, session=0, ref=r, hw=(2, 2), noisy=noisy[i], start=4 * i, length=4)
+                   for i, r in enumerate(refs)]
+    want_blocks += [dict(block=11, session=1, ref=("frame", 0), hw=(1, 2), noisy=False, start=24, length=2),
+                    dict(block=12, session=1, ref=("frame", 1), hw=(1, 2), noisy=True, start=26, length=2)]
+    assert batch.image_blocks == want_blocks
+    # image rows: token (r, c) holds the 8 x 8 patch at (8r, 8c), features (channel, y, x)
+    for ib in want_blocks:
+        lat = (a if ib["session"] == 0 else b).latent(ib["ref"])
+        for k in range(ib["length"]):
+            r, c = divmod(k, ib["hw"][1])
+            assert torch.equal(batch.img_x0[ib["start"] + k], lat[:, 8 * r:8 * r + 8, 8 * c:8 * c + 8].reshape(-1))
+    assert not batch.img_x0[-4:].any()
+    # interleaved RoPE: one counter over the session: I0 at 0, <TURN> + "x" at 1..2, I1 at 3
+    bi = pack([(sb, b)], FakeText().encode, PackConfig(patch_size=8, rope_mode="interleaved"), "full")
+    assert bi.txt_pos.tolist() == [1, 2] and bi.img_pos[:, 0].tolist() == [0, 0, 3, 3]

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from vincie_mcore.data.maskspec import KIND_NOISY
 from vincie_mcore.data.packing import EncodedSession, PackConfig, pack
 from vincie_mcore.data.recipe import RecipeConfig, build_sample, draw_plan
 from vincie_mcore.diffusion.flow import FlowConfig, drop_text, euler_sample, noise_batch, shift_time
+from vincie_mcore.packed.maskspec import KIND_NOISY
 
 
 class FakeText:

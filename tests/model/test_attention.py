@@ -102,7 +102,7 @@ def test_triton_core_matches_reference_or_names_backend():
 def test_torch_core_on_awkward_random_layouts(seed):
     """Single-token blocks, padding blocks, session-contiguous or joint layouts, random slices."""
     from vincie_kernels.reference import random_blocks, spec_from_blocks
-    from vincie_mcore.data.maskspec import MaskSpec
+    from vincie_mcore.packed.maskspec import MaskSpec
     g = torch.Generator().manual_seed(seed)
     mask_type = ("block_causal", "full")[seed % 2]
     spec = MaskSpec(*spec_from_blocks(random_blocks(g, max_tokens=160, max_sessions=4)), mask_type)

@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from vincie_mcore.model.embeddings import TextEmbedder, apply_rope, patchify, rope_cos_sin, unpatchify
+from vincie_mcore.model.embeddings import TextEmbedder, apply_rope, rope_cos_sin
+from vincie_mcore.packed.patches import patchify, unpatchify
 
 
 def test_patchify_layout_and_roundtrip():

@@ -1,23 +1,20 @@
 """Parallel layouts train like one device, and impossible layouts fail with one clear line.
 
-The parity runs use ``tools/vincie_tools/check_parallel_parity.py`` (tiny model, ~400 tokens per step,
+The parity runs use ``vincie_mcore/parallel/parity.py`` (tiny model, ~400 tokens per step,
 2 optimizer steps, spawned gloo ranks vs one process); the split itself is checked against
 the dense mask oracle of ``kernels/vincie_kernels/reference.py``.
 """
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from vincie_kernels.reference import KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
-from vincie_mcore.data.maskspec import MaskSpec
-from vincie_mcore.parallel import context_parallel as cpm
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from vincie_tools.check_parallel_parity import Layout, check_layouts  # noqa: E402
+from vincie_mcore.packed import shard as cpm
+from vincie_mcore.packed.maskspec import MaskSpec
+from vincie_mcore.parallel.parity import Layout, check_layouts
 
 TOL = 1e-5
 

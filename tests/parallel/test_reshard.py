@@ -1,17 +1,13 @@
 """Checkpoints re-shard: save under one layout, resume under another, match the uninterrupted run.
 
-All runs see the same global batches (``tools/check_parallel_parity.ParityStream``: two parts
+All runs see the same global batches (``vincie_mcore/parallel/parity.py``'s ``ParityStream``: two parts
 per step, split over DP or united) from the same initial weights. The saved checkpoint is
 Megatron ``dist_checkpointing`` via ``train/checkpoint.py`` (distributed optimizer state saved
 ``fully_reshardable``: ``dp_reshardable`` cannot change TP).
 """
-import sys
-from pathlib import Path
-
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from vincie_tools.check_parallel_parity import Layout, full_tensors, rel_diff, run_layout  # noqa: E402
+from vincie_mcore.parallel.parity import Layout, full_tensors, rel_diff, run_layout
 
 TOL = 1e-5
 STEPS, SPLIT = 4, 2

@@ -1,35 +1,20 @@
-"""Benchmark the Triton masked attention on DESIGN.md's reference cases (GPU only).
+"""Benchmark the Triton masked attention on the reference cases of docs/measured.md (GPU only).
 
-    PYTHONPATH=. python tools/vincie_tools/bench_attention.py --out benchmarks/bench_attention.json
+    vincie-bench-attention --out benchmarks/bench_attention.json
+    vincie-bench-attention --smoke          # CPU: Triton interpreter dry run, tiny layouts
 
-Cases (24 heads x 128, bf16; text stream first, then the image stream, as in the joint layout):
-    a  block-causal 5-turn session at 512 px: 6 clean images + 5 noisy targets of 1024 tokens,
-       5 text turns of 57 tokens (S = 11 549)
-    b  the same at 1024 px (4096 tokens per image, S = 45 341)
-    c  4 packed sessions, "full" mask, 6 clean + 1 noisy image of 256 tokens and 135 text tokens
-       each (S = 7 708, density 0.25)
-
-For each case: ours (end to end with the work-list build, and with a prebuilt plan) vs
-FlexAttention (torch.compile'd, block mask from a mask_mod doing per-token block-attribute
-lookups) vs SDPA with the dense boolean mask vs dense SDPA with no mask (flash). Forward
-and forward+backward medians (CUDA events), effective TFLOP/s counting only allowed
-(q, k) pairs: forward = 4 * D * H * pairs, forward+backward = 3.5x forward (2 matmuls
-forward, 5 backward; our backward recomputes QK^T once more, not counted). Also the
-work-list build time, the block-mask build time, and the first call after a NEW sequence
-length (ours must not recompile; FlexAttention does). The JSON is rewritten after every
+The cases (a, b: block-causal 5-turn sessions at 512 / 1024 px; c: 4 packed "full" sessions),
+the baselines (FlexAttention, SDPA with a dense mask, dense flash) and the FLOP convention are
+described in ``kernels/vincie_kernels/bench.py``. The JSON is rewritten after every
 measurement, so a timeout still leaves partial results; the last line printed is the JSON.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import statistics
 import sys
-import time
-import traceback
 
-CASES = ("a", "b", "c")
+from vincie_kernels.bench import CASES, BenchOptions, bench_attention, start   # imports neither torch nor triton
 
 
 def parse_args(argv=None):
@@ -51,298 +36,16 @@ def parse_args(argv=None):
     return args
 
 
-def _write(path, obj):
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(obj, fh, indent=1)
-    os.replace(tmp, path)
-
-
-def start(tool: str, args, gpu_only: str) -> dict | None:
-    """The attention tools' common start. ``--smoke`` runs Triton's interpreter (set before
-    triton's first import). Without CUDA and without --smoke: write and print a "skipped"
-    record saying ``gpu_only`` and return None. Otherwise: the result header (versions, GPU)."""
-    if args.smoke:
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    import torch
-    if not torch.cuda.is_available() and not args.smoke:
-        out = {"tool": tool, "skipped": f"no CUDA device: {gpu_only}"}
-        print(f"{tool}: no CUDA device, skipping", file=sys.stderr)
-        _write(args.out, out)
-        print(json.dumps(out))
-        return None
-    import triton
-    return {"tool": tool, "torch": torch.__version__, "triton": triton.__version__, "cuda": torch.version.cuda,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "none (--smoke)"}
-
-
-# ----------------------------------------------------------------------------- layouts
-
-def session_blocks(img_tokens: int, n_images: int, text_lens, session: int, noisy_targets):
-    """One session: images I0..I{n-1} (orders 0, 2, ...) and turns T0.. (orders 1, 3, ...).
-
-    ``noisy_targets`` lists the image indices that also get a noisy copy (same order).
-    Returns (text blocks, image blocks) as (length, order, kind, session) tuples.
-    """
-    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
-    text = [(n, 2 * i + 1, KIND_TEXT, session) for i, n in enumerate(text_lens)]
-    clean = [(img_tokens, 2 * i, KIND_CLEAN, session) for i in range(n_images)]
-    noisy = [(img_tokens, 2 * i, KIND_NOISY, session) for i in noisy_targets]
-    return text, clean + noisy
-
-
-def case_blocks(name: str, small: bool = False):
-    """-> (blocks in joint order: all text, then all images; mask type). ``small``: same shape, few tokens."""
-    if name in ("a", "b"):
-        tok = (1024 if name == "a" else 4096) if not small else (12 if name == "a" else 20)
-        text, img = session_blocks(tok, 6, [57 if not small else 5] * 5, 0, range(1, 6))
-        return text + img, "block_causal"
-    from vincie_kernels.reference import KIND_NOISY
-    tok, text_lens = (256, [23, 22, 23, 22, 23, 22]) if not small else (9, [3, 2, 3, 2, 3, 2])
-    texts, imgs = [], []
-    for s in range(4):       # full mask: the session is cut after its one noisy target (the last image)
-        text, img = session_blocks(tok, 6, text_lens, s, [])
-        img.append((tok, 12, KIND_NOISY, s))
-        texts += text
-        imgs += img
-    return texts + imgs, "full"
-
-
-def allowed_pairs(spec, mask_type) -> int:
-    """Number of visible (q, k) pairs, from the block-level visibility (O(nb^2), no S x S)."""
-    from vincie_kernels.reference import block_visibility
-    off, order, kind, sess = (t.cpu() for t in spec)
-    lens = (off[1:] - off[:-1]).double()
-    vis = block_visibility(order, kind, sess, mask_type).double()
-    return int(lens @ vis @ lens)
-
-
-# ----------------------------------------------------------------------------- timing
-
-def _sync():
-    import torch
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
-def cuda_time(fn, target_s: float, warmup: int = 2):
-    """Median milliseconds of fn() over enough runs to fill ~target_s (at least 3); CUDA events on GPU."""
-    import torch
-    if not torch.cuda.is_available():                         # --smoke on CPU: one run proves the path
-        return wall_once(fn)
-    for _ in range(warmup):
-        fn()
-    once = wall_once(fn) * 1e-3
-    return event_median_ms(fn, max(3, min(50, int(target_s / max(once, 1e-6)))))
-
-
-def event_median_ms(fn, reps: int) -> float:
-    """Median of ``reps`` CUDA-event timings of fn() (the caller warms up)."""
-    import torch
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def wall_once(fn):
-    _sync()
-    t0 = time.perf_counter()
-    fn()
-    _sync()
-    return (time.perf_counter() - t0) * 1e3
-
-
-# ----------------------------------------------------------------------------- one case
-
-def run_case(name, args, record):
-    import torch
-    import torch.nn.functional as F
-    from vincie_kernels.masked_attention import masked_attention, masked_attention_forward, plan_masked_attention
-    from vincie_kernels.reference import spec_from_blocks, token_block_ids
-
-    if args.smoke:
-        dev, dtype, H, D = "cpu", torch.float32, 2, 16
-    else:
-        dev, dtype, H, D = "cuda", torch.bfloat16, args.heads, args.head_dim
-    skip = set(args.skip.split(",")) - {""}
-    blocks, mask_type = case_blocks(name, small=args.smoke)
-    spec = [t.to(dev) for t in spec_from_blocks(blocks)]
-    S = int(spec[0][-1])
-    pairs = allowed_pairs(spec, mask_type)
-    fl_fwd = 4.0 * D * H * pairs
-    res = record(name, {"mask_type": mask_type, "S": S, "heads": H, "head_dim": D, "dtype": str(dtype).replace("torch.", ""),
-                        "density": pairs / S**2, "allowed_pairs": pairs, "flop_convention":
-                        "fwd 4*D*H*pairs, fwd+bwd 3.5x fwd, pairs = allowed (q,k) pairs"})
-
-    def tflops(ms, flops):
-        return flops / (ms * 1e-3) / 1e12
-
-    def measure(label, fwd_fn, fwdbwd_fn, flops_fwd):
-        try:
-            f = cuda_time(fwd_fn, args.target_seconds)
-            fb = cuda_time(fwdbwd_fn, args.target_seconds)
-            record(name, {label: {"fwd_ms": f, "fwd_bwd_ms": fb, "fwd_tflops": tflops(f, flops_fwd),
-                                  "fwd_bwd_tflops": tflops(fb, 3.5 * flops_fwd)}})
-        except Exception as e:     # record, keep going
-            record(name, {label: {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
-        torch.cuda.empty_cache()
-
-    g = torch.Generator(device=dev).manual_seed(0)
-    q, k, v, do = (torch.randn(S, H, D, device=dev, generator=g).to(dtype) for _ in range(4))
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-
-    # --- ours: end to end (builds the work lists every call) and with a prebuilt plan (per-layer cost)
-    configs = None
-    if args.configs == "legacy" and not args.smoke:
-        from vincie_kernels.masked_attention import LEGACY_CONFIGS_BF16_D128 as configs
-
-    def build():
-        return plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, need_bwd=True, configs=configs)
-
-    t_first = wall_once(lambda: masked_attention(qg, kg, vg, *spec, mask_type, configs=configs).backward(do))
-    record(name, {"ours_first_call_ms_incl_compile": t_first})
-    record(name, {"ours_worklist_build_ms": cuda_time(build, 0.2)})
-    plan = build()
-    record(name, {f"ours_tiles_{kern}": {**wl.counts(), "block_m": wl.block_m, "block_n": wl.block_n}
-                  for kern, wl in (("fwd", plan.wl_fwd), ("dkdv", plan.wl_dkdv), ("dq", plan.wl_dq))})
-    record(name, {"ours_configs": {kern: [c.block_m, c.block_n, c.num_warps, c.num_stages]
-                                   for kern, c in (("fwd", plan.cfgs.fwd), ("dkdv", plan.cfgs.dkdv),
-                                                   ("dq", plan.cfgs.dq))}})
-
-    def ours_bwd(fn):
-        def run():
-            qg.grad = kg.grad = vg.grad = None
-            fn().backward(do)
-        return run
-
-    measure("ours", lambda: masked_attention(q, k, v, *spec, mask_type, configs=configs),
-            ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, configs=configs)), fl_fwd)
-    measure("ours_with_plan", lambda: masked_attention_forward(q, k, v, *spec, mask_type, plan=plan),
-            ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=plan)), fl_fwd)
-
-    # a NEW sequence length: the last image grows by 37 tokens
-    blocks2 = blocks[:-1] + [(blocks[-1][0] + 37, *blocks[-1][1:])]
-    spec2 = [t.to(dev) for t in spec_from_blocks(blocks2)]
-    S2 = S + 37
-    q2, k2, v2, do2 = (torch.randn(S2, H, D, device=dev, dtype=dtype) for _ in range(4))
-    q2g, k2g, v2g = (t.clone().requires_grad_() for t in (q2, k2, v2))
-    if "newlen" not in skip:
-        try:
-            record(name, {"ours_new_len_first_fwd_bwd_ms": wall_once(
-                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type, configs=configs).backward(do2))})
-            record(name, {"ours_new_len_second_fwd_bwd_ms": wall_once(
-                lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type, configs=configs).backward(do2))})
-        except Exception as e:
-            record(name, {"ours_new_len_error": f"{type(e).__name__}: {str(e)[:300]}"})
-
-    # --- FlexAttention
-    if "flex" not in skip:
-        try:
-            from torch.nn.attention.flex_attention import create_block_mask, flex_attention
-            from vincie_kernels.reference import KIND_NOISY
-
-            def make_mask_mod(sp):
-                off, order, kind, sess = sp
-                tb = token_block_ids(off)                      # per-token block attribute lookups
-                t_order, t_sess, t_blk = order[tb], sess[tb], tb.to(torch.int32)
-                t_noisy = kind[tb] == KIND_NOISY
-                if mask_type == "full":
-                    return lambda b, h, qi, ki: t_sess[qi] == t_sess[ki]
-
-                def mask_mod(b, h, qi, ki):
-                    causal = torch.where(t_noisy[qi], t_order[ki] < t_order[qi], t_order[ki] <= t_order[qi])
-                    return (t_sess[qi] == t_sess[ki]) & ((t_blk[qi] == t_blk[ki]) | (~t_noisy[ki] & causal))
-                return mask_mod
-
-            mm = make_mask_mod(spec)
-            bm_first = wall_once(lambda: create_block_mask(mm, None, None, S, S, device=dev))
-            bm_ms = cuda_time(lambda: create_block_mask(mm, None, None, S, S, device=dev), 0.3, warmup=1)
-            bmask = create_block_mask(mm, None, None, S, S, device=dev)
-            record(name, {"flex_block_mask_first_ms": bm_first, "flex_block_mask_ms": bm_ms})
-            flex = torch.compile(flex_attention) if dev == "cuda" else flex_attention
-            fq, fk, fv, fdo = (t.transpose(0, 1)[None].contiguous() for t in (q, k, v, do))   # (1, H, S, D)
-            fqg, fkg, fvg = (t.clone().requires_grad_() for t in (fq, fk, fv))
-            record(name, {"flex_first_fwd_bwd_ms_incl_compile": wall_once(
-                lambda: flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo))})
-
-            def flex_fb():
-                fqg.grad = fkg.grad = fvg.grad = None
-                flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
-            measure("flex", lambda: flex(fq, fk, fv, block_mask=bmask), flex_fb, fl_fwd)
-            if "newlen" not in skip:
-                mm2 = make_mask_mod(spec2)
-                bmask2 = create_block_mask(mm2, None, None, S2, S2, device=dev)
-                f2 = [t.transpose(0, 1)[None].contiguous().requires_grad_() for t in (q2, k2, v2)]
-                fdo2 = do2.transpose(0, 1)[None].contiguous()
-                record(name, {"flex_new_len_first_fwd_bwd_ms": wall_once(
-                    lambda: flex(*f2, block_mask=bmask2).backward(fdo2))})
-            del bmask
-        except Exception as e:
-            record(name, {"flex": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
-        torch.cuda.empty_cache()
-
-    # --- SDPA: dense boolean mask, then no mask at all
-    sq, sk, sv, sdo = (t.transpose(0, 1)[None].contiguous() for t in (q, k, v, do))  # (1, H, S, D)
-    sqg, skg, svg = (t.clone().requires_grad_() for t in (sq, sk, sv))
-
-    def sdpa_fb(**kw):
-        def run():
-            sqg.grad = skg.grad = svg.grad = None
-            F.scaled_dot_product_attention(sqg, skg, svg, **kw).backward(sdo)
-        return run
-
-    if "sdpa_mask" not in skip:
-        try:
-            from vincie_kernels.reference import dense_mask
-            mask = dense_mask(*spec, mask_type)                                       # (S, S) bool, 2 GB at S=45k
-            measure("sdpa_dense_mask", lambda: F.scaled_dot_product_attention(sq, sk, sv, attn_mask=mask),
-                    sdpa_fb(attn_mask=mask), fl_fwd)
-            del mask
-        except Exception as e:
-            record(name, {"sdpa_dense_mask": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
-        torch.cuda.empty_cache()
-    if "dense" not in skip:
-        measure("dense_flash_no_mask", lambda: F.scaled_dot_product_attention(sq, sk, sv),
-                sdpa_fb(), fl_fwd)
-        r = res.get("dense_flash_no_mask", {})
-        if "fwd_ms" in r:   # its own rate, counting every computed pair
-            r["computed_fwd_bwd_tflops"] = r["fwd_bwd_tflops"] / res["density"]
-            r["note"] = "tflops fields count allowed pairs only; computed_* counts all S^2 pairs"
-            record(name, {})
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    header = start("bench_attention", args, "the benchmark runs on GPU only")
-    if header is None:
+    header = start("bench_attention", args.out, args.smoke, "the benchmark runs on GPU only")
+    if "skipped" in header:
+        print("bench_attention: no CUDA device, skipping", file=sys.stderr)
+        print(json.dumps(header))
         return 0
-    import torch
-    result = {**header, "cases": {}}
-
-    def record(case, entries):
-        c = result["cases"].setdefault(case, {})
-        c.update(entries)
-        _write(args.out, result)
-        return c
-
-    for name in args.cases.split(","):
-        t0 = time.time()
-        try:
-            run_case(name, args, record)
-        except Exception as e:
-            traceback.print_exc()
-            record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
-        record(name, {"bench_seconds": round(time.time() - t0, 1)})
-        print(f"case {name}: {json.dumps(result['cases'][name])}", file=sys.stderr)
-        torch.cuda.empty_cache()
-    _write(args.out, result)
+    opts = BenchOptions(smoke=args.smoke, skip=tuple(s for s in args.skip.split(",") if s), configs=args.configs,
+                        heads=args.heads, head_dim=args.head_dim, target_seconds=args.target_seconds)
+    result = bench_attention(args.cases.split(","), args.out, header, opts)
     print(f"bench_attention: wrote {args.out}", file=sys.stderr)
     print(json.dumps(result))
     return 0

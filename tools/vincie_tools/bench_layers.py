@@ -1,264 +1,21 @@
 """Benchmark a 3B-width MM-DiT layer stack on one session-length packed sequence (GPU).
 
-    PYTHONPATH=. python tools/vincie_tools/bench_layers.py --out benchmarks/bench_layers.json
-    PYTHONPATH=. python tools/vincie_tools/bench_layers.py --smoke          # tiny CPU dry run of the same code path
+    vincie-bench-layers --out benchmarks/bench_layers.json
+    vincie-bench-layers --smoke          # tiny CPU dry run of the same code path
 
-Stack: hidden 2560, 20 heads x 128, FFN 6144 (configs/model/3b.yaml), 4 layers (2 dual-stream +
-2 shared), bf16 parameters. Sequences:
-
-* block_causal: one 5-turn 512-px session, I0 T0 [I1 I1*] T1 ... (11 images of 32 x 32 tokens,
-  5 text turns of 64 tokens: S = 11 584; the paper's training layout).
-* full: two packed 5-turn sessions with one noisy target each (6 images + 5 texts per session:
-  S = 12 928; the layout of the released checkpoints).
-
-Text turns are 64 tokens (not ~57) so both streams are multiples of 16, as TE's FP8 GEMMs need.
-
-For each case: forward + backward step time (CUDA events, median after warm-up), model TFLOP/s
-(``MMDiT.flops_per_step``), its share of a bf16 matmul peak measured in the same run (8192^3
-matmuls), and peak memory (``torch.cuda.max_memory_allocated``). Runs attention_backend torch and
-triton with Megatron's local linears; where Transformer Engine imports: TE linears in bf16 and in
-FP8 (delayed and current scaling) with the faster attention core (block_causal cases first, then
-TE/FP8, then full, so a time limit cuts the least new numbers; --out is rewritten after each case). Needs torch, triton and
-megatron-core only (no DALI, zarr, hydra, transformers). Without CUDA (and no --smoke) it prints
-``{"skipped": ...}`` and exits 0. The last printed line is the result JSON.
+The stack, the two packed sequences (block_causal, full) and the cases (torch / triton cores,
+TE bf16, FP8) are described in ``vincie_mcore/perf/bench_layers.py``. Needs torch, triton and
+megatron-core only. Without CUDA (and no --smoke) it prints ``{"skipped": ...}`` and exits 0.
+The last printed line is the result JSON.
 """
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
-import platform
-import statistics
-import sys
-import time
-import traceback
 
 import torch
 
-sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), "..")))
-
-WIDE_3B = dict(hidden_size=2560, num_heads=20, ffn_hidden_size=6144, text_dim=4096, patch_dim=64,
-               max_turns=16, rope_axes_dim=[32, 48, 48])
-TINY = dict(hidden_size=128, num_heads=4, ffn_hidden_size=384, text_dim=64, patch_dim=64,
-            max_turns=16, rope_axes_dim=[8, 12, 12])
-
-
-# ----------------------------------------------------------------------------
-# The packed sequence
-# ----------------------------------------------------------------------------
-
-def session_batch(mask_type: str, turns: int, hw: int, txt_len: int, n_sessions: int, text_dim: int,
-                  patch_dim: int, seed: int = 0):
-    """A PackedBatch of ``n_sessions`` identical-shape sessions of ``turns`` edits with hw x hw-token images.
-
-    block_causal: I0 T0 [I1 I1*] T1 [I2 I2*] ... (a clean and a noisy copy of every target);
-    full: I0 T0 I1 T1 ... I_{turns-1} T_{turns-1} I_turns* (one noisy target, every earlier image clean).
-    Joint layout: every session's text blocks, then every session's image blocks.
-    """
-    from vincie_kernels.reference import KIND_CLEAN, KIND_NOISY, KIND_TEXT
-    from vincie_mcore.data.maskspec import MaskSpec
-    from vincie_mcore.data.packed import PackedBatch
-
-    g = torch.Generator().manual_seed(seed)
-    txt, img = [], []                                   # (session, kind, order, n, turn)
-    for s in range(n_sessions):
-        order = 0
-        img.append((s, KIND_CLEAN, order, hw * hw, 0))
-        order += 1
-        for t in range(turns):
-            txt.append((s, KIND_TEXT, order, txt_len, t))
-            order += 1
-            if mask_type == "block_causal":
-                img += [(s, KIND_CLEAN, order, hw * hw, t + 1), (s, KIND_NOISY, order, hw * hw, t + 1)]
-            else:
-                img.append((s, KIND_NOISY if t == turns - 1 else KIND_CLEAN, order, hw * hw, t + 1))
-            order += 1
-    blocks = txt + img
-    s_txt, s_img = len(txt) * txt_len, len(img) * hw * hw
-    offsets = torch.tensor([0] + [b[3] for b in blocks]).cumsum(0).to(torch.int32)
-    spec = MaskSpec(offsets, torch.tensor([b[2] for b in blocks], dtype=torch.int32),
-                    torch.tensor([b[1] for b in blocks], dtype=torch.int32),
-                    torch.tensor([b[0] for b in blocks], dtype=torch.int32), mask_type)
-    txt_turn = torch.full((s_txt,), -1, dtype=torch.long)
-    txt_pos = torch.zeros(s_txt, dtype=torch.long)
-    txt_emb = torch.randn(s_txt, text_dim, generator=g)
-    pos_in_session = {}
-    for i, (s, _, _, n, turn) in enumerate(txt):
-        r0 = i * txt_len
-        txt_turn[r0] = turn                             # the <TURN>_i row
-        txt_emb[r0] = 0.0
-        p0 = pos_in_session.get(s, 0)
-        txt_pos[r0:r0 + n] = torch.arange(p0, p0 + n)
-        pos_in_session[s] = p0 + n
-    hh, ww = torch.meshgrid(torch.arange(hw), torch.arange(hw), indexing="ij")
-    img_pos = torch.cat([torch.stack([torch.full_like(hh, b[4]), hh, ww], -1).reshape(-1, 3) for b in img])
-    loss_mask = torch.cat([torch.full((b[3],), b[1] == KIND_NOISY) for b in img])
-    block_t = torch.tensor([float(torch.rand((), generator=g)) if b[1] == KIND_NOISY else 0.0 for b in blocks])
-    return PackedBatch(txt_emb=txt_emb, txt_turn=txt_turn, txt_pos=txt_pos,
-                       img_x0=torch.randn(s_img, patch_dim, generator=g), img_pos=img_pos,
-                       img_loss_mask=loss_mask, spec=spec, block_t=block_t, num_sessions=n_sessions)
-
-
-# ----------------------------------------------------------------------------
-# Timing
-# ----------------------------------------------------------------------------
-
-class Timer:
-    """CUDA events on a GPU, perf_counter on a CPU; median of the timed iterations, in seconds."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-
-    def median(self, fn, warmup: int, iters: int) -> float:
-        for _ in range(warmup):
-            fn()
-        ts = []
-        for _ in range(iters):
-            if self.cuda:
-                a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                a.record()
-                fn()
-                b.record()
-                torch.cuda.synchronize()
-                ts.append(a.elapsed_time(b) / 1e3)
-            else:
-                t = time.perf_counter()
-                fn()
-                ts.append(time.perf_counter() - t)
-        return statistics.median(ts)
-
-
-def matmul_peak(device: torch.device, n: int, warmup: int, iters: int) -> dict:
-    """bf16 (CUDA) / fp32 (CPU) n^3 matmul throughput: the peak the model is compared with."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    t = Timer(device).median(lambda: a @ b, warmup, iters)
-    return dict(n=n, dtype=str(dtype).replace("torch.", ""), ms=1e3 * t, tflops=2 * n ** 3 / t / 1e12)
-
-
-def time_case(model, batch, device, warmup: int, iters: int, fp8_cfg=None) -> dict:
-    """Forward (under FP8 autocast when given) + a scalar loss + backward; grads dropped each step."""
-    from vincie_mcore.model.fp8 import fp8_autocast
-
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def step():
-        for p in params:
-            p.grad = None
-        with fp8_autocast(fp8_cfg):
-            out = model(batch.img_x0, batch)
-        out.float().pow(2).mean().backward()
-
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = Timer(device).median(step, warmup, iters)
-    flops = model.flops_per_step(batch)
-    res = dict(ms=1e3 * t, tflops=flops / t / 1e12, flops_per_step=flops)
-    if device.type == "cuda":
-        res["peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2 ** 30
-    return res
-
-
-# ----------------------------------------------------------------------------
-# Cases
-# ----------------------------------------------------------------------------
-
-def build(arch: dict, layers: int, backend: str, impl: str, device, dtype):
-    from vincie_mcore.model import MMDiTConfig, build_model
-    cfg = MMDiTConfig(**arch, num_layers=layers, mm_layers=layers // 2, attention_backend=backend,
-                      transformer_impl=impl)
-    torch.manual_seed(0)
-    return build_model(cfg, device=device, params_dtype=dtype)
-
-
-def run(args) -> dict:
-    from vincie_mcore.model.fp8 import FP8Config, fp8_supported, te_available
-    from vincie_mcore.parallel import groups
-
-    smoke = args.smoke
-    device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    arch = TINY if smoke else WIDE_3B
-    hw, txt_len = (4, 16) if smoke else (32, 64)
-    res = dict(tool="bench_layers", smoke=smoke, device=torch.cuda.get_device_name() if device.type == "cuda" else
-               platform.processor() or "cpu", torch=torch.__version__, python=platform.python_version(),
-               dtype=str(dtype).replace("torch.", ""), layers=args.layers,
-               arch={k: arch[k] for k in ("hidden_size", "num_heads", "ffn_hidden_size")}, cases={})
-    try:
-        import megatron.core
-        res["megatron_core"] = megatron.core.__version__
-    except Exception:
-        pass
-    groups.init_distributed(tp=1, cp=1)
-    try:
-        res["matmul_peak"] = matmul_peak(device, 256 if smoke else 8192, args.warmup, max(args.iters, 10))
-        peak = res["matmul_peak"]["tflops"]
-        batches = {"block_causal": session_batch("block_causal", 5, hw, txt_len, 1, arch["text_dim"], arch["patch_dim"]),
-                   "full": session_batch("full", 5, hw, txt_len, 2, arch["text_dim"], arch["patch_dim"])}
-        backends = ["torch"] if device.type != "cuda" else ["torch", "triton"]
-
-        def case(name, mask_type, backend, impl, fp8_cfg=None):
-            batch = batches[mask_type].to(device)
-            entry = dict(mask=mask_type, attention_backend=backend, transformer_impl=impl,
-                         fp8=fp8_cfg.recipe if fp8_cfg is not None and fp8_cfg.enabled else None,
-                         tokens=batch.spec.seq_len, s_txt=batch.s_txt, s_img=batch.s_img)
-            model = None
-            try:
-                model = build(arch, args.layers, backend, impl, device, dtype)
-                entry["params"] = model.num_parameters()
-                entry.update(time_case(model, batch, device, args.warmup, args.iters, fp8_cfg))
-                entry["pct_of_matmul_peak"] = 100.0 * entry["tflops"] / peak
-            except Exception as e:          # one failing case (OOM, a TE/Triton error) must not sink the rest
-                entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
-                entry["traceback_tail"] = traceback.format_exc().splitlines()[-4:]
-            finally:
-                del model
-                gc.collect()
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            res["cases"][name] = entry
-            print(name, json.dumps(entry), flush=True)
-            if args.out:                    # keep what is done if a time limit stops the run
-                _write(args.out, res)
-            return entry
-
-        for backend in backends:
-            case(f"block_causal/{backend}/local", "block_causal", backend, "local")
-
-        # Transformer Engine: bf16 linears, then FP8 with the faster core of the block-causal runs.
-        if not te_available():
-            res["transformer_engine"] = "not installed: TE and FP8 cases skipped"
-        elif device.type != "cuda":
-            res["transformer_engine"] = "no CUDA device: TE and FP8 cases skipped"
-        else:
-            ok = {b: res["cases"][f"block_causal/{b}/local"] for b in backends}
-            ok = {b: e["ms"] for b, e in ok.items() if "ms" in e}
-            core = min(ok, key=ok.get) if ok else "torch"
-            res["fp8_attention_backend"] = core
-            te = case(f"block_causal/{core}/te", "block_causal", core, "transformer_engine")
-            fp8_ok, why = fp8_supported()
-            if "error" in te:
-                res["transformer_engine"] = "TE bf16 case failed: FP8 cases skipped"
-            elif not fp8_ok:
-                res["transformer_engine"] = f"FP8 unsupported here ({why}): FP8 cases skipped"
-            else:
-                for recipe in ("delayed", "current"):
-                    case(f"block_causal/{core}/te_fp8_{recipe}", "block_causal", core, "transformer_engine",
-                         FP8Config(enabled=True, recipe=recipe))
-        for backend in backends:
-            case(f"full/{backend}/local", "full", backend, "local")
-    finally:
-        groups.destroy()
-    return res
-
-
-def _write(path: str, res: dict) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(res, f, indent=1)
+from vincie_mcore.perf.bench_layers import bench_layers, write_json
 
 
 def main(argv=None):
@@ -274,9 +31,9 @@ def main(argv=None):
     if not args.smoke and not torch.cuda.is_available():
         res = {"tool": "bench_layers", "skipped": "no CUDA device (use --smoke for a CPU dry run)"}
     else:
-        res = run(args)
+        res = bench_layers(args.smoke, args.layers, args.warmup, args.iters, args.out)
     if args.out:
-        _write(args.out, res)
+        write_json(args.out, res)
     print(json.dumps(res))
 
 

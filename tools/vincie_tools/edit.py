@@ -26,7 +26,7 @@ def main(argv=None) -> int:
     import numpy as np
     from PIL import Image, UnidentifiedImageError
 
-    from vincie_mcore import experiment as ex
+    from vincie_mcore.build import load_run, make_editor
     from vincie_mcore.infer.editor import save_strip
 
     try:
@@ -35,8 +35,8 @@ def main(argv=None) -> int:
         print(f"error: --image {a.image}: {e.__class__.__name__}: cannot read it as an image", file=sys.stderr)
         return 2
     try:
-        cfg, model, text, img = ex.load_run(a.run, a.set)
-        editor = ex.make_editor(cfg, model, text, img)
+        cfg, model, text, img = load_run(a.run, a.set)
+        editor = make_editor(cfg, model, text, img)
         sess = editor.start(image)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

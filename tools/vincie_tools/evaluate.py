@@ -24,7 +24,10 @@ def main(argv=None) -> int:
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sampler.guidance=3")
     a = ap.parse_args(argv)
 
-    from vincie_mcore import experiment as ex
+    from vincie_mcore.build import data_configs, load_run, make_editor
+    from vincie_mcore.data.corpus import decode_corpus
+    from vincie_mcore.eval.synthetic import evaluate, summarize_eval
+    from vincie_mcore.train.metrics import write_json
 
     t0 = time.time()
     store = Path(a.store or f"{a.run}/heldout/store")
@@ -32,19 +35,19 @@ def main(argv=None) -> int:
         print(f"error: --store: no session store at {store}", file=sys.stderr)
         return 2
     try:
-        cfg, model, text, image = ex.load_run(a.run, a.overrides)
-        dc = ex.data_configs(cfg)
-        editor = ex.make_editor(cfg, model, text, image)
-        held = ex.decode_corpus(store, dc["corpus"], a.sessions)
+        cfg, model, text, image = load_run(a.run, a.overrides)
+        dc = data_configs(cfg)
+        editor = make_editor(cfg, model, text, image)
+        held = decode_corpus(store, dc["corpus"], a.sessions)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results, baseline, _ = ex.evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
-    summary = ex.summarize_eval(results, baseline)
+    results, baseline, _ = evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
+    summary = summarize_eval(results, baseline)
     summary["overrides"] = list(a.overrides)
     summary["minutes"] = round((time.time() - t0) / 60, 2)
     if a.out:
-        ex.write_json(a.out, summary)
+        write_json(a.out, summary)
     print(json.dumps(summary), flush=True)
     return 0
 

@@ -1,32 +1,21 @@
 """Time a small grid of masked-attention kernel configs on the GPU and print the best (JSON).
 
-    PYTHONPATH=. python tools/vincie_tools/tune_attention.py --out benchmarks/out/tune_attention.json
-    PYTHONPATH=. python tools/vincie_tools/tune_attention.py --smoke          # CPU: Triton interpreter dry run, tiny shapes
+    vincie-tune-attention --out benchmarks/out/tune_attention.json
+    vincie-tune-attention --smoke          # CPU: Triton interpreter dry run, tiny shapes
 
-For each case of ``tools/vincie_tools/bench_attention.py`` (a, c, then b while the budget lasts; 24 heads x
-128, bf16, plan prebuilt) and each candidate ``AttentionConfigs`` (at most 8; every one fits
-sm_90's 227 KiB of shared memory, see tests/kernels/test_compile_sm90.py):
-
-  * fwd+bwd through autograd, and each kernel alone (forward, dK/dV, dQ): CUDA-event medians
-    of ``--reps`` runs after 2 warm-ups;
-  * out, dq, dk, dv against the default config's (max abs diff / max |default|): a config off
-    by more than 2e-2 is flagged ``"ok": false`` and never chosen.
-
-Because the three kernels are independent, ``best`` combines the fastest correct forward,
-dK/dV and dQ configs; it is then timed end to end too. Plan (work-list) build times are
-measured for the fused Triton build and the torch build. A budget guard (``--budget-s``,
-default 60 s including compiles) stops before the next measurement once spent; what was
-measured is kept. The JSON is rewritten after every case; the last line printed is the JSON.
-Without a GPU (and without --smoke) it prints ``{"skipped": ...}`` and exits 0.
+Cases a, c, then b of ``vincie-bench-attention`` while the budget lasts; the candidates, the
+correctness check against the default config and how ``best`` is picked are described in
+``kernels/vincie_kernels/tune.py``. The JSON is rewritten after every case; the last line
+printed is the JSON. Without a GPU (and without --smoke) it prints ``{"skipped": ...}`` and exits 0.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import time
 
-REL_TOL = 2e-2
+from vincie_kernels.bench import CASES, start   # imports neither torch nor triton
+from vincie_kernels.tune import tune_attention
 
 
 def parse_args(argv=None):
@@ -37,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="Triton interpreter on CPU, tiny layouts, fp32")
     args = p.parse_args(argv)
-    bad = [c for c in args.cases.split(",") if c not in ("a", "b", "c")]
+    bad = [c for c in args.cases.split(",") if c not in CASES]
     if bad:
         p.error(f"--cases: unknown case(s) {bad}; choose from a, b, c")
     if args.reps < 1:
@@ -45,229 +34,14 @@ def parse_args(argv=None):
     return args
 
 
-def candidates(smoke: bool):
-    """-> [(name, AttentionConfigs)], the default first. Tilings are (block_m queries, block_n keys)."""
-    import torch
-    from vincie_kernels.masked_attention import LEGACY_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig as K
-    from vincie_kernels.masked_attention import default_configs
-    if smoke:
-        d = default_configs(16, torch.float32, torch.device("cpu"))
-        return [("default", d), ("bwd16x16", AttentionConfigs(d.fwd, K(16, 16), K(16, 16))),
-                ("fwd16x32", AttentionConfigs(K(16, 32), d.dkdv, K(32, 16)))]
-    d = default_configs(128, torch.bfloat16, torch.device("cuda"))
-    f = d.fwd
-    # sm_90 compile on CPU (Triton 3.9, cuobjdump): shared KiB / registers / stack (spill) B per thread
-    return [
-        ("default", d),                                                        # dkdv 97/250/0, dq 129/209/0
-        ("legacy_64x64", LEGACY_CONFIGS_BF16_D128),                            # dkdv 98/255/16, dq 97/220/0
-        ("dkdv64x128_s2", AttentionConfigs(f, K(64, 128, 8, 2), K(128, 64, 8, 2))),           # dkdv 129/255/176
-        ("dkdv64x128_s3_dq_s3", AttentionConfigs(f, K(64, 128, 8, 3), K(128, 64, 8, 3))),     # 163/255/112; 162/221/0
-        ("dkdv32x128_s3_dq_s3", AttentionConfigs(f, K(32, 128, 8, 3), K(128, 64, 8, 3))),     # 113/248/0
-        ("dkdv128x64_shared_lists", AttentionConfigs(f, K(128, 64, 8, 2), K(128, 64, 8, 2))),  # 163/255/424
-        ("dkdv32x64_4w", AttentionConfigs(f, K(32, 64, 4, 2), K(64, 64, 8, 2))),              # 65/255/0
-        ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), d.dkdv, d.dq)),                          # fwd 162/224/0
-    ]
-
-
-def _write(path, obj):
-    from vincie_tools.bench_attention import _write as write_atomic    # one atomic JSON writer for both tools
-    write_atomic(path, obj)
-
-
-def _time(fn, reps: int) -> float:
-    """Median ms: CUDA events after 2 warm-ups; one wall-clock run on CPU (--smoke checks paths only)."""
-    import torch
-    if not torch.cuda.is_available():
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
-    from vincie_tools.bench_attention import event_median_ms
-    for _ in range(2):
-        fn()
-    return event_median_ms(fn, reps)
-
-
-def _cfg_dict(cfgs):
-    return {k: [c.block_m, c.block_n, c.num_warps, c.num_stages] for k, c in
-            (("fwd", cfgs.fwd), ("dkdv", cfgs.dkdv), ("dq", cfgs.dq))}
-
-
-class _LaunchCounter:
-    """Wraps a Triton kernel object: counts grid launches (kernel[grid](...)); ``inside`` is set during
-    one, so the interpreter's own torch ops are not counted as the build's."""
-    inside = False
-
-    def __init__(self, kern):
-        self.kern, self.n = kern, 0
-
-    def __getitem__(self, grid):
-        self.n += 1
-        launch = self.kern[grid]
-
-        def run(*a, **kw):
-            _LaunchCounter.inside = True
-            try:
-                return launch(*a, **kw)
-            finally:
-                _LaunchCounter.inside = False
-        return run
-
-
-def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
-    """Ops of one plan build per backend: non-view aten ops (~1 kernel launch each on a GPU) + Triton launches."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-    import vincie_kernels.worklist as wl
-
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            # views (select, slice, view) launch nothing on a GPU; neither does the interpreter's work
-            self.n += not (_LaunchCounter.inside or getattr(func, "is_view", False))
-            return func(*args, **(kwargs or {}))
-
-    out = {}
-    tilings = sorted({(c.block_m, c.block_n) for c in (cfgs.fwd, cfgs.dkdv, cfgs.dq)})
-    for backend in ("torch", "triton"):
-        ka, kr = _LaunchCounter(wl._tile_attr_kernel), _LaunchCounter(wl._runs_kernel)
-        wl._tile_attr_kernel, wl._runs_kernel = ka, kr
-        try:
-            with Count() as c:
-                attrs = None
-                for bm, bn in tilings:
-                    attrs, _ = wl.build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, attrs=attrs, backend=backend)
-        finally:
-            wl._tile_attr_kernel, wl._runs_kernel = ka.kern, kr.kern
-        out[backend] = {"aten_ops": c.n, "triton_launches": ka.n + kr.n, "tilings": [list(t) for t in tilings]}
-    return out
-
-
-def run_case(name, args, cands, record, deadline):
-    import torch
-    import vincie_kernels.masked_attention as ma
-    from vincie_kernels.worklist import build_worklists
-    from vincie_tools.bench_attention import allowed_pairs, case_blocks
-    from vincie_kernels.reference import spec_from_blocks
-
-    if args.smoke:
-        dev, dtype, H, D = "cpu", torch.float32, 2, 16
-    else:
-        dev, dtype, H, D = "cuda", torch.bfloat16, 24, 128
-    blocks, mask_type = case_blocks(name, small=args.smoke)
-    spec = [t.to(dev) for t in spec_from_blocks(blocks)]
-    S = int(spec[0][-1])
-    pairs = allowed_pairs(spec, mask_type)
-    fl = 4.0 * D * H * pairs * 3.5            # fwd+bwd effective FLOPs (bench_attention's convention)
-    record(name, {"S": S, "mask_type": mask_type, "density": pairs / S ** 2, "heads": H, "head_dim": D})
-    g = torch.Generator(device=dev).manual_seed(0)
-    q, k, v, do = (torch.randn(S, H, D, device=dev, generator=g).to(dtype) for _ in range(4))
-    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    scale = 1.0 / D ** 0.5
-
-    # plan build: fused Triton lists vs torch ops, default tilings
-    d = cands[0][1]
-    build = {}
-    for backend in ("triton", "torch"):
-        try:
-            build[f"worklists_fwd_tiling_{backend}_ms"] = _time(lambda: build_worklists(
-                *spec, mask_type, 0, S, 0, S, d.fwd.block_m, d.fwd.block_n, backend=backend), args.reps)
-        except Exception as e:
-            build[f"worklists_fwd_tiling_{backend}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
-    build["plan_default_ms"] = _time(lambda: ma.plan_masked_attention(
-        *spec, mask_type, 0, S, 0, S, D, dtype, configs=d), args.reps)
-    record(name, {"plan_build": build})
-
-    ref = None
-    results = {}
-    for cname, cfgs in cands:
-        if time.time() > deadline:
-            results[cname] = {"skipped": "budget spent"}
-            continue
-        r = {"config": _cfg_dict(cfgs)}
-        try:
-            t0 = time.time()
-            plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=cfgs)
-
-            def fwd_bwd():
-                qg.grad = kg.grad = vg.grad = None
-                ma.masked_attention(qg, kg, vg, *spec, mask_type, plan=plan).backward(do)
-            fwd_bwd()                                                      # compiles; result for the check
-            got = [t.detach().clone() for t in (ma.masked_attention(q, k, v, *spec, mask_type, plan=plan),
-                                                qg.grad, kg.grad, vg.grad)]
-            r["first_call_s"] = round(time.time() - t0, 2)
-            if ref is None:
-                ref = got
-            errs = {n: ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
-                    for n, a, b in zip(("out", "dq", "dk", "dv"), got, ref)}
-            r["rel_err_vs_default"] = errs
-            r["ok"] = all(e <= REL_TOL for e in errs.values())
-            out, lse = ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd)
-            delta = ma._bwd_delta(out, do, plan.wl_dq.block_m, cfgs.dq.num_warps)
-            r["fwd_bwd_ms"] = _time(fwd_bwd, args.reps)
-            r["fwd_bwd_tflops"] = fl / (r["fwd_bwd_ms"] * 1e-3) / 1e12
-            r["fwd_ms"] = _time(lambda: ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd), args.reps)
-            r["dkdv_ms"] = _time(lambda: ma._bwd_dkdv(do, q, k, v, lse, delta, plan.attrs, plan.wl_dkdv, scale,
-                                                      cfgs.dkdv), args.reps)
-            r["dq_ms"] = _time(lambda: ma._bwd_dq(do, q, k, v, lse, delta, plan.attrs, plan.wl_dq, scale, cfgs.dq),
-                               args.reps)
-        except Exception as e:                     # e.g. out of shared memory: record, go on
-            r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            r["ok"] = False
-        results[cname] = r
-        record(name, {"configs": results})
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-
-    # best per kernel among correct configs, then the combination end to end
-    good = {n: r for n, r in results.items() if r.get("ok") and "dq_ms" in r}
-    if good:
-        pick = {kern: min(good, key=lambda n: good[n][f"{kern}_ms"]) for kern in ("fwd", "dkdv", "dq")}
-        by_name = dict(cands)
-        best = ma.AttentionConfigs(by_name[pick["fwd"]].fwd, by_name[pick["dkdv"]].dkdv, by_name[pick["dq"]].dq)
-        entry = {"from": pick, "config": _cfg_dict(best)}
-        if time.time() <= deadline:
-            plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=best)
-
-            def fwd_bwd_best():
-                qg.grad = kg.grad = vg.grad = None
-                ma.masked_attention(qg, kg, vg, *spec, mask_type, plan=plan).backward(do)
-            entry["fwd_bwd_ms"] = _time(fwd_bwd_best, args.reps)
-            entry["fwd_bwd_tflops"] = fl / (entry["fwd_bwd_ms"] * 1e-3) / 1e12
-        record(name, {"best": entry, "fastest_fwd_bwd": min(good, key=lambda n: good[n]["fwd_bwd_ms"])})
-    if name == args.cases.split(",")[0]:
-        record(name, {"build_op_counts": count_build_ops(spec, mask_type, S, D, dtype, d)})
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from vincie_tools.bench_attention import start
-    header = start("tune_attention", args, "tuning runs on GPU only (--smoke for a dry run)")
-    if header is None:
+    header = start("tune_attention", args.out, args.smoke, "tuning runs on GPU only (--smoke for a dry run)")
+    if "skipped" in header:
+        print("tune_attention: no CUDA device, skipping", file=sys.stderr)
+        print(json.dumps(header))
         return 0
-    t_start = time.time()
-    deadline = t_start + args.budget_s
-    cands = candidates(args.smoke)
-    result = {**header, "budget_s": args.budget_s, "rel_tol": REL_TOL, "cases": {}}
-
-    def record(case, entries):
-        result["cases"].setdefault(case, {}).update(entries)
-        _write(args.out, result)
-
-    for name in args.cases.split(","):
-        if time.time() > deadline:
-            record(name, {"skipped": "budget spent"})
-            continue
-        try:
-            run_case(name, args, cands, record, deadline)
-        except Exception as e:
-            import traceback
-            traceback.print_exc()
-            record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
-        print(f"case {name}: {json.dumps(result['cases'].get(name, {}))}", file=sys.stderr)
-    result["seconds"] = round(time.time() - t_start, 1)
-    _write(args.out, result)
+    result = tune_attention(args.cases.split(","), args.out, header, args.budget_s, args.reps, args.smoke)
     print(json.dumps(result))
     return 0
 

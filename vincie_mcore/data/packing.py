@@ -1,11 +1,12 @@
 """Where a session is packed: samples -> one token sequence + compact mask spec.
 
 Several sessions share one packed sequence (never attending across sessions).
-Streams (package docstring): the text stream holds, session after session, each
-text block as ``<TURN>_i`` + its encoder tokens; the image stream holds every
-image block patchified. Joint coordinates put all text first, then all images.
-Padding (to ``pad_multiple``, for TP/SP/CP splits) is a block of its own
-session, so it sees only itself and carries no loss.
+``pack`` feeds the recipe's blocks (text through the frozen encoder, images
+patchified) to ``packed/builder.py``, which owns the layout: streams and joint
+coordinates (``packed/__init__.py``), RoPE positions, and padding (to
+``pad_multiple``, for TP/SP/CP splits: a block of its own session, so it sees
+only itself and carries no loss). What is decided here: which RoPE turn slot
+an image takes (``image_slot``) and which texts condition it.
 
 Also here: the in-memory encoded corpus, and the batch
 stream whose whole state is its step counter (so a resumed run draws exactly
@@ -18,12 +19,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..model.embeddings import patchify
-from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MaskSpec
-from .packed import PackedBatch
+from ..packed.batch import PackedBatch
+from ..packed.builder import ROPE_MODES, BatchBuilder
+from ..packed.patches import patchify
 from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan
-
-ROPE_MODES = ("separate", "interleaved")
 
 
 @dataclass
@@ -66,12 +65,6 @@ class EncodedSession:
         return self._patches[key]
 
 
-def _grid(h: int, w: int) -> torch.Tensor:
-    """[h*w, 2] (row, col) of a token grid, row-major."""
-    hh, ww = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    return torch.stack([hh.reshape(-1), ww.reshape(-1)], 1)
-
-
 def _text_ids(blocks):
     return [b for b in blocks if b.modality == "text"]
 
@@ -90,94 +83,31 @@ def image_slot(ref: tuple) -> int:
 
 def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: PackConfig,
          mask_type: str) -> PackedBatch:
-    """Pack sessions into one PackedBatch.
+    """Pack sessions into one PackedBatch (layout, positions and padding: ``packed/builder.py``).
 
     ``encode_text(list[str]) -> list[Tensor [L, text_dim]]`` (a cached frozen
     encoder). Noisy blocks carry their clean target in ``img_x0``; the
     diffusion code noises them and sets ``block_t``.
     """
     p = cfg.patch_size
-    txt_rows, txt_turn, txt_pos = [], [], []
-    img_rows, img_pos, img_loss = [], [], []
-    tblocks, iblocks = [], []           # (length, order, kind, session)
-    icond = []                          # per image block: (transition text block, own prompt block) or -1
-    grids = {}                          # (h, w) -> token grid positions
-    image_blocks = []
+    builder = BatchBuilder(mask_type, rope_mode=cfg.rope_mode, pad_multiple=cfg.pad_multiple)
     all_texts = [b.text for s, _ in items for b in _text_ids(s.blocks)]
     embs = iter(encode_text(all_texts)) if all_texts else iter(())
-    text_dim = None
-    s_img = 0
-    for sid, (sample, sess) in enumerate(items):
-        counter, t_counter, img_index = 0, 0, {}
+    for sample, sess in items:
+        builder.session()
         last_text = last_prompt = -1    # text-block ids; a prompt counts only after the latest transition text
         for b in sample.blocks:
             if b.modality == "text":
+                t = builder.text(b.order, b.turn, next(embs))                 # <TURN>_turn + (L, text_dim)
                 if b.role == "mask_prompt":
-                    last_prompt = len(tblocks)
+                    last_prompt = t
                 else:
-                    last_text, last_prompt = len(tblocks), -1
-                e = next(embs)                                            # (L, text_dim)
-                text_dim = e.shape[1]
-                L = e.shape[0] + 1                                        # + <TURN>
-                txt_rows.append(torch.cat([e.new_zeros(1, e.shape[1]), e]))
-                txt_turn.append(torch.tensor([b.turn] + [-1] * e.shape[0]))
-                start = counter if cfg.rope_mode == "interleaved" else t_counter
-                txt_pos.append(torch.arange(start, start + L))
-                counter += L
-                t_counter += L
-                tblocks.append((L, b.order, KIND_TEXT, sid))
+                    last_text, last_prompt = t, -1
             else:
-                if b.order not in img_index:                              # a noisy twin shares the position
-                    img_index[b.order] = counter if cfg.rope_mode == "interleaved" else image_slot(b.image)
-                    counter += 1
-                tok, h, w = sess.patches(b.image, p)                      # (h*w, C*p*p)
-                if (h, w) not in grids:
-                    grids[(h, w)] = _grid(h, w)
-                pos = torch.cat([torch.full((h * w, 1), img_index[b.order]), grids[(h, w)]], 1)
-                img_rows.append(tok)
-                img_pos.append(pos)
-                img_loss.append(torch.full((h * w,), b.kind == KIND_NOISY))
-                image_blocks.append(dict(block=len(iblocks), session=sid, ref=b.image, hw=(h, w),
-                                         noisy=b.kind == KIND_NOISY, start=s_img, length=h * w))
-                s_img += h * w
-                iblocks.append((h * w, b.order, b.kind, sid))
-                icond.append((last_text, last_prompt if b.role.startswith("roe") else -1))
-    n_sess = len(items)
-    # ---- padding: a block of its own session per stream ----
-    s_txt = sum(r.shape[0] for r in txt_rows)
-    text_dim = text_dim or 1
-    pad_t = -s_txt % cfg.pad_multiple
-    if pad_t:
-        txt_rows.append(torch.zeros(pad_t, text_dim))
-        txt_turn.append(torch.full((pad_t,), -1))
-        txt_pos.append(torch.zeros(pad_t, dtype=torch.long))
-        tblocks.append((pad_t, 0, KIND_TEXT, n_sess))
-    patch_dim = img_rows[0].shape[1]
-    pad_i = -s_img % cfg.pad_multiple
-    if pad_i:
-        img_rows.append(torch.zeros(pad_i, patch_dim))
-        img_pos.append(torch.zeros(pad_i, 3, dtype=torch.long))
-        img_loss.append(torch.zeros(pad_i, dtype=torch.bool))
-        iblocks.append((pad_i, 0, KIND_CLEAN, n_sess + 1))
-        icond.append((-1, -1))
-    n_txt_blocks = len(tblocks)
-    for ib in image_blocks:
-        ib["block"] += n_txt_blocks
-    allb = tblocks + iblocks
-    block_text = torch.tensor([(-1, -1)] * n_txt_blocks + icond, dtype=torch.long).view(-1, 2)
-    lengths = torch.tensor([b[0] for b in allb], dtype=torch.int32)
-    spec = MaskSpec(
-        block_offsets=torch.cat([torch.zeros(1, dtype=torch.int32), torch.cumsum(lengths, 0).to(torch.int32)]),
-        block_order=torch.tensor([b[1] for b in allb], dtype=torch.int32),
-        block_kind=torch.tensor([b[2] for b in allb], dtype=torch.int32),
-        block_session=torch.tensor([b[3] for b in allb], dtype=torch.int32),
-        mask_type=mask_type,
-    )
-    return PackedBatch(
-        txt_emb=torch.cat(txt_rows).float(), txt_turn=torch.cat(txt_turn).long(), txt_pos=torch.cat(txt_pos).long(),
-        img_x0=torch.cat(img_rows).float(), img_pos=torch.cat(img_pos).long(), img_loss_mask=torch.cat(img_loss),
-        spec=spec, block_t=torch.zeros(len(allb)), block_text=block_text, image_blocks=image_blocks, num_sessions=n_sess,
-    )
+                tok, h, w = sess.patches(b.image, p)                          # (h*w, C*p*p)
+                builder.image(b.order, b.kind, (h, w), tok, rope_turn=image_slot(b.image), text_block=last_text,
+                              prompt_block=last_prompt if b.role.startswith("roe") else -1, ref=b.image)
+    return builder.build()
 
 
 def sample_tokens(sample: SessionSample, sess: EncodedSession, text_len, p: int) -> int:

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES
+from ..packed.maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES
 
 TASKS = ("nip", "csp", "nsp")
 

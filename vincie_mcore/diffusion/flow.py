@@ -1,11 +1,11 @@
-"""Rectified flow (DESIGN.md "Timesteps").
+"""Rectified flow (docs/design.md, "Timesteps, flow matching and the sampler").
 
     x_t = (1 - t) * x0 + t * eps,     v = dx_t/dt = eps - x0,   t in [0, 1]
 
 t ~ logit-normal(loc, scale) per *noisy block*; clean and text blocks sit at
 t = 0. The network may predict ``v`` or ``x0`` (``prediction``); the loss is
 the MSE of that prediction on noisy tokens only, and the sampler turns either
-into a velocity: v = (x_t - x0_hat) / t. DESIGN.md measured that with 8-px
+into a velocity: v = (x_t - x0_hat) / t. A prototype measured (docs/measured.md) that with 8-px
 patches in pixel space velocity prediction stalled while x0 prediction
 learned, so the demo predicts x0.
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from ..data.maskspec import KIND_NOISY
-from ..data.packed import PackedBatch
+from ..packed.batch import PackedBatch
+from ..packed.maskspec import KIND_NOISY
 
 PREDICTIONS = ("v", "x0")
 

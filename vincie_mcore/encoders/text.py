@@ -2,7 +2,7 @@
 
 Real presets load Flan-T5 from a local path (no hub access at run time). The
 demo and tests use a tiny *random, frozen* T5 with the byte-level ByT5
-tokenizer, which needs no vocabulary file: DESIGN.md measured that a frozen
+tokenizer, which needs no vocabulary file: a prototype measured (docs/measured.md) that a frozen
 random text encoder does as well as a learned one on the synthetic world.
 """
 from __future__ import annotations

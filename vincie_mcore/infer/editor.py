@@ -22,13 +22,13 @@ import torch
 from ..data.packing import EncodedSession, PackConfig, pack
 from ..data.recipe import inference_sample
 from ..diffusion.flow import FlowConfig, euler_sample
-from ..model.embeddings import unpatchify
+from ..packed.patches import unpatchify
 
 
 @dataclass
 class SamplerConfig:
     steps: int = 50            # paper: 50
-    shift: float = 1.0         # SD3 shift s (DESIGN.md: 10-12 at real resolutions)
+    shift: float = 1.0         # SD3 shift s (docs/design.md, sampler: 10-12 at real resolutions)
     guidance: float = 10.0     # paper: 10; text-only unconditional branch
     camera_prompts: bool = True
     seed: int = 0

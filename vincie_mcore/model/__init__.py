@@ -1,12 +1,11 @@
 """The MM-DiT on Megatron-Core: config, specs (backend choice), attention, blocks, embeddings, model.
 
-Names are imported lazily so that ``from vincie_mcore.model.embeddings import patchify`` (the
-packer) does not pull in Megatron-Core.
+Names are imported lazily so that ``from vincie_mcore.model.config import MMDiTConfig`` (the
+parallel planner) does not pull in Megatron-Core.
 """
 import importlib
 
-_EXPORTS = {"MMDiTConfig": "config", "MMDiT": "mmdit", "build_model": "mmdit",
-            "patchify": "embeddings", "unpatchify": "embeddings"}
+_EXPORTS = {"MMDiTConfig": "config", "MMDiT": "mmdit", "build_model": "mmdit"}
 __all__ = list(_EXPORTS)
 
 

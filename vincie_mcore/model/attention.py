@@ -29,7 +29,7 @@ from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
 from vincie_kernels.reference import block_visibility, token_block_ids
-from vincie_mcore.data.maskspec import MaskSpec
+from vincie_mcore.packed.maskspec import MaskSpec
 
 from .embeddings import apply_rope
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.spec_utils import ModuleSpec, build_module
 
-from vincie_mcore.data.maskspec import MaskSpec
+from vincie_mcore.packed.maskspec import MaskSpec
 
 GATE_CHUNKS = (2, 5)    # indices of gate_a and gate_m among the six modulation vectors
 

@@ -1,7 +1,7 @@
-"""Everything that turns inputs into per-token vectors: patches, timesteps, text, RoPE.
+"""Everything that turns inputs into per-token vectors: timesteps, text, RoPE.
 
-* ``patchify`` / ``unpatchify``: latents [C, H, W] <-> tokens [H/p * W/p, C*p*p] (the packer
-  and the sampler call them; token order is row-major over patches, features are (c, py, px)).
+(Image tokens arrive patchified: ``packed/patches.py`` owns the patch layout.)
+
 * ``TimestepEmbedder``: t of every *block* -> [nb, D] (never one MLP per token).
 * ``TextEmbedder``: text-encoder rows -> D, with ``<TURN>_i`` rows replaced by learned vectors.
 * RoPE: ``rope_cos_sin(pos, axes_dim, theta)`` -> tables, ``apply_rope(x, cos, sin)``. Text uses
@@ -13,33 +13,6 @@ import math
 
 import torch
 from torch import nn
-
-
-# ----------------------------------------------------------------------------
-# Patches
-# ----------------------------------------------------------------------------
-
-def patchify(latents: torch.Tensor, p: int) -> torch.Tensor:
-    """[C, H, W] -> [H/p * W/p, C*p*p], patches row-major, features ordered (c, py, px)."""
-    if latents.dim() != 3:
-        raise ValueError(f"patchify: latents must be [C, H, W], got shape {tuple(latents.shape)}")
-    C, H, W = latents.shape
-    if p < 1 or H % p or W % p:
-        raise ValueError(f"patchify: H={H} and W={W} must be multiples of the patch size p={p}")
-    x = latents.reshape(C, H // p, p, W // p, p)          # (C, h, py, w, px)
-    x = x.permute(1, 3, 0, 2, 4)                          # (h, w, C, py, px)
-    return x.reshape((H // p) * (W // p), C * p * p)      # (h*w, C*p*p)
-
-
-def unpatchify(tokens: torch.Tensor, h_tok: int, w_tok: int, p: int) -> torch.Tensor:
-    """[h_tok * w_tok, C*p*p] -> [C, h_tok*p, w_tok*p]; the inverse of ``patchify``."""
-    if tokens.dim() != 2 or tokens.shape[0] != h_tok * w_tok or tokens.shape[1] % (p * p):
-        raise ValueError(f"unpatchify: tokens must be [h_tok*w_tok={h_tok * w_tok}, C*p*p] with p={p}, "
-                         f"got shape {tuple(tokens.shape)}")
-    C = tokens.shape[1] // (p * p)
-    x = tokens.reshape(h_tok, w_tok, C, p, p)             # (h, w, C, py, px)
-    x = x.permute(2, 0, 3, 1, 4)                          # (C, h, py, w, px)
-    return x.reshape(C, h_tok * p, w_tok * p)             # (C, H, W)
 
 
 # ----------------------------------------------------------------------------

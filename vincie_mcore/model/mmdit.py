@@ -10,10 +10,11 @@ sequence parallelism each stream is scattered along the sequence here, at the mo
 and the image output is gathered back; the blocks only see local chunks (the QKV/fc1 linears
 all-gather and linear_proj/fc2 reduce-scatter, as in Megatron).
 
-Context parallelism (``parallel/context_parallel.py``) enters in two places only: the forward
-keeps this rank's chunk of the joint sequence (a ``CPShard``: a view of the inputs, with RoPE
+Context parallelism enters in two places only: the forward keeps this rank's chunk of the
+joint sequence (a ``CPShard`` from ``packed/shard.py``: a view of the inputs, with RoPE
 and per-block AdaLN following their tokens), and every core-attention slot is wrapped to
-gather K/V from the other ranks. The model then returns this rank's image rows.
+gather K/V from the other ranks (``parallel/context_parallel.py``). The model then returns
+this rank's image rows.
 """
 from __future__ import annotations
 
@@ -27,8 +28,9 @@ from megatron.core.transformer.utils import sharded_state_dict_default
 from megatron.core.utils import get_pg_rank, get_pg_size, get_tensor_model_parallel_group_if_none
 
 from vincie_kernels.reference import block_visibility
-from vincie_mcore.data.packed import PackedBatch
-from vincie_mcore.parallel import context_parallel
+from vincie_mcore.packed.batch import PackedBatch
+from vincie_mcore.packed.shard import CPShard, shard_of
+from vincie_mcore.parallel.context_parallel import wrap_core_attention
 
 from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
 from .config import MMDiTConfig
@@ -104,7 +106,7 @@ class MMDiT(MegatronModule):
                                       zero_init=cfg.adaln_zero_init)
         # context parallelism: K/V-gathering wrapper around each core slot (None: CP off)
         self.cp_group = None if device == "meta" else \
-            context_parallel.wrap_core_attention(self, multiple=get_pg_size(self.tp_group))
+            wrap_core_attention(self, multiple=get_pg_size(self.tp_group))
 
     # ------------------------------------------------------------------ forward
     def _check(self, x_img: torch.Tensor, batch: PackedBatch) -> None:
@@ -152,12 +154,12 @@ class MMDiT(MegatronModule):
         idx = batch.block_text.to(emb.device).long()
         return means[torch.where(idx < 0, nb, idx)].sum(1)                        # (nb, text_dim)
 
-    def cp_shard(self, batch: PackedBatch) -> context_parallel.CPShard:
+    def cp_shard(self, batch: PackedBatch) -> CPShard:
         """The joint tokens this rank computes: all of them without context parallelism."""
         if self.cp_group is None:
-            return context_parallel.CPShard((0, batch.spec.seq_len), 0, batch.s_txt)
-        shard = context_parallel.shard_of(batch.spec, get_pg_size(self.cp_group), get_pg_rank(self.cp_group),
-                                          get_pg_size(self.tp_group))
+            return CPShard((0, batch.spec.seq_len), 0, batch.s_txt)
+        shard = shard_of(batch.spec, get_pg_size(self.cp_group), get_pg_rank(self.cp_group),
+                         get_pg_size(self.tp_group))
         if shard.s_txt != batch.s_txt:
             raise ValueError(f"context parallel: the spec's text blocks cover {shard.s_txt} tokens but the text "
                              f"stream has {batch.s_txt}")

@@ -11,7 +11,7 @@ and the adaLN class the final layer uses. Backends:
 
 The attention core is ours in both: ``TorchMaskedAttention`` (per-session SDPA) or
 ``TritonMaskedAttention`` (the kernel); "auto" picks Triton on CUDA and torch otherwise.
-Megatron's own local attention is never used (it is dense and ~5x slower, DESIGN.md).
+Megatron's own local attention is never used (it is dense and ~5x slower: docs/measured.md).
 Measured on one H200 (bf16, 3B width, 4 layers, ~10k-token packs of 2-4 sessions): the torch
 core was 10-30 % faster end to end than the Triton kernel of that day; re-measure with
 tests/model/gpu_check.py before trusting "auto".

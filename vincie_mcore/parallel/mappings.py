@@ -9,7 +9,7 @@
 Chunks differ in length, so the gather pads each to the longest and strips the padding,
 and it moves ONE contiguous tensor each way: on gloo ``torch.distributed.nn.functional``'s
 all_gather returns wrong input gradients when the incoming gradient is non-contiguous
-(DESIGN.md), which our own backward avoids by construction.
+(docs/measured.md, "The gloo all_gather gradient pitfall"), which our own backward avoids by construction.
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Trainer state (step, python/numpy/torch RNG, Megatron's RNG tracker, the
 data stream, the loss generator, the config) is per rank: DP ranks draw
 different data and noise.
 
-Note (DESIGN.md): ``dist_checkpointing.save`` starts a spawn Manager, so a
+Note (docs/measured.md, "dist_checkpointing and spawn"): ``dist_checkpointing.save`` starts a spawn Manager, so a
 script run under torchrun needs its body under ``if __name__ == "__main__":``.
 """
 from __future__ import annotations

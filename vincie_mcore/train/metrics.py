@@ -1,13 +1,18 @@
-"""Throughput bookkeeping (tokens/s, TFLOP/s per device) and a TensorBoard writer that is safe to call anywhere.
+"""Throughput bookkeeping (tokens/s, TFLOP/s per device), a TensorBoard writer that is safe to call
+anywhere, and a run's files: the loss curve (PNG) and results JSON.
 
 ``Throughput`` accumulates tokens and model FLOPs between two log points and
 turns them into rates; ``MetricsWriter`` writes scalars on rank 0 only and does
-nothing when no directory is given.
+nothing when no directory is given; ``plot_losses`` and ``write_json`` write what a
+run leaves behind (``loss.png``, ``results.json``).
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 
 def batch_tokens(batch) -> int:
@@ -87,3 +92,37 @@ class MetricsWriter:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+
+
+# ----------------------------------------------------------------------------- a run's files
+
+def write_json(path, obj):
+    """``obj`` as indented JSON at ``path``, written atomically (parents created)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def plot_losses(losses, path, window: int = 20):
+    """Loss curve as PNG (raw and a running mean)."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(losses, lw=0.6, alpha=0.4, label="loss")
+    if len(losses) >= window:
+        run = np.convolve(losses, np.ones(window) / window, mode="valid")
+        ax.plot(range(window - 1, len(losses)), run, lw=1.5, label=f"mean of {window}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("flow-matching loss")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

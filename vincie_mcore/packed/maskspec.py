@@ -1,11 +1,13 @@
 """The compact attention-mask spec of a packed sequence.
 
-A spec is four small int32 vectors over *blocks* (see ``kernels/vincie_kernels/reference.py``
-for the rule, written once): block offsets in the joint sequence, the block's
-order in its session, its kind (text / clean / noisy) and its session id.
-The mask itself is never materialised on a fast path: kernels, the per-session
-torch attention and context parallelism all read the spec. ``dense()`` exists
-for tests only.
+A spec is four small int32 vectors over *blocks* (the rule is written once, in
+``vincie_kernels/reference.py``): block offsets in the joint sequence, the block's
+order in its session, its kind (text / clean / noisy) and its session id. The mask
+itself is never materialised on a fast path: kernels, the per-session torch attention
+and context parallelism all read the spec. ``dense()`` exists for tests only.
+
+The token kinds and mask types are the kernels' ABI; they are re-exported here so
+that vincie_mcore code names them from one place.
 """
 from __future__ import annotations
 
@@ -14,12 +16,14 @@ from dataclasses import dataclass
 import torch
 
 from vincie_kernels.reference import (KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES,
-                               dense_mask, token_block_ids)
+                                      dense_mask, token_block_ids)
 
 __all__ = ["MaskSpec", "KIND_TEXT", "KIND_CLEAN", "KIND_NOISY", "MASK_TYPES"]
 
 
-@dataclass
+# frozen: plans and CP partitions are cached per spec object (by weakref), so a spec must not
+# change once built; eq=False keeps identity semantics (field-wise == on tensors is ambiguous).
+@dataclass(frozen=True, eq=False)
 class MaskSpec:
     block_offsets: torch.Tensor   # int32 [nb+1], joint-sequence token offsets
     block_order: torch.Tensor     # int32 [nb]

@@ -1,7 +1,8 @@
 """What one training/inference step consumes: a packed sequence of sessions.
 
-Produced by ``data/packing.py``; noised by ``diffusion/``; read by the model.
-Stream layout and joint coordinates: see the package docstring.
+Built by ``packed/builder.py`` (for ``data/packing.py`` and the tests); noised by
+``diffusion/``; read by the model. Stream layout and joint coordinates: see the
+package docstring (``packed/__init__.py``).
 """
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ class PackedBatch:
     block_text: torch.Tensor | None = None   # long [nb, 2]: text blocks conditioning each block (its
                                  # transition text, its own prompt), -1 for none; read when text_adaln
     # ---- bookkeeping (not read by the model) ----
-    image_blocks: list = field(default_factory=list)   # per image block: dict(block=b, session=s, turn=i, hw=(h_tok, w_tok), noisy=bool)
+    image_blocks: list = field(default_factory=list)   # per image block (padding excluded): dict(block=joint
+                                 # block index, session, hw=(h_tok, w_tok), noisy, start/length in the image
+                                 # stream, + the caller's keys, e.g. the packer's ref=("frame", j))
     num_sessions: int = 0
 
     @property

@@ -1,0 +1,245 @@
+"""Time a small grid of masked-attention kernel configs on the GPU and pick the best.
+
+For each case of ``bench.py`` (24 heads x 128, bf16, plan prebuilt) and each candidate
+``AttentionConfigs`` (at most 8; every one fits sm_90's 227 KiB of shared memory, see
+tests/kernels/test_compile_sm90.py):
+
+  * fwd+bwd through autograd, and each kernel alone (forward, dK/dV, dQ): CUDA-event medians
+    of ``reps`` runs after 2 warm-ups;
+  * out, dq, dk, dv against the default config's (max abs diff / max |default|): a config off
+    by more than ``REL_TOL`` is flagged ``"ok": false`` and never chosen.
+
+Because the three kernels are independent, ``best`` combines the fastest correct forward,
+dK/dV and dQ configs; it is then timed end to end too. Plan (work-list) build times are
+measured for the fused Triton build and the torch build. A budget guard (``budget_s``,
+including compiles) stops before the next measurement once spent; what was measured is
+kept. The CLI is ``vincie-tune-attention``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+
+from vincie_kernels.bench import allowed_pairs, case_blocks, event_median_ms, write_json
+
+REL_TOL = 2e-2
+
+
+def candidates(smoke: bool):
+    """-> [(name, AttentionConfigs)], the default first. Tilings are (block_m queries, block_n keys)."""
+    import torch
+    from vincie_kernels.masked_attention import LEGACY_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig as K
+    from vincie_kernels.masked_attention import default_configs
+    if smoke:
+        d = default_configs(16, torch.float32, torch.device("cpu"))
+        return [("default", d), ("bwd16x16", AttentionConfigs(d.fwd, K(16, 16), K(16, 16))),
+                ("fwd16x32", AttentionConfigs(K(16, 32), d.dkdv, K(32, 16)))]
+    d = default_configs(128, torch.bfloat16, torch.device("cuda"))
+    f = d.fwd
+    # sm_90 compile on CPU (Triton 3.9, cuobjdump): shared KiB / registers / stack (spill) B per thread
+    return [
+        ("default", d),                                                        # dkdv 97/250/0, dq 129/209/0
+        ("legacy_64x64", LEGACY_CONFIGS_BF16_D128),                            # dkdv 98/255/16, dq 97/220/0
+        ("dkdv64x128_s2", AttentionConfigs(f, K(64, 128, 8, 2), K(128, 64, 8, 2))),           # dkdv 129/255/176
+        ("dkdv64x128_s3_dq_s3", AttentionConfigs(f, K(64, 128, 8, 3), K(128, 64, 8, 3))),     # 163/255/112; 162/221/0
+        ("dkdv32x128_s3_dq_s3", AttentionConfigs(f, K(32, 128, 8, 3), K(128, 64, 8, 3))),     # 113/248/0
+        ("dkdv128x64_shared_lists", AttentionConfigs(f, K(128, 64, 8, 2), K(128, 64, 8, 2))),  # 163/255/424
+        ("dkdv32x64_4w", AttentionConfigs(f, K(32, 64, 4, 2), K(64, 64, 8, 2))),              # 65/255/0
+        ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), d.dkdv, d.dq)),                          # fwd 162/224/0
+    ]
+
+
+def _time(fn, reps: int) -> float:
+    """Median ms: CUDA events after 2 warm-ups; one wall-clock run on CPU (--smoke checks paths only)."""
+    import torch
+    if not torch.cuda.is_available():
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1e3
+    for _ in range(2):
+        fn()
+    return event_median_ms(fn, reps)
+
+
+def _cfg_dict(cfgs):
+    return {k: [c.block_m, c.block_n, c.num_warps, c.num_stages] for k, c in
+            (("fwd", cfgs.fwd), ("dkdv", cfgs.dkdv), ("dq", cfgs.dq))}
+
+
+class _LaunchCounter:
+    """Wraps a Triton kernel object: counts grid launches (kernel[grid](...)); ``inside`` is set during
+    one, so the interpreter's own torch ops are not counted as the build's."""
+    inside = False
+
+    def __init__(self, kern):
+        self.kern, self.n = kern, 0
+
+    def __getitem__(self, grid):
+        self.n += 1
+        launch = self.kern[grid]
+
+        def run(*a, **kw):
+            _LaunchCounter.inside = True
+            try:
+                return launch(*a, **kw)
+            finally:
+                _LaunchCounter.inside = False
+        return run
+
+
+def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
+    """Ops of one plan build per backend: non-view aten ops (~1 kernel launch each on a GPU) + Triton launches."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    import vincie_kernels.worklist as wl
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            # views (select, slice, view) launch nothing on a GPU; neither does the interpreter's work
+            self.n += not (_LaunchCounter.inside or getattr(func, "is_view", False))
+            return func(*args, **(kwargs or {}))
+
+    out = {}
+    tilings = sorted({(c.block_m, c.block_n) for c in (cfgs.fwd, cfgs.dkdv, cfgs.dq)})
+    for backend in ("torch", "triton"):
+        ka, kr = _LaunchCounter(wl._tile_attr_kernel), _LaunchCounter(wl._runs_kernel)
+        wl._tile_attr_kernel, wl._runs_kernel = ka, kr
+        try:
+            with Count() as c:
+                attrs = None
+                for bm, bn in tilings:
+                    attrs, _ = wl.build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, attrs=attrs, backend=backend)
+        finally:
+            wl._tile_attr_kernel, wl._runs_kernel = ka.kern, kr.kern
+        out[backend] = {"aten_ops": c.n, "triton_launches": ka.n + kr.n, "tilings": [list(t) for t in tilings]}
+    return out
+
+
+def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, count_ops: bool = False) -> None:
+    """Time every candidate on case ``name`` (until ``deadline``, a ``time.time()``), pick the best
+    per kernel; ``count_ops``: also count the plan build's ops. Results go through ``record``."""
+    import torch
+
+    import vincie_kernels.masked_attention as ma
+    from vincie_kernels.reference import spec_from_blocks
+    from vincie_kernels.worklist import build_worklists
+
+    if smoke:
+        dev, dtype, H, D = "cpu", torch.float32, 2, 16
+    else:
+        dev, dtype, H, D = "cuda", torch.bfloat16, 24, 128
+    blocks, mask_type = case_blocks(name, small=smoke)
+    spec = [t.to(dev) for t in spec_from_blocks(blocks)]
+    S = int(spec[0][-1])
+    pairs = allowed_pairs(spec, mask_type)
+    fl = 4.0 * D * H * pairs * 3.5            # fwd+bwd effective FLOPs (bench.py's convention)
+    record(name, {"S": S, "mask_type": mask_type, "density": pairs / S ** 2, "heads": H, "head_dim": D})
+    g = torch.Generator(device=dev).manual_seed(0)
+    q, k, v, do = (torch.randn(S, H, D, device=dev, generator=g).to(dtype) for _ in range(4))
+    qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
+    scale = 1.0 / D ** 0.5
+
+    # plan build: fused Triton lists vs torch ops, default tilings
+    d = cands[0][1]
+    build = {}
+    for backend in ("triton", "torch"):
+        try:
+            build[f"worklists_fwd_tiling_{backend}_ms"] = _time(lambda: build_worklists(
+                *spec, mask_type, 0, S, 0, S, d.fwd.block_m, d.fwd.block_n, backend=backend), reps)
+        except Exception as e:
+            build[f"worklists_fwd_tiling_{backend}_error"] = f"{type(e).__name__}: {str(e)[:200]}"
+    build["plan_default_ms"] = _time(lambda: ma.plan_masked_attention(
+        *spec, mask_type, 0, S, 0, S, D, dtype, configs=d), reps)
+    record(name, {"plan_build": build})
+
+    ref = None
+    results = {}
+    for cname, cfgs in cands:
+        if time.time() > deadline:
+            results[cname] = {"skipped": "budget spent"}
+            continue
+        r = {"config": _cfg_dict(cfgs)}
+        try:
+            t0 = time.time()
+            plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=cfgs)
+
+            def fwd_bwd():
+                qg.grad = kg.grad = vg.grad = None
+                ma.masked_attention(qg, kg, vg, *spec, mask_type, plan=plan).backward(do)
+            fwd_bwd()                                                      # compiles; result for the check
+            got = [t.detach().clone() for t in (ma.masked_attention(q, k, v, *spec, mask_type, plan=plan),
+                                                qg.grad, kg.grad, vg.grad)]
+            r["first_call_s"] = round(time.time() - t0, 2)
+            if ref is None:
+                ref = got
+            errs = {n: ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-6)).item()
+                    for n, a, b in zip(("out", "dq", "dk", "dv"), got, ref)}
+            r["rel_err_vs_default"] = errs
+            r["ok"] = all(e <= REL_TOL for e in errs.values())
+            out, lse = ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd)
+            delta = ma._bwd_delta(out, do, plan.wl_dq.block_m, cfgs.dq.num_warps)
+            r["fwd_bwd_ms"] = _time(fwd_bwd, reps)
+            r["fwd_bwd_tflops"] = fl / (r["fwd_bwd_ms"] * 1e-3) / 1e12
+            r["fwd_ms"] = _time(lambda: ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd), reps)
+            r["dkdv_ms"] = _time(lambda: ma._bwd_dkdv(do, q, k, v, lse, delta, plan.attrs, plan.wl_dkdv, scale,
+                                                      cfgs.dkdv), reps)
+            r["dq_ms"] = _time(lambda: ma._bwd_dq(do, q, k, v, lse, delta, plan.attrs, plan.wl_dq, scale, cfgs.dq),
+                               reps)
+        except Exception as e:                     # e.g. out of shared memory: record, go on
+            r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            r["ok"] = False
+        results[cname] = r
+        record(name, {"configs": results})
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+    # best per kernel among correct configs, then the combination end to end
+    good = {n: r for n, r in results.items() if r.get("ok") and "dq_ms" in r}
+    if good:
+        pick = {kern: min(good, key=lambda n: good[n][f"{kern}_ms"]) for kern in ("fwd", "dkdv", "dq")}
+        by_name = dict(cands)
+        best = ma.AttentionConfigs(by_name[pick["fwd"]].fwd, by_name[pick["dkdv"]].dkdv, by_name[pick["dq"]].dq)
+        entry = {"from": pick, "config": _cfg_dict(best)}
+        if time.time() <= deadline:
+            plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=best)
+
+            def fwd_bwd_best():
+                qg.grad = kg.grad = vg.grad = None
+                ma.masked_attention(qg, kg, vg, *spec, mask_type, plan=plan).backward(do)
+            entry["fwd_bwd_ms"] = _time(fwd_bwd_best, reps)
+            entry["fwd_bwd_tflops"] = fl / (entry["fwd_bwd_ms"] * 1e-3) / 1e12
+        record(name, {"best": entry, "fastest_fwd_bwd": min(good, key=lambda n: good[n]["fwd_bwd_ms"])})
+    if count_ops:
+        record(name, {"build_op_counts": count_build_ops(spec, mask_type, S, D, dtype, d)})
+
+
+def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, smoke: bool) -> dict:
+    """Every case of ``cases`` in turn while ``budget_s`` lasts; the result (``header`` + per-case
+    records) is rewritten to ``out`` after each measurement."""
+    t_start = time.time()
+    deadline = t_start + budget_s
+    cands = candidates(smoke)
+    result = {**header, "budget_s": budget_s, "rel_tol": REL_TOL, "cases": {}}
+
+    def record(case, entries):
+        result["cases"].setdefault(case, {}).update(entries)
+        write_json(out, result)
+
+    for name in cases:
+        if time.time() > deadline:
+            record(name, {"skipped": "budget spent"})
+            continue
+        try:
+            run_case(name, smoke, reps, cands, record, deadline, count_ops=name == cases[0])
+        except Exception as e:
+            traceback.print_exc()
+            record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
+        print(f"case {name}: {json.dumps(result['cases'].get(name, {}))}", file=sys.stderr)
+    result["seconds"] = round(time.time() - t_start, 1)
+    write_json(out, result)
+    return result

@@ -1,0 +1,191 @@
+"""The batch builder, checked against facts written independently of it.
+
+The mask oracle below never reads the spec: it lists, per token, what the caller added
+(session, order, kind, which block) and applies the rule in words. Packing real recipe
+samples through the builder is checked in tests/data/test_packing.py.
+"""
+import pytest
+import torch
+
+from vincie_mcore.packed.builder import BatchBuilder, concat
+from vincie_mcore.packed.maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT
+
+TEXT_DIM, PATCH_DIM = 3, 5
+
+
+def random_layout(gen, n_sessions, mask_type):
+    """Sessions as lists of ("text", order, turn, length) / ("image", order, kind, (h, w), turn)."""
+    def rint(lo, hi):
+        return int(torch.randint(lo, hi + 1, (1,), generator=gen))
+
+    sessions = []
+    for _ in range(n_sessions):
+        order, blocks = 0, [("image", 0, KIND_CLEAN, (rint(1, 3), rint(1, 3)), 0)]
+        for t in range(rint(1, 3)):
+            order += 1
+            blocks.append(("text", order, t, rint(1, 6)))
+            order += 1
+            hw = (rint(1, 3), rint(1, 3))
+            if mask_type == "block_causal" or rint(0, 1):
+                blocks.append(("image", order, KIND_CLEAN, hw, t + 1))
+            blocks.append(("image", order, KIND_NOISY, hw, t + 1))
+        sessions.append(blocks)
+    return sessions
+
+
+def fill(builder, sessions, gen=None):
+    """Add the sessions' blocks; with ``gen``, with tensors drawn from it. Returns per-token facts."""
+    txt, img, uid = [], [], 0
+    for s, blocks in enumerate(sessions):
+        builder.session()
+        last = -1
+        for blk in blocks:
+            uid += 1
+            if blk[0] == "text":
+                _, order, turn, n = blk
+                emb = None if gen is None else torch.randn(n - 1, TEXT_DIM, generator=gen)
+                last = builder.text(order, turn, emb, length=None if gen is not None else n)
+                txt += [(s, order, KIND_TEXT, uid)] * n
+            else:
+                _, order, kind, (h, w), turn = blk
+                tok = None if gen is None else torch.randn(h * w, PATCH_DIM, generator=gen)
+                builder.image(order, kind, (h, w), tok, rope_turn=turn, text_block=last, tag=uid)
+                img += [(s, order, kind, uid)] * (h * w)
+    return txt, img
+
+
+def oracle(tokens, mask_type):
+    """[S, S] from per-token facts and the rule in words (reference.py's docstring)."""
+    S = len(tokens)
+    M = torch.zeros(S, S, dtype=torch.bool)
+    for i, (sq, oq, kq, bq) in enumerate(tokens):
+        for j, (sk, ok, kk, bk) in enumerate(tokens):
+            if sq != sk:
+                continue
+            if mask_type == "full" or bq == bk:
+                M[i, j] = True
+            elif kk != KIND_NOISY:
+                M[i, j] = ok < oq if kq == KIND_NOISY else ok <= oq
+    return M
+
+
+@pytest.mark.parametrize("mask_type", ["full", "block_causal"])
+@pytest.mark.parametrize("pad", [1, 8])
+def test_spec_matches_a_token_level_oracle(mask_type, pad):
+    gen = torch.Generator().manual_seed(0)
+    for trial in range(4):
+        builder = BatchBuilder(mask_type, pad_multiple=pad)
+        txt, img = fill(builder, random_layout(gen, 1 + trial, mask_type), gen)
+        batch = builder.build()
+        n = builder.num_sessions
+        pad_t, pad_i = -len(txt) % pad, -len(img) % pad
+        # padding: a block of its own session per stream (ids n and n + 1)
+        tokens = txt + [(n, 0, KIND_TEXT, -1)] * pad_t + img + [(n + 1, 0, KIND_CLEAN, -2)] * pad_i
+        assert batch.s_txt == len(txt) + pad_t and batch.s_img == len(img) + pad_i
+        assert torch.equal(batch.spec.dense(), oracle(tokens, mask_type))
+        assert batch.img_loss_mask.tolist() == [t[2] == KIND_NOISY for t in img] + [False] * pad_i
+        assert [ib["tag"] for ib in batch.image_blocks] == sorted({t[3] for t in img})
+
+
+def test_positions_and_text_rows():
+    b = BatchBuilder("block_causal")
+    b.session()
+    b.image(0, KIND_CLEAN, (1, 2), torch.ones(2, PATCH_DIM), rope_turn=0)
+    t = b.text(1, 0, torch.full((2, TEXT_DIM), 7.0))
+    b.image(2, KIND_CLEAN, (2, 1), torch.ones(2, PATCH_DIM), rope_turn=4, text_block=t)
+    b.image(2, KIND_NOISY, (2, 1), torch.ones(2, PATCH_DIM), rope_turn=4, text_block=t)
+    b.session()
+    b.text(0, 3, torch.zeros(0, TEXT_DIM))                                     # a bare <TURN>_3
+    b.image(1, KIND_NOISY, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=2)
+    batch = b.build()
+    assert batch.txt_turn.tolist() == [0, -1, -1, 3] and batch.txt_pos.tolist() == [0, 1, 2, 0]
+    assert batch.txt_emb[:, 0].tolist() == [0.0, 7.0, 7.0, 0.0]              # <TURN> rows carry no features
+    assert batch.img_pos.tolist() == [[0, 0, 0], [0, 0, 1], [4, 0, 0], [4, 1, 0], [4, 0, 0], [4, 1, 0], [2, 0, 0]]
+    assert batch.block_text.tolist() == [[-1, -1]] * 2 + [[-1, -1], [0, -1], [0, -1], [-1, -1]]
+    # interleaved: one counter per session, text tokens and images (a twin shares its slot)
+    bi = BatchBuilder("block_causal", rope_mode="interleaved")
+    bi.session()
+    bi.image(0, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM))
+    bi.text(1, 0, torch.zeros(2, TEXT_DIM))
+    bi.image(2, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM))
+    bi.image(2, KIND_NOISY, (1, 1), torch.ones(1, PATCH_DIM))
+    bi.text(3, 1, torch.zeros(1, TEXT_DIM))
+    out = bi.build()
+    assert out.txt_pos.tolist() == [1, 2, 3, 5, 6] and out.img_pos[:, 0].tolist() == [0, 4, 4]
+
+
+def test_random_tensors_are_drawn_text_times_images():
+    sessions = [[("image", 0, KIND_CLEAN, (2, 2), 0), ("text", 1, 0, 3), ("image", 2, KIND_NOISY, (1, 3), 1)]]
+    b = BatchBuilder("full")
+    fill(b, sessions)
+    batch = b.build(torch.Generator().manual_seed(4), text_dim=TEXT_DIM, patch_dim=PATCH_DIM, random_t=True)
+    g = torch.Generator().manual_seed(4)
+    emb = torch.randn(3, TEXT_DIM, generator=g)
+    emb[0] = 0.0
+    t = float(torch.rand((), generator=g))
+    assert torch.equal(batch.txt_emb, emb)
+    assert batch.block_t.tolist() == [0.0, 0.0, t]                           # text, clean, noisy
+    assert torch.equal(batch.img_x0, torch.randn(7, PATCH_DIM, generator=g))
+
+
+def test_concat_is_one_build_of_all_sessions():
+    gen = torch.Generator().manual_seed(2)
+    sessions = random_layout(gen, 5, "block_causal")
+    whole, parts = BatchBuilder("block_causal"), [BatchBuilder("block_causal"), BatchBuilder("block_causal")]
+    fill(whole, sessions, torch.Generator().manual_seed(9))
+    g = torch.Generator().manual_seed(9)                                       # the same tensors, split 2 + 3
+    fill(parts[0], sessions[:2], g)
+    fill(parts[1], sessions[2:], g)
+    want, got = whole.build(), concat([p.build() for p in parts])
+    for f in ("txt_emb", "txt_turn", "txt_pos", "img_x0", "img_pos", "img_loss_mask", "block_t", "block_text"):
+        assert torch.equal(getattr(got, f), getattr(want, f)), f
+    for x, y in zip(got.spec.tensors(), want.spec.tensors()):
+        assert torch.equal(x, y)
+    tag = lambda bs: [{k: v for k, v in ib.items() if k != "tag"} for ib in bs]  # noqa: E731  (uids differ per fill)
+    assert tag(got.image_blocks) == tag(want.image_blocks) and got.num_sessions == want.num_sessions == 5
+
+
+def test_concat_keeps_padding_isolated():
+    gen = torch.Generator().manual_seed(3)
+    batches, facts = [], []
+    for k in range(3):
+        b = BatchBuilder("full", pad_multiple=4)
+        txt, img = fill(b, random_layout(gen, 1 + k, "full"))
+        batches.append(b.build(gen, text_dim=TEXT_DIM, patch_dim=PATCH_DIM))
+        facts.append((txt, img, b.num_sessions))
+    out = concat(batches)
+    s0, txt, img = 0, [], []
+    for t, i, n in facts:                                                      # sessions renumbered, pads included
+        txt += [(s + s0, o, k, (s0, u)) for s, o, k, u in t] + [(s0 + n, 0, KIND_TEXT, (s0, -1))] * (-len(t) % 4)
+        img += [(s + s0, o, k, (s0, u)) for s, o, k, u in i] + [(s0 + n + 1, 0, KIND_CLEAN, (s0, -2))] * (-len(i) % 4)
+        s0 += n + (2 if len(i) % 4 else 1 if len(t) % 4 else 0)                  # the last id used, + 1
+    assert torch.equal(out.spec.dense(), oracle(txt + img, "full")) and out.num_sessions == s0
+    assert [ib["start"] for ib in out.image_blocks] == [ib["start"] + sum(b.s_img for b in batches[:p])
+                                                        for p, b in enumerate(batches) for ib in b.image_blocks]
+
+
+def test_misuse_is_one_line():
+    b = BatchBuilder("full")
+    with pytest.raises(ValueError, match="call session"):
+        b.text(0, 0, length=2)
+    b.session()
+    with pytest.raises(ValueError, match="exactly one of emb"):
+        b.text(0, 0)
+    with pytest.raises(ValueError, match="rope_turn is required"):
+        b.image(0, KIND_CLEAN, (1, 1))
+    with pytest.raises(ValueError, match="KIND_CLEAN or KIND_NOISY"):
+        b.image(0, KIND_TEXT, (1, 1), rope_turn=0)
+    b.image(0, KIND_CLEAN, (1, 1), rope_turn=0)
+    with pytest.raises(ValueError, match="twins share a position"):
+        b.image(0, KIND_NOISY, (1, 1), rope_turn=1)
+    t = b.text(1, 0, length=2)
+    b.session()
+    with pytest.raises(ValueError, match="not a text block of session 1"):
+        b.image(1, KIND_NOISY, (1, 1), rope_turn=1, text_block=t)
+    with pytest.raises(ValueError, match="pass gen"):
+        b.build()
+    b.text(0, 0, torch.zeros(1, TEXT_DIM))
+    with pytest.raises(ValueError, match="not some"):
+        b.build(torch.Generator(), text_dim=TEXT_DIM, patch_dim=PATCH_DIM)
+    with pytest.raises(ValueError, match="mask_type"):
+        BatchBuilder("causal")

@@ -1,0 +1,145 @@
+"""A run's objects from one resolved config: data configs, process groups, model, trainer, editor.
+
+Each step is a small function the CLIs (``vincie_tools``) and ``demo.py`` compose; nothing
+here knows about the command line. ``build_training`` is the whole of ``vincie-train`` up to
+``trainer.train()``; ``load_run`` is the inverse for inference: a training run's folder back to
+its model and encoders. The config groups are documented in ``configs/config.yaml``.
+"""
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from .config import ConfigError, build
+from .data.corpus import CorpusConfig, decode_corpus, encode_corpus, synthesize_store
+from .data.packing import PackConfig, PackedStream
+from .data.recipe import RecipeConfig
+from .diffusion.flow import FlowConfig, training_loss
+from .encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
+from .infer.editor import Editor, SamplerConfig
+
+
+# ----------------------------------------------------------------------------- configs
+
+def data_configs(cfg):
+    """The data-side dataclasses of a resolved config."""
+    from .data.world import WorldConfig
+
+    d = cfg.data
+    return dict(
+        world=build(WorldConfig, d.world, "data.world"),
+        corpus=build(CorpusConfig, d.corpus, "data.corpus"),
+        recipe=build(RecipeConfig, d.recipe, "data.recipe"),
+        pack=build(PackConfig, d.pack, "data.pack"),
+        text=build(TextEncoderConfig, d.text_encoder, "data.text_encoder"),
+        image=build(ImageEncoderConfig, d.image_encoder, "data.image_encoder"),
+    )
+
+
+# ----------------------------------------------------------------------------- model + training
+
+def init_parallel(cfg):
+    from .parallel import cpu_compat
+    from .parallel.groups import init_distributed
+
+    cpu_compat.activate()
+    p = cfg.parallel
+    return init_distributed(tp=int(p.tp), cp=int(p.cp), dp=p.dp, seed=int(cfg.seed))
+
+
+def make_model(cfg):
+    from .model.config import MMDiTConfig
+    from .model.mmdit import build_model
+
+    mcfg = build(MMDiTConfig, cfg.model, "model")
+    bf16 = torch.cuda.is_available() and cfg.train.get("dtype", "auto") in ("auto", "bf16")
+    torch.manual_seed(int(cfg.seed))
+    return build_model(mcfg, tensor_model_parallel_size=int(cfg.parallel.tp),
+                       sequence_parallel=bool(cfg.parallel.get("sp", False)),
+                       params_dtype=torch.bfloat16 if bf16 else torch.float32)
+
+
+def make_loss(flow: FlowConfig):
+    return partial(_loss, flow)
+
+
+def _loss(flow, model, batch, gen):
+    return training_loss(model, batch, flow, gen)
+
+
+def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
+    from .train.trainer import TrainConfig, Trainer
+
+    t = dict(cfg.train)
+    t.setdefault("ckpt_dir", str(run_dir / "checkpoints"))
+    t.setdefault("tensorboard_dir", str(run_dir / "tensorboard"))
+    if steps is not None:
+        t["steps"] = steps
+        t["warmup"] = min(int(t.get("warmup", 0)), max(steps // 10, 0))
+    flow = build(FlowConfig, cfg.flow, "flow")
+    return Trainer(build(TrainConfig, t, "train"), model, make_loss(flow), stream)
+
+
+def build_training(cfg):
+    """Everything ``vincie-train`` runs, built: process groups, ``<run_dir>/config.yaml`` (rank 0),
+    the corpus (synthesized into ``<run_dir>/train`` when ``data.corpus.store`` is null), decoded
+    and encoded once, its packed stream, the model and the trainer. -> (parallel dims, trainer).
+
+    Raises ``ConfigError`` naming the key for a bad value, and for an impossible parallel layout
+    (``parallel: ...``, the first line of the groups' error)."""
+    from omegaconf import OmegaConf
+
+    dc = data_configs(cfg)
+    run = Path(cfg.run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    try:
+        dims = init_parallel(cfg)
+    except ValueError as e:                                      # impossible layout: one line naming it
+        raise ConfigError(f"parallel: {str(e).splitlines()[0]}") from None
+    if dims.rank == 0:
+        (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    corpus = dc["corpus"]
+    store = corpus.store or synthesize_store(run / "train", corpus.videos, dc["world"], corpus, corpus.sampling,
+                                             int(cfg.seed))
+    decoded = decode_corpus(store, corpus, corpus.max_sessions)
+    train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
+    # every DP rank draws its own batches; TP/CP ranks of one replica share them
+    stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
+                          seed=int(cfg.seed) + 7919 * dims.dp_rank)
+    model = make_model(cfg)
+    return dims, make_trainer(cfg, model, stream, run)
+
+
+# ----------------------------------------------------------------------------- inference
+
+def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
+    dc = data_configs(cfg)
+    return Editor(model, text_encoder, image_encoder, dc["pack"], build(FlowConfig, cfg.flow, "flow"),
+                  build(SamplerConfig, cfg.sampler, "sampler"),
+                  device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
+
+
+def load_run(run_dir, overrides: list[str] | None = None):
+    """(cfg, model, text encoder, image encoder) from a training run's folder: its saved
+    config plus the latest checkpoint (model weights only)."""
+    from omegaconf import OmegaConf
+
+    from .train import checkpoint
+
+    run = Path(run_dir)
+    cfg_path = run / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"run_dir: no config.yaml in {run} (is it a training run folder?)")
+    cfg = OmegaConf.load(cfg_path)
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    dc = data_configs(cfg)
+    init_parallel(cfg)
+    model = make_model(cfg)
+    ckpt = Path(cfg.train.get("ckpt_dir") or run / "checkpoints")
+    if checkpoint.load(str(ckpt), model) is None:
+        raise FileNotFoundError(f"run_dir: no complete checkpoint under {ckpt}")
+    model.eval()
+    return cfg, model, TextEncoder(dc["text"]), build_image_encoder(dc["image"])
