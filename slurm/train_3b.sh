@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # VINCIE 3B (paper: 15k steps). Layout and sizes live in configs/experiment/3b.yaml;
 # extra Hydra overrides pass through:  sbatch slurm/train_3b.sh data.corpus.store=/path/to/store
+# (the real-data group also needs data.text_encoder.path and data.image_encoder.path: configs/data/real.yaml)
 #SBATCH --job-name=vincie-3b
 #SBATCH --nodes=4
 #SBATCH --ntasks-per-node=1

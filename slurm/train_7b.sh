@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # VINCIE 7B (paper: 40k steps). Layout and sizes live in configs/experiment/7b.yaml;
 # extra Hydra overrides pass through:  sbatch slurm/train_7b.sh data.corpus.store=/path/to/store
+# (the real-data group also needs data.text_encoder.path and data.image_encoder.path: configs/data/real.yaml)
 #SBATCH --job-name=vincie-7b
 #SBATCH --nodes=8
 #SBATCH --ntasks-per-node=1

@@ -16,6 +16,7 @@ example does not set are filled with a placeholder: the example is about its key
 from __future__ import annotations
 
 import ast
+import functools
 import io
 import re
 import shlex
@@ -28,7 +29,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 # The command words that take Hydra overrides, first match on a line wins.
-_COMMAND = re.compile(r"(?<![\w/.-])(vincie-train|vincie-demo|vincie-evaluate|vincie-edit|sbatch|torchrun"
+_COMMAND = re.compile(r"(?<![\w.-])(vincie-train|vincie-demo|vincie-evaluate|vincie-edit|sbatch|torchrun"
                       r"|slurm/train\.sbatch|-m vincie_tools\.train)(?![\w-])")
 _OVERRIDE = re.compile(r"^[+~]?[A-Za-z_][\w.@/-]*(=|$)")
 # What a CLI adds in front of the user's overrides (tools/vincie_tools/demo.py: experiment=demo first).
@@ -193,9 +194,9 @@ def compose_and_validate(overrides: list[str]):
     import torch
     from omegaconf import OmegaConf, open_dict
 
+    from vincie_mcore.build import data_configs
     from vincie_mcore.config import build, load_config
     from vincie_mcore.diffusion.flow import FlowConfig
-    from vincie_mcore.experiment import data_configs
     from vincie_mcore.infer.editor import SamplerConfig
     from vincie_mcore.model.config import MMDiTConfig
     from vincie_mcore.train.trainer import TrainConfig
@@ -239,15 +240,73 @@ def test_examples_are_found_where_users_read_them():
         {e.command for e in EXAMPLES}
 
 
-@pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
-def test_usage_example_composes(example: Example):
+@functools.lru_cache(maxsize=None)
+def _verdict(overrides: tuple[str, ...]) -> str | None:
+    """None, or the one-line error (examples repeated across files are composed once)."""
     from vincie_mcore.config import ConfigError
 
     try:
-        compose_and_validate(example.all_overrides())
+        compose_and_validate(list(overrides))
     except ConfigError as e:
+        return str(e)
+    return None
+
+
+@pytest.mark.parametrize("example", EXAMPLES, ids=[e.where for e in EXAMPLES])
+def test_usage_example_composes(example: Example):
+    error = _verdict(tuple(example.all_overrides()))
+    if error is not None:
         pytest.fail(f"{example.where}: `{example.text}` does not compose "
-                    f"(overrides {example.all_overrides()}): {e}", pytrace=False)
+                    f"(overrides {example.all_overrides()}): {error}", pytrace=False)
+
+
+# ----------------------------------------------------------------------------- the docs' paths and links
+
+_ROOTS = ("vincie_mcore/", "kernels/", "tools/", "configs/", "slurm/", "tests/", "benchmarks/", "docs/")
+
+
+def _expand(path: str) -> list[str]:
+    """``a/{b,c}.py`` -> ``a/b.py``, ``a/c.py`` (one brace group at a time)."""
+    m = re.search(r"\{([^{}]*)\}", path)
+    if not m:
+        return [path]
+    return [q for alt in m.group(1).split(",") for q in _expand(path[:m.start()] + alt + path[m.end():])]
+
+
+def _anchors(md: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to dashes."""
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.*)$", md.read_text(), flags=re.M)}
+
+
+def cited_paths(md: Path) -> list[tuple[str, str]]:
+    """(as written, problem) for every repo path in backticks and every relative link that does not resolve."""
+    bad = []
+    text = md.read_text()
+    for code in re.findall(r"`([^`\n]+)`", text):
+        for tok in code.split():
+            tok = tok.rstrip(",.;:)")
+            if not tok.startswith(_ROOTS) or "=" in tok:
+                continue
+            for p in _expand(tok):
+                if not (any(ROOT.glob(p)) if "*" in p else (ROOT / p).exists()):
+                    bad.append((tok, f"no {p}"))
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if re.match(r"\w+://", target):
+            continue
+        file, _, anchor = target.partition("#")
+        dest = (md.parent / file).resolve() if file else md
+        if not dest.exists():
+            bad.append((target, "no such file"))
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            bad.append((target, f"no heading #{anchor}"))
+    return bad
+
+
+@pytest.mark.parametrize("md", ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))])
+def test_docs_cite_paths_that_exist(md):
+    """The README's "Where things are" and docs/ point at code; a move must not leave them pointing at nothing."""
+    assert cited_paths(ROOT / md) == []
 
 
 # ----------------------------------------------------------------------------- the check can fail
