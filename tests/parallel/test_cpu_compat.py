@@ -61,6 +61,22 @@ def test_activate_is_idempotent_and_patches(dist1):
     torch.cuda.current_stream().wait_stream(torch.cuda.default_stream())
 
 
+def test_suspended_leaves_the_mode_and_comes_back(dist1):
+    # inside: device="cuda" is torch's own (it fails without a driver); after: mapped to CPU again
+    with cpu_compat.suspended():
+        with pytest.raises((AssertionError, RuntimeError)):
+            torch.zeros(1, device="cuda")
+    assert torch.zeros(1, device="cuda").device.type == "cpu"
+    # another mode on top: suspending would pop that one, so it must not suspend at all
+    class Other(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+    with Other():
+        with cpu_compat.suspended():
+            assert torch.zeros(1, device="cuda").device.type == "cpu"
+    assert torch.zeros(1, device="cuda").device.type == "cpu"
+
+
 def test_rng_tracker_uses_cpu_generator(dist1):
     from megatron.core.tensor_parallel import get_cuda_rng_tracker
     tracker = get_cuda_rng_tracker()

@@ -23,6 +23,7 @@ from ..data.packing import EncodedSession, PackConfig, pack
 from ..data.recipe import inference_sample
 from ..diffusion.flow import FlowConfig, euler_sample
 from ..packed.patches import unpatchify
+from ..parallel import cpu_compat
 
 
 @dataclass
@@ -81,8 +82,9 @@ class Editor:
             items.append((inference_sample(all_texts, self.sampler.camera_prompts), sess))
         batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         s = self.sampler
-        x = euler_sample(self.model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
-                         gen=self.gen)
+        with cpu_compat.suspended():                            # no CUDA-by-name calls in sampling
+            x = euler_sample(self.model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
+                             gen=self.gen)
         outs = []
         for ib in batch.image_blocks:
             if ib["noisy"]:

@@ -154,11 +154,12 @@ class TorchMaskedAttention(torch.nn.Module):
         parts, rows = [], []
         for b in session_plan(spec, q_start, Sq, k_start, k.shape[0], q.device):
             n, Lq = b.q_rows.shape
-            qb = q[b.q_rows].transpose(1, 2)                                  # (n, H, Lq, D)
-            kb = k[b.k_rows].transpose(1, 2)                                  # (n, H, Lk, D)
-            vb = v[b.k_rows].transpose(1, 2)                                  # (n, H, Lk, D)
+            Lk = b.k_rows.shape[1]
+            qb = q.index_select(0, b.q_rows.flatten()).view(n, Lq, H, D).transpose(1, 2)   # (n, H, Lq, D)
+            kb = k.index_select(0, b.k_rows.flatten()).view(n, Lk, H, D).transpose(1, 2)   # (n, H, Lk, D)
+            vb = v.index_select(0, b.k_rows.flatten()).view(n, Lk, H, D).transpose(1, 2)   # (n, H, Lk, D)
             o = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=b.mask, scale=scale)
-            o = o.transpose(1, 2).reshape(n * Lq, H, D)[b.out_sel]            # (m, H, D)
+            o = o.transpose(1, 2).reshape(n * Lq, H, D).index_select(0, b.out_sel)   # (m, H, D)
             if b.dead is not None:
                 o = o.masked_fill(b.dead[:, None, None], 0.0)
             parts.append(o)

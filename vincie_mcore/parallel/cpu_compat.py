@@ -277,6 +277,26 @@ def activate() -> bool:
     return True
 
 
+@contextlib.contextmanager
+def suspended():
+    """Leave the function mode inside the block, for code that never asks for CUDA by name.
+
+    A Python function mode costs ~20 us on every torch call it sees (docs/measured.md); the
+    model's forward and backward make thousands of calls a step and allocate only through
+    ``torch.cuda.current_device()`` (patched, not the mode). A no-op when the patches are
+    off or another mode sits above ours (popping would remove that one instead).
+    """
+    stack = torch._C._len_torch_function_stack()
+    if not _ACTIVE or _MODE is None or stack == 0 or torch._C._get_function_stack_at(stack - 1) is not _MODE:
+        yield
+        return
+    _MODE.__exit__(None, None, None)
+    try:
+        yield
+    finally:
+        _MODE.__enter__()
+
+
 def deactivate() -> None:
     """Undo activate(): restore every patched attribute and leave the function mode."""
     global _ACTIVE, _MODE
