@@ -38,7 +38,21 @@ def build_optimizer(model_chunks, *, lr: float, min_lr: float = 0.0, weight_deca
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_distributed_optimizer=use_distributed_optimizer,
     )
-    return get_megatron_optimizer(cfg, list(model_chunks))
+    opt = get_megatron_optimizer(cfg, list(model_chunks))
+    if not torch.cuda.is_available():
+        _use_foreach(opt)
+    return opt
+
+
+def _use_foreach(optimizer) -> None:
+    """CPU: torch's AdamW defaults to a Python loop over parameters there (foreach only on CUDA),
+    a dozen torch calls per tensor; the multi-tensor path does each update in one call per group."""
+    for sub in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(sub, "optimizer", None)
+        if isinstance(inner, torch.optim.Optimizer) and "foreach" in inner.defaults:
+            inner.defaults["foreach"] = True
+            for group in inner.param_groups:
+                group["foreach"] = True
 
 
 def build_scheduler(optimizer, *, lr: float, warmup_steps: int, total_steps: int,

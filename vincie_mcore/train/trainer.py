@@ -252,7 +252,8 @@ class Trainer:
 
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        batch = next(self.stream)
+        with cpu_compat.suspended():      # packing asks for no CUDA either
+            batch = next(self.stream)
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
         loss, metrics = self.forward_backward_step(batch)
