@@ -24,17 +24,108 @@ def run(script, *args, timeout=600):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory):
+    """3 steps, a checkpoint after each (train.keep_last is 3: all kept; the resume test starts from step 1's)."""
     run_dir = tmp_path_factory.mktemp("run")
-    r = run("vincie-train", *SMALL, f"run_dir={run_dir}")
+    r = run("vincie-train", *SMALL, "train.save_every=1", f"run_dir={run_dir}")
     assert r.returncode == 0, r.stderr[-3000:]
+    (run_dir / "train_stdout.log").write_text(r.stdout)
     return run_dir
 
 
-def test_train_writes_a_resumable_checkpoint_and_logs_throughput(trained_run):
+def scalars(run_dir):
+    """{tag: [(step, value, wall_time)]} from the run's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(run_dir / "tensorboard"))
+    ea.Reload()
+    return {tag: [(e.step, e.value, e.wall_time) for e in ea.Scalars(tag)] for tag in ea.Tags()["scalars"]}
+
+
+def checkpoint_tensors(step_dir):
+    """Every tensor of a dist_checkpointing folder (weights and Adam moments), read without process groups."""
+    import tempfile
+    import torch
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    with tempfile.TemporaryDirectory() as tmp:
+        dcp_to_torch_save(str(step_dir), f"{tmp}/ckpt.pt")
+        loaded = torch.load(f"{tmp}/ckpt.pt", weights_only=False)
+    return {k: v for k, v in loaded.items() if isinstance(v, torch.Tensor)}
+
+
+def log_line(stdout, step):
+    """'step N | loss ... | lr ... | grad ...' of the console log, without the throughput fields."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("step") and ln.split("|")[0].split()[1] == str(step)]
+    assert len(lines) == 1, stdout[-2000:]
+    return lines[0].split(" | ")[:4]
+
+
+def test_train_writes_checkpoints_and_its_files(trained_run):
     ckpt = trained_run / "checkpoints"
     assert (ckpt / "latest").read_text().strip() == "3"
+    assert sorted(p.name for p in ckpt.glob("step_*")) == ["step_0000001", "step_0000002", "step_0000003"]
     assert (trained_run / "config.yaml").is_file() and (trained_run / "loss.png").is_file()
-    assert any((trained_run / "tensorboard").iterdir())
+
+
+def test_stopped_and_resumed_training_matches_the_uninterrupted_run(trained_run, tmp_path):
+    """Stop after step 1, resume in a new process: equal to the run that never stopped.
+
+    The stopped run's state is its step-1 checkpoint (the uninterrupted run saved the same one). The
+    resumed process runs step 2 and is stopped again by train.max_minutes (so it also exercises the
+    time-out stop and its save). Step 2's loss, lr and grad norm, and every weight and Adam moment
+    after it, must equal the uninterrupted run's: a resume that loses the optimizer, the scheduler,
+    the data stream or the noise generator changes them.
+    """
+    import shutil
+    import torch
+    resumed = tmp_path / "resumed"
+    shutil.copytree(trained_run / "checkpoints" / "step_0000001", resumed / "checkpoints" / "step_0000001")
+    (resumed / "checkpoints" / "latest").write_text("1")
+    r = run("vincie-train", *SMALL, "train.save_every=1", "train.max_minutes=0.000001",
+            f"run_dir={resumed}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "stopping at step 2" in r.stdout and (resumed / "checkpoints" / "latest").read_text().strip() == "2"
+    assert not any(ln.startswith("step       1 ") for ln in r.stdout.splitlines())   # step 1 was not re-run
+    assert log_line(r.stdout, 2) == log_line((trained_run / "train_stdout.log").read_text(), 2)
+    a, b = scalars(trained_run), scalars(resumed)
+    for tag in ("train/loss", "train/lr", "train/grad_norm"):
+        assert [v[:2] for v in b[tag]] == [v[:2] for v in a[tag] if v[0] == 2], tag
+    want = checkpoint_tensors(trained_run / "checkpoints" / "step_0000002")
+    got = checkpoint_tensors(resumed / "checkpoints" / "step_0000002")
+    assert want.keys() == got.keys() and any(k.startswith("optimizer.") for k in want)
+    assert not torch.equal(want["img_embedder.weight"],
+                           checkpoint_tensors(trained_run / "checkpoints" / "step_0000001")["img_embedder.weight"])
+    for k in want:
+        assert torch.equal(want[k], got[k]), k
+
+
+def test_train_logs_consistent_throughput(trained_run):
+    """tokens/s and TFLOP/s as logged (TensorBoard), checked against what they must satisfy:
+
+    * tokens/s x (seconds between two log points) = tokens in a step: at least the step's noisy
+      tokens and at most the packing budget (400), each within a factor 2;
+    * TFLOP/s / tokens/s = FLOPs per token (the time cancels): at least 6 x the linear-layer
+      weights a token passes through (2 forward + 4 backward per weight), and below twice that
+      (embeddings and attention over at most 400 keys add less). The weights are counted from
+      the checkpoint.
+    """
+    import re
+    sc = scalars(trained_run)
+    tps, tfl, noisy = sc["train/tokens_per_s"], sc["train/tflops"], sc["train/noisy_tokens"]
+    assert [s for s, _, _ in tps] == [s for s, _, _ in tfl] == [1, 2, 3]
+    assert all(0 < v < float("inf") for _, v, _ in tps + tfl)
+    for (_, _, w0), (step, rate, w1), (_, n_noisy, _) in zip(tps, tps[1:], noisy[1:]):
+        per_step = rate * (w1 - w0)
+        assert n_noisy / 2 <= per_step <= 2 * 400, (step, per_step, n_noisy)
+    weights = checkpoint_tensors(trained_run / "checkpoints" / "step_0000003")
+    per_token = sum(v.numel() for k, v in weights.items()
+                    if re.fullmatch(r"layers\.\d+\.(attention|mlp)\.(img|joint)\.linear_(qkv|proj|fc1|fc2)\.weight", k))
+    assert per_token > 0
+    for (_, rate, _), (_, tflops, _) in zip(tps, tfl):
+        flops_per_token = tflops * 1e12 / rate
+        assert 6 * per_token <= flops_per_token * 1.0001 and flops_per_token < 2 * 6 * per_token, \
+            (flops_per_token, 6 * per_token)
+    # the console line reports the same kind of figures
+    line = [ln for ln in (trained_run / "train_stdout.log").read_text().splitlines() if ln.startswith("step       3")]
+    assert len(line) == 1 and "tok/s/dev" in line[0] and "TFLOP/s/dev" in line[0]
 
 
 def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
@@ -54,10 +145,11 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     import json
     r = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
-            "sampler.steps=2", "sampler.guidance=1.0", "eval.turns=1")
+            "sampler.steps=2", "sampler.guidance=4.0", "eval.turns=1")   # guided: both branches run
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert len(out["turn_success"]) == 1 and out["overrides"][0] == "sampler.steps=2"
+    assert len(out["turn_success"]) == 1 and out["overrides"] == ["sampler.steps=2", "sampler.guidance=4.0", "eval.turns=1"]
+    assert all(0 <= v <= 1 for v in out["turn_success"])
     bad = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
               "sampler.steps=-1")
     assert bad.returncode == 2 and "sampler.steps" in bad.stderr

@@ -1,0 +1,269 @@
+"""Mutation check: inject critical one-line faults, one at a time, into a copy of the repo and see
+whether the fast tests catch each (docs/testing.md).
+
+    vincie-mutation-check                               # every mutant, the tests of the working tree
+    vincie-mutation-check --tests-from-git-ref HEAD     # the same code, the tests as committed at HEAD
+    vincie-mutation-check --only guidance_wrong shift_ignored
+    vincie-mutation-check --list
+
+The repo is copied once into a temporary folder (no .venv, .git, runs, caches); each fault is
+written into the copy's file, the mutant's fast test files run there with ``pytest -x -q`` and
+PYTHONPATH set to the copy's roots (".", "kernels", "tools"), and the file is restored. The
+checkout itself is never written. A test file that fails before any fault is injected
+("baseline") makes the mutants that rely on it "baseline_fails", not "caught"; a listed test file that
+does not exist in the tested tree (e.g. at an older ref) is left out ("absent") and the mutant
+runs the others. A fault whose
+original text is no longer in its file (the code moved on) is "not_applicable": update its entry.
+The console scripts that end-to-end tests start inherit that PYTHONPATH, so they run the mutated
+copy too, but they take minutes: keep each mutant's list to fast test files.
+
+The last stdout line is JSON: per mutant its status (caught / missed / ...), and the share caught
+of the applicable mutants.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+FLOW = "vincie_mcore/diffusion/flow.py"
+MMDIT = "vincie_mcore/model/mmdit.py"
+BUILDER = "vincie_mcore/packed/builder.py"
+REFERENCE = "kernels/vincie_kernels/reference.py"
+
+T_FLOW = ("tests/diffusion/test_flow.py",)
+T_MODEL = ("tests/model/test_embeddings.py", "tests/model/test_positions.py", "tests/model/test_attention.py",
+           "tests/model/test_mmdit.py")
+T_MASK = ("tests/packed/test_builder.py", "tests/model/test_positions.py", "tests/model/test_attention.py",
+          "tests/model/test_mmdit.py")
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str          # relative to the repo root
+    original: str      # exact text; must occur exactly once in the file
+    faulty: str        # what replaces it
+    tests: tuple       # fast test files that should catch it
+    why: str           # what the fault would do to training or sampling
+
+
+MUTANTS = [
+    # ---- the seven faults of issue 19 that left the core tests green ----
+    Mutant("rope_q_only", "vincie_mcore/model/attention.py",
+           "q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)", "q, k = apply_rope(q, cos, sin), k",
+           T_MODEL, "keys unrotated: attention scores stop depending on relative position"),
+    Mutant("hw_swap_rope", MMDIT,
+           "ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)",
+           "ci, si = rope_cos_sin(batch.img_pos[:, [0, 2, 1]], cfg.rope_axes_dim, cfg.rope_theta)",
+           T_MODEL, "RoPE's h channels turn with w and its w channels with h"),
+    Mutant("hw_swap_grid", BUILDER,
+           "torch.stack([hh.reshape(-1), ww.reshape(-1)], 1)", "torch.stack([ww.reshape(-1), hh.reshape(-1)], 1)",
+           T_MASK, "image tokens get (w, h) positions: RoPE and the table see the picture transposed"),
+    Mutant("guidance_wrong", FLOW,
+           "v = v_u + guidance * (v - v_u)", "v = v + guidance * (v - v_u)",
+           T_FLOW, "classifier-free guidance extrapolates from the wrong branch"),
+    Mutant("shift_ignored", FLOW,
+           "ts = shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)", "ts = torch.linspace(1.0, 0.0, steps + 1)",
+           T_FLOW, "sampler.shift has no effect"),
+    Mutant("loss_over_all_tokens", FLOW,
+           "m = batch.img_loss_mask[rows]", "m = torch.ones_like(batch.img_loss_mask[rows])",
+           T_FLOW, "the loss also trains the model to copy clean context tokens"),
+    Mutant("text_drop_inverted", FLOW,
+           "torch.rand(batch.num_sessions, generator=gen) < cfg.text_drop",
+           "torch.rand(batch.num_sessions, generator=gen) > cfg.text_drop",
+           T_FLOW, "text dropped 90% of the time instead of 10%"),
+    Mutant("abs_pos_index", MMDIT,
+           "self.img_pos_embedder(hw[:, 0] * n + hw[:, 1])", "self.img_pos_embedder(hw[:, 0] + hw[:, 1])",
+           T_MODEL, "different (h, w) places share a row of the learned position table"),
+    # ---- flow matching and the sampler ----
+    Mutant("shift_direction", FLOW,
+           "return shift * t / (1 + (shift - 1) * t)", "return t / (shift - (shift - 1) * t)",
+           T_FLOW, "the shift pushes sampling time towards the clean end instead of the noisy end"),
+    Mutant("noise_path_flipped", FLOW,
+           "x_t = torch.where(m, (1 - t) * x0 + t * eps, x0)", "x_t = torch.where(m, t * x0 + (1 - t) * eps, x0)",
+           T_FLOW, "training noises with t = 0 as noise, the sampler integrates the other way"),
+    Mutant("v_target_sign", FLOW,
+           "target = (eps - x0) if", "target = (x0 - eps) if",
+           T_FLOW, "velocity target has the wrong sign"),
+    Mutant("x0_velocity_sign", FLOW,
+           "return (x_t - pred) / t.clamp(min=cfg.t_min)", "return (pred - x_t) / t.clamp(min=cfg.t_min)",
+           T_FLOW, "x0 predictions turn into velocities pointing away from the data"),
+    Mutant("euler_step_sign", FLOW,
+           "x = torch.where(m, x + (t_next - t) * v, x0)", "x = torch.where(m, x + (t - t_next) * v, x0)",
+           T_FLOW, "Euler steps towards more noise"),
+    Mutant("uncond_keeps_text", FLOW,
+           "uncond = drop_text(batch, torch.ones(batch.num_sessions, dtype=torch.bool))",
+           "uncond = drop_text(batch, torch.zeros(batch.num_sessions, dtype=torch.bool))",
+           T_FLOW, "the unconditional branch still sees the text: guidance does nothing"),
+    Mutant("drop_text_keeps_chosen", FLOW,
+           "txt_emb=batch.txt_emb * (~drop)", "txt_emb=batch.txt_emb * drop",
+           T_FLOW, "drop_text zeroes the sessions it should keep"),
+    # ---- the model ----
+    Mutant("timestep_ignored", MMDIT,
+           "c = self.t_embedder(batch.block_t)", "c = self.t_embedder(torch.zeros_like(batch.block_t))",
+           T_MODEL, "the model cannot tell how noisy a block is"),
+    Mutant("patchify_feature_order", "vincie_mcore/packed/patches.py",
+           "x = x.permute(1, 3, 0, 2, 4)                          # (h, w, C, py, px)",
+           "x = x.permute(1, 3, 0, 4, 2)                          # (h, w, C, py, px)",
+           T_MODEL, "patch features transposed: unpatchify no longer inverts patchify"),
+    # ---- the mask (rule, spec) ----
+    Mutant("noisy_sees_its_twin", REFERENCE,
+           "causal = torch.where(q_noisy, ro_k < ro_q, ro_k <= ro_q)",
+           "causal = torch.where(q_noisy, ro_k <= ro_q, ro_k <= ro_q)",
+           T_MASK, "a noisy target attends to its own clean twin: the answer leaks"),
+    Mutant("mask_crosses_sessions", REFERENCE,
+           "return same_session & (same_block | (~k_noisy & causal))", "return same_block | (~k_noisy & causal)",
+           T_MASK, "packed sessions attend to each other under block_causal"),
+    Mutant("clean_sees_noisy", REFERENCE,
+           "return same_session & (same_block | (~k_noisy & causal))", "return same_session & (same_block | causal)",
+           T_MASK, "context tokens attend to noisy targets"),
+    Mutant("loss_mask_all_images", BUILDER,
+           "img_loss.append(torch.full((h * w,), x.kind == KIND_NOISY))",
+           "img_loss.append(torch.full((h * w,), x.kind != KIND_TEXT))",
+           T_MASK + T_FLOW, "clean context images are marked as loss targets (and get noised)"),
+    Mutant("rope_turn_dropped", BUILDER,
+           "torch.full((h * w, 1), x.rope_turn)", "torch.full((h * w, 1), 0)",
+           T_MASK, "every image sits at turn 0: the model cannot tell the turns apart"),
+]
+
+IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
+                                "benchmarks", ".gpu_pydeps", "build")
+
+
+def copy_repo(repo: Path, dest: Path, tests_ref: str | None) -> None:
+    """The repo's tree into ``dest``; with ``tests_ref`` the tests/ folder comes from that git ref."""
+    shutil.copytree(repo, dest, ignore=IGNORE, symlinks=True)
+    if tests_ref is not None:
+        tar = subprocess.run(["git", "-C", str(repo), "archive", "--format=tar", tests_ref, "tests"],
+                             capture_output=True, check=True).stdout            # read-only: no checkout
+        shutil.rmtree(dest / "tests")
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            tf.extractall(dest, filter="data")
+
+
+def env_for(root: Path) -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(str(root / p) for p in (".", "kernels", "tools"))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env.setdefault("MKL_NUM_THREADS", "1")
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    return env
+
+
+def check_imports_resolve_to(root: Path) -> None:
+    """The copy, not the installed checkout, must be what the tests import."""
+    code = "import vincie_mcore, vincie_kernels, vincie_tools; print(vincie_mcore.__file__, vincie_kernels.__file__)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env_for(root), capture_output=True, text=True)
+    files = out.stdout.split()
+    if out.returncode or not files or not all(Path(f).resolve().is_relative_to(root.resolve()) for f in files):
+        raise SystemExit(f"error: the copy's packages do not shadow the installed ones: {out.stdout}{out.stderr[-500:]}")
+
+
+def run_tests(root: Path, tests, timeout: float) -> tuple[str, float, str]:
+    """('pass' | 'fail' | 'timeout' | 'no_tests', seconds, last lines of output)."""
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    try:
+        r = subprocess.run(cmd, cwd=root, env=env_for(root), capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - t0, ""
+    tail = "\n".join((r.stdout + r.stderr).strip().splitlines()[-3:])
+    status = {0: "pass", 5: "no_tests"}.get(r.returncode, "fail")
+    return status, time.monotonic() - t0, tail
+
+
+def first_failure(tail: str) -> str:
+    for line in tail.splitlines():
+        if line.startswith(("FAILED", "ERROR")):
+            return line[:300]
+    return tail.splitlines()[-1][:300] if tail else ""
+
+
+def check(repo: Path, mutants, tests_ref: str | None, timeout: float, log=print) -> dict:
+    with tempfile.TemporaryDirectory(prefix="vincie-mutants-") as tmp:
+        root = Path(tmp) / "repo"
+        copy_repo(repo, root, tests_ref)
+        check_imports_resolve_to(root)
+        baseline = {}
+        for f in sorted({f for m in mutants for f in m.tests}):
+            status, secs, tail = ("absent", 0.0, "") if not (root / f).is_file() else run_tests(root, [f], timeout)
+            baseline[f] = status
+            log(f"baseline {f}: {status} ({secs:.0f} s)")
+        results = []
+        for m in mutants:
+            path = root / m.file
+            assert path.resolve().is_relative_to(root.resolve())               # only ever the copy
+            text = path.read_text()
+            tests = [f for f in m.tests if baseline[f] != "absent"]
+            entry = {"id": m.id, "file": m.file, "why": m.why, "tests": tests}
+            if len(tests) < len(m.tests):
+                entry["absent"] = [f for f in m.tests if f not in tests]
+            if text.count(m.original) != 1:
+                entry.update(status="not_applicable", detail=f"original text found {text.count(m.original)} times")
+            elif not tests or any(baseline[f] != "pass" for f in tests):
+                entry.update(status="baseline_fails", detail={f: baseline[f] for f in m.tests})
+            else:
+                path.write_text(text.replace(m.original, m.faulty))
+                try:
+                    status, secs, tail = run_tests(root, tests, timeout)
+                finally:
+                    path.write_text(text)
+                caught = status in ("fail", "timeout")
+                entry.update(status="caught" if caught else "missed", seconds=round(secs, 1))
+                if caught:
+                    entry["by"] = first_failure(tail) if status == "fail" else "timeout"
+            log(f"{m.id}: {entry['status']}")
+            results.append(entry)
+    applicable = [r for r in results if r["status"] in ("caught", "missed")]
+    n_caught = sum(r["status"] == "caught" for r in applicable)
+    return {"tool": "mutation_check", "tests_from": f"git:{tests_ref}" if tests_ref else "working tree",
+            "baseline": baseline, "mutants": results, "caught": n_caught, "applicable": len(applicable),
+            "share_caught": round(n_caught / len(applicable), 3) if applicable else None,
+            "missed": [r["id"] for r in applicable if r["status"] == "missed"]}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repo", default=str(Path(__file__).resolve().parents[2]), help="repo root (default: this checkout)")
+    ap.add_argument("--tests-from-git-ref", default=None, metavar="REF",
+                    help="take tests/ from this git ref (e.g. HEAD) instead of the working tree")
+    ap.add_argument("--only", nargs="+", default=None, metavar="ID", help="run only these mutants")
+    ap.add_argument("--timeout", type=float, default=600, help="seconds per pytest run (a hang counts as caught)")
+    ap.add_argument("--list", action="store_true", help="print the mutants and exit")
+    ap.add_argument("--out", default=None, help="also write the JSON here")
+    a = ap.parse_args(argv)
+
+    mutants = MUTANTS
+    if a.only:
+        unknown = sorted(set(a.only) - {m.id for m in MUTANTS})
+        if unknown:
+            print(f"error: --only: unknown mutant(s) {', '.join(unknown)}", file=sys.stderr)
+            return 2
+        mutants = [m for m in MUTANTS if m.id in a.only]
+    if a.list:
+        for m in mutants:
+            print(f"{m.id:24s} {m.file}: {m.why}")
+        return 0
+    repo = Path(a.repo).resolve()
+    if not (repo / "pyproject.toml").is_file():
+        print(f"error: --repo: no pyproject.toml in {repo}", file=sys.stderr)
+        return 2
+    out = check(repo, mutants, a.tests_from_git_ref, a.timeout, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if a.out:
+        Path(a.out).write_text(json.dumps(out, indent=2))
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
