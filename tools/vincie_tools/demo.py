@@ -16,13 +16,19 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import sys
 import time
 
-# Same arithmetic run to run and machine to machine: MKL (torch's CPU BLAS) otherwise picks its code
-# path by CPU and by the alignment of each buffer, which moves fp32 results by ~1e-6 between runs.
-# Set before torch (and MKL) is first imported; an explicit MKL_CBWR in the environment wins.
-os.environ.setdefault("MKL_CBWR", "AVX2")
+# Same arithmetic run to run and machine to machine (x86): MKL (torch's CPU BLAS) otherwise picks its
+# code path by CPU and by the alignment of each buffer, and may use fewer threads than asked when the
+# machine is busy (MKL_DYNAMIC), each of which moves fp32 results by ~1e-6; ATen's own kernels pick
+# AVX2 or AVX-512 by CPU, and their reductions round differently. Set before torch (and MKL) is first
+# imported; explicit values in the environment win.
+os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+if platform.machine().lower() in ("x86_64", "amd64"):      # elsewhere neither applies (ARM has its own paths)
+    os.environ.setdefault("MKL_CBWR", "AVX2")
+    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
 
 
 def main(argv=None) -> int:
