@@ -25,6 +25,7 @@ import os
 import re
 import shutil
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
@@ -154,6 +155,59 @@ def _write_trainer_state(path: str, trainer_state: dict) -> None:
     os.replace(tmp, _trainer_state_file(path, _rank()))
 
 
+def read_trainer_state(path: str) -> dict:
+    """A trainer-state file, loaded with ``weights_only=True``: tensors, numbers, strings and
+    containers only, so a file from someone else cannot run code (docs/design.md, "Files we load").
+
+    The numpy RNG state is stored as a tensor and numbers. Older files pickled it as numpy
+    arrays, which load only while numpy's array reconstructor is allow-listed (Megatron-Core's
+    dist_checkpointing adds it when imported); anything else is refused in one line, and
+    ``convert_trainer_state(path)`` rewrites a file you trust in the safe format.
+    """
+    import pickle
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "a pickled object")
+        raise ValueError(f"checkpoint: {path} holds objects that only an unsafe (code-running) load could read "
+                         f"({why[:120]}); if you trust the file, rewrite it with "
+                         f"python -c \"from vincie_mcore.train.checkpoint import convert_trainer_state as c; "
+                         f"c('{path}')\"") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a trainer-state dict")
+    return state
+
+
+def convert_trainer_state(path: str) -> None:
+    """Rewrite an old-format trainer-state file (numpy RNG state pickled) in the safe format.
+
+    This runs a full unpickle: only call it on a file you trust.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    rng = state.get("rng", {})
+    if isinstance(rng.get("numpy"), tuple):
+        rng["numpy"] = numpy_state_to_safe(rng["numpy"])
+    tmp = path + ".part"
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    read_trainer_state(path)                        # the result must load safely
+
+
+def numpy_state_to_safe(st: tuple) -> dict:
+    """``np.random.get_state()`` as tensors and numbers (``weights_only`` refuses numpy arrays)."""
+    name, keys, pos, has_gauss, cached = st
+    return {"name": str(name), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)), "pos": int(pos),
+            "has_gauss": int(has_gauss), "cached_gaussian": float(cached)}
+
+
+def numpy_state_from_safe(d) -> tuple:
+    """Back to ``np.random.set_state``'s tuple; an old-format tuple passes through."""
+    if isinstance(d, tuple):
+        return d
+    return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached_gaussian"])
+
+
 def latest_step(ckpt_dir: str) -> int | None:
     """The step ``latest`` points at, or None when there is no complete checkpoint."""
     f = os.path.join(ckpt_dir, LATEST)
@@ -253,7 +307,7 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
     f = _trainer_state_file(path, _rank())
     if not os.path.isfile(f):
         f = _trainer_state_file(path, 0)
-    trainer_state = torch.load(f, map_location="cpu", weights_only=False)
+    trainer_state = read_trainer_state(f)
     if scheduler is not None and trainer_state.get("scheduler") is not None:
         scheduler.load_state_dict(trainer_state["scheduler"])
     return trainer_state

@@ -186,7 +186,7 @@ class Trainer:
             "step": self.step,
             "rng": {
                 "python": random.getstate(),
-                "numpy": np.random.get_state(),
+                "numpy": ckpt.numpy_state_to_safe(np.random.get_state()),   # weights_only-loadable
                 "torch": torch.get_rng_state(),
                 "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
                 "tracker": get_cuda_rng_tracker().get_states(),
@@ -201,7 +201,7 @@ class Trainer:
         self.step = int(state["step"])
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        np.random.set_state(ckpt.numpy_state_from_safe(rng["numpy"]))
         torch.set_rng_state(rng["torch"])
         if rng.get("cuda") is not None and torch.cuda.is_available():
             torch.cuda.set_rng_state(rng["cuda"])
