@@ -21,3 +21,20 @@ def code_version() -> dict:
             return {"git_sha": None, "version": version("vincie_mcore")}
         except PackageNotFoundError:
             return {"git_sha": None}
+
+
+def pin_cpu_arithmetic() -> None:
+    """Same fp32 arithmetic run to run and machine to machine (x86); call before torch is imported.
+
+    MKL (torch's CPU BLAS) otherwise picks its code path by CPU and by each buffer's alignment, and
+    may use fewer threads than asked on a busy machine (MKL_DYNAMIC); ATen's own kernels pick AVX2
+    or AVX-512 by CPU, and their reductions round differently. Each moves results by ~1e-6, which
+    training amplifies. Values already in the environment win; off x86 only MKL_DYNAMIC applies.
+    """
+    import os
+    import platform
+
+    os.environ.setdefault("MKL_DYNAMIC", "FALSE")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        os.environ.setdefault("MKL_CBWR", "AVX2")
+        os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")

@@ -6,18 +6,15 @@ exact judge, on three held-in sessions whose three turns are single edits. Print
 line: the mean loss of the last 10 steps, per-turn success and the copy baseline.
 
 One thread, MKL's and ATen's AVX2 paths (set before torch loads): the same numbers on every run
-(on x86; see tools/vincie_tools/demo.py).
+(on x86; runinfo.pin_cpu_arithmetic).
 """
 import json
-import os
-import platform
 import sys
 import time
 
-os.environ["MKL_DYNAMIC"] = "FALSE"
-if platform.machine().lower() in ("x86_64", "amd64"):
-    os.environ["MKL_CBWR"] = "AVX2"
-    os.environ["ATEN_CPU_CAPABILITY"] = "avx2"
+from vincie_mcore.runinfo import pin_cpu_arithmetic  # noqa: E402  (torch-free)
+
+pin_cpu_arithmetic()
 
 STEPS = 600            # memorised by ~600 steps at lr 1e-2 (400 is not enough: turn 1 fails)
 SESSIONS = 3

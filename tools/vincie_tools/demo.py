@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline, small, on the CPU, in about 12 minutes on 2 cores.
+"""`make demo`: the whole pipeline, small, on the CPU: 1600 steps, 10-35 minutes on 2 cores by machine.
 
 synthetic videos -> zarr session store -> DALI decode -> tiny MM-DiT on
 Megatron-Core (flow matching) -> 3-turn editing of held-out sessions -> exact
@@ -15,20 +15,12 @@ so a seed gives the same result on a fast or a slow machine; only the minutes di
 from __future__ import annotations
 
 import json
-import os
-import platform
 import sys
 import time
 
-# Same arithmetic run to run and machine to machine (x86): MKL (torch's CPU BLAS) otherwise picks its
-# code path by CPU and by the alignment of each buffer, and may use fewer threads than asked when the
-# machine is busy (MKL_DYNAMIC), each of which moves fp32 results by ~1e-6; ATen's own kernels pick
-# AVX2 or AVX-512 by CPU, and their reductions round differently. Set before torch (and MKL) is first
-# imported; explicit values in the environment win.
-os.environ.setdefault("MKL_DYNAMIC", "FALSE")
-if platform.machine().lower() in ("x86_64", "amd64"):      # elsewhere neither applies (ARM has its own paths)
-    os.environ.setdefault("MKL_CBWR", "AVX2")
-    os.environ.setdefault("ATEN_CPU_CAPABILITY", "avx2")
+from vincie_mcore.runinfo import pin_cpu_arithmetic  # noqa: E402  (torch-free)
+
+pin_cpu_arithmetic()          # before torch loads: the same numbers on any x86 machine
 
 
 def main(argv=None) -> int:
