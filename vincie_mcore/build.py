@@ -102,7 +102,7 @@ def build_training(cfg):
         (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     corpus = dc["corpus"]
     store = corpus.store or synthesize_store(run / "train", corpus.videos, dc["world"], corpus, corpus.sampling,
-                                             int(cfg.seed))
+                                             int(cfg.seed), corpus.min_change)
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them

@@ -44,7 +44,8 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
 
     # 1. data: videos -> sessions (resumable), then DALI-decode and encode once
     print("== 1. synthetic videos -> session store", flush=True)
-    train_store = synthesize_store(run / "train", corpus.videos, world, corpus, corpus.sampling, int(cfg.seed))
+    train_store = synthesize_store(run / "train", corpus.videos, world, corpus, corpus.sampling, int(cfg.seed),
+                                   corpus.min_change)
     held_store = synthesize_store(run / "heldout", corpus.heldout_videos, world, corpus, corpus.heldout_sampling,
                                   int(cfg.seed) + 10_000)
     decoded = decode_corpus(train_store, corpus, corpus.max_sessions)

@@ -114,3 +114,43 @@ def test_cli_synthetic(tmp_path, capsys):
     assert png(r.frames[0]).shape == (64, 64, 3) and 2 <= len(r.frames) <= 6
     with pytest.raises(SystemExit):
         main(["--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "s2"), "--quiet"])
+
+
+def test_static_filter_drops_exactly_the_frames_where_nothing_happened(corpus, tmp_path):
+    """Independent reference: the world's own scene states. With min_change > 0 no stored transition
+    is 'no change', and the kept frames are the unfiltered ones minus those equal to their predecessor."""
+    build_sessions(corpus, tmp_path / "all", sampling="fixed", seed=0, progress=False)
+    build_sessions(corpus, tmp_path / "f", sampling=SamplingConfig(strategy="fixed", min_change=2.0), seed=0,
+                   progress=False)
+    a, f = SessionStore(tmp_path / "all"), SessionStore(tmp_path / "f")
+    dropped = 0
+    kept_by_id = {f[i].video_id: f[i] for i in range(len(f))}
+    for i in range(len(a)):
+        r = a[i]
+        idx = r.meta["frame_indices"]
+        states = [Scene.from_dict(d) for d in r.states]
+        expect = [idx[0]]
+        last = states[0]
+        for k in range(1, len(idx)):
+            if np.any(render(last, CFG) != render(states[k], CFG)):
+                expect.append(idx[k])
+                last = states[k]
+        dropped += len(idx) - len(expect)
+        if len(expect) < 2:
+            assert r.video_id not in kept_by_id and r.video_id in f.failures()
+            assert "static video" in f.failures()[r.video_id]
+            continue
+        g = kept_by_id[r.video_id]
+        assert g.meta["frame_indices"] == expect
+        assert all(cam != "None" for t, cam in zip(g.texts, g.cameras) if t == "no change")   # only pans remain
+    assert dropped > 0                                   # the corpus has static transitions to drop
+
+
+def test_resuming_with_other_settings_is_refused(corpus, tmp_path):
+    from vincie_mcore.data.store import StoreMismatch
+    build_sessions(corpus, tmp_path / "s", sampling="fixed", seed=0, progress=False)
+    with pytest.raises(StoreMismatch, match="min_change|sampling"):
+        build_sessions(corpus, tmp_path / "s", sampling=SamplingConfig(strategy="fixed", min_change=2.0), seed=0,
+                       progress=False)
+    s = build_sessions(corpus, tmp_path / "s", sampling="fixed", seed=0, progress=False)    # same settings resume
+    assert s["skipped"] == 12 and s["written"] == 0

@@ -71,3 +71,19 @@ def test_fixed_n():
 def test_config_errors(kw, field):
     with pytest.raises(ValueError, match=f"SamplingConfig.{field}"):
         SamplingConfig(**kw)
+
+
+def test_patch_change_is_local_and_drop_static_keeps_changes():
+    from vincie_mcore.data.sampling import drop_static, patch_change
+    a = np.zeros((32, 32, 3), np.uint8)
+    b = a.copy()
+    b[8:16, 8:16] = 40                                  # one 8x8 patch changes by 40
+    c = b.copy()
+    c += 1                                              # noise spread thin: 1 everywhere
+    assert patch_change(a, b) == 40.0 and patch_change(b, c) == 1.0
+    assert patch_change(a, b) > 10 * float(np.abs(a.astype(float) - b).mean())   # the whole-frame mean dilutes it
+    frames = np.stack([a, a, b, c, a])
+    assert drop_static(frames, 2.0) == [0, 2, 4]        # a==a dropped; c is b plus noise
+    assert drop_static(frames, 0.0) == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="min_change"):
+        SamplingConfig(min_change=-1)

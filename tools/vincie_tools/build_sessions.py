@@ -29,6 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--n-frames", type=int, nargs=2, default=(2, 6), metavar=("MIN", "MAX"),
                    help="fixed-frame sampling: frames per session, drawn in [MIN, MAX]")
     p.add_argument("--p-equal", type=float, default=0.5, help="mixed sampling: probability of equal-interval")
+    p.add_argument("--min-change", type=float, default=0.0,
+                   help="drop a sampled frame whose largest 8x8-patch mean |change| from the last kept frame "
+                        "is <= this (0-255 scale); 0 keeps every frame")
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -56,7 +59,7 @@ def main(argv=None) -> dict:
     a = parse_args(argv)
     try:
         sampling = SamplingConfig(strategy=a.sampling, interval_s=a.interval_s, n_frames=tuple(a.n_frames),
-                                  p_equal=a.p_equal)
+                                  p_equal=a.p_equal, min_change=a.min_change)
         if a.synthetic:
             cfg = world_from_arg(a.world)
             t0 = time.perf_counter()

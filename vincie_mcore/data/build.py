@@ -9,6 +9,8 @@ A video's session depends only on (seed, video id), never on ``workers``.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import time
 import zlib
@@ -18,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from .annotate import Annotator, GroundTruthAnnotator
-from .sampling import SamplingConfig, sample_frames
+from .sampling import SamplingConfig, drop_static, sample_frames
 from .segment import GroundTruthSegmenter, Segmenter
 from .store import RawSession, SessionWriter, read_failures
 from .video import VIDEO_EXTS, VideoError, probe_video, read_video
@@ -52,6 +54,11 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
     if len(idx) < 2:
         raise VideoError(f"video too short: sampling gave {len(idx)} frame(s) of {info.num_frames}")
     frames = read_video(path, idx)                                      # [K, H, W, 3]
+    if sampling.min_change > 0:
+        keep = drop_static(frames, sampling.min_change)
+        if len(keep) < 2:
+            raise VideoError(f"static video: no sampled frame changed by more than min_change={sampling.min_change}")
+        idx, frames = [idx[k] for k in keep], frames[keep]
     meta = {"path": str(path), "video_id": video_id, "fps": info.fps, "num_frames": info.num_frames}
     trans = annotator.annotate(frames, idx, meta)
     if len(trans) != len(idx) - 1:
@@ -109,7 +116,9 @@ def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixe
     t0 = time.perf_counter()
     videos = list_videos(video_dir)
     written = failed = 0
-    with SessionWriter(store_root, shard_size) as w:
+    build = {"sampling": dataclasses.asdict(cfg), "seed": seed, "annotator": ctx["annotator"].name,
+             "segmenter": ctx["segmenter"].name}
+    with SessionWriter(store_root, shard_size, build=build) as w:
         done = w.done_video_ids() | (set() if retry_failed else set(read_failures(store_root)))
         todo = [(v, p) for v, p in videos if v not in done]
         from tqdm import tqdm

@@ -8,6 +8,7 @@ its frames and RoE maps once through the frozen image encoder, giving the
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class CorpusConfig:
     sampling: str = "mixed"           # frame sampling for training sessions: equal | fixed | mixed
     interval_s: float = 1.0           # equal-interval sampling period (paper: e.g. 3 s on real video)
     n_frames: tuple = (2, 6)          # fixed-frame sampling: frames per session, [min, max]
+    min_change: float = 0.0           # training sessions: drop static frames (data/sampling.py drop_static); 0: off
     heldout_sampling: str = "fixed"   # held-out sessions (evaluation keeps those with one edit per turn)
     codec: str = "vp9"                # synthetic video codec (DALI decodes VP9/MJPEG on CPU)
     workers: int = 2                  # processes for video writing / session building
@@ -38,17 +40,26 @@ class CorpusConfig:
                 raise ValueError(f"data.corpus.{k}: must be a non-negative int (workers >= 1), got {getattr(self, k)!r}")
 
 
-def synthesize_store(root: Path, n_videos: int, world, corpus: CorpusConfig, sampling: str, seed: int) -> Path:
-    """Write synthetic videos and build their session store (both resumable)."""
+def synthesize_store(root: Path, n_videos: int, world, corpus: CorpusConfig, sampling: str, seed: int,
+                     min_change: float = 0.0) -> Path:
+    """Write synthetic videos and build their session store (both resumable); ``min_change``:
+    the static-frame filter (0: off)."""
     from .build import build_sessions
     from .sampling import SamplingConfig
+    from .store import StoreMismatch
     from .video import write_synthetic_corpus
 
     videos, store = root / "videos", root / "store"
     write_synthetic_corpus(videos, n_videos, world, seed=seed, workers=corpus.workers, codec=corpus.codec,
                            progress=True)
-    samp = SamplingConfig(strategy=sampling, interval_s=corpus.interval_s, n_frames=tuple(corpus.n_frames))
-    build_sessions(videos, store, sampling=samp, workers=corpus.workers, seed=seed)   # prints its summary
+    samp = SamplingConfig(strategy=sampling, interval_s=corpus.interval_s, n_frames=tuple(corpus.n_frames),
+                          min_change=min_change)
+    try:
+        build_sessions(videos, store, sampling=samp, workers=corpus.workers, seed=seed)   # prints its summary
+    except StoreMismatch as e:                 # synthetic sessions are derived data: rebuild, do not mix
+        print(f"   {e}: rebuilding it", flush=True)
+        shutil.rmtree(store)
+        build_sessions(videos, store, sampling=samp, workers=corpus.workers, seed=seed)
     return store
 
 

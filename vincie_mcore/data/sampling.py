@@ -26,6 +26,8 @@ class SamplingConfig:
     n_frames: tuple = (2, 6)       # fixed-frame: [min, max] frames, drawn uniformly per video (min == max: fixed n)
     p_equal: float = 0.5           # mixed: probability of equal-interval
     max_frames: int = 20           # cap on frames per session (paper: 2-20 images)
+    min_change: float = 0.0        # static filter: drop a sampled frame whose largest 8x8-patch mean |change|
+                                   # from the last kept frame is <= this (0-255 scale); 0 keeps every frame
 
     def __post_init__(self):
         self.n_frames = tuple(self.n_frames)
@@ -42,6 +44,8 @@ class SamplingConfig:
             raise ValueError(f"SamplingConfig.p_equal: must be in [0, 1], got {self.p_equal}")
         if self.max_frames < 2:
             raise ValueError(f"SamplingConfig.max_frames: must be >= 2, got {self.max_frames}")
+        if not self.min_change >= 0:
+            raise ValueError(f"SamplingConfig.min_change: must be >= 0, got {self.min_change}")
 
 
 def equal_interval(num_frames: int, fps: float, interval_s: float, start_s: float = 0.0,
@@ -82,3 +86,28 @@ def sample_frames(num_frames: int, fps: float, cfg: SamplingConfig, rng: np.rand
         n = int(rng.integers(cfg.n_frames[0], cfg.n_frames[1] + 1))
         idx = fixed_frame(num_frames, min(n, cfg.max_frames))
     return idx, strategy
+
+
+def patch_change(a: np.ndarray, b: np.ndarray, patch: int = 8) -> float:
+    """The largest mean absolute difference of any ``patch`` x ``patch`` pixel patch between two
+    [H, W, C] frames, on their own scale (0-255 for uint8). Local, so a small edit in a big frame
+    still counts, while codec noise, spread thin, stays low. Edge pixels that do not fill a
+    patch are left out."""
+    if a.shape != b.shape:
+        raise ValueError(f"patch_change: frames of {a.shape} and {b.shape}")
+    d = np.abs(a.astype(np.float32) - b.astype(np.float32)).mean(-1)
+    h, w = (d.shape[0] // patch) * patch, (d.shape[1] // patch) * patch
+    if h == 0 or w == 0:
+        return float(d.mean())
+    return float(d[:h, :w].reshape(h // patch, patch, w // patch, patch).mean((1, 3)).max())
+
+
+def drop_static(frames: np.ndarray, min_change: float) -> list[int]:
+    """Positions of the frames to keep: the first, then each frame that changed by more than
+    ``min_change`` (``patch_change``) from the last kept one. A transition where nothing
+    happened teaches only copying; the paper's sessions are of changes."""
+    keep = [0]
+    for i in range(1, len(frames)):
+        if min_change <= 0 or patch_change(frames[keep[-1]], frames[i]) > min_change:
+            keep.append(i)
+    return keep

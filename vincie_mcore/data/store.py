@@ -86,21 +86,40 @@ def read_failures(root) -> dict:
 
 
 # ----------------------------------------------------------------------------- writing
+class StoreMismatch(ValueError):
+    """Resuming a store with build settings other than those it was made with."""
+
+
 class SessionWriter:
     """Append sessions to a store, ``shard_size`` per shard; reopening resumes."""
 
-    def __init__(self, root, shard_size: int = 256):
+    def __init__(self, root, shard_size: int = 256, build: dict | None = None):
+        """``build``: the settings that decide what a session holds (sampling, seed, ...), kept in
+        the root attrs; resuming with other settings raises ``StoreMismatch``, since one store
+        would otherwise mix sessions of two recipes."""
         if shard_size < 1:
             raise ValueError(f"shard_size must be >= 1, got {shard_size}")
         self.root = Path(root)
         self.shard_size = shard_size
+        build = json.loads(json.dumps(build)) if build is not None else None     # as the attrs will hold it
         if (self.root / "zarr.json").exists():
             g = zarr.open_group(str(self.root), mode="r+")
             if g.attrs.get("format") != STORE_FORMAT:
                 raise ValueError(f"{self.root} is not a session store (format {g.attrs.get('format')!r})")
+            old = g.attrs.get("build")
+            if build is not None and old is None and _read_index(self.root):
+                raise StoreMismatch(f"{self.root} holds sessions built before stores recorded their settings; "
+                                    f"use another folder")
+            if build is not None and old is not None and old != build:
+                diff = sorted(k for k in set(old) | set(build) if old.get(k) != build.get(k))
+                raise StoreMismatch(f"{self.root} was built with other settings ({', '.join(diff)}: "
+                                    f"{[old.get(k) for k in diff]} there, {[build.get(k) for k in diff]} now); "
+                                    f"use another folder")
         else:
             g = zarr.open_group(str(self.root), mode="w")
             g.attrs.update({"format": STORE_FORMAT, "shard_size": shard_size})
+            if build is not None:
+                g.attrs["build"] = build
         self._root_group = g
         index = _read_index(self.root)
         listed = {d["shard"] for d in index}

@@ -137,7 +137,8 @@ class _MMDiTBlock(MegatronModule):
         w = self.stream_weights
         mods = []
         for i, x in enumerate(streams):
-            m = self.adaln[w[i]](ctx.c, ctx.shared_mod)[ctx.stream_blocks[i]]    # (S_i, 6, D)
+            # index_select, not m[idx]: its backward is index_add_, where m[idx]'s is a serial index_put
+            m = self.adaln[w[i]](ctx.c, ctx.shared_mod).index_select(0, ctx.stream_blocks[i])   # (S_i, 6, D)
             mods.append(m.unsqueeze(1).unbind(2))                                # 6 x (S_i, 1, D)
         h = [modulate(self._norm(x), m[0], m[1]) for x, m in zip(streams, mods)]
         attn = self.attention(h, w, ctx.rope, ctx.spec, q_start=ctx.q_start)
@@ -186,6 +187,6 @@ class FinalLayer(MegatronModule):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, token_blocks: torch.Tensor) -> torch.Tensor:
         """x [S, 1, D], c [nb, D], token_blocks [S] -> [S, 1, out_dim]."""
-        shift, scale = self.adaln(c, torch.cat([c, c], dim=-1))[token_blocks].unsqueeze(1).unbind(2)
+        shift, scale = self.adaln(c, torch.cat([c, c], dim=-1)).index_select(0, token_blocks).unsqueeze(1).unbind(2)
         x = modulate(F.layer_norm(x, (x.shape[-1],), eps=self.norm_eps), shift, scale)
         return self.linear(x)                                                    # (S, 1, out_dim)
