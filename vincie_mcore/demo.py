@@ -11,6 +11,7 @@ slow machine; only the minutes differ. The CLI is ``vincie-demo``.
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 from pathlib import Path
@@ -75,7 +76,8 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     print("== 3. edit held-out sessions turn after turn", flush=True)
     model.eval()
     editor = make_editor(cfg, model, text_enc, image_enc)
-    results, baseline, strips = evaluate(editor, held, world, turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
+    with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():   # sample the average
+        results, baseline, strips = evaluate(editor, held, world, turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
     for i, (imgs, texts, truth) in enumerate(strips):
         save_strip([x.numpy() for x in imgs], run / f"strip_{i}.png", texts)
         save_strip(list(truth), run / f"truth_{i}.png", texts)
@@ -84,6 +86,7 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     summary["steps"] = trainer.step
     summary["seconds_per_step"] = round(train_s / max(len(trainer.losses), 1), 4)
     summary["threads"] = torch.get_num_threads()
+    summary["ema_decay"] = trainer.cfg.ema_decay
     summary.update(code_version())
     summary["final_loss"] = round(sum(trainer.losses[-20:]) / max(len(trainer.losses[-20:]), 1), 5)
     write_json(run / "results.json", summary)

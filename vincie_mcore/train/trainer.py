@@ -28,6 +28,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from ..model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
 from ..parallel import cpu_compat
+from .ema import EMA
 from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops
 from .optim import build_optimizer, build_scheduler, current_lr
 
@@ -44,6 +45,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)       # AdamW betas
     eps: float = 1e-8                # AdamW epsilon
     grad_clip: float = 1.0           # max global grad norm; 0 disables clipping
+    ema_decay: float = 0.0           # > 0: keep an EMA of the weights (train/ema.py) to sample with; 0: none
     dtype: str = "auto"              # "fp32", "bf16" (fp32 master weights), "auto": bf16 on GPU, fp32 on CPU
     use_distributed_optimizer: bool = False   # shard optimizer state over DP
     log_every: int = 10              # console line + TensorBoard scalars every N steps
@@ -78,6 +80,8 @@ class TrainConfig:
         for key in ("lr", "eps"):
             if not is_num(getattr(self, key)) or getattr(self, key) <= 0:
                 bad(key, "must be a finite number > 0")
+        if not is_num(self.ema_decay) or not 0 <= self.ema_decay < 1:
+            bad("ema_decay", "must be a number in [0, 1)")
         for key in ("min_lr", "weight_decay", "grad_clip"):
             if not is_num(getattr(self, key)) or getattr(self, key) < 0:
                 bad(key, "must be a finite number >= 0")
@@ -169,6 +173,9 @@ class Trainer:
         self.scheduler = build_scheduler(self.optimizer, lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup,
                                          total_steps=cfg.steps, weight_decay=cfg.weight_decay)
 
+        # the EMA shadows this rank's weights (fp32); it is sampled with, never trained
+        self.ema = EMA(self.model.module, cfg.ema_decay) if cfg.ema_decay > 0 else None
+
         self.step = 0
         self.losses: list[float] = []
         self.resumed_from: int | None = None
@@ -193,6 +200,7 @@ class Trainer:
                 "generator": self.generator.get_state(),
             },
             "stream": self.stream.state_dict() if hasattr(self.stream, "state_dict") else None,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "config": asdict(self.cfg),
         }
 
@@ -212,6 +220,11 @@ class Trainer:
                 raise TypeError(f"Trainer: checkpoint holds a data-stream state but {type(self.stream).__name__} "
                                 "has no load_state_dict()")
             self.stream.load_state_dict(state["stream"])
+        if self.ema is not None:
+            if state.get("ema") is None:
+                raise ValueError("Trainer: train.ema_decay > 0 but the checkpoint holds no EMA weights "
+                                 "(it was saved without one); resume with train.ema_decay=0")
+            self.ema.load_state_dict(state["ema"])
 
     def save_checkpoint(self) -> str | None:
         if self.cfg.ckpt_dir is None:
@@ -262,6 +275,8 @@ class Trainer:
         self.scheduler.step(1)            # before the step: step k runs at lr(k), see optim.build_scheduler
         lr = current_lr(self.optimizer)
         ok, grad_norm, _ = self.optimizer.step()
+        if ok and self.ema is not None:
+            self.ema.update()
         self.step += 1
         tokens = metrics.get("tokens", None) if isinstance(metrics, dict) else None
         return {
