@@ -25,12 +25,15 @@ at a time (the builder's main process).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import zarr
+
+from ..paths import relative
 
 STORE_FORMAT = "vincie-sessions/1"
 
@@ -68,9 +71,31 @@ def _shard_name(i: int) -> str:
     return f"shard_{i:05d}"
 
 
+_SHARD_RE = re.compile(r"^shard_\d{5,}$")
+
+
 def _read_index(root: Path) -> list[dict]:
+    """The complete shards; a shard name that is not ``shard_NNNNN`` (a hand-edited or hostile
+    index naming a path such as ``../x``) is refused in one line before anything opens it."""
     p = root / "index.jsonl"
-    return [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    index = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
+    for d in index:
+        if not isinstance(d.get("shard"), str) or not _SHARD_RE.match(d["shard"]):
+            raise ValueError(f"{p}: shard name {d.get('shard')!r} is not shard_NNNNN")
+    return index
+
+
+def check_video_id(video_id) -> str | None:
+    """Why ``video_id`` is unusable, or None. An id is a relative path under the video folder and
+    may later name files (``vincie_mcore.paths.relative``), so an absolute path, a ``..`` part, a NUL
+    or an empty id is refused."""
+    if not isinstance(video_id, str):
+        return f"video id is a {type(video_id).__name__}, not a string"
+    try:
+        relative(video_id, what="video id", root="the video folder")
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def read_failures(root) -> dict:
@@ -134,10 +159,16 @@ class SessionWriter:
         """Videos with a session in a complete shard (or buffered for the next one)."""
         return self._done | {s.video_id for s in self._buf}
 
-    def add(self, s: RawSession) -> None:
+    def add(self, s: RawSession) -> bool:
+        """Buffer ``s``; False (and a failure line, nothing written) when its id is unusable."""
+        why = check_video_id(s.video_id)
+        if why is not None:
+            self.fail(str(s.video_id), why)
+            return False
         self._buf.append(s)
         if len(self._buf) >= self.shard_size:
             self.flush()
+        return True
 
     def fail(self, video_id: str, reason: str) -> None:
         line = json.dumps({"video_id": video_id, "reason": " ".join(str(reason).split())})

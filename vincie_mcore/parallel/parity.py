@@ -285,7 +285,8 @@ def run_layout(layout: Layout, mask: str, steps: int, work_dir: str, *, parts: i
                 lines = [ln for ln in f.read_text().splitlines() if ln.strip()]
                 tails.append(f"--- rank {r}: " + " | ".join(lines[-3:]))
         raise RuntimeError(f"layout {layout} failed: {e}\n" + "\n".join(tails)) from None
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(layout.world)]
+    # tensors, numbers, strings and containers only (see `res` in _worker): the safe loader reads them
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(layout.world)]
 
 
 # ----------------------------------------------------------------------------

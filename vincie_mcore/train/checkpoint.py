@@ -16,12 +16,20 @@ Trainer state (step, python/numpy/torch RNG, Megatron's RNG tracker, the
 data stream, the loss generator, the config) is per rank: DP ranks draw
 different data and noise.
 
+Loading a checkpoint from someone else runs no code: ``check_dist_files`` reads every pickle that
+Megatron/torch would unpickle (common.pt, the DCP ``.metadata``, the byte items in the ``.distcp``
+files) with a restricted loader first and refuses the folder in one line if one needs more
+(docs/design.md, "Files we load").
+
 Note (docs/measured.md, "dist_checkpointing and spawn"): ``dist_checkpointing.save`` starts a spawn Manager, so a
 script run under torchrun needs its body under ``if __name__ == "__main__":``.
 """
 from __future__ import annotations
 
+import io
+import json
 import os
+import pickle
 import re
 import shutil
 
@@ -29,6 +37,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
+
+from ..paths import inside
 
 LATEST = "latest"
 _STEP_RE = re.compile(r"^step_(\d{7,})$")
@@ -208,6 +219,113 @@ def numpy_state_from_safe(d) -> tuple:
     return (d["name"], d["keys"].numpy().astype(np.uint32), d["pos"], d["has_gauss"], d["cached_gaussian"])
 
 
+# ----------------------------------------------------------------------------
+# Files from someone else: what Megatron 0.16 / torch 2.13 unpickle when loading a dist checkpoint
+#   common.pt      torch.load, weights_only left at torch's default (True since 2.6, but
+#                  TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 turns it off): read below with weights_only=True
+#   .metadata      torch DCP FileSystemReader.read_metadata: plain pickle.load (runs code)
+#   .distcp bytes  DefaultLoadPlanner.load_bytes: torch.load(weights_only=False) (runs code);
+#                  tensors are read with weights_only=True
+# ----------------------------------------------------------------------------
+
+# The globals a DCP .metadata of ours references (all plain dataclasses, enums and lookups);
+# any other global is refused. torch dtypes (torch.float32, ...) are allowed separately.
+_DCP_METADATA_GLOBALS = {
+    "torch.distributed.checkpoint.metadata": {
+        "Metadata", "MetadataIndex", "StorageMeta", "BytesStorageMetadata", "TensorStorageMetadata",
+        "TensorProperties", "ChunkStorageMetadata", "_MEM_FORMAT_ENCODING"},
+    "torch.distributed.checkpoint.planner": {
+        "SavePlan", "WriteItem", "WriteItemType", "TensorWriteData", "BytesIOWriteData"},
+    "torch.distributed.checkpoint.filesystem": {"_StorageInfo"},
+    "torch.serialization": {"_get_layout"},
+    "torch": {"Size"},
+    "collections": {"OrderedDict"},
+    "megatron.core.dist_checkpointing.strategies.torch": {"MCoreMetadata", "MCoreSavePlan"},
+}
+_BACKENDS = {"sharded_backend": "torch_dist", "common_backend": "torch"}
+
+
+class _MetadataUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if name in _DCP_METADATA_GLOBALS.get(module, ()) or (
+                module == "torch" and isinstance(getattr(torch, name, None), torch.dtype)):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"Unsupported global: {module}.{name}")
+
+
+def _unsafe(f: str, e: Exception) -> ValueError:
+    m = re.search(r"Unsupported global: (?:GLOBAL )?([\w.]+)", str(e))
+    if m is None:
+        return ValueError(f"checkpoint: {f} cannot be read safely ({type(e).__name__}: {' '.join(str(e).split())[:120]})")
+    return ValueError(f"checkpoint: {f} holds objects that only an unsafe (code-running) load could read "
+                      f"(it calls {m.group(1)}); refusing it")
+
+
+def _load_weights_only(f, data: bytes | None = None):
+    """torch.load(weights_only=True) of a file (or of ``data``, a slice of it); refuses in one line."""
+    try:
+        return torch.load(io.BytesIO(data) if data is not None else f, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:    # hostile, or not a torch file
+        raise _unsafe(f, e) from None
+
+
+class _SafeCommonLoad(TorchCommonLoadStrategy):
+    """Megatron's common-state load with ``weights_only=True`` written out, so no environment
+    variable can turn a code-running load back on."""
+
+    def load_common(self, checkpoint_dir):
+        f = os.path.join(checkpoint_dir, "common.pt")
+        if not os.path.isfile(f):
+            raise FileNotFoundError(f"checkpoint: no common state {f}")
+        return _load_weights_only(f)
+
+
+def check_dist_files(path: str) -> None:
+    """Refuse, in one line, a dist-checkpoint folder that Megatron could not load without running code.
+
+    Reads (never with a full unpickle): metadata.json (backends must be torch_dist/torch);
+    common.pt with ``weights_only=True``; the DCP ``.metadata`` with an unpickler that knows only
+    the DCP dataclasses; every storage file it names must lie inside ``path``; every byte item
+    (Megatron's ShardedObjects, which torch would read with ``weights_only=False``) with
+    ``weights_only=True``. Megatron then reads the same bytes, so a file replaced between this
+    check and the load is not caught.
+    """
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
+
+    cfg_file = os.path.join(path, "metadata.json")
+    try:
+        cfg = json.load(open(cfg_file))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint: {cfg_file} is missing or not JSON ({type(e).__name__})") from None
+    for key, want in _BACKENDS.items():
+        if not isinstance(cfg, dict) or cfg.get(key) != want:
+            raise ValueError(f"checkpoint: {cfg_file} names {key}={cfg.get(key) if isinstance(cfg, dict) else cfg!r}, "
+                             f"expected {want!r}")
+    _load_weights_only(os.path.join(path, "common.pt"))
+    md_file = os.path.join(path, ".metadata")
+    try:
+        with open(md_file, "rb") as fh:
+            md = _MetadataUnpickler(fh).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint: no DCP metadata {md_file}") from None
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError) as e:
+        raise _unsafe(md_file, e) from None
+    if not (isinstance(md, Metadata) and isinstance(md.storage_data, dict) and isinstance(md.state_dict_metadata, dict)
+            and all(isinstance(i, MetadataIndex) and isinstance(v, _StorageInfo) and isinstance(v.relative_path, str)
+                    and isinstance(v.offset, int) and isinstance(v.length, int) for i, v in md.storage_data.items())):
+        raise ValueError(f"checkpoint: {md_file} is not well-formed DCP metadata")
+    byte_keys = {k for k, v in md.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)}
+    for index, info in md.storage_data.items():
+        f = inside(path, info.relative_path, what=f"checkpoint: {md_file} storage file")
+        if info.transform_descriptors:      # compression etc.: we never write it, torch would decode it
+            raise ValueError(f"checkpoint: {md_file} asks for transforms {list(info.transform_descriptors)} on {f}")
+        if index.fqn in byte_keys:
+            with open(f, "rb") as fh:
+                fh.seek(info.offset)
+                _load_weights_only(f"{f} [{index.fqn}]", fh.read(info.length))
+
+
 def latest_step(ckpt_dir: str) -> int | None:
     """The step ``latest`` points at, or None when there is no complete checkpoint."""
     f = os.path.join(ckpt_dir, LATEST)
@@ -295,7 +413,11 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
 
     fmt_file = os.path.join(path, OPTIMIZER_FORMAT_FILE)     # absent in checkpoints older than the file
     fmt = open(fmt_file).read().strip() if os.path.isfile(fmt_file) else "dp_reshardable"
-    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True, fmt=fmt), path)
+    if fmt not in ("fully_reshardable", "dp_reshardable"):
+        raise ValueError(f"checkpoint: {fmt_file} holds {fmt[:40]!r}, not fully_reshardable or dp_reshardable")
+    check_dist_files(path)                                   # before Megatron unpickles anything
+    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True, fmt=fmt), path,
+                                    common_strategy=_SafeCommonLoad())
     _unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         # no_grad: in fp32 the DistributedOptimizer's main params are views of the model's
