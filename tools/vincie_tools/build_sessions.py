@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from vincie_mcore.data.build import build_sessions, format_summary
+from vincie_mcore.data.build import DECODE_MAX_MB, DECODE_TIMEOUT_S, build_sessions, format_summary
 from vincie_mcore.data.sampling import SamplingConfig
 from vincie_mcore.data.video import write_synthetic_corpus
 from vincie_mcore.data.world import WorldConfig, demo_config
@@ -35,6 +35,10 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--shard-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--decode-timeout-s", type=float, default=DECODE_TIMEOUT_S,
+                   help="seconds one video may take (a worker past it is killed, the video recorded as failed); 0: no limit")
+    p.add_argument("--decode-max-mb", type=int, default=DECODE_MAX_MB,
+                   help="MiB a worker's address space may grow by while making one video (RLIMIT_AS); 0: no limit")
     p.add_argument("--retry-failed", action="store_true", help="retry videos listed in failures.jsonl")
     p.add_argument("--synthetic", type=int, default=0, metavar="N", help="first write N synthetic videos")
     p.add_argument("--world", default="demo",
@@ -67,7 +71,8 @@ def main(argv=None) -> dict:
                                    progress=not a.quiet)
             print(f"videos: {a.synthetic} synthetic videos in {time.perf_counter() - t0:.1f}s -> {a.videos}")
         summary = build_sessions(a.videos, a.out, sampling=sampling, workers=a.workers, shard_size=a.shard_size,
-                                 seed=a.seed, retry_failed=a.retry_failed, progress=not a.quiet)
+                                 seed=a.seed, retry_failed=a.retry_failed, progress=not a.quiet,
+                                 decode_timeout_s=a.decode_timeout_s, decode_max_mb=a.decode_max_mb)
         if a.quiet:
             print(format_summary(summary))
         return summary

@@ -23,17 +23,18 @@ def main(argv=None) -> int:
                     help="config override, e.g. sampler.steps=30 sampler.guidance=3")
     a = ap.parse_args(argv)
 
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
+    from vincie_mcore.data.media import MediaError, load_image
+
+    try:
+        image = load_image(a.image, name=a.image)   # size limits, modes, animation: vincie_mcore/data/media.py
+    except MediaError as e:
+        print(f"error: --image: {e}", file=sys.stderr)
+        return 2
+
+    from PIL import Image                        # after the image check: a bad image fails before torch loads
 
     from vincie_mcore.build import load_run, make_editor
     from vincie_mcore.infer.editor import save_strip
-
-    try:
-        image = np.asarray(Image.open(a.image).convert("RGB"))
-    except (FileNotFoundError, UnidentifiedImageError) as e:
-        print(f"error: --image {a.image}: {e.__class__.__name__}: cannot read it as an image", file=sys.stderr)
-        return 2
     try:
         cfg, model, text, img = load_run(a.run, a.set)
         editor = make_editor(cfg, model, text, img)

@@ -6,12 +6,17 @@ sampled frame that does not decode, a malformed annotation, ...), and the rest
 go on. Re-running skips videos already stored or already failed. Workers
 (processes) do the per-video work; the main process alone writes the store.
 A video's session depends only on (seed, video id), never on ``workers``.
+Each video is made in a worker under a time and an address-space limit
+(``decode_timeout_s``, ``decode_max_mb``): a file that makes the decoder spin
+or allocate without end becomes a failure line too, and its worker is replaced.
 """
 from __future__ import annotations
 
 import dataclasses
-
 import io
+import os
+import resource
+import signal
 import time
 import zlib
 from pathlib import Path
@@ -24,6 +29,11 @@ from .sampling import SamplingConfig, drop_static, sample_frames
 from .segment import GroundTruthSegmenter, Segmenter
 from .store import RawSession, SessionWriter, read_failures
 from .video import VIDEO_EXTS, VideoError, probe_video, read_video
+
+# Per-video limits (build_sessions, --decode-timeout-s, --decode-max-mb): a clip takes well under a
+# second to make; the limits only stop a file that makes the decoder spin or allocate without end.
+DECODE_TIMEOUT_S = 120.0
+DECODE_MAX_MB = 2048
 
 
 def encode_png(img: np.ndarray) -> bytes:
@@ -85,10 +95,13 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
 _CTX: dict = {}
 
 
-def _job(item):
+def _job(item, max_mb=None):
     video_id, path = item
     try:
         return video_id, make_session(video_id, path, **_CTX), None
+    except MemoryError:
+        # under the worker's address-space limit (numpy, or libav's ENOMEM: av.error.MemoryError)
+        return video_id, None, (f"decode exceeded {max_mb} MiB" if max_mb else "out of memory (MemoryError)")
     except Exception as e:  # noqa: BLE001 - every failure becomes a manifest line, the build goes on
         msg = " ".join(str(e).split()) or type(e).__name__
         return video_id, None, msg if isinstance(e, (VideoError, ValueError)) else f"{type(e).__name__}: {msg}"
@@ -99,10 +112,135 @@ def _init(ctx):
     _CTX.update(ctx)
 
 
+# ----------------------------------------------------------------------------- limited workers
+def _address_space() -> int | None:
+    """This process's virtual size in bytes (Linux), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return None
+
+
+def _worker_main(conn, ctx, max_mb):
+    """One worker: an address-space limit, then one video per message until None (or its pipe closes)."""
+    _init(ctx)
+    if max_mb:
+        # the limit is on growth: a fork of a big parent (torch imported) starts with GBs of mappings
+        hard = resource.getrlimit(resource.RLIMIT_AS)[1]
+        limit = (_address_space() or 0) + max_mb * 2**20
+        resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    while True:
+        try:
+            item = conn.recv()
+        except EOFError:
+            return
+        if item is None:
+            return
+        out = _job(item, max_mb)
+        conn.send(out)
+        if out[2] is not None and out[2].startswith("decode exceeded"):
+            return                              # a failed allocation may leave libav's state half-freed: start afresh
+
+
+class _Worker:
+    def __init__(self, mpctx, ctx, max_mb):
+        self.conn, child = mpctx.Pipe()
+        self.proc = mpctx.Process(target=_worker_main, args=(child, ctx, max_mb), daemon=True)
+        self.proc.start()
+        child.close()                             # so that a dead worker reads as EOF here
+        self.task = self.deadline = None
+
+    def stop(self, kill: bool = False):
+        if self.conn.closed:
+            return
+        if kill:
+            self.proc.kill()
+        else:
+            try:
+                self.conn.send(None)
+            except OSError:
+                pass
+        self.proc.join(5)
+        if self.proc.is_alive():
+            self.proc.kill()
+            self.proc.join()
+        self.conn.close()
+
+
+def _death_reason(proc, max_mb) -> str:
+    code = proc.exitcode
+    how = f"signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return f"decode process died ({how}{f', memory limit {max_mb} MiB' if max_mb else ''})"
+
+
+def _limited_map(todo, ctx, workers, timeout_s, max_mb):
+    """Like ``map(_job, todo)`` in input order, each video in a worker process under the limits.
+
+    A video past ``timeout_s`` seconds gets its worker killed (and replaced) and the
+    reason "decode timed out after N s"; one whose worker dies gets the exit signal.
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait
+
+    mpctx = mp.get_context("fork")
+    pool = [_Worker(mpctx, ctx, max_mb) for _ in range(min(workers, len(todo)))]
+    queue = list(enumerate(todo))[::-1]        # popped from the end: input order
+    done, next_out = {}, 0
+    try:
+        while next_out < len(todo):
+            for i, w in enumerate(pool):
+                if w.task is None and queue:
+                    w.task = queue.pop()
+                    w.deadline = time.monotonic() + timeout_s if timeout_s else None
+                    w.conn.send(w.task[1])
+            busy = [w for w in pool if w.task is not None]
+            deadlines = [w.deadline for w in busy if w.deadline is not None]
+            wait_s = max(0.0, min(deadlines) - time.monotonic()) if deadlines else None
+            ready = wait([w.conn for w in busy], wait_s)
+            for i, w in enumerate(pool):
+                if w.task is None:
+                    continue
+                k, (video_id, _) = w.task
+                if w.conn in ready:
+                    try:
+                        done[k] = w.conn.recv()
+                        w.task = None
+                        if done[k][2] is None or not done[k][2].startswith("decode exceeded"):
+                            continue
+                        w.stop()                    # it retires after a failed allocation (_worker_main)
+                    except Exception:  # noqa: BLE001 - EOF, or a message cut short by the worker's death
+                        w.proc.join()
+                        done[k] = (video_id, None, _death_reason(w.proc, max_mb))
+                        w.stop(kill=True)
+                elif w.deadline is not None and time.monotonic() >= w.deadline:
+                    done[k] = (video_id, None, f"decode timed out after {timeout_s:g} s")
+                    w.stop(kill=True)
+                else:
+                    continue
+                w.task = None
+                if queue:
+                    pool[i] = _Worker(mpctx, ctx, max_mb)
+            while next_out in done:
+                yield done.pop(next_out)
+                next_out += 1
+    finally:
+        for w in pool:
+            w.stop(kill=w.task is not None)         # a video still running: no need to wait for it
+
+
 def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixed", workers: int = 1,
                    shard_size: int = 256, seed: int = 0, annotator: Annotator | None = None,
-                   segmenter: Segmenter | None = None, retry_failed: bool = False, progress: bool = True) -> dict:
+                   segmenter: Segmenter | None = None, retry_failed: bool = False, progress: bool = True,
+                   decode_timeout_s: float | None = DECODE_TIMEOUT_S, decode_max_mb: int | None = DECODE_MAX_MB) -> dict:
     """Build (or resume) a session store from a folder of videos.
+
+    Each video is made in a worker process whose address space may grow by at
+    most ``decode_max_mb`` MiB (RLIMIT_AS) and which is killed after
+    ``decode_timeout_s`` seconds on one video; such a video becomes a failure
+    ("decode exceeded N MiB", "decode timed out after N s") and the build goes
+    on. None (or 0) turns a limit off; with both off and ``workers=1`` the
+    videos are made in this process.
 
     Returns {"written", "skipped", "failed", "total", "seconds", "store"}:
     sessions written now, videos skipped as already done (stored, or failed
@@ -110,6 +248,8 @@ def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixe
     """
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    if (decode_timeout_s or 0) < 0 or (decode_max_mb or 0) < 0:
+        raise ValueError(f"decode_timeout_s and decode_max_mb must be >= 0, got {decode_timeout_s}, {decode_max_mb}")
     cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(strategy=sampling)
     ctx = dict(sampling=cfg, annotator=annotator or GroundTruthAnnotator(),
                segmenter=segmenter or GroundTruthSegmenter(), seed=seed)
@@ -123,32 +263,25 @@ def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixe
         todo = [(v, p) for v, p in videos if v not in done]
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc="sessions", unit="vid", disable=not progress)
-        if workers == 1 or len(todo) < 2:
+        if workers == 1 and not decode_timeout_s and not decode_max_mb:
             _init(ctx)
             results = map(_job, todo)
-            pool = None
         else:
-            import multiprocessing as mp
-            pool = mp.get_context("fork").Pool(workers, initializer=_init, initargs=(ctx,))
-            results = pool.imap(_job, todo, chunksize=max(1, min(32, len(todo) // (4 * workers))))
+            results = _limited_map(todo, ctx, workers, decode_timeout_s, decode_max_mb)
         try:
             for video_id, session, reason in results:
-                if session is not None:
-                    w.add(session)
-                    written += 1
-                else:
+                if session is None:
                     w.fail(video_id, reason)
                     failed += 1
+                elif w.add(session) is False:           # the writer refused it and recorded why
+                    failed += 1
+                else:
+                    written += 1
                 bar.update()
-        except BaseException:
-            if pool is not None:
-                pool.terminate()
-            raise
         finally:
             bar.close()
-            if pool is not None:
-                pool.close()
-                pool.join()
+            if hasattr(results, "close"):
+                results.close()                   # stops the workers (the generator's finally)
     summary = {"written": written, "skipped": len(videos) - len(todo), "failed": failed, "total": len(videos),
                "seconds": round(time.perf_counter() - t0, 3), "store": str(store_root)}
     if progress:

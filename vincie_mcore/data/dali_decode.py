@@ -15,12 +15,11 @@ soft (0..255) at the object borders.
 """
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
+from .media import load_image
 from .store import RawSession, SessionStore
 
 _PIPES: dict = {}
@@ -99,10 +98,15 @@ def resize_reference(img: np.ndarray, size) -> np.ndarray:
 
 
 def decode_images_pil(encoded: list, size=None) -> list[np.ndarray]:
-    """The reference: PIL decode (+ ``resize_reference``) -> uint8 [H, W, 3] each."""
+    """The reference: PIL decode (+ ``resize_reference``) -> uint8 [H, W, 3] each.
+
+    Through ``media.load_image`` (a store may come from elsewhere: a bomb or a
+    truncated PNG is refused in one line); for the 8-bit RGB and gray PNGs a
+    store holds that is exactly ``convert("RGB")``.
+    """
     out = []
-    for b in encoded:
-        im = np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+    for i, b in enumerate(encoded):
+        im = load_image(b, name=f"stored image {i}")
         out.append(im if size is None else resize_reference(im, size))
     return out
 

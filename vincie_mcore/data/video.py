@@ -126,6 +126,8 @@ def read_video(path, indices=None) -> np.ndarray:
                 if f.pts is not None:
                     dur = f.duration if f.duration else (1 / float(st.average_rate) / float(f.time_base))
                     end = max(end, float((f.pts + dur) * f.time_base))
+        except MemoryError:
+            raise                                # out of memory is not corrupt data (build.py's worker limit)
         except Exception as e:  # noqa: BLE001 - libav raises many types for bad data
             raise VideoError(f"corrupt video {name}: {type(e).__name__}: {_one_line(e)}") from None
         if not count:
