@@ -32,7 +32,7 @@ def test_trainer_state_loader_refuses_a_code_running_pickle(tmp_path):
     f, marker = _hostile_state(tmp_path)
     with pytest.raises(ValueError) as e:
         checkpoint.read_trainer_state(f)
-    assert f in str(e.value) and "\n" not in str(e.value)
+    assert f in str(e.value) and "\n" not in str(e.value) and "vincie-convert trainer-state" in str(e.value)
     assert not os.path.exists(marker)
 
 

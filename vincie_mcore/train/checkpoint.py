@@ -183,8 +183,7 @@ def read_trainer_state(path: str) -> dict:
         why = next((ln.strip() for ln in str(e).splitlines() if "Unsupported global" in ln), "a pickled object")
         raise ValueError(f"checkpoint: {path} holds objects that only an unsafe (code-running) load could read "
                          f"({why[:120]}); if you trust the file, rewrite it with "
-                         f"python -c \"from vincie_mcore.train.checkpoint import convert_trainer_state as c; "
-                         f"c('{path}')\"") from None
+                         f"vincie-convert trainer-state --in {path} --out {path}") from None
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint: {path} holds a {type(state).__name__}, not a trainer-state dict")
     return state

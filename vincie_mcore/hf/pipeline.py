@@ -1,0 +1,85 @@
+"""VincieEditPipeline: multi-turn editing from an export folder, with no Megatron-Core model.
+
+The plain ``VincieMMDiT`` goes into the library's own editor (``vincie_mcore/infer/editor.py``:
+the same packing, batch contract and Euler + CFG sampler as training and ``vincie-edit``);
+the encoders and the sampler settings come from config.json's ``"pipeline"`` section, which an
+export from a run folder writes (docs/export.md).
+
+    pipe = VincieEditPipeline.from_pretrained("exports/demo")
+    images = pipe(image, ["add a red square at the top left", "make it blue"], steps=20, guidance=3.0, seed=0)
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+from vincie_mcore.config import build
+from vincie_mcore.data.packing import PackConfig
+from vincie_mcore.diffusion.flow import FlowConfig
+from vincie_mcore.encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
+from vincie_mcore.infer.editor import Editor, SamplerConfig
+
+from .files import ExportError, read_config
+from .modeling import VincieMMDiT
+
+PIPELINE_KEYS = ("text_encoder", "image_encoder", "pack", "flow", "sampler", "mask_type")
+
+
+def pipeline_section(cfg) -> dict:
+    """The "pipeline" entry of config.json from a resolved run config (what editing needs besides the weights)."""
+    from omegaconf import OmegaConf
+
+    c = OmegaConf.to_container(cfg, resolve=True)
+    d = c["data"]
+    return {"text_encoder": d["text_encoder"], "image_encoder": d["image_encoder"], "pack": d["pack"],
+            "flow": c["flow"], "sampler": c["sampler"], "mask_type": d["recipe"]["mask_type"]}
+
+
+class VincieEditPipeline:
+    """Model + frozen encoders + sampler settings; ``__call__`` edits an image turn after turn."""
+
+    def __init__(self, model: VincieMMDiT, text_encoder, image_encoder, pack: PackConfig, flow: FlowConfig,
+                 sampler: SamplerConfig, mask_type: str, device="cpu"):
+        self.model, self.text_encoder, self.image_encoder = model, text_encoder, image_encoder
+        self.pack, self.flow, self.sampler, self.mask_type, self.device = pack, flow, sampler, mask_type, device
+
+    @classmethod
+    def from_pretrained(cls, folder, device="cpu", dtype: torch.dtype | None = None) -> "VincieEditPipeline":
+        meta = read_config(folder)
+        p = meta.get("pipeline")
+        if not isinstance(p, dict) or any(k not in p for k in PIPELINE_KEYS):
+            missing = [k for k in PIPELINE_KEYS if not isinstance(p, dict) or k not in p]
+            raise ExportError(f"export folder: {folder}/config.json has no pipeline settings ({missing[0]}); "
+                              f"export from a run folder (with config.yaml) to get them")
+        model = VincieMMDiT.from_pretrained(folder, dtype=dtype, device=device).eval()
+        text = TextEncoder(build(TextEncoderConfig, p["text_encoder"], "pipeline.text_encoder"), device=device)
+        image = build_image_encoder(build(ImageEncoderConfig, p["image_encoder"], "pipeline.image_encoder"),
+                                    device=device)
+        return cls(model, text, image, build(PackConfig, p["pack"], "pipeline.pack"),
+                   build(FlowConfig, p["flow"], "pipeline.flow"),
+                   build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device)
+
+    @torch.no_grad()
+    def __call__(self, image, prompts: list[str], steps: int | None = None, guidance: float | None = None,
+                 seed: int | None = None, shift: float | None = None) -> list[np.ndarray]:
+        """image uint8 [H, W, 3], one prompt per turn -> the edited image of every turn (uint8 [H, W, 3]).
+
+        Each turn sees the whole history, its own earlier outputs included. steps / guidance / seed /
+        shift default to the exported sampler settings.
+        """
+        # 1. Check inputs
+        if isinstance(prompts, str) or not prompts:
+            raise ValueError("prompts: expected a non-empty list of strings, one per turn")
+        # 2. Sampler settings for this call (a fresh generator: the same seed gives the same images)
+        s = self.sampler
+        sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
+                                      guidance=s.guidance if guidance is None else float(guidance),
+                                      shift=s.shift if shift is None else float(shift),
+                                      seed=s.seed if seed is None else int(seed))
+        editor = Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
+                        device=self.device, mask_type=self.mask_type)
+        # 3. Turn after turn
+        session = editor.start(image)
+        return [session.edit(p) for p in prompts]
