@@ -6,6 +6,13 @@ released VINCIE models; ``block_causal``: the history never sees the target),
 runs the Euler sampler with CFG, and appends the result to the history: the
 model's own outputs become the context of later turns.
 
+Under ``block_causal`` an ``EditSession`` keeps a KV cache per CFG branch
+(docs/kv_cache.md): the history's per-layer K/V are computed once, when a turn
+first needs them, and every sampling step of every later turn runs only the
+noisy target against them. ``use_kv_cache=False``, the ``full`` mask, or a model
+without cache support (another attention backend, TP/CP > 1) take the re-packing
+path, with the reason in ``EditSession.info``.
+
     editor = Editor(model, text_encoder, image_encoder, pack_cfg, flow_cfg)
     sess = editor.start(image)          # uint8 [H, W, 3]
     img1 = sess.edit("add a red square at the top left")
@@ -14,6 +21,8 @@ model's own outputs become the context of later turns.
 """
 from __future__ import annotations
 
+import logging
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +33,8 @@ from ..data.recipe import inference_sample
 from ..diffusion.flow import FlowConfig, euler_sample
 from ..packed.patches import unpatchify
 from ..parallel import cpu_compat
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,13 +54,27 @@ class SamplerConfig:
 
 class Editor:
     def __init__(self, model, text_encoder, image_encoder, pack_cfg: PackConfig, flow_cfg: FlowConfig,
-                 sampler: SamplerConfig | None = None, device="cpu", mask_type: str = "full"):
+                 sampler: SamplerConfig | None = None, device="cpu", mask_type: str = "full",
+                 use_kv_cache: bool = True):
         self.model, self.text, self.image = model, text_encoder, image_encoder
         self.pack_cfg, self.flow_cfg = pack_cfg, flow_cfg
         self.sampler = sampler or SamplerConfig()
         self.device = torch.device(device)
         self.mask_type = mask_type
+        self.use_kv_cache = use_kv_cache
         self.gen = torch.Generator().manual_seed(self.sampler.seed)
+
+    def kv_cache_reason(self) -> str | None:
+        """None when ``EditSession.edit`` will use the KV cache, else why not (one line)."""
+        if not self.use_kv_cache:
+            return "kv_cache: off (use_kv_cache=False)"
+        if self.mask_type != "block_causal":
+            return (f"kv_cache: not with the {self.mask_type!r} mask (the context attends to the noisy target, "
+                    f"so its K/V change every step)")
+        inner = _inner_model(self.model)
+        if inner is None:
+            return f"kv_cache: the model ({type(self.model).__name__}) has no prefill/kv_cache_support"
+        return inner.kv_cache_support()
 
     def _check_image(self, image) -> torch.Tensor:
         a = np.asarray(image)
@@ -71,27 +96,80 @@ class Editor:
         """
         if len(histories) != len(prompts):
             raise ValueError("edit_many: one prompt per history")
-        items = []
-        for (images, texts), prompt in zip(histories, prompts):
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise ValueError("prompt: expected a non-empty string")
-            lat = self.image.encode(torch.stack(images))                           # (n+1, C, h, w)
-            frames = torch.cat([lat, torch.zeros_like(lat[:1])])                   # target slot: filled by the sampler
-            all_texts = list(texts) + [prompt]
-            sess = EncodedSession(frames=frames, texts=all_texts, cameras=[None] * len(all_texts))
-            items.append((inference_sample(all_texts, self.sampler.camera_prompts), sess))
+        items = [self._item(self.image.encode(torch.stack(images)), texts, prompt)
+                 for (images, texts), prompt in zip(histories, prompts)]
         batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
+        return [im for im, _ in self._decode(batch, self._sample(self.model, batch))]
+
+    def _item(self, lat: torch.Tensor, texts: list[str], prompt: str):
+        """One session's turn: latents of I0..I_n (n+1, C, h, w), texts T0..T_{n-1}, the prompt."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt: expected a non-empty string")
+        frames = torch.cat([lat, torch.zeros_like(lat[:1])])                       # target slot: filled by the sampler
+        all_texts = list(texts) + [prompt]
+        sess = EncodedSession(frames=frames, texts=all_texts, cameras=[None] * len(all_texts))
+        return inference_sample(all_texts, self.sampler.camera_prompts), sess
+
+    def _sample(self, model, batch) -> torch.Tensor:
         s = self.sampler
         with cpu_compat.suspended():                            # no CUDA-by-name calls in sampling
-            x = euler_sample(self.model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
-                             gen=self.gen)
+            return euler_sample(model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
+                                gen=self.gen)
+
+    def _decode(self, batch, x: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """Each noisy block of ``x`` -> (uint8 image [H, W, 3], its sampled latent [C, h, w])."""
         outs = []
         for ib in batch.image_blocks:
             if ib["noisy"]:
                 tok = x[ib["start"]: ib["start"] + ib["length"]].float().cpu()
                 lat = unpatchify(tok, *ib["hw"], self.pack_cfg.patch_size)          # (C, h, w)
-                outs.append(self.image.decode(lat[None])[0].numpy())
+                outs.append((self.image.decode(lat[None])[0].numpy(), lat))
         return outs
+
+    @torch.no_grad()
+    def edit_cached(self, sess: "EditSession", prompt: str) -> tuple[np.ndarray, torch.Tensor]:
+        """One turn of ``sess`` with its KV caches -> (image uint8 [H, W, 3], sampled latent [C, h, w]).
+
+        The batch is packed exactly as ``edit_many`` packs it (so noise draws and positions match);
+        only the model calls differ: each branch prefills the context it has not cached yet, then
+        every step runs the noisy target alone."""
+        reason = self.kv_cache_reason()
+        if reason:
+            raise ValueError(reason)
+        while len(sess.latents_in) < len(sess.images):          # frames are encoded once, when added
+            sess.latents_in.append(self.image.encode(sess.images[len(sess.latents_in)][None]))
+        batch = pack([self._item(torch.cat(sess.latents_in), sess.texts, prompt)], self.text.encode,
+                     self.pack_cfg, self.mask_type).to(self.device)
+        inner = _inner_model(self.model)
+        if sess.kv is None:
+            sess.kv = {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()}
+        x = self._sample(_CachedModel(self.model, inner, batch, sess.kv), batch)
+        return self._decode(batch, x)[0]
+
+
+def _inner_model(model):
+    """The MMDiT inside wrappers such as Megatron's Float16Module (``.module``), or None."""
+    while model is not None and not (hasattr(model, "prefill") and hasattr(model, "kv_cache_support")):
+        model = getattr(model, "module", None)
+    return model
+
+
+class _CachedModel:
+    """``euler_sample``'s model with KV caches: the conditional branch is the batch itself (same
+    ``txt_emb`` object; ``euler_sample`` only replaces ``block_t``), the unconditional one is its
+    text-dropped copy. A mix-up cannot pass silently: each cache checks the text rows it was built from."""
+
+    def __init__(self, model, inner, batch, caches: dict):
+        self.model, self.inner, self.cond_txt, self.caches = model, inner, batch.txt_emb, caches
+        self.ready: set[str] = set()
+
+    def __call__(self, x, b):
+        branch = "cond" if b.txt_emb is self.cond_txt else "uncond"
+        cache = self.caches[branch]
+        if branch not in self.ready:                            # once per turn: the new context only
+            self.inner.prefill(b, cache)
+            self.ready.add(branch)
+        return self.model(x, b, kv_cache=cache)
 
 
 @dataclass
@@ -99,11 +177,30 @@ class EditSession:
     editor: Editor
     images: list = field(default_factory=list)   # uint8 tensors [H, W, 3]: I0, I1, ...
     texts: list = field(default_factory=list)    # T0, T1, ...
+    info: list = field(default_factory=list)     # per turn: turn, kv_cache, reason, cache_bytes, seconds
+    latents: list = field(default_factory=list)  # per turn: the sampled target latent [C, h, w] (before decode)
+    latents_in: list = field(default_factory=list, repr=False)   # KV path: encoded I0, I1, ... [1, C, h, w]
+    kv: dict | None = field(default=None, repr=False)            # KV path: {"cond", "uncond"} KVCache
 
     def edit(self, prompt: str) -> np.ndarray:
-        out = self.editor.edit_many([(self.images, self.texts)], [prompt])[0]
+        t0 = time.perf_counter()
+        reason = self.editor.kv_cache_reason()
+        if reason is None:
+            out, lat = self.editor.edit_cached(self, prompt)
+        else:
+            with torch.no_grad():
+                items = [self.editor._item(self.editor.image.encode(torch.stack(self.images)), self.texts, prompt)]
+                batch = pack(items, self.editor.text.encode, self.editor.pack_cfg,
+                             self.editor.mask_type).to(self.editor.device)
+                out, lat = self.editor._decode(batch, self.editor._sample(self.editor.model, batch))[0]
         self.images.append(torch.from_numpy(out))
         self.texts.append(prompt)
+        self.latents.append(lat)
+        nbytes = sum(c.nbytes() for c in self.kv.values()) if self.kv else 0
+        self.info.append(dict(turn=len(self.texts), kv_cache=reason is None, reason=reason, cache_bytes=nbytes,
+                              seconds=time.perf_counter() - t0))
+        log.info("edit turn %d: kv_cache=%s%s, cache %d bytes, %.2f s", len(self.texts), reason is None,
+                 f" ({reason})" if reason else "", nbytes, self.info[-1]["seconds"])
         return out
 
 
@@ -130,3 +227,8 @@ def save_strip(images, path, texts=None, scale: int = 4):
                 d.text((i * (w + 4) + 2, h + 2 + 12 * k), line, fill="black")
     strip.save(path)
     return path
+
+
+# ----------------------------------------------------------------------------
+# Benchmark: the KV cache against re-packing (vincie-bench-editor)
+# ----------------------------------------------------------------------------

@@ -55,7 +55,23 @@ def _build_plan(spec: MaskSpec, q_start: int, q_len: int, k_start: int, k_len: i
     offsets, order, kind, session = (t.to(device) for t in spec.tensors())
     blk = token_block_ids(offsets)                                           # (S,)
     vis = block_visibility(order, kind, session, spec.mask_type)             # (nb, nb)
-    qblk, kblk = blk[q_start:q_start + q_len], blk[k_start:k_start + k_len]
+    return _plan_from_blocks(vis, session, blk[q_start:q_start + q_len], blk[k_start:k_start + k_len], device)
+
+
+def build_rows_plan(spec: MaskSpec, q_rows: torch.Tensor, k_rows: torch.Tensor) -> list[_Bucket]:
+    """Bucket plan for queries at joint rows ``q_rows`` against keys at joint rows ``k_rows``
+    (any order, long [Sq] / [Sk]): the KV-cache path, whose keys are cached rows + own rows."""
+    device = q_rows.device
+    offsets, order, kind, session = (t.to(device) for t in spec.tensors())
+    blk = token_block_ids(offsets)                                           # (S,)
+    vis = block_visibility(order, kind, session, spec.mask_type)             # (nb, nb)
+    return _plan_from_blocks(vis, session, blk[q_rows], blk[k_rows], device)
+
+
+def _plan_from_blocks(vis: torch.Tensor, session: torch.Tensor, qblk: torch.Tensor, kblk: torch.Tensor,
+                      device: torch.device) -> list[_Bucket]:
+    """Buckets for queries of blocks ``qblk`` [Sq] against keys of blocks ``kblk`` [Sk]."""
+    q_len, k_len = qblk.numel(), kblk.numel()
     sess = session.long()
     uniq, inv = torch.unique(torch.cat([sess[qblk], sess[kblk]]), return_inverse=True)
     qs, ks = inv[:q_len], inv[q_len:]                                         # dense session ids
@@ -149,10 +165,14 @@ class TorchMaskedAttention(torch.nn.Module):
 
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
         _check_core_inputs(q, k, v, spec, q_start, k_start)
+        return self.attend(q, k, v, session_plan(spec, q_start, q.shape[0], k_start, k.shape[0], q.device))
+
+    def attend(self, q, k, v, plan: list[_Bucket]) -> torch.Tensor:
+        """q [Sq, H, D], k/v [Sk, H, D] under a bucket plan (``session_plan`` or ``build_rows_plan``)."""
         Sq, H, D = q.shape
         scale = self.softmax_scale if self.softmax_scale is not None else 1.0 / math.sqrt(D)
         parts, rows = [], []
-        for b in session_plan(spec, q_start, Sq, k_start, k.shape[0], q.device):
+        for b in plan:
             n, Lq = b.q_rows.shape
             Lk = b.k_rows.shape[1]
             qb = q.index_select(0, b.q_rows.flatten()).view(n, Lq, H, D).transpose(1, 2)   # (n, H, Lq, D)
@@ -192,6 +212,76 @@ class TritonMaskedAttention(torch.nn.Module):
         out = masked_attention(q, k, v, *plan_spec(spec, q.device), spec.mask_type, q_start=q_start,
                                k_start=k_start, softmax_scale=self.softmax_scale, plan=plan)
         return out[0] if isinstance(out, tuple) else out
+
+
+# ----------------------------------------------------------------------------
+# KV cache (block_causal inference; torch core only; docs/kv_cache.md)
+# ----------------------------------------------------------------------------
+
+class KVCache:
+    """Per-layer K and V of context tokens, as the core consumes them (after QK-norm and RoPE).
+
+    Filled by ``MMDiT.prefill`` and read by ``MMDiT.forward(..., kv_cache=)``. Entries are the
+    cached text-stream tokens, then the cached image-stream tokens, each named by its stream row
+    (``txt_rows``, ``img_rows``: stable while a session grows, since texts and frames are only
+    appended) and with a signature of what the model read for it (input row, positions, block
+    order/kind/session, AdaLN conditioning), so a call refuses a batch whose context differs.
+    One cache per conditioning branch (CFG's unconditional branch drops the text: its own cache).
+    """
+
+    def __init__(self, num_layers: int):
+        self.k: list[torch.Tensor | None] = [None] * num_layers     # [N, H, d] each
+        self.v: list[torch.Tensor | None] = [None] * num_layers
+        self.txt_rows = torch.zeros(0, dtype=torch.long)            # [N_txt] text-stream rows
+        self.img_rows = torch.zeros(0, dtype=torch.long)            # [N_img] image-stream rows
+        self.txt_sig: torch.Tensor | None = None                    # float [N_txt, *]
+        self.img_sig: torch.Tensor | None = None                    # float [N_img, *]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.k)
+
+    @property
+    def n_txt(self) -> int:
+        return self.txt_rows.numel()
+
+    def __len__(self) -> int:
+        return self.txt_rows.numel() + self.img_rows.numel()
+
+    def joint_rows(self, s_txt: int) -> torch.Tensor:
+        """long [N]: the cached tokens' joint rows in a batch with ``s_txt`` text tokens (entry order)."""
+        return torch.cat([self.txt_rows, self.img_rows + s_txt])
+
+    def nbytes(self) -> int:
+        """Bytes held: K and V of every layer plus the rows and signatures."""
+        ts = [*self.k, *self.v, self.txt_rows, self.img_rows, self.txt_sig, self.img_sig]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+@dataclass
+class LayerKV:
+    """One layer's view of a cache during one call: keys are [cached text; own text; cached image;
+    own image] (the entry order ``plan`` was built for); with ``store`` the extended K/V wait in
+    ``new_k``/``new_v`` until ``MMDiT`` commits the call (a failed call leaves the cache as it was)."""
+    cache: KVCache
+    layer: int
+    plan: list[_Bucket]
+    n_q_txt: int                       # own text tokens (the first rows of q/k/v)
+    store: bool
+    new_k: torch.Tensor | None = None
+    new_v: torch.Tensor | None = None
+
+    def attend(self, core: torch.nn.Module, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if not isinstance(core, TorchMaskedAttention):
+            raise ValueError(f"kv_cache: needs the torch attention core, got {type(core).__name__}")
+        kc, vc, nt, nq = self.cache.k[self.layer], self.cache.v[self.layer], self.cache.n_txt, self.n_q_txt
+        if kc is None:
+            kc, vc = k[:0], v[:0]
+        k_all = torch.cat([kc[:nt], k[:nq], kc[nt:], k[nq:]])          # (N + Sq, H, d)
+        v_all = torch.cat([vc[:nt], v[:nq], vc[nt:], v[nq:]])
+        if self.store:
+            self.new_k, self.new_v = k_all, v_all
+        return core.attend(q, k_all, v_all, self.plan)                  # (Sq, H, d)
 
 
 # ----------------------------------------------------------------------------
@@ -257,11 +347,13 @@ class JointAttention(MegatronModule):
                                            softmax_scale=config.softmax_scale or 1.0 / math.sqrt(config.kv_channels))
 
     def forward(self, streams: list[torch.Tensor], stream_weights: list[int], rope: tuple[torch.Tensor, torch.Tensor],
-                spec: MaskSpec, q_start: int = 0) -> list[torch.Tensor]:
+                spec: MaskSpec, q_start: int = 0, kv: LayerKV | None = None) -> list[torch.Tensor]:
         """streams[i] [S_i, 1, D] (local under SP); rope cos/sin [S_joint, d/2] -> list of [S_i, 1, D].
 
         q_start: joint index of the first token (context parallelism hands each rank a chunk of
         the joint sequence; its core slot then gathers the other ranks' keys).
+        kv: KV-cache path (``MMDiT.prefill``/``forward(kv_cache=)``): the streams hold only the rows
+        being computed, which attend to the cached keys and their own.
         """
         projs = [getattr(self, self.weight_names[w]) for w in stream_weights]
         qkvs = [p.qkv(x) for p, x in zip(projs, streams)]
@@ -269,5 +361,8 @@ class JointAttention(MegatronModule):
         q, k, v = (torch.cat([t[i] for t in qkvs], dim=0) for i in range(3))  # (S_joint, H_local, d)
         cos, sin = rope
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        o = self.core_attention(q, k, v, spec, q_start=q_start, k_start=q_start)   # (S_joint, H_local, d)
+        if kv is not None:
+            o = kv.attend(self.core_attention, q, k, v)                           # (S_rows, H_local, d)
+        else:
+            o = self.core_attention(q, k, v, spec, q_start=q_start, k_start=q_start)   # (S_joint, H_local, d)
         return [p.proj(oi) for p, oi in zip(projs, o.split(lens, dim=0))]

@@ -98,6 +98,7 @@ class BlockContext:
     rope: tuple[torch.Tensor, torch.Tensor]   # cos, sin [S_local, head_dim/2]: rows of this rank's joint tokens
     spec: MaskSpec
     q_start: int = 0                      # joint index of the first local token (context parallelism)
+    kv: list | None = None                # KV-cache path: one attention.LayerKV per layer (None: no cache)
 
 
 class PerStream(MegatronModule):
@@ -141,7 +142,8 @@ class _MMDiTBlock(MegatronModule):
             m = self.adaln[w[i]](ctx.c, ctx.shared_mod).index_select(0, ctx.stream_blocks[i])   # (S_i, 6, D)
             mods.append(m.unsqueeze(1).unbind(2))                                # 6 x (S_i, 1, D)
         h = [modulate(self._norm(x), m[0], m[1]) for x, m in zip(streams, mods)]
-        attn = self.attention(h, w, ctx.rope, ctx.spec, q_start=ctx.q_start)
+        kv = None if ctx.kv is None else ctx.kv[self.layer_number - 1]
+        attn = self.attention(h, w, ctx.rope, ctx.spec, q_start=ctx.q_start, kv=kv)
         streams = [x + m[2] * a for x, m, a in zip(streams, mods, attn)]
         out = []
         for i, (x, m) in enumerate(zip(streams, mods)):

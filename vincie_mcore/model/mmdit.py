@@ -29,9 +29,11 @@ from megatron.core.utils import get_pg_rank, get_pg_size, get_tensor_model_paral
 
 from vincie_kernels.reference import block_visibility
 from vincie_mcore.packed.batch import PackedBatch
+from vincie_mcore.packed.maskspec import KIND_NOISY
 from vincie_mcore.packed.shard import CPShard, shard_of
 from vincie_mcore.parallel.context_parallel import wrap_core_attention
 
+from .attention import KVCache, LayerKV, TorchMaskedAttention, build_rows_plan
 from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
 from .config import MMDiTConfig
 from .embeddings import TextEmbedder, TimestepEmbedder, rope_cos_sin
@@ -165,31 +167,44 @@ class MMDiT(MegatronModule):
                              f"stream has {batch.s_txt}")
         return shard
 
-    def forward(self, x_img: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    def _embed(self, x_img: torch.Tensor, batch: PackedBatch, txt_rows, img_rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows of each stream (a slice or long indices) -> h_txt [S_t, 1, D], h_img [S_i, 1, D]."""
+        dtype = self.config.params_dtype
+        h_txt = self.txt_embedder(batch.txt_emb[txt_rows].to(dtype), batch.txt_turn[txt_rows])[:, None]   # (S_t, 1, D)
+        h_img = self.img_embedder(x_img[img_rows].to(dtype))[:, None]                                 # (S_i, 1, D)
+        if self.img_pos_embedder is not None:
+            n = self.cfg.image_abs_pos_grid
+            hw = batch.img_pos[img_rows][:, 1:].to(x_img.device)                                      # (S_i, 2)
+            if hw.numel() and int(hw.max()) >= n:
+                raise ValueError(f"image_abs_pos_grid={n} is smaller than a {int(hw.max()) + 1}-token image side")
+            h_img = h_img + self.img_pos_embedder(hw[:, 0] * n + hw[:, 1])[:, None]                  # (S_i, 1, D)
+        return h_txt, h_img
+
+    def _conditioning(self, batch: PackedBatch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Per block: c [nb, D] (timestep, + instruction with text_adaln) and adaLN-single's [nb, 6D]."""
+        c = self.t_embedder(batch.block_t)                                           # (nb, D)
+        if self.text_cond is not None:
+            c = c + self.text_cond(self.block_text_mean(batch).to(self.config.params_dtype))   # (nb, D)
+        shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
+        return c, shared
+
+    def forward(self, x_img: torch.Tensor, batch: PackedBatch, kv_cache: KVCache | None = None) -> torch.Tensor:
         """x_img [S_img, patch_dim] -> [S_img, patch_dim] (image stream only).
 
         Under context parallelism: -> [S_img_local, patch_dim], the rows ``cp_shard(batch).img_rows``.
+        With ``kv_cache`` (filled by ``prefill``; block_causal, one process, torch core): only the
+        noisy tokens are computed, against the cached context K/V; other rows of the output are 0.
         """
         self._check(x_img, batch)
-        dtype = self.config.params_dtype
+        if kv_cache is not None:
+            return self._forward_step(x_img, batch, kv_cache)
         shard = self.cp_shard(batch)                                            # whole sequence without CP
         blk = batch.spec.token_blocks().to(x_img.device)[shard.joint_rows]      # (S_local,)
         cos, sin = (t[shard.joint_rows] for t in self.rope(batch))              # (S_local, head_dim/2)
 
         # 1. Embed this rank's tokens of both streams, and the timesteps of every block.
-        txt_rows = shard.txt_rows
-        h_txt = self.txt_embedder(batch.txt_emb[txt_rows].to(dtype), batch.txt_turn[txt_rows])[:, None]   # (S_txt_l, 1, D)
-        h_img = self.img_embedder(x_img[shard.img_rows].to(dtype))[:, None]                           # (S_img_l, 1, D)
-        if self.img_pos_embedder is not None:
-            n = self.cfg.image_abs_pos_grid
-            hw = batch.img_pos[shard.img_rows][:, 1:].to(x_img.device)                                # (S_img_l, 2)
-            if hw.numel() and int(hw.max()) >= n:
-                raise ValueError(f"image_abs_pos_grid={n} is smaller than a {int(hw.max()) + 1}-token image side")
-            h_img = h_img + self.img_pos_embedder(hw[:, 0] * n + hw[:, 1])[:, None]                  # (S_img_l, 1, D)
-        c = self.t_embedder(batch.block_t)                                           # (nb, D)
-        if self.text_cond is not None:
-            c = c + self.text_cond(self.block_text_mean(batch).to(dtype))             # (nb, D)
-        shared = self.adaln_single(F.silu(c)) if self.adaln_single is not None else None   # (nb, 6D)
+        h_txt, h_img = self._embed(x_img, batch, shard.txt_rows, shard.img_rows)   # (S_txt_l, 1, D), (S_img_l, 1, D)
+        c, shared = self._conditioning(batch)                                   # (nb, D), (nb, 6D) or None
         n_txt = h_txt.shape[0]
         streams, stream_blocks = [h_txt, h_img], [blk[:n_txt], blk[n_txt:]]
 
@@ -219,6 +234,130 @@ class MMDiT(MegatronModule):
             # Every rank computes the same loss on the full output: its gradient is split, not summed.
             out = gather_from_sequence_parallel_region(out, tensor_parallel_output_grad=False, group=self.tp_group)
         return out[:, 0]                                                             # (S_img_local, patch_dim)
+
+    # ------------------------------------------------------------------ KV cache (docs/kv_cache.md)
+    def kv_cache_support(self) -> str | None:
+        """None when the KV-cache path can run on this model, else the one-line reason it cannot."""
+        tp = get_pg_size(self.tp_group)
+        cp = 1 if self.cp_group is None else get_pg_size(self.cp_group)
+        if tp != 1 or cp != 1:
+            return f"kv_cache: needs one process (tp=1, cp=1), this model runs tp={tp}, cp={cp}"
+        for layer in self.layers:
+            core = layer.attention.core_attention
+            if not isinstance(core, TorchMaskedAttention):
+                return (f"kv_cache: needs the torch attention core, this model's is {type(core).__name__} "
+                        f"(model.attention_backend={self.cfg.attention_backend!r})")
+        return None
+
+    def new_kv_cache(self) -> KVCache:
+        return KVCache(len(self.layers))
+
+    @torch.no_grad()
+    def prefill(self, batch: PackedBatch, kv_cache: KVCache) -> int:
+        """Compute and cache the K/V of the context tokens of ``batch`` not cached yet (the non-noisy
+        blocks some noisy block sees; they never see a noisy block under block_causal). Returns how
+        many tokens were added."""
+        self._check(batch.img_x0, batch)
+        self._check_kv(batch, kv_cache)
+        spec, dev, s_txt = batch.spec, batch.img_x0.device, batch.s_txt
+        order, kind, session = (t.to(dev) for t in spec.tensors()[1:])
+        noisy = kind == KIND_NOISY
+        need = (block_visibility(order, kind, session, spec.mask_type)[noisy].any(0) & ~noisy)   # (nb,)
+        need = need[spec.token_blocks().to(dev)]                                      # (S,)
+        need[kv_cache.joint_rows(s_txt).to(dev)] = False
+        rows = need.nonzero().squeeze(1)
+        if rows.numel():
+            self._run_cached(batch.img_x0, batch, rows[rows < s_txt], rows[rows >= s_txt] - s_txt, kv_cache, True)
+        return rows.numel()
+
+    def _forward_step(self, x_img: torch.Tensor, batch: PackedBatch, kv_cache: KVCache) -> torch.Tensor:
+        """The noisy tokens against [cached context; themselves] -> [S_img, patch_dim] (0 off noisy rows)."""
+        self._check_kv(batch, kv_cache)
+        spec, dev, s_txt = batch.spec, x_img.device, batch.s_txt
+        img_blk = spec.token_blocks().to(dev)[s_txt:]
+        img_q = (spec.block_kind.to(dev)[img_blk] == KIND_NOISY).nonzero().squeeze(1)   # (S_noisy,)
+        out = x_img.new_zeros(x_img.shape)
+        if img_q.numel():
+            none = torch.zeros(0, dtype=torch.long, device=dev)
+            out[img_q] = self._run_cached(x_img, batch, none, img_q, kv_cache, False).to(out.dtype)
+        return out
+
+    def _check_kv(self, batch: PackedBatch, kv_cache: KVCache) -> None:
+        reason = self.kv_cache_support()
+        if reason:
+            raise ValueError(reason)
+        if batch.spec.mask_type != "block_causal":
+            raise ValueError(f"kv_cache: needs the block_causal mask; under {batch.spec.mask_type!r} the context "
+                             f"attends to the noisy target, so its K/V change every step (docs/kv_cache.md)")
+        if not isinstance(kv_cache, KVCache) or kv_cache.num_layers != len(self.layers):
+            raise ValueError(f"kv_cache: expected a KVCache of {len(self.layers)} layers (MMDiT.new_kv_cache()), "
+                             f"got {type(kv_cache).__name__}")
+
+    def _kv_signature(self, x_img, batch, c, txt_rows, img_rows) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the model reads for each token (input row, positions, block order/kind/session, c):
+        float [S_t, *] and [S_i, *]. Equal signatures and a closed visible set give equal K/V."""
+        spec, s_txt = batch.spec, batch.s_txt
+        dev = x_img.device
+        blk = spec.token_blocks().to(dev)
+        meta = torch.stack([t.to(dev) for t in spec.tensors()[1:]], 1).float()         # (nb, 3)
+        tb, ib = blk[txt_rows], blk[img_rows + s_txt]
+        tpos = batch.txt_pos[txt_rows].reshape(txt_rows.numel(), -1).float()
+        f = lambda t: t.to(dev, torch.float32)
+        sig_t = torch.cat([f(batch.txt_emb[txt_rows]), f(batch.txt_turn[txt_rows])[:, None], f(tpos),
+                           meta[tb], f(c[tb])], 1)
+        sig_i = torch.cat([f(x_img[img_rows]), f(batch.img_pos[img_rows]), meta[ib], f(c[ib])], 1)
+        return sig_t, sig_i
+
+    def _run_cached(self, x_img, batch, txt_q, img_q, cache: KVCache, store: bool) -> torch.Tensor:
+        """Blocks on the rows txt_q (text stream) and img_q (image stream) against [cached; own] K/V
+        -> image rows' output [len(img_q), patch_dim]; with ``store`` their K/V join the cache."""
+        spec, dev, s_txt = batch.spec, x_img.device, batch.s_txt
+        c_txt, c_img = cache.txt_rows.to(dev), cache.img_rows.to(dev)
+        blk = spec.token_blocks().to(dev)                                              # (S,)
+        q_joint = torch.cat([txt_q, img_q + s_txt])                                    # (Sq,)
+        k_joint = torch.cat([c_txt, txt_q, c_img + s_txt, img_q + s_txt])             # (N + Sq,), LayerKV order
+        c, shared = self._conditioning(batch)                                          # (nb, D), (nb, 6D)
+
+        # Exactness: the cached tokens must be what a full forward on this batch computes
+        # (same inputs, positions, blocks, conditioning), and the rows computed here must see
+        # nothing outside [cached; own] while no cached token sees them.
+        if len(cache):
+            sig_t, sig_i = self._kv_signature(x_img, batch, c, c_txt, c_img)
+            for name, now, then, rows in (("text", sig_t, cache.txt_sig, c_txt), ("image", sig_i, cache.img_sig, c_img)):
+                bad = ((now - then.to(dev)).abs() > 1e-5 * (1 + then.to(dev).abs())).any(1) if rows.numel() else rows
+                if bad.any():
+                    raise ValueError(f"kv_cache: cached {name} row {int(rows[bad][0])} no longer matches the batch "
+                                     f"(input, position, block or conditioning changed); use a new cache")
+        order, kind, session = (t.to(dev) for t in spec.tensors()[1:])
+        vis = block_visibility(order, kind, session, spec.mask_type)                   # (nb, nb)
+        q_blocks = torch.unique(blk[q_joint])
+        lens = spec.block_offsets.to(dev).diff()
+        covered = torch.bincount(blk[k_joint], minlength=spec.num_blocks) == lens
+        missing = (vis[q_blocks].any(0) & ~covered).nonzero()
+        if missing.numel():
+            raise ValueError(f"kv_cache: block {int(missing[0])} is visible to the rows being computed but not "
+                             f"cached; call prefill on this batch first")
+        if len(cache) and vis[torch.unique(blk[torch.cat([c_txt, c_img + s_txt])])][:, q_blocks].any():
+            raise ValueError("kv_cache: a cached token sees the rows being computed; the cache is stale")
+
+        plan = build_rows_plan(spec, q_joint, k_joint)
+        kvs = [LayerKV(cache, i, plan, txt_q.numel(), store) for i in range(len(self.layers))]
+        cos, sin = self.rope(batch)
+        h_txt, h_img = self._embed(x_img, batch, txt_q, img_q)                         # (S_t, 1, D), (S_i, 1, D)
+        stream_blocks = [blk[txt_q], blk[img_q + s_txt]]
+        ctx = BlockContext(c=c, shared_mod=shared, stream_blocks=stream_blocks, rope=(cos[q_joint], sin[q_joint]),
+                           spec=spec, kv=kvs)
+        streams = [h_txt, h_img]
+        for layer in self.layers:
+            streams = layer(streams, ctx)
+        out = self.final_layer(streams[1], c, stream_blocks[1])[:, 0]                  # (S_i, patch_dim)
+        if store:                                                                      # commit the whole call at once
+            sig_t, sig_i = self._kv_signature(x_img, batch, c, txt_q, img_q)
+            cat = lambda old, new: new if old is None else torch.cat([old, new])
+            cache.k, cache.v = [l.new_k for l in kvs], [l.new_v for l in kvs]
+            cache.txt_sig, cache.img_sig = cat(cache.txt_sig, sig_t), cat(cache.img_sig, sig_i)
+            cache.txt_rows, cache.img_rows = torch.cat([c_txt, txt_q]), torch.cat([c_img, img_q])
+        return out
 
     # ------------------------------------------------------------------ checkpointing
     def sharded_state_dict(self, prefix: str = "", sharded_offsets: tuple = (), metadata: dict | None = None):

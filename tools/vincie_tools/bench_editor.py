@@ -1,0 +1,44 @@
+"""Time a multi-turn edit session with and without the KV cache (CPU, fp32, random tiny-ish model).
+
+    vincie-bench-editor --out benchmarks/cpu/bench_editor.json
+    vincie-bench-editor --hidden 128 --layers 2 --steps 4 --turns 3      # a quick look
+
+Prints one JSON line: seconds per turn on both paths, their ratio, the cache's bytes, and the
+largest difference between the two paths' model outputs and samples in the same run
+(``vincie_mcore/perf/bench_editor.py``; docs/kv_cache.md).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hidden", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=8)
+    ap.add_argument("--image-tokens", type=int, default=16, help="image side in tokens (8-px patches)")
+    ap.add_argument("--steps", type=int, default=10, help="sampling steps per turn")
+    ap.add_argument("--turns", type=int, default=5)
+    ap.add_argument("--guidance", type=float, default=3.0)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", help="write the JSON here as well")
+    args = ap.parse_args(argv)
+    from vincie_mcore.perf.bench_editor import bench_editor
+
+    try:
+        res = bench_editor(args.hidden, args.layers, args.heads, args.image_tokens, args.steps, args.turns,
+                           args.guidance, args.seed)
+    except ValueError as e:
+        ap.error(str(e))
+    if args.out:
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(res, f, indent=1)
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
