@@ -8,6 +8,8 @@ import time
 import numpy as np
 import torch
 
+from ..data.packing import PackConfig
+from ..diffusion.flow import FlowConfig
 from ..infer.editor import Editor, SamplerConfig
 
 
