@@ -10,7 +10,8 @@ The order, as the code has it (data flows one way: video -> data -> packed batch
 -> loss):
 
 0. ``packed`` (the contract: mask spec, PackedBatch, patches, CP shard math, the batch
-   builder), ``config``, ``runinfo``: leaves every layer may name.
+   builder), ``config``, ``runinfo``, ``paths`` (the name sanitiser and path checks): leaves
+   every layer may name.
 1. Services the stages sit on. ``parallel``'s communication layer (process groups,
    autograd comm verbs, Megatron-Core on CPU, the CP attention wrapper and loss mean):
    Megatron-style, the model wraps its core attention for CP and the loss averages over
@@ -21,9 +22,11 @@ The order, as the code has it (data flows one way: video -> data -> packed batch
 2. The stages: ``data`` (videos -> sessions -> packed batches), ``model`` (reads a batch),
    ``diffusion`` (noises a batch, scores a model given as a callable). Siblings: none
    imports another.
-3. ``train``, ``infer``, ``convert``: run models on batches.
-4. ``eval``: judges built on inference.
-5. Everything else: top-level wiring.
+3. ``train``, ``infer``: run models on batches.
+4. ``eval``: judges built on inference; ``hf``: the model without Megatron and its
+   edit pipeline, built on inference.
+5. Everything else: top-level wiring (``convert`` among it: it drives checkpoints, trainers
+   and process layouts).
 """
 from __future__ import annotations
 
@@ -38,12 +41,12 @@ PKG = "vincie_mcore"
 
 # rank -> {unit: module prefixes (relative to vincie_mcore) that belong to it}
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"packed": ("packed",), "config": ("config",), "runinfo": ("runinfo",)},
+    {"packed": ("packed",), "config": ("config",), "runinfo": ("runinfo",), "paths": ("paths",)},
     {"parallel": ("parallel.cpu_compat", "parallel.groups", "parallel.mappings", "parallel.context_parallel"),
      "encoders": ("encoders",)},
     {"data": ("data",), "model": ("model",), "diffusion": ("diffusion",)},
-    {"train": ("train",), "infer": ("infer",), "convert": ("convert",)},
-    {"eval": ("eval",)},
+    {"train": ("train",), "infer": ("infer",)},
+    {"eval": ("eval",), "hf": ("hf",)},
 ]
 TOP = "top-level wiring"
 SIBLINGS: set[tuple[str, str]] = set()           # (importer unit, imported unit) allowed at one rank
