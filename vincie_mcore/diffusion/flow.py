@@ -23,6 +23,13 @@ from ..packed.maskspec import KIND_NOISY
 
 PREDICTIONS = ("v", "x0")
 
+# The loss split the trainer logs per window (``loss/<name>``). A target's task follows from the
+# image it predicts (data/recipe.py: NIP -> ("frame", j+1), CSP -> ("roe_src", j), NSP -> ("roe_tgt", j));
+# its turn is the edit it belongs to: frame j is turn j, transition j's maps are turn j + 1.
+LOSS_TASKS = ("task_nip", "task_csp", "task_nsp")
+LOSS_TURNS = ("turn_1", "turn_2", "turn_3plus")
+_TASK_OF_REF = {"frame": 0, "roe_src": 1, "roe_tgt": 2}
+
 
 @dataclass
 class FlowConfig:
@@ -91,6 +98,28 @@ def training_loss(model, batch: PackedBatch, cfg: FlowConfig, gen: torch.Generat
     return prediction_loss(model, x_t, target, batch)
 
 
+def loss_groups(batch: PackedBatch) -> torch.Tensor | None:
+    """[2, S_img] long: each image token's task (index into LOSS_TASKS) and turn bucket (into
+    LOSS_TURNS), -1 off targets. None when no noisy block names its image (``ref``, set by the packer)."""
+    task, turn, lengths, named = [], [], [], False
+    for ib in batch.image_blocks:                     # in stream order, contiguous from row 0
+        ref = ib.get("ref")
+        kind = ref[0] if isinstance(ref, tuple) and len(ref) == 2 else None
+        if ib.get("noisy") and kind in _TASK_OF_REF:
+            named = True
+            task.append(_TASK_OF_REF[kind])
+            turn.append(min(ref[1] + (kind != "frame"), 3) - 1)
+        else:
+            task.append(-1)
+            turn.append(-1)
+        lengths.append(ib["length"])
+    if not named:
+        return None
+    lengths.append(batch.s_img - sum(lengths))        # padding rows
+    per_block = torch.tensor([task + [-1], turn + [-1]], dtype=torch.long)
+    return torch.repeat_interleave(per_block, torch.tensor(lengths), dim=1)
+
+
 def prediction_loss(model, x_t: torch.Tensor, target: torch.Tensor, batch: PackedBatch):
     """MSE of ``model(x_t, batch)`` against ``target`` on noisy tokens. Returns (loss, metrics dict).
 
@@ -98,16 +127,37 @@ def prediction_loss(model, x_t: torch.Tensor, target: torch.Tensor, batch: Packe
     ranks): each rank sums its own squared errors and the count is all-reduced
     (``parallel.context_parallel.data_parallel_mean``), so any layout trains like one device.
     Under context parallelism the model returns only this rank's image rows.
+    metrics["loss_parts"] (when the batch names its targets, see ``loss_groups``): {name: [2]
+    tensor (this rank's squared-error sum, element count)} per task and turn, from the same errors
+    (no second forward); the trainer sums them over ranks and a logging window.
     """
     from ..parallel.context_parallel import data_parallel_mean, image_rows
 
+    groups = loss_groups(batch)
     pred = model(x_t, batch)                                             # (S_img_local, P)
     rows = image_rows(batch.spec)
     m = batch.img_loss_mask[rows]
-    sq = (pred.float() - target[rows].float())[m].pow(2).sum()
+    diff = (pred.float() - target[rows].float())[m]                      # (n_noisy_local, P)
+    sq = diff.pow(2).sum()
     err, count = data_parallel_mean(sq, m.sum() * pred.shape[-1])
-    return err, {"loss": err.detach(), "noisy_tokens": int(count) // pred.shape[-1],
-                 "tokens": batch.s_txt + batch.s_img}
+    metrics = {"loss": err.detach(), "noisy_tokens": int(count) // pred.shape[-1],
+               "tokens": batch.s_txt + batch.s_img}
+    if groups is not None:
+        metrics["loss_parts"] = _group_sums(diff.detach(), groups.to(m.device)[:, rows][:, m])
+    return err, metrics
+
+
+def _group_sums(diff: torch.Tensor, groups: torch.Tensor) -> dict:
+    """{name: tensor([sum of squared errors, elements])} over LOSS_TASKS + LOSS_TURNS.
+
+    diff [n, P] errors of the noisy tokens, groups [2, n] their task / turn-bucket ids (-1: none)."""
+    tok_sq = diff.double().pow(2).sum(1)                                 # (n,); float64: counts pass 2^24
+    untagged = len(LOSS_TASKS) + len(LOSS_TURNS)                         # a last bin for tokens without a group
+    ids = torch.cat([groups[0], torch.where(groups[1] >= 0, groups[1] + len(LOSS_TASKS), -1)])   # (2n,)
+    ids = torch.where(ids >= 0, ids, untagged)
+    vals = torch.stack([tok_sq, torch.full_like(tok_sq, diff.shape[1])], 1).repeat(2, 1)        # (2n, 2)
+    parts = torch.zeros(untagged + 1, 2, dtype=torch.float64, device=diff.device).index_add_(0, ids, vals)
+    return dict(zip(LOSS_TASKS + LOSS_TURNS, parts.unbind(0)))
 
 
 def velocity(pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cfg: FlowConfig) -> torch.Tensor:

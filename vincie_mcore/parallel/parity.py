@@ -222,13 +222,13 @@ def _worker(rank: int, run: dict):
                        progress=False, seed=run["seed"])
     trainer = Trainer(tcfg, model, parity_loss, stream, device="cpu")
 
-    grads, step_fn = {}, trainer.optimizer.step
+    grads, step_fn = {}, trainer.optimizer_step
 
-    def step_and_capture():                 # the gradient the optimizer is about to use, first step only
+    def step_and_capture(grad_norm):        # the gradient the optimizer is about to use, first step only
         if not grads:
             grads.update({names[p]: g for p, g in _full_grads(trainer.model).items()})
-        return step_fn()
-    trainer.optimizer.step = step_and_capture
+        return step_fn(grad_norm)
+    trainer.optimizer_step = step_and_capture
     t0 = time.perf_counter()
     trainer.train(until=run["until"])
     seconds = time.perf_counter() - t0

@@ -1,7 +1,8 @@
-"""Throughput bookkeeping (tokens/s, TFLOP/s per device), a TensorBoard writer that is safe to call
-anywhere, and a run's files: the loss curve (PNG) and results JSON.
+"""Throughput bookkeeping (tokens/s, TFLOP/s per device, the share of time spent waiting for data),
+a TensorBoard writer that is safe to call anywhere, and a run's files: the loss curve (PNG) and
+results JSON.
 
-``Throughput`` accumulates tokens and model FLOPs between two log points and
+``Throughput`` accumulates tokens, model FLOPs and data-wait seconds between two log points and
 turns them into rates; ``MetricsWriter`` writes scalars on rank 0 only and does
 nothing when no directory is given; ``plot_losses`` and ``write_json`` write what a
 run leaves behind (``loss.png``, ``results.json``).
@@ -46,6 +47,7 @@ class Throughput:
     flops: float = 0.0
     steps: int = 0
     has_flops: bool = False
+    waited: float = 0.0          # seconds spent in next(stream) this window (skipped steps included)
     _t0: float = field(default_factory=time.perf_counter)
 
     def update(self, tokens: int, flops: float | None) -> None:
@@ -55,15 +57,21 @@ class Throughput:
             self.flops += flops
             self.has_flops = True
 
+    def data_wait(self, seconds: float) -> None:
+        """Count time the loop spent blocked on the batch stream."""
+        self.waited += seconds
+
     def read(self) -> dict:
-        """{'tokens_per_s', 'tflops' (per device, or None), 'step_time_s'} and reset the window."""
+        """{'tokens_per_s', 'tflops' (per device, or None), 'step_time_s', 'data_wait_pct' (share of the
+        window's wall time spent in next(stream), 0-100)} and reset the window."""
         dt = max(time.perf_counter() - self._t0, 1e-9)
         out = {
             "tokens_per_s": self.tokens / dt,
             "tflops": self.flops / dt / 1e12 if self.has_flops else None,
             "step_time_s": dt / max(self.steps, 1),
+            "data_wait_pct": 100.0 * min(self.waited / dt, 1.0),
         }
-        self.tokens, self.flops, self.steps, self.has_flops = 0, 0.0, 0, False
+        self.tokens, self.flops, self.steps, self.has_flops, self.waited = 0, 0.0, 0, False, 0.0
         self._t0 = time.perf_counter()
         return out
 

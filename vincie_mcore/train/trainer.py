@@ -9,16 +9,28 @@ checkpoint is there. Process groups must exist first
 Contracts of the pieces it is handed:
 
 * ``loss_fn(model, batch, generator) -> (loss, metrics)``: scalar loss with
-  grad; metrics a dict of floats/0-d tensors (``"tokens"`` counts tokens, if given).
+  grad; metrics a dict of floats/0-d tensors (``"tokens"`` counts tokens, if given), and
+  optionally ``"loss_parts"``: {name: tensor [2] (this rank's squared-error sum, element count)},
+  logged per window as ``loss/<name>`` = sum / count over the window and the DP x CP ranks.
 * ``batch_stream``: ``next(stream) -> PackedBatch`` (anything with ``.to(device)``),
   ``stream.state_dict()`` and ``stream.load_state_dict(state)``, so a resumed run
   sees the same batches.
+
+Health: a step whose loss (on any rank) or global grad norm is not finite is skipped: no
+optimizer, scheduler or EMA update, and ``self.step`` (which counts optimizer updates, so the
+schedule and checkpoints stay in update units) does not advance; its batch is consumed. It is
+counted in ``self.skipped_steps``, and ``train.max_bad_steps`` in a row stop the run without a save.
+``train()`` writes ``run_info.json`` (code version, package versions, host, layout, config).
 """
 from __future__ import annotations
 
 import math
+import platform
 import random
+import socket
+import sys
 import time
+from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -29,7 +41,8 @@ from . import checkpoint as ckpt
 from ..model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
 from ..parallel import cpu_compat
 from .ema import EMA
-from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops
+from ..runinfo import code_version
+from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops, write_json
 from .optim import build_optimizer, build_scheduler, current_lr
 
 DTYPES = ("auto", "fp32", "bf16")
@@ -57,6 +70,7 @@ class TrainConfig:
     seed: int = 0                    # seeds python/numpy/torch and the loss generator (offset by DP rank)
     max_minutes: float | None = None     # stop (and save) once this much wall time has passed
     progress: bool = True            # tqdm bar on rank 0
+    max_bad_steps: int = 8           # stop (saving nothing) after this many non-finite steps in a row; 0: never
     fp8: FP8Config = field(default_factory=FP8Config)   # FP8 linears via Transformer Engine (model/fp8.py)
 
     def __post_init__(self):
@@ -72,7 +86,7 @@ class TrainConfig:
         for key in ("steps", "log_every"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 bad(key, "must be an int >= 1")
-        for key in ("warmup", "save_every", "keep_last", "seed"):
+        for key in ("warmup", "save_every", "keep_last", "seed", "max_bad_steps"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 0:
                 bad(key, "must be an int >= 0")
         if self.warmup >= self.steps:
@@ -124,15 +138,22 @@ def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
+class BadStepsError(RuntimeError):
+    """``train.max_bad_steps`` non-finite steps in a row."""
+
+
 class Trainer:
     """Megatron-DDP training of one model with one loss on one batch stream.
 
     model: a MegatronModule (not yet wrapped) on ``device``; its ``config`` is a
     TransformerConfig (``bf16=True`` when training in bf16).
-    After ``train()``, ``self.losses`` holds the loss of every step this Trainer ran.
+    run_dir: where ``run_info.json`` goes (default: the parent of ``cfg.ckpt_dir``; neither: not written).
+    After ``train()``, ``self.losses`` holds the loss of every optimizer step this Trainer ran
+    (skipped steps excluded) and ``self.skipped_steps`` counts the skipped ones (kept on resume).
     """
 
-    def __init__(self, cfg: TrainConfig, model, loss_fn, batch_stream, device: torch.device | str | None = None):
+    def __init__(self, cfg: TrainConfig, model, loss_fn, batch_stream, device: torch.device | str | None = None,
+                 run_dir: str | None = None):
         from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.transformer.module import Float16Module
@@ -178,6 +199,10 @@ class Trainer:
 
         self.step = 0
         self.losses: list[float] = []
+        self.skipped_steps = 0           # non-finite steps skipped over the whole run
+        self.bad_in_row = 0              # ... since the last good step
+        self.run_dir = run_dir if run_dir is not None else (
+            str(Path(cfg.ckpt_dir).resolve().parent) if cfg.ckpt_dir is not None else None)
         self.resumed_from: int | None = None
         if cfg.ckpt_dir is not None and cfg.resume:
             self.load_checkpoint()
@@ -191,6 +216,7 @@ class Trainer:
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
         return {
             "step": self.step,
+            "skipped_steps": self.skipped_steps,
             "rng": {
                 "python": random.getstate(),
                 "numpy": ckpt.numpy_state_to_safe(np.random.get_state()),   # weights_only-loadable
@@ -207,6 +233,7 @@ class Trainer:
     def load_state_dict(self, state: dict) -> None:
         from megatron.core.tensor_parallel import get_cuda_rng_tracker
         self.step = int(state["step"])
+        self.skipped_steps = int(state.get("skipped_steps", 0))     # absent in older checkpoints
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(ckpt.numpy_state_from_safe(rng["numpy"]))
@@ -260,36 +287,154 @@ class Trainer:
         return loss.detach(), metrics
 
     def train_step(self) -> dict:
-        """One optimizer step. Returns step metrics (loss, grad_norm, lr, tokens, flops)."""
+        """One step on one batch. Returns step metrics (loss, grad_norm, lr, tokens, flops, skipped,
+        data_wait_s, loss_parts). A non-finite step is skipped (see the module docstring)."""
         from megatron.core.distributed import finalize_model_grads
 
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
+        t_wait = time.perf_counter()
         with cpu_compat.suspended():      # packing asks for no CUDA either
             batch = next(self.stream)
+        data_wait_s = time.perf_counter() - t_wait
         if hasattr(batch, "to"):
             batch = batch.to(self.device)
         loss, metrics = self.forward_backward_step(batch)
         # DP all-reduce of the grad buffer, plus TP all-reduce of sequence-parallel norm grads
         finalize_model_grads([self.model])
-        self.scheduler.step(1)            # before the step: step k runs at lr(k), see optim.build_scheduler
-        lr = current_lr(self.optimizer)
-        ok, grad_norm, _ = self.optimizer.step()
-        if ok and self.ema is not None:
-            self.ema.update()
-        self.step += 1
-        tokens = metrics.get("tokens", None) if isinstance(metrics, dict) else None
+        found_inf, grad_norm = self._prepare_grads()
+        loss_host, bad = self._loss_and_bad_flag(loss)
+        bad = bad or found_inf or grad_norm is None or not math.isfinite(grad_norm)
+        metrics = metrics if isinstance(metrics, dict) else {}
+        if bad:
+            self.skipped_steps += 1
+            self.bad_in_row += 1
+            lr = current_lr(self.optimizer)
+        else:
+            self.bad_in_row = 0
+            self.scheduler.step(1)        # before the step: step k runs at lr(k), see optim.build_scheduler
+            lr = current_lr(self.optimizer)
+            if self.optimizer_step(grad_norm) and self.ema is not None:
+                self.ema.update()
+            self.step += 1
+        tokens = metrics.get("tokens", None)
         return {
-            "loss": float(loss),
-            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "loss": loss_host,
+            "grad_norm": grad_norm,
             "lr": lr,
             "tokens": int(tokens) if tokens is not None else batch_tokens(batch),
             "flops": model_flops(self.model, batch),
-            "skipped": not ok,
-            "extra": {k: float(v) for k, v in (metrics or {}).items()
+            "skipped": bad,
+            "data_wait_s": data_wait_s,
+            "loss_parts": metrics.get("loss_parts") or {},
+            "extra": {k: float(v) for k, v in metrics.items()
                       if k not in ("loss", "tokens") and isinstance(v, (int, float, torch.Tensor))
                       and (not isinstance(v, torch.Tensor) or v.numel() == 1)},
         }
+
+    # Megatron's optimizer.step() is prepare_grads -> grad norm -> clip -> step_with_ready_grads
+    # (ChainedOptimizer.step, which the others match); it is split here so a non-finite norm is seen
+    # before anything (scheduler included) moves, with the same calls, so a good step is bit-identical.
+    # The trainer never calls optimizer.step(): wrap optimizer_step() to see the grads it will use.
+    def _prepare_grads(self) -> tuple[bool, float | None]:
+        """(inf found by a grad scaler, global grad norm) of the main grads."""
+        found_inf = self.optimizer.prepare_grads()
+        return bool(found_inf), (None if found_inf else self.optimizer.get_grad_norm())
+
+    def optimizer_step(self, grad_norm: float) -> bool:
+        """Clip the prepared main grads to ``cfg.grad_clip`` by ``grad_norm`` and update; True if it did."""
+        from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+        with torch.no_grad():
+            for opt in getattr(self.optimizer, "chained_optimizers", [self.optimizer]):
+                params = [] if getattr(opt, "is_stub_optimizer", False) else opt.get_parameters()
+                if params and opt.config.clip_grad > 0.0:
+                    clip_grad_by_total_norm_fp32(params, max_norm=opt.config.clip_grad, total_norm=grad_norm,
+                                                 use_decoupled_grad=opt.config.use_precision_aware_optimizer_no_fp8_or_ds_fp8)
+            return self.optimizer.step_with_ready_grads()
+
+    def _loss_and_bad_flag(self, loss: torch.Tensor) -> tuple[float, bool]:
+        """(this rank's loss, any rank's loss non-finite): one host read, as the loss alone cost before."""
+        bad = (~torch.isfinite(loss.detach().float())).float().reshape(1)
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)    # every rank skips the same steps
+        loss_host, flag = torch.cat([loss.detach().float().reshape(1), bad]).tolist()
+        return loss_host, flag > 0
+
+    def _window_loss_parts(self, acc: dict) -> dict:
+        """{"loss/<name>": window mean} from summed (sq, count) parts, summed over the DP x CP ranks."""
+        if not acc:
+            return {}
+        from megatron.core import parallel_state
+        names = sorted(acc)
+        t = torch.stack([acc[k] for k in names])          # (n, 2) float64
+        if parallel_state.get_data_parallel_world_size(with_context_parallel=True) > 1:
+            dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        return {f"loss/{k}": (s / c if c > 0 else None) for k, (s, c) in zip(names, t.tolist())}
+
+    def run_info(self) -> dict:
+        """What ran: code version, package versions, host, world size and layout, the train config."""
+        from importlib.metadata import PackageNotFoundError, version
+        from importlib.util import find_spec
+
+        from megatron.core import parallel_state as ps
+
+        def pkg(*names):
+            for n in names:
+                try:
+                    return version(n)
+                except PackageNotFoundError:
+                    pass
+            return None
+
+        te = pkg("transformer_engine", "transformer-engine", "transformer_engine_torch") \
+            if find_spec("transformer_engine") is not None else None
+        return {
+            "code": code_version(),
+            "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                         "megatron-core": pkg("megatron-core", "megatron_core"), "transformer-engine": te,
+                         "triton": pkg("triton"), "numpy": np.__version__,
+                         "cuda": torch.version.cuda if torch.cuda.is_available() else None},
+            "host": socket.gethostname(),
+            "device": torch.cuda.get_device_name() if self.device.type == "cuda" else str(self.device),
+            "world_size": dist.get_world_size() if dist.is_initialized() else 1,
+            "layout": {"tp": ps.get_tensor_model_parallel_world_size(), "cp": ps.get_context_parallel_world_size(),
+                       "dp": ps.get_data_parallel_world_size()},
+            "start_step": self.step,
+            "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv,
+            "train_config": asdict(self.cfg),
+        }
+
+    def write_run_info(self) -> str | None:
+        """``<run_dir>/run_info.json`` (rank 0); earlier starts of the run (resumes) kept under "previous"."""
+        if self.rank != 0 or self.run_dir is None:
+            return None
+        path = Path(self.run_dir) / "run_info.json"
+        info, previous = self.run_info(), []
+        if path.is_file():
+            import json
+            try:
+                old = json.loads(path.read_text())
+                previous = old.pop("previous", []) + [old]
+            except (OSError, ValueError, AttributeError):
+                previous = []          # an unreadable old record is not worth stopping a run for
+        info["previous"] = previous
+        write_json(path, info)
+        return str(path)
+
+    def _on_bad_step(self, m: dict, writer: MetricsWriter, bar) -> None:
+        """Log a skipped step (one console line, the TensorBoard count); raise after max_bad_steps in a row."""
+        cfg = self.cfg
+        gn = "-" if m["grad_norm"] is None else f"{m['grad_norm']:.4g}"
+        writer.scalars(self.step, {"skipped_steps": self.skipped_steps})
+        if self.rank == 0:
+            bar.write(f"step {self.step + 1:>7d} skipped: loss {m['loss']:.4g}, grad norm {gn} not finite "
+                      f"({self.bad_in_row} in a row, {self.skipped_steps} in all); weights, optimizer, "
+                      f"scheduler and EMA untouched")
+        if cfg.max_bad_steps and self.bad_in_row >= cfg.max_bad_steps:
+            raise BadStepsError(f"train: {self.bad_in_row} non-finite steps in a row after step {self.step} "
+                                f"(train.max_bad_steps={cfg.max_bad_steps}); stopped without saving, the last "
+                                f"checkpoint is the last good state")
 
     def _dp_mean(self, x: float) -> float:
         """Mean of a logged scalar over the data-parallel ranks (every rank must call it)."""
@@ -314,41 +459,55 @@ class Trainer:
 
         The schedule always spans cfg.steps; ``until`` only stops early (as a
         time-out would), so a run split in parts matches an uninterrupted one.
-        Returns the losses of the steps run by this call.
+        Returns the losses of the optimizer steps run by this call (skipped steps excluded).
+        Raises BadStepsError after ``train.max_bad_steps`` non-finite steps in a row (nothing saved).
         """
         from tqdm import tqdm
 
         cfg, main = self.cfg, self.rank == 0
         last = cfg.steps if until is None else min(int(until), cfg.steps)
+        self.write_run_info()
         writer = MetricsWriter(cfg.tensorboard_dir, self.rank)
         thr = Throughput()
         bar = tqdm(total=cfg.steps, initial=self.step, disable=not (main and cfg.progress),
                    desc="train", dynamic_ncols=True)
         t0 = time.monotonic()
-        run_losses, window = [], []
+        run_losses, window, parts = [], [], {}
         saved_at = None
         self.model.train()
         try:
             while self.step < last:
                 m = self.train_step()
-                run_losses.append(m["loss"])
-                window.append(m["loss"])
-                thr.update(m["tokens"], m["flops"])
-                bar.update(1)
-                bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
-                if self.step % cfg.log_every == 0 or self.step == last:
+                thr.data_wait(m["data_wait_s"])
+                if m["skipped"]:
+                    self._on_bad_step(m, writer, bar)
+                else:
+                    run_losses.append(m["loss"])
+                    window.append(m["loss"])
+                    for k, v in m["loss_parts"].items():     # on device; read once per window
+                        v = v.detach().double()
+                        parts[k] = parts[k] + v if k in parts else v
+                    thr.update(m["tokens"], m["flops"])
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{m['loss']:.4f}", refresh=False)
+                if not m["skipped"] and (self.step % cfg.log_every == 0 or self.step == last):
                     rates = thr.read()
                     loss_avg = self._dp_mean(sum(window) / len(window))
                     window.clear()
+                    by_part = self._window_loss_parts(parts)
+                    parts = {}
                     writer.scalars(self.step, {"loss": loss_avg, "lr": m["lr"], "grad_norm": m["grad_norm"],
                                                "tokens_per_s": rates["tokens_per_s"], "tflops": rates["tflops"],
-                                               **m["extra"]})
+                                               "data_wait_pct": rates["data_wait_pct"],
+                                               "skipped_steps": self.skipped_steps, **by_part, **m["extra"]})
                     if main:
                         tfl = f" | {rates['tflops']:.3g} TFLOP/s/dev" if rates["tflops"] is not None else ""
                         gn = f"{m['grad_norm']:.3f}" if m["grad_norm"] is not None else "-"
+                        skipped = f" | skipped {self.skipped_steps}" if self.skipped_steps else ""
                         bar.write(f"step {self.step:>7d} | loss {loss_avg:.5f} | lr {m['lr']:.3e} | "
-                                  f"grad {gn} | {rates['tokens_per_s']:.0f} tok/s/dev{tfl}")
-                if cfg.save_every and self.step % cfg.save_every == 0:
+                                  f"grad {gn} | {rates['tokens_per_s']:.0f} tok/s/dev{tfl} | "
+                                  f"data wait {rates['data_wait_pct']:.1f}%{skipped}")
+                if not m["skipped"] and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
                 if self._should_stop_for_time(t0):
