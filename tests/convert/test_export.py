@@ -22,6 +22,7 @@ from vincie_mcore.hf.files import INDEX, SINGLE, ExportError, read_config
 from vincie_mcore.hf.modeling import VincieMMDiT
 from vincie_mcore.parallel.parity import Layout, full_tensors, run_layout
 from vincie_tools import convert as cli
+from hostile_pickle import Payload
 
 
 @pytest.fixture(scope="module")
@@ -211,12 +212,6 @@ def test_refuses_checkpoint_without_config(trained, tmp_path):
         hf.export_checkpoint(lone, tmp_path / "x")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):                     # unpickling would call open(marker, "w")
-        return (open, (self.marker, "w"))
 
 
 def test_export_of_a_tampered_checkpoint_runs_no_code(trained, tmp_path):
@@ -227,7 +222,7 @@ def test_export_of_a_tampered_checkpoint_runs_no_code(trained, tmp_path):
     with open(step / ".metadata", "rb") as f:
         md = pickle.load(f)                   # our own clean file, in the test only
     marker = tmp_path / "pwned"
-    md.storage_meta.modules = [_Payload(str(marker))]
+    md.storage_meta.modules = [Payload(str(marker))]
     with open(step / ".metadata", "wb") as f:
         pickle.dump(md, f)
     with pytest.raises(ExportError, match=r"\.metadata") as e:

@@ -16,16 +16,11 @@ import pytest
 import torch
 
 from vincie_mcore.train import checkpoint
+from hostile_pickle import Payload
 
 warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex.*")
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):          # what an attacker ships: unpickling calls open(marker, "w")
-        return (open, (self.marker, "w"))
 
 
 def _tiny(seed):
@@ -59,7 +54,7 @@ def _copy(saved, tmp_path):
 
 
 def _plant_common(step, marker):
-    torch.save({"optimizer": _Payload(marker)}, step / "common.pt")
+    torch.save({"optimizer": Payload(marker)}, step / "common.pt")
 
 
 def _read_md(step):
@@ -69,7 +64,7 @@ def _read_md(step):
 
 def _plant_metadata(step, marker):
     md = _read_md(step)
-    md.storage_meta.modules = [_Payload(marker)]      # a real metadata object carrying the payload
+    md.storage_meta.modules = [Payload(marker)]      # a real metadata object carrying the payload
     with open(step / ".metadata", "wb") as f:
         pickle.dump(md, f)
 
@@ -82,7 +77,7 @@ def _plant_bytes(step, marker):
     index = next(i for i in md.storage_data if i.fqn == key)
     info = md.storage_data[index]
     buf = io.BytesIO()
-    torch.save(_Payload(marker), buf)
+    torch.save(Payload(marker), buf)
     f = step / info.relative_path
     info.offset, info.length = f.stat().st_size, len(buf.getvalue())
     with open(f, "ab") as fh:

@@ -10,20 +10,15 @@ import pytest
 import torch
 
 from vincie_mcore.train import checkpoint
+from hostile_pickle import Payload
 
 
-class _Payload:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):          # what an attacker ships: unpickling calls open(marker, "w")
-        return (open, (self.marker, "w"))
 
 
 def _hostile_state(tmp_path):
     marker = str(tmp_path / "pwned")
     f = str(tmp_path / "trainer_state_rank00000.pt")
-    torch.save({"step": 3, "rng": {"numpy": _Payload(marker)}}, f)
+    torch.save({"step": 3, "rng": {"numpy": Payload(marker)}}, f)
     assert not os.path.exists(marker)
     return f, marker
 
