@@ -25,7 +25,7 @@ from .data.packing import PackedStream
 from .encoders import TextEncoder, build_image_encoder
 from .eval.synthetic import evaluate, summarize_eval
 from .infer.editor import save_strip
-from .runinfo import code_version
+from .runinfo import arithmetic_info, code_version
 from .train.metrics import plot_losses, write_json
 
 
@@ -40,7 +40,7 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     dc = data_configs(cfg)
     world, corpus = dc["world"], dc["corpus"]
 
-    if cfg.get("threads"):                                     # same arithmetic on any machine
+    if cfg.get("threads"):                                     # same arithmetic on any Intel x86 (docs/measured.md)
         torch.set_num_threads(int(cfg.threads))
 
     # 1. data: videos -> sessions (resumable), then DALI-decode and encode once
@@ -88,6 +88,7 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     summary["threads"] = torch.get_num_threads()
     summary["ema_decay"] = trainer.cfg.ema_decay
     summary.update(code_version())
+    summary.update(arithmetic_info())
     summary["final_loss"] = round(sum(trainer.losses[-20:]) / max(len(trainer.losses[-20:]), 1), 5)
     write_json(run / "results.json", summary)
     print(f"   edit strips: {run}/strip_*.png (truth_*.png for the ground truth), loss curve: {run}/loss.png")

@@ -23,6 +23,28 @@ def code_version() -> dict:
             return {"git_sha": None}
 
 
+def arithmetic_info() -> dict:
+    """The CPU and the code paths its fp32 arithmetic took: what decides whether two runs of one
+    seed can give the same numbers (docs/measured.md, "Same seed, other machine")."""
+    import os
+    import platform
+
+    import torch
+
+    info = {"model name": platform.processor() or platform.machine(), "vendor_id": None}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in info and value.strip():
+                info[key.strip()] = value.strip()
+            if line.strip() == "":                               # first processor only
+                break
+    except OSError:
+        pass
+    return {"cpu": info["model name"], "cpu_vendor": info["vendor_id"], "mkl_cbwr": os.environ.get("MKL_CBWR"),
+            "aten_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch": torch.__version__}
+
+
 def pin_cpu_arithmetic() -> None:
     """Same fp32 arithmetic run to run and machine to machine (x86); call before torch is imported.
 
