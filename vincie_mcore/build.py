@@ -79,7 +79,7 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
         t["steps"] = steps
         t["warmup"] = min(int(t.get("warmup", 0)), max(steps // 10, 0))
     flow = build(FlowConfig, cfg.flow, "flow")
-    return Trainer(build(TrainConfig, t, "train"), model, make_loss(flow), stream)
+    return Trainer(build(TrainConfig, t, "train"), model, make_loss(flow), stream, run_dir=str(run_dir))
 
 
 def build_training(cfg):

@@ -10,7 +10,7 @@ import pytest
 import torch
 from _train_tiny import TinyStream, build_tiny, tiny_loss
 
-from vincie_mcore.runinfo import code_version
+from vincie_mcore.runinfo import arithmetic_info, code_version
 from vincie_mcore.train import checkpoint as ckpt
 from vincie_mcore.train.trainer import BadStepsError, Trainer, TrainConfig
 
@@ -261,6 +261,7 @@ def test_run_info_json(dist1, tmp_path):
     assert v["torch"] == torch.__version__ and v["megatron-core"] == megatron.core.__version__
     assert v["numpy"] == np.__version__ and v["python"].count(".") == 2
     assert {"transformer-engine", "triton"} <= set(v)
+    assert info["arithmetic"] == arithmetic_info()
     assert info["world_size"] == 1 and info["layout"] == {"tp": 1, "cp": 1, "dp": 1} and info["host"]
     assert info["train_config"]["steps"] == 3 and info["train_config"]["max_bad_steps"] == 8
     assert info["start_step"] == 0 and info["previous"] == []

@@ -3,7 +3,6 @@ random fp32 model, image, prompts and noise (CPU), timed per turn, with the two 
 differences measured in the same run (docs/kv_cache.md; CLI ``vincie-bench-editor``)."""
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 

@@ -30,8 +30,8 @@ import random
 import socket
 import sys
 import time
-from pathlib import Path
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from . import checkpoint as ckpt
 from ..model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
 from ..parallel import cpu_compat
 from .ema import EMA
-from ..runinfo import code_version
+from ..runinfo import arithmetic_info, code_version
 from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops, write_json
 from .optim import build_optimizer, build_scheduler, current_lr
 
@@ -372,7 +372,7 @@ class Trainer:
         return {f"loss/{k}": (s / c if c > 0 else None) for k, (s, c) in zip(names, t.tolist())}
 
     def run_info(self) -> dict:
-        """What ran: code version, package versions, host, world size and layout, the train config."""
+        """What ran: code version, package versions, CPU arithmetic, host, world size and layout, the train config."""
         from importlib.metadata import PackageNotFoundError, version
         from importlib.util import find_spec
 
@@ -394,6 +394,7 @@ class Trainer:
                          "megatron-core": pkg("megatron-core", "megatron_core"), "transformer-engine": te,
                          "triton": pkg("triton"), "numpy": np.__version__,
                          "cuda": torch.version.cuda if torch.cuda.is_available() else None},
+            "arithmetic": arithmetic_info(),      # CPU and BLAS/ATen paths: which runs can match bit for bit
             "host": socket.gethostname(),
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else str(self.device),
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,

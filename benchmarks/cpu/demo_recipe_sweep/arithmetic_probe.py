@@ -1,3 +1,6 @@
+# Arithmetic probe (docs/measured.md, "Same seed, other machine"): trains STEPS demo steps and prints a hash of
+# the weights and the environment pins, e.g. `ONEDNN_MAX_CPU_ISA=AVX2 .venv/bin/python arithmetic_probe.py 20`;
+# two runs with equal hashes did the same arithmetic.
 import sys, os
 from vincie_mcore.runinfo import pin_cpu_arithmetic
 pin_cpu_arithmetic()
@@ -10,7 +13,7 @@ from vincie_mcore.data.packing import PackedStream
 from vincie_mcore.encoders import TextEncoder, build_image_encoder
 def main():
     steps = int(sys.argv[1])
-    cfg = load_config(["experiment=demo", "run_dir=/tmp/exp/det", "data.corpus.min_change=2", "train.lr=1.2e-2", "train.log_every=1000", "train.progress=false", *sys.argv[2:]])
+    cfg = load_config(["experiment=demo", "run_dir=" + os.environ.get("OUT", "/tmp/arithmetic_probe"), "data.corpus.min_change=2", "train.lr=1.2e-2", "train.log_every=1000", "train.progress=false", *sys.argv[2:]])
     torch.set_num_threads(2)
     dc = data_configs(cfg); corpus = dc["corpus"]; run = Path(cfg.run_dir)
     st = synthesize_store(run / "train", corpus.videos, dc["world"], corpus, corpus.sampling, int(cfg.seed), corpus.min_change)
