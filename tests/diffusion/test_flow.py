@@ -97,13 +97,16 @@ def test_guided_shifted_euler_output_matches_hand_integration(prediction, guidan
         calls.append((cond, float(ts), x.clone()))
         return _branch(prediction, cond, x, float(ts))
 
+    progress = []                                                  # the callback: after each step's calls
     out = euler_sample(model, b, FlowConfig(prediction=prediction), steps=4, shift=3.0, guidance=guidance,
-                       gen=torch.Generator().manual_seed(0))
+                       gen=torch.Generator().manual_seed(0),
+                       callback=lambda done, steps: progress.append((done, steps, len(calls))))
 
     # s t / (1 + (s-1) t) at s = 3 on the uniform grid 1, .75, .5, .25, 0, worked out by hand
     grid = [1.0, 0.9, 0.75, 0.5, 0.0]
     per_step = 2 if guidance != 1.0 else 1
     assert [c[0] for c in calls] == [True, False][:per_step] * 4
+    assert progress == [(i + 1, 4, per_step * (i + 1)) for i in range(4)]
     assert [c[1] for c in calls[::per_step]] == pytest.approx(grid[:-1], abs=1e-6)
 
     x = calls[0][2].double()                                       # the sampler's starting noise

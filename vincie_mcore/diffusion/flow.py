@@ -14,6 +14,7 @@ with classifier-free guidance whose unconditional branch drops the text only.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import torch
@@ -168,9 +169,11 @@ def velocity(pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cfg: FlowCo
 
 @torch.no_grad()
 def euler_sample(model, batch: PackedBatch, cfg: FlowConfig, steps: int = 50, shift: float = 1.0,
-                 guidance: float = 1.0, gen: torch.Generator | None = None) -> torch.Tensor:
+                 guidance: float = 1.0, gen: torch.Generator | None = None,
+                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
     """Denoise every noisy block of ``batch``; returns the image stream [S_img, P] with
-    noisy tokens replaced by samples (clean tokens untouched)."""
+    noisy tokens replaced by samples (clean tokens untouched). ``callback(done, steps)`` runs
+    after each step (progress bars; it must not touch the tensors)."""
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")
     x0 = batch.img_x0
@@ -189,4 +192,6 @@ def euler_sample(model, batch: PackedBatch, cfg: FlowConfig, steps: int = 50, sh
             v_u = velocity(model(x, replace(uncond, block_t=block_t)), x, tt, cfg)
             v = v_u + guidance * (v - v_u)
         x = torch.where(m, x + (t_next - t) * v, x0)
+        if callback is not None:
+            callback(i + 1, steps)
     return x

@@ -63,6 +63,7 @@ class Editor:
         self.mask_type = mask_type
         self.use_kv_cache = use_kv_cache
         self.gen = torch.Generator().manual_seed(self.sampler.seed)
+        self.step_callback = None       # callback(done, steps) after each sampling step (progress in a UI)
 
     def kv_cache_reason(self) -> str | None:
         """None when ``EditSession.edit`` will use the KV cache, else why not (one line)."""
@@ -114,7 +115,7 @@ class Editor:
         s = self.sampler
         with cpu_compat.suspended():                            # no CUDA-by-name calls in sampling
             return euler_sample(model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
-                                gen=self.gen)
+                                gen=self.gen, callback=self.step_callback)
 
     def _decode(self, batch, x: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Each noisy block of ``x`` -> (uint8 image [H, W, 3], its sampled latent [C, h, w])."""
