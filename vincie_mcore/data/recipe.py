@@ -179,3 +179,37 @@ def inference_sample(texts: list[str], camera_prompts: bool = True) -> SessionSa
     cfg = RecipeConfig(mask_type="full", camera_prompts=camera_prompts)
     plan = SessionPlan(num_turns=n, use_roe=False, task="nip", target_turn=n - 1)
     return build_sample(texts, [None] * n, plan, cfg)
+
+
+def roe_inference_sample(texts: list[str], task: str, maps, cfg: RecipeConfig) -> SessionSample:
+    """Turn n = len(texts) - 1 of a session that carries RoE maps, laid out as training lays it out.
+
+    The context is I0, T0, [Tm0, M00], [Tm1, M01], I1, ..., I_n, T_n and the target is the
+    noisy block of ``task``: CSP -> Tm0 + ("roe_src", n); NSP -> [Tm0, M_n0], Tm1 + ("roe_tgt", n);
+    NIP -> [Tm0, M_n0], [Tm1, M_n1], ("frame", n + 1). ``maps`` names the RoE maps given as clean
+    context ({("roe_src", j), ("roe_tgt", j)}); every other map counts as dropped by the context
+    dropout, so it is left out exactly as ``build_sample`` leaves it out under ``cfg.mask_type``
+    (``full``: map and prompt; ``block_causal``: the clean map, its prompt stays).
+
+    Only the target is noisy under either mask. ``build_sample``'s other ``block_causal`` noisy twins
+    are seen by no block but themselves (docs/masks.md), so leaving them out changes nothing the
+    target sees; the one exception is ``rope_mode="interleaved"``, where a twin whose clean copy is
+    dropped still takes a RoPE position (every config uses "separate").
+    """
+    n = len(texts) - 1
+    if n < 0:
+        raise ValueError("roe_inference_sample: needs at least one text")
+    goal = {"nip": ("frame", n + 1), "csp": ("roe_src", n), "nsp": ("roe_tgt", n)}.get(task)
+    if goal is None:
+        raise ValueError(f"task: expected one of {TASKS}, got {task!r}")
+    before = {"nip": ("roe_src", "roe_tgt"), "csp": (), "nsp": ("roe_src",)}[task]   # turn n's maps ahead of the target
+    allowed = {(k, j) for j in range(n) for k in ("roe_src", "roe_tgt")} | {(k, n) for k in before}
+    if set(maps) - allowed:
+        raise ValueError(f"maps: {sorted(set(maps) - allowed)} cannot be context for {task} at turn {n} "
+                         f"(only maps laid out before the target)")
+    dropped = {(k, j) for j in range(n + 1) for k in ("roe_src", "roe_tgt") if (k, j) not in maps}
+    plan = SessionPlan(num_turns=n + 1, use_roe=True, task=task, target_turn=n, dropped=dropped)
+    sample = build_sample(texts, [None] * (n + 1), plan, cfg)
+    target = next(b for b in sample.blocks if b.kind == KIND_NOISY and b.image == goal)
+    sample.blocks = [b for b in sample.blocks if b is target or (b.kind != KIND_NOISY and b.order < target.order)]
+    return sample

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from ..data.packing import EncodedSession, PackConfig, pack
-from ..data.recipe import inference_sample
+from ..data.recipe import SessionSample, inference_sample
 from ..diffusion.flow import FlowConfig, euler_sample
 from ..packed.patches import unpatchify
 from ..parallel import cpu_compat
@@ -101,6 +101,17 @@ class Editor:
                  for (images, texts), prompt in zip(histories, prompts)]
         batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         return [im for im, _ in self._decode(batch, self._sample(self.model, batch))]
+
+    @torch.no_grad()
+    def generate(self, sample: SessionSample, sess: EncodedSession) -> dict:
+        """Sample the noisy blocks of one laid-out session (any recipe layout, e.g.
+        ``recipe.roe_inference_sample``) -> {ref: (image uint8 [H, W, 3], sampled latent [C, h, w])}.
+
+        ``sess`` holds the clean latents the layout refers to; a noisy block's own latent only sets
+        its shape (zeros will do). The re-packing path: no KV cache."""
+        batch = pack([(sample, sess)], self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
+        refs = [ib["ref"] for ib in batch.image_blocks if ib["noisy"]]
+        return dict(zip(refs, self._decode(batch, self._sample(self.model, batch))))
 
     def _item(self, lat: torch.Tensor, texts: list[str], prompt: str):
         """One session's turn: latents of I0..I_n (n+1, C, h, w), texts T0..T_{n-1}, the prompt."""
@@ -205,27 +216,34 @@ class EditSession:
         return out
 
 
-def save_strip(images, path, texts=None, scale: int = 4):
-    """Write an edit strip (I0 | I1 | ...) as PNG, captions under each turn when given."""
+def save_strip(images, path, texts=None, scale: int = 4, labels=None):
+    """Write an edit strip (I0 | I1 | ...) as PNG, captions under each turn when given.
+
+    ``texts``: one per turn (panel i > 0 gets texts[i - 1]); ``labels``: one per panel instead."""
     import textwrap
 
     from PIL import Image, ImageDraw
 
     if isinstance(images, EditSession):
         images, texts = images.images, images.texts
+    if labels is not None:
+        if len(labels) != len(images):
+            raise ValueError(f"save_strip: {len(labels)} labels for {len(images)} panels")
+        texts = None
+    elif texts:
+        labels = [""] + list(texts)
     ims = [Image.fromarray(np.asarray(im)).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST)
            for im in images]
     w, h = ims[0].size
     per_line = max(w // 6, 1)                        # PIL's default font is ~6 px wide
-    lines = [textwrap.wrap(t, per_line) or [""] for t in (texts or [])]
-    cap = 12 * max((len(x) for x in lines), default=0) + 4 if texts else 0
+    lines = [textwrap.wrap(t, per_line) or [""] for t in (labels or [])][:len(ims)]
+    cap = 12 * max((len(x) for x in lines), default=0) + 4 if labels else 0
     strip = Image.new("RGB", (len(ims) * (w + 4), h + cap), "white")
     d = ImageDraw.Draw(strip)
     for i, im in enumerate(ims):
         strip.paste(im, (i * (w + 4), 0))
-        if texts and i > 0 and i - 1 < len(texts):
-            for k, line in enumerate(lines[i - 1]):   # the whole prompt, wrapped at word boundaries
-                d.text((i * (w + 4) + 2, h + 2 + 12 * k), line, fill="black")
+        for k, line in enumerate(lines[i] if i < len(lines) else []):   # the whole caption, wrapped at words
+            d.text((i * (w + 4) + 2, h + 2 + 12 * k), line, fill="black")
     strip.save(path)
     return path
 

@@ -1,0 +1,260 @@
+"""The paper's applications (§4.4, Appendix E.2-E.5) on top of the editor: docs/applications.md.
+
+* ``chain_of_editing``: per turn the model first predicts the RoE maps (CSP, then NSP: the
+  paper's best-consistency "CS -> NS -> I"), then the next frame with those maps as context.
+* ``drag``: a region and a displacement become the two RoE maps (the region, the region shifted)
+  as clean context plus an instruction made from the displacement; the model predicts the frame.
+* ``compose``: several reference images as the context frames, the prompt as the last text.
+* ``story``: multi-turn editing from one image, each turn's output the next turn's context.
+
+Every layout is the recipe's own (``recipe.inference_sample``, ``recipe.roe_inference_sample``):
+the model sees what training showed it, with the run's mask prompts. Each call samples one
+target through ``Editor.generate`` (the re-packing path); only ``story`` goes through
+``EditSession`` and so uses the block-causal KV cache when it can. Each returns a result whose
+``panels``/``labels`` make its edit strip (``save``).
+
+    result = chain_of_editing(editor, image, ["add a red square", "make it blue"], recipe)
+    save(result, "chain.png")
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from ..data.packing import EncodedSession
+from ..data.recipe import RecipeConfig, inference_sample, roe_inference_sample
+from .editor import Editor, save_strip
+
+MAP_KINDS = ("roe_src", "roe_tgt")                 # the recipe's order: the source map is laid out first
+_TASK = {"roe_src": "csp", "roe_tgt": "nsp"}
+
+
+# ----------------------------------------------------------------------------- maps
+
+def mask_from_image(image, name: str = "mask") -> np.ndarray:
+    """uint8 [H, W, 3] or [H, W] (or bool [H, W]) -> bool [H, W]: a pixel is in the region when its
+    channel mean is > 127 (white on black, as the training maps are 0/255)."""
+    a = np.asarray(image)
+    if a.dtype == bool and a.ndim == 2:
+        return a.copy()
+    if a.ndim == 3:
+        a = a.astype(np.float32).mean(axis=2)
+    if a.ndim != 2:
+        raise ValueError(f"{name}: expected an [H, W] or [H, W, 3] image, got shape {list(np.asarray(image).shape)}")
+    return a > 127
+
+
+def map_image(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W] -> uint8 [H, W, 3], 0/255 in every channel: a RoE map as training encodes it
+    (data/corpus.py ``encode_corpus``: the mask replicated across RGB, paper §3.3 footnote)."""
+    m = np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8)
+    return np.repeat(m[..., None], 3, axis=2)
+
+
+def shift_mask(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The region moved by (dx, dy) pixels (x right, y down). ValueError if any of it would leave the image."""
+    m = np.asarray(mask, dtype=bool)
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+        raise ValueError("mask: the region is empty (no pixel above 127)")
+    h, w = m.shape
+    if xs.min() + dx < 0 or xs.max() + dx >= w or ys.min() + dy < 0 or ys.max() + dy >= h:
+        raise ValueError(f"dx/dy: ({dx}, {dy}) moves the region (x {xs.min()}..{xs.max()}, y {ys.min()}..{ys.max()}) "
+                         f"off the {w}x{h} image")
+    out = np.zeros_like(m)
+    out[ys + dy, xs + dx] = True
+    return out
+
+
+def drag_instruction(dx: int, dy: int) -> str:
+    """(12, -4) -> "move the object in the marked region 12 px right and 4 px up"."""
+    steps = ((dx, "right" if dx > 0 else "left"), (dy, "down" if dy > 0 else "up"))
+    parts = [f"{abs(v)} px {word}" for v, word in steps if v]
+    if not parts:
+        raise ValueError("dx/dy: the displacement is zero")
+    return "move the object in the marked region " + " and ".join(parts)
+
+
+# ----------------------------------------------------------------------------- results
+
+@dataclass
+class Result:
+    """What an application made: ``panels`` (uint8 [H, W, 3]) and one label each, left to right."""
+    panels: list = field(default_factory=list)
+    labels: list = field(default_factory=list)
+
+    def add(self, image, label: str):
+        self.panels.append(np.asarray(image))
+        self.labels.append(label)
+
+
+@dataclass
+class ChainResult(Result):
+    images: list = field(default_factory=list)   # I0, I1, ... uint8 [H, W, 3]
+    masks: list = field(default_factory=list)    # per turn {"roe_src"/"roe_tgt": bool [H, W]} as fed back
+
+
+@dataclass
+class DragResult(Result):
+    image: np.ndarray | None = None              # the edited frame
+    region: np.ndarray | None = None             # bool [H, W]: the RoE source map
+    moved: np.ndarray | None = None              # bool [H, W]: the RoE target map
+    instruction: str = ""
+
+
+@dataclass
+class ComposeResult(Result):
+    image: np.ndarray | None = None
+    texts: list = field(default_factory=list)    # the session's texts: captions..., prompt
+
+
+@dataclass
+class StoryResult(Result):
+    images: list = field(default_factory=list)
+
+
+def save(result: Result, path):
+    """The result's edit strip as PNG (every panel labelled)."""
+    return save_strip(result.panels, path, labels=result.labels)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _recipe(editor: Editor, recipe: RecipeConfig | None) -> RecipeConfig:
+    """The run's recipe (mask prompts) under the editor's mask and camera-prompt setting."""
+    return replace(recipe or RecipeConfig(), mask_type=editor.mask_type,
+                   camera_prompts=editor.sampler.camera_prompts)
+
+
+def _encode(editor: Editor, images) -> torch.Tensor:
+    """uint8 images [H, W, 3] (checked) -> latents [N, C, h, w]."""
+    return editor.image.encode(torch.stack([editor._check_image(im) for im in images]))
+
+
+def _session(frames: torch.Tensor, texts: list[str], maps: dict) -> EncodedSession:
+    """An EncodedSession over ``frames`` [K, C, h, w] (target slot included) and the given maps
+    {(kind, j): latent [C, h, w]}; absent maps are zeros the layout never reads."""
+    zero = torch.zeros_like(frames[0])
+    stack = lambda kind: torch.stack([maps.get((kind, j), zero) for j in range(len(texts))])  # noqa: E731
+    return EncodedSession(frames=frames, texts=list(texts), cameras=[None] * len(texts),
+                          roe_src=stack("roe_src"), roe_tgt=stack("roe_tgt"))
+
+
+def _prompts(prompts) -> list[str]:
+    if isinstance(prompts, str) or not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
+        raise ValueError("prompts: expected a non-empty list of non-empty strings, one per turn")
+    return list(prompts)
+
+
+# ----------------------------------------------------------------------------- applications
+
+@torch.no_grad()
+def chain_of_editing(editor: Editor, image, prompts: list[str], recipe: RecipeConfig | None = None,
+                     maps: tuple = MAP_KINDS) -> ChainResult:
+    """Per turn n: predict the RoE map(s) of ``maps`` in the recipe's order (CSP: ("roe_src", n),
+    then NSP: ("roe_tgt", n), the second with the first as context), binarize each (channel mean
+    > 127) and put it back as a clean map, then predict frame n + 1 with them in context. Earlier
+    turns keep their frames, texts and maps; a map not in ``maps`` is absent, as context dropout
+    leaves it in training. Strip: I0 | per turn the map(s) and the frame."""
+    prompts = _prompts(prompts)
+    maps = tuple(maps)
+    if not maps or len(set(maps)) != len(maps) or any(m not in MAP_KINDS for m in maps):
+        raise ValueError(f"maps: expected a non-empty subset of {MAP_KINDS}, got {maps}")
+    maps = tuple(m for m in MAP_KINDS if m in maps)
+    cfg = _recipe(editor, recipe)
+    frames = _encode(editor, [image])                      # I0..I_n latents
+    given: dict = {}                                        # (kind, j) -> map latent
+    res = ChainResult()
+    res.add(image, "input")
+    res.images.append(np.asarray(image))
+    for n, prompt in enumerate(prompts):
+        texts = prompts[: n + 1]
+        slot = torch.cat([frames, torch.zeros_like(frames[:1])])
+        turn_masks = {}
+        for kind in maps:
+            ref = (kind, n)
+            sample = roe_inference_sample(texts, _TASK[kind], set(given), cfg)
+            out, _ = editor.generate(sample, _session(slot, texts, {**given, ref: torch.zeros_like(frames[0])}))[ref]
+            turn_masks[kind] = mask_from_image(out)
+            given[ref] = _encode(editor, [map_image(turn_masks[kind])])[0]      # binarized, as training maps are
+            res.add(map_image(turn_masks[kind]), f"{n + 1}: {'source' if kind == 'roe_src' else 'target'} mask")
+        sample = roe_inference_sample(texts, "nip", set(given), cfg)
+        out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", n + 1)]
+        frames = torch.cat([frames, _encode(editor, [out])])
+        res.images.append(out)
+        res.masks.append(turn_masks)
+        res.add(out, f"{n + 1}: {prompt}")
+    return res
+
+
+@torch.no_grad()
+def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | None = None,
+         prompt: str | None = None) -> DragResult:
+    """Move the marked region by (dx, dy) pixels (x right, y down): one NIP turn whose context is
+    I0, the instruction (``prompt``, default ``drag_instruction(dx, dy)``), the RoE source map = the
+    region and the RoE target map = the region shifted, both clean. Strip: I0 | region | moved | result."""
+    a = np.asarray(image)
+    region = mask_from_image(mask)
+    if region.shape != a.shape[:2]:
+        raise ValueError(f"mask: size {region.shape[0]}x{region.shape[1]} differs from the image's "
+                         f"{a.shape[0]}x{a.shape[1]}")
+    moved = shift_mask(region, int(dx), int(dy))
+    instruction = prompt if prompt is not None else drag_instruction(int(dx), int(dy))
+    texts = _prompts([instruction])
+    frames = _encode(editor, [image])
+    m = _encode(editor, [map_image(region), map_image(moved)])
+    given = {("roe_src", 0): m[0], ("roe_tgt", 0): m[1]}
+    sample = roe_inference_sample(texts, "nip", set(given), _recipe(editor, recipe))
+    slot = torch.cat([frames, torch.zeros_like(frames)])
+    out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", 1)]
+    res = DragResult(image=out, region=region, moved=moved, instruction=instruction)
+    for im, label in ((a, "input"), (map_image(region), "region"), (map_image(moved), f"moved by ({dx}, {dy})"),
+                      (out, instruction)):
+        res.add(im, label)
+    return res
+
+
+@torch.no_grad()
+def compose(editor: Editor, references: list, prompt: str, captions: list[str] | None = None) -> ComposeResult:
+    """One image composing the references: the session R1, C1, R2, C2, ..., Rk, prompt, target, i.e.
+    the references are the context frames (clean), the text after reference i < k its caption
+    (default "reference image i+1 of k"), the text after the last one the prompt. All references
+    must share one size (the target's). Strip: R1 | ... | Rk | result."""
+    refs = [np.asarray(r) for r in (references or [])]
+    if not refs:
+        raise ValueError("references: no reference images")
+    for i, r in enumerate(refs[1:], 2):
+        if r.shape != refs[0].shape:
+            raise ValueError(f"references: reference {i} is {list(r.shape)}, reference 1 is {list(refs[0].shape)} "
+                             f"(all must share one size)")
+    k = len(refs)
+    if captions is None:
+        captions = [f"reference image {i + 2} of {k}" for i in range(k - 1)]
+    if len(captions) != k - 1:
+        raise ValueError(f"captions: expected {k - 1} (one between each two references), got {len(captions)}")
+    texts = _prompts([*captions, prompt])
+    frames = _encode(editor, refs)
+    sample = inference_sample(texts, editor.sampler.camera_prompts)
+    out, _ = editor.generate(sample, _session(torch.cat([frames, torch.zeros_like(frames[:1])]), texts, {}))[
+        ("frame", k)]
+    res = ComposeResult(image=out, texts=texts)
+    for i, r in enumerate(refs):
+        res.add(r, f"reference {i + 1}" + (f": {captions[i]}" if i < k - 1 else ""))
+    res.add(out, prompt)
+    return res
+
+
+def story(editor: Editor, image, prompts: list[str]) -> StoryResult:
+    """Story generation as multi-turn editing (paper E.3): each transition prompt edits the latest
+    frame with the whole story so far as context (an ``EditSession``: the KV cache under
+    ``block_causal``). Strip: I0 | I1 | ... with each frame's prompt."""
+    prompts = _prompts(prompts)
+    sess = editor.start(image)
+    for p in prompts:
+        sess.edit(p)
+    res = StoryResult(images=[im.numpy() for im in sess.images])
+    for im, label in zip(res.images, ["start", *prompts]):
+        res.add(im, label)
+    return res
