@@ -5,6 +5,13 @@
 
 Each prompt is one turn; every turn sees the whole history (images and texts).
 Writes each turn's image next to --out and the edit strip as --out.
+
+The paper's applications are subcommands (docs/applications.md), each writing an edit strip:
+
+    vincie-edit chain --run runs/demo --image start.png --prompt "add a red square" --out chain.png
+    vincie-edit drag --run runs/demo --image start.png --mask region.png --dx 8 --dy -4 --out drag.png
+    vincie-edit compose --run runs/demo --ref a.png --ref b.png --prompt "the two together" --out compose.png
+    vincie-edit story --run runs/demo --image start.png --prompt "a red square appears" --prompt "it turns blue"
 """
 from __future__ import annotations
 
@@ -13,8 +20,15 @@ import sys
 from pathlib import Path
 
 
+APPLICATIONS = ("chain", "drag", "compose", "story")
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in APPLICATIONS:
+        return application(argv[0], argv[1:])
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                 epilog=f"applications: vincie-edit {{{','.join(APPLICATIONS)}}} --help")
     ap.add_argument("--run", required=True, help="training run folder (config.yaml + checkpoints/)")
     ap.add_argument("--image", required=True, help="starting image (PNG/JPEG)")
     ap.add_argument("--prompt", action="append", required=True, help="one edit instruction per turn (repeat)")
@@ -50,6 +64,122 @@ def main(argv=None) -> int:
         print(f"turn {i}: {p!r} -> {out.with_name(f'{out.stem}_turn{i}.png')}")
     save_strip(sess, out)
     print(f"edit strip: {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- applications
+
+def _parser(name: str) -> argparse.ArgumentParser:
+    """One subcommand's arguments (the inputs are checked by hand: each bad one is one line, exit 2)."""
+    ap = argparse.ArgumentParser(prog=f"vincie-edit {name}", description={
+        "chain": "chain-of-editing: per turn predict the RoE mask(s), then the edited frame",
+        "drag": "drag editing: move a marked region by (dx, dy) pixels",
+        "compose": "multi-concept composition: one image from several reference images and a prompt",
+        "story": "story generation: one frame per transition prompt, each the next turn's context",
+    }[name])
+    ap.add_argument("--run", required=True, help="training run folder (config.yaml + checkpoints/)")
+    if name == "compose":
+        ap.add_argument("--ref", action="append", default=[], help="reference image (repeat, in order)")
+        ap.add_argument("--caption", action="append", default=None,
+                        help="text between two references (repeat; one fewer than --ref)")
+        ap.add_argument("--prompt", required=True, help="what to generate from the references")
+    else:
+        ap.add_argument("--image", required=True, help="starting image (PNG/JPEG)")
+    if name in ("chain", "story"):
+        ap.add_argument("--prompt", action="append", required=True, help="one instruction per turn (repeat)")
+    if name == "chain":
+        ap.add_argument("--maps", default="src,tgt",
+                        help="RoE maps predicted per turn before the frame: src, tgt or src,tgt (default)")
+    if name == "drag":
+        ap.add_argument("--mask", required=True, help="region to move: white (> 127) on black, the image's size")
+        ap.add_argument("--dx", type=int, required=True, help="pixels to the right (negative: left)")
+        ap.add_argument("--dy", type=int, required=True, help="pixels down (negative: up)")
+        ap.add_argument("--prompt", default=None, help="instruction (default: made from dx, dy)")
+    ap.add_argument("--out", default=f"{name}_strip.png", help="edit strip PNG")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. sampler.steps=30 sampler.guidance=3")
+    return ap
+
+
+def _inputs(name: str, a) -> dict:
+    """Load and check every user input before the model loads; ValueError naming the flag."""
+    from vincie_mcore.data.media import MediaError, load_image
+    from vincie_mcore.infer import applications as apps
+
+    def image(flag, path):
+        try:
+            return load_image(path, name=path)
+        except MediaError as e:
+            raise ValueError(f"{flag}: {e}") from None
+
+    def check(flag, fn, *args):
+        try:
+            return fn(*args)
+        except ValueError as e:
+            raise ValueError(f"{flag}: {str(e).split(': ', 1)[-1]}") from None
+
+    if name == "compose":
+        if not a.ref:
+            raise ValueError("--ref: no reference images (give --ref at least once)")
+        refs = [image("--ref", r) for r in a.ref]
+        if a.caption is not None and len(a.caption) != len(refs) - 1:
+            raise ValueError(f"--caption: {len(a.caption)} given, expected {len(refs) - 1} "
+                             f"(one between each two --ref)")
+        for r, p in zip(refs[1:], a.ref[1:]):
+            if r.shape != refs[0].shape:
+                raise ValueError(f"--ref: {p} is {r.shape[1]}x{r.shape[0]}, {a.ref[0]} is "
+                                 f"{refs[0].shape[1]}x{refs[0].shape[0]} (all must share one size)")
+        return dict(references=refs, prompt=a.prompt, captions=a.caption)
+    start = image("--image", a.image)
+    if name == "drag":
+        region = apps.mask_from_image(image("--mask", a.mask))
+        if region.shape != start.shape[:2]:
+            raise ValueError(f"--mask: {a.mask} is {region.shape[1]}x{region.shape[0]}, the image is "
+                             f"{start.shape[1]}x{start.shape[0]}")
+        if not region.any():
+            raise ValueError(f"--mask: {a.mask} marks no pixel (the region is white, > 127, on black)")
+        check("--dx/--dy", apps.shift_mask, region, a.dx, a.dy)
+        if a.prompt is None:
+            check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)
+        return dict(image=start, mask=region, dx=a.dx, dy=a.dy, prompt=a.prompt)
+    if name == "chain":
+        maps = [m.strip() for m in a.maps.split(",")]
+        if not maps or any(m not in ("src", "tgt") for m in maps) or len(set(maps)) != len(maps):
+            raise ValueError(f"--maps: expected src, tgt or src,tgt, got {a.maps!r}")
+        return dict(image=start, prompts=a.prompt, maps=tuple(f"roe_{m}" for m in maps))
+    return dict(image=start, prompts=a.prompt)
+
+
+def application(name: str, argv: list[str]) -> int:
+    """``vincie-edit chain|drag|compose|story ...``: one application, its edit strip as --out."""
+    a = _parser(name).parse_args(argv)
+    try:
+        inputs = _inputs(name, a)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    from vincie_mcore.build import data_configs, load_run, make_editor
+    from vincie_mcore.infer import applications as apps
+    try:
+        cfg, model, text, img = load_run(a.run, a.set)
+        editor = make_editor(cfg, model, text, img)
+        recipe = data_configs(cfg)["recipe"]
+        if name == "chain":
+            result = apps.chain_of_editing(editor, recipe=recipe, **inputs)
+        elif name == "drag":
+            result = apps.drag(editor, recipe=recipe, **inputs)
+        elif name == "compose":
+            result = apps.compose(editor, **inputs)
+        else:
+            result = apps.story(editor, **inputs)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    apps.save(result, out)
+    print(f"{name} strip ({len(result.panels)} panels): {out}")
     return 0
 
 

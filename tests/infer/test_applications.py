@@ -1,0 +1,340 @@
+"""The paper's applications (vincie_mcore/infer/applications.py, docs/applications.md).
+
+Unit tests on a tiny random MM-DiT (fp32, CPU): the layouts match training's, each sampled
+block's context holds what the application says it puts there (read back from the packed batch
+the model is called with), shapes, seeds. Then ``vincie-edit chain|drag|compose|story`` on one
+3-step demo-config training run: strips with the right number of panels, one-line errors.
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vincie_mcore.data.packing import PackConfig
+from vincie_mcore.data.recipe import (RecipeConfig, SessionPlan, build_sample, inference_sample,
+                                      roe_inference_sample)
+from vincie_mcore.diffusion.flow import FlowConfig
+from vincie_mcore.encoders.image import PixelEncoder
+from vincie_mcore.encoders.text import TextEncoder, TextEncoderConfig
+from vincie_mcore.infer import applications as apps
+from vincie_mcore.infer.editor import Editor, SamplerConfig
+from vincie_mcore.model import MMDiTConfig, build_model
+from vincie_mcore.packed.maskspec import KIND_CLEAN, KIND_NOISY
+from vincie_mcore.packed.patches import patchify
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPE = RecipeConfig(mask_prompt_src="where it changes now", mask_prompt_tgt="where it will change")
+H, W = 16, 24                                   # 2 x 3 tokens of 8 px
+
+
+# ----------------------------------------------------------------------------- layouts
+
+def _desc(blocks):
+    return [(b.order, b.kind, b.text if b.modality == "text" else b.image) for b in blocks]
+
+
+def test_roe_layout_full_mask_is_the_training_layout():
+    """Under ``full``: the sample training draws for this turn and task (hand-written here)."""
+    cfg = RecipeConfig(mask_type="full", camera_prompts=False, mask_prompt_src="S", mask_prompt_tgt="T")
+    C, N = KIND_CLEAN, KIND_NOISY
+    head = [(0, C, ("frame", 0)), (1, 0, "a"), (2, 0, "S"), (3, C, ("roe_src", 0)), (4, C, ("frame", 1)), (5, 0, "b")]
+    maps = {("roe_src", 0)}                                   # turn 0's target map dropped: no "T" for it
+    assert _desc(roe_inference_sample(["a", "b"], "csp", maps, cfg).blocks) == \
+        head + [(6, 0, "S"), (7, N, ("roe_src", 1))]
+    assert _desc(roe_inference_sample(["a", "b"], "nsp", maps | {("roe_src", 1)}, cfg).blocks) == \
+        head + [(6, 0, "S"), (7, C, ("roe_src", 1)), (8, 0, "T"), (9, N, ("roe_tgt", 1))]
+    assert _desc(roe_inference_sample(["a", "b"], "nip", maps | {("roe_tgt", 1)}, cfg).blocks) == \
+        head + [(6, 0, "T"), (7, C, ("roe_tgt", 1)), (8, N, ("frame", 2))]
+    with pytest.raises(ValueError, match="cannot be context"):
+        roe_inference_sample(["a"], "csp", {("roe_tgt", 0)}, cfg)     # laid out after the CSP target
+
+
+@pytest.mark.parametrize("task,maps", [("csp", {("roe_tgt", 0)}), ("nsp", {("roe_src", 1)}),
+                                       ("nip", {("roe_src", 0), ("roe_src", 1), ("roe_tgt", 1)})])
+def test_roe_layout_block_causal_target_sees_what_training_shows_it(task, maps):
+    """Under ``block_causal``: the context is exactly what the target's noisy block may attend to
+    (the mask rule, ``block_visibility``) in training's layout of the same session and dropout."""
+    from vincie_kernels.reference import block_visibility
+    cfg = RecipeConfig(mask_type="block_causal", camera_prompts=False, mask_prompt_src="S", mask_prompt_tgt="T")
+    got = roe_inference_sample(["a", "b"], task, maps, cfg).blocks
+    dropped = {(k, j) for j in (0, 1) for k in ("roe_src", "roe_tgt")} - maps
+    train = build_sample(["a", "b"], [None, None], SessionPlan(num_turns=2, use_roe=True, dropped=dropped), cfg).blocks
+    goal = {"csp": ("roe_src", 1), "nsp": ("roe_tgt", 1), "nip": ("frame", 2)}[task]
+    t = next(i for i, b in enumerate(train) if b.kind == KIND_NOISY and b.image == goal)
+    vis = block_visibility(torch.tensor([b.order for b in train]), torch.tensor([b.kind for b in train]),
+                           torch.zeros(len(train), dtype=torch.long), "block_causal")[t]
+    seen = [b for i, b in enumerate(train) if vis[i] and i != t]
+    assert _desc(got) == _desc(seen) + _desc([train[t]])
+    assert sum(b.kind == KIND_NOISY for b in got) == 1
+
+
+# ----------------------------------------------------------------------------- tiny model
+
+class Recorder:
+    """The text encoder, noting every list of texts it encodes."""
+
+    def __init__(self, enc):
+        self.enc, self.calls = enc, []
+
+    def encode(self, texts):
+        self.calls.append(list(texts))
+        return self.enc.encode(texts)
+
+
+@pytest.fixture(scope="module")
+def tiny(megatron_cpu):
+    torch.manual_seed(0)
+    cfg = MMDiTConfig.from_dict(dict(hidden_size=64, num_layers=3, mm_layers=1, num_heads=2, ffn_hidden_size=128,
+                                     text_dim=32, patch_dim=192, max_turns=16, rope_axes_dim=[8, 12, 12],
+                                     adaln_zero_init=False, text_adaln=True, attention_backend="torch"))
+    model = build_model(cfg, device="cpu").eval()
+    with torch.no_grad():                              # zero-init final layer would make every output 0
+        torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)
+    text = TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4))
+    image = np.random.default_rng(0).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    return model, text, image
+
+
+def _editor(tiny, mask_type="block_causal", seed=1, steps=2):
+    model, text, _ = tiny
+    return Editor(model, Recorder(text), PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                  SamplerConfig(steps=steps, shift=2.0, guidance=3.0, seed=seed, camera_prompts=False),
+                  mask_type=mask_type)
+
+
+class Batches:
+    """The packed batch of every model call (the conditional branch), in call order."""
+
+    def __init__(self, model):
+        self.batches = []
+        self.h = model.register_forward_hook(lambda m, args, out: self.batches.append(args[1]))
+
+    def targets(self):
+        """[(noisy ref, batch)] once per sampled block (CFG and steps call the model with equal layouts)."""
+        out = []
+        for b in self.batches:
+            ref = [ib["ref"] for ib in b.image_blocks if ib["noisy"]]
+            assert len(ref) == 1
+            if not out or out[-1][1].image_blocks != b.image_blocks:
+                out.append((ref[0], b))
+        return out
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.h.remove()
+
+
+def _clean(batch, ref):
+    """The clean tokens [h*w, P] the batch holds for ``ref``."""
+    ib = [ib for ib in batch.image_blocks if ib["ref"] == ref and not ib["noisy"]]
+    assert len(ib) == 1, (ref, [i["ref"] for i in batch.image_blocks])
+    return batch.img_x0[ib[0]["start"]: ib[0]["start"] + ib[0]["length"]]
+
+
+def _tokens(image):
+    return patchify(PixelEncoder().encode(torch.from_numpy(np.asarray(image))[None])[0], 8)
+
+
+def test_chain_of_editing_predicts_maps_then_edits_with_them(tiny):
+    ed = _editor(tiny)
+    prompts = ["add a red square", "make it blue"]
+    with Batches(tiny[0]) as rec:
+        res = apps.chain_of_editing(ed, tiny[2], prompts, RECIPE)
+    order = [ref for ref, _ in rec.targets()]
+    assert order == [("roe_src", 0), ("roe_tgt", 0), ("frame", 1), ("roe_src", 1), ("roe_tgt", 1), ("frame", 2)]
+    by_ref = dict(rec.targets())
+    for n in (0, 1):
+        m = res.masks[n]
+        assert set(m) == {"roe_src", "roe_tgt"} and all(x.dtype == bool and x.shape == (H, W) for x in m.values())
+        # the frame turn has this turn's predicted (binarized) maps as clean context, and so do later turns
+        for kind in ("roe_src", "roe_tgt"):
+            want = _tokens(apps.map_image(m[kind]))
+            for later in [("frame", n + 1)] + ([("roe_src", 1), ("frame", 2)] if n == 0 else []):
+                torch.testing.assert_close(_clean(by_ref[later], (kind, n)), want, rtol=0, atol=0)
+        # ... and the frame it was edited from: the previous turn's output, not the start image
+        torch.testing.assert_close(_clean(by_ref[("frame", n + 1)], ("frame", n)), _tokens(res.images[n]))
+    # NSP sees the CSP map of its turn, CSP does not see its turn's target map
+    assert any(ib["ref"] == ("roe_src", 1) and not ib["noisy"] for ib in by_ref[("roe_tgt", 1)].image_blocks)
+    assert not any(ib["ref"] == ("roe_tgt", 1) for ib in by_ref[("roe_src", 1)].image_blocks if not ib["noisy"])
+    texts = {t for call in ed.text.calls for t in call}
+    assert {RECIPE.mask_prompt_src, RECIPE.mask_prompt_tgt, *prompts} <= texts    # the run's mask prompts
+    assert len(res.panels) == len(res.labels) == 1 + 2 * 3 and len(res.images) == 3
+    assert all(p.shape == (H, W, 3) and p.dtype == np.uint8 for p in res.panels)
+
+
+def test_chain_of_editing_source_map_only_and_full_mask(tiny):
+    ed = _editor(tiny, mask_type="full", steps=1)
+    with Batches(tiny[0]) as rec:
+        res = apps.chain_of_editing(ed, tiny[2], ["remove the circle"], RECIPE, maps=("roe_src",))
+    assert [ref for ref, _ in rec.targets()] == [("roe_src", 0), ("frame", 1)]
+    assert set(res.masks[0]) == {"roe_src"} and len(res.panels) == 3
+    with pytest.raises(ValueError, match="maps"):
+        apps.chain_of_editing(ed, tiny[2], ["x"], RECIPE, maps=("roe_mid",))
+
+
+def test_seeded_and_deterministic(tiny):
+    a = apps.chain_of_editing(_editor(tiny, seed=3), tiny[2], ["make it blue"], RECIPE)
+    b = apps.chain_of_editing(_editor(tiny, seed=3), tiny[2], ["make it blue"], RECIPE)
+    c = apps.chain_of_editing(_editor(tiny, seed=4), tiny[2], ["make it blue"], RECIPE)
+    assert all(np.array_equal(x, y) for x, y in zip(a.panels, b.panels))
+    assert not np.array_equal(a.images[1], c.images[1])
+
+
+def test_drag_maps_are_the_region_and_its_shift(tiny):
+    region = np.zeros((H, W), bool)
+    region[2:6, 3:7] = True
+    ed = _editor(tiny)
+    with Batches(tiny[0]) as rec:
+        res = apps.drag(ed, tiny[2], apps.map_image(region), dx=12, dy=-2, recipe=RECIPE)
+    (ref, batch), = rec.targets()
+    assert ref == ("frame", 1)
+    moved = np.zeros((H, W), bool)
+    moved[0:4, 15:19] = True
+    assert np.array_equal(res.region, region) and np.array_equal(res.moved, moved)
+    torch.testing.assert_close(_clean(batch, ("roe_src", 0)), _tokens(apps.map_image(region)), rtol=0, atol=0)
+    torch.testing.assert_close(_clean(batch, ("roe_tgt", 0)), _tokens(apps.map_image(moved)), rtol=0, atol=0)
+    torch.testing.assert_close(_clean(batch, ("frame", 0)), _tokens(tiny[2]))
+    assert res.instruction == "move the object in the marked region 12 px right and 2 px up"
+    assert res.instruction in ed.text.calls[-1] and RECIPE.mask_prompt_tgt in ed.text.calls[-1]
+    assert len(res.panels) == 4 and res.image.shape == (H, W, 3)
+
+
+def test_drag_conversion_and_refusals(tiny):
+    assert apps.drag_instruction(-3, 0) == "move the object in the marked region 3 px left"
+    assert apps.drag_instruction(0, 5) == "move the object in the marked region 5 px down"
+    region = np.zeros((H, W), bool)
+    region[10:14, 0:2] = True
+    with pytest.raises(ValueError, match=r"dx/dy: \(-1, 0\) moves the region .* off the 24x16 image"):
+        apps.shift_mask(region, -1, 0)
+    with pytest.raises(ValueError, match="off the"):
+        apps.shift_mask(region, 0, 3)                             # rows 13..16: 16 is outside
+    assert apps.shift_mask(region, 22, 2)[12:16, 22:24].all()
+    ed = _editor(tiny, steps=1)
+    with pytest.raises(ValueError, match="mask: size 8x24 differs"):
+        apps.drag(ed, tiny[2], np.zeros((8, W), bool), 1, 0)
+    with pytest.raises(ValueError, match="empty"):
+        apps.drag(ed, tiny[2], np.zeros((H, W), bool), 1, 0)
+    with pytest.raises(ValueError, match="zero"):
+        apps.drag(ed, tiny[2], region, 0, 0)
+
+
+def test_compose_packs_every_reference(tiny):
+    rng = np.random.default_rng(5)
+    refs = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(3)]
+    ed = _editor(tiny)
+    with Batches(tiny[0]) as rec:
+        res = apps.compose(ed, refs, "the square and the circle together", captions=["a square", "a circle"])
+    (ref, batch), = rec.targets()
+    assert ref == ("frame", 3)
+    for i, r in enumerate(refs):
+        torch.testing.assert_close(_clean(batch, ("frame", i)), _tokens(r))
+    assert ed.text.calls[-1] == ["a square", "a circle", "the square and the circle together"]
+    assert res.texts == ed.text.calls[-1] and len(res.panels) == 4 and res.image.shape == (H, W, 3)
+    with pytest.raises(ValueError, match="no reference images"):
+        apps.compose(ed, [], "x")
+    with pytest.raises(ValueError, match="reference 2 is"):
+        apps.compose(ed, [refs[0], refs[0][:8]], "x")
+    with pytest.raises(ValueError, match="captions: expected 2"):
+        apps.compose(ed, refs, "x", captions=["one"])
+
+
+def test_story_is_multi_turn_editing_with_the_kv_cache(tiny):
+    prompts = ["a red square appears", "it turns blue", "it leaves"]
+    res = apps.story(_editor(tiny), tiny[2], prompts)
+    ref = _editor(tiny).start(tiny[2])
+    for p in prompts:
+        ref.edit(p)
+    assert len(res.images) == len(res.panels) == 4 and res.labels == ["start", *prompts]
+    assert all(np.array_equal(a, b.numpy()) for a, b in zip(res.images, ref.images))
+    assert not np.array_equal(res.images[1], res.images[0])
+
+
+def test_save_writes_one_panel_per_image(tiny, tmp_path):
+    res = apps.Result()
+    for i in range(5):
+        res.add(np.full((H, W, 3), 40 * i, np.uint8), f"panel {i}")
+    apps.save(res, tmp_path / "s.png")
+    assert Image.open(tmp_path / "s.png").size[0] == 5 * (4 * W + 4)
+
+
+# ----------------------------------------------------------------------------- the CLI on a demo run
+
+def _cli(*args, timeout=300):
+    exe = Path(sys.executable).parent / "vincie-edit"
+    return subprocess.run([str(exe), *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def _panels(path, w=24, scale=4):
+    width = Image.open(path).size[0]
+    assert width % (w * scale + 4) == 0, width
+    return width // (w * scale + 4)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One 3-step demo-config run (tests/test_end_to_end.py's recipe), plus input files."""
+    d = tmp_path_factory.mktemp("apps")
+    exe = Path(sys.executable).parent / "vincie-train"
+    r = subprocess.run([str(exe), "experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4",
+                        "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=3", "train.warmup=0",
+                        "train.progress=false", f"run_dir={d / 'run'}"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    start = np.full((24, 24, 3), 30, np.uint8)
+    start[2:6, 2:6] = (220, 40, 40)
+    Image.fromarray(start).save(d / "start.png")
+    other = start.copy()
+    other[12:16, 12:16] = (40, 40, 220)
+    Image.fromarray(other).save(d / "other.png")
+    mask = np.zeros((24, 24), np.uint8)
+    mask[2:6, 2:6] = 255
+    Image.fromarray(mask).save(d / "mask.png")
+    Image.fromarray(mask[:16]).save(d / "short.png")
+    return d
+
+
+@pytest.mark.parametrize("args,panels", [
+    (["chain", "--prompt", "make the red square blue"], 4),                      # input | src | tgt | frame
+    (["chain", "--prompt", "make it blue", "--prompt", "remove it", "--maps", "src"], 5),
+    (["drag", "--mask", "mask.png", "--dx", "10", "--dy", "-2"], 4),            # input | region | moved | frame
+    (["compose", "--ref", "start.png", "--ref", "other.png", "--prompt", "both squares"], 3),
+    (["story", "--prompt", "a blue square appears", "--prompt", "the red square leaves"], 3),
+])
+def test_cli_writes_the_strip(demo_run, args, panels):
+    d = demo_run
+    args = [str(d / a) if a.endswith(".png") else a for a in args]
+    if args[0] != "compose":
+        args += ["--image", str(d / "start.png")]
+    out = d / f"{args[0]}_{panels}.png"
+    r = _cli(*args, "--run", str(d / "run"), "--out", str(out), "--set", "sampler.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _panels(out) == panels and f"({panels} panels)" in r.stdout
+
+
+@pytest.mark.parametrize("args,names", [
+    (["drag", "--image", "start.png", "--mask", "missing.png", "--dx", "1", "--dy", "0"], ["--mask", "missing.png"]),
+    (["drag", "--image", "start.png", "--mask", "short.png", "--dx", "1", "--dy", "0"], ["--mask", "24x16"]),
+    (["drag", "--image", "start.png", "--mask", "mask.png", "--dx", "0", "--dy", "-3"], ["--dx/--dy", "off the"]),
+    (["compose", "--prompt", "both"], ["--ref", "no reference images"]),
+    (["chain", "--image", "start.png", "--prompt", "x", "--maps", "src,mid"], ["--maps"]),
+])
+def test_cli_bad_input_is_one_line(demo_run, args, names):
+    d = demo_run
+    r = _cli(*[str(d / a) if a.endswith(".png") else a for a in args], "--run", str(d / "run"))
+    assert r.returncode == 2, r.stderr[-2000:]
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and all(n in err[0] for n in names), r.stderr
+
+
+def test_plain_edit_form_still_works_without_a_subcommand(demo_run, tmp_path):
+    d = demo_run
+    r = _cli("--run", str(d / "run"), "--image", str(d / "start.png"), "--prompt", "make it blue",
+             "--out", str(tmp_path / "strip.png"), "--set", "sampler.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _panels(tmp_path / "strip.png") == 2 and (tmp_path / "strip_turn1.png").is_file()
