@@ -1,0 +1,339 @@
+"""The web editor (``vincie-app``): the session logic in-process, then the real page in headless Chromium.
+
+One 3-step demo-config training run serves every test. The in-process tests check what the page
+relies on against independent references: the app's turns equal the library's no-cache editor
+path, an exported folder gives the same samples as its run, undo-then-redo gives the same image,
+the download holds exactly the session. The browser test starts ``vincie-app`` as a user does
+and drives the page through Debian's Chromium with Selenium: two turns (one by the button, one by
+Enter), progress in the page, undo, the download, and a bad image reported in the page while the
+server keeps serving.
+"""
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vincie_mcore.app.session import AppError, Backend, WebSession
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SMALL = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
+         "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false"]
+PROMPTS = ["add a red square at the top left", "make the red square blue"]
+
+
+def _tool(name, *args, cwd=ROOT, timeout=600):
+    return subprocess.run([str(BIN / name), *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("apprun")
+    r = _tool("vincie-train", *SMALL, f"run_dir={d}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d
+
+
+@pytest.fixture(scope="module")
+def backend(run_dir):
+    from vincie_mcore.parallel import cpu_compat, groups
+    try:
+        yield Backend.from_run(run_dir)
+    finally:                                    # load_run started one-process Megatron groups
+        groups.destroy()
+        cpu_compat.deactivate()
+
+
+def _image(seed=0, h=24, w=24) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def _png(path, a, mode=None):
+    im = Image.fromarray(a)
+    (im.convert(mode) if mode else im).save(path)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# The session, without the page
+# ----------------------------------------------------------------------------
+
+def test_turns_equal_the_library_s_no_cache_editor(backend):
+    """Each turn's sample equals a fresh no-cache EditSession over the same history, seed and settings."""
+    ws = WebSession(backend)
+    ws.start(_image())
+    for i, p in enumerate(PROMPTS):
+        ws.edit(p, steps=4, guidance=3.0, seed=7 + i)
+    assert [t.kv_cache for t in ws.turns] == [True, True]          # the demo's block_causal mask: cached
+    for k, p in enumerate(PROMPTS):
+        ed = backend.editor(4, 3.0, 7 + k)
+        ed.use_kv_cache = False
+        from vincie_mcore.infer.editor import EditSession
+        ref = EditSession(ed, images=list(ws.session.images[:k + 1]), texts=list(ws.session.texts[:k]))
+        ref.edit(p)
+        assert ref.info[-1]["kv_cache"] is False
+        torch.testing.assert_close(ws.session.latents[k], ref.latents[-1], atol=1e-5, rtol=0)
+    assert [c for _, c in ws.gallery()] == ["start"] + [f"turn {i}: {p}" for i, p in enumerate(PROMPTS, 1)]
+
+
+def test_undo_then_redo_gives_the_same_image(backend):
+    ws = WebSession(backend)
+    ws.start(_image(1))
+    ws.edit(PROMPTS[0], 3, 3.0, 0)
+    second = ws.edit(PROMPTS[1], 3, 3.0, 0)
+    ws.undo()
+    assert len(ws.images) == 2 and len(ws.turns) == 1 and ws.session.kv is None
+    again = ws.edit(PROMPTS[1], 3, 3.0, 0)                # the cache is rebuilt from the kept history
+    assert np.array_equal(again, second)
+    ws.undo()
+    ws.undo()
+    assert len(ws.images) == 1
+    with pytest.raises(AppError, match="^undo: no turn to undo$"):
+        ws.undo()
+
+
+def test_download_holds_the_session(backend, tmp_path):
+    ws = WebSession(backend)
+    ws.start(_image(2))
+    outs = [ws.edit(p, 2, 1.0, 3) for p in PROMPTS]
+    with zipfile.ZipFile(ws.download(tmp_path)) as z:
+        assert sorted(z.namelist()) == ["session.json", "strip.png", "turn_0.png", "turn_1.png", "turn_2.png"]
+        meta = json.loads(z.read("session.json"))
+        got = [np.asarray(Image.open(io.BytesIO(z.read(f"turn_{i}.png")))) for i in range(3)]
+        strip = Image.open(io.BytesIO(z.read("strip.png")))
+    assert [t["prompt"] for t in meta["turns"]] == PROMPTS and meta["turns"][0]["steps"] == 2
+    assert meta["source"] == backend.source and meta["image_size"] == [24, 24]
+    for a, b in zip(got, [_image(2), *outs]):
+        assert np.array_equal(a, b)
+    assert strip.width == 3 * (24 * 4 + 4)                   # three panels at 4x
+
+
+def test_bad_input_is_one_line_naming_it(backend, tmp_path):
+    ws = WebSession(backend)
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(_png(tmp_path / "ok.png", _image()).read_bytes()[:200])
+    cases = [
+        (lambda: ws.start(_image(h=20)), r"^image: size 24x20 \(WxH\) is not a multiple of 8"),
+        (lambda: ws.start(str(truncated)), r"^image cut.png"),
+        (lambda: ws.start(None), r"^image: upload a start image first$"),
+        (lambda: ws.edit("x", 3, 3.0, 0), r"^image: upload a start image first$"),
+        (lambda: ws.start(np.zeros((24, 24), np.uint8)), r"^image: expected RGB uint8"),
+    ]
+    for call, pattern in cases:
+        with pytest.raises(AppError, match=pattern) as e:
+            call()
+        assert "\n" not in str(e.value)
+    ws.start(str(_png(tmp_path / "cmyk.jpg", _image(), "CMYK")))   # other modes convert (data/media.py)
+    for call, pattern in [(lambda: ws.edit("  ", 3, 3.0, 0), "^prompt: "),
+                          (lambda: ws.edit("x", 0, 3.0, 0), "^sampler.steps: must be >= 1")]:
+        with pytest.raises(AppError, match=pattern):
+            call()
+    assert ws.turns == []                                      # nothing half-done was kept
+
+
+def test_fit_crops_and_resizes_to_the_training_size(backend):
+    a = np.zeros((60, 100, 3), np.uint8)
+    a[:, 20:80] = 255                                        # the centre 60x60 is white: the crop keeps only it
+    ws = WebSession(backend)
+    out = ws.start(a, fit=True)
+    assert out.shape == (24, 24, 3) and out.min() == 255
+
+
+def test_an_export_folder_edits_like_its_run(backend, run_dir, tmp_path):
+    r = _tool("vincie-convert", "export", "--ckpt", str(run_dir), "--out", str(tmp_path / "hf"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    exp = Backend.from_export(tmp_path / "hf")
+    assert exp.source.startswith("export ") and exp.mask_type == backend.mask_type
+    a, b = WebSession(backend), WebSession(exp)
+    for ws in (a, b):
+        ws.start(_image(3))
+        ws.edit(PROMPTS[0], 3, 3.0, 1)
+    torch.testing.assert_close(b.session.latents[0], a.session.latents[0], atol=1e-5, rtol=0)
+
+
+def test_cli_refuses_missing_model_in_one_line(tmp_path):
+    r = _tool("vincie-app", cwd=tmp_path, timeout=120)             # no runs/demo here
+    assert r.returncode == 2 and r.stderr.strip() == (
+        "error: --run: no demo model at runs/demo (run `make demo` first, or pass --run/--export)")
+    r = _tool("vincie-app", "--export", str(tmp_path / "nope"), timeout=120)
+    assert r.returncode == 2 and r.stderr.strip().startswith("error: export folder") and "nope" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------------------
+# The page in a real browser
+# ----------------------------------------------------------------------------
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
+                             reason="needs Debian's chromium and chromium-driver (.ci/run installs them: "
+                                    "apt-get install chromium chromium-driver)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(run_dir):
+    """``vincie-app --run RUN`` as a user starts it; -> its URL once it says so."""
+    port = _free_port()
+    proc = subprocess.Popen([str(BIN / "vincie-app"), "--run", str(run_dir), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines, url = [], []
+
+    def read():
+        for line in proc.stdout:
+            lines.append(line)
+            m = re.match(r"vincie-app: open (http://\S+)", line)
+            if m:
+                url.append(m.group(1))
+    threading.Thread(target=read, daemon=True).start()
+    t0 = time.monotonic()
+    while not url and proc.poll() is None and time.monotonic() - t0 < 180:
+        time.sleep(0.2)
+    if not url:
+        proc.kill()
+        pytest.fail("vincie-app did not come up:\n" + "".join(lines)[-3000:])
+    yield url[0]
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="module")
+def downloads(tmp_path_factory):
+    return tmp_path_factory.mktemp("downloads")
+
+
+@pytest.fixture(scope="module")
+def driver(downloads):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    o = webdriver.ChromeOptions()
+    o.binary_location = CHROMIUM
+    o.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                        "download.prompt_for_download": False})
+    # as root in a closed network: no sandbox, no background connections (they would be refused)
+    for f in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              "--window-size=1400,1100"):
+        o.add_argument(f)
+    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=o)   # Debian's driver: nothing downloaded
+    yield d
+    d.quit()
+
+
+def _wait(cond, timeout=120, every=0.05, what="condition"):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = cond()
+        if v:
+            return v
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def _css(d, sel):
+    from selenium.webdriver.common.by import By
+    return d.find_elements(By.CSS_SELECTOR, sel)
+
+
+def _text(d, sel) -> str:
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        return " ".join(e.text for e in _css(d, sel))
+    except StaleElementReferenceException:                  # re-rendered under us: read again next poll
+        return ""
+
+
+def _fetch(url) -> bytes:
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return r.read()
+
+
+def _set_number(d, sel, value):
+    from selenium.webdriver.common.keys import Keys
+    (box,) = _css(d, sel)
+    box.clear()
+    box.send_keys(str(value) + Keys.TAB)                     # the page takes the value when the box loses focus
+
+
+@browser
+def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, downloads, tmp_path):
+    from selenium.webdriver.common.keys import Keys
+
+    d = driver
+    d.get(server)
+    _wait(lambda: _css(d, "#prompt textarea"), what="the page")
+    assert "24x24 images" in _text(d, "#header")
+
+    # 1. a start image of the wrong size: one line in the page, and the server keeps serving
+    _css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "bad.png", _image(h=20))))
+    msg = _wait(lambda: _text(d, ".toast-body.error .toast-message-text"), what="the error in the page")
+    assert msg.startswith("image: size 24x20 (WxH) is not a multiple of 8") and "trained at 24x24" in msg
+    _css(d, ".toast-body.error .toast-close")[0].click()
+    _wait(lambda: not _css(d, ".toast-body.error"), what="the error to close")
+    _css(d, "#start-image button[aria-label='Remove Image']")[0].click()
+
+    # 2. the start image, then turn 1 by the button
+    _css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "start.png", _image(4))))
+    _wait(lambda: "Start image 24x24" in _text(d, "#status"), what="the start image")
+    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[0])
+    _css(d, "#edit-btn")[0].click()
+    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="turn 1")
+    assert len(_css(d, "#history img")) == 2 and _css(d, "#prompt textarea")[0].get_attribute("value") == ""
+
+    # 3. turn 2 by Enter, with 60 steps: the page shows the sampling progress while it runs
+    _css(d, "#sampler button.label-wrap")[0].click()            # open the "Sampler" accordion
+    _wait(lambda: _css(d, "#steps input[type=number]"), what="the sampler settings")
+    _set_number(d, "#steps input[type=number]", 60)
+    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
+    progress = _wait(lambda: re.search(r"(\d+)/60 steps", _text(d, ".progress-text")), timeout=60,
+                     every=0.02, what="progress text")
+    assert 0 <= int(progress.group(1)) <= 60
+    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="turn 2")
+    assert len(_css(d, "#history img")) == 3
+    shot = tmp_path / "web_editor.png"
+    d.save_screenshot(str(shot))
+    if os.environ.get("VINCIE_SCREENSHOT_DIR"):                 # docs/images/web_editor.png is made this way
+        shutil.copy(shot, Path(os.environ["VINCIE_SCREENSHOT_DIR"]) / "web_editor.png")
+    assert Image.open(shot).size[0] > 0
+
+    # the images came back: the latest result is a 24x24 picture, and the history's last is the same image
+    result = np.asarray(Image.open(io.BytesIO(_fetch(_css(d, "#result img")[0].get_attribute("src")))).convert("RGB"))
+    assert result.shape == (24, 24, 3)
+
+    # 4. the download holds both turns, the second with its 60 steps
+    _css(d, "#download")[0].click()
+    (zpath,) = _wait(lambda: [p for p in downloads.glob("*.zip")], what="the downloaded zip")
+    _wait(lambda: not list(downloads.glob("*.crdownload")), what="the download to finish")
+    z = zipfile.ZipFile(zpath)
+    meta = json.loads(z.read("session.json"))
+    assert [t["prompt"] for t in meta["turns"]] == PROMPTS and meta["turns"][1]["steps"] == 60
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(z.read("turn_2.png")))), result)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(z.read("turn_0.png")))), _image(4))
+
+    # 5. undo: back to turn 1
+    _css(d, "#undo-btn")[0].click()
+    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo")
+    _wait(lambda: len(_css(d, "#history img")) == 2, what="the shorter history")

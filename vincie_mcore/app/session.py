@@ -1,0 +1,256 @@
+"""What the web editor does, without the web: a model to edit with, and one user's session.
+
+``Backend`` holds the model, its frozen encoders and the sampler defaults, loaded once per server
+from a training run folder (``load_run``) or an export folder (``VincieEditPipeline``). Every
+browser tab gets a ``WebSession``: the history (I0, T0, I1, ...), undo, and a download of the
+session as a zip (images + session.json + the edit strip). The Gradio page (``app/ui.py``) only
+wires these to widgets, so all of it is tested here without a browser, and the browser test only
+has to show that the page drives it.
+
+Each turn builds a fresh ``Editor`` with that turn's steps, guidance and seed (cheap: no weights
+move), so the same history, prompt and settings give the same image. The ``EditSession`` and its
+KV cache (docs/kv_cache.md) live across turns; undo drops the cache and the next turn prefills the
+shortened history once.
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import logging
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.media import MediaError, load_image
+from ..infer.editor import Editor, EditSession, SamplerConfig, save_strip
+
+log = logging.getLogger(__name__)
+
+
+class AppError(ValueError):
+    """Bad input from the page; the message is one line naming the bad thing (shown in the page)."""
+
+
+@dataclass
+class Backend:
+    """One loaded model: everything an ``Editor`` needs except the per-turn sampler settings."""
+    model: object
+    text_encoder: object
+    image_encoder: object
+    pack_cfg: object
+    flow_cfg: object
+    sampler: SamplerConfig          # defaults shown in the page
+    mask_type: str
+    source: str                     # "run <folder>" | "export <folder>", recorded in downloads
+    device: str = "cpu"
+    image_size: tuple[int, int] | None = None     # (H, W) the model was trained at, when known
+    examples: list = field(default_factory=list)  # [(png path, prompt)] for the page's examples
+
+    @classmethod
+    def from_run(cls, run_dir, overrides: list[str] | None = None) -> "Backend":
+        """A training run folder (config.yaml + checkpoints/), as ``vincie-edit --run`` loads it."""
+        from ..build import load_run, make_editor
+
+        cfg, model, text, image = load_run(run_dir, overrides)
+        ed = make_editor(cfg, model, text, image)
+        size = None
+        world = cfg.data.get("world") if "data" in cfg else None
+        if world is not None and world.get("image_px"):
+            size = (int(world.image_px), int(world.image_px))
+        return cls(model, text, image, ed.pack_cfg, ed.flow_cfg, ed.sampler, ed.mask_type, f"run {run_dir}",
+                   str(ed.device), size, _heldout_examples(Path(run_dir)))
+
+    @classmethod
+    def from_export(cls, folder, device: str = "cpu") -> "Backend":
+        """An export folder written by ``vincie-convert export`` (plain PyTorch, no Megatron)."""
+        from ..hf.pipeline import VincieEditPipeline
+
+        p = VincieEditPipeline.from_pretrained(folder, device=device)
+        return cls(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, p.mask_type,
+                   f"export {folder}", device)
+
+    @property
+    def size_multiple(self) -> int:
+        return self.pack_cfg.patch_size * getattr(self.image_encoder, "downsample", 1)
+
+    def editor(self, steps: int, guidance: float, seed: int) -> Editor:
+        try:
+            sampler = dataclasses.replace(self.sampler, steps=int(steps), guidance=float(guidance), seed=int(seed))
+        except ValueError as e:                       # SamplerConfig names the bad setting
+            raise AppError(str(e)) from None
+        return Editor(self.model, self.text_encoder, self.image_encoder, self.pack_cfg, self.flow_cfg, sampler,
+                      device=self.device, mask_type=self.mask_type)
+
+
+def _heldout_examples(run: Path, n: int = 4) -> list:
+    """First frames and first instructions of a few held-out sessions of the run (the demo writes them)."""
+    from PIL import Image
+
+    from ..data.store import SessionStore
+
+    if not (run / "heldout").is_dir():
+        return []
+    try:
+        store = SessionStore(run / "heldout")
+        out = []
+        folder = run / "app_examples"
+        folder.mkdir(exist_ok=True)
+        for i in range(min(n, len(store))):
+            s = store[i]
+            path = folder / f"example_{i}.png"
+            Image.open(io.BytesIO(s.frames[0])).convert("RGB").save(path)
+            out.append((str(path), s.texts[0]))
+        return out
+    except Exception as e:                             # examples are a convenience: never stop the app
+        log.warning("no examples from %s: %s", run / "heldout", e)
+        return []
+
+
+@dataclass
+class Turn:
+    prompt: str
+    steps: int
+    guidance: float
+    seed: int
+    seconds: float
+    kv_cache: bool
+
+
+class WebSession:
+    """One user's edit session: the start image, then a turn per prompt; undo; download."""
+
+    def __init__(self, backend: Backend):
+        self.backend = backend
+        self.session: EditSession | None = None
+        self.turns: list[Turn] = []
+
+    # -- input -------------------------------------------------------------------------------------
+    def start(self, image, fit: bool = False) -> np.ndarray:
+        """A new session from a path, encoded bytes or a uint8 [H, W, 3] array -> the start image.
+
+        Files go through the one loader for images we did not write (``data/media.py``: size limits,
+        modes converted by documented rules, truncated files refused). ``fit`` resizes to the model's
+        training size; otherwise a size the model cannot patchify is refused."""
+        if image is None:
+            raise AppError("image: upload a start image first")
+        if isinstance(image, np.ndarray):
+            a = image
+            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+                raise AppError(f"image: expected RGB uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+        else:
+            try:
+                a = load_image(image, name=Path(str(image)).name if isinstance(image, (str, Path)) else None)
+            except MediaError as e:
+                raise AppError(str(e)) from None
+        if fit:
+            a = self._fit(a)
+        a = np.array(a, dtype=np.uint8)             # our own writable copy (the editor wraps it in a tensor)
+        m = self.backend.size_multiple
+        if a.shape[0] % m or a.shape[1] % m:
+            want = ("; the model was trained at %dx%d (tick 'fit')" % self.backend.image_size
+                    if self.backend.image_size else "")
+            raise AppError(f"image: size {a.shape[1]}x{a.shape[0]} (WxH) is not a multiple of {m} "
+                           f"(patch x VAE factor){want}")
+        self.session = self.backend.editor(1, 1.0, 0).start(a)
+        self.turns = []
+        return a
+
+    def _fit(self, a: np.ndarray) -> np.ndarray:
+        """Centre-crop to the training aspect ratio, then resize (bicubic) to the training size."""
+        from PIL import Image
+
+        if self.backend.image_size is None:
+            m = self.backend.size_multiple
+            h, w = max(m, a.shape[0] // m * m), max(m, a.shape[1] // m * m)
+        else:
+            h, w = self.backend.image_size
+        H, W = a.shape[:2]
+        scale = min(H / h, W / w)
+        ch, cw = round(h * scale), round(w * scale)
+        y0, x0 = (H - ch) // 2, (W - cw) // 2
+        im = Image.fromarray(a[y0:y0 + ch, x0:x0 + cw]).resize((w, h), Image.BICUBIC)
+        return np.asarray(im, dtype=np.uint8)
+
+    # -- turns -------------------------------------------------------------------------------------
+    def edit(self, prompt: str, steps: int, guidance: float, seed: int, progress=None) -> np.ndarray:
+        """One turn -> the edited image. ``progress(done, steps)`` is called after each sampling step."""
+        if self.session is None:
+            raise AppError("image: upload a start image first")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise AppError("prompt: type an edit instruction")
+        editor = self.backend.editor(steps, guidance, seed)
+        editor.step_callback = progress
+        self.session.editor = editor               # same model and encoders: the KV cache stays valid
+        t0 = time.perf_counter()
+        out = self.session.edit(prompt.strip())
+        info = self.session.info[-1]
+        self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
+                               round(time.perf_counter() - t0, 3), bool(info["kv_cache"])))
+        return out
+
+    def undo(self) -> None:
+        """Drop the last turn (never the start image)."""
+        s = self.session
+        if s is None or not self.turns:
+            raise AppError("undo: no turn to undo")
+        for name in ("images", "texts", "latents", "info"):
+            getattr(s, name).pop()
+        del s.latents_in[len(s.images):]           # encoded frames of the kept images stay
+        s.kv = None                                # the cache holds the dropped turn's K/V: rebuild once
+        self.turns.pop()
+
+    # -- views -------------------------------------------------------------------------------------
+    @property
+    def images(self) -> list[np.ndarray]:
+        return [] if self.session is None else [np.asarray(im) for im in self.session.images]
+
+    def gallery(self) -> list[tuple[np.ndarray, str]]:
+        """(image, caption) per step of the history: the start image, then each turn with its prompt."""
+        ims = self.images
+        caps = ["start"] + [f"turn {i}: {t.prompt}" for i, t in enumerate(self.turns, 1)]
+        return list(zip(ims, caps))
+
+    def summary(self) -> dict:
+        from ..hf.files import library_version
+
+        return {"source": self.backend.source, "library_version": library_version(),
+                "mask_type": self.backend.mask_type,
+                "image_size": list(self.images[0].shape[:2]) if self.images else None,
+                "turns": [dataclasses.asdict(t) for t in self.turns]}
+
+    def download(self, folder) -> Path:
+        """Write the session as a zip (turn_0.png = the start image, turn_k.png, strip.png, session.json)."""
+        from PIL import Image
+
+        if self.session is None:
+            raise AppError("download: nothing to download yet")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"vincie_session_{time.strftime('%Y%m%d_%H%M%S')}_{len(self.turns)}turns.zip"
+        with zipfile.ZipFile(path, "w") as z:
+            for i, im in enumerate(self.images):
+                buf = io.BytesIO()
+                Image.fromarray(im).save(buf, format="PNG")
+                z.writestr(f"turn_{i}.png", buf.getvalue())
+            strip = save_strip(self.images, path.with_suffix(".strip.png"), [t.prompt for t in self.turns])
+            z.write(strip, "strip.png")
+            strip.unlink()
+            z.writestr("session.json", json.dumps(self.summary(), indent=2))
+        return path
+
+
+@torch.no_grad()
+def warm_up(backend: Backend) -> float:
+    """One 1-step edit of a blank image at the model's size (first-call costs before a user waits) -> s."""
+    m = backend.size_multiple
+    h, w = backend.image_size or (m, m)
+    t0 = time.perf_counter()
+    ws = WebSession(backend)
+    ws.start(np.zeros((h, w, 3), np.uint8))
+    ws.edit("warm up", steps=1, guidance=1.0, seed=0)
+    return time.perf_counter() - t0
