@@ -221,7 +221,35 @@ def test_drag_conversion_and_refusals(tiny):
     with pytest.raises(ValueError, match="empty"):
         apps.drag(ed, tiny[2], np.zeros((H, W), bool), 1, 0)
     with pytest.raises(ValueError, match="zero"):
-        apps.drag(ed, tiny[2], region, 0, 0)
+        apps.drag(ed, tiny[2], region, 0, 0, prompt="move it")
+    with pytest.raises(ValueError, match="give a mask, or a prompt"):
+        apps.drag(ed, tiny[2], None, 1, 0)
+
+
+def test_drag_without_a_mask_locates_the_region_first(tiny):
+    """mask=None: a CSP turn on the prompt predicts the region (here the model's answer is replaced by a
+    known one, so the test does not hang on what a random model draws), then its shift is the target map."""
+    ed = _editor(tiny)
+    located = np.zeros((H, W), bool)
+    located[8:12, 4:8] = True
+    seen = []
+    real = ed.generate
+
+    def generate(sample, sess):
+        out = real(sample, sess)
+        seen.append((list(out), [b.text for b in sample.blocks if b.modality == "text"]))
+        if ("roe_src", 0) in out:
+            out[("roe_src", 0)] = (apps.map_image(located), None)
+        return out
+
+    ed.generate = generate
+    with Batches(tiny[0]) as rec:
+        res = apps.drag(ed, tiny[2], None, dx=-4, dy=4, recipe=RECIPE, prompt="move the green circle")
+    assert seen == [([("roe_src", 0)], ["move the green circle", RECIPE.mask_prompt_src]),
+                    ([("frame", 1)], ["move the green circle", RECIPE.mask_prompt_src, RECIPE.mask_prompt_tgt])]
+    assert np.array_equal(res.region, located) and res.moved[12:16, 0:4].all() and res.moved.sum() == 16
+    nip = rec.targets()[-1][1]
+    torch.testing.assert_close(_clean(nip, ("roe_tgt", 0)), _tokens(apps.map_image(res.moved)), rtol=0, atol=0)
 
 
 def test_compose_packs_every_reference(tiny):
@@ -321,6 +349,7 @@ def test_cli_writes_the_strip(demo_run, args, panels):
     (["drag", "--image", "start.png", "--mask", "missing.png", "--dx", "1", "--dy", "0"], ["--mask", "missing.png"]),
     (["drag", "--image", "start.png", "--mask", "short.png", "--dx", "1", "--dy", "0"], ["--mask", "24x16"]),
     (["drag", "--image", "start.png", "--mask", "mask.png", "--dx", "0", "--dy", "-3"], ["--dx/--dy", "off the"]),
+    (["drag", "--image", "start.png", "--dx", "1", "--dy", "0"], ["--mask", "--prompt"]),
     (["compose", "--prompt", "both"], ["--ref", "no reference images"]),
     (["chain", "--image", "start.png", "--prompt", "x", "--maps", "src,mid"], ["--maps"]),
 ])

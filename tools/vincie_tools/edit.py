@@ -91,10 +91,13 @@ def _parser(name: str) -> argparse.ArgumentParser:
         ap.add_argument("--maps", default="src,tgt",
                         help="RoE maps predicted per turn before the frame: src, tgt or src,tgt (default)")
     if name == "drag":
-        ap.add_argument("--mask", required=True, help="region to move: white (> 127) on black, the image's size")
+        ap.add_argument("--mask", default=None,
+                        help="region to move: white (> 127) on black, the image's size (without: the model "
+                             "locates it from --prompt)")
         ap.add_argument("--dx", type=int, required=True, help="pixels to the right (negative: left)")
         ap.add_argument("--dy", type=int, required=True, help="pixels down (negative: up)")
-        ap.add_argument("--prompt", default=None, help="instruction (default: made from dx, dy)")
+        ap.add_argument("--prompt", default=None,
+                        help="instruction (default: made from dx, dy); without --mask it also locates the region")
     ap.add_argument("--out", default=f"{name}_strip.png", help="edit strip PNG")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. sampler.steps=30 sampler.guidance=3")
@@ -132,15 +135,19 @@ def _inputs(name: str, a) -> dict:
         return dict(references=refs, prompt=a.prompt, captions=a.caption)
     start = image("--image", a.image)
     if name == "drag":
+        if a.mask is None:
+            if a.prompt is None:
+                raise ValueError("--mask: give --mask, or --prompt for the model to locate the region")
+            check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)            # a zero move is refused
+            return dict(image=start, mask=None, dx=a.dx, dy=a.dy, prompt=a.prompt)
         region = apps.mask_from_image(image("--mask", a.mask))
         if region.shape != start.shape[:2]:
             raise ValueError(f"--mask: {a.mask} is {region.shape[1]}x{region.shape[0]}, the image is "
                              f"{start.shape[1]}x{start.shape[0]}")
         if not region.any():
             raise ValueError(f"--mask: {a.mask} marks no pixel (the region is white, > 127, on black)")
+        check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)
         check("--dx/--dy", apps.shift_mask, region, a.dx, a.dy)
-        if a.prompt is None:
-            check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)
         return dict(image=start, mask=region, dx=a.dx, dy=a.dy, prompt=a.prompt)
     if name == "chain":
         maps = [m.strip() for m in a.maps.split(",")]

@@ -194,20 +194,32 @@ def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | N
          prompt: str | None = None) -> DragResult:
     """Move the marked region by (dx, dy) pixels (x right, y down): one NIP turn whose context is
     I0, the instruction (``prompt``, default ``drag_instruction(dx, dy)``), the RoE source map = the
-    region and the RoE target map = the region shifted, both clean. Strip: I0 | region | moved | result."""
+    region and the RoE target map = the region shifted, both clean. Strip: I0 | region | moved | result.
+
+    ``mask=None`` lets the model locate the region first (paper E.5: "users first provide an editing
+    prompt to localize the RoE"): a CSP turn with ``prompt`` as T0 predicts the source map, binarized
+    as in ``chain_of_editing``; then the same NIP turn."""
     a = np.asarray(image)
+    auto = drag_instruction(int(dx), int(dy))            # also refuses a zero move, with or without a prompt
+    instruction = auto if prompt is None else prompt
+    frames = _encode(editor, [image])
+    slot = torch.cat([frames, torch.zeros_like(frames)])
+    cfg = _recipe(editor, recipe)
+    if mask is None:
+        if prompt is None:
+            raise ValueError("mask: give a mask, or a prompt for the model to locate the region")
+        ref = ("roe_src", 0)
+        sample = roe_inference_sample(_prompts([prompt]), "csp", set(), cfg)
+        mask, _ = editor.generate(sample, _session(slot, [prompt], {ref: torch.zeros_like(frames[0])}))[ref]
     region = mask_from_image(mask)
     if region.shape != a.shape[:2]:
         raise ValueError(f"mask: size {region.shape[0]}x{region.shape[1]} differs from the image's "
                          f"{a.shape[0]}x{a.shape[1]}")
     moved = shift_mask(region, int(dx), int(dy))
-    instruction = prompt if prompt is not None else drag_instruction(int(dx), int(dy))
     texts = _prompts([instruction])
-    frames = _encode(editor, [image])
     m = _encode(editor, [map_image(region), map_image(moved)])
     given = {("roe_src", 0): m[0], ("roe_tgt", 0): m[1]}
-    sample = roe_inference_sample(texts, "nip", set(given), _recipe(editor, recipe))
-    slot = torch.cat([frames, torch.zeros_like(frames)])
+    sample = roe_inference_sample(texts, "nip", set(given), cfg)
     out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", 1)]
     res = DragResult(image=out, region=region, moved=moved, instruction=instruction)
     for im, label in ((a, "input"), (map_image(region), "region"), (map_image(moved), f"moved by ({dx}, {dy})"),

@@ -229,7 +229,6 @@ def save_strip(images, path, texts=None, scale: int = 4, labels=None):
     if labels is not None:
         if len(labels) != len(images):
             raise ValueError(f"save_strip: {len(labels)} labels for {len(images)} panels")
-        texts = None
     elif texts:
         labels = [""] + list(texts)
     ims = [Image.fromarray(np.asarray(im)).resize((im.shape[1] * scale, im.shape[0] * scale), Image.NEAREST)
