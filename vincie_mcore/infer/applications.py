@@ -211,6 +211,8 @@ def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | N
         ref = ("roe_src", 0)
         sample = roe_inference_sample(_prompts([prompt]), "csp", set(), cfg)
         mask, _ = editor.generate(sample, _session(slot, [prompt], {ref: torch.zeros_like(frames[0])}))[ref]
+        if not mask_from_image(mask).any():
+            raise ValueError("prompt: the model located no region from it (its source map is empty); give a mask")
     region = mask_from_image(mask)
     if region.shape != a.shape[:2]:
         raise ValueError(f"mask: size {region.shape[0]}x{region.shape[1]} differs from the image's "
