@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import time
+import uuid
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data.media import MediaError, load_image
+from ..data.media import MAX_BYTES, MAX_PIXELS, MediaError, load_image
 from ..infer.editor import Editor, EditSession, SamplerConfig, save_strip
 
 log = logging.getLogger(__name__)
@@ -124,10 +125,13 @@ class Turn:
 class WebSession:
     """One user's edit session: the start image, then a turn per prompt; undo; download."""
 
-    def __init__(self, backend: Backend):
+    def __init__(self, backend: Backend, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
         self.backend = backend
+        self.max_pixels, self.max_bytes = max_pixels, max_bytes     # what an upload may be (data/media.py)
         self.session: EditSession | None = None
         self.turns: list[Turn] = []
+        self.id = uuid.uuid4().hex[:12]
+        self._zip: Path | None = None
 
     # -- input -------------------------------------------------------------------------------------
     def start(self, image, fit: bool = False) -> np.ndarray:
@@ -142,9 +146,12 @@ class WebSession:
             a = image
             if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
                 raise AppError(f"image: expected RGB uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+            if a.shape[0] * a.shape[1] > self.max_pixels:
+                raise AppError(f"image: {a.shape[1]}x{a.shape[0]} exceeds max_pixels={self.max_pixels}")
         else:
             try:
-                a = load_image(image, name=Path(str(image)).name if isinstance(image, (str, Path)) else None)
+                a = load_image(image, max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+                               name=Path(str(image)).name if isinstance(image, (str, Path)) else None)
             except MediaError as e:
                 raise AppError(str(e)) from None
         if fit:
@@ -231,8 +238,9 @@ class WebSession:
             raise AppError("download: nothing to download yet")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"vincie_session_{time.strftime('%Y%m%d_%H%M%S')}_{len(self.turns)}turns.zip"
-        with zipfile.ZipFile(path, "w") as z:
+        path = folder / f"vincie_session_{self.id}.zip"         # one file per session, rewritten each turn
+        tmp = path.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w") as z:
             for i, im in enumerate(self.images):
                 buf = io.BytesIO()
                 Image.fromarray(im).save(buf, format="PNG")
@@ -241,7 +249,16 @@ class WebSession:
             z.write(strip, "strip.png")
             strip.unlink()
             z.writestr("session.json", json.dumps(self.summary(), indent=2))
+        tmp.replace(path)                              # never a half-written zip under the served name
+        self._zip = path
         return path
+
+    def close(self) -> None:
+        """Free the history, its KV cache and the session's zip."""
+        self.session, self.turns = None, []
+        if self._zip is not None:
+            self._zip.unlink(missing_ok=True)
+            self._zip = None
 
 
 @torch.no_grad()

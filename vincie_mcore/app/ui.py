@@ -4,12 +4,24 @@ Upload a start image, type an instruction, get the edited image; the next instru
 result with the whole history as context. The history shows every turn with its prompt; undo drops
 the last turn; the download button always holds the current session as a zip. Bad input raises
 ``gr.Error`` with the one-line message, which the page shows; the server keeps running.
+
+Sessions live in our own ``Sessions`` table keyed by Gradio's per-tab session hash, not in a
+``gr.State``: Gradio keeps a closed tab's state for an hour whatever its time-to-live, and we want
+a closed tab freed at once (the page's unload event) and an idle one after ``session_ttl_s``.
 """
 from __future__ import annotations
 
 import logging
 import tempfile
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
 
+import gradio as gr          # at module level: gradio resolves the handlers' `gr.Request` hints here
+from gradio.utils import get_upload_folder
+
+from ..data.media import MAX_BYTES, MAX_PIXELS
 from .session import AppError, Backend, WebSession
 
 log = logging.getLogger(__name__)
@@ -40,54 +52,128 @@ def _status(ws: WebSession | None) -> str:
             f"{t.seconds:.2f} s, KV cache {'on' if t.kv_cache else 'off'}.")
 
 
-def build_app(backend: Backend, download_dir: str | None = None):
-    """-> gr.Blocks (not launched)."""
-    import gradio as gr
+def check_upload(path, upload_root) -> Path:
+    """``path`` resolved, if it lies in Gradio's upload folder; refused otherwise (a server path sent by
+    a client, a ``..``, or a link out of the folder). Gradio checks this too; this does not rely on it."""
+    p = Path(path).resolve()
+    if not p.is_relative_to(Path(upload_root).resolve()):
+        raise AppError("image: not an upload of this page")
+    return p
 
-    download_dir = download_dir or tempfile.mkdtemp(prefix="vincie_app_")
 
-    def _session_outputs(ws):
-        """(state, result, history, status, download) for the current session."""
-        last = ws.images[-1] if ws is not None and ws.images else None
-        zip_path = ws.download(download_dir) if ws is not None and ws.session is not None else None
-        return ws, last, ws.gallery() if ws is not None else [], _status(ws), zip_path
+class Sessions:
+    """Live ``WebSession``s by tab: freed when the tab closes, after ``ttl_s`` idle, or never more
+    than ``max_sessions`` (a new tab beyond that is refused with a message; no one's history is evicted)."""
 
-    def on_start(path, fit):
-        if path is None:                                     # image cleared: no session
-            return None, None, [], _status(None), None
-        ws = WebSession(backend)
-        try:
-            ws.start(path, fit=bool(fit))
-        except AppError as e:
+    def __init__(self, ttl_s: float, max_sessions: int):
+        self.ttl_s, self.max_sessions = ttl_s, max_sessions
+        self._d: OrderedDict[str, tuple[WebSession, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> WebSession | None:
+        with self._lock:
+            hit = self._d.get(key)
+            if hit is None:
+                return None
+            self._d[key] = (hit[0], time.monotonic())
+            self._d.move_to_end(key)
+            return hit[0]
+
+    def put(self, key: str, ws: WebSession) -> None:
+        self.reap()
+        with self._lock:
+            if key not in self._d and len(self._d) >= self.max_sessions:
+                raise AppError(f"server busy: {self.max_sessions} sessions open; try again later")
+            self._d[key] = (ws, time.monotonic())
+            self._d.move_to_end(key)
+            n = len(self._d)
+        log.info("session opened (%d live)", n)
+
+    def drop(self, key: str, why: str) -> bool:
+        with self._lock:
+            hit = self._d.pop(key, None)
+            n = len(self._d)
+        if hit is not None:
+            hit[0].close()
+            log.info("session freed: %s (%d live)", why, n)
+        return hit is not None
+
+    def reap(self) -> int:
+        """Free every session idle for more than ttl_s -> how many."""
+        now = time.monotonic()
+        with self._lock:
+            old = [k for k, (_, t) in self._d.items() if now - t > self.ttl_s]
+        return sum(self.drop(k, "idle") for k in old)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+
+def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int = MAX_PIXELS,
+              max_bytes: int = MAX_BYTES, session_ttl_s: float = 3600.0, max_sessions: int = 256):
+    """-> (gr.Blocks not launched, its Sessions).
+
+    ``upload_root``: Gradio's upload folder (GRADIO_TEMP_DIR); a start image from anywhere else is
+    refused, so no request can make the app read a server file. Downloads are written under it too.
+    """
+    upload_root = Path(upload_root or get_upload_folder()).resolve()
+    upload_root.mkdir(parents=True, exist_ok=True)
+    download_dir = Path(tempfile.mkdtemp(prefix="downloads_", dir=upload_root))
+    sessions = Sessions(session_ttl_s, max_sessions)
+
+    def _outputs(ws):
+        """(result, history, status, download) for the current session."""
+        if ws is None or ws.session is None:
+            return None, [], _status(None), None
+        return ws.images[-1], ws.gallery(), _status(ws), ws.download(download_dir)
+
+    def _fail(e: Exception):
+        if isinstance(e, (AppError, ValueError)):            # the library's input errors are one line
             raise gr.Error(str(e), print_exception=False) from None
-        return _session_outputs(ws)
+        log.exception("request failed")                      # anything else: say so in the page, keep serving
+        raise gr.Error(f"internal error: {type(e).__name__}: {e}") from None
 
-    def on_edit(ws, prompt, steps, guidance, seed, progress=gr.Progress()):
-        turn = len(ws.turns) + 1 if ws is not None else 1
+    def on_start(path, fit, request: gr.Request):
+        key = request.session_hash
+        sessions.drop(key, "new start image")
+        if path is None:                                     # image cleared: no session
+            return _outputs(None)
+        try:
+            ws = WebSession(backend, max_pixels=max_pixels, max_bytes=max_bytes)
+            ws.start(check_upload(path, upload_root), fit=bool(fit))
+            sessions.put(key, ws)
+            return _outputs(ws)
+        except Exception as e:
+            _fail(e)
+
+    def on_edit(prompt, steps, guidance, seed, request: gr.Request, progress=gr.Progress()):
+        ws = sessions.get(request.session_hash)
         try:
             if ws is None:
                 raise AppError("image: upload a start image first")
+            turn = len(ws.turns) + 1
             ws.edit(prompt, steps, guidance, seed,
                     progress=lambda done, n: progress((done, n), desc=f"turn {turn}: sampling", unit="steps"))
-        except (AppError, ValueError) as e:                  # the library's input errors are one line
-            raise gr.Error(str(e), print_exception=False) from None
-        except Exception as e:                               # anything else: say so in the page, keep serving
-            log.exception("edit failed")
-            raise gr.Error(f"internal error: {type(e).__name__}: {e}") from None
-        return (*_session_outputs(ws), "")
+            return (*_outputs(ws), "")
+        except Exception as e:
+            _fail(e)
 
-    def on_undo(ws):
+    def on_undo(request: gr.Request):
+        ws = sessions.get(request.session_hash)
         try:
             if ws is None:
                 raise AppError("undo: no turn to undo")
             ws.undo()
-        except AppError as e:
-            raise gr.Error(str(e), print_exception=False) from None
-        return _session_outputs(ws)
+            return _outputs(ws)
+        except Exception as e:
+            _fail(e)
+
+    def on_unload(request: gr.Request):
+        sessions.drop(request.session_hash, "tab closed")
 
     s = backend.sampler
-    with gr.Blocks(title="VINCIE editor", analytics_enabled=False) as app:
-        state = gr.State(None)
+    with gr.Blocks(title="VINCIE editor", analytics_enabled=False,
+                   delete_cache=(600, int(max(session_ttl_s, 600)))) as app:
         gr.Markdown(_header(backend), elem_id="header")
         with gr.Row():
             with gr.Column(scale=1):
@@ -115,10 +201,10 @@ def build_app(backend: Backend, download_dir: str | None = None):
             gr.Examples(examples=[list(e) for e in backend.examples], inputs=[start, prompt],
                         label="Held-out sessions of this run (first frame, first instruction)")
 
-        outs = [state, result, history, status, download]
-        start.change(on_start, [start, fit], outs)
-        for trigger in (edit.click, prompt.submit):
-            trigger(on_edit, [state, prompt, steps, guidance, seed], [*outs, prompt])
-        undo.click(on_undo, [state], outs)
-    return app
-
+        outs = [result, history, status, download]
+        start.change(on_start, [start, fit], outs, api_name="start")
+        edit.click(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name="edit")
+        prompt.submit(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name=False)
+        undo.click(on_undo, None, outs, api_name="undo")
+        app.unload(on_unload)
+    return app, sessions
