@@ -16,8 +16,9 @@ Contract (every implementation, ground-truth or model-based):
 * Raises ValueError / RuntimeError with a one-line message when the video
   cannot be annotated; the builder records it in the failure manifest.
 
-A VLM annotator (paper §3.1, App. B prompt) goes behind the same interface:
-send each frame pair and the prompt, parse the answer into a Transition.
+The VLM annotator (paper §3.1, App. C.2 prompt; ``data/vlm.py``) sits behind the same interface:
+each frame pair and the prompt go to an OpenAI-compatible server, and the answer becomes a Transition
+whose ``entities`` name the regions to segment.
 ``states`` is optional: annotators that know exact scene states (the synthetic
 world) return them so the judge can use them; others return None.
 """
@@ -36,6 +37,7 @@ from .world import camera_label, render, transition_text
 class Transition:
     text: str
     camera: str        # "pan left" ... or "None"
+    entities: tuple = ()   # descriptions of the changed characters/objects (what a segmenter grounds)
 
 
 class Annotator(abc.ABC):
