@@ -91,14 +91,15 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
         states=annotator.states(idx, meta))
 
 
-# The per-process job context, set once per worker (fork) instead of pickled per video.
+# The per-process job context, set once per worker (fork) instead of pickled per video:
+# {"make": make(video_id, source, **kwargs) -> result, "kwargs": {...}}.
 _CTX: dict = {}
 
 
 def _job(item, max_mb=None):
     video_id, path = item
     try:
-        return video_id, make_session(video_id, path, **_CTX), None
+        return video_id, _CTX["make"](video_id, path, **_CTX["kwargs"]), None
     except MemoryError:
         # under the worker's address-space limit (numpy, or libav's ENOMEM: av.error.MemoryError)
         return video_id, None, (f"decode exceeded {max_mb} MiB" if max_mb else "out of memory (MemoryError)")
@@ -229,6 +230,19 @@ def _limited_map(todo, ctx, workers, timeout_s, max_mb):
             w.stop(kill=w.task is not None)         # a video still running: no need to wait for it
 
 
+def run_videos(todo, make, kwargs: dict, workers: int = 1, timeout_s: float | None = DECODE_TIMEOUT_S,
+               max_mb: int | None = DECODE_MAX_MB):
+    """``(video_id, make(video_id, source, **kwargs) or None, failure reason or None)`` for each
+    ``(video_id, source)`` of ``todo``, in order; under the per-video limits (see
+    ``build_sessions``) unless both are off and ``workers == 1``. Close the iterator to stop
+    the workers."""
+    ctx = {"make": make, "kwargs": kwargs}
+    if workers == 1 and not timeout_s and not max_mb:
+        _init(ctx)
+        return map(_job, todo)
+    return _limited_map(todo, ctx, workers, timeout_s, max_mb)
+
+
 def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixed", workers: int = 1,
                    shard_size: int = 256, seed: int = 0, annotator: Annotator | None = None,
                    segmenter: Segmenter | None = None, retry_failed: bool = False, progress: bool = True,
@@ -251,23 +265,19 @@ def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixe
     if (decode_timeout_s or 0) < 0 or (decode_max_mb or 0) < 0:
         raise ValueError(f"decode_timeout_s and decode_max_mb must be >= 0, got {decode_timeout_s}, {decode_max_mb}")
     cfg = sampling if isinstance(sampling, SamplingConfig) else SamplingConfig(strategy=sampling)
-    ctx = dict(sampling=cfg, annotator=annotator or GroundTruthAnnotator(),
-               segmenter=segmenter or GroundTruthSegmenter(), seed=seed)
+    kwargs = dict(sampling=cfg, annotator=annotator or GroundTruthAnnotator(),
+                  segmenter=segmenter or GroundTruthSegmenter(), seed=seed)
     t0 = time.perf_counter()
     videos = list_videos(video_dir)
     written = failed = 0
-    build = {"sampling": dataclasses.asdict(cfg), "seed": seed, "annotator": ctx["annotator"].name,
-             "segmenter": ctx["segmenter"].name}
+    build = {"sampling": dataclasses.asdict(cfg), "seed": seed, "annotator": kwargs["annotator"].name,
+             "segmenter": kwargs["segmenter"].name}
     with SessionWriter(store_root, shard_size, build=build) as w:
         done = w.done_video_ids() | (set() if retry_failed else set(read_failures(store_root)))
         todo = [(v, p) for v, p in videos if v not in done]
         from tqdm import tqdm
         bar = tqdm(total=len(todo), desc="sessions", unit="vid", disable=not progress)
-        if workers == 1 and not decode_timeout_s and not decode_max_mb:
-            _init(ctx)
-            results = map(_job, todo)
-        else:
-            results = _limited_map(todo, ctx, workers, decode_timeout_s, decode_max_mb)
+        results = run_videos(todo, make_session, kwargs, workers, decode_timeout_s, decode_max_mb)
         try:
             for video_id, session, reason in results:
                 if session is None:

@@ -111,3 +111,57 @@ def drop_static(frames: np.ndarray, min_change: float) -> list[int]:
         if min_change <= 0 or patch_change(frames[keep[-1]], frames[i]) > min_change:
             keep.append(i)
     return keep
+
+
+# ----------------------------------------------------------------------------- real videos: by time, within a shot
+# A real video is sampled shot by shot (data/shots.py) and in seconds, not frame indices: a
+# variable-frame-rate file has no fixed index -> time map. The same two strategies as above.
+def equal_interval_times(start_s: float, end_s: float, interval_s: float, offset_s: float = 0.0,
+                         max_frames: int | None = None) -> list[float]:
+    """start_s + offset_s + k * interval_s for k = 0, 1, ... while <= end_s."""
+    if not interval_s > 0 or end_s < start_s:
+        raise ValueError(f"need interval_s > 0 and end_s >= start_s; got {interval_s}, [{start_s}, {end_s}]")
+    out, k = [], 0
+    while max_frames is None or len(out) < max_frames:
+        t = start_s + offset_s + k * interval_s
+        if t > end_s + 1e-9:
+            break
+        out.append(t)
+        k += 1
+    return out
+
+
+def fixed_frame_times(start_s: float, end_s: float, n: int) -> list[float]:
+    """``n`` times uniformly over [start_s, end_s], both ends included."""
+    if n < 2 or end_s < start_s:
+        raise ValueError(f"need n >= 2 and end_s >= start_s; got {n}, [{start_s}, {end_s}]")
+    return [start_s + k * (end_s - start_s) / (n - 1) for k in range(n)]
+
+
+def snap_times(times, frame_times) -> list[float]:
+    """Each time replaced by that of the frame on screen then (the last frame at or before it),
+    repeats dropped: two wanted times inside one frame give one frame."""
+    ft = np.asarray(frame_times)
+    out = []
+    for t in times:
+        s = float(ft[max(0, int(np.searchsorted(ft, t + 1e-6, side="right")) - 1)])
+        if not out or s != out[-1]:
+            out.append(s)
+    return out
+
+
+def sample_shot_times(start_s: float, end_s: float, cfg: SamplingConfig, rng: np.random.Generator,
+                      frame_times=None) -> tuple[list[float], str]:
+    """(times in seconds, strategy used) for one shot spanning [start_s, end_s] (its first and last
+    frame times). ``frame_times`` (the shot's frames, when known) snaps them to real frames."""
+    strategy = cfg.strategy
+    if strategy == "mixed":
+        strategy = "equal" if rng.random() < cfg.p_equal else "fixed"
+    if strategy == "equal":
+        times = equal_interval_times(start_s, end_s, cfg.interval_s, cfg.start_s, cfg.max_frames)
+    else:
+        n = int(rng.integers(cfg.n_frames[0], cfg.n_frames[1] + 1))
+        times = fixed_frame_times(start_s, end_s, min(n, cfg.max_frames))
+    if frame_times is not None and len(frame_times):
+        times = snap_times(times, frame_times)
+    return times, strategy

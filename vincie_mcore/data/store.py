@@ -170,6 +170,22 @@ class SessionWriter:
             self.flush()
         return True
 
+    def add_group(self, sessions: list) -> bool:
+        """Buffer several sessions (of one video) so that they land in one shard: a crash keeps
+        all of them or none. False (a failure line per bad id, nothing buffered) when an id is
+        unusable. A group larger than ``shard_size`` makes one larger shard."""
+        bad = [(s.video_id, why) for s in sessions if (why := check_video_id(s.video_id)) is not None]
+        for vid, why in bad:
+            self.fail(str(vid), why)
+        if bad:
+            return False
+        if self._buf and len(self._buf) + len(sessions) > self.shard_size:
+            self.flush()
+        self._buf.extend(sessions)
+        if len(self._buf) >= self.shard_size:
+            self.flush()
+        return True
+
     def fail(self, video_id: str, reason: str) -> None:
         line = json.dumps({"video_id": video_id, "reason": " ".join(str(reason).split())})
         with open(self.root / "failures.jsonl", "a") as f:

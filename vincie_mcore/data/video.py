@@ -238,3 +238,241 @@ def write_synthetic_corpus(out_dir, n_videos: int, cfg: WorldConfig, seed: int =
     import multiprocessing as mp
     with mp.get_context("fork").Pool(workers) as pool:
         return list(tqdm(pool.imap(_corpus_job, jobs, chunksize=16), **bar))
+
+
+# ----------------------------------------------------------------------------- real videos: probe, seek, fit
+# Real videos (docs/real_videos.md) are read by time, never by frame index: a variable-frame-rate
+# file has no fixed index -> time map. "The frame at time t" is the frame on screen at t: the last
+# one whose presentation time is <= t (the first frame for a t before it).
+ASPECT_POLICIES = ("center_crop", "pad", "resize")
+_EPS_S = 1e-6                      # timestamps are rationals turned into floats: compare with a little slack
+
+
+@dataclass
+class DecodeConfig:
+    """How real videos are decoded and brought to the store's frame size (``build.decode``)."""
+    size: tuple = (512, 512)       # (height, width) of every stored frame
+    aspect: str = "center_crop"    # center_crop: scale to cover, cut the middle | pad: scale to fit, pad | resize: stretch
+    pad_value: int = 0             # pad: the grey level (0-255) of the bars
+    seek_gap_s: float = 2.0        # decode on (no seek) to a wanted frame at most this many seconds ahead
+    threads: int = 1               # decoder threads per video (workers already decode videos in parallel)
+
+    def __post_init__(self):
+        self.size = tuple(self.size)
+        if len(self.size) != 2 or not all(isinstance(v, int) and v >= 8 for v in self.size):
+            raise ValueError(f"build.decode.size: must be [height, width], ints >= 8, got {self.size!r}")
+        if self.aspect not in ASPECT_POLICIES:
+            raise ValueError(f"build.decode.aspect: must be one of {ASPECT_POLICIES}, got {self.aspect!r}")
+        if not 0 <= self.pad_value <= 255:
+            raise ValueError(f"build.decode.pad_value: must be in [0, 255], got {self.pad_value}")
+        if not self.seek_gap_s >= 0:
+            raise ValueError(f"build.decode.seek_gap_s: must be >= 0, got {self.seek_gap_s}")
+        if not isinstance(self.threads, int) or self.threads < 1:
+            raise ValueError(f"build.decode.threads: must be an int >= 1, got {self.threads!r}")
+
+
+@dataclass(frozen=True)
+class StreamInfo:
+    """A real video's first video stream, as it will be shown (sizes after rotation)."""
+    duration_s: float          # container duration (0.0 when the container does not say)
+    start_s: float             # presentation time of the first frame
+    fps: float                 # average rate (a variable-rate file has no single one)
+    height: int                # display size: coded size turned by ``rotation``
+    width: int
+    rotation: int              # degrees counter-clockwise to turn a decoded frame upright (0, 90, 180, 270)
+    codec: str
+
+
+def _open_video_stream(c, name):
+    if not c.streams.video:
+        raise VideoError(f"no video stream in {name}")
+    st = c.streams.video[0]
+    if st.codec_context is None:        # the container names a codec this ffmpeg cannot decode
+        raise VideoError(f"unsupported codec in {name}: no decoder for its video stream")
+    return st
+
+
+def _rotation(frame, stream) -> int:
+    """Counter-clockwise degrees that make ``frame`` upright: the display matrix (frame side data,
+    which ffmpeg fills from the container), else an old-style ``rotate`` tag (clockwise degrees)."""
+    r = frame.rotation or 0
+    if not r:
+        tag = stream.metadata.get("rotate")
+        try:
+            r = -int(float(tag)) if tag else 0
+        except ValueError:
+            r = 0
+    return int(round(r / 90.0)) * 90 % 360     # a skewed matrix is rounded to the nearest quarter turn
+
+
+def upright(img: np.ndarray, rotation: int) -> np.ndarray:
+    """[H, W, C] turned ``rotation`` degrees counter-clockwise (np.rot90 turns counter-clockwise)."""
+    return np.ascontiguousarray(np.rot90(img, k=(rotation // 90) % 4)) if rotation % 360 else img
+
+
+def _frame_time(f, index: int, fps: float) -> float:
+    # a frame without pts (some AVI files) is placed by its decode order
+    if f.pts is not None and f.time_base is not None:
+        return float(f.pts * f.time_base)
+    return index / fps
+
+
+def probe_stream(path) -> StreamInfo:
+    """Container metadata plus the first decoded frame (rotation is side data of frames).
+
+    Raises VideoError (one line): empty file, cannot open, no video stream, unsupported codec,
+    no frame decodes.
+    """
+    p = Path(path)
+    name = p.name
+    if p.is_file() and p.stat().st_size == 0:
+        raise VideoError(f"empty file {name}: zero bytes")
+    with _open(path) as c:
+        st = _open_video_stream(c, name)
+        st.codec_context.thread_count = 1
+        fps = float(st.average_rate or st.guessed_rate or 0) or 25.0      # only a fallback for pts-less frames
+        try:
+            f = next(c.decode(st), None)
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - libav raises many types for bad data
+            raise VideoError(f"corrupt video {name}: {type(e).__name__}: {_one_line(e)}") from None
+        if f is None:
+            raise VideoError(f"corrupt video {name}: no frame decodes")
+        rot = _rotation(f, st)
+        h, w = (f.height, f.width) if rot % 180 == 0 else (f.width, f.height)
+        # the video stream's own duration when the container has it (an audio track may run longer)
+        dur = float(st.duration * st.time_base) if st.duration else float(c.duration / av.time_base) if c.duration else 0.0
+        return StreamInfo(dur, _frame_time(f, 0, fps), fps, h, w, rot, st.codec_context.name)
+
+
+def _decode_error(name, e):
+    return VideoError(f"corrupt video {name}: {type(e).__name__}: {_one_line(e)}")
+
+
+def read_all_timed(path) -> tuple[np.ndarray, np.ndarray]:
+    """Reference reader: decode every frame. (times [N] seconds, upright uint8 frames [N, H, W, 3]).
+
+    The seek reader (``read_at_times``) must agree with ``frames[frame_at(times, t)]``; tests hold
+    it to that."""
+    name = Path(path).name
+    with _open(path) as c:
+        st = _open_video_stream(c, name)
+        st.codec_context.thread_count = 1
+        fps = float(st.average_rate or st.guessed_rate or 0) or 25.0
+        times, frames = [], []
+        try:
+            for i, f in enumerate(c.decode(st)):
+                times.append(_frame_time(f, i, fps))
+                frames.append(upright(f.to_ndarray(format="rgb24"), _rotation(f, st)))
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            raise _decode_error(name, e) from None
+    if not frames:
+        raise VideoError(f"corrupt video {name}: no frame decodes")
+    return np.asarray(times), np.stack(frames)
+
+
+def frame_at(times, t: float) -> int:
+    """Index of the frame on screen at ``t`` among frames with presentation ``times`` (increasing)."""
+    return max(0, int(np.searchsorted(np.asarray(times), t + _EPS_S, side="right")) - 1)
+
+
+def read_at_times(path, times, cfg: DecodeConfig | None = None) -> tuple[list, list]:
+    """The frames on screen at ``times`` (seconds, any order), decoding only what they need.
+
+    For each wanted time (in increasing order): seek to the keyframe at or before it and
+    decode forward to it, or, when it lies at most ``cfg.seek_gap_s`` ahead of the frame
+    last decoded, decode on without seeking. Returns (upright uint8 [H, W, 3] frames, their
+    presentation times), in the order of ``times``, at the video's own size (``fit_frame``
+    brings them to the store's).
+
+    Raises VideoError (one line) for a file that does not open or decode, or a seek that
+    finds no frame.
+    """
+    cfg = cfg or DecodeConfig()
+    name = Path(path).name
+    want = sorted(set(float(t) for t in times))
+    got: dict[float, tuple] = {}
+    with _open(path) as c:
+        st = _open_video_stream(c, name)
+        st.codec_context.thread_count = cfg.threads
+        fps = float(st.average_rate or st.guessed_rate or 0) or 25.0
+        tb = st.time_base
+        it = None             # decoder iterator since the last seek
+        prev = None           # (time, frame) last decoded frame at or before the current target
+        ahead = None          # a decoded frame past the last target, kept for the next one
+        count = 0
+
+        def seek(t, back_s=0.0):
+            nonlocal it, prev, ahead
+            c.seek(max(0, int((t - back_s) / tb)), stream=st, backward=True, any_frame=False)
+            it, prev, ahead = c.decode(st), None, None
+
+        def pull():
+            nonlocal count
+            if ahead is not None:
+                return ahead
+            f = next(it, None)
+            count += 1
+            return None if f is None else (_frame_time(f, count - 1, fps), f)
+
+        try:
+            for t in want:
+                if it is None or (prev is not None and t < prev[0] - _EPS_S) or \
+                        (prev is not None and t - prev[0] > cfg.seek_gap_s) or (prev is None and ahead is None):
+                    seek(t)
+                    first, back = pull(), 0.0
+                    # a seek may land after t (a container with a coarse index): back off until it does not,
+                    # at worst to the start (or t lies before the first frame)
+                    while first is not None and first[0] > t + _EPS_S and t - back > 0:
+                        back = max(1.0, 4 * back)
+                        seek(t, back)
+                        first = pull()
+                    ahead = first
+                while True:
+                    nxt = pull()
+                    if nxt is None or nxt[0] > t + _EPS_S:
+                        ahead = nxt
+                        break
+                    ahead, prev = None, nxt
+                pick = prev if prev is not None else ahead          # t before the first frame: the first frame
+                if pick is None:
+                    raise VideoError(f"missing frame in {name}: nothing decodes at {t:.3f}s")
+                got[t] = pick
+        except VideoError:
+            raise
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - libav raises many types for bad data
+            raise _decode_error(name, e) from None
+        out = {t: (upright(f.to_ndarray(format="rgb24"), _rotation(f, st)), ft) for t, (ft, f) in got.items()}
+    return [out[float(t)][0] for t in times], [out[float(t)][1] for t in times]
+
+
+def fit_frame(img: np.ndarray, size, aspect: str = "center_crop", pad_value: int = 0) -> np.ndarray:
+    """uint8 [H, W, 3] -> [size[0], size[1], 3] under an aspect-ratio policy (``ASPECT_POLICIES``).
+
+    center_crop scales so the frame covers the target and cuts the middle; pad scales so it fits and
+    centres it on ``pad_value`` bars; resize stretches. Bicubic, antialiased when shrinking (PIL)."""
+    from PIL import Image
+
+    th, tw = size
+    h, w = img.shape[:2]
+    if (h, w) == (th, tw):
+        return img
+    if aspect == "resize":
+        return np.asarray(Image.fromarray(img).resize((tw, th), Image.BICUBIC))
+    scale = max(th / h, tw / w) if aspect == "center_crop" else min(th / h, tw / w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    out = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
+    if aspect == "center_crop":
+        y, x = (nh - th) // 2, (nw - tw) // 2
+        return np.ascontiguousarray(out[y:y + th, x:x + tw])
+    if aspect != "pad":
+        raise ValueError(f"aspect: must be one of {ASPECT_POLICIES}, got {aspect!r}")
+    canvas = np.full((th, tw, 3), pad_value, np.uint8)
+    y, x = (th - nh) // 2, (tw - nw) // 2
+    canvas[y:y + nh, x:x + nw] = out
+    return canvas
