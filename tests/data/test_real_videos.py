@@ -1,0 +1,342 @@
+"""Real videos -> sessions (data/inputs.py, video.py's seek reader, shots.py, filters.py, real.py).
+
+Independent references: the cut frames the clips were written with; a decode-everything
+reader (``read_all_timed``) against the seek reader; the pts a VFR clip was written with;
+the picture a rotated clip was made from.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from real_clips import (CODECS, corrupt_middle_packet, make_frames, scene_frame, unsupported_codec, write_audio_only,
+                        write_clip)
+
+from vincie_mcore.data.annotate import Annotator, Transition
+from vincie_mcore.data.filters import FilterConfig
+from vincie_mcore.data.inputs import InputsConfig, from_directory, from_manifest
+from vincie_mcore.data.real import RealBuildConfig, build_real_sessions, read_stats
+from vincie_mcore.data.sampling import SamplingConfig, sample_shot_times
+from vincie_mcore.data.segment import Segmenter
+from vincie_mcore.data.shots import ShotConfig, scan_video
+from vincie_mcore.data.store import SessionStore
+from vincie_mcore.data.video import (DecodeConfig, VideoError, fit_frame, frame_at, probe_stream, read_all_timed,
+                                     read_at_times)
+
+SCENES = [("moving", 30), ("gradient", 25), ("moving", 35), ("freeze", 60)]     # cuts at 30, 55, 90
+
+
+def png(b):
+    return np.asarray(Image.open(io.BytesIO(b)))
+
+
+# ----------------------------------------------------------------------------- test scaffolding
+class DiffAnnotator(Annotator):
+    """TEST SCAFFOLDING, not a model: a deterministic text from the mean brightness change, so
+    the pipeline's plumbing can be checked without a VLM (the VLM annotator lives in data/vlm.py)."""
+    name = "test_diff"
+
+    def annotate(self, frames, frame_indices, video_meta):
+        assert video_meta["frame_times"] and len(video_meta["frame_times"]) == len(frames)
+        out = []
+        for a, b in zip(frames, frames[1:]):
+            d = float(b.astype(np.int16).mean() - a.astype(np.int16).mean())
+            out.append(Transition(f"change brightness by {d:+.0f}", "None"))
+        return out
+
+
+class DiffSegmenter(Segmenter):
+    """TEST SCAFFOLDING: the RoE is where the two frames differ by more than 40 levels."""
+    name = "test_diff"
+
+    def segment(self, frames, frame_indices, transitions, video_meta):
+        out = []
+        for a, b in zip(frames, frames[1:]):
+            m = (np.abs(a.astype(np.int16) - b).max(-1) > 40).astype(np.uint8) * 255
+            out.append((m, m))
+        return out
+
+
+def small_cfg(**over) -> RealBuildConfig:
+    d = {"decode": {"size": [48, 64]}, "sampling": {"strategy": "mixed", "interval_s": 0.25, "n_frames": [2, 6]},
+         "filters": {"min_duration_s": 0.5, "min_height": 32, "min_width": 32, "min_shot_s": 0.3},
+         "timeout_s": 60, "max_mb": 0}
+    for k, v in over.items():
+        d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
+    return RealBuildConfig.from_dict(d)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("clips")
+    frames, cuts = make_frames(SCENES)
+    paths = {}
+    for codec in ("h264", "vp9"):
+        p = d / f"cuts{CODECS[codec][1]}"
+        write_clip(p, frames, codec)
+        paths[codec] = p
+    return d, paths, frames, cuts
+
+
+# ----------------------------------------------------------------------------- shots
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_cuts_found_within_one_frame(clips, codec):
+    _, paths, frames, cuts = clips
+    p = paths[codec]
+    scan = scan_video(p, ShotConfig(detector="content"), probe_stream(p))
+    assert len(scan.cuts) == len(cuts)
+    assert all(abs(a - b) <= 1 for a, b in zip(scan.cuts, cuts)), (scan.cuts, cuts)
+    assert [s.num_frames for s in scan.shots] and sum(s.num_frames for s in scan.shots) == len(frames)
+    # adaptive: may miss a cut on these tiny clips, but finds no cut that is not there
+    ad = scan_video(p, ShotConfig(detector="adaptive", threshold=3.0), probe_stream(p))
+    assert all(min(abs(c - t) for t in cuts) <= 1 for c in ad.cuts)
+
+
+def test_sessions_never_cross_a_cut(clips, tmp_path):
+    d, paths, frames, cuts = clips
+    cut_times = [c / 24 for c in cuts]
+    cfg = small_cfg(sampling={"interval_s": 0.2, "max_frames": 20})
+    s = build_real_sessions(from_directory(d), tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    assert s["failed"] == 0 and s["sessions"] >= 6
+    st = SessionStore(tmp_path / "s")
+    for i in range(len(st)):
+        r = st[i]
+        ft = r.meta["frame_times"]
+        assert 2 <= len(ft) <= 20 and ft == sorted(ft)
+        assert not any(ft[0] < c <= ft[-1] for c in cut_times), (r.video_id, ft)     # no cut inside a session
+        a, b = r.meta["shot_span_s"]
+        assert a <= ft[0] and ft[-1] <= b
+        assert png(r.frames[0]).shape == (48, 64, 3) and png(r.roe_src[0]).shape == (48, 64)
+
+
+def test_shot_sampling_strategies():
+    rng = np.random.default_rng(0)
+    eq, s = sample_shot_times(1.0, 4.0, SamplingConfig(strategy="equal", interval_s=1.0), rng)
+    assert s == "equal" and eq == [1.0, 2.0, 3.0, 4.0]
+    fx, s = sample_shot_times(1.0, 4.0, SamplingConfig(strategy="fixed", n_frames=(4, 4)), rng)
+    assert s == "fixed" and fx == [1.0, 2.0, 3.0, 4.0]
+    capped, _ = sample_shot_times(0.0, 100.0, SamplingConfig(strategy="equal", interval_s=1.0, max_frames=20), rng)
+    assert len(capped) == 20
+    snapped, _ = sample_shot_times(0.0, 1.0, SamplingConfig(strategy="fixed", n_frames=(6, 6)), rng,
+                                   frame_times=[0.0, 0.5, 1.0])
+    assert snapped == [0.0, 0.5, 1.0]                     # six wanted times land on three frames
+
+
+# ----------------------------------------------------------------------------- decode
+@pytest.mark.parametrize("codec", ["h264", "vp9"])
+def test_seek_equals_full_decode(clips, codec):
+    """Exact, for H.264 (B-frames, GOP 12) as for VP9: seeking lands on a keyframe and decoding
+    forward from it gives the same pixels as decoding from the start."""
+    _, paths, frames, _ = clips
+    times_all, ref = read_all_timed(paths[codec])
+    assert len(ref) == len(frames)
+    rng = np.random.default_rng(1)
+    want = list(rng.uniform(0, times_all[-1] + 0.1, 20)) + [times_all[7], times_all[100], times_all[3], -0.5]
+    for gap in (0.0, 2.0):                                  # always seek; decode on when close
+        got, got_t = read_at_times(paths[codec], want, DecodeConfig(seek_gap_s=gap))
+        for t, g, gt in zip(want, got, got_t):
+            i = frame_at(times_all, t)
+            assert gt == pytest.approx(times_all[i], abs=1e-9) and np.array_equal(g, ref[i]), (t, i)
+
+
+def test_rotated_clip_comes_out_upright(tmp_path):
+    up = np.stack([scene_frame("moving", k, 64, 96, 2) for k in range(12)])     # upright: 64 tall, 96 wide
+    # a camera stores it turned a quarter clockwise and asks players to turn it back (90 ccw)
+    write_clip(tmp_path / "r.mp4", np.ascontiguousarray(np.rot90(up, k=-1, axes=(1, 2))), "h264", rotation=90)
+    info = probe_stream(tmp_path / "r.mp4")
+    assert (info.rotation, info.height, info.width) == (90, 64, 96)
+    (f,), _ = read_at_times(tmp_path / "r.mp4", [0.2])
+    assert f.shape == (64, 96, 3)
+    assert np.abs(f.astype(int) - up[frame_at(np.arange(12) / 24, 0.2)]).mean() < 3
+    # a 'rotate=90' phone file: the MP4 track matrix turns it a quarter clockwise (no PyAV writer involved)
+    write_clip(tmp_path / "p.mp4", np.ascontiguousarray(np.rot90(up, k=1, axes=(1, 2))), "h264")
+    data = bytearray((tmp_path / "p.mp4").read_bytes())
+    m = data.find(b"tkhd") + 4 + 40                          # version 0 tkhd: the 3x3 matrix after 40 bytes
+    data[m:m + 36] = np.array([0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30], ">i4").tobytes()
+    (tmp_path / "p.mp4").write_bytes(bytes(data))
+    assert probe_stream(tmp_path / "p.mp4").rotation == 270
+    (g,), _ = read_at_times(tmp_path / "p.mp4", [0.2])
+    assert g.shape == (64, 96, 3) and np.abs(g.astype(int) - up[4]).mean() < 3
+
+
+def test_vfr_clip_samples_by_time(tmp_path):
+    """Frame k shows grey level 20 + 3k; the frames sit at uneven times. The frame picked for t is
+    the one on screen at t by the written pts, not index round(t * fps)."""
+    n = 50
+    pts = np.cumsum(np.r_[0, np.random.default_rng(2).choice([20, 40, 120], n - 1)])     # ms
+    frames = np.stack([np.full((48, 64, 3), 20 + 3 * k, np.uint8) for k in range(n)])
+    write_clip(tmp_path / "v.mkv", frames, "h264", pts_ms=pts)
+    want = list(np.arange(0, pts[-1] / 1000, 0.1))
+    got, got_t = read_at_times(tmp_path / "v.mkv", want)
+    index_guess_wrong = 0
+    for t, g, gt in zip(want, got, got_t):
+        k = int(np.searchsorted(pts / 1000, t + 1e-6, side="right") - 1)
+        assert round((g.mean() - 20) / 3) == k and gt == pytest.approx(pts[k] / 1000)
+        index_guess_wrong += round(t * probe_stream(tmp_path / "v.mkv").fps) != k
+    assert index_guess_wrong > len(want) // 2             # a frame-index reader would pick other frames
+
+
+def test_odd_size_and_aspect_policies(tmp_path):
+    frames = np.stack([scene_frame("moving", k, 61, 97, 1) for k in range(10)])
+    write_clip(tmp_path / "o.webm", frames, "vp9")
+    (f,), _ = read_at_times(tmp_path / "o.webm", [0.1])
+    assert f.shape == (61, 97, 3)
+    img = np.zeros((50, 100, 3), np.uint8)
+    img[:, :25] = 255                                       # white left quarter
+    assert fit_frame(img, (40, 40), "center_crop")[:, 2:].max() < 30         # the white left quarter is cut away
+    pad = fit_frame(img, (40, 40), "pad", pad_value=7)
+    assert pad.shape == (40, 40, 3) and (pad[:10] == 7).all() and (pad[-10:] == 7).all() and pad[15:25, :8].min() > 200
+    st = fit_frame(img, (40, 40), "resize")
+    assert st[:, :8].min() > 200 and st[:, 12:].max() < 60
+    with pytest.raises(ValueError, match="build.decode.aspect"):
+        DecodeConfig(aspect="stretch")
+
+
+# ----------------------------------------------------------------------------- filters
+def test_each_filter_counts(tmp_path):
+    d = tmp_path / "v"
+    d.mkdir()
+    write_clip(d / "short.mp4", make_frames([("moving", 8)])[0], "h264")                      # 0.33 s
+    write_clip(d / "tiny.mp4", make_frames([("moving", 30)], h=24, w=32)[0], "h264")          # 32x24
+    write_clip(d / "static.mp4", make_frames([("still", 40)])[0], "h264")
+    write_clip(d / "black.mp4", make_frames([("moving", 30), ("black", 30)])[0], "h264")
+    write_clip(d / "grey.mp4", make_frames([("moving", 30), ("grey", 30)])[0], "h264")
+    write_clip(d / "freeze.mp4", make_frames([("freeze", 60)])[0], "h264")
+    write_clip(d / "cutshort.mp4", make_frames([("moving", 30), ("gradient", 14)])[0], "h264")   # 0.54 s shot
+    cfg = small_cfg(sampling={"strategy": "fixed", "n_frames": [5, 5]},
+                    filters={"min_duration_s": 1.0, "min_shot_s": 0.8})
+    s = build_real_sessions(from_directory(d), tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    f = s["filters"]
+    assert f["short_video"] == 1 and f["low_resolution"] == 1 and f["static_shot"] == 1
+    assert f["black_frame"] == 5 and f["blank_frame"] == 5 and f["short_shot"] == 1
+    assert f["duplicate_frame"] >= 1 and f["too_few_frames"] >= 2
+    fails = SessionStore(tmp_path / "s").failures()
+    assert fails["short.mp4"] == "filtered: video lasts 0.33s < min_duration_s=1"
+    assert fails["tiny.mp4"] == "filtered: video is 32x24 < min 32x32"
+    assert "static_shot 1" in fails["static.mp4"]
+    st = SessionStore(tmp_path / "s")
+    assert sorted(st.video_ids()) == ["black.mp4/shot_0000", "cutshort.mp4/shot_0000", "freeze.mp4/shot_0000", "grey.mp4/shot_0000"]
+    fr = next(st[i] for i in range(len(st)) if st[i].video_id == "freeze.mp4/shot_0000")
+    assert len(fr.frames) < 5                                # the held frames went as duplicates
+    assert read_stats(tmp_path / "s") == f
+
+
+# ----------------------------------------------------------------------------- bad inputs
+def test_bad_inputs_skipped_with_reasons(clips, tmp_path):
+    _, paths, _, _ = clips
+    root = tmp_path / "root"
+    root.mkdir()
+    shutil.copy(paths["h264"], root / "good.mp4")
+    shutil.copy(paths["vp9"], root / "good2.webm")
+    frames = make_frames([("moving", 40), ("gradient", 40)])[0]
+    write_clip(root / "fs.mp4", frames, "h264", faststart=True)
+    data = (root / "fs.mp4").read_bytes()
+    (root / "trunc_fast.mp4").write_bytes(data[: len(data) * 6 // 10])          # moov first, media cut
+    (root / "fs.mp4").unlink()
+    data = (root / "good.mp4").read_bytes()
+    (root / "trunc.mp4").write_bytes(data[: len(data) // 2])                    # moov at the end: lost
+    write_audio_only(root / "audio.m4a")
+    (root / "audio.m4a").rename(root / "audio.mp4")
+    (root / "empty.mp4").write_bytes(b"")
+    unsupported_codec(root / "good.mp4", root / "codec.mp4")
+    corrupt_middle_packet(root / "good.mp4", root / "corrupt.mp4")
+    outside = tmp_path / "outside.mp4"
+    shutil.copy(paths["h264"], outside)
+    os.symlink(outside, root / "link.mp4")
+
+    rows = [{"path": "good.mp4", "caption": "a clip"}, {"path": "good2.webm", "id": "second"},
+            {"path": "trunc.mp4"}, {"path": "trunc_fast.mp4"}, {"path": "audio.mp4"}, {"path": "empty.mp4"},
+            {"path": "codec.mp4"}, {"path": "corrupt.mp4"},
+            {"path": "../outside.mp4"}, {"path": str(outside)}, {"path": "link.mp4"},
+            {"path": "good.mp4", "id": "../../evil"}, {"path": "missing.mp4"}, {"caption": "no path"}]
+    man = tmp_path / "m.jsonl"
+    man.write_text("\n".join(json.dumps(r) for r in rows) + "\nnot json\n")
+    inputs = from_manifest(man, root=root)
+    assert len(inputs.videos) == 8 and len(inputs.skipped) == 7
+    reasons = dict(inputs.skipped)
+    assert "climbs out" in reasons["m.jsonl:9"] and "absolute path" in reasons["m.jsonl:10"]
+    assert "leads out" in reasons["m.jsonl:11"] and "climbs out" in reasons["m.jsonl:12"]
+    assert "not a file" in reasons["m.jsonl:13"] and "no 'path'" in reasons["m.jsonl:14"]
+    assert "not a JSON object" in reasons["m.jsonl:15"]
+
+    cfg = small_cfg(workers=2)
+    # first the good videos alone: what they write must survive the bad run
+    good = from_manifest(man, root=root)
+    good.videos, good.skipped = [v for v in good.videos if v.video_id in ("good.mp4", "second")], []
+    s1 = build_real_sessions(good, tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    before = SessionStore(tmp_path / "s")
+    first = {before[i].video_id: before[i].frames for i in range(len(before))}
+    assert s1["written_videos"] == 2 and s1["failed"] == 0
+
+    s = build_real_sessions(inputs, tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    assert (s["skipped"], s["failed"], s["written_videos"]) == (2, 6, 0)
+    fails = SessionStore(tmp_path / "s").failures()
+    assert fails["trunc.mp4"].startswith("cannot open video trunc.mp4")
+    assert fails["trunc_fast.mp4"].startswith(("truncated video trunc_fast.mp4", "corrupt video trunc_fast.mp4"))
+    assert fails["audio.mp4"] == "no video stream in audio.mp4"
+    assert fails["empty.mp4"] == "empty file empty.mp4: zero bytes"
+    assert fails["codec.mp4"].startswith("unsupported codec in codec.mp4")
+    assert fails["corrupt.mp4"].startswith("corrupt video corrupt.mp4")
+    assert sum(k.startswith("inputs:m.jsonl:") for k in fails) == 7
+    lines = (tmp_path / "s" / "failures.jsonl").read_text().splitlines()
+    assert len(lines) == 13 and all(json.loads(l)["reason"] for l in lines)
+    after = SessionStore(tmp_path / "s")
+    assert {after[i].video_id: after[i].frames for i in range(len(after))} == first     # nothing lost
+    assert after[0].meta["caption"] == "a clip"
+    s3 = build_real_sessions(inputs, tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    assert (s3["skipped"], s3["failed"]) == (8, 0)                                      # a rerun has nothing to do
+    assert len((tmp_path / "s" / "failures.jsonl").read_text().splitlines()) == 13
+
+
+def test_inputs_directory_and_csv(tmp_path):
+    (tmp_path / "my clips").mkdir()
+    frames = make_frames([("moving", 30)])[0]
+    write_clip(tmp_path / "my clips" / "a b.mp4", frames, "h264")
+    (tmp_path / "notes.txt").write_text("x")
+    inp = from_directory(tmp_path)
+    assert [v.video_id for v in inp.videos] == ["my~20clips/a~20b.mp4"]
+    (tmp_path / "m.csv").write_text('path,caption,id\n"my clips/a b.mp4",a square,x1\n../a.mp4,,\n')
+    inp = from_manifest(tmp_path / "m.csv")
+    assert [(v.video_id, v.caption) for v in inp.videos] == [("x1", "a square")] and len(inp.skipped) == 1
+    with pytest.raises(ValueError, match="'path' column"):
+        (tmp_path / "bad.csv").write_text("file\nx.mp4\n")
+        from_manifest(tmp_path / "bad.csv")
+    assert len(from_manifest(tmp_path / "m.csv", cfg=InputsConfig(allow_symlinks_out=True)).videos) == 1
+
+
+def test_config_errors_name_the_key():
+    for d, match in [({"shots": {"treshold": 3}}, r"build.shots.treshold: unknown key"),
+                     ({"filters": {"min_shot_s": -1}}, r"build.filters.min_shot_s"),
+                     ({"decode": {"size": [4, 4]}}, r"build.decode.size"),
+                     ({"sampling": {"min_change": 2.0}}, r"build.sampling.min_change"),
+                     ({"sampling": {"strategy": "all"}}, r"SamplingConfig.strategy"),
+                     ({"wokers": 2}, r"build.wokers: unknown key")]:
+        with pytest.raises(ValueError, match=match) as e:
+            RealBuildConfig.from_dict(d)
+        assert "\n" not in str(e.value)
+    RealBuildConfig.from_dict({"filters": FilterConfig().__dict__})
+
+
+# ----------------------------------------------------------------------------- end to end
+def test_end_to_end_store_reads_in_training(clips, tmp_path):
+    d, paths, _, _ = clips
+    v = tmp_path / "v"
+    v.mkdir()
+    for i, (codec, scenes) in enumerate([("h264", [("moving", 40), ("gradient", 30)]),
+                                         ("vp9", [("gradient", 36), ("moving", 36)]),
+                                         ("h264", [("freeze", 60)])]):
+        write_clip(v / f"c{i}{CODECS[codec][1]}", make_frames(scenes)[0], codec)
+    cfg = small_cfg(shots={"detector": "content"}, decode={"size": [32, 32], "aspect": "pad"}, shard_size=2)
+    s = build_real_sessions(from_directory(v), tmp_path / "s", cfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    assert s["written_videos"] == 3 and s["sessions"] == 5
+    st = SessionStore(tmp_path / "s")
+    assert len(st) == 5 and all(st[i].texts[0].startswith("change brightness") for i in range(5))
+    from vincie_mcore.data.corpus import CorpusConfig, decode_corpus
+    dec = decode_corpus(tmp_path / "s", CorpusConfig(store=str(tmp_path / "s")))
+    assert len(dec) == 5 and dec[0].frames.shape[1:] == (32, 32, 3)
+    assert np.array_equal(dec[0].frames[0], png(st[0].frames[0]))
