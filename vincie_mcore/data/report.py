@@ -1,0 +1,161 @@
+"""What is in a session store: ``stats`` (numbers, JSON) and ``preview`` (contact sheets, PNG).
+
+Whatever built the store (synthetic world, real videos with a VLM and GroundingDINO + SAM2), a
+researcher checks it the same way before training on it:
+- sessions and frames per session;
+- text lengths;
+- the edit-type mix (keywords in the texts, ``EDIT_TYPES``);
+- the camera mix;
+- RoE coverage: how much of each frame the masks mark, and how often they are empty;
+- failures by reason, from ``failures.jsonl``.
+
+The contact sheets show random sessions: every frame, the RoE maps tinted over the frames they belong
+to (source red on frame i, target green on frame i+1), and each transition's text.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from .store import SessionStore, read_failures
+
+# A transition counts toward every type whose words it uses; none -> "other". Order = report order.
+EDIT_TYPES: dict[str, tuple[str, ...]] = {
+    "add": ("add", "appear", "appears", "place", "put", "insert", "enter", "enters"),
+    "remove": ("remove", "delete", "disappear", "disappears", "take away", "erase", "leave", "leaves"),
+    "move": ("move", "moves", "shift", "slide", "turn", "rotate", "raise", "lower", "walk", "lift", "swap"),
+    "attribute": ("color", "colour", "red", "green", "blue", "yellow", "white", "black", "purple", "orange",
+                  "bright", "dark", "bigger", "smaller", "larger", "size", "texture", "shape"),
+    "replace": ("replace", "change the", "into a", "turn it into", "instead"),
+    "action": ("smile", "sit", "stand", "hold", "open", "close", "look", "pick", "wave", "run", "jump"),
+    "global": ("background", "weather", "lighting", "light", "night", "day", "season", "style", "scene"),
+    "camera": ("zoom", "pan", "tilt", "dolly", "orbit", "camera"),
+}
+
+
+def edit_types(text: str) -> list[str]:
+    """The ``EDIT_TYPES`` a transition text uses (word matches), or ["other"]."""
+    t = " " + " ".join(re.findall(r"[a-z]+", text.lower())) + " "
+    found = [k for k, words in EDIT_TYPES.items() if any(f" {w} " in t for w in words)]
+    return found or ["other"]
+
+
+def _coverage(png: bytes) -> float:
+    from PIL import Image
+
+    m = np.asarray(Image.open(io.BytesIO(png)))
+    return float((m > 127).mean())
+
+
+def _pct(values, q):
+    return float(np.percentile(values, q)) if len(values) else None
+
+
+def store_stats(root) -> dict:
+    """Every number of the module docstring, for the store at ``root``."""
+    st = SessionStore(root)
+    frames, words, types, cameras = [], [], Counter(), Counter()
+    cov_src, cov_tgt = [], []
+    for i in range(len(st)):
+        s = st[i]
+        frames.append(s.num_frames)
+        for text in s.texts:
+            words.append(len(text.split()))
+            types.update(edit_types(text))
+        cameras.update(str(c) for c in s.cameras)
+        cov_src += [_coverage(p) for p in s.roe_src]
+        cov_tgt += [_coverage(p) for p in s.roe_tgt]
+    n_trans = len(words)
+    fails = Counter(re.sub(r"\d+(\.\d+)?", "#", r) for r in read_failures(root).values())
+    both_empty = sum(a == 0 and b == 0 for a, b in zip(cov_src, cov_tgt))
+    return {
+        "store": str(root),
+        "sessions": len(st),
+        "transitions": n_trans,
+        "frames_per_session": {"min": min(frames, default=None), "mean": round(float(np.mean(frames)), 3) if frames else None,
+                               "max": max(frames, default=None), "histogram": dict(sorted(Counter(frames).items()))},
+        "text_words": {"mean": round(float(np.mean(words)), 2) if words else None, "p50": _pct(words, 50),
+                       "p95": _pct(words, 95), "max": max(words, default=None)},
+        "edit_types": {k: types[k] for k in [*EDIT_TYPES, "other"] if types[k]},
+        "edit_type_share": {k: round(types[k] / n_trans, 4) for k in [*EDIT_TYPES, "other"] if types[k]} if n_trans else {},
+        "cameras": dict(cameras.most_common()),
+        "roe": {"src_mean_coverage": round(float(np.mean(cov_src)), 4) if cov_src else None,
+                "tgt_mean_coverage": round(float(np.mean(cov_tgt)), 4) if cov_tgt else None,
+                "empty_share": round(both_empty / n_trans, 4) if n_trans else None},
+        "failures": sum(fails.values()),
+        "failures_by_reason": dict(fails.most_common()),
+    }
+
+
+def format_stats(s: dict) -> str:
+    """The stats as a few readable lines."""
+    f, t, r = s["frames_per_session"], s["text_words"], s["roe"]
+    lines = [f"{s['store']}: {s['sessions']} sessions, {s['transitions']} transitions, {s['failures']} failed videos",
+             f"  frames/session  min {f['min']}  mean {f['mean']}  max {f['max']}",
+             f"  text words      mean {t['mean']}  p50 {t['p50']}  p95 {t['p95']}  max {t['max']}",
+             "  edit types      " + "  ".join(f"{k} {v:.0%}" for k, v in s["edit_type_share"].items()),
+             "  cameras         " + "  ".join(f"{k} {v}" for k, v in list(s["cameras"].items())[:8]),
+             f"  RoE coverage    src {r['src_mean_coverage']}  tgt {r['tgt_mean_coverage']}  both empty {r['empty_share']}"]
+    lines += [f"  failed: {n} x {why}" for why, n in list(s["failures_by_reason"].items())[:10]]
+    return "\n".join(lines)
+
+
+def _tint(frame: np.ndarray, mask_png: bytes | None, rgb) -> np.ndarray:
+    from PIL import Image
+
+    out = frame.astype(np.float32)
+    if mask_png is not None:
+        m = np.asarray(Image.open(io.BytesIO(mask_png))) > 127
+        if m.shape == frame.shape[:2]:
+            out[m] = 0.5 * out[m] + 0.5 * np.asarray(rgb, np.float32)
+    return out.astype(np.uint8)
+
+
+def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0, tile: int = 128) -> list[Path]:
+    """Contact sheets of ``sessions`` random sessions -> the PNG paths.
+
+    One row per session: frame 0, then each later frame. Frame i carries transition i's source map in red,
+    frame i+1 its target map in green, and the text of transition i sits under frame i+1."""
+    import textwrap
+
+    from PIL import Image, ImageDraw
+
+    st = SessionStore(root)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pick = np.random.default_rng(seed).permutation(len(st))[:sessions]
+    cap_lines = 4
+    row_h = tile + 12 * cap_lines + 16
+    paths = []
+    for sheet, start in enumerate(range(0, len(pick), per_sheet)):
+        rows = [st[int(i)] for i in pick[start:start + per_sheet]]
+        width = max(s.num_frames for s in rows) * (tile + 4) + 4
+        img = Image.new("RGB", (width, row_h * len(rows)), "white")
+        d = ImageDraw.Draw(img)
+        for r, s in enumerate(rows):
+            y = r * row_h
+            d.text((4, y + 2), f"{s.video_id}  ({s.num_frames} frames)", fill="black")
+            for k, png in enumerate(s.frames):
+                fr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                fr = _tint(fr, s.roe_src[k] if k < len(s.roe_src) else None, (255, 0, 0))
+                fr = _tint(fr, s.roe_tgt[k - 1] if k > 0 else None, (0, 255, 0))
+                img.paste(Image.fromarray(fr).resize((tile, tile), Image.NEAREST), (4 + k * (tile + 4), y + 14))
+                if k > 0:
+                    for j, line in enumerate(textwrap.wrap(s.texts[k - 1], max(tile // 6, 1))[:cap_lines]):
+                        d.text((4 + k * (tile + 4), y + 16 + tile + 12 * j), line, fill="black")
+        p = out_dir / f"preview_{sheet:02d}.png"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def write_stats(root, out_json=None) -> dict:
+    s = store_stats(root)
+    path = Path(out_json) if out_json else Path(root) / "stats.json"
+    path.write_text(json.dumps(s, indent=2))
+    return s
