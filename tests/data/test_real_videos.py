@@ -340,3 +340,14 @@ def test_end_to_end_store_reads_in_training(clips, tmp_path):
     dec = decode_corpus(tmp_path / "s", CorpusConfig(store=str(tmp_path / "s")))
     assert len(dec) == 5 and dec[0].frames.shape[1:] == (32, 32, 3)
     assert np.array_equal(dec[0].frames[0], png(st[0].frames[0]))
+
+
+def test_docs_config_block_is_the_defaults():
+    """docs/real_videos.md lists every key with its default; keep them in step."""
+    import re
+    from pathlib import Path
+
+    import yaml
+    text = (Path(__file__).resolve().parents[2] / "docs" / "real_videos.md").read_text()
+    block = re.search(r"## Config keys.*?```yaml\n(.*?)```", text, re.S).group(1)
+    assert RealBuildConfig.from_dict(yaml.safe_load(block)) == RealBuildConfig()
