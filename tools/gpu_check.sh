@@ -189,6 +189,15 @@ if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_fp16 40 "$PY" -m vincie_tools.check_attention --device cuda --dtype float16 \
         --cases 6 --seed 2 --out "$OUT/check_attention_fp16.json"
 fi
+# Our SAM2 input steps against Sam2Processor: it needs torchvision, which GPU containers bring
+# and the CPU lock cannot (data/grounded_sam.py). Skips itself, with the reason, without it.
+PYTEST_PATH=${PYTEST_PATH:-$TE_PYTEST_PATH}
+if "$PY" -c "import torchvision, transformers" 2>/dev/null && PYTHONPATH="$PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
+    run_step pytest_sam2_inputs 60 env PYTHONPATH="$PYTEST_PATH" "$PY" -m pytest -q -rs -p no:cacheprovider \
+        tests/data/test_grounded_sam.py -k sam2_inputs
+else
+    record pytest_sam2_inputs skipped 0 0 "torchvision, transformers or pytest not importable"
+fi
 
 # ============================================================================ Summary
 T_TOTAL=$(( $(date +%s) - T_START ))

@@ -104,7 +104,7 @@ def test_bad_videos_skipped_with_reasons_and_rerun_skips(corpus, tmp_path):
 
 
 def test_cli_synthetic(tmp_path, capsys):
-    from vincie_tools.build_sessions import main
+    from vincie_tools.build_sessions import run_cli as main
     s = main(["--synthetic", "5", "--videos", str(tmp_path / "v"), "--out", str(tmp_path / "s"), "--sampling", "fixed",
               "--shard-size", "2", "--quiet", "--world", '{"image_px": 64, "grid_rows": 4, "grid_cols": 4, "cell_px": 16}'])
     assert s["written"] == 5

@@ -335,7 +335,7 @@ def test_build_skips_hostile_videos_within_time_and_memory(hostile_folder, tmp_p
 
 
 def test_cli_flags_set_the_limits(hostile_folder, tmp_path, capsys):
-    from vincie_tools.build_sessions import main
+    from vincie_tools.build_sessions import run_cli as main
     d = tmp_path / "v"
     d.mkdir()
     for f in list(hostile_folder.glob("vid_000000*")) + [hostile_folder / "huge.avi"]:

@@ -1,7 +1,15 @@
-"""Build a session store from a folder of videos (or from synthetic videos).
+"""Build a session store from videos: synthetic in one go, real ones in parts (a Slurm array).
 
-    vincie-build-sessions --videos VIDEOS --out STORE [--sampling mixed] [--workers 2]
     vincie-build-sessions --synthetic 2000 --videos VIDEOS --out STORE --world demo
+    vincie-build-sessions --videos VIDEOS --out STORE [--sampling mixed] [--workers 2]   # synthetic sidecars
+
+Real videos (docs/real_videos.md), each step resumable:
+
+    vincie-build-sessions plan --manifest videos.jsonl --store STORE --shards 64 --config build.yaml
+    vincie-build-sessions run --store STORE --shard 3/64        # one part (slurm/sessions.sh: an array)
+    vincie-build-sessions merge --store STORE                   # index the parts, no frame copied
+    vincie-build-sessions stats --store STORE                   # numbers; STORE/stats.json
+    vincie-build-sessions preview --store STORE --out previews --sessions 8
 
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth
@@ -59,7 +67,127 @@ def world_from_arg(s: str) -> WorldConfig:
         raise SystemExit(f"--world: expected 'demo', 'default' or a JSON object, got {s!r}") from None
 
 
-def main(argv=None) -> dict:
+STEPS = ("plan", "run", "merge", "stats", "preview")
+
+
+def _steps_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vincie-build-sessions", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="step", required=True)
+    pl = sub.add_parser("plan", help="list the inputs and split them into parts")
+    src = pl.add_mutually_exclusive_group(required=True)
+    src.add_argument("--videos", help="folder of videos (recursive)")
+    src.add_argument("--manifest", help="JSONL or CSV: path, optional caption, optional id")
+    pl.add_argument("--root", default=None, help="manifest: folder its relative paths start from (default: its own)")
+    pl.add_argument("--store", required=True)
+    pl.add_argument("--shards", type=int, required=True, help="number of parts (array tasks)")
+    pl.add_argument("--config", required=True, help="YAML with build:, annotator:, segmenter: (docs/real_videos.md)")
+    r = sub.add_parser("run", help="build one part, with the plan's config")
+    r.add_argument("--store", required=True)
+    r.add_argument("--shard", required=True, help="i/N (a Slurm array: $SLURM_ARRAY_TASK_ID/N)")
+    r.add_argument("--retry-failed", action="store_true")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+    m = sub.add_parser("merge", help="index every part's shards at the store root")
+    m.add_argument("--store", required=True)
+    st = sub.add_parser("stats", help="sessions, frames, texts, edit types, cameras, RoE coverage, failures")
+    st.add_argument("--store", required=True)
+    st.add_argument("--json", default=None, help="where to write them (default: STORE/stats.json)")
+    pv = sub.add_parser("preview", help="contact sheets of random sessions (PNG)")
+    pv.add_argument("--store", required=True)
+    pv.add_argument("--out", required=True)
+    pv.add_argument("--sessions", type=int, default=8)
+    pv.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def _load_yaml(path) -> dict:
+    import yaml
+
+    try:
+        d = yaml.safe_load(open(path))
+    except OSError as e:
+        raise FileNotFoundError(f"--config {path}: cannot read it: {e.strerror}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"--config {path}: expected a mapping with build:, annotator:, segmenter:")
+    bad = sorted(set(d) - {"build", "annotator", "segmenter"})
+    if bad:
+        raise ValueError(f"{bad[0]}: unknown section (known: annotator, build, segmenter)")
+    return d
+
+
+def steps_main(argv) -> dict:
+    """plan / run / merge / stats / preview; see the module docstring."""
+    a = _steps_parser().parse_args(argv)
+    from vincie_mcore.data import sharded
+    from vincie_mcore.data.real import RealBuildConfig
+
+    if a.step == "plan":
+        from vincie_mcore.data.inputs import from_directory, from_manifest
+        from vincie_mcore.data.labelers import make_annotator, make_segmenter
+
+        conf = _load_yaml(a.config)
+        cfg = RealBuildConfig.from_dict(conf.get("build"))     # every section checked now, not in 64 tasks
+        make_segmenter({"kind": "none"} if (conf.get("segmenter") or {}).get("kind") == "gsam"
+                       else conf.get("segmenter"))             # gsam: its folders are checked in run
+        if (conf.get("annotator") or {}).get("kind") != "vlm":
+            make_annotator(conf.get("annotator"))
+        inputs = (from_manifest(a.manifest, a.root, cfg.inputs) if a.manifest
+                  else from_directory(a.videos, cfg.inputs))
+        info = sharded.plan(inputs, a.store, a.shards, conf)
+        print(f"plan: {info['videos']} videos in {a.shards} parts, {len(info['skipped'])} inputs refused -> {a.store}/plan")
+        return info
+    if a.step == "run":
+        from vincie_mcore.data.labelers import make_annotator, make_segmenter, runs_in_process
+        from vincie_mcore.data.real import build_real_sessions, format_real_summary
+
+        i, n = sharded.parse_shard(a.shard)
+        inputs = sharded.part_inputs(a.store, i, n)
+        _, conf = sharded.read_plan(a.store)
+        cfg = RealBuildConfig.from_dict(conf.get("build"))
+        annotator, segmenter = make_annotator(conf.get("annotator")), make_segmenter(conf.get("segmenter"))
+        if hasattr(annotator, "check"):
+            annotator.check()                                   # a server down: one line now, not 1000 failures
+        if runs_in_process(segmenter):                          # torch models do not survive fork
+            cfg.workers, cfg.timeout_s, cfg.max_mb = 1, 0, 0
+        summary = build_real_sessions(inputs, sharded.part_root(a.store, i), cfg, annotator, segmenter,
+                                      retry_failed=a.retry_failed, progress=not a.quiet)
+        if cfg.workers == 1 and not cfg.timeout_s and not cfg.max_mb:      # counted here, not in workers
+            for key, part in (("annotator", annotator), ("segmenter", segmenter)):
+                if hasattr(part, "stats"):
+                    summary[key] = part.stats()
+        print(f"part {i}/{n}: " + format_real_summary(summary))
+        return summary
+    if a.step == "merge":
+        s = sharded.merge(a.store)
+        print(f"merge: {s['parts']} parts, {s['shards']} shards, {s['sessions']} sessions, "
+              f"{s['failed']} failed inputs -> {s['store']}")
+        return s
+    from vincie_mcore.data.report import format_stats, preview, write_stats
+
+    if a.step == "stats":
+        s = write_stats(a.store, a.json)
+        print(format_stats(s))
+        return s
+    paths = preview(a.store, a.out, sessions=a.sessions, seed=a.seed)
+    print(f"preview: {len(paths)} sheets -> {a.out}")
+    return {"sheets": [str(p) for p in paths]}
+
+
+def main(argv=None) -> int:
+    """The console script: 0 when done (errors exit 2 with one line)."""
+    run_cli(argv)
+    return 0
+
+
+def run_cli(argv=None) -> dict:
+    """Parse ``argv`` and do it -> the summary (what ``main`` prints, as data)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in STEPS:
+        try:
+            return steps_main(argv)
+        except (ValueError, FileNotFoundError, RuntimeError) as e:
+            print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+            raise SystemExit(2) from None
     a = parse_args(argv)
     try:
         sampling = SamplingConfig(strategy=a.sampling, interval_s=a.interval_s, n_frames=tuple(a.n_frames),
@@ -82,4 +210,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

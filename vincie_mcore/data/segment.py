@@ -54,3 +54,13 @@ class GroundTruthSegmenter(Segmenter):
                 masks.append(m.astype(np.uint8) * 255)
             out.append((masks[0], masks[1]))
         return out
+
+
+class EmptySegmenter(Segmenter):
+    """No RoE maps: every mask empty. For a store trained with ``recipe.roe_prob: 0`` (no CSP/NSP
+    tasks), when no GroundingDINO + SAM2 is at hand; its build records segmenter "none"."""
+    name = "none"
+
+    def segment(self, frames, frame_indices, transitions, video_meta):
+        h, w = np.asarray(frames).shape[1:3]
+        return [(np.zeros((h, w), np.uint8), np.zeros((h, w), np.uint8)) for _ in transitions]

@@ -71,7 +71,8 @@ def _shard_name(i: int) -> str:
     return f"shard_{i:05d}"
 
 
-_SHARD_RE = re.compile(r"^shard_\d{5,}$")
+# A merged store (data/sharded.py) lists its parts' shards as parts/NNNNN/shard_NNNNN.
+_SHARD_RE = re.compile(r"^(parts/\d{5}/)?shard_\d{5,}$")
 
 
 def _read_index(root: Path) -> list[dict]:
@@ -81,7 +82,7 @@ def _read_index(root: Path) -> list[dict]:
     index = [json.loads(l) for l in p.read_text().splitlines() if l.strip()] if p.exists() else []
     for d in index:
         if not isinstance(d.get("shard"), str) or not _SHARD_RE.match(d["shard"]):
-            raise ValueError(f"{p}: shard name {d.get('shard')!r} is not shard_NNNNN")
+            raise ValueError(f"{p}: shard name {d.get('shard')!r} is not shard_NNNNN or parts/NNNNN/shard_NNNNN")
     return index
 
 
@@ -131,6 +132,9 @@ class SessionWriter:
             g = zarr.open_group(str(self.root), mode="r+")
             if g.attrs.get("format") != STORE_FORMAT:
                 raise ValueError(f"{self.root} is not a session store (format {g.attrs.get('format')!r})")
+            if g.attrs.get("merged_parts"):
+                raise ValueError(f"{self.root} is a merged store: build into its parts "
+                                 f"(vincie-build-sessions run --shard i/N), then merge again")
             old = g.attrs.get("build")
             if build is not None and old is None and _read_index(self.root):
                 raise StoreMismatch(f"{self.root} holds sessions built before stores recorded their settings; "

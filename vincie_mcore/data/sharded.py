@@ -1,0 +1,123 @@
+"""A store built as N independent parts (a Slurm array), then merged without copying frames.
+
+    plan   inputs (a folder or a manifest) -> STORE/plan/: the settings (config.yaml) and one list
+           of videos per part (part_NNNNN.jsonl), inputs refused while listing kept in plan.json
+    run    part i of N -> STORE/parts/NNNNN/, itself a complete session store; resumable, because
+           SessionWriter skips what a killed task already finished
+    merge  STORE/index.jsonl lists every part's shards as parts/NNNNN/shard_NNNNN, so
+           ``SessionStore(STORE)`` reads them all in place. failures.jsonl and filter_counts.jsonl
+           are concatenated (small text). The root is marked merged, and writing into it directly
+           is refused.
+
+Every part runs with the plan's config, so one store cannot mix recipes. Merge checks that every
+part recorded the same build settings.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import zarr
+
+from .inputs import InputList, VideoInput
+from .store import STORE_FORMAT, SessionStore, _read_index, read_failures
+
+PLAN = "plan"
+
+
+def part_name(i: int) -> str:
+    return f"{i:05d}"
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """'3/8' -> (3, 8); one line naming the bad value otherwise."""
+    try:
+        i, n = (int(x) for x in str(spec).split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected i/N such as 0/8, got {spec!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard: {spec!r} needs 0 <= i < N and N >= 1")
+    return i, n
+
+
+def plan(inputs: InputList, store_root, n_parts: int, config: dict) -> dict:
+    """Split ``inputs`` into ``n_parts`` lists (video k goes to part k mod N, in input order)."""
+    if n_parts < 1:
+        raise ValueError(f"--shards: must be >= 1, got {n_parts}")
+    root = Path(store_root)
+    d = root / PLAN
+    if (d / "plan.json").exists():
+        old = json.loads((d / "plan.json").read_text())
+        if old["parts"] != n_parts:
+            raise ValueError(f"{d}: planned for {old['parts']} parts already; use another store folder")
+    d.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
+    for i in range(n_parts):
+        rows = [{"id": v.video_id, "path": str(Path(v.path).resolve()), "caption": v.caption}
+                for v in inputs.videos[i::n_parts]]
+        tmp = d / f"part_{part_name(i)}.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        tmp.replace(d / f"part_{part_name(i)}.jsonl")
+    info = {"parts": n_parts, "videos": len(inputs.videos),
+            "skipped": [{"video_id": f"inputs:{label}", "reason": f"inputs: {why}"} for label, why in inputs.skipped]}
+    (d / "plan.json").write_text(json.dumps(info, indent=1))
+    return info
+
+
+def read_plan(store_root) -> tuple[dict, dict]:
+    """(plan.json, the plan's config) of a planned store; one line when there is none."""
+    d = Path(store_root) / PLAN
+    if not (d / "plan.json").is_file():
+        raise FileNotFoundError(f"{store_root}: no plan (run `vincie-build-sessions plan` first)")
+    import yaml
+
+    return json.loads((d / "plan.json").read_text()), yaml.safe_load((d / "config.yaml").read_text()) or {}
+
+
+def part_inputs(store_root, i: int, n: int) -> InputList:
+    info, _ = read_plan(store_root)
+    if info["parts"] != n:
+        raise ValueError(f"--shard {i}/{n}: the plan of {store_root} has {info['parts']} parts")
+    rows = [json.loads(line) for line in (Path(store_root) / PLAN / f"part_{part_name(i)}.jsonl").read_text().splitlines()
+            if line.strip()]
+    return InputList(videos=[VideoInput(r["id"], Path(r["path"]), r.get("caption")) for r in rows])
+
+
+def part_root(store_root, i: int) -> Path:
+    return Path(store_root) / "parts" / part_name(i)
+
+
+def merge(store_root) -> dict:
+    """List every part's shards in the root index (no frame is copied) -> summary counts."""
+    root = Path(store_root)
+    info, _ = read_plan(root)
+    n = info["parts"]
+    index, fails, counts, build, shard_size = [], [], [], None, None
+    for i in range(n):
+        pr = part_root(root, i)
+        if not (pr / "zarr.json").is_file():
+            raise FileNotFoundError(f"merge: part {part_name(i)} has no store at {pr} (did its task run?)")
+        g = zarr.open_group(str(pr), mode="r")
+        b = g.attrs.get("build")
+        if build is None:
+            build, shard_size = b, g.attrs.get("shard_size")
+        elif b != build:
+            raise ValueError(f"merge: part {part_name(i)} was built with other settings than part 00000")
+        index += [{"shard": f"parts/{part_name(i)}/{d['shard']}", "video_ids": d["video_ids"]} for d in _read_index(pr)]
+        fails += [{"video_id": v, "reason": r} for v, r in read_failures(pr).items()]
+        fc = pr / "filter_counts.jsonl"
+        if fc.is_file():
+            counts.append(fc.read_text())
+    zarr.open_group(str(root / "parts"), mode="a")            # the level between root and parts: a group
+    g = zarr.open_group(str(root), mode="a")
+    g.attrs.update({"format": STORE_FORMAT, "shard_size": shard_size, "build": build, "merged_parts": n})
+    for name, text in (("index.jsonl", "".join(json.dumps(d) + "\n" for d in index)),
+                       ("failures.jsonl", "".join(json.dumps(d) + "\n" for d in info["skipped"] + fails)),
+                       ("filter_counts.jsonl", "".join(counts))):
+        tmp = root / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(root / name)                              # a reader sees the old index or the new one
+    return {"parts": n, "shards": len(index), "sessions": len(SessionStore(root)),
+            "failed": len(info["skipped"]) + len(fails), "store": str(root)}
