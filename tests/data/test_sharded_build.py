@@ -113,6 +113,31 @@ def test_stats_and_preview_of_the_merged_store(built, tmp_path, capsys):
     assert "sessions" in capsys.readouterr().out
 
 
+def test_build_is_plan_run_merge_on_one_machine(built, clips, tmp_path):
+    store, *_ = built
+    server = FakeVLM(delay=0.0)
+    try:
+        s = main(["build", "--manifest", str(clips / "videos.jsonl"), "--store", str(tmp_path / "one"), "--shards", "2",
+                  "--config", str(_config(tmp_path, server.url)), "--quiet"])
+    finally:
+        server.close()
+    assert s["parts"] == 2 and len(s["runs"]) == 2 and _sessions(tmp_path / "one") == _sessions(store)
+
+
+def test_the_trainer_reads_the_merged_store(built, tmp_path):
+    """The demo recipe on the merged real-video store (frames resized to its 24 px), two steps."""
+    store, *_ = built
+    r = subprocess.run([str(BIN / "vincie-train"), "experiment=demo", f"data.corpus.store={store}",
+                        "data.corpus.image_size=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
+                        "data.pack.token_budget=400", "train.steps=2", "train.warmup=0", "train.progress=false",
+                        "train.log_every=1", f"run_dir={tmp_path / 'run'}"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    n = len(SessionStore(store))
+    assert re.search(r"step +2 \| loss [0-9.]+", r.stdout)
+    assert f"{n}/{n}" in r.stderr                   # the decode bar: every session of the merged store
+    assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
 def test_bad_steps_are_one_line(built, clips, tmp_path):
     store, *_ = built
     for argv, msg in ((["run", "--store", str(store), "--shard", "3/3"], "needs 0 <= i < N"),

@@ -5,6 +5,7 @@
 
 Real videos (docs/real_videos.md), each step resumable:
 
+    vincie-build-sessions build --videos VIDEOS --store STORE --config build.yaml   # all of it, on this machine
     vincie-build-sessions plan --manifest videos.jsonl --store STORE --shards 64 --config build.yaml
     vincie-build-sessions run --store STORE --shard 3/64        # one part (slurm/sessions.sh: an array)
     vincie-build-sessions merge --store STORE                   # index the parts, no frame copied
@@ -67,21 +68,25 @@ def world_from_arg(s: str) -> WorldConfig:
         raise SystemExit(f"--world: expected 'demo', 'default' or a JSON object, got {s!r}") from None
 
 
-STEPS = ("plan", "run", "merge", "stats", "preview")
+STEPS = ("build", "plan", "run", "merge", "stats", "preview")
 
 
 def _steps_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vincie-build-sessions", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="step", required=True)
-    pl = sub.add_parser("plan", help="list the inputs and split them into parts")
-    src = pl.add_mutually_exclusive_group(required=True)
-    src.add_argument("--videos", help="folder of videos (recursive)")
-    src.add_argument("--manifest", help="JSONL or CSV: path, optional caption, optional id")
-    pl.add_argument("--root", default=None, help="manifest: folder its relative paths start from (default: its own)")
-    pl.add_argument("--store", required=True)
-    pl.add_argument("--shards", type=int, required=True, help="number of parts (array tasks)")
-    pl.add_argument("--config", required=True, help="YAML with build:, annotator:, segmenter: (docs/real_videos.md)")
+    for name, what in (("build", "plan, run every part here, merge: one machine"),
+                       ("plan", "list the inputs and split them into parts")):
+        pl = sub.add_parser(name, help=what)
+        src = pl.add_mutually_exclusive_group(required=True)
+        src.add_argument("--videos", help="folder of videos (recursive)")
+        src.add_argument("--manifest", help="JSONL or CSV: path, optional caption, optional id")
+        pl.add_argument("--root", default=None, help="manifest: folder its relative paths start from (default: its own)")
+        pl.add_argument("--store", required=True)
+        pl.add_argument("--shards", type=int, required=(name == "plan"), default=1,
+                        help="number of parts (array tasks)")
+        pl.add_argument("--config", required=True, help="YAML with build:, annotator:, segmenter: (docs/real_videos.md)")
+        pl.add_argument("--quiet", action="store_true", help="no progress bars")
     r = sub.add_parser("run", help="build one part, with the plan's config")
     r.add_argument("--store", required=True)
     r.add_argument("--shard", required=True, help="i/N (a Slurm array: $SLURM_ARRAY_TASK_ID/N)")
@@ -121,6 +126,14 @@ def steps_main(argv) -> dict:
     from vincie_mcore.data import sharded
     from vincie_mcore.data.real import RealBuildConfig
 
+    if a.step == "build":                                       # the three steps, here, in order
+        base = ["--store", a.store, "--config", a.config, "--shards", str(a.shards)]
+        base += ["--manifest", a.manifest] if a.manifest else ["--videos", a.videos]
+        base += ["--root", a.root] if a.root else []
+        steps_main(["plan", *base])
+        runs = [steps_main(["run", "--store", a.store, "--shard", f"{i}/{a.shards}"] + (["--quiet"] if a.quiet else []))
+                for i in range(a.shards)]
+        return {**steps_main(["merge", "--store", a.store]), "runs": runs}
     if a.step == "plan":
         from vincie_mcore.data.inputs import from_directory, from_manifest
         from vincie_mcore.data.labelers import make_annotator, make_segmenter
