@@ -18,6 +18,7 @@ import json
 import time
 import zlib
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,16 +112,32 @@ def video_rng(seed: int, video_id: str, shot: int) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(video_id.encode()), shot])
 
 
+@contextmanager
+def _stage(timings: dict | None, name: str):
+    """Add this block's seconds to ``timings[name]`` (the throughput benchmark's per-stage split)."""
+    if timings is None:
+        yield
+        return
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - t0
+
+
 def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, annotator: Annotator,
-                        segmenter: Segmenter) -> VideoSessions:
-    """One video -> its sessions, one per usable shot. Raises (one line) when the video cannot be used."""
+                        segmenter: Segmenter, timings: dict | None = None) -> VideoSessions:
+    """One video -> its sessions, one per usable shot. Raises (one line) when the video cannot be used.
+    ``timings``: seconds per stage are added to it (probe, shots, decode, filters, annotate, segment, encode)."""
     counts: Counter = Counter()
-    info = probe_stream(inp.path)
+    with _stage(timings, "probe"):
+        info = probe_stream(inp.path)
     bad = check_video(info.duration_s, info.height, info.width, cfg.filters)
     if bad:
         counts[bad[0]] += 1
         return VideoSessions([], dict(counts), bad[1])
-    scan = scan_video(inp.path, cfg.shots, info)
+    with _stage(timings, "shots"):
+        scan = scan_video(inp.path, cfg.shots, info)
     sessions = []
     for shot in scan.shots:
         if short_shot(shot.start_s, shot.end_s, cfg.filters):
@@ -134,12 +151,15 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
         if len(times) < 2:
             counts["too_few_frames"] += 1
             continue
-        native, got = read_at_times(inp.path, times, cfg.decode)
-        keep = filter_frames(native, cfg.filters, counts)
+        with _stage(timings, "decode"):
+            native, got = read_at_times(inp.path, times, cfg.decode)
+        with _stage(timings, "filters"):
+            keep = filter_frames(native, cfg.filters, counts)
         if keep is None:
             continue
-        frames = np.stack([fit_frame(native[k], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
-                           for k in keep])                                              # [K, H, W, 3]
+        with _stage(timings, "decode"):
+            frames = np.stack([fit_frame(native[k], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
+                               for k in keep])                                          # [K, H, W, 3]
         got = [got[k] for k in keep]
         idx = ([int(np.searchsorted(scan.times, t - 1e-6)) for t in got] if scan.times is not None
                else [int(round((t - info.start_s) * info.fps)) for t in got])          # decode order (estimate w/o scan)
@@ -147,20 +167,23 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
         meta = {"path": str(inp.path), "video_id": sid, "source_video_id": video_id, "fps": info.fps,
                 "num_frames": len(scan.times) if scan.times is not None else int(round(info.duration_s * info.fps)),
                 "caption": inp.caption, "frame_times": [float(t) for t in got], "shot": shot.index}
-        trans = annotator.annotate(frames, idx, meta)
+        with _stage(timings, "annotate"):
+            trans = annotator.annotate(frames, idx, meta)
         if len(trans) != len(idx) - 1:
             raise ValueError(f"annotator {annotator.name} gave {len(trans)} transitions for {len(idx)} frames")
-        masks = segmenter.segment(frames, idx, trans, meta)
+        with _stage(timings, "segment"):
+            masks = segmenter.segment(frames, idx, trans, meta)
         if len(masks) != len(idx) - 1:
             raise ValueError(f"segmenter {segmenter.name} gave {len(masks)} mask pairs for {len(idx)} frames")
         for src, tgt in masks:
             if src.shape != frames.shape[1:3] or tgt.shape != frames.shape[1:3]:
                 raise ValueError(f"segmenter {segmenter.name} gave masks of {src.shape}/{tgt.shape} "
                                  f"for frames of {frames.shape[1:3]}")
+        with _stage(timings, "encode"):
+            pngs = ([encode_png(f) for f in frames], [encode_png(m.astype(np.uint8)) for m, _ in masks],
+                    [encode_png(m.astype(np.uint8)) for _, m in masks])
         sessions.append(RawSession(
-            video_id=sid, frames=[encode_png(f) for f in frames],
-            roe_src=[encode_png(m.astype(np.uint8)) for m, _ in masks],
-            roe_tgt=[encode_png(m.astype(np.uint8)) for _, m in masks],
+            video_id=sid, frames=pngs[0], roe_src=pngs[1], roe_tgt=pngs[2],
             texts=[t.text for t in trans], cameras=[t.camera for t in trans],
             meta={"video_path": str(inp.path), "source_video_id": video_id, "shot": shot.index,
                   "shot_span_s": [shot.start_s, shot.end_s], "frame_times": [float(t) for t in got],

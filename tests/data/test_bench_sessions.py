@@ -1,0 +1,43 @@
+"""The session-build benchmark: every stage timed, the VLM and segmenter counted when configured."""
+import json
+
+import pytest
+from fake_vlm import FakeVLM
+from tiny_vision_models import save_tiny_grounding_dino, save_tiny_sam2
+
+from vincie_mcore.perf.bench_sessions import STAGES, bench_sessions, project, write_clips
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bench_clips")
+    write_clips(d, n=2, seconds=4.0, size=(96, 128), cut_every_s=2.0)
+    return d
+
+
+def test_cpu_stages_only(clips):
+    r = bench_sessions(clips, {"build": {"decode": {"size": [64, 64]}, "sampling": {"interval_s": 0.5}}})
+    assert r["videos"] == 2 and r["failed"] == 0 and r["sessions"] >= 4       # two shots per clip
+    assert r["annotate"].startswith("not measured") and "vlm" not in r
+    assert set(r["stage_seconds"]) == set(STAGES) and r["stage_seconds"]["decode"] > 0
+    assert abs(sum(r["stage_share"].values()) - 1) < 1e-3
+    p = project(r, sessions=1000, vlm_pairs_per_gpu_s=2.0)
+    assert p["pairs"] == round(1000 * r["pairs"] / r["sessions"]) and p["segment_gpu_hours"] is None
+    assert p["vlm_gpu_hours"] == round(p["pairs"] / 2.0 / 3600, 1)
+
+
+def test_with_a_vlm_server_and_grounded_sam(clips, tmp_path):
+    server = FakeVLM(delay=0.01)
+    try:
+        r = bench_sessions(clips, {
+            "build": {"decode": {"size": [64, 64]}, "sampling": {"interval_s": 0.5}},
+            "annotator": {"kind": "vlm", "base_urls": [server.url], "model": "tiny-vlm"},
+            "segmenter": {"kind": "gsam", "grounding_dino_path": save_tiny_grounding_dino(tmp_path / "gd"),
+                          "sam2_path": save_tiny_sam2(tmp_path / "sam"), "box_threshold": 0.0,
+                          "text_threshold": 0.0}})
+    finally:
+        server.close()
+    assert r["annotate"] == "measured" and r["vlm"]["replies"] == r["pairs"] == len(server.requests)
+    assert r["vlm"]["tokens_per_s"] > 0 and r["segment"] == "gdino+sam2"
+    assert r["segmenter_stats"]["transitions"] == r["pairs"] and r["segment_s_per_pair"] > 0
+    json.dumps(r)
