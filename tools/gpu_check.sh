@@ -189,6 +189,13 @@ if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_fp16 40 "$PY" -m vincie_tools.check_attention --device cuda --dtype float16 \
         --cases 6 --seed 2 --out "$OUT/check_attention_fp16.json"
 fi
+# DALI's NVDEC path of real-video decoding against PyAV (data/dali_video.py), on this process's GPU.
+if [ "$HAS_GPU" = 1 ] && "$PY" -c "import nvidia.dali, av, scenedetect" 2>/dev/null; then
+    run_step pytest_dali_video 60 env PYTHONPATH="${PYTEST_PATH:-$TE_PYTEST_PATH}" VINCIE_DALI_TEST_DEVICE=gpu \
+        "$PY" -m pytest -q -rs -p no:cacheprovider tests/data/test_dali_video.py
+else
+    record pytest_dali_video skipped 0 0 "no GPU, or DALI / PyAV / scenedetect not importable"
+fi
 # Our SAM2 input steps against Sam2Processor: it needs torchvision, which GPU containers bring
 # and the CPU lock cannot (data/grounded_sam.py). Skips itself, with the reason, without it.
 PYTEST_PATH=${PYTEST_PATH:-$TE_PYTEST_PATH}

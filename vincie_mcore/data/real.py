@@ -52,6 +52,9 @@ class RealBuildConfig:
     max_mb: int = 4096                # MiB a worker's address space may grow by for one video (0: no limit)
 
     def __post_init__(self):
+        if self.decode.backend == "dali" and self.shots.detector == "none":
+            raise ValueError("build.decode.backend: dali takes frame indices from the shot scan; "
+                             "set build.shots.detector (content or adaptive), or use backend pyav")
         if self.sampling.min_change:
             raise ValueError("build.sampling.min_change: not used for real videos; set build.filters.duplicate_max_change")
         for k in ("workers", "shard_size"):
@@ -152,7 +155,11 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
             counts["too_few_frames"] += 1
             continue
         with _stage(timings, "decode"):
-            native, got = read_at_times(inp.path, times, cfg.decode)
+            if cfg.decode.backend == "dali":                     # frame indices from the scan's times
+                from .dali_video import read_at_times_dali
+                native, got = read_at_times_dali(inp.path, times, scan.times, info.rotation, cfg.decode.dali_device)
+            else:
+                native, got = read_at_times(inp.path, times, cfg.decode)
         with _stage(timings, "filters"):
             keep = filter_frames(native, cfg.filters, counts)
         if keep is None:

@@ -256,9 +256,15 @@ class DecodeConfig:
     pad_value: int = 0             # pad: the grey level (0-255) of the bars
     seek_gap_s: float = 2.0        # decode on (no seek) to a wanted frame at most this many seconds ahead
     threads: int = 1               # decoder threads per video (workers already decode videos in parallel)
+    backend: str = "pyav"          # pyav: seek + decode on CPU | dali: DALI (NVDEC on the GPU; data/dali_video.py)
+    dali_device: str = "gpu"       # backend dali: gpu (the process's LOCAL_RANK device) | cpu (VP9 only here)
 
     def __post_init__(self):
         self.size = tuple(self.size)
+        if self.backend not in ("pyav", "dali"):
+            raise ValueError(f"build.decode.backend: must be 'pyav' or 'dali', got {self.backend!r}")
+        if self.dali_device not in ("gpu", "cpu"):
+            raise ValueError(f"build.decode.dali_device: must be 'gpu' or 'cpu', got {self.dali_device!r}")
         if len(self.size) != 2 or not all(isinstance(v, int) and v >= 8 for v in self.size):
             raise ValueError(f"build.decode.size: must be [height, width], ints >= 8, got {self.size!r}")
         if self.aspect not in ASPECT_POLICIES:
