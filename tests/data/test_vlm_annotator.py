@@ -76,22 +76,6 @@ def test_camera_and_entities_from_the_reply():
     assert entities_of(r) == ("a man in a red coat", "a wooden chair", "a white cat")
 
 
-def test_the_key_comes_from_env_or_file_never_from_the_config(tmp_path):
-    with pytest.raises(ConfigError, match=r"annotator.api_key: unknown key"):
-        build(VLMConfig, {"base_urls": ["http://x/v1"], "model": "m", "api_key": KEY}, "annotator")
-    cfg = VLMConfig(base_urls=("http://x/v1",), model="m")
-    assert read_api_key(cfg, env={"VINCIE_VLM_API_KEY": KEY}) == KEY and read_api_key(cfg, env={}) is None
-    f = tmp_path / "key"
-    f.write_text(KEY + "\n")
-    assert read_api_key(VLMConfig(base_urls=("http://x/v1",), model="m", api_key_file=str(f)), env={}) == KEY
-    with pytest.raises(ConfigError, match=r"annotator.base_urls: expected http\(s\) URLs"):
-        build(VLMConfig, {"base_urls": ["gpu1:8000"], "model": "m"}, "annotator")
-
-
-# ----------------------------------------------------------------------------
-# Against the server
-# ----------------------------------------------------------------------------
-
 def test_transitions_from_valid_fenced_curly_and_trailing_replies(server, tmp_path):
     ann = _annotator(server, tmp_path)
     for mode in ("valid", "fenced", "curly", "trailing"):
@@ -146,7 +130,7 @@ def test_a_rerun_is_served_from_the_cache(server, tmp_path):
 
 def test_concurrency_is_bounded_and_servers_take_turns(tmp_path):
     flight = Flight()
-    a, b = FakeVLM(delay=0.2, flight=flight), FakeVLM(delay=0.2, flight=flight)
+    a, b = FakeVLM(delay=0.3, flight=flight), FakeVLM(delay=0.3, flight=flight)
     try:
         ann = _annotator([a.url, b.url], tmp_path, max_concurrency=3)
         threads = [threading.Thread(target=ann.annotate, args=(_frames(4, seed=i), [0, 1, 2, 3], _meta(vid=f"c{i}")))
@@ -177,25 +161,6 @@ def test_a_server_that_is_down_moves_requests_to_the_next_and_check_fails_fast(s
     with pytest.raises(VLMError, match=r"does not serve model 'nope'"):
         _annotator(server, tmp_path, model="nope").check()
 
-
-def test_the_key_is_sent_and_appears_nowhere_else(server, tmp_path, caplog):
-    caplog.set_level(logging.DEBUG)                          # every logger, openai's and httpx's included
-    ann = _annotator(server, tmp_path)
-    ann.annotate(_frames(3), [0, 1, 2], _meta())
-    ann.annotate(_frames(2, seed=3), [0, 1], _meta("flaky500", vid="f"))     # retries log warnings
-    with pytest.raises(VLMError) as e:
-        ann.annotate(_frames(2, seed=4), [0, 1], _meta("echo400", vid="e"))  # the server echoes the header
-    assert server.requests[0]["auth"] == f"Bearer {KEY}"
-    assert "***" in str(e.value) and KEY not in str(e.value)
-    assert KEY not in caplog.text and KEY not in json.dumps(ann.stats())
-    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
-    assert files and not any(KEY.encode() in p.read_bytes() or KEY in p.name for p in files)
-    assert not any(KEY.encode() in base64.b64encode(p.read_bytes()) for p in files)
-
-
-# ----------------------------------------------------------------------------
-# In the session builder
-# ----------------------------------------------------------------------------
 
 def test_build_keeps_good_sessions_and_records_failures(server, tmp_path):
     from vincie_mcore.data.build import build_sessions
