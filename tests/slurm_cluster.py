@@ -4,7 +4,7 @@ Use it with ``from slurm_cluster import run_job, slurm_cluster`` in a test modul
 ``tests/`` on ``sys.path`` when it loads ``tests/conftest.py``).
 
 ``slurm_cluster`` (session scope) finds the recipe ``slurm-ci.sh`` (env ``VINCIE_SLURM_CI``, else
-``<repo>/../shared/recipes/slurm-ci.sh``), installs Slurm with it when ``sbatch`` is missing and
+``<repo>/../shared/recipes/slurm-ci.sh``, else the same beside the repo this one was cloned from), installs Slurm with it when ``sbatch`` is missing and
 apt-get is there (as root), starts one node with 8 fake GPUs (so our sbatch files run with their own
 ``--gpus-per-node=8 --exclusive``) under a tmp ``SLURM_CI_DIR`` on free ports, yields the
 environment that reaches it (``SLURM_CONF`` set) and stops it. It skips, with the reason, where the
@@ -27,8 +27,20 @@ GPUS = 8
 
 
 def recipe() -> Path | None:
-    p = Path(os.environ.get("VINCIE_SLURM_CI") or REPO.parent / "shared" / "recipes" / "slurm-ci.sh")
-    return p if p.is_file() else None
+    """$VINCIE_SLURM_CI, else ../shared/recipes/slurm-ci.sh beside this checkout, else beside the
+    checkout it was cloned from (a fresh clone in a temp folder, as the README's check makes)."""
+    if os.environ.get("VINCIE_SLURM_CI"):
+        p = Path(os.environ["VINCIE_SLURM_CI"])
+        return p if p.is_file() else None
+    tops = [REPO]
+    r = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"], capture_output=True, text=True)
+    if r.returncode == 0 and Path(r.stdout.strip()).is_dir():
+        tops.append(Path(r.stdout.strip()))
+    for top in tops:
+        p = top.resolve().parent / "shared" / "recipes" / "slurm-ci.sh"
+        if p.is_file():
+            return p
+    return None
 
 
 def _free_ports(n: int) -> list[int]:
