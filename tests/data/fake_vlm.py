@@ -49,8 +49,10 @@ class Flight:
 class FakeVLM:
     """An OpenAI-compatible chat server on 127.0.0.1 with scripted misbehaviour."""
 
-    def __init__(self, delay: float = 0.05, flight=None):
-        self.delay, self.mode = delay, None
+    def __init__(self, delay: float = 0.05, flight=None, responder=None):
+        # responder(text, image_urls, attempt) -> (HTTP code, reply content): another protocol's
+        # server (the benchmark judge) on the same transport
+        self.delay, self.mode, self.responder = delay, None, responder
         self.requests: list[dict] = []
         self.attempts: Counter = Counter()
         self.lock = threading.Lock()
@@ -88,6 +90,21 @@ class FakeVLM:
     def answer(self, body, auth):
         content = body["messages"][0]["content"]
         text = content[0]["text"]
+        if self.responder is not None:
+            images = [c["image_url"]["url"] for c in content[1:]]
+            key = (text, images[-1][-40:])
+            with self.lock:
+                self.attempts[key] += 1
+                n = self.attempts[key]
+                self.requests.append({"auth": auth, "model": body["model"], "text": text, "n_images": len(images)})
+            time.sleep(self.delay)
+            code, out = self.responder(text, images, n)
+            if code != 200:
+                return code, {"error": {"message": out}}
+            return 200, {"id": "c1", "object": "chat.completion", "created": 0, "model": MODEL,
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": out},
+                                      "finish_reason": "stop"}],
+                         "usage": {"prompt_tokens": 500, "completion_tokens": 60, "total_tokens": 560}}
         caption = re.search(r"The caption of the raw video clip is: (.*?) Your task", text).group(1)
         m = re.search(r"MODE:(\w+)", caption)
         mode = self.mode or (m.group(1) if m else "valid")

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -266,6 +267,43 @@ class ChatClient:
     def _fail(self, reason: str) -> None:
         with self._lock:
             self._stats.failures[reason] = self._stats.failures.get(reason, 0) + 1
+
+
+_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
+_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"', "\u2018": "'", "\u2019": "'"})
+
+
+def parse_model(text: str, model):
+    """A server's message content -> ``model`` (a pydantic class); ValueError (one line) otherwise.
+
+    Real servers wrap JSON in code fences, use curly quotes and add text before or after the
+    object: the first JSON object found is the answer."""
+    from pydantic import ValidationError
+
+    if not isinstance(text, str) or not text.strip():
+        raise ValueError("reply is empty")
+    m = _FENCE.search(text)
+    body = (m.group(1) if m else text).translate(_QUOTES)
+    start = body.find("{")
+    if start < 0:
+        raise ValueError(f"reply is not JSON: {_snippet(text)}")
+    try:
+        obj, _ = json.JSONDecoder().raw_decode(body[start:])      # stops at the object's end
+    except json.JSONDecodeError as e:
+        raise ValueError(f"reply is not JSON ({e.msg} at char {e.pos}): {_snippet(text)}") from None
+    if not isinstance(obj, dict):
+        raise ValueError(f"reply is not a JSON object: {_snippet(text)}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "reply"
+        raise ValueError(f"reply lacks or misstates {where}: {err['msg']}") from None
+
+
+def _snippet(text: str, n: int = 80) -> str:
+    t = " ".join(str(text).split())
+    return repr(t[:n] + ("..." if len(t) > n else ""))
 
 
 def _one_line(e) -> str:

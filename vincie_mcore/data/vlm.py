@@ -28,10 +28,11 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from .annotate import Annotator, Transition
-from .chat_client import ChatClient, ChatConfig, ChatError, data_url, encode_jpeg, read_api_key  # noqa: F401
+from .chat_client import (ChatClient, ChatConfig, ChatError, data_url, encode_jpeg, parse_model,  # noqa: F401
+                          read_api_key)
 
 # Paper App. C.2, verbatim but for the quotes (straight) and the caption slot.
 PROMPT = (
@@ -124,38 +125,11 @@ class Reply(BaseModel):
         return v
 
 
-_FENCE = re.compile(r"```(?:json|JSON)?\s*(.*?)```", re.S)
-_QUOTES = str.maketrans({"\u201c": '"', "\u201d": '"', "\u201e": '"', "\u2033": '"', "\u2018": "'", "\u2019": "'"})
-
-
 def parse_reply(text: str) -> Reply:
     """A server's message content -> ``Reply``; ValueError (one line) when it is not the schema.
 
     Tolerates code fences, curly quotes and text before or after the JSON object."""
-    if not isinstance(text, str) or not text.strip():
-        raise ValueError("reply is empty")
-    m = _FENCE.search(text)
-    body = (m.group(1) if m else text).translate(_QUOTES)
-    start = body.find("{")
-    if start < 0:
-        raise ValueError(f"reply is not JSON: {_snippet(text)}")
-    try:
-        obj, _ = json.JSONDecoder().raw_decode(body[start:])      # stops at the object's end
-    except json.JSONDecodeError as e:
-        raise ValueError(f"reply is not JSON ({e.msg} at char {e.pos}): {_snippet(text)}") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"reply is not a JSON object: {_snippet(text)}")
-    try:
-        return Reply.model_validate(obj)
-    except ValidationError as e:
-        err = e.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "reply"
-        raise ValueError(f"reply lacks or misstates {where}: {err['msg']}") from None
-
-
-def _snippet(text: str, n: int = 80) -> str:
-    t = " ".join(str(text).split())
-    return repr(t[:n] + ("..." if len(t) > n else ""))
+    return parse_model(text, Reply)
 
 
 _CAMERA = (("orbit", ("orbit",)), ("dolly in", ("dolly-in", "dolly in", "zoom in", "push in")),

@@ -1,0 +1,202 @@
+"""MSE-Bench: reading a local copy, running the editor turn after turn, the judge's protocol, the report.
+
+The benchmark folder is written here (parquet in the official release's layout, and the JSONL
+folder layout). The judge is a real local server on the OpenAI protocol whose scores depend on the
+last prompt, so every turn's outcome is known in advance:
+- "GOOD" scores 8/8;
+- "BAD" scores 3/9;
+- "FLAKY" fails with a 500 once;
+- "MALFORMED" first answers prose.
+"""
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))      # the shared fake server
+from fake_vlm import MODEL, FakeVLM  # noqa: E402
+
+from vincie_mcore.config import build  # noqa: E402
+from vincie_mcore.eval import mse_bench  # noqa: E402
+from vincie_mcore.eval.vlm_judge import JUDGE_PROMPT, JudgeConfig, VLMJudge, format_prompts, parse_verdict  # noqa: E402
+
+PROMPTS = {"a": ["GOOD add a hat", "GOOD make it red", "BAD remove the sky", "GOOD add a cat", "GOOD zoom in"],
+           "b": ["GOOD one", "FLAKY two", "MALFORMED three", "GOOD four", "GOOD five"],
+           "c": ["BAD first", "GOOD second", "GOOD third", "GOOD fourth", "GOOD fifth"]}
+
+
+def _png(seed, h=40, w=56) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def responder(text, images, attempt):
+    last = re.findall(r"Turn \d+: '([^']*)'", text)[-1]
+    if last.startswith("FLAKY") and attempt == 1:
+        return 500, "overloaded"
+    if last.startswith("MALFORMED") and attempt == 1:
+        return 200, "The edit looks fine to me."
+    pf, c = (3, 9) if last.startswith("BAD") else (8, 8)
+    return 200, "```json\n" + json.dumps({"reason": f"judged {last}", "prompt_following": pf, "consistency": c}) + "\n```"
+
+
+@pytest.fixture
+def judge_server():
+    s = FakeVLM(delay=0.0, responder=responder)
+    yield s
+    s.close()
+
+
+def _judge(server, tmp_path, **over):
+    cfg = dict(base_urls=[server.url], model=MODEL, max_retries=2, backoff_s=0.01, cache_dir=str(tmp_path / "cache"))
+    cfg.update(over)
+    return VLMJudge(build(JudgeConfig, cfg, "judge"), env={})
+
+
+@pytest.fixture
+def bench(tmp_path):
+    """The release's parquet layout, and generated results in the published turn_{i}_image layout."""
+    table = pa.table({"index": list(PROMPTS), "image": [{"bytes": _png(i), "path": f"{k}.png"} for i, k in enumerate(PROMPTS)],
+                      "context": list(PROMPTS.values())})
+    pq.write_table(table, tmp_path / "test-00000-of-00001.parquet")
+    gen = {"index": list(PROMPTS)}
+    for t in range(1, 6):
+        gen[f"turn_{t}_image"] = [{"bytes": _png(100 * t + i, 24, 24), "path": None} for i in range(len(PROMPTS))]
+    pq.write_table(pa.table(gen), tmp_path / "generated.parquet")
+    return tmp_path
+
+
+def test_reads_the_release_layout_and_the_jsonl_folder(bench, tmp_path):
+    s = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")
+    assert [x.index for x in s] == ["a", "b", "c"] and s[0].prompts == PROMPTS["a"] and s[0].image.shape == (40, 56, 3)
+    folder = tmp_path / "jsonl"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(_png(0))
+    (folder / "sessions.jsonl").write_text(json.dumps({"index": 7, "image": "a.png", "context": PROMPTS["a"]}) + "\n")
+    (j,) = mse_bench.load_sessions(folder)
+    assert j.index == "7" and np.array_equal(j.image, s[0].image)
+    g = mse_bench.load_generated(bench / "generated.parquet")
+    assert sorted(g) == ["a", "b", "c"] and len(g["a"]) == 5 and g["a"][0].shape == (24, 24, 3)
+
+
+def test_bad_rows_are_one_line(bench, tmp_path):
+    (tmp_path / "bad").mkdir()
+    rows = [{"index": 1, "image": "../escape.png", "context": ["x"]}]
+    (tmp_path / "bad" / "sessions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match=r"sessions.jsonl row 0: .*climbs out") as e:
+        mse_bench.load_sessions(tmp_path / "bad")
+    assert "\n" not in str(e.value)
+    (tmp_path / "bad" / "sessions.jsonl").write_text(json.dumps({"index": 1, "image": "x.png"}) + "\n")
+    with pytest.raises(ValueError, match=r"row 0: no 'context' column"):
+        mse_bench.load_sessions(tmp_path / "bad")
+    pq.write_table(pa.table({"index": ["a"], "turn_1_image": [{"bytes": _png(1), "path": None}]}), tmp_path / "g.parquet")
+    with pytest.raises(ValueError, match=r"no 'turn_2_image' column"):
+        mse_bench.load_generated(tmp_path / "g.parquet")
+
+
+def test_the_protocol_on_known_verdicts(bench, judge_server, tmp_path):
+    sessions = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")
+    generated = mse_bench.load_generated(bench / "generated.parquet")
+    res = mse_bench.score(_judge(judge_server, tmp_path), sessions, generated, progress=False)
+    # a: fails at 3; b: passes all (a 500 and prose retried); c: fails at 1
+    assert {d["index"]: d["failed_at"] for d in res["sessions_detail"]} == {"a": 3, "b": None, "c": 1}
+    assert res["turn_success"] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3], abs=1e-4)
+    # judging stopped at each first failure: a 3 turns, b 5, c 1 -> 9 verdicts, plus 1 retry after the 500
+    # and 1 re-ask after the prose
+    assert sum(len(d["verdicts"]) for d in res["sessions_detail"]) == 9 and len(judge_server.requests) == 11
+    t1 = res["per_turn"][0]
+    assert t1["judged"] == 3 and t1["prompt_following"] == pytest.approx((8 + 8 + 3) / 3, abs=1e-3)
+    assert t1["sqrt_pf_c"] == pytest.approx((8 + 8 + np.sqrt(27)) / 3, abs=1e-3)
+    assert res["per_turn"][3]["judged"] == 1 and res["judge"]["retries"] == 1 and res["judge"]["bad_replies"] == 1
+    # every request carried the C.6 instruction with the prompts so far, and the source + each result
+    want = JUDGE_PROMPT.format(prompts=format_prompts(PROMPTS["a"][:1]))
+    assert [r["n_images"] for r in judge_server.requests if r["text"] == want] == [2]
+    assert max(x["n_images"] for x in judge_server.requests) == 6
+    # a rerun is served from the cache
+    n = len(judge_server.requests)
+    again = mse_bench.score(_judge(judge_server, tmp_path), sessions, generated, progress=False)
+    assert again["turn_success"] == res["turn_success"] and len(judge_server.requests) == n
+
+    html = mse_bench.write_report(tmp_path / "report.html", res, sessions, generated).read_text()
+    assert html.count("<img") == 3 * 6 and "judged BAD remove the sky" in html and "not judged" in html
+
+
+def test_a_judge_that_stays_down_fails_that_turn_not_the_run(bench, tmp_path):
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    judge = VLMJudge(build(JudgeConfig, dict(base_urls=[dead], model=MODEL, max_retries=1, backoff_s=0.01), "judge"), env={})
+    sessions = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")
+    res = mse_bench.score(judge, sessions, mse_bench.load_generated(bench / "generated.parquet"), progress=False)
+    assert res["judge_errors"] == 3 and res["turn_success"] == [0.0] * 5
+    assert "gave up after 2 tries" in res["sessions_detail"][0]["error"]
+
+
+def test_verdict_schema():
+    assert parse_verdict('{"reason": "ok", "prompt_following": 7, "consistency": "9"}').consistency == 9
+    for bad, msg in (('{"reason": "x", "prompt_following": 11, "consistency": 5}', "prompt_following"),
+                     ('{"reason": "x", "consistency": 5}', "prompt_following: Field required"),
+                     ("nothing", "not JSON")):
+        with pytest.raises(ValueError, match=msg):
+            parse_verdict(bad)
+
+
+def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu):
+    """The editor (tiny random model) runs every turn on the previous output, the whole history in context."""
+    from vincie_mcore.data.packing import PackConfig
+    from vincie_mcore.diffusion.flow import FlowConfig
+    from vincie_mcore.encoders.image import PixelEncoder
+    from vincie_mcore.encoders.text import TextEncoder, TextEncoderConfig
+    from vincie_mcore.infer.editor import Editor, SamplerConfig
+    from vincie_mcore.model import MMDiTConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(MMDiTConfig.from_dict(dict(
+        hidden_size=64, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=128, text_dim=32, patch_dim=192,
+        max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, attention_backend="torch")), device="cpu").eval()
+    ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
+                PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, guidance=1.0),
+                mask_type="block_causal")
+    sessions = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")[:2]
+    contexts = []
+    orig = ed.edit_cached
+
+    def spy(sess, prompt):
+        contexts.append(len(sess.images))
+        return orig(sess, prompt)
+    ed.edit_cached = spy
+    out = mse_bench.generate(ed, sessions, size=(16, 24), progress=False)
+    assert sorted(out) == ["a", "b"] and all(len(v) == 5 and v[0].shape == (16, 24, 3) for v in out.values())
+    assert contexts == [1, 2, 3, 4, 5] * 2          # turn t sees the source and the t-1 earlier results
+
+
+def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_server, tmp_path):
+    import subprocess
+    import yaml
+
+    bin_ = Path(sys.executable).parent / "vincie-benchmark"
+    conf = tmp_path / "judge.yaml"
+    conf.write_text(yaml.safe_dump({"base_urls": [judge_server.url], "model": MODEL, "backoff_s": 0.01}))
+    r = subprocess.run([str(bin_), "mse", "--data", str(bench / "test-00000-of-00001.parquet"), "--generated",
+                        str(bench / "generated.parquet"), "--judge", str(conf), "--out", str(tmp_path / "out"), "--quiet"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert res["turn_success"] == pytest.approx([2 / 3, 2 / 3, 1 / 3, 1 / 3, 1 / 3], abs=1e-4)
+    assert "MSE-Bench turn success: 0.667 0.667 0.333 0.333 0.333" in r.stdout
+    assert (tmp_path / "out" / "report.html").stat().st_size > 0
+    conf.write_text(yaml.safe_dump({"base_urls": ["http://127.0.0.1:9/v1"], "model": MODEL}))
+    r = subprocess.run([str(bin_), "mse", "--data", str(bench), "--generated", str(bench / "generated.parquet"),
+                        "--judge", str(conf), "--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.startswith("error: judge server http://127.0.0.1:9/v1: unreachable")
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -1,0 +1,110 @@
+"""Run a model on the paper's benchmarks, or judge images someone else generated.
+
+    vincie-benchmark mse --data mse_bench/ --run runs/3b --judge judge.yaml --out results/mse
+    vincie-benchmark mse --data mse_bench/ --generated published_results.parquet --judge judge.yaml --out results/ref
+
+mse: MSE-Bench's 5-turn sessions. The editor runs them turn after turn, with every earlier turn in
+context, unless --generated gives the images. A VLM judge scores every turn (paper App. C.6): a turn
+succeeds when both scores are > 6, and judging stops at a session's first failure. The step writes
+results.json (success per turn, score means with bootstrap CIs, every verdict), report.html (strips
+beside the judge's reasons) and the generated images (generated.parquet). judge.yaml holds the
+judge's server: base_urls, model, cache_dir ... (its key in $VINCIE_JUDGE_API_KEY). docs/benchmarks.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _parser():
+    p = argparse.ArgumentParser(prog="vincie-benchmark", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="bench", required=True)
+    m = sub.add_parser("mse", help="MSE-Bench, judged by a VLM")
+    m.add_argument("--data", required=True, help="local copy: parquet (the release) or a folder with sessions.jsonl")
+    src = m.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder to edit with")
+    src.add_argument("--export", help="export folder (vincie-convert export) to edit with")
+    src.add_argument("--generated", help="images generated elsewhere: index + turn_{i}_image columns")
+    m.add_argument("--judge", required=True, help="YAML: the judge's base_urls, model, cache_dir, ...")
+    m.add_argument("--out", required=True)
+    m.add_argument("--turns", type=int, default=5)
+    m.add_argument("--threshold", type=float, default=6.0, help="a turn succeeds when both scores exceed this")
+    m.add_argument("--limit", type=int, default=None, help="only the first N sessions")
+    m.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="the model's input size (default: a run's data.world.image_px, or 512 512)")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    m.add_argument("--quiet", action="store_true")
+    return p
+
+
+def _save_generated(path: Path, generated: dict) -> None:
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    def png(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    turns = len(next(iter(generated.values())))
+    cols = {"index": list(generated)}
+    for t in range(turns):
+        cols[f"turn_{t + 1}_image"] = [png(v[t]) for v in generated.values()]
+    pq.write_table(pa.table(cols), path)
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    import yaml
+
+    from vincie_mcore.config import ConfigError, build
+    from vincie_mcore.eval import mse_bench
+    from vincie_mcore.eval.vlm_judge import JudgeConfig, VLMJudge
+
+    try:
+        judge_cfg = yaml.safe_load(open(a.judge))
+        judge = VLMJudge(build(JudgeConfig, judge_cfg, "judge"))
+        judge.chat.check()                                   # a judge that is down: one line, before any editing
+        sessions = mse_bench.load_sessions(a.data, a.limit)
+        if a.generated:
+            generated = mse_bench.load_generated(a.generated, a.turns)
+        else:
+            if a.export:
+                from vincie_mcore.hf.pipeline import VincieEditPipeline
+                from vincie_mcore.infer.editor import Editor
+
+                p = VincieEditPipeline.from_pretrained(a.export)
+                editor = Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler,
+                                mask_type=p.mask_type)
+                size = tuple(a.size or (512, 512))
+            else:
+                from vincie_mcore.build import load_run, make_editor
+
+                cfg, model, text, image = load_run(a.run, a.set)
+                editor = make_editor(cfg, model, text, image)
+                px = cfg.data.get("world", {}).get("image_px") if "data" in cfg else None
+                size = tuple(a.size or ((px, px) if px else (512, 512)))
+            generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet)
+        res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
+    except (ValueError, FileNotFoundError, RuntimeError, ConfigError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    res["source"] = {"run": a.run, "export": a.export, "generated": a.generated, "data": a.data}
+    (out / "results.json").write_text(json.dumps(res, indent=1))
+    if not a.generated:
+        _save_generated(out / "generated.parquet", generated)
+    mse_bench.write_report(out / "report.html", res, sessions, generated)
+    print("MSE-Bench turn success: " + " ".join(f"{x:.3f}" for x in res["turn_success"]) +
+          f" ({res['sessions']} sessions; {out / 'results.json'}, {out / 'report.html'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
