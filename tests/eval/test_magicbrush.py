@@ -1,0 +1,330 @@
+"""MagicBrush multi-turn metrics (vincie_mcore/eval/magicbrush.py, docs/magicbrush.md).
+
+Tiny random CLIP and DINO saved locally; each metric against an independent reference: L1/L2 in
+numpy, CLIP-I/CLIP-T through the model's own sub-modules and torchmetrics' clip_score, DINO's
+transform by hand on an image where it is a plain crop; the per-turn / final-turn aggregation on a
+hand-made 2-session (2 and 3 turns) folder; the editor loop feeding outputs back; one-line errors.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+from vincie_mcore.eval.magicbrush import (IMAGENET_MEAN, IMAGENET_STD, MagicBrushConfig, MagicBrushMetrics,
+                                          aggregate, generated_path, read_magicbrush, run_magicbrush,
+                                          score_magicbrush)
+
+RNG = np.random.default_rng(0)
+
+
+def _img(h=64, w=64, seed=None):
+    r = np.random.default_rng(seed) if seed is not None else RNG
+    return r.integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("mb_models")
+    return save_tiny_clip(d / "clip"), save_tiny_dino(d / "dino")
+
+
+@pytest.fixture(scope="module")
+def metrics(models):
+    return MagicBrushMetrics(MagicBrushConfig(clip_path=models[0], dino_path=models[1], batch_size=3))
+
+
+def _cos(a, b):
+    a, b = (np.asarray(x.detach() if isinstance(x, torch.Tensor) else x, np.float64).ravel() for x in (a, b))
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+# ----------------------------------------------------------------------------- each metric
+
+def test_identical_images_score_perfect(metrics):
+    t = _img()
+    r = metrics.score([t.copy()], [t], ["a red dog"])[0]
+    assert r["l1"] == 0.0 and r["l2"] == 0.0
+    assert r["clip_i"] == pytest.approx(1.0, abs=1e-5) and r["dino"] == pytest.approx(1.0, abs=1e-5)
+    assert r["clip_t"] == pytest.approx(r["clip_t_oracle"], abs=1e-6)
+
+
+def test_l1_l2_against_numpy(metrics, models):
+    t = _img()
+    g = np.clip(t.astype(int) + RNG.integers(-40, 41, t.shape), 0, 255).astype(np.uint8)
+    r = metrics.score([g], [t], ["x"])[0]
+    d = (g.astype(np.float64) - t) / 255.0
+    assert r["l1"] == pytest.approx(np.abs(d).mean(), rel=1e-5)
+    assert r["l2"] == pytest.approx((d ** 2).mean(), rel=1e-5)           # MSE, not its root
+    assert r["l1"] > 0.01 and r["dino"] < 1 - 1e-4
+
+    # another size: the edited image is resized (bicubic) to the target's size first
+    small = _img(32, 48)
+    r = metrics.score([small], [t], ["x"])[0]
+    ref = np.asarray(Image.fromarray(small).resize((64, 64), Image.BICUBIC), np.float64)
+    assert r["l1"] == pytest.approx(np.abs(ref - t).mean() / 255, rel=1e-5)
+
+    # distance_size: both to N x N
+    m16 = MagicBrushMetrics(MagicBrushConfig(clip_path=models[0], dino_path=models[1], distance_size=16))
+    r = m16.score([g], [t], ["x"])[0]
+    a, b = (np.asarray(Image.fromarray(x).resize((16, 16), Image.BICUBIC), np.float64) for x in (g, t))
+    assert r["l2"] == pytest.approx((((a - b) / 255) ** 2).mean(), rel=1e-5)
+
+
+def test_clip_i_clip_t_against_the_model_s_submodules(metrics):
+    clip, proc = metrics.clip, metrics.clip_proc
+    g, t, cap = _img(), _img(48, 80), "a cat"
+    r = metrics.score([g], [t], [cap])[0]
+    with torch.no_grad():
+        emb = lambda im: clip.visual_projection(clip.vision_model(
+            pixel_values=proc(images=[im], return_tensors="pt")["pixel_values"]).pooler_output)
+        ids = proc.tokenizer([cap], return_tensors="pt")
+        txt = clip.text_projection(clip.text_model(**ids).pooler_output)
+    assert r["clip_i"] == pytest.approx(_cos(emb(g), emb(t)), abs=1e-5) and r["clip_i"] < 0.99
+    assert r["clip_t"] == pytest.approx(_cos(emb(g), txt), abs=1e-5)
+    assert r["clip_t_oracle"] == pytest.approx(_cos(emb(t), txt), abs=1e-5)
+
+
+class _TensorFeatures(torch.nn.Module):
+    """torchmetrics 1.9's clip_score wants tensors from get_*_features; transformers 5 returns outputs."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.m, self.config = clip, clip.config
+
+    def get_image_features(self, *a, **k):
+        return self.m.get_image_features(*a, **k).pooler_output
+
+    def get_text_features(self, *a, **k):
+        return self.m.get_text_features(*a, **k).pooler_output
+
+
+def test_clip_agrees_with_torchmetrics_clip_score(metrics):
+    from torchmetrics.functional.multimodal import clip_score
+
+    wrapped = lambda: (_TensorFeatures(metrics.clip), metrics.clip_proc)
+    checked = 0
+    for seed in range(6):
+        g, t = _img(seed=10 + seed), _img(seed=20 + seed)
+        cap = ["a red dog", "a cat", "the dog"][seed % 3]
+        r = metrics.score([g], [t], [cap])[0]
+        chw = lambda x: torch.from_numpy(x).permute(2, 0, 1)
+        with torch.no_grad():
+            cs_t = float(clip_score(chw(g), cap, model_name_or_path=wrapped))
+            cs_i = float(clip_score(chw(g), chw(t), model_name_or_path=wrapped))
+        # CLIPScore = max(100 cos, 0): ours is the raw cosine (the paper's scale)
+        assert cs_t == pytest.approx(max(100 * r["clip_t"], 0), abs=1e-3)
+        assert cs_i == pytest.approx(max(100 * r["clip_i"], 0), abs=1e-3)
+        checked += r["clip_t"] > 0
+    assert checked >= 1                                                     # the comparison was not all zeros
+
+
+def test_dino_transform_and_cls_cosine(metrics):
+    # 256 wide, 300 tall: the shorter side is already 256, so the transform is a plain center crop
+    g, t = _img(300, 256), _img(300, 256)
+    r = metrics.score([g], [t], ["x"])[0]
+    top, left = round((300 - 224) / 2), 16
+
+    def cls(a):
+        x = (a[top:top + 224, left:left + 224] / 255.0 - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+        with torch.no_grad():
+            h = metrics.dino(pixel_values=torch.tensor(x, dtype=torch.float32).permute(2, 0, 1)[None])
+        return h.last_hidden_state[0, 0].numpy()
+    assert r["dino"] == pytest.approx(_cos(cls(g), cls(t)), abs=1e-5)
+    top += 8                                                                # a crop 8 px off would be caught
+    assert abs(r["dino"] - _cos(cls(g), cls(t))) > 1e-3
+    # a rescaled copy of the same picture: the transform maps both to (nearly) the same crop
+    big = np.asarray(Image.fromarray(g).resize((512, 600), Image.BICUBIC))
+    assert metrics.score([big], [g], ["x"])[0]["dino"] > r["dino"]
+
+
+def test_image_modes_and_bad_images(metrics, tmp_path):
+    t = _img()
+    rgba = np.concatenate([t, RNG.integers(0, 256, (64, 64, 1), dtype=np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "t.png")
+    r = metrics.score([t], [tmp_path / "t.png"], ["x"])[0]          # alpha dropped, as convert('RGB')
+    assert r["l1"] == 0.0
+    gray = t[..., 0]
+    Image.fromarray(gray, "L").save(tmp_path / "g.png")
+    r = metrics.score([tmp_path / "g.png"], [np.repeat(gray[..., None], 3, 2)], ["x"])[0]
+    assert r["l1"] == 0.0
+    with pytest.raises(ValueError, match=r"generated image: expected uint8 \[H, W, 3\], got float32"):
+        metrics.score([t.astype(np.float32)], [t], ["x"])
+    (tmp_path / "bad.png").write_text("not an image")
+    with pytest.raises(ValueError, match="cannot read .*bad.png"):
+        metrics.score([tmp_path / "bad.png"], [t], ["x"])
+
+
+# ----------------------------------------------------------------------------- the protocol
+
+def _write_set(root, turns=(2, 3)):
+    """Sessions s1 (2 turns) and s2 (3 turns) with random images; -> {id: [target arrays]}."""
+    (root / "images").mkdir(parents=True)
+    rows, targets = [], {}
+    for k, (sid, n) in enumerate(zip(["s1", "s2"], turns)):
+        Image.fromarray(_img(seed=100 + k)).save(root / "images" / f"{sid}_in.png")
+        targets[sid] = [_img(seed=200 + 10 * k + t) for t in range(n)]
+        for t, a in enumerate(targets[sid]):
+            Image.fromarray(a).save(root / "images" / f"{sid}_out{t + 1}.png")
+        rows.append(dict(id=sid, source=f"images/{sid}_in.png",
+                         turns=[dict(instruction=f"edit {t + 1}", target=f"images/{sid}_out{t + 1}.png",
+                                     caption=["a cat", "a red dog", "the dog"][t]) for t in range(n)]))
+    (root / "sessions.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return targets
+
+
+def test_multi_turn_aggregation(metrics, tmp_path):
+    targets = _write_set(tmp_path / "mb")
+    ds = read_magicbrush(tmp_path / "mb")
+    assert [(s.id, len(s.turns)) for s in ds] == [("s1", 2), ("s2", 3)]
+    # generated = target + a known offset per (session, turn): L1 known exactly (no clipping: 0..255 - 9)
+    offs = {"s1": [0, 3], "s2": [6, 9, 0]}
+    gen = {sid: [np.clip(a.astype(int) + o, 0, 255).astype(np.uint8) for a, o in zip(targets[sid], offs[sid])]
+           for sid in targets}
+    l1 = {sid: [np.abs(g.astype(float) - a).mean() / 255 for g, a in zip(gen[sid], targets[sid])] for sid in gen}
+    res = score_magicbrush(gen, ds, metrics=metrics)
+    json.dumps(res)                                                        # JSON-able
+    assert res["sessions"] == 2 and [p["n"] for p in res["per_turn"]] == [2, 2, 1]
+    assert [p["turn"] for p in res["per_turn"]] == [1, 2, 3]
+    assert res["per_turn"][0]["l1"] == pytest.approx((l1["s1"][0] + l1["s2"][0]) / 2, abs=2e-6)
+    assert res["per_turn"][1]["l1"] == pytest.approx((l1["s1"][1] + l1["s2"][1]) / 2, abs=2e-6)
+    assert res["per_turn"][2]["l1"] == pytest.approx(l1["s2"][2], abs=2e-6)
+    assert res["per_turn"][2]["l1"] == 0.0 and res["per_turn"][2]["clip_i"] == pytest.approx(1.0, abs=1e-5)
+    assert res["final_turn"]["n"] == 2                                     # s1's turn 2 and s2's turn 3
+    assert res["final_turn"]["l1"] == pytest.approx((l1["s1"][1] + l1["s2"][2]) / 2, abs=2e-6)
+    assert res["all_turns"]["n"] == 5
+    assert res["all_turns"]["l1"] == pytest.approx(np.mean(l1["s1"] + l1["s2"]), abs=2e-6)
+    assert [len(s["turns"]) for s in res["per_session"]] == [2, 3]
+    # the same images from the generated-folder layout give the same results
+    for sid, ims in gen.items():
+        for t, a in enumerate(ims, 1):
+            p = generated_path(tmp_path / "gen", sid, t)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(p)
+    again = score_magicbrush(tmp_path / "gen", tmp_path / "mb", metrics=metrics)
+    assert again["per_turn"] == res["per_turn"] and again["final_turn"] == res["final_turn"]
+
+
+def test_aggregate_by_hand():
+    row = lambda v: {m: v for m in ("l1", "l2", "clip_i", "clip_t", "dino", "clip_t_oracle")}
+    res = aggregate([dict(id="a", turns=[row(1.0), row(3.0)]), dict(id="b", turns=[row(2.0), row(5.0), row(8.0)])])
+    assert [(p["n"], p["dino"]) for p in res["per_turn"]] == [(2, 1.5), (2, 4.0), (1, 8.0)]
+    assert (res["final_turn"]["n"], res["final_turn"]["clip_t"]) == (2, 5.5)
+    assert (res["all_turns"]["n"], res["all_turns"]["l2"]) == (5, 3.8)
+
+
+class _BrightenEditor:
+    """Editor stand-in: each turn returns its input + 20 and records what it saw, so a chain
+    fed with the ground truth (or with the source every turn) would give other images."""
+
+    def __init__(self):
+        self.seen = []
+
+    def start(self, image):
+        ed = self
+
+        class Session:
+            images, texts = [np.asarray(image)], []
+
+            def edit(self, prompt):
+                ed.seen.append((len(self.images), prompt))
+                out = np.clip(self.images[-1].astype(int) + 20, 0, 255).astype(np.uint8)
+                self.images.append(out)
+                self.texts.append(prompt)
+                return out
+        return Session()
+
+
+def test_run_feeds_outputs_back_and_scores(metrics, tmp_path):
+    _write_set(tmp_path / "mb")
+    ed = _BrightenEditor()
+    res = run_magicbrush(ed, tmp_path / "mb", metrics=metrics, out_dir=tmp_path / "run", progress=False)
+    assert ed.seen == [(1, "edit 1"), (2, "edit 2"), (1, "edit 1"), (2, "edit 2"), (3, "edit 3")]
+    src = np.asarray(Image.open(tmp_path / "mb/images/s2_in.png"))
+    out3 = np.asarray(Image.open(generated_path(tmp_path / "run", "s2", 3)))
+    assert np.array_equal(out3, np.clip(src.astype(int) + 60, 0, 255))     # three edits chained on the source
+    assert json.loads((tmp_path / "run/results.json").read_text())["per_turn"] == res["per_turn"]
+    assert [p["n"] for p in res["per_turn"]] == [2, 2, 1] and res["setting"].startswith("multi-turn")
+    # edit_size: the editor sees the source at N x N; scoring resizes its outputs to the targets
+    small = run_magicbrush(_BrightenEditor(), tmp_path / "mb", progress=False,
+                           metrics=MagicBrushMetrics(MagicBrushConfig(clip_path=metrics.cfg.clip_path,
+                                                                      dino_path=metrics.cfg.dino_path, edit_size=16)))
+    assert small["per_turn"][0]["n"] == 2 and small["per_turn"][0]["l1"] != res["per_turn"][0]["l1"]
+
+
+# ----------------------------------------------------------------------------- one-line errors
+
+def test_missing_model_folder_names_the_key(models, tmp_path):
+    with pytest.raises(ValueError, match=r"^magicbrush.clip_path: no local model folder .*nothing is downloaded$"):
+        MagicBrushMetrics(MagicBrushConfig(clip_path=str(tmp_path / "nope"), dino_path=models[1]))
+    with pytest.raises(ValueError, match=r"^magicbrush.dino_path: no local model folder \(config.json\) at 'facebook/dino-vits16'"):
+        MagicBrushMetrics(MagicBrushConfig(clip_path=models[0]))           # the default: a folder that is not here
+    with pytest.raises(ValueError, match="magicbrush.dino_crop"):
+        MagicBrushConfig(dino_resize=200, dino_crop=224)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda r: r.pop("turns"), r"sessions.jsonl:1: session row missing key 'turns'$"),
+    (lambda r: r["turns"][1].pop("caption"), r"sessions.jsonl:1: turns\[1\] missing key 'caption'$"),
+    (lambda r: r.update(turns=[]), r"'turns' must be a non-empty list$"),
+    (lambda r: r["turns"][0].update(target="../x.png"), r"turns\[0\].target: '../x.png' climbs out"),
+    (lambda r: r["turns"][0].update(target="images/none.png"), r"turns\[0\].target: no image file"),
+    (lambda r: r.update(id="s2"), r"sessions.jsonl:2: id 's2' repeats an earlier row$"),
+])
+def test_bad_session_rows(tmp_path, edit, match):
+    _write_set(tmp_path / "mb")
+    f = tmp_path / "mb" / "sessions.jsonl"
+    rows = [json.loads(x) for x in f.read_text().splitlines()]
+    edit(rows[0])
+    f.write_text("\n".join(json.dumps(r) for r in rows))
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        read_magicbrush(tmp_path / "mb")
+
+
+def test_generated_must_match_the_sessions(metrics, tmp_path):
+    targets = _write_set(tmp_path / "mb")
+    with pytest.raises(ValueError, match=r"session 's1' has 1 images for 2 turns"):
+        score_magicbrush({"s1": targets["s1"][:1], "s2": targets["s2"]}, tmp_path / "mb", metrics=metrics)
+    with pytest.raises(KeyError, match=r"no images for session 's2'"):
+        score_magicbrush({"s1": targets["s1"]}, tmp_path / "mb", metrics=metrics)
+    with pytest.raises(KeyError, match=r"not in the dataset: \['s9'\]"):
+        score_magicbrush({**targets, "s9": []}, tmp_path / "mb", metrics=metrics)
+    with pytest.raises(FileNotFoundError, match=r"session 's1' lacks turn_1.png, turn_2.png"):
+        score_magicbrush(tmp_path / "empty", tmp_path / "mb", metrics=metrics)
+
+
+def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
+    """The real Editor (tiny random MM-DiT, pixel 'VAE'): run_magicbrush drives EditSession turn after
+    turn, and each turn's context holds the earlier outputs (the images the results score)."""
+    from vincie_mcore.data.packing import PackConfig
+    from vincie_mcore.diffusion.flow import FlowConfig
+    from vincie_mcore.encoders.image import PixelEncoder
+    from vincie_mcore.encoders.text import TextEncoder, TextEncoderConfig
+    from vincie_mcore.infer.editor import Editor, SamplerConfig
+    from vincie_mcore.model import MMDiTConfig, build_model
+
+    _write_set(tmp_path / "mb")
+    torch.manual_seed(0)
+    model = build_model(MMDiTConfig.from_dict(dict(
+        hidden_size=32, num_layers=1, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=32, patch_dim=192,
+        max_turns=8, rope_axes_dim=[4, 6, 6], adaln_zero_init=False, text_adaln=True, attention_backend="torch")),
+        device="cpu").eval()
+    ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
+                PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, seed=1),
+                mask_type="block_causal")
+    started = []
+    start = ed.start
+    ed.start = lambda im: started.append(start(im)) or started[-1]
+    cfg = MagicBrushConfig(clip_path=metrics.cfg.clip_path, dino_path=metrics.cfg.dino_path, edit_size=16)
+    res = run_magicbrush(ed, tmp_path / "mb", out_dir=tmp_path / "run", progress=False,
+                         metrics=MagicBrushMetrics(cfg))
+    assert [p["n"] for p in res["per_turn"]] == [2, 2, 1]
+    s2 = started[1]
+    assert s2.texts == ["edit 1", "edit 2", "edit 3"] and len(s2.images) == 4 and s2.images[0].shape == (16, 16, 3)
+    for t in (1, 2, 3):
+        assert np.array_equal(np.asarray(Image.open(generated_path(tmp_path / "run", "s2", t))), s2.images[t].numpy())
