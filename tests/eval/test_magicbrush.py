@@ -262,7 +262,8 @@ def test_run_feeds_outputs_back_and_scores(metrics, tmp_path):
 def test_missing_model_folder_names_the_key(models, tmp_path):
     with pytest.raises(ValueError, match=r"^magicbrush.clip_path: no local model folder .*nothing is downloaded$"):
         MagicBrushMetrics(MagicBrushConfig(clip_path=str(tmp_path / "nope"), dino_path=models[1]))
-    with pytest.raises(ValueError, match=r"^magicbrush.dino_path: no local model folder \(config.json\) at 'facebook/dino-vits16'"):
+    with pytest.raises(ValueError, match=r"^magicbrush.dino_path: no local model folder \(config.json\) at "
+                                         r"'facebook/dino-vits16'"):
         MagicBrushMetrics(MagicBrushConfig(clip_path=models[0]))           # the default: a folder that is not here
     with pytest.raises(ValueError, match="magicbrush.dino_crop"):
         MagicBrushConfig(dino_resize=200, dino_crop=224)
@@ -328,3 +329,15 @@ def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
     assert s2.texts == ["edit 1", "edit 2", "edit 3"] and len(s2.images) == 4 and s2.images[0].shape == (16, 16, 3)
     for t in (1, 2, 3):
         assert np.array_equal(np.asarray(Image.open(generated_path(tmp_path / "run", "s2", t))), s2.images[t].numpy())
+
+
+def test_docs_list_every_key_with_its_default():
+    """docs/magicbrush.md's two key tables name every MagicBrushConfig field with its default."""
+    import dataclasses
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "magicbrush.md").read_text()
+    rows = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]+?)`? \|", text, re.M))
+    want = {f.name: str(getattr(MagicBrushConfig(), f.name)) for f in dataclasses.fields(MagicBrushConfig)}
+    assert {k: rows.get(k) for k in want} == want

@@ -52,9 +52,11 @@ class MagicBrushConfig:
     clip_path: str = "openai/clip-vit-base-patch32"   # CLIPModel + CLIPProcessor: MagicBrush's clip.load("ViT-B/32")
     dino_path: str = "facebook/dino-vits16"           # ViTModel: MagicBrush's torch.hub dino_vits16 (DINO ViT-S/16)
     dino_resize: int = 256          # DINO: shorter side to this (bicubic) ...
-    dino_crop: int = 224            # ... then a center crop of this (MagicBrush's transform, not the folder's processor)
-    distance_size: int | None = None   # L1/L2: None = edited image resized to the target's size (MagicBrush); N = both to N x N
-    edit_size: int | None = None    # run_magicbrush: source resized to N x N for the editor (size must suit its patches); None = as is
+    dino_crop: int = 224            # ... then a center crop (MagicBrush's transform, not the folder's processor)
+    # L1/L2: None = the edited image resized to the target's size (MagicBrush); N = both resized to N x N
+    distance_size: int | None = None
+    # run_magicbrush: the source resized to N x N for the editor (must suit its patch x VAE factor); None = as is
+    edit_size: int | None = None
     batch_size: int = 16            # image pairs per CLIP/DINO forward
     device: str = "cpu"
 
@@ -310,6 +312,12 @@ def _generated_for(generated, s: MagicBrushSession) -> list:
     return imgs
 
 
+def _metrics(cfg, metrics):
+    if metrics is not None and cfg is not None and cfg != metrics.cfg:
+        raise ValueError("magicbrush: both cfg and metrics given, with different configs; pass one")
+    return metrics or MagicBrushMetrics(cfg)
+
+
 def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
                      metrics: MagicBrushMetrics | None = None, setting: str = "given") -> dict:
     """Score images someone else generated against ``dataset`` (a folder or ``read_magicbrush``'s list).
@@ -317,7 +325,7 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     ``generated``: a folder laid out as ``generated_path`` says, or ``{session id: [image of turn 1, ...]}``;
     each session needs exactly one image per turn, and every session of ``dataset`` must be there."""
     sessions = read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
-    metrics = metrics or MagicBrushMetrics(cfg)
+    metrics = _metrics(cfg, metrics)
     cfg = metrics.cfg
     if not isinstance(generated, (str, os.PathLike)):
         extra = set(generated) - {s.id for s in sessions}
@@ -344,7 +352,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     from tqdm import tqdm
 
     sessions = read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
-    metrics = metrics or MagicBrushMetrics(cfg)
+    metrics = _metrics(cfg, metrics)
     cfg = metrics.cfg
     # with out_dir the edits are scored from their PNGs (lossless), so no session's images stay in memory
     generated = {}
