@@ -1,0 +1,197 @@
+"""``vincie-sweep launch | status | collect`` and the two steps a Slurm task runs (``run-train``, ``run-eval``).
+
+launch submits, and returns at once with the job ids:
+- one training array over the runs not yet done, capped at ``cluster.max_concurrent`` at a time
+  (``--array=i,j,...%N``);
+- per run, an evaluation job that waits for its array element (``afterok:ARRAY_i``);
+- one ``collect`` job after every evaluation has ended, whatever the outcome (``afterany``), so a
+  failed run never blocks the table.
+
+A run is done when its ``eval.json`` exists. Launching again resubmits only the runs that are not
+done and not waiting or running under an earlier launch. Every launch is recorded in
+``SWEEP/launches.jsonl``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .plan import read_planned, read_runs
+
+SLURM = Path(__file__).resolve().parents[2] / "slurm"
+LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
+
+
+def eval_path(run) -> Path:
+    return Path(run.run_dir) / "eval.json"
+
+
+def _sbatch(args: list[str], env=None) -> str:
+    r = subprocess.run(["sbatch", "--parsable", *args], capture_output=True, text=True, env=env)
+    if r.returncode:
+        raise RuntimeError(f"sbatch failed: {' '.join(r.stderr.split())[:300]}")
+    return r.stdout.strip().split(";")[0]
+
+
+def job_states(ids: list[str], env=None) -> dict[str, str]:
+    """Slurm's state of each job id (array elements as ``ARRAY_i``); unknown ids are left out."""
+    if not ids or not shutil.which("squeue"):
+        return {}
+    r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, env=env)
+    out = {}
+    for line in r.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2:
+            out[parts[0]] = parts[1]
+    return {i: out[i] for i in ids if i in out}
+
+
+def _launched(sweep_dir: Path) -> dict[int, str]:
+    """Run index -> the Slurm id of its latest training element."""
+    p = sweep_dir / "launches.jsonl"
+    out: dict[int, str] = {}
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                out.update({int(i): f"{rec['train']}_{i}" for i in rec["runs"]})
+    return out
+
+
+def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
+    """Submit what is not done -> {"train", "evals", "collect", "runs"} (job ids; nothing when all is done)."""
+    sweep_dir = Path(sweep_dir).resolve()
+    runs, d = read_runs(sweep_dir), read_planned(sweep_dir)
+    last = _launched(sweep_dir)
+    live = job_states(list(last.values()), env)
+    todo = [r for r in runs if not eval_path(r).is_file() and live.get(last.get(r.index, ""), "") not in LIVE]
+    if not todo:
+        return {"train": None, "evals": {}, "collect": None, "runs": []}
+    c = d.get("cluster", {})
+    logs = sweep_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    res = [f"--nodes={int(c.get('nodes_per_run', 1))}", f"--cpus-per-task={int(c.get('cpus_per_task', 1))}",
+           f"--time={c.get('time', '24:00:00')}"]
+    if int(c.get("gpus_per_run", 0)):
+        res.append(f"--gpus-per-node={int(c['gpus_per_run'])}")
+    if c.get("partition"):
+        res.append(f"--partition={c['partition']}")
+    cap = int(c.get("max_concurrent", 0))
+    array = ",".join(str(r.index) for r in todo) + (f"%{cap}" if cap else "")
+    train = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *res, *(extra_sbatch or []),
+                     str(SLURM / "sweep_train.sbatch"), str(sweep_dir)], env)
+    evals = {r.index: _sbatch([f"--dependency=afterok:{train}_{r.index}", "--kill-on-invalid-dep=yes",
+                               f"--output={logs}/eval_{r.index}_%j.out", f"--cpus-per-task={int(c.get('cpus_per_task', 1))}",
+                               *(extra_sbatch or []), str(SLURM / "sweep_eval.sbatch"), str(sweep_dir), str(r.index)], env)
+             for r in todo}
+    collect = _sbatch([f"--dependency=afterany:{':'.join(evals.values())}", f"--output={logs}/collect_%j.out",
+                       *(extra_sbatch or []), str(SLURM / "sweep_collect.sbatch"), str(sweep_dir)], env)
+    rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "train": train, "evals": evals, "collect": collect,
+           "runs": [r.index for r in todo]}
+    with open(sweep_dir / "launches.jsonl", "a") as f:
+        f.write(json.dumps(rec) + "\n")
+    return rec
+
+
+# ----------------------------------------------------------------------------- inside a task
+
+def _tool(name: str) -> str:
+    exe = Path(sys.executable).parent / name
+    return str(exe) if exe.exists() else name
+
+
+def run_train(sweep_dir, index: int) -> int:
+    run = read_runs(sweep_dir)[index]
+    return subprocess.run([_tool("vincie-train"), *run.overrides]).returncode
+
+
+def run_eval(sweep_dir, index: int) -> int:
+    run, d = read_runs(sweep_dir)[index], read_planned(sweep_dir)
+    ev = d.get("eval", {})
+    heldout = next(o.split("=", 1)[1] for o in run.overrides if o.startswith("data.corpus.heldout_store="))
+    args = [_tool("vincie-evaluate"), "--run", run.run_dir, "--store", heldout, "--out", str(eval_path(run) ) + ".tmp"]
+    if ev.get("sessions"):
+        args += ["--sessions", str(int(ev["sessions"]))]
+    rc = subprocess.run([*args, *ev.get("overrides", [])]).returncode
+    if rc == 0:
+        os.replace(str(eval_path(run)) + ".tmp", eval_path(run))     # done means the whole file is there
+    return rc
+
+
+# ----------------------------------------------------------------------------- reading runs
+
+def _last_loss(run_dir: Path) -> tuple[int | None, float | None]:
+    """(step, loss) of the last logged training loss (TensorBoard events), or (None, None)."""
+    tb = run_dir / "tensorboard"
+    if not tb.is_dir():
+        return None, None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    ea = EventAccumulator(str(tb), size_guidance={"scalars": 0})
+    ea.Reload()
+    if "train/loss" not in ea.Tags().get("scalars", []):
+        return None, None
+    ev = ea.Scalars("train/loss")[-1]
+    return int(ev.step), float(ev.value)
+
+
+def status(sweep_dir, env=None) -> list[dict]:
+    """One row per run: state, step, last loss, eval done."""
+    sweep_dir = Path(sweep_dir).resolve()
+    from ..train.checkpoint import latest_step
+
+    runs = read_runs(sweep_dir)
+    last = _launched(sweep_dir)
+    live = job_states(list(last.values()), env)
+    rows = []
+    for r in runs:
+        step = latest_step(str(Path(r.run_dir) / "checkpoints")) if (Path(r.run_dir) / "checkpoints").is_dir() else None
+        _, loss = _last_loss(Path(r.run_dir))
+        if eval_path(r).is_file():
+            state = "done"
+        elif r.index in last and live.get(last[r.index]):
+            state = live[last[r.index]].lower()
+        elif step is not None and step >= r.steps:
+            state = "trained, eval missing"
+        elif r.index in last:
+            state = "failed or cancelled"
+        else:
+            state = "not launched"
+        rows.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed, "state": state,
+                     "step": step, "steps": r.steps, "last_loss": loss, "eval": eval_path(r).is_file()})
+    return rows
+
+
+def format_status(rows: list[dict]) -> str:
+    head = f"{'run':<24} {'state':<22} {'step':>9} {'loss':>9}  eval"
+    lines = [head] + [f"{r['run']:<24} {r['state']:<22} {str(r['step']) + '/' + str(r['steps']):>9} "
+                      f"{'' if r['last_loss'] is None else format(r['last_loss'], '.4f'):>9}  {'yes' if r['eval'] else 'no'}"
+                      for r in rows]
+    return "\n".join(lines)
+
+
+def collect(sweep_dir) -> list[dict]:
+    """The table of finished runs (``sweep/fit.py``'s input) -> SWEEP/results.json and results.csv.
+    Runs without an evaluation are listed in results.json's "missing", never fatal."""
+    sweep_dir = Path(sweep_dir).resolve()
+    table, missing = [], []
+    for r in read_runs(sweep_dir):
+        if not eval_path(r).is_file():
+            missing.append(r.name)
+            continue
+        ev = json.loads(eval_path(r).read_text())
+        _, loss = _last_loss(Path(r.run_dir))
+        table.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed,
+                      "steps": r.steps, "turn_success": ev["turn_success"], "final_loss": loss})
+    (sweep_dir / "results.json").write_text(json.dumps({"runs": table, "missing": missing}, indent=1))
+    turns = max((len(t["turn_success"]) for t in table), default=0)
+    head = ["run", "data_size", "model", "seed", "steps", "final_loss"] + [f"turn_{i}" for i in range(1, turns + 1)]
+    lines = [",".join(head)] + [",".join(str(x) for x in [t["run"], t["data_size"], t["model"], t["seed"], t["steps"],
+                                                         t["final_loss"], *t["turn_success"]]) for t in table]
+    (sweep_dir / "results.csv").write_text("\n".join(lines) + "\n")
+    return table

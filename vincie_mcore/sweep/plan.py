@@ -1,0 +1,177 @@
+"""``vincie-sweep plan``: a sweep YAML -> one resolved run per (data size, model, seed), nested data.
+
+    name: tiny
+    base: [experiment=demo, data.pack.token_budget=400]   # overrides for every run
+    data:                                     # one shared training store: every size is its first N sessions
+      synthetic: {videos: 64, heldout_videos: 16, world: demo}    # built once by plan
+      # or: store: /lustre/store, heldout_store: /lustre/heldout
+    data_sizes: [8, 16, 32, 64]               # training sessions (data.corpus.max_sessions)
+    models: {tiny: [model=tiny]}              # name -> overrides
+    seeds: [0, 1]
+    combine: product                          # or zip
+    steps: {rule: proportional, per_session: 0.1, min: 2, max: 100000}   # or {rule: fixed, steps: 1000}
+    eval: {overrides: [eval.turns=2], sessions: 16}
+    cluster: {gpus_per_run: 8, nodes_per_run: 1, cpus_per_task: 8, max_concurrent: 4, time: "24:00:00",
+              partition: null, step_time_s: 1.9}     # step_time_s: measured (run_info / logs), for the budget
+
+Nested subsets: every run trains on the same store with ``data.corpus.max_sessions=N``, and the store
+is read in a fixed order, so the sessions of a smaller run all lie inside a larger run's. plan writes
+``SWEEP/runs.jsonl`` (one resolved run per line), ``SWEEP/sweep.yaml`` (the input, as planned) and
+``SWEEP/budget.json`` (GPU-hours from ``cluster.step_time_s``; null without it).
+"""
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..paths import safe_name
+
+KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster"}
+
+
+@dataclass
+class Run:
+    index: int
+    name: str
+    data_size: int
+    model: str
+    seed: int
+    steps: int
+    run_dir: str
+    overrides: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _err(key: str, msg: str) -> ValueError:
+    return ValueError(f"sweep.{key}: {msg}")
+
+
+def read_sweep(path) -> dict:
+    """The sweep YAML, checked: every key known, every axis non-empty; one line naming the bad key."""
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"sweep: cannot read {path}: {e.strerror}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"sweep: {path} is not a mapping")
+    for k in d:
+        if k not in KEYS:
+            raise _err(k, f"unknown key (known: {', '.join(sorted(KEYS))})")
+    if not isinstance(d.get("name"), str) or not d["name"]:
+        raise _err("name", "a non-empty string is required")
+    sizes = d.get("data_sizes")
+    if not isinstance(sizes, list) or not sizes or not all(isinstance(n, int) and n > 0 for n in sizes):
+        raise _err("data_sizes", f"a list of positive ints is required, got {sizes!r}")
+    d.setdefault("models", {"default": []})
+    if not isinstance(d["models"], dict) or not d["models"]:
+        raise _err("models", "a mapping name -> list of overrides is required")
+    d.setdefault("seeds", [0])
+    if not isinstance(d["seeds"], list) or not all(isinstance(s, int) for s in d["seeds"]) or not d["seeds"]:
+        raise _err("seeds", f"a list of ints is required, got {d['seeds']!r}")
+    d.setdefault("combine", "product")
+    if d["combine"] not in ("product", "zip"):
+        raise _err("combine", f"product or zip, got {d['combine']!r}")
+    if d["combine"] == "zip" and len({len(sizes), len(d["models"]), len(d["seeds"])} - {1}) > 1:
+        raise _err("combine", "zip needs data_sizes, models and seeds of one length (or length 1)")
+    st = d.setdefault("steps", {"rule": "fixed", "steps": 100})
+    if st.get("rule") not in ("fixed", "proportional"):
+        raise _err("steps.rule", f"fixed or proportional, got {st.get('rule')!r}")
+    data = d.get("data") or {}
+    if not (("synthetic" in data) ^ ("store" in data)):
+        raise _err("data", "give either synthetic: {videos, heldout_videos, world} or store: PATH (+ heldout_store)")
+    if "store" in data and not data.get("heldout_store"):
+        raise _err("data.heldout_store", "evaluation needs a held-out store")
+    if "synthetic" in data and data["synthetic"].get("videos", 0) < max(sizes):
+        raise _err("data.synthetic.videos", f"must be >= the largest data size {max(sizes)}")
+    d.setdefault("base", [])
+    d.setdefault("eval", {})
+    d.setdefault("cluster", {})
+    return d
+
+
+def steps_for(rule: dict, n: int) -> int:
+    if rule["rule"] == "fixed":
+        return int(rule["steps"])
+    s = round(float(rule["per_session"]) * n)
+    return int(min(max(s, int(rule.get("min", 1))), int(rule.get("max", 10**9))))
+
+
+def combos(d: dict) -> list[tuple[int, str, int]]:
+    sizes, models, seeds = d["data_sizes"], list(d["models"]), d["seeds"]
+    if d["combine"] == "product":
+        return list(itertools.product(sizes, models, seeds))
+    n = max(len(sizes), len(models), len(seeds))
+    pick = lambda xs, i: xs[0] if len(xs) == 1 else xs[i]   # noqa: E731 - a length-1 axis repeats
+    return [(pick(sizes, i), pick(models, i), pick(seeds, i)) for i in range(n)]
+
+
+def data_paths(sweep_dir: Path, d: dict) -> tuple[str, str]:
+    data = d["data"]
+    if "store" in data:
+        return data["store"], data["heldout_store"]
+    return str(sweep_dir / "data" / "train" / "store"), str(sweep_dir / "data" / "heldout" / "store")
+
+
+def build_synthetic(sweep_dir: Path, d: dict, progress: bool = True) -> None:
+    """The shared training and held-out stores of a synthetic sweep (resumable, like every build)."""
+    from ..data.build import build_sessions
+    from ..data.video import write_synthetic_corpus
+    from ..data.world import WorldConfig, demo_config
+
+    syn = d["data"]["synthetic"]
+    world = demo_config() if syn.get("world", "demo") == "demo" else WorldConfig(**syn["world"])
+    for part, n, seed, sampling in (("train", syn["videos"], 0, "mixed"), ("heldout", syn.get("heldout_videos", 16), 1, "fixed")):
+        root = sweep_dir / "data" / part
+        write_synthetic_corpus(root / "videos", n, world, seed=seed, workers=1, progress=progress)
+        build_sessions(root / "videos", root / "store", sampling=sampling, seed=seed, progress=progress)
+
+
+def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) -> dict:
+    """Write runs.jsonl, sweep.yaml and budget.json under ``sweep_dir`` -> a summary."""
+    d = read_sweep(sweep_yaml)
+    sweep_dir = Path(sweep_dir).resolve()
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    old = sweep_dir / "runs.jsonl"
+    train_store, heldout = data_paths(sweep_dir, d)
+    runs = []
+    for i, (n, model, seed) in enumerate(combos(d)):
+        name = safe_name(f"{model}_d{n}_s{seed}", "run name")
+        run_dir = str(sweep_dir / "runs" / name)
+        steps = steps_for(d["steps"], n)
+        ov = [*d["base"], *d["models"][model], f"seed={seed}", f"data.corpus.store={train_store}",
+              f"data.corpus.heldout_store={heldout}", f"data.corpus.max_sessions={n}", f"train.steps={steps}",
+              "train.progress=false", f"run_dir={run_dir}"]
+        runs.append(Run(i, name, n, model, seed, steps, run_dir, ov))
+    if old.is_file():                                        # a re-plan must not renumber launched runs
+        before = [json.loads(line)["name"] for line in old.read_text().splitlines() if line.strip()]
+        if before != [r.name for r in runs]:
+            raise ValueError(f"{sweep_dir}: planned with other runs already; use another folder")
+    if "synthetic" in d["data"] and build_data:
+        build_synthetic(sweep_dir, d, progress)
+    old.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in runs))
+    (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
+    c = d["cluster"]
+    gpus = int(c.get("gpus_per_run", 0)) * int(c.get("nodes_per_run", 1))
+    st = c.get("step_time_s")
+    budget = {"runs": len(runs), "steps": sum(r.steps for r in runs), "gpus_per_run": gpus, "step_time_s": st,
+              "gpu_hours": round(sum(r.steps for r in runs) * st * gpus / 3600, 2) if st and gpus else None,
+              "why_none": None if st and gpus else "cluster.step_time_s (measured) and gpus_per_run are needed"}
+    (sweep_dir / "budget.json").write_text(json.dumps(budget, indent=1))
+    return {"sweep": str(sweep_dir), "runs": len(runs), "budget": budget}
+
+
+def read_runs(sweep_dir) -> list[Run]:
+    p = Path(sweep_dir) / "runs.jsonl"
+    if not p.is_file():
+        raise FileNotFoundError(f"{sweep_dir}: no runs.jsonl (run `vincie-sweep plan` first)")
+    return [Run(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+
+
+def read_planned(sweep_dir) -> dict:
+    return yaml.safe_load((Path(sweep_dir) / "sweep.yaml").read_text())
