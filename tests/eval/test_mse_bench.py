@@ -200,3 +200,30 @@ def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_serve
                         "--judge", str(conf), "--out", str(tmp_path / "o2")], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.startswith("error: judge server http://127.0.0.1:9/v1: unreachable")
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_magicbrush_scores_a_generated_folder(tmp_path):
+    """vincie-benchmark magicbrush on the MagicBrush test's layout, tiny CLIP/DINO, images given."""
+    import subprocess
+
+    from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+
+    from test_magicbrush import _write_set
+
+    data = tmp_path / "mb"
+    _write_set(data)
+    rows = [json.loads(line) for line in (data / "sessions.jsonl").read_text().splitlines()]
+    gen = tmp_path / "gen"
+    for r in rows:                                             # "generated" = the ground truth itself
+        for t, turn in enumerate(r["turns"], 1):
+            (gen / r["id"]).mkdir(parents=True, exist_ok=True)
+            (gen / r["id"] / f"turn_{t}.png").write_bytes((data / turn["target"]).read_bytes())
+    r = subprocess.run([str(Path(sys.executable).parent / "vincie-benchmark"), "magicbrush", "--data", str(data),
+                        "--generated", str(gen), "--clip", save_tiny_clip(tmp_path / "clip"),
+                        "--dino", save_tiny_dino(tmp_path / "dino"), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    f = res["final_turn"]
+    assert f["l1"] == 0 and f["l2"] == 0 and f["clip_i"] == pytest.approx(1, abs=1e-4) and f["dino"] == pytest.approx(1, abs=1e-4)
+    assert r.stdout.startswith("MagicBrush final turn: l1 0.0000 l2 0.0000 clip_i 1.0000")

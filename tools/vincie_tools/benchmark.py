@@ -2,6 +2,8 @@
 
     vincie-benchmark mse --data mse_bench/ --run runs/3b --judge judge.yaml --out results/mse
     vincie-benchmark mse --data mse_bench/ --generated published_results.parquet --judge judge.yaml --out results/ref
+    vincie-benchmark magicbrush --data magicbrush_test/ --run runs/3b --clip models/clip-vit-base-patch32 \
+        --dino models/dino-vits16 --out results/magicbrush
 
 mse: MSE-Bench's 5-turn sessions. The editor runs them turn after turn, with every earlier turn in
 context, unless --generated gives the images. A VLM judge scores every turn (paper App. C.6): a turn
@@ -9,6 +11,9 @@ succeeds when both scores are > 6, and judging stops at a session's first failur
 results.json (success per turn, score means with bootstrap CIs, every verdict), report.html (strips
 beside the judge's reasons) and the generated images (generated.parquet). judge.yaml holds the
 judge's server: base_urls, model, cache_dir ... (its key in $VINCIE_JUDGE_API_KEY). docs/benchmarks.md.
+
+magicbrush: L1, L2, CLIP-I, CLIP-T and DINO per turn against MagicBrush's ground truth, turn after turn
+with the model's own outputs as context (or --generated: a folder <id>/turn_<t>.png). docs/magicbrush.md.
 """
 from __future__ import annotations
 
@@ -36,7 +41,54 @@ def _parser():
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
     m.add_argument("--quiet", action="store_true")
+    b = sub.add_parser("magicbrush", help="MagicBrush multi-turn: L1, L2, CLIP-I, CLIP-T, DINO per turn")
+    b.add_argument("--data", required=True, help="folder with sessions.jsonl (docs/magicbrush.md)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder to edit with")
+    src.add_argument("--export", help="export folder to edit with")
+    src.add_argument("--generated", help="folder of images made elsewhere: <id>/turn_<t>.png")
+    b.add_argument("--clip", required=True, help="local CLIP folder (openai/clip-vit-base-patch32)")
+    b.add_argument("--dino", required=True, help="local DINO folder (facebook/dino-vits16)")
+    b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
+    b.add_argument("--out", required=True)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    b.add_argument("--quiet", action="store_true")
     return p
+
+
+def _editor(a):
+    """The editor of --run or --export."""
+    if a.export:
+        from vincie_mcore.hf.pipeline import VincieEditPipeline
+        from vincie_mcore.infer.editor import Editor
+
+        p = VincieEditPipeline.from_pretrained(a.export)
+        return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type), None
+    from vincie_mcore.build import load_run, make_editor
+
+    cfg, model, text, image = load_run(a.run, a.set)
+    return make_editor(cfg, model, text, image), cfg
+
+
+def magicbrush_main(a) -> int:
+    from vincie_mcore.eval.magicbrush import MagicBrushConfig, run_magicbrush, score_magicbrush
+
+    try:
+        cfg = MagicBrushConfig(clip_path=a.clip, dino_path=a.dino, edit_size=a.edit_size)
+        if a.generated:
+            res = score_magicbrush(a.generated, a.data, cfg)
+            Path(a.out).mkdir(parents=True, exist_ok=True)
+            (Path(a.out) / "results.json").write_text(json.dumps(res, indent=1, default=str))
+        else:
+            editor, _ = _editor(a)
+            res = run_magicbrush(editor, a.data, cfg, out_dir=a.out, progress=not a.quiet)
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    f = res["final_turn"]
+    print("MagicBrush final turn: " + " ".join(f"{k} {f[k]:.4f}" for k in ("l1", "l2", "clip_i", "clip_t", "dino") if k in f)
+          + f" ({Path(a.out) / 'results.json'})")
+    return 0
 
 
 def _save_generated(path: Path, generated: dict) -> None:
@@ -60,6 +112,8 @@ def _save_generated(path: Path, generated: dict) -> None:
 
 def main(argv=None) -> int:
     a = _parser().parse_args(argv)
+    if a.bench == "magicbrush":
+        return magicbrush_main(a)
     import yaml
 
     from vincie_mcore.config import ConfigError, build
@@ -74,21 +128,9 @@ def main(argv=None) -> int:
         if a.generated:
             generated = mse_bench.load_generated(a.generated, a.turns)
         else:
-            if a.export:
-                from vincie_mcore.hf.pipeline import VincieEditPipeline
-                from vincie_mcore.infer.editor import Editor
-
-                p = VincieEditPipeline.from_pretrained(a.export)
-                editor = Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler,
-                                mask_type=p.mask_type)
-                size = tuple(a.size or (512, 512))
-            else:
-                from vincie_mcore.build import load_run, make_editor
-
-                cfg, model, text, image = load_run(a.run, a.set)
-                editor = make_editor(cfg, model, text, image)
-                px = cfg.data.get("world", {}).get("image_px") if "data" in cfg else None
-                size = tuple(a.size or ((px, px) if px else (512, 512)))
+            editor, cfg = _editor(a)
+            px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
+            size = tuple(a.size or ((px, px) if px else (512, 512)))
             generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet)
         res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
     except (ValueError, FileNotFoundError, RuntimeError, ConfigError, OSError) as e:
