@@ -39,7 +39,7 @@ class RecipeConfig:
     drop_roe_tgt: float = 0.7            # ... of the next RoE map
     task_probs: tuple = (0.6, 0.2, 0.2)  # NIP, CSP, NSP (CSP/NSP need RoE maps)
     keep_source: bool = True             # never drop the frame the target is edited from
-    camera_prompts: bool = True          # append "[###CAMERA: <motion>###]" to each transition
+    camera_prompts: bool = True          # prefix "[###CAMERA: <motion>###]" to each transition
     mask_prompt_src: str = "generate the mask of changing areas in the source image"
     mask_prompt_tgt: str = "generate the mask of changing areas in the target image"
     max_frames: int = 20                 # longer sessions are cut
@@ -59,8 +59,9 @@ class RecipeConfig:
 
 
 def camera_prompt(text: str, camera: str | None) -> str:
-    """The paper's camera wrapper; inference uses camera None."""
-    return f"{text} [###CAMERA: {camera or 'None'}###]"
+    """The paper's camera tag, before the instruction (paper Table 9 and D.4; the release prefixes it:
+    ByteDance-Seed/VINCIE generate.py, CAMERA_PREFIX); inference uses camera None."""
+    return f"[###CAMERA: {camera or 'None'}###] {text}"
 
 
 @dataclass
