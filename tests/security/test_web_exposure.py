@@ -144,7 +144,7 @@ class Server:
 @pytest.fixture(scope="module")
 def server(run_dir):
     s = Server(run_dir, "--max-upload-mb", "1", "--max-pixels", "100000", "--max-queue", "8",
-               "--session-ttl-s", "2", "--no-warm-up")
+               "--session-ttl-s", "20", "--no-warm-up")
     yield s
     s.stop()
 
@@ -255,7 +255,7 @@ def test_sixteen_concurrent_sessions_complete_or_are_refused_and_never_mix(serve
         assert np.array_equal(start, _image(100 + i))       # its own start image, no one else's
     print(f"\n16 concurrent sessions: {len(done)} done, {len(refused)} refused (queue full)")
 
-    _wait_live(server, 0)                                   # every session freed (idle > --session-ttl-s 2)
+    _wait_live(server, 0)                                   # every session freed (idle > --session-ttl-s 20)
     assert server.count(r"session opened") == server.count(r"session freed")
     print("freed because: " + ", ".join(f"{why} {server.count(f'session freed: {why}')}"
                                         for why in ("tab closed", "idle", "new start image")))
@@ -264,7 +264,7 @@ def test_sixteen_concurrent_sessions_complete_or_are_refused_and_never_mix(serve
     assert after - before < 64, (before, after)
 
 
-def _wait_live(server, n, timeout=60):
+def _wait_live(server, n, timeout=120):
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         lines = [line for line in server.lines if re.search(r"session (opened|freed).*\((\d+) live\)", line)]

@@ -38,11 +38,16 @@ def _sbatch(args: list[str], env=None) -> str:
     return r.stdout.strip().split(";")[0]
 
 
-def job_states(ids: list[str], env=None) -> dict[str, str]:
-    """Slurm's state of each job id (array elements as ``ARRAY_i``); unknown ids are left out."""
-    if not ids or not shutil.which("squeue"):
+def job_states(ids: list[str], env=None) -> dict[str, str] | None:
+    """Slurm's state of each queued job id (array elements as ``ARRAY_i``); ids no longer queued are
+    left out. None when the queue cannot be read (no squeue, or no controller answers)."""
+    if not ids:
         return {}
+    if not shutil.which("squeue"):
+        return None
     r = subprocess.run(["squeue", "-h", "-r", "-o", "%i %T"], capture_output=True, text=True, env=env)
+    if r.returncode:
+        return None
     out = {}
     for line in r.stdout.splitlines():
         parts = line.split()
@@ -69,6 +74,9 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
     runs, d = read_runs(sweep_dir), read_planned(sweep_dir)
     last = _launched(sweep_dir)
     live = job_states(list(last.values()), env)
+    if live is None and last:                    # cannot tell what is still queued: never submit twice
+        raise RuntimeError("launch: cannot read the Slurm queue (squeue failed); is SLURM_CONF set?")
+    live = live or {}
     todo = [r for r in runs if not eval_path(r).is_file() and live.get(last.get(r.index, ""), "") not in LIVE]
     if not todo:
         return {"train": None, "evals": {}, "collect": None, "runs": []}
@@ -154,12 +162,12 @@ def status(sweep_dir, env=None) -> list[dict]:
         _, loss = _last_loss(Path(r.run_dir))
         if eval_path(r).is_file():
             state = "done"
-        elif r.index in last and live.get(last[r.index]):
+        elif r.index in last and live and live.get(last[r.index]):
             state = live[last[r.index]].lower()
         elif step is not None and step >= r.steps:
             state = "trained, eval missing"
         elif r.index in last:
-            state = "failed or cancelled"
+            state = "unknown (no Slurm queue)" if live is None else "failed or cancelled"
         else:
             state = "not launched"
         rows.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed, "state": state,
