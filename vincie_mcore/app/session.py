@@ -168,20 +168,15 @@ class WebSession:
         return a
 
     def _fit(self, a: np.ndarray) -> np.ndarray:
-        """Centre-crop to the training aspect ratio, then resize (bicubic) to the training size."""
-        from PIL import Image
+        """Centre-crop and resize to the training size (the real-video builder's ``fit_frame`` policy)."""
+        from ..data.video import fit_frame
 
         if self.backend.image_size is None:
             m = self.backend.size_multiple
-            h, w = max(m, a.shape[0] // m * m), max(m, a.shape[1] // m * m)
+            size = (max(m, a.shape[0] // m * m), max(m, a.shape[1] // m * m))
         else:
-            h, w = self.backend.image_size
-        H, W = a.shape[:2]
-        scale = min(H / h, W / w)
-        ch, cw = round(h * scale), round(w * scale)
-        y0, x0 = (H - ch) // 2, (W - cw) // 2
-        im = Image.fromarray(a[y0:y0 + ch, x0:x0 + cw]).resize((w, h), Image.BICUBIC)
-        return np.asarray(im, dtype=np.uint8)
+            size = self.backend.image_size
+        return fit_frame(a, size, "center_crop")
 
     # -- turns -------------------------------------------------------------------------------------
     def edit(self, prompt: str, steps: int, guidance: float, seed: int, progress=None) -> np.ndarray:

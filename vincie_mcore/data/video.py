@@ -470,12 +470,14 @@ def fit_frame(img: np.ndarray, size, aspect: str = "center_crop", pad_value: int
         return img
     if aspect == "resize":
         return np.asarray(Image.fromarray(img).resize((tw, th), Image.BICUBIC))
-    scale = max(th / h, tw / w) if aspect == "center_crop" else min(th / h, tw / w)
+    if aspect == "center_crop":                 # crop in the source first: nothing cut away bleeds in
+        s = min(h / th, w / tw)
+        ch, cw = min(h, max(1, round(th * s))), min(w, max(1, round(tw * s)))
+        y, x = (h - ch) // 2, (w - cw) // 2
+        return np.asarray(Image.fromarray(np.ascontiguousarray(img[y:y + ch, x:x + cw])).resize((tw, th), Image.BICUBIC))
+    scale = min(th / h, tw / w)
     nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
     out = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC))
-    if aspect == "center_crop":
-        y, x = (nh - th) // 2, (nw - tw) // 2
-        return np.ascontiguousarray(out[y:y + th, x:x + tw])
     if aspect != "pad":
         raise ValueError(f"aspect: must be one of {ASPECT_POLICIES}, got {aspect!r}")
     canvas = np.full((th, tw, 3), pad_value, np.uint8)

@@ -123,15 +123,10 @@ def load_generated(path, turns: int = 5) -> dict[str, list[np.ndarray]]:
 # ----------------------------------------------------------------------------- generating
 
 def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to the aspect of ``size`` (H, W), then resize (bicubic): the model's input size."""
-    from PIL import Image
+    """The model's input size (H, W), centre-cropped (the real-video builder's ``fit_frame`` policy)."""
+    from ..data.video import fit_frame
 
-    h, w = size
-    H, W = image.shape[:2]
-    s = min(H / h, W / w)
-    ch, cw = round(h * s), round(w * s)
-    y0, x0 = (H - ch) // 2, (W - cw) // 2
-    return np.asarray(Image.fromarray(image[y0:y0 + ch, x0:x0 + cw]).resize((w, h), Image.BICUBIC), np.uint8)
+    return fit_frame(np.asarray(image, np.uint8), size, "center_crop")
 
 
 def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns: int = 5,
