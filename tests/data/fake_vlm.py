@@ -140,3 +140,15 @@ class FakeVLM:
     def close(self):
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def frames(k: int = 3, seed: int = 0):
+    """K random frames (uint8 [K, 32, 48, 3]) for an annotator to describe."""
+    import numpy as np
+    return np.random.default_rng(seed).integers(0, 256, (k, 32, 48, 3), dtype=np.uint8)
+
+
+def video_meta(mode: str = "valid", vid: str = "v1") -> dict:
+    """An annotator's video_meta whose caption picks the server's behaviour (MODE:<name>)."""
+    return {"video_id": vid, "path": f"/videos/{vid}.mp4", "fps": 10.0, "num_frames": 100,
+            "caption": f"a man in a kitchen MODE:{mode}"}

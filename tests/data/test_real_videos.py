@@ -25,7 +25,7 @@ from vincie_mcore.data.sampling import SamplingConfig, sample_shot_times
 from vincie_mcore.data.segment import Segmenter
 from vincie_mcore.data.shots import ShotConfig, scan_video
 from vincie_mcore.data.store import SessionStore
-from vincie_mcore.data.video import (DecodeConfig, VideoError, fit_frame, frame_at, probe_stream, read_all_timed,
+from vincie_mcore.data.video import (DecodeConfig, fit_frame, frame_at, probe_stream, read_all_timed,
                                      read_at_times)
 
 SCENES = [("moving", 30), ("gradient", 25), ("moving", 35), ("freeze", 60)]     # cuts at 30, 55, 90

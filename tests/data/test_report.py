@@ -1,5 +1,4 @@
 """Store stats and previews against a store written by hand, where every number is known."""
-import io
 import json
 
 import numpy as np

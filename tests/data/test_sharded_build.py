@@ -19,7 +19,7 @@ import pytest
 import yaml
 from fake_vlm import REPLY, FakeVLM
 from real_clips import make_frames, write_clip
-from slurm_cluster import REPO, slurm_cluster  # noqa: F401 - the fixture
+from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
 from vincie_mcore.data.store import SessionStore, SessionWriter
 from vincie_tools.build_sessions import run_cli as main

@@ -8,19 +8,15 @@ Checked: parsing, the schema, retries and backoff across servers, the disk cache
 request), the concurrency bound, token and latency counts, failures in the store's manifest with
 the good sessions kept, and that the API key appears nowhere but the Authorization header.
 """
-import base64
 import json
-import logging
 import re
 import threading
 
-import numpy as np
 import pytest
-from fake_vlm import MODEL, REPLY, FakeVLM, Flight
+from fake_vlm import MODEL, REPLY, FakeVLM, Flight, frames as _frames, video_meta as _meta
 
-from vincie_mcore.config import ConfigError, build
-from vincie_mcore.data.vlm import (VLMAnnotator, VLMConfig, VLMError, camera_of, entities_of, parse_reply,
-                                   read_api_key)
+from vincie_mcore.config import build
+from vincie_mcore.data.vlm import (VLMAnnotator, VLMConfig, VLMError, camera_of, entities_of, parse_reply)
 
 KEY = "sk-test-SECRET-7f3a9c"
 
@@ -32,9 +28,6 @@ def server():
     s.close()
 
 
-def _frames(k=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (k, 32, 48, 3), dtype=np.uint8)
-
 
 def _annotator(server, tmp_path, env=None, **over):
     cfg = dict(base_urls=[server.url] if isinstance(server, FakeVLM) else server, model=MODEL, timeout_s=1.0,
@@ -42,10 +35,6 @@ def _annotator(server, tmp_path, env=None, **over):
     cfg.update(over)
     return VLMAnnotator(build(VLMConfig, cfg, "annotator"), env={"VINCIE_VLM_API_KEY": KEY} if env is None else env)
 
-
-def _meta(mode="valid", vid="v1"):
-    return {"video_id": vid, "path": f"/videos/{vid}.mp4", "fps": 10.0, "num_frames": 100,
-            "caption": f"a man in a kitchen MODE:{mode}"}
 
 
 # ----------------------------------------------------------------------------

@@ -5,6 +5,7 @@ folder layout). The judge is a real local server on the OpenAI protocol whose sc
 last prompt, so every turn's outcome is known in advance:
 - "GOOD" scores 8/8;
 - "BAD" scores 3/9;
+- "EDGE" scores 6/9 (exactly the threshold: a failure, since both must be > 6);
 - "FLAKY" fails with a 500 once;
 - "MALFORMED" first answers prose.
 """
@@ -28,7 +29,7 @@ from vincie_mcore.config import build  # noqa: E402
 from vincie_mcore.eval import mse_bench  # noqa: E402
 from vincie_mcore.eval.vlm_judge import JUDGE_PROMPT, JudgeConfig, VLMJudge, format_prompts, parse_verdict  # noqa: E402
 
-PROMPTS = {"a": ["GOOD add a hat", "GOOD make it red", "BAD remove the sky", "GOOD add a cat", "GOOD zoom in"],
+PROMPTS = {"a": ["GOOD add a hat", "GOOD make it red", "EDGE remove the sky", "GOOD add a cat", "GOOD zoom in"],
            "b": ["GOOD one", "FLAKY two", "MALFORMED three", "GOOD four", "GOOD five"],
            "c": ["BAD first", "GOOD second", "GOOD third", "GOOD fourth", "GOOD fifth"]}
 
@@ -45,7 +46,7 @@ def responder(text, images, attempt):
         return 500, "overloaded"
     if last.startswith("MALFORMED") and attempt == 1:
         return 200, "The edit looks fine to me."
-    pf, c = (3, 9) if last.startswith("BAD") else (8, 8)
+    pf, c = (3, 9) if last.startswith("BAD") else (6, 9) if last.startswith("EDGE") else (8, 8)
     return 200, "```json\n" + json.dumps({"reason": f"judged {last}", "prompt_following": pf, "consistency": c}) + "\n```"
 
 
@@ -115,6 +116,7 @@ def test_the_protocol_on_known_verdicts(bench, judge_server, tmp_path):
     assert sum(len(d["verdicts"]) for d in res["sessions_detail"]) == 9 and len(judge_server.requests) == 11
     t1 = res["per_turn"][0]
     assert t1["judged"] == 3 and t1["prompt_following"] == pytest.approx((8 + 8 + 3) / 3, abs=1e-3)
+    assert res["per_turn"][2]["prompt_following"] == pytest.approx((6 + 8) / 2, abs=1e-3)   # a's EDGE turn, b's
     assert t1["sqrt_pf_c"] == pytest.approx((8 + 8 + np.sqrt(27)) / 3, abs=1e-3)
     assert res["per_turn"][3]["judged"] == 1 and res["judge"]["retries"] == 1 and res["judge"]["bad_replies"] == 1
     # every request carried the C.6 instruction with the prompts so far, and the source + each result
@@ -127,7 +129,7 @@ def test_the_protocol_on_known_verdicts(bench, judge_server, tmp_path):
     assert again["turn_success"] == res["turn_success"] and len(judge_server.requests) == n
 
     html = mse_bench.write_report(tmp_path / "report.html", res, sessions, generated).read_text()
-    assert html.count("<img") == 3 * 6 and "judged BAD remove the sky" in html and "not judged" in html
+    assert html.count("<img") == 3 * 6 and "judged EDGE remove the sky" in html and "not judged" in html
 
 
 def test_a_judge_that_stays_down_fails_that_turn_not_the_run(bench, tmp_path):

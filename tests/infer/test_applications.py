@@ -15,8 +15,7 @@ import torch
 from PIL import Image
 
 from vincie_mcore.data.packing import PackConfig
-from vincie_mcore.data.recipe import (RecipeConfig, SessionPlan, build_sample, inference_sample,
-                                      roe_inference_sample)
+from vincie_mcore.data.recipe import (RecipeConfig, SessionPlan, build_sample, roe_inference_sample)
 from vincie_mcore.diffusion.flow import FlowConfig
 from vincie_mcore.encoders.image import PixelEncoder
 from vincie_mcore.encoders.text import TextEncoder, TextEncoderConfig

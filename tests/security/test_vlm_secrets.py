@@ -9,11 +9,10 @@ import logging
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))      # the shared fake server
-from fake_vlm import MODEL, FakeVLM  # noqa: E402
+from fake_vlm import MODEL, FakeVLM, frames as _frames, video_meta as _meta  # noqa: E402
 
 from vincie_mcore.config import ConfigError, build  # noqa: E402
 from vincie_mcore.data.vlm import VLMAnnotator, VLMConfig, VLMError, read_api_key  # noqa: E402
@@ -28,19 +27,12 @@ def server():
     s.close()
 
 
-def _frames(k=3, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (k, 32, 48, 3), dtype=np.uint8)
-
 
 def _annotator(server, tmp_path):
     cfg = dict(base_urls=[server.url], model=MODEL, timeout_s=1.0, max_retries=3, backoff_s=0.01,
                cache_dir=str(tmp_path / "cache"))
     return VLMAnnotator(build(VLMConfig, cfg, "annotator"), env={"VINCIE_VLM_API_KEY": KEY})
 
-
-def _meta(mode="valid", vid="v1"):
-    return {"video_id": vid, "path": f"/videos/{vid}.mp4", "fps": 10.0, "num_frames": 100,
-            "caption": f"a man in a kitchen MODE:{mode}"}
 
 
 def test_the_key_comes_from_env_or_file_never_from_the_config(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
+from slurm_cluster import slurm_cluster  # noqa: F401,F811 - the fixture
 
 from vincie_mcore.sweep import plan as P
 
@@ -44,7 +44,7 @@ def test_plan_resolves_runs_nested_data_and_budget(tmp_path):
     assert {(r.data_size, r.seed) for r in runs} == {(n, s) for n in SIZES for s in SEEDS}
     stores = {o for r in runs for o in r.overrides if o.startswith("data.corpus.store=")}
     assert len(stores) == 1                                  # one store: the sizes are nested subsets of it
-    assert f"data.corpus.max_sessions=12" in runs[4].overrides and "seed=1" in runs[5].overrides
+    assert "data.corpus.max_sessions=12" in runs[4].overrides and "seed=1" in runs[5].overrides
     assert s["budget"]["gpu_hours"] == pytest.approx(2 * (1 + 2 + 3 + 4) * 2.0 * 8 / 3600, abs=0.01)
     with pytest.raises(ValueError, match="planned with other runs already"):
         bad = yaml.safe_load(_config(tmp_path).read_text())

@@ -32,7 +32,7 @@ from .sampling import SamplingConfig, sample_shot_times
 from .segment import Segmenter
 from .shots import ShotConfig, scan_video
 from .store import RawSession, SessionWriter, read_failures
-from .video import DecodeConfig, VideoError, fit_frame, probe_stream, read_at_times
+from .video import DecodeConfig, fit_frame, probe_stream, read_at_times
 
 SHOT_SEP = "/shot_"
 
