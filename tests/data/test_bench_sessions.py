@@ -21,6 +21,7 @@ def test_cpu_stages_only(clips):
     assert r["annotate"].startswith("not measured") and "vlm" not in r
     assert set(r["stage_seconds"]) == set(STAGES) and r["stage_seconds"]["decode"] > 0
     assert abs(sum(r["stage_share"].values()) - 1) < 1e-3
+    assert r["check"] == {"frames_compared": r["frames"], "max_abs_diff": 0}   # the same run, decoded independently
     p = project(r, sessions=1000, vlm_pairs_per_gpu_s=2.0)
     assert p["pairs"] == round(1000 * r["pairs"] / r["sessions"]) and p["segment_gpu_hours"] is None
     assert p["vlm_gpu_hours"] == round(p["pairs"] / 2.0 / 3600, 1)

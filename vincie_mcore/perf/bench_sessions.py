@@ -71,6 +71,28 @@ def write_clips(folder, n: int = 6, seconds: float = 8.0, size=(360, 640), fps: 
     return paths
 
 
+def _check_frames(made, cfg) -> dict:
+    """The same run's stored frames against an independent decode: every frame of the video decoded in
+    order (``read_all_timed``), the one on screen at each stored time, fitted the same way. The seek
+    path is exact (tests/data/test_real_videos.py), so the PNG round trip leaves max |diff| 0."""
+    import io
+
+    from PIL import Image
+
+    from ..data.video import fit_frame, frame_at, read_all_timed
+
+    n, worst = 0, 0
+    for path, sessions in made:
+        times, ref = read_all_timed(path)
+        for s in sessions:
+            for png, t in zip(s.frames, s.meta["frame_times"]):
+                want = fit_frame(ref[frame_at(times, t)], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
+                got = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+                worst = max(worst, int(np.abs(got.astype(np.int16) - want.astype(np.int16)).max()))
+                n += 1
+    return {"frames_compared": n, "max_abs_diff": worst}
+
+
 def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, store_size: int = 512) -> dict:
     """Measure the build over ``videos`` (a folder) or ``clips`` written here -> the JSON dict."""
     from ..data.inputs import from_directory
@@ -89,6 +111,7 @@ def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, stor
         inputs = from_directory(folder, cfg.inputs)
         timings: dict = {}
         sessions = pairs = frames = failed = 0
+        made = []
         t0 = time.perf_counter()
         for v in inputs.videos:
             try:
@@ -99,7 +122,9 @@ def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, stor
             sessions += len(out.sessions)
             pairs += sum(s.num_frames - 1 for s in out.sessions)
             frames += sum(s.num_frames for s in out.sessions)
+            made.append((v.path, out.sessions))
         wall = time.perf_counter() - t0
+        check = _check_frames(made, cfg) if cfg.decode.backend == "pyav" else None
     total = sum(timings.values()) or 1.0
     measured_annotator = not isinstance(annotator, _NoText)
     res = {
@@ -114,6 +139,7 @@ def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, stor
         "segment": segmenter.name,
         "cpu_s_per_session_without_models": round(
             sum(timings.get(k, 0.0) for k in STAGES if k not in ("annotate", "segment")) / max(sessions, 1), 4),
+        "check": check,
         "config": {"store_size": list(cfg.decode.size), "detector": cfg.shots.detector,
                    "sampling": cfg.sampling.strategy, "interval_s": cfg.sampling.interval_s},
     }

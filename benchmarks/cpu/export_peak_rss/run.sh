@@ -17,4 +17,13 @@ for shard in 200MB 5GB; do
   echo "{\"max_shard_size\": \"$shard\", \"export\": $line, \"cpu\": \"$(lscpu | sed -n 's/^Model name: *//p')\", \"git_sha\": \"$(git rev-parse --short HEAD)\"}" | tee -a "$OUT/results.jsonl"
 done
 du -sh "$W"/hf_* | tee "$OUT/sizes.txt"
+# the same run's exports are the same model: every tensor of the sharded folder equals the single file's
+.venv/bin/python - "$W" <<'PY' | tee -a "$OUT/results.jsonl"
+import json, sys, torch
+from vincie_mcore.hf.modeling import VincieMMDiT
+a = VincieMMDiT.from_pretrained(f"{sys.argv[1]}/hf_200MB").state_dict()
+b = VincieMMDiT.from_pretrained(f"{sys.argv[1]}/hf_5GB").state_dict()
+print(json.dumps({"check": "sharded == single file", "tensors": len(a),
+                  "equal": a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)}))
+PY
 rm -rf "$W"
