@@ -14,7 +14,16 @@ and forward+backward medians (CUDA events), effective TFLOP/s counting only allo
 (q, k) pairs: forward = 4 * D * H * pairs, forward+backward = 3.5x forward (2 matmuls
 forward, 5 backward; our backward recomputes QK^T once more, not counted). Also the
 work-list build time, the block-mask build time, and the first call after a NEW sequence
-length (ours must not recompile; FlexAttention does). The JSON is rewritten after every
+length (ours must not recompile; FlexAttention does).
+
+Every speed stands beside a correctness check of the same run (``check``): our output and
+dQ/dK/dV against FlexAttention's and against SDPA with the dense mask, as max |diff| / max |ref|
+per tensor. A case is ``valid`` only when every reference that ran agrees within the dtype's
+tolerance and our rate stays under the bf16 matmul peak measured at the start of the run; the
+``summary`` of an invalid case carries the reasons and no speed (docs/measured.md: a fused
+work-list bug once made case b read above the chip's peak). The summary also gives ours as a
+fraction of the dense rate (SDPA with no mask, all S^2 pairs counted) and the ratio to Flex.
+The JSON is rewritten after every
 measurement, so a timeout still leaves partial results. ``tune.py`` reuses the cases and
 the timing helpers; the CLIs are ``vincie-bench-attention`` and ``vincie-tune-attention``.
 """
@@ -148,6 +157,63 @@ def wall_once(fn):
     return (time.perf_counter() - t0) * 1e3
 
 
+# ----------------------------------------------------------------------------- limits and checks
+
+# max |ours - ref| / max |ref| allowed per tensor (out, dq, dk, dv). bf16 keeps 8 bits of mantissa and
+# two bf16 implementations differ by a few ulps of the largest values; a skipped key tile is O(1).
+CHECK_TOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
+
+
+def matmul_peak(dev: str, dtype, n: int, target_s: float) -> dict:
+    """Measured dense matmul rate (n^3, ``dtype``): the ceiling no attention figure may exceed."""
+    import torch
+    a, b = (torch.randn(n, n, device=dev).to(dtype) for _ in range(2))
+    ms = cuda_time(lambda: a @ b, target_s)
+    return {"n": n, "dtype": str(dtype).replace("torch.", ""), "ms": ms, "tflops": 2.0 * n**3 / (ms * 1e-3) / 1e12}
+
+
+def rel_errors(ours, ref) -> dict:
+    """{out, dq, dk, dv: max |ours - ref| / max |ref|} for two (out, dq, dk, dv) tuples of [S, H, D]."""
+    return {n: float((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30))
+            for n, a, b in zip(("out", "dq", "dk", "dv"), ours, ref)}
+
+
+def summarize_case(c: dict, peak_tflops: float | None) -> dict:
+    """``valid`` (+ reasons) from the case's checks and the run's matmul peak; the speed figures to
+    quote (fractions of the dense rate, ratios to Flex) only when valid."""
+    reasons = []
+    checks = c.get("check", {})
+    ran = {k: v for k, v in checks.items() if isinstance(v, dict) and "max_rel_err" in v}
+    if not ran:
+        reasons.append("no reference output to check against")
+    for ref, v in ran.items():
+        if not v["ok"]:
+            worst = max(v["max_rel_err"], key=v["max_rel_err"].get)
+            reasons.append(f"disagrees with {ref}: {worst} max rel err {v['max_rel_err'][worst]:.3g} > {v['tol']}")
+    for label in ("ours", "ours_with_plan"):
+        r = c.get(label, {})
+        for key in ("fwd_tflops", "fwd_bwd_tflops"):
+            if peak_tflops and r.get(key, 0) > peak_tflops:
+                reasons.append(f"{label} {key} {r[key]:.0f} above the measured matmul peak {peak_tflops:.0f}")
+    out = {"valid": not reasons, "invalid_reasons": reasons}
+    if reasons:
+        return out
+    dense = c.get("dense_flash_no_mask", {}).get("computed_fwd_bwd_tflops")
+    flex = c.get("flex", {}).get("fwd_bwd_ms")
+    for label in ("ours", "ours_with_plan"):
+        r = c.get(label, {})
+        if "fwd_bwd_ms" not in r:
+            continue
+        out[label] = {"fwd_bwd_ms": r["fwd_bwd_ms"], "fwd_bwd_tflops": r["fwd_bwd_tflops"],
+                      "frac_of_dense_rate": r["fwd_bwd_tflops"] / dense if dense else None,
+                      "x_flex": flex / r["fwd_bwd_ms"] if flex else None}
+    if dense:
+        out["dense_rate_fwd_bwd_tflops"] = dense
+    if peak_tflops:
+        out["frac_of_matmul_peak"] = c.get("ours", {}).get("fwd_bwd_tflops", 0.0) / peak_tflops
+    return out
+
+
 # ----------------------------------------------------------------------------- one case
 
 def run_case(name: str, opts: BenchOptions, record) -> None:
@@ -217,6 +283,32 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     measure("ours_with_plan", lambda: masked_attention_forward(q, k, v, *spec, mask_type, plan=plan),
             ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=plan)), fl_fwd)
 
+    # --- correctness of the same inputs at the same size: (out, dq, dk, dv) against each reference
+    def grads(fn, to_shd=lambda t: t):
+        qg.grad = kg.grad = vg.grad = None
+        o = fn()
+        o.backward(do if o.dim() == 3 else do.transpose(0, 1)[None])
+        return (to_shd(o.detach()), qg.grad, kg.grad, vg.grad)       # grads of the (S, H, D) leaves
+
+    ours_ref = grads(lambda: masked_attention(qg, kg, vg, *spec, mask_type, configs=configs))
+    tol = CHECK_TOL.get(str(dtype).replace("torch.", ""), 3e-2)
+
+    def check(ref_name, fn, to_shd):
+        try:
+            errs = rel_errors(ours_ref, grads(fn, to_shd))
+            record(name, {"check": {**res.get("check", {}), ref_name: {
+                "max_rel_err": errs, "tol": tol, "ok": all(e <= tol for e in errs.values())}}})
+        except Exception as e:
+            record(name, {"check": {**res.get("check", {}), ref_name: {"error": f"{type(e).__name__}: {str(e)[:300]}"}}})
+        qg.grad = kg.grad = vg.grad = None
+        torch.cuda.empty_cache()
+
+    def bhsd(t):                                   # (S, H, D) leaf -> (1, H, S, D) view that keeps the graph
+        return t.transpose(0, 1)[None]
+
+    def shd(t):                                    # (1, H, S, D) -> (S, H, D)
+        return t[0].transpose(0, 1)
+
     # a NEW sequence length: the last image grows by 37 tokens
     blocks2 = blocks[:-1] + [(blocks[-1][0] + 37, *blocks[-1][1:])]
     spec2 = [t.to(dev) for t in spec_from_blocks(blocks2)]
@@ -266,6 +358,7 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
                 fqg.grad = fkg.grad = fvg.grad = None
                 flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
             measure("flex", lambda: flex(fq, fk, fv, block_mask=bmask), flex_fb, fl_fwd)
+            check("flex", lambda: flex(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
             if "newlen" not in skip:
                 mm2 = make_mask_mod(spec2)
                 bmask2 = create_block_mask(mm2, None, None, S2, S2, device=dev)
@@ -294,6 +387,8 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
             mask = dense_mask(*spec, mask_type)                                       # (S, S) bool, 2 GB at S=45k
             measure("sdpa_dense_mask", lambda: F.scaled_dot_product_attention(sq, sk, sv, attn_mask=mask),
                     sdpa_fb(attn_mask=mask), fl_fwd)
+            check("sdpa_dense_mask", lambda: F.scaled_dot_product_attention(
+                bhsd(qg), bhsd(kg), bhsd(vg), attn_mask=mask), shd)
             del mask
         except Exception as e:
             record(name, {"sdpa_dense_mask": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
@@ -313,6 +408,12 @@ def bench_attention(cases, out: str, header: dict, opts: BenchOptions) -> dict:
     ``out`` after each measurement. A failing case is recorded and the next one runs."""
     import torch
     result = {**header, "cases": {}}
+    try:
+        dev, dtype, n = ("cpu", torch.float32, 256) if opts.smoke else ("cuda", torch.bfloat16, 8192)
+        result["matmul_peak"] = matmul_peak(dev, dtype, n, 1.0)
+    except Exception as e:
+        result["matmul_peak"] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+    peak = result["matmul_peak"].get("tflops")
 
     def record(case, entries):
         c = result["cases"].setdefault(case, {})
@@ -328,6 +429,7 @@ def bench_attention(cases, out: str, header: dict, opts: BenchOptions) -> dict:
             traceback.print_exc()
             record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         record(name, {"bench_seconds": round(time.time() - t0, 1)})
+        record(name, {"summary": summarize_case(result["cases"][name], peak)})
         print(f"case {name}: {json.dumps(result['cases'][name])}", file=sys.stderr)
         torch.cuda.empty_cache()
     write_json(out, result)

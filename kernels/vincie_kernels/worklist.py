@@ -318,14 +318,17 @@ def _col_class(ROW_MM, COL_MM, r, c, R, C, Sk, block_n, ROWS_ARE_Q: tl.constexpr
 
 
 @triton.jit
-def _emit_runs(cls, cls_prev, cls_next, c, START, END, n_runs, n_tiles, KIND: tl.constexpr):
-    """Scatter this chunk's run starts / ends of class KIND after the n_runs already written."""
+def _emit_runs(cls, cls_prev, cls_next, c, START, END, n_starts, n_ends, n_tiles, KIND: tl.constexpr):
+    """Scatter this chunk's run starts / ends of class KIND after those already written. Starts and
+    ends are counted apart: a run open across a chunk boundary has its start in one chunk and its end
+    in the next, so slot i of END is the i-th end, not (starts so far + i)."""
     is_c = cls == KIND
     st = is_c & (cls_prev != KIND)
     en = is_c & (cls_next != KIND)
-    tl.store(START + n_runs + tl.cumsum(st.to(tl.int32), 0) - 1, c, mask=st)
-    tl.store(END + n_runs + tl.cumsum(en.to(tl.int32), 0) - 1, c + 1, mask=en)
-    return n_runs + tl.sum(st.to(tl.int32), 0), n_tiles + tl.sum(is_c.to(tl.int32), 0)
+    tl.store(START + n_starts + tl.cumsum(st.to(tl.int32), 0) - 1, c, mask=st)
+    tl.store(END + n_ends + tl.cumsum(en.to(tl.int32), 0) - 1, c + 1, mask=en)
+    return (n_starts + tl.sum(st.to(tl.int32), 0), n_ends + tl.sum(en.to(tl.int32), 0),
+            n_tiles + tl.sum(is_c.to(tl.int32), 0))
 
 
 @triton.jit(do_not_specialize=["R", "C", "W", "Sk"])
@@ -338,6 +341,8 @@ def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n,
     plane = R.to(tl.int64) * W
     nfr = tl.zeros([], tl.int32)
     npr = tl.zeros([], tl.int32)
+    nfe = tl.zeros([], tl.int32)
+    npe = tl.zeros([], tl.int32)
     nf = tl.zeros([], tl.int32)
     npt = tl.zeros([], tl.int32)
     for c0 in range(0, C, CHUNK):
@@ -345,9 +350,9 @@ def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n,
         cls = _col_class(ROW_MM, COL_MM, r, c, R, C, Sk, block_n, ROWS_ARE_Q)
         cls_prev = _col_class(ROW_MM, COL_MM, r, c - 1, R, C, Sk, block_n, ROWS_ARE_Q)
         cls_next = _col_class(ROW_MM, COL_MM, r, c + 1, R, C, Sk, block_n, ROWS_ARE_Q)
-        nfr, nf = _emit_runs(cls, cls_prev, cls_next, c, RUNS + row, RUNS + plane + row, nfr, nf, 2)
-        npr, npt = _emit_runs(cls, cls_prev, cls_next, c, RUNS + 2 * plane + row, RUNS + 3 * plane + row,
-                              npr, npt, 1)
+        nfr, nfe, nf = _emit_runs(cls, cls_prev, cls_next, c, RUNS + row, RUNS + plane + row, nfr, nfe, nf, 2)
+        npr, npe, npt = _emit_runs(cls, cls_prev, cls_next, c, RUNS + 2 * plane + row, RUNS + 3 * plane + row,
+                                   npr, npe, npt, 1)
     tl.store(COUNTS + r, nfr)
     tl.store(COUNTS + R + r, npr)
     tl.store(COUNTS + 2 * R + r, nf)
@@ -412,10 +417,9 @@ def build_worklists(block_offsets, block_order, block_kind, block_session, mask_
         raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     spec = (block_offsets, block_order, block_kind, block_session)
     if backend == "auto":
-        # The fused build matches the torch build bit for bit in the interpreter, but on an H200
-        # (benchmarks/h200/tune_attention.json) it skipped tiles at S = 45k (forward above the matmul
-        # peak) and disagreed with other tilings at 11.5k: until a GPU session finds why, "auto" is
-        # the GPU-verified torch build and the fused one is opt-in.
+        # On an H200 the fused build skipped tiles at S = 45k and disagreed at 11.5k: run ends were
+        # misplaced in rows of more than _CHUNK tiles (fixed; docs/measured.md). Until a GPU run
+        # confirms the fix at those sizes, "auto" is the GPU-verified torch build.
         backend = "torch"
     if backend == "triton":
         if not _fused_ok(block_m, block_n):

@@ -20,3 +20,31 @@ def test_without_cuda_the_tool_records_why_it_skipped(tool, tmp_path):
     written = json.loads(out.read_text())
     assert written == json.loads(r.stdout.strip().splitlines()[-1])
     assert written["tool"] == tool and written["skipped"].startswith("no CUDA device")
+
+
+def test_a_case_is_valid_only_with_a_passing_check_and_a_rate_under_the_peak():
+    """The bench's verdict (vincie_kernels.bench.summarize_case) on planted records."""
+    from vincie_kernels.bench import rel_errors, summarize_case
+    ok = {"max_rel_err": {"out": 1e-3, "dq": 2e-3, "dk": 1e-3, "dv": 1e-3}, "tol": 3e-2, "ok": True}
+    case = {"check": {"flex": ok, "sdpa_dense_mask": ok},
+            "ours": {"fwd_bwd_ms": 10.0, "fwd_bwd_tflops": 300.0, "fwd_tflops": 350.0},
+            "flex": {"fwd_bwd_ms": 15.0},
+            "dense_flash_no_mask": {"computed_fwd_bwd_tflops": 500.0}}
+    s = summarize_case(case, peak_tflops=780.0)
+    assert s["valid"] and s["ours"]["frac_of_dense_rate"] == pytest.approx(0.6)
+    assert s["ours"]["x_flex"] == pytest.approx(1.5)
+
+    fast = {**case, "ours": {"fwd_bwd_ms": 3.0, "fwd_bwd_tflops": 1065.0, "fwd_tflops": 898.0}}
+    s = summarize_case(fast, peak_tflops=780.0)            # the H200 case-b figure: above the chip's peak
+    assert not s["valid"] and "ours" not in s and any("above the measured matmul peak" in r for r in s["invalid_reasons"])
+
+    bad = {**case, "check": {"flex": {**ok, "max_rel_err": {**ok["max_rel_err"], "dk": 0.4}, "ok": False}}}
+    s = summarize_case(bad, peak_tflops=780.0)
+    assert not s["valid"] and s["invalid_reasons"] == ["disagrees with flex: dk max rel err 0.4 > 0.03"]
+    assert not summarize_case({"ours": case["ours"]}, 780.0)["valid"]      # nothing checked: no speed
+
+    x = torch.randn(8, 2, 4)
+    y = x.clone()
+    y[3] += 0.5 * x.abs().max()                                            # one skipped key's worth of error
+    errs = rel_errors((x, x, x, x), (y, x, x, x))
+    assert errs["out"] == pytest.approx(0.5 * float(x.abs().max() / y.abs().max()), rel=1e-6) and errs["dq"] == 0.0

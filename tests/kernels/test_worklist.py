@@ -134,3 +134,56 @@ def test_fused_triton_build_matches_torch(mask_type):
         build_worklists(*spec, mask_type, 0, S, 0, S, 24, 16, backend="triton")
     with pytest.raises(ValueError, match="backend must be"):
         build_worklists(*spec, mask_type, 0, S, 0, S, 16, 16, backend="cuda")
+
+
+@pytest.mark.parametrize("mask_type", ["full", "block_causal"])
+def test_fused_build_rows_longer_than_a_chunk(mask_type, monkeypatch):
+    """Rows spanning several classification chunks (the fused build walks a row _CHUNK tiles at a time):
+    a run open across a chunk boundary must keep its end in the same slot as its start. At the real
+    _CHUNK (256 tiles) this is S >= 4k at 16-token tiles, too slow for the interpreter, so the chunk
+    is shrunk to 16 tiles here; the code path is the same. This case once stored such ends one slot
+    late, so the attention kernels skipped whole runs of key tiles (H200 case b at S = 45k read above
+    the chip's peak: docs/measured.md)."""
+    import vincie_kernels.worklist as wlmod
+    if not torch.cuda.is_available():
+        import os
+        if os.environ.get("TRITON_INTERPRET") != "1":
+            pytest.skip("needs TRITON_INTERPRET=1 on CPU")
+    monkeypatch.setattr(wlmod, "_CHUNK", 16)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator().manual_seed(41 if mask_type == "full" else 42)
+    crossed = 0
+    for i, (bm, bn) in enumerate(((16, 16), (32, 16))):
+        blocks = random_blocks(gen, max_tokens=500, max_sessions=1 + i, image_scale=4)
+        spec = [t.to(dev) for t in spec_from_blocks(blocks)]
+        S = int(spec[0][-1])
+        a1, w1 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="torch")
+        a2, w2 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="triton")
+        assert w1.num_k_tiles > 16, "the layout must span several chunks"
+        for side in ("q", "k"):
+            r1, r2 = getattr(w1, side), getattr(w2, side)
+            for f in ("full_start", "full_end", "n_full_runs", "part_start", "part_end", "n_part_runs",
+                      "n_full", "n_part", "perm"):
+                assert torch.equal(getattr(r1, f), getattr(r2, f)), (bm, bn, side, f)
+            # a run that crosses a chunk boundary: what this test is about
+            for st, en in ((r1.full_start, r1.full_end), (r1.part_start, r1.part_end)):
+                crossed += int((((st // 16) != ((en - 1) // 16)) & (en > st)).sum())
+    assert crossed > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU sizes: the interpreter would take minutes")
+@pytest.mark.parametrize("case", ["a", "b", "c"])
+def test_fused_build_matches_torch_at_the_benchmark_sizes(case):
+    """The benchmark's own layouts (S up to 45k: rows of 700+ key tiles at 64) on the GPU, every tiling
+    the kernels use: the fused build must equal the torch build there too, not only on small specs."""
+    from vincie_kernels.bench import case_blocks
+    blocks, mask_type = case_blocks(case)
+    spec = [t.cuda() for t in spec_from_blocks(blocks)]
+    S = int(spec[0][-1])
+    for bm, bn in ((128, 64), (64, 64), (64, 128), (64, 32), (32, 64), (16, 16)):
+        _, w1 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="torch")
+        _, w2 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="triton")
+        for side in ("q", "k"):
+            for f in ("full_start", "full_end", "n_full_runs", "part_start", "part_end", "n_part_runs",
+                      "n_full", "n_part", "perm"):
+                assert torch.equal(getattr(getattr(w1, side), f), getattr(getattr(w2, side), f)), (bm, bn, side, f)
