@@ -134,7 +134,8 @@ fi
 # ============================================================================ Add new sections here (above Summary)
 
 # ============================================================================ Section: model on TE/FP8 + layer benchmark (H6)
-# (a) install the carried wheels (megatron-core, ...) with --no-deps --no-index: the box has no internet;
+# (a) install the carried wheels (megatron-core, torchao for the FP8 cases without TE, ...) with
+#     --no-deps --no-index: the box has no internet (pip download torchao --no-deps -d .wheels);
 #     never on a CPU dry run (it would replace the venv's megatron-core);
 # (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
 # (c) tools/vincie_tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
-TRANSFORMER_IMPLS = ("local", "transformer_engine")
+TRANSFORMER_IMPLS = ("local", "transformer_engine", "torch")
 ADALN_MODES = ("single", "per_layer")
 
 
@@ -80,7 +80,8 @@ class MMDiTConfig:
     """Core attention: "torch" (per-session SDPA), "triton" (kernels/vincie_kernels/masked_attention.py),
     "auto" (triton on CUDA, torch otherwise)."""
     transformer_impl: str = "local"
-    """Linear/norm implementations: "local" (Megatron tensor_parallel) or "transformer_engine"."""
+    """Linear/norm implementations: "local" (Megatron tensor_parallel), "transformer_engine", or "torch"
+    (plain single-device linears, model/torch_linear.py: the FP8 path through torchao)."""
 
     def __post_init__(self):
         if isinstance(self.rope_axes_dim, list):

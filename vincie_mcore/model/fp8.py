@@ -1,10 +1,17 @@
-"""FP8 training through Transformer Engine: the config, the recipe, the autocast context.
+"""FP8 training: the config, and its two backends (Transformer Engine, torchao).
 
 FP8 is a precision choice, not architecture: ``FP8Config`` lives in the train config
-(``train.fp8``) and is read by the trainer and ``tools/vincie_tools/bench_layers.py``. Only Transformer
-Engine modules run in FP8, so it needs ``model.transformer_impl: transformer_engine``; the
+(``train.fp8``) and is read by the trainer and ``vincie_mcore/perf/bench_layers.py``. The
 attention core (ours: per-session SDPA or the Triton kernel) and the adaLN/embedder linears
-stay in bf16.
+stay in bf16 with either backend.
+
+* ``backend: te`` (clusters): Transformer Engine's linears run in FP8 inside ``fp8_autocast``;
+  needs ``model.transformer_impl: transformer_engine``. TP, SP and the recipes below.
+* ``backend: torchao``: ``prepare_fp8_model`` gives every ``model/torch_linear.TorchLinear`` a
+  torchao ``Float8Linear`` over the same parameters (dynamic scaling: ``tensorwise`` or
+  ``rowwise``); needs ``model.transformer_impl: torch`` (one device). It is the FP8 path a GPU
+  check can carry (a 3 MB wheel, where TE's is too large), and it runs on CPU too, which is how
+  the tests check it (torch._scaled_mm has a CPU kernel).
 
 Recipes:
 
@@ -33,7 +40,9 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 
-FP8_RECIPES = ("delayed", "current")
+FP8_BACKENDS = ("te", "torchao")
+FP8_RECIPES = ("delayed", "current")                      # te
+TORCHAO_RECIPES = ("tensorwise", "rowwise")               # torchao (Float8LinearConfig.from_recipe_name)
 FP8_FORMATS = ("hybrid", "e4m3")
 AMAX_ALGOS = ("max", "most_recent")
 FP8_ROW_MULTIPLE = 16       # TE FP8 GEMMs: rows % 8 (fprop) and % 16 (wgrad, transposed) must be 0
@@ -42,11 +51,13 @@ FP8_ROW_MULTIPLE = 16       # TE FP8 GEMMs: rows % 8 (fprop) and % 16 (wgrad, tr
 @dataclass
 class FP8Config:
     enabled: bool = False
-    """Run the Transformer Engine linears in FP8 (needs transformer_impl='transformer_engine' and an
-    FP8-capable GPU: compute capability >= 8.9)."""
-    recipe: str = "current"
-    """"delayed" (scales from an amax history) or "current" (scales from the tensor itself); see the
-    module docstring for why "current" is the default."""
+    """Run the linears in FP8 (an FP8-capable GPU: compute capability >= 8.9; torchao also on CPU)."""
+    backend: str = "te"
+    """"te" (Transformer Engine; transformer_impl='transformer_engine') or "torchao"
+    (transformer_impl='torch', one device)."""
+    recipe: str | None = None
+    """None: the backend's default ("current" for te, "tensorwise" for torchao). te: "delayed" (scales from an amax history) or "current" (scales from the tensor itself); see
+    the module docstring for why "current" is the default. torchao: "tensorwise" or "rowwise"."""
     fp8_format: str = "hybrid"
     """"hybrid": E4M3 forward, E5M2 gradients (the usual training choice); "e4m3": E4M3 everywhere."""
     margin: int = 0
@@ -65,6 +76,14 @@ class FP8Config:
 
         if not isinstance(self.enabled, bool):
             bad("enabled", "must be a bool")
+        if self.backend not in FP8_BACKENDS:
+            bad("backend", f"must be one of {FP8_BACKENDS}")
+        if self.recipe is None:
+            self.recipe = "tensorwise" if self.backend == "torchao" else "current"
+        if self.backend == "torchao":
+            if self.recipe not in TORCHAO_RECIPES:
+                bad("recipe", f"must be one of {TORCHAO_RECIPES} with backend='torchao'")
+            return                                  # the remaining knobs are TE's
         if self.recipe not in FP8_RECIPES:
             bad("recipe", f"must be one of {FP8_RECIPES}")
         if self.fp8_format not in FP8_FORMATS:
@@ -168,11 +187,12 @@ def amax_group():
 
 
 def fp8_autocast(cfg: FP8Config | None, group=None):
-    """Context manager running the TE modules inside it in FP8; a no-op when cfg is None or disabled.
+    """Context manager running the TE modules inside it in FP8; a no-op when cfg is None or disabled,
+    and with the torchao backend (its linears are converted once, by ``prepare_fp8_model``).
 
     Only the forward goes inside; TE runs the backward in FP8 on its own.
     """
-    if cfg is None or not cfg.enabled:
+    if cfg is None or not cfg.enabled or cfg.backend == "torchao":
         return contextlib.nullcontext()
     te_pt, _ = _import_te()
     group = amax_group() if group is None else group
@@ -192,9 +212,49 @@ def uses_transformer_engine(model: torch.nn.Module) -> bool:
     return any(type(m).__module__.startswith("transformer_engine") for m in model.modules())
 
 
+def torchao_available() -> bool:
+    return importlib.util.find_spec("torchao") is not None
+
+
+def prepare_fp8_model(cfg: FP8Config | None, model: torch.nn.Module) -> int:
+    """Check the model against the FP8 config; with the torchao backend, also give every eligible
+    ``TorchLinear`` its ``Float8Linear`` (same parameters; the state dict is unchanged). Returns the
+    number of linears that run in FP8 (0 when FP8 is off; TE's are counted by TE)."""
+    check_fp8_model(cfg, model)
+    if cfg is None or not cfg.enabled or cfg.backend != "torchao":
+        return 0
+    from types import SimpleNamespace
+
+    from torchao.float8 import Float8LinearConfig
+    from torchao.float8.float8_linear import Float8Linear
+
+    from .torch_linear import TorchLinear, fp8_eligible
+    ao_cfg = Float8LinearConfig.from_recipe_name(cfg.recipe)
+    n = 0
+    for m in model.modules():
+        if isinstance(m, TorchLinear) and fp8_eligible(m):
+            # skip_bias_add: the bias is returned apart (Megatron's contract), so the FP8 GEMM has none
+            src = SimpleNamespace(in_features=m.in_features, out_features=m.out_features, weight=m.weight,
+                                  bias=None if m.skip_bias_add else m.bias)
+            m.set_fp8(Float8Linear.from_float(src, config=ao_cfg))
+            n += 1
+    if n == 0:
+        raise ValueError("FP8Config.enabled: no linear has both dims a multiple of 16, nothing would run in FP8")
+    return n
+
+
 def check_fp8_model(cfg: FP8Config | None, model: torch.nn.Module) -> None:
     """Raise if FP8 is on but nothing in the model would run in FP8, or the GPU cannot."""
     if cfg is None or not cfg.enabled:
+        return
+    if cfg.backend == "torchao":
+        from .torch_linear import TorchLinear
+        if not torchao_available():
+            raise RuntimeError("FP8Config.backend: 'torchao' needs the torchao package (pip install torchao)")
+        if not any(isinstance(m, TorchLinear) for m in model.modules()):
+            raise ValueError("FP8Config.backend: 'torchao' converts the plain linears; set model.transformer_impl=torch")
+        if torch.cuda.is_available() and torch.cuda.get_device_capability() < (8, 9):
+            raise RuntimeError("FP8Config.enabled: this GPU cannot run FP8 (compute capability < 8.9)")
         return
     if not uses_transformer_engine(model):
         raise ValueError("FP8Config.enabled: the model has no Transformer Engine modules; set "
@@ -205,7 +265,8 @@ def check_fp8_model(cfg: FP8Config | None, model: torch.nn.Module) -> None:
 
 
 def check_fp8_batch(cfg: FP8Config | None, batch, tp_size: int = 1, sequence_parallel: bool = False) -> None:
-    """Raise if a stream's per-rank token count is not a multiple of 16 (TE FP8 GEMM shapes)."""
+    """Raise if a stream's per-rank token count is not a multiple of 16 (FP8 GEMM shapes, both backends:
+    the weight-gradient GEMM contracts over the tokens)."""
     if cfg is None or not cfg.enabled or not hasattr(batch, "s_txt"):
         return
     split = tp_size if sequence_parallel else 1

@@ -5,6 +5,8 @@ and the adaLN class the final layer uses. Backends:
 
 * local: Megatron ``tensor_parallel`` ``ColumnParallelLinear`` / ``RowParallelLinear``,
   Megatron's torch RMSNorm wrapper for the per-head QK norm, Megatron's ``MLP`` (SwiGLU).
+* torch: plain single-device linears (``model/torch_linear.py``; TP = 1, no SP) and the local norm;
+  the FP8 path that does not need Transformer Engine: ``train.fp8.backend: torchao``.
 * transformer_engine: TE linears and TE RMSNorm (``megatron.core.extensions.transformer_engine``);
   also the FP8 path: ``train.fp8`` (``model/fp8.py``) runs the forward under TE's FP8 autocast.
   Needs Transformer Engine (CUDA only).
@@ -52,6 +54,11 @@ def _local_modules():
     return dict(column=ColumnParallelLinear, row=RowParallelLinear, norm=WrappedTorchNorm)
 
 
+def _torch_modules():
+    from .torch_linear import TorchLinear
+    return dict(column=TorchLinear, row=TorchLinear, norm=WrappedTorchNorm)
+
+
 def _te_modules():
     """Megatron's TE wrappers: TEColumnParallelLinear / TERowParallelLinear (qkv, proj, fc1, fc2; the FP8
     GEMMs under ``fp8_autocast``) and TENorm (RMSNorm here, from the TransformerConfig) for the QK norms."""
@@ -73,7 +80,7 @@ def _te_modules():
 
 def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSpec, ModuleSpec]:
     """-> (dual_stream_block_spec, shared_block_spec, final_layer_adaln_spec)."""
-    mods = _te_modules() if cfg.transformer_impl == "transformer_engine" else _local_modules()
+    mods = {"transformer_engine": _te_modules, "torch": _torch_modules}.get(cfg.transformer_impl, _local_modules)()
     core = core_attention_class(cfg.attention_backend, device)
     attention = ModuleSpec(
         module=JointAttention,

@@ -18,6 +18,13 @@ FP8 (delayed and current scaling) with the faster attention core (block_causal c
 TE/FP8, then full, so a time limit cuts the least new numbers; ``out`` is rewritten after each case). Needs torch, triton and
 megatron-core only (no DALI, zarr, hydra, transformers). ``smoke``: tiny widths on the CPU, a dry
 run of the same code path. The CLI is ``vincie-bench-layers``.
+
+Also, where the time goes: a per-op profile (torch profiler, top ops by self device time) of the
+first block-causal case. And FP8 without Transformer Engine: where torchao imports (and the GPU
+has FP8, or on CPU with ``smoke``), the stack with plain linears (``transformer_impl: torch``) in
+bf16 and in torchao FP8 (tensorwise, rowwise scaling), the step-time ratio, and ``fp8_loss``: the
+tiny config trained the same 200 steps (same init, batches and noise) in bf16 and in each FP8
+recipe, with the final losses side by side (a speed figure beside a correctness check).
 """
 from __future__ import annotations
 
@@ -132,6 +139,66 @@ def time_case(model, batch, device, warmup: int, iters: int, fp8_cfg=None) -> di
 # Cases
 # ----------------------------------------------------------------------------
 
+def op_profile(model, batch, device, steps: int = 3, top: int = 15) -> dict:
+    """Top ops of ``steps`` forward+backward steps by self device time (CPU time on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def step():
+        for p in model.parameters():
+            p.grad = None
+        model(batch.img_x0, batch).float().pow(2).mean().backward()
+
+    step()                                                     # warm (autotune, caches) outside the profile
+    with profile(activities=acts) as prof:
+        for _ in range(steps):
+            step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    ev = [e for e in prof.key_averages() if getattr(e, key, 0) > 0]
+    total = sum(getattr(e, key) for e in ev) or 1.0
+    ev.sort(key=lambda e: -getattr(e, key))
+    return {"by": key, "ms_per_step_total": total / 1e3 / steps,
+            "ops": [{"name": e.key, "calls_per_step": e.count / steps, "ms_per_step": getattr(e, key) / 1e3 / steps,
+                     "pct": 100.0 * getattr(e, key) / total} for e in ev[:top]]}
+
+
+def fp8_loss(device, dtype, steps: int, recipes=("tensorwise", "rowwise"), lr: float = 1e-3) -> dict:
+    """The tiny config trained ``steps`` AdamW steps in plain-linear bf16 and in each torchao FP8 recipe:
+    the same initial weights, batches and noise. -> per arm: final loss (mean of the last 10 %), ms/step."""
+    from ..diffusion.flow import FlowConfig, training_loss
+    from ..model.fp8 import FP8Config, prepare_fp8_model
+    batches = [session_batch("block_causal", 3, 4, 16, 2, TINY["text_dim"], TINY["patch_dim"], seed=i).to(device)
+               for i in range(8)]
+    out = {"steps": steps, "lr": lr, "arms": {}}
+    for arm in ("bf16", *recipes):
+        model = build(TINY, 4, "torch", "torch", device, dtype)
+        if arm != "bf16":
+            prepare_fp8_model(FP8Config(enabled=True, backend="torchao", recipe=arm), model)
+        opt = torch.optim.AdamW(model.parameters(), lr=lr)
+        gen = torch.Generator().manual_seed(0)
+        losses, t0 = [], time.perf_counter()
+        for i in range(steps):
+            opt.zero_grad(set_to_none=True)
+            loss, _ = training_loss(model, batches[i % len(batches)], FlowConfig(), gen)
+            loss.backward()
+            opt.step()
+            losses.append(loss.detach())
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        ms = 1e3 * (time.perf_counter() - t0) / steps
+        losses = [float(x) for x in losses]
+        k = max(1, steps // 10)
+        out["arms"][arm] = {"final_loss": statistics.fmean(losses[-k:]), "first_loss": losses[0], "ms_per_step": ms,
+                            "curve_every_10": losses[::10]}
+        del model, opt
+    ref = out["arms"]["bf16"]["final_loss"]
+    for arm in recipes:
+        out["arms"][arm]["final_loss_rel_diff_vs_bf16"] = out["arms"][arm]["final_loss"] / ref - 1.0
+    return out
+
+
 def build(arch: dict, layers: int, backend: str, impl: str, device, dtype):
     from ..model import MMDiTConfig, build_model
     cfg = MMDiTConfig(**arch, num_layers=layers, mm_layers=layers // 2, attention_backend=backend,
@@ -143,7 +210,7 @@ def build(arch: dict, layers: int, backend: str, impl: str, device, dtype):
 def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: int = 10, out: str | None = None) -> dict:
     """Every case in turn (see the module docstring); ``out`` is rewritten after each case.
     One failing case (OOM, a TE/Triton error) is recorded and the rest still run."""
-    from ..model.fp8 import FP8Config, fp8_supported, te_available
+    from ..model.fp8 import FP8Config, fp8_supported, prepare_fp8_model, te_available, torchao_available
     from ..parallel import groups
 
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
@@ -167,17 +234,21 @@ def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: i
                    "full": session_batch("full", 5, hw, txt_len, 2, arch["text_dim"], arch["patch_dim"])}
         backends = ["torch"] if device.type != "cuda" else ["torch", "triton"]
 
-        def case(name, mask_type, backend, impl, fp8_cfg=None):
+        def case(name, mask_type, backend, impl, fp8_cfg=None, profile=False):
             batch = batches[mask_type].to(device)
             entry = dict(mask=mask_type, attention_backend=backend, transformer_impl=impl,
-                         fp8=fp8_cfg.recipe if fp8_cfg is not None and fp8_cfg.enabled else None,
+                         fp8=f"{fp8_cfg.backend}:{fp8_cfg.recipe}" if fp8_cfg is not None and fp8_cfg.enabled else None,
                          tokens=batch.spec.seq_len, s_txt=batch.s_txt, s_img=batch.s_img)
             model = None
             try:
                 model = build(arch, layers, backend, impl, device, dtype)
                 entry["params"] = model.num_parameters()
+                if fp8_cfg is not None and fp8_cfg.backend == "torchao":
+                    entry["fp8_linears"] = prepare_fp8_model(fp8_cfg, model)
                 entry.update(time_case(model, batch, device, warmup, iters, fp8_cfg))
                 entry["pct_of_matmul_peak"] = 100.0 * entry["tflops"] / peak
+                if profile:
+                    entry["profile"] = op_profile(model, batch, device)
             except Exception as e:          # one failing case (OOM, a TE/Triton error) must not sink the rest
                 entry["error"] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]
                 entry["traceback_tail"] = traceback.format_exc().splitlines()[-4:]
@@ -192,8 +263,8 @@ def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: i
                 write_json(out, res)
             return entry
 
-        for backend in backends:
-            case(f"block_causal/{backend}/local", "block_causal", backend, "local")
+        for i, backend in enumerate(backends):
+            case(f"block_causal/{backend}/local", "block_causal", backend, "local", profile=i == 0)
 
         # Transformer Engine: bf16 linears, then FP8 with the faster core of the block-causal runs.
         if not te_available():
@@ -215,6 +286,26 @@ def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: i
                 for recipe in ("delayed", "current"):
                     case(f"block_causal/{core}/te_fp8_{recipe}", "block_causal", core, "transformer_engine",
                          FP8Config(enabled=True, recipe=recipe))
+        # FP8 without TE: plain linears in bf16, then torchao FP8, with the same core; then the loss check
+        ok = {b: res["cases"][f"block_causal/{b}/local"].get("ms") for b in backends}
+        core = min((b for b in ok if ok[b]), key=ok.get, default="torch")
+        if not torchao_available():
+            res["torchao"] = "not installed: torchao FP8 cases skipped"
+        elif device.type == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+            res["torchao"] = "GPU without FP8 (compute capability < 8.9): torchao FP8 cases skipped"
+        else:
+            plain = case(f"block_causal/{core}/torch", "block_causal", core, "torch")
+            for recipe in ("tensorwise", "rowwise"):
+                e = case(f"block_causal/{core}/torchao_fp8_{recipe}", "block_causal", core, "torch",
+                         FP8Config(enabled=True, backend="torchao", recipe=recipe))
+                if "ms" in e and "ms" in plain:
+                    e["speedup_vs_plain_bf16"] = plain["ms"] / e["ms"]
+            try:
+                res["fp8_loss"] = fp8_loss(device, dtype, steps=6 if smoke else 200)
+            except Exception as e:
+                res["fp8_loss"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400]}
+            if out:
+                write_json(out, res)
         for backend in backends:
             case(f"full/{backend}/local", "full", backend, "local")
     finally:

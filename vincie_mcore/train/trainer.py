@@ -38,7 +38,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
-from ..model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
+from ..model.fp8 import FP8Config, check_fp8_batch, fp8_autocast, prepare_fp8_model
 from ..parallel import cpu_compat
 from .ema import EMA
 from ..runinfo import arithmetic_info, code_version
@@ -178,7 +178,7 @@ class Trainer:
 
         # 2. precision + Megatron DDP (grads land in one contiguous fp32 buffer per dtype)
         mcfg = model.config
-        check_fp8_model(cfg.fp8, model)
+        prepare_fp8_model(cfg.fp8, model)      # checks; torchao: converts the plain linears in place
         if cfg.bf16:
             if not getattr(mcfg, "bf16", False):
                 raise ValueError("TrainConfig.dtype: bf16 training needs the model's TransformerConfig(bf16=True)")
