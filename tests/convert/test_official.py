@@ -1,0 +1,167 @@
+"""The released VINCIE DiT through ``model.variant: official`` and ``import-official`` (docs/official.md).
+
+The reference is the official implementation itself: ``tests/fixtures/official/`` holds tiny 3B- and
+7B-shaped weights (release names and layouts), inputs and outputs written by
+``tools/vincie_tools/official_golden.py`` from the official code (commit in meta.json). Our model, with those
+weights imported, must give the official outputs for the same sessions within 1e-5 (fp32).
+"""
+import json
+import os
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
+META = json.loads((FIX / "meta.json").read_text())
+NAMES = ("3b", "7b")
+
+
+def _model_dict(name: str) -> dict:
+    """Our model group for the fixture's official NaDiT arguments."""
+    m = META["configs"][name]
+    n, C = m["nadit"], m["latent_channels"]
+    p, D = n["patch_size"][1], n["vid_dim"]
+    return dict(variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"],
+                num_heads=n["heads"], head_dim=n["head_dim"],
+                ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,   # the release's SwiGLU rule
+                text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p,
+                max_turns=m["max_turns"], rope_axes_dim=[n["rope_dim"] // 3] * 3,
+                text_proj="mlp_norm" if n.get("txt_proj_type") == "mlp" else "linear",
+                rope_image_origin="zero" if n["rope_type"] == "mmrope3d_v3" else "after_text",
+                norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"], attention_backend="torch", adaln_zero_init=False)
+
+
+def _case(name: str):
+    """-> (MMDiTConfig, x_img, batch, sessions, p, official output [sum T*H*W, C] as ours would lay it out)."""
+    from vincie_mcore.model import MMDiTConfig
+    from vincie_mcore.model.official import official_image_tokens, official_session_batch
+    cfg = MMDiTConfig.from_dict(_model_dict(name))
+    m = META["configs"][name]
+    p = m["nadit"]["patch_size"][1]
+    io = load_file(str(FIX / f"{name}_io.safetensors"))
+    sessions, xs = [], []
+    for s, sm in enumerate(m["sessions"]):
+        lat, xt = io[f"s{s}.latents"].permute(0, 3, 1, 2), io[f"s{s}.x_t"].permute(0, 3, 1, 2)   # (T, C, H, W)
+        sessions.append(dict(texts=[io[f"s{s}.text{j}"] for j in range(len(sm["turn_tokens"]))], latents=lat,
+                             t=sm["t"] / 1000.0))                      # the release's t is on 0..1000
+        xs.append(official_image_tokens(xt, lat, p))
+    return cfg, torch.cat(xs), official_session_batch(sessions, cfg, p), sessions, p, io["out"]
+
+
+def _as_official(out, sessions, p):
+    from vincie_mcore.model.official import official_frames
+    return torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in official_frames(out, sessions, p)])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_imported_release_matches_the_official_forward(megatron_cpu, name):
+    from vincie_mcore.convert.official import load_official
+    from vincie_mcore.model import build_model
+    cfg, x, batch, sessions, p, ref = _case(name)
+    model = build_model(cfg, device="cpu")
+    plan = load_official(model, FIX / f"{name}_weights.safetensors")
+    assert len(plan.ignored) == cfg.num_layers                        # the RoPE frequency buffers
+    with torch.no_grad():
+        out = _as_official(model(x, batch), sessions, p)
+    assert ref.abs().max() > 1                                        # a real signal, not zeros
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
+
+
+def _tp2_worker(rank, world, port, tmp):
+    warnings.filterwarnings("ignore")
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    from vincie_mcore.convert.official import load_official
+    from vincie_mcore.model import build_model
+    from vincie_mcore.parallel import groups
+    groups.init_distributed(tp=2)
+    res = {}
+    for name in NAMES:
+        cfg, x, batch, sessions, p, ref = _case(name)
+        for sp in (False, True):
+            m = build_model(cfg, tensor_model_parallel_size=2, sequence_parallel=sp, device="cpu")
+            load_official(m, FIX / f"{name}_weights.safetensors")
+            with torch.no_grad():
+                res[name, sp] = (_as_official(m(x, batch), sessions, p) - ref).abs().max().item()
+    torch.save(res, f"{tmp}/rank{rank}.pt")
+    groups.destroy()
+
+
+def test_tp2_and_sequence_parallel_match_the_official_forward(tmp_path):
+    import torch.multiprocessing as mp
+
+    from vincie_mcore.parallel import groups
+    mp.start_processes(_tp2_worker, args=(2, groups._free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        res = torch.load(tmp_path / f"rank{r}.pt")
+        assert set(res) == {(n, sp) for n in NAMES for sp in (False, True)}
+        assert max(res.values()) < 1e-5, res
+
+
+def _convert_cli():
+    return str(Path(sys.executable).parent / "vincie-convert")
+
+
+def test_import_official_cli_writes_a_tp2_checkpoint_that_matches(megatron_cpu, tmp_path):
+    """The command line end to end: the release file -> a step-0 training checkpoint written by two TP ranks;
+    loaded back (resharded to one process) it gives the official outputs."""
+    from vincie_mcore.model import build_model
+    from vincie_mcore.train import checkpoint
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(_model_dict("3b")))
+    out = tmp_path / "ckpt"
+    r = subprocess.run([_convert_cli(), "import-official", "--dit", str(FIX / "3b_weights.safetensors"),
+                        "--model-config", str(tmp_path / "model.yaml"), "--out", str(out), "parallel.tp=2",
+                        "train=tiny"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    stats = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (stats["tp"], stats["world"], stats["step"]) == (2, 2, 0)
+    cfg, x, batch, sessions, p, ref = _case("3b")
+    torch.manual_seed(123)                                   # different random init: the load must overwrite it
+    model = build_model(cfg, device="cpu")
+    assert checkpoint.load(str(out), model) is not None
+    with torch.no_grad():
+        torch.testing.assert_close(_as_official(model(x, batch), sessions, p), ref, rtol=0, atol=1e-5)
+
+
+def _bad_file(tmp_path, edit) -> Path:
+    sd = load_file(str(FIX / "3b_weights.safetensors"))
+    edit(sd)
+    f = tmp_path / "bad.safetensors"
+    save_file(sd, str(f))
+    return f
+
+
+def test_missing_and_unknown_tensors_are_named_one_line_each(tmp_path):
+    from vincie_mcore.convert.official import OfficialImportError, plan_import
+    from vincie_mcore.model import MMDiTConfig
+
+    def edit(sd):
+        del sd["blocks.1.mlp.all.proj_in_gate.weight"]
+        sd["blocks.9.attn.extra.weight"] = torch.zeros(3)
+    with pytest.raises(OfficialImportError) as e:
+        plan_import(_bad_file(tmp_path, edit), MMDiTConfig.from_dict(_model_dict("3b")))
+    lines = str(e.value).splitlines()
+    assert lines == ["missing tensor blocks.1.mlp.all.proj_in_gate.weight (for layers.1.mlp.joint.linear_fc1.weight)",
+                     "unknown tensor blocks.9.attn.extra.weight [3] (not in an official 3-layer model with 1 "
+                     "dual-stream layers)"], lines
+
+
+def test_a_wrong_shape_is_named_before_anything_is_written(tmp_path):
+    def edit(sd):
+        sd["blocks.0.attn.proj_qkv.vid.weight"] = torch.zeros(60, 40, dtype=torch.bfloat16)
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(_model_dict("3b")))
+    out = tmp_path / "ckpt"
+    r = subprocess.run([_convert_cli(), "import-official", "--dit", str(_bad_file(tmp_path, edit)),
+                        "--model-config", str(tmp_path / "model.yaml"), "--out", str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    err = r.stderr.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: tensor blocks.0.attn.proj_qkv.vid.weight: shape [60, 40] "
+                                               "does not give layers.0.attention.img.linear_qkv.weight [120, 40]"), err
+    assert not out.exists()
