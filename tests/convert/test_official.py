@@ -73,6 +73,27 @@ def test_imported_release_matches_the_official_forward(megatron_cpu, name):
     torch.testing.assert_close(out, ref, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_three_step_cfg_sampling_matches_the_official_sampler(megatron_cpu, name):
+    """The release's Euler sampler, shift and CFG against a negative prompt, 3 steps on session 0.
+
+    Tolerance: each forward agrees to ~1e-6 (the test above); CFG's v_neg + g (v_pos - v_neg) multiplies
+    that by up to 1 + 2g (g = 7.5 / 10), so 2e-6 (1 + 2g). Measured: < 1e-5 (3b), 1.6e-5 (7b)."""
+    from vincie_mcore.convert.official import load_official
+    from vincie_mcore.model import build_model
+    from vincie_mcore.model.official import official_sample
+    cfg, _, _, sessions, p, _ = _case(name)
+    io = load_file(str(FIX / f"{name}_io.safetensors"))
+    steps, shift, guidance = io["sample.settings"].tolist()
+    model = build_model(cfg, device="cpu")
+    load_official(model, FIX / f"{name}_weights.safetensors")
+    x = official_sample(model, sessions[:1], io["sample.neg_text"], [io["s0.x_t"].permute(0, 3, 1, 2)], p,
+                        steps=int(steps), shift=shift, guidance=guidance)[0]            # (T, C, H, W)
+    ref = io["sample.out"]                                                        # (T*H*W, C), the release's layout
+    assert (ref - io["s0.x_t"].reshape(ref.shape)).abs().max() > 1                # sampling moved it
+    torch.testing.assert_close(x.permute(0, 2, 3, 1).reshape(ref.shape), ref, rtol=0, atol=2e-6 * (1 + 2 * guidance))
+
+
 def _tp2_worker(rank, world, port, tmp):
     warnings.filterwarnings("ignore")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),

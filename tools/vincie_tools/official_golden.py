@@ -10,7 +10,8 @@ imported here, in this tool). Two tiny configs with the released structure are b
 * ``7b``: as ``configs/generate_7b.yaml`` (patch 1, ``patch_type v2``, text MLP + RMSNorm, ``mmrope3d_v3``:
   image i at (i, h, w), unrotated tail), when the checkout's ``models/dit/rope.py`` has ``mmrope3d_v3``.
 
-One denoiser forward runs on two sessions packed the official way (per sample: every turn's text as
+A 3-step CFG sampling run (the release's Euler sampler, schedule, shift and CFG scale, a negative prompt)
+follows on the first session. One denoiser forward runs on two sessions packed the official way (per sample: every turn's text as
 [<turn_id> embedding, tokens] concatenated; frames [x_t | clean latent | flag], last frame without
 context; one t per sample). Weights (official names), inputs and outputs go to
 ``<out>/<name>.safetensors``, provenance to ``<out>/meta.json``.
@@ -57,6 +58,9 @@ TINY = {
 MAX_TURNS = 64            # configs/generate*.yaml prompt_id_embedding.max_num_prompts
 # two sessions: (number of frames, tokens per turn text, t on the official 0..1000 scale)
 SESSIONS = [(3, [3, 2], 750.0), (2, [4], 250.0)]
+# the release's sampler settings (configs/generate.yaml, generate_7b.yaml): shift, CFG scale; 3 steps here
+SAMPLER = {"3b": (12.0, 7.5), "7b": (10.0, 10.0)}
+SAMPLE_STEPS, NEG_TOKENS = 3, 5
 
 
 # ----------------------------------------------------------------------------
@@ -137,7 +141,7 @@ def _import_official() -> list[str]:
         m.__spec__ = importlib.machinery.ModuleSpec("flash_attn", None)   # no distribution: transformers sees none
         sys.modules["flash_attn"] = m
     try:
-        for name in ("models.dit.nadit", "models.embedding.prompt_emb", "models.dit.rope"):
+        for name in ("models.dit.nadit", "models.embedding.prompt_emb", "models.dit.rope", "common.diffusion"):
             importlib.import_module(name)
     finally:
         if stub:
@@ -205,11 +209,7 @@ def run_config(name: str, repo: Path, seed: int = 0) -> tuple[dict, dict, dict]:
     vids, vid_shapes, txts, txt_shapes, ts = [], [], [], [], []
     with torch.no_grad():
         for s, (frames, turn_lens, t) in enumerate(SESSIONS):
-            ids = torch.arange(len(turn_lens))[None]
-            turn_emb = dit(is_forward_pie=True, prompt_id=ids)[0]                   # (n_turns, txt_in)
-            # fuse_prompt_id_emb "seq_concat": the turn embedding is the first token of its sentence
-            txts.append(torch.cat([torch.cat([turn_emb[j:j + 1], inputs[f"s{s}.text{j}"]])
-                                   for j in range(len(turn_lens))]))
+            txts.append(_session_text(dit, [inputs[f"s{s}.text{j}"] for j in range(len(turn_lens))]))
             txt_shapes.append(sum(turn_lens) + len(turn_lens))
             cond = _official_condition(inputs[f"s{s}.latents"])
             vid = torch.cat([inputs[f"s{s}.x_t"], cond], dim=-1)                   # (T, H, W, 2C+1)
@@ -225,12 +225,57 @@ def run_config(name: str, repo: Path, seed: int = 0) -> tuple[dict, dict, dict]:
     params = {n for n, _ in dit.named_parameters()}
     sd = {k: (v.to(torch.bfloat16) if k in params else v).detach().clone().contiguous()
           for k, v in dit.state_dict().items()}
+    inputs.update(_sample(dit, name, inputs, txt_in_dim, gen))
     inputs["out"] = out.contiguous()                                                  # (sum T*H*W, C)
     cfg = {"latent_channels": C, "latent_hw": list(spec["latent_hw"]), "text_in_dim": spec["txt_in"],
            "max_turns": MAX_TURNS, "nadit": {**kw, "vid_in_channels": 2 * C + 1, "vid_out_channels": C,
                                              "txt_in_dim": txt_in_dim, "emb_dim": 6 * kw["vid_dim"]},
            "sessions": [{"frames": f, "turn_tokens": n, "t": t} for f, n, t in SESSIONS]}
     return sd, inputs, cfg
+
+
+def _session_text(dit, turns: list[torch.Tensor]) -> torch.Tensor:
+    """generate.py get_session_text_embedding + fuse_prompt_id_emb("seq_concat") for one sample."""
+    ids = torch.arange(len(turns))[None]
+    turn_emb = dit(is_forward_pie=True, prompt_id=ids)[0]                                # (n_turns, txt_in)
+    return torch.cat([torch.cat([turn_emb[j:j + 1], t]) for j, t in enumerate(turns)])
+
+
+def _sample(dit, name: str, inputs: dict, txt_in_dim, gen: torch.Generator) -> dict:
+    """SAMPLE_STEPS Euler steps with CFG against a negative prompt, as generate.py's ``inference`` runs them,
+    on session 0 (noise: its x_t, context: its latents)."""
+    from omegaconf import OmegaConf
+
+    from common.diffusion import (classifier_free_guidance_dispatcher, create_sampler_from_config,
+                                  create_sampling_timesteps_from_config, create_schedule_from_config)
+    shift, scale = SAMPLER[name]
+    frames, turn_lens, _ = SESSIONS[0]
+    neg_rows = torch.randn(NEG_TOKENS, inputs["s0.text0"].shape[1], generator=gen)
+    schedule = create_schedule_from_config(OmegaConf.create({"type": "lerp", "T": 1000.0}), "cpu")
+    timesteps = create_sampling_timesteps_from_config(
+        OmegaConf.create({"type": "uniform_trailing", "steps": SAMPLE_STEPS, "shift": shift}), schedule, "cpu")
+    sampler = create_sampler_from_config(OmegaConf.create({"type": "euler", "prediction_type": "v_lerp"}),
+                                         schedule, timesteps)
+    listed = isinstance(txt_in_dim, list)
+    with torch.no_grad():
+        pos = _session_text(dit, [inputs[f"s0.text{j}"] for j in range(len(turn_lens))])
+        neg = _session_text(dit, [neg_rows])         # the negative prompt is one sentence with prompt id 0
+        cond = _official_condition(inputs["s0.latents"])
+        T, H, W, _ = cond.shape
+        cond = cond.reshape(-1, cond.shape[-1])
+        vid_shape = torch.tensor([[T, H, W]])
+
+        def run(x_t, t, txt):
+            shape = torch.tensor([[txt.shape[0]]])
+            return dit(vid=torch.cat([x_t, cond], -1), txt=[txt] if listed else txt, vid_shape=vid_shape,
+                       txt_shape=[shape] if listed else shape, timestep=t.repeat(1)).vid_sample
+
+        with _fp32_attention():
+            out = sampler.sample(x=inputs["s0.x_t"].reshape(-1, inputs["s0.x_t"].shape[-1]),
+                                 f=lambda a: classifier_free_guidance_dispatcher(
+                                     pos=lambda: run(a.x_t, a.t, pos), neg=lambda: run(a.x_t, a.t, neg), scale=scale))
+    return {"sample.neg_text": neg_rows, "sample.out": out.contiguous(),
+            "sample.settings": torch.tensor([SAMPLE_STEPS, shift, scale])}
 
 
 def _git_head(repo: Path) -> str | None:

@@ -223,3 +223,42 @@ def official_frames(out: torch.Tensor, sessions: list[dict], p: int) -> list[tor
         res.append(torch.stack([unpatchify(out[r + i * n: r + (i + 1) * n], H // p, W // p, p) for i in range(T)]))
         r += T * n
     return res
+
+
+# ----------------------------------------------------------------------------
+# Sampling as the release does it
+# ----------------------------------------------------------------------------
+
+def official_timesteps(steps: int, shift: float) -> torch.Tensor:
+    """The release's trailing times (``UniformTrailingSamplingTimesteps``): 1, 1 - 1/n, ..., 1/n, SD3-shifted,
+    then 0 (its Euler sampler's endpoint step)."""
+    t = torch.arange(1.0, 0.0, -1.0 / steps)
+    return torch.cat([shift * t / (1 + (shift - 1) * t), t.new_zeros(1)])
+
+
+@torch.no_grad()
+def official_sample(model: OfficialMMDiT, sessions: list[dict], negative: torch.Tensor, noise: list[torch.Tensor],
+                    p: int, steps: int = 50, shift: float = 12.0, guidance: float = 7.5) -> list[torch.Tensor]:
+    """Euler sampling of every frame of each session, as the release's ``generate.py`` runs it.
+
+    sessions: as ``official_session_batch`` (``latents``' last frame is a placeholder, never read; ``t``
+    ignored); negative: [L, text_dim] text-encoder rows of the negative prompt, the unconditional branch's
+    whole text (one turn, ``<TURN>_0``); noise: per session [T, C, H, W]. Velocity prediction, x_s = x_t +
+    (s - t) v, CFG v = v_neg + guidance (v_pos - v_neg) (guidance 1: the conditional branch only).
+    Returns per session all frames [T, C, H, W]; the edit is the last one. Defaults: the 3B's (official_7b:
+    shift 10, guidance 10)."""
+    from dataclasses import replace
+    cfg = model.cfg
+    pos = official_session_batch(sessions, cfg, p)
+    neg = official_session_batch([dict(s, texts=[negative]) for s in sessions], cfg, p)
+    x = [n.clone() for n in noise]
+    ts = official_timesteps(steps, shift)
+    for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):
+        tokens = torch.cat([official_image_tokens(xi, sess["latents"], p) for xi, sess in zip(x, sessions)])
+        run = lambda b: model(tokens, replace(b, block_t=torch.full_like(b.block_t, t)))   # (S_img, patch_dim)
+        v = run(pos)
+        if guidance != 1.0:
+            v_neg = run(neg)
+            v = v_neg + guidance * (v - v_neg)
+        x = [xi + (s - t) * vi for xi, vi in zip(x, official_frames(v, sessions, p))]
+    return x
