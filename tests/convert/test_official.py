@@ -94,35 +94,50 @@ def test_three_step_cfg_sampling_matches_the_official_sampler(megatron_cpu, name
     torch.testing.assert_close(x.permute(0, 2, 3, 1).reshape(ref.shape), ref, rtol=0, atol=2e-6 * (1 + 2 * guidance))
 
 
-def _tp2_worker(rank, world, port, tmp):
+def _reference_tokens(ref, sessions, p):
+    """The official output [sum T*H*W, C] as our image-stream rows [S_img, patch_dim]."""
+    from vincie_mcore.packed.patches import patchify
+    toks, r = [], 0
+    for sess in sessions:
+        T, C, H, W = sess["latents"].shape
+        toks += [patchify(f, p) for f in ref[r:r + T * H * W].reshape(T, H, W, C).permute(0, 3, 1, 2)]
+        r += T * H * W
+    return torch.cat(toks)
+
+
+def _parallel_worker(rank, world, port, tmp):
     warnings.filterwarnings("ignore")
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     from vincie_mcore.convert.official import load_official
     from vincie_mcore.model import build_model
     from vincie_mcore.parallel import groups
-    groups.init_distributed(tp=2)
+    groups.init_distributed(tp=2, cp=2)
     res = {}
     for name in NAMES:
         cfg, x, batch, sessions, p, ref = _case(name)
+        ref = _reference_tokens(ref, sessions, p)
         for sp in (False, True):
             m = build_model(cfg, tensor_model_parallel_size=2, sequence_parallel=sp, device="cpu")
             load_official(m, FIX / f"{name}_weights.safetensors")
+            rows = m.cp_shard(batch).img_rows                     # this CP rank's image rows
             with torch.no_grad():
-                res[name, sp] = (_as_official(m(x, batch), sessions, p) - ref).abs().max().item()
+                res[name, sp] = ((m(x, batch) - ref[rows]).abs().max().item(), ref[rows].shape[0])
     torch.save(res, f"{tmp}/rank{rank}.pt")
     groups.destroy()
 
 
-def test_tp2_and_sequence_parallel_match_the_official_forward(tmp_path):
+def test_tp2_cp2_and_sequence_parallel_match_the_official_forward(tmp_path):
+    """TP 2 x CP 2 over gloo (4 ranks), with and without sequence parallelism."""
     import torch.multiprocessing as mp
 
     from vincie_mcore.parallel import groups
-    mp.start_processes(_tp2_worker, args=(2, groups._free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
-    for r in range(2):
-        res = torch.load(tmp_path / f"rank{r}.pt")
-        assert set(res) == {(n, sp) for n in NAMES for sp in (False, True)}
-        assert max(res.values()) < 1e-5, res
+    mp.start_processes(_parallel_worker, args=(4, groups._free_port(), str(tmp_path)), nprocs=4, start_method="spawn")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(4)]
+    for key in [(n, sp) for n in NAMES for sp in (False, True)]:
+        assert max(r[key][0] for r in ranks) < 1e-5, (key, [r[key] for r in ranks])
+        # the CP ranks split the image rows (each appears on both TP ranks of its CP rank)
+        assert sum(r[key][1] for r in ranks) == 2 * _case(key[0])[2].s_img
 
 
 def _convert_cli():
