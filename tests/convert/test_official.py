@@ -94,6 +94,22 @@ def test_three_step_cfg_sampling_matches_the_official_sampler(megatron_cpu, name
     torch.testing.assert_close(x.permute(0, 2, 3, 1).reshape(ref.shape), ref, rtol=0, atol=2e-6 * (1 + 2 * guidance))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_presets_map_the_full_size_release_exactly(megatron_cpu, name):
+    """configs/model/official_{3b,7b}.yaml against every tensor name and shape of the full-size release, as
+    the official code builds it from its own yaml (fixture *_release_shapes.json, no data)."""
+    from vincie_mcore.convert.official import _Source, plan_import
+    from vincie_mcore.model import MMDiTConfig, build_model
+    release = json.loads((FIX / f"{name}_release_shapes.json").read_text())["shapes"]
+    preset = yaml.safe_load((FIX.parents[2] / "configs" / "model" / f"official_{name}.yaml").read_text())
+    cfg = MMDiTConfig.from_dict(preset)
+    model = build_model(cfg, meta=True)
+    plan, _ = plan_import(_Source.of_shapes(release), cfg, expected={n: tuple(p.shape) for n, p in model.named_parameters()})
+    assert len(plan.ignored) == cfg.num_layers == 32
+    assert set(plan.zero) == {n for n, _ in model.named_parameters() if n.endswith("linear_qkv.bias")}
+    assert len(release) == sum(len(t.sources) for t in plan.targets.values()) + len(plan.ignored)
+
+
 def _reference_tokens(ref, sessions, p):
     """The official output [sum T*H*W, C] as our image-stream rows [S_img, patch_dim]."""
     from vincie_mcore.packed.patches import patchify

@@ -13,7 +13,8 @@ imported here, in this tool). Two tiny configs with the released structure are b
 A 3-step CFG sampling run (the release's Euler sampler, schedule, shift and CFG scale, a negative prompt)
 follows on the first session. One denoiser forward runs on two sessions packed the official way (per sample: every turn's text as
 [<turn_id> embedding, tokens] concatenated; frames [x_t | clean latent | flag], last frame without
-context; one t per sample). Weights (official names), inputs and outputs go to
+context; one t per sample). The full-size release's tensor names and shapes, built by the official code
+from its yaml on the meta device, go to ``<out>/<name>_release_shapes.json``. Weights (official names), inputs and outputs go to
 ``<out>/<name>.safetensors``, provenance to ``<out>/meta.json``.
 
 Stand-ins, only inside this tool and only for packages our lock lacks (each named in meta.json):
@@ -278,6 +279,35 @@ def _sample(dit, name: str, inputs: dict, txt_in_dim, gen: torch.Generator) -> d
             "sample.settings": torch.tensor([SAMPLE_STEPS, shift, scale])}
 
 
+RELEASE_YAML = {"3b": "configs/generate.yaml", "7b": "configs/generate_7b.yaml"}
+# without turbox, c6ee69b resolves these to the classes the 30fcf36 registries name
+NO_TURBOX = {"msa_type": {"fused_mm_full": "mm_full"}, "ada": {"fused_single": "single"}}
+
+
+def release_shapes(name: str, repo: Path) -> dict | None:
+    """Names and shapes of the full-size release DiT as the official code builds it from its yaml (meta
+    device: no memory, no data), prompt-id table included. None when the checkout lacks the yaml."""
+    from omegaconf import OmegaConf
+    f = repo / RELEASE_YAML[name]
+    if not f.is_file():
+        return None
+    if not OmegaConf.has_resolver("eval"):
+        # the official yaml computes emb_dim as ${eval:'6 * ${.vid_dim}'}: integer arithmetic only here
+        OmegaConf.register_new_resolver("eval", lambda e: int(eval(e, {"__builtins__": {}})))
+    y = OmegaConf.to_container(OmegaConf.load(f), resolve=True)
+    kw = {k: v for k, v in y["dit"]["model"].items() if k != "__object__"}
+    for key, sub in NO_TURBOX.items():
+        kw[key] = sub.get(kw[key], kw[key])
+    pe = {k: v for k, v in y["prompt_id_embedding"]["model"].items() if k != "__object__"}
+    NaDiT = importlib.import_module("models.dit.nadit").NaDiT
+    PromptEmbedding = importlib.import_module("models.embedding.prompt_emb").PromptEmbedding
+    with torch.device("meta"):
+        dit = NaDiT(**kw)
+        dit.prompt_id_embedding = PromptEmbedding(**pe)
+    return {"yaml": RELEASE_YAML[name], "substituted": NO_TURBOX,
+            "shapes": {k: list(v.shape) for k, v in dit.state_dict().items()}}
+
+
 def _git_head(repo: Path) -> str | None:
     try:
         return subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
@@ -325,6 +355,9 @@ def main(argv=None) -> int:
             (str(Path(m.__file__).resolve().relative_to(repo)), hashlib.sha256(Path(m.__file__).read_bytes()).hexdigest())
             for m in list(sys.modules.values())
             if getattr(m, "__file__", None) and Path(m.__file__).resolve().is_relative_to(repo)))
+        full = release_shapes(name, repo)
+        if full is not None:
+            (args.out / f"{name}_release_shapes.json").write_text(json.dumps(full, indent=0) + "\n")
         meta["configs"][name] = cfg
         print(f"{name}: {sum(v.numel() for v in sd.values())} weights, out {tuple(inputs['out'].shape)}")
     meta_path.write_text(json.dumps(meta, indent=1) + "\n")

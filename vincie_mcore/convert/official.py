@@ -58,6 +58,14 @@ class ImportPlan:
 class _Source:
     """Name -> shape and name -> tensor of a release file, memory-mapped; safe loaders only."""
 
+    @classmethod
+    def of_shapes(cls, shapes: dict) -> "_Source":
+        """Names and shapes only (checking a mapping without the data, e.g. the full-size release's)."""
+        src = cls.__new__(cls)
+        src.path, src.shapes = None, {k: tuple(v) for k, v in shapes.items()}
+        src.get = lambda k: (_ for _ in ()).throw(OfficialImportError(f"{k}: a shapes-only source has no data"))
+        return src
+
     def __init__(self, path):
         self.path = Path(path)
         if not self.path.is_file():
@@ -174,12 +182,12 @@ def _targets(cfg, src_keys: set[str]) -> tuple[dict[str, Target], dict[str, tupl
 
 
 def plan_import(dit, cfg, expected: dict[str, tuple] | None = None) -> tuple[ImportPlan, _Source]:
-    """Check the release file ``dit`` against the official variant ``cfg`` (an MMDiTConfig), and against
+    """Check the release file ``dit`` (a path, or a ``_Source``) against the official variant ``cfg`` (an MMDiTConfig), and against
     ``expected`` (a built model's full parameter shapes) when given; only names and shapes are read.
     Raises OfficialImportError listing every problem, one per line."""
     if cfg.variant != "official":
         raise OfficialImportError(f"model.variant: import-official needs 'official', got {cfg.variant!r}")
-    src = _Source(dit)
+    src = dit if isinstance(dit, _Source) else _Source(dit)
     targets, zero = _targets(cfg, set(src.shapes))
     problems, used = [], set()
     for name, tg in targets.items():
