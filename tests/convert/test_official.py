@@ -156,6 +156,16 @@ def test_tp2_cp2_and_sequence_parallel_match_the_official_forward(tmp_path):
         assert sum(r[key][1] for r in ranks) == 2 * _case(key[0])[2].s_img
 
 
+def test_turn_texts_and_negative_prompt_are_the_release_s():
+    from vincie_mcore.model.official import OFFICIAL_NEGATIVE_PROMPT, official_turn_texts
+    assert official_turn_texts(["Remove the hat. ", "make it blue"]) == [
+        "Based on <IMG0>, Remove the hat. Output <IMG1>: ", "Based on <IMG1>, make it blue. Output <IMG2>: "]
+    assert official_turn_texts([" zoom in."], prefix="[###CAMERA: static###] ") == [
+        "Based on <IMG0>, [###CAMERA: static###]  zoom in. Output <IMG1>: "]
+    for name in NAMES:      # the release yaml's generation.negative_prompt, stored by the golden tool
+        assert OFFICIAL_NEGATIVE_PROMPT == json.loads((FIX / f"{name}_release_shapes.json").read_text())["negative_prompt"]
+
+
 def _convert_cli():
     return str(Path(sys.executable).parent / "vincie-convert")
 

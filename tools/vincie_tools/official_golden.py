@@ -305,6 +305,7 @@ def release_shapes(name: str, repo: Path) -> dict | None:
         dit = NaDiT(**kw)
         dit.prompt_id_embedding = PromptEmbedding(**pe)
     return {"yaml": RELEASE_YAML[name], "substituted": NO_TURBOX,
+            "negative_prompt": y.get("generation", {}).get("negative_prompt"),
             "shapes": {k: list(v.shape) for k, v in dit.state_dict().items()}}
 
 

@@ -226,8 +226,25 @@ def official_frames(out: torch.Tensor, sessions: list[dict], p: int) -> list[tor
 
 
 # ----------------------------------------------------------------------------
-# Sampling as the release does it
+# Prompting and sampling as the release does it
 # ----------------------------------------------------------------------------
+
+# configs/generate.yaml and generate_7b.yaml: the unconditional branch's text (one sentence, prompt id 0)
+OFFICIAL_NEGATIVE_PROMPT = (
+    "Worst quality, Normal quality, Low quality, Low res, Blurry, Jpeg artifacts, Grainy, text, logo, watermark, "
+    "banner, extra digits, signature, subtitling, Bad anatomy, Bad proportions, Deformed, Disconnected limbs, "
+    "Disfigured, Extra arms, Extra limbs, Extra hands, Fused fingers, Gross proportions, Long neck, Malformed limbs, "
+    "Mutated, Mutated hands, Mutated limbs, Missing arms, Missing fingers, Poorly drawn hands, Poorly drawn face, "
+    "Nsfw, Uncensored, Cleavage, Nude, Nipples, Overexposed, Plain background, Grainy, Underexposed, "
+    "Deformed structures")
+
+
+def official_turn_texts(prompts: list[str], prefix: str = "") -> list[str]:
+    """The release's text of each turn (``generate.py``, ``pad_img_placehoder``): turn k reads
+    ``Based on <IMG{k}>, {prefix + prompt, stripped of spaces and dots}. Output <IMG{k+1}>: ``; ``prefix`` is
+    its ``CAMERA_PREFIX`` (empty by default)."""
+    return [f"Based on <IMG{k}>, {(prefix + p).strip().strip('.')}. Output <IMG{k + 1}>: " for k, p in enumerate(prompts)]
+
 
 def official_timesteps(steps: int, shift: float) -> torch.Tensor:
     """The release's trailing times (``UniformTrailingSamplingTimesteps``): 1, 1 - 1/n, ..., 1/n, SD3-shifted,
