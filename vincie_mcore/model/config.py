@@ -16,6 +16,9 @@ import torch.nn.functional as F
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 TRANSFORMER_IMPLS = ("local", "transformer_engine", "torch")
 ADALN_MODES = ("single", "per_layer")
+VARIANTS = ("paper", "official")
+TEXT_PROJS = ("linear", "mlp_norm")
+ROPE_IMAGE_ORIGINS = ("after_text", "zero")
 
 
 def _round_up(x: int, multiple: int) -> int:
@@ -82,6 +85,19 @@ class MMDiTConfig:
     transformer_impl: str = "local"
     """Linear/norm implementations: "local" (Megatron tensor_parallel), "transformer_engine", or "torch"
     (plain single-device linears, model/torch_linear.py: the FP8 path through torchao)."""
+    variant: str = "paper"
+    """"paper": the paper-faithful model (clean context in the sequence at t = 0, LayerNorm pre-norms).
+    "official": the released VINCIE-3B/7B (``model/official.py``, docs/official.md): one token per image
+    carrying [x_t | clean latent | flag], every token under the sample's t, RMSNorm pre-norms and final
+    norm, the turn table in the text encoder's space, 3-axis RoPE with an unrotated tail, no MLP biases."""
+    image_in_dim: int | None = None
+    """Width of an image-stream input token. None: patch_dim. The official variant reads, per pixel of a
+    patch in (ph, pw, c) order, [x_t (C) | clean latent (C) | flag (1)]: patch_size**2 * (2C + 1)."""
+    text_proj: str = "linear"
+    """Official variant: "linear" (3B) or "mlp_norm" (7B: Linear, GELU(tanh), Linear, then RMSNorm)."""
+    rope_image_origin: str = "after_text"
+    """Official variant: image i of a session sits at (L_text + i, h, w) ("after_text", 3B) or at
+    (i, h, w) ("zero", 7B); text token j at (j, j, j)."""
 
     def __post_init__(self):
         if isinstance(self.rope_axes_dim, list):
@@ -116,7 +132,9 @@ class MMDiTConfig:
             h = (self.head_dim - t) // 4 * 2
             self.rope_axes_dim = (t, h, self.head_dim - t - h)
         ax = self.rope_axes_dim
-        if len(ax) != 3 or any((not isinstance(a, int)) or a < 0 or a % 2 for a in ax) or sum(ax) != self.head_dim:
+        # the official variant leaves the channels after sum(rope_axes_dim) unrotated
+        bad_sum = sum(ax) > self.head_dim if self.variant == "official" else sum(ax) != self.head_dim
+        if len(ax) != 3 or any((not isinstance(a, int)) or a < 0 or a % 2 for a in ax) or bad_sum:
             raise ValueError(f"MMDiTConfig.rope_axes_dim: expected 3 non-negative even ints summing to "
                              f"head_dim={self.head_dim}, got {ax!r}")
         if self.rope_theta <= 0:
@@ -129,6 +147,17 @@ class MMDiTConfig:
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             raise ValueError(f"MMDiTConfig.transformer_impl: expected one of {TRANSFORMER_IMPLS}, "
                              f"got {self.transformer_impl!r}")
+        for name, allowed in (("variant", VARIANTS), ("text_proj", TEXT_PROJS),
+                              ("rope_image_origin", ROPE_IMAGE_ORIGINS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"MMDiTConfig.{name}: expected one of {allowed}, got {getattr(self, name)!r}")
+        if self.image_in_dim is not None and (not isinstance(self.image_in_dim, int) or self.image_in_dim < 1):
+            raise ValueError(f"MMDiTConfig.image_in_dim: expected a positive int or null, got {self.image_in_dim!r}")
+        if self.variant == "official":
+            for name, want in (("adaln", "single"), ("text_adaln", False), ("image_abs_pos_grid", 0)):
+                if getattr(self, name) != want:
+                    raise ValueError(f"MMDiTConfig.{name}: the official variant needs {want!r}, got "
+                                     f"{getattr(self, name)!r}")
         for name in ("norm_eps", "qk_norm_eps", "init_method_std", "timestep_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"MMDiTConfig.{name}: expected > 0, got {getattr(self, name)!r}")
@@ -171,7 +200,8 @@ class MMDiTConfig:
             ffn_hidden_size=self.ffn_hidden_size,
             gated_linear_unit=True,            # SwiGLU
             activation_func=F.silu,
-            add_bias_linear=True,              # biases act as modality embeddings (paper §3.2)
+            add_bias_linear=self.variant == "paper",   # paper: biases act as modality embeddings (§3.2);
+                                               # the release's SwiGLU has none
             bias_activation_fusion=cuda,       # jit-fused bias+swiglu on GPU; plain ops on CPU
             qk_layernorm=True,                 # makes finalize_model_grads sum q/k_layernorm grads over TP
             softmax_scale=self.softmax_scale,

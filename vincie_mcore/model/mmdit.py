@@ -229,11 +229,15 @@ class MMDiT(MegatronModule):
                 streams = layer(streams, ctx)
 
         # 4. Final layer on the image stream.
-        out = self.final_layer(streams[1], c, stream_blocks[1])                     # (S_img_local, 1, patch_dim)
+        out = self._final_layer(streams[1], c, shared, stream_blocks[1])            # (S_img_local, 1, patch_dim)
         if sp:
             # Every rank computes the same loss on the full output: its gradient is split, not summed.
             out = gather_from_sequence_parallel_region(out, tensor_parallel_output_grad=False, group=self.tp_group)
         return out[:, 0]                                                             # (S_img_local, patch_dim)
+
+    def _final_layer(self, x, c, shared, token_blocks):
+        """Hook: the official variant's final layer also reads adaLN-single's shared modulation."""
+        return self.final_layer(x, c, token_blocks)
 
     # ------------------------------------------------------------------ KV cache (docs/kv_cache.md)
     def kv_cache_support(self) -> str | None:
@@ -350,7 +354,7 @@ class MMDiT(MegatronModule):
         streams = [h_txt, h_img]
         for layer in self.layers:
             streams = layer(streams, ctx)
-        out = self.final_layer(streams[1], c, stream_blocks[1])[:, 0]                  # (S_i, patch_dim)
+        out = self._final_layer(streams[1], c, shared, stream_blocks[1])[:, 0]         # (S_i, patch_dim)
         if store:                                                                      # commit the whole call at once
             sig_t, sig_i = self._kv_signature(x_img, batch, c, txt_q, img_q)
             cat = lambda old, new: new if old is None else torch.cat([old, new])
@@ -408,12 +412,15 @@ def build_model(cfg: MMDiTConfig | dict, tensor_model_parallel_size: int = 1, se
     """
     cfg = cfg if isinstance(cfg, MMDiTConfig) else MMDiTConfig.from_dict(cfg)
     check_tensor_parallel(cfg, tensor_model_parallel_size)
+    model_cls = MMDiT
+    if cfg.variant == "official":       # the released models' architecture (model/official.py)
+        from .official import OfficialMMDiT as model_cls
     if meta:
         tcfg = cfg.to_transformer_config(tensor_model_parallel_size, sequence_parallel, params_dtype,
                                          use_cpu_initialization=True, perform_initialization=False)
         with torch.device("meta"):
-            return MMDiT(cfg, tcfg, tp_group=tp_group, device="meta", recompute=recompute)
+            return model_cls(cfg, tcfg, tp_group=tp_group, device="meta", recompute=recompute)
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tcfg = cfg.to_transformer_config(tensor_model_parallel_size, sequence_parallel, params_dtype,
                                      use_cpu_initialization=device.type != "cuda")
-    return MMDiT(cfg, tcfg, tp_group=tp_group, device=device, recompute=recompute).to(device)
+    return model_cls(cfg, tcfg, tp_group=tp_group, device=device, recompute=recompute).to(device)

@@ -91,7 +91,10 @@ def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSp
     adaln = _adaln_spec(cfg)
     sub = MMDiTBlockSubmodules(adaln=adaln, attention=attention, mlp=mlp)
     block_params = {"norm_eps": cfg.norm_eps}
-    dual = ModuleSpec(module=DualStreamBlock, params=block_params, submodules=sub)
-    shared = ModuleSpec(module=SharedBlock, params=block_params, submodules=sub)
+    dual_cls, shared_cls = DualStreamBlock, SharedBlock
+    if cfg.variant == "official":       # the released blocks: RMSNorm pre-norms (model/official.py)
+        from .official import OfficialDualStreamBlock as dual_cls, OfficialSharedBlock as shared_cls
+    dual = ModuleSpec(module=dual_cls, params=block_params, submodules=sub)
+    shared = ModuleSpec(module=shared_cls, params=block_params, submodules=sub)
     final_adaln = ModuleSpec(module=adaln.module, params={"zero_gates": False})
     return dual, shared, final_adaln
