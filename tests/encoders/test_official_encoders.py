@@ -1,0 +1,100 @@
+"""The released models' encoders: text encoders against transformers run by hand the released way,
+the 3B's causal video VAE against golden outputs of the official code (tests/fixtures/official_vae/)."""
+import json
+
+import pytest
+import torch
+
+from vincie_mcore.encoders import TextEncoder, TextEncoderConfig
+
+LONG = "make the sky a deep orange and " * 8            # 240 bytes: cut at max_length
+
+
+def _byt5(tmp_path):
+    from transformers import ByT5Tokenizer
+
+    tok = ByT5Tokenizer()
+    tok.save_pretrained(tmp_path)
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------- text
+
+def test_t5_official_is_the_masked_encoder_last_state_at_150(tmp_path):
+    from transformers import AutoTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(0)
+    _byt5(tmp_path)
+    T5EncoderModel(T5Config(vocab_size=384, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+                            feed_forward_proj="gated-gelu", dropout_rate=0.0)).save_pretrained(tmp_path)
+    enc = TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
+    assert enc.cfg.max_tokens == 150 and enc.dim == 32
+    texts = ["remove the hat", LONG]
+    got = enc.encode(texts)
+
+    # by hand, the released code's way: padded to 150, mask to the encoder, last state at mask
+    tok = AutoTokenizer.from_pretrained(tmp_path, model_max_length=150)
+    model = T5EncoderModel.from_pretrained(tmp_path).eval()
+    t = tok(texts, padding="max_length", truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        h = model(input_ids=t.input_ids, attention_mask=t.attention_mask).last_hidden_state
+    m = t.attention_mask.bool()
+    assert got[0].shape == (len("remove the hat") + 1, 32) and got[1].shape == (150, 32)
+    for i in range(2):
+        torch.testing.assert_close(got[i], h[i][m[i]], rtol=0, atol=1e-6)
+
+
+def _qwen2_tokenizer(tmp_path):
+    """A byte-level BPE without merges (one token per byte) plus <|endoftext|>, as Qwen2's files."""
+    from tokenizers import pre_tokenizers
+    from transformers import Qwen2Tokenizer
+
+    vocab = {c: i for i, c in enumerate(sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    vocab["<|endoftext|>"] = len(vocab)
+    tok = Qwen2Tokenizer(vocab=vocab, merges=[])
+    tok.save_pretrained(tmp_path)
+    return tok
+
+
+def test_decoder_llm_official_appends_one_end_token_and_keeps_the_last_state(tmp_path):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    torch.manual_seed(0)
+    tok = _qwen2_tokenizer(tmp_path)
+    Qwen2ForCausalLM(Qwen2Config(vocab_size=512, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                 tie_word_embeddings=False)).save_pretrained(tmp_path)
+    enc = TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
+    texts = ["remove the hat", LONG, "a"]
+    got = enc.encode(texts)
+
+    # by hand and independently of padding: each prompt alone, its tokens then <|endoftext|>
+    # (over the 150th token when cut), through the causal LM's stack without its head
+    lm = Qwen2ForCausalLM.from_pretrained(tmp_path).eval()
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")       # the released code's pad token
+    for text, g in zip(texts, got):
+        ids = tok(text).input_ids
+        ids = (ids + [eot]) if len(ids) < 150 else (ids[:149] + [eot])
+        with torch.no_grad():
+            ref = lm.model(input_ids=torch.tensor([ids])).last_hidden_state[0]
+        assert g.shape == (len(ids), 32)
+        torch.testing.assert_close(g, ref, rtol=0, atol=1e-5)
+
+
+def test_official_text_errors_name_the_folder_and_key(tmp_path):
+    with pytest.raises(ValueError, match="text_encoder.path: .* has no config.json"):
+        TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "qwen", "auto_map": {}}))
+    with pytest.raises(ValueError, match="text_encoder.trust_remote_code: .*'qwen'"):
+        TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
+    # a folder whose tokenizer files do not fit its model_type's tokenizer class (transformers 5 then
+    # builds an empty vocabulary silently)
+    from transformers import Qwen2Config
+
+    (tmp_path / "config.json").unlink()
+    Qwen2Config(vocab_size=512).save_pretrained(tmp_path)
+    _byt5(tmp_path)
+    with pytest.raises(ValueError, match="text_encoder.path: .*turns text into no tokens"):
+        TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
+    with pytest.raises(ValueError, match="text_encoder.path: required"):
+        TextEncoderConfig(kind="official")
