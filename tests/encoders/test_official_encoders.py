@@ -1,6 +1,7 @@
 """The released models' encoders: text encoders against transformers run by hand the released way,
 the 3B's causal video VAE against golden outputs of the official code (tests/fixtures/official_vae/)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -98,3 +99,70 @@ def test_official_text_errors_name_the_folder_and_key(tmp_path):
         TextEncoder(TextEncoderConfig(kind="official", path=str(tmp_path)))
     with pytest.raises(ValueError, match="text_encoder.path: required"):
         TextEncoderConfig(kind="official")
+
+
+# ----------------------------------------------------------------------------------------------- VAE
+
+FIX = Path(__file__).parents[1] / "fixtures" / "official_vae"
+ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+
+
+def _golden_3b():
+    from safetensors.torch import load_file
+
+    meta = json.loads((FIX / "meta.json").read_text())["3b"]
+    assert meta["official_commit"] and meta["module"].endswith("VideoAutoencoderKLWrapper")
+    arch = {k: meta["config"][k] for k in ARCH_KEYS}
+    return load_file(str(FIX / "3b_weights.safetensors")), load_file(str(FIX / "3b_io.safetensors")), arch
+
+
+def test_3b_vae_matches_the_official_causal_video_vae_on_one_frame():
+    from vincie_mcore.encoders.official_vae import load_official_vae
+
+    sd, io, arch = _golden_3b()
+    vae = load_official_vae(None, "3b", arch, sd=sd).eval()
+    with torch.no_grad():
+        post = vae.encode(io["image"]).latent_dist
+        recon = vae.decode(io["mean"]).sample
+    torch.testing.assert_close(post.mean, io["mean"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(post.logvar, io["logvar"], rtol=0, atol=1e-5)
+    torch.testing.assert_close(recon, io["recon"], rtol=0, atol=1e-5)
+
+
+def test_official_vae_encoder_from_a_pth_applies_the_released_scaling(tmp_path):
+    from vincie_mcore.encoders import ImageEncoderConfig, build_image_encoder
+
+    sd, io, arch = _golden_3b()
+    torch.save(sd, tmp_path / "vae.pth")
+    enc = build_image_encoder(ImageEncoderConfig(kind="official_vae", path=str(tmp_path / "vae.pth"), arch=arch))
+    assert enc.downsample == 8 and enc.channels == 4 and (enc.scale, enc.shift) == (0.9152, 0.0)
+    z = enc.encode(io["pixels"])                                    # generate.py: (mean - shift) * scale
+    torch.testing.assert_close(z, io["mean"] * 0.9152, rtol=0, atol=1e-5)
+    out = enc.decode(z).int()                                       # decode(latent / scale + shift)
+    ref = ((io["recon"].clamp(-1, 1) + 1) * 127.5).round().int().permute(0, 2, 3, 1)
+    assert out.shape == (1, 32, 24, 3) and (out - ref).abs().max() <= 1     # rounding ties only
+
+
+def test_official_vae_errors_name_the_file_and_tensors(tmp_path):
+    from vincie_mcore.encoders import ImageEncoderConfig, build_image_encoder
+
+    sd, _, arch = _golden_3b()
+    cfg = lambda p, **k: ImageEncoderConfig(kind="official_vae", path=str(p), arch=arch, **k)   # noqa: E731
+    with pytest.raises(ValueError, match="image_encoder.path: .*nope.pth.* is not a file"):
+        build_image_encoder(cfg(tmp_path / "nope.pth"))
+    broken = dict(sd)
+    broken.pop("decoder.conv_out.bias")
+    broken["discriminator.w"] = torch.zeros(1)
+    torch.save(broken, tmp_path / "a.pth")
+    with pytest.raises(ValueError, match=r"1 unknown tensors: discriminator\.w$"):
+        build_image_encoder(cfg(tmp_path / "a.pth"))
+    broken.pop("discriminator.w")
+    torch.save(broken, tmp_path / "b.pth")
+    with pytest.raises(ValueError, match=r"1 missing tensors: decoder\.conv_out\.bias$"):
+        build_image_encoder(cfg(tmp_path / "b.pth"))
+    torch.save(sd, tmp_path / "vae.pth")
+    with pytest.raises(ValueError, match=r"tensors of the wrong shape .*encoder\.conv_out\.weight \(8, 16"):
+        build_image_encoder(ImageEncoderConfig(kind="official_vae", path=str(tmp_path / "vae.pth"),
+                                               arch={**arch, "latent_channels": 8}))
+    with pytest.raises(ValueError, match="image_encoder.variant: .*'7b'"):
+        build_image_encoder(cfg(tmp_path / "vae.pth", variant="7b"))
