@@ -166,3 +166,15 @@ def test_official_vae_errors_name_the_file_and_tensors(tmp_path):
                                                arch={**arch, "latent_channels": 8}))
     with pytest.raises(ValueError, match="image_encoder.variant: .*'7b'"):
         build_image_encoder(cfg(tmp_path / "vae.pth", variant="7b"))
+
+
+def test_official_3b_data_preset_builds_the_official_encoder_configs():
+    from vincie_mcore.build import data_configs
+    from vincie_mcore.config import load_config
+
+    cfg = load_config(["data=official_3b", "data.corpus.store=x", "data.text_encoder.path=llm14b",
+                       "data.image_encoder.path=vae.pth"])
+    dc = data_configs(cfg)
+    t, i = dc["text"], dc["image"]
+    assert (t.kind, t.max_tokens, t.pool, t.dtype, t.trust_remote_code) == ("official", 150, 1, "bfloat16", True)
+    assert (i.kind, i.variant, i.path) == ("official_vae", "3b", "vae.pth") and dc["pack"].patch_size == 2
