@@ -104,23 +104,29 @@ def test_official_text_errors_name_the_folder_and_key(tmp_path):
 # ----------------------------------------------------------------------------------------------- VAE
 
 FIX = Path(__file__).parents[1] / "fixtures" / "official_vae"
-ARCH_KEYS = ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups")
+ARCH_KEYS = {"3b": ("block_out_channels", "layers_per_block", "latent_channels", "norm_num_groups"),
+             "7b": ("enc_block_out_channels", "dec_block_out_channels", "enc_layers_per_block",
+                    "dec_layers_per_block", "latent_channels")}
+COMMITS = {"3b": "30fcf36", "7b": "c6ee69b"}
 
 
-def _golden_3b():
+def _golden(variant="3b"):
     from safetensors.torch import load_file
 
-    meta = json.loads((FIX / "meta.json").read_text())["3b"]
-    assert meta["official_commit"] and meta["module"].endswith("VideoAutoencoderKLWrapper")
-    arch = {k: meta["config"][k] for k in ARCH_KEYS}
-    return load_file(str(FIX / "3b_weights.safetensors")), load_file(str(FIX / "3b_io.safetensors")), arch
+    meta = json.loads((FIX / "meta.json").read_text())[variant]
+    assert meta["official_commit"].startswith(COMMITS[variant])
+    arch = {k: meta["config"][k] for k in ARCH_KEYS[variant]}
+    return (load_file(str(FIX / f"{variant}_weights.safetensors")), load_file(str(FIX / f"{variant}_io.safetensors")),
+            arch)
 
 
-def test_3b_vae_matches_the_official_causal_video_vae_on_one_frame():
+
+@pytest.mark.parametrize("variant", ["3b", "7b"])
+def test_vae_matches_the_official_causal_video_vae_on_one_frame(variant):
     from vincie_mcore.encoders.official_vae import load_official_vae
 
-    sd, io, arch = _golden_3b()
-    vae = load_official_vae(None, "3b", arch, sd=sd).eval()
+    sd, io, arch = _golden(variant)
+    vae = load_official_vae(None, variant, arch, sd=sd).eval()
     with torch.no_grad():
         post = vae.encode(io["image"]).latent_dist
         recon = vae.decode(io["mean"]).sample
@@ -129,15 +135,17 @@ def test_3b_vae_matches_the_official_causal_video_vae_on_one_frame():
     torch.testing.assert_close(recon, io["recon"], rtol=0, atol=1e-5)
 
 
-def test_official_vae_encoder_from_a_pth_applies_the_released_scaling(tmp_path):
+@pytest.mark.parametrize("variant,down,scale,shift", [("3b", 8, 0.9152, 0.0), ("7b", 2, 0.9045, -0.0025)])
+def test_official_vae_encoder_from_a_pth_applies_the_released_scaling(tmp_path, variant, down, scale, shift):
     from vincie_mcore.encoders import ImageEncoderConfig, build_image_encoder
 
-    sd, io, arch = _golden_3b()
+    sd, io, arch = _golden(variant)
     torch.save(sd, tmp_path / "vae.pth")
-    enc = build_image_encoder(ImageEncoderConfig(kind="official_vae", path=str(tmp_path / "vae.pth"), arch=arch))
-    assert enc.downsample == 8 and enc.channels == 4 and (enc.scale, enc.shift) == (0.9152, 0.0)
+    enc = build_image_encoder(ImageEncoderConfig(kind="official_vae", path=str(tmp_path / "vae.pth"),
+                                                 variant=variant, arch=arch))
+    assert enc.downsample == down and enc.channels == 4 and (enc.scale, enc.shift) == (scale, shift)
     z = enc.encode(io["pixels"])                                    # generate.py: (mean - shift) * scale
-    torch.testing.assert_close(z, io["mean"] * 0.9152, rtol=0, atol=1e-5)
+    torch.testing.assert_close(z, (io["mean"] - shift) * scale, rtol=0, atol=1e-5)
     out = enc.decode(z).int()                                       # decode(latent / scale + shift)
     ref = ((io["recon"].clamp(-1, 1) + 1) * 127.5).round().int().permute(0, 2, 3, 1)
     assert out.shape == (1, 32, 24, 3) and (out - ref).abs().max() <= 1     # rounding ties only
@@ -146,7 +154,7 @@ def test_official_vae_encoder_from_a_pth_applies_the_released_scaling(tmp_path):
 def test_official_vae_errors_name_the_file_and_tensors(tmp_path):
     from vincie_mcore.encoders import ImageEncoderConfig, build_image_encoder
 
-    sd, _, arch = _golden_3b()
+    sd, _, arch = _golden()
     cfg = lambda p, **k: ImageEncoderConfig(kind="official_vae", path=str(p), arch=arch, **k)   # noqa: E731
     with pytest.raises(ValueError, match="image_encoder.path: .*nope.pth.* is not a file"):
         build_image_encoder(cfg(tmp_path / "nope.pth"))
@@ -164,7 +172,9 @@ def test_official_vae_errors_name_the_file_and_tensors(tmp_path):
     with pytest.raises(ValueError, match=r"tensors of the wrong shape .*encoder\.conv_out\.weight \(8, 16"):
         build_image_encoder(ImageEncoderConfig(kind="official_vae", path=str(tmp_path / "vae.pth"),
                                                arch={**arch, "latent_channels": 8}))
-    with pytest.raises(ValueError, match="image_encoder.variant: .*'7b'"):
+    with pytest.raises(ValueError, match="image_encoder.variant: .*'9b'"):
+        build_image_encoder(cfg(tmp_path / "vae.pth", variant="9b"))
+    with pytest.raises(ValueError, match="image_encoder.arch: unknown keys for variant '7b': block_out_channels"):
         build_image_encoder(cfg(tmp_path / "vae.pth", variant="7b"))
 
 

@@ -55,7 +55,14 @@ class VAEEncoder:
             from .official_vae import VARIANTS, load_official_vae
 
             self.vae = load_official_vae(cfg.path, cfg.variant, cfg.arch)
-        elif cfg.path:
+            self.vae.to(device).eval().requires_grad_(False)
+            self.channels = self.vae.latent_channels if cfg.variant == "7b" else self.vae.config.latent_channels
+            self.downsample = (self.vae.downsample if cfg.variant == "7b"
+                               else 2 ** (len(self.vae.config.block_out_channels) - 1))
+            # the released generate.py: latent = (z - shift) * scale, decoded from latent / scale + shift
+            self.scale, self.shift = VARIANTS[cfg.variant]["scaling"], VARIANTS[cfg.variant]["shift"]
+            return
+        if cfg.path:
             self.vae = AutoencoderKL.from_pretrained(cfg.path, local_files_only=True)
         else:
             self.vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=16,
@@ -68,9 +75,6 @@ class VAEEncoder:
         self.downsample = 2 ** (len(c.block_out_channels) - 1)
         self.scale = getattr(c, "scaling_factor", 1.0) or 1.0
         self.shift = getattr(c, "shift_factor", 0.0) or 0.0
-        if cfg.kind == "official_vae":
-            # the released generate.py: latent = (z - shift) * scale, decoded from latent / scale + shift
-            self.scale, self.shift = VARIANTS[cfg.variant]["scaling"], VARIANTS[cfg.variant]["shift"]
 
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
