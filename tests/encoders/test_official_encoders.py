@@ -178,13 +178,14 @@ def test_official_vae_errors_name_the_file_and_tensors(tmp_path):
         build_image_encoder(cfg(tmp_path / "vae.pth", variant="7b"))
 
 
-def test_official_3b_data_preset_builds_the_official_encoder_configs():
+@pytest.mark.parametrize("variant,patch,remote", [("3b", 2, True), ("7b", 1, False)])
+def test_official_data_presets_build_the_official_encoder_configs(variant, patch, remote):
     from vincie_mcore.build import data_configs
     from vincie_mcore.config import load_config
 
-    cfg = load_config(["data=official_3b", "data.corpus.store=x", "data.text_encoder.path=llm14b",
+    cfg = load_config([f"data=official_{variant}", "data.corpus.store=x", "data.text_encoder.path=t",
                        "data.image_encoder.path=vae.pth"])
     dc = data_configs(cfg)
     t, i = dc["text"], dc["image"]
-    assert (t.kind, t.max_tokens, t.pool, t.dtype, t.trust_remote_code) == ("official", 150, 1, "bfloat16", True)
-    assert (i.kind, i.variant, i.path) == ("official_vae", "3b", "vae.pth") and dc["pack"].patch_size == 2
+    assert (t.kind, t.max_tokens, t.pool, t.dtype, t.trust_remote_code) == ("official", 150, 1, "bfloat16", remote)
+    assert (i.kind, i.variant, i.path) == ("official_vae", variant, "vae.pth") and dc["pack"].patch_size == patch
