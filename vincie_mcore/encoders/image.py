@@ -4,8 +4,9 @@
   pixel space (latent = RGB, 3 channels, no down-sampling).
 * ``vae``: a ``diffusers`` AutoencoderKL (16 latent channels in the real
   presets) loaded from a local folder; tests build a tiny random one.
-* ``official_vae``: a released VINCIE VAE checkpoint (``vae.pth`` of VINCIE-3B) on single
-  images, with its scaling (``official_vae.py``).
+* ``official_vae``: a released VINCIE VAE checkpoint (``vae.pth`` of VINCIE-3B, ``ema_vae.pth`` of
+  VINCIE-7B) on single images, with its scaling and shift (``official_vae.py``,
+  docs/official_encoders.md).
 
 RoE masks go through the same encoder as RGB images (paper §3.3 footnote).
 """
@@ -56,9 +57,9 @@ class VAEEncoder:
 
             self.vae = load_official_vae(cfg.path, cfg.variant, cfg.arch)
             self.vae.to(device).eval().requires_grad_(False)
-            self.channels = self.vae.latent_channels if cfg.variant == "7b" else self.vae.config.latent_channels
-            self.downsample = (self.vae.downsample if cfg.variant == "7b"
-                               else 2 ** (len(self.vae.config.block_out_channels) - 1))
+            arch = {**VARIANTS[cfg.variant]["arch"], **(cfg.arch or {})}
+            self.channels = arch["latent_channels"]
+            self.downsample = 2 ** (len(arch.get("block_out_channels") or arch["enc_block_out_channels"]) - 1)
             # the released generate.py: latent = (z - shift) * scale, decoded from latent / scale + shift
             self.scale, self.shift = VARIANTS[cfg.variant]["scaling"], VARIANTS[cfg.variant]["shift"]
             return

@@ -1,5 +1,8 @@
 """Text encoder: a ``transformers`` T5 encoder, each turn encoded separately.
 
+``kind: official`` runs the released models' text encoders (Flan-UL2, the 3B's LLM) the way the
+released code does (``official_text.py``, docs/official_encoders.md).
+
 Real presets load Flan-T5 from a local path (no hub access at run time). The
 demo and tests use a tiny *random, frozen* T5 with the byte-level ByT5
 tokenizer, which needs no vocabulary file: a prototype measured (docs/measured.md) that a frozen
@@ -26,8 +29,8 @@ class TextEncoderConfig:
                                 # denser than word pieces; 1 = the encoder's own resolution)
     seed: int = 0               # tiny_random weights
     dtype: str = "float32"      # kind="official": weights' dtype (the released code runs bfloat16)
-    trust_remote_code: bool = False   # kind="official": allow the folder's own modelling code (llm14b/
-                                      # is Qwen(1), which transformers does not ship); it runs as you
+    trust_remote_code: bool = False   # kind="official": run the folder's own modelling code (llm14b/ is
+                                      # Qwen(1), which transformers does not ship): only for a trusted folder
 
     def __post_init__(self):
         if self.kind not in ("tiny_random", "pretrained", "official"):
