@@ -4,6 +4,9 @@
   pixel space (latent = RGB, 3 channels, no down-sampling).
 * ``vae``: a ``diffusers`` AutoencoderKL (16 latent channels in the real
   presets) loaded from a local folder; tests build a tiny random one.
+* ``official_vae``: a released VINCIE VAE checkpoint (``vae.pth`` of VINCIE-3B, ``ema_vae.pth`` of
+  VINCIE-7B) on single images, with its scaling and shift (``official_vae.py``,
+  docs/official_encoders.md).
 
 RoE masks go through the same encoder as RGB images (paper §3.3 footnote).
 """
@@ -16,15 +19,20 @@ import torch
 
 @dataclass
 class ImageEncoderConfig:
-    kind: str = "pixel"          # "pixel" | "vae"
-    path: str | None = None      # local AutoencoderKL folder (kind="vae")
+    kind: str = "pixel"          # "pixel" | "vae" | "official_vae"
+    path: str | None = None      # local AutoencoderKL folder (kind="vae"); the released checkpoint file,
+                                 # e.g. VINCIE-3B/vae.pth (kind="official_vae")
     tiny_random: bool = False    # kind="vae" without weights: a tiny random AutoencoderKL (tests)
+    variant: str = "3b"          # kind="official_vae": which released VAE (architecture, scaling, shift)
+    arch: dict | None = None     # kind="official_vae": architecture keys overriding the variant's (tests)
 
     def __post_init__(self):
-        if self.kind not in ("pixel", "vae"):
-            raise ValueError(f"image_encoder.kind: expected 'pixel' or 'vae', got {self.kind!r}")
+        if self.kind not in ("pixel", "vae", "official_vae"):
+            raise ValueError(f"image_encoder.kind: expected 'pixel', 'vae' or 'official_vae', got {self.kind!r}")
         if self.kind == "vae" and not (self.path or self.tiny_random):
             raise ValueError("image_encoder.path: required when image_encoder.kind='vae'")
+        if self.kind == "official_vae" and not self.path:
+            raise ValueError("image_encoder.path: required when image_encoder.kind='official_vae'")
 
 
 class PixelEncoder:
@@ -44,6 +52,17 @@ class VAEEncoder:
     def __init__(self, cfg: ImageEncoderConfig, device="cpu"):
         from diffusers import AutoencoderKL
 
+        if cfg.kind == "official_vae":
+            from .official_vae import VARIANTS, load_official_vae
+
+            self.vae = load_official_vae(cfg.path, cfg.variant, cfg.arch)
+            self.vae.to(device).eval().requires_grad_(False)
+            arch = {**VARIANTS[cfg.variant]["arch"], **(cfg.arch or {})}
+            self.channels = arch["latent_channels"]
+            self.downsample = 2 ** (len(arch.get("block_out_channels") or arch["enc_block_out_channels"]) - 1)
+            # the released generate.py: latent = (z - shift) * scale, decoded from latent / scale + shift
+            self.scale, self.shift = VARIANTS[cfg.variant]["scaling"], VARIANTS[cfg.variant]["shift"]
+            return
         if cfg.path:
             self.vae = AutoencoderKL.from_pretrained(cfg.path, local_files_only=True)
         else:
@@ -71,4 +90,4 @@ class VAEEncoder:
 
 
 def build_image_encoder(cfg: ImageEncoderConfig, device="cpu"):
-    return PixelEncoder() if cfg.kind == "pixel" else VAEEncoder(cfg, device)
+    return PixelEncoder() if cfg.kind == "pixel" else VAEEncoder(cfg, device)   # "vae" and "official_vae"
