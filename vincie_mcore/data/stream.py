@@ -15,9 +15,10 @@ Order, in three layers (docs/latent_store.md, "Order"):
 Token counts come from a small per-row index (frames, latent size, text lengths) held by the main
 process; every rank walks the whole pack sequence through that index but reads latents only for
 its own packs, in DataLoader workers that build each session's sample with ``data/recipe.py`` and
-pack it with ``data/packing.py pack``. The state ``{epoch, pos, pack, consumed}`` names the first
-pack of the current step and how many of its packs are done: equal on every rank, so a resume with
-another DP size (at the same global batch) continues the same global order.
+pack it with ``data/packing.py pack``. The state ``{epoch, pos, pack, consumed, step_packs}`` names
+the first pack of the current step, how many of its packs are done and how many it has: equal on
+every rank, so a resume with another DP size continues the same global order (a step that ended
+may be followed by steps of any size; one stopped between micro-batches needs the same layout).
 """
 from __future__ import annotations
 
@@ -99,11 +100,15 @@ class PackPlanner:
     def rank_packs(self, state: dict, rank: int, dp_size: int, micro_batches: int = 1):
         """This rank's pack descriptors from ``state`` on, each with the stream state after it."""
         h, c = int(state["pack"]), int(state["consumed"])
-        walk = self.packs(int(state["epoch"]), int(state["pos"]), h)
         per_step = dp_size * micro_batches
-        # a saved step that ended (c packs, any layout) starts the next step at pack h + c;
+        saved_step = int(state.get("step_packs", c))
+        if c < saved_step and saved_step != per_step:
+            raise ValueError(f"data stream state: saved between micro-batches of a {saved_step}-pack step; "
+                             f"resume it with the same layout (now {per_step} packs a step)")
+        walk = self.packs(int(state["epoch"]), int(state["pos"]), h)
+        # a saved step that ended (any layout) starts the next step at pack h + c;
         # one stopped between micro-batches (same layout) finishes its step first
-        k0 = h if c % per_step else h + c
+        k0 = h + c if c == saved_step else h
         head = None
         for k, epoch, start, items in walk:
             j = (k - k0) % per_step
@@ -112,7 +117,8 @@ class PackPlanner:
             if k < h + c:                                        # done before the save
                 continue
             if j % dp_size == rank:
-                yield {"pack": k, "items": items, "state": head | {"consumed": (j // dp_size + 1) * dp_size}}
+                yield {"pack": k, "items": items,
+                       "state": head | {"consumed": (j // dp_size + 1) * dp_size, "step_packs": per_step}}
 
 
 class _Descriptors:
@@ -174,7 +180,7 @@ class LatentStream:
         prompt_lens = {s: int(e.shape[0]) for s, e in self.store.prompts().items()}
         self.planner = PackPlanner(self.store.index(), prompt_lens, recipe, pack_cfg, seed, max_sessions, subset_seed)
         self.subset_seed = subset_seed
-        self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0}
+        self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0, "step_packs": 0}
         self.last_pack = None
         self._it = None
 
@@ -208,7 +214,7 @@ class LatentStream:
                 raise ValueError(f"data stream state: {k}={state[k]} in the checkpoint, {mine} now "
                                  f"(a resume must keep data seed, max_sessions and subset)")
         self.close()
-        self._state = {k: int(state[k]) for k in ("epoch", "pos", "pack", "consumed")}
+        self._state = {k: int(state[k]) for k in ("epoch", "pos", "pack", "consumed", "step_packs")}
 
     def close(self):
         """Stop the workers (the next ``next()`` starts them again from the current state)."""
