@@ -5,9 +5,12 @@ encoder, the way training encoded before the store existed. A tiny session store
 is written directly (no videos), so the whole file runs in seconds.
 """
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 import zarr
+from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
 from vincie_mcore.data.build import encode_png
 from vincie_mcore.data.corpus import CorpusConfig, decode_corpus, encode_corpus
@@ -154,3 +158,26 @@ def test_bfloat16_store_holds_rounded_latents(made, tmp_path):
     with pytest.raises(RuntimeError, match="1 of 1 blocks not written"):
         (out / "done" / "b_0000000.json").unlink()
         finalize(out)
+
+
+def _job_state(env, job) -> str:
+    out = subprocess.run(["scontrol", "-o", "show", "job", str(job)], env=env, capture_output=True, text=True).stdout
+    return " ".join(sorted({f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")}))
+
+
+def test_slurm_array_then_check_equals_one_run(slurm_cluster, made, tmp_path):  # noqa: F811
+    tmp, root = made
+    env = dict(slurm_cluster, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+    out = tmp_path / "latents"
+    r = subprocess.run(["bash", str(REPO / "slurm" / "precompute.sh"), str(tmp / "sessions"), str(out), "2",
+                        "--block-rows=4", "data.text_encoder.d_model=32", "+data.text_encoder.num_layers=1",
+                        f"--chdir={tmp_path}", "--cpus-per-task=1"],
+                       env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    array, check = (int(t) for t in re.findall(r"job (\d+)", r.stdout))
+    end = time.monotonic() + 240
+    while _job_state(env, check) not in ("COMPLETED", "FAILED", "CANCELLED") and time.monotonic() < end:
+        time.sleep(0.2)
+    logs = " ".join(p.read_text()[-800:] for p in tmp_path.glob("vincie-precompute*.out"))
+    assert _job_state(env, check) == "COMPLETED" and _job_state(env, array) == "COMPLETED", logs
+    _same_store(out, root)

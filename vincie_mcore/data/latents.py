@@ -185,7 +185,8 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
 
     decoded = decode_store(sstore, rows, size=(image_size, image_size) if image_size else None,
                            device=dali_device, progress=False)
-    enc = encode_corpus(decoded, image_encoder)
+    # a few sessions per encoder call: a VAE at 512 px holds ~100 MB of activations per image
+    enc = encode_corpus(decoded, image_encoder, batch=8)
     imgs, shapes, img_first, texts, n_frames, hw, records = [], [], [0], [], [], [], []
     for d, e in zip(decoded, enc):
         k = e.frames.shape[0]
