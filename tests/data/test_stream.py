@@ -117,6 +117,10 @@ def test_dp2_ranks_together_are_dp1_order_and_dp_size_can_change(made):
     got = [_take(s, 1)[0] for s in four]
     assert [k for k, _ in got] == [6, 7, 8, 9]
     assert all(_same(b, dp1[k][1]) for k, b in got)
+    # DP2 x 2 micro-batches: micro-batch a of rank r is pack h + 2a + r; the ranks agree on the state
+    a, b = (_stream(root, dp_rank=r, dp_size=2, micro_batches=2) for r in (0, 1))
+    ka, kb = [k for k, _ in _take(a, 4)], [k for k, _ in _take(b, 4)]
+    assert (ka, kb) == ([0, 2, 4, 6], [1, 3, 5, 7]) and a.state_dict() == b.state_dict()
     # a save between micro-batches (same layout) resumes inside its step
     mid = _stream(root, micro_batches=2)
     _take(mid, 3)
