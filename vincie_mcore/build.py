@@ -101,6 +101,9 @@ def build_training(cfg):
     if dims.rank == 0:
         (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     corpus = dc["corpus"]
+    if corpus.latents:                    # opt-in: stream a precomputed latent store (docs/latent_store.md)
+        from .data.stream import stream_from_config
+        return dims, make_trainer(cfg, make_model(cfg), stream_from_config(dc, int(cfg.seed), dims), run)
     store = corpus.store or synthesize_store(run / "train", corpus.videos, dc["world"], corpus, corpus.sampling,
                                              int(cfg.seed), corpus.min_change)
     decoded = decode_corpus(store, corpus, corpus.max_sessions)

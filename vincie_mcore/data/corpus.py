@@ -33,11 +33,16 @@ class CorpusConfig:
     workers: int = 2                  # processes for video writing / session building
     image_size: int | None = None     # DALI resize target (square); None keeps the stored size
     max_sessions: int | None = None   # use at most this many training sessions (data-scaling sweeps)
+    latents: str | None = None        # a latent store (vincie-precompute): stream it instead (data/stream.py)
+    latents_dtype: str | None = None  # the precision the latent store must hold; None: whatever it holds
 
     def __post_init__(self):
         for k in ("videos", "heldout_videos", "workers"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < (1 if k == "workers" else 0):
                 raise ValueError(f"data.corpus.{k}: must be a non-negative int (workers >= 1), got {getattr(self, k)!r}")
+        if self.latents_dtype not in (None, "float32", "float16", "bfloat16"):
+            raise ValueError(f"data.corpus.latents_dtype: expected float32, float16, bfloat16 or null, "
+                             f"got {self.latents_dtype!r}")
 
 
 def synthesize_store(root: Path, n_videos: int, world, corpus: CorpusConfig, sampling: str, seed: int,

@@ -15,6 +15,7 @@ soft (0..255) at the object borders.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,7 +46,10 @@ def _pipeline(max_batch: int, size, device: str):
         return _PIPES[key]
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=max_batch, num_threads=2, device_id=0 if device != "cpu" else None,
+    # on a GPU, this process's own device (torchrun's LOCAL_RANK), not every rank on device 0
+    gpu = int(os.environ.get("LOCAL_RANK", 0))
+
+    @pipeline_def(batch_size=max_batch, num_threads=2, device_id=gpu if device != "cpu" else None,
                   prefetch_queue_depth=1, exec_dynamic=True)
     def pipe():
         enc = fn.external_source(name="enc", device="cpu", dtype=types.UINT8, ndim=1)

@@ -1,0 +1,37 @@
+"""Speed and memory of the streaming loader over a latent store -> JSON.
+
+    vincie-bench-loader --out benchmarks/cpu/bench_loader.json
+
+Sessions/s and tokens/s with 0, 1 and 2 workers, RSS/USS against corpus size (1k, 10k, 100k
+synthesized rows), time to the first batch after a resume (vincie_mcore/perf/bench_loader.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(prog="vincie-bench-loader", description=__doc__.splitlines()[0])
+    ap.add_argument("--workdir", default=None, help="where the synthesized stores go (default: a temp folder)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="corpus sizes for memory")
+    ap.add_argument("--throughput-rows", type=int, default=400, help="rows of the VAE-like store")
+    ap.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
+    ap.add_argument("--out", default=None, help="write the JSON here as well")
+    a = ap.parse_args(argv)
+    from vincie_mcore.perf.bench_loader import bench_loader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        res = bench_loader(a.workdir or tmp, a.sizes, a.throughput_rows, a.batches)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if a.out:
+        with open(a.out, "w") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

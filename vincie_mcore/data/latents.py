@@ -1,0 +1,425 @@
+"""The latent store: a session store passed once through the frozen encoders (``vincie-precompute``).
+
+Training used to DALI-decode and encode the whole corpus into RAM on every rank before step 1
+(``data/corpus.py``); at 10M sessions that cannot work. Here the encoders run once, in parts
+(a Slurm array or DP ranks), and training streams rows from disk (``data/stream.py``).
+Layout and the reasons behind it: docs/latent_store.md. In short, under ``root/`` (zarr v3)::
+
+    zarr.json           attrs: format, n_rows, block_rows, identity (encoders, dtype, image size,
+                        recipe text settings), source store, complete (set by ``finalize``)
+    blocks/b_NNNNNNN/   rows [N*block_rows, (N+1)*block_rows): one group per block, written whole
+      lat       [E]     every image latent of the block, flattened; per session K frames,
+                        K-1 source RoE maps, K-1 target RoE maps (zarr sharding codec: one file)
+      lat_off   [I+1]   image i is lat[lat_off[i]:lat_off[i+1]], shape lat_shape[i] (C, h, w)
+      img_first [S+1]   session s owns images img_first[s]:img_first[s+1]
+      txt       [T, D]  text-encoder outputs of every transition text, as the recipe emits it
+      txt_off   [K'+1]  text j is txt[txt_off[j]:txt_off[j+1]]; session s owns texts
+      txt_first [S+1]   txt_first[s]:txt_first[s+1] (K-1 each)
+      prompt_*          the fixed texts: mask prompts (source, target) and "" (text dropout)
+      n_frames, hw      per session: K and the latent (h, w)
+      record    str[S]  JSON: video_id, texts, cameras (raw), so the recipe can lay a session out
+    done/b_NNNNNNN.json a block counts as written only once this file exists (atomic rename)
+    index/              after ``finalize``: n_frames, hw, txt_len, txt_first for every row, what
+                        the loader's pack planner needs without reading any latent
+
+Precision: ``dtype`` float32 | float16 | bfloat16 (zarr has no bfloat16: stored as its uint16
+bits). Reads give float32 tensors, as the encoders do.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from collections import OrderedDict
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+
+from .recipe import RecipeConfig, camera_prompt
+
+LATENT_FORMAT = "vincie-latents/1"
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class LatentMismatch(ValueError):
+    """A latent store opened or resumed with encoders/precision other than those it was made with."""
+
+
+# ----------------------------------------------------------------------------- identity
+
+def _config_file_hash(path) -> str | None:
+    """sha256 of a local model folder's config.json (what the architecture is), or None."""
+    if not path:
+        return None
+    p = Path(path) / "config.json"
+    if not p.is_file():
+        p = Path(path) / "vae" / "config.json"
+    return hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+
+
+def _digest(d) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int | None, dtype: str) -> dict:
+    """What decides the stored numbers: each encoder's name/path and a hash of its config (the
+    dataclass without the path, plus the model folder's config.json), the precision, the image
+    size, and the recipe's text settings (the stored texts are the strings the recipe emits)."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+
+    def enc(cfg):
+        d = asdict(cfg)
+        path = d.pop("path", None)
+        return {"kind": d["kind"], "path": str(path) if path else None,
+                "hash": _digest({"config": d, "model_config": _config_file_hash(path)})}
+
+    return {"image_encoder": enc(image_cfg), "text_encoder": enc(text_cfg), "dtype": dtype,
+            "image_size": image_size,
+            "texts": {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
+                      "mask_prompt_tgt": recipe.mask_prompt_tgt}}
+
+
+def _compare(root, have: dict, want: dict) -> None:
+    """One line naming what differs (the path of a model folder is informative only)."""
+    def flat(d, pre=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out |= flat(v, f"{pre}{k}.")
+            elif k != "path":
+                out[f"{pre}{k}"] = v
+        return out
+    a, b = flat(have), flat(want)
+    diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if diff:
+        raise LatentMismatch(f"latent store {root} was made with other encoders/precision ("
+                             + "; ".join(f"{k}: {a.get(k)!r} there, {b.get(k)!r} now" for k in diff)
+                             + "): run vincie-precompute again into another folder, or train with its settings")
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _block_name(b: int) -> str:
+    return f"b_{b:07d}"
+
+
+def _np_store(t: torch.Tensor, dtype: str) -> np.ndarray:
+    if dtype == "bfloat16":
+        return t.to(torch.bfloat16).view(torch.uint16).numpy()
+    return t.to(getattr(torch, dtype)).numpy()
+
+
+def _np_load(a: np.ndarray, dtype: str) -> torch.Tensor:
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype == "bfloat16":
+        t = t.view(torch.bfloat16)
+    return t.float()
+
+
+def _zarr_dtype(dtype: str):
+    return np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
+
+
+def parse_shard(s: str) -> tuple[int, int]:
+    """'i/N' -> (i, N); 'auto': torchrun's RANK/WORLD_SIZE (0/1 without them)."""
+    if s == "auto":
+        return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    try:
+        i, n = (int(x) for x in s.split("/"))
+    except ValueError:
+        raise ValueError(f"--shard: expected i/N (e.g. 3/64) or 'auto', got {s!r}") from None
+    if not 0 <= i < n:
+        raise ValueError(f"--shard: need 0 <= i < N, got {s!r}")
+    return i, n
+
+
+# ----------------------------------------------------------------------------- writing
+
+def _open_or_create(out: Path, attrs: dict):
+    """The root group; created atomically (built beside, then renamed), so array tasks that start
+    together agree on one root, and a second writer with other settings is refused in one line."""
+    if not (out / "zarr.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        g = zarr.open_group(str(tmp), mode="w")
+        g.attrs.update(attrs)
+        g.create_group("blocks")
+        (tmp / "done").mkdir()
+        try:
+            os.rename(tmp, out)
+        except OSError:                          # another task won the race (or out/ exists, not a store)
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not (out / "zarr.json").exists():
+        raise FileExistsError(f"{out} exists and is not a latent store: pick another folder")
+    g = zarr.open_group(str(out), mode="r+")
+    if g.attrs.get("format") != LATENT_FORMAT:
+        raise ValueError(f"{out} is not a latent store (format {g.attrs.get('format')!r})")
+    _compare(out, g.attrs["identity"], attrs["identity"])
+    for k in ("n_rows", "block_rows", "source"):
+        if g.attrs.get(k) != attrs[k]:
+            raise LatentMismatch(f"latent store {out}: {k} is {g.attrs.get(k)!r} there, {attrs[k]!r} now; "
+                                 f"use another folder")
+    return g
+
+
+def _write_text(g, prefix: str, embs: list, dtype: str):
+    lens = [int(e.shape[0]) for e in embs]
+    dim = int(embs[0].shape[1])
+    data = _np_store(torch.cat(embs), dtype)
+    rows = max(1, min(len(data), 256))
+    g.create_array(prefix, data=data, chunks=(rows, dim), shards=(rows * -(-len(data) // rows), dim),
+                   compressors=None)
+    g.create_array(f"{prefix}_off", data=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+
+
+def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype) -> dict:
+    from .corpus import encode_corpus
+    from .dali_decode import decode_store
+
+    decoded = decode_store(sstore, rows, size=(image_size, image_size) if image_size else None,
+                           device=dali_device, progress=False)
+    # a few sessions per encoder call: a VAE at 512 px holds ~100 MB of activations per image
+    enc = encode_corpus(decoded, image_encoder, batch=8)
+    imgs, shapes, img_first, texts, n_frames, hw, records = [], [], [0], [], [], [], []
+    for d, e in zip(decoded, enc):
+        k = e.frames.shape[0]
+        for t in (e.frames, e.roe_src, e.roe_tgt):
+            imgs += [x.reshape(-1) for x in t]
+            shapes += [tuple(x.shape) for x in t]
+        img_first.append(img_first[-1] + 3 * k - 2)
+        texts += [camera_prompt(t, c) if recipe.camera_prompts else t for t, c in zip(d.texts, d.cameras)]
+        n_frames.append(k)
+        hw.append(tuple(e.frames.shape[2:]))
+        records.append(json.dumps({"video_id": d.video_id, "texts": list(d.texts), "cameras": list(d.cameras)}))
+    embs = text_encoder.encode(texts)
+    prompts = text_encoder.encode([recipe.mask_prompt_src, recipe.mask_prompt_tgt, ""])
+    text_encoder._cache.clear()               # its per-string cache would grow with the corpus
+    return dict(imgs=imgs, shapes=shapes, img_first=img_first, embs=embs, prompts=prompts, n_frames=n_frames,
+                hw=hw, records=records)
+
+
+def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
+    name = _block_name(b)
+    path = root / "blocks" / name
+    if path.exists():                          # left by a task that died mid-block: never counted as done
+        shutil.rmtree(path)
+    bg = g["blocks"].create_group(name)
+    lat = _np_store(torch.cat(data["imgs"]), dtype)
+    sizes = [int(x.numel()) for x in data["imgs"]]
+    chunk = sizes[0] if len(set(sizes)) == 1 else 1 << 16      # one image per chunk when sizes agree
+    # sharding codec: the block's latents are one file on disk, read one chunk (image) at a time
+    bg.create_array("lat", data=lat, chunks=(chunk,), shards=(chunk * -(-len(lat) // chunk),), compressors=None)
+    bg.create_array("lat_off", data=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64))
+    bg.create_array("lat_shape", data=np.array(data["shapes"], np.int32).reshape(-1, 3))
+    bg.create_array("img_first", data=np.array(data["img_first"], np.int64))
+    _write_text(bg, "txt", data["embs"], dtype)
+    bg.create_array("txt_first", data=np.concatenate([[0], np.cumsum(np.array(data["n_frames"]) - 1)]).astype(np.int64))
+    _write_text(bg, "prompt", data["prompts"], dtype)
+    bg.create_array("n_frames", data=np.array(data["n_frames"], np.int32))
+    bg.create_array("hw", data=np.array(data["hw"], np.int32).reshape(-1, 2))
+    rec = bg.create_array("record", shape=(len(data["records"]),), dtype=str)
+    rec[:] = np.array(data["records"], dtype=object)
+    marker = root / "done" / f"{name}.json"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"rows": [rows.start, rows.stop]}))
+    os.replace(tmp, marker)                    # the block counts as done only now
+
+
+def done_blocks(root) -> set[int]:
+    return {int(p.stem[2:]) for p in (Path(root) / "done").glob("b_*.json")}
+
+
+def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = None, *, image_size: int | None = None,
+               dtype: str = "float32", shard: tuple[int, int] = (0, 1), block_rows: int = 256,
+               limit: int | None = None, device: str | None = None, progress: bool = False,
+               finalize_when_done: bool = True) -> dict:
+    """Encode this task's blocks of ``store`` into the latent store ``out`` (resumable: blocks
+    already done are skipped). Blocks are dealt round-robin: task i of N takes blocks b = i mod N.
+    ``device``: encoders' device (default: cuda:LOCAL_RANK when there is a GPU, else cpu; DALI
+    decodes on the same GPU). With ``finalize_when_done`` the task that finds every block done
+    writes the index (``finalize``). Returns a summary dict."""
+    from ..encoders import TextEncoder, build_image_encoder
+    from .store import SessionStore
+
+    recipe = recipe or RecipeConfig()
+    i, n_tasks = shard
+    if not 0 <= i < n_tasks:
+        raise ValueError(f"shard: need 0 <= i < N, got {i}/{n_tasks}")
+    if block_rows < 1:
+        raise ValueError(f"block_rows: must be >= 1, got {block_rows}")
+    out = Path(out)
+    sstore = SessionStore(store)
+    n_rows = len(sstore) if limit is None else min(limit, len(sstore))
+    if n_rows == 0:
+        raise ValueError(f"{store}: the session store holds no sessions")
+    attrs = {"format": LATENT_FORMAT, "n_rows": n_rows, "block_rows": block_rows,
+             "identity": encoder_identity(image_cfg, text_cfg, recipe, image_size, dtype),
+             "source": {"store": str(Path(store).resolve()), "sessions": len(sstore)}, "complete": False}
+    g = _open_or_create(out, attrs)
+    if device is None:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
+    dali_device = "cpu" if device == "cpu" else "mixed"      # DALI's GPU: LOCAL_RANK (data/dali_decode.py)
+    n_blocks = -(-n_rows // block_rows)
+    mine = [b for b in range(i, n_blocks, n_tasks)]
+    todo = [b for b in mine if b not in done_blocks(out)]
+    t0, written = time.perf_counter(), 0
+    if todo:
+        image_encoder = build_image_encoder(image_cfg, device=device)
+        text_encoder = TextEncoder(text_cfg, device=device)
+        for b in todo:
+            rows = range(b * block_rows, min((b + 1) * block_rows, n_rows))
+            data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype)
+            _write_block(out, g, b, rows, data, dtype)
+            written += len(rows)
+            if progress:
+                print(f"block {b}: rows {rows.start}-{rows.stop - 1} ({written} rows, "
+                      f"{time.perf_counter() - t0:.1f} s)", flush=True)
+    summary = {"store": str(out), "shard": f"{i}/{n_tasks}", "blocks": len(mine), "skipped": len(mine) - len(todo),
+               "rows_written": written, "seconds": round(time.perf_counter() - t0, 2)}
+    if finalize_when_done and len(done_blocks(out)) == n_blocks:
+        summary["finalized"] = finalize(out)
+    return summary
+
+
+def finalize(out) -> dict:
+    """Check that every block is done and gather the per-row index the loader plans packs from.
+    Idempotent; run once after all tasks (slurm/precompute.sh's check job)."""
+    out = Path(out)
+    g = zarr.open_group(str(out), mode="r+")
+    if g.attrs.get("format") != LATENT_FORMAT:
+        raise ValueError(f"{out} is not a latent store (format {g.attrs.get('format')!r})")
+    n_rows, block_rows = int(g.attrs["n_rows"]), int(g.attrs["block_rows"])
+    n_blocks = -(-n_rows // block_rows)
+    missing = sorted(set(range(n_blocks)) - done_blocks(out))
+    if missing:
+        raise RuntimeError(f"latent store {out}: {len(missing)} of {n_blocks} blocks not written "
+                           f"(first: {missing[:5]}); rerun their vincie-precompute tasks")
+    n_frames, hw, txt_len = [], [], []
+    for b in range(n_blocks):
+        bg = g["blocks"][_block_name(b)]
+        n_frames.append(bg["n_frames"][:])
+        hw.append(bg["hw"][:])
+        txt_len.append(np.diff(bg["txt_off"][:]))
+    n_frames, hw, txt_len = np.concatenate(n_frames), np.concatenate(hw), np.concatenate(txt_len)
+    if len(n_frames) != n_rows:
+        raise RuntimeError(f"latent store {out}: blocks hold {len(n_frames)} rows, expected {n_rows}")
+    ig = g.require_group("index")
+    for name, arr in (("n_frames", n_frames.astype(np.uint16)), ("hw", hw.astype(np.uint16)),
+                      ("txt_len", txt_len.astype(np.uint16)),
+                      ("txt_first", np.concatenate([[0], np.cumsum(n_frames.astype(np.int64) - 1)]))):
+        ig.create_array(name, data=arr, overwrite=True)
+    p = g["blocks"][_block_name(0)]
+    summary = {"rows": n_rows, "images": int((3 * n_frames.astype(np.int64) - 2).sum()), "texts": int(len(txt_len)),
+               "prompt_lens": np.diff(p["prompt_off"][:]).tolist()}
+    g.attrs.update({"complete": True, "summary": summary})
+    return summary
+
+
+# ----------------------------------------------------------------------------- reading
+
+class LatentStore:
+    """Read-only view of a finalized latent store.
+
+    ``expect`` (an ``encoder_identity``): refuse, in one line, a store made with other encoders or
+    precision. ``index()`` is the per-row table the pack planner needs (loaded on first use);
+    ``session(row)`` reads one row. A handle opened before a fork is reopened in the child."""
+
+    def __init__(self, root, expect: dict | None = None):
+        self.root = Path(root)
+        if not (self.root / "zarr.json").exists():
+            raise FileNotFoundError(f"no latent store at {self.root}")
+        g = zarr.open_group(str(self.root), mode="r")
+        if g.attrs.get("format") != LATENT_FORMAT:
+            raise ValueError(f"{self.root} is not a latent store (format {g.attrs.get('format')!r})")
+        if not g.attrs.get("complete"):
+            raise ValueError(f"latent store {self.root} is incomplete: run every vincie-precompute task, "
+                             f"then vincie-precompute finalize --out {self.root}")
+        self.attrs = dict(g.attrs)
+        self.identity = self.attrs["identity"]
+        if expect is not None:
+            _compare(self.root, self.identity, expect)
+        self.dtype = self.identity["dtype"]
+        self.n_rows, self.block_rows = int(self.attrs["n_rows"]), int(self.attrs["block_rows"])
+        self._pid, self._g, self._index, self._prompts = None, None, None, None
+        self._blocks: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return self.n_rows
+
+    def _group(self):
+        if self._pid != os.getpid():             # fresh handles per process (DataLoader workers)
+            self._g, self._pid, self._blocks = zarr.open_group(str(self.root), mode="r"), os.getpid(), OrderedDict()
+        return self._g
+
+    def index(self) -> dict:
+        """numpy arrays: n_frames [n], hw [n, 2], txt_len [sum(K-1)], txt_first [n+1]; ~13 bytes a row
+        plus 2 a transition (docs/latent_store.md, memory)."""
+        if self._index is None:
+            ig = self._group()["index"]
+            self._index = {k: ig[k][:] for k in ("n_frames", "hw", "txt_len", "txt_first")}
+        return self._index
+
+    def prompts(self) -> dict[str, torch.Tensor]:
+        """{mask prompt (source), mask prompt (target), "": embedding} (the empty prompt: text dropout)."""
+        if self._prompts is None:
+            bg = self._group()["blocks"][_block_name(0)]
+            t, off = bg["prompt"][:], bg["prompt_off"][:]
+            names = [self.identity["texts"]["mask_prompt_src"], self.identity["texts"]["mask_prompt_tgt"], ""]
+            self._prompts = {s: _np_load(t[off[j]:off[j + 1]], self.dtype) for j, s in enumerate(names)}
+        return self._prompts
+
+    def _block(self, b: int) -> dict:
+        """A block's arrays and its small tables (a few blocks kept, least recently used out)."""
+        if b in self._blocks:
+            self._blocks.move_to_end(b)
+            return self._blocks[b]
+        bg = self._group()["blocks"][_block_name(b)]
+        blk = {"lat": bg["lat"], "txt": bg["txt"]}
+        blk |= {k: bg[k][:] for k in ("lat_off", "lat_shape", "img_first", "txt_off", "txt_first", "record")}
+        self._blocks[b] = blk
+        if len(self._blocks) > 8:
+            self._blocks.popitem(last=False)
+        return blk
+
+    def session(self, row: int):
+        """(EncodedSession, {emitted text: embedding [L, D]}) of one row: frames [K, C, h, w], RoE maps
+        [K-1, C, h, w], raw texts and cameras; the dict maps each transition text as the recipe emits it."""
+        from .packing import EncodedSession
+
+        if not 0 <= row < self.n_rows:
+            raise IndexError(f"row {row} out of range for a latent store of {self.n_rows}")
+        blk = self._block(row // self.block_rows)
+        s = row % self.block_rows
+        i0, i1 = int(blk["img_first"][s]), int(blk["img_first"][s + 1])
+        off = blk["lat_off"]
+        flat = _np_load(blk["lat"][int(off[i0]):int(off[i1])], self.dtype)
+        imgs = [flat[off[i] - off[i0]:off[i + 1] - off[i0]].reshape(*blk["lat_shape"][i]) for i in range(i0, i1)]
+        k = (i1 - i0 + 2) // 3
+        t0, t1 = int(blk["txt_first"][s]), int(blk["txt_first"][s + 1])
+        toff = blk["txt_off"]
+        tflat = _np_load(blk["txt"][int(toff[t0]):int(toff[t1])], self.dtype)
+        embs = [tflat[toff[j] - toff[t0]:toff[j + 1] - toff[t0]] for j in range(t0, t1)]
+        rec = json.loads(str(blk["record"][s]))
+        cam = self.identity["texts"]["camera_prompts"]
+        emitted = [camera_prompt(t, c) if cam else t for t, c in zip(rec["texts"], rec["cameras"])]
+        sess = EncodedSession(frames=torch.stack(imgs[:k]), texts=rec["texts"], cameras=rec["cameras"],
+                              roe_src=torch.stack(imgs[k:2 * k - 1]), roe_tgt=torch.stack(imgs[2 * k - 1:]),
+                              meta={"video_id": rec["video_id"], "row": row})
+        return sess, dict(zip(emitted, embs))
+
+
+def precompute_with_config(store, out, overrides: list[str] | None = None, **kw) -> dict:
+    """``precompute`` with the encoders, image size and recipe texts of a Hydra config (the same
+    keys training reads, so the store matches the run that will open it)."""
+    from ..build import data_configs
+    from ..config import load_config
+
+    dc = data_configs(load_config(list(overrides or [])))
+    return precompute(store, out, dc["image"], dc["text"], dc["recipe"], image_size=dc["corpus"].image_size, **kw)

@@ -1,0 +1,234 @@
+"""A streaming loader over a latent store (``data/latents.py``): packed batches from disk.
+
+Order, in three layers (docs/latent_store.md, "Order"):
+
+1. **Subset.** One fixed permutation of the store's rows (``subset_seed``, not the run's seed);
+   ``max_sessions=N`` keeps its first N. A smaller run's sessions lie inside a larger run's.
+2. **Epoch order.** The subset shuffled by (seed, epoch): a sequence of *global positions*. The
+   recipe's random choices of position p are drawn from (seed, epoch, p), so a session's sample
+   does not depend on how positions are grouped.
+3. **Packs.** Positions are packed greedily, in order, to ``pack.token_budget`` (a session that would
+   overflow starts the next pack; a pack never crosses an epoch). Pack k is the k-th of this global
+   sequence whatever the DP size. A step takes ``dp_size * micro_batches`` packs: rank r's a-th
+   micro-batch of the step that starts at pack h is pack h + a*dp_size + r.
+
+Token counts come from a small per-row index (frames, latent size, text lengths) held by the main
+process; every rank walks the whole pack sequence through that index but reads latents only for
+its own packs, in DataLoader workers that build each session's sample with ``data/recipe.py`` and
+pack it with ``data/packing.py pack``. The state ``{epoch, pos, pack, consumed, step_packs}`` names
+the first pack of the current step, how many of its packs are done and how many it has: equal on
+every rank, so a resume with another DP size continues the same global order (a step that ended
+may be followed by steps of any size; one stopped between micro-batches needs the same layout).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .latents import LatentMismatch, LatentStore
+from .packing import PackConfig, pack
+from .recipe import RecipeConfig, build_sample, draw_plan
+
+
+def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> np.ndarray:
+    """The first ``max_sessions`` rows of one fixed permutation of ``range(n_rows)`` (all when None)."""
+    if max_sessions is not None and max_sessions < 1:
+        raise ValueError(f"max_sessions: must be >= 1 or None, got {max_sessions}")
+    perm = np.random.default_rng([subset_seed, 0x5E55]).permutation(n_rows)
+    dt = np.uint32 if n_rows < 2 ** 32 else np.int64              # 4 bytes a row at 10M: 40 MB
+    return perm[:max_sessions].astype(dt)
+
+
+class PackPlanner:
+    """The global pack sequence, from the per-row index only (no latent is read here)."""
+
+    def __init__(self, index: dict, prompt_lens: dict, recipe: RecipeConfig, pack_cfg: PackConfig, seed: int = 0,
+                 max_sessions: int | None = None, subset_seed: int = 0):
+        self.idx, self.prompt_lens, self.recipe, self.cfg, self.seed = index, prompt_lens, recipe, pack_cfg, seed
+        self.rows = subset_rows(len(index["n_frames"]), max_sessions, subset_seed)
+        self._order = (None, None)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Rows by global position in ``epoch`` (one epoch's permutation kept)."""
+        if self._order[0] != epoch:
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+            self._order = (epoch, self.rows[perm])
+        return self._order[1]
+
+    def plan(self, epoch: int, pos: int, row: int):
+        rng = np.random.default_rng([self.seed, epoch, pos])
+        return draw_plan(int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True)
+
+    def tokens(self, row: int, plan) -> int:
+        """Joint tokens of ``row``'s sample under ``plan``: the recipe's blocks (laid out with
+        placeholder texts), each text its stored length + the <TURN> token, each image h/p * w/p."""
+        n = plan.num_turns
+        sample = build_sample([""] * n, [None] * n, plan, self.recipe)
+        p = self.cfg.patch_size
+        h, w = (int(x) for x in self.idx["hw"][row])
+        first = int(self.idx["txt_first"][row])
+        tok = 0
+        for b in sample.blocks:
+            if b.modality != "text":
+                tok += (h // p) * (w // p)
+            elif b.role == "text":
+                tok += int(self.idx["txt_len"][first + b.turn]) + 1
+            else:
+                tok += self.prompt_lens[b.text] + 1
+        return tok
+
+    def packs(self, epoch: int, pos: int, k: int):
+        """Endless (k, epoch, start position, [(position, row, plan), ...]) from pack k at (epoch, pos)."""
+        budget = self.cfg.token_budget
+        while True:
+            order = self.order(epoch)
+            start, items, used = pos, [], 0
+            while pos < len(order):
+                row = int(order[pos])
+                plan = self.plan(epoch, pos, row)
+                n = self.tokens(row, plan)
+                if items and used + n > budget:
+                    break
+                items.append((pos, row, plan))
+                used += n
+                pos += 1
+            yield k, epoch, start, items
+            k += 1
+            if pos >= len(order):
+                epoch, pos = epoch + 1, 0
+
+    def rank_packs(self, state: dict, rank: int, dp_size: int, micro_batches: int = 1):
+        """This rank's pack descriptors from ``state`` on, each with the stream state after it."""
+        h, c = int(state["pack"]), int(state["consumed"])
+        per_step = dp_size * micro_batches
+        saved_step = int(state.get("step_packs", c))
+        if c < saved_step and saved_step != per_step:
+            raise ValueError(f"data stream state: saved between micro-batches of a {saved_step}-pack step; "
+                             f"resume it with the same layout (now {per_step} packs a step)")
+        walk = self.packs(int(state["epoch"]), int(state["pos"]), h)
+        # a saved step that ended (any layout) starts the next step at pack h + c;
+        # one stopped between micro-batches (same layout) finishes its step first
+        k0 = h + c if c == saved_step else h
+        head = None
+        for k, epoch, start, items in walk:
+            j = (k - k0) % per_step
+            if j == 0:
+                head = {"epoch": epoch, "pos": start, "pack": k}
+            if k < h + c:                                        # done before the save
+                continue
+            if j % dp_size == rank:
+                yield {"pack": k, "items": items,
+                       "state": head | {"consumed": (j // dp_size + 1) * dp_size, "step_packs": per_step}}
+
+
+class _Descriptors:
+    """The DataLoader's sampler: this rank's packs, produced in the main process."""
+
+    def __init__(self, planner, state, rank, dp_size, micro_batches):
+        self.args = (planner, state, rank, dp_size, micro_batches)
+
+    def __iter__(self):
+        planner, state, rank, dp_size, micro = self.args
+        return planner.rank_packs(state, rank, dp_size, micro)
+
+
+class _PackDataset(torch.utils.data.Dataset):
+    """In a worker: read a pack's rows, lay each out with the recipe under its drawn plan, pack."""
+
+    def __init__(self, store: LatentStore, recipe: RecipeConfig, pack_cfg: PackConfig):
+        self.store, self.recipe, self.cfg = store, recipe, pack_cfg
+
+    def __getitem__(self, desc):
+        items, embs = [], dict(self.store.prompts())
+        for _pos, row, plan in desc["items"]:
+            sess, e = self.store.session(row)
+            embs |= e
+            items.append((build_sample(sess.texts, sess.cameras, plan, self.recipe), sess))
+        batch = pack(items, lambda texts: [embs[t] for t in texts], self.cfg, self.recipe.mask_type)
+        return batch, desc["state"], desc["pack"]
+
+
+def _as_is(x):
+    return x
+
+
+class LatentStream:
+    """Endless stream of this DP rank's PackedBatches from a latent store, with
+    ``state_dict()/load_state_dict()`` (a resume continues at the exact next pack) and DataLoader
+    workers (``num_workers``; 0 packs in the calling process). ``expect``: an
+    ``latents.encoder_identity`` the store must match. ``micro_batches``: packs a rank takes per
+    optimizer step (gradient accumulation; the trainer today takes 1)."""
+
+    def __init__(self, root, recipe: RecipeConfig, pack_cfg: PackConfig, *, seed: int = 0, dp_rank: int = 0,
+                 dp_size: int = 1, micro_batches: int = 1, max_sessions: int | None = None, subset_seed: int = 0,
+                 num_workers: int = 2, prefetch_factor: int = 2, expect: dict | None = None):
+        if not 0 <= dp_rank < dp_size:
+            raise ValueError(f"dp_rank: need 0 <= dp_rank < dp_size, got {dp_rank} of {dp_size}")
+        if micro_batches < 1 or num_workers < 0:
+            raise ValueError(f"micro_batches must be >= 1 and num_workers >= 0, got {micro_batches}, {num_workers}")
+        self.store = LatentStore(root, expect)
+        texts = self.store.identity["texts"]
+        want = {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
+                "mask_prompt_tgt": recipe.mask_prompt_tgt}
+        bad = [k for k in want if texts[k] != want[k]]
+        if bad:
+            raise LatentMismatch(f"latent store {root} holds texts made with recipe {bad[0]}={texts[bad[0]]!r}, "
+                                 f"the config has {want[bad[0]]!r}: precompute again or change data.recipe")
+        self.recipe, self.cfg, self.seed = recipe, pack_cfg, seed
+        self.rank, self.dp_size, self.micro = dp_rank, dp_size, micro_batches
+        self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
+        prompt_lens = {s: int(e.shape[0]) for s, e in self.store.prompts().items()}
+        self.planner = PackPlanner(self.store.index(), prompt_lens, recipe, pack_cfg, seed, max_sessions, subset_seed)
+        self.subset_seed = subset_seed
+        self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0, "step_packs": 0}
+        self.last_pack = None
+        self._it = None
+
+    @property
+    def num_sessions(self) -> int:
+        return len(self.planner.rows)
+
+    def _start(self):
+        loader = torch.utils.data.DataLoader(
+            _PackDataset(self.store, self.recipe, self.cfg),
+            sampler=_Descriptors(self.planner, dict(self._state), self.rank, self.dp_size, self.micro),
+            batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
+            prefetch_factor=self.prefetch_factor if self.num_workers else None)
+        return iter(loader)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._it is None:
+            self._it = self._start()
+        batch, self._state, self.last_pack = next(self._it)
+        return batch
+
+    def state_dict(self) -> dict:
+        return dict(self._state) | {"seed": self.seed, "sessions": self.num_sessions, "subset_seed": self.subset_seed}
+
+    def load_state_dict(self, state: dict):
+        for k, mine in (("seed", self.seed), ("sessions", self.num_sessions), ("subset_seed", self.subset_seed)):
+            if k in state and int(state[k]) != mine:
+                raise ValueError(f"data stream state: {k}={state[k]} in the checkpoint, {mine} now "
+                                 f"(a resume must keep data seed, max_sessions and subset)")
+        self.close()
+        self._state = {k: int(state[k]) for k in ("epoch", "pos", "pack", "consumed", "step_packs")}
+
+    def close(self):
+        """Stop the workers (the next ``next()`` starts them again from the current state)."""
+        self._it = None
+
+
+def stream_from_config(dc: dict, seed: int, dims) -> LatentStream:
+    """``build_training``'s stream when ``data.corpus.latents`` is set: one seed for every DP rank
+    (the order is global), the store checked against the config's encoders, image size, recipe
+    texts and ``data.corpus.latents_dtype``."""
+    from .latents import encoder_identity
+
+    c = dc["corpus"]
+    dtype = c.latents_dtype or LatentStore(c.latents).dtype
+    expect = encoder_identity(dc["image"], dc["text"], dc["recipe"], c.image_size, dtype)
+    return LatentStream(c.latents, dc["recipe"], dc["pack"], seed=seed, dp_rank=dims.dp_rank, dp_size=dims.dp,
+                        max_sessions=c.max_sessions, num_workers=c.workers, expect=expect)
