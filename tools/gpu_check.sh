@@ -154,10 +154,10 @@ elif [ "$HAS_GPU" = 1 ]; then
 else
     record install_wheels skipped 0 0 "no GPU (dry run: the local venv is left alone)"
 fi
-run_step model_deps 20 "$PY" - <<'PYEOF'
+run_step model_deps 45 "$PY" - <<'PYEOF'
 import importlib, json
 out = {}
-for mod in ("numpy", "packaging", "megatron.core", "transformer_engine", "triton", "pytest"):
+for mod in ("numpy", "packaging", "megatron.core", "transformer_engine", "torchao", "triton", "pytest"):
     try:
         m = importlib.import_module(mod)
         out[mod] = getattr(m, "__version__", "yes")
@@ -173,7 +173,7 @@ if PYTHONPATH="$TE_PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
 else
     record pytest_te_spec skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
 fi
-run_step bench_layers 120 "$PY" -m vincie_tools.bench_layers --out "$OUT/bench_layers.json"
+run_step bench_layers 150 "$PY" -m vincie_tools.bench_layers --out "$OUT/bench_layers.json"   # + torchao FP8 cases, fp8_loss, op profile
 
 # ============================================================================ Section: secondary kernel checks
 # (after the benchmarks, so that a tight budget drops these first)
