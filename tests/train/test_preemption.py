@@ -4,6 +4,7 @@ flight, saves it and raises Preempted, and the resumed run equals an uninterrupt
 scripts; srun's task variables; rank 0 alone building what the others then read (2 gloo processes)."""
 import os
 import signal
+import threading
 
 import pytest
 import torch
@@ -56,12 +57,40 @@ def test_signal_saves_the_step_in_flight_and_resume_matches(dist1, tmp_path, sig
         assert torch.equal(p, q)
 
 
-def test_signal_right_after_a_periodic_save_keeps_that_save(dist1, tmp_path):
+def test_signal_right_after_a_periodic_save_keeps_that_save(dist1, tmp_path, monkeypatch):
+    saves, real_save = [], ckpt.save
+    monkeypatch.setattr(ckpt, "save", lambda d, step, *a, **k: saves.append(step) or real_save(d, step, *a, **k))
     t = Trainer(_cfg(tmp_path, save_every=2), build_tiny(seed=1), tiny_loss, SignalAt(4, signal.SIGUSR1))
     with pytest.raises(Preempted) as e:
         t.train()
     assert e.value.step == 4 and e.value.checkpoint == ckpt.step_dir(str(tmp_path / "ckpt"), 4)
-    assert ckpt.list_steps(str(tmp_path / "ckpt")) == [2, 4]
+    assert saves == [2, 4] and ckpt.list_steps(str(tmp_path / "ckpt")) == [2, 4]      # step 4 saved once
+
+
+def _blocked() -> set:
+    """Signals blocked in this thread (/proc's SigBlk mask)."""
+    line = next(ln for ln in open(f"/proc/self/task/{threading.get_native_id()}/status") if ln.startswith("SigBlk"))
+    mask = int(line.split()[1], 16)
+    return {s for s in (signal.SIGTERM, signal.SIGUSR1) if mask >> (s - 1) & 1}
+
+
+def test_a_signal_during_a_save_is_blocked_for_its_helpers_then_acted_on(dist1, tmp_path, monkeypatch):
+    """The save's helper processes (Megatron's spawn Manager, forked writers) inherit the blocked mask, so
+    Slurm's SIGTERM to the whole step cannot kill them mid-save; the trainer still stops after it."""
+    seen, real_save = [], ckpt.save
+
+    def save(d, step, *a, **k):
+        seen.append(_blocked())
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)                 # arrives in the middle of the periodic save
+        return real_save(d, step, *a, **k)
+
+    monkeypatch.setattr(ckpt, "save", save)
+    t = Trainer(_cfg(tmp_path, save_every=2), build_tiny(seed=1), tiny_loss, TinyStream())
+    with pytest.raises(Preempted) as e:
+        t.train()
+    assert e.value.step == 2 and e.value.signal_name == "SIGTERM"     # acted on at that step's boundary
+    assert seen == [{signal.SIGTERM, signal.SIGUSR1}] and _blocked() == set()
 
 
 def test_save_on_signal_off_leaves_the_default_action(dist1, tmp_path):

@@ -30,6 +30,7 @@ The step in flight when the signal comes is finished and saved: no completed ste
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import random
@@ -187,11 +188,39 @@ class StopSignals:
     def installed(self) -> bool:
         return bool(self._old)
 
+    def ignore_after(self) -> None:
+        """On exit, ignore the signals instead of restoring the old handlers (an exiting process that
+        must keep its exit code; Python keeps SIG_IGN through its shutdown)."""
+        self._old = {s: signal.SIG_IGN for s in self._old}
+
     def __exit__(self, *exc):
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old = {}
         return False
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """SIGUSR1/SIGTERM blocked in this thread for the duration.
+
+    Slurm's SIGTERM goes to every process of the job step, and that includes the helper processes
+    that Megatron's ``dist_checkpointing.save`` starts (a spawn Manager, writer processes). One that
+    dies of it breaks the save (BrokenPipeError). A child inherits the blocked mask, so the helpers
+    started here never act on the signal. This process still gets it: on another thread, or once
+    the mask is lifted, and then its handler sets the stop flag."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # multiprocessing starts its resource tracker with SIGTERM blocked and then UNBLOCKS it, which
+    # would lift our block just before Megatron spawns its Manager: have the tracker running first
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignals.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _flag_device() -> torch.device:
@@ -265,7 +294,6 @@ class Trainer:
         self.run_dir = run_dir if run_dir is not None else (
             str(Path(cfg.ckpt_dir).resolve().parent) if cfg.ckpt_dir is not None else None)
         self.resumed_from: int | None = None
-        self.saved_step: int | None = None     # the step of this Trainer's last save
         if cfg.ckpt_dir is not None and cfg.resume:
             self.load_checkpoint()
 
@@ -318,10 +346,9 @@ class Trainer:
     def save_checkpoint(self) -> str | None:
         if self.cfg.ckpt_dir is None:
             return None
-        path = ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
-                         self.state_dict(), keep_last=self.cfg.keep_last)
-        self.saved_step = self.step
-        return path
+        with _stop_signals_blocked():
+            return ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
+                             self.state_dict(), keep_last=self.cfg.keep_last)
 
     def load_checkpoint(self) -> bool:
         """Load ``latest`` from cfg.ckpt_dir if present; True if something was loaded."""
@@ -586,7 +613,7 @@ class Trainer:
                     saved_at = self.step
                 timed_out, signalled = self._stop_flags(t0, signals)
                 if signalled:
-                    # another rank's signal may be the one seen: name it "a signal" there
+                    # the signal may have reached another rank only
                     name = signals.received or "a stop signal (on another rank)"
                     if main:
                         bar.write(f"stopping at step {self.step}: {name} received; saving step {self.step}")
