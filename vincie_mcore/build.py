@@ -82,9 +82,38 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
     return Trainer(build(TrainConfig, t, "train"), model, make_loss(flow), stream, run_dir=str(run_dir))
 
 
+def _on_rank0(fn):
+    """``fn()`` on rank 0 only; the other ranks wait for it, then get its (picklable) result.
+
+    The wait is a broadcast on a gloo group with a long time-out (a synthetic store takes minutes,
+    longer than NCCL's default collective time-out), and it carries rank 0's error, if any, so the
+    others fail with it instead of waiting forever. Every rank writing the same store at once is a race
+    (``FileNotFoundError ... vid_000056.tmp.webm``)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return fn()
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=6))
+    box = [None]
+    if dist.get_rank() == 0:
+        try:
+            box = [("ok", fn())]
+        except Exception as e:                               # the others must not wait for a result forever
+            box = [("error", f"{type(e).__name__}: {e}")]
+            dist.broadcast_object_list(box, src=0, group=group)
+            raise
+    dist.broadcast_object_list(box, src=0, group=group)
+    kind, value = box[0]
+    if kind == "error":
+        raise RuntimeError(f"rank 0 failed to build the synthetic store: {value}")
+    return value
+
+
 def build_training(cfg):
     """Everything ``vincie-train`` runs, built: process groups, ``<run_dir>/config.yaml`` (rank 0),
-    the corpus (synthesized into ``<run_dir>/train`` when ``data.corpus.store`` is null), decoded
+    the corpus (synthesized into ``<run_dir>/train`` by rank 0 when ``data.corpus.store`` is null), decoded
     and encoded once, its packed stream, the model and the trainer. -> (parallel dims, trainer).
 
     Raises ``ConfigError`` naming the key for a bad value, and for an impossible parallel layout
@@ -104,8 +133,8 @@ def build_training(cfg):
     if corpus.latents:                    # opt-in: stream a precomputed latent store (docs/latent_store.md)
         from .data.stream import stream_from_config
         return dims, make_trainer(cfg, make_model(cfg), stream_from_config(dc, int(cfg.seed), dims), run)
-    store = corpus.store or synthesize_store(run / "train", corpus.videos, dc["world"], corpus, corpus.sampling,
-                                             int(cfg.seed), corpus.min_change)
+    store = corpus.store or _on_rank0(lambda: synthesize_store(run / "train", corpus.videos, dc["world"], corpus,
+                                                               corpus.sampling, int(cfg.seed), corpus.min_change))
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them

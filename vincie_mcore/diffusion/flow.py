@@ -77,7 +77,7 @@ def noise_batch(batch: PackedBatch, cfg: FlowConfig, gen: torch.Generator):
     Returns (x_t [S_img, P], target [S_img, P], batch with block_t set).
     """
     spec = batch.spec
-    noisy = spec.block_kind == KIND_NOISY
+    noisy = (spec.block_kind == KIND_NOISY).cpu()          # t is drawn on the CPU (the generator's device)
     t_blocks = torch.zeros(spec.num_blocks)
     z = torch.randn(int(noisy.sum()), generator=gen) * cfg.t_scale + cfg.t_loc
     t_blocks[noisy] = torch.sigmoid(z).clamp(cfg.t_min, 1.0)

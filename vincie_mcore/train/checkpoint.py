@@ -7,10 +7,16 @@ Layout of ``ckpt_dir``::
                              across TP/CP/DP) and trainer_state_rank00000.pt, ...
     step_0000200/
 
-A save writes everything into ``step_XXXXXXX.tmp/``, renames it to
-``step_XXXXXXX/`` and only then points ``latest`` at it (write-then-rename), so a
-crash at any moment leaves the previous checkpoint whole and ``latest`` pointing
-at it. Leftover ``*.tmp`` folders are removed by the next save.
+A save writes everything into ``step_XXXXXXX.tmp/``, fsyncs every file and folder in it, renames it to
+``step_XXXXXXX/`` and only then points ``latest`` at it (write-then-rename, the parent folder fsynced
+after each rename), so a crash or power loss at any moment leaves the previous checkpoint whole and
+``latest`` pointing at it. Leftover ``*.tmp`` folders are removed by the next save.
+
+Saving a step that already has a folder (a preemption right after a periodic save, a re-save after a
+resume) moves the old folder to ``step_XXXXXXX.prev/`` first, renames the new one into place, and only
+then deletes ``.prev``: the good copy is never deleted before the new one is in place. A crash between
+the two renames leaves only ``.prev``; ``latest_step`` and ``load`` take it, and the next save renames
+it back.
 
 Trainer state (step, python/numpy/torch RNG, Megatron's RNG tracker, the
 data stream, the loss generator, the config) is per rank: DP ranks draw
@@ -53,6 +59,34 @@ OPTIMIZER_FORMAT_FILE = "optimizer_format.txt"
 
 def step_dir(ckpt_dir: str, step: int) -> str:
     return os.path.join(ckpt_dir, f"step_{step:07d}")
+
+
+PREV = ".prev"      # the previous folder of a step being saved again (see the module docstring)
+
+
+def _complete_dir(ckpt_dir: str, step: int) -> str | None:
+    """The folder holding step ``step``: ``step_XXXXXXX/``, else its ``.prev`` (a crash mid-replace), else None."""
+    for path in (step_dir(ckpt_dir, step), step_dir(ckpt_dir, step) + PREV):
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def _fsync(path: str) -> None:
+    """Flush a file's or a folder's (its entries') data to stable storage."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: str) -> None:
+    """fsync every file and folder under ``root`` (files first, then their folder)."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
 
 
 def _rank() -> int:
@@ -161,8 +195,12 @@ def _trainer_state_file(path: str, rank: int) -> str:
 
 
 def _write_trainer_state(path: str, trainer_state: dict) -> None:
+    # fsynced by the rank that wrote it: on a shared file system another node's fsync would not flush it
     tmp = _trainer_state_file(path, _rank()) + ".part"
-    torch.save(trainer_state, tmp)
+    with open(tmp, "wb") as f:
+        torch.save(trainer_state, f)
+        f.flush()
+        os.fsync(f.fileno())
     os.replace(tmp, _trainer_state_file(path, _rank()))
 
 
@@ -334,7 +372,7 @@ def latest_step(ckpt_dir: str) -> int | None:
     if not text.isdigit():
         raise ValueError(f"checkpoint: {f} holds {text!r}, not a step number")
     step = int(text)
-    if not os.path.isdir(step_dir(ckpt_dir, step)):
+    if _complete_dir(ckpt_dir, step) is None:
         raise FileNotFoundError(f"checkpoint: {f} points at step {step} but {step_dir(ckpt_dir, step)} is missing")
     return step
 
@@ -356,12 +394,18 @@ def save(ckpt_dir: str, step: int, model, optimizer, scheduler, trainer_state: d
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"checkpoint.save: step must be a non-negative int, got {step!r}")
     final = step_dir(ckpt_dir, step)
-    tmp = final + ".tmp"
+    tmp, prev = final + ".tmp", final + PREV
     if _rank() == 0:
         os.makedirs(ckpt_dir, exist_ok=True)
         for name in os.listdir(ckpt_dir):          # debris of an interrupted save
+            path = os.path.join(ckpt_dir, name)
             if name.endswith(".tmp"):
-                shutil.rmtree(os.path.join(ckpt_dir, name), ignore_errors=True)
+                shutil.rmtree(path, ignore_errors=True)
+            elif name.endswith(PREV) and _STEP_RE.match(name[:-len(PREV)]):
+                if os.path.isdir(path[:-len(PREV)]):      # the replace finished: the old copy is garbage
+                    shutil.rmtree(path, ignore_errors=True)
+                else:                                      # it stopped between the renames: put it back
+                    os.rename(path, path[:-len(PREV)])
         os.makedirs(tmp)
     _barrier()
 
@@ -377,17 +421,24 @@ def save(ckpt_dir: str, step: int, model, optimizer, scheduler, trainer_state: d
     _write_trainer_state(tmp, trainer_state)
     _barrier()
 
-    # 3. publish: rename the folder, then repoint `latest` (each a single atomic rename)
+    # 3. publish: everything on disk, rename the folder, then repoint `latest` (each a single atomic
+    #    rename, made durable by an fsync of the parent folder)
     if _rank() == 0:
-        if os.path.isdir(final):                   # re-saving a step (e.g. after a resume): replace it
-            shutil.rmtree(final)
+        _fsync_tree(tmp)          # Megatron fsyncs its shards, not common.pt / metadata.json
+        if os.path.isdir(final):                   # re-saving a step: the good copy steps aside, not away
+            os.rename(final, prev)
+            _fsync(ckpt_dir)
         os.rename(tmp, final)
+        _fsync(ckpt_dir)
         latest_tmp = os.path.join(ckpt_dir, LATEST + ".tmp")
         with open(latest_tmp, "w") as f:
             f.write(f"{step}\n")
             f.flush()
             os.fsync(f.fileno())
         os.replace(latest_tmp, os.path.join(ckpt_dir, LATEST))
+        _fsync(ckpt_dir)
+        if os.path.isdir(prev):
+            shutil.rmtree(prev)
         if keep_last > 0:
             for old in list_steps(ckpt_dir)[:-keep_last]:
                 if old != step:
@@ -406,9 +457,9 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
         step = latest_step(ckpt_dir)
         if step is None:
             return None
-    path = step_dir(ckpt_dir, step)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"checkpoint.load: no checkpoint folder {path}")
+    path = _complete_dir(ckpt_dir, step)
+    if path is None:
+        raise FileNotFoundError(f"checkpoint.load: no checkpoint folder {step_dir(ckpt_dir, step)}")
 
     fmt_file = os.path.join(path, OPTIMIZER_FORMAT_FILE)     # absent in checkpoints older than the file
     fmt = open(fmt_file).read().strip() if os.path.isfile(fmt_file) else "dp_reshardable"

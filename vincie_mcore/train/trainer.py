@@ -21,14 +21,23 @@ optimizer, scheduler or EMA update, and ``self.step`` (which counts optimizer up
 schedule and checkpoints stay in update units) does not advance; its batch is consumed. It is
 counted in ``self.skipped_steps``, and ``train.max_bad_steps`` in a row stop the run without a save.
 ``train()`` writes ``run_info.json`` (code version, package versions, host, layout, config).
+
+Preemption (``train.save_on_signal``): while ``train()`` runs, SIGUSR1 and SIGTERM only set a flag. At
+the next step boundary the ranks all-reduce it (with the time-out flag: one collective a step), so they
+all stop after the same step, save it, and ``train()`` raises ``Preempted``; ``vincie-train`` then exits
+with ``launch.EXIT_PREEMPTED`` and slurm/train.sbatch requeues the job (docs/slurm_training.md).
+The step in flight when the signal comes is finished and saved: no completed step is lost.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import platform
 import random
+import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -71,6 +80,7 @@ class TrainConfig:
     max_minutes: float | None = None     # stop (and save) once this much wall time has passed
     progress: bool = True            # tqdm bar on rank 0
     max_bad_steps: int = 8           # stop (saving nothing) after this many non-finite steps in a row; 0: never
+    save_on_signal: bool = True      # SIGUSR1/SIGTERM during train(): save at the step boundary, raise Preempted
     fp8: FP8Config = field(default_factory=FP8Config)   # FP8 linears via Transformer Engine (model/fp8.py)
 
     def __post_init__(self):
@@ -113,7 +123,7 @@ class TrainConfig:
         for key in ("ckpt_dir", "tensorboard_dir"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 bad(key, "must be None or a path string")
-        for key in ("resume", "progress", "use_distributed_optimizer"):
+        for key in ("resume", "progress", "use_distributed_optimizer", "save_on_signal"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "must be a bool")
         self.fp8 = FP8Config.from_dict(self.fp8)
@@ -140,6 +150,84 @@ def _rank() -> int:
 
 class BadStepsError(RuntimeError):
     """``train.max_bad_steps`` non-finite steps in a row."""
+
+
+class Preempted(RuntimeError):
+    """SIGUSR1/SIGTERM reached a rank during ``train()``: every rank finished the step in flight and
+    saved it (``checkpoint``: its folder, None without a ckpt_dir)."""
+
+    def __init__(self, step: int, signal_name: str, checkpoint: str | None):
+        super().__init__(f"train: {signal_name} received; stopped after step {step} and saved it "
+                         f"({checkpoint or 'no ckpt_dir: nothing saved'})")
+        self.step, self.signal_name, self.checkpoint = step, signal_name, checkpoint
+
+
+class StopSignals:
+    """Within ``with``: SIGUSR1 and SIGTERM set ``received`` (the first one's name) instead of their
+    default action; the previous handlers come back on exit. Python can only install handlers in the
+    main thread: elsewhere it installs nothing (the signals keep their default action).
+
+    ``vincie-train`` enters one before its imports and hands it to ``Trainer.train(stop_signals=...)``,
+    so a signal during start-up (imports, data, resume) is not fatal: the run stops after its first step."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self, enabled: bool = True):
+        self.enabled, self.received, self.signum, self._old = enabled, None, None, {}
+
+    def _on(self, signum, frame):
+        if self.received is None:
+            self.received, self.signum = signal.Signals(signum).name, signum
+
+    def __enter__(self):
+        if self.enabled and threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._on) for s in self.SIGNALS}
+        return self
+
+    @property
+    def installed(self) -> bool:
+        return bool(self._old)
+
+    def ignore_after(self) -> None:
+        """On exit, ignore the signals instead of restoring the old handlers (an exiting process that
+        must keep its exit code; Python keeps SIG_IGN through its shutdown)."""
+        self._old = {s: signal.SIG_IGN for s in self._old}
+
+    def __exit__(self, *exc):
+        for s, old in self._old.items():
+            signal.signal(s, old)
+        self._old = {}
+        return False
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """SIGUSR1/SIGTERM blocked in this thread for the duration.
+
+    Slurm's SIGTERM goes to every process of the job step, and that includes the helper processes
+    that Megatron's ``dist_checkpointing.save`` starts (a spawn Manager, writer processes). One that
+    dies of it breaks the save (BrokenPipeError). A child inherits the blocked mask, so the helpers
+    started here never act on the signal. This process still gets it: on another thread, or once
+    the mask is lifted, and then its handler sets the stop flag."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    # multiprocessing starts its resource tracker with SIGTERM blocked and then UNBLOCKS it, which
+    # would lift our block just before Megatron spawns its Manager: have the tracker running first
+    from multiprocessing import resource_tracker
+    resource_tracker.ensure_running()
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignals.SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _flag_device() -> torch.device:
+    """Where a collective's tensor must live: NCCL takes only CUDA tensors, gloo CPU ones."""
+    if dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 class Trainer:
@@ -173,7 +261,9 @@ class Trainer:
         random.seed(cfg.seed + self.dp_rank)
         np.random.seed(cfg.seed + self.dp_rank)
         torch.manual_seed(cfg.seed + self.dp_rank)
-        self.generator = torch.Generator(device=self.device)
+        # the loss draws its noise on the CPU (diffusion/flow.py) and moves it: a CPU generator, so a
+        # GPU run draws the same numbers as a CPU run
+        self.generator = torch.Generator()
         self.generator.manual_seed(cfg.seed * 1_000_003 + self.dp_rank)
 
         # 2. precision + Megatron DDP (grads land in one contiguous fp32 buffer per dtype)
@@ -256,8 +346,9 @@ class Trainer:
     def save_checkpoint(self) -> str | None:
         if self.cfg.ckpt_dir is None:
             return None
-        return ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
-                         self.state_dict(), keep_last=self.cfg.keep_last)
+        with _stop_signals_blocked():
+            return ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
+                             self.state_dict(), keep_last=self.cfg.keep_last)
 
     def load_checkpoint(self) -> bool:
         """Load ``latest`` from cfg.ckpt_dir if present; True if something was loaded."""
@@ -447,21 +538,26 @@ class Trainer:
         dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
         return t.item() / n
 
-    def _should_stop_for_time(self, t0: float) -> bool:
-        if self.cfg.max_minutes is None:
-            return False
-        flag = torch.tensor([float(time.monotonic() - t0 > 60.0 * self.cfg.max_minutes)])
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)   # every rank stops at the same step
-        return bool(flag.item())
+    def _stop_flags(self, t0: float, signals: StopSignals) -> tuple[bool, bool]:
+        """(time is up, a stop signal came) on any rank: one all-reduce, so every rank stops at the same step."""
+        timed = self.cfg.max_minutes is not None and time.monotonic() - t0 > 60.0 * self.cfg.max_minutes
+        flags = [float(timed), float(signals.received is not None)]
+        if dist.is_initialized() and dist.get_world_size() > 1 and (self.cfg.max_minutes is not None or signals.installed):
+            t = torch.tensor(flags, device=_flag_device())
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            flags = t.tolist()
+        return flags[0] > 0, flags[1] > 0
 
-    def train(self, until: int | None = None) -> list[float]:
+    def train(self, until: int | None = None, stop_signals: StopSignals | None = None) -> list[float]:
         """Run from self.step to cfg.steps (or to step ``until``, or until max_minutes), then save.
 
         The schedule always spans cfg.steps; ``until`` only stops early (as a
         time-out would), so a run split in parts matches an uninterrupted one.
         Returns the losses of the optimizer steps run by this call (skipped steps excluded).
-        Raises BadStepsError after ``train.max_bad_steps`` non-finite steps in a row (nothing saved).
+        Raises BadStepsError after ``train.max_bad_steps`` non-finite steps in a row (nothing saved), and
+        Preempted after saving on SIGUSR1/SIGTERM (``train.save_on_signal``; see the module docstring).
+        ``stop_signals``: an already entered StopSignals (the caller's, kept on return); None: one of its own
+        for the duration of the call when ``train.save_on_signal``.
         """
         from tqdm import tqdm
 
@@ -476,7 +572,11 @@ class Trainer:
         run_losses, window, parts = [], [], {}
         saved_at = None
         self.model.train()
+        own = stop_signals is None
+        signals = StopSignals(cfg.save_on_signal) if own else stop_signals
         try:
+            if own:
+                signals.__enter__()
             while self.step < last:
                 m = self.train_step()
                 thr.data_wait(m["data_wait_s"])
@@ -511,14 +611,25 @@ class Trainer:
                 if not m["skipped"] and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
-                if self._should_stop_for_time(t0):
+                timed_out, signalled = self._stop_flags(t0, signals)
+                if signalled:
+                    # the signal may have reached another rank only
+                    name = signals.received or "a stop signal (on another rank)"
+                    if main:
+                        bar.write(f"stopping at step {self.step}: {name} received; saving step {self.step}")
+                    path = self.save_checkpoint() if saved_at != self.step else (
+                        ckpt.step_dir(cfg.ckpt_dir, self.step) if cfg.ckpt_dir is not None else None)
+                    raise Preempted(self.step, name, path)
+                if timed_out:
                     if main:
                         bar.write(f"stopping at step {self.step}: max_minutes={cfg.max_minutes} reached")
                     break
             if saved_at != self.step:
                 self.save_checkpoint()
         finally:
+            if own:
+                signals.__exit__(None, None, None)
             bar.close()
             writer.close()
-        self.losses.extend(run_losses)
+            self.losses.extend(run_losses)
         return run_losses

@@ -1,0 +1,31 @@
+"""The two gloo processes of test_preemption.py's rank-0 test, in a module of their own: a spawned
+child imports only this (and vincie_mcore.build), not the test module's Megatron."""
+import os
+
+
+def rank0_worker(rank, folder):
+    import time
+
+    import torch.distributed as dist
+
+    from vincie_mcore.build import _on_rank0
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
+    mark = os.path.join(folder, "built")
+
+    def build(fail):
+        time.sleep(1.0)                              # slow enough for rank 1 to arrive first
+        if fail:
+            raise OSError("disk full")
+        open(mark, "w").write(f"by rank {dist.get_rank()}")
+        return mark
+
+    try:
+        got = _on_rank0(lambda: build(False))
+        open(os.path.join(folder, f"got{rank}"), "w").write(f"{got} {open(got).read()}")
+        try:
+            _on_rank0(lambda: build(True))
+        except (RuntimeError, OSError) as e:
+            open(os.path.join(folder, f"error{rank}"), "w").write(f"{type(e).__name__}: {e}")
+    finally:
+        dist.destroy_process_group()

@@ -1,0 +1,185 @@
+"""Preemption and requeue on a real local Slurm (../shared/recipes/slurm-ci.sh, tests/slurm_cluster.py).
+
+``sbatch slurm/train_7b.sh`` with tiny overrides, on 2 fake GPUs: 2 srun tasks, gloo on CPU, DP2, on
+one prebuilt tiny store shared by three runs: one uninterrupted; one that ``scontrol requeue`` kills
+mid-run (SIGTERM to the batch script and the ranks); one that gets SIGUSR1 mid-run
+(``scancel --signal=USR1 --batch``, as ``#SBATCH --signal=B:USR1@120`` sends it), whose ranks save
+the step in flight and exit with 75, on which the script requeues the job itself. Both interrupted
+runs must end with the final loss and the final weights of the uninterrupted run, bit for bit.
+
+Slurm keeps a requeued job pending for about two minutes (Reason=BeginTime); the test moves its
+start time to now (``scontrol update StartTime=now``), which is all that waiting would do. The runs
+share the node (``--oversubscribe``): 2 at a time on 2 CPUs.
+"""
+import json
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
+
+STEPS = 40                # tiny steps (~0.1 s): room to interrupt a run after its step-8 save
+TINY = ["model=tiny", "model.num_layers=2", "model.mm_layers=1", "data=synthetic", "train=tiny",
+        "parallel.tp=1", "parallel.cp=1", "parallel.sp=false", f"train.steps={STEPS}", "train.save_every=8",
+        "train.log_every=1", "train.warmup=0", "train.progress=false", "data.pack.token_budget=400",
+        "data.corpus.workers=1"]
+ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """A tiny synthetic session store (8 videos), built once for the module's three runs."""
+    from vincie_mcore.build import data_configs
+    from vincie_mcore.config import load_config
+    from vincie_mcore.data.corpus import synthesize_store
+
+    dc = data_configs(load_config(["data.corpus.workers=1"]))
+    c = dc["corpus"]
+    return synthesize_store(tmp_path_factory.mktemp("store"), 8, dc["world"], c, c.sampling, 0)
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _submit(cluster, folder: Path, store) -> tuple[str, dict]:
+    folder.mkdir()
+    env = dict(cluster, VINCIE_PYTHON=sys.executable, OMP_NUM_THREADS="1", VINCIE_PORT=str(_port()),
+               PYTHONUNBUFFERED="1")          # the console log is how the test sees the steps go by
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=2", "--oversubscribe",
+                        f"--chdir={folder}", str(REPO / "slurm" / "train_7b.sh"), *TINY,
+                        f"data.corpus.store={store}", f"run_dir={folder / 'run'}"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.strip().split(";")[0], env
+
+
+def _job(env, job) -> dict:
+    out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+
+
+def _log(folder: Path) -> str:
+    return "".join(p.read_text(errors="replace") for p in sorted(folder.glob("*.out")))
+
+
+def _steps_logged(folder: Path) -> int:
+    return len(re.findall(r"^step +\d+ \| loss", _log(folder), flags=re.M))
+
+
+def _wait(cond, timeout=240.0, what="condition"):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if cond():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _start_requeued(env, job, f: dict) -> None:
+    """A requeued job starts at once instead of after Slurm's delay."""
+    if f.get("JobState") == "PENDING" and f.get("Reason") == "BeginTime":
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
+
+
+def _to_the_end(env, jobs: dict, timeout=300.0) -> dict:
+    """Wait for all ``jobs`` ({job id: its folder}) to end; their final scontrol fields by job id."""
+    end, done = time.monotonic() + timeout, {}
+    while time.monotonic() < end and len(done) < len(jobs):
+        for job in jobs:
+            if job not in done:
+                f = _job(env, job)
+                _start_requeued(env, job, f)
+                if f.get("JobState") in ENDED:
+                    done[job] = f
+        time.sleep(0.2)
+    for job, folder in jobs.items():
+        if job not in done:
+            subprocess.run(["scancel", job], env=env)
+            raise AssertionError(f"job {job} did not end: {_log(folder)[-3000:]}")
+    return done
+
+
+def _final(folder: Path):
+    """(loss logged at the last step, every tensor of the last checkpoint)."""
+    import torch
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    ea = EventAccumulator(str(folder / "run" / "tensorboard"))
+    ea.Reload()
+    loss = [e.value for e in ea.Scalars("train/loss") if e.step == STEPS]
+    dcp_to_torch_save(str(folder / "run" / "checkpoints" / f"step_{STEPS:07d}"), str(folder / "final.pt"))
+    tensors = {k: v for k, v in torch.load(folder / "final.pt", weights_only=False).items()
+               if isinstance(v, torch.Tensor)}
+    return loss[-1], tensors
+
+
+def _starts(folder: Path) -> list[int]:
+    """start_step of every start of the run (run_info.json keeps the earlier ones under "previous")."""
+    info = json.loads((folder / "run" / "run_info.json").read_text())
+    return [p["start_step"] for p in info["previous"]] + [info["start_step"]]
+
+
+def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, store, tmp_path):
+    plain, env = _submit(slurm_cluster, tmp_path / "plain", store)
+    usr1, env1 = _submit(slurm_cluster, tmp_path / "usr1", store)
+    requeue, env2 = _submit(slurm_cluster, tmp_path / "requeue", store)
+    folders = {plain: tmp_path / "plain", usr1: tmp_path / "usr1", requeue: tmp_path / "requeue"}
+
+    # Both interruptions come from one polling loop, each as soon as its run is far enough:
+    # - SIGUSR1 to the batch script after step 3: the ranks finish their step, save it, exit 75, and
+    #   the script requeues the job;
+    # - scontrol requeue after the periodic save of step 8: Slurm's SIGTERM (the ranks may or may not
+    #   finish a save of their own before KillWait's SIGKILL), then the job runs again from a checkpoint.
+    todo = {"usr1": (lambda: _steps_logged(tmp_path / "usr1") >= 3,
+                     ["scancel", "--signal=USR1", "--batch", usr1], env1),
+            "requeue": (lambda: (tmp_path / "requeue" / "run" / "checkpoints" / "latest").is_file(),
+                        ["scontrol", "requeue", requeue], env2)}
+
+    def interrupt_when_ready():
+        for job in folders:
+            _start_requeued(env, job, _job(env, job))
+        for name, (ready, cmd, e) in list(todo.items()):
+            if ready():
+                subprocess.run(cmd, env=e, check=True)
+                del todo[name]
+        return not todo
+
+    _wait(interrupt_when_ready, what=f"runs to interrupt: {sorted(todo)}")
+    for job, f in _to_the_end(env, folders).items():
+        assert (f["JobState"], f["ExitCode"], f["Restarts"]) == ("COMPLETED", "0:0", "0" if job == plain else "1"), \
+            _log(folders[job])[-3000:]
+    log = _log(tmp_path / "usr1")
+    stopped = int(re.search(r"stopping at step (\d+): SIGUSR1 received", log).group(1))
+    assert 3 <= stopped < STEPS and "requeuing job" in log, log[-3000:]
+    assert _starts(tmp_path / "plain") == [0]
+    assert _starts(tmp_path / "usr1") == [0, stopped]        # resumed at the step it stopped at: none lost
+    starts = _starts(tmp_path / "requeue")
+    assert len(starts) == 2 and starts[1] >= 8
+    assert "layout: 1 node(s) x 2 GPU(s) = 2 ranks = TP 1 x CP 1 x DP 2" in _log(tmp_path / "plain")
+
+    loss, weights = _final(tmp_path / "plain")
+    for name in ("usr1", "requeue"):
+        l2, w2 = _final(tmp_path / name)
+        assert l2 == loss, (name, l2, loss)
+        assert w2.keys() == weights.keys() and all(w2[k].equal(weights[k]) for k in weights), name
+
+
+def test_a_layout_that_does_not_fit_is_refused_in_one_line(slurm_cluster, tmp_path):
+    env = dict(slurm_cluster, VINCIE_PYTHON=sys.executable)
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=2", "--oversubscribe",
+                        f"--chdir={tmp_path}", str(REPO / "slurm" / "train_7b.sh"), "model=tiny"],
+                       env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
+    job = r.stdout.strip().split(";")[0]
+    f = _to_the_end(env, {job: tmp_path}, timeout=120)[job]
+    assert (f["JobState"], f["ExitCode"]) == ("FAILED", "2:0")
+    assert _log(tmp_path).strip() == \
+        "error: parallel: tp*cp = 4*2 = 8 does not divide the allocation's 2 GPUs (1 node(s) x 2)"
+    assert not list(tmp_path.glob("runs"))                   # no rank started
