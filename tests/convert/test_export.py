@@ -129,6 +129,22 @@ def test_cli_export_bf16_prints_stats(trained, tmp_path, capsys):
     assert torch.equal(m.state_dict()["img_embedder.weight"], params["img_embedder.weight"].bfloat16().float())
 
 
+def test_export_after_a_crash_mid_replace_reads_the_prev_copy(trained, tmp_path):
+    """A save that repeats a step moves the good copy to step_N.prev first (train/checkpoint.py); a crash
+    before the new copy is renamed in leaves only the .prev folder, which the export must still find."""
+    import shutil
+    from vincie_mcore.train.checkpoint import PREV, latest_step, step_dir
+    work, ckpt, params = trained
+    crashed = tmp_path / "ckpt"
+    shutil.copytree(ckpt, crashed)
+    shutil.copy(work / "config.yaml", tmp_path / "config.yaml")
+    s = latest_step(str(crashed))
+    os.rename(step_dir(str(crashed), s), step_dir(str(crashed), s) + PREV)
+    hf.export_checkpoint(str(crashed), tmp_path / "out")
+    got = load_file(str(tmp_path / "out" / SINGLE))
+    assert all(torch.equal(got[n], t) for n, t in params.items())
+
+
 # ----------------------------------------------------------------------------
 # Refusals: one line, naming the bad thing
 # ----------------------------------------------------------------------------

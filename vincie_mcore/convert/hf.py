@@ -41,7 +41,7 @@ def locate(path, config=None) -> tuple[Path, dict, object | None]:
     The model config comes from ``config`` (a YAML file: a run's config.yaml or just the ``model``
     group), else from the config.yaml of the run folder the checkpoint sits in.
     """
-    from ..train.checkpoint import latest_step, step_dir
+    from ..train.checkpoint import complete_dir, latest_step
 
     p = Path(path)
     if not p.is_dir():
@@ -56,7 +56,7 @@ def locate(path, config=None) -> tuple[Path, dict, object | None]:
         s = latest_step(str(p)) if p.is_dir() else None
         if s is None:
             raise ExportError(f"checkpoint: no complete checkpoint in {p} (no 'latest' and no .metadata)")
-        step = Path(step_dir(str(p), s))
+        step = Path(complete_dir(str(p), s))          # the step's folder, or its .prev after a crash mid-replace
     if run_cfg_file is None:
         for up in (step.parent, step.parent.parent):
             if (up / "config.yaml").is_file():

@@ -64,7 +64,7 @@ def step_dir(ckpt_dir: str, step: int) -> str:
 PREV = ".prev"      # the previous folder of a step being saved again (see the module docstring)
 
 
-def _complete_dir(ckpt_dir: str, step: int) -> str | None:
+def complete_dir(ckpt_dir: str, step: int) -> str | None:
     """The folder holding step ``step``: ``step_XXXXXXX/``, else its ``.prev`` (a crash mid-replace), else None."""
     for path in (step_dir(ckpt_dir, step), step_dir(ckpt_dir, step) + PREV):
         if os.path.isdir(path):
@@ -372,7 +372,7 @@ def latest_step(ckpt_dir: str) -> int | None:
     if not text.isdigit():
         raise ValueError(f"checkpoint: {f} holds {text!r}, not a step number")
     step = int(text)
-    if _complete_dir(ckpt_dir, step) is None:
+    if complete_dir(ckpt_dir, step) is None:
         raise FileNotFoundError(f"checkpoint: {f} points at step {step} but {step_dir(ckpt_dir, step)} is missing")
     return step
 
@@ -457,7 +457,7 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
         step = latest_step(ckpt_dir)
         if step is None:
             return None
-    path = _complete_dir(ckpt_dir, step)
+    path = complete_dir(ckpt_dir, step)
     if path is None:
         raise FileNotFoundError(f"checkpoint.load: no checkpoint folder {step_dir(ckpt_dir, step)}")
 
