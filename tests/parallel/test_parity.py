@@ -126,6 +126,7 @@ def _assert_parity(results):
         print(line)
         assert r["sequence_parallel"] == r["layout"]["sp"]
         assert len(r["cp_local_tokens"]) == r["layout"]["cp"]
+        assert r["flops_rel_diff"] < 1e-9, f"{r['layout']}: per-device FLOPs do not add up to one device's"
         for k in ("loss", "grad", "param"):
             v = r[f"max_rel_diff_{k}"]
             assert not math.isnan(v) and v <= TOL, f"{r['layout']} {r['mask']}: {k} diff {v:.3g} at {r[f'worst_{k}']}"

@@ -222,7 +222,14 @@ def _worker(rank: int, run: dict):
                        progress=False, seed=run["seed"])
     trainer = Trainer(tcfg, model, parity_loss, stream, device="cpu")
 
-    grads, step_fn = {}, trainer.optimizer_step
+    grads, step_fn, train_step = {}, trainer.optimizer_step, trainer.train_step
+    step_flops = []
+
+    def train_step_and_capture():            # this device's FLOPs of each step, as the trainer logs them
+        m = train_step()
+        step_flops.append(m["flops"])
+        return m
+    trainer.train_step = train_step_and_capture
 
     def step_and_capture(grad_norm):        # the gradient the optimizer is about to use, first step only
         if not grads:
@@ -241,7 +248,7 @@ def _worker(rank: int, run: dict):
     res = dict(rank=rank, tp_rank=dims.tp_rank, cp_rank=dims.cp_rank, dp_rank=dims.dp_rank,
                local_tokens=(sh.txt_rows.stop - sh.txt_rows.start, sh.img_rows.stop - sh.img_rows.start),
                sequence_parallel=bool(model.config.sequence_parallel),
-               losses=list(trainer.losses), resumed_from=trainer.resumed_from, seconds=seconds,
+               losses=list(trainer.losses), resumed_from=trainer.resumed_from, seconds=seconds, step_flops=step_flops,
                dims={n: tp_dim(p) for n, p in model.named_parameters()},
                grads=grads, params={n: p.detach().clone() for n, p in model.named_parameters()},
                )
@@ -356,6 +363,9 @@ def check_layouts(layouts: list[Layout], mask: str, steps: int, *, tokens: int =
             t0 = time.perf_counter()
             ranks = run_layout(L, mask, steps, work_dir, **common)
             res = compare(ref, ranks)
+            # every device logs its share: the shares of one step add up to the one-device count
+            total = sum(r["step_flops"][0] for r in ranks)
+            res["flops_rel_diff"] = abs(total - ref["step_flops"][0]) / ref["step_flops"][0]
             ok = all(res[f"max_rel_diff_{k}"] <= tol for k in ("loss", "grad", "param"))
             dp0 = sorted((r for r in ranks if r["dp_rank"] == 0 and r["tp_rank"] == 0), key=lambda r: r["cp_rank"])
             results.append(dict(layout=asdict(L), mask=mask, steps=steps, tokens_per_step=tokens, parts=parts,

@@ -268,6 +268,11 @@ class Trainer:
 
         # 2. precision + Megatron DDP (grads land in one contiguous fp32 buffer per dtype)
         mcfg = model.config
+        # devices that share this replica's step (the model's FLOP count is per replica); CP lives in
+        # Megatron's groups, not in the model's TransformerConfig
+        from megatron.core import parallel_state as ps
+        self._tp_cp = (ps.get_tensor_model_parallel_world_size() * ps.get_context_parallel_world_size()
+                       if ps.model_parallel_is_initialized() else 1)
         prepare_fp8_model(cfg.fp8, model)      # checks; torchao: converts the plain linears in place
         if cfg.bf16:
             if not getattr(mcfg, "bf16", False):
@@ -414,7 +419,7 @@ class Trainer:
             "grad_norm": grad_norm,
             "lr": lr,
             "tokens": int(tokens) if tokens is not None else batch_tokens(batch),
-            "flops": model_flops(self.model, batch),
+            "flops": self._device_flops(batch),
             "skipped": bad,
             "data_wait_s": data_wait_s,
             "loss_parts": metrics.get("loss_parts") or {},
@@ -427,6 +432,12 @@ class Trainer:
     # (ChainedOptimizer.step, which the others match); it is split here so a non-finite norm is seen
     # before anything (scheduler included) moves, with the same calls, so a good step is bit-identical.
     # The trainer never calls optimizer.step(): wrap optimizer_step() to see the grads it will use.
+    def _device_flops(self, batch) -> float | None:
+        """This device's share of the step's FLOPs: the model's count is for the whole replica, whose
+        tp x cp devices split it (each DP replica counts its own batch), so TFLOP/s is per device."""
+        f = model_flops(self.model, batch)
+        return None if f is None else f / self._tp_cp
+
     def _prepare_grads(self) -> tuple[bool, float | None]:
         """(inf found by a grad scaler, global grad norm) of the main grads."""
         found_inf = self.optimizer.prepare_grads()
