@@ -58,8 +58,8 @@ class OfficialEditor:
     def __init__(self, model, text_encoder, image_encoder, pack_cfg, sampler: SamplerConfig | None = None,
                  area: int | None = None, device="cpu", negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
                  prefix: str = ""):
-        inner = _inner_model(model)
-        if inner is None or inner.cfg.variant != "official":
+        inner = _inner_model(model) or model         # a Megatron model (maybe wrapped) or hf's VincieMMDiT
+        if getattr(getattr(inner, "cfg", None), "variant", None) != "official":
             raise ValueError(f"model.variant: the official editor needs an official-variant model, got "
                              f"{getattr(getattr(inner, 'cfg', None), 'variant', type(model).__name__)!r}")
         if text_encoder.dim != inner.cfg.text_dim:
@@ -79,7 +79,9 @@ class OfficialEditor:
         return self.pack_cfg.patch_size * getattr(self.image, "downsample", 1)
 
     def kv_cache_reason(self) -> str:
-        return self.inner.kv_cache_support()
+        if hasattr(self.inner, "kv_cache_support"):
+            return self.inner.kv_cache_support()
+        return "kv_cache: the official variant attends over every frame of a session under one t (full mask)"
 
     def fit(self, image) -> np.ndarray:
         """uint8 [H, W, 3] -> the release's model input size: area resize (bicubic), centre crop to the multiple."""
