@@ -4,7 +4,9 @@
 The model is the golden fixture's tiny 3B-shaped release (tests/fixtures/official/, the official DiT's own
 weights layout) imported by the real ``import_official``; the VAE is the official 3B VAE fixture
 (tests/fixtures/official_vae/, saved as a ``vae.pth``); the text encoder a tiny random T5 saved with
-``save_pretrained`` (the 7B's Flan-UL2 kind, 24-d to fit the fixture's text width).
+``save_pretrained`` (the 7B's Flan-UL2 kind, 24-d to fit the fixture's text width). The last tests cover the
+Hugging Face side: the plain ``VincieMMDiT`` against the official outputs and the Megatron model, and an export
+of the import folder editing through ``VincieEditPipeline``.
 """
 import json
 import subprocess
