@@ -148,6 +148,11 @@ def build_training(cfg):
 
 def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
     dc = data_configs(cfg)
+    if cfg.model.get("variant") == "official":         # the released models' sampling (infer/official_editor.py)
+        from .infer.official_editor import OfficialEditor
+        return OfficialEditor(model, text_encoder, image_encoder, dc["pack"],
+                              build(SamplerConfig, cfg.sampler, "sampler"), area=dc["corpus"].image_size,
+                              device="cuda" if torch.cuda.is_available() else "cpu")
     return Editor(model, text_encoder, image_encoder, dc["pack"], build(FlowConfig, cfg.flow, "flow"),
                   build(SamplerConfig, cfg.sampler, "sampler"),
                   device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
@@ -167,10 +172,16 @@ def load_run(run_dir, overrides: list[str] | None = None):
     cfg = OmegaConf.load(cfg_path)
     if overrides:
         cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    for group in ("text_encoder", "image_encoder"):     # e.g. an import-official folder without encoder paths
+        missing = OmegaConf.missing_keys(cfg.data.get(group) or {})
+        if missing:
+            key = sorted(missing)[0]                     # the full key, e.g. data.text_encoder.path
+            raise ValueError(f"{key}: not set in {cfg_path} (give it, e.g. --set {key}=PATH)")
     dc = data_configs(cfg)
     init_parallel(cfg)
     model = make_model(cfg)
-    ckpt = Path(cfg.train.get("ckpt_dir") or run / "checkpoints")
+    # a training run keeps checkpoints/ beside config.yaml; an import-official folder is its ckpt_dir itself
+    ckpt = Path(cfg.train.get("ckpt_dir") or (run if (run / "latest").exists() else run / "checkpoints"))
     if checkpoint.load(str(ckpt), model) is None:
         raise FileNotFoundError(f"run_dir: no complete checkpoint under {ckpt}")
     model.eval()

@@ -170,6 +170,9 @@ def application(name: str, argv: list[str]) -> int:
     from vincie_mcore.infer import applications as apps
     try:
         cfg, model, text, img = load_run(a.run, a.set)
+        if cfg.model.get("variant") == "official":     # the release was trained on edit sessions only
+            raise ValueError(f"vincie-edit {name}: not for model.variant 'official' (the released models edit "
+                             f"turn by turn: vincie-edit --run {a.run} --image ... --prompt ...)")
         editor = make_editor(cfg, model, text, img)
         recipe = data_configs(cfg)["recipe"]
         if name == "chain":

@@ -51,6 +51,8 @@ class Backend:
     device: str = "cpu"
     image_size: tuple[int, int] | None = None     # (H, W) the model was trained at, when known
     examples: list = field(default_factory=list)  # [(png path, prompt)] for the page's examples
+    area: int | None = None         # official variant: the area side images are fitted to (infer/official_editor.py)
+    variant: str = "paper"          # model.variant: "official" edits with OfficialEditor
 
     @classmethod
     def from_run(cls, run_dir, overrides: list[str] | None = None) -> "Backend":
@@ -64,7 +66,8 @@ class Backend:
         if world is not None and world.get("image_px"):
             size = (int(world.image_px), int(world.image_px))
         return cls(model, text, image, ed.pack_cfg, ed.flow_cfg, ed.sampler, ed.mask_type, f"run {run_dir}",
-                   str(ed.device), size, _heldout_examples(Path(run_dir)))
+                   str(ed.device), size, _heldout_examples(Path(run_dir)), area=getattr(ed, "area", None),
+                   variant=str(cfg.model.get("variant", "paper")))
 
     @classmethod
     def from_export(cls, folder, device: str = "cpu") -> "Backend":
@@ -77,6 +80,8 @@ class Backend:
 
     @property
     def size_multiple(self) -> int:
+        if self.variant == "official":       # its editor fits any start image (area resize + crop), as the release
+            return 1
         return self.pack_cfg.patch_size * getattr(self.image_encoder, "downsample", 1)
 
     def editor(self, steps: int, guidance: float, seed: int) -> Editor:
@@ -84,6 +89,10 @@ class Backend:
             sampler = dataclasses.replace(self.sampler, steps=int(steps), guidance=float(guidance), seed=int(seed))
         except ValueError as e:                       # SamplerConfig names the bad setting
             raise AppError(str(e)) from None
+        if self.variant == "official":
+            from ..infer.official_editor import OfficialEditor
+            return OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack_cfg, sampler,
+                                  area=self.area, device=self.device)
         return Editor(self.model, self.text_encoder, self.image_encoder, self.pack_cfg, self.flow_cfg, sampler,
                       device=self.device, mask_type=self.mask_type)
 
@@ -165,7 +174,7 @@ class WebSession:
                            f"(patch x VAE factor){want}")
         self.session = self.backend.editor(1, 1.0, 0).start(a)
         self.turns = []
-        return a
+        return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
 
     def _fit(self, a: np.ndarray) -> np.ndarray:
         """Centre-crop and resize to the training size (the real-video builder's ``fit_frame`` policy)."""

@@ -49,7 +49,9 @@ def locate(path, config=None) -> tuple[Path, dict, object | None]:
     run_cfg_file = None
     if (p / "config.yaml").is_file():                        # a run folder
         run_cfg_file = p / "config.yaml"
-        p = Path(_load_yaml_config(run_cfg_file).get("train", {}).get("ckpt_dir") or p / "checkpoints")
+        # (an import-official folder is its own ckpt_dir: 'latest' beside config.yaml, as build.load_run reads it)
+        p = Path(_load_yaml_config(run_cfg_file).get("train", {}).get("ckpt_dir")
+                 or (p if (p / "latest").is_file() else p / "checkpoints"))
     if (p / ".metadata").is_file():                          # a step folder
         step = p
     else:

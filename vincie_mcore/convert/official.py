@@ -255,13 +255,21 @@ def load_official(model, dit) -> ImportPlan:
 # A training checkpoint at any layout
 # ----------------------------------------------------------------------------
 
+# The release's sampler (configs/generate.yaml, generate_7b.yaml), written into an import's config.yaml so
+# ``vincie-edit`` / ``vincie-app`` on the folder sample as ``generate.py`` does (docs/official.md).
+RELEASE_SAMPLER = {"official_3b": dict(steps=50, shift=12.0, guidance=7.5),
+                   "official_7b": dict(steps=50, shift=10.0, guidance=10.0)}
+
+
 def _compose(preset: str | None, model_config, overrides):
     from omegaconf import OmegaConf
 
-    from ..config import load_config
+    from ..config import CONFIG_DIR, load_config
     ov = list(overrides or [])
     if preset:
-        ov = [f"model={preset}"] + ov
+        # the preset's encoders (data group of the same name) and sampler; the user's overrides come after
+        data = [f"data={preset}"] if (Path(CONFIG_DIR) / "data" / f"{preset}.yaml").is_file() else []
+        ov = [f"model={preset}"] + data + [f"sampler.{k}={v}" for k, v in RELEASE_SAMPLER.get(preset, {}).items()] + ov
     cfg = load_config(ov)
     if model_config is not None:
         OmegaConf.set_struct(cfg, False)
@@ -341,6 +349,20 @@ def import_official(dit, out, preset: str | None = None, model_config=None, over
         f = Path(out) / f"import_rank{r}.log"
         if f.exists() and not f.read_text().strip():
             f.unlink()
+    _write_run_config(cfg, out)
     return {"ckpt_dir": str(out), "step": 0, "world": world, "tp": tp, "cp": cp, "dp": dp,
             "tensors": len(plan.targets), "zeros": len(plan.zero), "ignored": len(plan.ignored),
             "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _write_run_config(cfg, out) -> None:
+    """``out/config.yaml``: makes the import a run folder (``build.load_run``, ``vincie-edit --run``,
+    ``vincie-app --run``). The checkpoint loads at any layout, so the file holds the one-process layout an
+    editor runs at (a training launch sets its own); ``train.ckpt_dir`` is left unset: ``load_run`` finds
+    the checkpoint beside the file. Encoder paths the user did not give stay ``???`` and are named by
+    ``load_run`` when it needs them."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(cfg, {"parallel": {"tp": 1, "cp": 1, "dp": None, "sp": False},
+                                "train": {"ckpt_dir": None}, "run_dir": str(out)})
+    (Path(out) / "config.yaml").write_text(OmegaConf.to_yaml(cfg))

@@ -1,6 +1,7 @@
 """VincieMMDiT: the VINCIE MM-DiT in plain PyTorch (torch.nn only), loadable from an exported folder.
 
-The same math as ``vincie_mcore/model/mmdit.py`` for one device: no Megatron-Core, no process
+The same math as ``vincie_mcore/model/mmdit.py`` (and ``model/official.py`` for ``variant: official``, the
+released VINCIE-3B/7B; docs/official.md) for one device: no Megatron-Core, no process
 groups, no tensor/sequence/context parallelism, the torch attention core only. Parameter names
 are the Megatron model's single-device state-dict names (the exported tensor names,
 docs/export.md), so ``load_state_dict`` takes a training model's ``state_dict()`` (minus
@@ -36,7 +37,9 @@ IMPLEMENTED = frozenset((
     "hidden_size", "num_layers", "mm_layers", "num_heads", "head_dim", "ffn_hidden_size", "text_dim", "patch_dim",
     "max_turns", "rope_theta", "image_abs_pos_grid", "text_adaln", "rope_axes_dim", "softmax_scale", "adaln",
     "adaln_zero_init", "norm_eps", "qk_norm_eps", "frequency_embedding_size", "timestep_scale", "init_method_std",
-    "attention_backend", "transformer_impl"))
+    "attention_backend", "transformer_impl",
+    # the released models (model/official.py); rope_image_origin only places positions in the batch
+    "variant", "image_in_dim", "text_proj", "rope_image_origin"))
 
 
 def check_supported(cfg: MMDiTConfig) -> None:
@@ -126,10 +129,10 @@ class Projections(nn.Module):
 class SwiGLU(nn.Module):
     """linear_fc1 (D -> 2F, rows [gate; up]) -> silu(gate) * up -> linear_fc2 (F -> D)."""
 
-    def __init__(self, D: int, F_: int):
+    def __init__(self, D: int, F_: int, bias: bool = True):
         super().__init__()
-        self.linear_fc1 = nn.Linear(D, 2 * F_)
-        self.linear_fc2 = nn.Linear(F_, D)
+        self.linear_fc1 = nn.Linear(D, 2 * F_, bias=bias)
+        self.linear_fc2 = nn.Linear(F_, D, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         a, b = torch.chunk(self.linear_fc1(x), 2, dim=-1)
@@ -144,13 +147,17 @@ class Block(nn.Module):
         self.names = ("txt", "img") if dual else ("joint",)
         self.stream_weights = (0, 1) if dual else (0, 0)
         self.norm_eps = cfg.norm_eps
+        self.official = cfg.variant == "official"       # weightless RMSNorm pre-norms, SwiGLU without biases
         self.scale = cfg.softmax_scale or 1.0 / math.sqrt(cfg.head_dim)
         adaln = AdaLNTable if cfg.adaln == "single" else AdaLNLinear
         self.adaln = nn.ModuleDict({n: adaln(cfg.hidden_size, 6) for n in self.names})
         self.attention = nn.ModuleDict({n: Projections(cfg) for n in self.names})
-        self.mlp = nn.ModuleDict({n: SwiGLU(cfg.hidden_size, cfg.ffn_hidden_size) for n in self.names})
+        self.mlp = nn.ModuleDict({n: SwiGLU(cfg.hidden_size, cfg.ffn_hidden_size, bias=not self.official)
+                                  for n in self.names})
 
     def _norm(self, x):
+        if self.official:
+            return F.rms_norm(x, (x.shape[-1],), eps=self.norm_eps)
         return F.layer_norm(x, (x.shape[-1],), eps=self.norm_eps)
 
     def forward(self, streams, c, shared, stream_blocks, rope, spec):
@@ -184,6 +191,45 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(F.layer_norm(x, (x.shape[-1],), eps=self.norm_eps), shift, scale))
 
 
+class OfficialFinalLayer(nn.Module):
+    """The release's: RMSNorm (weight) -> modulate(attention shift/scale of adaLN-single's shared + table)
+    -> Linear(D, patch_dim) (as model/official.py)."""
+
+    def __init__(self, cfg: MMDiTConfig):
+        super().__init__()
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.table = nn.Parameter(torch.zeros(2, cfg.hidden_size))
+        self.linear = nn.Linear(cfg.hidden_size, cfg.patch_dim)
+
+    def forward(self, x, shared, token_blocks):
+        mod = shared.reshape(shared.shape[0], 6, -1)[:, :2] + self.table                  # (nb, 2, D)
+        shift, scale = mod.index_select(0, token_blocks).unsqueeze(1).unbind(2)           # (S, 1, D) each
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class OfficialTextEmbedder(nn.Module):
+    """The release's text input (as model/official.py): ``<TURN>_i`` rows replaced by row i of a table in the
+    text encoder's space, then Linear (3B) or Linear-GELU(tanh)-Linear-RMSNorm (7B)."""
+
+    def __init__(self, cfg: MMDiTConfig):
+        super().__init__()
+        mlp = cfg.text_proj == "mlp_norm"
+        self.max_turns = cfg.max_turns
+        self.turn_embedding = nn.Embedding(cfg.max_turns, cfg.text_dim)
+        self.fc1 = nn.Linear(cfg.text_dim, cfg.text_dim) if mlp else None
+        self.proj = nn.Linear(cfg.text_dim, cfg.hidden_size)
+        self.norm = nn.RMSNorm(cfg.hidden_size, eps=cfg.norm_eps) if mlp else None
+
+    def forward(self, txt_emb, txt_turn):
+        if txt_turn.numel() and int(txt_turn.max()) >= self.max_turns:
+            raise ValueError(f"txt_turn: turn index {int(txt_turn.max())} >= max_turns={self.max_turns}")
+        x = torch.where((txt_turn >= 0)[:, None], self.turn_embedding(txt_turn.clamp(min=0)), txt_emb)
+        if self.fc1 is not None:
+            x = F.gelu(self.fc1(x), approximate="tanh")
+        x = self.proj(x)
+        return self.norm(x) if self.norm is not None else x
+
+
 # ----------------------------------------------------------------------------
 # The model
 # ----------------------------------------------------------------------------
@@ -201,15 +247,18 @@ class VincieMMDiT(nn.Module):
         check_supported(cfg)
         self.cfg = cfg
         D = cfg.hidden_size
-        self.img_embedder = nn.Linear(cfg.patch_dim, D)
-        self.txt_embedder = TextEmbedder(cfg.text_dim, D, cfg.max_turns, cfg.init_method_std)
+        self.official = cfg.variant == "official"
+        self.in_dim = cfg.image_in_dim or cfg.patch_dim
+        self.img_embedder = nn.Linear(self.in_dim, D)
+        self.txt_embedder = OfficialTextEmbedder(cfg) if self.official else \
+            TextEmbedder(cfg.text_dim, D, cfg.max_turns, cfg.init_method_std)
         n = cfg.image_abs_pos_grid
         self.img_pos_embedder = nn.Embedding(n * n, D) if n else None
         self.t_embedder = TimestepEmbedder(D, cfg.frequency_embedding_size, cfg.timestep_scale, cfg.init_method_std)
         self.text_cond = nn.Linear(cfg.text_dim, D) if cfg.text_adaln else None
         self.adaln_single = nn.Linear(D, 6 * D) if cfg.adaln == "single" else None
         self.layers = nn.ModuleList([Block(cfg, dual=i < cfg.mm_layers) for i in range(cfg.num_layers)])
-        self.final_layer = FinalLayer(cfg)
+        self.final_layer = OfficialFinalLayer(cfg) if self.official else FinalLayer(cfg)
 
     @property
     def config(self) -> dict:
@@ -220,6 +269,14 @@ class VincieMMDiT(nn.Module):
     def rope(self, batch: PackedBatch):
         """cos, sin [S, head_dim/2] (as MMDiT.rope)."""
         cfg = self.cfg
+        if self.official:          # text (j, j, j) over the three axes; channels after them unrotated
+            tpos = batch.txt_pos if batch.txt_pos.dim() == 2 else batch.txt_pos[:, None].expand(-1, 3)
+            ct, st = rope_cos_sin(tpos, cfg.rope_axes_dim, cfg.rope_theta)
+            ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)
+            cos, sin = torch.cat([ct, ci]), torch.cat([st, si])
+            free = cfg.head_dim // 2 - cos.shape[1]
+            return (torch.cat([cos, cos.new_ones(cos.shape[0], free)], 1),
+                    torch.cat([sin, sin.new_zeros(sin.shape[0], free)], 1))
         txt_axes = (cfg.head_dim,) if batch.txt_pos.dim() == 1 else cfg.rope_axes_dim
         ct, st = rope_cos_sin(batch.txt_pos, txt_axes, cfg.rope_theta)
         ci, si = rope_cos_sin(batch.img_pos, cfg.rope_axes_dim, cfg.rope_theta)
@@ -242,8 +299,9 @@ class VincieMMDiT(nn.Module):
     def forward(self, x_img: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
         """x_img [S_img, patch_dim] -> [S_img, patch_dim] (the image stream's prediction)."""
         cfg, spec = self.cfg, batch.spec
-        if x_img.dim() != 2 or x_img.shape[1] != cfg.patch_dim:
-            raise ValueError(f"x_img: expected [S_img, patch_dim={cfg.patch_dim}], got {tuple(x_img.shape)}")
+        if x_img.dim() != 2 or x_img.shape[1] != self.in_dim:
+            what = "image_in_dim" if self.official else "patch_dim"
+            raise ValueError(f"x_img: expected [S_img, {what}={self.in_dim}], got {tuple(x_img.shape)}")
         if spec.seq_len != batch.s_txt + x_img.shape[0]:
             raise ValueError(f"batch.spec: covers {spec.seq_len} tokens but S_txt + S_img = "
                              f"{batch.s_txt} + {x_img.shape[0]}")
@@ -266,6 +324,8 @@ class VincieMMDiT(nn.Module):
         streams, stream_blocks = [h_txt, h_img], [blk[:n_txt], blk[n_txt:]]
         for layer in self.layers:
             streams = layer(streams, c, shared, stream_blocks, rope, spec)
+        if self.official:
+            return self.final_layer(streams[1], shared, stream_blocks[1])[:, 0]       # (S_img, patch_dim)
         return self.final_layer(streams[1], c, stream_blocks[1])[:, 0]                # (S_img, patch_dim)
 
     # ------------------------------------------------------------------ files

@@ -33,17 +33,21 @@ def pipeline_section(cfg) -> dict:
 
     c = OmegaConf.to_container(cfg, resolve=True)
     d = c["data"]
-    return {"text_encoder": d["text_encoder"], "image_encoder": d["image_encoder"], "pack": d["pack"],
-            "flow": c["flow"], "sampler": c["sampler"], "mask_type": d["recipe"]["mask_type"]}
+    out = {"text_encoder": d["text_encoder"], "image_encoder": d["image_encoder"], "pack": d["pack"],
+           "flow": c["flow"], "sampler": c["sampler"], "mask_type": d["recipe"]["mask_type"]}
+    if c["model"].get("variant") == "official":      # the area images are fitted to (infer/official_editor.py)
+        out["area"] = d["corpus"].get("image_size")
+    return out
 
 
 class VincieEditPipeline:
     """Model + frozen encoders + sampler settings; ``__call__`` edits an image turn after turn."""
 
     def __init__(self, model: VincieMMDiT, text_encoder, image_encoder, pack: PackConfig, flow: FlowConfig,
-                 sampler: SamplerConfig, mask_type: str, device="cpu"):
+                 sampler: SamplerConfig, mask_type: str, device="cpu", area: int | None = None):
         self.model, self.text_encoder, self.image_encoder = model, text_encoder, image_encoder
         self.pack, self.flow, self.sampler, self.mask_type, self.device = pack, flow, sampler, mask_type, device
+        self.area = area                # official variant: images fitted to area^2 (infer/official_editor.py)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", dtype: torch.dtype | None = None) -> "VincieEditPipeline":
@@ -59,7 +63,7 @@ class VincieEditPipeline:
                                     device=device)
         return cls(model, text, image, build(PackConfig, p["pack"], "pipeline.pack"),
                    build(FlowConfig, p["flow"], "pipeline.flow"),
-                   build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device)
+                   build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device, p.get("area"))
 
     @torch.no_grad()
     def __call__(self, image, prompts: list[str], steps: int | None = None, guidance: float | None = None,
@@ -78,8 +82,13 @@ class VincieEditPipeline:
                                       guidance=s.guidance if guidance is None else float(guidance),
                                       shift=s.shift if shift is None else float(shift),
                                       seed=s.seed if seed is None else int(seed))
-        editor = Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
-                        device=self.device, mask_type=self.mask_type)
+        if self.model.cfg.variant == "official":        # the release's sampling (imports model/official.py)
+            from vincie_mcore.infer.official_editor import OfficialEditor
+            editor = OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack, sampler,
+                                    area=self.area, device=self.device)
+        else:
+            editor = Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
+                            device=self.device, mask_type=self.mask_type)
         # 3. Turn after turn
         session = editor.start(image)
         return [session.edit(p) for p in prompts]

@@ -113,6 +113,14 @@ class Editor:
         refs = [ib["ref"] for ib in batch.image_blocks if ib["noisy"]]
         return dict(zip(refs, self._decode(batch, self._sample(self.model, batch))))
 
+    @torch.no_grad()
+    def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:
+        """One turn without the KV cache: history images uint8 [H, W, 3] I0..I_n and texts T0..T_{n-1} ->
+        (image uint8 [H, W, 3], sampled latent [C, h, w])."""
+        items = [self._item(self.image.encode(torch.stack(images)), texts, prompt)]
+        batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
+        return self._decode(batch, self._sample(self.model, batch))[0]
+
     def _item(self, lat: torch.Tensor, texts: list[str], prompt: str):
         """One session's turn: latents of I0..I_n (n+1, C, h, w), texts T0..T_{n-1}, the prompt."""
         if not isinstance(prompt, str) or not prompt.strip():
@@ -199,12 +207,8 @@ class EditSession:
         reason = self.editor.kv_cache_reason()
         if reason is None:
             out, lat = self.editor.edit_cached(self, prompt)
-        else:
-            with torch.no_grad():
-                items = [self.editor._item(self.editor.image.encode(torch.stack(self.images)), self.texts, prompt)]
-                batch = pack(items, self.editor.text.encode, self.editor.pack_cfg,
-                             self.editor.mask_type).to(self.editor.device)
-                out, lat = self.editor._decode(batch, self.editor._sample(self.editor.model, batch))[0]
+        else:       # the re-packing path (the official variant's editor has only this one)
+            out, lat = self.editor.edit_turn(self.images, self.texts, prompt)
         self.images.append(torch.from_numpy(out))
         self.texts.append(prompt)
         self.latents.append(lat)

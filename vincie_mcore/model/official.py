@@ -266,8 +266,9 @@ def official_sample(model: OfficialMMDiT, sessions: list[dict], negative: torch.
     shift 10, guidance 10)."""
     from dataclasses import replace
     cfg = model.cfg
-    pos = official_session_batch(sessions, cfg, p)
-    neg = official_session_batch([dict(s, texts=[negative]) for s in sessions], cfg, p)
+    dev = noise[0].device                                   # the batches' index tensors are built on the CPU
+    pos = official_session_batch(sessions, cfg, p).to(dev)
+    neg = official_session_batch([dict(s, texts=[negative]) for s in sessions], cfg, p).to(dev)
     x = [n.clone() for n in noise]
     ts = official_timesteps(steps, shift)
     for t, s in zip(ts[:-1].tolist(), ts[1:].tolist()):

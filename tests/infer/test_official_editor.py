@@ -1,0 +1,262 @@
+"""Editing with an imported official checkpoint: ``import-official`` writes a run folder, ``load_run`` /
+``make_editor`` give the ``OfficialEditor``, and ``vincie-edit`` and the app's session logic edit on it.
+
+The model is the golden fixture's tiny 3B-shaped release (tests/fixtures/official/, the official DiT's own
+weights layout) imported by the real ``import_official``; the VAE is the official 3B VAE fixture
+(tests/fixtures/official_vae/, saved as a ``vae.pth``); the text encoder a tiny random T5 saved with
+``save_pretrained`` (the 7B's Flan-UL2 kind, 24-d to fit the fixture's text width). The last tests cover the
+Hugging Face side: the plain ``VincieMMDiT`` against the official outputs and the Megatron model, and an export
+of the import folder editing through ``VincieEditPipeline``.
+"""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+FIX = ROOT / "tests" / "fixtures"
+BIN = Path(sys.executable).parent
+AREA = 32                      # images fitted to 32 x 32 (patch 2 x VAE 8 = 16: a 2 x 2 token frame)
+STEPS, SHIFT, GUIDANCE, SEED = 3, 12.0, 7.5, 5
+PROMPTS = ["make the sky orange", "add a red hat.", "remove the tree"]
+
+
+def _fixture_model(name: str) -> dict:
+    """Our model group for a golden fixture's official NaDiT arguments (as tests/convert/test_official.py)."""
+    m = json.loads((FIX / "official" / "meta.json").read_text())["configs"][name]
+    n, C, p = m["nadit"], m["latent_channels"], m["nadit"]["patch_size"][1]
+    D = n["vid_dim"]
+    return dict(variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"],
+                num_heads=n["heads"], head_dim=n["head_dim"],
+                ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,   # the release's SwiGLU rule
+                text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p,
+                max_turns=m["max_turns"], rope_axes_dim=[n["rope_dim"] // 3] * 3,
+                text_proj="mlp_norm" if n.get("txt_proj_type") == "mlp" else "linear",
+                rope_image_origin="zero" if n["rope_type"] == "mmrope3d_v3" else "after_text",
+                norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"], attention_backend="torch", adaln_zero_init=False)
+
+
+def _model_yaml(path: Path) -> Path:
+    path.write_text(yaml.safe_dump(_fixture_model("3b")))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """An import-official folder with everything an editor needs (config.yaml written by the import)."""
+    from safetensors.torch import load_file
+    from transformers import ByT5Tokenizer, T5Config, T5EncoderModel
+
+    from vincie_mcore.convert.official import import_official
+
+    d = tmp_path_factory.mktemp("official_run")
+    torch.manual_seed(0)
+    ByT5Tokenizer().save_pretrained(d / "text")
+    T5EncoderModel(T5Config(vocab_size=384, d_model=24, d_kv=6, d_ff=48, num_layers=1, num_heads=4,
+                            feed_forward_proj="gated-gelu", dropout_rate=0.0)).save_pretrained(d / "text")
+    torch.save(load_file(str(FIX / "official_vae" / "3b_weights.safetensors")), d / "vae.pth")
+    vae = json.loads((FIX / "official_vae" / "meta.json").read_text())["3b"]["config"]
+    arch = ",".join(f"{k}:{json.dumps(vae[k])}" for k in ("block_out_channels", "layers_per_block",
+                                                          "latent_channels", "norm_num_groups"))
+    out = d / "v3b"
+    import_official(FIX / "official" / "3b_weights.safetensors", out, model_config=_model_yaml(d / "model.yaml"),
+                    overrides=["data=official_3b", f"data.text_encoder.path={d / 'text'}",
+                               "data.text_encoder.dtype=float32", f"data.image_encoder.path={d / 'vae.pth'}",
+                               f"+data.image_encoder.arch={{{arch}}}", f"data.corpus.image_size={AREA}",
+                               f"sampler.steps={STEPS}", f"sampler.shift={SHIFT}", f"sampler.guidance={GUIDANCE}",
+                               f"sampler.seed={SEED}"])
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(run):
+    from vincie_mcore.build import load_run, make_editor
+    from vincie_mcore.parallel import cpu_compat, groups
+    try:
+        cfg, model, text, image = load_run(run)
+        yield cfg, model, text, image, make_editor(cfg, model, text, image)
+    finally:                                    # load_run started one-process Megatron groups
+        groups.destroy()
+        cpu_compat.deactivate()
+
+
+def _image(seed=0, h=40, w=24) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def test_import_official_writes_a_run_folder_with_the_release_presets(run):
+    from omegaconf import OmegaConf
+
+    from vincie_mcore.convert.official import _compose
+    cfg = OmegaConf.load(run / "config.yaml")
+    assert (cfg.model.variant, cfg.parallel.tp, cfg.train.ckpt_dir) == ("official", 1, None)
+    assert (cfg.data.image_encoder.kind, cfg.data.text_encoder.kind) == ("official_vae", "official")
+    assert (run / "latest").is_file()
+    # the presets bring the release's data group and sampler; the user's overrides win
+    for preset, shift, guidance, variant in (("official_3b", 12.0, 7.5, "3b"), ("official_7b", 10.0, 10.0, "7b")):
+        c = _compose(preset, None, ["sampler.steps=9"])
+        assert (c.sampler.steps, c.sampler.shift, c.sampler.guidance) == (9, shift, guidance)
+        assert c.data.image_encoder.variant == variant and c.data.recipe.mask_type == "full"
+
+
+def test_load_run_names_an_encoder_path_the_import_did_not_get(run, tmp_path):
+    from omegaconf import OmegaConf
+
+    from vincie_mcore.build import load_run
+    cfg = OmegaConf.load(run / "config.yaml")
+    cfg.data.image_encoder.path = "???"
+    (tmp_path / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
+    with pytest.raises(ValueError, match=r"^data\.image_encoder\.path: not set in .*config\.yaml \(give it"):
+        load_run(tmp_path)
+
+
+def test_turn_one_is_official_sample_on_the_release_inputs(loaded):
+    """The editor's first turn against official_sample called by hand: the template, negative prompt, noise
+    layout and seed, sampler settings and the decoded last frame, each built here independently."""
+    from vincie_mcore.infer.official_editor import OfficialEditor
+    from vincie_mcore.model.official import OFFICIAL_NEGATIVE_PROMPT, official_sample
+
+    cfg, model, text, image, editor = loaded
+    assert isinstance(editor, OfficialEditor) and editor.area == AREA
+    assert (editor.sampler.steps, editor.sampler.shift, editor.sampler.guidance) == (STEPS, SHIFT, GUIDANCE)
+    sess = editor.start(_image())
+    start = sess.images[0].numpy()
+    assert start.shape == (32, 16, 3)        # 40x24 at area 32^2: 41x25 (bicubic), centre-cropped to 16's
+    ref_fit = np.asarray(Image.fromarray(_image()).resize((25, 41), Image.BICUBIC))[4:36, 4:20]
+    assert np.array_equal(start, ref_fit)
+    out = sess.edit(PROMPTS[0])
+
+    lat0 = image.encode(torch.from_numpy(start)[None])                            # (1, C, h, w)
+    C, h, w = lat0.shape[1:]
+    rows = text.encode([f"Based on <IMG0>, {PROMPTS[0]}. Output <IMG1>: "])
+    neg = text.encode([OFFICIAL_NEGATIVE_PROMPT])[0]
+    noise = torch.randn((2, h, w, C), generator=torch.Generator().manual_seed(SEED)).permute(0, 3, 1, 2)
+    x = official_sample(model, [dict(texts=rows, latents=torch.cat([lat0, torch.zeros_like(lat0)]), t=0.0)], neg,
+                        [noise], 2, steps=STEPS, shift=SHIFT, guidance=GUIDANCE)[0]
+    torch.testing.assert_close(sess.latents[0], x[-1], rtol=0, atol=1e-6)
+    assert (x[-1] - noise[-1]).abs().max() > 0.1                                 # sampling moved it
+    assert np.array_equal(out, image.decode(x[-1][None])[0].numpy()) and out.shape == start.shape
+    assert sess.info[0]["kv_cache"] is False and "official" in sess.info[0]["reason"]
+
+    # turn 2: both images in context, both instructions (turn tokens 0, 1), noise for 3 frames, the same seed
+    sess.edit(PROMPTS[1])
+    lat = image.encode(torch.from_numpy(np.stack([start, out])))
+    rows = text.encode([f"Based on <IMG0>, {PROMPTS[0]}. Output <IMG1>: ",
+                        f"Based on <IMG1>, {PROMPTS[1].rstrip('.')}. Output <IMG2>: "])
+    noise = torch.randn((3, h, w, C), generator=torch.Generator().manual_seed(SEED)).permute(0, 3, 1, 2)
+    x = official_sample(model, [dict(texts=rows, latents=torch.cat([lat, torch.zeros_like(lat[:1])]), t=0.0)], neg,
+                        [noise], 2, steps=STEPS, shift=SHIFT, guidance=GUIDANCE)[0]
+    torch.testing.assert_close(sess.latents[1], x[-1], rtol=0, atol=1e-6)
+
+
+def test_vincie_edit_runs_three_turns_on_the_import(run, tmp_path):
+    src = tmp_path / "start.png"
+    Image.fromarray(_image(1, 32, 32)).save(src)
+    args = ["--run", str(run), "--image", str(src), "--out", str(tmp_path / "strip.png")]
+    for p in PROMPTS:
+        args += ["--prompt", p]
+    r = subprocess.run([str(BIN / "vincie-edit"), *args, "--set", "sampler.steps=2"], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [ln.split(":")[0] for ln in r.stdout.splitlines()[:3]] == ["turn 1", "turn 2", "turn 3"]
+    strip = np.asarray(Image.open(tmp_path / "strip.png"))
+    assert strip.shape[1] == 4 * (32 * 4 + 4)                     # start + 3 turns, 4x, 4 px gaps
+    turns = [np.asarray(Image.open(tmp_path / f"strip_turn{i}.png")) for i in (1, 2, 3)]
+    assert all(t.shape == (32, 32, 3) for t in turns) and not np.array_equal(turns[0], turns[1])
+
+
+def test_app_session_edits_two_turns_on_the_import(loaded, run, tmp_path):
+    import dataclasses
+
+    from vincie_mcore.app.session import Backend, WebSession
+
+    cfg, model, text, image, editor = loaded
+    be = Backend(model, text, image, editor.pack_cfg, None, editor.sampler, "full", f"run {run}", area=AREA,
+                 variant="official")
+    ws = WebSession(be)
+    start = ws.start(_image(2, 24, 40))                             # any size: fitted as the release does
+    assert start.shape == (16, 32, 3)
+    seen = []
+    ws.edit(PROMPTS[0], steps=2, guidance=GUIDANCE, seed=3, progress=lambda d, n: seen.append((d, n)))
+    ws.edit(PROMPTS[1], steps=2, guidance=GUIDANCE, seed=3)
+    assert seen == [(1, 2), (2, 2)] and len(ws.images) == 3 and ws.summary()["turns"][1]["prompt"] == PROMPTS[1]
+    # the page's turn is the run's editor's turn with the page's settings
+    ed = type(editor)(model, text, image, editor.pack_cfg, dataclasses.replace(editor.sampler, steps=2, seed=3),
+                      area=AREA)
+    s = ed.start(_image(2, 24, 40))
+    s.edit(PROMPTS[0])
+    assert np.array_equal(ws.images[1], s.images[1].numpy())
+    ws.undo()
+    assert len(ws.images) == 2 and ws.download(tmp_path).is_file()
+
+
+# ------------------------------------------------------------------ the plain-PyTorch model (Hugging Face export)
+
+def _fixture_case(name: str):
+    """(MMDiTConfig, image tokens, batch, sessions, official output [sum T*H*W, C]) of tests/fixtures/official/."""
+    from safetensors.torch import load_file
+
+    from vincie_mcore.model import MMDiTConfig
+    from vincie_mcore.model.official import official_image_tokens, official_session_batch
+    meta = json.loads((FIX / "official" / "meta.json").read_text())["configs"][name]
+    cfg, p = MMDiTConfig.from_dict(_fixture_model(name)), meta["nadit"]["patch_size"][1]
+    io = load_file(str(FIX / "official" / f"{name}_io.safetensors"))
+    sessions, xs = [], []
+    for s, sm in enumerate(meta["sessions"]):
+        lat, xt = io[f"s{s}.latents"].permute(0, 3, 1, 2), io[f"s{s}.x_t"].permute(0, 3, 1, 2)   # (T, C, H, W)
+        sessions.append(dict(texts=[io[f"s{s}.text{j}"] for j in range(len(sm["turn_tokens"]))], latents=lat,
+                             t=sm["t"] / 1000.0))
+        xs.append(official_image_tokens(xt, lat, p))
+    return cfg, torch.cat(xs), official_session_batch(sessions, cfg, p), sessions, p, io["out"]
+
+
+@pytest.mark.parametrize("name", ["3b", "7b"])
+def test_plain_official_model_matches_the_release_and_megatron(loaded, name):
+    """VincieMMDiT (no Megatron) with the release's weights, converted by the import's mapping, gives the official
+    implementation's output (golden fixture) within 1e-5; for the 3B it also equals the Megatron model of the run."""
+    from vincie_mcore.convert.official import converted, plan_import
+    from vincie_mcore.hf.modeling import VincieMMDiT
+    from vincie_mcore.model.official import official_frames
+
+    cfg, x, batch, sessions, p, ref = _fixture_case(name)
+    plain = VincieMMDiT(**cfg.to_dict())
+    plan, src = plan_import(FIX / "official" / f"{name}_weights.safetensors", cfg,
+                            expected={k: tuple(v.shape) for k, v in plain.state_dict().items()})
+    plain.load_state_dict(dict(converted(plan, src)), strict=True)
+    with torch.no_grad():
+        out = plain.eval()(x, batch)
+    as_release = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in official_frames(out, sessions, p)])
+    assert ref.abs().max() > 1
+    torch.testing.assert_close(as_release, ref, rtol=0, atol=1e-5)
+    if name == "3b":                              # the run's Megatron model holds the same imported weights
+        model = loaded[1]
+        with torch.no_grad():
+            torch.testing.assert_close(out, model(x, batch), rtol=0, atol=1e-5)
+
+
+def test_hf_export_of_the_import_edits_like_the_run(loaded, run, tmp_path):
+    """vincie-convert export on the import folder -> VincieEditPipeline (plain model, the official editor):
+    two turns equal the run's Megatron editor's within the uint8 rounding of ~1e-6 differences."""
+    import dataclasses
+
+    from vincie_mcore.convert.hf import export_checkpoint
+    from vincie_mcore.hf import VincieEditPipeline
+
+    cfg, model, text, image, editor = loaded
+    export_checkpoint(run, tmp_path / "export")
+    pipe = VincieEditPipeline.from_pretrained(tmp_path / "export")
+    assert pipe.area == AREA and pipe.model.cfg.variant == "official"
+    start = _image(4, 32, 32)
+    got = pipe(start, PROMPTS[:2], steps=2, seed=7)
+    ref = type(editor)(model, text, image, editor.pack_cfg, dataclasses.replace(editor.sampler, steps=2, seed=7),
+                       area=AREA).start(start)
+    want = [ref.edit(p) for p in PROMPTS[:2]]
+    for g, w in zip(got, want):
+        assert g.shape == w.shape == (32, 32, 3)
+        assert np.abs(g.astype(int) - w.astype(int)).max() <= 1

@@ -1,0 +1,135 @@
+"""Turn-after-turn editing with the released VINCIE-3B/7B (``model.variant: official``), as the release's
+``generate.py`` runs a session (docs/official.md, "Editing").
+
+Turn k (k = 0, 1, ...) of a session with images I0..Ik and instructions P0..Pk:
+
+* every instruction is written in the release's template, ``Based on <IMG{j}>, {Pj}. Output <IMG{j+1}>: ``
+  (``official_turn_texts``), and each is one sentence of the session's text (turn tokens 0..k);
+* the unconditional branch of CFG is the release's fixed negative prompt (one sentence, turn 0);
+* I0..Ik are encoded by the image encoder (the released VAE); the frame to generate is a zero latent;
+* noise for *every* frame is drawn as ``torch.randn((T, h, w, C))`` from a generator seeded with
+  ``sampler.seed`` on each turn (the release's ``fix_seed: True``: one seed for every turn), laid out as
+  [T, C, h, w] here;
+* ``official_sample`` runs ``sampler.steps`` Euler steps at ``sampler.shift`` / ``sampler.guidance``, and
+  the last frame is decoded; that image is I_{k+1}, the context of the next turn.
+
+The start image is fitted the release's way: resized (bicubic) to the area ``area``^2 keeping its aspect
+ratio, then centre-cropped to a multiple of patch x VAE factor (``AreaResize`` + ``DivisibleCrop``).
+``EditSession`` (infer/editor.py) holds the history; this editor only supplies its turns.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..model.official import OFFICIAL_NEGATIVE_PROMPT, official_sample, official_turn_texts
+from ..parallel import cpu_compat
+from .editor import EditSession, SamplerConfig, _inner_model
+
+
+class _Progress:
+    """The model (any wrapper) with the ``cfg`` ``official_sample`` reads, reporting each finished Euler step to ``callback(done, steps)``
+    (``calls_per_step`` model calls per step: 2 with CFG)."""
+
+    def __init__(self, model, cfg, callback, steps: int, calls_per_step: int):
+        self.model, self.cfg, self.callback, self.steps, self.per = model, cfg, callback, steps, calls_per_step
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        out = self.model(*args, **kwargs)
+        self.calls += 1
+        if self.callback is not None and self.calls % self.per == 0:
+            self.callback(self.calls // self.per, self.steps)
+        return out
+
+
+class OfficialEditor:
+    """The ``Editor`` interface (``start``, ``edit_turn``, ``kv_cache_reason``) for an official-variant model.
+
+    pack_cfg: the data group's PackConfig (its ``patch_size``); area: side of the square area images are
+    fitted to (the release: 256 for the 3B; None keeps the start image's size, cropped to the multiple);
+    negative_prompt / prefix: the release's negative prompt and ``CAMERA_PREFIX`` (empty by default)."""
+
+    mask_type = "full"          # the release attends over the whole session
+    flow_cfg = None             # the release's sampler is fixed (official_sample), not the FlowConfig's
+
+    def __init__(self, model, text_encoder, image_encoder, pack_cfg, sampler: SamplerConfig | None = None,
+                 area: int | None = None, device="cpu", negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
+                 prefix: str = ""):
+        inner = _inner_model(model) or model         # a Megatron model (maybe wrapped) or hf's VincieMMDiT
+        if getattr(getattr(inner, "cfg", None), "variant", None) != "official":
+            raise ValueError(f"model.variant: the official editor needs an official-variant model, got "
+                             f"{getattr(getattr(inner, 'cfg', None), 'variant', type(model).__name__)!r}")
+        if text_encoder.dim != inner.cfg.text_dim:
+            raise ValueError(f"data.text_encoder: gives {text_encoder.dim}-d rows, the model's text_dim is "
+                             f"{inner.cfg.text_dim}")
+        if area is not None and area < 1:
+            raise ValueError(f"area: must be >= 1 or None, got {area}")
+        self.model, self.inner, self.text, self.image = model, inner, text_encoder, image_encoder
+        self.pack_cfg = pack_cfg
+        self.sampler = sampler or SamplerConfig()
+        self.area, self.device = area, torch.device(device)
+        self.negative_prompt, self.prefix = negative_prompt, prefix
+        self.step_callback = None       # callback(done, steps) after each sampling step (progress in a UI)
+
+    @property
+    def multiple(self) -> int:
+        return self.pack_cfg.patch_size * getattr(self.image, "downsample", 1)
+
+    def kv_cache_reason(self) -> str:
+        if hasattr(self.inner, "kv_cache_support"):
+            return self.inner.kv_cache_support()
+        return "kv_cache: the official variant attends over every frame of a session under one t (full mask)"
+
+    def fit(self, image) -> np.ndarray:
+        """uint8 [H, W, 3] -> the release's model input size: area resize (bicubic), centre crop to the multiple."""
+        from PIL import Image
+
+        a = np.asarray(image)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"image: expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+        h, w = a.shape[:2]
+        if self.area is not None:
+            scale = math.sqrt(self.area * self.area / (h * w))
+            h, w = round(h * scale), round(w * scale)
+            if (h, w) != a.shape[:2]:
+                a = np.asarray(Image.fromarray(a).resize((w, h), Image.BICUBIC))
+        m = self.multiple
+        ch, cw = h - h % m, w - w % m
+        if ch < m or cw < m:
+            raise ValueError(f"image: {w}x{h} (WxH) after fitting is smaller than the patch x VAE factor {m}")
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))   # torchvision's center_crop
+        return np.ascontiguousarray(a[top:top + ch, left:left + cw])
+
+    def start(self, image) -> EditSession:
+        return EditSession(self, [torch.from_numpy(self.fit(image))], [])
+
+    def session_inputs(self, images, texts: list[str], prompt: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One turn's ``official_sample`` inputs: (session dict, negative rows [L, text_dim], noise [T, C, h, w])."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt: expected a non-empty string")
+        lat = self.image.encode(torch.stack([torch.as_tensor(np.asarray(im)) for im in images]))   # (n+1, C, h, w)
+        latents = torch.cat([lat, torch.zeros_like(lat[:1])])          # the frame to generate: zero latent
+        rows = self.text.encode(official_turn_texts(list(texts) + [prompt], self.prefix))
+        negative = self.text.encode([self.negative_prompt])[0]
+        T, C, h, w = latents.shape
+        gen = torch.Generator().manual_seed(int(self.sampler.seed))     # the same seed every turn (fix_seed)
+        noise = torch.randn((T, h, w, C), generator=gen).permute(0, 3, 1, 2).contiguous()   # release: (T, h, w, c)
+        dev = self.device
+        sess = dict(texts=[r.to(dev) for r in rows], latents=latents.to(dev), t=0.0)
+        return sess, negative.to(dev), noise.to(dev)
+
+    @torch.no_grad()
+    def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:
+        """One turn from the history (images uint8 [H, W, 3] I0..I_n, instructions T0..T_{n-1}) ->
+        (image uint8 [H, W, 3], sampled latent [C, h, w])."""
+        sess, negative, noise = self.session_inputs(images, texts, prompt)
+        s = self.sampler
+        model = _Progress(self.model, self.inner.cfg, self.step_callback, s.steps, 2 if s.guidance != 1.0 else 1)
+        with cpu_compat.suspended():                                    # no CUDA-by-name calls in sampling
+            frames = official_sample(model, [sess], negative, [noise], self.pack_cfg.patch_size, steps=s.steps,
+                                     shift=s.shift, guidance=s.guidance)[0]          # (T, C, h, w)
+        lat = frames[-1].float().cpu()
+        return self.image.decode(lat[None])[0].numpy(), lat
