@@ -197,11 +197,112 @@ def _train(*args):
     return [float(x) for x in re.findall(r"^step +\d+ \| loss ([0-9.]+)", r.stdout, re.M)]
 
 
-def test_vincie_train_official_tiny_end_to_end_and_init_from(tmp_path):
-    a = _train("train.steps=3", f"run_dir={tmp_path / 'a'}")
-    assert len(a) == 3 and all(np.isfinite(a))
-    assert (tmp_path / "a/checkpoints/latest").is_file()
-    # a second run starts from the first one's weights: its first batch (same seed) fits as the first run's
-    # trained weights fit it, not as a fresh model does
-    b = _train("train.steps=1", f"run_dir={tmp_path / 'b'}", f"train.init_from={tmp_path / 'a/checkpoints'}")
-    assert b[0] < a[0] - 0.05, (a, b)
+def test_vincie_train_official_tiny_end_to_end_and_init_from(megatron_cpu, tmp_path):
+    from omegaconf import OmegaConf
+
+    from vincie_mcore.build import init_weights, make_model
+    from vincie_mcore.config import ConfigError
+    from vincie_mcore.train import checkpoint
+
+    losses = _train("train.steps=3", f"run_dir={tmp_path / 'a'}")
+    assert len(losses) == 3 and all(np.isfinite(losses))
+    ckpt = str(tmp_path / "a" / "checkpoints")
+    assert checkpoint.latest_step(ckpt) == 3
+    # train.init_from: a new run's model starts from that checkpoint's weights (run a's config, so the
+    # same seed-0 initialisation run a started from)
+    cfg = OmegaConf.load(tmp_path / "a" / "config.yaml")
+    cfg.train.init_from = ckpt
+    fresh, started, trained = make_model(cfg), make_model(cfg), make_model(cfg)
+    init_weights(cfg, started, str(tmp_path / "b" / "checkpoints"))
+    checkpoint.load(ckpt, trained)
+    pairs = list(zip(fresh.named_parameters(), started.named_parameters(), trained.named_parameters()))
+    assert any(not torch.equal(f, s) for (_, f), (_, s), _ in pairs)
+    assert all(torch.equal(s, t) for _, (_, s), (_, t) in pairs)
+    # a run whose own ckpt_dir holds a checkpoint resumes from it: init_from is not read
+    again = make_model(cfg)
+    init_weights(cfg, again, ckpt)
+    assert all(torch.equal(f, g) for (_, f), (_, g) in zip(fresh.named_parameters(), again.named_parameters()))
+    cfg.train.init_from = str(tmp_path / "nothing")
+    with pytest.raises(ConfigError, match="train.init_from"):
+        init_weights(cfg, again, str(tmp_path / "b" / "checkpoints"))
+
+
+# ----------------------------------------------------------------------------- TP 2 with SP == 1 rank
+
+FIX = ROOT / "tests" / "fixtures" / "official"
+
+
+def _tp_case():
+    """The golden 3B-shaped tiny release (tests/convert/test_official.py) and a padded official batch."""
+    import json
+
+    m = json.loads((FIX / "meta.json").read_text())["configs"]["3b"]
+    n, C = m["nadit"], m["latent_channels"]
+    p, D = n["patch_size"][1], n["vid_dim"]
+    cfg = MMDiTConfig.from_dict(dict(
+        variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"], num_heads=n["heads"],
+        head_dim=n["head_dim"], ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,
+        text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p, max_turns=m["max_turns"],
+        rope_axes_dim=[n["rope_dim"] // 3] * 3, norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"],
+        attention_backend="torch", adaln_zero_init=False))
+    g = torch.Generator().manual_seed(11)
+    rows = {}
+    encode = lambda ts: [rows.setdefault(t, torch.randn(3 + len(t) % 4, cfg.text_dim, generator=g)) for t in ts]  # noqa: E731
+    items = [(torch.randn(3, C, 8, 8, generator=g), ["a", "bb"]), (torch.randn(2, C, 6, 8, generator=g), ["ccc"])]
+    return cfg, p, official_pack(items, encode, cfg, PackConfig(patch_size=p, pad_multiple=4))
+
+
+def _loss_grads(tp: int):
+    """(loss, {name: full gradient}) of one official loss step on this rank's model (TP shards gathered)."""
+    from megatron.core import parallel_state as ps
+
+    from vincie_mcore.convert.official import load_official
+    from vincie_mcore.model import build_model
+
+    cfg, p, batch = _tp_case()
+    model = build_model(cfg, tensor_model_parallel_size=tp, sequence_parallel=tp > 1, device="cpu")
+    load_official(model, FIX / "3b_weights.safetensors")
+    loss, _ = official_training_loss(model, batch, OfficialFlowConfig(t_scale=1.25, loss_frames="all"),
+                                     torch.Generator().manual_seed(5), p)
+    loss.backward()
+    grads = {}
+    for name, w in model.named_parameters():
+        g = w.grad.detach().clone()
+        if tp > 1 and getattr(w, "tensor_model_parallel", False):
+            parts = [torch.empty_like(g) for _ in range(tp)]
+            torch.distributed.all_gather(parts, g, group=ps.get_tensor_model_parallel_group())
+            if name.endswith("linear_fc1.weight"):       # SwiGLU: each shard is [gate_r; up_r]
+                parts = [h for k in range(2) for h in (q.chunk(2, w.partition_dim)[k] for q in parts)]
+            g = torch.cat(parts, w.partition_dim)
+        elif tp > 1 and getattr(w, "sequence_parallel", False):     # each rank saw its slice of the sequence
+            torch.distributed.all_reduce(g, group=ps.get_tensor_model_parallel_group())
+        grads[name] = g
+    return float(loss), grads
+
+
+def _tp_worker(rank, world, port, tmp):
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from vincie_mcore.parallel import groups
+    groups.init_distributed(tp=2, cp=1)
+    torch.save(_loss_grads(2), f"{tmp}/rank{rank}.pt")
+    groups.destroy()
+
+
+def test_tp2_with_sequence_parallel_trains_like_one_rank(megatron_cpu, tmp_path):
+    import torch.multiprocessing as mp
+
+    from vincie_mcore.parallel import groups
+
+    loss1, grads1 = _loss_grads(1)
+    mp.start_processes(_tp_worker, args=(2, groups._free_port(), str(tmp_path)), nprocs=2, start_method="spawn")
+    for r in range(2):
+        loss2, grads2 = torch.load(tmp_path / f"rank{r}.pt")
+        assert abs(loss2 - loss1) <= 1e-5 * abs(loss1)
+        assert grads2.keys() == grads1.keys()
+        for name, g in grads1.items():
+            torch.testing.assert_close(grads2[name], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
