@@ -154,9 +154,12 @@ def build_training(cfg):
     if official:                          # the release's layout (data/official_pack.py)
         from .data.official_pack import OfficialStream
         from .model.config import MMDiTConfig
-        stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
-                                build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
-                                uncond=flow.uncond_text)
+        try:
+            stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
+                                    build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
+                                    uncond=flow.uncond_text)
+        except ValueError as e:                                   # widths of model and patches disagree
+            raise ConfigError(str(e).splitlines()[0]) from None
     else:
         stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"], seed=seed)
     model = make_model(cfg)

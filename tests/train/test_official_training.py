@@ -306,3 +306,16 @@ def test_tp2_with_sequence_parallel_trains_like_one_rank(megatron_cpu, tmp_path)
         assert grads2.keys() == grads1.keys()
         for name, g in grads1.items():
             torch.testing.assert_close(grads2[name], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+@pytest.mark.parametrize("overrides", [["model=official_tiny"], ["model=official_3b", "data=official_3b"],
+                                       ["model=official_7b", "data=official_7b"]])
+def test_presets_and_their_data_groups_agree_on_the_token_width(overrides):
+    from vincie_mcore.config import load_config
+    from vincie_mcore.data.official_pack import check_official_widths
+
+    cfg = load_config(overrides)
+    mcfg = MMDiTConfig.from_dict(dict(cfg.model))
+    check_official_widths(mcfg, int(cfg.data.pack.patch_size))
+    with pytest.raises(ValueError, match="model.image_in_dim"):
+        check_official_widths(mcfg, int(cfg.data.pack.patch_size) + 1)

@@ -50,6 +50,15 @@ def uncond_texts(n_turns: int, uncond: str) -> list[str]:
     return [OFFICIAL_NEGATIVE_PROMPT] if uncond == "negative" else [""] * n_turns
 
 
+def check_official_widths(model_cfg, patch_size: int) -> None:
+    """The model's input token must be [x_t | clean latent | flag] of ``pack.patch_size`` patches:
+    image_in_dim = 2 * patch_dim + patch_size**2 (3B: 2 * 64 + 4 = 132; 7B: 2 * 48 + 1 = 97)."""
+    want = 2 * model_cfg.patch_dim + patch_size * patch_size
+    if (model_cfg.image_in_dim or model_cfg.patch_dim) != want:
+        raise ValueError(f"model.image_in_dim: the official layout with patch_dim {model_cfg.patch_dim} and "
+                         f"pack.patch_size {patch_size} needs {want}, got {model_cfg.image_in_dim}")
+
+
 def pad_official(batch: PackedBatch, multiple: int) -> PackedBatch:
     """Pad the text and image streams to a multiple of ``multiple``: one block per stream, each of its own
     session (sees only itself), no loss, zero inputs."""
@@ -110,7 +119,20 @@ class OfficialStream:
         uncond_texts(1, uncond)                                     # validates uncond
         self.corpus, self.text_encoder, self.recipe, self.cfg = corpus, text_encoder, recipe, pack_cfg
         self.model_cfg, self.seed, self.text_drop, self.uncond = model_cfg, seed, text_drop, uncond
+        check_official_widths(model_cfg, pack_cfg.patch_size)
         self.step = 0
+        self._warm_text_cache()
+
+    def _warm_text_cache(self, chunk: int = 256):
+        """Encode every text a sample can hold once, in large batches (the encoder is frozen): turn j's text
+        does not depend on how many turns are kept."""
+        texts = set(uncond_texts(1, self.uncond)) | {""}
+        for s in self.corpus:
+            n = min(len(s.frames), self.recipe.max_frames) - 1
+            texts.update(official_texts(s.texts[:n], s.cameras[:n], self.recipe.camera_prompts))
+        texts = sorted(texts)
+        for a in range(0, len(texts), chunk):
+            self.text_encoder.encode(texts[a:a + chunk])
 
     def __iter__(self):
         return self
