@@ -170,7 +170,7 @@ def build_training(cfg):
 
 def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
     dc = data_configs(cfg)
-    return Editor(model, text_encoder, image_encoder, dc["pack"], build(FlowConfig, cfg.flow, "flow"),
+    return Editor(model, text_encoder, image_encoder, dc["pack"], flow_config(cfg),
                   build(SamplerConfig, cfg.sampler, "sampler"),
                   device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
 
