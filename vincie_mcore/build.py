@@ -61,12 +61,42 @@ def make_model(cfg):
                        params_dtype=torch.bfloat16 if bf16 else torch.float32)
 
 
-def make_loss(flow: FlowConfig):
+def make_loss(flow: FlowConfig, official_patch: int | None = None):
+    """The trainer's loss_fn; ``official_patch``: the patch size of a ``model.variant: official`` run, whose
+    loss is the release's v_lerp on its token layout (``diffusion/official_flow.py``)."""
+    if official_patch is not None:
+        from .diffusion.official_flow import make_official_loss
+        return make_official_loss(flow, official_patch)
     return partial(_loss, flow)
 
 
 def _loss(flow, model, batch, gen):
     return training_loss(model, batch, flow, gen)
+
+
+def is_official(cfg) -> bool:
+    return cfg.model.get("variant", "paper") == "official"
+
+
+def flow_config(cfg) -> FlowConfig:
+    """``flow``: FlowConfig, or for ``model.variant: official`` its OfficialFlowConfig (extra keys)."""
+    if is_official(cfg):
+        from .diffusion.official_flow import OfficialFlowConfig
+        return build(OfficialFlowConfig, cfg.flow, "flow")
+    return build(FlowConfig, cfg.flow, "flow")
+
+
+def init_weights(cfg, model, ckpt_dir: str) -> None:
+    """``train.init_from``: a checkpoint folder (e.g. ``vincie-convert import-official --out``) whose model
+    weights start a run at step 0; skipped when the run's own ``ckpt_dir`` already holds a checkpoint
+    (a resume). Loaded before the trainer wraps the model, so the optimizer's fp32 copies start from it."""
+    from .train import checkpoint
+
+    src = cfg.train.get("init_from")
+    if not src or (cfg.train.get("resume", True) and checkpoint.latest_step(ckpt_dir) is not None):
+        return
+    if checkpoint.load(str(src), model) is None:
+        raise ConfigError(f"train.init_from: no complete checkpoint under {src}")
 
 
 def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
@@ -78,8 +108,11 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
     if steps is not None:
         t["steps"] = steps
         t["warmup"] = min(int(t.get("warmup", 0)), max(steps // 10, 0))
-    flow = build(FlowConfig, cfg.flow, "flow")
-    return Trainer(build(TrainConfig, t, "train"), model, make_loss(flow), stream, run_dir=str(run_dir))
+    flow = flow_config(cfg)
+    official_patch = int(cfg.data.pack.patch_size) if is_official(cfg) else None
+    tcfg = build(TrainConfig, t, "train")
+    init_weights(cfg, model, t["ckpt_dir"])
+    return Trainer(tcfg, model, make_loss(flow, official_patch), stream, run_dir=str(run_dir))
 
 
 def _on_rank0(fn):
@@ -130,6 +163,14 @@ def build_training(cfg):
     if dims.rank == 0:
         (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     corpus = dc["corpus"]
+    official = is_official(cfg)
+    flow = flow_config(cfg)                                       # bad flow keys fail before the corpus is built
+    if official and dc["recipe"].mask_type != "full":
+        raise ConfigError(f"data.recipe.mask_type: the official variant trains one target per session under "
+                          f"the full mask, got {dc['recipe'].mask_type!r}")
+    if corpus.latents and official:
+        raise ConfigError("data.corpus.latents: the official variant trains from the decoded corpus only "
+                          "(data.corpus.store), not yet from a latent store")
     if corpus.latents:                    # opt-in: stream a precomputed latent store (docs/latent_store.md)
         from .data.stream import stream_from_config
         return dims, make_trainer(cfg, make_model(cfg), stream_from_config(dc, int(cfg.seed), dims), run)
@@ -138,8 +179,18 @@ def build_training(cfg):
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
-    stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
-                          seed=int(cfg.seed) + 7919 * dims.dp_rank)
+    seed = int(cfg.seed) + 7919 * dims.dp_rank
+    if official:                          # the release's layout (data/official_pack.py)
+        from .data.official_pack import OfficialStream
+        from .model.config import MMDiTConfig
+        try:
+            stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
+                                    build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
+                                    uncond=flow.uncond_text)
+        except ValueError as e:                                   # widths of model and patches disagree
+            raise ConfigError(str(e).splitlines()[0]) from None
+    else:
+        stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"], seed=seed)
     model = make_model(cfg)
     return dims, make_trainer(cfg, model, stream, run)
 
@@ -153,7 +204,7 @@ def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
         return OfficialEditor(model, text_encoder, image_encoder, dc["pack"],
                               build(SamplerConfig, cfg.sampler, "sampler"), area=dc["corpus"].image_size,
                               device="cuda" if torch.cuda.is_available() else "cpu")
-    return Editor(model, text_encoder, image_encoder, dc["pack"], build(FlowConfig, cfg.flow, "flow"),
+    return Editor(model, text_encoder, image_encoder, dc["pack"], flow_config(cfg),
                   build(SamplerConfig, cfg.sampler, "sampler"),
                   device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
 

@@ -75,6 +75,7 @@ class TrainConfig:
     keep_last: int = 3               # complete checkpoints kept; 0 keeps all
     ckpt_dir: str | None = None      # where checkpoints live; None: never save or resume
     resume: bool = True              # load the latest checkpoint in ckpt_dir if there is one
+    init_from: str | None = None     # a checkpoint folder whose model weights start the run (build.init_weights)
     tensorboard_dir: str | None = None   # None: no TensorBoard
     seed: int = 0                    # seeds python/numpy/torch and the loss generator (offset by DP rank)
     max_minutes: float | None = None     # stop (and save) once this much wall time has passed
@@ -120,7 +121,7 @@ class TrainConfig:
             bad("dtype", "bf16 training needs a GPU (use 'fp32' or 'auto' on CPU)")
         if self.max_minutes is not None and (not is_num(self.max_minutes) or self.max_minutes <= 0):
             bad("max_minutes", "must be None or a number > 0")
-        for key in ("ckpt_dir", "tensorboard_dir"):
+        for key in ("ckpt_dir", "tensorboard_dir", "init_from"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 bad(key, "must be None or a path string")
         for key in ("resume", "progress", "use_distributed_optimizer", "save_on_signal"):
