@@ -100,3 +100,21 @@ def test_accumulation_equals_data_parallel_and_resume_changes_dp(dist1, store, t
     back = run(store, init, tmp_path / "dp2_to_acc", micro=2)
     assert back["resumed_from"] == 2
     _close(back, dict(dp2, heads=dp2["heads"][2:], losses=dp2["losses"][2:]), "DP2 -> DP1x2 resume")
+
+
+def test_layout_line_and_trainer_count_micro_batches(dist1, store, tmp_path):
+    from vincie_mcore.build import data_configs, make_model, make_trainer
+    from vincie_mcore.config import ConfigError, load_config
+    from vincie_mcore.data.stream import stream_from_config
+    from vincie_mcore.train.launch import resolve_layout
+
+    lay = resolve_layout(load_config(["experiment=7b", "train.micro_batches=2"]), 4, 8)
+    assert lay.dp == 4 and lay.tokens_per_step == 8 * 16384
+    assert "DP 4; global batch 8 packed sequence(s) (2 micro-batches a rank) of <= 16384" in lay.describe()
+    with pytest.raises(ConfigError, match="train.micro_batches: must be a positive int, got 0"):
+        resolve_layout(load_config(["experiment=7b", "train.micro_batches=0"]), 4, 8)
+
+    cfg = config(store, tmp_path, 1)
+    stream = stream_from_config(data_configs(cfg), 0, dist1, micro_batches=2)
+    with pytest.raises(ValueError, match=r"^TrainConfig.micro_batches: 1, but the batch stream deals 2 micro-batches"):
+        make_trainer(cfg, make_model(cfg), stream, tmp_path)
