@@ -5,7 +5,7 @@ import os
 import sys
 import warnings
 
-OVERRIDES = ["model=tiny", "model.num_layers=2", "model.mm_layers=1", "data=synthetic", "data.corpus.workers=1",
+OVERRIDES = ["model=tiny", "model.num_layers=1", "model.mm_layers=1", "data=synthetic", "data.corpus.workers=1",
              "data.pack.token_budget=400", "parallel.tp=1", "parallel.cp=1", "parallel.sp=false",
              "train.steps=4", "train.warmup=0", "train.lr=1e-3", "+train.eps=1e-6", "train.save_every=2",
              "train.log_every=1", "train.progress=false", "train.dtype=fp32"]
