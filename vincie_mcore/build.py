@@ -112,7 +112,19 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
     official_patch = int(cfg.data.pack.patch_size) if is_official(cfg) else None
     tcfg = build(TrainConfig, t, "train")
     init_weights(cfg, model, t["ckpt_dir"])
-    return Trainer(tcfg, model, make_loss(flow, official_patch), stream, run_dir=str(run_dir))
+    return Trainer(tcfg, model, make_loss(flow, official_patch), stream, run_dir=str(run_dir),
+                   hooks=make_hooks(cfg, tcfg, run_dir))
+
+
+def make_hooks(cfg, tcfg, run_dir: Path) -> list:
+    """The trainer hooks the config asks for: ``train.eval_every`` > 0 evaluates the held-out sessions
+    of ``train.eval_store`` (default ``<run_dir>/heldout/store``) into ``<run_dir>/eval_<step>.json``."""
+    from .train.hooks import EvalHook, synthetic_evaluator
+
+    if not tcfg.eval_every:
+        return []
+    store = tcfg.eval_store or str(Path(run_dir) / "heldout" / "store")
+    return [EvalHook(tcfg.eval_every, synthetic_evaluator(cfg, store, tcfg.eval_sessions), run_dir)]
 
 
 def _on_rank0(fn):
@@ -173,7 +185,8 @@ def build_training(cfg):
                           "(data.corpus.store), not yet from a latent store")
     if corpus.latents:                    # opt-in: stream a precomputed latent store (docs/latent_store.md)
         from .data.stream import stream_from_config
-        return dims, make_trainer(cfg, make_model(cfg), stream_from_config(dc, int(cfg.seed), dims), run)
+        stream = stream_from_config(dc, int(cfg.seed), dims, micro_batches=int(cfg.train.get("micro_batches", 1)))
+        return dims, make_trainer(cfg, make_model(cfg), stream, run)
     store = corpus.store or _on_rank0(lambda: synthesize_store(run / "train", corpus.videos, dc["world"], corpus,
                                                                corpus.sampling, int(cfg.seed), corpus.min_change))
     decoded = decode_corpus(store, corpus, corpus.max_sessions)

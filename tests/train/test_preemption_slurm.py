@@ -6,6 +6,9 @@ mid-run (SIGTERM to the batch script and the ranks); one that gets SIGUSR1 mid-r
 (``scancel --signal=USR1 --batch``, as ``#SBATCH --signal=B:USR1@120`` sends it), whose ranks save
 the step in flight and exit with 75, on which the script requeues the job itself. Both interrupted
 runs must end with the final loss and the final weights of the uninterrupted run, bit for bit.
+The runs stream a latent store precomputed once from the session store (``data.corpus.latents``), so a
+fourth job can resume the uninterrupted run's step-8 checkpoint on ONE GPU with 2 micro-batches (the
+same global batch) and must end with its final loss and weights to fp32 round-off (elastic resume).
 
 Slurm keeps a requeued job pending for about two minutes (Reason=BeginTime); the test moves its
 start time to now (``scontrol update StartTime=now``), which is all that waiting would do. The runs
@@ -42,19 +45,29 @@ def store(tmp_path_factory):
     return synthesize_store(tmp_path_factory.mktemp("store"), 8, dc["world"], c, c.sampling, 0)
 
 
+@pytest.fixture(scope="module")
+def latents(store, tmp_path_factory):
+    """The store's latent store, with the runs' encoders, image size and recipe texts."""
+    from vincie_mcore.data.latents import precompute_with_config
+
+    out = tmp_path_factory.mktemp("latents") / "latents"
+    precompute_with_config(store, out, TINY, block_rows=8)
+    return out
+
+
 def _port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _submit(cluster, folder: Path, store) -> tuple[str, dict]:
-    folder.mkdir()
+def _submit(cluster, folder: Path, store, gpus: int = 2, extra=()) -> tuple[str, dict]:
+    folder.mkdir(exist_ok=True)
     env = dict(cluster, VINCIE_PYTHON=sys.executable, OMP_NUM_THREADS="1", VINCIE_PORT=str(_port()),
                PYTHONUNBUFFERED="1")          # the console log is how the test sees the steps go by
-    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", "--gpus-per-node=2", "--oversubscribe",
+    r = subprocess.run(["sbatch", "--parsable", "--nodes=1", f"--gpus-per-node={gpus}", "--oversubscribe",
                         f"--chdir={folder}", str(REPO / "slurm" / "train_7b.sh"), *TINY,
-                        f"data.corpus.store={store}", f"run_dir={folder / 'run'}"],
+                        f"data.corpus.latents={store}", f"run_dir={folder / 'run'}", *extra],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip().split(";")[0], env
@@ -127,7 +140,19 @@ def _starts(folder: Path) -> list[int]:
     return [p["start_step"] for p in info["previous"]] + [info["start_step"]]
 
 
-def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, store, tmp_path):
+def _resume_elsewhere(cluster, src: Path, dst: Path, store) -> tuple[str, dict]:
+    """A copy of ``src``'s step-8 checkpoint resumed on 1 GPU x 2 micro-batches (DP2 x 1 before)."""
+    import shutil
+
+    ckpt = dst / "run" / "checkpoints"
+    ckpt.mkdir(parents=True)
+    shutil.copytree(src / "run" / "checkpoints" / "step_0000008", ckpt / "step_0000008")
+    (ckpt / "latest").write_text("8")
+    return _submit(cluster, dst, store, gpus=1, extra=["train.micro_batches=2"])
+
+
+def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, latents, tmp_path):
+    store = latents
     plain, env = _submit(slurm_cluster, tmp_path / "plain", store)
     usr1, env1 = _submit(slurm_cluster, tmp_path / "usr1", store)
     requeue, env2 = _submit(slurm_cluster, tmp_path / "requeue", store)
@@ -141,20 +166,26 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, s
     todo = {"usr1": (lambda: _steps_logged(tmp_path / "usr1") >= 3,
                      ["scancel", "--signal=USR1", "--batch", usr1], env1),
             "requeue": (lambda: (tmp_path / "requeue" / "run" / "checkpoints" / "latest").is_file(),
-                        ["scontrol", "requeue", requeue], env2)}
+                        ["scontrol", "requeue", requeue], env2),
+            "dp1": (lambda: (tmp_path / "plain" / "run" / "checkpoints" / "latest").is_file(), None, None)}
 
     def interrupt_when_ready():
         for job in folders:
             _start_requeued(env, job, _job(env, job))
         for name, (ready, cmd, e) in list(todo.items()):
             if ready():
-                subprocess.run(cmd, env=e, check=True)
+                if cmd is None:                  # the plain run saved step 8: resume it at DP1 x 2
+                    job, _ = _resume_elsewhere(slurm_cluster, tmp_path / "plain", tmp_path / "dp1", store)
+                    folders[job] = tmp_path / "dp1"
+                else:
+                    subprocess.run(cmd, env=e, check=True)
                 del todo[name]
         return not todo
 
     _wait(interrupt_when_ready, what=f"runs to interrupt: {sorted(todo)}")
     for job, f in _to_the_end(env, folders).items():
-        assert (f["JobState"], f["ExitCode"], f["Restarts"]) == ("COMPLETED", "0:0", "0" if job == plain else "1"), \
+        fresh = job == plain or folders[job].name == "dp1"
+        assert (f["JobState"], f["ExitCode"], f["Restarts"]) == ("COMPLETED", "0:0", "0" if fresh else "1"), \
             _log(folders[job])[-3000:]
     log = _log(tmp_path / "usr1")
     stopped = int(re.search(r"stopping at step (\d+): SIGUSR1 received", log).group(1))
@@ -170,6 +201,17 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, s
         l2, w2 = _final(tmp_path / name)
         assert l2 == loss, (name, l2, loss)
         assert w2.keys() == weights.keys() and all(w2[k].equal(weights[k]) for k in weights), name
+
+    # resumed at DP1 x 2 micro-batches: the same packs and noise, summed in another order
+    assert _starts(tmp_path / "dp1") == [8]
+    assert "TP 1 x CP 1 x DP 1; global batch 2 packed sequence(s) (2 micro-batches a rank)" in _log(tmp_path / "dp1")
+    l3, w3 = _final(tmp_path / "dp1")
+    assert abs(l3 - loss) <= 1e-5 * abs(loss), (l3, loss)
+    from vincie_mcore.parallel.parity import rel_diff
+    assert w3.keys() == weights.keys()
+    worst = max((rel_diff(w3[k].float(), weights[k].float()), k) for k in weights
+                if weights[k].is_floating_point() and weights[k].numel())
+    assert worst[0] <= 1e-5, worst
 
 
 def test_a_layout_that_does_not_fit_is_refused_in_one_line(slurm_cluster, tmp_path):

@@ -73,7 +73,8 @@ def _train(argv: list[str], stop) -> int:
         nodes = int(os.environ.get("SLURM_NNODES", "1"))
         nodes = nodes if dims.world_size % nodes == 0 else 1
         print(Layout(tp=dims.tp, cp=dims.cp, dp=dims.dp, nodes=nodes, gpus_per_node=dims.world_size // nodes,
-                     token_budget=int(cfg.data.pack.token_budget)).describe(), flush=True)
+                     token_budget=int(cfg.data.pack.token_budget),
+                     micro_batches=int(cfg.train.get("micro_batches", 1))).describe(), flush=True)
     try:
         if not trainer.cfg.save_on_signal:                       # the signals' default action again
             stop.__exit__(None, None, None)

@@ -157,7 +157,7 @@ class LatentStream:
     ``state_dict()/load_state_dict()`` (a resume continues at the exact next pack) and DataLoader
     workers (``num_workers``; 0 packs in the calling process). ``expect``: an
     ``latents.encoder_identity`` the store must match. ``micro_batches``: packs a rank takes per
-    optimizer step (gradient accumulation; the trainer today takes 1)."""
+    optimizer step (gradient accumulation: ``train.micro_batches``)."""
 
     def __init__(self, root, recipe: RecipeConfig, pack_cfg: PackConfig, *, seed: int = 0, dp_rank: int = 0,
                  dp_size: int = 1, micro_batches: int = 1, max_sessions: int | None = None, subset_seed: int = 0,
@@ -221,7 +221,7 @@ class LatentStream:
         self._it = None
 
 
-def stream_from_config(dc: dict, seed: int, dims) -> LatentStream:
+def stream_from_config(dc: dict, seed: int, dims, micro_batches: int = 1) -> LatentStream:
     """``build_training``'s stream when ``data.corpus.latents`` is set: one seed for every DP rank
     (the order is global), the store checked against the config's encoders, image size, recipe
     texts and ``data.corpus.latents_dtype``."""
@@ -231,4 +231,5 @@ def stream_from_config(dc: dict, seed: int, dims) -> LatentStream:
     dtype = c.latents_dtype or LatentStore(c.latents).dtype
     expect = encoder_identity(dc["image"], dc["text"], dc["recipe"], c.image_size, dtype)
     return LatentStream(c.latents, dc["recipe"], dc["pack"], seed=seed, dp_rank=dims.dp_rank, dp_size=dims.dp,
-                        max_sessions=c.max_sessions, num_workers=c.workers, expect=expect)
+                        micro_batches=micro_batches, max_sessions=c.max_sessions, num_workers=c.workers,
+                        expect=expect)

@@ -142,7 +142,7 @@ def prediction_loss(model, x_t: torch.Tensor, target: torch.Tensor, batch: Packe
     sq = diff.pow(2).sum()
     err, count = data_parallel_mean(sq, m.sum() * pred.shape[-1])
     metrics = {"loss": err.detach(), "noisy_tokens": int(count) // pred.shape[-1],
-               "tokens": batch.s_txt + batch.s_img}
+               "tokens": batch.s_txt + batch.s_img, "loss_count": count.detach()}   # count: gradient accumulation
     if groups is not None:
         metrics["loss_parts"] = _group_sums(diff.detach(), groups.to(m.device)[:, rows][:, m])
     return err, metrics

@@ -27,7 +27,8 @@ class Layout:
     dp: int
     nodes: int
     gpus_per_node: int
-    token_budget: int            # tokens of one packed sequence (one per DP replica and step)
+    token_budget: int            # tokens of one packed sequence (micro_batches per DP replica and step)
+    micro_batches: int = 1       # train.micro_batches (gradient accumulation)
 
     @property
     def world(self) -> int:
@@ -36,11 +37,12 @@ class Layout:
     @property
     def tokens_per_step(self) -> int:
         """Upper bound: every replica's sequence packed to the budget (padding included)."""
-        return self.dp * self.token_budget
+        return self.dp * self.micro_batches * self.token_budget
 
     def describe(self) -> str:
         return (f"layout: {self.nodes} node(s) x {self.gpus_per_node} GPU(s) = {self.world} ranks = "
-                f"TP {self.tp} x CP {self.cp} x DP {self.dp}; global batch {self.dp} packed sequence(s) of "
+                f"TP {self.tp} x CP {self.cp} x DP {self.dp}; global batch {self.dp * self.micro_batches} packed "
+                f"sequence(s){f' ({self.micro_batches} micro-batches a rank)' if self.micro_batches > 1 else ''} of "
                 f"<= {self.token_budget} tokens = <= {self.tokens_per_step} tokens per step")
 
 
@@ -69,7 +71,8 @@ def resolve_layout(cfg, nodes: int, gpus_per_node: int) -> Layout:
             raise ConfigError(f"parallel: tp*cp*dp = {tp}*{cp}*{dp} = {tp * cp * dp} does not match the "
                               f"allocation's {world} GPUs ({nodes} node(s) x {gpus})")
     budget = _positive(cfg.data.pack.token_budget, "data.pack.token_budget")
-    return Layout(tp=tp, cp=cp, dp=dp, nodes=nodes, gpus_per_node=gpus, token_budget=budget)
+    micro = _positive(cfg.train.get("micro_batches", 1), "train.micro_batches")
+    return Layout(tp=tp, cp=cp, dp=dp, nodes=nodes, gpus_per_node=gpus, token_budget=budget, micro_batches=micro)
 
 
 def env_from_srun(environ=None) -> bool:

@@ -14,7 +14,19 @@ Contracts of the pieces it is handed:
   logged per window as ``loss/<name>`` = sum / count over the window and the DP x CP ranks.
 * ``batch_stream``: ``next(stream) -> PackedBatch`` (anything with ``.to(device)``),
   ``stream.state_dict()`` and ``stream.load_state_dict(state)``, so a resumed run
-  sees the same batches.
+  sees the same batches. A stream with ``last_pack`` (``data.stream.LatentStream``: the global index
+  of the pack just drawn) gets the loss's noise from (seed, pack) instead of from a per-rank
+  generator: a pack's noise does not depend on the DP size or on which rank draws it (elastic resume).
+* ``hooks``: objects with any of ``on_step_end(trainer, metrics)``, ``on_save(trainer, path)``,
+  ``on_train_end(trainer)`` (``train/hooks.py``), called on every rank.
+
+Gradient accumulation (``train.micro_batches`` = m > 1): an optimizer step runs forward and backward on
+m batches of the stream, then one DP reduction and one update. The loss of each is a mean over its own
+global element count, so for the step to equal one batch of all m (the same gradient, the same logged
+loss), micro-batch a's backward is weighted by count_a / count_0 and the summed gradient by
+count_0 / sum(counts): the loss must report the count it averaged over (``metrics["loss_count"]``,
+summed over the DP x CP ranks as ``context_parallel.data_parallel_mean`` does). With m = 1 nothing is
+weighted (bit-identical to no accumulation).
 
 Health: a step whose loss (on any rank) or global grad norm is not finite is skipped: no
 optimizer, scheduler or EMA update, and ``self.step`` (which counts optimizer updates, so the
@@ -82,6 +94,10 @@ class TrainConfig:
     progress: bool = True            # tqdm bar on rank 0
     max_bad_steps: int = 8           # stop (saving nothing) after this many non-finite steps in a row; 0: never
     save_on_signal: bool = True      # SIGUSR1/SIGTERM during train(): save at the step boundary, raise Preempted
+    micro_batches: int = 1           # batches per optimizer step and rank (gradient accumulation)
+    eval_every: int = 0              # > 0: build.make_trainer adds an EvalHook (train/hooks.py) every N steps
+    eval_store: str | None = None    # held-out session store of the eval hook (None: <run_dir>/heldout/store)
+    eval_sessions: int | None = None     # decode at most this many held-out sessions for the eval hook
     fp8: FP8Config = field(default_factory=FP8Config)   # FP8 linears via Transformer Engine (model/fp8.py)
 
     def __post_init__(self):
@@ -94,10 +110,10 @@ class TrainConfig:
         def is_num(v):
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
-        for key in ("steps", "log_every"):
+        for key in ("steps", "log_every", "micro_batches"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 1:
                 bad(key, "must be an int >= 1")
-        for key in ("warmup", "save_every", "keep_last", "seed", "max_bad_steps"):
+        for key in ("warmup", "save_every", "keep_last", "seed", "max_bad_steps", "eval_every"):
             if not is_int(getattr(self, key)) or getattr(self, key) < 0:
                 bad(key, "must be an int >= 0")
         if self.warmup >= self.steps:
@@ -121,7 +137,9 @@ class TrainConfig:
             bad("dtype", "bf16 training needs a GPU (use 'fp32' or 'auto' on CPU)")
         if self.max_minutes is not None and (not is_num(self.max_minutes) or self.max_minutes <= 0):
             bad("max_minutes", "must be None or a number > 0")
-        for key in ("ckpt_dir", "tensorboard_dir", "init_from"):
+        if self.eval_sessions is not None and (not is_int(self.eval_sessions) or self.eval_sessions < 1):
+            bad("eval_sessions", "must be None or an int >= 1")
+        for key in ("ckpt_dir", "tensorboard_dir", "init_from", "eval_store"):
             if getattr(self, key) is not None and not isinstance(getattr(self, key), str):
                 bad(key, "must be None or a path string")
         for key in ("resume", "progress", "use_distributed_optimizer", "save_on_signal"):
@@ -242,7 +260,7 @@ class Trainer:
     """
 
     def __init__(self, cfg: TrainConfig, model, loss_fn, batch_stream, device: torch.device | str | None = None,
-                 run_dir: str | None = None):
+                 run_dir: str | None = None, hooks: list | None = None):
         from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.transformer.module import Float16Module
@@ -255,6 +273,11 @@ class Trainer:
         self.device = torch.device(device) if device is not None else (
             torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu"))
         self.loss_fn, self.stream = loss_fn, batch_stream
+        self.hooks = list(hooks or [])
+        micro = getattr(batch_stream, "micro", None)      # a LatentStream deals packs for a number of micro-batches
+        if micro is not None and micro != cfg.micro_batches:
+            raise ValueError(f"TrainConfig.micro_batches: {cfg.micro_batches}, but the batch stream deals "
+                             f"{micro} micro-batches a step (build it with micro_batches={cfg.micro_batches})")
         self.rank = _rank()
         self.dp_rank = parallel_state.get_data_parallel_rank()
 
@@ -353,8 +376,16 @@ class Trainer:
         if self.cfg.ckpt_dir is None:
             return None
         with _stop_signals_blocked():
-            return ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
+            path = ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
                              self.state_dict(), keep_last=self.cfg.keep_last)
+        self._call_hooks("on_save", path)
+        return path
+
+    def _call_hooks(self, event: str, *args) -> None:
+        for h in self.hooks:
+            fn = getattr(h, event, None)
+            if fn is not None:
+                fn(self, *args)
 
     def load_checkpoint(self) -> bool:
         """Load ``latest`` from cfg.ckpt_dir if present; True if something was loaded."""
@@ -380,8 +411,25 @@ class Trainer:
         with cpu_compat.suspended():
             with fp8_autocast(self.cfg.fp8):
                 loss, metrics = self.loss_fn(self.model, batch, self.generator)
-            loss.backward()
+            (loss if self.cfg.micro_batches == 1 else loss * self._micro_weight(metrics)).backward()
         return loss.detach(), metrics
+
+    def _micro_weight(self, metrics) -> float:
+        """count_a / count_0 for micro-batch a (see the module docstring); records count_a."""
+        count = metrics.get("loss_count") if isinstance(metrics, dict) else None
+        if count is None:
+            raise ValueError("TrainConfig.micro_batches > 1 needs the loss's metrics['loss_count'] (the global "
+                             "element count its mean is over) to weight the micro-batches")
+        count = float(count)
+        self._counts.append(count)
+        return count / self._counts[0]
+
+    def _seed_noise(self) -> None:
+        """The loss generator from (seed, global pack index) when the stream names its pack."""
+        k = getattr(self.stream, "last_pack", None)
+        if k is not None:
+            self.generator.manual_seed(int(np.random.SeedSequence([self.cfg.seed, 0x401E, int(k)])
+                                           .generate_state(1, np.uint64)[0]))
 
     def train_step(self) -> dict:
         """One step on one batch. Returns step metrics (loss, grad_norm, lr, tokens, flops, skipped,
@@ -390,19 +438,40 @@ class Trainer:
 
         self.model.zero_grad_buffer()
         self.optimizer.zero_grad()
-        t_wait = time.perf_counter()
-        with cpu_compat.suspended():      # packing asks for no CUDA either
-            batch = next(self.stream)
-        data_wait_s = time.perf_counter() - t_wait
-        if hasattr(batch, "to"):
-            batch = batch.to(self.device)
-        loss, metrics = self.forward_backward_step(batch)
+        n = self.cfg.micro_batches
+        self._counts = []
+        data_wait_s, tokens, flops, losses, extras, loss_parts = 0.0, 0, 0.0, [], [], {}
+        for a in range(n):
+            t_wait = time.perf_counter()
+            with cpu_compat.suspended():      # packing asks for no CUDA either
+                batch = next(self.stream)
+            data_wait_s += time.perf_counter() - t_wait
+            self._seed_noise()
+            if hasattr(batch, "to"):
+                batch = batch.to(self.device)
+            # no DP reduction until the last micro-batch (Megatron DDP only syncs in finalize_model_grads
+            # without overlap; no_sync keeps it so with overlap too)
+            with (self.model.no_sync() if a < n - 1 else contextlib.nullcontext()):
+                loss, metrics = self.forward_backward_step(batch)
+            metrics = metrics if isinstance(metrics, dict) else {}
+            losses.append(loss)
+            tok = metrics.get("tokens", None)
+            tokens += int(tok) if tok is not None else batch_tokens(batch)
+            f = self._device_flops(batch)
+            flops = None if f is None or flops is None else flops + f
+            for k, v in (metrics.get("loss_parts") or {}).items():
+                loss_parts[k] = loss_parts[k] + v if k in loss_parts else v
+            extras.append(metrics)
+        if n > 1:
+            # the step's loss and gradient are those of one batch of all n: weights count_a / total
+            total = sum(self._counts)
+            loss = sum(x.float() * (c / total) for x, c in zip(losses, self._counts))
+            self.model.scale_gradients(self._counts[0] / total)
         # DP all-reduce of the grad buffer, plus TP all-reduce of sequence-parallel norm grads
         finalize_model_grads([self.model])
         found_inf, grad_norm = self._prepare_grads()
         loss_host, bad = self._loss_and_bad_flag(loss)
         bad = bad or found_inf or grad_norm is None or not math.isfinite(grad_norm)
-        metrics = metrics if isinstance(metrics, dict) else {}
         if bad:
             self.skipped_steps += 1
             self.bad_in_row += 1
@@ -414,19 +483,22 @@ class Trainer:
             if self.optimizer_step(grad_norm) and self.ema is not None:
                 self.ema.update()
             self.step += 1
-        tokens = metrics.get("tokens", None)
+        extra = {}                           # other scalars of the loss: mean over the micro-batches
+        for m in extras:
+            for k, v in m.items():
+                if k not in ("loss", "tokens", "loss_count") and isinstance(v, (int, float, torch.Tensor)) \
+                        and (not isinstance(v, torch.Tensor) or v.numel() == 1):
+                    extra[k] = extra.get(k, 0.0) + float(v) / n
         return {
             "loss": loss_host,
             "grad_norm": grad_norm,
             "lr": lr,
-            "tokens": int(tokens) if tokens is not None else batch_tokens(batch),
-            "flops": self._device_flops(batch),
+            "tokens": tokens,
+            "flops": flops,
             "skipped": bad,
             "data_wait_s": data_wait_s,
-            "loss_parts": metrics.get("loss_parts") or {},
-            "extra": {k: float(v) for k, v in metrics.items()
-                      if k not in ("loss", "tokens") and isinstance(v, (int, float, torch.Tensor))
-                      and (not isinstance(v, torch.Tensor) or v.numel() == 1)},
+            "loss_parts": loss_parts,
+            "extra": extra,
         }
 
     # Megatron's optimizer.step() is prepare_grads -> grad norm -> clip -> step_with_ready_grads
@@ -620,6 +692,7 @@ class Trainer:
                         bar.write(f"step {self.step:>7d} | loss {loss_avg:.5f} | lr {m['lr']:.3e} | "
                                   f"grad {gn} | {rates['tokens_per_s']:.0f} tok/s/dev{tfl} | "
                                   f"data wait {rates['data_wait_pct']:.1f}%{skipped}")
+                self._call_hooks("on_step_end", m)
                 if not m["skipped"] and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
                     saved_at = self.step
@@ -638,6 +711,7 @@ class Trainer:
                     break
             if saved_at != self.step:
                 self.save_checkpoint()
+            self._call_hooks("on_train_end")
         finally:
             if own:
                 signals.__exit__(None, None, None)

@@ -1,0 +1,92 @@
+"""Trainer hooks: a counting hook sees every step, every complete save and the end of the run; the
+evaluation hook (``train.eval_every``) writes eval_<step>.json on a tiny run, and its last one equals
+what ``vincie-evaluate`` gives on the run folder afterwards (config + last checkpoint, loaded anew)."""
+import json
+import os
+import warnings
+
+import pytest
+from _train_tiny import TinyStream, build_tiny, tiny_loss
+
+from vincie_mcore.train import checkpoint as ckpt
+from vincie_mcore.train.hooks import EvalHook, Hook
+from vincie_mcore.train.trainer import Trainer, TrainConfig
+
+warnings.filterwarnings("ignore")
+
+
+class Count(Hook):
+    def __init__(self):
+        self.steps, self.saves, self.ends = [], [], []
+
+    def on_step_end(self, trainer, metrics):
+        self.steps.append((trainer.step, metrics["loss"]))
+
+    def on_save(self, trainer, path):
+        self.saves.append((trainer.step, path, os.path.isdir(path)))
+
+    def on_train_end(self, trainer):
+        self.ends.append(trainer.step)
+
+
+class EndOnly:                         # a plain object with one of the events is a hook too
+    def __init__(self):
+        self.ends = 0
+
+    def on_train_end(self, trainer):
+        self.ends += 1
+
+
+def test_hooks_see_every_step_save_and_end(dist1, tmp_path):
+    cfg = TrainConfig(steps=5, lr=1e-2, save_every=2, log_every=100, ckpt_dir=str(tmp_path), progress=False)
+    count, end = Count(), EndOnly()
+    t = Trainer(cfg, build_tiny(seed=1), tiny_loss, TinyStream(), hooks=[count, end])
+    losses = t.train(until=3)                        # each train() call ends with its save, then the hook
+    assert count.ends == [3] and end.ends == 1
+    losses += t.train()
+    assert count.steps == list(zip(range(1, 6), losses))
+    assert count.saves == [(s, ckpt.step_dir(str(tmp_path), s), True) for s in (2, 3, 4, 5)]
+    assert count.ends == [3, 5] and end.ends == 2
+
+
+def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
+    from vincie_mcore.build import build_training, data_configs, load_run, make_editor
+    from vincie_mcore.data.corpus import decode_corpus
+    from vincie_mcore.eval.synthetic import evaluate
+    from vincie_mcore.train.hooks import mean_cell_error
+    from vincie_mcore.config import load_config
+    from vincie_mcore.data.corpus import synthesize_store
+    from vincie_tools.evaluate import main as evaluate_main
+
+    with pytest.raises(ValueError, match="EvalHook: every must be an int >= 1, got 0"):
+        EvalHook(0, None, tmp_path)
+    run = tmp_path / "run"
+    over = ["experiment=demo", f"run_dir={run}", "train.steps=2", "train.warmup=0", "train.progress=false",
+            "train.log_every=1", "train.eval_every=1", "model.num_layers=2", "model.mm_layers=1",
+            "data.corpus.workers=1", "data.pack.token_budget=400", "eval.turns=1", "sampler.steps=2"]
+    dc = data_configs(load_config(over))
+    c = dc["corpus"]
+    store = synthesize_store(tmp_path / "store", 6, dc["world"], c, "fixed", 3)
+    cfg = load_config(over + [f"data.corpus.store={store}", f"train.eval_store={store}"])
+    _, trainer = build_training(cfg)
+    trainer.train()
+    assert trainer.model.training                    # put back in training mode after each evaluation
+    hook = trainer.hooks[0]
+    assert [r["step"] for r in hook.results] == [1, 2]
+    files = sorted(p.name for p in run.glob("eval_*.json"))
+    assert files == ["eval_1.json", "eval_2.json"]
+    first, last = (json.loads((run / f).read_text()) for f in files)
+    assert last == hook.results[-1] and last["sessions"] > 0
+    assert first["cell_error"] != last["cell_error"]          # each evaluation sees the weights of its step
+
+    # the same evaluation by hand on the run folder, loaded anew (its config + the step-2 checkpoint)
+    cfg2, model, text, image = load_run(run)
+    results, _, _ = evaluate(make_editor(cfg2, model, text, image), decode_corpus(store, dc["corpus"]),
+                             dc["world"], turns=1, progress=False)
+    assert [mean_cell_error(r) for r in results] == pytest.approx(last["cell_error"], rel=1e-5)
+
+    out = tmp_path / "cli.json"
+    assert evaluate_main(["--run", str(run), "--store", str(store), "--out", str(out)]) == 0
+    cli = json.loads(out.read_text())
+    for k in ("turn_success", "baseline_success", "success_by_edit", "sessions"):
+        assert cli[k] == last[k], (k, cli[k], last[k])

@@ -1,0 +1,107 @@
+"""Trainer hooks: code that runs inside ``Trainer.train()`` without editing the trainer.
+
+A hook is any object with some of these methods; the trainer calls the ones it has, on every rank,
+in the order the hooks were given (``Trainer(..., hooks=[...])`` or ``trainer.hooks.append``):
+
+* ``on_step_end(trainer, metrics)``: after every step, skipped ones included (``metrics["skipped"]``),
+  before that step's periodic save; ``trainer.step`` counts the optimizer updates done.
+* ``on_save(trainer, path)``: after a checkpoint of ``trainer.step`` is complete at ``path``.
+* ``on_train_end(trainer)``: when ``train()`` returns, after its final save (at ``cfg.steps``, at
+  ``until`` or on ``max_minutes``); not when it raises (a preemption, too many bad steps).
+
+A hook that runs collectives (the evaluation below, under TP) must run on every rank, and does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class Hook:
+    """No-op events, to subclass (a hook need not: the trainer looks the methods up by name)."""
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        pass
+
+    def on_save(self, trainer, path: str) -> None:
+        pass
+
+    def on_train_end(self, trainer) -> None:
+        pass
+
+
+def unwrap(model):
+    """The MegatronModule inside Megatron DDP / Float16Module."""
+    from megatron.core.distributed import DistributedDataParallel
+    from megatron.core.transformer.module import Float16Module
+    while isinstance(model, (DistributedDataParallel, Float16Module)):
+        model = model.module
+    return model
+
+
+class EvalHook(Hook):
+    """Every ``every`` optimizer steps: ``evaluate(trainer) -> dict`` with the model in eval mode and
+    without gradients; rank 0 writes ``{"step": step, **result}`` to ``<out_dir>/eval_<step>.json``.
+    ``self.results`` keeps every result of this process."""
+
+    def __init__(self, every: int, evaluate, out_dir):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"EvalHook: every must be an int >= 1, got {every!r}")
+        self.every, self.evaluate, self.out_dir = every, evaluate, Path(out_dir)
+        self.results: list[dict] = []
+
+    def on_step_end(self, trainer, metrics: dict) -> None:
+        if metrics.get("skipped") or trainer.step % self.every:
+            return
+        self.run(trainer)
+
+    def run(self, trainer) -> dict:
+        from .metrics import write_json
+
+        model = trainer.model
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad():
+                result = {"step": trainer.step, **self.evaluate(trainer)}
+        finally:
+            model.train(was_training)
+        self.results.append(result)
+        if trainer.rank == 0:
+            write_json(self.out_dir / f"eval_{trainer.step}.json", result)
+        return result
+
+
+def synthetic_evaluator(cfg, store, sessions: int | None = None):
+    """``vincie-evaluate``'s evaluation as an ``EvalHook`` callable: multi-turn edits of the held-out
+    sessions of ``store`` (decoded once, on first use) by the trainer's current weights, judged exactly
+    per turn; returns ``summarize_eval``'s summary."""
+    from ..build import data_configs, make_editor
+    from ..data.corpus import decode_corpus
+    from ..encoders import TextEncoder, build_image_encoder
+    from ..eval.synthetic import evaluate, summarize_eval
+
+    store = Path(store)
+    if not store.is_dir():
+        raise FileNotFoundError(f"train.eval_store: no session store at {store}")
+    dc = data_configs(cfg)
+    cache = {}
+
+    def run(trainer) -> dict:
+        if not cache:
+            cache.update(held=decode_corpus(store, dc["corpus"], sessions), text=TextEncoder(dc["text"]),
+                         image=build_image_encoder(dc["image"]))
+        editor = make_editor(cfg, unwrap(trainer.model), cache["text"], cache["image"])
+        results, baseline, _ = evaluate(editor, cache["held"], dc["world"], turns=int(cfg.eval.turns),
+                                        batch=int(cfg.eval.batch), progress=False)
+        # plus a continuous figure, which moves with the weights when the success rates do not (early on)
+        return summarize_eval(results, baseline) | {"cell_error": [mean_cell_error(r) for r in results]}
+
+    return run
+
+
+def mean_cell_error(judged: list[dict]) -> float | None:
+    """Mean over sessions of a turn's mean absolute grid-cell error to the expected frame (``judge_edit``)."""
+    import numpy as np
+    return float(np.mean([np.mean(r["cell_error"]) for r in judged])) if judged else None
