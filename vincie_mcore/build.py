@@ -119,7 +119,7 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
 def make_hooks(cfg, tcfg, run_dir: Path) -> list:
     """The trainer hooks the config asks for: ``train.eval_every`` > 0 evaluates the held-out sessions
     of ``train.eval_store`` (default ``<run_dir>/heldout/store``) into ``<run_dir>/eval_<step>.json``."""
-    from .train.hooks import EvalHook, synthetic_evaluator
+    from .train.hooks import EvalHook
 
     if not tcfg.eval_every:
         return []
@@ -250,3 +250,43 @@ def load_run(run_dir, overrides: list[str] | None = None):
         raise FileNotFoundError(f"run_dir: no complete checkpoint under {ckpt}")
     model.eval()
     return cfg, model, TextEncoder(dc["text"]), build_image_encoder(dc["image"])
+
+
+def synthetic_evaluator(cfg, store, sessions: int | None = None):
+    """``vincie-evaluate``'s evaluation as an ``EvalHook`` callable: multi-turn edits of the held-out
+    sessions of ``store`` (decoded once, on first use) by the trainer's current weights, judged exactly
+    per turn; returns ``summarize_eval``'s summary."""
+    from .data.corpus import decode_corpus
+    from .encoders import TextEncoder, build_image_encoder
+    from .eval.synthetic import evaluate, mean_cell_error, summarize_eval
+    from .train.hooks import unwrap
+
+    store = Path(store)
+    if not store.is_dir():
+        raise FileNotFoundError(f"train.eval_store: no session store at {store}")
+    dc = data_configs(cfg)
+    cache = {}
+
+    def run(trainer) -> dict:
+        if not cache:
+            cache.update(held=decode_corpus(store, dc["corpus"], sessions), text=TextEncoder(dc["text"]),
+                         image=build_image_encoder(dc["image"]))
+        editor = make_editor(cfg, unwrap(trainer.model), cache["text"], cache["image"])
+        results, baseline, _ = evaluate(editor, cache["held"], dc["world"], turns=int(cfg.eval.turns),
+                                        batch=int(cfg.eval.batch), progress=False)
+        # plus a continuous figure, which moves with the weights when the success rates do not (early on)
+        return summarize_eval(results, baseline) | {"cell_error": [mean_cell_error(r) for r in results]}
+
+    return run
+
+
+# ----------------------------------------------------------------------------- precompute
+
+def precompute_with_config(store, out, overrides: list[str] | None = None, **kw) -> dict:
+    """``precompute`` with the encoders, image size and recipe texts of a Hydra config (the same
+    keys training reads, so the store matches the run that will open it)."""
+    from .config import load_config
+    from .data.latents import precompute
+
+    dc = data_configs(load_config(list(overrides or [])))
+    return precompute(store, out, dc["image"], dc["text"], dc["recipe"], image_size=dc["corpus"].image_size, **kw)

@@ -27,7 +27,7 @@ def store(tmp_path_factory):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))
     from test_latents import make_session_store
 
-    from vincie_mcore.data.latents import precompute_with_config
+    from vincie_mcore.build import precompute_with_config
     from _elastic_run import OVERRIDES
 
     tmp = tmp_path_factory.mktemp("elastic")

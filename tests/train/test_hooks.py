@@ -53,7 +53,7 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     from vincie_mcore.build import build_training, data_configs, load_run, make_editor
     from vincie_mcore.data.corpus import decode_corpus
     from vincie_mcore.eval.synthetic import evaluate
-    from vincie_mcore.train.hooks import mean_cell_error
+    from vincie_mcore.eval.synthetic import mean_cell_error
     from vincie_mcore.config import load_config
     from vincie_mcore.data.corpus import synthesize_store
     from vincie_tools.evaluate import main as evaluate_main

@@ -48,7 +48,7 @@ def store(tmp_path_factory):
 @pytest.fixture(scope="module")
 def latents(store, tmp_path_factory):
     """The store's latent store, with the runs' encoders, image size and recipe texts."""
-    from vincie_mcore.data.latents import precompute_with_config
+    from vincie_mcore.build import precompute_with_config
 
     out = tmp_path_factory.mktemp("latents") / "latents"
     precompute_with_config(store, out, TINY, block_rows=8)

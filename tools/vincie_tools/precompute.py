@@ -41,7 +41,8 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     from vincie_mcore.config import ConfigError
-    from vincie_mcore.data.latents import LatentMismatch, finalize, parse_shard, precompute_with_config
+    from vincie_mcore.build import precompute_with_config
+    from vincie_mcore.data.latents import LatentMismatch, finalize, parse_shard
 
     try:
         if args.step == "run":

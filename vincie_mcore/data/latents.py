@@ -413,13 +413,3 @@ class LatentStore:
                               roe_src=torch.stack(imgs[k:2 * k - 1]), roe_tgt=torch.stack(imgs[2 * k - 1:]),
                               meta={"video_id": rec["video_id"], "row": row})
         return sess, dict(zip(emitted, embs))
-
-
-def precompute_with_config(store, out, overrides: list[str] | None = None, **kw) -> dict:
-    """``precompute`` with the encoders, image size and recipe texts of a Hydra config (the same
-    keys training reads, so the store matches the run that will open it)."""
-    from ..build import data_configs
-    from ..config import load_config
-
-    dc = data_configs(load_config(list(overrides or [])))
-    return precompute(store, out, dc["image"], dc["text"], dc["recipe"], image_size=dc["corpus"].image_size, **kw)

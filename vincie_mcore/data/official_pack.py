@@ -26,9 +26,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..model.official import OFFICIAL_NEGATIVE_PROMPT, official_session_batch, official_turn_texts
 from ..packed.batch import PackedBatch
 from ..packed.maskspec import KIND_CLEAN, KIND_TEXT, MaskSpec
+from ..packed.official import OFFICIAL_NEGATIVE_PROMPT, official_session_batch, official_turn_texts
 from .packing import EncodedSession, PackConfig
 from .recipe import RecipeConfig, camera_prompt
 

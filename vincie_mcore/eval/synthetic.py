@@ -56,3 +56,9 @@ def summarize_eval(results, baseline) -> dict:
                 baseline_success=[round(rate(b), 4) for b in baseline],
                 success_by_edit={k: round(float(np.mean(v)), 4) for k, v in sorted(by_edit.items())},
                 sessions=len(results[0]) if results else 0)
+
+
+def mean_cell_error(judged: list[dict]) -> float | None:
+    """Mean over sessions of a turn's mean absolute grid-cell error to the expected frame (``judge_edit``)."""
+    import numpy as np
+    return float(np.mean([np.mean(r["cell_error"]) for r in judged])) if judged else None

@@ -71,37 +71,3 @@ class EvalHook(Hook):
         if trainer.rank == 0:
             write_json(self.out_dir / f"eval_{trainer.step}.json", result)
         return result
-
-
-def synthetic_evaluator(cfg, store, sessions: int | None = None):
-    """``vincie-evaluate``'s evaluation as an ``EvalHook`` callable: multi-turn edits of the held-out
-    sessions of ``store`` (decoded once, on first use) by the trainer's current weights, judged exactly
-    per turn; returns ``summarize_eval``'s summary."""
-    from ..build import data_configs, make_editor
-    from ..data.corpus import decode_corpus
-    from ..encoders import TextEncoder, build_image_encoder
-    from ..eval.synthetic import evaluate, summarize_eval
-
-    store = Path(store)
-    if not store.is_dir():
-        raise FileNotFoundError(f"train.eval_store: no session store at {store}")
-    dc = data_configs(cfg)
-    cache = {}
-
-    def run(trainer) -> dict:
-        if not cache:
-            cache.update(held=decode_corpus(store, dc["corpus"], sessions), text=TextEncoder(dc["text"]),
-                         image=build_image_encoder(dc["image"]))
-        editor = make_editor(cfg, unwrap(trainer.model), cache["text"], cache["image"])
-        results, baseline, _ = evaluate(editor, cache["held"], dc["world"], turns=int(cfg.eval.turns),
-                                        batch=int(cfg.eval.batch), progress=False)
-        # plus a continuous figure, which moves with the weights when the success rates do not (early on)
-        return summarize_eval(results, baseline) | {"cell_error": [mean_cell_error(r) for r in results]}
-
-    return run
-
-
-def mean_cell_error(judged: list[dict]) -> float | None:
-    """Mean over sessions of a turn's mean absolute grid-cell error to the expected frame (``judge_edit``)."""
-    import numpy as np
-    return float(np.mean([np.mean(r["cell_error"]) for r in judged])) if judged else None
