@@ -199,6 +199,7 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
         runs = P.read_runs(tmp_path / name)
         assert s["arms"] == [arm_a, arm_b] and {r.model for r in runs} == {arm_a, arm_b} and len(runs) == 4
         assert {r.steps for r in runs} == {2} and {r.data_size for r in runs} == {8}
+        assert s["budget"]["steps"] == 2 * (2 if name == "context" else 4)     # the trainings only
         budget = {o for r in runs for o in r.overrides if o.startswith("data.pack.token_budget")}
         assert budget == {"data.pack.token_budget=400"}                 # same tokens per step
         for seed in (0, 1):

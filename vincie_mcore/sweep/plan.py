@@ -192,8 +192,9 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
     c = d["cluster"]
     gpus = int(c.get("gpus_per_run", 0)) * int(c.get("nodes_per_run", 1))
     st = c.get("step_time_s")
-    budget = {"runs": len(runs), "steps": sum(r.steps for r in runs), "gpus_per_run": gpus, "step_time_s": st,
-              "gpu_hours": round(sum(r.steps for r in runs) * st * gpus / 3600, 2) if st and gpus else None,
+    steps = sum(r.steps for r in runs if r.train_with is None)          # an eval-only arm trains nothing
+    budget = {"runs": len(runs), "steps": steps, "gpus_per_run": gpus, "step_time_s": st,
+              "gpu_hours": round(steps * st * gpus / 3600, 2) if st and gpus else None,
               "why_none": None if st and gpus else "cluster.step_time_s (measured) and gpus_per_run are needed"}
     (sweep_dir / "budget.json").write_text(json.dumps(budget, indent=1))
     return {"sweep": str(sweep_dir), "runs": len(runs), "budget": budget}
