@@ -21,6 +21,8 @@ def main(argv=None) -> int:
     ap.add_argument("--store", default=None, help="held-out session store (default: <run>/heldout/store)")
     ap.add_argument("--sessions", type=int, default=None, help="decode at most this many held-out sessions")
     ap.add_argument("--out", default=None, help="also write the summary JSON here")
+    ap.add_argument("--context", choices=("full", "none"), default="full",
+                    help="full: each turn sees every earlier turn; none: only the image it edits (Table 4)")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sampler.guidance=3")
     a = ap.parse_args(argv)
 
@@ -42,8 +44,12 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    results, baseline, _ = evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
+    results, baseline, _ = evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch),
+                                  context=a.context)
     summary = summarize_eval(results, baseline)
+    summary["context"] = a.context
+    # per turn, per held-out session (in store order): what vincie-ablate pairs across arms
+    summary["session_success"] = [[int(r["success"]) for r in rs] for rs in results]
     summary["overrides"] = list(a.overrides)
     summary["minutes"] = round((time.time() - t0) / 60, 2)
     if a.out:

@@ -22,7 +22,7 @@ import torch
 from ..packed.batch import PackedBatch
 from ..packed.builder import ROPE_MODES, BatchBuilder
 from ..packed.patches import patchify
-from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan
+from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan, pairwise_sessions
 
 
 @dataclass
@@ -132,6 +132,8 @@ class PackedStream:
                  seed: int = 0):
         if not corpus:
             raise ValueError("PackedStream: the corpus is empty")
+        if recipe.pairwise:                      # Table 5's pairwise arm: sample pairs, not sessions
+            corpus = pairwise_sessions(corpus)
         self.corpus, self.text_encoder, self.recipe, self.cfg, self.seed = corpus, text_encoder, recipe, pack_cfg, seed
         self.step = 0
         self._warm_text_cache()

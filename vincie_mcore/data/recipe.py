@@ -15,12 +15,16 @@ region in I_i / I_{i+1}). Recipe choices, each drawn per sample:
 * Task: NIP (predict I_{i+1}), CSP (predict M_i0), NSP (predict M_i1).
 * ``full`` mask: ONE noisy target per session; later turns are cut.
   ``block_causal``: every kept image/map after I0 gets a noisy twin (a loss).
+* ``pairwise`` (paper Table 5's "pairwise" arm): every session of K frames is cut into its
+  K-1 independent 2-frame sessions (I_i, T_i, I_{i+1}) before sampling (``pairwise_sessions``),
+  so no sample carries any earlier turn as context.
 
 The output is a list of ``Block``s in interleaved order. Orders are assigned
 here; the packer turns blocks into streams and the mask spec.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +47,7 @@ class RecipeConfig:
     mask_prompt_src: str = "generate the mask of changing areas in the source image"
     mask_prompt_tgt: str = "generate the mask of changing areas in the target image"
     max_frames: int = 20                 # longer sessions are cut
+    pairwise: bool = False               # train on each session's (I_i, T_i, I_{i+1}) pairs, not sessions
 
     def __post_init__(self):
         if self.mask_type not in MASK_TYPES:
@@ -56,6 +61,22 @@ class RecipeConfig:
             raise ValueError(f"recipe.task_probs: expected 3 non-negative weights (NIP, CSP, NSP), got {self.task_probs}")
         if self.max_frames < 2:
             raise ValueError(f"recipe.max_frames: must be >= 2, got {self.max_frames}")
+
+
+def pairwise_sessions(corpus: list) -> list:
+    """Each session of K frames -> its K-1 pairs (I_i, T_i, I_{i+1}), each a session of its own
+    (the same dataclass, ``meta["pair"] = i``; frames and maps are views, not copies).
+
+    The stream draws sessions uniformly, so after the cut it draws pairs uniformly: the pairwise
+    arm sees every transition of the same sessions, one at a time, at the same tokens per step."""
+    out = []
+    for s in corpus:
+        for i in range(len(s.texts)):
+            out.append(dataclasses.replace(
+                s, frames=s.frames[i:i + 2], texts=[s.texts[i]], cameras=[s.cameras[i]],
+                roe_src=None if s.roe_src is None else s.roe_src[i:i + 1],
+                roe_tgt=None if s.roe_tgt is None else s.roe_tgt[i:i + 1], meta={**s.meta, "pair": i}))
+    return out
 
 
 def camera_prompt(text: str, camera: str | None) -> str:

@@ -13,16 +13,25 @@ from ..infer.editor import Editor
 from .judge import edit_kinds, judge_edit
 
 
-def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, progress: bool = True):
+CONTEXTS = ("full", "none")
+
+
+def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, progress: bool = True,
+             context: str = "full"):
     """Multi-turn editing of held-out sessions, judged exactly per turn.
 
     Turn k edits the model's own output of turn k-1 (the in-context setting);
-    the copy baseline returns its input unchanged. Returns (results, baseline, strips)
+    the copy baseline returns its input unchanged. ``context="full"`` gives the editor every
+    earlier turn (I0, T0, ..., I_{k-1}, T_{k-1}, I_k); ``"none"`` only the image being edited,
+    I_k (the model's previous output), with no earlier image or text: the paper's "w/o context"
+    (Table 4), sequential single-turn editing. Returns (results, baseline, strips)
     with results[k] (baseline[k]) a list of judge dicts for turn k+1 and strips the
     first six sessions' (outputs, prompts, ground-truth frames).
     """
     from tqdm import tqdm
 
+    if context not in CONTEXTS:
+        raise ValueError(f"eval.context: expected one of {CONTEXTS}, got {context!r}")
     # judged turns must each be exactly one edit (sampling can also give "no change" or several)
     sessions = [s for s in sessions if s.frames.shape[0] > turns and s.states
                 and all(len(edit_kinds(s.states[k], s.states[k + 1], world)) == 1 for k in range(turns))]
@@ -34,7 +43,8 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
         hist = [([torch.from_numpy(np.ascontiguousarray(s.frames[0]))], []) for s in chunk]
         for k in range(turns):
             prompts = [s.texts[k] for s in chunk]
-            outs = editor.edit_many(hist, prompts)
+            ctx = hist if context == "full" else [([h[0][-1]], []) for h in hist]
+            outs = editor.edit_many(ctx, prompts)
             for s, h, out, prompt in zip(chunk, hist, outs, prompts):
                 results[k].append(judge_edit(out, s.states[k], s.states[k + 1], world))
                 # the copy baseline returns its input each turn, so its chain stays at I0

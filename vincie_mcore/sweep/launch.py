@@ -28,7 +28,12 @@ LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING
 
 
 def eval_path(run) -> Path:
-    return Path(run.run_dir) / "eval.json"
+    return Path(run.run_dir) / getattr(run, "eval_file", "eval.json")
+
+
+def trainer_index(run) -> int:
+    """The run whose array element trains ``run``'s run_dir (itself, or its ``train_as`` owner)."""
+    return run.index if run.train_with is None else run.train_with
 
 
 def _sbatch(args: list[str], env=None) -> str:
@@ -64,7 +69,8 @@ def _launched(sweep_dir: Path) -> dict[int, str]:
         for line in p.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
-                out.update({int(i): f"{rec['train']}_{i}" for i in rec["runs"]})
+                owner = rec.get("trained_by", {})              # eval-only runs: their owner's element
+                out.update({int(i): f"{rec['train']}_{owner.get(str(i), i)}" for i in rec["runs"]})
     return out
 
 
@@ -90,10 +96,13 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
     if c.get("partition"):
         res.append(f"--partition={c['partition']}")
     cap = int(c.get("max_concurrent", 0))
-    array = ",".join(str(r.index) for r in todo) + (f"%{cap}" if cap else "")
+    # a run_dir shared by an eval-only arm is trained once, by its owner's element (training an
+    # already finished run resumes at its last step and stops)
+    trained = sorted({trainer_index(r) for r in todo})
+    array = ",".join(str(i) for i in trained) + (f"%{cap}" if cap else "")
     train = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *res, *(extra_sbatch or []),
                      str(SLURM / "sweep_train.sbatch"), str(sweep_dir)], env)
-    evals = {r.index: _sbatch([f"--dependency=afterok:{train}_{r.index}", "--kill-on-invalid-dep=yes",
+    evals = {r.index: _sbatch([f"--dependency=afterok:{train}_{trainer_index(r)}", "--kill-on-invalid-dep=yes",
                                f"--output={logs}/eval_{r.index}_%j.out", f"--cpus-per-task={int(c.get('cpus_per_task', 1))}",
                                *(extra_sbatch or []), str(SLURM / "sweep_eval.sbatch"), str(sweep_dir), str(r.index)], env)
              for r in todo}
@@ -101,6 +110,8 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
                        *(extra_sbatch or []), str(SLURM / "sweep_collect.sbatch"), str(sweep_dir)], env)
     rec = {"time": time.strftime("%Y-%m-%dT%H:%M:%S"), "train": train, "evals": evals, "collect": collect,
            "runs": [r.index for r in todo]}
+    if any(r.train_with is not None for r in todo):
+        rec["trained_by"] = {str(r.index): r.train_with for r in todo if r.train_with is not None}
     with open(sweep_dir / "launches.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec
@@ -125,6 +136,7 @@ def run_eval(sweep_dir, index: int) -> int:
     args = [_tool("vincie-evaluate"), "--run", run.run_dir, "--store", heldout, "--out", str(eval_path(run) ) + ".tmp"]
     if ev.get("sessions"):
         args += ["--sessions", str(int(ev["sessions"]))]
+    args += run.eval_args                     # options first: the overrides are one trailing positional list
     rc = subprocess.run([*args, *ev.get("overrides", [])]).returncode
     if rc == 0:
         os.replace(str(eval_path(run)) + ".tmp", eval_path(run))     # done means the whole file is there

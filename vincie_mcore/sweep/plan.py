@@ -7,6 +7,9 @@
       # or: store: /lustre/store, heldout_store: /lustre/heldout
     data_sizes: [8, 16, 32, 64]               # training sessions (data.corpus.max_sessions)
     models: {tiny: [model=tiny]}              # name -> overrides
+    # or, per model, {train: [...], eval: [...], train_as: OTHER}: eval = extra vincie-evaluate arguments
+    # of this model's runs; train_as = evaluate OTHER's trained run (same size, seed) instead of training
+    # again (an eval-only arm of an ablation, docs/ablations.md)
     seeds: [0, 1]
     combine: product                          # or zip
     steps: {rule: proportional, per_session: 0.1, min: 2, max: 100000}   # or {rule: fixed, steps: 1000}
@@ -43,6 +46,9 @@ class Run:
     steps: int
     run_dir: str
     overrides: list = field(default_factory=list)
+    eval_args: list = field(default_factory=list)    # extra vincie-evaluate arguments (models.X.eval)
+    train_with: int | None = None                     # index of the run that trains run_dir (train_as)
+    eval_file: str = "eval.json"                      # in run_dir; eval_<model>.json for a shared run_dir
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -71,6 +77,20 @@ def read_sweep(path) -> dict:
     d.setdefault("models", {"default": []})
     if not isinstance(d["models"], dict) or not d["models"]:
         raise _err("models", "a mapping name -> list of overrides is required")
+    for name, m in d["models"].items():
+        if isinstance(m, dict):
+            if set(m) - {"train", "eval", "train_as"}:
+                raise _err(f"models.{name}", f"unknown key {sorted(set(m) - {'train', 'eval', 'train_as'})[0]!r} "
+                                             "(known: train, eval, train_as)")
+            other = m.get("train_as")
+            if other is not None and (other == name or not isinstance(d["models"].get(other), (list, dict))
+                                      or isinstance(d["models"][other], dict) and d["models"][other].get("train_as")):
+                raise _err(f"models.{name}.train_as", f"{other!r} is not another model that trains")
+            if other is not None and m.get("train"):
+                raise _err(f"models.{name}.train", "a train_as model trains nothing: give its overrides to "
+                                                   f"{other!r}")
+        elif not isinstance(m, list):
+            raise _err(f"models.{name}", "a list of overrides or {train, eval, train_as} is required")
     d.setdefault("seeds", [0])
     if not isinstance(d["seeds"], list) or not all(isinstance(s, int) for s in d["seeds"]) or not d["seeds"]:
         raise _err("seeds", f"a list of ints is required, got {d['seeds']!r}")
@@ -142,12 +162,25 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
     runs = []
     for i, (n, model, seed) in enumerate(combos(d)):
         name = safe_name(f"{model}_d{n}_s{seed}", "run name")
-        run_dir = str(sweep_dir / "runs" / name)
+        m = d["models"][model]
+        m = m if isinstance(m, dict) else {"train": m}
+        owner = m.get("train_as") or model                     # the model whose training this run uses
+        om = d["models"][owner]
+        run_dir = str(sweep_dir / "runs" / safe_name(f"{owner}_d{n}_s{seed}", "run name"))
         steps = steps_for(d["steps"], n)
-        ov = [*d["base"], *d["models"][model], f"seed={seed}", f"data.corpus.store={train_store}",
-              f"data.corpus.heldout_store={heldout}", f"data.corpus.max_sessions={n}", f"train.steps={steps}",
-              "train.progress=false", f"run_dir={run_dir}"]
-        runs.append(Run(i, name, n, model, seed, steps, run_dir, ov))
+        ov = [*d["base"], *(om.get("train", []) if isinstance(om, dict) else om), f"seed={seed}",
+              f"data.corpus.store={train_store}", f"data.corpus.heldout_store={heldout}",
+              f"data.corpus.max_sessions={n}", f"train.steps={steps}", "train.progress=false", f"run_dir={run_dir}"]
+        runs.append(Run(i, name, n, model, seed, steps, run_dir, ov, eval_args=[str(x) for x in m.get("eval", [])],
+                        eval_file="eval.json" if owner == model else f"eval_{model}.json"))
+    by_name = {r.name: r.index for r in runs}
+    for r in runs:                                            # an eval-only arm waits for its owner's training
+        owner = (d["models"][r.model] if isinstance(d["models"][r.model], dict) else {}).get("train_as")
+        if owner:
+            key = safe_name(f"{owner}_d{r.data_size}_s{r.seed}", "run name")
+            if key not in by_name:
+                raise _err(f"models.{r.model}.train_as", f"no planned run {key} to share (combine: zip?)")
+            r.train_with = by_name[key]
     if old.is_file():                                        # a re-plan must not renumber launched runs
         before = [json.loads(line)["name"] for line in old.read_text().splitlines() if line.strip()]
         if before != [r.name for r in runs]:
@@ -159,8 +192,9 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
     c = d["cluster"]
     gpus = int(c.get("gpus_per_run", 0)) * int(c.get("nodes_per_run", 1))
     st = c.get("step_time_s")
-    budget = {"runs": len(runs), "steps": sum(r.steps for r in runs), "gpus_per_run": gpus, "step_time_s": st,
-              "gpu_hours": round(sum(r.steps for r in runs) * st * gpus / 3600, 2) if st and gpus else None,
+    steps = sum(r.steps for r in runs if r.train_with is None)          # an eval-only arm trains nothing
+    budget = {"runs": len(runs), "steps": steps, "gpus_per_run": gpus, "step_time_s": st,
+              "gpu_hours": round(steps * st * gpus / 3600, 2) if st and gpus else None,
               "why_none": None if st and gpus else "cluster.step_time_s (measured) and gpus_per_run are needed"}
     (sweep_dir / "budget.json").write_text(json.dumps(budget, indent=1))
     return {"sweep": str(sweep_dir), "runs": len(runs), "budget": budget}

@@ -1,0 +1,220 @@
+"""``vincie-ablate``: the paper's three findings (Tables 3, 4, 5) as paired ablations on the synthetic world.
+
+An ablation is a sweep (``plan.py`` / ``launch.py``) whose ``models:`` axis holds two arms, at one data
+size, N seeds, the same steps and tokens per step for both arms, evaluated on the same held-out
+sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``models:`` and one
+``data_size`` instead of ``data_sizes``; ``steps`` is one int (both arms train that many steps):
+
+    ablation: context            # context | pairwise | segmentation
+    name: ctx
+    base: [experiment=demo]
+    data: {synthetic: {videos: 1000, heldout_videos: 200, world: demo}}
+    data_size: 1000
+    seeds: [0, 1, 2]
+    steps: 1000
+    eval: {overrides: [eval.turns=3], sessions: 200}
+    cluster: {gpus_per_run: 0, cpus_per_task: 2, max_concurrent: 1}
+
+Arm A is the paper's weaker arm, arm B its method; ``report`` gives B - A per turn with a 95 % CI
+from a paired two-stage bootstrap (``paired_bootstrap``; docs/ablations.md).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from . import plan as P
+from .launch import eval_path
+
+# name -> (arm A, arm B, models: axis). Arm B is the paper's method, so B - A > 0 reproduces the finding.
+ABLATIONS = {
+    # Table 4: one trained model per seed, evaluated with every earlier turn in context, and without
+    # (each turn sees only the image it edits, the model's previous output, and its instruction).
+    "context": ("no_context", "context", {
+        "context": {"train": [], "eval": ["--context", "full"]},
+        "no_context": {"train_as": "context", "eval": ["--context", "none"]}}),
+    # Table 5: whole sessions against the same sessions cut into (I_i, T_i, I_{i+1}) pairs, at the same
+    # steps and token budget per step (data.pack.token_budget).
+    "pairwise": ("pairwise", "session", {
+        "session": ["data.recipe.pairwise=false"],
+        "pairwise": ["data.recipe.pairwise=true"]}),
+    # Table 3, rows "w/o Seg. | I" and "w/ Seg. | I": trained without segmentation (NIP only, no RoE
+    # maps in context) against with it (RoE maps in 80 % of sessions, NIP/CSP/NSP 0.6/0.2/0.2, the
+    # paper's recipe); both evaluated by plain next-image prediction (inference "I").
+    "segmentation": ("no_seg", "seg", {
+        "seg": ["data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"],
+        "no_seg": ["data.recipe.roe_prob=0.0", "data.recipe.task_probs=[1.0,0.0,0.0]"]}),
+}
+KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
+
+
+def _err(key: str, msg: str) -> ValueError:
+    return ValueError(f"ablation.{key}: {msg}")
+
+
+def read_ablation(path, ablation: str | None = None) -> dict:
+    """The ablation YAML, checked (one line naming the bad key) -> the sweep dict it stands for."""
+    try:
+        d = yaml.safe_load(Path(path).read_text())
+    except OSError as e:
+        raise FileNotFoundError(f"ablation: cannot read {path}: {e.strerror}") from None
+    if not isinstance(d, dict):
+        raise ValueError(f"ablation: {path} is not a mapping")
+    for k in d:
+        if k not in KEYS:
+            raise _err(k, f"unknown key (known: {', '.join(sorted(KEYS))})")
+    name = ablation or d.get("ablation")
+    if name not in ABLATIONS:
+        raise _err("ablation", f"one of {', '.join(ABLATIONS)} is required, got {name!r}")
+    n = d.get("data_size")
+    if not isinstance(n, int) or n <= 0:
+        raise _err("data_size", f"a positive int is required, got {n!r}")
+    steps = d.get("steps")
+    if not isinstance(steps, int) or steps <= 0:
+        raise _err("steps", f"a positive int is required (the same for both arms), got {steps!r}")
+    sweep = {k: v for k, v in d.items() if k not in ("ablation", "data_size", "steps")}
+    sweep.update(data_sizes=[n], models=ABLATIONS[name][2], combine="product",
+                 steps={"rule": "fixed", "steps": steps})
+    sweep.setdefault("name", name)
+    return {"ablation": name, "sweep": sweep}
+
+
+def plan(config, sweep_dir, ablation: str | None = None, build_data: bool = True, progress: bool = True) -> dict:
+    """Resolve the ablation into a sweep under ``sweep_dir`` (``plan.plan``) + ``ablation.json``'s header."""
+    a = read_ablation(config, ablation)
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    (sweep_dir / "ablation_sweep.yaml").write_text(yaml.safe_dump(a["sweep"], sort_keys=False))
+    s = P.plan(sweep_dir / "ablation_sweep.yaml", sweep_dir, build_data=build_data, progress=progress)
+    arm_a, arm_b, _ = ABLATIONS[a["ablation"]]
+    (sweep_dir / "ablation_plan.json").write_text(json.dumps({"ablation": a["ablation"], "arm_a": arm_a,
+                                                              "arm_b": arm_b}, indent=1))
+    return {**s, "ablation": a["ablation"], "arms": [arm_a, arm_b]}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def paired_bootstrap(a, b, reps: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+    """Per-turn arm means and the paired difference B - A with a percentile bootstrap CI.
+
+    ``a``, ``b``: success (0/1 or any score) as arrays [seeds, sessions, turns]; ``a[s, i]`` and
+    ``b[s, i]`` are the same seed's and the same held-out session's results (the pairing). Each
+    replicate resamples seeds with replacement, then, within each drawn seed, sessions with
+    replacement (a two-stage bootstrap: both the training seed and the held-out set are random),
+    and takes the mean of B - A over the drawn (seed, session) pairs. With one seed only the
+    sessions vary, so the CI then says nothing about seed-to-seed spread.
+    """
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 3 or 0 in a.shape:
+        raise ValueError(f"paired_bootstrap: a and b must be equal non-empty [seeds, sessions, turns], "
+                         f"got {list(a.shape)} and {list(b.shape)}")
+    S, N, T = a.shape
+    rng = np.random.default_rng(seed)
+    si = rng.integers(S, size=(reps, S))                          # seeds drawn per replicate
+    ni = rng.integers(N, size=(reps, S, N))                       # sessions drawn within each drawn seed
+    lo_q, hi_q = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def boot(x):                                                  # [reps, T]: the mean per replicate
+        return x[si[:, :, None], ni].mean(axis=(1, 2))
+
+    out = {"turns": T, "n_seeds": S, "sessions": N, "reps": reps, "level": level, "per_turn": []}
+    ba, bb, bd = boot(a), boot(b), boot(b - a)
+    for t in range(T):
+        row = {"turn": t + 1}
+        for key, x, bx in (("a", a, ba), ("b", b, bb), ("diff", b - a, bd)):
+            row[key] = float(x[:, :, t].mean())
+            row[f"{key}_ci"] = [float(np.percentile(bx[:, t], lo_q)), float(np.percentile(bx[:, t], hi_q))]
+        row["a_per_seed"] = [float(v) for v in a[:, :, t].mean(axis=1)]
+        row["b_per_seed"] = [float(v) for v in b[:, :, t].mean(axis=1)]
+        lo, hi = row["diff_ci"]
+        row["reading"] = ("B > A (CI above 0)" if lo > 0 else "B < A (CI below 0)" if hi < 0
+                          else "no significant difference (CI covers 0)")
+        out["per_turn"].append(row)
+    return out
+
+
+# ----------------------------------------------------------------------------- report
+
+def gather(sweep_dir) -> dict:
+    """The two arms' per-session results, paired by seed -> {"a", "b": [S, N, T], "seeds", "missing"}."""
+    sweep_dir = Path(sweep_dir)
+    hdr = json.loads((sweep_dir / "ablation_plan.json").read_text())
+    runs = P.read_runs(sweep_dir)
+    res, missing = {}, []
+    for r in runs:
+        p = eval_path(r)
+        if not p.is_file():
+            missing.append(r.name)
+            continue
+        ev = json.loads(p.read_text())
+        if "session_success" not in ev:
+            raise ValueError(f"{p}: no session_success (evaluated by an older vincie-evaluate)")
+        res[(r.model, r.seed)] = np.asarray(ev["session_success"], dtype=float).T      # [N, T]
+    seeds = sorted({s for (m, s) in res if (hdr["arm_a"], s) in res and (hdr["arm_b"], s) in res})
+    if not seeds:
+        raise ValueError(f"{sweep_dir}: no seed has both arms evaluated (missing: {', '.join(missing) or 'none'})")
+    shapes = {res[(m, s)].shape for s in seeds for m in (hdr["arm_a"], hdr["arm_b"])}
+    if len(shapes) != 1:
+        raise ValueError(f"{sweep_dir}: the arms were judged on different held-out sets {sorted(shapes)}; "
+                         "pairing needs the same sessions (same store and eval.sessions)")
+    a = np.stack([res[(hdr["arm_a"], s)] for s in seeds])
+    b = np.stack([res[(hdr["arm_b"], s)] for s in seeds])
+    return {**hdr, "a": a, "b": b, "seeds": seeds, "missing": missing}
+
+
+def format_table(res: dict) -> str:
+    A, B = res["arm_a"], res["arm_b"]
+    lines = [f"| turn | {A} (A) | {B} (B) | B - A | 95 % CI | reading |", "|---|---|---|---|---|---|"]
+    for r in res["per_turn"]:
+        lines.append(f"| {r['turn']} | {r['a']:.3f} | {r['b']:.3f} | {r['diff']:+.3f} | "
+                     f"[{r['diff_ci'][0]:+.3f}, {r['diff_ci'][1]:+.3f}] | {r['reading']} |")
+    return "\n".join(lines)
+
+
+def plot(res: dict, path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = res["per_turn"]
+    x = np.arange(1, len(rows) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=100)
+    for off, key, name in ((-0.2, "a", res["arm_a"]), (0.2, "b", res["arm_b"])):
+        m = np.array([r[key] for r in rows])
+        ci = np.array([r[f"{key}_ci"] for r in rows]).T
+        ax1.bar(x + off, m, 0.4, yerr=np.abs(ci - m), capsize=3, label=name)
+    ax1.set(xlabel="turn", ylabel="success", title="success per turn (95 % CI)", xticks=x)
+    ax1.legend()
+    d = np.array([r["diff"] for r in rows])
+    ci = np.array([r["diff_ci"] for r in rows]).T
+    ax2.bar(x, d, 0.5, yerr=np.abs(ci - d), capsize=3, color=["tab:green" if v >= 0 else "tab:red" for v in d])
+    ax2.axhline(0, color="black", lw=0.8)
+    ax2.set(xlabel="turn", ylabel=f"{res['arm_b']} - {res['arm_a']}", title="paired difference (95 % CI)", xticks=x)
+    fig.suptitle(f"ablation: {res['ablation']} ({len(res['seeds'])} seeds x {res['sessions']} sessions)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
+
+
+def report(sweep_dir, reps: int = 2000) -> dict:
+    """SWEEP/ablation.json, ablation.md and ablation.png from the evaluated runs (missing runs listed)."""
+    sweep_dir = Path(sweep_dir)
+    g = gather(sweep_dir)
+    res = {"ablation": g["ablation"], "arm_a": g["arm_a"], "arm_b": g["arm_b"], "seeds": g["seeds"],
+           "missing": g["missing"], **paired_bootstrap(g["a"], g["b"], reps=reps)}
+    (sweep_dir / "ablation.json").write_text(json.dumps(res, indent=1))
+    png = plot(res, sweep_dir / "ablation.png")
+    md = [f"# Ablation: {res['ablation']}", "",
+          f"Arm A `{res['arm_a']}`, arm B `{res['arm_b']}`; seeds {res['seeds']}, {res['sessions']} held-out "
+          f"sessions per seed (the same for both arms)" + (f"; missing runs: {', '.join(res['missing'])}"
+                                                           if res["missing"] else "") + ".",
+          f"Success is the mean over seeds and sessions; the CI is a paired two-stage bootstrap over seeds, "
+          f"then sessions ({res['reps']} replicates; docs/ablations.md).", "", format_table(res), "",
+          f"![ablation]({Path(png).name})"]
+    (sweep_dir / "ablation.md").write_text("\n".join(md) + "\n")
+    return res
