@@ -14,6 +14,11 @@
 # $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
 # (a CPU dry run takes ~15 s). The last line printed is the summary JSON.
 #
+# Wheels the GPU box lacks travel in .wheels/ (git-ignored; carry it):
+#     pip download --no-deps -d .wheels torchao==0.18.0
+#     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1
+# (the box's Python was 3.12 last time; only wheels matching its interpreter are installed.)
+#
 # To add a section: copy a `run_step` block into the marked place, above "Summary".
 set -u
 cd "$(dirname "$0")/.."
@@ -139,7 +144,10 @@ fi
 #     never on a CPU dry run (it would replace the venv's megatron-core);
 # (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
 # (c) tools/vincie_tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
-WHEELS=$(ls shared/wheels/*.whl .wheels/*.whl 2>/dev/null | tr '\n' ' ')
+# only the wheels this interpreter can take (cpXY, abi3 or pure): pip refuses the whole list for one bad tag,
+# so carrying cp311 and cp312 builds of megatron-core side by side is fine
+PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
+WHEELS=$(ls shared/wheels/*.whl .wheels/*.whl 2>/dev/null | grep -E -- "-($PYTAG-$PYTAG|cp3[0-9]*-abi3|py3-none)-" | tr '\n' ' ')
 if [ "$HAS_GPU" = 1 ] && [ -n "$WHEELS" ]; then
     # shellcheck disable=SC2086
     run_step install_wheels 45 "$PY" -m pip install --no-deps --no-index --disable-pip-version-check -q $WHEELS
