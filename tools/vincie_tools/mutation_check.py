@@ -134,6 +134,15 @@ MUTANTS = [
     Mutant("rope_turn_dropped", BUILDER,
            "torch.full((h * w, 1), x.rope_turn)", "torch.full((h * w, 1), 0)",
            T_MASK, "every image sits at turn 0: the model cannot tell the turns apart"),
+    # ---- faults found or guarded after issue 18 (2026-12-05) ----
+    Mutant("worklist_run_end_slot", "kernels/vincie_kernels/worklist.py",
+           "tl.store(END + n_ends + tl.cumsum(en.to(tl.int32), 0) - 1, c + 1, mask=en)",
+           "tl.store(END + n_starts + tl.cumsum(en.to(tl.int32), 0) - 1, c + 1, mask=en)",
+           ("tests/kernels/test_worklist.py",),
+           "the fused work-list build's bug on rows longer than a chunk: the kernels skip whole runs of key tiles"),
+    Mutant("fp8_not_applied", "vincie_mcore/model/fp8.py",
+           "m.set_fp8(Float8Linear.from_float(src, config=ao_cfg))", "Float8Linear.from_float(src, config=ao_cfg)",
+           ("tests/model/test_fp8_torchao.py",), "train.fp8 with torchao reports FP8 but every GEMM runs in bf16"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
