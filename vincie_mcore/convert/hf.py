@@ -149,12 +149,21 @@ def _local_slice(name: str, full: torch.Tensor, param: torch.nn.Parameter, tp: i
     return full.chunk(tp, dim=dim)[tp_rank]
 
 
-def _import_worker(rank: int, job: dict):
+def _fill_from_export(model, job: dict, dims) -> None:
+    """The exported weights, this rank's slice of each (a ``write_step0`` fill)."""
+    full = read_tensors(job["hf"], _expected(job["cfg"]["model"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(_local_slice(name, full[name], p, dims.tp, dims.tp_rank).to(p.dtype))
+    del full
+
+
+def _step0_worker(rank: int, job: dict):
     import sys
 
     from omegaconf import OmegaConf
 
-    log = open(Path(job["log_dir"]) / f"import_rank{rank}.log", "w")
+    log = open(Path(job["out"]) / f"import_rank{rank}.log", "w")
     sys.stdout = sys.stderr = log
     warnings.filterwarnings("ignore")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // job["world"]))
@@ -169,12 +178,7 @@ def _import_worker(rank: int, job: dict):
     cfg = OmegaConf.create(job["cfg"])
     dims = init_parallel(cfg)
     model = make_model(cfg)
-    # the exported weights, this rank's slice of each
-    full = read_tensors(job["hf"], _expected(job["cfg"]["model"]))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(_local_slice(name, full[name], p, dims.tp, dims.tp_rank).to(p.dtype))
-    del full
+    job["fill"](model, job, dims)
     t = dict(OmegaConf.to_container(cfg.train, resolve=True))
     t.update(ckpt_dir=job["out"], tensorboard_dir=None, resume=False, progress=False)
     trainer = Trainer(build(TrainConfig, t, "train"), model, loss_fn=None, batch_stream=None)
@@ -183,6 +187,40 @@ def _import_worker(rank: int, job: dict):
     trainer.save_checkpoint()
     groups.destroy()
     log.close()
+
+
+def write_step0(cfg, out, fill, what: str, **job) -> dict:
+    """Spawn the run's ``tp x cp x dp`` ranks, build the model on each, ``fill(model, job, dims)`` it (a
+    module-level function: it crosses into the ranks), and save a step-0 training checkpoint with a fresh
+    optimizer into ckpt_dir ``out``. ``what`` names the command in errors. -> {"world", "tp", "cp", "dp"}."""
+    import torch.multiprocessing as mp
+    from omegaconf import OmegaConf
+
+    from ..parallel.groups import _free_port
+    from ..parallel.parity import _start_forkserver
+
+    if os.path.exists(os.path.join(out, "latest")):
+        raise ExportError(f"{what}: {out} already holds a checkpoint ('latest'); pick an empty ckpt_dir")
+    p = cfg.parallel
+    tp, cp = int(p.tp), int(p.cp)
+    dp = int(p.dp) if p.get("dp") is not None else 1
+    world = tp * cp * dp
+    os.makedirs(out, exist_ok=True)
+    cfg = OmegaConf.merge(cfg, {"parallel": {"dp": dp}})
+    job.update(cfg=OmegaConf.to_container(cfg, resolve=True), out=str(out), world=world, port=_free_port(),
+               fill=fill)
+    try:
+        _start_forkserver()                  # ranks fork from a server that imported torch + Megatron once
+        mp.start_processes(_step0_worker, args=(job,), nprocs=world, start_method="forkserver")
+    except Exception as e:
+        f = Path(out) / "import_rank0.log"
+        tail = " | ".join([ln for ln in f.read_text().splitlines() if ln.strip()][-2:]) if f.exists() else ""
+        raise RuntimeError(f"{what}: a rank failed ({str(e).splitlines()[0]}): {tail}") from None
+    for r in range(world):
+        f = Path(out) / f"import_rank{r}.log"
+        if f.exists() and not f.read_text().strip():
+            f.unlink()
+    return {"world": world, "tp": tp, "cp": cp, "dp": dp}
 
 
 def import_checkpoint(hf, out, overrides: list[str] | None = None) -> dict:
@@ -195,13 +233,8 @@ def import_checkpoint(hf, out, overrides: list[str] | None = None) -> dict:
     """
     import time
 
-    import torch.multiprocessing as mp
-    from omegaconf import OmegaConf
-
     from ..config import ConfigError, build, load_config
     from ..model.config import MMDiTConfig
-    from ..parallel.groups import _free_port
-    from ..parallel.parity import _start_forkserver
 
     t0 = time.perf_counter()
     meta = read_config(hf)
@@ -214,34 +247,11 @@ def import_checkpoint(hf, out, overrides: list[str] | None = None) -> dict:
         key = next(k for k in exported.to_dict() if getattr(mine, k) != getattr(exported, k))
         raise ConfigError(f"model.{key}: the config gives {getattr(mine, key)!r} but the export holds "
                           f"{getattr(exported, key)!r} (pick the experiment/model the export was trained with)")
-    if os.path.exists(os.path.join(out, "latest")):
-        raise ExportError(f"import: {out} already holds a checkpoint ('latest'); pick an empty ckpt_dir")
-    p = cfg.parallel
-    tp, cp = int(p.tp), int(p.cp)
-    dp = int(p.dp) if p.get("dp") is not None else 1
-    world = tp * cp * dp
-    os.makedirs(out, exist_ok=True)
     expected = _expected(exported.to_dict())
     read_tensors(hf, expected, names=[])                             # a bad folder is refused before spawning
-    cfg = OmegaConf.merge(cfg, {"parallel": {"dp": dp}})
-    job = dict(cfg=OmegaConf.to_container(cfg, resolve=True), hf=str(hf), out=str(out), world=world,
-               port=_free_port(), log_dir=str(out))
-    try:
-        _start_forkserver()                  # ranks fork from a server that imported torch + Megatron once
-        mp.start_processes(_import_worker, args=(job,), nprocs=world, start_method="forkserver")
-    except Exception as e:
-        tail = ""
-        f = Path(out) / "import_rank0.log"
-        if f.exists():
-            lines = [ln for ln in f.read_text().splitlines() if ln.strip()]
-            tail = " | ".join(lines[-2:])
-        raise RuntimeError(f"import: a rank failed ({str(e).splitlines()[0]}): {tail}") from None
-    for r in range(world):
-        f = Path(out) / f"import_rank{r}.log"
-        if f.exists() and not f.read_text().strip():
-            f.unlink()
-    return {"ckpt_dir": str(out), "step": 0, "world": world, "tp": tp, "cp": cp, "dp": dp,
-            "tensors": len(expected), "seconds": round(time.perf_counter() - t0, 2)}
+    lay = write_step0(cfg, out, _fill_from_export, "import", hf=str(hf))
+    return {"ckpt_dir": str(out), "step": 0, **lay, "tensors": len(expected),
+            "seconds": round(time.perf_counter() - t0, 2)}
 
 
 # ----------------------------------------------------------------------------

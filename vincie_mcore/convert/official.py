@@ -18,10 +18,8 @@ Layout conversions (release -> ours):
 """
 from __future__ import annotations
 
-import os
 import re
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -277,34 +275,9 @@ def _compose(preset: str | None, model_config, overrides):
     return cfg
 
 
-def _worker(rank: int, job: dict):
-    import sys
-
-    from omegaconf import OmegaConf
-
-    log = open(Path(job["out"]) / f"import_rank{rank}.log", "w")
-    sys.stdout = sys.stderr = log
-    warnings.filterwarnings("ignore")
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // job["world"]))
-    os.environ.update(RANK=str(rank), WORLD_SIZE=str(job["world"]), LOCAL_RANK=str(rank),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(job["port"]))
-    from ..build import init_parallel, make_model
-    from ..config import build
-    from ..parallel import groups
-    from ..train.checkpoint import _prime_empty_optimizer_state
-    from ..train.trainer import TrainConfig, Trainer
-
-    cfg = OmegaConf.create(job["cfg"])
-    init_parallel(cfg)
-    model = make_model(cfg)
+def _fill_official(model, job: dict, dims) -> None:
+    """The release file's tensors into this rank's model (a ``hf.write_step0`` fill)."""
     load_official(model, job["dit"])
-    t = dict(OmegaConf.to_container(cfg.train, resolve=True))
-    t.update(ckpt_dir=job["out"], tensorboard_dir=None, resume=False, progress=False)
-    trainer = Trainer(build(TrainConfig, t, "train"), model, loss_fn=None, batch_stream=None)
-    _prime_empty_optimizer_state(trainer.optimizer)      # a fresh optimizer: Adam moments 0, step 0
-    trainer.save_checkpoint()
-    groups.destroy()
-    log.close()
 
 
 def import_official(dit, out, preset: str | None = None, model_config=None, overrides: list[str] | None = None) -> dict:
@@ -313,13 +286,11 @@ def import_official(dit, out, preset: str | None = None, model_config=None, over
     preset: a model group (``official_3b`` / ``official_7b``) or model_config: a YAML file of the model
     group; overrides: Hydra overrides of the run (``parallel.tp=2``, ``parallel.cp=2``, ...). Every tensor
     is checked before any process starts or any file is written."""
-    import torch.multiprocessing as mp
+    from omegaconf import OmegaConf
 
     from ..config import build
-    from ..hf.files import ExportError
     from ..model.config import MMDiTConfig
-    from ..parallel.groups import _free_port
-    from ..parallel.parity import _start_forkserver
+    from .hf import write_step0
 
     t0 = time.perf_counter()
     if (preset is None) == (model_config is None):
@@ -327,30 +298,10 @@ def import_official(dit, out, preset: str | None = None, model_config=None, over
     cfg = _compose(preset, model_config, overrides)
     mcfg = build(MMDiTConfig, cfg.model, "model")
     plan, _ = plan_import(dit, mcfg)
-    if os.path.exists(os.path.join(out, "latest")):
-        raise ExportError(f"import-official: {out} already holds a checkpoint ('latest'); pick an empty ckpt_dir")
-    from omegaconf import OmegaConf
-    p = cfg.parallel
-    tp, cp = int(p.tp), int(p.cp)
-    dp = int(p.dp) if p.get("dp") is not None else 1
-    world = tp * cp * dp
-    os.makedirs(out, exist_ok=True)
-    cfg = OmegaConf.merge(cfg, {"parallel": {"dp": dp}})
-    job = dict(cfg=OmegaConf.to_container(cfg, resolve=True), dit=str(dit), out=str(out), world=world,
-               port=_free_port())
-    try:
-        _start_forkserver()
-        mp.start_processes(_worker, args=(job,), nprocs=world, start_method="forkserver")
-    except Exception as e:
-        f = Path(out) / "import_rank0.log"
-        tail = " | ".join([ln for ln in f.read_text().splitlines() if ln.strip()][-2:]) if f.exists() else ""
-        raise RuntimeError(f"import-official: a rank failed ({str(e).splitlines()[0]}): {tail}") from None
-    for r in range(world):
-        f = Path(out) / f"import_rank{r}.log"
-        if f.exists() and not f.read_text().strip():
-            f.unlink()
+    lay = write_step0(cfg, out, _fill_official, "import-official", dit=str(dit))
+    cfg = OmegaConf.merge(cfg, {"parallel": {"dp": lay["dp"]}})
     _write_run_config(cfg, out)
-    return {"ckpt_dir": str(out), "step": 0, "world": world, "tp": tp, "cp": cp, "dp": dp,
+    return {"ckpt_dir": str(out), "step": 0, **lay,
             "tensors": len(plan.targets), "zeros": len(plan.zero), "ignored": len(plan.ignored),
             "seconds": round(time.perf_counter() - t0, 2)}
 
