@@ -16,32 +16,20 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file, save_file
+from official_fixture import model_dict
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 META = json.loads((FIX / "meta.json").read_text())
 NAMES = ("3b", "7b")
 
 
-def _model_dict(name: str) -> dict:
-    """Our model group for the fixture's official NaDiT arguments."""
-    m = META["configs"][name]
-    n, C = m["nadit"], m["latent_channels"]
-    p, D = n["patch_size"][1], n["vid_dim"]
-    return dict(variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"],
-                num_heads=n["heads"], head_dim=n["head_dim"],
-                ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,   # the release's SwiGLU rule
-                text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p,
-                max_turns=m["max_turns"], rope_axes_dim=[n["rope_dim"] // 3] * 3,
-                text_proj="mlp_norm" if n.get("txt_proj_type") == "mlp" else "linear",
-                rope_image_origin="zero" if n["rope_type"] == "mmrope3d_v3" else "after_text",
-                norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"], attention_backend="torch", adaln_zero_init=False)
 
 
 def _case(name: str):
     """-> (MMDiTConfig, x_img, batch, sessions, p, official output [sum T*H*W, C] as ours would lay it out)."""
     from vincie_mcore.model import MMDiTConfig
     from vincie_mcore.model.official import official_image_tokens, official_session_batch
-    cfg = MMDiTConfig.from_dict(_model_dict(name))
+    cfg = MMDiTConfig.from_dict(model_dict(name))
     m = META["configs"][name]
     p = m["nadit"]["patch_size"][1]
     io = load_file(str(FIX / f"{name}_io.safetensors"))
@@ -175,7 +163,7 @@ def test_import_official_cli_writes_a_tp2_checkpoint_that_matches(megatron_cpu, 
     loaded back (resharded to one process) it gives the official outputs."""
     from vincie_mcore.model import build_model
     from vincie_mcore.train import checkpoint
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(_model_dict("3b")))
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model_dict("3b")))
     out = tmp_path / "ckpt"
     r = subprocess.run([_convert_cli(), "import-official", "--dit", str(FIX / "3b_weights.safetensors"),
                         "--model-config", str(tmp_path / "model.yaml"), "--out", str(out), "parallel.tp=2",
@@ -207,7 +195,7 @@ def test_missing_and_unknown_tensors_are_named_one_line_each(tmp_path):
         del sd["blocks.1.mlp.all.proj_in_gate.weight"]
         sd["blocks.9.attn.extra.weight"] = torch.zeros(3)
     with pytest.raises(OfficialImportError) as e:
-        plan_import(_bad_file(tmp_path, edit), MMDiTConfig.from_dict(_model_dict("3b")))
+        plan_import(_bad_file(tmp_path, edit), MMDiTConfig.from_dict(model_dict("3b")))
     lines = str(e.value).splitlines()
     assert lines == ["missing tensor blocks.1.mlp.all.proj_in_gate.weight (for layers.1.mlp.joint.linear_fc1.weight)",
                      "unknown tensor blocks.9.attn.extra.weight [3] (not in an official 3-layer model with 1 "
@@ -217,7 +205,7 @@ def test_missing_and_unknown_tensors_are_named_one_line_each(tmp_path):
 def test_a_wrong_shape_is_named_before_anything_is_written(tmp_path):
     def edit(sd):
         sd["blocks.0.attn.proj_qkv.vid.weight"] = torch.zeros(60, 40, dtype=torch.bfloat16)
-    (tmp_path / "model.yaml").write_text(yaml.safe_dump(_model_dict("3b")))
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(model_dict("3b")))
     out = tmp_path / "ckpt"
     r = subprocess.run([_convert_cli(), "import-official", "--dit", str(_bad_file(tmp_path, edit)),
                         "--model-config", str(tmp_path / "model.yaml"), "--out", str(out)],

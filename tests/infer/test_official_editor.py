@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 from PIL import Image
+from official_fixture import model_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
@@ -27,23 +28,10 @@ STEPS, SHIFT, GUIDANCE, SEED = 3, 12.0, 7.5, 5
 PROMPTS = ["make the sky orange", "add a red hat.", "remove the tree"]
 
 
-def _fixture_model(name: str) -> dict:
-    """Our model group for a golden fixture's official NaDiT arguments (as tests/convert/test_official.py)."""
-    m = json.loads((FIX / "official" / "meta.json").read_text())["configs"][name]
-    n, C, p = m["nadit"], m["latent_channels"], m["nadit"]["patch_size"][1]
-    D = n["vid_dim"]
-    return dict(variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"],
-                num_heads=n["heads"], head_dim=n["head_dim"],
-                ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,   # the release's SwiGLU rule
-                text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p,
-                max_turns=m["max_turns"], rope_axes_dim=[n["rope_dim"] // 3] * 3,
-                text_proj="mlp_norm" if n.get("txt_proj_type") == "mlp" else "linear",
-                rope_image_origin="zero" if n["rope_type"] == "mmrope3d_v3" else "after_text",
-                norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"], attention_backend="torch", adaln_zero_init=False)
 
 
 def _model_yaml(path: Path) -> Path:
-    path.write_text(yaml.safe_dump(_fixture_model("3b")))
+    path.write_text(yaml.safe_dump(model_dict("3b")))
     return path
 
 
@@ -205,7 +193,7 @@ def _fixture_case(name: str):
     from vincie_mcore.model import MMDiTConfig
     from vincie_mcore.model.official import official_image_tokens, official_session_batch
     meta = json.loads((FIX / "official" / "meta.json").read_text())["configs"][name]
-    cfg, p = MMDiTConfig.from_dict(_fixture_model(name)), meta["nadit"]["patch_size"][1]
+    cfg, p = MMDiTConfig.from_dict(model_dict(name)), meta["nadit"]["patch_size"][1]
     io = load_file(str(FIX / "official" / f"{name}_io.safetensors"))
     sessions, xs = [], []
     for s, sm in enumerate(meta["sessions"]):
