@@ -42,7 +42,8 @@ PKG = "vincie_mcore"
 # rank -> {unit: module prefixes (relative to vincie_mcore) that belong to it}
 LAYERS: list[dict[str, tuple[str, ...]]] = [
     {"packed": ("packed",), "config": ("config",), "runinfo": ("runinfo",), "paths": ("paths",)},
-    {"parallel": ("parallel.cpu_compat", "parallel.groups", "parallel.mappings", "parallel.context_parallel"),
+    {"parallel": ("parallel.cpu_compat", "parallel.groups", "parallel.mappings", "parallel.context_parallel",
+                  "parallel.dims"),
      "encoders": ("encoders",)},
     {"data": ("data",), "model": ("model",), "diffusion": ("diffusion",)},
     {"train": ("train",), "infer": ("infer",)},

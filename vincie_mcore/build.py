@@ -50,15 +50,18 @@ def init_parallel(cfg):
 
 
 def make_model(cfg):
+    """The model of ``cfg``, parallelized with the layout ``init_parallel`` set up (call that first)."""
     from .model.config import MMDiTConfig
     from .model.mmdit import build_model
+    from .parallel.dims import ParallelDims, parallelize
 
     mcfg = build(MMDiTConfig, cfg.model, "model")
     bf16 = torch.cuda.is_available() and cfg.train.get("dtype", "auto") in ("auto", "bf16")
+    sp = bool(cfg.parallel.get("sp", False))
     torch.manual_seed(int(cfg.seed))
-    return build_model(mcfg, tensor_model_parallel_size=int(cfg.parallel.tp),
-                       sequence_parallel=bool(cfg.parallel.get("sp", False)),
-                       params_dtype=torch.bfloat16 if bf16 else torch.float32)
+    model = build_model(mcfg, tensor_model_parallel_size=int(cfg.parallel.tp), sequence_parallel=sp,
+                        params_dtype=torch.bfloat16 if bf16 else torch.float32)
+    return parallelize(model, ParallelDims.current(sp=sp))
 
 
 def make_loss(flow: FlowConfig, official_patch: int | None = None):

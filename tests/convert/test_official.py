@@ -116,13 +116,15 @@ def _parallel_worker(rank, world, port, tmp):
     from vincie_mcore.convert.official import load_official
     from vincie_mcore.model import build_model
     from vincie_mcore.parallel import groups
+    from vincie_mcore.parallel.dims import ParallelDims, parallelize
     groups.init_distributed(tp=2, cp=2)
     res = {}
     for name in NAMES:
         cfg, x, batch, sessions, p, ref = _case(name)
         ref = _reference_tokens(ref, sessions, p)
         for sp in (False, True):
-            m = build_model(cfg, tensor_model_parallel_size=2, sequence_parallel=sp, device="cpu")
+            m = parallelize(build_model(cfg, tensor_model_parallel_size=2, sequence_parallel=sp, device="cpu"),
+                            ParallelDims.current(sp=sp))
             load_official(m, FIX / f"{name}_weights.safetensors")
             rows = m.cp_shard(batch).img_rows                     # this CP rank's image rows
             with torch.no_grad():

@@ -127,20 +127,24 @@ def prediction_loss(model, x_t: torch.Tensor, target: torch.Tensor, batch: Packe
     The mean runs over every noisy element of the global batch (all data- and context-parallel
     ranks): each rank sums its own squared errors and the count is all-reduced
     (``parallel.context_parallel.data_parallel_mean``), so any layout trains like one device.
-    Under context parallelism the model returns only this rank's image rows.
+    The layout is the one the model was given (``parallel.dims.parallelize``; a model or callable
+    never parallelized is one device). Under context parallelism the model returns only this
+    rank's image rows.
     metrics["loss_parts"] (when the batch names its targets, see ``loss_groups``): {name: [2]
     tensor (this rank's squared-error sum, element count)} per task and turn, from the same errors
     (no second forward); the trainer sums them over ranks and a logging window.
     """
     from ..parallel.context_parallel import data_parallel_mean, image_rows
+    from ..parallel.dims import dims_of
 
     groups = loss_groups(batch)
     pred = model(x_t, batch)                                             # (S_img_local, P)
-    rows = image_rows(batch.spec)
+    dims = dims_of(model)
+    rows = image_rows(batch.spec, dims)
     m = batch.img_loss_mask[rows]
     diff = (pred.float() - target[rows].float())[m]                      # (n_noisy_local, P)
     sq = diff.pow(2).sum()
-    err, count = data_parallel_mean(sq, m.sum() * pred.shape[-1])
+    err, count = data_parallel_mean(sq, m.sum() * pred.shape[-1], dims)
     metrics = {"loss": err.detach(), "noisy_tokens": int(count) // pred.shape[-1],
                "tokens": batch.s_txt + batch.s_img, "loss_count": count.detach()}   # count: gradient accumulation
     if groups is not None:

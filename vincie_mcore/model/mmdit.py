@@ -10,11 +10,13 @@ sequence parallelism each stream is scattered along the sequence here, at the mo
 and the image output is gathered back; the blocks only see local chunks (the QKV/fc1 linears
 all-gather and linear_proj/fc2 reduce-scatter, as in Megatron).
 
-Context parallelism enters in two places only: the forward keeps this rank's chunk of the
-joint sequence (a ``CPShard`` from ``packed/shard.py``: a view of the inputs, with RoPE
-and per-block AdaLN following their tokens), and every core-attention slot is wrapped to
-gather K/V from the other ranks (``parallel/context_parallel.py``). The model then returns
-this rank's image rows.
+Context parallelism is given to a built model, never read from global state:
+``parallel.dims.parallelize(model, dims)`` sets ``model.parallel_dims`` and, for cp > 1, wraps
+every core-attention slot to gather K/V from the other ranks (``parallel/context_parallel.py``).
+The forward then keeps this rank's chunk of the joint sequence (``cp_shard``: a ``CPShard``
+from ``packed/shard.py``, a view of the inputs, with RoPE and per-block AdaLN following their
+tokens) and returns this rank's image rows. A model never parallelized computes the whole
+sequence, whatever groups exist.
 """
 from __future__ import annotations
 
@@ -31,7 +33,6 @@ from vincie_kernels.reference import block_visibility
 from vincie_mcore.packed.batch import PackedBatch
 from vincie_mcore.packed.maskspec import KIND_NOISY
 from vincie_mcore.packed.shard import CPShard, shard_of
-from vincie_mcore.parallel.context_parallel import wrap_core_attention
 
 from .attention import KVCache, LayerKV, TorchMaskedAttention, build_rows_plan
 from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
@@ -106,9 +107,8 @@ class MMDiT(MegatronModule):
             for i in range(cfg.num_layers)])
         self.final_layer = FinalLayer(config, final_adaln, cfg.patch_dim, norm_eps=cfg.norm_eps,
                                       zero_init=cfg.adaln_zero_init)
-        # context parallelism: K/V-gathering wrapper around each core slot (None: CP off)
-        self.cp_group = None if device == "meta" else \
-            wrap_core_attention(self, multiple=get_pg_size(self.tp_group))
+        # the layout (a ParallelDims) parallel.dims.parallelize gives it; None: one device's sequence
+        self.parallel_dims = None
 
     # ------------------------------------------------------------------ forward
     def _check(self, x_img: torch.Tensor, batch: PackedBatch) -> None:
@@ -157,11 +157,11 @@ class MMDiT(MegatronModule):
         return means[torch.where(idx < 0, nb, idx)].sum(1)                        # (nb, text_dim)
 
     def cp_shard(self, batch: PackedBatch) -> CPShard:
-        """The joint tokens this rank computes: all of them without context parallelism."""
-        if self.cp_group is None:
+        """The joint tokens this rank computes under the dims it was given: all of them without CP."""
+        dims = self.parallel_dims
+        if dims is None or dims.cp == 1:
             return CPShard((0, batch.spec.seq_len), 0, batch.s_txt)
-        shard = shard_of(batch.spec, get_pg_size(self.cp_group), get_pg_rank(self.cp_group),
-                         get_pg_size(self.tp_group))
+        shard = shard_of(batch.spec, dims.cp, dims.cp_rank, dims.tp)
         if shard.s_txt != batch.s_txt:
             raise ValueError(f"context parallel: the spec's text blocks cover {shard.s_txt} tokens but the text "
                              f"stream has {batch.s_txt}")
@@ -243,7 +243,7 @@ class MMDiT(MegatronModule):
     def kv_cache_support(self) -> str | None:
         """None when the KV-cache path can run on this model, else the one-line reason it cannot."""
         tp = get_pg_size(self.tp_group)
-        cp = 1 if self.cp_group is None else get_pg_size(self.cp_group)
+        cp = 1 if self.parallel_dims is None else self.parallel_dims.cp
         if tp != 1 or cp != 1:
             return f"kv_cache: needs one process (tp=1, cp=1), this model runs tp={tp}, cp={cp}"
         for layer in self.layers:

@@ -6,13 +6,18 @@ read from the compact spec (``packed/maskspec.py``). The scheme (all-gather K/V)
 1. ``packed/shard.py`` cuts the joint sequence into ``cp`` contiguous chunks of about equal
    mask area (``partition``) and names one rank's share (``CPShard``, ``shard_of``): pure
    index arithmetic on the spec, shared with the model, which slices its inputs with it.
-   This file adds what needs the process groups: the current layout's shard.
+   This file adds the shard under a given layout (``shard(spec, dims)``).
 2. ``ContextParallelAttention`` wraps the core-attention slot: it gathers K and V of every
    rank as one contiguous tensor (``mappings.gather_chunks``), then runs the masked core on
    the local queries against all keys; backward reduce-scatters dK/dV to their owners.
+   ``dims.parallelize`` installs it when the model is given dims with cp > 1.
 3. The loss (``data_parallel_mean``) sums the local squared errors, divides by the GLOBAL
    count, and pre-multiplies by the dp x cp size that Megatron DDP divides by, so the
    averaged gradient equals one device's.
+
+Everything here takes the layout as a ``ParallelDims`` (``dims.py``), the one the model was
+given; nothing reads Megatron's ``parallel_state``, so a model parallelized with
+``ParallelDims.single()`` computes the whole sequence even inside a CP group.
 """
 from __future__ import annotations
 
@@ -21,52 +26,39 @@ import torch
 from vincie_mcore.packed.maskspec import MaskSpec
 from vincie_mcore.packed.shard import CPShard, shard_of, stream_split
 
+from .dims import ParallelDims
 from .mappings import gather_chunks, sum_over
 
 
 # ----------------------------------------------------------------------------
-# The current layout (Megatron's parallel_state owns the groups)
+# The layout a model was given (``dims.py``): never Megatron's globals
 # ----------------------------------------------------------------------------
 
-def cp_group():
-    """The context-parallel group, or None when CP is off or the groups do not exist."""
-    from megatron.core import parallel_state as ps
-    if not ps.model_parallel_is_initialized() or ps.get_context_parallel_world_size() == 1:
-        return None
-    return ps.get_context_parallel_group()
-
-
-def current_shard(spec: MaskSpec) -> CPShard:
-    """This rank's shard under the current layout (the whole sequence without CP)."""
-    from megatron.core import parallel_state as ps
-    group = cp_group()
-    if group is None:
+def shard(spec: MaskSpec, dims: ParallelDims) -> CPShard:
+    """This rank's shard under ``dims`` (the whole sequence without CP)."""
+    if dims.cp == 1:
         return CPShard((0, spec.seq_len), 0, stream_split(spec))
-    return shard_of(spec, ps.get_context_parallel_world_size(), ps.get_context_parallel_rank(),
-                    ps.get_tensor_model_parallel_world_size())
+    return shard_of(spec, dims.cp, dims.cp_rank, dims.tp)
 
 
-def image_rows(spec: MaskSpec) -> slice:
+def image_rows(spec: MaskSpec, dims: ParallelDims) -> slice:
     """The image-stream rows the model returns on this rank (all of them without CP)."""
-    return current_shard(spec).img_rows
+    return shard(spec, dims).img_rows
 
 
-def data_parallel_mean(sq_sum: torch.Tensor, count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def data_parallel_mean(sq_sum: torch.Tensor, count: torch.Tensor,
+                       dims: ParallelDims) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, global count): the mean of squared errors over every dp x cp rank's elements.
 
     The returned loss has the global mean as its value on every rank, and the gradient of
     ``world * sq_sum / global_count``: Megatron DDP divides by ``world`` (the dp x cp size)
     and sums, which gives exactly the one-device gradient of the global mean.
     """
-    from megatron.core import parallel_state as ps
     count = count.to(sq_sum.dtype)
-    if not ps.model_parallel_is_initialized():
-        return sq_sum / count, count
-    group = ps.get_data_parallel_group(with_context_parallel=True)
-    world = ps.get_data_parallel_world_size(with_context_parallel=True)
+    world = dims.dp_cp
     if world == 1:
         return sq_sum / count, count
-    total_sq, total_count = sum_over(torch.stack([sq_sum, count]), group).unbind(0)
+    total_sq, total_count = sum_over(torch.stack([sq_sum, count]), dims.dp_cp_group).unbind(0)
     local = sq_sum * (world / total_count)
     return local + (total_sq / total_count - local).detach(), total_count
 
@@ -82,33 +74,20 @@ class ContextParallelAttention(torch.nn.Module):
     rank's own tokens (``q_start == k_start`` = its chunk start).
     """
 
-    def __init__(self, core: torch.nn.Module, group, multiple: int = 1):
+    def __init__(self, core: torch.nn.Module, dims: ParallelDims):
         super().__init__()
-        self.core, self.group, self.multiple = core, group, multiple
+        if dims.cp < 2 or dims.cp_group is None:
+            raise ValueError(f"ContextParallelAttention: needs dims with cp > 1 and a CP group, got {dims}")
+        self.core, self.dims = core, dims
 
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
-        import torch.distributed as dist
-        sh = shard_of(spec, dist.get_world_size(self.group), dist.get_rank(self.group), self.multiple)
+        sh = shard(spec, self.dims)
         if q_start != sh.q_start or k_start != sh.q_start or q.shape[0] != k.shape[0] or \
                 q.shape[0] != sh.lengths[sh.rank]:
             raise ValueError(f"context parallel attention: got q rows [{q_start}, {q_start + q.shape[0]}) and k rows "
                              f"from {k_start}, but this rank owns joint tokens [{sh.q_start}, {sh.q_end})")
         kv = torch.stack([k, v], dim=1)                                       # (Sq, 2, H, D): one contiguous tensor
-        kv = gather_chunks(kv, sh.lengths, self.group)                        # (S, 2, H, D)
+        kv = gather_chunks(kv, sh.lengths, self.dims.cp_group)                # (S, 2, H, D)
         k_all, v_all = kv.unbind(1)
         return self.core(q, k_all, v_all, spec, q_start=q_start, k_start=0)   # (Sq, H, D)
 
-
-def wrap_core_attention(model: torch.nn.Module, multiple: int):
-    """Put every ``core_attention`` slot of ``model`` behind ``ContextParallelAttention``.
-
-    Returns the CP group, or None (and changes nothing) without context parallelism.
-    """
-    group = cp_group()
-    if group is None:
-        return None
-    for m in list(model.modules()):
-        core = getattr(m, "core_attention", None)
-        if isinstance(core, torch.nn.Module) and not isinstance(core, ContextParallelAttention):
-            m.core_attention = ContextParallelAttention(core, group, multiple)
-    return group

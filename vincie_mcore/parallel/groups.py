@@ -4,47 +4,19 @@
 environment, or as a lone process on a free localhost port), lets Megatron's
 ``parallel_state`` build the TP/CP/DP groups (order tp-cp-dp, pipeline = 1),
 and seeds Megatron's RNG tracker. On a machine without CUDA it turns on
-``cpu_compat`` first and uses gloo. Everything else asks ``parallel_state``
-(or the returned ``ParallelDims``) for groups and ranks.
+``cpu_compat`` first and uses gloo. It returns the layout as a ``ParallelDims``
+(``dims.py``: sizes, ranks and groups), which ``dims.parallelize`` gives to a model.
 """
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
 from . import cpu_compat
-
-
-@dataclass(frozen=True)
-class ParallelDims:
-    """The layout of ``world_size = tp * cp * dp`` ranks (tp fastest, then cp, then dp)."""
-
-    tp: int
-    cp: int
-    dp: int
-    world_size: int
-    rank: int
-    backend: str
-
-    @property
-    def tp_rank(self) -> int:
-        return self.rank % self.tp
-
-    @property
-    def cp_rank(self) -> int:
-        return (self.rank // self.tp) % self.cp
-
-    @property
-    def dp_rank(self) -> int:
-        return self.rank // (self.tp * self.cp)
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
+from .dims import ParallelDims
 
 
 _DIMS: ParallelDims | None = None
@@ -107,7 +79,7 @@ def init_distributed(tp: int = 1, cp: int = 1, dp: int | None = None, backend: s
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group(backend=backend, init_method=init_method, rank=rank, world_size=world)
         _OWNS_PG = True
-    rank, world = dist.get_rank(), dist.get_world_size()
+    world = dist.get_world_size()
 
     if dp is None:
         if world % (tp * cp):
@@ -120,7 +92,7 @@ def init_distributed(tp: int = 1, cp: int = 1, dp: int | None = None, backend: s
     # TP ranks get different init/dropout streams, DP ranks share them (Megatron's convention);
     # on CPU cpu_compat routes the "CUDA" tracker to the CPU generator.
     model_parallel_cuda_manual_seed(seed)
-    _DIMS = ParallelDims(tp=tp, cp=cp, dp=dp, world_size=world, rank=rank, backend=backend)
+    _DIMS = ParallelDims.current()
     return _DIMS
 
 

@@ -197,12 +197,14 @@ def _worker(rank: int, run: dict):
     from ..model import MMDiTConfig, build_model
     from ..train.trainer import TrainConfig, Trainer
     from . import groups
+    from .dims import ParallelDims, parallelize
 
     L = Layout(**run["layout"])
     dims = groups.init_distributed(tp=L.tp, cp=L.cp, dp=L.dp, seed=run["seed"])
     mcfg = MMDiTConfig.from_dict(_model_dict())
     torch.manual_seed(run["seed"])
     model = build_model(mcfg, tensor_model_parallel_size=L.tp, sequence_parallel=L.sp, device="cpu")
+    parallelize(model, ParallelDims.current(sp=L.sp))
     init = run["init_dir"]
     if run["save_init"]:
         # biases start at 0 and would only hold a couple of Adam steps (~lr): a relative diff

@@ -61,6 +61,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from ..model.fp8 import FP8Config, check_fp8_batch, fp8_autocast, prepare_fp8_model
 from ..parallel import cpu_compat
+from ..parallel.dims import ParallelDims
 from .ema import EMA
 from ..runinfo import arithmetic_info, code_version
 from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops, write_json
@@ -165,6 +166,20 @@ class TrainConfig:
 
 def _rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _check_model_dims(model, dims: ParallelDims) -> None:
+    """A model that takes a layout (``parallel_dims``) must hold the trainer's: its loss means over
+    the model's dims, while Megatron DDP averages over the trainer's groups."""
+    if not hasattr(model, "parallel_dims"):
+        return                                   # a module with no layout of its own (test doubles)
+    given = model.parallel_dims
+    if given is None and dims.dp_cp > 1:
+        raise ValueError(f"Trainer: {type(model).__name__} was never given its layout (dp={dims.dp}, cp={dims.cp}); "
+                         f"call parallel.dims.parallelize(model, ParallelDims.current()) first")
+    if given is not None and (given.tp, given.cp, given.dp) != (dims.tp, dims.cp, dims.dp):
+        raise ValueError(f"Trainer: the model was parallelized as tp={given.tp} cp={given.cp} dp={given.dp}, "
+                         f"but the process groups are tp={dims.tp} cp={dims.cp} dp={dims.dp}")
 
 
 class BadStepsError(RuntimeError):
@@ -279,7 +294,10 @@ class Trainer:
             raise ValueError(f"TrainConfig.micro_batches: {cfg.micro_batches}, but the batch stream deals "
                              f"{micro} micro-batches a step (build it with micro_batches={cfg.micro_batches})")
         self.rank = _rank()
-        self.dp_rank = parallel_state.get_data_parallel_rank()
+        # the layout, made once: the DP reductions below use its groups, and the model must agree
+        self.dims = ParallelDims.current()
+        _check_model_dims(model, self.dims)
+        self.dp_rank = self.dims.dp_rank
 
         # 1. seeds (model init is the caller's business; these cover data order, dropout, noise)
         random.seed(cfg.seed + self.dp_rank)
@@ -539,11 +557,10 @@ class Trainer:
         """{"loss/<name>": window mean} from summed (sq, count) parts, summed over the DP x CP ranks."""
         if not acc:
             return {}
-        from megatron.core import parallel_state
         names = sorted(acc)
         t = torch.stack([acc[k] for k in names])          # (n, 2) float64
-        if parallel_state.get_data_parallel_world_size(with_context_parallel=True) > 1:
-            dist.all_reduce(t, group=parallel_state.get_data_parallel_group(with_context_parallel=True))
+        if self.dims.dp_cp > 1:
+            dist.all_reduce(t, group=self.dims.dp_cp_group)
         return {f"loss/{k}": (s / c if c > 0 else None) for k, (s, c) in zip(names, t.tolist())}
 
     def run_info(self) -> dict:
@@ -614,12 +631,11 @@ class Trainer:
 
     def _dp_mean(self, x: float) -> float:
         """Mean of a logged scalar over the data-parallel ranks (every rank must call it)."""
-        from megatron.core import parallel_state
-        n = parallel_state.get_data_parallel_world_size()
+        n = self.dims.dp
         if n == 1:
             return x
         t = torch.tensor([x], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, group=parallel_state.get_data_parallel_group())
+        dist.all_reduce(t, group=self.dims.dp_group)
         return t.item() / n
 
     def _stop_flags(self, t0: float, signals: StopSignals) -> tuple[bool, bool]:
