@@ -13,7 +13,8 @@ The order, as the code has it (data flows one way: video -> data -> packed batch
    builder), ``config``, ``runinfo``, ``paths`` (the name sanitiser and path checks): leaves
    every layer may name.
 1. Services the stages sit on. ``parallel``'s communication layer (process groups,
-   autograd comm verbs, Megatron-Core on CPU, the CP attention wrapper and loss mean):
+   autograd comm verbs, Megatron-Core on CPU, the layout object and ``parallelize``, the CP
+   attention wrapper and loss mean):
    Megatron-style, the model wraps its core attention for CP and the loss averages over
    dp x cp, so this sits under both, as Megatron's ``parallel_state``/``tensor_parallel``
    sit under its models. Other modules in ``parallel/`` (parity, plan: they drive whole
