@@ -16,7 +16,7 @@ column/row-parallel linears take their group then), so ``parallelize`` only chec
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import torch
 
@@ -102,9 +102,6 @@ class ParallelDims:
             raise RuntimeError(f"ParallelDims.current: Megatron places rank {dims.rank} at (tp, cp, dp) = {got}, "
                                f"not {(dims.tp_rank, dims.cp_rank, dims.dp_rank)} (order tp-cp-dp expected)")
         return dims
-
-    def with_sp(self, sp: bool) -> ParallelDims:
-        return replace(self, sp=bool(sp) and self.tp > 1)
 
 
 def dims_of(model) -> ParallelDims:
