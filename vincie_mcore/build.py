@@ -52,13 +52,14 @@ def init_parallel(cfg):
 def make_model(cfg):
     from .model.config import MMDiTConfig
     from .model.mmdit import build_model
+    from .train.trainer import precision
 
     mcfg = build(MMDiTConfig, cfg.model, "model")
-    bf16 = torch.cuda.is_available() and cfg.train.get("dtype", "auto") in ("auto", "bf16")
+    # the trainer's TrainConfig.params_dtype goes through the same function (a bf16 run on a CPU: float32)
+    dtype = precision(cfg.train.get("dtype", "auto"))
     torch.manual_seed(int(cfg.seed))
     return build_model(mcfg, tensor_model_parallel_size=int(cfg.parallel.tp),
-                       sequence_parallel=bool(cfg.parallel.get("sp", False)),
-                       params_dtype=torch.bfloat16 if bf16 else torch.float32)
+                       sequence_parallel=bool(cfg.parallel.get("sp", False)), params_dtype=dtype)
 
 
 def make_loss(flow: FlowConfig, official_patch: int | None = None):
@@ -99,15 +100,17 @@ def init_weights(cfg, model, ckpt_dir: str) -> None:
         raise ConfigError(f"train.init_from: no complete checkpoint under {src}")
 
 
-def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
+def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None, warmup: int | None = None):
+    """The run's Trainer. ``steps`` / ``warmup`` replace ``train.steps`` / ``train.warmup`` as given: a caller
+    that shortens a run passes the warmup it wants too (warmup >= steps is train.warmup's one-line error)."""
     from .train.trainer import TrainConfig, Trainer
 
     t = dict(cfg.train)
     t.setdefault("ckpt_dir", str(run_dir / "checkpoints"))
     t.setdefault("tensorboard_dir", str(run_dir / "tensorboard"))
-    if steps is not None:
-        t["steps"] = steps
-        t["warmup"] = min(int(t.get("warmup", 0)), max(steps // 10, 0))
+    for k, v in (("steps", steps), ("warmup", warmup)):
+        if v is not None:
+            t[k] = v
     flow = flow_config(cfg)
     official_patch = int(cfg.data.pack.patch_size) if is_official(cfg) else None
     tcfg = build(TrainConfig, t, "train")

@@ -4,6 +4,7 @@ import torch
 import yaml
 
 from model_batches import BLOCK_CAUSAL_SESSION, CONFIGS, FULL_SESSION, make_batch, tiny_cfg
+from vincie_mcore.config import build
 from vincie_mcore.model import MMDiTConfig, build_model
 
 
@@ -159,7 +160,7 @@ def test_config_errors_name_the_key(over, key):
 
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match="unknown key.*hiden_size"):
-        MMDiTConfig.from_dict({"hiden_size": 64})
+        build(MMDiTConfig, {"hiden_size": 64}, "model")
 
 
 # With the release's FFN rule (6912, 9728) and a 64-row turn table, our blocks (MLP biases, one AdaLN
