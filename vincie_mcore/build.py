@@ -7,6 +7,7 @@ its model and encoders. The config groups are documented in ``configs/config.yam
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -85,6 +86,27 @@ def flow_config(cfg) -> FlowConfig:
         from .diffusion.official_flow import OfficialFlowConfig
         return build(OfficialFlowConfig, cfg.flow, "flow")
     return build(FlowConfig, cfg.flow, "flow")
+
+
+@dataclass
+class RunConfig:
+    """Every section of a resolved config, built (``build_run_config``)."""
+    model: object
+    train: object
+    flow: FlowConfig
+    sampler: SamplerConfig
+    data: dict                       # data_configs(cfg)
+
+
+def build_run_config(cfg) -> RunConfig:
+    """Build every section of ``cfg`` the way the run will, so that a bad key of any section is one
+    ``ConfigError`` before process groups, data or models are made (``vincie-train``, ``vincie-demo``)."""
+    from .model.config import MMDiTConfig
+    from .train.trainer import TrainConfig
+
+    return RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
+                     flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
+                     data=data_configs(cfg))
 
 
 def init_weights(cfg, model, ckpt_dir: str) -> None:
