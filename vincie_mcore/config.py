@@ -1,8 +1,10 @@
 """Run configuration: Hydra YAML supplies values, one dataclass per concern validates them.
 
 ``load_config(overrides)`` composes ``configs/config.yaml`` with Hydra's compose
-API; ``build(cls, node, "group")`` turns one group into its dataclass and names
-the key in a one-line error for an unknown key or a bad value.
+API; ``build(cls, node, "group")`` turns one group into its dataclass (nested
+dataclasses and tuples included, every field's type checked by pydantic) and names
+the full key in a one-line error for an unknown key, a wrong type or a bad value
+(docs/config.md).
 """
 from __future__ import annotations
 

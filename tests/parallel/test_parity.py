@@ -96,7 +96,7 @@ def test_impossible_layouts_are_one_line_errors(megatron_cpu):
         build_model(build(MMDiTConfig, d, "model"), tensor_model_parallel_size=3, device="cpu")
     with pytest.raises(ValueError, match=r"ffn_hidden_size=390 is not divisible by tp=4"):
         build_model(build(MMDiTConfig, dict(d, ffn_hidden_size=390), "model"), tensor_model_parallel_size=4, device="cpu")
-    with pytest.raises(ValueError, match=r"MMDiTConfig.hidden_size: 130 is not divisible by num_heads=4"):
+    with pytest.raises(ValueError, match=r"model.hidden_size: 130 is not divisible by num_heads=4"):
         build(MMDiTConfig, dict(d, hidden_size=130, rope_axes_dim=None), "model")
     with pytest.raises(RuntimeError, match=r"already initialised as tp=1 cp=1 dp=1"):
         groups.init_distributed(tp=2, cp=1)

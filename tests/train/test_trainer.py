@@ -79,7 +79,7 @@ def test_bad_config_names_the_key(key, value):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ValueError, match=r"^TrainConfig\.stpes: unknown key"):
+    with pytest.raises(ValueError, match=r"^train\.stpes: unknown key"):
         build(TrainConfig, {"stpes": 3}, "train")
 
 
