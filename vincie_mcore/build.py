@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -20,6 +21,10 @@ from .data.recipe import RecipeConfig
 from .diffusion.flow import FlowConfig, training_loss
 from .encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
 from .infer.editor import Editor, SamplerConfig
+
+if TYPE_CHECKING:                    # imported where used: Megatron loads with the trainer
+    from .model.config import MMDiTConfig
+    from .train.trainer import TrainConfig
 
 
 # ----------------------------------------------------------------------------- configs
@@ -91,8 +96,8 @@ def flow_config(cfg) -> FlowConfig:
 @dataclass
 class RunConfig:
     """Every section of a resolved config, built (``build_run_config``)."""
-    model: object
-    train: object
+    model: MMDiTConfig
+    train: TrainConfig
     flow: FlowConfig
     sampler: SamplerConfig
     data: dict                       # data_configs(cfg)
