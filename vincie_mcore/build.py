@@ -7,8 +7,10 @@ its model and encoders. The config groups are documented in ``configs/config.yam
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -19,6 +21,10 @@ from .data.recipe import RecipeConfig
 from .diffusion.flow import FlowConfig, training_loss
 from .encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
 from .infer.editor import Editor, SamplerConfig
+
+if TYPE_CHECKING:                    # imported where used: Megatron loads with the trainer
+    from .model.config import MMDiTConfig
+    from .train.trainer import TrainConfig
 
 
 # ----------------------------------------------------------------------------- configs
@@ -54,13 +60,15 @@ def make_model(cfg):
     from .model.config import MMDiTConfig
     from .model.mmdit import build_model
     from .parallel.dims import ParallelDims, parallelize
+    from .train.trainer import precision
 
     mcfg = build(MMDiTConfig, cfg.model, "model")
-    bf16 = torch.cuda.is_available() and cfg.train.get("dtype", "auto") in ("auto", "bf16")
+    # the trainer's TrainConfig.params_dtype goes through the same function (a bf16 run on a CPU: float32)
+    dtype = precision(cfg.train.get("dtype", "auto"))
     sp = bool(cfg.parallel.get("sp", False))
     torch.manual_seed(int(cfg.seed))
     model = build_model(mcfg, tensor_model_parallel_size=int(cfg.parallel.tp), sequence_parallel=sp,
-                        params_dtype=torch.bfloat16 if bf16 else torch.float32)
+                        params_dtype=dtype)
     return parallelize(model, ParallelDims.current(sp=sp))
 
 
@@ -89,6 +97,27 @@ def flow_config(cfg) -> FlowConfig:
     return build(FlowConfig, cfg.flow, "flow")
 
 
+@dataclass
+class RunConfig:
+    """Every section of a resolved config, built (``build_run_config``)."""
+    model: MMDiTConfig
+    train: TrainConfig
+    flow: FlowConfig
+    sampler: SamplerConfig
+    data: dict                       # data_configs(cfg)
+
+
+def build_run_config(cfg) -> RunConfig:
+    """Build every section of ``cfg`` the way the run will, so that a bad key of any section is one
+    ``ConfigError`` before process groups, data or models are made (``vincie-train``, ``vincie-demo``)."""
+    from .model.config import MMDiTConfig
+    from .train.trainer import TrainConfig
+
+    return RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
+                     flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
+                     data=data_configs(cfg))
+
+
 def init_weights(cfg, model, ckpt_dir: str) -> None:
     """``train.init_from``: a checkpoint folder (e.g. ``vincie-convert import-official --out``) whose model
     weights start a run at step 0; skipped when the run's own ``ckpt_dir`` already holds a checkpoint
@@ -102,15 +131,17 @@ def init_weights(cfg, model, ckpt_dir: str) -> None:
         raise ConfigError(f"train.init_from: no complete checkpoint under {src}")
 
 
-def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None):
+def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None, warmup: int | None = None):
+    """The run's Trainer. ``steps`` / ``warmup`` replace ``train.steps`` / ``train.warmup`` as given: a caller
+    that shortens a run passes the warmup it wants too (warmup >= steps is train.warmup's one-line error)."""
     from .train.trainer import TrainConfig, Trainer
 
     t = dict(cfg.train)
     t.setdefault("ckpt_dir", str(run_dir / "checkpoints"))
     t.setdefault("tensorboard_dir", str(run_dir / "tensorboard"))
-    if steps is not None:
-        t["steps"] = steps
-        t["warmup"] = min(int(t.get("warmup", 0)), max(steps // 10, 0))
+    for k, v in (("steps", steps), ("warmup", warmup)):
+        if v is not None:
+            t[k] = v
     flow = flow_config(cfg)
     official_patch = int(cfg.data.pack.patch_size) if is_official(cfg) else None
     tcfg = build(TrainConfig, t, "train")

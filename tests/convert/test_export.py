@@ -17,6 +17,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from convert_helpers import fixed_batch, tiny_dict
+from vincie_mcore.config import build
 from vincie_mcore.convert import hf
 from vincie_mcore.hf.files import INDEX, SINGLE, ExportError, read_config
 from vincie_mcore.hf.modeling import VincieMMDiT
@@ -71,7 +72,7 @@ def test_import_at_another_layout_resumes_with_the_same_loss(trained, exported, 
     work, ckpt, params = trained
     out, _ = exported
     # before export: the TP=2 checkpoint loaded into one process
-    mcfg = MMDiTConfig.from_dict(tiny_dict())
+    mcfg = build(MMDiTConfig, tiny_dict(), "model")
     before = build_model(mcfg, device="cpu")
     checkpoint.load(ckpt, before)
     batch, x_t, target = fixed_batch()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from convert_helpers import fixed_batch, randomize_, tiny_dict
+from vincie_mcore.config import build
 from vincie_mcore.hf.modeling import VincieMMDiT
 
 TOL = 1e-5
@@ -15,7 +16,7 @@ TOL = 1e-5
 def _megatron(d):
     from vincie_mcore.model import MMDiTConfig, build_model
     torch.manual_seed(0)
-    m = build_model(MMDiTConfig.from_dict(d), device="cpu")
+    m = build_model(build(MMDiTConfig, d, "model"), device="cpu")
     randomize_(m)
     return m.eval()
 
@@ -41,7 +42,7 @@ def test_plain_model_matches_megatron(megatron_cpu, over, mask):
 
 
 def test_unimplemented_config_is_refused():
-    with pytest.raises(ValueError, match=r"^MMDiTConfig: unknown key\(s\) \['moe_experts'\]"):
+    with pytest.raises(ValueError, match=r"^model\.moe_experts: unknown key"):
         VincieMMDiT(**tiny_dict(moe_experts=8))
 
 

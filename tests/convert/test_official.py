@@ -17,6 +17,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 from official_fixture import model_dict
+from vincie_mcore.config import build
 
 FIX = Path(__file__).resolve().parents[1] / "fixtures" / "official"
 META = json.loads((FIX / "meta.json").read_text())
@@ -29,7 +30,7 @@ def _case(name: str):
     """-> (MMDiTConfig, x_img, batch, sessions, p, official output [sum T*H*W, C] as ours would lay it out)."""
     from vincie_mcore.model import MMDiTConfig
     from vincie_mcore.model.official import official_image_tokens, official_session_batch
-    cfg = MMDiTConfig.from_dict(model_dict(name))
+    cfg = build(MMDiTConfig, model_dict(name), "model")
     m = META["configs"][name]
     p = m["nadit"]["patch_size"][1]
     io = load_file(str(FIX / f"{name}_io.safetensors"))
@@ -90,7 +91,7 @@ def test_presets_map_the_full_size_release_exactly(megatron_cpu, name):
     from vincie_mcore.model import MMDiTConfig, build_model
     release = json.loads((FIX / f"{name}_release_shapes.json").read_text())["shapes"]
     preset = yaml.safe_load((FIX.parents[2] / "configs" / "model" / f"official_{name}.yaml").read_text())
-    cfg = MMDiTConfig.from_dict(preset)
+    cfg = build(MMDiTConfig, preset, "model")
     model = build_model(cfg, meta=True)
     plan, _ = plan_import(_Source.of_shapes(release), cfg, expected={n: tuple(p.shape) for n, p in model.named_parameters()})
     assert len(plan.ignored) == cfg.num_layers == 32
@@ -197,7 +198,7 @@ def test_missing_and_unknown_tensors_are_named_one_line_each(tmp_path):
         del sd["blocks.1.mlp.all.proj_in_gate.weight"]
         sd["blocks.9.attn.extra.weight"] = torch.zeros(3)
     with pytest.raises(OfficialImportError) as e:
-        plan_import(_bad_file(tmp_path, edit), MMDiTConfig.from_dict(model_dict("3b")))
+        plan_import(_bad_file(tmp_path, edit), build(MMDiTConfig, model_dict("3b"), "model"))
     lines = str(e.value).splitlines()
     assert lines == ["missing tensor blocks.1.mlp.all.proj_in_gate.weight (for layers.1.mlp.joint.linear_fc1.weight)",
                      "unknown tensor blocks.9.attn.extra.weight [3] (not in an official 3-layer model with 1 "

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vincie_mcore.config import build
 from vincie_mcore.data.build import build_sessions
 from vincie_mcore.data.sampling import SamplingConfig
 from vincie_mcore.data.store import SessionStore
@@ -36,7 +37,7 @@ def test_sessions_are_exact(corpus, tmp_path):
         r = st[i]
         idx = r.meta["frame_indices"]
         video = read_video(r.meta["video_path"])
-        states = [Scene.from_dict(d) for d in r.states]
+        states = [build(Scene, d, "scene") for d in r.states]
         strategies.add(r.meta["sampling"])
         assert r.meta["annotator"] == r.meta["segmenter"] == "ground_truth"
         for k, (f, sd) in enumerate(zip(r.frames, states)):
@@ -128,7 +129,7 @@ def test_static_filter_drops_exactly_the_frames_where_nothing_happened(corpus, t
     for i in range(len(a)):
         r = a[i]
         idx = r.meta["frame_indices"]
-        states = [Scene.from_dict(d) for d in r.states]
+        states = [build(Scene, d, "scene") for d in r.states]
         expect = [idx[0]]
         last = states[0]
         for k in range(1, len(idx)):

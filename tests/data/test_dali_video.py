@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from real_clips import make_frames, write_clip
 
+from vincie_mcore.config import build
 from vincie_mcore.data.dali_video import read_at_times_dali, read_indices_dali
 from vincie_mcore.data.real import RealBuildConfig, make_video_sessions
 from vincie_mcore.data.inputs import VideoInput
@@ -76,7 +77,7 @@ def test_a_video_s_sessions_with_either_backend(clip):
             "filters": {"min_duration_s": 0.5, "min_height": 32, "min_width": 32, "min_shot_s": 0.3}}
     out = {}
     for backend in ("pyav", "dali"):
-        cfg = RealBuildConfig.from_dict({**base, "decode": {**base["decode"], "backend": backend, "dali_device": DEVICE}})
+        cfg = build(RealBuildConfig, {**base, "decode": {**base["decode"], "backend": backend, "dali_device": DEVICE}}, "build")
         out[backend] = make_video_sessions("v", VideoInput("v", clip), cfg, _Blank(), EmptySegmenter()).sessions
     assert [s.meta["frame_times"] for s in out["dali"]] == [s.meta["frame_times"] for s in out["pyav"]]
     from PIL import Image
@@ -85,4 +86,4 @@ def test_a_video_s_sessions_with_either_backend(clip):
         for fa, fb in zip(a.frames, b.frames):
             assert _close(np.asarray(Image.open(io.BytesIO(fa))), np.asarray(Image.open(io.BytesIO(fb))))
     with pytest.raises(ValueError, match="build.decode.backend: dali takes frame indices from the shot scan"):
-        RealBuildConfig.from_dict({"decode": {"backend": "dali"}, "shots": {"detector": "none"}})
+        build(RealBuildConfig, {"decode": {"backend": "dali"}, "shots": {"detector": "none"}}, "build")

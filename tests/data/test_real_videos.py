@@ -17,6 +17,7 @@ from PIL import Image
 from real_clips import (CODECS, corrupt_middle_packet, make_frames, scene_frame, unsupported_codec, write_audio_only,
                         write_clip)
 
+from vincie_mcore.config import build
 from vincie_mcore.data.annotate import Annotator, Transition
 from vincie_mcore.data.filters import FilterConfig
 from vincie_mcore.data.inputs import InputsConfig, from_directory, from_manifest
@@ -68,7 +69,7 @@ def small_cfg(**over) -> RealBuildConfig:
          "timeout_s": 60, "max_mb": 0}
     for k, v in over.items():
         d[k] = {**d.get(k, {}), **v} if isinstance(v, dict) else v
-    return RealBuildConfig.from_dict(d)
+    return build(RealBuildConfig, d, "build")
 
 
 @pytest.fixture(scope="module")
@@ -314,12 +315,12 @@ def test_config_errors_name_the_key():
                      ({"filters": {"min_shot_s": -1}}, r"build.filters.min_shot_s"),
                      ({"decode": {"size": [4, 4]}}, r"build.decode.size"),
                      ({"sampling": {"min_change": 2.0}}, r"build.sampling.min_change"),
-                     ({"sampling": {"strategy": "all"}}, r"SamplingConfig.strategy"),
+                     ({"sampling": {"strategy": "all"}}, r"build.sampling.strategy: must be one of"),
                      ({"wokers": 2}, r"build.wokers: unknown key")]:
         with pytest.raises(ValueError, match=match) as e:
-            RealBuildConfig.from_dict(d)
+            build(RealBuildConfig, d, "build")
         assert "\n" not in str(e.value)
-    RealBuildConfig.from_dict({"filters": FilterConfig().__dict__})
+    build(RealBuildConfig, {"filters": FilterConfig().__dict__}, "build")
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -350,4 +351,4 @@ def test_docs_config_block_is_the_defaults():
     import yaml
     text = (Path(__file__).resolve().parents[2] / "docs" / "real_videos.md").read_text()
     block = re.search(r"## Config keys.*?```yaml\n(.*?)```", text, re.S).group(1)
-    assert RealBuildConfig.from_dict(yaml.safe_load(block)) == RealBuildConfig()
+    assert build(RealBuildConfig, yaml.safe_load(block), "build") == RealBuildConfig()

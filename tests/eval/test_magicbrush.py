@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+from vincie_mcore.config import build
 from vincie_mcore.eval.magicbrush import (IMAGENET_MEAN, IMAGENET_STD, MagicBrushConfig, MagicBrushMetrics,
                                           aggregate, generated_path, read_magicbrush, run_magicbrush,
                                           score_magicbrush)
@@ -311,9 +312,9 @@ def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
 
     _write_set(tmp_path / "mb")
     torch.manual_seed(0)
-    model = build_model(MMDiTConfig.from_dict(dict(
+    model = build_model(build(MMDiTConfig, dict(
         hidden_size=32, num_layers=1, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=32, patch_dim=192,
-        max_turns=8, rope_axes_dim=[4, 6, 6], adaln_zero_init=False, text_adaln=True, attention_backend="torch")),
+        max_turns=8, rope_axes_dim=[4, 6, 6], adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model"),
         device="cpu").eval()
     ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
                 PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, seed=1),

@@ -163,9 +163,9 @@ def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cp
     from vincie_mcore.model import MMDiTConfig, build_model
 
     torch.manual_seed(0)
-    model = build_model(MMDiTConfig.from_dict(dict(
+    model = build_model(build(MMDiTConfig, dict(
         hidden_size=64, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=128, text_dim=32, patch_dim=192,
-        max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, attention_backend="torch")), device="cpu").eval()
+        max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, attention_backend="torch"), "model"), device="cpu").eval()
     ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
                 PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, guidance=1.0),
                 mask_type="block_causal")

@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vincie_mcore.config import build
 from vincie_mcore.data.packing import PackConfig
 from vincie_mcore.data.recipe import (RecipeConfig, SessionPlan, build_sample, roe_inference_sample)
 from vincie_mcore.diffusion.flow import FlowConfig
@@ -87,9 +88,9 @@ class Recorder:
 @pytest.fixture(scope="module")
 def tiny(megatron_cpu):
     torch.manual_seed(0)
-    cfg = MMDiTConfig.from_dict(dict(hidden_size=64, num_layers=3, mm_layers=1, num_heads=2, ffn_hidden_size=128,
+    cfg = build(MMDiTConfig, dict(hidden_size=64, num_layers=3, mm_layers=1, num_heads=2, ffn_hidden_size=128,
                                      text_dim=32, patch_dim=192, max_turns=16, rope_axes_dim=[8, 12, 12],
-                                     adaln_zero_init=False, text_adaln=True, attention_backend="torch"))
+                                     adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model")
     model = build_model(cfg, device="cpu").eval()
     with torch.no_grad():                              # zero-init final layer would make every output 0
         torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from vincie_mcore.config import build
 from vincie_mcore.data.packing import PackConfig
 from vincie_mcore.diffusion.flow import FlowConfig
 from vincie_mcore.encoders.image import PixelEncoder
@@ -22,7 +23,7 @@ def _cfg(**over):
              patch_dim=192, max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, text_adaln=True,
              attention_backend="torch")
     d.update(over)
-    return MMDiTConfig.from_dict(d)
+    return build(MMDiTConfig, d, "model")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import torch
 import yaml
 from PIL import Image
 from official_fixture import model_dict
+from vincie_mcore.config import build
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
@@ -193,7 +194,7 @@ def _fixture_case(name: str):
     from vincie_mcore.model import MMDiTConfig
     from vincie_mcore.model.official import official_image_tokens, official_session_batch
     meta = json.loads((FIX / "official" / "meta.json").read_text())["configs"][name]
-    cfg, p = MMDiTConfig.from_dict(model_dict(name)), meta["nadit"]["patch_size"][1]
+    cfg, p = build(MMDiTConfig, model_dict(name), "model"), meta["nadit"]["patch_size"][1]
     io = load_file(str(FIX / "official" / f"{name}_io.safetensors"))
     sessions, xs = [], []
     for s, sm in enumerate(meta["sessions"]):

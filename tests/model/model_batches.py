@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from vincie_mcore.config import build
 from vincie_mcore.packed.batch import PackedBatch
 from vincie_mcore.packed.builder import BatchBuilder
 from vincie_mcore.packed.maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT
@@ -30,7 +31,7 @@ def tiny_cfg(**over):
     d = yaml.safe_load((CONFIGS / "tiny.yaml").read_text())
     d.update(attention_backend="torch", adaln_zero_init=False)
     d.update(over)
-    return MMDiTConfig.from_dict(d)
+    return build(MMDiTConfig, d, "model")
 
 
 def make_batch(sessions: list[list[tuple]], mask_type: str, text_dim: int, patch_dim: int,

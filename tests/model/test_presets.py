@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 
+from vincie_mcore.config import build
 from vincie_mcore.data.packing import EncodedSession, PackConfig, pack
 from vincie_mcore.data.recipe import RecipeConfig, SessionPlan, build_sample, camera_prompt
 
@@ -42,9 +43,9 @@ def test_a_20_frame_session_runs_with_the_preset_turn_table(preset, mask_type, m
     sample = build_sample(sess.texts, sess.cameras, plan, cfg)
     batch = pack([(sample, sess)], WordText().encode, PackConfig(patch_size=8), mask_type)
     assert int(batch.txt_turn.max()) >= 18                   # what a 16-row table could not hold
-    model = build_model(MMDiTConfig.from_dict(dict(
+    model = build_model(build(MMDiTConfig, dict(
         hidden_size=32, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=WordText.dim,
-        patch_dim=192, max_turns=PRESETS[preset]["max_turns"], rope_axes_dim=[4, 6, 6], attention_backend="torch")),
+        patch_dim=192, max_turns=PRESETS[preset]["max_turns"], rope_axes_dim=[4, 6, 6], attention_backend="torch"), "model"),
         device="cpu").eval()
     with torch.no_grad():
         out = model(torch.randn(batch.img_x0.shape), batch)

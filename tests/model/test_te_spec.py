@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from model_batches import make_batch
+from vincie_mcore.config import build
 from vincie_mcore.model import MMDiTConfig, build_model
 from vincie_mcore.model.fp8 import FP8Config, check_fp8_batch, check_fp8_model, fp8_autocast
 from vincie_mcore.train.trainer import TrainConfig
@@ -41,10 +42,10 @@ def _one_line(e) -> str:
 def test_fp8_config_defaults_roundtrip():
     c = FP8Config()
     assert (c.enabled, c.recipe, c.fp8_format) == (False, "current", "hybrid")
-    assert FP8Config.from_dict(c.to_dict()) == c
-    assert FP8Config.from_dict(None) == c
-    d = FP8Config.from_dict({"enabled": True, "recipe": "delayed", "margin": 2, "amax_history_len": 16,
-                             "amax_compute_algo": "most_recent", "fp8_format": "e4m3"})
+    assert build(FP8Config, c.to_dict(), "train.fp8") == c
+    assert build(FP8Config, None, "train.fp8") == c
+    d = build(FP8Config, {"enabled": True, "recipe": "delayed", "margin": 2, "amax_history_len": 16,
+                             "amax_compute_algo": "most_recent", "fp8_format": "e4m3"}, "train.fp8")
     assert (d.recipe, d.margin, d.amax_history_len, d.amax_compute_algo) == ("delayed", 2, 16, "most_recent")
 
 
@@ -68,12 +69,12 @@ def test_fp8_config_rejects_bad_values(kw, key):
 def test_fp8_config_from_hydra_node():
     omegaconf = pytest.importorskip("omegaconf")
     node = omegaconf.OmegaConf.create({"recipe": "delayed", "margin": 2})
-    assert FP8Config.from_dict(node) == FP8Config(recipe="delayed", margin=2)
+    assert build(FP8Config, node, "train.fp8") == FP8Config(recipe="delayed", margin=2)
 
 
 def test_fp8_config_unknown_key():
-    with pytest.raises(ValueError, match=r"^FP8Config\.recipie: unknown key") as e:
-        FP8Config.from_dict({"recipie": "delayed"})
+    with pytest.raises(ValueError, match=r"^train\.fp8\.recipie: unknown key") as e:
+        build(FP8Config, {"recipie": "delayed"}, "train.fp8")
     _one_line(e)
 
 
@@ -81,7 +82,7 @@ def test_train_config_holds_fp8():
     t = TrainConfig(steps=2, fp8={"recipe": "delayed", "margin": 1})
     assert isinstance(t.fp8, FP8Config) and t.fp8.margin == 1 and not t.fp8.enabled
     assert isinstance(TrainConfig(steps=2).fp8, FP8Config)
-    with pytest.raises(ValueError, match=r"^FP8Config\.recipe:"):
+    with pytest.raises(ValueError, match=r"^train\.fp8\.recipe:"):
         TrainConfig(steps=2, fp8={"recipe": "bogus"})
     if not CUDA:   # FP8 trains around bf16 weights: no FP8 on a CPU run
         with pytest.raises(ValueError, match=r"^TrainConfig\.dtype:.*FP8") as e:
@@ -91,7 +92,7 @@ def test_train_config_holds_fp8():
 
 def test_config_build_names_the_fp8_key():
     from vincie_mcore.config import ConfigError, build
-    with pytest.raises(ConfigError, match=r"^FP8Config\.amax_history_len:") as e:
+    with pytest.raises(ConfigError, match=r"^train\.fp8\.amax_history_len:") as e:
         build(TrainConfig, {"steps": 3, "fp8": {"recipe": "delayed", "amax_history_len": -3}}, "train")
     _one_line(e)
     assert build(TrainConfig, {"steps": 3, "fp8": {"recipe": "delayed"}}, "train").fp8.recipe == "delayed"

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from vincie_kernels.reference import KIND_TEXT, dense_mask, random_blocks, spec_from_blocks
+from vincie_mcore.config import build
 from vincie_mcore.packed import shard as cpm
 from vincie_mcore.packed.maskspec import MaskSpec
 from vincie_mcore.parallel.parity import Layout, check_layouts
@@ -92,11 +93,11 @@ def test_impossible_layouts_are_one_line_errors(megatron_cpu):
     from vincie_mcore.parallel import groups
     d = yaml.safe_load((Path(__file__).resolve().parents[2] / "configs/model/tiny.yaml").read_text())
     with pytest.raises(ValueError, match=r"num_heads=4 is not divisible by tp=3"):
-        build_model(MMDiTConfig.from_dict(d), tensor_model_parallel_size=3, device="cpu")
+        build_model(build(MMDiTConfig, d, "model"), tensor_model_parallel_size=3, device="cpu")
     with pytest.raises(ValueError, match=r"ffn_hidden_size=390 is not divisible by tp=4"):
-        build_model(MMDiTConfig.from_dict(dict(d, ffn_hidden_size=390)), tensor_model_parallel_size=4, device="cpu")
-    with pytest.raises(ValueError, match=r"MMDiTConfig.hidden_size: 130 is not divisible by num_heads=4"):
-        MMDiTConfig.from_dict(dict(d, hidden_size=130, rope_axes_dim=None))
+        build_model(build(MMDiTConfig, dict(d, ffn_hidden_size=390), "model"), tensor_model_parallel_size=4, device="cpu")
+    with pytest.raises(ValueError, match=r"model.hidden_size: 130 is not divisible by num_heads=4"):
+        build(MMDiTConfig, dict(d, hidden_size=130, rope_axes_dim=None), "model")
     with pytest.raises(RuntimeError, match=r"already initialised as tp=1 cp=1 dp=1"):
         groups.init_distributed(tp=2, cp=1)
     with pytest.raises(ValueError, match="--sp .* needs --tp > 1"):

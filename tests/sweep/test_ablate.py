@@ -14,6 +14,7 @@ import torch
 import yaml
 from slurm_cluster import slurm_cluster  # noqa: F401,F811 - the fixture
 
+from vincie_mcore.config import build
 from vincie_mcore.sweep import ablate as A
 from vincie_mcore.sweep import plan as P
 
@@ -131,9 +132,9 @@ def test_no_context_eval_gives_the_editor_only_the_previous_output(megatron_cpu,
     from vincie_mcore.model import MMDiTConfig, build_model
 
     torch.manual_seed(0)
-    model = build_model(MMDiTConfig.from_dict(dict(
+    model = build_model(build(MMDiTConfig, dict(
         hidden_size=32, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=16, patch_dim=192,
-        max_turns=8, rope_axes_dim=[4, 6, 6], attention_backend="torch")), device="cpu").eval()
+        max_turns=8, rope_axes_dim=[4, 6, 6], attention_backend="torch"), "model"), device="cpu").eval()
     ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=16, num_layers=1, num_heads=2)), PixelEncoder(),
                 PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=1, guidance=1.0),
                 mask_type="block_causal")

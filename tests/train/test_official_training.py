@@ -16,6 +16,7 @@ import pytest
 import torch
 import yaml
 
+from vincie_mcore.config import build
 from vincie_mcore.data.official_pack import OfficialStream, official_pack, official_texts, uncond_texts
 from vincie_mcore.data.packing import EncodedSession, PackConfig
 from vincie_mcore.data.recipe import RecipeConfig
@@ -31,7 +32,7 @@ P = 8                                          # official_tiny: 3 channels x 8 x
 
 def _cfg() -> MMDiTConfig:
     d = yaml.safe_load((ROOT / "configs/model/official_tiny.yaml").read_text())
-    return MMDiTConfig.from_dict(dict(d, attention_backend="torch"))
+    return build(MMDiTConfig, dict(d, attention_backend="torch"), "model")
 
 
 @pytest.fixture(autouse=True)
@@ -239,12 +240,12 @@ def _tp_case():
     m = json.loads((FIX / "meta.json").read_text())["configs"]["3b"]
     n, C = m["nadit"], m["latent_channels"]
     p, D = n["patch_size"][1], n["vid_dim"]
-    cfg = MMDiTConfig.from_dict(dict(
+    cfg = build(MMDiTConfig, dict(
         variant="official", hidden_size=D, num_layers=n["num_layers"], mm_layers=n["mm_layers"], num_heads=n["heads"],
         head_dim=n["head_dim"], ffn_hidden_size=-(-int(2 * D * n["expand_ratio"] / 3) // 256) * 256,
         text_dim=m["text_in_dim"], patch_dim=C * p * p, image_in_dim=(2 * C + 1) * p * p, max_turns=m["max_turns"],
         rope_axes_dim=[n["rope_dim"] // 3] * 3, norm_eps=n["norm_eps"], qk_norm_eps=n["norm_eps"],
-        attention_backend="torch", adaln_zero_init=False))
+        attention_backend="torch", adaln_zero_init=False), "model")
     g = torch.Generator().manual_seed(11)
     rows = {}
     encode = lambda ts: [rows.setdefault(t, torch.randn(3 + len(t) % 4, cfg.text_dim, generator=g)) for t in ts]  # noqa: E731
@@ -315,7 +316,7 @@ def test_presets_and_their_data_groups_agree_on_the_token_width(overrides):
     from vincie_mcore.data.official_pack import check_official_widths
 
     cfg = load_config(overrides)
-    mcfg = MMDiTConfig.from_dict(dict(cfg.model))
+    mcfg = build(MMDiTConfig, dict(cfg.model), "model")
     check_official_widths(mcfg, int(cfg.data.pack.patch_size))
     with pytest.raises(ValueError, match="model.image_in_dim"):
         check_official_widths(mcfg, int(cfg.data.pack.patch_size) + 1)

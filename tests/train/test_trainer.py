@@ -5,6 +5,7 @@ import pytest
 import torch
 from _train_tiny import TinyStream, build_tiny, tiny_loss
 
+from vincie_mcore.config import build
 from vincie_mcore.train import checkpoint as ckpt
 from vincie_mcore.train.trainer import Trainer, TrainConfig
 
@@ -78,8 +79,8 @@ def test_bad_config_names_the_key(key, value):
 
 
 def test_unknown_key_is_named():
-    with pytest.raises(ValueError, match=r"^TrainConfig\.stpes: unknown key"):
-        TrainConfig.from_dict({"stpes": 3})
+    with pytest.raises(ValueError, match=r"^train\.stpes: unknown key"):
+        build(TrainConfig, {"stpes": 3}, "train")
 
 
 # ----------------------------------------------------------------------------

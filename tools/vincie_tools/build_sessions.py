@@ -23,6 +23,7 @@ import json
 import sys
 import time
 
+from vincie_mcore.config import build
 from vincie_mcore.data.build import DECODE_MAX_MB, DECODE_TIMEOUT_S, build_sessions, format_summary
 from vincie_mcore.data.sampling import SamplingConfig
 from vincie_mcore.data.video import write_synthetic_corpus
@@ -139,7 +140,7 @@ def steps_main(argv) -> dict:
         from vincie_mcore.data.labelers import make_annotator, make_segmenter
 
         conf = _load_yaml(a.config)
-        cfg = RealBuildConfig.from_dict(conf.get("build"))     # every section checked now, not in 64 tasks
+        cfg = build(RealBuildConfig, conf.get("build"), "build")     # every section checked now, not in 64 tasks
         make_segmenter({"kind": "none"} if (conf.get("segmenter") or {}).get("kind") == "gsam"
                        else conf.get("segmenter"))             # gsam: its folders are checked in run
         if (conf.get("annotator") or {}).get("kind") != "vlm":
@@ -156,7 +157,7 @@ def steps_main(argv) -> dict:
         i, n = sharded.parse_shard(a.shard)
         inputs = sharded.part_inputs(a.store, i, n)
         _, conf = sharded.read_plan(a.store)
-        cfg = RealBuildConfig.from_dict(conf.get("build"))
+        cfg = build(RealBuildConfig, conf.get("build"), "build")
         annotator, segmenter = make_annotator(conf.get("annotator")), make_segmenter(conf.get("segmenter"))
         if hasattr(annotator, "check"):
             annotator.check()                                   # a server down: one line now, not 1000 failures

@@ -29,13 +29,13 @@ def main(argv=None) -> int:
     if any(a in ("-h", "--help") for a in argv):               # Hydra overrides only; no argparse
         print(f"usage: vincie-demo [key=value ...]  (Hydra overrides of configs/)\n{__doc__}")
         return 0
-    from vincie_mcore.build import data_configs
+    from vincie_mcore.build import build_run_config
     from vincie_mcore.config import ConfigError, load_config
     from vincie_mcore.demo import run_demo
 
     try:
         cfg = load_config(["experiment=demo", *argv])
-        data_configs(cfg)                                        # validate the data groups up front
+        build_run_config(cfg)                                    # validate every section up front
         summary = run_demo(cfg, t_start)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -56,7 +56,7 @@ def main(argv=None):
 
 
 def _train(argv: list[str], stop) -> int:
-    from vincie_mcore.build import build_training
+    from vincie_mcore.build import build_run_config, build_training
     from vincie_mcore.config import ConfigError, load_config
     from vincie_mcore.train.launch import EXIT_PREEMPTED, Layout, env_from_srun
     from vincie_mcore.train.metrics import plot_losses
@@ -65,6 +65,7 @@ def _train(argv: list[str], stop) -> int:
     env_from_srun()                                              # srun task -> RANK/WORLD_SIZE/LOCAL_RANK
     try:                                                         # a bad value, an impossible layout: one line
         cfg = load_config(argv)
+        build_run_config(cfg)                                    # every section's bad key before any group or data
         dims, trainer = build_training(cfg)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)

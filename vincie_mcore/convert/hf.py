@@ -94,11 +94,12 @@ def export_checkpoint(ckpt, out, dtype: str = "fp32", max_shard_size="5GB", conf
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
+    from ..config import build
     from ..model.config import MMDiTConfig
 
     step, model_cfg, full = locate(ckpt, config)
     try:
-        model_cfg = MMDiTConfig.from_dict(model_cfg).to_dict()      # defaults filled in, validated
+        model_cfg = build(MMDiTConfig, model_cfg, "model").to_dict()      # defaults filled in, validated
     except (ValueError, TypeError) as e:
         raise ExportError(f"model config: {str(e).splitlines()[0]}") from None
     expected = _expected(model_cfg)
@@ -238,7 +239,7 @@ def import_checkpoint(hf, out, overrides: list[str] | None = None) -> dict:
 
     t0 = time.perf_counter()
     meta = read_config(hf)
-    exported = MMDiTConfig.from_dict(meta["model"])
+    exported = build(MMDiTConfig, meta["model"], "model")
     cfg = load_config(list(overrides or []))
     mine = build(MMDiTConfig, cfg.model, "model")
     for f in ("attention_backend", "transformer_impl"):             # kernels, not architecture

@@ -65,34 +65,6 @@ class RealBuildConfig:
         if not (isinstance(self.max_mb, int) and self.max_mb >= 0):
             raise ValueError(f"build.max_mb: must be an int >= 0, got {self.max_mb!r}")
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "RealBuildConfig":
-        """From plain values (YAML); an unknown key or a bad value raises ValueError naming it."""
-        d = dict(d or {})
-        parts = {"inputs": InputsConfig, "decode": DecodeConfig, "shots": ShotConfig, "sampling": SamplingConfig,
-                 "filters": FilterConfig}
-        known = {f.name for f in dataclasses.fields(cls)}
-        for k in d:
-            if k not in known:
-                raise ValueError(f"build.{k}: unknown key (known: {', '.join(sorted(known))})")
-        kw = {}
-        for k, v in d.items():
-            if k in parts:
-                if not isinstance(v, dict):
-                    raise ValueError(f"build.{k}: expected a mapping, got {type(v).__name__}")
-                names = {f.name for f in dataclasses.fields(parts[k])}
-                bad = sorted(set(v) - names)
-                if bad:
-                    raise ValueError(f"build.{k}.{bad[0]}: unknown key (known: {', '.join(sorted(names))})")
-                try:
-                    kw[k] = parts[k](**v)
-                except ValueError as e:
-                    msg = str(e)
-                    raise ValueError(msg if msg.startswith("build.") else f"build.{k}: {msg}") from None
-            else:
-                kw[k] = v
-        return cls(**kw)
-
     def recipe(self) -> dict:
         """What a stored session depends on (a resumed store must have been made the same way)."""
         d = dataclasses.asdict(self)

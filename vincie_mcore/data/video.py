@@ -23,6 +23,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from ..config import build
 from .world import Event, Scene, SyntheticVideo, WorldConfig, generate_video
 
 VIDEO_EXTS = (".webm", ".mkv", ".avi", ".mp4", ".mov")
@@ -190,8 +191,8 @@ def load_sidecar(path) -> SyntheticTruth:
     try:
         if d.get("format") != SIDECAR_FORMAT:
             raise ValueError(f"format is {d.get('format')!r}, expected {SIDECAR_FORMAT!r}")
-        t = SyntheticTruth(WorldConfig.from_dict(d["world"]), int(d["fps"]), int(d["num_frames"]),
-                           [Scene.from_dict(k) for k in d["keyframes"]], [int(k) for k in d["frame_keyframe"]],
+        t = SyntheticTruth(build(WorldConfig, d["world"], "world"), int(d["fps"]), int(d["num_frames"]),
+                           [build(Scene, k, "keyframes") for k in d["keyframes"]], [int(k) for k in d["frame_keyframe"]],
                            [tuple(int(v) for v in c) for c in d["frame_camera"]], [Event(**e) for e in d["events"]])
         if len(t.frame_keyframe) != t.num_frames or len(t.frame_camera) != t.num_frames:
             raise ValueError(f"per-frame lists have {len(t.frame_keyframe)}/{len(t.frame_camera)} entries for {t.num_frames} frames")

@@ -120,10 +120,6 @@ class WorldConfig:
     def to_dict(self) -> dict:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self).items()}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "WorldConfig":
-        return cls(**d)
-
 
 def demo_config(**overrides) -> WorldConfig:
     """The 24x24, 3x3 grid of 8-px cells world the demo trains on (1-3 objects, no pan)."""
@@ -175,15 +171,12 @@ class Obj:
 
 @dataclass(frozen=True)
 class Scene:
-    objects: tuple = ()            # tuple[Obj, ...], at most one per cell
-    camera: tuple = (0, 0)         # (cy, cx) view offset in px
+    objects: tuple[Obj, ...] = ()  # at most one per cell
+    camera: tuple[int, int] = (0, 0)   # (cy, cx) view offset in px; a stored scene comes back with
+                                       # config.build(Scene, d, "scene")
 
     def to_dict(self) -> dict:
         return {"camera": list(self.camera), "objects": [asdict(o) for o in self.objects]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Scene":
-        return cls(tuple(Obj(**o) for o in d["objects"]), tuple(int(v) for v in d["camera"]))
 
     def by_cell(self) -> dict:
         return {o.cell: o for o in self.objects}

@@ -25,11 +25,12 @@ from collections import defaultdict
 
 import numpy as np
 
+from ..config import build
 from ..data.world import PALETTE, Obj, Scene, WorldConfig, diff_scenes, render, shape_mask
 
 
 def as_scene(s) -> Scene:
-    return s if isinstance(s, Scene) else Scene.from_dict(s)
+    return s if isinstance(s, Scene) else build(Scene, s, "scene")
 
 
 def edit_kinds(src, tgt, cfg: WorldConfig) -> list[str]:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vincie_kernels.reference import block_visibility, token_block_ids
+from vincie_mcore.config import build
 from vincie_mcore.model.config import MMDiTConfig
 from vincie_mcore.model.embeddings import TextEmbedder, TimestepEmbedder, apply_rope, rope_cos_sin
 from vincie_mcore.packed.batch import PackedBatch
@@ -243,7 +244,7 @@ class VincieMMDiT(nn.Module):
 
     def __init__(self, **config):
         super().__init__()
-        cfg = MMDiTConfig.from_dict(config)
+        cfg = build(MMDiTConfig, config, "model")
         check_supported(cfg)
         self.cfg = cfg
         D = cfg.hidden_size

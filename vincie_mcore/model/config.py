@@ -163,16 +163,7 @@ class MMDiTConfig:
                 raise ValueError(f"MMDiTConfig.{name}: expected > 0, got {getattr(self, name)!r}")
 
     # ------------------------------------------------------------------ factories
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "MMDiTConfig":
-        """Build from a plain dict (a resolved Hydra ``model`` node); unknown keys are an error."""
-        d = dict(d)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"MMDiTConfig: unknown key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**d)
-
+    # (built from a mapping by ``vincie_mcore.config.build(MMDiTConfig, d, "model")``)
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rope_axes_dim"] = list(self.rope_axes_dim)

@@ -35,8 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 
@@ -52,19 +52,19 @@ FP8_ROW_MULTIPLE = 16       # TE FP8 GEMMs: rows % 8 (fprop) and % 16 (wgrad, tr
 class FP8Config:
     enabled: bool = False
     """Run the linears in FP8 (an FP8-capable GPU: compute capability >= 8.9; torchao also on CPU)."""
-    backend: str = "te"
+    backend: Literal["te", "torchao"] = "te"
     """"te" (Transformer Engine; transformer_impl='transformer_engine') or "torchao"
     (transformer_impl='torch', one device)."""
     recipe: str | None = None
     """None: the backend's default ("current" for te, "tensorwise" for torchao). te: "delayed" (scales from an amax history) or "current" (scales from the tensor itself); see
     the module docstring for why "current" is the default. torchao: "tensorwise" or "rowwise"."""
-    fp8_format: str = "hybrid"
+    fp8_format: Literal["hybrid", "e4m3"] = "hybrid"
     """"hybrid": E4M3 forward, E5M2 gradients (the usual training choice); "e4m3": E4M3 everywhere."""
     margin: int = 0
     """Delayed scaling: scale = fp8_max / amax / 2**margin (headroom in powers of two)."""
     amax_history_len: int = 1024
     """Delayed scaling: length of the amax history window."""
-    amax_compute_algo: str = "max"
+    amax_compute_algo: Literal["max", "most_recent"] = "max"
     """Delayed scaling: "max" over the history or the "most_recent" amax."""
 
     def __post_init__(self):
@@ -100,22 +100,6 @@ class FP8Config:
             key = next(k for k, d in (("margin", 0), ("amax_history_len", 1024), ("amax_compute_algo", "max"))
                        if getattr(self, k) != d)
             bad(key, "only applies to recipe='delayed'")
-
-    @classmethod
-    def from_dict(cls, d) -> "FP8Config":
-        """None / a dict / an FP8Config -> FP8Config; an unknown key is an error naming it."""
-        if d is None:
-            return cls()
-        if isinstance(d, cls):
-            return d
-        if not isinstance(d, Mapping):      # a dict or an OmegaConf DictConfig (a Hydra ``train.fp8`` node)
-            raise ValueError(f"FP8Config: expected a mapping, got {type(d).__name__}")
-        d = {k: d[k] for k in d}
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ValueError(f"FP8Config.{k}: unknown key (known: {', '.join(sorted(names))})")
-        return cls(**dict(d))
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -36,6 +36,7 @@ from vincie_mcore.packed.shard import CPShard, shard_of
 
 from .attention import KVCache, LayerKV, TorchMaskedAttention, build_rows_plan
 from .blocks import GATE_CHUNKS, BlockContext, FinalLayer, mark_sequence_parallel
+from ..config import build
 from .config import MMDiTConfig
 from .embeddings import TextEmbedder, TimestepEmbedder, rope_cos_sin
 from .specs import get_block_specs
@@ -410,7 +411,7 @@ def build_model(cfg: MMDiTConfig | dict, tensor_model_parallel_size: int = 1, se
     device: where to put it (None: CUDA when available, else CPU). meta=True builds on the meta
     device without initialisation (parameter counting of 3B/7B on a laptop).
     """
-    cfg = cfg if isinstance(cfg, MMDiTConfig) else MMDiTConfig.from_dict(cfg)
+    cfg = cfg if isinstance(cfg, MMDiTConfig) else build(MMDiTConfig, cfg, "model")
     check_tensor_parallel(cfg, tensor_model_parallel_size)
     model_cls = MMDiT
     if cfg.variant == "official":       # the released models' architecture (model/official.py)

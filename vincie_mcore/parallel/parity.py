@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, build
 from ..packed.batch import PackedBatch
 from ..packed.builder import BatchBuilder, concat
 from ..packed.maskspec import KIND_CLEAN, KIND_NOISY
@@ -201,7 +201,7 @@ def _worker(rank: int, run: dict):
 
     L = Layout(**run["layout"])
     dims = groups.init_distributed(tp=L.tp, cp=L.cp, dp=L.dp, seed=run["seed"])
-    mcfg = MMDiTConfig.from_dict(_model_dict())
+    mcfg = build(MMDiTConfig, _model_dict(), "model")
     torch.manual_seed(run["seed"])
     model = build_model(mcfg, tensor_model_parallel_size=L.tp, sequence_parallel=L.sp, device="cpu")
     parallelize(model, ParallelDims.current(sp=L.sp))

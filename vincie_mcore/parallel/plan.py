@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from ..config import CONFIG_DIR
+from ..config import CONFIG_DIR, build
 from ..model.config import MMDiTConfig  # pure Python: no Megatron needed
 
 PRESETS = ("tiny", "3b", "7b")
@@ -44,7 +44,7 @@ def load_preset(name: str) -> MMDiTConfig:
     if name not in PRESETS:
         raise PlanError(f"--preset: expected one of {PRESETS}, got {name!r}")
     import yaml
-    return MMDiTConfig.from_dict(yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()))
+    return build(MMDiTConfig, yaml.safe_load((CONFIGS / f"{name}.yaml").read_text()), "model")
 
 
 # ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_token
     the two paths' model outputs and samples measured in the same run."""
     from ..encoders.image import PixelEncoder
     from ..encoders.text import TextEncoder, TextEncoderConfig
+    from ..config import build
     from ..model import MMDiTConfig, build_model
     from ..parallel import groups
     from ..runinfo import code_version
@@ -28,10 +29,10 @@ def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_token
     groups.init_distributed(tp=1, cp=1, seed=seed)
     hd = hidden // heads
     ax = (hd // 4 // 2 * 2, hd // 8 * 3, hd - hd // 4 // 2 * 2 - hd // 8 * 3)      # (turn, h, w) split, even
-    cfg = MMDiTConfig.from_dict(dict(
+    cfg = build(MMDiTConfig, dict(
         hidden_size=hidden, num_layers=layers, mm_layers=max(layers // 2, 1), num_heads=heads,
         ffn_hidden_size=-(-8 * hidden // 3 // 64) * 64, text_dim=64, patch_dim=192, max_turns=turns + 2,
-        rope_axes_dim=list(ax), adaln_zero_init=False, text_adaln=True, attention_backend="torch"))
+        rope_axes_dim=list(ax), adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model")
     torch.manual_seed(seed)
     model = build_model(cfg, device="cpu").eval()
     with torch.no_grad():                                  # zero-init output layer: every output would be 0

@@ -97,11 +97,12 @@ def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, stor
     """Measure the build over ``videos`` (a folder) or ``clips`` written here -> the JSON dict."""
     from ..data.inputs import from_directory
     from ..data.labelers import make_annotator, make_segmenter
+    from ..config import build as build_section
     from ..data.real import RealBuildConfig, make_video_sessions
 
     config = dict(config or {})
     build = config.get("build") or {"decode": {"size": [store_size, store_size]}}
-    cfg = RealBuildConfig.from_dict(build)
+    cfg = build_section(RealBuildConfig, build, "build")
     annotator = make_annotator(config["annotator"]) if config.get("annotator") else _NoText()
     segmenter = make_segmenter(config["segmenter"]) if config.get("segmenter") else EmptySegmenter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -51,7 +51,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +59,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from ..config import ConfigError, build
 from ..model.fp8 import FP8Config, check_fp8_batch, fp8_autocast, prepare_fp8_model
 from ..parallel import cpu_compat
 from ..parallel.dims import ParallelDims
@@ -146,22 +147,28 @@ class TrainConfig:
         for key in ("resume", "progress", "use_distributed_optimizer", "save_on_signal"):
             if not isinstance(getattr(self, key), bool):
                 bad(key, "must be a bool")
-        self.fp8 = FP8Config.from_dict(self.fp8)
+        if not isinstance(self.fp8, FP8Config):             # a mapping when constructed by hand
+            self.fp8 = build(FP8Config, self.fp8, "train.fp8")
         if self.fp8.enabled and not self.bf16:
             bad("dtype", "FP8 (fp8.enabled) trains around bf16 weights: use 'bf16' or 'auto' on a GPU")
 
     @property
-    def bf16(self) -> bool:
-        return self.dtype == "bf16" or (self.dtype == "auto" and torch.cuda.is_available())
+    def params_dtype(self) -> torch.dtype:
+        """The dtype the model's parameters are built in (``precision``)."""
+        return precision(self.dtype)
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        """Build from a plain/Hydra dict; unknown keys are an error naming the key."""
-        names = {f.name for f in fields(cls)}
-        for k in d:
-            if k not in names:
-                raise ValueError(f"TrainConfig.{k}: unknown key (known: {', '.join(sorted(names))})")
-        return cls(**dict(d))
+    @property
+    def bf16(self) -> bool:
+        return self.params_dtype == torch.bfloat16
+
+
+def precision(dtype: str = "auto") -> torch.dtype:
+    """The one place ``train.dtype`` becomes a parameter dtype: "bf16" and "auto" are bfloat16 on a GPU,
+    everything else float32. A run folder trained in bf16 thus loads in float32 on a CPU (inference);
+    training in "bf16" without a GPU is refused by ``TrainConfig`` itself."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"train.dtype: must be one of {DTYPES}, got {dtype!r}")
+    return torch.bfloat16 if dtype in ("auto", "bf16") and torch.cuda.is_available() else torch.float32
 
 
 def _rank() -> int:

@@ -22,7 +22,8 @@ def main():
     stream = PackedStream(tc, TextEncoder(dc["text"]), dc["recipe"], dc["pack"], seed=int(cfg.seed))
     import shutil; shutil.rmtree(run / "checkpoints", ignore_errors=True)
     h0 = hashlib.sha1(b"".join(p.detach().numpy().tobytes() for p in model.parameters())).hexdigest()[:12]
-    tr = make_trainer(cfg, model, stream, run, steps=steps); tr.cfg.save_every = 0
+    # warmup as make_trainer used to shorten it (min(warmup, steps // 10)): the printed hashes stay comparable
+    tr = make_trainer(cfg, model, stream, run, steps=steps, warmup=min(int(cfg.train.warmup), steps // 10)); tr.cfg.save_every = 0
     tr.train()
     h = hashlib.sha1(b"".join(p.detach().float().numpy().tobytes() for p in model.parameters())).hexdigest()[:12]
     print("RESULT", {k: os.environ.get(k) for k in ["MKL_CBWR","ATEN_CPU_CAPABILITY","ONEDNN_MAX_CPU_ISA","MKL_ENABLE_INSTRUCTIONS"]}, "init", h0, "final", h, repr(tr.losses[-1]), flush=True)
