@@ -1,0 +1,137 @@
+"""Fused Triton element-wise kernels (interpreter on CPU) vs the torch path, forward and every gradient."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vincie_kernels.fused import gated_residual, norm_modulate, qk_norm_rope
+from vincie_mcore.model.embeddings import apply_rope
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOL = {torch.float32: 2e-5, torch.bfloat16: 5e-2}
+
+
+def _blocks(runs):
+    """Run lengths -> long block ids [S] (block i repeated runs[i] times: the packed layout)."""
+    return torch.repeat_interleave(torch.arange(len(runs)), torch.tensor(runs)).to(DEVICE)
+
+
+def _leaf(t, dtype):
+    return t.to(DEVICE, dtype).requires_grad_()
+
+
+def _close(name, got, want, dtype):
+    # relative to the reference's scale: bf16 rounds every intermediate of the torch path
+    err = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
+    ref = max(want.float().abs().max().item(), 1.0) if want.numel() else 1.0
+    assert err <= TOL[dtype] * ref, f"{name}: max error {err:.3g} > {TOL[dtype] * ref:.3g}"
+
+
+def _grads(out, inputs, seed):
+    g = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed)).to(out.device, out.dtype)
+    return torch.autograd.grad(out, inputs, g, allow_unused=True)
+
+
+# a block with one token, a long run, S = 23 not a multiple of the 4- or 8-row tiles
+RUNS = [5, 1, 9, 1, 7]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("block_s", [4, None])
+def test_norm_modulate(dtype, rms, block_s):
+    g = torch.Generator().manual_seed(1)
+    blk = _blocks(RUNS)
+    S, D, nb = blk.numel(), 40, len(RUNS)
+    x = _leaf(torch.randn(S, D, generator=g) * 3 + 1, dtype)
+    mods = _leaf(torch.randn(nb, 6, D, generator=g), dtype)
+    eps = 1e-6
+    out = norm_modulate(x, mods, blk, 3, 4, eps, rms=rms, block_s=block_s)
+    dx, dm = _grads(out, (x, mods), 2)
+
+    xr, mr = (t.detach().clone().requires_grad_() for t in (x, mods))
+    m = mr.index_select(0, blk)
+    n = F.rms_norm(xr, (D,), eps=eps) if rms else F.layer_norm(xr, (D,), eps=eps)
+    ref = n * (1 + m[:, 4]) + m[:, 3]
+    rdx, rdm = _grads(ref, (xr, mr), 2)
+    assert out.dtype == dtype
+    for name, a, b in (("out", out, ref), ("dx", dx, rdx), ("dmods", dm, rdm)):
+        _close(name, a, b, dtype)
+    assert dm[:, [0, 1, 2, 5]].abs().max() == 0      # only the shift and scale chunks get gradient
+
+
+def test_norm_modulate_unsorted_blocks_and_eps():
+    """Block ids in any order still reduce correctly; eps matters for a constant row."""
+    g = torch.Generator().manual_seed(3)
+    blk = torch.tensor([2, 0, 2, 1, 0, 0, 2], device=DEVICE)
+    x = _leaf(torch.randn(7, 8, generator=g), torch.float32)
+    with torch.no_grad():
+        x[3] = 0.5                                     # zero variance: the output is shift, set by eps
+    mods = _leaf(torch.randn(3, 2, 8, generator=g), torch.float32)
+    out = norm_modulate(x, mods, blk, 0, 1, 1e-2, block_s=4)
+    dx, dm = _grads(out, (x, mods), 4)
+    xr, mr = (t.detach().clone().requires_grad_() for t in (x, mods))
+    m = mr.index_select(0, blk)
+    ref = F.layer_norm(xr, (8,), eps=1e-2) * (1 + m[:, 1]) + m[:, 0]
+    rdx, rdm = _grads(ref, (xr, mr), 4)
+    for name, a, b in (("out", out, ref), ("dx", dx, rdx), ("dmods", dm, rdm)):
+        _close(name, a, b, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gated_residual(dtype):
+    g = torch.Generator().manual_seed(5)
+    blk = _blocks(RUNS)
+    S, D = blk.numel(), 24
+    x, y = (_leaf(torch.randn(S, D, generator=g), dtype) for _ in range(2))
+    mods = _leaf(torch.randn(len(RUNS), 6, D, generator=g), dtype)
+    out = gated_residual(x, y, mods, blk, 5, block_s=8)
+    grads = _grads(out, (x, y, mods), 6)
+    xr, yr, mr = (t.detach().clone().requires_grad_() for t in (x, y, mods))
+    ref = xr + mr.index_select(0, blk)[:, 5] * yr
+    rgrads = _grads(ref, (xr, yr, mr), 6)
+    _close("out", out, ref, dtype)
+    for name, a, b in zip(("dx", "dy", "dmods"), grads, rgrads):
+        _close(name, a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype,Dh,H", [(torch.float32, 32, 3), (torch.float32, 48, 2), (torch.bfloat16, 32, 2),
+                                        (torch.float32, 256, 1)])
+def test_qk_norm_rope(dtype, Dh, H):
+    """Equals torch.nn.RMSNorm (what Megatron's WrappedTorchNorm builds for RMSNorm) then apply_rope, on a
+    strided q slice of a fused qkv tensor (the layout AttentionProjections.qkv hands over)."""
+    g = torch.Generator().manual_seed(7)
+    S = 13
+    qkv = (torch.randn(S, H, 3, Dh, generator=g) * 2).to(DEVICE, dtype).requires_grad_()
+    q = qkv[:, :, 1]                                   # strides (3 H Dh, 3 Dh, 1)
+    norm = torch.nn.RMSNorm(Dh, eps=1e-6).to(DEVICE, dtype)
+    with torch.no_grad():
+        norm.weight.copy_(torch.rand(Dh, generator=g) + 0.5)
+    ang = torch.randn(S, Dh // 2, generator=g).to(DEVICE) * 3
+    cos, sin = torch.cos(ang), torch.sin(ang)
+    w = norm.weight.detach().clone().requires_grad_()
+    out = qk_norm_rope(q, w, cos, sin, norm.eps, block_r=4)
+    dqkv, dw = _grads(out, (qkv, w), 8)
+
+    qkv_r = qkv.detach().clone().requires_grad_()
+    ref = apply_rope(norm(qkv_r[:, :, 1]), cos, sin)
+    rdqkv, rdw = _grads(ref, (qkv_r, norm.weight), 8)
+    assert out.dtype == dtype and out.is_contiguous()
+    for name, a, b in (("out", out, ref), ("dq", dqkv, rdqkv), ("dweight", dw, rdw)):
+        _close(name, a, b, dtype)
+
+
+def test_empty_and_bad_inputs():
+    x = torch.zeros(0, 16, device=DEVICE, requires_grad=True)
+    mods = torch.randn(2, 6, 16, device=DEVICE, requires_grad=True)
+    blk = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    out = norm_modulate(x, mods, blk, 0, 1, 1e-6) + gated_residual(x, x, mods, blk, 2)
+    out.sum().backward()
+    assert out.shape == (0, 16) and mods.grad.abs().max() == 0
+    q = torch.zeros(0, 2, 32, device=DEVICE, requires_grad=True)
+    assert qk_norm_rope(q, torch.ones(32, device=DEVICE), torch.zeros(0, 16), torch.zeros(0, 16), 1e-6).shape == (0, 2, 32)
+    with pytest.raises(ValueError, match="chunk index 6"):
+        norm_modulate(torch.zeros(3, 16), mods, torch.zeros(3, dtype=torch.long), 6, 1, 1e-6)
+    with pytest.raises(ValueError, match="blk must be"):
+        norm_modulate(torch.zeros(3, 16), mods, torch.zeros(4, dtype=torch.long), 0, 1, 1e-6)
+    with pytest.raises(ValueError, match="cos/sin"):
+        qk_norm_rope(torch.zeros(3, 2, 32), torch.ones(32), torch.zeros(3, 8), torch.zeros(3, 8), 1e-6)
