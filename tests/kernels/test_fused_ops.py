@@ -135,3 +135,41 @@ def test_empty_and_bad_inputs():
         norm_modulate(torch.zeros(3, 16), mods, torch.zeros(4, dtype=torch.long), 0, 1, 1e-6)
     with pytest.raises(ValueError, match="cos/sin"):
         qk_norm_rope(torch.zeros(3, 2, 32), torch.ones(32), torch.zeros(3, 8), torch.zeros(3, 8), 1e-6)
+
+
+# ----------------------------------------------------------------------------- the model with each path
+
+def test_tiny_model_triton_equals_torch(megatron_cpu):
+    """A dual-stream and a shared block (the paper variant): fused_ops=triton gives fused_ops=torch's loss and
+    every parameter's gradient, same weights, one step."""
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
+    from model_batches import BLOCK_CAUSAL_SESSION, FULL_SESSION, make_batch, tiny_cfg
+    from vincie_mcore.model import build_model
+    from vincie_mcore.model.fused_ops import TorchOps, TritonOps
+
+    models = {}
+    for name in ("torch", "triton"):
+        torch.manual_seed(0)
+        models[name] = build_model(tiny_cfg(num_layers=2, mm_layers=1, fused_ops=name), device=DEVICE)
+    assert models["triton"].layers[0].ops is TritonOps and models["torch"].layers[1].attention.ops is TorchOps
+    models["triton"].load_state_dict(models["torch"].state_dict())
+    batch, _ = make_batch([BLOCK_CAUSAL_SESSION, FULL_SESSION[:2]], "block_causal", 64, 192, seed=2)
+    losses, grads = {}, {}
+    for name, m in models.items():
+        losses[name] = m(batch.img_x0, batch).pow(2).mean()
+        losses[name].backward()
+        grads[name] = {n: p.grad for n, p in m.named_parameters()}
+    assert abs(losses["triton"].item() - losses["torch"].item()) <= 1e-5 * losses["torch"].item()
+    for n, g in grads["torch"].items():
+        _close(f"grad {n}", grads["triton"][n], g, torch.float32)
+
+
+def test_fused_ops_choice():
+    from vincie_mcore.model import MMDiTConfig
+    from vincie_mcore.model.fused_ops import resolve_fused_ops
+    assert resolve_fused_ops("auto", "cpu") == "torch" and resolve_fused_ops("auto", "cuda") == "triton"
+    assert resolve_fused_ops("torch", "cuda") == "torch"
+    with pytest.raises(ValueError, match="MMDiTConfig.fused_ops"):
+        MMDiTConfig(fused_ops="cuda")
