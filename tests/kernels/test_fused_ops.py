@@ -1,4 +1,7 @@
 """Fused Triton element-wise kernels (interpreter on CPU) vs the torch path, forward and every gradient."""
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,6 +9,7 @@ import torch.nn.functional as F
 from vincie_kernels.fused import gated_residual, norm_modulate, qk_norm_rope
 from vincie_mcore.model.embeddings import apply_rope
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))      # model_batches, for the model tests
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 TOL = {torch.float32: 2e-5, torch.bfloat16: 5e-2}
 
@@ -144,9 +148,6 @@ def test_tiny_model_triton_equals_torch(megatron_cpu):
     """A dual-stream and a shared block (the paper variant), same weights, one step: fused_ops=triton gives
     fused_ops=torch's output and every parameter's gradient (through the GPU benchmark's own comparison,
     vincie_mcore/perf/bench_layers.fused_vs_unfused, which also times both)."""
-    import sys
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "model"))
     from model_batches import BLOCK_CAUSAL_SESSION, FULL_SESSION, make_batch, tiny_cfg
     from vincie_mcore.model import build_model
     from vincie_mcore.model.fused_ops import TorchOps, TritonOps
@@ -162,6 +163,31 @@ def test_tiny_model_triton_equals_torch(megatron_cpu):
     res = fused_vs_unfused(arch, 2, "torch", batch.to(DEVICE), torch.device(DEVICE), torch.float32, warmup=0, iters=1)
     assert res["fwd_max_rel"] < 1e-5 and res["bwd_max_rel"] < 1e-4 and not res["grads_missing"], res
     assert res["triton"]["ms"] > 0 and res["speedup"] > 0
+
+
+def test_official_block_triton_equals_torch(megatron_cpu):
+    """The official variant's block (RMSNorm pre-norms, a RoPE tail left unrotated): fused = torch."""
+    import yaml
+    from model_batches import BLOCK_CAUSAL_SESSION, CONFIGS, make_batch
+    from vincie_mcore.model import MMDiTConfig, build_model
+    d = dict(yaml.safe_load((CONFIGS / "official_tiny.yaml").read_text()), num_layers=1, mm_layers=1,
+             attention_backend="torch")
+    batch, _ = make_batch([BLOCK_CAUSAL_SESSION], "block_causal", 64, 192, seed=3)
+    x = torch.randn(batch.s_img, d["image_in_dim"], generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    models, outs, grads = {}, {}, {}
+    for f in ("torch", "triton"):
+        torch.manual_seed(0)
+        models[f] = m = build_model(MMDiTConfig.from_dict(dict(d, fused_ops=f)), device=DEVICE)
+        if f == "triton":
+            assert m.layers[0].pre_norm == "rms"
+            m.load_state_dict(models["torch"].state_dict())
+        outs[f] = m(x, batch.to(DEVICE))
+        outs[f].pow(2).mean().backward()
+        grads[f] = {n: p.grad for n, p in m.named_parameters() if p.grad is not None}   # one block: no text-proj grad
+    _close("out", outs["triton"], outs["torch"], torch.float32)
+    assert grads["triton"].keys() == grads["torch"].keys()
+    for n, g in grads["torch"].items():
+        _close(f"grad {n}", grads["triton"][n], g, torch.float32)
 
 
 def test_fused_ops_choice():
