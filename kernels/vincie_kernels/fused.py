@@ -81,30 +81,48 @@ def _norm_modulate_fwd(x_ptr, mods_ptr, blk_ptr, y_ptr, mean_ptr, rstd_ptr, S, D
 def _norm_modulate_bwd(x_ptr, dy_ptr, mods_ptr, blk_ptr, mean_ptr, rstd_ptr, dx_ptr, dmods_ptr, S, D,
                        stride_x, stride_dy, stride_dx, stride_mb, stride_mc, stride_db, stride_dc, SHIFT, SCALE,
                        IS_RMS: tl.constexpr, MODS_GRAD: tl.constexpr,
-                       BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+                       BLOCK_S: tl.constexpr, BLOCK_DC: tl.constexpr):
+    """Two passes over column chunks of BLOCK_S rows: the row sums dx needs, then dx and the per-block
+    d(shift), d(scale) sums. Many rows per program keep the atomic adds few (one per block and column)."""
     rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    cols = tl.arange(0, BLOCK_D)
-    rmask, cmask = rows < S, cols < D
-    m2 = rmask[:, None] & cmask[None, :]
-    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-    dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    rmask = rows < S
     mean = tl.load(mean_ptr + rows, mask=rmask, other=0.0)
     rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
     b = tl.load(blk_ptr + rows, mask=rmask, other=0)
-    scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
-                    other=0.0).to(tl.float32)
-    xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
-    g = dy * (1.0 + scale)                                   # d(norm(x))
-    c2 = tl.sum(g * xhat, 1) / D
-    if IS_RMS:
-        dx = rstd[:, None] * (g - xhat * c2[:, None])
-    else:
-        c1 = tl.sum(g, 1) / D
-        dx = rstd[:, None] * (g - c1[:, None] - xhat * c2[:, None])
-    tl.store(dx_ptr + rows[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m2)
-    if MODS_GRAD:
-        _block_sums_add(dmods_ptr + SHIFT * stride_dc, stride_db, b, rmask, dy, cols, cmask)
-        _block_sums_add(dmods_ptr + SCALE * stride_dc, stride_db, b, rmask, dy * xhat, cols, cmask)
+    c1 = tl.zeros([BLOCK_S], dtype=tl.float32)
+    c2 = tl.zeros([BLOCK_S], dtype=tl.float32)
+    for d0 in range(0, D, BLOCK_DC):
+        cols = d0 + tl.arange(0, BLOCK_DC)
+        cmask = cols < D
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
+                        other=0.0).to(tl.float32)
+        xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * (1.0 + scale)                               # d(norm(x))
+        c1 += tl.sum(g, 1)
+        c2 += tl.sum(g * xhat, 1)
+    c1 = c1 / D
+    c2 = c2 / D
+    for d0 in range(0, D, BLOCK_DC):
+        cols = d0 + tl.arange(0, BLOCK_DC)
+        cmask = cols < D
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+        scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
+                        other=0.0).to(tl.float32)
+        xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
+        g = dy * (1.0 + scale)
+        if IS_RMS:
+            dx = rstd[:, None] * (g - xhat * c2[:, None])
+        else:
+            dx = rstd[:, None] * (g - c1[:, None] - xhat * c2[:, None])
+        tl.store(dx_ptr + rows[:, None] * stride_dx + cols[None, :], dx.to(dx_ptr.dtype.element_ty), mask=m2)
+        if MODS_GRAD:
+            _block_sums_add(dmods_ptr + SHIFT * stride_dc, stride_db, b, rmask, dy, cols, cmask)
+            _block_sums_add(dmods_ptr + SCALE * stride_dc, stride_db, b, rmask, dy * xhat, cols, cmask)
 
 
 @triton.jit
@@ -128,8 +146,9 @@ def _gated_residual_bwd(dout_ptr, y_ptr, mods_ptr, blk_ptr, dy_ptr, dmods_ptr, S
                         stride_dy, stride_mb, stride_mc, stride_db, GATE,
                         Y_GRAD: tl.constexpr, MODS_GRAD: tl.constexpr,
                         BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Grid (row tiles, column chunks): element-wise, so tall tiles cost nothing and keep atomics few."""
     rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    cols = tl.arange(0, BLOCK_D)
+    cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     rmask, cmask = rows < S, cols < D
     m2 = rmask[:, None] & cmask[None, :]
     do = tl.load(dout_ptr + rows[:, None] * stride_do + cols[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -212,11 +231,21 @@ def _qk_norm_rope_bwd(x_ptr, w_ptr, cos_ptr, sin_ptr, rstd_ptr, dout_ptr, dx_ptr
 # ----------------------------------------------------------------------------- launch helpers
 
 def _row_tiles(D: int, block_s: int | None) -> tuple[int, int]:
-    """(BLOCK_S, BLOCK_D): whole rows per program, about 4k elements per tile."""
+    """(BLOCK_S, BLOCK_D): whole rows per program, about 4k elements per tile (the forward)."""
     block_d = triton.next_power_of_2(D)
     if block_s is None:
         block_s = max(1, min(16, 4096 // block_d))
     return block_s, block_d
+
+
+def _bwd_tiles(D: int, block_s: int | None, block_dc: int | None) -> tuple[int, int]:
+    """(BLOCK_S, BLOCK_DC) of the backward kernels: tall tiles of column chunks, so a block's rows are summed
+    in registers and the atomic adds into d(mods) number about S / BLOCK_S per column."""
+    return (32 if block_s is None else block_s), (min(triton.next_power_of_2(D), 128) if block_dc is None else block_dc)
+
+
+def _warps(elements: int) -> int:
+    return 8 if elements >= 4096 else 4
 
 
 def _check_rows(name: str, x: torch.Tensor, mods: torch.Tensor, blk: torch.Tensor, *chunks: int) -> None:
@@ -242,7 +271,7 @@ def _check_rows(name: str, x: torch.Tensor, mods: torch.Tensor, blk: torch.Tenso
 
 class NormModulateFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, mods, blk, shift_idx, scale_idx, eps, rms, block_s):
+    def forward(ctx, x, mods, blk, shift_idx, scale_idx, eps, rms, block_s, block_dc):
         S, D = x.shape
         x, mods, blk = x.contiguous(), mods.contiguous(), blk.contiguous()
         y = torch.empty_like(x)
@@ -252,15 +281,15 @@ class NormModulateFunction(torch.autograd.Function):
         if S:
             _norm_modulate_fwd[(triton.cdiv(S, BS),)](
                 x, mods, blk, y, mean, rstd, S, D, x.stride(0), y.stride(0), mods.stride(0), mods.stride(1),
-                shift_idx, scale_idx, eps, IS_RMS=rms, BLOCK_S=BS, BLOCK_D=BD)
+                shift_idx, scale_idx, eps, IS_RMS=rms, BLOCK_S=BS, BLOCK_D=BD, num_warps=_warps(BS * BD))
         ctx.save_for_backward(x, mods, blk, mean, rstd)
-        ctx.cfg = (shift_idx, scale_idx, rms, BS, BD)
+        ctx.cfg = (shift_idx, scale_idx, rms, *_bwd_tiles(D, block_s, block_dc))
         return y
 
     @staticmethod
     def backward(ctx, dy):
         x, mods, blk, mean, rstd = ctx.saved_tensors
-        shift_idx, scale_idx, rms, BS, BD = ctx.cfg
+        shift_idx, scale_idx, rms, BS, BDC = ctx.cfg
         S, D = x.shape
         dy = dy.contiguous()
         dx = torch.empty_like(x)
@@ -272,13 +301,13 @@ class NormModulateFunction(torch.autograd.Function):
                 x, dy, mods, blk, mean, rstd, dx, dm, S, D, x.stride(0), dy.stride(0), dx.stride(0),
                 mods.stride(0), mods.stride(1), dmods.stride(0) if mods_grad else 0,
                 dmods.stride(1) if mods_grad else 0, shift_idx, scale_idx,
-                IS_RMS=rms, MODS_GRAD=mods_grad, BLOCK_S=BS, BLOCK_D=BD)
-        return dx, (dmods.to(mods.dtype) if mods_grad else None), None, None, None, None, None, None
+                IS_RMS=rms, MODS_GRAD=mods_grad, BLOCK_S=BS, BLOCK_DC=BDC, num_warps=_warps(BS * BDC))
+        return dx, (dmods.to(mods.dtype) if mods_grad else None), None, None, None, None, None, None, None
 
 
 class GatedResidualFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, y, mods, blk, gate_idx, block_s):
+    def forward(ctx, x, y, mods, blk, gate_idx, block_s, block_dc):
         S, D = x.shape
         x, y, mods, blk = x.contiguous(), y.contiguous(), mods.contiguous(), blk.contiguous()
         out = torch.empty_like(x)
@@ -286,28 +315,28 @@ class GatedResidualFunction(torch.autograd.Function):
         if S:
             _gated_residual_fwd[(triton.cdiv(S, BS),)](
                 x, y, mods, blk, out, S, D, x.stride(0), y.stride(0), out.stride(0), mods.stride(0), mods.stride(1),
-                gate_idx, BLOCK_S=BS, BLOCK_D=BD)
+                gate_idx, BLOCK_S=BS, BLOCK_D=BD, num_warps=_warps(BS * BD))
         ctx.save_for_backward(y, mods, blk)
-        ctx.cfg = (gate_idx, BS, BD, x.dtype)
+        ctx.cfg = (gate_idx, *_bwd_tiles(D, block_s, block_dc), x.dtype)
         return out
 
     @staticmethod
     def backward(ctx, dout):
         y, mods, blk = ctx.saved_tensors
-        gate_idx, BS, BD, x_dtype = ctx.cfg
+        gate_idx, BS, BDC, x_dtype = ctx.cfg
         S, D = y.shape
         dout = dout.contiguous()
         _, y_grad, mods_grad = ctx.needs_input_grad[:3]
         dy = torch.empty_like(y) if y_grad else None
         dmods = torch.zeros(mods.shape, dtype=torch.float32, device=y.device) if mods_grad else None
         if S and (y_grad or mods_grad):
-            _gated_residual_bwd[(triton.cdiv(S, BS),)](
+            _gated_residual_bwd[(triton.cdiv(S, BS), triton.cdiv(D, BDC))](
                 dout, y, mods, blk, dy if y_grad else dout, dmods[:, gate_idx] if mods_grad else dout, S, D,
                 dout.stride(0), y.stride(0), dy.stride(0) if y_grad else 0, mods.stride(0), mods.stride(1),
                 dmods.stride(0) if mods_grad else 0, gate_idx,
-                Y_GRAD=y_grad, MODS_GRAD=mods_grad, BLOCK_S=BS, BLOCK_D=BD)
+                Y_GRAD=y_grad, MODS_GRAD=mods_grad, BLOCK_S=BS, BLOCK_D=BDC, num_warps=_warps(BS * BDC))
         dx = dout.to(x_dtype) if ctx.needs_input_grad[0] else None
-        return dx, dy, (dmods.to(mods.dtype) if mods_grad else None), None, None, None
+        return dx, dy, (dmods.to(mods.dtype) if mods_grad else None), None, None, None, None
 
 
 class QKNormRopeFunction(torch.autograd.Function):
@@ -349,25 +378,28 @@ class QKNormRopeFunction(torch.autograd.Function):
 # ----------------------------------------------------------------------------- entry points
 
 def norm_modulate(x: torch.Tensor, mods: torch.Tensor, blk: torch.Tensor, shift_idx: int, scale_idx: int,
-                  eps: float, rms: bool = False, block_s: int | None = None) -> torch.Tensor:
+                  eps: float, rms: bool = False, block_s: int | None = None,
+                  block_dc: int | None = None) -> torch.Tensor:
     """x [S, D], mods [nb, C, D], blk [S] -> norm(x) * (1 + mods[blk, scale_idx]) + mods[blk, shift_idx].
 
     norm: weightless LayerNorm, or RMSNorm with ``rms``. Differentiable in x and mods.
-    ``block_s``: rows per program (None: about 4k elements per tile).
+    ``block_s``: rows per program (None: about 4k elements per forward tile, 32 rows in backward);
+    ``block_dc``: the backward's column chunk (None: up to 128).
     """
     _check_rows("norm_modulate", x, mods, blk, shift_idx, scale_idx)
     if not eps > 0:
         raise ValueError(f"norm_modulate: eps must be > 0, got {eps!r}")
-    return NormModulateFunction.apply(x, mods, blk, int(shift_idx), int(scale_idx), float(eps), bool(rms), block_s)
+    return NormModulateFunction.apply(x, mods, blk, int(shift_idx), int(scale_idx), float(eps), bool(rms), block_s,
+                                      block_dc)
 
 
 def gated_residual(x: torch.Tensor, y: torch.Tensor, mods: torch.Tensor, blk: torch.Tensor, gate_idx: int,
-                   block_s: int | None = None) -> torch.Tensor:
+                   block_s: int | None = None, block_dc: int | None = None) -> torch.Tensor:
     """x, y [S, D], mods [nb, C, D], blk [S] -> x + mods[blk, gate_idx] * y (differentiable in x, y, mods)."""
     _check_rows("gated_residual", x, mods, blk, gate_idx)
     if y.shape != x.shape or y.dtype != x.dtype:
         raise ValueError(f"gated_residual: y must match x ({x.dtype} {tuple(x.shape)}), got {y.dtype} {tuple(y.shape)}")
-    return GatedResidualFunction.apply(x, y, mods, blk, int(gate_idx), block_s)
+    return GatedResidualFunction.apply(x, y, mods, blk, int(gate_idx), block_s, block_dc)
 
 
 def qk_norm_rope(x: torch.Tensor, weight: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, eps: float,

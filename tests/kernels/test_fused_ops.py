@@ -49,7 +49,9 @@ def test_norm_modulate(dtype, rms, block_s):
     x = _leaf(torch.randn(S, D, generator=g) * 3 + 1, dtype)
     mods = _leaf(torch.randn(nb, 6, D, generator=g), dtype)
     eps = 1e-6
-    out = norm_modulate(x, mods, blk, 3, 4, eps, rms=rms, block_s=block_s)
+    # block_s=4: 4-row tiles and, in backward, 16-column chunks (D = 40: the last one partial); None: the
+    # defaults (backward: one 32-row tile holding every block)
+    out = norm_modulate(x, mods, blk, 3, 4, eps, rms=rms, block_s=block_s, block_dc=16 if block_s else None)
     dx, dm = _grads(out, (x, mods), 2)
 
     xr, mr = (t.detach().clone().requires_grad_() for t in (x, mods))
@@ -88,7 +90,7 @@ def test_gated_residual(dtype):
     S, D = blk.numel(), 24
     x, y = (_leaf(torch.randn(S, D, generator=g), dtype) for _ in range(2))
     mods = _leaf(torch.randn(len(RUNS), 6, D, generator=g), dtype)
-    out = gated_residual(x, y, mods, blk, 5, block_s=8)
+    out = gated_residual(x, y, mods, blk, 5, block_s=8, block_dc=16)             # D = 24: two column chunks
     grads = _grads(out, (x, y, mods), 6)
     xr, yr, mr = (t.detach().clone().requires_grad_() for t in (x, y, mods))
     ref = xr + mr.index_select(0, blk)[:, 5] * yr
