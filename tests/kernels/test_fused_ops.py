@@ -182,7 +182,7 @@ def test_official_block_triton_equals_torch(megatron_cpu):
     models, outs, grads = {}, {}, {}
     for f in ("torch", "triton"):
         torch.manual_seed(0)
-        models[f] = m = build_model(MMDiTConfig.from_dict(dict(d, fused_ops=f)), device=DEVICE)
+        models[f] = m = build_model(MMDiTConfig(**dict(d, fused_ops=f)), device=DEVICE)
         if f == "triton":
             assert m.layers[0].pre_norm == "rms"
             m.load_state_dict(models["torch"].state_dict())
