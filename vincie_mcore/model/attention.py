@@ -316,12 +316,15 @@ class AttentionProjections(MegatronModule):
             init_method=config.output_layer_init_method, bias=True, input_is_parallel=True,
             skip_bias_add=False, is_expert=False, tp_comm_buffer_name="proj", tp_group=tp_group)
 
-    def qkv(self, x: torch.Tensor):
-        """x [S, 1, D] -> q, k, v [S', H_local, d] (S' is the full stream under sequence parallelism)."""
+    def qkv(self, x: torch.Tensor, qk_norm: bool = True):
+        """x [S, 1, D] -> q, k, v [S', H_local, d] (S' is the full stream under sequence parallelism).
+        qk_norm=False: q, k before their RMSNorm (the fused kernel applies it with RoPE)."""
         y, _ = self.linear_qkv(x)                                           # (S', 1, 3 * H_local * d)
         d = self.config.kv_channels
         y = y.reshape(y.shape[0], y.shape[-1] // (3 * d), 3, d)             # (S', H_local, 3, d); S' may be 0
         q, k, v = y.unbind(2)                                               # (S', H_local, d) each
+        if not qk_norm:
+            return q, k, v
         return self.q_layernorm(q), self.k_layernorm(k), v
 
     def proj(self, o: torch.Tensor) -> torch.Tensor:
@@ -338,8 +341,10 @@ class JointAttention(MegatronModule):
     """
 
     def __init__(self, config, submodules: JointAttentionSubmodules, weight_names: tuple[str, ...],
-                 tp_group=None):
+                 tp_group=None, fused_ops: str = "torch"):
         super().__init__(config=config)
+        from .fused_ops import get_fused_ops   # here: fused_ops imports model/blocks.py
+        self.ops = get_fused_ops(fused_ops)   # QK-norm + RoPE: torch or one Triton pass (model/fused_ops.py)
         self.weight_names = tuple(weight_names)
         for name in self.weight_names:
             self.add_module(name, AttentionProjections(config, submodules, tp_group=tp_group))
@@ -356,11 +361,16 @@ class JointAttention(MegatronModule):
         being computed, which attend to the cached keys and their own.
         """
         projs = [getattr(self, self.weight_names[w]) for w in stream_weights]
-        qkvs = [p.qkv(x) for p, x in zip(projs, streams)]
+        fused = self.ops.fuses_qk(projs)
+        qkvs = [p.qkv(x, qk_norm=not fused) for p, x in zip(projs, streams)]
         lens = [t[0].shape[0] for t in qkvs]
-        q, k, v = (torch.cat([t[i] for t in qkvs], dim=0) for i in range(3))  # (S_joint, H_local, d)
-        cos, sin = rope
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if fused:
+            q, k = self.ops.qk_norm_rope(qkvs, projs, *rope)                   # (S_joint, H_local, d)
+            v = torch.cat([t[2] for t in qkvs], dim=0)
+        else:
+            q, k, v = (torch.cat([t[i] for t in qkvs], dim=0) for i in range(3))  # (S_joint, H_local, d)
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if kv is not None:
             o = kv.attend(self.core_attention, q, k, v)                           # (S_rows, H_local, d)
         else:

@@ -118,11 +118,15 @@ class _MMDiTBlock(MegatronModule):
     weight_names: tuple[str, ...] = ()
     stream_weights: list[int] = []        # weight set of stream 0 (text) and stream 1 (image)
 
+    pre_norm = "layer"                    # weightless LayerNorm ("rms" in model/official.py): the fused kernel's norm
+
     def __init__(self, config, submodules: MMDiTBlockSubmodules, layer_number: int, norm_eps: float = 1e-6,
-                 tp_group=None):
+                 tp_group=None, fused_ops: str = "torch"):
         super().__init__(config=config)
+        from .fused_ops import get_fused_ops   # here: fused_ops imports this module
         self.layer_number = layer_number
         self.norm_eps = norm_eps
+        self.ops = get_fused_ops(fused_ops)   # element-wise ops: torch or fused Triton (model/fused_ops.py)
         names = self.weight_names
         self.adaln = PerStream(config, {n: build_module(submodules.adaln, config=config) for n in names})
         self.attention = build_module(submodules.attention, config=config, weight_names=names, tp_group=tp_group)
@@ -135,22 +139,20 @@ class _MMDiTBlock(MegatronModule):
 
     def forward(self, streams: list[torch.Tensor], ctx: BlockContext) -> list[torch.Tensor]:
         """streams: [text [S_txt, 1, D], image [S_img, 1, D]] -> same shapes."""
-        w = self.stream_weights
-        mods = []
-        for i, x in enumerate(streams):
-            # index_select, not m[idx]: its backward is index_add_, where m[idx]'s is a serial index_put
-            m = self.adaln[w[i]](ctx.c, ctx.shared_mod).index_select(0, ctx.stream_blocks[i])   # (S_i, 6, D)
-            mods.append(m.unsqueeze(1).unbind(2))                                # 6 x (S_i, 1, D)
-        h = [modulate(self._norm(x), m[0], m[1]) for x, m in zip(streams, mods)]
+        w, ops = self.stream_weights, self.ops
+        # per stream: the [nb, 6, D] table and the tokens' block ids (torch: the gathered 6 x (S_i, 1, D))
+        mods = [ops.modulation(self.adaln[w[i]](ctx.c, ctx.shared_mod), ctx.stream_blocks[i])
+                for i in range(len(streams))]
+        h = [ops.norm_modulate(self, x, m, 0, 1) for x, m in zip(streams, mods)]
         kv = None if ctx.kv is None else ctx.kv[self.layer_number - 1]
         attn = self.attention(h, w, ctx.rope, ctx.spec, q_start=ctx.q_start, kv=kv)
-        streams = [x + m[2] * a for x, m, a in zip(streams, mods, attn)]
+        streams = [ops.gated_residual(x, a, m, 2) for x, m, a in zip(streams, mods, attn)]
         out = []
         for i, (x, m) in enumerate(zip(streams, mods)):
-            y, bias = self.mlp[w[i]](modulate(self._norm(x), m[3], m[4]))         # (S_i, 1, D)
+            y, bias = self.mlp[w[i]](ops.norm_modulate(self, x, m, 3, 4))          # (S_i, 1, D)
             if bias is not None:
                 y = y + bias
-            out.append(x + m[5] * y)
+            out.append(ops.gated_residual(x, y, m, 5))
         return out
 
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
+FUSED_OPS = ("auto", "torch", "triton")
 TRANSFORMER_IMPLS = ("local", "transformer_engine", "torch")
 ADALN_MODES = ("single", "per_layer")
 VARIANTS = ("paper", "official")
@@ -82,6 +83,10 @@ class MMDiTConfig:
     attention_backend: str = "auto"
     """Core attention: "torch" (per-session SDPA), "triton" (kernels/vincie_kernels/masked_attention.py),
     "auto" (triton on CUDA, torch otherwise)."""
+    fused_ops: str = "auto"
+    """Element-wise ops around each block (pre-norm + AdaLN modulate, gated residuals, QK RMSNorm + RoPE):
+    "torch" (separate torch ops), "triton" (fused kernels, kernels/vincie_kernels/fused.py),
+    "auto" (triton on CUDA, torch otherwise)."""
     transformer_impl: str = "local"
     """Linear/norm implementations: "local" (Megatron tensor_parallel), "transformer_engine", or "torch"
     (plain single-device linears, model/torch_linear.py: the FP8 path through torchao)."""
@@ -144,6 +149,8 @@ class MMDiTConfig:
         if self.attention_backend not in ATTENTION_BACKENDS:
             raise ValueError(f"MMDiTConfig.attention_backend: expected one of {ATTENTION_BACKENDS}, "
                              f"got {self.attention_backend!r}")
+        if self.fused_ops not in FUSED_OPS:
+            raise ValueError(f"MMDiTConfig.fused_ops: expected one of {FUSED_OPS}, got {self.fused_ops!r}")
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             raise ValueError(f"MMDiTConfig.transformer_impl: expected one of {TRANSFORMER_IMPLS}, "
                              f"got {self.transformer_impl!r}")

@@ -38,6 +38,8 @@ from .mmdit import MMDiT
 # ----------------------------------------------------------------------------
 
 class _RMSPreNorm:
+    pre_norm = "rms"
+
     def _norm(self, x: torch.Tensor) -> torch.Tensor:
         return F.rms_norm(x, (x.shape[-1],), eps=self.norm_eps)
 

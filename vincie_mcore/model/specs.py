@@ -13,6 +13,10 @@ and the adaLN class the final layer uses. Backends:
 
 The attention core is ours in both: ``TorchMaskedAttention`` (per-session SDPA) or
 ``TritonMaskedAttention`` (the kernel); "auto" picks Triton on CUDA and torch otherwise.
+The element-wise ops around the blocks (pre-norm + AdaLN modulate, gated residuals, QK-norm + RoPE)
+follow ``model.fused_ops`` (``model/fused_ops.py``): "torch", "triton" (fused kernels,
+``kernels/vincie_kernels/fused.py``) or "auto" (triton on CUDA, torch otherwise), passed to the
+block and attention specs as their ``fused_ops`` param.
 Megatron's own local attention is never used (it is dense and ~5x slower: docs/measured.md).
 Measured on one H200 (bf16, 3B width, 4 layers, ~10k-token packs of 2-4 sessions): the torch
 core was 10-30 % faster end to end than the Triton kernel of that day; re-measure with
@@ -31,6 +35,7 @@ from megatron.core.transformer.torch_norm import WrappedTorchNorm
 from .attention import JointAttention, JointAttentionSubmodules, TorchMaskedAttention, TritonMaskedAttention
 from .blocks import AdaLNLinear, AdaLNTable, DualStreamBlock, MMDiTBlockSubmodules, SharedBlock
 from .config import MMDiTConfig
+from .fused_ops import resolve_fused_ops
 
 
 def core_attention_class(backend: str, device: torch.device | str | None = None) -> type:
@@ -82,15 +87,16 @@ def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSp
     """-> (dual_stream_block_spec, shared_block_spec, final_layer_adaln_spec)."""
     mods = {"transformer_engine": _te_modules, "torch": _torch_modules}.get(cfg.transformer_impl, _local_modules)()
     core = core_attention_class(cfg.attention_backend, device)
+    fused = resolve_fused_ops(cfg.fused_ops, device)
     attention = ModuleSpec(
-        module=JointAttention,
+        module=JointAttention, params={"fused_ops": fused},
         submodules=JointAttentionSubmodules(linear_qkv=mods["column"], q_layernorm=mods["norm"],
                                             k_layernorm=mods["norm"], core_attention=core,
                                             linear_proj=mods["row"]))
     mlp = ModuleSpec(module=MLP, submodules=MLPSubmodules(linear_fc1=mods["column"], linear_fc2=mods["row"]))
     adaln = _adaln_spec(cfg)
     sub = MMDiTBlockSubmodules(adaln=adaln, attention=attention, mlp=mlp)
-    block_params = {"norm_eps": cfg.norm_eps}
+    block_params = {"norm_eps": cfg.norm_eps, "fused_ops": fused}
     dual_cls, shared_cls = DualStreamBlock, SharedBlock
     if cfg.variant == "official":       # the released blocks: RMSNorm pre-norms (model/official.py)
         from .official import OfficialDualStreamBlock as dual_cls, OfficialSharedBlock as shared_cls

@@ -19,6 +19,10 @@ TE/FP8, then full, so a time limit cuts the least new numbers; ``out`` is rewrit
 megatron-core only (no DALI, zarr, hydra, transformers). ``smoke``: tiny widths on the CPU, a dry
 run of the same code path. The CLI is ``vincie-bench-layers``.
 
+Fused element-wise ops: the block-causal stack with ``fused_ops`` torch and triton (same weights,
+faster core): both step times, the speed-up, and the fused stack's max forward and backward error
+(``fused_vs_unfused``), on CUDA (on a CPU only under ``TRITON_INTERPRET=1``).
+
 Also, where the time goes: a per-op profile (torch profiler, top ops by self device time) of the
 first block-causal case. And FP8 without Transformer Engine: where torchao imports (and the GPU
 has FP8, or on CPU with ``smoke``), the stack with plain linears (``transformer_impl: torch``) in
@@ -199,12 +203,44 @@ def fp8_loss(device, dtype, steps: int, recipes=("tensorwise", "rowwise"), lr: f
     return out
 
 
-def build(arch: dict, layers: int, backend: str, impl: str, device, dtype):
+def build(arch: dict, layers: int, backend: str, impl: str, device, dtype, fused_ops: str = "torch"):
     from ..model import MMDiTConfig, build_model
     cfg = MMDiTConfig(**arch, num_layers=layers, mm_layers=layers // 2, attention_backend=backend,
-                      transformer_impl=impl)
+                      transformer_impl=impl, fused_ops=fused_ops)
     torch.manual_seed(0)
     return build_model(cfg, device=device, params_dtype=dtype)
+
+
+def fused_vs_unfused(arch: dict, layers: int, backend: str, batch, device, dtype, warmup: int, iters: int) -> dict:
+    """The stack with ``fused_ops`` torch and triton (kernels/vincie_kernels/fused.py), the same weights
+    (random gates: adaLN-Zero would zero every residual branch): step times, and the fused stack's max
+    error against the unfused one, forward (output) and backward (worst parameter gradient), each also
+    relative to the unfused tensor's max magnitude."""
+    arch = dict(arch, adaln_zero_init=False)
+    models = {f: build(arch, layers, backend, "local", device, dtype, fused_ops=f) for f in ("torch", "triton")}
+    models["triton"].load_state_dict(models["torch"].state_dict())
+    outs, grads = {}, {}
+    for f, m in models.items():
+        for p in m.parameters():
+            p.grad = None
+        out = m(batch.img_x0, batch)
+        out.float().pow(2).mean().backward()
+        outs[f] = out.detach().float()
+        grads[f] = {n: p.grad.detach().float() for n, p in m.named_parameters() if p.grad is not None}
+    ref = outs["torch"]
+    res = {"fwd_max_err": (outs["triton"] - ref).abs().max().item(),
+           "fwd_max_rel": (outs["triton"] - ref).abs().max().item() / max(ref.abs().max().item(), 1e-30)}
+    common = set(grads["torch"]) & set(grads["triton"])
+    errs = {n: ((grads["triton"][n] - grads["torch"][n]).abs().max().item(),
+                max(grads["torch"][n].abs().max().item(), 1e-30)) for n in common}
+    worst = max(errs, key=lambda n: errs[n][0] / errs[n][1])            # worst relative to its own scale
+    res.update(bwd_max_err=errs[worst][0], bwd_max_rel=errs[worst][0] / errs[worst][1], bwd_worst_param=worst,
+               grads_missing=sorted(set(grads["torch"]) ^ set(grads["triton"])))
+    del outs, grads
+    for f, m in models.items():
+        res[f] = time_case(m, batch, device, warmup, iters)
+    res["speedup"] = res["torch"]["ms"] / res["triton"]["ms"]
+    return res
 
 
 def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: int = 10, out: str | None = None) -> dict:
@@ -265,6 +301,23 @@ def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: i
 
         for i, backend in enumerate(backends):
             case(f"block_causal/{backend}/local", "block_causal", backend, "local", profile=i == 0)
+
+        # fused element-wise ops (model.fused_ops) vs unfused, same weights, with the faster core; on a
+        # CPU only under Triton's interpreter (TRITON_INTERPRET=1)
+        if device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1":
+            ok = {b: res["cases"][f"block_causal/{b}/local"].get("ms") for b in backends}
+            core = min((b for b in ok if ok[b]), key=ok.get, default="torch")
+            try:
+                res["fused_ops"] = dict(attention_backend=core, **fused_vs_unfused(
+                    arch, layers, core, batches["block_causal"].to(device), device, dtype, warmup, iters))
+            except Exception as e:          # a kernel failing to compile must not sink the rest
+                res["fused_ops"] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:400],
+                                    "traceback_tail": traceback.format_exc().splitlines()[-4:]}
+            print("fused_ops", json.dumps(res["fused_ops"]), flush=True)
+            if out:
+                write_json(out, res)
+        else:
+            res["fused_ops"] = "no CUDA device and no TRITON_INTERPRET=1: fused-ops case skipped"
 
         # Transformer Engine: bf16 linears, then FP8 with the faster core of the block-causal runs.
         if not te_available():
