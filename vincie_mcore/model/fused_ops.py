@@ -22,10 +22,13 @@ from .config import FUSED_OPS
 
 
 def resolve_fused_ops(name: str, device: torch.device | str | None = None) -> str:
-    """"auto" | "torch" | "triton" -> "torch" | "triton" ("auto": triton when the model lives on CUDA)."""
+    """"auto" | "torch" | "triton" -> "torch" | "triton".
+
+    "auto" is the torch path everywhere for now: the kernels have run only in Triton's interpreter
+    and compiled for sm_90, never on a GPU. Once ``tools/gpu_check.sh`` records them equal and faster
+    (``vincie-bench-layers``' ``fused_ops`` entry), "auto" becomes triton on CUDA (``device`` is kept for that)."""
     if name == "auto":
-        on_cuda = torch.device(device).type == "cuda" if device is not None else torch.cuda.is_available()
-        return "triton" if on_cuda else "torch"
+        return "torch"
     if name not in FUSED_OPS:
         raise ValueError(f"fused_ops: expected 'auto', 'torch' or 'triton', got {name!r}")
     return name
