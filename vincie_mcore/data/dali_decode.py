@@ -64,6 +64,13 @@ def _pipeline(max_batch: int, size, device: str):
     return p
 
 
+def devices_used() -> list[dict]:
+    """The DALI pipelines this process built so far: their decoder device ("cpu" | "mixed") and GPU id
+    (None on CPU). What the latent store records, so a check can tell where decoding really ran."""
+    return sorted(({"device": d, "device_id": p.device_id if d != "cpu" else None} for (_, _, d), p in _PIPES.items()),
+                  key=lambda x: (x["device"], x["device_id"] or 0))
+
+
 def decode_images(encoded: list, size=None, device: str = "cpu") -> list[np.ndarray]:
     """Decode (and resize to ``size`` = int or (h, w)) encoded images with DALI -> uint8 [H, W, 3] each."""
     if device not in ("cpu", "mixed"):
