@@ -18,6 +18,10 @@
 #     pip download --no-deps -d .wheels torchao==0.18.0
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1
 # (the box's Python was 3.12 last time; only wheels matching its interpreter are installed.)
+# The train smoke (Section: train smoke) also needs the data side, which the box lacked last time; same flags:
+#     pip download ... -d .wheels nvidia-dali-cuda120 zarr==3.1.6 hydra-core==1.3.8 omegaconf==2.3.1 av==18.1.0 \
+#         transformers==5.25.0 tensorboard==2.21.0   (DALI's cuda120 or cuda130 build, to match the driver)
+# Without them it is recorded as skipped, naming what does not import.
 #
 # To add a section: copy a `run_step` block into the marked place, above "Summary".
 set -u
