@@ -67,8 +67,8 @@ def _pipeline(max_batch: int, size, device: str):
 def devices_used() -> list[dict]:
     """The DALI pipelines this process built so far: their decoder device ("cpu" | "mixed") and GPU id
     (None on CPU). What the latent store records, so a check can tell where decoding really ran."""
-    return sorted(({"device": d, "device_id": p.device_id if d != "cpu" else None} for (_, _, d), p in _PIPES.items()),
-                  key=lambda x: (x["device"], x["device_id"] or 0))
+    used = {(d, p.device_id if d != "cpu" else None) for (_, _, d), p in _PIPES.items()}   # one per batch size
+    return [{"device": d, "device_id": i} for d, i in sorted(used, key=lambda x: (x[0], x[1] or 0))]
 
 
 def decode_images(encoded: list, size=None, device: str = "cpu") -> list[np.ndarray]:
