@@ -176,8 +176,10 @@ SMOKE_MISSING=$("$PY" -c "
 import importlib.util as u
 mods = ('omegaconf', 'hydra', 'zarr', 'nvidia.dali', 'megatron.core', 'av', 'transformers', 'tensorboard')
 print(' '.join(m for m in mods if u.find_spec(m.split('.')[0]) is None or u.find_spec(m) is None))" 2>&1)
+# 60 s on a GPU; the CPU dry run gets more room (its CPU time is ~25 s, and a shared box stretches that)
+SMOKE_LIMIT=60; [ "$HAS_GPU" = 1 ] || SMOKE_LIMIT=120
 if [ -z "$SMOKE_MISSING" ]; then
-    run_step train_smoke 60 env HAS_GPU="$HAS_GPU" SMOKE_DIR="$OUT/train_smoke" "$PY" - <<'PYEOF'
+    run_step train_smoke "$SMOKE_LIMIT" env HAS_GPU="$HAS_GPU" SMOKE_DIR="$OUT/train_smoke" "$PY" - <<'PYEOF'
 import json, math, os, re, shutil, subprocess, sys, time
 from pathlib import Path
 
