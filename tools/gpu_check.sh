@@ -18,6 +18,10 @@
 #     pip download --no-deps -d .wheels torchao==0.18.0
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1
 # (the box's Python was 3.12 last time; only wheels matching its interpreter are installed.)
+# The train smoke (Section: train smoke) also needs the data side, which the box lacked last time; same flags:
+#     pip download ... -d .wheels nvidia-dali-cuda120 zarr==3.1.6 hydra-core==1.3.8 omegaconf==2.3.1 av==18.1.0 \
+#         transformers==5.25.0 tensorboard==2.21.0   (DALI's cuda120 or cuda130 build, to match the driver)
+# Without them it is recorded as skipped, naming what does not import.
 #
 # To add a section: copy a `run_step` block into the marked place, above "Summary".
 set -u
@@ -138,12 +142,10 @@ fi
 
 # ============================================================================ Add new sections here (above Summary)
 
-# ============================================================================ Section: model on TE/FP8 + layer benchmark (H6)
-# (a) install the carried wheels (megatron-core, torchao for the FP8 cases without TE, ...) with
-#     --no-deps --no-index: the box has no internet (pip download torchao --no-deps -d .wheels);
-#     never on a CPU dry run (it would replace the venv's megatron-core);
-# (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
-# (c) tools/vincie_tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
+# ============================================================================ Section: carried wheels
+# Install the carried wheels (megatron-core, torchao for the FP8 cases without TE, the train smoke's
+# data deps, ...) with --no-deps --no-index: the box has no internet (the header says how to fill
+# .wheels/); never on a CPU dry run (it would replace the venv's megatron-core).
 # only the wheels this interpreter can take (cpXY, abi3 or pure): pip refuses the whole list for one bad tag,
 # so carrying cp311 and cp312 builds of megatron-core side by side is fine
 PYTAG=$("$PY" -c 'import sys; print(f"cp{sys.version_info[0]}{sys.version_info[1]}")' 2>/dev/null)
@@ -162,6 +164,94 @@ elif [ "$HAS_GPU" = 1 ]; then
 else
     record install_wheels skipped 0 0 "no GPU (dry run: the local venv is left alone)"
 fi
+# ============================================================================ Section: train smoke (issue 11)
+# One tiny run end to end through the CLIs a user runs: vincie-build-sessions (4 synthetic videos),
+# vincie-precompute under torchrun (DALI decodes on cuda:$LOCAL_RANK, encoders on the same GPU), then
+# vincie-train under torchrun --standalone, 1 process, model=tiny, 2 steps streaming that latent store,
+# dtype auto. On a GPU it fails unless the CUDA paths were really taken: run_info.json says backend
+# nccl, device cuda:0 and bf16, and the latent store's blocks say DALI ran "mixed" on GPU LOCAL_RANK
+# (a silent CPU fallback fails the step). Without a GPU the same commands run with gloo on the CPU and
+# the result says "cpu_dry_run": true. docs/benchmarks.md, "gpu_check.sh".
+SMOKE_MISSING=$("$PY" -c "
+import importlib.util as u
+mods = ('omegaconf', 'hydra', 'zarr', 'nvidia.dali', 'megatron.core', 'av', 'transformers', 'tensorboard')
+print(' '.join(m for m in mods if u.find_spec(m.split('.')[0]) is None or u.find_spec(m) is None))" 2>&1)
+# 60 s on a GPU; the CPU dry run gets more room (its CPU time is ~25 s, and a shared box stretches that)
+SMOKE_LIMIT=60; [ "$HAS_GPU" = 1 ] || SMOKE_LIMIT=120
+if [ -z "$SMOKE_MISSING" ]; then
+    run_step train_smoke "$SMOKE_LIMIT" env HAS_GPU="$HAS_GPU" SMOKE_DIR="$OUT/train_smoke" "$PY" - <<'PYEOF'
+import json, math, os, re, shutil, subprocess, sys, time
+from pathlib import Path
+
+t0 = time.monotonic()
+gpu = os.environ["HAS_GPU"] == "1"
+work = Path(os.environ["SMOKE_DIR"])
+shutil.rmtree(work, ignore_errors=True)
+work.mkdir(parents=True)
+py = sys.executable
+# the shape of the Slurm test's tiny runs; the same overrides for precompute and train (encoders, image size)
+tiny = ["model=tiny", "model.num_layers=2", "model.mm_layers=1", "data=synthetic", "train=tiny",
+        "data.corpus.image_size=32", "data.pack.token_budget=400", "data.corpus.workers=1"]
+torchrun = [py, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
+env = dict(os.environ, OMP_NUM_THREADS="2")
+seconds = {}
+
+
+def run(name, argv):
+    t = time.monotonic()
+    r = subprocess.run(argv, env=env, capture_output=True, text=True)
+    seconds[name] = round(time.monotonic() - t, 1)
+    (work / f"{name}.log").write_text(r.stdout + r.stderr)
+    if r.returncode:
+        sys.exit(f"train_smoke: {name} failed (exit {r.returncode}): {(r.stdout + r.stderr)[-2000:]}")
+    return r.stdout + r.stderr
+
+
+run("sessions", [py, "-m", "vincie_tools.build_sessions", "--synthetic", "4", "--videos", str(work / "videos"),
+                 "--out", str(work / "store"), "--world", "demo", "--quiet"])
+run("precompute", [*torchrun, "-m", "vincie_tools.precompute", "run", "--store", str(work / "store"),
+                   "--out", str(work / "latents"), "--shard", "auto", "--block-rows", "8", "--quiet", *tiny])
+log = run("train", [*torchrun, "-m", "vincie_tools.train", *tiny, "train.steps=2", "train.log_every=1",
+                    "train.warmup=0", "train.progress=false", "train.save_every=2", "train.dtype=auto",
+                    f"data.corpus.latents={work / 'latents'}", f"run_dir={work / 'run'}"])
+
+import zarr
+
+info = json.loads((work / "run" / "run_info.json").read_text())
+g = zarr.open_group(str(work / "latents"), mode="r")
+made = [dict(g["blocks"][b].attrs["made"]) for b in sorted(g["blocks"].group_keys())]
+losses = [float(x) for x in re.findall(r"^step +\d+ \| loss (\S+)", log, flags=re.M)]
+dali = [json.loads(d) for d in sorted({json.dumps(d) for m in made for d in m["dali"]})]
+res = {"cpu_dry_run": not gpu, "backend": info.get("backend"), "device": info.get("torch_device"),
+       "device_name": info.get("device"), "dtype": info.get("dtype"), "world_size": info.get("world_size"),
+       "losses": losses, "losses_finite": len(losses) == 2 and all(math.isfinite(x) for x in losses),
+       "dali": dali, "encoder_device": sorted({m["encoder_device"] for m in made}),
+       "latent_rows": int(g.attrs["n_rows"]), "checkpoint": (work / "run" / "checkpoints" / "latest").is_file(),
+       "seconds": dict(seconds, total=round(time.monotonic() - t0, 1))}
+# the paths a GPU run must take; on CPU the paths a CPU run takes, so the dry run checks the checks
+want = ({"backend": "nccl", "device": "cuda:0", "dtype": "bf16", "encoder_device": ["cuda:0"],
+         "dali": [{"device": "mixed", "device_id": 0}]} if gpu else
+        {"backend": "gloo", "device": "cpu", "dtype": "fp32", "encoder_device": ["cpu"],
+         "dali": [{"device": "cpu", "device_id": None}]})
+bad = {k: res[k] for k, v in want.items() if res[k] != v}
+if not res["losses_finite"] or not res["checkpoint"]:
+    bad.update(losses=losses, checkpoint=res["checkpoint"])
+res["ok"] = not bad
+if bad:
+    res["not_as_expected"], res["expected"] = bad, want
+    print(f"train_smoke: not the expected paths: {json.dumps(bad)}", file=sys.stderr, flush=True)
+print(json.dumps(res))
+sys.exit(1 if bad else 0)
+PYEOF
+else
+    record train_smoke skipped 0 0 "not importable: $SMOKE_MISSING (carry their wheels in .wheels/, see the header)"
+fi
+
+
+# ============================================================================ Section: model on TE/FP8 + layer benchmark (H6)
+# (a) the carried wheels are installed above (Section: carried wheels); model_deps says what imports;
+# (b) the TE/FP8 tests (tests/model/test_te_spec.py: TE vs local spec, FP8 delayed/current, trainer in FP8);
+# (c) tools/vincie_tools/bench_layers.py: 3B-width 4-layer stack, torch/triton cores, TE bf16 and FP8. ~3 min in all.
 run_step model_deps 45 "$PY" - <<'PYEOF'
 import importlib, json
 out = {}

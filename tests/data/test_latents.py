@@ -111,6 +111,10 @@ def test_two_shards_equal_one_run(made, tmp_path):
         LatentStore(out)
     s1 = precompute(tmp / "sessions", out, IMG, TXT, shard=(1, 2), block_rows=4)
     assert s1["finalized"]["rows"] == 11
+    # each block names where it was decoded and encoded (gpu_check's train smoke checks it on a GPU)
+    cpu = {"decoder": "dali", "dali": [{"device": "cpu", "device_id": None}], "encoder_device": "cpu"}
+    g = zarr.open_group(str(out), mode="r")
+    assert s1["made"] == cpu and all(g["blocks"][f"b_{b:07d}"].attrs["made"] == cpu for b in range(3))
     _same_store(out, root)
 
 

@@ -8,7 +8,9 @@ the step in flight and exit with 75, on which the script requeues the job itself
 runs must end with the final loss and the final weights of the uninterrupted run, bit for bit.
 The runs stream a latent store precomputed once from the session store (``data.corpus.latents``), so a
 fourth job can resume the uninterrupted run's step-8 checkpoint on ONE GPU with 2 micro-batches (the
-same global batch) and must end with its final loss and weights to fp32 round-off (elastic resume).
+same global batch) and must end with its final loss and weights to fp32 round-off (elastic resume), and a
+fifth resumes its step-24 checkpoint at TP2 on 2 GPUs (Megatron's tensor-parallel linears, the checkpoint
+resharded TP1 -> TP2) and must end with the same final loss and tensors (relative 1e-5).
 
 Slurm keeps a requeued job pending for about two minutes (Reason=BeginTime); the test moves its
 start time to now (``scontrol update StartTime=now``), which is all that waiting would do. The runs
@@ -30,6 +32,12 @@ TINY = ["model=tiny", "model.num_layers=2", "model.mm_layers=1", "data=synthetic
         "parallel.tp=1", "parallel.cp=1", "parallel.sp=false", f"train.steps={STEPS}", "train.save_every=8",
         "train.log_every=1", "train.warmup=0", "train.progress=false", "data.pack.token_budget=400",
         "data.corpus.workers=1"]
+TP2_FROM = 24            # the TP2 job resumes the plain run's step-24 save: 16 steps at TP2, 2 saves
+# TP2 against the DP2 run, as DP1 x 2 is checked: final loss and every checkpoint tensor (weights and Adam
+# state) to 1e-5 relative. Measured: the same loss to the last bit, tensors within 1.2e-6 (16 TP2 steps)
+TP2_LOSS_RTOL, TP2_WEIGHTS_RTOL = 1e-5, 1e-5
+# the time-outs only catch a hung job: on a 2-core box shared with other work (load 60+), rank start-up
+# alone took minutes and 240 s / 300 s / 120 s expired before any step, on main as well
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
@@ -73,9 +81,12 @@ def _submit(cluster, folder: Path, store, gpus: int = 2, extra=()) -> tuple[str,
     return r.stdout.strip().split(";")[0], env
 
 
-def _job(env, job) -> dict:
-    out = subprocess.run(["scontrol", "-o", "show", "job", job], env=env, capture_output=True, text=True).stdout
-    return dict(f.split("=", 1) for f in out.split() if "=" in f)
+def _jobs(env) -> dict:
+    """scontrol's fields of every job, by job id: one scontrol process a poll, not one per job (on 2 CPUs
+    shared with the runs, a process per job every 0.1 s was a good part of a core)."""
+    out = subprocess.run(["scontrol", "-o", "show", "job"], env=env, capture_output=True, text=True).stdout
+    jobs = (dict(f.split("=", 1) for f in line.split() if "=" in f) for line in out.splitlines())
+    return {f["JobId"]: f for f in jobs if "JobId" in f}
 
 
 def _log(folder: Path) -> str:
@@ -86,12 +97,12 @@ def _steps_logged(folder: Path) -> int:
     return len(re.findall(r"^step +\d+ \| loss", _log(folder), flags=re.M))
 
 
-def _wait(cond, timeout=240.0, what="condition"):
+def _wait(cond, timeout=600.0, what="condition"):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if cond():
             return
-        time.sleep(0.1)
+        time.sleep(0.2)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -101,17 +112,18 @@ def _start_requeued(env, job, f: dict) -> None:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
 
 
-def _to_the_end(env, jobs: dict, timeout=300.0) -> dict:
+def _to_the_end(env, jobs: dict, timeout=600.0) -> dict:
     """Wait for all ``jobs`` ({job id: its folder}) to end; their final scontrol fields by job id."""
     end, done = time.monotonic() + timeout, {}
     while time.monotonic() < end and len(done) < len(jobs):
+        now = _jobs(env)
         for job in jobs:
             if job not in done:
-                f = _job(env, job)
+                f = now.get(job, {})
                 _start_requeued(env, job, f)
                 if f.get("JobState") in ENDED:
                     done[job] = f
-        time.sleep(0.2)
+        time.sleep(0.3)
     for job, folder in jobs.items():
         if job not in done:
             subprocess.run(["scancel", job], env=env)
@@ -140,15 +152,17 @@ def _starts(folder: Path) -> list[int]:
     return [p["start_step"] for p in info["previous"]] + [info["start_step"]]
 
 
-def _resume_elsewhere(cluster, src: Path, dst: Path, store) -> tuple[str, dict]:
-    """A copy of ``src``'s step-8 checkpoint resumed on 1 GPU x 2 micro-batches (DP2 x 1 before)."""
+def _resume_elsewhere(cluster, src: Path, dst: Path, store, step: int = 8, gpus: int = 1,
+                      extra=()) -> tuple[str, dict]:
+    """A copy of ``src``'s step-``step`` checkpoint resumed on ``gpus`` GPUs x 2 micro-batches (DP2 x 1 before):
+    at DP1 on one GPU, or at TP2 on two."""
     import shutil
 
     ckpt = dst / "run" / "checkpoints"
     ckpt.mkdir(parents=True)
-    shutil.copytree(src / "run" / "checkpoints" / "step_0000008", ckpt / "step_0000008")
-    (ckpt / "latest").write_text("8")
-    return _submit(cluster, dst, store, gpus=1, extra=["train.micro_batches=2"])
+    shutil.copytree(src / "run" / "checkpoints" / f"step_{step:07d}", ckpt / f"step_{step:07d}")
+    (ckpt / "latest").write_text(str(step))
+    return _submit(cluster, dst, store, gpus=gpus, extra=["train.micro_batches=2", *extra])
 
 
 def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, latents, tmp_path):
@@ -167,16 +181,23 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, l
                      ["scancel", "--signal=USR1", "--batch", usr1], env1),
             "requeue": (lambda: (tmp_path / "requeue" / "run" / "checkpoints" / "latest").is_file(),
                         ["scontrol", "requeue", requeue], env2),
-            "dp1": (lambda: (tmp_path / "plain" / "run" / "checkpoints" / "latest").is_file(), None, None)}
+            "dp1": (lambda: (tmp_path / "plain" / "run" / "checkpoints" / "latest").is_file(), None, None),
+            "tp2": (lambda: (tmp_path / "plain" / "run" / "checkpoints" / f"step_{TP2_FROM:07d}").is_dir(),
+                    None, None)}
 
     def interrupt_when_ready():
+        now = _jobs(env)
         for job in folders:
-            _start_requeued(env, job, _job(env, job))
+            _start_requeued(env, job, now.get(job, {}))
         for name, (ready, cmd, e) in list(todo.items()):
             if ready():
-                if cmd is None:                  # the plain run saved step 8: resume it at DP1 x 2
+                if name == "dp1":                # the plain run saved step 8: resume it at DP1 x 2
                     job, _ = _resume_elsewhere(slurm_cluster, tmp_path / "plain", tmp_path / "dp1", store)
                     folders[job] = tmp_path / "dp1"
+                elif name == "tp2":              # ... and its step 24 at TP2 x 2 on 2 GPUs (resharded TP1 -> TP2)
+                    job, _ = _resume_elsewhere(slurm_cluster, tmp_path / "plain", tmp_path / "tp2", store,
+                                               step=TP2_FROM, gpus=2, extra=["parallel.tp=2"])
+                    folders[job] = tmp_path / "tp2"
                 else:
                     subprocess.run(cmd, env=e, check=True)
                 del todo[name]
@@ -184,7 +205,7 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, l
 
     _wait(interrupt_when_ready, what=f"runs to interrupt: {sorted(todo)}")
     for job, f in _to_the_end(env, folders).items():
-        fresh = job == plain or folders[job].name == "dp1"
+        fresh = job == plain or folders[job].name in ("dp1", "tp2")
         assert (f["JobState"], f["ExitCode"], f["Restarts"]) == ("COMPLETED", "0:0", "0" if fresh else "1"), \
             _log(folders[job])[-3000:]
     log = _log(tmp_path / "usr1")
@@ -213,6 +234,19 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, l
                 if weights[k].is_floating_point() and weights[k].numel())
     assert worst[0] <= 1e-5, worst
 
+    # resumed at TP2 x 2 micro-batches: Megatron's column/row-parallel linears split every matmul over 2
+    # ranks (gloo all-reduces), so the sums run in another order: fp32 round-off, as for DP1 above
+    assert _starts(tmp_path / "tp2") == [TP2_FROM]
+    assert "TP 2 x CP 1 x DP 1; global batch 2 packed sequence(s) (2 micro-batches a rank)" in _log(tmp_path / "tp2")
+    info = json.loads((tmp_path / "tp2" / "run" / "run_info.json").read_text())
+    assert info["layout"] == {"tp": 2, "cp": 1, "dp": 1}, info["layout"]
+    l4, w4 = _final(tmp_path / "tp2")
+    assert abs(l4 - loss) <= TP2_LOSS_RTOL * abs(loss), (l4, loss)
+    assert w4.keys() == weights.keys()
+    worst = max((rel_diff(w4[k].float(), weights[k].float()), k) for k in weights
+                if weights[k].is_floating_point() and weights[k].numel())
+    assert worst[0] <= TP2_WEIGHTS_RTOL, worst
+
 
 def test_a_layout_that_does_not_fit_is_refused_in_one_line(slurm_cluster, tmp_path):
     env = dict(slurm_cluster, VINCIE_PYTHON=sys.executable)
@@ -220,7 +254,7 @@ def test_a_layout_that_does_not_fit_is_refused_in_one_line(slurm_cluster, tmp_pa
                         f"--chdir={tmp_path}", str(REPO / "slurm" / "train_7b.sh"), "model=tiny"],
                        env=env, cwd=REPO, capture_output=True, text=True, timeout=30)
     job = r.stdout.strip().split(";")[0]
-    f = _to_the_end(env, {job: tmp_path}, timeout=120)[job]
+    f = _to_the_end(env, {job: tmp_path}, timeout=300)[job]
     assert (f["JobState"], f["ExitCode"]) == ("FAILED", "2:0")
     assert _log(tmp_path).strip() == \
         "error: parallel: tp*cp = 4*2 = 8 does not divide the allocation's 2 GPUs (1 node(s) x 2)"

@@ -263,6 +263,7 @@ def test_run_info_json(dist1, tmp_path):
     assert {"transformer-engine", "triton"} <= set(v)
     assert info["arithmetic"] == arithmetic_info()
     assert info["world_size"] == 1 and info["layout"] == {"tp": 1, "cp": 1, "dp": 1} and info["host"]
+    assert (info["backend"], info["torch_device"], info["dtype"]) == ("gloo", "cpu", "fp32")   # what really ran
     assert info["train_config"]["steps"] == 3 and info["train_config"]["max_bad_steps"] == 8
     assert info["start_step"] == 0 and info["previous"] == []
     # a resume records its own start and keeps the first

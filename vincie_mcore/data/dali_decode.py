@@ -64,6 +64,13 @@ def _pipeline(max_batch: int, size, device: str):
     return p
 
 
+def devices_used() -> list[dict]:
+    """The DALI pipelines this process built so far: their decoder device ("cpu" | "mixed") and GPU id
+    (None on CPU). What the latent store records, so a check can tell where decoding really ran."""
+    used = {(d, p.device_id if d != "cpu" else None) for (_, _, d), p in _PIPES.items()}   # one per batch size
+    return [{"device": d, "device_id": i} for d, i in sorted(used, key=lambda x: (x[0], x[1] or 0))]
+
+
 def decode_images(encoded: list, size=None, device: str = "cpu") -> list[np.ndarray]:
     """Decode (and resize to ``size`` = int or (h, w)) encoded images with DALI -> uint8 [H, W, 3] each."""
     if device not in ("cpu", "mixed"):

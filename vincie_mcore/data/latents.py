@@ -211,6 +211,7 @@ def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
     if path.exists():                          # left by a task that died mid-block: never counted as done
         shutil.rmtree(path)
     bg = g["blocks"].create_group(name)
+    bg.attrs["made"] = data["made"]
     lat = _np_store(torch.cat(data["imgs"]), dtype)
     sizes = [int(x.numel()) for x in data["imgs"]]
     chunk = sizes[0] if len(set(sizes)) == 1 else 1 << 16      # one image per chunk when sizes agree
@@ -246,6 +247,7 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
     decodes on the same GPU). With ``finalize_when_done`` the task that finds every block done
     writes the index (``finalize``). Returns a summary dict."""
     from ..encoders import TextEncoder, build_image_encoder
+    from .dali_decode import devices_used
     from .store import SessionStore
 
     recipe = recipe or RecipeConfig()
@@ -269,20 +271,22 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
     n_blocks = -(-n_rows // block_rows)
     mine = [b for b in range(i, n_blocks, n_tasks)]
     todo = [b for b in mine if b not in done_blocks(out)]
-    t0, written = time.perf_counter(), 0
+    t0, written, made = time.perf_counter(), 0, None
     if todo:
         image_encoder = build_image_encoder(image_cfg, device=device)
         text_encoder = TextEncoder(text_cfg, device=device)
         for b in todo:
             rows = range(b * block_rows, min((b + 1) * block_rows, n_rows))
             data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype)
+            # where decoding and encoding really ran: a block's attrs, read by gpu_check's train smoke
+            made = data["made"] = {"decoder": "dali", "dali": devices_used(), "encoder_device": str(device)}
             _write_block(out, g, b, rows, data, dtype)
             written += len(rows)
             if progress:
                 print(f"block {b}: rows {rows.start}-{rows.stop - 1} ({written} rows, "
                       f"{time.perf_counter() - t0:.1f} s)", flush=True)
     summary = {"store": str(out), "shard": f"{i}/{n_tasks}", "blocks": len(mine), "skipped": len(mine) - len(todo),
-               "rows_written": written, "seconds": round(time.perf_counter() - t0, 2)}
+               "rows_written": written, "seconds": round(time.perf_counter() - t0, 2), "made": made}
     if finalize_when_done and len(done_blocks(out)) == n_blocks:
         summary["finalized"] = finalize(out)
     return summary

@@ -596,6 +596,9 @@ class Trainer:
             "arithmetic": arithmetic_info(),      # CPU and BLAS/ATen paths: which runs can match bit for bit
             "host": socket.gethostname(),
             "device": torch.cuda.get_device_name() if self.device.type == "cuda" else str(self.device),
+            # what really ran, for checks that a GPU run took the CUDA paths (tools/gpu_check.sh train_smoke)
+            "torch_device": str(self.device), "backend": dist.get_backend() if dist.is_initialized() else None,
+            "dtype": "bf16" if self.cfg.bf16 else "fp32",
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
             "layout": {"tp": ps.get_tensor_model_parallel_world_size(), "cp": ps.get_context_parallel_world_size(),
                        "dp": ps.get_data_parallel_world_size()},
