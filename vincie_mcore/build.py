@@ -186,7 +186,7 @@ def _on_every_rank(fn, what: str):
     return mine
 
 
-def run_latents(dc: dict, store, run: Path) -> Path:
+def run_latents(dc: dict, store, run: Path, block_rows: int = 256) -> Path:
     """The latent store of ``store`` under ``<run>/latents`` (docs/latent_store.md, "The default path"),
     made by every rank together: rank 0 clears a store of other settings or another source (derived data
     of this run folder), each rank encodes its share of blocks (``--shard rank/world``, on
@@ -209,7 +209,12 @@ def run_latents(dc: dict, store, run: Path) -> Path:
             return False
         why = reuse_check(out, identity, store)
         if why is None:
-            return bool(zarr.open_group(str(out), mode="r").attrs.get("complete"))   # else: resume its blocks
+            attrs = zarr.open_group(str(out), mode="r").attrs
+            if attrs.get("complete"):
+                return True
+            if attrs.get("block_rows") == block_rows:
+                return False               # cut short: precompute encodes the blocks not yet done
+            why = f"an unfinished latent store {out} of {attrs.get('block_rows')}-row blocks"
         print(f"   {why.splitlines()[0]}: encoding it again", flush=True)
         shutil.rmtree(out)
         return False
@@ -219,7 +224,7 @@ def run_latents(dc: dict, store, run: Path) -> Path:
         return out
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     encode = partial(precompute, store, out, dc["image"], dc["text"], dc["recipe"], image_size=corpus.image_size,
-                     dtype=dtype, shard=(rank, world), finalize_when_done=False)
+                     dtype=dtype, shard=(rank, world), block_rows=block_rows, finalize_when_done=False)
     _on_every_rank(encode, "encode its blocks of the latent store")
     summary = _on_rank0(lambda: finalize(out), "finalize the latent store")
     print(f"   latent store {out}: {summary['rows']} sessions, {summary['images']} images", flush=True)

@@ -233,7 +233,7 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
                 hw=hw, records=records)
 
 
-def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
+def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str, task: str = "0/1"):
     name = _block_name(b)
     path = root / "blocks" / name
     if path.exists():                          # left by a task that died mid-block: never counted as done
@@ -256,7 +256,7 @@ def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
     rec[:] = np.array(data["records"], dtype=object)
     marker = root / "done" / f"{name}.json"
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rows": [rows.start, rows.stop]}))
+    tmp.write_text(json.dumps({"rows": [rows.start, rows.stop], "task": task}))   # task: who wrote it (debugging)
     os.replace(tmp, marker)                    # the block counts as done only now
 
 
@@ -305,7 +305,7 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
         for b in todo:
             rows = range(b * block_rows, min((b + 1) * block_rows, n_rows))
             data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype)
-            _write_block(out, g, b, rows, data, dtype)
+            _write_block(out, g, b, rows, data, dtype, f"{i}/{n_tasks}")
             written += len(rows)
             if progress:
                 print(f"block {b}: rows {rows.start}-{rows.stop - 1} ({written} rows, "
