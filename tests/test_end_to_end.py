@@ -67,6 +67,17 @@ def test_train_writes_checkpoints_and_its_files(trained_run):
     assert (trained_run / "config.yaml").is_file() and (trained_run / "loss.png").is_file()
 
 
+def test_train_streams_the_latent_store_it_wrote(trained_run):
+    """The default data path: the synthetic store encoded once into <run_dir>/latents, streamed
+    (the checkpoint's stream state is LatentStream's: epoch, position, pack)."""
+    from vincie_mcore.data.latents import LatentStore
+    from vincie_mcore.data.store import SessionStore
+    from vincie_mcore.train.checkpoint import read_trainer_state
+    assert len(LatentStore(trained_run / "latents")) == len(SessionStore(trained_run / "train" / "store")) == 24
+    state = read_trainer_state(str(trained_run / "checkpoints" / "step_0000003" / "trainer_state_rank00000.pt"))["stream"]
+    assert state["sessions"] == 24 and state["pack"] + state["consumed"] == 3     # 3 steps, one pack each
+
+
 def test_stopped_and_resumed_training_matches_the_uninterrupted_run(trained_run, tmp_path):
     """Stop after step 1, resume in a new process: equal to the run that never stopped.
 
@@ -80,10 +91,13 @@ def test_stopped_and_resumed_training_matches_the_uninterrupted_run(trained_run,
     import torch
     resumed = tmp_path / "resumed"
     shutil.copytree(trained_run / "checkpoints" / "step_0000001", resumed / "checkpoints" / "step_0000001")
+    for data in ("train", "latents"):                # the same corpus: its latent store is reused, not encoded again
+        shutil.copytree(trained_run / data, resumed / data)
     (resumed / "checkpoints" / "latest").write_text("1")
     r = run("vincie-train", *SMALL, "train.save_every=1", "train.max_minutes=0.000001",
             f"run_dir={resumed}")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert "reusing the latent store" in r.stdout
     assert "stopping at step 2" in r.stdout and (resumed / "checkpoints" / "latest").read_text().strip() == "2"
     assert not any(ln.startswith("step       1 ") for ln in r.stdout.splitlines())   # step 1 was not re-run
     assert log_line(r.stdout, 2) == log_line((trained_run / "train_stdout.log").read_text(), 2)

@@ -161,20 +161,29 @@ def make_hooks(cfg, tcfg, run_dir: Path) -> list:
     return [EvalHook(tcfg.eval_every, synthetic_evaluator(cfg, store, tcfg.eval_sessions), run_dir)]
 
 
-def _on_rank0(fn):
-    """``fn()`` on rank 0 only; the other ranks wait for it, then get its (picklable) result.
-
-    The wait is a broadcast on a gloo group with a long time-out (a synthetic store takes minutes,
-    longer than NCCL's default collective time-out), and it carries rank 0's error, if any, so the
-    others fail with it instead of waiting forever. Every rank writing the same store at once is a race
-    (``FileNotFoundError ... vid_000056.tmp.webm``)."""
+def _wait_group():
+    """A gloo group with a long time-out for waiting on data work (a synthetic store or a precompute takes
+    minutes, longer than NCCL's default collective time-out); None in a single process."""
     import datetime
 
     import torch.distributed as dist
 
     if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    return dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=6))
+
+
+def _on_rank0(fn, what: str = "build the synthetic store"):
+    """``fn()`` on rank 0 only; the other ranks wait for it, then get its (picklable) result.
+
+    The wait is a broadcast on a gloo group with a long time-out, and it carries rank 0's error, if any,
+    so the others fail with it instead of waiting forever. Every rank writing the same store at once is
+    a race (``FileNotFoundError ... vid_000056.tmp.webm``)."""
+    import torch.distributed as dist
+
+    group = _wait_group()
+    if group is None:
         return fn()
-    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(hours=6))
     box = [None]
     if dist.get_rank() == 0:
         try:
@@ -186,14 +195,85 @@ def _on_rank0(fn):
     dist.broadcast_object_list(box, src=0, group=group)
     kind, value = box[0]
     if kind == "error":
-        raise RuntimeError(f"rank 0 failed to build the synthetic store: {value}")
+        raise RuntimeError(f"rank 0 failed to {what}: {value}")
     return value
 
 
+def _on_every_rank(fn, what: str):
+    """``fn()`` on every rank, then a wait for all of them (an all-gather of each rank's outcome on a
+    long time-out gloo group): a rank that failed makes every rank raise, naming it, not hang."""
+    import torch.distributed as dist
+
+    group = _wait_group()
+    if group is None:
+        return fn()
+    try:
+        mine, err = fn(), None
+    except Exception as e:
+        mine, err = None, f"{type(e).__name__}: {e}"
+    outcomes = [None] * dist.get_world_size()
+    dist.all_gather_object(outcomes, (mine, err), group=group)
+    bad = [(r, e) for r, (_, e) in enumerate(outcomes) if e is not None]
+    if bad:
+        r, e = bad[0]
+        raise RuntimeError(f"rank {r} failed to {what}: {e}")
+    return mine
+
+
+def run_latents(dc: dict, store, run: Path, block_rows: int = 256) -> Path:
+    """The latent store of ``store`` under ``<run>/latents`` (docs/latent_store.md, "The default path"),
+    made by every rank together: rank 0 clears a store of other settings or another source (derived data
+    of this run folder), each rank encodes its share of blocks (``--shard rank/world``, on
+    cuda:LOCAL_RANK when there is a GPU), rank 0 finalizes. A complete store of the same encoders,
+    precision, recipe texts and source is reused as it is. -> its path."""
+    import shutil
+
+    import torch.distributed as dist
+    import zarr
+
+    from .data.latents import encoder_identity, finalize, precompute, reuse_check
+
+    corpus = dc["corpus"]
+    out = run / "latents"
+    dtype = corpus.latents_dtype or "float32"
+    identity = encoder_identity(dc["image"], dc["text"], dc["recipe"], corpus.image_size, dtype)
+
+    def check() -> bool:                   # rank 0: True when a complete store of this source is there
+        if not out.exists():
+            return False
+        why = reuse_check(out, identity, store)
+        if why is None:
+            attrs = zarr.open_group(str(out), mode="r").attrs
+            if attrs.get("complete"):
+                return True
+            if attrs.get("block_rows") == block_rows:
+                return False               # cut short: precompute encodes the blocks not yet done
+            why = f"an unfinished latent store {out} of {attrs.get('block_rows')}-row blocks"
+        print(f"   {why.splitlines()[0]}: encoding it again", flush=True)
+        shutil.rmtree(out)
+        return False
+
+    if _on_rank0(check, "check the latent store"):
+        print(f"   reusing the latent store {out}", flush=True)
+        return out
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    encode = partial(precompute, store, out, dc["image"], dc["text"], dc["recipe"], image_size=corpus.image_size,
+                     dtype=dtype, shard=(rank, world), block_rows=block_rows, finalize_when_done=False)
+    _on_every_rank(encode, "encode its blocks of the latent store")
+    summary = _on_rank0(lambda: finalize(out), "finalize the latent store")
+    print(f"   latent store {out}: {summary['rows']} sessions, {summary['images']} images", flush=True)
+    return out
+
+
 def build_training(cfg):
-    """Everything ``vincie-train`` runs, built: process groups, ``<run_dir>/config.yaml`` (rank 0),
-    the corpus (synthesized into ``<run_dir>/train`` by rank 0 when ``data.corpus.store`` is null), decoded
-    and encoded once, its packed stream, the model and the trainer. -> (parallel dims, trainer).
+    """Everything ``vincie-train`` runs, built: process groups, ``<run_dir>/config.yaml`` (rank 0), the
+    corpus, its stream, the model and the trainer. -> (parallel dims, trainer).
+
+    The corpus is ``data.corpus.store`` or, when that is null, a synthetic store that rank 0 writes into
+    ``<run_dir>/train`` while the others wait. The paper variant trains by streaming a latent store
+    (``data/stream.py``): ``data.corpus.latents`` when given, else the store encoded once into
+    ``<run_dir>/latents`` (``run_latents``). Decoded into RAM (``PackedStream``) only where the stream
+    cannot go: the official variant's batch layout and the pairwise ablation (``data.recipe.pairwise``).
 
     Raises ``ConfigError`` naming the key for a bad value, and for an impossible parallel layout
     (``parallel: ...``, the first line of the groups' error)."""
@@ -217,12 +297,24 @@ def build_training(cfg):
     if corpus.latents and official:
         raise ConfigError("data.corpus.latents: the official variant trains from the decoded corpus only "
                           "(data.corpus.store), not yet from a latent store")
-    if corpus.latents:                    # opt-in: stream a precomputed latent store (docs/latent_store.md)
+    if corpus.latents and dc["recipe"].pairwise:
+        raise ConfigError("data.recipe.pairwise: the latent-store stream samples whole sessions; the pairwise "
+                          "ablation trains from the decoded corpus (leave data.corpus.latents null)")
+    micro = int(cfg.train.get("micro_batches", 1))
+    if corpus.latents:                    # a latent store made beforehand (vincie-precompute)
         from .data.stream import stream_from_config
-        stream = stream_from_config(dc, int(cfg.seed), dims, micro_batches=int(cfg.train.get("micro_batches", 1)))
+        stream = stream_from_config(dc, int(cfg.seed), dims, micro_batches=micro)
         return dims, make_trainer(cfg, make_model(cfg), stream, run)
     store = corpus.store or _on_rank0(lambda: synthesize_store(run / "train", corpus.videos, dc["world"], corpus,
                                                                corpus.sampling, int(cfg.seed), corpus.min_change))
+    if not (official or dc["recipe"].pairwise):    # the default: encode once into the run folder, stream it
+        from dataclasses import replace
+
+        from .data.stream import stream_from_config
+        latents = run_latents(dc, store, run)
+        stream = stream_from_config(dc | {"corpus": replace(corpus, latents=str(latents))}, int(cfg.seed), dims,
+                                    micro_batches=micro)
+        return dims, make_trainer(cfg, make_model(cfg), stream, run)
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
@@ -236,7 +328,7 @@ def build_training(cfg):
                                     uncond=flow.uncond_text)
         except ValueError as e:                                   # widths of model and patches disagree
             raise ConfigError(str(e).splitlines()[0]) from None
-    else:
+    else:                                 # pairwise: sessions cut into pairs, drawn from RAM
         stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"], seed=seed)
     model = make_model(cfg)
     return dims, make_trainer(cfg, model, stream, run)

@@ -1,7 +1,8 @@
 """The demo pipeline (``make demo``): the whole path, small, on the CPU.
 
-synthetic videos -> zarr session store -> DALI decode -> tiny MM-DiT on Megatron-Core (flow
-matching) -> 3-turn editing of held-out sessions -> exact judge. ``run_demo`` prints its
+synthetic videos -> zarr session store -> DALI decode -> latent store (encoded once) -> streaming
+loader -> tiny MM-DiT on Megatron-Core (flow matching) -> 3-turn editing of held-out sessions ->
+exact judge; the training data path is ``vincie-train``'s (``build.build_training``). ``run_demo`` prints its
 progress and returns the summary (turn_success, baseline_success, success_by_edit, steps,
 seconds_per_step, git_sha, minutes, ...), also written to ``<run_dir>/results.json``.
 
@@ -17,15 +18,14 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from .build import data_configs, init_parallel, make_editor, make_model, make_trainer
-from .data.corpus import decode_corpus, encode_corpus, synthesize_store
-from .data.packing import PackedStream
+from .build import build_training, data_configs, make_editor
+from .data.corpus import decode_corpus, synthesize_store
 from .encoders import TextEncoder, build_image_encoder
 from .eval.synthetic import evaluate, summarize_eval
 from .infer.editor import save_strip
 from .runinfo import arithmetic_info, code_version
+from .train.hooks import unwrap
 from .train.metrics import plot_losses, write_json
 
 
@@ -36,37 +36,29 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     t_start = time.time() if t_start is None else t_start
     run = Path(cfg.run_dir)
     run.mkdir(parents=True, exist_ok=True)
-    (run / "config.yaml").write_text(OmegaConf.to_yaml(cfg))
     dc = data_configs(cfg)
     world, corpus = dc["world"], dc["corpus"]
 
     if cfg.get("threads"):                                     # same arithmetic on any Intel x86 (docs/measured.md)
         torch.set_num_threads(int(cfg.threads))
 
-    # 1. data: videos -> sessions (resumable), then DALI-decode and encode once
-    print("== 1. synthetic videos -> session store", flush=True)
-    train_store = synthesize_store(run / "train", corpus.videos, world, corpus, corpus.sampling, int(cfg.seed),
-                                   corpus.min_change)
+    # 1. data: the held-out sessions (decoded: a small store, edited turn after turn); the training corpus
+    # is vincie-train's (build_training): synthesized, encoded once into <run_dir>/latents, streamed
+    print("== 1. synthetic videos -> session stores -> latent store", flush=True)
     held_store = synthesize_store(run / "heldout", corpus.heldout_videos, world, corpus, corpus.heldout_sampling,
                                   int(cfg.seed) + 10_000)
-    decoded = decode_corpus(train_store, corpus, corpus.max_sessions)
     held = decode_corpus(held_store, corpus)
-    image_enc = build_image_encoder(dc["image"])
-    text_enc = TextEncoder(dc["text"])
-    train_corpus = encode_corpus(decoded, image_enc)
-    print(f"   {len(train_corpus)} training sessions, {len(held)} held-out sessions", flush=True)
-
-    # 2. model + trainer: a fixed number of steps on a fixed number of threads (same result anywhere)
-    print("== 2. train the tiny MM-DiT (Megatron-Core, CPU)", flush=True)
-    init_parallel(cfg)
-    model = make_model(cfg)
-    stream = PackedStream(train_corpus, text_enc, dc["recipe"], dc["pack"], seed=int(cfg.seed))
-    print(f"   {model.num_parameters() / 1e6:.2f}M parameters, {int(cfg.train.steps)} steps, "
-          f"{torch.get_num_threads()} threads", flush=True)
-    if (run / "checkpoints").exists():                          # the demo trains afresh; the corpus is reused
+    if (run / "checkpoints").exists():                          # the demo trains afresh; the data is reused
         print(f"   removing the previous demo checkpoints in {run / 'checkpoints'}", flush=True)
         shutil.rmtree(run / "checkpoints")
-    trainer = make_trainer(cfg, model, stream, run)             # ConfigError (e.g. warmup >= steps): one line
+
+    # 2. model + trainer: a fixed number of steps on a fixed number of threads (same result anywhere)
+    _, trainer = build_training(cfg)                            # ConfigError (e.g. warmup >= steps): one line
+    model = unwrap(trainer.model)
+    print(f"   {trainer.stream.num_sessions} training sessions (streamed), {len(held)} held-out sessions", flush=True)
+    print("== 2. train the tiny MM-DiT (Megatron-Core, CPU)", flush=True)
+    print(f"   {model.num_parameters() / 1e6:.2f}M parameters, {int(cfg.train.steps)} steps, "
+          f"{torch.get_num_threads()} threads", flush=True)
     t_train = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t_train
@@ -75,7 +67,7 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
     # 3. multi-turn editing of held-out sessions, judged exactly
     print("== 3. edit held-out sessions turn after turn", flush=True)
     model.eval()
-    editor = make_editor(cfg, model, text_enc, image_enc)
+    editor = make_editor(cfg, model, TextEncoder(dc["text"]), build_image_encoder(dc["image"]))
     with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():   # sample the average
         results, baseline, strips = evaluate(editor, held, world, turns=int(cfg.eval.turns), batch=int(cfg.eval.batch))
     for i, (imgs, texts, truth) in enumerate(strips):

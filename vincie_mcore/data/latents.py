@@ -126,6 +126,34 @@ def _zarr_dtype(dtype: str):
     return np.uint16 if dtype == "bfloat16" else np.dtype(dtype)
 
 
+def source_fingerprint(store) -> str:
+    """A hash of what a session store holds: its build settings (root attrs) and the list of its complete
+    shards and their videos (``index.jsonl``). A store rebuilt with other settings, or grown, gets another
+    one, so a latent store made from its old content is not taken for current."""
+    root = Path(store)
+    meta = json.loads((root / "zarr.json").read_text()).get("attributes", {})
+    index = root / "index.jsonl"
+    return _digest({"attrs": meta, "index": index.read_text() if index.is_file() else ""})
+
+
+def reuse_check(out, identity: dict, store) -> str | None:
+    """Why the latent store at ``out`` cannot be resumed or reused as the encoding of session store
+    ``store`` under ``identity`` (one line), or None when it can (complete or not: ``precompute`` skips
+    the blocks that are done)."""
+    try:
+        attrs = zarr.open_group(str(out), mode="r").attrs
+        if attrs.get("format") != LATENT_FORMAT:
+            return f"{out} is not a latent store"
+        _compare(out, attrs["identity"], identity)
+    except LatentMismatch as e:
+        return str(e)
+    except Exception as e:                       # not a zarr group, or one without our attrs
+        return f"{out} is not a readable latent store ({type(e).__name__})"
+    if attrs.get("source", {}).get("fingerprint") != source_fingerprint(store):
+        return f"latent store {out} was made from another session store or an older state of {store}"
+    return None
+
+
 def parse_shard(s: str) -> tuple[int, int]:
     """'i/N' -> (i, N); 'auto': torchrun's RANK/WORLD_SIZE (0/1 without them)."""
     if s == "auto":
@@ -205,7 +233,7 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
                 hw=hw, records=records)
 
 
-def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
+def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str, task: str = "0/1"):
     name = _block_name(b)
     path = root / "blocks" / name
     if path.exists():                          # left by a task that died mid-block: never counted as done
@@ -229,7 +257,7 @@ def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str):
     rec[:] = np.array(data["records"], dtype=object)
     marker = root / "done" / f"{name}.json"
     tmp = marker.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"rows": [rows.start, rows.stop]}))
+    tmp.write_text(json.dumps({"rows": [rows.start, rows.stop], "task": task}))   # task: who wrote it (debugging)
     os.replace(tmp, marker)                    # the block counts as done only now
 
 
@@ -263,7 +291,8 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
         raise ValueError(f"{store}: the session store holds no sessions")
     attrs = {"format": LATENT_FORMAT, "n_rows": n_rows, "block_rows": block_rows,
              "identity": encoder_identity(image_cfg, text_cfg, recipe, image_size, dtype),
-             "source": {"store": str(Path(store).resolve()), "sessions": len(sstore)}, "complete": False}
+             "source": {"store": str(Path(store).resolve()), "sessions": len(sstore),
+                        "fingerprint": source_fingerprint(store)}, "complete": False}
     g = _open_or_create(out, attrs)
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -280,7 +309,7 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
             data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype)
             # where decoding and encoding really ran: a block's attrs, read by gpu_check's train smoke
             made = data["made"] = {"decoder": "dali", "dali": devices_used(), "encoder_device": str(device)}
-            _write_block(out, g, b, rows, data, dtype)
+            _write_block(out, g, b, rows, data, dtype, f"{i}/{n_tasks}")
             written += len(rows)
             if progress:
                 print(f"block {b}: rows {rows.start}-{rows.stop - 1} ({written} rows, "
