@@ -23,12 +23,16 @@ tolerance and our rate stays under the bf16 matmul peak measured at the start of
 ``summary`` of an invalid case carries the reasons and no speed (docs/measured.md: a fused
 work-list bug once made case b read above the chip's peak). The summary also gives ours as a
 fraction of the dense rate (SDPA with no mask, all S^2 pairs counted) and the ratio to Flex.
+Where the machine has the ``flash-attn-4`` package (``flash_attn.cute``), the same mask
+also runs through FlexAttention's FlashAttention-4 backend (``kernel_options={"BACKEND": "FLASH"}``),
+timed and checked like Flex (``flex_flash``, ``x_flex_flash``); elsewhere ``flex_flash`` says why not.
 The JSON is rewritten after every
 measurement, so a timeout still leaves partial results. ``tune.py`` reuses the cases and
 the timing helpers; the CLIs are ``vincie-bench-attention`` and ``vincie-tune-attention``.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import statistics
@@ -178,6 +182,22 @@ def rel_errors(ours, ref) -> dict:
             for n, a, b in zip(("out", "dq", "dk", "dv"), ours, ref)}
 
 
+def flex_flash_unavailable(dev: str) -> str | None:
+    """Why FlexAttention's FlashAttention-4 backend (``kernel_options={"BACKEND": "FLASH"}``) cannot run
+    here, or None. Torch's inductor generates it through CuteDSL from the ``flash-attn-4`` package
+    (``flash_attn.cute``), whose CUDA libraries (~92 MB) are too large to carry to the GPU check: it is
+    timed only where the machine already has it."""
+    import importlib.util
+
+    if dev != "cuda":
+        return "needs CUDA"
+    try:
+        found = importlib.util.find_spec("flash_attn.cute") is not None
+    except (ImportError, ValueError):
+        found = False
+    return None if found else "flash_attn.cute not importable (pip install flash-attn-4)"
+
+
 def summarize_case(c: dict, peak_tflops: float | None) -> dict:
     """``valid`` (+ reasons) from the case's checks and the run's matmul peak; the speed figures to
     quote (fractions of the dense rate, ratios to Flex) only when valid."""
@@ -207,6 +227,15 @@ def summarize_case(c: dict, peak_tflops: float | None) -> dict:
         out[label] = {"fwd_bwd_ms": r["fwd_bwd_ms"], "fwd_bwd_tflops": r["fwd_bwd_tflops"],
                       "frac_of_dense_rate": r["fwd_bwd_tflops"] / dense if dense else None,
                       "x_flex": flex / r["fwd_bwd_ms"] if flex else None}
+    ff = c.get("flex_flash", {})
+    if "fwd_bwd_ms" in ff:               # FlexAttention's FA4 backend, where the machine has it
+        for label in ("ours", "ours_with_plan"):
+            if label in out:
+                out[label]["x_flex_flash"] = ff["fwd_bwd_ms"] / out[label]["fwd_bwd_ms"]
+        out["flex_flash"] = {"fwd_bwd_ms": ff["fwd_bwd_ms"], "fwd_bwd_tflops": ff.get("fwd_bwd_tflops"),
+                             "frac_of_dense_rate": ff["fwd_bwd_tflops"] / dense if dense and ff.get("fwd_bwd_tflops") else None}
+    elif ff:
+        out["flex_flash"] = {k: v for k, v in ff.items() if k in ("unavailable", "error")}
     if dense:
         out["dense_rate_fwd_bwd_tflops"] = dense
     if peak_tflops:
@@ -359,6 +388,22 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
                 flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
             measure("flex", lambda: flex(fq, fk, fv, block_mask=bmask), flex_fb, fl_fwd)
             check("flex", lambda: flex(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
+            why = flex_flash_unavailable(dev)
+            if why:
+                record(name, {"flex_flash": {"unavailable": why}})
+            else:                            # the same mask through the FA4 (CuteDSL) backend
+                try:
+                    ffl = torch.compile(functools.partial(flex_attention, kernel_options={"BACKEND": "FLASH"}))
+                    record(name, {"flex_flash_first_fwd_bwd_ms_incl_compile": wall_once(
+                        lambda: ffl(fqg, fkg, fvg, block_mask=bmask).backward(fdo))})
+
+                    def ffl_fb():
+                        fqg.grad = fkg.grad = fvg.grad = None
+                        ffl(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
+                    measure("flex_flash", lambda: ffl(fq, fk, fv, block_mask=bmask), ffl_fb, fl_fwd)
+                    check("flex_flash", lambda: ffl(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
+                except Exception as e:
+                    record(name, {"flex_flash": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
             if "newlen" not in skip:
                 mm2 = make_mask_mod(spec2)
                 bmask2 = create_block_mask(mm2, None, None, S2, S2, device=dev)

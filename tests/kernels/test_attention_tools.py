@@ -24,7 +24,8 @@ def test_without_cuda_the_tool_records_why_it_skipped(tool, tmp_path):
 
 def test_a_case_is_valid_only_with_a_passing_check_and_a_rate_under_the_peak():
     """The bench's verdict (vincie_kernels.bench.summarize_case) on planted records."""
-    from vincie_kernels.bench import rel_errors, summarize_case
+    from vincie_kernels.bench import flex_flash_unavailable, rel_errors, summarize_case
+    assert flex_flash_unavailable("cpu") == "needs CUDA"
     ok = {"max_rel_err": {"out": 1e-3, "dq": 2e-3, "dk": 1e-3, "dv": 1e-3}, "tol": 3e-2, "ok": True}
     case = {"check": {"flex": ok, "sdpa_dense_mask": ok},
             "ours": {"fwd_bwd_ms": 10.0, "fwd_bwd_tflops": 300.0, "fwd_tflops": 350.0},
@@ -42,6 +43,13 @@ def test_a_case_is_valid_only_with_a_passing_check_and_a_rate_under_the_peak():
     s = summarize_case(bad, peak_tflops=780.0)
     assert not s["valid"] and s["invalid_reasons"] == ["disagrees with flex: dk max rel err 0.4 > 0.03"]
     assert not summarize_case({"ours": case["ours"]}, 780.0)["valid"]      # nothing checked: no speed
+
+    # FlexAttention's FA4 backend: a ratio where it ran, its reason where it could not
+    fa4 = {**case, "flex_flash": {"fwd_bwd_ms": 8.0, "fwd_bwd_tflops": 375.0}}
+    s = summarize_case(fa4, peak_tflops=780.0)
+    assert s["ours"]["x_flex_flash"] == pytest.approx(0.8) and s["flex_flash"]["frac_of_dense_rate"] == pytest.approx(0.75)
+    s = summarize_case({**case, "flex_flash": {"unavailable": "needs CUDA"}}, peak_tflops=780.0)
+    assert s["flex_flash"] == {"unavailable": "needs CUDA"} and "x_flex_flash" not in s["ours"]
 
     x = torch.randn(8, 2, 4)
     y = x.clone()
