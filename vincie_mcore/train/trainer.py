@@ -317,11 +317,9 @@ class Trainer:
 
         # 2. precision + Megatron DDP (grads land in one contiguous fp32 buffer per dtype)
         mcfg = model.config
-        # devices that share this replica's step (the model's FLOP count is per replica); CP lives in
-        # Megatron's groups, not in the model's TransformerConfig
-        from megatron.core import parallel_state as ps
-        self._tp_cp = (ps.get_tensor_model_parallel_world_size() * ps.get_context_parallel_world_size()
-                       if ps.model_parallel_is_initialized() else 1)
+        # devices that share this replica's step (the model's FLOP count is per replica); CP is in the
+        # layout, not in the model's TransformerConfig
+        self._tp_cp = self.dims.tp * self.dims.cp
         prepare_fp8_model(cfg.fp8, model)      # checks; torchao: converts the plain linears in place
         if cfg.bf16:
             if not getattr(mcfg, "bf16", False):
@@ -575,8 +573,6 @@ class Trainer:
         from importlib.metadata import PackageNotFoundError, version
         from importlib.util import find_spec
 
-        from megatron.core import parallel_state as ps
-
         def pkg(*names):
             for n in names:
                 try:
@@ -600,8 +596,7 @@ class Trainer:
             "torch_device": str(self.device), "backend": dist.get_backend() if dist.is_initialized() else None,
             "dtype": "bf16" if self.cfg.bf16 else "fp32",
             "world_size": dist.get_world_size() if dist.is_initialized() else 1,
-            "layout": {"tp": ps.get_tensor_model_parallel_world_size(), "cp": ps.get_context_parallel_world_size(),
-                       "dp": ps.get_data_parallel_world_size()},
+            "layout": {"tp": self.dims.tp, "cp": self.dims.cp, "dp": self.dims.dp},
             "start_step": self.step,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "argv": sys.argv,
