@@ -102,6 +102,7 @@ def build(cls, node, group: str):
         d = {}
     if not isinstance(d, Mapping):
         raise ConfigError(f"{group}: expected a mapping, got {type(d).__name__}")
+    d = {k: _plain(v) for k, v in d.items()}     # e.g. dict(cfg.model): its values are still ListConfig nodes
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     for k in d:
         if k not in names:
