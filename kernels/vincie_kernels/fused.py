@@ -78,6 +78,22 @@ def _norm_modulate_fwd(x_ptr, mods_ptr, blk_ptr, y_ptr, mean_ptr, rstd_ptr, S, D
 
 
 @triton.jit
+def _norm_modulate_bwd_chunk(x_ptr, dy_ptr, mods_ptr, rows, rmask, b, mean, rstd, d0, D, stride_x, stride_dy,
+                             stride_mb, stride_mc, SCALE, BLOCK_DC: tl.constexpr):
+    """One column chunk of the backward's rows: its columns and mask, dy, the normalised x and
+    g = d(norm(x)) = dy * (1 + scale). Both passes of ``_norm_modulate_bwd`` read it."""
+    cols = d0 + tl.arange(0, BLOCK_DC)
+    cmask = cols < D
+    m2 = rmask[:, None] & cmask[None, :]
+    x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
+    scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
+                    other=0.0).to(tl.float32)
+    xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
+    return cols, cmask, m2, dy, xhat, dy * (1.0 + scale)
+
+
+@triton.jit
 def _norm_modulate_bwd(x_ptr, dy_ptr, mods_ptr, blk_ptr, mean_ptr, rstd_ptr, dx_ptr, dmods_ptr, S, D,
                        stride_x, stride_dy, stride_dx, stride_mb, stride_mc, stride_db, stride_dc, SHIFT, SCALE,
                        IS_RMS: tl.constexpr, MODS_GRAD: tl.constexpr,
@@ -92,29 +108,17 @@ def _norm_modulate_bwd(x_ptr, dy_ptr, mods_ptr, blk_ptr, mean_ptr, rstd_ptr, dx_
     c1 = tl.zeros([BLOCK_S], dtype=tl.float32)
     c2 = tl.zeros([BLOCK_S], dtype=tl.float32)
     for d0 in range(0, D, BLOCK_DC):
-        cols = d0 + tl.arange(0, BLOCK_DC)
-        cmask = cols < D
-        m2 = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
-                        other=0.0).to(tl.float32)
-        xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
-        g = dy * (1.0 + scale)                               # d(norm(x))
+        cols, cmask, m2, dy, xhat, g = _norm_modulate_bwd_chunk(x_ptr, dy_ptr, mods_ptr, rows, rmask, b, mean, rstd,
+                                                                d0, D, stride_x, stride_dy, stride_mb, stride_mc,
+                                                                SCALE, BLOCK_DC)
         c1 += tl.sum(g, 1)
         c2 += tl.sum(g * xhat, 1)
     c1 = c1 / D
     c2 = c2 / D
     for d0 in range(0, D, BLOCK_DC):
-        cols = d0 + tl.arange(0, BLOCK_DC)
-        cmask = cols < D
-        m2 = rmask[:, None] & cmask[None, :]
-        x = tl.load(x_ptr + rows[:, None] * stride_x + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        dy = tl.load(dy_ptr + rows[:, None] * stride_dy + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-        scale = tl.load(mods_ptr + b[:, None] * stride_mb + SCALE * stride_mc + cols[None, :], mask=m2,
-                        other=0.0).to(tl.float32)
-        xhat = tl.where(m2, (x - mean[:, None]) * rstd[:, None], 0.0)
-        g = dy * (1.0 + scale)
+        cols, cmask, m2, dy, xhat, g = _norm_modulate_bwd_chunk(x_ptr, dy_ptr, mods_ptr, rows, rmask, b, mean, rstd,
+                                                                d0, D, stride_x, stride_dy, stride_mb, stride_mc,
+                                                                SCALE, BLOCK_DC)
         if IS_RMS:
             dx = rstd[:, None] * (g - xhat * c2[:, None])
         else:
