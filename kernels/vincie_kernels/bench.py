@@ -380,28 +380,26 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
             flex = torch.compile(flex_attention) if dev == "cuda" else flex_attention
             fq, fk, fv, fdo = (t.transpose(0, 1)[None].contiguous() for t in (q, k, v, do))   # (1, H, S, D)
             fqg, fkg, fvg = (t.clone().requires_grad_() for t in (fq, fk, fv))
-            record(name, {"flex_first_fwd_bwd_ms_incl_compile": wall_once(
-                lambda: flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo))})
 
-            def flex_fb():
-                fqg.grad = fkg.grad = fvg.grad = None
-                flex(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
-            measure("flex", lambda: flex(fq, fk, fv, block_mask=bmask), flex_fb, fl_fwd)
-            check("flex", lambda: flex(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
+            def time_flex(label, fn):
+                """First call (compile), fwd / fwd+bwd medians and the check of one Flex backend ``fn``."""
+                record(name, {f"{label}_first_fwd_bwd_ms_incl_compile": wall_once(
+                    lambda: fn(fqg, fkg, fvg, block_mask=bmask).backward(fdo))})
+
+                def fb():
+                    fqg.grad = fkg.grad = fvg.grad = None
+                    fn(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
+                measure(label, lambda: fn(fq, fk, fv, block_mask=bmask), fb, fl_fwd)
+                check(label, lambda: fn(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
+
+            time_flex("flex", flex)
             why = flex_flash_unavailable(dev)
             if why:
                 record(name, {"flex_flash": {"unavailable": why}})
             else:                            # the same mask through the FA4 (CuteDSL) backend
                 try:
-                    ffl = torch.compile(functools.partial(flex_attention, kernel_options={"BACKEND": "FLASH"}))
-                    record(name, {"flex_flash_first_fwd_bwd_ms_incl_compile": wall_once(
-                        lambda: ffl(fqg, fkg, fvg, block_mask=bmask).backward(fdo))})
-
-                    def ffl_fb():
-                        fqg.grad = fkg.grad = fvg.grad = None
-                        ffl(fqg, fkg, fvg, block_mask=bmask).backward(fdo)
-                    measure("flex_flash", lambda: ffl(fq, fk, fv, block_mask=bmask), ffl_fb, fl_fwd)
-                    check("flex_flash", lambda: ffl(bhsd(qg), bhsd(kg), bhsd(vg), block_mask=bmask), shd)
+                    time_flex("flex_flash", torch.compile(
+                        functools.partial(flex_attention, kernel_options={"BACKEND": "FLASH"})))
                 except Exception as e:
                     record(name, {"flex_flash": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
             if "newlen" not in skip:
