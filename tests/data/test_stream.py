@@ -4,6 +4,8 @@ Batches are checked against ``pack`` fed from the in-memory reference (``encode_
 separate text encoder); order properties are checked on the pack indices and rows the stream
 reports, and on the batches' tensors.
 """
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -74,11 +76,19 @@ def test_batches_equal_pack_of_the_in_memory_corpus(made):
     assert len(sizes) >= 4 and max(sizes) > PACK.token_budget // 2
 
 
+def _parent_pid(pid: int) -> int:
+    return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+
+
 def test_workers_give_the_inline_batches(made):
     _, root = made
-    a, b = _take(_stream(root, num_workers=0), 6), _take(_stream(root, num_workers=2), 6)
+    inline, workers = _stream(root, num_workers=0), _stream(root, num_workers=2)
+    a, b = _take(inline, 6), _take(workers, 6)
     assert [k for k, _ in a] == [k for k, _ in b] == list(range(6))
     assert all(_same(x, y) for (_, x), (_, y) in zip(a, b))
+    # workers are not forks of this (threaded) process but of the clean fork server
+    parents = {_parent_pid(w.pid) for w in workers._it._workers}
+    assert os.getpid() not in parents and len(parents) == 1
 
 
 def test_resume_mid_epoch_continues_at_the_next_pack(made):

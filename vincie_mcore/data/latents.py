@@ -362,7 +362,8 @@ class LatentStore:
 
     ``expect`` (an ``encoder_identity``): refuse, in one line, a store made with other encoders or
     precision. ``index()`` is the per-row table the pack planner needs (loaded on first use);
-    ``session(row)`` reads one row. A handle opened before a fork is reopened in the child."""
+    ``session(row)`` reads one row. A handle opened before a fork is reopened in the child; a pickled
+    store (a worker started by a fork server) carries no handle."""
 
     def __init__(self, root, expect: dict | None = None):
         self.root = Path(root)
@@ -385,6 +386,10 @@ class LatentStore:
 
     def __len__(self) -> int:
         return self.n_rows
+
+    def __getstate__(self):
+        # sent to a DataLoader worker: no open zarr handles (the worker opens its own)
+        return self.__dict__ | {"_pid": None, "_g": None, "_blocks": OrderedDict()}
 
     def _group(self):
         if self._pid != os.getpid():             # fresh handles per process (DataLoader workers)

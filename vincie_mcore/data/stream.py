@@ -152,6 +152,22 @@ def _as_is(x):
     return x
 
 
+# What a worker needs, imported once by the fork server rather than by every worker.
+_WORKER_PRELOAD = ["torch", "zarr", "vincie_mcore.data.stream"]
+
+
+def _worker_context():
+    """Workers fork from a fork server, not from the trainer. The trainer holds threads (gloo,
+    zarr I/O, OpenMP, DALI) whose locks a forked child inherits mid-use; a worker forked from it
+    died of SIGSEGV in CI. The server imported torch and zarr once and runs nothing, so forking
+    it is safe and a worker still starts in well under a second."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(_WORKER_PRELOAD)     # no effect once a server runs (its preload stays)
+    return ctx
+
+
 class LatentStream:
     """Endless stream of this DP rank's PackedBatches from a latent store, with
     ``state_dict()/load_state_dict()`` (a resume continues at the exact next pack) and DataLoader
@@ -193,7 +209,8 @@ class LatentStream:
             _PackDataset(self.store, self.recipe, self.cfg),
             sampler=_Descriptors(self.planner, dict(self._state), self.rank, self.dp_size, self.micro),
             batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
-            prefetch_factor=self.prefetch_factor if self.num_workers else None)
+            prefetch_factor=self.prefetch_factor if self.num_workers else None,
+            multiprocessing_context=_worker_context() if self.num_workers else None)
         return iter(loader)
 
     def __iter__(self):
