@@ -176,6 +176,37 @@ def test_packed_imports_only_torch_numpy_and_the_mask_rule():
     assert not bad, "\n".join(bad)
 
 
+def reads_parallel_state(files: list[Path]) -> list[str]:
+    """Imports of Megatron's global ``parallel_state`` (as a module or a name from megatron.core)."""
+    bad = []
+    for f in files:
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                names = [f"{node.module}.{a.name}" for a in node.names] + [node.module or ""]
+            else:
+                continue
+            if any(n == "megatron.core.parallel_state" or n.startswith("megatron.core.parallel_state.") for n in names):
+                bad.append(f"{f.relative_to(ROOT)}:{node.lineno}: reads megatron.core.parallel_state")
+    return bad
+
+
+def test_the_model_and_the_loss_take_the_layout_they_are_given():
+    # docs/design.md, "layout": the model, the FP8 amax group and the loss read ParallelDims, not the
+    # process-global groups (a model never parallelized must compute the whole sequence)
+    files = sorted(f for d in ("model", "diffusion") for f in (ROOT / PKG / d).rglob("*.py"))
+    assert files
+    bad = reads_parallel_state(files)
+    assert not bad, "\n".join(bad)
+    fake = ROOT / "tests" / "__parallel_state_probe__.py"
+    try:                                    # the check can fail
+        fake.write_text("def f():\n    from megatron.core import parallel_state\n")
+        assert reads_parallel_state([fake]) == [f"tests/{fake.name}:2: reads megatron.core.parallel_state"]
+    finally:
+        fake.unlink()
+
+
 # ----------------------------------------------------------------------------- the checker can fail
 
 FAKE = {

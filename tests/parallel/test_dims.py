@@ -72,6 +72,7 @@ def _cp2_worker(rank, world, port, tmp):
     except ValueError as e:
         res["trainer"] = str(e)
     res["cp_rank"] = dims.cp_rank
+    res["amax_ranks"] = torch.distributed.get_world_size(dims.amax_group)   # FP8 scales agree across TP x CP x DP
     torch.save(res, f"{tmp}/rank{rank}.pt")
     groups.destroy()
 
@@ -96,6 +97,7 @@ def test_the_model_computes_under_the_dims_it_was_given(megatron_cpu, tmp_path):
         torch.testing.assert_close(out, ref_out[rows[0]:rows[1]], rtol=TOL, atol=TOL)
         assert loss == pytest.approx(ref_loss, rel=TOL)  # the global mean over both shards
         assert r["trainer"].startswith("Trainer: MMDiT was never given its layout (dp=1, cp=2)"), r["trainer"]
+        assert r["amax_ranks"] == 2
     (_, a, _), (_, b, _) = ranks[0]["cp"], ranks[1]["cp"]
     assert (a[0], a[1], b[1]) == (0, b[0], ref_out.shape[0])     # the shards tile the image stream
 

@@ -159,27 +159,16 @@ def make_recipe(cfg: FP8Config, world_size: int = 1):
     return R.Float8CurrentScaling(fp8_format=fmt)
 
 
-def amax_group():
-    """The amax reduction group (TP x DP x CP, as Megatron uses) when Megatron's groups exist, else None."""
-    try:
-        from megatron.core import parallel_state
-        if parallel_state.model_parallel_is_initialized() and torch.distributed.get_world_size() > 1:
-            return parallel_state.get_amax_reduction_group(with_context_parallel=True)
-    except (ImportError, AssertionError, RuntimeError, ValueError):
-        pass
-    return None
-
-
 def fp8_autocast(cfg: FP8Config | None, group=None):
     """Context manager running the TE modules inside it in FP8; a no-op when cfg is None or disabled,
     and with the torchao backend (its linears are converted once, by ``prepare_fp8_model``).
 
-    Only the forward goes inside; TE runs the backward in FP8 on its own.
+    Only the forward goes inside; TE runs the backward in FP8 on its own. ``group``: the amax
+    reduction group (``ParallelDims.amax_group``); None on one rank (no reduction).
     """
     if cfg is None or not cfg.enabled or cfg.backend == "torchao":
         return contextlib.nullcontext()
     te_pt, _ = _import_te()
-    group = amax_group() if group is None else group
     n = torch.distributed.get_world_size(group) if group is not None else 1
     recipe = make_recipe(cfg, world_size=n)
     if hasattr(te_pt, "autocast"):                          # TE >= 2.8; fp8_autocast is deprecated there

@@ -26,7 +26,8 @@ class ParallelDims:
     """The layout of ``world_size = tp * cp * dp`` ranks (tp fastest, then cp, then dp: Megatron's order).
 
     The groups are None on one device; ``dp_cp_group`` is the data-parallel group with the
-    context-parallel ranks folded in (what the loss mean and Megatron DDP reduce over).
+    context-parallel ranks folded in (what the loss mean and Megatron DDP reduce over);
+    ``amax_group`` is the FP8 amax reduction group (TP x CP x DP, Megatron's), None on one rank.
     """
 
     tp: int = 1
@@ -40,6 +41,7 @@ class ParallelDims:
     cp_group: object = field(default=None, compare=False, repr=False)
     dp_group: object = field(default=None, compare=False, repr=False)
     dp_cp_group: object = field(default=None, compare=False, repr=False)
+    amax_group: object = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
         for name in ("tp", "cp", "dp"):
@@ -96,7 +98,9 @@ class ParallelDims:
                    backend=str(dist.get_backend()), sp=bool(sp) and tp > 1,
                    tp_group=ps.get_tensor_model_parallel_group(), cp_group=ps.get_context_parallel_group(),
                    dp_group=ps.get_data_parallel_group(),
-                   dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True))
+                   dp_cp_group=ps.get_data_parallel_group(with_context_parallel=True),
+                   amax_group=ps.get_amax_reduction_group(with_context_parallel=True)
+                   if dist.get_world_size() > 1 else None)
         got = (ps.get_tensor_model_parallel_rank(), ps.get_context_parallel_rank(), ps.get_data_parallel_rank())
         if got != (dims.tp_rank, dims.cp_rank, dims.dp_rank):      # our rank math assumes tp-cp-dp order
             raise RuntimeError(f"ParallelDims.current: Megatron places rank {dims.rank} at (tp, cp, dp) = {got}, "

@@ -432,7 +432,7 @@ class Trainer:
         check_fp8_batch(self.cfg.fp8, batch, mcfg.tensor_model_parallel_size, mcfg.sequence_parallel)
         # CPU: outside cpu_compat's function mode (~20 us a torch call); nothing here asks for CUDA by name
         with cpu_compat.suspended():
-            with fp8_autocast(self.cfg.fp8):
+            with fp8_autocast(self.cfg.fp8, group=self.dims.amax_group):
                 loss, metrics = self.loss_fn(self.model, batch, self.generator)
             (loss if self.cfg.micro_batches == 1 else loss * self._micro_weight(metrics)).backward()
         return loss.detach(), metrics
