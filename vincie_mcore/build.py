@@ -16,7 +16,7 @@ import torch
 
 from .config import ConfigError, build
 from .data.corpus import CorpusConfig, decode_corpus, encode_corpus, synthesize_store
-from .data.packing import PackConfig, PackedStream
+from .data.packing import PackConfig
 from .data.recipe import RecipeConfig
 from .diffusion.flow import FlowConfig, training_loss
 from .encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
@@ -272,8 +272,9 @@ def build_training(cfg):
     The corpus is ``data.corpus.store`` or, when that is null, a synthetic store that rank 0 writes into
     ``<run_dir>/train`` while the others wait. The paper variant trains by streaming a latent store
     (``data/stream.py``): ``data.corpus.latents`` when given, else the store encoded once into
-    ``<run_dir>/latents`` (``run_latents``). Decoded into RAM (``PackedStream``) only where the stream
-    cannot go: the official variant's batch layout and the pairwise ablation (``data.recipe.pairwise``).
+    ``<run_dir>/latents`` (``run_latents``); the pairwise ablation (``data.recipe.pairwise``) streams
+    the same store cut into pairs. Decoded into RAM only where the stream cannot go: the official
+    variant's batch layout (``OfficialStream``).
 
     Raises ``ConfigError`` naming the key for a bad value, and for an impossible parallel layout
     (``parallel: ...``, the first line of the groups' error)."""
@@ -297,9 +298,6 @@ def build_training(cfg):
     if corpus.latents and official:
         raise ConfigError("data.corpus.latents: the official variant trains from the decoded corpus only "
                           "(data.corpus.store), not yet from a latent store")
-    if corpus.latents and dc["recipe"].pairwise:
-        raise ConfigError("data.recipe.pairwise: the latent-store stream samples whole sessions; the pairwise "
-                          "ablation trains from the decoded corpus (leave data.corpus.latents null)")
     micro = int(cfg.train.get("micro_batches", 1))
     if corpus.latents:                    # a latent store made beforehand (vincie-precompute)
         from .data.stream import stream_from_config
@@ -307,7 +305,7 @@ def build_training(cfg):
         return dims, make_trainer(cfg, make_model(cfg), stream, run)
     store = corpus.store or _on_rank0(lambda: synthesize_store(run / "train", corpus.videos, dc["world"], corpus,
                                                                corpus.sampling, int(cfg.seed), corpus.min_change))
-    if not (official or dc["recipe"].pairwise):    # the default: encode once into the run folder, stream it
+    if not official:                      # the default: encode once into the run folder, stream it
         from dataclasses import replace
 
         from .data.stream import stream_from_config
@@ -319,17 +317,15 @@ def build_training(cfg):
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
     seed = int(cfg.seed) + 7919 * dims.dp_rank
-    if official:                          # the release's layout (data/official_pack.py)
-        from .data.official_pack import OfficialStream
-        from .model.config import MMDiTConfig
-        try:
-            stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
-                                    build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
-                                    uncond=flow.uncond_text)
-        except ValueError as e:                                   # widths of model and patches disagree
-            raise ConfigError(str(e).splitlines()[0]) from None
-    else:                                 # pairwise: sessions cut into pairs, drawn from RAM
-        stream = PackedStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"], seed=seed)
+    # the official variant: the release's layout (data/official_pack.py)
+    from .data.official_pack import OfficialStream
+    from .model.config import MMDiTConfig
+    try:
+        stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
+                                build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
+                                uncond=flow.uncond_text)
+    except ValueError as e:                                   # widths of model and patches disagree
+        raise ConfigError(str(e).splitlines()[0]) from None
     model = make_model(cfg)
     return dims, make_trainer(cfg, model, stream, run)
 

@@ -123,3 +123,20 @@ def test_two_ranks_share_the_encoding_and_stream_their_packs(tmp_path):
     assert (tmp_path / "ok0").read_text() == "0 True" and (tmp_path / "ok1").read_text() == "1 True"
     msg = "RuntimeError: rank 1 failed to divide: ZeroDivisionError: division by zero"
     assert (tmp_path / "error0").read_text() == msg and (tmp_path / "error1").read_text() == msg
+
+
+def test_the_pairwise_arm_streams_the_same_store(megatron_cpu, store, tmp_path):
+    # paper Table 5's pairwise arm: the run's latent store cut into pairs by the stream, not decoded into RAM
+    from vincie_mcore.build import build_training
+    from vincie_mcore.data.stream import LatentStream
+
+    over = SMALL + [f"run_dir={tmp_path}", f"data.corpus.store={store}", "data.recipe.pairwise=true",
+                    "train.steps=2", "train.warmup=0", "train.progress=false", "train.save_every=0",
+                    "model.num_layers=1", "model.mm_layers=1", "data.pack.token_budget=400"]
+    _, trainer = build_training(load_config(over))
+    s = trainer.stream
+    sessions = decode_corpus(store, small_dc()["corpus"])
+    assert isinstance(s, LatentStream) and s.planner.pairwise
+    assert s.num_sessions == len(sessions) and s.num_units == sum(len(x.texts) for x in sessions)
+    losses = trainer.train()
+    assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

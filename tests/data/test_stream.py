@@ -76,6 +76,38 @@ def test_batches_equal_pack_of_the_in_memory_corpus(made):
     assert len(sizes) >= 4 and max(sizes) > PACK.token_budget // 2
 
 
+def test_pairwise_units_are_the_transitions_of_the_same_sessions(made):
+    # paper Table 5's pairwise arm from the same store: each pair (I_i, T_i, I_i+1) a unit, packed as
+    # the in-memory recipe cuts it (pairwise_sessions), every transition once an epoch
+    from vincie_mcore.data.recipe import pairwise_sessions
+    from vincie_mcore.data.stream import unit_of
+
+    tmp, root = made
+    rec = RecipeConfig(mask_type="block_causal", pairwise=True)
+    ref = encode_corpus(decode_corpus(tmp / "sessions", CorpusConfig()), build_image_encoder(IMG))
+    text = TextEncoder(TXT)
+    s = LatentStream(root, rec, PACK, seed=5, num_workers=1, max_sessions=12)
+    assert s.num_sessions == 12 and s.num_units == sum(len(ref[r].texts) for r in s.planner.rows)
+    walk, seen = s.planner.packs(0, 0, 0), []
+    for k in range(60):
+        _, epoch, _, items = next(walk)
+        if epoch == 1:
+            break
+        b = next(s)
+        assert s.last_pack == k
+        units = [(unit_of(key, True), plan) for _, key, plan in items]
+        cut = [(pairwise_sessions([ref[row]])[pair], plan) for (row, pair), plan in units]
+        assert all(sess.frames.shape[0] == 2 and plan.num_turns == 1 for sess, plan in cut)
+        want = pack([(build_sample(sess.texts, sess.cameras, plan, rec), sess) for sess, plan in cut],
+                    text.encode, PACK, rec.mask_type)
+        assert torch.equal(b.img_x0, want.img_x0) and torch.equal(b.spec.block_kind, want.spec.block_kind)
+        torch.testing.assert_close(b.txt_emb, want.txt_emb)
+        assert b.spec.seq_len == sum(s.planner.tokens(key, plan) for _, key, plan in items)
+        seen += [u for u, _ in units]
+    assert sorted(seen) == sorted((int(r), i) for r in s.planner.rows for i in range(len(ref[r].texts)))
+    assert len(s.planner.order(0)) == s.num_units
+
+
 def _parent_pid(pid: int) -> int:
     return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
 

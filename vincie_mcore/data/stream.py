@@ -4,9 +4,10 @@ Order, in three layers (docs/latent_store.md, "Order"):
 
 1. **Subset.** One fixed permutation of the store's rows (``subset_seed``, not the run's seed);
    ``max_sessions=N`` keeps its first N. A smaller run's sessions lie inside a larger run's.
-2. **Epoch order.** The subset shuffled by (seed, epoch): a sequence of *global positions*. The
-   recipe's random choices of position p are drawn from (seed, epoch, p), so a session's sample
-   does not depend on how positions are grouped.
+2. **Epoch order.** The subset's units shuffled by (seed, epoch): a sequence of *global
+   positions*. A unit is a session, or under ``recipe.pairwise`` (paper Table 5) one of its
+   transitions as a 2-frame session. The recipe's random choices of position p are drawn from
+   (seed, epoch, p), so a unit's sample does not depend on how positions are grouped.
 3. **Packs.** Positions are packed greedily, in order, to ``pack.token_budget`` (a session that would
    overflow starts the next pack; a pack never crosses an epoch). Pack k is the k-th of this global
    sequence whatever the DP size. A step takes ``dp_size * micro_batches`` packs: rank r's a-th
@@ -27,7 +28,7 @@ import torch
 
 from .latents import LatentMismatch, LatentStore
 from .packing import PackConfig, pack
-from .recipe import RecipeConfig, build_sample, draw_plan
+from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
 
 
 def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> np.ndarray:
@@ -39,34 +40,60 @@ def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> 
     return perm[:max_sessions].astype(dt)
 
 
+PAIR_STRIDE = 1 << 10
+"""A pairwise unit's key: ``row * PAIR_STRIDE + i`` for the pair (I_i, T_i, I_{i+1}) of session ``row``."""
+
+
+def unit_of(key: int, pairwise: bool) -> tuple[int, int | None]:
+    """(session row, pair index or None) of a planner unit key."""
+    return divmod(int(key), PAIR_STRIDE) if pairwise else (int(key), None)
+
+
 class PackPlanner:
-    """The global pack sequence, from the per-row index only (no latent is read here)."""
+    """The global pack sequence, from the per-row index only (no latent is read here).
+
+    The order walks *units*: a unit is a session (its key is the row), or under
+    ``recipe.pairwise`` (paper Table 5's pairwise arm) one of a session's K-1 pairs
+    (I_i, T_i, I_{i+1}) as a 2-frame session (key ``row * PAIR_STRIDE + i``). The subset is of
+    sessions in both cases, so the two arms see the same sessions, every transition once an epoch."""
 
     def __init__(self, index: dict, prompt_lens: dict, recipe: RecipeConfig, pack_cfg: PackConfig, seed: int = 0,
                  max_sessions: int | None = None, subset_seed: int = 0):
         self.idx, self.prompt_lens, self.recipe, self.cfg, self.seed = index, prompt_lens, recipe, pack_cfg, seed
         self.rows = subset_rows(len(index["n_frames"]), max_sessions, subset_seed)
+        self.pairwise = bool(recipe.pairwise)
+        self.units = self.rows
+        if self.pairwise:
+            pairs = index["n_frames"][self.rows].astype(np.int64) - 1
+            if pairs.size and pairs.max() >= PAIR_STRIDE:
+                raise ValueError(f"data.recipe.pairwise: a session has {int(pairs.max()) + 1} frames; "
+                                 f"the pairwise stream takes at most {PAIR_STRIDE}")
+            # 8 bytes a transition: fine for an ablation's corpus (10M sessions of 5 frames: 320 MB)
+            first = np.repeat(np.cumsum(pairs) - pairs, pairs)
+            self.units = np.repeat(self.rows.astype(np.int64) * PAIR_STRIDE, pairs) + np.arange(len(first)) - first
         self._order = (None, None)
 
     def order(self, epoch: int) -> np.ndarray:
-        """Rows by global position in ``epoch`` (one epoch's permutation kept)."""
+        """Unit keys by global position in ``epoch`` (one epoch's permutation kept)."""
         if self._order[0] != epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
-            self._order = (epoch, self.rows[perm])
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
+            self._order = (epoch, self.units[perm])
         return self._order[1]
 
-    def plan(self, epoch: int, pos: int, row: int):
+    def plan(self, epoch: int, pos: int, key: int):
         rng = np.random.default_rng([self.seed, epoch, pos])
-        return draw_plan(int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True)
+        row, pair = unit_of(key, self.pairwise)
+        return draw_plan(2 if pair is not None else int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True)
 
-    def tokens(self, row: int, plan) -> int:
-        """Joint tokens of ``row``'s sample under ``plan``: the recipe's blocks (laid out with
+    def tokens(self, key: int, plan) -> int:
+        """Joint tokens of unit ``key``'s sample under ``plan``: the recipe's blocks (laid out with
         placeholder texts), each text its stored length + the <TURN> token, each image h/p * w/p."""
         n = plan.num_turns
         sample = build_sample([""] * n, [None] * n, plan, self.recipe)
         p = self.cfg.patch_size
+        row, pair = unit_of(key, self.pairwise)
         h, w = (int(x) for x in self.idx["hw"][row])
-        first = int(self.idx["txt_first"][row])
+        first = int(self.idx["txt_first"][row]) + (pair or 0)
         tok = 0
         for b in sample.blocks:
             if b.modality != "text":
@@ -78,18 +105,18 @@ class PackPlanner:
         return tok
 
     def packs(self, epoch: int, pos: int, k: int):
-        """Endless (k, epoch, start position, [(position, row, plan), ...]) from pack k at (epoch, pos)."""
+        """Endless (k, epoch, start position, [(position, unit key, plan), ...]) from pack k at (epoch, pos)."""
         budget = self.cfg.token_budget
         while True:
             order = self.order(epoch)
             start, items, used = pos, [], 0
             while pos < len(order):
-                row = int(order[pos])
-                plan = self.plan(epoch, pos, row)
-                n = self.tokens(row, plan)
+                key = int(order[pos])
+                plan = self.plan(epoch, pos, key)
+                n = self.tokens(key, plan)
                 if items and used + n > budget:
                     break
-                items.append((pos, row, plan))
+                items.append((pos, key, plan))
                 used += n
                 pos += 1
             yield k, epoch, start, items
@@ -140,8 +167,11 @@ class _PackDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, desc):
         items, embs = [], dict(self.store.prompts())
-        for _pos, row, plan in desc["items"]:
+        for _pos, key, plan in desc["items"]:
+            row, pair = unit_of(key, self.recipe.pairwise)
             sess, e = self.store.session(row)
+            if pair is not None:                       # the pair as a 2-frame session (views, not copies)
+                sess = pairwise_sessions([sess])[pair]
             embs |= e
             items.append((build_sample(sess.texts, sess.cameras, plan, self.recipe), sess))
         batch = pack(items, lambda texts: [embs[t] for t in texts], self.cfg, self.recipe.mask_type)
@@ -203,6 +233,11 @@ class LatentStream:
     @property
     def num_sessions(self) -> int:
         return len(self.planner.rows)
+
+    @property
+    def num_units(self) -> int:
+        """What an epoch walks: the sessions, or under ``recipe.pairwise`` their transitions."""
+        return len(self.planner.units)
 
     def _start(self):
         loader = torch.utils.data.DataLoader(
