@@ -77,12 +77,16 @@ def _same_store(a: Path, b: Path):
         assert x[k].dtype == y[k].dtype and np.array_equal(x[k], y[k]), k
 
 
-def test_rows_equal_encode_corpus_and_the_text_encoder(made):
+@pytest.mark.parametrize("resident_mb", [0, 512])        # read a row at a time / the small store held in RAM
+def test_rows_equal_encode_corpus_and_the_text_encoder(made, resident_mb, monkeypatch):
+    import vincie_mcore.data.latents as latents
+
+    monkeypatch.setattr(latents, "RESIDENT_MB", resident_mb)
     tmp, root = made
     ref = encode_corpus(decode_corpus(tmp / "sessions", CorpusConfig()), build_image_encoder(IMG))
     text = TextEncoder(TXT)
     ls = LatentStore(root, expect=encoder_identity(IMG, TXT, RecipeConfig(), None, "float32"))
-    assert len(ls) == 11 and len(ref) == 11
+    assert len(ls) == 11 and len(ref) == 11 and ls.resident == (resident_mb > 0)
     for row in range(11):
         sess, embs = ls.session(row)
         r = ref[row]
@@ -100,6 +104,22 @@ def test_rows_equal_encode_corpus_and_the_text_encoder(made):
     assert idx["n_frames"].tolist() == [r.frames.shape[0] for r in ref]
     assert idx["txt_len"].tolist() == [text.encode([t])[0].shape[0] for r in ref
                                        for t in (camera_prompt(a, c) for a, c in zip(r.texts, r.cameras))]
+
+
+def test_a_resident_store_hands_out_copies(made):
+    import pickle
+
+    _, root = made
+    ls = LatentStore(root)
+    assert ls.resident                                     # 11 tiny rows
+    (a, ea), (b, eb) = ls.session(5), ls.session(5)
+    first, text = a.frames.clone(), next(iter(ea))
+    a.frames.add_(1.0)
+    ea[text].zero_()                                       # a caller writing into what it got
+    (c, ec) = ls.session(5)
+    assert torch.equal(c.frames, first) and torch.equal(ec[text], eb[text]) and ec[text].abs().sum() > 0
+    sent = pickle.loads(pickle.dumps(ls))                  # to a worker: no handle, no cached block
+    assert sent._g is None and not sent._blocks and torch.equal(sent.session(5)[0].frames, first)
 
 
 def test_two_shards_equal_one_run(made, tmp_path):
