@@ -118,8 +118,10 @@ def test_a_resident_store_hands_out_copies(made):
     ea[text].zero_()                                       # a caller writing into what it got
     (c, ec) = ls.session(5)
     assert torch.equal(c.frames, first) and torch.equal(ec[text], eb[text]) and ec[text].abs().sum() > 0
-    sent = pickle.loads(pickle.dumps(ls))                  # to a worker: no handle, no cached block
-    assert sent._g is None and not sent._blocks and torch.equal(sent.session(5)[0].frames, first)
+    ls.index()
+    sent = pickle.loads(pickle.dumps(ls))                  # to a worker: no handle, no cached block, no index
+    assert sent._g is None and not sent._blocks and sent._index is None
+    assert torch.equal(sent.session(5)[0].frames, first)
 
 
 def test_two_shards_equal_one_run(made, tmp_path):

@@ -397,8 +397,9 @@ class LatentStore:
         return self.n_rows
 
     def __getstate__(self):
-        # sent to a DataLoader worker: no open zarr handles (the worker opens its own)
-        return self.__dict__ | {"_pid": None, "_g": None, "_blocks": OrderedDict()}
+        # sent to a DataLoader worker: no open zarr handles (the worker opens its own), no cached
+        # block, and not the planner's index (~30 B a session, the main process's alone)
+        return self.__dict__ | {"_pid": None, "_g": None, "_blocks": OrderedDict(), "_index": None}
 
     def _group(self):
         if self._pid != os.getpid():             # fresh handles per process (DataLoader workers)
