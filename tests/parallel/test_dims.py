@@ -129,3 +129,18 @@ def test_parallelize_refuses_what_it_cannot_apply_in_one_line(megatron_cpu):
         parallelize(torch.nn.Linear(2, 2), cp2)
     with pytest.raises(ValueError, match=r"^ParallelDims: world_size 3 != tp\*cp\*dp = 1\*2\*1$"):
         ParallelDims(cp=2, world_size=3)
+
+
+def test_the_trainer_without_process_groups_says_so_in_one_line():
+    # a fresh process: no Megatron groups (this one may hold a fixture's)
+    import subprocess
+    import sys
+    code = ("import warnings; warnings.filterwarnings('ignore')\n"
+            "from vincie_mcore.train.trainer import TrainConfig, Trainer\n"
+            "try:\n"
+            "    Trainer(TrainConfig(steps=1, dtype='fp32', ckpt_dir=None), object(), None, None)\n"
+            "except RuntimeError as e:\n"
+            "    print('ERR', e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300).stdout
+    assert "ERR ParallelDims.current: Megatron's parallel groups are not initialised; call " \
+           "parallel.groups.init_distributed() first" in out, out

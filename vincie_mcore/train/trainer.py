@@ -283,12 +283,10 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig, model, loss_fn, batch_stream, device: torch.device | str | None = None,
                  run_dir: str | None = None, hooks: list | None = None):
-        from megatron.core import parallel_state
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.transformer.module import Float16Module
 
-        if not parallel_state.model_parallel_is_initialized():
-            raise RuntimeError("Trainer: process groups are not initialised; call parallel.groups.init_distributed() first")
+        dims = ParallelDims.current()          # the layout, once; raises in one line without process groups
         if not hasattr(model, "config"):
             raise TypeError(f"Trainer: model {type(model).__name__} has no .config (expected a MegatronModule)")
         self.cfg = cfg
@@ -301,8 +299,8 @@ class Trainer:
             raise ValueError(f"TrainConfig.micro_batches: {cfg.micro_batches}, but the batch stream deals "
                              f"{micro} micro-batches a step (build it with micro_batches={cfg.micro_batches})")
         self.rank = _rank()
-        # the layout, made once: the DP reductions below use its groups, and the model must agree
-        self.dims = ParallelDims.current()
+        # the DP reductions below use the layout's groups, and the model must agree with it
+        self.dims = dims
         _check_model_dims(model, self.dims)
         self.dp_rank = self.dims.dp_rank
 
