@@ -1,4 +1,4 @@
-"""`make demo`: the whole pipeline, small, on the CPU: 1600 steps, 10-35 minutes on 2 cores by machine.
+"""`make demo`: the whole pipeline, small, on the CPU: 1000 fixed steps, 7-15 minutes on 2 cores by machine.
 
 synthetic videos -> zarr session store -> DALI decode -> tiny MM-DiT on
 Megatron-Core (flow matching) -> 3-turn editing of held-out sessions -> exact
