@@ -72,7 +72,8 @@ def _cp2_worker(rank, world, port, tmp):
     except ValueError as e:
         res["trainer"] = str(e)
     res["cp_rank"] = dims.cp_rank
-    res["amax_ranks"] = torch.distributed.get_world_size(dims.amax_group)   # FP8 scales agree across TP x CP x DP
+    # FP8 scales agree across TP x CP x DP (None would mean no reduction; get_world_size(None) is the world's)
+    res["amax_ranks"] = None if dims.amax_group is None else torch.distributed.get_world_size(dims.amax_group)
     torch.save(res, f"{tmp}/rank{rank}.pt")
     groups.destroy()
 

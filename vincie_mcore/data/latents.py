@@ -461,7 +461,7 @@ class LatentStore:
         i0, i1 = int(blk["img_first"][s]), int(blk["img_first"][s + 1])
         off = blk["lat_off"]
         # a resident block's slice is a view: copied, since callers may write into what they get
-        own = np.copy if self._whole else np.asarray
+        own = np.copy if self.resident else np.asarray
         flat = _np_load(own(blk["lat"][int(off[i0]):int(off[i1])]), self.dtype)
         imgs = [flat[off[i] - off[i0]:off[i + 1] - off[i0]].reshape(*blk["lat_shape"][i]) for i in range(i0, i1)]
         k = (i1 - i0 + 2) // 3
