@@ -321,3 +321,29 @@ def test_sessions_are_freed_when_idle_and_capped_without_evicting_anyone(monkeyp
     assert table.reap() == 2 and a.closed and b.closed and len(table) == 0
     table.put("c", c)
     assert table.drop("c", "tab closed") and c.closed and not table.drop("c", "again")
+
+
+def test_the_log_counts_live_sessions_in_the_order_it_prints_them(caplog):
+    # tabs closing at once: the last "(n live)" line must be the count after them all, which the
+    # 16-session test and an operator reading the log rely on (it once printed "(0 live)", "(1 live)")
+    import random
+
+    from vincie_mcore.app import ui
+
+    class Slow:                                            # a close that takes a while, as a real one may
+        def close(self):
+            time.sleep(random.uniform(0, 0.004))
+
+    table = ui.Sessions(ttl_s=1e9, max_sessions=64)
+    for i in range(64):
+        table.put(str(i), Slow())
+    with caplog.at_level("INFO", logger="vincie_mcore.app.ui"):
+        threads = [threading.Thread(target=lambda j=j: [table.drop(str(k), "tab closed") for k in range(j, 64, 8)])
+                   for j in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    counts = [int(re.search(r"\((\d+) live\)", r.getMessage()).group(1)) for r in caplog.records
+              if "session freed" in r.getMessage()]
+    assert len(counts) == 64 and counts == sorted(counts, reverse=True) and counts[-1] == 0 and len(table) == 0

@@ -86,17 +86,19 @@ class Sessions:
                 raise AppError(f"server busy: {self.max_sessions} sessions open; try again later")
             self._d[key] = (ws, time.monotonic())
             self._d.move_to_end(key)
-            n = len(self._d)
-        log.info("session opened (%d live)", n)
+            log.info("session opened (%d live)", len(self._d))
 
     def drop(self, key: str, why: str) -> bool:
         with self._lock:
             hit = self._d.pop(key, None)
-            n = len(self._d)
-        if hit is not None:
-            hit[0].close()
-            log.info("session freed: %s (%d live)", why, n)
-        return hit is not None
+        if hit is None:
+            return False
+        hit[0].close()      # outside the lock: a slow close holds up no other tab
+        # counted and logged under the lock, so the log's last "(n live)" is the count now: counted
+        # before a close and logged after it, two tabs closing at once logged "(0 live)", "(1 live)"
+        with self._lock:
+            log.info("session freed: %s (%d live)", why, len(self._d))
+        return True
 
     def reap(self) -> int:
         """Free every session idle for more than ttl_s -> how many."""
