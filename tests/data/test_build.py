@@ -1,12 +1,15 @@
 import io
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vincie_mcore.config import build
+from vincie_mcore.data.annotate import GroundTruthAnnotator, Transition
 from vincie_mcore.data.build import build_sessions
 from vincie_mcore.data.sampling import SamplingConfig
 from vincie_mcore.data.store import SessionStore
@@ -64,6 +67,32 @@ def test_workers_do_not_change_results(corpus, tmp_path):
     assert a.video_ids() == b.video_ids()
     for i in range(len(a)):
         assert a[i].frames == b[i].frames and a[i].texts == b[i].texts and a[i].roe_tgt == b[i].roe_tgt
+
+
+class _WhereAnnotator(GroundTruthAnnotator):
+    """The ground truth, with the process that made the session and its parent in the text."""
+    name = "where"
+
+    def annotate(self, frames, frame_indices, video_meta):
+        return [Transition(f"{t.text} | pid {os.getpid()} ppid {os.getppid()}", t.camera)
+                for t in super().annotate(frames, frame_indices, video_meta)]
+
+
+def test_workers_are_not_forks_of_the_building_process(corpus, tmp_path):
+    # the builder runs threads (tqdm, a VLM client's pool, zarr's loop): a fork of it may inherit a
+    # lock mid-use, so workers fork from a fork server; a labeler that does not pickle still forks
+    s = build_sessions(corpus, tmp_path / "s", workers=2, annotator=_WhereAnnotator(), progress=False)
+    assert s["written"] == 12
+    where = {t.rsplit(" | ", 1)[1] for r in SessionStore(tmp_path / "s") for t in r.texts}
+    pids = {int(w.split()[1]) for w in where}
+    parents = {int(w.split()[3]) for w in where}
+    assert os.getpid() not in pids | parents and len(pids) >= 2, where
+
+    held = _WhereAnnotator()
+    held.lock = threading.Lock()                            # does not pickle: these workers fork, and still work
+    s = build_sessions(corpus, tmp_path / "f", workers=2, annotator=held, progress=False)
+    assert s["written"] == 12
+    assert {int(t.rsplit(" ppid ", 1)[1]) for r in SessionStore(tmp_path / "f") for t in r.texts} == {os.getpid()}
 
 
 def test_bad_videos_skipped_with_reasons_and_rerun_skips(corpus, tmp_path):

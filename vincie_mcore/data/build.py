@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 import resource
 import signal
@@ -29,6 +30,8 @@ from .sampling import SamplingConfig, drop_static, sample_frames
 from .segment import GroundTruthSegmenter, Segmenter
 from .store import RawSession, SessionWriter, read_failures
 from .video import VIDEO_EXTS, VideoError, probe_video, read_video
+
+log = logging.getLogger(__name__)
 
 # Per-video limits (build_sessions, --decode-timeout-s, --decode-max-mb): a clip takes well under a
 # second to make; the limits only stop a file that makes the decoder spin or allocate without end.
@@ -91,7 +94,7 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
         states=annotator.states(idx, meta))
 
 
-# The per-process job context, set once per worker (fork) instead of pickled per video:
+# The per-process job context, set once per worker (at its start) instead of pickled per video:
 # {"make": make(video_id, source, **kwargs) -> result, "kwargs": {...}}.
 _CTX: dict = {}
 
@@ -144,6 +147,31 @@ def _worker_main(conn, ctx, max_mb):
             return                              # a failed allocation may leave libav's state half-freed: start afresh
 
 
+# what a worker's fork server imports once, so that a worker starts without importing them
+_WORKER_PRELOAD = ["numpy", "av", "vincie_mcore.data.build", "vincie_mcore.data.real"]
+
+
+def _start_context(ctx):
+    """Workers fork from a fork server, not from this process, when the job context pickles.
+
+    The build process runs threads (tqdm's monitor, a VLM client's request pool, zarr's I/O loop)
+    whose locks a forked child inherits in whatever state they are; the streaming loader's workers,
+    forked the same way from the trainer, died of SIGSEGV in CI. A context that does not pickle (a
+    labeler holding something that cannot leave this process) still forks, as before.
+    """
+    import multiprocessing as mp
+    import pickle
+
+    try:
+        pickle.dumps(ctx)
+    except (pickle.PicklingError, TypeError, AttributeError) as e:
+        log.info("per-video workers fork from this process: their job does not pickle (%s)", e)
+        return mp.get_context("fork")
+    mpctx = mp.get_context("forkserver")
+    mpctx.set_forkserver_preload(_WORKER_PRELOAD)    # no effect once a server runs (its preload stays)
+    return mpctx
+
+
 class _Worker:
     def __init__(self, mpctx, ctx, max_mb):
         self.conn, child = mpctx.Pipe()
@@ -181,10 +209,9 @@ def _limited_map(todo, ctx, workers, timeout_s, max_mb):
     A video past ``timeout_s`` seconds gets its worker killed (and replaced) and the
     reason "decode timed out after N s"; one whose worker dies gets the exit signal.
     """
-    import multiprocessing as mp
     from multiprocessing.connection import wait
 
-    mpctx = mp.get_context("fork")
+    mpctx = _start_context(ctx)
     pool = [_Worker(mpctx, ctx, max_mb) for _ in range(min(workers, len(todo)))]
     queue = list(enumerate(todo))[::-1]        # popped from the end: input order
     done, next_out = {}, 0

@@ -237,7 +237,9 @@ def write_synthetic_corpus(out_dir, n_videos: int, cfg: WorldConfig, seed: int =
     if workers == 1:
         return [_corpus_job(j) for j in tqdm(jobs, **bar)]
     import multiprocessing as mp
-    with mp.get_context("fork").Pool(workers) as pool:
+    mpctx = mp.get_context("forkserver")       # not a fork of this process and its threads (data/build.py)
+    mpctx.set_forkserver_preload(["numpy", "av", "vincie_mcore.data.video"])
+    with mpctx.Pool(workers) as pool:
         return list(tqdm(pool.imap(_corpus_job, jobs, chunksize=16), **bar))
 
 
