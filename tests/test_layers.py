@@ -10,7 +10,8 @@ The order, as the code has it (data flows one way: video -> data -> packed batch
 -> loss):
 
 0. ``packed`` (the contract: mask spec, PackedBatch, patches, CP shard math, the batch
-   builder), ``config``, ``runinfo``, ``paths`` (the name sanitiser and path checks): leaves
+   builder), ``config``, ``runinfo``, ``paths`` (the name sanitiser and path checks), ``signals``
+   (the job's stop signals kept out of helper processes): leaves
    every layer may name.
 1. Services the stages sit on. ``parallel``'s communication layer (process groups,
    autograd comm verbs, Megatron-Core on CPU, the layout object and ``parallelize``, the CP
@@ -42,7 +43,8 @@ PKG = "vincie_mcore"
 
 # rank -> {unit: module prefixes (relative to vincie_mcore) that belong to it}
 LAYERS: list[dict[str, tuple[str, ...]]] = [
-    {"packed": ("packed",), "config": ("config",), "runinfo": ("runinfo",), "paths": ("paths",)},
+    {"packed": ("packed",), "config": ("config",), "runinfo": ("runinfo",), "paths": ("paths",),
+     "signals": ("signals",)},
     {"parallel": ("parallel.cpu_compat", "parallel.groups", "parallel.mappings", "parallel.context_parallel",
                   "parallel.dims"),
      "encoders": ("encoders",)},

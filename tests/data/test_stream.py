@@ -4,7 +4,12 @@ Batches are checked against ``pack`` fed from the in-memory reference (``encode_
 separate text encoder); order properties are checked on the pack indices and rows the stream
 reports, and on the batches' tensors.
 """
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -121,6 +126,67 @@ def test_workers_give_the_inline_batches(made):
     # workers are not forks of this (threaded) process but of the clean fork server
     parents = {_parent_pid(w.pid) for w in workers._it._workers}
     assert os.getpid() not in parents and len(parents) == 1
+
+
+_SIGNALLED = """
+import json, os, signal, sys
+import psutil, torch
+from vincie_mcore.data.packing import PackConfig
+from vincie_mcore.data.recipe import RecipeConfig
+from vincie_mcore.data.stream import LatentStream
+
+got = []
+signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))   # as the trainer: a request to stop and save
+make = lambda w: LatentStream(sys.argv[1], RecipeConfig(mask_type="block_causal"),
+                              PackConfig(patch_size=4, token_budget=400), seed=5, num_workers=w)
+ref, s = make(0), make(2)
+same = [torch.equal(next(ref).img_x0, next(s).img_x0) for _ in range(2)]
+helpers = psutil.Process().children(recursive=True)  # fork server, workers, resource tracker
+for p in helpers:                                # what srun/slurmstepd do: every process of the step
+    p.send_signal(signal.SIGUSR1)
+os.kill(os.getpid(), signal.SIGUSR1)
+try:
+    same += [torch.equal(next(ref).img_x0, next(s).img_x0) for _ in range(12)]   # past the prefetched ones
+    error = None
+except Exception as e:
+    error = " ".join(str(e).split())[:300]
+print(json.dumps({"same": same, "error": error, "helpers": [p.pid for p in helpers], "got": got,
+                  "alive": sum(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in helpers)}), flush=True)
+if len(sys.argv) > 2:                            # then die outright, as under the OOM killer
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_slurm_stop_signals_to_every_process_leave_the_workers_running(made):
+    # Slurm signals every process of the step; the trainer (its handler) decides what a stop means.
+    # A worker, or the fork server behind them, that died of it failed the next batch (a Slurm
+    # preemption test, once). In a fresh process: the fork server is the stream's own.
+    _, root = made
+    r = subprocess.run([sys.executable, "-c", _SIGNALLED, str(root)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["error"] is None and out["same"] == [True] * 14, out
+    assert len(out["helpers"]) >= 3 and out["alive"] == len(out["helpers"]) and out["got"] == [int(signal.SIGUSR1)], out
+
+
+def test_a_trainer_killed_outright_leaves_no_workers_behind(made):
+    # the workers are the fork server's children, not the trainer's: they must still go with it
+    import psutil
+
+    tmp, root = made
+    with open(tmp / "killed.out", "w") as out:          # a file, not a pipe: a helper left behind holds it open
+        r = subprocess.run([sys.executable, "-c", _SIGNALLED, str(root), "then-sigkill"], stdout=out,
+                           stderr=subprocess.STDOUT, timeout=300)
+    text = (tmp / "killed.out").read_text()
+    assert r.returncode == -signal.SIGKILL, text[-3000:]
+    helpers = json.loads(text.strip().splitlines()[-1])["helpers"]
+
+    def left():
+        return [p for p in helpers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+    t0 = time.monotonic()
+    while left() and time.monotonic() - t0 < 60:       # torch's worker watchdog looks every 5 s
+        time.sleep(0.5)
+    assert not left(), [psutil.Process(p).cmdline()[-1][:80] for p in left()]
 
 
 def test_resume_mid_epoch_continues_at_the_next_pack(made):

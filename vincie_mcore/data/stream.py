@@ -23,12 +23,16 @@ may be followed by steps of any size; one stopped between micro-batches needs th
 """
 from __future__ import annotations
 
+import os
+import signal
+
 import numpy as np
 import torch
 
 from .latents import LatentMismatch, LatentStore
 from .packing import PackConfig, pack
 from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
+from ..signals import block_signals, stop_signals_blocked
 
 
 def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> np.ndarray:
@@ -198,6 +202,31 @@ def _worker_context():
     return ctx
 
 
+_WORKER_BLOCKED = (signal.SIGUSR1,)     # SIGTERM stays: Process.terminate() is how workers are ended
+
+
+def _worker_init(_worker_id):
+    """In each worker, before its first batch.
+
+    - SIGUSR1 blocked, for a worker whose fork server an earlier caller started without the block.
+    - This worker's copy of the fork server's "alive" pipe closed. The server exits when no process
+      holds that pipe, and torch's worker watchdog exits a worker whose parent (the server) is gone;
+      but every child of the server holds the pipe, so with it held a trainer killed outright
+      (SIGKILL, the OOM killer) left its server and workers running forever. Our workers start
+      no processes of their own, so they never need the pipe.
+    """
+    block_signals(_WORKER_BLOCKED)
+    import multiprocessing.forkserver as fs
+
+    fd = getattr(getattr(fs, "_forkserver", None), "_forkserver_alive_fd", None)
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        fs._forkserver._forkserver_alive_fd = None
+
+
 class LatentStream:
     """Endless stream of this DP rank's PackedBatches from a latent store, with
     ``state_dict()/load_state_dict()`` (a resume continues at the exact next pack) and DataLoader
@@ -245,8 +274,12 @@ class LatentStream:
             sampler=_Descriptors(self.planner, dict(self._state), self.rank, self.dp_size, self.micro),
             batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-            multiprocessing_context=_worker_context() if self.num_workers else None)
-        return iter(loader)
+            multiprocessing_context=_worker_context() if self.num_workers else None,
+            worker_init_fn=_worker_init if self.num_workers else None)
+        # Slurm's SIGUSR1 reaches every process of the step; a worker, or the fork server (if this
+        # starts it), killed by it failed the trainer's next batch: they start with it blocked
+        with stop_signals_blocked(_WORKER_BLOCKED):
+            return iter(loader)
 
     def __iter__(self):
         return self

@@ -65,6 +65,7 @@ from ..parallel import cpu_compat
 from ..parallel.dims import ParallelDims
 from .ema import EMA
 from ..runinfo import arithmetic_info, code_version
+from ..signals import STOP_SIGNALS, stop_signals_blocked
 from .metrics import MetricsWriter, Throughput, batch_tokens, model_flops, write_json
 from .optim import build_optimizer, build_scheduler, current_lr
 
@@ -211,7 +212,7 @@ class StopSignals:
     ``vincie-train`` enters one before its imports and hands it to ``Trainer.train(stop_signals=...)``,
     so a signal during start-up (imports, data, resume) is not fatal: the run stops after its first step."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = STOP_SIGNALS
 
     def __init__(self, enabled: bool = True):
         self.enabled, self.received, self.signum, self._old = enabled, None, None, {}
@@ -239,29 +240,6 @@ class StopSignals:
             signal.signal(s, old)
         self._old = {}
         return False
-
-
-@contextlib.contextmanager
-def _stop_signals_blocked():
-    """SIGUSR1/SIGTERM blocked in this thread for the duration.
-
-    Slurm's SIGTERM goes to every process of the job step, and that includes the helper processes
-    that Megatron's ``dist_checkpointing.save`` starts (a spawn Manager, writer processes). One that
-    dies of it breaks the save (BrokenPipeError). A child inherits the blocked mask, so the helpers
-    started here never act on the signal. This process still gets it: on another thread, or once
-    the mask is lifted, and then its handler sets the stop flag."""
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    # multiprocessing starts its resource tracker with SIGTERM blocked and then UNBLOCKS it, which
-    # would lift our block just before Megatron spawns its Manager: have the tracker running first
-    from multiprocessing import resource_tracker
-    resource_tracker.ensure_running()
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, StopSignals.SIGNALS)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 def _flag_device() -> torch.device:
@@ -396,7 +374,7 @@ class Trainer:
     def save_checkpoint(self) -> str | None:
         if self.cfg.ckpt_dir is None:
             return None
-        with _stop_signals_blocked():
+        with stop_signals_blocked():
             path = ckpt.save(self.cfg.ckpt_dir, self.step, self.model, self.optimizer, self.scheduler,
                              self.state_dict(), keep_last=self.cfg.keep_last)
         self._call_hooks("on_save", path)
