@@ -129,22 +129,22 @@ def test_workers_give_the_inline_batches(made):
 
 
 _SIGNALLED = """
-import json, os, signal, sys
+import json, os, signal, subprocess, sys
 import psutil, torch
 from vincie_mcore.data.packing import PackConfig
 from vincie_mcore.data.recipe import RecipeConfig
 from vincie_mcore.data.stream import LatentStream
 
 got = []
-signal.signal(signal.SIGUSR1, lambda n, f: got.append(n))   # as the trainer: a request to stop and save
+for sig in (signal.SIGUSR1, signal.SIGTERM):      # as the trainer: a request to stop and save
+    signal.signal(sig, lambda n, f: got.append(n))
 make = lambda w: LatentStream(sys.argv[1], RecipeConfig(mask_type="block_causal"),
                               PackConfig(patch_size=4, token_budget=400), seed=5, num_workers=w)
 ref, s = make(0), make(2)
 same = [torch.equal(next(ref).img_x0, next(s).img_x0) for _ in range(2)]
 helpers = psutil.Process().children(recursive=True)  # fork server, workers, resource tracker
-for p in helpers:                                # what srun/slurmstepd do: every process of the step
-    p.send_signal(signal.SIGUSR1)
-os.kill(os.getpid(), signal.SIGUSR1)
+for sig in ("USR1", "TERM"):     # what slurmstepd does: every process of the step (from another process)
+    subprocess.run(["kill", "-s", sig, str(os.getpid())] + [str(p.pid) for p in helpers], check=True)
 try:
     same += [torch.equal(next(ref).img_x0, next(s).img_x0) for _ in range(12)]   # past the prefetched ones
     error = None
@@ -157,16 +157,28 @@ if len(sys.argv) > 2:                            # then die outright, as under t
 """
 
 
+def _left(helpers: list[int]) -> list[int]:
+    import psutil
+    return [p for p in helpers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+
+
 def test_slurm_stop_signals_to_every_process_leave_the_workers_running(made):
-    # Slurm signals every process of the step; the trainer (its handler) decides what a stop means.
-    # A worker, or the fork server behind them, that died of it failed the next batch (a Slurm
-    # preemption test, once). In a fresh process: the fork server is the stream's own.
+    # Slurm signals every process of the step (SIGUSR1 before the time limit; SIGTERM on preemption,
+    # scancel, requeue); the trainer (its handler) decides what a stop means. A worker, or the fork
+    # server behind them, that died of one failed the next batch (a Slurm preemption test, once).
+    # In a fresh process: the fork server is the stream's own.
     _, root = made
     r = subprocess.run([sys.executable, "-c", _SIGNALLED, str(root)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["error"] is None and out["same"] == [True] * 14, out
-    assert len(out["helpers"]) >= 3 and out["alive"] == len(out["helpers"]) and out["got"] == [int(signal.SIGUSR1)], out
+    assert len(out["helpers"]) >= 3 and out["alive"] == len(out["helpers"]), out
+    assert out["got"] == [int(signal.SIGUSR1), int(signal.SIGTERM)], out
+    # and the owner still ends them, as it exits (its own SIGTERM, or their queues closing)
+    t0 = time.monotonic()
+    while _left(out["helpers"]) and time.monotonic() - t0 < 30:
+        time.sleep(0.2)
+    assert not _left(out["helpers"]), out
 
 
 def test_a_trainer_killed_outright_leaves_no_workers_behind(made):
@@ -180,13 +192,10 @@ def test_a_trainer_killed_outright_leaves_no_workers_behind(made):
     text = (tmp / "killed.out").read_text()
     assert r.returncode == -signal.SIGKILL, text[-3000:]
     helpers = json.loads(text.strip().splitlines()[-1])["helpers"]
-
-    def left():
-        return [p for p in helpers if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
     t0 = time.monotonic()
-    while left() and time.monotonic() - t0 < 60:       # torch's worker watchdog looks every 5 s
+    while _left(helpers) and time.monotonic() - t0 < 60:       # torch's worker watchdog looks every 5 s
         time.sleep(0.5)
-    assert not left(), [psutil.Process(p).cmdline()[-1][:80] for p in left()]
+    assert not _left(helpers), [psutil.Process(p).cmdline()[-1][:80] for p in _left(helpers)]
 
 
 def test_resume_mid_epoch_continues_at_the_next_pack(made):

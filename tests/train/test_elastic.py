@@ -37,14 +37,14 @@ def store(tmp_path_factory):
 
 def _spawn(tmp, jobs) -> list:
     """Run ``jobs`` one after the other on 2 gloo ranks (one forkserver start); rank 0's results."""
-    import multiprocessing
-
     import torch.multiprocessing as mp
     from _elastic_run import worker
 
     from vincie_mcore.parallel.groups import _free_port
+    from vincie_mcore.signals import helper_context
 
-    multiprocessing.set_forkserver_preload(["torch", "megatron.core.distributed", "vincie_mcore.build"])
+    # the helpers' fork server (ranks start with the stop signals blocked; the trainer unblocks them)
+    helper_context(["torch", "megatron.core.distributed", "vincie_mcore.build"])
     out = tmp / "spawn"
     out.mkdir()
     try:

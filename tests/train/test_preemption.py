@@ -11,7 +11,8 @@ import torch
 from _train_tiny import TinyStream, build_tiny, tiny_loss
 
 from vincie_mcore.train import checkpoint as ckpt
-from vincie_mcore.train.trainer import Preempted, Trainer, TrainConfig
+from vincie_mcore.signals import STOP_SIGNALS
+from vincie_mcore.train.trainer import Preempted, StopSignals, Trainer, TrainConfig
 
 N = 8
 
@@ -206,3 +207,18 @@ def test_rank0_builds_the_others_wait_then_read(tmp_path):
     # rank 0's failure reaches rank 1, which does not wait forever
     assert (tmp_path / "error0").read_text() == "OSError: disk full"
     assert (tmp_path / "error1").read_text() == "RuntimeError: rank 0 failed to build the synthetic store: OSError: disk full"
+
+
+def test_stop_signals_blocked_at_start_still_reach_the_trainer():
+    """A rank started from the helpers' fork server (parallel/parity.py, convert/hf.py, a test's
+    start_processes) inherits the stop signals blocked (vincie_mcore/signals.py); a handler never
+    runs for a blocked signal, so ``StopSignals`` unblocks what it handles, and restores the mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        with StopSignals() as stop:
+            assert _blocked() == set()
+            os.kill(os.getpid(), signal.SIGTERM)
+            assert stop.received == "SIGTERM"
+        assert _blocked() == {signal.SIGTERM, signal.SIGUSR1}
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)

@@ -164,6 +164,8 @@ def _step0_worker(rank: int, job: dict):
 
     from omegaconf import OmegaConf
 
+    from ..signals import unblock_signals
+    unblock_signals()                    # a rank from the helpers' fork server (parity._start_forkserver)
     log = open(Path(job["out"]) / f"import_rank{rank}.log", "w")
     sys.stdout = sys.stderr = log
     warnings.filterwarnings("ignore")

@@ -30,6 +30,7 @@ from .sampling import SamplingConfig, drop_static, sample_frames
 from .segment import GroundTruthSegmenter, Segmenter
 from .store import RawSession, SessionWriter, read_failures
 from .video import VIDEO_EXTS, VideoError, probe_video, read_video
+from ..signals import become_helper, helper_context
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +127,9 @@ def _address_space() -> int | None:
         return None
 
 
-def _worker_main(conn, ctx, max_mb):
+def _worker_main(conn, ctx, max_mb, owner):
     """One worker: an address-space limit, then one video per message until None (or its pipe closes)."""
+    become_helper(owner)                        # a build run as a Slurm job: scancel's SIGTERM is the builder's
     _init(ctx)
     if max_mb:
         # the limit is on growth: a fork of a big parent (torch imported) starts with GBs of mappings
@@ -167,15 +169,13 @@ def _start_context(ctx):
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         log.info("per-video workers fork from this process: their job does not pickle (%s)", e)
         return mp.get_context("fork")
-    mpctx = mp.get_context("forkserver")
-    mpctx.set_forkserver_preload(_WORKER_PRELOAD)    # no effect once a server runs (its preload stays)
-    return mpctx
+    return helper_context(_WORKER_PRELOAD)
 
 
 class _Worker:
     def __init__(self, mpctx, ctx, max_mb):
         self.conn, child = mpctx.Pipe()
-        self.proc = mpctx.Process(target=_worker_main, args=(child, ctx, max_mb), daemon=True)
+        self.proc = mpctx.Process(target=_worker_main, args=(child, ctx, max_mb, os.getpid()), daemon=True)
         self.proc.start()
         child.close()                             # so that a dead worker reads as EOF here
         self.task = self.deadline = None

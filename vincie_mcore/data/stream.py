@@ -23,8 +23,8 @@ may be followed by steps of any size; one stopped between micro-batches needs th
 """
 from __future__ import annotations
 
+import functools
 import os
-import signal
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ import torch
 from .latents import LatentMismatch, LatentStore
 from .packing import PackConfig, pack
 from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
-from ..signals import block_signals, stop_signals_blocked
+from ..signals import become_helper, helper_context
 
 
 def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> np.ndarray:
@@ -186,45 +186,12 @@ def _as_is(x):
     return x
 
 
+def _worker_init(_worker_id, owner):
+    become_helper(owner)
+
+
 # What a worker needs, imported once by the fork server rather than by every worker.
 _WORKER_PRELOAD = ["torch", "zarr", "vincie_mcore.data.stream"]
-
-
-def _worker_context():
-    """Workers fork from a fork server, not from the trainer. The trainer holds threads (gloo,
-    zarr I/O, OpenMP, DALI) whose locks a forked child inherits mid-use; a worker forked from it
-    died of SIGSEGV in CI. The server imported torch and zarr once and runs nothing, so forking
-    it is safe and a worker still starts in well under a second."""
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(_WORKER_PRELOAD)     # no effect once a server runs (its preload stays)
-    return ctx
-
-
-_WORKER_BLOCKED = (signal.SIGUSR1,)     # SIGTERM stays: Process.terminate() is how workers are ended
-
-
-def _worker_init(_worker_id):
-    """In each worker, before its first batch.
-
-    - SIGUSR1 blocked, for a worker whose fork server an earlier caller started without the block.
-    - This worker's copy of the fork server's "alive" pipe closed. The server exits when no process
-      holds that pipe, and torch's worker watchdog exits a worker whose parent (the server) is gone;
-      but every child of the server holds the pipe, so with it held a trainer killed outright
-      (SIGKILL, the OOM killer) left its server and workers running forever. Our workers start
-      no processes of their own, so they never need the pipe.
-    """
-    block_signals(_WORKER_BLOCKED)
-    import multiprocessing.forkserver as fs
-
-    fd = getattr(getattr(fs, "_forkserver", None), "_forkserver_alive_fd", None)
-    if fd is not None:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-        fs._forkserver._forkserver_alive_fd = None
 
 
 class LatentStream:
@@ -274,12 +241,10 @@ class LatentStream:
             sampler=_Descriptors(self.planner, dict(self._state), self.rank, self.dp_size, self.micro),
             batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
-            multiprocessing_context=_worker_context() if self.num_workers else None,
-            worker_init_fn=_worker_init if self.num_workers else None)
-        # Slurm's SIGUSR1 reaches every process of the step; a worker, or the fork server (if this
-        # starts it), killed by it failed the trainer's next batch: they start with it blocked
-        with stop_signals_blocked(_WORKER_BLOCKED):
-            return iter(loader)
+            # workers are fork-server children that Slurm's stop signals leave running (signals.py)
+            multiprocessing_context=helper_context(_WORKER_PRELOAD) if self.num_workers else None,
+            worker_init_fn=functools.partial(_worker_init, owner=os.getpid()) if self.num_workers else None)
+        return iter(loader)
 
     def __iter__(self):
         return self

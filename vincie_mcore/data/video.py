@@ -236,10 +236,9 @@ def write_synthetic_corpus(out_dir, n_videos: int, cfg: WorldConfig, seed: int =
     bar = dict(total=n_videos, desc="videos", disable=not progress, unit="vid")
     if workers == 1:
         return [_corpus_job(j) for j in tqdm(jobs, **bar)]
-    import multiprocessing as mp
-    mpctx = mp.get_context("forkserver")       # not a fork of this process and its threads (data/build.py)
-    mpctx.set_forkserver_preload(["numpy", "av", "vincie_mcore.data.video"])
-    with mpctx.Pool(workers) as pool:
+    from ..signals import become_helper, helper_context
+    mpctx = helper_context(["numpy", "av", "vincie_mcore.data.video"])
+    with mpctx.Pool(workers, initializer=become_helper, initargs=(os.getpid(),)) as pool:
         return list(tqdm(pool.imap(_corpus_job, jobs, chunksize=16), **bar))
 
 

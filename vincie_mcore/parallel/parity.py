@@ -35,6 +35,7 @@ from ..config import CONFIG_DIR, build
 from ..packed.batch import PackedBatch
 from ..packed.builder import BatchBuilder, concat
 from ..packed.maskspec import KIND_CLEAN, KIND_NOISY
+from ..signals import unblock_signals
 
 TINY = CONFIG_DIR / "model" / "tiny.yaml"
 PAD_MULTIPLE = 8          # every part's streams are padded to this, for any tp (SP) used here
@@ -185,6 +186,7 @@ def _full_grads(ddp) -> dict:
 
 
 def _worker(rank: int, run: dict):
+    unblock_signals()                   # a rank, not a helper: a stop signal acts on it
     out = Path(run["out_dir"])
     log = open(out / f"rank{rank}.log", "w")
     sys.stdout = sys.stderr = log
@@ -266,9 +268,11 @@ _PRELOAD = ["torch", "megatron.core.parallel_state", "megatron.core.dist_checkpo
 
 def _start_forkserver() -> None:
     """Ranks fork from one server that imported torch and Megatron once (~5-10 s per process
-    otherwise, every run); the server itself runs no torch op, so forking it is safe."""
-    import multiprocessing
-    multiprocessing.set_forkserver_preload(_PRELOAD)
+    otherwise, every run); the server itself runs no torch op, so forking it is safe. It is the
+    helpers' server (``signals.helper_context``): ranks start with the stop signals blocked and
+    unblock them (``_worker``)."""
+    from ..signals import helper_context
+    helper_context(_PRELOAD)
 
 
 def run_layout(layout: Layout, mask: str, steps: int, work_dir: str, *, parts: int, tokens: int, seed: int,

@@ -224,6 +224,9 @@ class StopSignals:
     def __enter__(self):
         if self.enabled and threading.current_thread() is threading.main_thread():
             self._old = {s: signal.signal(s, self._on) for s in self.SIGNALS}
+            # a handler never runs for a blocked signal: a process started from the helpers' fork
+            # server (signals.py) starts with these blocked
+            self._mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, self.SIGNALS)
         return self
 
     @property
@@ -236,6 +239,8 @@ class StopSignals:
         self._old = {s: signal.SIG_IGN for s in self._old}
 
     def __exit__(self, *exc):
+        if self._old:
+            signal.pthread_sigmask(signal.SIG_SETMASK, self._mask)
         for s, old in self._old.items():
             signal.signal(s, old)
         self._old = {}
