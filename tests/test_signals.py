@@ -78,7 +78,7 @@ def test_a_helper_told_to_stop_from_elsewhere_goes_when_its_owner_does(tmp_path)
         owner.wait(30)
         t0 = time.monotonic()
         while psutil.pid_exists(helper) and psutil.Process(helper).status() != psutil.STATUS_ZOMBIE:
-            assert time.monotonic() - t0 < 10, "the helper outlived its owner"
+            assert time.monotonic() - t0 < 30, "the helper outlived its owner"   # 0.5 s polls; a loaded box
             time.sleep(0.1)
     finally:
         owner.kill()
