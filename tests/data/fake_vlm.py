@@ -58,6 +58,7 @@ class FakeVLM:
         self.lock = threading.Lock()
         # requests in flight; servers given one Flight count them together
         self.flight = flight or Flight()
+        self._hold, self._first, self._released = set(), None, threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -81,7 +82,10 @@ class FakeVLM:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with fake.flight:
                     code, obj = fake.answer(body, self.headers.get("Authorization", ""))
-                    self._send(code, obj)
+                    try:
+                        self._send(code, obj)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass                # the client is gone (a held request of a killed task)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
@@ -116,6 +120,12 @@ class FakeVLM:
             self.requests.append({"mode": mode, "auth": auth, "caption": caption, "model": body["model"], "n_images": len(images),
                                   "prompt_ok": text == PROMPT.format(caption=caption),
                                   "jpeg": all(u.startswith("data:image/jpeg;base64,") for u in images)})
+        if caption in self._hold:
+            with self.lock:
+                self._first = self._first or caption
+                held = caption != self._first
+            if held:
+                self._released.wait(120)
         time.sleep(self.delay)
         js = json.dumps(REPLY)
         reply = {"valid": js, "fenced": f"Sure! Here is the annotation:\n```json\n{js}\n```\nLet me know.",
@@ -137,7 +147,17 @@ class FakeVLM:
                                   "finish_reason": "stop"}],
                      "usage": {"prompt_tokens": 300, "completion_tokens": 80, "total_tokens": 380}}
 
+    def hold_all_but_first(self, captions) -> None:
+        """Of the videos whose caption is in ``captions``, answer the first one asked about; hold
+        every request about the others until ``release()``: a task killed between two videos, by
+        construction rather than by timing."""
+        self._hold = set(captions)
+
+    def release(self) -> None:
+        self._released.set()
+
     def close(self):
+        self._released.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 

@@ -176,7 +176,10 @@ def _wait(cond, timeout=240, what="condition"):
 
 def test_slurm_array_with_a_killed_part_rerun_then_merged(slurm_cluster, clips, built, tmp_path):
     env = dict(slurm_cluster, PATH=f"{BIN}:{os.environ['PATH']}")
-    server = FakeVLM(delay=0.4)                              # slow enough to kill a task between two videos
+    server = FakeVLM()
+    # part 1 (clips 1 and 4: video k goes to part k mod 3) finishes one video and waits on the other
+    # until it is killed
+    server.hold_all_but_first({f"clip {k}" for k in range(1, N_CLIPS, PARTS)})
     store = tmp_path / "store"
     try:
         main(["plan", "--manifest", str(clips / "videos.jsonl"), "--store", str(store), "--shards", str(PARTS),
@@ -195,7 +198,9 @@ def test_slurm_array_with_a_killed_part_rerun_then_merged(slurm_cluster, clips, 
         assert not (store / "index.jsonl").exists()           # afterok: no merge after a failed part
         subprocess.run(["scancel", str(merge)], env=env)
         done_before = [json.loads(line)["video_ids"] for line in index1.read_text().splitlines()]
+        assert len({v.split("/")[0] for ids in done_before for v in ids}) == 1, done_before   # between its 2 videos
         calls_before = len(server.requests)
+        server.release()
 
         rerun = subprocess.run(["sbatch", "--parsable", "--array=1", f"--chdir={tmp_path}", "--cpus-per-task=1",
                                 str(REPO / "slurm" / "sessions_part.sbatch"), str(store), str(PARTS)],
