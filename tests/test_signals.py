@@ -82,3 +82,27 @@ def test_a_helper_told_to_stop_from_elsewhere_goes_when_its_owner_does(tmp_path)
             time.sleep(0.1)
     finally:
         owner.kill()
+
+
+def test_every_process_the_library_starts_comes_from_the_helpers_server():
+    """A new pool or worker started from a plain fork-server context would start the shared server
+    without the stop signals blocked (and a fork of a threaded process is the SIGSEGV of CI's past):
+    the library starts processes through ``signals.helper_context`` only. Allowed exceptions, each
+    deliberate: data/build.py forks when a job does not pickle (logged)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "vincie_mcore"
+    allowed = {("data/build.py", 'mp.get_context("fork")')}
+    bad = []
+    for f in sorted(root.rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if rel == "signals.py":
+            continue
+        text = f.read_text()
+        for m in re.finditer(r"[\w.]*(get_context\([^)]*\)|set_forkserver_preload|set_start_method)", text):
+            if (rel, m.group(0)) not in allowed:
+                bad.append(f"{rel}: {m.group(0)}")
+        if 'start_method="forkserver"' in text and "_start_forkserver()" not in text and "helper_context(" not in text:
+            bad.append(f"{rel}: start_method=forkserver without helper_context")
+    assert not bad, bad
