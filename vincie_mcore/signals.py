@@ -5,8 +5,8 @@ from a preemption, ``scancel`` or ``scontrol requeue``) to every process of the 
 included. Only the trainer acts on one (finish the step, save, exit 75: ``train/trainer.py``); a
 helper that dies of one breaks its owner:
 
-- a DataLoader worker: torch raises "DataLoader worker exited unexpectedly" in the trainer, from its
-  SIGCHLD handler, wherever the trainer is (mid-step, mid-save);
+- a DataLoader worker: the trainer's next batch not already fetched fails ("DataLoader worker
+  exited unexpectedly");
 - the fork server the workers start from: they exit too, since torch's worker watchdog takes a
   new parent for a dead owner;
 - multiprocessing's resource tracker, Megatron's checkpoint Manager and writers: the save fails.
