@@ -2,6 +2,7 @@
 real signals: a SIGTERM from anyone but its owner leaves a helper running while the owner lives (Slurm
 signals every process of the step; the trainer decides); the owner's own SIGTERM ends it at once;
 an owner gone ends it. What the stream's workers do under a Slurm stop is in tests/data/test_stream.py."""
+import contextlib
 import os
 import signal
 import subprocess
@@ -41,16 +42,19 @@ def _start(ctx, n=1):
 def test_a_stop_from_elsewhere_leaves_a_helper_running_and_its_owner_ends_it():
     ctx = helper_context()
     a, b = _start(ctx, 2)
-    _from_elsewhere("TERM", a.pid, b.pid)
-    _from_elsewhere("USR1", a.pid, b.pid)
-    time.sleep(1.5)                                      # the owner-watch looks every 0.5 s
-    assert a.is_alive() and b.is_alive()
-    t0 = time.monotonic()
-    a.terminate()                                        # from the owner: ends it at once, by the signal
-    a.join(10)
-    assert a.exitcode == -signal.SIGTERM and time.monotonic() - t0 < 5
-    b.kill()
-    b.join(10)
+    try:
+        _from_elsewhere("TERM", a.pid, b.pid)
+        _from_elsewhere("USR1", a.pid, b.pid)
+        time.sleep(1.5)                                  # the owner-watch looks every 0.5 s
+        assert a.is_alive() and b.is_alive()
+        t0 = time.monotonic()
+        a.terminate()                                    # from the owner: ends it at once, by the signal
+        a.join(10)
+        assert a.exitcode == -signal.SIGTERM and time.monotonic() - t0 < 5
+    finally:                                             # a failed check leaves nothing running
+        for p in (a, b):
+            p.kill()
+            p.join(10)
 
 
 _OWNER = """
@@ -69,6 +73,7 @@ def test_a_helper_told_to_stop_from_elsewhere_goes_when_its_owner_does(tmp_path)
 
     owner = subprocess.Popen([sys.executable, "-c", _OWNER.format(here=os.path.dirname(__file__))],
                              stdout=subprocess.PIPE, text=True)
+    helper = None
     try:
         helper = int(owner.stdout.readline())
         _from_elsewhere("TERM", helper)
@@ -82,6 +87,9 @@ def test_a_helper_told_to_stop_from_elsewhere_goes_when_its_owner_does(tmp_path)
             time.sleep(0.1)
     finally:
         owner.kill()
+        if helper is not None:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                psutil.Process(helper).kill()            # a failed check leaves nothing running
 
 
 def test_every_process_the_library_starts_comes_from_the_helpers_server():
