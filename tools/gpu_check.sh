@@ -9,10 +9,10 @@
 # .gpu_pydeps/ (make it here with `bash tools/gpu_check.sh --prep-pydeps` and carry it).
 #
 # Every step runs under `timeout` and inside an overall budget (BUDGET_S, default
-# 330 s); a failing or timed-out step is recorded, never fatal. Each step's last
+# 420 s: issue 18 allows 8 minutes); a failing or timed-out step is recorded, never fatal. Each step's last
 # stdout line (JSON) and log tail land in $OUT/gpu_check.json; every *.json in
 # $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
-# (a CPU dry run takes ~15 s). The last line printed is the summary JSON.
+# (a CPU dry run takes ~2 minutes). The last line printed is the summary JSON.
 #
 # Wheels the GPU box lacks travel in .wheels/ (git-ignored; carry it):
 #     pip download --no-deps -d .wheels torchao==0.18.0
@@ -45,7 +45,7 @@ OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-$(command -v python || command -v python3)}
 STEPS="$OUT/gpu_check_steps.jsonl"
 : > "$STEPS"
-BUDGET_S=${BUDGET_S:-330}
+BUDGET_S=${BUDGET_S:-420}
 T_START=$(date +%s)
 
 # run_step NAME LIMIT_S CMD...: run CMD under timeout (capped by the remaining budget), log it, record it
@@ -283,6 +283,29 @@ if [ "$HAS_GPU" = 1 ]; then
     else
         record pytest_kernels skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
     fi
+fi
+# ============================================================================ Section: attention tilings
+# (between the kernel tests and the fp32/fp16 checks: a tight budget drops those first)
+# vincie-tune-attention times 8 candidate tilings per case, each checked against the fp32 dense
+# reference, and picks one tiling for all cases (overall_best); the bench then checks that pick
+# against FlexAttention and SDPA and times it beside the dense rate (bench_attention_tuned.json), so
+# one run says whether a tiling other than today's default meets issue 18's targets. CPU dry run:
+# the same two tools under the interpreter, tiny layout of case a.
+TUNED="$OUT/tune_attention.json"
+if [ "$HAS_GPU" = 1 ]; then
+    run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 --out "$TUNED"
+    TUNED_ARGS=(--skip newlen)
+else
+    run_step tune_attention 90 "$PY" -m vincie_tools.tune_attention --smoke --cases a --budget-s 60 --reps 1 --out "$TUNED"
+    TUNED_ARGS=(--smoke --cases a --skip flex,newlen)
+fi
+if "$PY" -c "import sys; from vincie_kernels.bench import parse_configs; parse_configs('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
+    run_step bench_attention_tuned 110 "$PY" -m vincie_tools.bench_attention --configs "tuned=$TUNED" "${TUNED_ARGS[@]}" \
+        --out "$OUT/bench_attention_tuned.json"
+else
+    record bench_attention_tuned skipped 0 0 "the tune run gave no overall_best (see tune_attention)"
+fi
+if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_fp32 45 "$PY" -m vincie_tools.check_attention --device cuda --dtype float32 \
         --cases 6 --seed 1 --out "$OUT/check_attention_fp32.json"
     run_step check_attention_fp16 40 "$PY" -m vincie_tools.check_attention --device cuda --dtype float16 \

@@ -85,6 +85,27 @@ def attention_reference(q, k, v, mask: torch.Tensor, softmax_scale: float | None
     return out.to(q.dtype), lse
 
 
+def attention_reference_grads(q, k, v, do, mask: torch.Tensor, softmax_scale: float | None = None,
+                              max_scores_bytes: int = 2**31):
+    """fp32 (out, dq, dk, dv) of ``attention_reference`` for upstream gradient ``do`` (all [S, H, D]).
+
+    Plain torch autograd, a group of heads at a time so that a group's fp32 S x S scores stay under
+    ``max_scores_bytes`` (one head at a time at S = 45k): the tuner's and checks' independent answer
+    at sizes where all heads' scores would not fit.
+    """
+    H = q.shape[1]
+    group = max(1, min(H, max_scores_bytes // max(1, q.shape[0] * k.shape[0] * 4)))
+    parts = []
+    for h in range(0, H, group):
+        hs = slice(h, h + group)
+        qh, kh, vh = (t[:, hs].detach().float().requires_grad_() for t in (q, k, v))
+        out, _ = attention_reference(qh, kh, vh, mask, softmax_scale)
+        out.backward(do[:, hs].float())
+        parts.append((out.detach(), qh.grad, kh.grad, vh.grad))
+        del out, qh, kh, vh
+    return tuple(torch.cat([pt[i] for pt in parts], dim=1) for i in range(4))
+
+
 # ----------------------------------------------------------------------------- test layouts
 # Layout helpers for kernel tests and the kernels' own check/bench/tune. ``spec_from_blocks`` is also
 # where vincie_mcore's batch builder (vincie_mcore/packed/builder.py) turns its block tuples into

@@ -1,5 +1,6 @@
 """The attention tools on a machine without CUDA: a "skipped" JSON record, written and printed."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,78 @@ def test_a_case_is_valid_only_with_a_passing_check_and_a_rate_under_the_peak():
     y[3] += 0.5 * x.abs().max()                                            # one skipped key's worth of error
     errs = rel_errors((x, x, x, x), (y, x, x, x))
     assert errs["out"] == pytest.approx(0.5 * float(x.abs().max() / y.abs().max()), rel=1e-6) and errs["dq"] == 0.0
+
+
+def test_the_tuner_checks_every_tiling_against_the_dense_reference_and_never_picks_a_wrong_one(monkeypatch, tmp_path):
+    """vincie_kernels.tune under the interpreter (tiny case a): a dK/dV kernel made 1 % wrong for one
+    tiling is flagged by the fp32 reference and kept out of both picks; the bench then runs the
+    overall pick (--configs tuned=<json>) and checks it against SDPA with the dense mask."""
+    import vincie_kernels.masked_attention as ma
+    from vincie_kernels.bench import BenchOptions, bench_attention, parse_configs
+    from vincie_kernels.tune import tune_attention
+
+    real = ma._bwd_dkdv
+
+    def dkdv_wrong_at_16x16(do, q, k, v, lse, delta, attrs, wl, scale, cfg):
+        dk, dv = real(do, q, k, v, lse, delta, attrs, wl, scale, cfg)
+        return (dk * 1.01 if (cfg.block_m, cfg.block_n) == (16, 16) else dk), dv
+
+    monkeypatch.setattr(ma, "_bwd_dkdv", dkdv_wrong_at_16x16)
+    out = tmp_path / "tune.json"
+    res = tune_attention(["a"], str(out), {"tool": "tune_attention"}, budget_s=600, reps=1, smoke=True)
+    assert json.loads(out.read_text()) == res
+    cfgs = res["cases"]["a"]["configs"]
+    assert set(cfgs) == {"default", "bwd16x16", "fwd16x32"}
+    bad = cfgs.pop("bwd16x16")
+    assert bad["ok"] is False and bad["config"]["dkdv"][:2] == [16, 16]
+    assert bad["rel_err_vs_reference"]["dk"] == pytest.approx(0.01, rel=0.05)
+    assert max(bad["rel_err_vs_reference"][n] for n in ("out", "dq", "dv")) < 1e-5
+    for r in cfgs.values():                                   # the others agree with the reference
+        assert r["ok"] and max(r["rel_err_vs_reference"].values()) < 1e-5, r
+    assert res["cases"]["a"]["best"]["from"]["dkdv"] != "bwd16x16"
+    best = res["overall_best"]
+    assert best["from"]["dkdv"] != "bwd16x16" and best["config"]["dkdv"][:2] != [16, 16] and best["cases"] == ["a"]
+    assert parse_configs(f"tuned={out}") == best["config"]
+
+    bench_out = tmp_path / "bench.json"
+    b = bench_attention(["a"], str(bench_out), {"tool": "bench_attention"},
+                        BenchOptions(smoke=True, skip=("flex", "newlen"), configs=f"tuned={out}"))
+    case = b["cases"]["a"]
+    assert case["ours_configs"] == best["config"]
+    assert case["check"]["sdpa_dense_mask"]["ok"] and case["summary"]["valid"], case["summary"]
+
+
+def test_bench_configs_option_names_what_is_wrong(tmp_path):
+    from vincie_kernels.bench import attention_configs, parse_configs
+    from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig
+    assert attention_configs(parse_configs("default")) is None
+    assert attention_configs(parse_configs("fa2")) == FA2_CONFIGS_BF16_D128
+    assert attention_configs(parse_configs("fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2")) == AttentionConfigs(
+        KernelConfig(128, 64, 8, 3), KernelConfig(32, 128, 8, 2), KernelConfig(128, 64, 8, 2))
+    for text, says in [("fwd=128x64x8x3", "no tiling for dkdv, dq"), ("fwd=96x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2",
+                       "bad part 'fwd=96x64x8x3'"), ("nope", "bad part 'nope'")]:
+        with pytest.raises(ValueError, match=re.escape(says)):
+            parse_configs(text)
+    unfinished = tmp_path / "tune.json"
+    unfinished.write_text(json.dumps({"overall_best": {"none": "no config was checked correct and timed in any case"}}))
+    with pytest.raises(ValueError, match="no overall_best config in it \\(no config was checked correct"):
+        parse_configs(f"tuned={unfinished}")
+
+
+def test_the_overall_pick_needs_a_tiling_checked_in_every_case():
+    from vincie_kernels.tune import pick_overall
+
+    def rec(ok, fwd, dkdv, dq, cfg):
+        return {"ok": ok, "fwd_ms": fwd, "dkdv_ms": dkdv, "dq_ms": dq, "config": cfg}
+    cfg = {n: {"fwd": [i, 0, 0, 0], "dkdv": [i, 1, 0, 0], "dq": [i, 2, 0, 0]} for i, n in enumerate("xyz")}
+    cases = {"a": {"configs": {"x": rec(True, 1, 5, 3, cfg["x"]), "y": rec(True, 2, 1, 4, cfg["y"]),
+                               "z": rec(True, 0.1, 0.1, 0.1, cfg["z"])}},
+             "b": {"configs": {"x": rec(True, 1, 5, 1, cfg["x"]), "y": rec(True, 2, 1, 1, cfg["y"]),
+                               "z": {"skipped": "budget spent"}}},                  # z unchecked at b
+             "c": {"reference": {"error": "OutOfMemoryError"}}}                     # nothing ran: ignored
+    best = pick_overall(cases)
+    assert best["from"] == {"fwd": "x", "dkdv": "y", "dq": "x"} and best["cases"] == ["a", "b"]
+    assert best["config"] == {"fwd": [0, 0, 0, 0], "dkdv": [1, 1, 0, 0], "dq": [0, 2, 0, 0]}
+    assert best["summed_ms"] == {"fwd": 2, "dkdv": 2, "dq": 4} and best["default_summed_ms"] is None
+    cases["b"]["configs"]["x"]["ok"] = cases["b"]["configs"]["y"]["ok"] = False
+    assert "none" in pick_overall(cases)

@@ -89,6 +89,19 @@ def _report() -> dict:
         src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in consts.items()})
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
         out[name] = {"shared": k.metadata.shared, **_resources(k)}
+    # every tiling the GPU tuner tries (vincie_kernels.tune.candidates): a tiling over the shared
+    # memory limit would only cost the one GPU run its time
+    from vincie_kernels.tune import candidates
+    kernels = {"fwd": ma._fwd_kernel, "dkdv": ma._bwd_dkdv_kernel, "dq": ma._bwd_dq_kernel}
+    seen = {}
+    for _, cands in candidates(smoke=False):
+        for name, cfg in (("fwd", cands.fwd), ("dkdv", cands.dkdv), ("dq", cands.dq)):
+            key = f"{name} {cfg.block_m}x{cfg.block_n}x{cfg.num_warps}x{cfg.num_stages}"
+            if key not in seen:
+                k = _compile(kernels[name], "bf16", {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
+                                                     "DOT_PREC": "tf32"}, cfg)
+                seen[key] = {"shared": k.metadata.shared, **_resources(k)}
+    out["tune_candidates"] = seen
     return out
 
 
@@ -115,6 +128,9 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
     for name in ("dkdv", "dq"):
         if "stack" in rep[name]:
             assert rep[name]["stack"] <= 16, (name, rep[name])
+    assert len(rep["tune_candidates"]) >= 10, rep["tune_candidates"]
+    for key, r in rep["tune_candidates"].items():
+        assert r["shared"] <= H100_SMEM, (key, r)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
     vincie-bench-attention --out benchmarks/bench_attention.json
     vincie-bench-attention --smoke          # CPU: Triton interpreter dry run, tiny layouts
+    vincie-bench-attention --configs tuned=benchmarks/out/tune_attention.json   # the tuner's pick
 
 The cases (a, b: block-causal 5-turn sessions at 512 / 1024 px; c: 4 packed "full" sessions),
 the baselines (FlexAttention, SDPA with a dense mask, dense flash) and the FLOP convention are
@@ -14,7 +15,7 @@ import argparse
 import json
 import sys
 
-from vincie_kernels.bench import CASES, BenchOptions, bench_attention, start   # imports neither torch nor triton
+from vincie_kernels.bench import CASES, BenchOptions, bench_attention, parse_configs, start   # no torch, no triton
 
 
 def parse_args(argv=None):
@@ -22,8 +23,10 @@ def parse_args(argv=None):
     p.add_argument("--out", default="benchmarks/out/bench_attention.json")
     p.add_argument("--cases", default="a,b,c", help="comma list of a, b, c")
     p.add_argument("--skip", default="", help="comma list of: flex, sdpa_mask, dense, newlen")
-    p.add_argument("--configs", choices=["default", "legacy"], default="default",
-                   help="kernel configs: today's defaults, or the pre-retune ones (64x64 backward)")
+    p.add_argument("--configs", default="default",
+                   help="kernel tilings: default (today's), legacy (64x64 backward), fa2 (FA2-shaped backward), "
+                        "tuned=<vincie-tune-attention JSON> (its overall_best), or "
+                        "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2 (block_m x block_n x warps x stages)")
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--target-seconds", type=float, default=0.6, help="time budget per measurement")
@@ -33,6 +36,10 @@ def parse_args(argv=None):
     bad = [c for c in args.cases.split(",") if c not in CASES]
     if bad:
         p.error(f"--cases: unknown case(s) {bad}; choose from {CASES}")
+    try:
+        parse_configs(args.configs)
+    except ValueError as e:
+        p.error(str(e))
     return args
 
 
