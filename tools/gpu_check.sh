@@ -9,7 +9,7 @@
 # .gpu_pydeps/ (make it here with `bash tools/gpu_check.sh --prep-pydeps` and carry it).
 #
 # Every step runs under `timeout` and inside an overall budget (BUDGET_S, default
-# 420 s: issue 18 allows 8 minutes); a failing or timed-out step is recorded, never fatal. Each step's last
+# 450 s: issue 18 allows 8 minutes); a failing or timed-out step is recorded, never fatal. Each step's last
 # stdout line (JSON) and log tail land in $OUT/gpu_check.json; every *.json in
 # $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
 # (a CPU dry run takes ~2 minutes). The last line printed is the summary JSON.
@@ -45,7 +45,7 @@ OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-$(command -v python || command -v python3)}
 STEPS="$OUT/gpu_check_steps.jsonl"
 : > "$STEPS"
-BUDGET_S=${BUDGET_S:-420}
+BUDGET_S=${BUDGET_S:-450}
 T_START=$(date +%s)
 
 # run_step NAME LIMIT_S CMD...: run CMD under timeout (capped by the remaining budget), log it, record it
@@ -128,17 +128,31 @@ print(json.dumps(info))
 PYEOF
 
 # ============================================================================ Section: kernels (Triton masked attention)
+# Tilings first: vincie-tune-attention times 8 candidate tilings per case (a, c, b), each checked
+# against the fp64 dense reference, and picks one for all cases (overall_best; today's default is a
+# candidate, so its times are in the same JSON). The bench then checks that pick against FlexAttention
+# and SDPA and times it beside the dense rate; without a pick it benches the default tilings. The
+# layer bench below runs its Triton stacks with the same pick. docs/benchmarks.md, "attention tilings".
+TUNED="$OUT/tune_attention.json"
 if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_bf16 75 "$PY" -m vincie_tools.check_attention --device cuda --dtype bfloat16 \
         --cases 18 --seed 0 --out "$OUT/check_attention_bf16.json"
-    run_step bench_attention 160 "$PY" -m vincie_tools.bench_attention --out "$OUT/bench_attention.json"
+    run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 --out "$TUNED"
+    BENCH_ARGS=(--skip newlen)
 else
-    # CPU dry run: the interpreter path of the check, and the benchmark's skip answer
+    # CPU dry run: the interpreter path of the check, and of the tuner and the bench on case a's tiny layout
     run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m vincie_tools.check_attention --device cpu \
         --cases 2 --seed 0 --out "$OUT/check_attention_cpu.json"
-    run_step bench_attention 60 "$PY" -m vincie_tools.bench_attention --out "$OUT/bench_attention.json"
+    run_step tune_attention 90 "$PY" -m vincie_tools.tune_attention --smoke --cases a --budget-s 60 --reps 1 --out "$TUNED"
+    BENCH_ARGS=(--smoke --cases a --skip flex,newlen)
     for s in pytest_kernels check_attention_fp32 check_attention_fp16; do record "$s" skipped 0 0 "no GPU"; done
 fi
+TILINGS=default
+if "$PY" -c "import sys; from vincie_kernels.tilings import parse_tilings; parse_tilings('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
+    TILINGS="tuned=$TUNED"
+fi
+run_step bench_attention 110 "$PY" -m vincie_tools.bench_attention --configs "$TILINGS" "${BENCH_ARGS[@]}" \
+    --out "$OUT/bench_attention.json"
 
 # ============================================================================ Add new sections here (above Summary)
 
@@ -271,7 +285,8 @@ if PYTHONPATH="$TE_PYTEST_PATH" "$PY" -c "import pytest" 2>/dev/null; then
 else
     record pytest_te_spec skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
 fi
-run_step bench_layers 150 "$PY" -m vincie_tools.bench_layers --out "$OUT/bench_layers.json"   # + torchao FP8 cases, fp8_loss, op profile
+# + torchao FP8 cases, fp8_loss, op profile; the Triton core with the tuner's pick
+run_step bench_layers 150 "$PY" -m vincie_tools.bench_layers --attention-tilings "$TILINGS" --out "$OUT/bench_layers.json"
 
 # ============================================================================ Section: secondary kernel checks
 # (after the benchmarks, so that a tight budget drops these first)
@@ -283,27 +298,6 @@ if [ "$HAS_GPU" = 1 ]; then
     else
         record pytest_kernels skipped 0 0 "pytest not importable and no .gpu_pydeps (see header)"
     fi
-fi
-# ============================================================================ Section: attention tilings
-# (between the kernel tests and the fp32/fp16 checks: a tight budget drops those first)
-# vincie-tune-attention times 8 candidate tilings per case, each checked against the fp32 dense
-# reference, and picks one tiling for all cases (overall_best); the bench then checks that pick
-# against FlexAttention and SDPA and times it beside the dense rate (bench_attention_tuned.json), so
-# one run says whether a tiling other than today's default meets issue 18's targets. CPU dry run:
-# the same two tools under the interpreter, tiny layout of case a.
-TUNED="$OUT/tune_attention.json"
-if [ "$HAS_GPU" = 1 ]; then
-    run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 --out "$TUNED"
-    TUNED_ARGS=(--skip newlen)
-else
-    run_step tune_attention 90 "$PY" -m vincie_tools.tune_attention --smoke --cases a --budget-s 60 --reps 1 --out "$TUNED"
-    TUNED_ARGS=(--smoke --cases a --skip flex,newlen)
-fi
-if "$PY" -c "import sys; from vincie_kernels.bench import parse_configs; parse_configs('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
-    run_step bench_attention_tuned 110 "$PY" -m vincie_tools.bench_attention --configs "tuned=$TUNED" "${TUNED_ARGS[@]}" \
-        --out "$OUT/bench_attention_tuned.json"
-else
-    record bench_attention_tuned skipped 0 0 "the tune run gave no overall_best (see tune_attention)"
 fi
 if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_fp32 45 "$PY" -m vincie_tools.check_attention --device cuda --dtype float32 \

@@ -41,6 +41,8 @@ import time
 import traceback
 from dataclasses import dataclass
 
+from vincie_kernels.tilings import attention_configs, parse_tilings
+
 CASES = ("a", "b", "c")
 
 
@@ -48,60 +50,10 @@ CASES = ("a", "b", "c")
 class BenchOptions:
     smoke: bool = False             # tiny layouts, 2 heads x 16, fp32 on CPU (Triton interpreter)
     skip: tuple = ()                # any of: flex, sdpa_mask, dense, newlen
-    configs: str = "default"        # kernel configs: see parse_configs (a preset, tuned=<json>, or explicit)
+    configs: str = "default"        # kernel tilings, as text: vincie_kernels/tilings.py
     heads: int = 24
     head_dim: int = 128
     target_seconds: float = 0.6     # time budget per measurement
-
-
-PRESETS = ("default", "legacy", "fa2")
-KERNEL_NAMES = ("fwd", "dkdv", "dq")
-
-
-def parse_configs(text: str):
-    """``--configs`` -> a preset name (``default``: today's ``default_configs``; ``legacy``: the
-    64x64 backward; ``fa2``: FA2-shaped backward) or {kernel: [block_m, block_n, num_warps,
-    num_stages]} from ``tuned=<tune json>`` (its ``overall_best``) or from
-    ``fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2``. Raises ValueError naming the bad part.
-    Imports neither torch nor triton."""
-    text = text.strip()
-    if text in PRESETS:
-        return text
-    if text.startswith("tuned="):
-        path = text[len("tuned="):]
-        try:
-            with open(path) as fh:
-                best = json.load(fh).get("overall_best") or {}
-        except (OSError, ValueError) as e:
-            raise ValueError(f"--configs tuned={path}: cannot read the tune JSON ({type(e).__name__}: {e})") from None
-        if "config" not in best:
-            raise ValueError(f"--configs tuned={path}: no overall_best config in it "
-                             f"({best.get('none', 'the tune run did not finish')})")
-        return {k: [int(x) for x in best["config"][k]] for k in KERNEL_NAMES}
-    out = {}
-    for part in filter(None, text.split(",")):
-        kern, _, shape = part.partition("=")
-        nums = shape.split("x")
-        ok = len(nums) == 4 and all(n.isdigit() and int(n) > 0 for n in nums)
-        # tiles and warps are powers of two (tl.arange, the launch); tiles at least 16 (tl.dot)
-        ok = ok and all(int(n) & (int(n) - 1) == 0 for n in nums[:3]) and min(int(n) for n in nums[:2]) >= 16
-        if kern not in KERNEL_NAMES or not ok:
-            raise ValueError(f"--configs: bad part {part!r}; want a preset {PRESETS}, tuned=<json>, or "
-                             "fwd=BMxBNxWARPSxSTAGES,dkdv=...,dq=...")
-        out[kern] = [int(n) for n in nums]
-    missing = [k for k in KERNEL_NAMES if k not in out]
-    if missing:
-        raise ValueError(f"--configs {text!r}: no tiling for {', '.join(missing)}")
-    return out
-
-
-def attention_configs(parsed):
-    """``parse_configs``'s answer -> AttentionConfigs, or None for today's defaults."""
-    from vincie_kernels.masked_attention import (FA2_CONFIGS_BF16_D128, LEGACY_CONFIGS_BF16_D128,
-                                                 AttentionConfigs, KernelConfig)
-    if isinstance(parsed, dict):
-        return AttentionConfigs(*(KernelConfig(*parsed[k]) for k in KERNEL_NAMES))
-    return {"default": None, "legacy": LEGACY_CONFIGS_BF16_D128, "fa2": FA2_CONFIGS_BF16_D128}[parsed]
 
 
 def write_json(path, obj):
@@ -334,7 +286,7 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
 
     # --- ours: end to end (builds the work lists every call) and with a prebuilt plan (per-layer cost)
-    configs = attention_configs(parse_configs(opts.configs))
+    configs = attention_configs(parse_tilings(opts.configs))
 
     def build():
         return plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, need_bwd=True, configs=configs)

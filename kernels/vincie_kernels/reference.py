@@ -76,33 +76,43 @@ def attention_reference(q, k, v, mask: torch.Tensor, softmax_scale: float | None
     Rows that see no key give out 0 and lse -inf.
     """
     scale = softmax_scale if softmax_scale is not None else 1.0 / math.sqrt(q.shape[-1])
-    s = torch.einsum("qhd,khd->hqk", q.float(), k.float()) * scale      # (H, Sq, Sk)
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32     # fp64 in: fp64 throughout
+    s = torch.einsum("qhd,khd->hqk", q.to(ct), k.to(ct)) * scale        # (H, Sq, Sk)
     s = s.masked_fill(~mask[None], float("-inf"))
     lse = torch.logsumexp(s, dim=-1)                                     # (H, Sq)
     p = torch.exp(s - lse[..., None].masked_fill(torch.isinf(lse)[..., None], 0.0))
     p = p.masked_fill(~mask[None], 0.0)
-    out = torch.einsum("hqk,khd->qhd", p, v.float())                     # (Sq, H, D)
+    out = torch.einsum("hqk,khd->qhd", p, v.to(ct))                      # (Sq, H, D)
     return out.to(q.dtype), lse
 
 
 def attention_reference_grads(q, k, v, do, mask: torch.Tensor, softmax_scale: float | None = None,
-                              max_scores_bytes: int = 2**31):
-    """fp32 (out, dq, dk, dv) of ``attention_reference`` for upstream gradient ``do`` (all [S, H, D]).
+                              max_scores_bytes: int = 2**30):
+    """fp64 (out, dq, dk, dv) of ``attention_reference`` for upstream gradient ``do`` (all [S, H, D]).
 
-    Plain torch autograd, a group of heads at a time so that a group's fp32 S x S scores stay under
-    ``max_scores_bytes`` (one head at a time at S = 45k): the tuner's and checks' independent answer
-    at sizes where all heads' scores would not fit.
+    Plain torch autograd in float64, so the answer's own rounding (and its thread-dependent summation
+    order) is far below any kernel's error, over groups of heads and of query rows so that a group's
+    S x S scores stay under ``max_scores_bytes`` (at S = 45k: one head, ~2.9k rows at a time). dK and
+    dV accumulate over the row groups in the leaves' ``.grad``. The tuner's and checks' independent
+    answer at sizes where all heads' scores would not fit.
     """
-    H = q.shape[1]
-    group = max(1, min(H, max_scores_bytes // max(1, q.shape[0] * k.shape[0] * 4)))
+    Sq, H, _ = q.shape
+    row_bytes = max(1, k.shape[0] * 8)
+    heads = max(1, min(H, max_scores_bytes // (row_bytes * max(1, Sq))))
+    rows = max(1, min(Sq, max_scores_bytes // (row_bytes * heads)))
     parts = []
-    for h in range(0, H, group):
-        hs = slice(h, h + group)
-        qh, kh, vh = (t[:, hs].detach().float().requires_grad_() for t in (q, k, v))
-        out, _ = attention_reference(qh, kh, vh, mask, softmax_scale)
-        out.backward(do[:, hs].float())
-        parts.append((out.detach(), qh.grad, kh.grad, vh.grad))
-        del out, qh, kh, vh
+    for h in range(0, H, heads):
+        hs = slice(h, h + heads)
+        kh, vh = (t[:, hs].detach().double().requires_grad_() for t in (k, v))
+        outs, dqs = [], []
+        for r in range(0, Sq, rows):
+            qh = q[r:r + rows, hs].detach().double().requires_grad_()
+            out, _ = attention_reference(qh, kh, vh, mask[r:r + rows], softmax_scale)
+            out.backward(do[r:r + rows, hs].double())
+            outs.append(out.detach())
+            dqs.append(qh.grad)
+            del out, qh
+        parts.append((torch.cat(outs), torch.cat(dqs), kh.grad, vh.grad))
     return tuple(torch.cat([pt[i] for pt in parts], dim=1) for i in range(4))
 
 

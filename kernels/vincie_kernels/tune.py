@@ -6,8 +6,8 @@ tests/kernels/test_compile_sm90.py):
 
   * fwd+bwd through autograd, and each kernel alone (forward, dK/dV, dQ): CUDA-event medians
     of ``reps`` runs after 2 warm-ups;
-  * out, dq, dk, dv against an independent reference computed once per case: the fp32 dense-mask
-    attention of ``reference.py`` (plain torch, autograd), a few heads at a time so that its S x S
+  * out, dq, dk, dv against an independent reference computed once per case: the fp64 dense-mask
+    attention of ``reference.py`` (plain torch autograd), in groups of heads and query rows so that its S x S
     scores fit. A config off by more than the bench's tolerance for the dtype (max |diff| / max |ref|,
     ``bench.CHECK_TOL``) is flagged ``"ok": false`` and never chosen. (The first tune run compared
     with the then-default config instead; when that default was the wrong one, every correct config
@@ -179,7 +179,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
         *spec, mask_type, 0, S, 0, S, D, dtype, configs=d), reps)
     record(name, {"plan_build": build})
 
-    # the independent answer every candidate is checked against (fp32, plain torch)
+    # the independent answer every candidate is checked against (fp64, plain torch)
     tol = CHECK_TOL[str(dtype).replace("torch.", "")]
     t0 = time.time()
     try:
@@ -190,7 +190,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    record(name, {"reference": {"what": "fp32 dense-mask attention, plain torch autograd (reference.py)",
+    record(name, {"reference": {"what": "fp64 dense-mask attention, plain torch autograd (reference.py)",
                                 "seconds": round(time.time() - t0, 2), "tol": tol}})
     results = {}
     for cname, cfgs in cands:

@@ -152,6 +152,7 @@ def test_bad_batch_is_named(model):
     (dict(head_dim=31), "head_dim"),
     (dict(num_layers=0), "num_layers"),
     (dict(softmax_scale=0), "softmax_scale"),
+    (dict(attention_tilings="fwd=128x64"), "attention_tilings"),
 ])
 def test_config_errors_name_the_key(over, key):
     with pytest.raises(ValueError, match=rf"^model\.{key}:"):
@@ -277,3 +278,25 @@ def test_softmax_scale_reaches_the_core(megatron_cpu):
         outs[scale] = build_model(tiny_cfg(softmax_scale=scale), device="cpu")(batch.img_x0, batch)
     torch.testing.assert_close(outs[32 ** -0.5], outs[None], rtol=0, atol=0)
     assert (outs[1.0] - outs[None]).abs().max() > 1e-4
+
+
+def test_attention_tilings_are_checked_on_load_and_reach_every_triton_core(megatron_cpu, tmp_path):
+    """model.attention_tilings: tuned=<json> is read once and kept as its explicit tilings (a saved config
+    stands without the file); every Triton core gets them; they apply to bf16/fp16 on CUDA only."""
+    import json
+    from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128
+    tune = tmp_path / "tune.json"
+    tune.write_text(json.dumps({"overall_best": {"config": {"fwd": [128, 64, 8, 3], "dkdv": [32, 128, 8, 2],
+                                                            "dq": [128, 64, 8, 2]}}}))
+    cfg = tiny_cfg(attention_backend="triton", attention_tilings=f"tuned={tune}")
+    assert cfg.attention_tilings == "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2"
+    tune.unlink()
+    assert MMDiTConfig(**cfg.to_dict()).attention_tilings == cfg.attention_tilings
+    cores = [layer.attention.core_attention for layer in build_model(cfg, device="cpu").layers]
+    assert len(cores) == cfg.num_layers and all(c.tilings == cfg.attention_tilings for c in cores)
+    assert cores[0]._configs(torch.zeros(4, 2, 16)) is None                  # the interpreter keeps its tiles
+    if torch.cuda.is_available():
+        assert cores[0]._configs(torch.zeros(4, 2, 16, device="cuda", dtype=torch.bfloat16)) == FA2_CONFIGS_BF16_D128
+        assert cores[0]._configs(torch.zeros(4, 2, 16, device="cuda")) is None   # fp32: twice the shared memory
+    torch_core = build_model(tiny_cfg(attention_backend="torch", attention_tilings="fa2"), device="cpu")
+    assert not hasattr(torch_core.layers[0].attention.core_attention, "tilings")

@@ -15,7 +15,8 @@ import argparse
 import json
 import sys
 
-from vincie_kernels.bench import CASES, BenchOptions, bench_attention, parse_configs, start   # no torch, no triton
+from vincie_kernels.bench import CASES, BenchOptions, bench_attention, start   # imports neither torch nor triton
+from vincie_kernels.tilings import parse_tilings
 
 
 def parse_args(argv=None):
@@ -24,8 +25,8 @@ def parse_args(argv=None):
     p.add_argument("--cases", default="a,b,c", help="comma list of a, b, c")
     p.add_argument("--skip", default="", help="comma list of: flex, sdpa_mask, dense, newlen")
     p.add_argument("--configs", default="default",
-                   help="kernel tilings: default (today's), legacy (64x64 backward), fa2 (FA2-shaped backward), "
-                        "tuned=<vincie-tune-attention JSON> (its overall_best), or "
+                   help="kernel tilings (vincie_kernels/tilings.py): default (today's), legacy (64x64 backward), "
+                        "fa2 (FA2-shaped backward), tuned=<vincie-tune-attention JSON> (its overall_best), or "
                         "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2 (block_m x block_n x warps x stages)")
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--head-dim", type=int, default=128)
@@ -37,9 +38,9 @@ def parse_args(argv=None):
     if bad:
         p.error(f"--cases: unknown case(s) {bad}; choose from {CASES}")
     try:
-        parse_configs(args.configs)
+        parse_tilings(args.configs)
     except ValueError as e:
-        p.error(str(e))
+        p.error(f"--configs: {e}")
     return args
 
 

@@ -15,6 +15,7 @@ import json
 
 import torch
 
+from vincie_kernels.tilings import parse_tilings
 from vincie_mcore.perf.bench_layers import bench_layers, write_json
 
 
@@ -25,13 +26,21 @@ def main(argv=None):
     ap.add_argument("--layers", type=int, default=4, help="layers in the stack, half dual-stream (default 4)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--attention-tilings", default="default",
+                    help="model.attention_tilings of the stacks: default | legacy | fa2 | "
+                         "fwd=..,dkdv=..,dq=.. | tuned=<vincie-tune-attention JSON> (kernels/vincie_kernels/tilings.py)")
     args = ap.parse_args(argv)
+    try:
+        parse_tilings(args.attention_tilings)
+    except ValueError as e:
+        ap.error(f"--attention-tilings: {e}")
     if args.layers < 2 or args.warmup < 0 or args.iters < 1:
         ap.error("--layers must be >= 2, --warmup >= 0 and --iters >= 1")
     if not args.smoke and not torch.cuda.is_available():
         res = {"tool": "bench_layers", "skipped": "no CUDA device (use --smoke for a CPU dry run)"}
     else:
-        res = bench_layers(args.smoke, args.layers, args.warmup, args.iters, args.out)
+        res = bench_layers(args.smoke, args.layers, args.warmup, args.iters, args.out,
+                           attention_tilings=args.attention_tilings)
     if args.out:
         write_json(args.out, res)
     print(json.dumps(res))

@@ -4,7 +4,7 @@
     vincie-tune-attention --smoke          # CPU: Triton interpreter dry run, tiny shapes
 
 Cases a, c, then b of ``vincie-bench-attention`` while the budget lasts; the candidates, the
-correctness check against the fp32 dense reference and how ``best`` and ``overall_best`` are
+correctness check against the fp64 dense reference and how ``best`` and ``overall_best`` are
 picked are described in ``kernels/vincie_kernels/tune.py``. Time the pick against the baselines with
 ``vincie-bench-attention --configs tuned=<this JSON>``. The JSON is rewritten after every case; the last line
 printed is the JSON. Without a GPU (and without --smoke) it prints ``{"skipped": ...}`` and exits 0.

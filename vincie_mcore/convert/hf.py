@@ -244,7 +244,7 @@ def import_checkpoint(hf, out, overrides: list[str] | None = None) -> dict:
     exported = build(MMDiTConfig, meta["model"], "model")
     cfg = load_config(list(overrides or []))
     mine = build(MMDiTConfig, cfg.model, "model")
-    for f in ("attention_backend", "transformer_impl", "fused_ops"):   # kernels, not architecture
+    for f in ("attention_backend", "attention_tilings", "transformer_impl", "fused_ops"):   # kernels, not architecture
         setattr(mine, f, getattr(exported, f))
     if mine != exported:
         key = next(k for k in exported.to_dict() if getattr(mine, k) != getattr(exported, k))

@@ -33,12 +33,13 @@ from vincie_mcore.packed.maskspec import MaskSpec
 GATE_CHUNKS = (2, 5)            # gate_a, gate_m among the six modulation vectors (as model/blocks.py)
 # The MMDiTConfig fields this file implements. A field added to MMDiTConfig later is refused
 # (one line) unless it keeps its default, so a new architecture option cannot be silently dropped.
-# attention_backend / transformer_impl / fused_ops choose kernels, not math: this model always runs torch ops.
+# attention_backend / attention_tilings / transformer_impl / fused_ops choose kernels, not math: this model
+# always runs torch ops.
 IMPLEMENTED = frozenset((
     "hidden_size", "num_layers", "mm_layers", "num_heads", "head_dim", "ffn_hidden_size", "text_dim", "patch_dim",
     "max_turns", "rope_theta", "image_abs_pos_grid", "text_adaln", "rope_axes_dim", "softmax_scale", "adaln",
     "adaln_zero_init", "norm_eps", "qk_norm_eps", "frequency_embedding_size", "timestep_scale", "init_method_std",
-    "attention_backend", "transformer_impl", "fused_ops",
+    "attention_backend", "attention_tilings", "transformer_impl", "fused_ops",
     # the released models (model/official.py); rope_image_origin only places positions in the batch
     "variant", "image_in_dim", "text_proj", "rope_image_origin"))
 

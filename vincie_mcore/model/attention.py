@@ -191,11 +191,23 @@ class TorchMaskedAttention(torch.nn.Module):
 
 
 class TritonMaskedAttention(torch.nn.Module):
-    """Masked attention from the spec with the Triton kernel (``kernels/vincie_kernels/masked_attention.py``)."""
+    """Masked attention from the spec with the Triton kernel (``kernels/vincie_kernels/masked_attention.py``).
 
-    def __init__(self, config=None, softmax_scale: float | None = None, **_):
+    ``tilings`` (``model.attention_tilings``, text as in ``kernels/vincie_kernels/tilings.py``) apply to
+    bf16/fp16 on CUDA; fp32 (twice the shared memory per tile) and the CPU interpreter keep the defaults.
+    """
+
+    def __init__(self, config=None, softmax_scale: float | None = None, tilings: str = "default", **_):
         super().__init__()
+        from vincie_kernels.tilings import parse_tilings, tilings_text
         self.softmax_scale = softmax_scale
+        self.tilings = tilings_text(parse_tilings(tilings))
+
+    def _configs(self, q: torch.Tensor):
+        if self.tilings == "default" or q.device.type != "cuda" or q.dtype == torch.float32:
+            return None
+        from vincie_kernels.tilings import attention_configs, parse_tilings
+        return attention_configs(parse_tilings(self.tilings))
 
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
         _check_core_inputs(q, k, v, spec, q_start, k_start)
@@ -205,10 +217,11 @@ class TritonMaskedAttention(torch.nn.Module):
             raise RuntimeError(f"attention backend 'triton' needs vincie_kernels.masked_attention, which failed to "
                                f"import ({e}); use attention_backend='torch'") from e
         # every layer of a step shares the spec: build the kernel's work lists once per (spec, slice)
-        key = ("triton", q_start, q.shape[0], k_start, k.shape[0], q.shape[-1], q.dtype, str(q.device))
+        configs = self._configs(q)
+        key = ("triton", q_start, q.shape[0], k_start, k.shape[0], q.shape[-1], q.dtype, str(q.device), configs)
         plan = _cached(spec, key, lambda: plan_masked_attention(
             *plan_spec(spec, q.device), spec.mask_type, q_start, q.shape[0], k_start, k.shape[0], q.shape[-1],
-            q.dtype))
+            q.dtype, configs=configs))
         out = masked_attention(q, k, v, *plan_spec(spec, q.device), spec.mask_type, q_start=q_start,
                                k_start=k_start, softmax_scale=self.softmax_scale, plan=plan)
         return out[0] if isinstance(out, tuple) else out

@@ -13,6 +13,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vincie_kernels.tilings import parse_tilings, tilings_text
+
 ATTENTION_BACKENDS = ("auto", "torch", "triton")
 FUSED_OPS = ("auto", "torch", "triton")
 TRANSFORMER_IMPLS = ("local", "transformer_engine", "torch")
@@ -87,6 +89,12 @@ class MMDiTConfig:
     """Element-wise ops around each block (pre-norm + AdaLN modulate, gated residuals, QK RMSNorm + RoPE):
     "torch" (separate torch ops), "triton" (fused kernels, kernels/vincie_kernels/fused.py),
     "auto" (triton on CUDA, torch otherwise)."""
+    attention_tilings: str = "default"
+    """Tilings of the Triton attention kernels for bf16/fp16 on CUDA (``kernels/vincie_kernels/tilings.py``):
+    "default", a preset ("legacy", "fa2"), "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2"
+    (block_m x block_n x warps x stages per kernel) or "tuned=<vincie-tune-attention JSON>" (read once,
+    here, and kept as the explicit text, so a saved config stands without the file). fp32 and the CPU
+    interpreter keep the kernels' defaults; the torch core ignores it. It changes speed, never the math."""
     transformer_impl: str = "local"
     """Linear/norm implementations: "local" (Megatron tensor_parallel), "transformer_engine", or "torch"
     (plain single-device linears, model/torch_linear.py: the FP8 path through torchao)."""
@@ -151,6 +159,10 @@ class MMDiTConfig:
                              f"got {self.attention_backend!r}")
         if self.fused_ops not in FUSED_OPS:
             raise ValueError(f"MMDiTConfig.fused_ops: expected one of {FUSED_OPS}, got {self.fused_ops!r}")
+        try:
+            self.attention_tilings = tilings_text(parse_tilings(self.attention_tilings))
+        except ValueError as e:
+            raise ValueError(f"MMDiTConfig.attention_tilings: {e}") from None
         if self.transformer_impl not in TRANSFORMER_IMPLS:
             raise ValueError(f"MMDiTConfig.transformer_impl: expected one of {TRANSFORMER_IMPLS}, "
                              f"got {self.transformer_impl!r}")

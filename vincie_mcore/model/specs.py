@@ -87,6 +87,8 @@ def get_block_specs(cfg: MMDiTConfig, device=None) -> tuple[ModuleSpec, ModuleSp
     """-> (dual_stream_block_spec, shared_block_spec, final_layer_adaln_spec)."""
     mods = {"transformer_engine": _te_modules, "torch": _torch_modules}.get(cfg.transformer_impl, _local_modules)()
     core = core_attention_class(cfg.attention_backend, device)
+    if core is TritonMaskedAttention:
+        core = ModuleSpec(module=core, params={"tilings": cfg.attention_tilings})
     fused = resolve_fused_ops(cfg.fused_ops, device)
     attention = ModuleSpec(
         module=JointAttention, params={"fused_ops": fused},
