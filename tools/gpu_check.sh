@@ -9,7 +9,7 @@
 # .gpu_pydeps/ (make it here with `bash tools/gpu_check.sh --prep-pydeps` and carry it).
 #
 # Every step runs under `timeout` and inside an overall budget (BUDGET_S, default
-# 450 s: issue 18 allows 8 minutes); a failing or timed-out step is recorded, never fatal. Each step's last
+# 480 s: issue 18 allows 8 minutes); a failing or timed-out step is recorded, never fatal. Each step's last
 # stdout line (JSON) and log tail land in $OUT/gpu_check.json; every *.json in
 # $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
 # (a CPU dry run takes ~2 minutes). The last line printed is the summary JSON.
@@ -45,7 +45,7 @@ OUT=$(cd "$OUT" && pwd)
 PY=${PYTHON:-$(command -v python || command -v python3)}
 STEPS="$OUT/gpu_check_steps.jsonl"
 : > "$STEPS"
-BUDGET_S=${BUDGET_S:-450}
+BUDGET_S=${BUDGET_S:-480}
 T_START=$(date +%s)
 
 # run_step NAME LIMIT_S CMD...: run CMD under timeout (capped by the remaining budget), log it, record it
@@ -138,7 +138,7 @@ if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_bf16 75 "$PY" -m vincie_tools.check_attention --device cuda --dtype bfloat16 \
         --cases 18 --seed 0 --out "$OUT/check_attention_bf16.json"
     run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 --out "$TUNED"
-    BENCH_ARGS=(--skip newlen)
+    BENCH_ARGS=()
 else
     # CPU dry run: the interpreter path of the check, and of the tuner and the bench on case a's tiny layout
     run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m vincie_tools.check_attention --device cpu \
@@ -151,7 +151,7 @@ TILINGS=default
 if "$PY" -c "import sys; from vincie_kernels.tilings import parse_tilings; parse_tilings('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
     TILINGS="tuned=$TUNED"
 fi
-run_step bench_attention 110 "$PY" -m vincie_tools.bench_attention --configs "$TILINGS" "${BENCH_ARGS[@]}" \
+run_step bench_attention 120 "$PY" -m vincie_tools.bench_attention --configs "$TILINGS" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
     --out "$OUT/bench_attention.json"
 
 # ============================================================================ Add new sections here (above Summary)
