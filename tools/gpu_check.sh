@@ -17,6 +17,8 @@
 # Wheels the GPU box lacks travel in .wheels/ (git-ignored; carry it):
 #     pip download --no-deps -d .wheels torchao==0.18.0
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1
+#     pip download ... (same flags) -d .wheels PyYAML==6.0.4    (tests/model/model_batches.py reads configs/model/*.yaml:
+#         without it the fused-ops model tests of pytest_kernels fail on a box that has no PyYAML)
 # (the box's Python was 3.12 last time; only wheels matching its interpreter are installed.)
 # The train smoke (Section: train smoke) also needs the data side, which the box lacked last time; same flags:
 #     pip download ... -d .wheels nvidia-dali-cuda120 zarr==3.1.6 hydra-core==1.3.8 omegaconf==2.3.1 av==18.1.0 \
@@ -190,8 +192,8 @@ SMOKE_MISSING=$("$PY" -c "
 import importlib.util as u
 mods = ('omegaconf', 'hydra', 'zarr', 'nvidia.dali', 'megatron.core', 'av', 'transformers', 'tensorboard')
 print(' '.join(m for m in mods if u.find_spec(m.split('.')[0]) is None or u.find_spec(m) is None))" 2>&1)
-# 60 s on a GPU; the CPU dry run gets more room (its CPU time is ~25 s, and a shared box stretches that)
-SMOKE_LIMIT=60; [ "$HAS_GPU" = 1 ] || SMOKE_LIMIT=120
+# 90 s on a GPU (two torchrun starts, Triton JITs, the compiled SwiGLU); the CPU dry run gets more room (its CPU time is ~25 s, and a shared box stretches that)
+SMOKE_LIMIT=90; [ "$HAS_GPU" = 1 ] || SMOKE_LIMIT=120
 if [ -z "$SMOKE_MISSING" ]; then
     run_step train_smoke "$SMOKE_LIMIT" env HAS_GPU="$HAS_GPU" SMOKE_DIR="$OUT/train_smoke" "$PY" - <<'PYEOF'
 import json, math, os, re, shutil, subprocess, sys, time

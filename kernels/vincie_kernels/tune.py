@@ -180,6 +180,9 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
     record(name, {"plan_build": build})
 
     # the independent answer every candidate is checked against (fp64, plain torch)
+    if time.time() > deadline:
+        record(name, {"reference": {"skipped": "budget spent"}})
+        return
     tol = CHECK_TOL[str(dtype).replace("torch.", "")]
     t0 = time.time()
     try:
@@ -280,6 +283,7 @@ def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, sm
 
     def record(case, entries):
         result["cases"].setdefault(case, {}).update(entries)
+        result["overall_best"] = pick_overall(result["cases"])      # kept current: a killed run still has its pick
         write_json(out, result)
 
     for name in cases:
@@ -292,7 +296,6 @@ def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, sm
             traceback.print_exc()
             record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})
         print(f"case {name}: {json.dumps(result['cases'].get(name, {}))}", file=sys.stderr)
-    result["overall_best"] = pick_overall(result["cases"])
     result["seconds"] = round(time.time() - t_start, 1)
     write_json(out, result)
     return result
