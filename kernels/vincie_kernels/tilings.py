@@ -28,9 +28,14 @@ def parse_tilings(text: str):
                 best = json.load(fh).get("overall_best") or {}
         except (OSError, ValueError, AttributeError) as e:
             raise ValueError(f"tuned={path}: cannot read the tune JSON ({type(e).__name__}: {e})") from None
-        if "config" not in best:
-            raise ValueError(f"tuned={path}: no overall_best config in it ({best.get('none', 'the tune run did not finish')})")
-        return parse_tilings(tilings_text({k: best["config"][k] for k in KERNELS}))
+        if not isinstance(best, dict) or "config" not in best:
+            why = best.get("none", "the tune run did not finish") if isinstance(best, dict) else repr(best)[:80]
+            raise ValueError(f"tuned={path}: no overall_best config in it ({why})")
+        try:
+            text = tilings_text({k: best["config"][k] for k in KERNELS})
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"tuned={path}: overall_best config is malformed ({type(e).__name__}: {e})") from None
+        return parse_tilings(text)
     out = {}
     for part in filter(None, text.split(",")):
         kern, _, shape = part.partition("=")

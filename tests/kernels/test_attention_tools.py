@@ -119,6 +119,12 @@ def test_tilings_in_text_name_what_is_wrong(tmp_path):
     unfinished.write_text(json.dumps({"overall_best": {"none": "no config was checked correct and timed in any case"}}))
     with pytest.raises(ValueError, match="no overall_best config in it \\(no config was checked correct"):
         parse_tilings(f"tuned={unfinished}")
+    unfinished.write_text(json.dumps({"overall_best": {"config": {"fwd": [128, 64, 8, 3]}}}))
+    with pytest.raises(ValueError, match="overall_best config is malformed \\(KeyError"):
+        parse_tilings(f"tuned={unfinished}")
+    unfinished.write_text("[1, 2]")
+    with pytest.raises(ValueError, match="cannot read the tune JSON"):
+        parse_tilings(f"tuned={unfinished}")
 
 
 def test_the_overall_pick_needs_a_tiling_checked_in_every_case():
