@@ -165,3 +165,19 @@ def test_the_chunked_fp64_reference_equals_one_dense_pass():
         for a, b in zip(got, whole):
             assert a.dtype == torch.float64 and a.shape == b.shape
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_the_triton_core_takes_its_tilings_for_bf16_on_cuda_only():
+    """model.attention_tilings as the core sees it (the CUDA half runs in gpu_check's pytest_kernels)."""
+    from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128
+    from vincie_mcore.model.attention import TritonMaskedAttention
+    core = TritonMaskedAttention(tilings="fa2")
+    assert core._configs(torch.zeros(4, 2, 16)) is None                    # the interpreter keeps its tiles
+    with pytest.raises(ValueError, match="bad part 'fwd=1'"):
+        TritonMaskedAttention(tilings="fwd=1")
+    if torch.cuda.is_available():
+        x = torch.zeros(4, 2, 16, device="cuda", dtype=torch.bfloat16)
+        assert core._configs(x) == FA2_CONFIGS_BF16_D128 and core._configs(x) is core._configs(x)
+        assert core._configs(x.half()) == FA2_CONFIGS_BF16_D128
+        assert core._configs(x.float()) is None                           # fp32: twice the shared memory
+        assert TritonMaskedAttention()._configs(x) is None

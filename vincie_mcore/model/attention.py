@@ -202,12 +202,15 @@ class TritonMaskedAttention(torch.nn.Module):
         from vincie_kernels.tilings import parse_tilings, tilings_text
         self.softmax_scale = softmax_scale
         self.tilings = tilings_text(parse_tilings(tilings))
+        self._tiling_configs = None          # AttentionConfigs, made at the first CUDA bf16/fp16 call
 
     def _configs(self, q: torch.Tensor):
         if self.tilings == "default" or q.device.type != "cuda" or q.dtype == torch.float32:
             return None
-        from vincie_kernels.tilings import attention_configs, parse_tilings
-        return attention_configs(parse_tilings(self.tilings))
+        if self._tiling_configs is None:
+            from vincie_kernels.tilings import attention_configs, parse_tilings
+            self._tiling_configs = attention_configs(parse_tilings(self.tilings))
+        return self._tiling_configs
 
     def forward(self, q, k, v, spec: MaskSpec, q_start: int = 0, k_start: int = 0) -> torch.Tensor:
         _check_core_inputs(q, k, v, spec, q_start, k_start)
