@@ -95,6 +95,19 @@ def _log(folder: Path) -> str:
     return "".join(p.read_text(errors="replace") for p in sorted(folder.glob("*.out")))
 
 
+def _why(env, job: str, f: dict, folder: Path) -> str:
+    """A failed job's story for the assertion message: its console log's tail, the scontrol fields that say
+    how it ended, and what slurmctld and slurmd logged about it (the daemons' logs go with the cluster)."""
+    fields = {k: f.get(k) for k in ("JobState", "Reason", "ExitCode", "DerivedExitCode", "Restarts", "BatchFlag",
+                                    "RunTime", "SubmitTime", "StartTime", "EndTime")}
+    logs = Path(env["SLURM_CONF"]).parent.parent / "log"
+    said = []
+    for daemon in sorted(logs.glob("slurm*.log")):
+        lines = daemon.read_text(errors="replace").splitlines()
+        said += [f"{daemon.name}: {line}" for line in lines if re.search(rf"(JobId=|job ?|StepId=){job}\b", line)]
+    return f"{_log(folder)[-2500:]}\n--- scontrol: {fields}\n--- daemons:\n" + "\n".join(said[-40:])
+
+
 def _steps_logged(folder: Path) -> int:
     return len(re.findall(r"^step +\d+ \| loss", _log(folder), flags=re.M))
 
@@ -205,7 +218,7 @@ def test_requeue_and_usr1_mid_run_end_like_an_uninterrupted_run(slurm_cluster, l
     for job, f in _to_the_end(env, folders).items():
         fresh = job == plain or folders[job].name == "tp2"
         assert (f["JobState"], f["ExitCode"], f["Restarts"]) == ("COMPLETED", "0:0", "0" if fresh else "1"), \
-            _log(folders[job])[-3000:]
+            _why(env, job, f, folders[job])
     log = _log(tmp_path / "usr1")
     stopped = int(re.search(r"stopping at step (\d+): SIGUSR1 received", log).group(1))
     assert 3 <= stopped < STEPS and "requeuing job" in log, log[-3000:]
