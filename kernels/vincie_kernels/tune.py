@@ -30,6 +30,7 @@ import time
 import traceback
 
 from vincie_kernels.bench import CHECK_TOL, allowed_pairs, case_blocks, event_median_ms, write_json
+from vincie_kernels.tilings import tilings_text
 
 KERNELS = ("fwd", "dkdv", "dq")
 
@@ -61,7 +62,7 @@ def candidates(smoke: bool):
         ]
     out, seen = [], set()
     for name, cfgs in named:
-        key = _cfg_key(cfgs)
+        key = tilings_text(_cfg_dict(cfgs))
         if key not in seen:
             seen.add(key)
             out.append((name, cfgs))
@@ -83,10 +84,6 @@ def _time(fn, reps: int) -> float:
 def _cfg_dict(cfgs):
     return {k: [c.block_m, c.block_n, c.num_warps, c.num_stages] for k, c in
             (("fwd", cfgs.fwd), ("dkdv", cfgs.dkdv), ("dq", cfgs.dq))}
-
-
-def _cfg_key(cfgs) -> tuple:
-    return tuple(tuple(v) for v in _cfg_dict(cfgs).values())
 
 
 class _LaunchCounter:

@@ -253,19 +253,21 @@ def bench_layers(smoke: bool = False, layers: int = 4, warmup: int = 3, iters: i
     """Every case in turn (see the module docstring); ``out`` is rewritten after each case.
     One failing case (OOM, a TE/Triton error) is recorded and the rest still run.
     ``attention_tilings``: ``model.attention_tilings`` of every stack (the Triton core's tilings)."""
+    from vincie_kernels.tilings import parse_tilings, tilings_text
+
     from ..model.fp8 import FP8Config, fp8_supported, prepare_fp8_model, te_available, torchao_available
     from ..parallel import groups
 
     device = torch.device("cuda" if torch.cuda.is_available() and not smoke else "cpu")
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    arch = dict(TINY if smoke else WIDE_3B, attention_tilings=attention_tilings)
+    # tuned=<json> read once, here: every stack then gets the explicit text
+    arch = dict(TINY if smoke else WIDE_3B, attention_tilings=tilings_text(parse_tilings(attention_tilings)))
     hw, txt_len = (4, 16) if smoke else (32, 64)
     res = dict(tool="bench_layers", smoke=smoke, device=torch.cuda.get_device_name() if device.type == "cuda" else
                platform.processor() or "cpu", torch=torch.__version__, python=platform.python_version(),
                dtype=str(dtype).replace("torch.", ""), layers=layers,
                arch={k: arch[k] for k in ("hidden_size", "num_heads", "ffn_hidden_size")}, cases={})
-    from ..model import MMDiTConfig
-    arch["attention_tilings"] = res["attention_tilings"] = MMDiTConfig(**arch).attention_tilings   # tuned= read once
+    res["attention_tilings"] = arch["attention_tilings"]
     try:
         import megatron.core
         res["megatron_core"] = megatron.core.__version__
