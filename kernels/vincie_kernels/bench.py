@@ -41,7 +41,7 @@ import time
 import traceback
 from dataclasses import dataclass
 
-from vincie_kernels.tilings import attention_configs, parse_tilings
+from vincie_kernels.tilings import attention_configs, configs_lists, parse_tilings
 
 CASES = ("a", "b", "c")
 
@@ -251,7 +251,8 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     """Measure case ``name``; every result goes through ``record(case, entries)`` as soon as it exists."""
     import torch
     import torch.nn.functional as F
-    from vincie_kernels.masked_attention import masked_attention, masked_attention_forward, plan_masked_attention
+    from vincie_kernels.masked_attention import (masked_attention, masked_attention_forward, plan_masked_attention,
+                                                 tma_active)
     from vincie_kernels.reference import spec_from_blocks, token_block_ids
 
     if opts.smoke:
@@ -297,9 +298,8 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     plan = build()
     record(name, {f"ours_tiles_{kern}": {**wl.counts(), "block_m": wl.block_m, "block_n": wl.block_n}
                   for kern, wl in (("fwd", plan.wl_fwd), ("dkdv", plan.wl_dkdv), ("dq", plan.wl_dq))})
-    record(name, {"ours_configs": {kern: [c.block_m, c.block_n, c.num_warps, c.num_stages]
-                                   for kern, c in (("fwd", plan.cfgs.fwd), ("dkdv", plan.cfgs.dkdv),
-                                                   ("dq", plan.cfgs.dq))}})
+    record(name, {"ours_configs": configs_lists(plan.cfgs),
+                  "ours_tma_active": tma_active(plan.cfgs, qg, kg, vg)})
 
     def ours_bwd(fn):
         def run():

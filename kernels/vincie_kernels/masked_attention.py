@@ -15,6 +15,8 @@ Backward (no atomics, so bit-for-bit deterministic):
     _bwd_delta_kernel: delta = rowsum(dO * O)                [H, Sq] fp32
     _bwd_dkdv_kernel: one program per (head, key tile), walking the transposed list
     _bwd_dq_kernel:   one program per (head, query tile), walking the forward list
+Streamed tiles (K/V of the forward and dQ, Q/dO of dK/dV) come through pointer loads (cp.async
+on GPU) or, for a ``KernelConfig(tma=True)``, through TMA tensor descriptors (sm_90+).
 Each kernel has its own tiling (``AttentionConfigs``: fwd, dkdv, dq); kernels with equal
 tilings share one work list (on GPU the dQ kernel reuses the forward's), and
 ``tools/vincie_tools/tune_attention.py`` times the alternatives on a GPU.
@@ -38,7 +40,7 @@ from vincie_kernels.worklist import TileRuns, TokenAttrs, WorkLists, build_workl
 
 __all__ = ["masked_attention", "masked_attention_forward", "plan_masked_attention", "AttentionPlan",
            "AttentionConfigs", "as_configs", "LEGACY_CONFIGS_BF16_D128",
-           "MaskedAttentionFunction", "KernelConfig", "default_configs", "build_worklists"]
+           "MaskedAttentionFunction", "KernelConfig", "default_configs", "build_worklists", "tma_active"]
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
@@ -66,18 +68,48 @@ def _visible_t(q_sess, q_blk, q_lim, k_sess, k_blk, k_rank):
 
 
 @triton.jit
+def _rows(P, row0, h, S, stride_s, stride_h,
+          D: tl.constexpr, BLOCK: tl.constexpr, MASKED: tl.constexpr, TMA: tl.constexpr):
+    """Rows [row0, row0 + BLOCK) of head h as a [BLOCK, D] tile; rows past S read 0.
+
+    TMA: ``P`` is a tensor descriptor over the [S, H * D] view (``_desc``): the copy engine fills
+    shared memory and pads out-of-range rows with 0 itself. Otherwise ``P`` is the tensor's pointer.
+    """
+    if TMA:
+        x = P.load([row0, h * D])
+    else:
+        offs = row0 + tl.arange(0, BLOCK)
+        ptrs = P + offs[:, None] * stride_s + h * stride_h + tl.arange(0, D)[None, :]
+        if MASKED:
+            x = tl.load(ptrs, mask=(offs < S)[:, None], other=0.0)
+        else:
+            x = tl.load(ptrs)
+    return x
+
+
+@triton.jit
+def _desc(P, S, stride_s, D: tl.constexpr, BLOCK: tl.constexpr, TMA: tl.constexpr):
+    """A TMA descriptor of [BLOCK, D] tiles over the [S, H * D] view of an [S, H, D] tensor whose heads
+    are contiguous (stride_h == D; the launcher checks), or the pointer itself when TMA is off."""
+    if TMA:
+        d = tl.make_tensor_descriptor(P, shape=[S, tl.num_programs(0) * D], strides=[stride_s, 1],
+                                      block_shape=[BLOCK, D])
+    else:
+        d = P
+    return d
+
+
+@triton.jit
 def _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
               K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
-              D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+              D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+              TMA: tl.constexpr):
     """One online-softmax step over key tile kt (log2 domain)."""
     offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
     if MASKED:
         n_valid = offs_n < Sk
-        k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :],
-                    mask=n_valid[:, None], other=0.0)                               # (BN, D)
-        v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :],
-                    mask=n_valid[:, None], other=0.0)
+        k = _rows(K, kt * BLOCK_N, h, Sk, stride_ks, stride_kh, D, BLOCK_N, True, TMA)   # (BN, D)
+        v = _rows(V, kt * BLOCK_N, h, Sk, stride_vs, stride_vh, D, BLOCK_N, True, TMA)
         k_sess = tl.load(KS + offs_n, mask=n_valid, other=0)
         k_blk = tl.load(KB + offs_n, mask=n_valid, other=0)
         k_rank = tl.load(KR + offs_n, mask=n_valid, other=0)
@@ -88,8 +120,8 @@ def _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)   # row still empty: avoid -inf - -inf
     else:
         # full tile: complete, every pair visible -> no bounds, no element test
-        k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :])
-        v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :])
+        k = _rows(K, kt * BLOCK_N, h, Sk, stride_ks, stride_kh, D, BLOCK_N, False, TMA)
+        v = _rows(V, kt * BLOCK_N, h, Sk, stride_vs, stride_vh, D, BLOCK_N, False, TMA)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_use = m_new
@@ -107,7 +139,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
                 scale_log2,                      # softmax_scale * log2(e)
                 Sq, Sk, W,
                 stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_os, stride_oh,
-                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+                TMA: tl.constexpr = False):
     h = tl.program_id(0)                         # heads vary fastest: heavy tiles of all heads go first
     tile = tl.load(PERM + tl.program_id(1))
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -119,6 +152,8 @@ def _fwd_kernel(Q, K, V, O, LSE,
     q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
     q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
 
+    Kd = _desc(K, Sk, stride_ks, D, BLOCK_N, TMA)
+    Vd = _desc(V, Sk, stride_vs, D, BLOCK_N, TMA)
     row = tile.to(tl.int64) * W
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -127,13 +162,13 @@ def _fwd_kernel(Q, K, V, O, LSE,
     for r in range(0, tl.load(NFR + tile)):
         for kt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
-                                      K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
-                                      stride_vh, D, BLOCK_N, False, DOT_PREC)
+                                      Kd, Vd, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
+                                      stride_vh, D, BLOCK_N, False, DOT_PREC, TMA)
     for r in range(0, tl.load(NPR + tile)):
         for kt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
             acc, l_i, m_i = _fwd_tile(acc, l_i, m_i, q, q_sess, q_blk, q_lim, kt,
-                                      K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
-                                      stride_vh, D, BLOCK_N, True, DOT_PREC)
+                                      Kd, Vd, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs,
+                                      stride_vh, D, BLOCK_N, True, DOT_PREC, TMA)
 
     empty = l_i == 0.0                           # saw no key: out 0, lse -inf
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
@@ -170,15 +205,13 @@ def _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq):
 def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
                Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
                stride_qs, stride_qh, stride_dos, stride_doh,
-               D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+               D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+               TMA: tl.constexpr):
     """Accumulate query tile qt into dK, dV of one key tile (transposed products, [BN, BM])."""
     offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, D)
     m_valid = offs_m < Sq
-    q = tl.load(Q + offs_m[:, None] * stride_qs + h * stride_qh + offs_d[None, :],
-                mask=m_valid[:, None], other=0.0)                                   # (BM, D)
-    do = tl.load(DO + offs_m[:, None] * stride_dos + h * stride_doh + offs_d[None, :],
-                 mask=m_valid[:, None], other=0.0)
+    q = _rows(Q, qt * BLOCK_M, h, Sq, stride_qs, stride_qh, D, BLOCK_M, True, TMA)       # (BM, D)
+    do = _rows(DO, qt * BLOCK_M, h, Sq, stride_dos, stride_doh, D, BLOCK_M, True, TMA)
     lse2, delta = _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq)
     s_t = tl.dot(k, tl.trans(q), input_precision=DOT_PREC) * scale_log2             # (BN, BM)
     p_t = tl.exp2(s_t - lse2[None, :])
@@ -204,7 +237,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
                      Sq, Sk, W,
                      stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
                      stride_dos, stride_doh, stride_dks, stride_dkh, stride_dvs, stride_dvh,
-                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+                     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+                     TMA: tl.constexpr = False):
     h = tl.program_id(0)
     tile = tl.load(PERM + tl.program_id(1))
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -219,6 +253,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     k_blk = tl.load(KB + offs_n, mask=n_valid, other=0)
     k_rank = tl.load(KR + offs_n, mask=n_valid, other=0)
 
+    Qd = _desc(Q, Sq, stride_qs, D, BLOCK_M, TMA)
+    DOd = _desc(DO, Sq, stride_dos, D, BLOCK_M, TMA)
     row = tile.to(tl.int64) * W
     dk = tl.zeros([BLOCK_N, D], tl.float32)
     dv = tl.zeros([BLOCK_N, D], tl.float32)
@@ -226,13 +262,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     for r in range(0, tl.load(NFR + tile)):
         for qt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
-                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, False, DOT_PREC)
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, False, DOT_PREC, TMA)
     for r in range(0, tl.load(NPR + tile)):
         for qt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
-                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, True, DOT_PREC)
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, True, DOT_PREC, TMA)
     dk = dk * sm_scale
     tl.store(DK + offs_n[:, None] * stride_dks + h * stride_dkh + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=n_valid[:, None])
@@ -243,15 +279,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
 @triton.jit
 def _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
              K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
-             D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr):
+             D: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
+             TMA: tl.constexpr):
     """Accumulate key tile kt into dQ of one query tile."""
     offs_n = kt * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_d = tl.arange(0, D)
     n_valid = offs_n < Sk
-    k = tl.load(K + offs_n[:, None] * stride_ks + h * stride_kh + offs_d[None, :],
-                mask=n_valid[:, None], other=0.0)                                   # (BN, D)
-    v = tl.load(V + offs_n[:, None] * stride_vs + h * stride_vh + offs_d[None, :],
-                mask=n_valid[:, None], other=0.0)
+    k = _rows(K, kt * BLOCK_N, h, Sk, stride_ks, stride_kh, D, BLOCK_N, True, TMA)       # (BN, D)
+    v = _rows(V, kt * BLOCK_N, h, Sk, stride_vs, stride_vh, D, BLOCK_N, True, TMA)
     s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * scale_log2                # (BM, BN)
     p = tl.exp2(s - lse2[:, None])
     if MASKED:
@@ -274,7 +308,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
                    Sq, Sk, W,
                    stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
                    stride_dos, stride_doh, stride_dqs, stride_dqh,
-                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr):
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
+                   TMA: tl.constexpr = False):
     h = tl.program_id(0)
     tile = tl.load(PERM + tl.program_id(1))
     offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -289,18 +324,20 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ,
     q_blk = tl.load(QB + offs_m, mask=m_valid, other=0)
     q_lim = tl.load(QL + offs_m, mask=m_valid, other=0)
 
+    Kd = _desc(K, Sk, stride_ks, D, BLOCK_N, TMA)
+    Vd = _desc(V, Sk, stride_vs, D, BLOCK_N, TMA)
     row = tile.to(tl.int64) * W
     dq = tl.zeros([BLOCK_M, D], tl.float32)
     for r in range(0, tl.load(NFR + tile)):
         for kt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
             dq = _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
-                          K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
-                          D, BLOCK_N, False, DOT_PREC)
+                          Kd, Vd, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+                          D, BLOCK_N, False, DOT_PREC, TMA)
     for r in range(0, tl.load(NPR + tile)):
         for kt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
             dq = _dq_tile(dq, q, do, lse2, delta, q_sess, q_blk, q_lim, kt,
-                          K, V, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
-                          D, BLOCK_N, True, DOT_PREC)
+                          Kd, Vd, KS, KB, KR, h, Sk, scale_log2, stride_ks, stride_kh, stride_vs, stride_vh,
+                          D, BLOCK_N, True, DOT_PREC, TMA)
     dq = dq * sm_scale
     tl.store(DQ + offs_m[:, None] * stride_dqs + h * stride_dqh + offs_d[None, :],
              dq.to(DQ.dtype.element_ty), mask=m_valid[:, None])
@@ -313,11 +350,16 @@ class KernelConfig:
     """One tiling + launch shape of one kernel. block_m tiles queries, block_n keys.
 
     Exactly one per (kernel, head dim, dtype, device): no autotuning, no recompiles.
+    ``tma``: stream the kernel's K/V (dK/dV: Q/dO) tiles through Hopper's tensor memory accelerator
+    (device-side tensor descriptors) instead of per-thread loads; used where the device has TMA
+    (sm_90+) or under the interpreter, and where the tensor's heads are contiguous (``_tma_ok``),
+    else the kernel falls back to pointer loads. Same results either way.
     """
     block_m: int
     block_n: int
     num_warps: int = 4
     num_stages: int = 2
+    tma: bool = False
 
 
 @dataclass(frozen=True)
@@ -401,12 +443,41 @@ def _check_inputs(q, k, v):
             raise ValueError(f"{name} has {t.numel()} elements; int32 offsets need < 2**31")
 
 
+def tma_active(cfgs: AttentionConfigs, q, k, v) -> dict:
+    """Per kernel, whether a launch on these tensors streams through TMA (benchmarks record it)."""
+    q, k, v = _contig(q), _contig(k), _contig(v)
+    return {"fwd": _tma_ok(cfgs.fwd, k, v), "dkdv": _tma_ok(cfgs.dkdv, q, q), "dq": _tma_ok(cfgs.dq, k, v)}
+
+
 def _runs_args(r: TileRuns):
     return r.full_start, r.full_end, r.n_full_runs, r.part_start, r.part_end, r.n_part_runs, r.perm
 
 
 def _contig(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
+
+
+def _scratch(size: int, alignment: int, stream):
+    # device-side tensor descriptors live in a per-launch global scratch buffer that Triton asks for
+    return torch.empty(size, dtype=torch.int8, device="cuda")
+
+
+def _tma_ok(cfg: KernelConfig, *streamed: torch.Tensor) -> bool:
+    """Whether this launch uses TMA: the config asks for it, the device has it, and each streamed
+    [S, H, D] tensor is a 2-D [S, H * D] view TMA can address (heads contiguous, 16-byte aligned base
+    and row stride)."""
+    if not cfg.tma:
+        return False
+    t0 = streamed[0]
+    if t0.device.type == "cuda":
+        if torch.cuda.get_device_capability(t0.device)[0] < 9:
+            return False
+        # Triton's allocator setting is per thread (a ContextVar): the backward runs on autograd's thread
+        from triton.runtime import _allocation
+        if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+            triton.set_allocator(_scratch)
+    return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
+               for t in streamed)
 
 
 def _fwd(q, k, v, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
@@ -422,7 +493,7 @@ def _fwd(q, k, v, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelCon
         *_runs_args(wl.q), scale * LOG2E, Sq, Sk, wl.q.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1),
-        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype), TMA=_tma_ok(cfg, k, v),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return out, lse
 
@@ -448,7 +519,7 @@ def _bwd_dkdv(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: 
         *_runs_args(wl.k), scale, scale * LOG2E, Sq, Sk, wl.k.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype), TMA=_tma_ok(cfg, q, do),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dk, dv
 
@@ -464,7 +535,7 @@ def _bwd_dq(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: fl
         *_runs_args(wl.q), scale, scale * LOG2E, Sq, Sk, wl.q.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dq.stride(0), dq.stride(1),
-        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype),
+        D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype), TMA=_tma_ok(cfg, k, v),
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     return dq
 

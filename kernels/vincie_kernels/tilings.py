@@ -3,6 +3,7 @@
     default                                  today's ``default_configs``
     legacy | fa2                             the presets of ``masked_attention.py``
     fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2   block_m x block_n x num_warps x num_stages per kernel
+    fwd=128x64x8x3+tma,...                   "+tma": that kernel streams its tiles through TMA (sm_90+)
     tuned=<vincie-tune-attention JSON>       that run's ``overall_best``
 
 Imports neither torch nor triton, so a config or a command line is checked before either loads.
@@ -16,8 +17,8 @@ KERNELS = ("fwd", "dkdv", "dq")
 
 
 def parse_tilings(text: str):
-    """-> a preset name, or {kernel: [block_m, block_n, num_warps, num_stages]} for every kernel.
-    Raises ValueError naming the bad part."""
+    """-> a preset name, or {kernel: [block_m, block_n, num_warps, num_stages(, 1 for +tma)]} for every
+    kernel. Raises ValueError naming the bad part."""
     text = str(text).strip()
     if text in PRESETS:
         return text
@@ -39,14 +40,15 @@ def parse_tilings(text: str):
     out = {}
     for part in filter(None, text.split(",")):
         kern, _, shape = part.partition("=")
+        shape, plus, flag = shape.partition("+")
         nums = shape.split("x")
-        ok = len(nums) == 4 and all(n.isdigit() and int(n) > 0 for n in nums)
+        ok = len(nums) == 4 and all(n.isdigit() and int(n) > 0 for n in nums) and flag == ("tma" if plus else "")
         # tiles and warps are powers of two (tl.arange, the launch); tiles at least 16 (tl.dot)
         ok = ok and all(int(n) & (int(n) - 1) == 0 for n in nums[:3]) and min(int(n) for n in nums[:2]) >= 16
         if kern not in KERNELS or not ok:
             raise ValueError(f"bad part {part!r}; want a preset {PRESETS}, tuned=<json>, or "
-                             "fwd=BMxBNxWARPSxSTAGES,dkdv=...,dq=...")
-        out[kern] = [int(n) for n in nums]
+                             "fwd=BMxBNxWARPSxSTAGES[+tma],dkdv=...,dq=...")
+        out[kern] = [int(n) for n in nums] + ([1] if plus else [])
     missing = [k for k in KERNELS if k not in out]
     if missing:
         raise ValueError(f"{text!r}: no tiling for {', '.join(missing)}")
@@ -57,7 +59,16 @@ def tilings_text(parsed) -> str:
     """``parse_tilings``'s answer back to text (``tuned=`` resolved: the text stands without the file)."""
     if isinstance(parsed, str):
         return parsed
-    return ",".join(f"{k}={'x'.join(str(int(n)) for n in parsed[k])}" for k in KERNELS)
+    def one(t):
+        tma = len(t) > 4 and bool(t[4])
+        return "x".join(str(int(n)) for n in t[:4]) + ("+tma" if tma else "")
+    return ",".join(f"{k}={one(parsed[k])}" for k in KERNELS)
+
+
+def configs_lists(cfgs) -> dict:
+    """An AttentionConfigs -> ``parse_tilings``'s dict form (what JSON records hold)."""
+    return {k: [c.block_m, c.block_n, c.num_warps, c.num_stages] + ([1] if c.tma else [])
+            for k, c in zip(KERNELS, (cfgs.fwd, cfgs.dkdv, cfgs.dq))}
 
 
 def attention_configs(parsed):
@@ -65,5 +76,6 @@ def attention_configs(parsed):
     from vincie_kernels.masked_attention import (FA2_CONFIGS_BF16_D128, LEGACY_CONFIGS_BF16_D128,
                                                  AttentionConfigs, KernelConfig)
     if isinstance(parsed, dict):
-        return AttentionConfigs(*(KernelConfig(*parsed[k]) for k in KERNELS))
+        return AttentionConfigs(*(KernelConfig(*parsed[k][:4], tma=len(parsed[k]) > 4 and bool(parsed[k][4]))
+                                  for k in KERNELS))
     return {"default": None, "legacy": LEGACY_CONFIGS_BF16_D128, "fa2": FA2_CONFIGS_BF16_D128}[parsed]

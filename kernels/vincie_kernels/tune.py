@@ -28,9 +28,10 @@ import json
 import sys
 import time
 import traceback
+from dataclasses import replace
 
 from vincie_kernels.bench import CHECK_TOL, allowed_pairs, case_blocks, event_median_ms, write_json
-from vincie_kernels.tilings import tilings_text
+from vincie_kernels.tilings import configs_lists, tilings_text
 
 KERNELS = ("fwd", "dkdv", "dq")
 
@@ -44,21 +45,27 @@ def candidates(smoke: bool):
     if smoke:
         d = default_configs(16, torch.float32, torch.device("cpu"))
         named = [("default", d), ("bwd16x16", AttentionConfigs(d.fwd, K(16, 16), K(16, 16))),
-                 ("fwd16x32", AttentionConfigs(K(16, 32), d.dkdv, K(32, 16)))]
+                 ("fwd16x32", AttentionConfigs(K(16, 32), d.dkdv, K(32, 16))),
+                 ("default_tma", AttentionConfigs(*(replace(c, tma=True) for c in (d.fwd, d.dkdv, d.dq))))]
     else:
         d = default_configs(128, torch.bfloat16, torch.device("cuda"))
         f = d.fwd
         # sm_90 compile on CPU (Triton 3.9, cuobjdump): shared KiB / registers / stack (spill) B per thread
+        # TMA variants next to the pointer-load tilings they share shapes with; the two slowest of the
+        # last run (dK/dV 32x64 at 4 warps, 128x64 with shared lists: 8.7 and 10.4 ms on case a against
+        # 5.9) made room, so a run still checks every candidate in every case within its budget
         named = [
             ("default", d),
             ("fa2", FA2_CONFIGS_BF16_D128),                                        # dkdv 97/250/0, dq 129/209/0
+            ("fa2_tma", AttentionConfigs(*(replace(c, tma=True) for c in              # fwd 130/205/0, dkdv 97/231/0,
+                                           (f, FA2_CONFIGS_BF16_D128.dkdv, FA2_CONFIGS_BF16_D128.dq)))),  # dq 129/180/0
             ("legacy_64x64", LEGACY_CONFIGS_BF16_D128),                            # dkdv 98/255/16, dq 97/220/0
             ("dkdv32x128_s3_dq_s3", AttentionConfigs(f, K(32, 128, 8, 3), K(128, 64, 8, 3))),     # 113/248/0
+            ("s4_s3_tma", AttentionConfigs(K(128, 64, 8, 4, True), K(32, 128, 8, 3, True),
+                                           K(128, 64, 8, 3, True))),   # fwd 163/205/0, dkdv 113/231/0, dq 162/176/0
+            ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), FA2_CONFIGS_BF16_D128.dkdv, FA2_CONFIGS_BF16_D128.dq)),  # fwd 162/224/0
             ("dkdv64x128_s3_dq_s3", AttentionConfigs(f, K(64, 128, 8, 3), K(128, 64, 8, 3))),     # 163/255/112; 162/221/0
             ("dkdv64x128_s2", AttentionConfigs(f, K(64, 128, 8, 2), K(128, 64, 8, 2))),           # dkdv 129/255/176
-            ("dkdv32x64_4w", AttentionConfigs(f, K(32, 64, 4, 2), K(64, 64, 8, 2))),              # 65/255/0
-            ("dkdv128x64_shared_lists", AttentionConfigs(f, K(128, 64, 8, 2), K(128, 64, 8, 2))),  # 163/255/424
-            ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), FA2_CONFIGS_BF16_D128.dkdv, FA2_CONFIGS_BF16_D128.dq)),  # fwd 162/224/0
         ]
     out, seen = [], set()
     for name, cfgs in named:
@@ -81,9 +88,7 @@ def _time(fn, reps: int) -> float:
     return event_median_ms(fn, reps)
 
 
-def _cfg_dict(cfgs):
-    return {k: [c.block_m, c.block_n, c.num_warps, c.num_stages] for k, c in
-            (("fwd", cfgs.fwd), ("dkdv", cfgs.dkdv), ("dq", cfgs.dq))}
+_cfg_dict = configs_lists
 
 
 class _LaunchCounter:
@@ -212,6 +217,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
             errs = rel_errors(got, ref)
             r["rel_err_vs_reference"] = errs
             r["ok"] = all(e <= tol for e in errs.values())
+            r["tma_active"] = ma.tma_active(cfgs, q, k, v)
             out, lse = ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd)
             delta = ma._bwd_delta(out, do, plan.wl_dq.block_m, cfgs.dq.num_warps)
             r["fwd_bwd_ms"] = _time(fwd_bwd, reps)

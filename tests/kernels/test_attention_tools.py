@@ -82,7 +82,10 @@ def test_the_tuner_checks_every_tiling_against_the_dense_reference_and_never_pic
     res = tune_attention(["a"], str(out), {"tool": "tune_attention"}, budget_s=600, reps=1, smoke=True)
     assert json.loads(out.read_text()) == res
     cfgs = res["cases"]["a"]["configs"]
-    assert set(cfgs) == {"default", "bwd16x16", "fwd16x32"}
+    assert set(cfgs) == {"default", "bwd16x16", "fwd16x32", "default_tma"}
+    # the TMA candidate ran its descriptor path (the interpreter has one) and was checked like the rest
+    assert cfgs["default_tma"]["tma_active"] == {"fwd": True, "dkdv": True, "dq": True}
+    assert cfgs["default"]["tma_active"] == {"fwd": False, "dkdv": False, "dq": False}
     bad = cfgs.pop("bwd16x16")
     assert bad["ok"] is False and bad["config"]["dkdv"][:2] == [16, 16]
     assert bad["rel_err_vs_reference"]["dk"] == pytest.approx(0.01, rel=0.05)
@@ -103,7 +106,7 @@ def test_the_tuner_checks_every_tiling_against_the_dense_reference_and_never_pic
 
 
 def test_tilings_in_text_name_what_is_wrong(tmp_path):
-    from vincie_kernels.tilings import attention_configs, parse_tilings, tilings_text
+    from vincie_kernels.tilings import attention_configs, configs_lists, parse_tilings, tilings_text
     from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128, AttentionConfigs, KernelConfig
     assert attention_configs(parse_tilings("default")) is None
     assert attention_configs(parse_tilings("fa2")) == FA2_CONFIGS_BF16_D128
@@ -115,6 +118,17 @@ def test_tilings_in_text_name_what_is_wrong(tmp_path):
             parse_tilings(text)
     text = "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2"
     assert tilings_text(parse_tilings(text)) == text and tilings_text(parse_tilings("fa2")) == "fa2"
+    # "+tma" per kernel: kept through text, the tune JSON's lists and AttentionConfigs
+    text = "fwd=128x64x8x3+tma,dkdv=32x128x8x2,dq=128x64x8x2+tma"
+    parsed = parse_tilings(text)
+    assert parsed["fwd"] == [128, 64, 8, 3, 1] and parsed["dkdv"] == [32, 128, 8, 2]
+    assert tilings_text(parsed) == text
+    cfgs = attention_configs(parsed)
+    assert cfgs.fwd == KernelConfig(128, 64, 8, 3, tma=True) and not cfgs.dkdv.tma and cfgs.dq.tma
+    assert configs_lists(cfgs) == parsed
+    for bad in ("fwd=128x64x8x3+tmx,dkdv=32x128x8x2,dq=128x64x8x2", "fwd=128x64x8x3+,dkdv=32x128x8x2,dq=128x64x8x2"):
+        with pytest.raises(ValueError, match=re.escape(f"bad part {bad.split(',')[0]!r}")):
+            parse_tilings(bad)
     unfinished = tmp_path / "tune.json"
     unfinished.write_text(json.dumps({"overall_best": {"none": "no config was checked correct and timed in any case"}}))
     with pytest.raises(ValueError, match="no overall_best config in it \\(no config was checked correct"):

@@ -72,7 +72,7 @@ def _report() -> dict:
     for name, kern, cfg in (("fwd", ma._fwd_kernel, cfg_f), ("dkdv", ma._bwd_dkdv_kernel, cfgs.dkdv),
                             ("dq", ma._bwd_dq_kernel, cfgs.dq)):
         k = _compile(kern, "bf16", {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                                    "DOT_PREC": "tf32"}, cfg)
+                                    "DOT_PREC": "tf32", "TMA": cfg.tma}, cfg)
         ir = k.asm["ttgir"]
         out[name] = {"shared": k.metadata.shared, "async_copies": ir.count("async_copy_global_to_local"),
                      "kv_buffers": ir.count(out["fwd_kv_buffer"]), **_resources(k)}
@@ -96,11 +96,14 @@ def _report() -> dict:
     seen = {}
     for _, cands in candidates(smoke=False):
         for name, cfg in (("fwd", cands.fwd), ("dkdv", cands.dkdv), ("dq", cands.dq)):
-            key = f"{name} {cfg.block_m}x{cfg.block_n}x{cfg.num_warps}x{cfg.num_stages}"
+            key = f"{name} {cfg.block_m}x{cfg.block_n}x{cfg.num_warps}x{cfg.num_stages}" + ("+tma" if cfg.tma else "")
             if key not in seen:
                 k = _compile(kernels[name], "bf16", {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                                                     "DOT_PREC": "tf32"}, cfg)
-                seen[key] = {"shared": k.metadata.shared, **_resources(k)}
+                                                     "DOT_PREC": "tf32", "TMA": cfg.tma}, cfg)
+                ir = k.asm["ttgir"]
+                seen[key] = {"shared": k.metadata.shared, "scratch": k.metadata.global_scratch_size,
+                             "tma_copies": ir.count("async_tma_copy_global_to_local"),
+                             "async_copies": ir.count("async_copy_global_to_local"), **_resources(k)}
     out["tune_candidates"] = seen
     return out
 
@@ -131,6 +134,13 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
     assert len(rep["tune_candidates"]) >= 10, rep["tune_candidates"]
     for key, r in rep["tune_candidates"].items():
         assert r["shared"] <= H100_SMEM, (key, r)
+        # a TMA tiling streams its tiles through the copy engine (its descriptors live in global
+        # scratch); the pointer tilings use cp.async and no scratch
+        if key.endswith("+tma"):
+            assert r["tma_copies"] > 0 and r["scratch"] > 0, (key, r)
+        else:
+            assert r["tma_copies"] == 0 and r["scratch"] == 0 and r["async_copies"] > 0, (key, r)
+    assert sum(key.endswith("+tma") for key in rep["tune_candidates"]) >= 3, rep["tune_candidates"]
 
 
 if __name__ == "__main__":

@@ -14,6 +14,8 @@ CONFIGS = {
     "16x16/16x16": (KernelConfig(16, 16), KernelConfig(16, 16)),
     # dK/dV on its own tiling, dQ on the forward's (the GPU default's shape: lists shared with the forward)
     "32x16/dkdv16x32/dq32x16": (KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(32, 16)),
+    # every kernel streaming through tensor descriptors (TMA on sm_90; the interpreter runs them too)
+    "tma": (KernelConfig(32, 16, tma=True), KernelConfig(16, 32, tma=True), KernelConfig(32, 16, tma=True)),
 }
 
 
@@ -53,7 +55,8 @@ HAND = [(3, 1, KIND_TEXT, 0), (61, 3, KIND_TEXT, 0), (1, 5, KIND_TEXT, 0), (20, 
 
 @pytest.mark.parametrize("mask_type,cfg", [("block_causal", "32x16/16x32"), ("full", "16x16/16x16"),
                                             ("block_causal", "16x16/16x16"),
-                                            ("block_causal", "32x16/dkdv16x32/dq32x16")])
+                                            ("block_causal", "32x16/dkdv16x32/dq32x16"),
+                                            ("block_causal", "tma"), ("full", "tma")])
 def test_hand_layout(mask_type, cfg):
     _assert_close(*_run(HAND, mask_type, configs=CONFIGS[cfg])[:4])
 
@@ -73,7 +76,33 @@ def test_context_parallel_slice(mask_type):
     S = sum(b[0] for b in HAND)
     _assert_close(*_run(HAND, mask_type, q_start=70, q_len=77, seed=3)[:4])
     _assert_close(*_run(HAND, mask_type, q_start=41, q_len=100, k_start=13, k_len=150, seed=4)[:4])
+    # descriptors bound each slice at its own length: tiles past Sq / Sk read zeros
+    _assert_close(*_run(HAND, mask_type, q_start=41, q_len=100, k_start=13, k_len=150, seed=4,
+                        configs=CONFIGS["tma"])[:4])
     assert S == 229
+
+
+def test_tma_streams_contiguous_heads_and_falls_back_for_strided_ones():
+    """A TMA descriptor addresses [S, H * D]: q/k/v split from a fused projection (stride_h = 3D) take
+    the pointer loads instead, with the same answer."""
+    from vincie_kernels.masked_attention import AttentionConfigs, tma_active
+    cfgs = AttentionConfigs(*CONFIGS["tma"])
+    spec = spec_from_blocks(HAND)
+    S = int(spec[0][-1])
+    qkv = torch.randn(S, 2, 3 * 16, device=DEVICE, requires_grad=True)
+    q, k, v = qkv.split(16, dim=-1)
+    assert tma_active(cfgs, q, k, v) == {"fwd": False, "dkdv": False, "dq": False}
+    has_tma = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9     # the interpreter, or sm_90+
+    assert tma_active(cfgs, *(t.contiguous() for t in (q, k, v))) == dict.fromkeys(("fwd", "dkdv", "dq"), has_tma)
+    assert tma_active(AttentionConfigs(*CONFIGS["16x16/16x16"], CONFIGS["16x16/16x16"][1]),
+                      q.contiguous(), k.contiguous(), v.contiguous()) == {"fwd": False, "dkdv": False, "dq": False}
+    do = torch.randn(S, 2, 16, device=DEVICE)
+    out = masked_attention(q, k, v, *[t.to(DEVICE) for t in spec], "block_causal", configs=cfgs)
+    (g,) = torch.autograd.grad(out, qkv, do)
+    x = qkv.detach().clone().requires_grad_()
+    ref, _ = attention_reference(*x.split(16, dim=-1), dense_mask(*spec, "block_causal").to(DEVICE))
+    (rg,) = torch.autograd.grad(ref, x, do)
+    assert (out - ref).abs().max() <= ATOL and (g - rg).abs().max() <= ATOL
 
 
 def test_empty_rows_give_zero_and_finite_grads():

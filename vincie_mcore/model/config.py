@@ -92,7 +92,8 @@ class MMDiTConfig:
     attention_tilings: str = "default"
     """Tilings of the Triton attention kernels for bf16/fp16 on CUDA (``kernels/vincie_kernels/tilings.py``):
     "default", a preset ("legacy", "fa2"), "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2"
-    (block_m x block_n x warps x stages per kernel) or "tuned=<vincie-tune-attention JSON>" (read once,
+    (block_m x block_n x warps x stages per kernel; "+tma" after one streams its tiles through TMA on
+    sm_90+) or "tuned=<vincie-tune-attention JSON>" (read once,
     here, and kept as the explicit text, so a saved config stands without the file). fp32 and the CPU
     interpreter keep the kernels' defaults; the torch core ignores it. It changes speed, never the math."""
     transformer_impl: str = "local"
