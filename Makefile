@@ -27,7 +27,8 @@ demo: venv
 	$(BIN)/vincie-demo
 
 test: venv
-	$(BIN)/python -m pytest -q tests
+	# the slowest tests in every log: CI has 90 minutes, make test aims at 25 on 2 cores (docs/testing.md)
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 # Newest releases within pyproject's ranges -> $(LOCK), then a fresh .venv from it and the tests.
 lock:

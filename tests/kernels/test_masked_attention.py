@@ -91,11 +91,6 @@ def test_tma_streams_contiguous_heads_and_falls_back_for_strided_ones():
     S = int(spec[0][-1])
     qkv = torch.randn(S, 2, 3 * 16, device=DEVICE, requires_grad=True)
     q, k, v = qkv.split(16, dim=-1)
-    assert tma_active(cfgs, q, k, v) == {"fwd": False, "dkdv": False, "dq": False}
-    has_tma = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9     # the interpreter, or sm_90+
-    assert tma_active(cfgs, *(t.contiguous() for t in (q, k, v))) == dict.fromkeys(("fwd", "dkdv", "dq"), has_tma)
-    assert tma_active(AttentionConfigs(*CONFIGS["16x16/16x16"], CONFIGS["16x16/16x16"][1]),
-                      q.contiguous(), k.contiguous(), v.contiguous()) == {"fwd": False, "dkdv": False, "dq": False}
     do = torch.randn(S, 2, 16, device=DEVICE)
     out = masked_attention(q, k, v, *[t.to(DEVICE) for t in spec], "block_causal", configs=cfgs)
     (g,) = torch.autograd.grad(out, qkv, do)
@@ -103,6 +98,11 @@ def test_tma_streams_contiguous_heads_and_falls_back_for_strided_ones():
     ref, _ = attention_reference(*x.split(16, dim=-1), dense_mask(*spec, "block_causal").to(DEVICE))
     (rg,) = torch.autograd.grad(ref, x, do)
     assert (out - ref).abs().max() <= ATOL and (g - rg).abs().max() <= ATOL
+    assert tma_active(cfgs, q, k, v) == {"fwd": False, "dkdv": False, "dq": False}
+    has_tma = DEVICE == "cpu" or torch.cuda.get_device_capability()[0] >= 9     # the interpreter, or sm_90+
+    assert tma_active(cfgs, *(t.contiguous() for t in (q, k, v))) == dict.fromkeys(("fwd", "dkdv", "dq"), has_tma)
+    assert tma_active(AttentionConfigs(*CONFIGS["16x16/16x16"], CONFIGS["16x16/16x16"][1]),
+                      q.contiguous(), k.contiguous(), v.contiguous()) == {"fwd": False, "dkdv": False, "dq": False}
 
 
 def test_empty_rows_give_zero_and_finite_grads():
