@@ -466,15 +466,16 @@ def _tma_ok(cfg: KernelConfig, *streamed: torch.Tensor) -> bool:
     """Whether this launch uses TMA: the config asks for it, the device has it, and each streamed
     [S, H, D] tensor is a 2-D [S, H * D] view TMA can address (heads contiguous, 16-byte aligned base
     and row stride)."""
-    if not cfg.tma:
+    if not cfg.tma or not hasattr(tl, "make_tensor_descriptor"):     # Triton before 3.4: pointer loads
         return False
     t0 = streamed[0]
     if t0.device.type == "cuda":
         if torch.cuda.get_device_capability(t0.device)[0] < 9:
             return False
-        # Triton's allocator setting is per thread (a ContextVar): the backward runs on autograd's thread
+        # Triton's allocator setting is per thread (a ContextVar): the backward runs on autograd's thread.
+        # One the caller set is kept; Triton's default (NullAllocator) raises at launch.
         from triton.runtime import _allocation
-        if _allocation._allocator.get() is _allocation._NULL_ALLOCATOR:
+        if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
             triton.set_allocator(_scratch)
     return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
                for t in streamed)

@@ -208,7 +208,8 @@ def _fixture_case(name: str):
 @pytest.mark.parametrize("name", ["3b", "7b"])
 def test_plain_official_model_matches_the_release_and_megatron(loaded, name):
     """VincieMMDiT (no Megatron) with the release's weights, converted by the import's mapping, gives the official
-    implementation's output (golden fixture) within 1e-5; for the 3B it also equals the Megatron model of the run."""
+    implementation's output (golden fixture) within 2e-5 (written on Intel; 9.2e-6 measured on an AMD EPYC:
+    tests/convert/test_official.py's ATOL); for the 3B it also equals the Megatron model of the run."""
     from vincie_mcore.convert.official import converted, plan_import
     from vincie_mcore.hf.modeling import VincieMMDiT
     from vincie_mcore.model.official import official_frames
@@ -222,7 +223,7 @@ def test_plain_official_model_matches_the_release_and_megatron(loaded, name):
         out = plain.eval()(x, batch)
     as_release = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]) for f in official_frames(out, sessions, p)])
     assert ref.abs().max() > 1
-    torch.testing.assert_close(as_release, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(as_release, ref, rtol=0, atol=2e-5)
     if name == "3b":                              # the run's Megatron model holds the same imported weights
         model = loaded[1]
         with torch.no_grad():
