@@ -477,8 +477,9 @@ def _tma_ok(cfg: KernelConfig, *streamed: torch.Tensor) -> bool:
         from triton.runtime import _allocation
         if isinstance(_allocation._allocator.get(), _allocation.NullAllocator):
             triton.set_allocator(_scratch)
-    return all(t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0 and (t.stride(0) * t.element_size()) % 16 == 0
-               for t in streamed)
+    # (a TMA descriptor cannot describe an empty tensor: an empty key slice loads nothing anyway)
+    return all(t.shape[0] > 0 and t.stride(1) == t.shape[2] and t.data_ptr() % 16 == 0
+               and (t.stride(0) * t.element_size()) % 16 == 0 for t in streamed)
 
 
 def _fwd(q, k, v, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
