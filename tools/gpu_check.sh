@@ -136,15 +136,27 @@ PYEOF
 # and SDPA and times it beside the dense rate; without a pick it benches the default tilings. The
 # layer bench below runs its Triton stacks with the same pick. docs/benchmarks.md, "attention tilings".
 TUNED="$OUT/tune_attention.json"
+TMA_TILINGS="fwd=128x64x8x3+tma,dkdv=32x128x8x2+tma,dq=128x64x8x2+tma"     # the tuner's fa2_tma
 if [ "$HAS_GPU" = 1 ]; then
     run_step check_attention_bf16 75 "$PY" -m vincie_tools.check_attention --device cuda --dtype bfloat16 \
         --cases 18 --seed 0 --out "$OUT/check_attention_bf16.json"
-    run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 --out "$TUNED"
+    # the TMA kernels' first run on a GPU: checked on small layouts in a process of their own, because a
+    # fault there (a bad descriptor) would poison the tuner's CUDA context for every later candidate
+    run_step check_attention_bf16_tma 45 "$PY" -m vincie_tools.check_attention --device cuda --dtype bfloat16 \
+        --cases 6 --seed 1 --tilings "$TMA_TILINGS" --out "$OUT/check_attention_bf16_tma.json"
+    TUNE_ARGS=()
+    "$PY" -c "import json, sys; r = json.load(open(sys.argv[1])); sys.exit(0 if r['ok'] and r['tma_active'] else 1)" \
+        "$OUT/check_attention_bf16_tma.json" 2>/dev/null || TUNE_ARGS=(--no-tma)
+    run_step tune_attention 120 "$PY" -m vincie_tools.tune_attention --budget-s 90 ${TUNE_ARGS[@]+"${TUNE_ARGS[@]}"} \
+        --out "$TUNED"
     BENCH_ARGS=()
 else
     # CPU dry run: the interpreter path of the check, and of the tuner and the bench on case a's tiny layout
     run_step check_attention_cpu 120 env TRITON_INTERPRET=1 "$PY" -m vincie_tools.check_attention --device cpu \
         --cases 2 --seed 0 --out "$OUT/check_attention_cpu.json"
+    run_step check_attention_cpu_tma 60 env TRITON_INTERPRET=1 "$PY" -m vincie_tools.check_attention --device cpu \
+        --cases 1 --seed 1 --tilings "fwd=32x16x4x2+tma,dkdv=16x32x4x2+tma,dq=16x32x4x2+tma" \
+        --out "$OUT/check_attention_cpu_tma.json"
     run_step tune_attention 90 "$PY" -m vincie_tools.tune_attention --smoke --cases a --budget-s 60 --reps 1 --out "$TUNED"
     BENCH_ARGS=(--smoke --cases a --skip flex,newlen)
     for s in pytest_kernels check_attention_fp32 check_attention_fp16; do record "$s" skipped 0 0 "no GPU"; done

@@ -18,19 +18,21 @@ TOLERANCES = {"float32": (1e-4, 0.0), "bfloat16": (1e-2, 2e-2), "float16": (2e-3
 
 
 def check_attention(cases: int, seed: int, device: str, dtype_name: str, max_tokens: int | None = None,
-                    heads: int | None = None) -> tuple[dict, list[dict]]:
+                    heads: int | None = None, tilings: str = "default") -> tuple[dict, list[dict]]:
     """Run ``cases`` random cases; -> (result record, failures: one dict per tensor over tolerance).
 
     ``device`` "cpu" runs Triton's interpreter (fp32 only: it computes half types wrongly), which
     must be chosen before triton's first import. Defaults: ``max_tokens`` 200 on cpu, 3000 on
-    cuda; ``heads`` 2 on cpu, 8 on cuda.
+    cuda; ``heads`` 2 on cpu, 8 on cuda. ``tilings``: the kernels' tilings as text
+    (``tilings.py``; e.g. a ``+tma`` tiling, checked before the GPU tuner times it).
     """
     if device == "cpu":
         os.environ.setdefault("TRITON_INTERPRET", "1")      # must precede the first triton import
     import torch
     import torch.nn.functional as F
 
-    from vincie_kernels.masked_attention import masked_attention
+    from vincie_kernels.masked_attention import masked_attention, tma_active
+    from vincie_kernels.tilings import attention_configs, parse_tilings
     from vincie_kernels.reference import MASK_TYPES, attention_reference, dense_mask, random_blocks, spec_from_blocks
 
     dtype = getattr(torch, dtype_name)
@@ -38,6 +40,8 @@ def check_attention(cases: int, seed: int, device: str, dtype_name: str, max_tok
     heads = heads or (2 if device == "cpu" else 8)
     head_dims = (16, 32) if device == "cpu" else (64, 128)
     atol, rtol = TOLERANCES[dtype_name]
+    configs = attention_configs(parse_tilings(tilings))
+    tma_seen = set()
 
     gen = torch.Generator().manual_seed(seed)
     worst = {n: 0.0 for n in ("out", "dq", "dk", "dv")}
@@ -73,7 +77,9 @@ def check_attention(cases: int, seed: int, device: str, dtype_name: str, max_tok
         spec_dev = [t.to(device) for t in spec]
         mask = mask.to(device)
 
-        out = masked_attention(q, k, v, *spec_dev, mask_type, q_start=q_start, k_start=k_start)
+        out = masked_attention(q, k, v, *spec_dev, mask_type, q_start=q_start, k_start=k_start, configs=configs)
+        if configs is not None:
+            tma_seen.update(kern for kern, on in tma_active(configs, q, k, v).items() if on)
         dq, dk, dv = torch.autograd.grad(out, (q, k, v), g)
         # the oracle, in fp32 from the same (rounded) inputs
         qr, kr, vr = (t.detach().float().requires_grad_() for t in (q, k, v))
@@ -105,7 +111,8 @@ def check_attention(cases: int, seed: int, device: str, dtype_name: str, max_tok
               "dtype": dtype_name, "ok": not failures, "num_failures": len(failures),
               "max_err_out": worst["out"], "max_err_dq": worst["dq"], "max_err_dk": worst["dk"],
               "max_err_dv": worst["dv"], "tolerance": {"atol": atol, "rtol": rtol},
-              "case_kinds": kinds, "empty_query_rows": empty_rows, "seconds": round(time.time() - t0, 2)}
+              "case_kinds": kinds, "empty_query_rows": empty_rows, "seconds": round(time.time() - t0, 2),
+              "tilings": tilings, "tma_active": sorted(tma_seen)}
     if device == "cuda":
         result["sdpa_max_err"] = worst_sdpa
         result["gpu"] = torch.cuda.get_device_name()

@@ -36,9 +36,11 @@ from vincie_kernels.tilings import configs_lists, tilings_text
 KERNELS = ("fwd", "dkdv", "dq")
 
 
-def candidates(smoke: bool):
+def candidates(smoke: bool, tma: bool = True):
     """-> [(name, AttentionConfigs)], today's default first, no tiling twice (a preset equal to the
-    default is dropped). Tilings are (block_m queries, block_n keys)."""
+    default is dropped). Tilings are (block_m queries, block_n keys). ``tma=False`` leaves out the
+    tilings with a TMA kernel (tools/gpu_check.sh does when its TMA check failed: a kernel fault there
+    could poison the CUDA context for every later candidate)."""
     import torch
     from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128, LEGACY_CONFIGS_BF16_D128
     from vincie_kernels.masked_attention import AttentionConfigs, KernelConfig as K, default_configs
@@ -70,6 +72,8 @@ def candidates(smoke: bool):
     out, seen = [], set()
     for name, cfgs in named:
         key = tilings_text(_cfg_dict(cfgs))
+        if not tma and "+tma" in key:
+            continue
         if key not in seen:
             seen.add(key)
             out.append((name, cfgs))
@@ -276,13 +280,15 @@ def pick_overall(cases: dict) -> dict:
             "default_summed_ms": ({kern: total[kern]["default"] for kern in KERNELS} if "default" in names else None)}
 
 
-def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, smoke: bool) -> dict:
+def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, smoke: bool,
+                   tma: bool = True) -> dict:
     """Every case of ``cases`` in turn while ``budget_s`` lasts; the result (``header`` + per-case
-    records) is rewritten to ``out`` after each measurement."""
+    records) is rewritten to ``out`` after each measurement. ``tma=False``: no TMA candidates."""
     t_start = time.time()
     deadline = t_start + budget_s
-    cands = candidates(smoke)
-    result = {**header, "budget_s": budget_s, "candidates": {n: _cfg_dict(c) for n, c in cands}, "cases": {}}
+    cands = candidates(smoke, tma)
+    result = {**header, "budget_s": budget_s, "tma_candidates": tma,
+              "candidates": {n: _cfg_dict(c) for n, c in cands}, "cases": {}}
 
     def record(case, entries):
         result["cases"].setdefault(case, {}).update(entries)

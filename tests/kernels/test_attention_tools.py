@@ -195,3 +195,34 @@ def test_the_triton_core_takes_its_tilings_for_bf16_on_cuda_only():
         assert core._configs(x.half()) == FA2_CONFIGS_BF16_D128
         assert core._configs(x.float()) is None                           # fp32: twice the shared memory
         assert TritonMaskedAttention()._configs(x) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's half; gpu_check runs it on the GPU")
+def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatch):
+    """tools/gpu_check.sh checks the TMA tilings in a process of their own before the tuner (and tunes
+    with --no-tma if that check fails); here the same check under the interpreter, against the oracle."""
+    import vincie_kernels.masked_attention as ma
+    from vincie_kernels.check import check_attention
+    from vincie_kernels.tilings import tilings_text
+    from vincie_kernels.tune import _cfg_dict, candidates
+    launched = set()                                                  # (kernel, tma) of every launch
+
+    def spy(kern, fn):
+        def run(*a):
+            launched.add((kern, a[-1].tma))                          # the KernelConfig is the last argument
+            return fn(*a)
+        return run
+    for kern, name in (("fwd", "_fwd"), ("dkdv", "_bwd_dkdv"), ("dq", "_bwd_dq")):
+        monkeypatch.setattr(ma, name, spy(kern, getattr(ma, name)))
+    tma = "fwd=32x16x4x2+tma,dkdv=16x32x4x2+tma,dq=16x32x4x2+tma"
+    res, failures = check_attention(1, 1, "cpu", "float32", tilings=tma)
+    assert not failures and res["ok"] and res["tilings"] == tma
+    assert launched == {("fwd", True), ("dkdv", True), ("dq", True)}  # the tilings reached the kernels
+    assert res["tma_active"] == ["dkdv", "dq", "fwd"]
+    assert check_attention(1, 1, "cpu", "float32")[0]["tma_active"] == []
+    names = lambda cands: [tilings_text(_cfg_dict(c)) for _, c in cands]  # noqa: E731
+    assert sum("+tma" in t for t in names(candidates(smoke=False))) >= 2
+    assert not any("+tma" in t for t in names(candidates(smoke=False, tma=False)))
+    r = subprocess.run([sys.executable, "-m", "vincie_tools.check_attention", "--device", "cpu", "--tilings",
+                        "fwd=32x16x4x2+tmx"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--tilings: bad part 'fwd=32x16x4x2+tmx'" in r.stderr.strip().splitlines()[-1]

@@ -25,10 +25,17 @@ def parse_args(argv=None):
     p.add_argument("--dtype", choices=sorted(TOLERANCES), default=None, help="default: float32 on cpu, bfloat16 on cuda")
     p.add_argument("--max-tokens", type=int, default=None, help="layout size (default 200 on cpu, 3000 on cuda)")
     p.add_argument("--heads", type=int, default=None)
+    p.add_argument("--tilings", default="default",
+                   help="kernel tilings as text (vincie_kernels/tilings.py), e.g. one with +tma kernels")
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     if args.cases < 1:
         p.error(f"--cases must be >= 1, got {args.cases}")
+    from vincie_kernels.tilings import parse_tilings
+    try:
+        parse_tilings(args.tilings)
+    except ValueError as e:
+        p.error(f"--tilings: {e}")
     return args
 
 
@@ -44,7 +51,8 @@ def main(argv=None) -> int:
         print(f"check_attention: the Triton interpreter computes {dtype_name} wrongly; use float32 on cpu",
               file=sys.stderr)
         return 2
-    result, failures = check_attention(args.cases, args.seed, device, dtype_name, args.max_tokens, args.heads)
+    result, failures = check_attention(args.cases, args.seed, device, dtype_name, args.max_tokens, args.heads,
+                                       args.tilings)
     for f in failures[:10]:
         print("FAIL", json.dumps(f))
     line = json.dumps(result)

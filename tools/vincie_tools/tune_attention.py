@@ -26,6 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--budget-s", type=float, default=60.0, help="stop starting measurements after this")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--smoke", action="store_true", help="Triton interpreter on CPU, tiny layouts, fp32")
+    p.add_argument("--no-tma", action="store_true",
+                   help="leave out the candidates with TMA kernels (e.g. after a failed TMA check)")
     args = p.parse_args(argv)
     bad = [c for c in args.cases.split(",") if c not in CASES]
     if bad:
@@ -42,7 +44,8 @@ def main(argv=None) -> int:
         print("tune_attention: no CUDA device, skipping", file=sys.stderr)
         print(json.dumps(header))
         return 0
-    result = tune_attention(args.cases.split(","), args.out, header, args.budget_s, args.reps, args.smoke)
+    result = tune_attention(args.cases.split(","), args.out, header, args.budget_s, args.reps, args.smoke,
+                            tma=not args.no_tma)
     print(json.dumps(result))
     return 0
 
