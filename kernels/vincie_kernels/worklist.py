@@ -331,14 +331,15 @@ def _emit_runs(cls, cls_prev, cls_next, c, START, END, n_starts, n_ends, n_tiles
             n_tiles + tl.sum(is_c.to(tl.int32), 0))
 
 
-@triton.jit(do_not_specialize=["R", "C", "W", "Sk"])
-def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n,
+@triton.jit(do_not_specialize=["R", "C", "W", "Sk", "PLANE", "CSTRIDE"])
+def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n, PLANE, CSTRIDE,
                  ROWS_ARE_Q: tl.constexpr, CHUNK: tl.constexpr):
-    """Row tile r: RUNS [4, R, W] (full start/end, partial start/end); COUNTS [5, R]
-    (full runs, partial runs, full tiles, partial tiles, -(full + 2 partial) as the sort key)."""
+    """Row tile r: RUNS [4, PLANE] holding [R, W] each (full start/end, partial start/end); COUNTS
+    [5, CSTRIDE] holding [R] each (full runs, partial runs, full tiles, partial tiles, -(full + 2
+    partial) as the sort key)."""
     r = tl.program_id(0)
     row = r.to(tl.int64) * W
-    plane = R.to(tl.int64) * W
+    plane = PLANE.to(tl.int64)
     nfr = tl.zeros([], tl.int32)
     npr = tl.zeros([], tl.int32)
     nfe = tl.zeros([], tl.int32)
@@ -354,10 +355,17 @@ def _runs_kernel(ROW_MM, COL_MM, RUNS, COUNTS, R, C, W, Sk, block_n,
         npr, npe, npt = _emit_runs(cls, cls_prev, cls_next, c, RUNS + 2 * plane + row, RUNS + 3 * plane + row,
                                    npr, npe, npt, 1)
     tl.store(COUNTS + r, nfr)
-    tl.store(COUNTS + R + r, npr)
-    tl.store(COUNTS + 2 * R + r, nf)
-    tl.store(COUNTS + 3 * R + r, npt)
-    tl.store(COUNTS + 4 * R + r, -(nf + 2 * npt))
+    tl.store(COUNTS + CSTRIDE + r, npr)
+    tl.store(COUNTS + 2 * CSTRIDE + r, nf)
+    tl.store(COUNTS + 3 * CSTRIDE + r, npt)
+    tl.store(COUNTS + 4 * CSTRIDE + r, -(nf + 2 * npt))
+
+
+def _aligned(n: int) -> int:
+    """n rounded up to 4 int32s (16 bytes). Views that start at such offsets of one allocation keep the
+    allocation's 16-byte alignment, which Triton's JIT specialises pointers on: a view whose alignment
+    changed with the sequence length would recompile the attention kernels at that new length."""
+    return (n + 3) // 4 * 4
 
 
 def _fused_ok(block_m: int, block_n: int) -> bool:
@@ -369,9 +377,10 @@ def _tile_attrs_fused(spec, mask_type, start, length, tile, is_query):
     off, order, kind, sess = spec
     dev = off.device
     T = (length + tile - 1) // tile
-    out = torch.empty(3 * length + 6 * T, device=dev, dtype=torch.int32)   # one allocation
-    a_sess, a_blk, a_third = out[:length], out[length:2 * length], out[2 * length:3 * length]
-    mm = out[3 * length:].view(6, T)                                             # (6, T)
+    L = _aligned(length)
+    out = torch.empty(3 * L + 6 * T, device=dev, dtype=torch.int32)           # one allocation
+    a_sess, a_blk, a_third = out[:length], out[L:L + length], out[2 * L:2 * L + length]
+    mm = out[3 * L:].view(6, T)                                                  # (6, T)
     nb = order.numel()
     _tile_attr_kernel[(T,)](off, order, kind, sess, a_sess, a_blk, a_third, mm, start, length, nb,
                             (nb + 1).bit_length() + 1, T, IS_QUERY=is_query, FULL_MASK=mask_type == "full",
@@ -382,10 +391,13 @@ def _tile_attrs_fused(spec, mask_type, start, length, tile, is_query):
 def _tile_runs_fused(row_mm, col_mm, Sk: int, block_n: int, rows_are_q: bool) -> TileRuns:
     R, C = row_mm.shape[1], col_mm.shape[1]
     W = max(1, (C + 1) // 2)
-    runs = torch.zeros(4, R, W, device=row_mm.device, dtype=torch.int32)         # (4, R, W) zero-padded
-    counts = torch.empty(5, R, device=row_mm.device, dtype=torch.int32)
-    _runs_kernel[(R,)](row_mm, col_mm, runs, counts, R, C, W, Sk, block_n,
+    plane, cstride = _aligned(R * W), _aligned(R)                              # each list 16-byte aligned
+    buf = torch.zeros(4, plane, device=row_mm.device, dtype=torch.int32)         # zero-padded runs
+    counts = torch.empty(5, cstride, device=row_mm.device, dtype=torch.int32)
+    _runs_kernel[(R,)](row_mm, col_mm, buf, counts, R, C, W, Sk, block_n, plane, cstride,
                        ROWS_ARE_Q=rows_are_q, CHUNK=_CHUNK, num_warps=4)
+    runs = buf[:, :R * W].view(4, R, W)
+    counts = counts[:, :R]
     perm = torch.argsort(counts[4], stable=True).to(torch.int32)
     return TileRuns(runs[0], runs[1], counts[0], runs[2], runs[3], counts[1], counts[2], counts[3], perm)
 

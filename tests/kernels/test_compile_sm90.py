@@ -84,7 +84,7 @@ def _report() -> dict:
     for name, fn, consts, ints in (
             ("wl_attrs", wl._tile_attr_kernel, {"IS_QUERY": True, "FULL_MASK": False, "NOISY": 2, "TILE": 128},
              {"start", "length", "nb", "n_steps", "n_tiles"}),
-            ("wl_runs", wl._runs_kernel, {"ROWS_ARE_Q": False, "CHUNK": wl._CHUNK}, {"R", "C", "W", "Sk", "block_n"})):
+            ("wl_runs", wl._runs_kernel, {"ROWS_ARE_Q": False, "CHUNK": wl._CHUNK}, {"R", "C", "W", "Sk", "block_n", "PLANE", "CSTRIDE"})):
         sig = {n: "constexpr" if n in consts else ("i32" if n in ints else "*i32") for n in fn.arg_names}
         src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(n),): v for n, v in consts.items()})
         k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
