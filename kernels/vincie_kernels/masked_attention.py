@@ -444,7 +444,8 @@ def _check_inputs(q, k, v):
 
 
 def tma_active(cfgs: AttentionConfigs, q, k, v) -> dict:
-    """Per kernel, whether a launch on these tensors streams through TMA (benchmarks record it)."""
+    """Per kernel, whether a launch on these tensors streams through TMA (benchmarks record it). dK/dV
+    streams Q and dO; the backward makes dO contiguous, so q decides for both."""
     q, k, v = _contig(q), _contig(k), _contig(v)
     return {"fwd": _tma_ok(cfgs.fwd, k, v), "dkdv": _tma_ok(cfgs.dkdv, q, q), "dq": _tma_ok(cfgs.dq, k, v)}
 

@@ -71,7 +71,7 @@ def candidates(smoke: bool, tma: bool = True):
         ]
     out, seen = [], set()
     for name, cfgs in named:
-        key = tilings_text(_cfg_dict(cfgs))
+        key = tilings_text(configs_lists(cfgs))
         if not tma and "+tma" in key:
             continue
         if key not in seen:
@@ -90,9 +90,6 @@ def _time(fn, reps: int) -> float:
     for _ in range(2):
         fn()
     return event_median_ms(fn, reps)
-
-
-_cfg_dict = configs_lists
 
 
 class _LaunchCounter:
@@ -206,7 +203,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
         if time.time() > deadline:
             results[cname] = {"skipped": "budget spent"}
             continue
-        r = {"config": _cfg_dict(cfgs)}
+        r = {"config": configs_lists(cfgs)}
         try:
             t0 = time.time()
             plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=cfgs)
@@ -245,7 +242,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
         pick = {kern: min(good, key=lambda n: good[n][f"{kern}_ms"]) for kern in KERNELS}
         by_name = dict(cands)
         best = ma.AttentionConfigs(by_name[pick["fwd"]].fwd, by_name[pick["dkdv"]].dkdv, by_name[pick["dq"]].dq)
-        entry = {"from": pick, "config": _cfg_dict(best)}
+        entry = {"from": pick, "config": configs_lists(best)}
         if time.time() <= deadline:
             plan = ma.plan_masked_attention(*spec, mask_type, 0, S, 0, S, D, dtype, configs=best)
 
@@ -288,7 +285,7 @@ def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, sm
     deadline = t_start + budget_s
     cands = candidates(smoke, tma)
     result = {**header, "budget_s": budget_s, "tma_candidates": tma,
-              "candidates": {n: _cfg_dict(c) for n, c in cands}, "cases": {}}
+              "candidates": {n: configs_lists(c) for n, c in cands}, "cases": {}}
 
     def record(case, entries):
         result["cases"].setdefault(case, {}).update(entries)

@@ -203,8 +203,8 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     with --no-tma if that check fails); here the same check under the interpreter, against the oracle."""
     import vincie_kernels.masked_attention as ma
     from vincie_kernels.check import check_attention
-    from vincie_kernels.tilings import tilings_text
-    from vincie_kernels.tune import _cfg_dict, candidates
+    from vincie_kernels.tilings import configs_lists, tilings_text
+    from vincie_kernels.tune import candidates
     launched = set()                                                  # (kernel, tma) of every launch
 
     def spy(kern, fn):
@@ -220,7 +220,7 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     assert launched == {("fwd", True), ("dkdv", True), ("dq", True)}  # the tilings reached the kernels
     assert res["tma_active"] == ["dkdv", "dq", "fwd"]
     assert check_attention(1, 1, "cpu", "float32")[0]["tma_active"] == []
-    names = lambda cands: [tilings_text(_cfg_dict(c)) for _, c in cands]  # noqa: E731
+    names = lambda cands: [tilings_text(configs_lists(c)) for _, c in cands]  # noqa: E731
     assert sum("+tma" in t for t in names(candidates(smoke=False))) >= 2
     assert not any("+tma" in t for t in names(candidates(smoke=False, tma=False)))
     r = subprocess.run([sys.executable, "-m", "vincie_tools.check_attention", "--device", "cpu", "--tilings",
