@@ -165,7 +165,7 @@ TILINGS=default
 if "$PY" -c "import sys; from vincie_kernels.tilings import parse_tilings; parse_tilings('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
     TILINGS="tuned=$TUNED"
 fi
-run_step bench_attention 120 "$PY" -m vincie_tools.bench_attention --configs "$TILINGS" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
+run_step bench_attention 135 "$PY" -m vincie_tools.bench_attention --configs "$TILINGS" ${BENCH_ARGS[@]+"${BENCH_ARGS[@]}"} \
     --out "$OUT/bench_attention.json"
 
 # ============================================================================ Add new sections here (above Summary)

@@ -7,7 +7,8 @@ Cases (24 heads x 128, bf16; text stream first, then the image stream, as in the
     c  4 packed sessions, "full" mask, 6 clean + 1 noisy image of 256 tokens and 135 text tokens
        each (S = 7 708, density 0.25)
 
-For each case: ours (end to end with the work-list build, and with a prebuilt plan) vs
+For each case: ours (end to end with the default work-list build, with a prebuilt plan, and end to end with
+the fused Triton build, whose lists are compared with the default build's tensor by tensor) vs
 FlexAttention (torch.compile'd, block mask from a mask_mod doing per-token block-attribute
 lookups) vs SDPA with the dense boolean mask vs dense SDPA with no mask (flash). Forward
 and forward+backward medians (CUDA events), effective TFLOP/s counting only allowed
@@ -165,6 +166,10 @@ def wall_once(fn):
 
 # ----------------------------------------------------------------------------- limits and checks
 
+# ours, timed three ways: building the work lists every call (the default build), with a prebuilt plan (the
+# per-layer cost in training), and building them every call with the fused Triton build
+OURS_LABELS = ("ours", "ours_with_plan", "ours_fused_build")
+
 # max |ours - ref| / max |ref| allowed per tensor (out, dq, dk, dv). bf16 keeps 8 bits of mantissa and
 # two bf16 implementations differ by a few ulps of the largest values; a skipped key tile is O(1).
 CHECK_TOL = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 1e-2}
@@ -212,7 +217,7 @@ def summarize_case(c: dict, peak_tflops: float | None) -> dict:
         if not v["ok"]:
             worst = max(v["max_rel_err"], key=v["max_rel_err"].get)
             reasons.append(f"disagrees with {ref}: {worst} max rel err {v['max_rel_err'][worst]:.3g} > {v['tol']}")
-    for label in ("ours", "ours_with_plan"):
+    for label in OURS_LABELS:
         r = c.get(label, {})
         for key in ("fwd_tflops", "fwd_bwd_tflops"):
             if peak_tflops and r.get(key, 0) > peak_tflops:
@@ -222,16 +227,19 @@ def summarize_case(c: dict, peak_tflops: float | None) -> dict:
         return out
     dense = c.get("dense_flash_no_mask", {}).get("computed_fwd_bwd_tflops")
     flex = c.get("flex", {}).get("fwd_bwd_ms")
-    for label in ("ours", "ours_with_plan"):
+    fused = c.get("fused_build", {})
+    if fused and not fused.get("matches_torch_build"):     # its speed would be of other work lists
+        out["fused_build_invalid"] = fused.get("error") or f"differs from the torch build: {fused.get('differences')}"
+    for label in OURS_LABELS:
         r = c.get(label, {})
-        if "fwd_bwd_ms" not in r:
+        if "fwd_bwd_ms" not in r or (label == "ours_fused_build" and "fused_build_invalid" in out):
             continue
         out[label] = {"fwd_bwd_ms": r["fwd_bwd_ms"], "fwd_bwd_tflops": r["fwd_bwd_tflops"],
                       "frac_of_dense_rate": r["fwd_bwd_tflops"] / dense if dense else None,
                       "x_flex": flex / r["fwd_bwd_ms"] if flex else None}
     ff = c.get("flex_flash", {})
     if "fwd_bwd_ms" in ff:               # FlexAttention's FA4 backend, where the machine has it
-        for label in ("ours", "ours_with_plan"):
+        for label in OURS_LABELS:
             if label in out:
                 out[label]["x_flex_flash"] = ff["fwd_bwd_ms"] / out[label]["fwd_bwd_ms"]
         out["flex_flash"] = {"fwd_bwd_ms": ff["fwd_bwd_ms"], "fwd_bwd_tflops": ff.get("fwd_bwd_tflops"),
@@ -254,6 +262,7 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     from vincie_kernels.masked_attention import (masked_attention, masked_attention_forward, plan_masked_attention,
                                                  tma_active)
     from vincie_kernels.reference import spec_from_blocks, token_block_ids
+    from vincie_kernels.worklist import first_difference
 
     if opts.smoke:
         dev, dtype, H, D = "cpu", torch.float32, 2, 16
@@ -312,6 +321,26 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     measure("ours_with_plan", lambda: masked_attention_forward(q, k, v, *spec, mask_type, plan=plan),
             ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=plan)), fl_fwd)
 
+    # --- the fused work-list build (build_worklists' "triton" backend): "auto" keeps the torch build until a
+    # GPU run shows the two equal at these sizes, so this run records both, compared tensor by tensor
+    def fused_plan(sp=spec, n=S, need_bwd=True):
+        return plan_masked_attention(*sp, mask_type, 0, n, 0, n, D, dtype, need_bwd=need_bwd, configs=configs,
+                                     worklist_backend="triton")
+
+    try:
+        pf = fused_plan()
+        diff = {kern: first_difference(getattr(plan, f"wl_{kern}"), getattr(pf, f"wl_{kern}"), plan.attrs, pf.attrs)
+                for kern in ("fwd", "dkdv", "dq")}
+        record(name, {"fused_build": {"matches_torch_build": not any(diff.values()),
+                                      "differences": {k: v for k, v in diff.items() if v},
+                                      "build_ms": cuda_time(fused_plan, 0.2)}})
+        del pf
+        measure("ours_fused_build", lambda: masked_attention_forward(q, k, v, *spec, mask_type,
+                                                                     plan=fused_plan(need_bwd=False)),
+                ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=fused_plan())), fl_fwd)
+    except Exception as e:
+        record(name, {"fused_build": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
+
     # --- correctness of the same inputs at the same size: (out, dq, dk, dv) against each reference
     def grads(fn, to_shd=lambda t: t):
         qg.grad = kg.grad = vg.grad = None
@@ -352,6 +381,18 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
                 lambda: masked_attention(q2g, k2g, v2g, *spec2, mask_type, configs=configs).backward(do2))})
         except Exception as e:
             record(name, {"ours_new_len_error": f"{type(e).__name__}: {str(e)[:300]}"})
+        if "matches_torch_build" in res.get("fused_build", {}):
+            try:           # the fused build at a third length: its own kernels must not recompile either
+                S3 = S + 2 * 37
+                spec3 = [t.to(dev) for t in spec_from_blocks(blocks[:-1] + [(blocks[-1][0] + 74, *blocks[-1][1:])])]
+                x3 = [torch.randn(S3, H, D, device=dev, dtype=dtype).requires_grad_() for _ in range(3)]
+                do3 = torch.randn(S3, H, D, device=dev, dtype=dtype)
+                for which in ("first", "second"):
+                    record(name, {f"ours_fused_build_new_len_{which}_fwd_bwd_ms": wall_once(
+                        lambda: masked_attention(*x3, *spec3, mask_type, plan=fused_plan(spec3, S3)).backward(do3))})
+                del x3, do3
+            except Exception as e:
+                record(name, {"ours_fused_build_new_len_error": f"{type(e).__name__}: {str(e)[:300]}"})
 
     # --- FlexAttention
     if "flex" not in skip:

@@ -607,10 +607,12 @@ class AttentionPlan:
 
 def plan_masked_attention(block_offsets, block_order, block_kind, block_session, mask_type: str,
                           q_start: int, q_len: int, k_start: int, k_len: int, head_dim: int,
-                          dtype: torch.dtype, need_bwd: bool = True, configs=None) -> AttentionPlan:
+                          dtype: torch.dtype, need_bwd: bool = True, configs=None,
+                          worklist_backend: str = "auto") -> AttentionPlan:
     """Token attributes + forward (and backward) work lists for one (spec, slice, head dim, dtype). No sync.
 
     ``configs``: AttentionConfigs, (fwd, bwd) or (fwd, dkdv, dq) KernelConfigs; default ``default_configs``.
+    ``worklist_backend``: how the lists are built (``build_worklists``' backend: "auto", "torch", "triton").
     """
     device = block_offsets.device
     for name, t in (("block_order", block_order), ("block_kind", block_kind), ("block_session", block_session)):
@@ -618,13 +620,13 @@ def plan_masked_attention(block_offsets, block_order, block_kind, block_session,
             raise ValueError(f"{name} is on {t.device} but block_offsets is on {device}")
     cfgs = as_configs(configs) if configs is not None else default_configs(head_dim, dtype, device)
     spec = (block_offsets, block_order, block_kind, block_session, mask_type, q_start, q_len, k_start, k_len)
-    attrs, wl_f = build_worklists(*spec, cfgs.fwd.block_m, cfgs.fwd.block_n)
+    attrs, wl_f = build_worklists(*spec, cfgs.fwd.block_m, cfgs.fwd.block_n, backend=worklist_backend)
     lists = {(cfgs.fwd.block_m, cfgs.fwd.block_n): wl_f}
 
     def lists_for(cfg):
         key = (cfg.block_m, cfg.block_n)
         if key not in lists:
-            lists[key] = build_worklists(*spec, cfg.block_m, cfg.block_n, attrs=attrs)[1]
+            lists[key] = build_worklists(*spec, cfg.block_m, cfg.block_n, attrs=attrs, backend=worklist_backend)[1]
         return lists[key]
 
     wl_dkdv = lists_for(cfgs.dkdv) if need_bwd else None

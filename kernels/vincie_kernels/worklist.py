@@ -48,7 +48,7 @@ from vincie_kernels.reference import KIND_NOISY, MASK_TYPES
 INT32_MAX = 2**31 - 1
 
 __all__ = ["TokenAttrs", "TileRuns", "WorkLists", "token_attributes", "build_worklists", "classify_tiles",
-           "SKIP", "PARTIAL", "FULL"]
+           "first_difference", "SKIP", "PARTIAL", "FULL"]
 
 SKIP, PARTIAL, FULL = 0, 1, 2
 
@@ -445,3 +445,29 @@ def build_worklists(block_offsets, block_order, block_kind, block_session, mask_
     Tq, Tk = cls.shape
     wl = WorkLists(block_m, block_n, Tq, Tk, _tile_runs(cls), _tile_runs(cls.t()))
     return attrs, wl
+
+
+_ATTR_FIELDS = ("q_sess", "q_blk", "q_limit", "k_sess", "k_blk", "k_rank")
+_RUN_FIELDS = ("full_start", "full_end", "n_full_runs", "part_start", "part_end", "n_part_runs", "n_full", "n_part",
+               "perm")
+
+
+def first_difference(a: WorkLists, b: WorkLists, attrs_a: TokenAttrs | None = None,
+                     attrs_b: TokenAttrs | None = None) -> str | None:
+    """Where two builds of the same tiling differ, as "q.full_end" / "attrs.k_rank" / "tiling", or None when
+    every tensor is equal (dtype included) and starts 16-byte aligned. The torch and fused builds must give
+    None: the tests and the GPU bench (which compares them at the benchmark sizes) use this one check."""
+    if (a.block_m, a.block_n, a.num_q_tiles, a.num_k_tiles) != (b.block_m, b.block_n, b.num_q_tiles, b.num_k_tiles):
+        return "tiling"
+    pairs = [(f"{side}.{f}", getattr(getattr(a, side), f), getattr(getattr(b, side), f))
+             for side in ("q", "k") for f in _RUN_FIELDS]
+    if attrs_a is not None and attrs_b is not None:
+        pairs += [(f"attrs.{f}", getattr(attrs_a, f), getattr(attrs_b, f)) for f in _ATTR_FIELDS]
+    for name, x, y in pairs:
+        if x.dtype != y.dtype or not torch.equal(x, y):
+            return name
+        # the attention kernels get these tensors: Triton specialises pointers on 16-byte alignment, so a
+        # view that lost it at some length would recompile them (H200: 3.7 s first calls, docs/measured.md)
+        if x.data_ptr() % 16 or y.data_ptr() % 16:
+            return f"{name} (alignment)"
+    return None

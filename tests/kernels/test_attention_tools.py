@@ -53,6 +53,17 @@ def test_a_case_is_valid_only_with_a_passing_check_and_a_rate_under_the_peak():
     s = summarize_case({**case, "flex_flash": {"unavailable": "needs CUDA"}}, peak_tflops=780.0)
     assert s["flex_flash"] == {"unavailable": "needs CUDA"} and "x_flex_flash" not in s["ours"]
 
+    # the fused work-list build: quoted only where its lists equal the default build's; above the peak invalidates
+    fused = {**case, "ours_fused_build": {"fwd_bwd_ms": 7.5, "fwd_bwd_tflops": 400.0, "fwd_tflops": 420.0},
+             "fused_build": {"matches_torch_build": True, "differences": {}, "build_ms": 0.5}}
+    s = summarize_case(fused, peak_tflops=780.0)
+    assert s["valid"] and s["ours_fused_build"]["x_flex"] == pytest.approx(2.0) and "fused_build_invalid" not in s
+    s = summarize_case({**fused, "fused_build": {"matches_torch_build": False, "differences": {"dkdv": "k.part_end"}}},
+                       peak_tflops=780.0)
+    assert s["valid"] and "ours_fused_build" not in s and "k.part_end" in s["fused_build_invalid"]
+    s = summarize_case({**fused, "ours_fused_build": {"fwd_bwd_ms": 2.0, "fwd_bwd_tflops": 1065.0}}, peak_tflops=780.0)
+    assert not s["valid"] and "ours_fused_build fwd_bwd_tflops 1065 above the measured matmul peak 780" in s["invalid_reasons"]
+
     x = torch.randn(8, 2, 4)
     y = x.clone()
     y[3] += 0.5 * x.abs().max()                                            # one skipped key's worth of error
@@ -103,6 +114,9 @@ def test_the_tuner_checks_every_tiling_against_the_dense_reference_and_never_pic
     case = b["cases"]["a"]
     assert case["ours_configs"] == best["config"]
     assert case["check"]["sdpa_dense_mask"]["ok"] and case["summary"]["valid"], case["summary"]
+    # the fused work-list build ran beside the default one, compared tensor by tensor, and was timed end to end
+    assert case["fused_build"]["matches_torch_build"] and case["fused_build"]["differences"] == {}, case["fused_build"]
+    assert case["fused_build"]["build_ms"] > 0 and "fwd_bwd_ms" in case["summary"]["ours_fused_build"]
 
 
 def test_tilings_in_text_name_what_is_wrong(tmp_path):
