@@ -20,6 +20,9 @@ runs in the packed layout (``packed/batch.py``: blocks are consecutive spans of 
 each stream's ``stream_blocks`` is non-decreasing), so a tile spans one or a few ids; any order stays
 correct, only slower. The atomics make the summation order, and so the last bits of d(mods), vary from
 run to run on a GPU. The QK weight gradient is written as per-program partial rows and summed by torch.
+
+Row counts (S, S * H) are left out of Triton's specialisation (``do_not_specialize``): a new sequence
+length must not compile the kernels again (tests/kernels/test_no_recompile.py).
 """
 from __future__ import annotations
 
@@ -51,7 +54,7 @@ def _block_sums_add(dst_ptr, stride_nb, b, rmask, v, cols, cmask):
             tl.atomic_add(dst_ptr + bb * stride_nb + cols, part, mask=cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S"])
 def _norm_modulate_fwd(x_ptr, mods_ptr, blk_ptr, y_ptr, mean_ptr, rstd_ptr, S, D, stride_x, stride_y,
                        stride_mb, stride_mc, SHIFT, SCALE, eps,
                        IS_RMS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -93,7 +96,7 @@ def _norm_modulate_bwd_chunk(x_ptr, dy_ptr, mods_ptr, rows, rmask, b, mean, rstd
     return cols, cmask, m2, dy, xhat, dy * (1.0 + scale)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S"])
 def _norm_modulate_bwd(x_ptr, dy_ptr, mods_ptr, blk_ptr, mean_ptr, rstd_ptr, dx_ptr, dmods_ptr, S, D,
                        stride_x, stride_dy, stride_dx, stride_mb, stride_mc, stride_db, stride_dc, SHIFT, SCALE,
                        IS_RMS: tl.constexpr, MODS_GRAD: tl.constexpr,
@@ -129,7 +132,7 @@ def _norm_modulate_bwd(x_ptr, dy_ptr, mods_ptr, blk_ptr, mean_ptr, rstd_ptr, dx_
             _block_sums_add(dmods_ptr + SCALE * stride_dc, stride_db, b, rmask, dy * xhat, cols, cmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S"])
 def _gated_residual_fwd(x_ptr, y_ptr, mods_ptr, blk_ptr, out_ptr, S, D, stride_x, stride_y, stride_o,
                         stride_mb, stride_mc, GATE, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
@@ -145,7 +148,7 @@ def _gated_residual_fwd(x_ptr, y_ptr, mods_ptr, blk_ptr, out_ptr, S, D, stride_x
              mask=m2)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["S"])
 def _gated_residual_bwd(dout_ptr, y_ptr, mods_ptr, blk_ptr, dy_ptr, dmods_ptr, S, D, stride_do, stride_y,
                         stride_dy, stride_mb, stride_mc, stride_db, GATE,
                         Y_GRAD: tl.constexpr, MODS_GRAD: tl.constexpr,
@@ -170,7 +173,7 @@ def _gated_residual_bwd(dout_ptr, y_ptr, mods_ptr, blk_ptr, dy_ptr, dmods_ptr, S
 # x [S, H, Dh] with strides (stride_s, stride_h, 1); out/dout/dx contiguous [S, H, Dh]; cos/sin [S, Dh/2].
 # Rows r of the flattened (S * H) are (s, h) = (r // H, r % H); channel pairs (2j, 2j + 1) rotate by angle j.
 
-@triton.jit
+@triton.jit(do_not_specialize=["R"])
 def _qk_norm_rope_fwd(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr, R, H, HALF, stride_s, stride_h,
                       stride_cs, eps, BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
@@ -195,7 +198,7 @@ def _qk_norm_rope_fwd(x_ptr, w_ptr, cos_ptr, sin_ptr, out_ptr, rstd_ptr, R, H, H
     tl.store(rstd_ptr + rows, rstd, mask=rmask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R"])
 def _qk_norm_rope_bwd(x_ptr, w_ptr, cos_ptr, sin_ptr, rstd_ptr, dout_ptr, dx_ptr, dw_part_ptr, R, H, HALF,
                       stride_s, stride_h, stride_cs, W_GRAD: tl.constexpr,
                       BLOCK_R: tl.constexpr, BLOCK_J: tl.constexpr):

@@ -8,7 +8,8 @@ interpreter, with ``JITFunction.run`` replaced by a recorder that asks Triton's 
 specialisation an sm_90 launch would get, and launches nothing. Over 48 consecutive lengths (every
 residue mod 16) and 40 more up to 2.7k tokens (tile counts and run-list widths crossing multiples of 16)
 of a block-causal and a full layout, a context-parallel slice, both work-list builds and a TMA tiling,
-each kernel must show one specialisation per call site (its constexprs).
+and the fused element-wise ops (``vincie_kernels.fused``) at 56 row counts, each kernel must show one
+specialisation per call site (its constexprs).
 """
 import json
 import os
@@ -46,6 +47,7 @@ def _record() -> dict:
 
     jit.JITFunction.run = record
     import vincie_kernels.masked_attention as ma
+    from vincie_kernels import fused
     from vincie_kernels.bench import case_blocks
     from vincie_kernels.reference import spec_from_blocks
     from vincie_kernels.tilings import attention_configs, parse_tilings
@@ -72,6 +74,21 @@ def _record() -> dict:
                         q = torch.zeros(q_len, H, D, requires_grad=True)
                         k, v = (torch.zeros(S, H, D, requires_grad=True) for _ in range(2))
                         ma.masked_attention(q, k, v, *spec, mask_type, q_start=q_start, plan=plan).sum().backward()
+    # the fused element-wise ops around a block, as the model calls them (vincie_mcore/model/fused_ops.py):
+    # rows of one stream, q/k split from a fused projection, the stream's rows of the joint RoPE tables
+    Dm, Dh = 64, 32
+    for S in [*range(1, 40), *range(45, 700, 37)]:
+        text = 5 + S % 7                             # the text stream's rows before this (image) stream's
+        x = torch.zeros(S, Dm, requires_grad=True)
+        mods = torch.zeros(3, 6, Dm, requires_grad=True)
+        blk = torch.arange(S, dtype=torch.int32) * 3 // max(S, 1)
+        y = fused.norm_modulate(x, mods, blk, 0, 1, 1e-6)
+        fused.gated_residual(x, y, mods, blk, 2).sum().backward()
+        qkv = torch.zeros(S, 3, H, Dh, requires_grad=True)
+        cos, sin = (torch.zeros(text + S, Dh // 2) for _ in range(2))
+        w = torch.ones(Dh, requires_grad=True)
+        for i in (0, 1):
+            fused.qk_norm_rope(qkv[:, i], w, cos[text:], sin[text:], 1e-6).sum().backward()
     return {name: {site: sorted(keys) for site, keys in sites.items()} for name, sites in seen.items()}
 
 
@@ -87,7 +104,9 @@ def test_every_kernel_keeps_one_specialisation_across_lengths():
     seen = json.loads(proc.stdout.strip().splitlines()[-1])
     # every kernel of both builds and of the attention, forward and backward, was launched
     assert set(seen) >= {"_tile_attr_kernel", "_runs_kernel", "_fwd_kernel", "_bwd_delta_kernel",
-                         "_bwd_dkdv_kernel", "_bwd_dq_kernel"}, sorted(seen)
+                         "_bwd_dkdv_kernel", "_bwd_dq_kernel", "_norm_modulate_fwd", "_norm_modulate_bwd",
+                         "_gated_residual_fwd", "_gated_residual_bwd", "_qk_norm_rope_fwd", "_qk_norm_rope_bwd"}, \
+        sorted(seen)
     assert len(seen["_fwd_kernel"]) == 2          # two call sites: the pointer and the TMA forward
     for name, sites in seen.items():
         for site, keys in sites.items():
