@@ -323,18 +323,18 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
 
     # --- the fused work-list build (build_worklists' "triton" backend): "auto" keeps the torch build until a
     # GPU run shows the two equal at these sizes, so this run records both, compared tensor by tensor
-    def fused_plan(sp=spec, n=S, need_bwd=True):
+    def fused_plan(sp=spec, n=S, need_bwd=True, backend="triton"):
         return plan_masked_attention(*sp, mask_type, 0, n, 0, n, D, dtype, need_bwd=need_bwd, configs=configs,
-                                     worklist_backend="triton")
+                                     worklist_backend=backend)
 
     try:
-        pf = fused_plan()
-        diff = {kern: first_difference(getattr(plan, f"wl_{kern}"), getattr(pf, f"wl_{kern}"), plan.attrs, pf.attrs)
+        pf, pt = fused_plan(), fused_plan(backend="torch")          # the torch build whatever "auto" picks
+        diff = {kern: first_difference(getattr(pt, f"wl_{kern}"), getattr(pf, f"wl_{kern}"), pt.attrs, pf.attrs)
                 for kern in ("fwd", "dkdv", "dq")}
         record(name, {"fused_build": {"matches_torch_build": not any(diff.values()),
                                       "differences": {k: v for k, v in diff.items() if v},
                                       "build_ms": cuda_time(fused_plan, 0.2)}})
-        del pf
+        del pf, pt
         measure("ours_fused_build", lambda: masked_attention_forward(q, k, v, *spec, mask_type,
                                                                      plan=fused_plan(need_bwd=False)),
                 ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=fused_plan())), fl_fwd)

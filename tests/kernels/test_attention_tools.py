@@ -240,3 +240,36 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     r = subprocess.run([sys.executable, "-m", "vincie_tools.check_attention", "--device", "cpu", "--tilings",
                         "fwd=32x16x4x2+tmx"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--tilings: bad part 'fwd=32x16x4x2+tmx'" in r.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1", reason="the interpreter run; a GPU box runs it in seconds")
+def test_check_worklists_compares_the_builds_at_a_benchmark_size(monkeypatch, tmp_path, capsys):
+    """vincie_tools.check_worklists on case c (S = 7,708) at one tiling: equal builds pass; a fused build
+    with one run end moved is named and fails the exit status; bad arguments are refused in one line."""
+    import dataclasses
+    import vincie_kernels.worklist as wlmod
+    from vincie_tools.check_worklists import main
+
+    out = tmp_path / "cw.json"
+    assert main(["--cases", "c", "--tilings", "128x64", "--out", str(out)]) == 0
+    rec = json.loads(out.read_text())
+    assert rec["all_equal"] and [p["tiling"] for p in rec["pairs"]] == [[128, 64]]
+    assert rec["pairs"][0]["S"] == 7708 and rec["pairs"][0]["tiles"]["partial"] > 0
+
+    real = wlmod._build_fused
+
+    def one_end_off(*a, **k):
+        attrs, wl = real(*a, **k)
+        end = wl.k.full_end.clone()
+        end.view(-1)[0] += 1
+        return attrs, dataclasses.replace(wl, k=dataclasses.replace(wl.k, full_end=end))
+
+    monkeypatch.setattr(wlmod, "_build_fused", one_end_off)
+    assert main(["--cases", "c", "--tilings", "128x64", "--out", str(out)]) == 1
+    assert json.loads(out.read_text())["pairs"][0]["first_difference"] == "k.full_end"
+    capsys.readouterr()
+    for bad, says in ((["--tilings", "24x64"], "--tilings: want power-of-two tiles >= 16"),
+                      (["--cases", "a,d"], "--cases: unknown case(s) ['d']")):
+        with pytest.raises(SystemExit):
+            main(bad)
+        assert says in capsys.readouterr().err
