@@ -14,7 +14,8 @@
 # $OUT is copied into benchmarks/ (GPU runs only). Without a GPU the GPU-only steps are skipped
 # (a CPU dry run takes ~2 minutes). The last line printed is the summary JSON.
 #
-# Wheels the GPU box lacks travel in .wheels/ (git-ignored; carry it):
+# Wheels the GPU box lacks travel in .wheels/ (git-ignored; carry it). `bash tools/gpu_check.sh --prep-wheels`
+# makes it here (~10 MB: the three below, for Python 3.11 and 3.12); by hand:
 #     pip download --no-deps -d .wheels torchao==0.18.0
 #     pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1
 #     pip download ... (same flags) -d .wheels PyYAML==6.0.4    (tests/model/model_batches.py reads configs/model/*.yaml:
@@ -29,6 +30,19 @@
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
+
+if [ "${1:-}" = "--prep-wheels" ]; then       # local machine (with an index): the model-side wheels into .wheels
+    PIP=${PYTHON:-.venv/bin/python}
+    mkdir -p .wheels
+    "$PIP" -m pip download -q --no-deps -d .wheels torchao==0.18.0 || exit 1
+    for v in 3.11 3.12; do                     # the box's interpreter decides which of them installs
+        "$PIP" -m pip download -q --no-deps --only-binary=:all: --python-version "$v" \
+            --platform manylinux_2_28_x86_64 -d .wheels megatron-core==0.16.1 PyYAML==6.0.4 || exit 1
+    done
+    ls -1 .wheels
+    echo "wrote .wheels ($(du -sh .wheels | cut -f1)); carry it to the GPU box (run's carry: [\".wheels\"])"
+    exit 0
+fi
 
 if [ "${1:-}" = "--prep-pydeps" ]; then       # local machine: copy pure-Python pytest into .gpu_pydeps
     SP=$(ls -d .venv/lib/python3*/site-packages | head -n 1)
