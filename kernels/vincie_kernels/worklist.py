@@ -159,14 +159,14 @@ def token_attributes(block_offsets, block_order, block_kind, block_session, mask
 
 
 def _tile_minmax(x: torch.Tensor, tile: int):
-    """[L] -> ([T], [T]) min and max per tile; the last tile is padded by repeating its last value."""
-    L = x.numel()
+    """[n, L] -> ([n, T], [n, T]) min and max per tile of each row; the last tile is padded by repeating
+    its last value. One stacked pass for all of a side's attributes: the torch build is launch-bound."""
+    n, L = x.shape
     T = (L + tile - 1) // tile
     pad = T * tile - L
     if pad:
-        x = torch.cat([x, x[-1:].expand(pad)])
-    x = x.view(T, tile)                                                         # (T, tile)
-    return x.amin(dim=1), x.amax(dim=1)
+        x = torch.cat([x, x[:, -1:].expand(n, pad)], dim=1)
+    return torch.aminmax(x.view(n, T, tile), dim=2)                           # (n, T) each
 
 
 def classify_tiles(attrs: TokenAttrs, block_m: int, block_n: int) -> torch.Tensor:
@@ -175,12 +175,10 @@ def classify_tiles(attrs: TokenAttrs, block_m: int, block_n: int) -> torch.Tenso
     if Sq == 0 or Sk == 0:
         return torch.zeros(((Sq + block_m - 1) // block_m, (Sk + block_n - 1) // block_n),
                            dtype=torch.int8, device=attrs.q_sess.device)
-    qs_lo, qs_hi = (t[:, None] for t in _tile_minmax(attrs.q_sess, block_m))   # (Tq, 1)
-    qb_lo, qb_hi = (t[:, None] for t in _tile_minmax(attrs.q_blk, block_m))
-    ql_lo, ql_hi = (t[:, None] for t in _tile_minmax(attrs.q_limit, block_m))
-    ks_lo, ks_hi = (t[None, :] for t in _tile_minmax(attrs.k_sess, block_n))   # (1, Tk)
-    kb_lo, kb_hi = (t[None, :] for t in _tile_minmax(attrs.k_blk, block_n))
-    kr_lo, kr_hi = (t[None, :] for t in _tile_minmax(attrs.k_rank, block_n))
+    q_lo, q_hi = _tile_minmax(torch.stack([attrs.q_sess, attrs.q_blk, attrs.q_limit]), block_m)   # (3, Tq)
+    k_lo, k_hi = _tile_minmax(torch.stack([attrs.k_sess, attrs.k_blk, attrs.k_rank]), block_n)    # (3, Tk)
+    (qs_lo, qb_lo, ql_lo), (qs_hi, qb_hi, ql_hi) = q_lo[:, :, None], q_hi[:, :, None]          # (Tq, 1) each
+    (ks_lo, kb_lo, kr_lo), (ks_hi, kb_hi, kr_hi) = k_lo[:, None, :], k_hi[:, None, :]          # (1, Tk) each
     Tk = kr_lo.shape[1]
     k_complete = (torch.arange(Tk, device=kr_lo.device) + 1) * block_n <= Sk  # (Tk,)
 
@@ -197,21 +195,22 @@ def classify_tiles(attrs: TokenAttrs, block_m: int, block_n: int) -> torch.Tenso
 
 
 def _runs(is_c: torch.Tensor, width: int):
-    """[R, C] bool -> (start [R, W], end [R, W], count [R]): maximal runs of True, sorted, zero-padded."""
-    R, C = is_c.shape
-    pad = torch.zeros(R, 1, dtype=torch.bool, device=is_c.device)
-    prev = torch.cat([pad, is_c[:, :-1]], dim=1)                               # (R, C)
-    nxt = torch.cat([is_c[:, 1:], pad], dim=1)
+    """[..., R, C] bool -> (start [..., R, W], end [..., R, W], count [..., R]): maximal runs of True,
+    sorted, zero-padded."""
+    C = is_c.shape[-1]
+    pad = torch.zeros_like(is_c[..., :1])
+    prev = torch.cat([pad, is_c[..., :-1]], dim=-1)                            # (..., R, C)
+    nxt = torch.cat([is_c[..., 1:], pad], dim=-1)
     col = torch.arange(C, device=is_c.device, dtype=torch.int32)
-    found = []
-    for edge in (is_c & ~prev, is_c & ~nxt):                                  # run starts, run ends (inclusive)
-        # marked columns moved to the front of each row, in order: argsort of a unique key, no host sync
-        key = torch.where(edge, col, col + C)
-        found.append(torch.sort(key, dim=1).values[:, :width])                # (R, W)
-    count = (is_c & ~prev).sum(dim=1, dtype=torch.int32)
-    valid = torch.arange(width, device=is_c.device)[None, :] < count[:, None]
-    start = torch.where(valid, found[0], 0).to(torch.int32).contiguous()
-    end = torch.where(valid, found[1] + 1, 0).to(torch.int32).contiguous()
+    starts, ends = is_c & ~prev, is_c & ~nxt                                   # run starts, run ends (inclusive)
+    # marked columns moved to the front of each row, in order: a sort of unique keys, no host sync; starts
+    # and ends sorted in one call
+    key = torch.where(torch.stack([starts, ends]), col, col + C)              # (2, ..., R, C)
+    found = torch.sort(key, dim=-1).values[..., :width]                       # (2, ..., R, W)
+    count = starts.sum(dim=-1, dtype=torch.int32)
+    valid = torch.arange(width, device=is_c.device) < count[..., None]
+    start = torch.where(valid, found[0], 0).to(torch.int32)
+    end = torch.where(valid, found[1] + 1, 0).to(torch.int32)
     return start, end, count
 
 
@@ -219,17 +218,20 @@ def _tile_runs(cls: torch.Tensor) -> TileRuns:
     """[R, C] classes -> TileRuns (runs of full and of partial tiles per row)."""
     R, C = cls.shape
     width = max(1, (C + 1) // 2)            # at most ceil(C/2) disjoint runs of one class per row
-    fs, fe, nfr = _runs(cls == FULL, width)
-    ps, pe, npr = _runs(cls == PARTIAL, width)
-    n_full = (cls == FULL).sum(dim=1, dtype=torch.int32)
-    n_part = (cls == PARTIAL).sum(dim=1, dtype=torch.int32)
+    is_c = torch.stack([cls == FULL, cls == PARTIAL])                          # (2, R, C): both classes at once
+    start, end, nruns = _runs(is_c, width)
+    n = is_c.sum(dim=2, dtype=torch.int32)                                     # (2, R) tiles per row
     # heaviest rows first (partial tiles cost a little more); stable for determinism
-    perm = torch.argsort(-(n_full + 2 * n_part), stable=True).to(torch.int32)
-    return TileRuns(fs, fe, nfr, ps, pe, npr, n_full, n_part, perm)
+    perm = torch.argsort(-(n[0] + 2 * n[1]), stable=True).to(torch.int32)
+    # the full-tile lists are views at offset 0; the partial ones are copied, as a view at offset R * W
+    # int32s would change its 16-byte alignment with the length (and recompile the kernels)
+    return TileRuns(start[0], end[0], nruns[0], start[1].clone(), end[1].clone(), nruns[1].clone(), n[0], n[1].clone(),
+                    perm)
 
 
 # ----------------------------------------------------------------------------- fused GPU build
-# The torch path above is ~150 small ops (launch-bound: ~5 ms on a GPU whatever S is). On CUDA the
+# The torch path above is ~130 small ops a tiling (191 before the side and class stacking; launch-bound:
+# ~4 ms a tiling on an H200 at 191, whatever S is). On CUDA the
 # same lists come from 2 Triton launches per direction plus a zero-fill and an argsort: one kernel
 # turns token positions into attributes and per-tile min/max, one walks each row's tiles in chunks,
 # classifies them and scatters run starts/ends at their prefix-sum positions. Same output, bit for
