@@ -43,10 +43,10 @@ TP2_FROM = 24            # the TP2 x DP1 job resumes the plain run's step-24 sav
 # TP2 x DP1 against the DP2 run: final loss and every checkpoint tensor (weights and Adam state) to 1e-5
 # relative. Measured: the same loss to the last bit, tensors within 1.2e-6
 TP2_LOSS_RTOL, TP2_WEIGHTS_RTOL = 1e-5, 1e-5
-# the time-outs only catch a hung job: on a 2-core box shared with other work (load 60+), rank start-up
-# alone took minutes and 240 s / 300 s / 120 s expired before any step, on main as well
 # the wait before a requeued job's start is moved to now: past the second of the kill (see the docstring)
 REQUEUE_HOLD_S = 2.0
+# the time-outs only catch a hung job: on a 2-core box shared with other work (load 60+), rank start-up
+# alone took minutes and 240 s / 300 s / 120 s expired before any step, on main as well
 ENDED = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL", "DEADLINE")
 
 
