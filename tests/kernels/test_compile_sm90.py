@@ -5,13 +5,12 @@ Catches what the interpreter cannot: lowering errors, shared memory over the
 (the reason the work lists are runs of tiles). On a GPU box the real JIT runs
 in the other tests, so this one is skipped there.
 """
-import json
 import os
 import subprocess
-import sys
 
 import pytest
 import torch
+from jit_script import run_as_script, script_main
 
 if torch.cuda.is_available():
     pytest.skip("a GPU is present: the kernels are compiled for real elsewhere", allow_module_level=True)
@@ -110,15 +109,7 @@ def _report() -> dict:
 
 def test_bf16_d128_kernels_compile_fit_and_pipeline():
     pytest.importorskip("triton.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=root,
-                          capture_output=True, text=True, timeout=300)
-    if "NO_AOT_API" in proc.stdout:
-        pytest.skip("this Triton has no ASTSource/GPUTarget")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    rep = run_as_script(__file__, "this Triton has no ASTSource/GPUTarget")
     for name in ("wl_attrs", "wl_runs"):
         assert rep[name]["shared"] <= H100_SMEM and rep[name].get("stack", 0) == 0, (name, rep[name])
     for name in ("fwd", "dkdv", "dq"):
@@ -144,10 +135,4 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
 
 
 if __name__ == "__main__":
-    try:
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except ImportError:
-        print("NO_AOT_API")
-        sys.exit(0)
-    print(json.dumps(_report()))
+    script_main(_report, "triton.backends.compiler:GPUTarget", "triton.compiler:ASTSource")

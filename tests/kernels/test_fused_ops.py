@@ -1,12 +1,10 @@
 """Fused Triton element-wise kernels (interpreter on CPU) vs the torch path, forward and every gradient."""
-import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from jit_script import run_as_script, script_main
 import torch.nn.functional as F
 
 from vincie_kernels.fused import gated_residual, norm_modulate, qk_norm_rope
@@ -239,21 +237,9 @@ def test_kernels_compile_for_sm90():
     """Catches what the interpreter cannot: lowering errors (dynamic loop bounds from block ids, the
     branch inside the per-block loop) and shared memory over an H100's 227 KiB."""
     pytest.importorskip("triton.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, capture_output=True, text=True,
-                          timeout=300)
-    if "NO_AOT_API" in proc.stdout:
-        pytest.skip("this Triton has no ASTSource/GPUTarget")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    shared = json.loads(proc.stdout.strip().splitlines()[-1])
+    shared = run_as_script(__file__, "this Triton has no ASTSource/GPUTarget")
     assert len(shared) == 6 and all(v <= 227 * 1024 for v in shared.values()), shared
 
 
 if __name__ == "__main__":
-    try:
-        from triton.backends.compiler import GPUTarget  # noqa: F401
-        from triton.compiler import ASTSource  # noqa: F401
-    except ImportError:
-        print("NO_AOT_API")
-        sys.exit(0)
-    print(json.dumps(_compile_sm90()))
+    script_main(_compile_sm90, "triton.backends.compiler:GPUTarget", "triton.compiler:ASTSource")

@@ -13,14 +13,10 @@ specialisation per call site (its constexprs).
 """
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[2]
+from jit_script import run_as_script, script_main
 
 if torch.cuda.is_available():
     pytest.skip("a GPU is present: bench_attention times the first call at a new length for real",
@@ -94,14 +90,7 @@ def _record() -> dict:
 
 def test_every_kernel_keeps_one_specialisation_across_lengths():
     pytest.importorskip("triton.compiler")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, os.path.abspath(__file__)], env=env, cwd=ROOT,
-                          capture_output=True, text=True, timeout=600)
-    if "NO_BINDER_API" in proc.stdout:
-        pytest.skip("this Triton has no create_function_from_signature/make_backend to ask")
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    seen = json.loads(proc.stdout.strip().splitlines()[-1])
+    seen = run_as_script(__file__, "this Triton has no create_function_from_signature/make_backend to ask", 600)
     # every kernel of both builds and of the attention, forward and backward, was launched
     assert set(seen) >= {"_tile_attr_kernel", "_runs_kernel", "_fwd_kernel", "_bwd_delta_kernel",
                          "_bwd_dkdv_kernel", "_bwd_dq_kernel", "_norm_modulate_fwd", "_norm_modulate_bwd",
@@ -115,10 +104,4 @@ def test_every_kernel_keeps_one_specialisation_across_lengths():
 
 
 if __name__ == "__main__":
-    try:
-        from triton.compiler import make_backend  # noqa: F401
-        from triton.runtime.jit import create_function_from_signature  # noqa: F401
-    except ImportError:
-        print("NO_BINDER_API")
-        sys.exit(0)
-    print(json.dumps(_record()))
+    script_main(_record, "triton.compiler:make_backend", "triton.runtime.jit:create_function_from_signature")
