@@ -323,21 +323,21 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
 
     # --- the fused work-list build (build_worklists' "triton" backend): "auto" keeps the torch build until a
     # GPU run shows the two equal at these sizes, so this run records both, compared tensor by tensor
-    def fused_plan(sp=spec, n=S, need_bwd=True, backend="triton"):
+    def built_plan(backend="triton", sp=spec, n=S, need_bwd=True):
         return plan_masked_attention(*sp, mask_type, 0, n, 0, n, D, dtype, need_bwd=need_bwd, configs=configs,
                                      worklist_backend=backend)
 
     try:
-        pf, pt = fused_plan(), fused_plan(backend="torch")          # the torch build whatever "auto" picks
+        pf, pt = built_plan(), built_plan("torch")                  # the torch build whatever "auto" picks
         diff = {kern: first_difference(getattr(pt, f"wl_{kern}"), getattr(pf, f"wl_{kern}"), pt.attrs, pf.attrs)
                 for kern in ("fwd", "dkdv", "dq")}
         record(name, {"fused_build": {"matches_torch_build": not any(diff.values()),
                                       "differences": {k: v for k, v in diff.items() if v},
-                                      "build_ms": cuda_time(fused_plan, 0.2)}})
+                                      "build_ms": cuda_time(built_plan, 0.2)}})
         del pf, pt
         measure("ours_fused_build", lambda: masked_attention_forward(q, k, v, *spec, mask_type,
-                                                                     plan=fused_plan(need_bwd=False)),
-                ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=fused_plan())), fl_fwd)
+                                                                     plan=built_plan(need_bwd=False)),
+                ours_bwd(lambda: masked_attention(qg, kg, vg, *spec, mask_type, plan=built_plan())), fl_fwd)
     except Exception as e:
         record(name, {"fused_build": {"error": f"{type(e).__name__}: {str(e)[:300]}"}})
 
@@ -389,7 +389,7 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
                 do3 = torch.randn(S3, H, D, device=dev, dtype=dtype)
                 for which in ("first", "second"):
                     record(name, {f"ours_fused_build_new_len_{which}_fwd_bwd_ms": wall_once(
-                        lambda: masked_attention(*x3, *spec3, mask_type, plan=fused_plan(spec3, S3)).backward(do3))})
+                        lambda: masked_attention(*x3, *spec3, mask_type, plan=built_plan("triton", spec3, S3)).backward(do3))})
                 del x3, do3
             except Exception as e:
                 record(name, {"ours_fused_build_new_len_error": f"{type(e).__name__}: {str(e)[:300]}"})

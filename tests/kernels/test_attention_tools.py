@@ -269,7 +269,8 @@ def test_check_worklists_compares_the_builds_at_a_benchmark_size(monkeypatch, tm
     assert json.loads(out.read_text())["pairs"][0]["first_difference"] == "k.full_end"
     capsys.readouterr()
     for bad, says in ((["--tilings", "24x64"], "--tilings: want power-of-two tiles >= 16"),
-                      (["--cases", "a,d"], "--cases: unknown case(s) ['d']")):
+                      (["--cases", "a,d"], "--cases: unknown case(s) ['d']"),
+                      (["--skip", "b16x16"], "--skip: want case:tiling pairs like b:16x16, got b16x16")):
         with pytest.raises(SystemExit):
             main(bad)
         assert says in capsys.readouterr().err

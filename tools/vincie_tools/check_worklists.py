@@ -42,6 +42,9 @@ def parse_args(argv=None):
     except (ValueError, AssertionError):
         p.error(f"--tilings: want power-of-two tiles >= 16 like 128x64,32x128, got {text!r}")
     args.skip = {s for s in args.skip.split(",") if s}
+    bad = [s for s in args.skip if s.count(":") != 1 or s.split(":")[0] not in CASES]
+    if bad:
+        p.error(f"--skip: want case:tiling pairs like b:16x16, got {','.join(sorted(bad))}")
     return args
 
 
