@@ -305,8 +305,10 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     record(name, {"ours_first_call_ms_incl_compile": t_first})
     record(name, {"ours_worklist_build_ms": cuda_time(build, 0.2)})
     plan = build()
+    # kernels with lists of their own: no dQ kernel (so no dQ lists) when dQ is atomic
+    listed = ("fwd", "dkdv") if plan.cfgs.dq_atomic else ("fwd", "dkdv", "dq")
     record(name, {f"ours_tiles_{kern}": {**wl.counts(), "block_m": wl.block_m, "block_n": wl.block_n}
-                  for kern, wl in (("fwd", plan.wl_fwd), ("dkdv", plan.wl_dkdv), ("dq", plan.wl_dq))})
+                  for kern in listed for wl in [getattr(plan, f"wl_{kern}")]})
     record(name, {"ours_configs": configs_lists(plan.cfgs),
                   "ours_tma_active": tma_active(plan.cfgs, qg, kg, vg)})
 
@@ -330,7 +332,7 @@ def run_case(name: str, opts: BenchOptions, record) -> None:
     try:
         pf, pt = built_plan(), built_plan("torch")                  # the torch build whatever "auto" picks
         diff = {kern: first_difference(getattr(pt, f"wl_{kern}"), getattr(pf, f"wl_{kern}"), pt.attrs, pf.attrs)
-                for kern in ("fwd", "dkdv", "dq")}
+                for kern in listed}
         record(name, {"fused_build": {"matches_torch_build": not any(diff.values()),
                                       "differences": {k: v for k, v in diff.items() if v},
                                       "build_ms": cuda_time(built_plan, 0.2)}})

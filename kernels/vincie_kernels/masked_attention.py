@@ -1,4 +1,4 @@
-"""Masked flash attention for VINCIE's interleaved masks: Triton forward + deterministic backward.
+"""Masked flash attention for VINCIE's interleaved masks: Triton forward + backward (deterministic by default).
 
 One packed sequence, no batch dimension:
 
@@ -11,10 +11,14 @@ The mask comes from the compact spec (``kernels/vincie_kernels/reference.py``) t
 Each program walks its runs of tiles: *full* tiles with no element mask,
 *partial* tiles with the element test; skipped tiles are never loaded.
 
-Backward (no atomics, so bit-for-bit deterministic):
+Backward (by default no atomics, so bit-for-bit deterministic):
     _bwd_delta_kernel: delta = rowsum(dO * O)                [H, Sq] fp32
     _bwd_dkdv_kernel: one program per (head, key tile), walking the transposed list
     _bwd_dq_kernel:   one program per (head, query tile), walking the forward list
+The two kernels each recompute S and P: 7 tile matmuls per visible pair. With ``dq=None`` in
+``AttentionConfigs`` the dK/dV kernel also adds each pair's dS K into an fp32 dQ with atomic adds
+(FlashAttention-2's backward: 5 matmuls, no dQ kernel), at the price of run-to-run variation in
+dQ's last bits.
 Streamed tiles (K/V of the forward and dQ, Q/dO of dK/dV) come through pointer loads (cp.async
 on GPU) or, for a ``KernelConfig(tma=True)``, through TMA tensor descriptors (sm_90+).
 Each kernel has its own tiling (``AttentionConfigs``: fwd, dkdv, dq); kernels with equal
@@ -203,11 +207,12 @@ def _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq):
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-               Q, DO, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
-               stride_qs, stride_qh, stride_dos, stride_doh,
+               Q, DO, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+               stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
                D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
-               TMA: tl.constexpr):
-    """Accumulate query tile qt into dK, dV of one key tile (transposed products, [BN, BM])."""
+               TMA: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+    """Accumulate query tile qt into dK, dV of one key tile (transposed products, [BN, BM]);
+    DQ_ATOMIC: also add this pair's dS K into the fp32 dQ accumulator DQA."""
     offs_m = qt * BLOCK_M + tl.arange(0, BLOCK_M)
     m_valid = offs_m < Sq
     q = _rows(Q, qt * BLOCK_M, h, Sq, stride_qs, stride_qh, D, BLOCK_M, True, TMA)       # (BM, D)
@@ -224,21 +229,27 @@ def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
         p_t = tl.where(vis_t, p_t, 0.0)
     dv += tl.dot(p_t.to(do.dtype), do, input_precision=DOT_PREC)
     dp_t = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)                      # (BN, BM)
-    ds_t = p_t * (dp_t - delta[None, :])
-    dk += tl.dot(ds_t.to(q.dtype), q, input_precision=DOT_PREC)
+    ds_t = (p_t * (dp_t - delta[None, :])).to(q.dtype)
+    dk += tl.dot(ds_t, q, input_precision=DOT_PREC)
+    if DQ_ATOMIC:
+        # padding keys add nothing: they sit only in partial tiles (p = 0 there), and their k rows are 0
+        dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC)                  # (BM, D) fp32
+        tl.atomic_add(DQA + offs_m[:, None] * stride_dqas + h * stride_dqah + tl.arange(0, D)[None, :], dq,
+                      mask=m_valid[:, None], sem="relaxed")
     return dk, dv
 
 
 @triton.jit(do_not_specialize=["Sq", "Sk", "W"])
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQA,
                      QS, QB, QL, KS, KB, KR,
                      FS, FE, NFR, PS, PE, NPR, PERM,   # runs of query tiles per key tile (transposed lists)
                      sm_scale, scale_log2,
                      Sq, Sk, W,
                      stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh,
                      stride_dos, stride_doh, stride_dks, stride_dkh, stride_dvs, stride_dvh,
+                     stride_dqas, stride_dqah,
                      D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PREC: tl.constexpr,
-                     TMA: tl.constexpr = False):
+                     TMA: tl.constexpr = False, DQ_ATOMIC: tl.constexpr = False):
     h = tl.program_id(0)
     tile = tl.load(PERM + tl.program_id(1))
     offs_n = tile * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -262,13 +273,15 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV,
     for r in range(0, tl.load(NFR + tile)):
         for qt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Qd, DOd, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
-                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, False, DOT_PREC, TMA)
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
+                                D, BLOCK_M, False, DOT_PREC, TMA, DQ_ATOMIC)
     for r in range(0, tl.load(NPR + tile)):
         for qt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Qd, DOd, LSE, DELTA, QS, QB, QL, h, Sq, scale_log2,
-                                stride_qs, stride_qh, stride_dos, stride_doh, D, BLOCK_M, True, DOT_PREC, TMA)
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+                                stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
+                                D, BLOCK_M, True, DOT_PREC, TMA, DQ_ATOMIC)
     dk = dk * sm_scale
     tl.store(DK + offs_n[:, None] * stride_dks + h * stride_dkh + offs_d[None, :],
              dk.to(DK.dtype.element_ty), mask=n_valid[:, None])
@@ -364,10 +377,19 @@ class KernelConfig:
 
 @dataclass(frozen=True)
 class AttentionConfigs:
-    """Configs of the forward, the dK/dV kernel and the dQ kernel (the delta kernel follows dQ's block_m)."""
+    """Configs of the forward, the dK/dV kernel and the dQ kernel (the delta kernel follows dQ's block_m).
+
+    ``dq=None``: no dQ kernel; the dK/dV kernel accumulates dQ with fp32 atomic adds (text form
+    ``dq=atomic``). Five tile matmuls per visible pair instead of seven, but dQ's last bits vary from
+    run to run on a GPU, and dQ takes an fp32 [Sq, H, D] buffer during the backward.
+    """
     fwd: KernelConfig
     dkdv: KernelConfig
-    dq: KernelConfig
+    dq: KernelConfig | None
+
+    @property
+    def dq_atomic(self) -> bool:
+        return self.dq is None
 
 
 # The configs before the backward was retuned (one 64x64 tiling for both backward kernels): reachable
@@ -397,15 +419,17 @@ def default_configs(head_dim: int, dtype: torch.dtype, device: torch.device) -> 
 
 
 def as_configs(configs) -> AttentionConfigs:
-    """AttentionConfigs, or a tuple (fwd, bwd) (one config for both backward kernels) or (fwd, dkdv, dq)."""
+    """AttentionConfigs, or a tuple (fwd, bwd) (one config for both backward kernels) or (fwd, dkdv, dq);
+    dq may be None (dQ accumulated atomically by the dK/dV kernel)."""
     if isinstance(configs, AttentionConfigs):
         return configs
-    if isinstance(configs, (tuple, list)) and all(isinstance(c, KernelConfig) for c in configs):
+    if isinstance(configs, (tuple, list)) and all(isinstance(c, KernelConfig) for c in configs[:2]):
         if len(configs) == 2:
             return AttentionConfigs(configs[0], configs[1], configs[1])
-        if len(configs) == 3:
+        if len(configs) == 3 and (configs[2] is None or isinstance(configs[2], KernelConfig)):
             return AttentionConfigs(*configs)
-    raise TypeError(f"configs must be AttentionConfigs or a tuple of 2 or 3 KernelConfig, got {configs!r}")
+    raise TypeError(f"configs must be AttentionConfigs or a tuple of 2 or 3 KernelConfig (dq may be None), "
+                    f"got {configs!r}")
 
 
 def _dot_precision(dtype: torch.dtype) -> str:
@@ -447,7 +471,8 @@ def tma_active(cfgs: AttentionConfigs, q, k, v) -> dict:
     """Per kernel, whether a launch on these tensors streams through TMA (benchmarks record it). dK/dV
     streams Q and dO; the backward makes dO contiguous, so q decides for both."""
     q, k, v = _contig(q), _contig(k), _contig(v)
-    return {"fwd": _tma_ok(cfgs.fwd, k, v), "dkdv": _tma_ok(cfgs.dkdv, q, q), "dq": _tma_ok(cfgs.dq, k, v)}
+    return {"fwd": _tma_ok(cfgs.fwd, k, v), "dkdv": _tma_ok(cfgs.dkdv, q, q),
+            "dq": None if cfgs.dq_atomic else _tma_ok(cfgs.dq, k, v)}
 
 
 def _runs_args(r: TileRuns):
@@ -511,20 +536,33 @@ def _bwd_delta(out, do, block_m: int, num_warps: int):
     return delta
 
 
-def _bwd_dkdv(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
-    """dK, dV: one program per (head, key tile of wl.block_n), over the transposed lists wl.k."""
+def _bwd_delta_for(out, do, cfgs: AttentionConfigs):
+    """delta with the dQ kernel's row tiling (the dK/dV kernel's when dQ is atomic: no dQ tiling then)."""
+    c = cfgs.dkdv if cfgs.dq_atomic else cfgs.dq
+    return _bwd_delta(out, do, c.block_m, c.num_warps)
+
+
+def _bwd_dkdv(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig,
+              atomic_dq: bool = False):
+    """dK, dV: one program per (head, key tile of wl.block_n), over the transposed lists wl.k.
+    -> (dk, dv, dq): dq is None unless ``atomic_dq``, where the same programs add it up in fp32."""
     Sq, H, D = q.shape
     Sk = k.shape[0]
     dk, dv = torch.empty_like(k), torch.empty_like(v)
+    # without atomics dK stands in for the unused accumulator (the branch is compiled out)
+    dqa = torch.zeros(q.shape, device=q.device, dtype=torch.float32) if atomic_dq else dk
     _bwd_dkdv_kernel[(H, wl.num_k_tiles)](
-        q, k, v, do, lse, delta, dk, dv,
+        q, k, v, do, lse, delta, dk, dv, dqa,
         attrs.q_sess, attrs.q_blk, attrs.q_limit, attrs.k_sess, attrs.k_blk, attrs.k_rank,
         *_runs_args(wl.k), scale, scale * LOG2E, Sq, Sk, wl.k.width,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         do.stride(0), do.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
+        dqa.stride(0), dqa.stride(1),
         D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype), TMA=_tma_ok(cfg, q, do),
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    return dk, dv
+        DQ_ATOMIC=atomic_dq, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+    if not atomic_dq:
+        return dk, dv, None
+    return dk, dv, dqa.mul_(scale).to(q.dtype)
 
 
 def _bwd_dq(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):
@@ -547,9 +585,10 @@ def _bwd(do, q, k, v, out, lse, attrs: TokenAttrs, wl_dkdv: WorkLists, wl_dq: Wo
          cfgs: AttentionConfigs):
     if q.shape[0] == 0 or k.shape[0] == 0:
         return torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    delta = _bwd_delta(out, do, wl_dq.block_m, cfgs.dq.num_warps)
-    dk, dv = _bwd_dkdv(do, q, k, v, lse, delta, attrs, wl_dkdv, scale, cfgs.dkdv)
-    dq = _bwd_dq(do, q, k, v, lse, delta, attrs, wl_dq, scale, cfgs.dq)
+    delta = _bwd_delta_for(out, do, cfgs)
+    dk, dv, dq = _bwd_dkdv(do, q, k, v, lse, delta, attrs, wl_dkdv, scale, cfgs.dkdv, atomic_dq=cfgs.dq_atomic)
+    if dq is None:
+        dq = _bwd_dq(do, q, k, v, lse, delta, attrs, wl_dq, scale, cfgs.dq)
     return dq, dk, dv
 
 
@@ -560,7 +599,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
 
     forward(q [Sq,H,D], k [Sk,H,D], v [Sk,H,D], attrs, wl_fwd, wl_dkdv, wl_dq, scale, cfgs) -> out [Sq,H,D]
     backward -> dq, dk, dv (same shapes). Matches vincie_kernels.reference.attention_reference(q, k, v, dense_mask(...)).
-    ``wl_dkdv`` / ``wl_dq`` may be None when no gradient is needed.
+    ``wl_dkdv`` / ``wl_dq`` may be None when no gradient is needed; ``wl_dq`` is None when dQ is atomic.
     """
 
     @staticmethod
@@ -574,7 +613,7 @@ class MaskedAttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, do):
         q, k, v, out, lse = ctx.saved_tensors
-        if ctx.wl_dkdv is None or ctx.wl_dq is None:
+        if ctx.wl_dkdv is None or (ctx.wl_dq is None and not ctx.cfgs.dq_atomic):
             raise RuntimeError("masked_attention: backward work lists were not built (inputs did not require grad)")
         dq, dk, dv = _bwd(do.contiguous(), q, k, v, out, lse, ctx.attrs, ctx.wl_dkdv, ctx.wl_dq, ctx.scale,
                           ctx.cfgs)
@@ -596,7 +635,7 @@ class AttentionPlan:
     attrs: TokenAttrs
     wl_fwd: WorkLists
     wl_dkdv: WorkLists | None
-    wl_dq: WorkLists | None
+    wl_dq: WorkLists | None         # None too when cfgs.dq_atomic (no dQ kernel)
     cfgs: AttentionConfigs
 
     @property
@@ -630,7 +669,7 @@ def plan_masked_attention(block_offsets, block_order, block_kind, block_session,
         return lists[key]
 
     wl_dkdv = lists_for(cfgs.dkdv) if need_bwd else None
-    wl_dq = lists_for(cfgs.dq) if need_bwd else None
+    wl_dq = lists_for(cfgs.dq) if need_bwd and not cfgs.dq_atomic else None
     return AttentionPlan(q_start, q_len, k_start, k_len, head_dim, dtype, attrs, wl_f, wl_dkdv, wl_dq, cfgs)
 
 
@@ -647,7 +686,7 @@ def _prepare(q, k, v, spec, mask_type, q_start, k_start, softmax_scale, need_bwd
         want = (q_start, Sq, k_start, Sk, D, q.dtype)
         if got != want:
             raise ValueError(f"plan was built for (q_start, Sq, k_start, Sk, D, dtype) = {got}, called with {want}")
-        if need_bwd and (plan.wl_dkdv is None or plan.wl_dq is None):
+        if need_bwd and (plan.wl_dkdv is None or (plan.wl_dq is None and not plan.cfgs.dq_atomic)):
             raise ValueError("plan was built with need_bwd=False but gradients are required")
     scale = float(softmax_scale) if softmax_scale is not None else 1.0 / math.sqrt(D)
     return plan, scale

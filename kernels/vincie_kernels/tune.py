@@ -48,7 +48,8 @@ def candidates(smoke: bool, tma: bool = True):
         d = default_configs(16, torch.float32, torch.device("cpu"))
         named = [("default", d), ("bwd16x16", AttentionConfigs(d.fwd, K(16, 16), K(16, 16))),
                  ("fwd16x32", AttentionConfigs(K(16, 32), d.dkdv, K(32, 16))),
-                 ("default_tma", AttentionConfigs(*(replace(c, tma=True) for c in (d.fwd, d.dkdv, d.dq))))]
+                 ("default_tma", AttentionConfigs(*(replace(c, tma=True) for c in (d.fwd, d.dkdv, d.dq)))),
+                 ("atomic_dq", AttentionConfigs(d.fwd, d.dkdv, None))]
     else:
         d = default_configs(128, torch.bfloat16, torch.device("cuda"))
         f = d.fwd
@@ -66,8 +67,11 @@ def candidates(smoke: bool, tma: bool = True):
             ("s4_s3_tma", AttentionConfigs(K(128, 64, 8, 4, True), K(32, 128, 8, 3, True),
                                            K(128, 64, 8, 3, True))),   # fwd 163/205/0, dkdv 113/231/0, dq 162/176/0
             ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), FA2_CONFIGS_BF16_D128.dkdv, FA2_CONFIGS_BF16_D128.dq)),  # fwd 162/224/0
-            ("dkdv64x128_s3_dq_s3", AttentionConfigs(f, K(64, 128, 8, 3), K(128, 64, 8, 3))),     # 163/255/112; 162/221/0
-            ("dkdv64x128_s2", AttentionConfigs(f, K(64, 128, 8, 2), K(128, 64, 8, 2))),           # dkdv 129/255/176
+            # dQ added up atomically by the dK/dV kernel (5 matmuls a pair, not 7), in place of the two
+            # 64x128 dK/dV tilings, which spill 112-176 B (280 with atomic dQ); 32-query tiles take the
+            # dS^T K product on mma.sync (wgmma needs 64 rows) and 4 red.v4.f32 per thread per pair
+            ("fa2_atomic", AttentionConfigs(f, FA2_CONFIGS_BF16_D128.dkdv, None)),           # dkdv 137/246/0
+            ("fa2_atomic_tma", AttentionConfigs(f, replace(FA2_CONFIGS_BF16_D128.dkdv, tma=True), None)),  # 137/242/0
         ]
     out, seen = [], set()
     for name, cfgs in named:
@@ -129,7 +133,7 @@ def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
             return func(*args, **(kwargs or {}))
 
     out = {}
-    tilings = sorted({(c.block_m, c.block_n) for c in (cfgs.fwd, cfgs.dkdv, cfgs.dq)})
+    tilings = sorted({(c.block_m, c.block_n) for c in (cfgs.fwd, cfgs.dkdv, cfgs.dq) if c is not None})
     for backend in ("torch", "triton"):
         ka, kr = _LaunchCounter(wl._tile_attr_kernel), _LaunchCounter(wl._runs_kernel)
         wl._tile_attr_kernel, wl._runs_kernel = ka, kr
@@ -220,14 +224,15 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
             r["ok"] = all(e <= tol for e in errs.values())
             r["tma_active"] = ma.tma_active(cfgs, q, k, v)
             out, lse = ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd)
-            delta = ma._bwd_delta(out, do, plan.wl_dq.block_m, cfgs.dq.num_warps)
+            delta = ma._bwd_delta_for(out, do, cfgs)
             r["fwd_bwd_ms"] = _time(fwd_bwd, reps)
             r["fwd_bwd_tflops"] = fl / (r["fwd_bwd_ms"] * 1e-3) / 1e12
             r["fwd_ms"] = _time(lambda: ma._fwd(q, k, v, plan.attrs, plan.wl_fwd, scale, cfgs.fwd), reps)
+            # with atomic dQ the dK/dV time holds dQ's work too (and its fp32 buffer's zeroing and cast)
             r["dkdv_ms"] = _time(lambda: ma._bwd_dkdv(do, q, k, v, lse, delta, plan.attrs, plan.wl_dkdv, scale,
-                                                      cfgs.dkdv), reps)
-            r["dq_ms"] = _time(lambda: ma._bwd_dq(do, q, k, v, lse, delta, plan.attrs, plan.wl_dq, scale, cfgs.dq),
-                               reps)
+                                                      cfgs.dkdv, atomic_dq=cfgs.dq_atomic), reps)
+            r["dq_ms"] = 0.0 if cfgs.dq_atomic else _time(
+                lambda: ma._bwd_dq(do, q, k, v, lse, delta, plan.attrs, plan.wl_dq, scale, cfgs.dq), reps)
         except Exception as e:                     # e.g. out of shared memory: record, go on
             r["error"] = f"{type(e).__name__}: {str(e)[:300]}"
             r["ok"] = False
@@ -239,7 +244,8 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
     # best per kernel among correct configs, then the combination end to end
     good = {n: r for n, r in results.items() if r.get("ok") and "dq_ms" in r}
     if good:
-        pick = {kern: min(good, key=lambda n: good[n][f"{kern}_ms"]) for kern in KERNELS}
+        pick = pick_kernels({n: {kern: good[n][f"{kern}_ms"] for kern in KERNELS} for n in good},
+                            {n for n in good if good[n]["config"]["dq"] == "atomic"})
         by_name = dict(cands)
         best = ma.AttentionConfigs(by_name[pick["fwd"]].fwd, by_name[pick["dkdv"]].dkdv, by_name[pick["dq"]].dq)
         entry = {"from": pick, "config": configs_lists(best)}
@@ -256,6 +262,20 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
         record(name, {"build_op_counts": count_build_ops(spec, mask_type, S, D, dtype, d)})
 
 
+def pick_kernels(times: dict, atomic: set) -> dict:
+    """{config name: {kernel: ms}} -> {kernel: config name}: the fastest forward, and the fastest backward
+    among the split ones (the best dK/dV with the best dQ, each of any split config) and each atomic-dQ
+    one (its dK/dV kernel does dQ's work, so it is never paired with another config's dQ kernel)."""
+    fwd = min(times, key=lambda n: times[n]["fwd"])
+    split = [n for n in times if n not in atomic]
+    options = [({"dkdv": n, "dq": n}, times[n]["dkdv"]) for n in sorted(atomic & set(times))]
+    if split:
+        best = {kern: min(split, key=lambda n: times[n][kern]) for kern in ("dkdv", "dq")}
+        options.append((best, times[best["dkdv"]]["dkdv"] + times[best["dq"]]["dq"]))
+    bwd = min(options, key=lambda o: o[1])[0]
+    return {"fwd": fwd, **bwd}
+
+
 def pick_overall(cases: dict) -> dict:
     """One tiling for every case: per kernel, the config with the least time summed over the cases
     where any config was checked, among configs checked correct and timed in every one of them (a
@@ -270,8 +290,9 @@ def pick_overall(cases: dict) -> dict:
     if not names:
         return {"none": f"no config was checked correct and timed in every one of cases {sorted(per_case)}"}
     total = {kern: {n: sum(good[n][f"{kern}_ms"] for good in per_case.values()) for n in names} for kern in KERNELS}
-    pick = {kern: min(names, key=total[kern].get) for kern in KERNELS}
     any_case = next(iter(per_case.values()))
+    pick = pick_kernels({n: {kern: total[kern][n] for kern in KERNELS} for n in names},
+                        {n for n in names if any_case[n]["config"]["dq"] == "atomic"})
     return {"from": pick, "config": {kern: any_case[pick[kern]]["config"][kern] for kern in KERNELS},
             "cases": sorted(per_case), "summed_ms": {kern: total[kern][pick[kern]] for kern in KERNELS},
             "default_summed_ms": ({kern: total[kern]["default"] for kern in KERNELS} if "default" in names else None)}

@@ -84,19 +84,22 @@ def test_the_tuner_checks_every_tiling_against_the_dense_reference_and_never_pic
 
     real = ma._bwd_dkdv
 
-    def dkdv_wrong_at_16x16(do, q, k, v, lse, delta, attrs, wl, scale, cfg):
-        dk, dv = real(do, q, k, v, lse, delta, attrs, wl, scale, cfg)
-        return (dk * 1.01 if (cfg.block_m, cfg.block_n) == (16, 16) else dk), dv
+    def dkdv_wrong_at_16x16(do, q, k, v, lse, delta, attrs, wl, scale, cfg, atomic_dq=False):
+        dk, dv, dq = real(do, q, k, v, lse, delta, attrs, wl, scale, cfg, atomic_dq=atomic_dq)
+        return (dk * 1.01 if (cfg.block_m, cfg.block_n) == (16, 16) else dk), dv, dq
 
     monkeypatch.setattr(ma, "_bwd_dkdv", dkdv_wrong_at_16x16)
     out = tmp_path / "tune.json"
     res = tune_attention(["a"], str(out), {"tool": "tune_attention"}, budget_s=600, reps=1, smoke=True)
     assert json.loads(out.read_text()) == res
     cfgs = res["cases"]["a"]["configs"]
-    assert set(cfgs) == {"default", "bwd16x16", "fwd16x32", "default_tma"}
+    assert set(cfgs) == {"default", "bwd16x16", "fwd16x32", "default_tma", "atomic_dq"}
     # the TMA candidate ran its descriptor path (the interpreter has one) and was checked like the rest
     assert cfgs["default_tma"]["tma_active"] == {"fwd": True, "dkdv": True, "dq": True}
     assert cfgs["default"]["tma_active"] == {"fwd": False, "dkdv": False, "dq": False}
+    # atomic dQ: checked like the rest, no dQ kernel to time (its dK/dV time holds dQ's work)
+    at = cfgs["atomic_dq"]
+    assert at["config"]["dq"] == "atomic" and at["dq_ms"] == 0.0 and at["tma_active"]["dq"] is None, at
     bad = cfgs.pop("bwd16x16")
     assert bad["ok"] is False and bad["config"]["dkdv"][:2] == [16, 16]
     assert bad["rel_err_vs_reference"]["dk"] == pytest.approx(0.01, rel=0.05)
@@ -140,6 +143,14 @@ def test_tilings_in_text_name_what_is_wrong(tmp_path):
     cfgs = attention_configs(parsed)
     assert cfgs.fwd == KernelConfig(128, 64, 8, 3, tma=True) and not cfgs.dkdv.tma and cfgs.dq.tma
     assert configs_lists(cfgs) == parsed
+    # dq=atomic: no dQ kernel (AttentionConfigs.dq is None); only dQ can be atomic
+    text = "fwd=128x64x8x3,dkdv=32x128x8x2+tma,dq=atomic"
+    parsed = parse_tilings(text)
+    assert parsed["dq"] == "atomic" and tilings_text(parsed) == text and configs_lists(attention_configs(parsed)) == parsed
+    assert attention_configs(parsed) == AttentionConfigs(KernelConfig(128, 64, 8, 3), KernelConfig(32, 128, 8, 2, tma=True),
+                                                         None)
+    with pytest.raises(ValueError, match=re.escape("bad part 'dkdv=atomic'")):
+        parse_tilings("fwd=128x64x8x3,dkdv=atomic,dq=atomic")
     for bad in ("fwd=128x64x8x3+tmx,dkdv=32x128x8x2,dq=128x64x8x2", "fwd=128x64x8x3+,dkdv=32x128x8x2,dq=128x64x8x2"):
         with pytest.raises(ValueError, match=re.escape(f"bad part {bad.split(',')[0]!r}")):
             parse_tilings(bad)
@@ -170,7 +181,17 @@ def test_the_overall_pick_needs_a_tiling_checked_in_every_case():
     assert best["from"] == {"fwd": "x", "dkdv": "y", "dq": "x"} and best["cases"] == ["a", "b"]
     assert best["config"] == {"fwd": [0, 0, 0, 0], "dkdv": [1, 1, 0, 0], "dq": [0, 2, 0, 0]}
     assert best["summed_ms"] == {"fwd": 2, "dkdv": 2, "dq": 4} and best["default_summed_ms"] is None
-    cases["b"]["configs"]["x"]["ok"] = cases["b"]["configs"]["y"]["ok"] = False
+    # an atomic-dQ config's dK/dV kernel does dQ's work: it competes with the best split pair as a whole
+    cases["a"]["configs"]["w"] = rec(True, 3, 3.9, 0.0, {"fwd": [9, 0, 0, 0], "dkdv": [9, 1, 0, 0], "dq": "atomic"})
+    cases["b"]["configs"]["w"] = rec(True, 3, 3.9, 0.0, {"fwd": [9, 0, 0, 0], "dkdv": [9, 1, 0, 0], "dq": "atomic"})
+    best = pick_overall(cases)                      # split: dK/dV y (2) + dQ x (4) = 6 > atomic w: 7.8
+    assert best["from"] == {"fwd": "x", "dkdv": "y", "dq": "x"}
+    cases["a"]["configs"]["w"]["dkdv_ms"] = cases["b"]["configs"]["w"]["dkdv_ms"] = 2.9
+    best = pick_overall(cases)                      # atomic w: 5.8 < 6, and never paired with x's dQ kernel
+    assert best["from"] == {"fwd": "x", "dkdv": "w", "dq": "w"}
+    assert best["config"] == {"fwd": [0, 0, 0, 0], "dkdv": [9, 1, 0, 0], "dq": "atomic"}
+    assert best["summed_ms"] == {"fwd": 2, "dkdv": 5.8, "dq": 0.0}
+    cases["b"]["configs"]["x"]["ok"] = cases["b"]["configs"]["y"]["ok"] = cases["b"]["configs"]["w"]["ok"] = False
     assert "none" in pick_overall(cases)
 
 
@@ -222,9 +243,9 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     launched = set()                                                  # (kernel, tma) of every launch
 
     def spy(kern, fn):
-        def run(*a):
-            launched.add((kern, a[-1].tma))                          # the KernelConfig is the last argument
-            return fn(*a)
+        def run(*a, **kw):
+            launched.add((kern, a[-1].tma))                          # the KernelConfig is the last positional
+            return fn(*a, **kw)
         return run
     for kern, name in (("fwd", "_fwd"), ("dkdv", "_bwd_dkdv"), ("dq", "_bwd_dq")):
         monkeypatch.setattr(ma, name, spy(kern, getattr(ma, name)))

@@ -5,6 +5,7 @@ Catches what the interpreter cannot: lowering errors, shared memory over the
 (the reason the work lists are runs of tiles). On a GPU box the real JIT runs
 in the other tests, so this one is skipped there.
 """
+import inspect
 import os
 import subprocess
 
@@ -23,11 +24,14 @@ def _compile(fn, dtype: str, consts: dict, cfg):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
+    # constexprs not given take their defaults (e.g. DQ_ATOMIC=False), as at a launch that leaves them out
+    consts = {**{p.name: p.default for p in fn.params if p.is_constexpr and p.default is not inspect.Parameter.empty},
+              **consts}
     signature, attrs = {}, {}
     for i, n in enumerate(fn.arg_names):
         if n in consts:
             signature[n] = "constexpr"
-        elif n in ("LSE", "DELTA"):
+        elif n in ("LSE", "DELTA", "DQA"):
             signature[n] = "*fp32"
         elif n in ("QS", "QB", "QL", "KS", "KB", "KR", "FS", "FE", "NFR", "PS", "PE", "NPR", "PERM"):
             signature[n] = "*i32"
@@ -95,14 +99,20 @@ def _report() -> dict:
     seen = {}
     for _, cands in candidates(smoke=False):
         for name, cfg in (("fwd", cands.fwd), ("dkdv", cands.dkdv), ("dq", cands.dq)):
-            key = f"{name} {cfg.block_m}x{cfg.block_n}x{cfg.num_warps}x{cfg.num_stages}" + ("+tma" if cfg.tma else "")
+            if cfg is None:                              # atomic dQ: no dQ kernel
+                continue
+            atomic = name == "dkdv" and cands.dq_atomic
+            key = (f"{name} {cfg.block_m}x{cfg.block_n}x{cfg.num_warps}x{cfg.num_stages}" + ("+tma" if cfg.tma else "")
+                   + (" atomic_dq" if atomic else ""))
             if key not in seen:
-                k = _compile(kernels[name], "bf16", {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n,
-                                                     "DOT_PREC": "tf32", "TMA": cfg.tma}, cfg)
+                consts = {"D": 128, "BLOCK_M": cfg.block_m, "BLOCK_N": cfg.block_n, "DOT_PREC": "tf32", "TMA": cfg.tma}
+                k = _compile(kernels[name], "bf16", {**consts, "DQ_ATOMIC": True} if atomic else consts, cfg)
                 ir = k.asm["ttgir"]
                 seen[key] = {"shared": k.metadata.shared, "scratch": k.metadata.global_scratch_size,
                              "tma_copies": ir.count("async_tma_copy_global_to_local"),
-                             "async_copies": ir.count("async_copy_global_to_local"), **_resources(k)}
+                             "async_copies": ir.count("async_copy_global_to_local"),
+                             "vector_atomic_adds": k.asm["ptx"].count("red.global.gpu.relaxed.add.v4.f32"),
+                             **_resources(k)}
     out["tune_candidates"] = seen
     return out
 
@@ -127,11 +137,19 @@ def test_bf16_d128_kernels_compile_fit_and_pipeline():
         assert r["shared"] <= H100_SMEM, (key, r)
         # a TMA tiling streams its tiles through the copy engine (its descriptors live in global
         # scratch); the pointer tilings use cp.async and no scratch
-        if key.endswith("+tma"):
+        if "+tma" in key:
             assert r["tma_copies"] > 0 and r["scratch"] > 0, (key, r)
         else:
             assert r["tma_copies"] == 0 and r["scratch"] == 0 and r["async_copies"] > 0, (key, r)
-    assert sum(key.endswith("+tma") for key in rep["tune_candidates"]) >= 3, rep["tune_candidates"]
+    assert sum("+tma" in key for key in rep["tune_candidates"]) >= 3, rep["tune_candidates"]
+    # atomic dQ: dQ goes out as relaxed 4-wide fp32 reductions (one per 4 columns, not per element),
+    # and the candidates' tilings keep dK, dV and the dQ tile in registers without spilling
+    atomic = {key: r for key, r in rep["tune_candidates"].items() if key.endswith(" atomic_dq")}
+    assert len(atomic) >= 1, rep["tune_candidates"]
+    for key, r in rep["tune_candidates"].items():
+        assert (r["vector_atomic_adds"] > 0) == (key in atomic), (key, r)
+        if key in atomic and "stack" in r:
+            assert r["stack"] == 0, (key, r)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,9 @@ CONFIGS = {
     "32x16/dkdv16x32/dq32x16": (KernelConfig(32, 16), KernelConfig(16, 32), KernelConfig(32, 16)),
     # every kernel streaming through tensor descriptors (TMA on sm_90; the interpreter runs them too)
     "tma": (KernelConfig(32, 16, tma=True), KernelConfig(16, 32, tma=True), KernelConfig(32, 16, tma=True)),
+    # no dQ kernel: the dK/dV kernel adds dQ up with fp32 atomic adds (dq=None)
+    "atomic_dq": (KernelConfig(32, 16), KernelConfig(16, 32), None),
+    "atomic_dq_tma": (KernelConfig(32, 16, tma=True), KernelConfig(32, 32, tma=True), None),
 }
 
 
@@ -56,7 +59,9 @@ HAND = [(3, 1, KIND_TEXT, 0), (61, 3, KIND_TEXT, 0), (1, 5, KIND_TEXT, 0), (20, 
 @pytest.mark.parametrize("mask_type,cfg", [("block_causal", "32x16/16x32"), ("full", "16x16/16x16"),
                                             ("block_causal", "16x16/16x16"),
                                             ("block_causal", "32x16/dkdv16x32/dq32x16"),
-                                            ("block_causal", "tma"), ("full", "tma")])
+                                            ("block_causal", "tma"), ("full", "tma"),
+                                            ("block_causal", "atomic_dq"), ("full", "atomic_dq"),
+                                            ("block_causal", "atomic_dq_tma")])
 def test_hand_layout(mask_type, cfg):
     _assert_close(*_run(HAND, mask_type, configs=CONFIGS[cfg])[:4])
 
@@ -79,6 +84,9 @@ def test_context_parallel_slice(mask_type):
     # descriptors bound each slice at its own length: tiles past Sq / Sk read zeros
     _assert_close(*_run(HAND, mask_type, q_start=41, q_len=100, k_start=13, k_len=150, seed=4,
                         configs=CONFIGS["tma"])[:4])
+    # atomic dQ: query rows past Sq (a tile's padding) must not be written into the accumulator
+    _assert_close(*_run(HAND, mask_type, q_start=41, q_len=100, k_start=13, k_len=150, seed=4,
+                        configs=CONFIGS["atomic_dq"])[:4])
     assert S == 229
 
 
@@ -105,14 +113,18 @@ def test_tma_streams_contiguous_heads_and_falls_back_for_strided_ones():
                       q.contiguous(), k.contiguous(), v.contiguous()) == {"fwd": False, "dkdv": False, "dq": False}
 
 
-def test_empty_rows_give_zero_and_finite_grads():
+@pytest.mark.parametrize("cfg", [None, "atomic_dq"])
+def test_empty_rows_give_zero_and_finite_grads(cfg):
     """Queries of session 0 against keys of session 1 only: they see nothing -> out 0, lse -inf, grads finite."""
     blocks = [(40, 0, KIND_CLEAN, 0), (19, 1, KIND_TEXT, 0), (37, 0, KIND_CLEAN, 1), (5, 1, KIND_TEXT, 1)]
-    out, grads, ref, ref_grads, mask = _run(blocks, "full", q_start=30, q_len=40, k_start=59, k_len=42)
+    out, grads, ref, ref_grads, mask = _run(blocks, "full", q_start=30, q_len=40, k_start=59, k_len=42,
+                                            configs=CONFIGS.get(cfg))
     empty = ~mask.any(1)
     assert 0 < int(empty.sum()) < 40               # rows of session 0 (30..58) see nothing, session 1 rows do
-    assert (out[empty] == 0).all()
+    assert (out[empty] == 0).all() and (grads[0][empty] == 0).all()
     _assert_close(out, grads, ref, ref_grads)
+    if cfg is not None:
+        return
     spec = [t.to(DEVICE) for t in spec_from_blocks(blocks)]
     q = torch.randn(40, 2, 16, device=DEVICE)
     kv = torch.randn(42, 2, 16, device=DEVICE)
@@ -201,3 +213,13 @@ def test_config_forms_and_list_sharing():
     assert (plan.wl_dkdv.block_m, plan.wl_dkdv.block_n) == (16, 32) and plan.wl_bwd is plan.wl_dkdv
     plan = plan_masked_attention(*spec, "block_causal", 0, S, 0, S, 16, torch.float32, need_bwd=False)
     assert plan.wl_dkdv is None and plan.wl_dq is None
+    # atomic dQ: no dQ kernel, so no dQ lists; the plan still serves a backward
+    assert as_configs((f, b, None)) == AttentionConfigs(f, b, None) and AttentionConfigs(f, b, None).dq_atomic
+    plan = plan_masked_attention(*spec, "block_causal", 0, S, 0, S, 16, torch.float32, configs=(f, b, None))
+    assert plan.wl_dq is None and plan.wl_dkdv is not None and plan.cfgs.dq_atomic
+    q, k, v, do = (torch.randn(S, 2, 16, device=DEVICE, requires_grad=True) for _ in range(4))
+    out = masked_attention(q, k, v, *spec, "block_causal", plan=plan)
+    split = masked_attention(q, k, v, *spec, "block_causal", configs=(f, b, c))
+    assert torch.equal(out, split)             # one forward; the backward differs only in how dQ is summed
+    for got, want in zip(torch.autograd.grad(out, (q, k, v), do), torch.autograd.grad(split, (q, k, v), do)):
+        assert (got - want).abs().max() <= ATOL

@@ -7,9 +7,9 @@ run's 3.7 s first call at a new length (docs/measured.md). Here the real launch 
 interpreter, with ``JITFunction.run`` replaced by a recorder that asks Triton's own binder for the
 specialisation an sm_90 launch would get, and launches nothing. Over 48 consecutive lengths (every
 residue mod 16) and 40 more up to 2.7k tokens (tile counts and run-list widths crossing multiples of 16)
-of a block-causal and a full layout, a context-parallel slice, both work-list builds and a TMA tiling,
-and the fused element-wise ops (``vincie_kernels.fused``) at 56 row counts, each kernel must show one
-specialisation per call site (its constexprs).
+of a block-causal and a full layout, a context-parallel slice, both work-list builds, a TMA tiling and
+one with atomic dQ, and the fused element-wise ops (``vincie_kernels.fused``) at 56 row counts, each
+kernel must show one specialisation per call site (its constexprs).
 """
 import json
 import os
@@ -51,7 +51,8 @@ def _record() -> dict:
     # after triton's import (the kernels stay JITFunctions): lets CPU tensors through our launch checks
     os.environ["TRITON_INTERPRET"] = "1"
     tilings = {"default": ma.default_configs(128, torch.bfloat16, torch.device("cuda")),
-               "tma": attention_configs(parse_tilings("fwd=128x64x8x3+tma,dkdv=32x128x8x2+tma,dq=128x64x8x2+tma"))}
+               "tma": attention_configs(parse_tilings("fwd=128x64x8x3+tma,dkdv=32x128x8x2+tma,dq=128x64x8x2+tma")),
+               "atomic_dq": attention_configs(parse_tilings("fwd=128x64x8x3,dkdv=32x128x8x2,dq=atomic"))}
     H, D = 2, 128
     for case in ("a", "c"):
         blocks, mask_type = case_blocks(case, small=True)
@@ -61,7 +62,7 @@ def _record() -> dict:
             S = int(spec[0][-1])
             for tiling, cfgs in tilings.items():
                 for build in ("torch", "triton"):
-                    if tiling == "tma" and build == "torch" and extra % 3:
+                    if tiling != "default" and build == "torch" and extra % 3:
                         continue                        # the pointer path above covers the torch build
                     # the whole sequence, and a context-parallel slice of queries (keys whole)
                     for q_start, q_len in ((0, S), (S // 3, S - S // 3)):
@@ -97,6 +98,8 @@ def test_every_kernel_keeps_one_specialisation_across_lengths():
                          "_gated_residual_fwd", "_gated_residual_bwd", "_qk_norm_rope_fwd", "_qk_norm_rope_bwd"}, \
         sorted(seen)
     assert len(seen["_fwd_kernel"]) == 2          # two call sites: the pointer and the TMA forward
+    # three dK/dV call sites: pointer loads, TMA, and pointer loads adding dQ up atomically
+    assert len(seen["_bwd_dkdv_kernel"]) == 3, list(seen["_bwd_dkdv_kernel"])
     for name, sites in seen.items():
         for site, keys in sites.items():
             assert len(keys) == 1, f"{name} {site}: {len(keys)} specialisations across lengths, e.g. " + \

@@ -28,7 +28,8 @@ def parse_args(argv=None):
                    help="kernel tilings (vincie_kernels/tilings.py): default (today's), legacy (64x64 backward), "
                         "fa2 (FA2-shaped backward), tuned=<vincie-tune-attention JSON> (its overall_best), or "
                         "fwd=128x64x8x3,dkdv=32x128x8x2,dq=128x64x8x2 (block_m x block_n x warps x stages; "
-                        "+tma after one streams that kernel's tiles through TMA on sm_90+)")
+                        "+tma after one streams that kernel's tiles through TMA on sm_90+; dq=atomic: dK/dV "
+                        "adds dQ up with fp32 atomics, no dQ kernel)")
     p.add_argument("--heads", type=int, default=24)
     p.add_argument("--head-dim", type=int, default=128)
     p.add_argument("--target-seconds", type=float, default=0.6, help="time budget per measurement")
