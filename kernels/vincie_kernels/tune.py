@@ -14,7 +14,8 @@ tests/kernels/test_compile_sm90.py):
     read as wrong: docs/measured.md.)
 
 Because the three kernels are independent, ``best`` combines the fastest correct forward,
-dK/dV and dQ configs of a case; it is then timed end to end too. ``overall_best`` does the same
+dK/dV and dQ configs of a case (an atomic-dQ config, whose dK/dV kernel does dQ's work, only as a
+whole backward: ``pick_kernels``); it is then timed end to end too. ``overall_best`` does the same
 across cases (the least summed time per kernel among configs correct in every case checked):
 one tiling for all, which ``vincie-bench-attention --configs tuned=<this json>`` then checks
 against FlexAttention and SDPA and times (tools/gpu_check.sh runs both). Plan (work-list) build
@@ -36,11 +37,11 @@ from vincie_kernels.tilings import configs_lists, tilings_text
 KERNELS = ("fwd", "dkdv", "dq")
 
 
-def candidates(smoke: bool, tma: bool = True):
+def candidates(smoke: bool, tma: bool = True, atomic: bool = True):
     """-> [(name, AttentionConfigs)], today's default first, no tiling twice (a preset equal to the
     default is dropped). Tilings are (block_m queries, block_n keys). ``tma=False`` leaves out the
     tilings with a TMA kernel (tools/gpu_check.sh does when its TMA check failed: a kernel fault there
-    could poison the CUDA context for every later candidate)."""
+    could poison the CUDA context for every later candidate); ``atomic=False`` those with atomic dQ."""
     import torch
     from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128, LEGACY_CONFIGS_BF16_D128
     from vincie_kernels.masked_attention import AttentionConfigs, KernelConfig as K, default_configs
@@ -76,7 +77,7 @@ def candidates(smoke: bool, tma: bool = True):
     out, seen = [], set()
     for name, cfgs in named:
         key = tilings_text(configs_lists(cfgs))
-        if not tma and "+tma" in key:
+        if (not tma and "+tma" in key) or (not atomic and cfgs.dq_atomic):
             continue
         if key not in seen:
             seen.add(key)
@@ -299,13 +300,14 @@ def pick_overall(cases: dict) -> dict:
 
 
 def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, smoke: bool,
-                   tma: bool = True) -> dict:
+                   tma: bool = True, atomic: bool = True) -> dict:
     """Every case of ``cases`` in turn while ``budget_s`` lasts; the result (``header`` + per-case
-    records) is rewritten to ``out`` after each measurement. ``tma=False``: no TMA candidates."""
+    records) is rewritten to ``out`` after each measurement. ``tma=False``: no TMA candidates;
+    ``atomic=False``: no atomic-dQ ones (the pick is then bitwise reproducible)."""
     t_start = time.time()
     deadline = t_start + budget_s
-    cands = candidates(smoke, tma)
-    result = {**header, "budget_s": budget_s, "tma_candidates": tma,
+    cands = candidates(smoke, tma, atomic)
+    result = {**header, "budget_s": budget_s, "tma_candidates": tma, "atomic_dq_candidates": atomic,
               "candidates": {n: configs_lists(c) for n, c in cands}, "cases": {}}
 
     def record(case, entries):

@@ -258,6 +258,8 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     names = lambda cands: [tilings_text(configs_lists(c)) for _, c in cands]  # noqa: E731
     assert sum("+tma" in t for t in names(candidates(smoke=False))) >= 2
     assert not any("+tma" in t for t in names(candidates(smoke=False, tma=False)))
+    assert sum("dq=atomic" in t for t in names(candidates(smoke=False))) == 2
+    assert not any("dq=atomic" in t for t in names(candidates(smoke=False, atomic=False)))
     r = subprocess.run([sys.executable, "-m", "vincie_tools.check_attention", "--device", "cpu", "--tilings",
                         "fwd=32x16x4x2+tmx"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--tilings: bad part 'fwd=32x16x4x2+tmx'" in r.stderr.strip().splitlines()[-1]

@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--smoke", action="store_true", help="Triton interpreter on CPU, tiny layouts, fp32")
     p.add_argument("--no-tma", action="store_true",
                    help="leave out the candidates with TMA kernels (e.g. after a failed TMA check)")
+    p.add_argument("--deterministic", action="store_true",
+                   help="leave out the atomic-dQ candidates (dq=atomic), whose dQ varies in its last bits run to run")
     args = p.parse_args(argv)
     bad = [c for c in args.cases.split(",") if c not in CASES]
     if bad:
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
         print(json.dumps(header))
         return 0
     result = tune_attention(args.cases.split(","), args.out, header, args.budget_s, args.reps, args.smoke,
-                            tma=not args.no_tma)
+                            tma=not args.no_tma, atomic=not args.deterministic)
     print(json.dumps(result))
     return 0
 
