@@ -207,7 +207,7 @@ def _row_stats(LSE, DELTA, h, offs_m, m_valid, Sq):
 
 @triton.jit
 def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-               Q, DO, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+               Q, DO, LSE, DELTA, QS, QB, QL, DQA, h, Sq, sm_scale, scale_log2,
                stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
                D: tl.constexpr, BLOCK_M: tl.constexpr, MASKED: tl.constexpr, DOT_PREC: tl.constexpr,
                TMA: tl.constexpr, DQ_ATOMIC: tl.constexpr):
@@ -233,7 +233,7 @@ def _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
     dk += tl.dot(ds_t, q, input_precision=DOT_PREC)
     if DQ_ATOMIC:
         # padding keys add nothing: they sit only in partial tiles (p = 0 there), and their k rows are 0
-        dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC)                  # (BM, D) fp32
+        dq = tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC) * sm_scale       # (BM, D) fp32
         tl.atomic_add(DQA + offs_m[:, None] * stride_dqas + h * stride_dqah + tl.arange(0, D)[None, :], dq,
                       mask=m_valid[:, None], sem="relaxed")
     return dk, dv
@@ -273,13 +273,13 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, DQA,
     for r in range(0, tl.load(NFR + tile)):
         for qt in range(tl.load(FS + row + r), tl.load(FE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, sm_scale, scale_log2,
                                 stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
                                 D, BLOCK_M, False, DOT_PREC, TMA, DQ_ATOMIC)
     for r in range(0, tl.load(NPR + tile)):
         for qt in range(tl.load(PS + row + r), tl.load(PE + row + r)):
             dk, dv = _dkdv_tile(dk, dv, k, v, k_sess, k_blk, k_rank, qt,
-                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, scale_log2,
+                                Qd, DOd, LSE, DELTA, QS, QB, QL, DQA, h, Sq, sm_scale, scale_log2,
                                 stride_qs, stride_qh, stride_dos, stride_doh, stride_dqas, stride_dqah,
                                 D, BLOCK_M, True, DOT_PREC, TMA, DQ_ATOMIC)
     dk = dk * sm_scale
@@ -560,9 +560,8 @@ def _bwd_dkdv(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: 
         dqa.stride(0), dqa.stride(1),
         D=D, BLOCK_M=wl.block_m, BLOCK_N=wl.block_n, DOT_PREC=_dot_precision(q.dtype), TMA=_tma_ok(cfg, q, do),
         DQ_ATOMIC=atomic_dq, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-    if not atomic_dq:
-        return dk, dv, None
-    return dk, dv, dqa.mul_(scale).to(q.dtype)
+    # the kernel added dS K already scaled: one cast left (none for fp32)
+    return dk, dv, (dqa.to(q.dtype) if atomic_dq else None)
 
 
 def _bwd_dq(do, q, k, v, lse, delta, attrs: TokenAttrs, wl: WorkLists, scale: float, cfg: KernelConfig):

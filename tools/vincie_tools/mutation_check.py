@@ -150,7 +150,7 @@ MUTANTS = [
            "TMA on q/k/v split from a fused projection: the descriptor reads other heads' (or k's) values"),
     # ---- atomic dQ (dq=atomic, 2026-12-06) ----
     Mutant("atomic_dq_unscaled", "kernels/vincie_kernels/masked_attention.py",
-           "return dk, dv, dqa.mul_(scale).to(q.dtype)", "return dk, dv, dqa.to(q.dtype)",
+           "tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC) * sm_scale", "tl.dot(tl.trans(ds_t), k, input_precision=DOT_PREC)",
            ("tests/kernels/test_masked_attention.py",),
            "dq=atomic leaves the softmax scale out of dQ: gradients of q off by 1/sqrt(d)"),
     Mutant("atomic_dq_full_tiles_dropped", "kernels/vincie_kernels/masked_attention.py",
