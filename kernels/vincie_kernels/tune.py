@@ -69,7 +69,7 @@ def candidates(smoke: bool, tma: bool = True, atomic: bool = True):
                                            K(128, 64, 8, 3, True))),   # fwd 163/205/0, dkdv 113/231/0, dq 162/176/0
             ("fwd_s4", AttentionConfigs(K(128, 64, 8, 4), FA2_CONFIGS_BF16_D128.dkdv, FA2_CONFIGS_BF16_D128.dq)),  # fwd 162/224/0
             # dQ added up atomically by the dK/dV kernel (5 matmuls a pair, not 7), in place of the two
-            # 64x128 dK/dV tilings, which spill 112-176 B (280 with atomic dQ); 32-query tiles take the
+            # 64x128 dK/dV tilings, which spill 112-176 B (288 with atomic dQ); 32-query tiles take the
             # dS^T K product on mma.sync (wgmma needs 64 rows) and 4 red.v4.f32 per thread per pair
             ("fa2_atomic", AttentionConfigs(f, FA2_CONFIGS_BF16_D128.dkdv, None)),           # dkdv 137/248/0
             ("fa2_atomic_tma", AttentionConfigs(f, replace(FA2_CONFIGS_BF16_D128.dkdv, tma=True), None)),  # 137/242/0
