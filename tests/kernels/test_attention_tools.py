@@ -230,6 +230,8 @@ def test_the_triton_core_takes_its_tilings_for_bf16_on_cuda_only():
         assert core._configs(x.half()) == FA2_CONFIGS_BF16_D128
         assert core._configs(x.float()) is None                           # fp32: twice the shared memory
         assert TritonMaskedAttention()._configs(x) is None
+        atomic = TritonMaskedAttention(tilings="fwd=128x64x8x3,dkdv=32x128x8x2,dq=atomic")._configs(x)
+        assert atomic.dq is None and atomic.dkdv == FA2_CONFIGS_BF16_D128.dkdv
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter's half; gpu_check runs it on the GPU")
