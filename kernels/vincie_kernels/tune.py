@@ -1,6 +1,6 @@
 """Time a small grid of masked-attention kernel configs on the GPU and pick the best.
 
-For each case of ``bench.py`` (24 heads x 128, bf16, plan prebuilt) and each candidate
+For each case of ``bench.py`` (24 heads x 128 unless told, bf16, plan prebuilt) and each candidate
 ``AttentionConfigs`` (at most 8; every one fits sm_90's 227 KiB of shared memory, see
 tests/kernels/test_compile_sm90.py):
 
@@ -149,9 +149,11 @@ def count_build_ops(spec, mask_type, S, D, dtype, cfgs) -> dict:
     return out
 
 
-def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, count_ops: bool = False) -> None:
+def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, count_ops: bool = False,
+             heads: int = 24) -> None:
     """Time every candidate on case ``name`` (until ``deadline``, a ``time.time()``), pick the best
-    per kernel; ``count_ops``: also count the plan build's ops. Results go through ``record``."""
+    per kernel; ``count_ops``: also count the plan build's ops; ``heads``: per rank (GPU only; the
+    smoke run keeps 2). Results go through ``record``."""
     import torch
 
     import vincie_kernels.masked_attention as ma
@@ -162,7 +164,7 @@ def run_case(name: str, smoke: bool, reps: int, cands, record, deadline: float, 
     if smoke:
         dev, dtype, H, D = "cpu", torch.float32, 2, 16
     else:
-        dev, dtype, H, D = "cuda", torch.bfloat16, 24, 128
+        dev, dtype, H, D = "cuda", torch.bfloat16, heads, 128
     blocks, mask_type = case_blocks(name, small=smoke)
     spec = [t.to(dev) for t in spec_from_blocks(blocks)]
     S = int(spec[0][-1])
@@ -300,10 +302,12 @@ def pick_overall(cases: dict) -> dict:
 
 
 def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, smoke: bool,
-                   tma: bool = True, atomic: bool = True) -> dict:
+                   tma: bool = True, atomic: bool = True, heads: int = 24) -> dict:
     """Every case of ``cases`` in turn while ``budget_s`` lasts; the result (``header`` + per-case
     records) is rewritten to ``out`` after each measurement. ``tma=False``: no TMA candidates;
-    ``atomic=False``: no atomic-dQ ones (the pick is then bitwise reproducible)."""
+    ``atomic=False``: no atomic-dQ ones (the pick is then bitwise reproducible). ``heads``: attention
+    heads per rank (a model's heads / its tensor-parallel size): the grids are heads x tiles, so with
+    few heads a tiling's last wave of programs weighs more."""
     t_start = time.time()
     deadline = t_start + budget_s
     cands = candidates(smoke, tma, atomic)
@@ -320,7 +324,7 @@ def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, sm
             record(name, {"skipped": "budget spent"})
             continue
         try:
-            run_case(name, smoke, reps, cands, record, deadline, count_ops=name == cases[0])
+            run_case(name, smoke, reps, cands, record, deadline, count_ops=name == cases[0], heads=heads)
         except Exception as e:
             traceback.print_exc()
             record(name, {"error": f"{type(e).__name__}: {str(e)[:500]}"})

@@ -299,3 +299,17 @@ def test_check_worklists_compares_the_builds_at_a_benchmark_size(monkeypatch, tm
         with pytest.raises(SystemExit):
             main(bad)
         assert says in capsys.readouterr().err
+
+
+def test_the_tuner_cli_takes_per_rank_heads_and_names_a_bad_option(capsys):
+    """vincie-tune-attention --heads (a model's heads / its TP size), --deterministic, --no-tma; bad values
+    are refused in one line naming the option."""
+    from vincie_tools.tune_attention import parse_args
+    a = parse_args(["--heads", "5", "--deterministic", "--no-tma", "--cases", "c,a"])
+    assert (a.heads, a.deterministic, a.no_tma, a.cases) == (5, True, True, "c,a")
+    assert parse_args([]).heads == 24 and not parse_args([]).deterministic
+    for argv, says in ((["--heads", "0"], "--heads must be >= 1, got 0"), (["--cases", "a,d"], "unknown case(s) ['d']"),
+                       (["--reps", "0"], "--reps must be >= 1")):
+        with pytest.raises(SystemExit):
+            parse_args(argv)
+        assert says in capsys.readouterr().err.strip().splitlines()[-1]

@@ -30,12 +30,17 @@ def parse_args(argv=None):
                    help="leave out the candidates with TMA kernels (e.g. after a failed TMA check)")
     p.add_argument("--deterministic", action="store_true",
                    help="leave out the atomic-dQ candidates (dq=atomic), whose dQ varies in its last bits run to run")
+    p.add_argument("--heads", type=int, default=24,
+                   help="attention heads per rank: the model's heads / tensor-parallel size (3B: 20 heads, so "
+                        "5 at TP 4); the grids scale with it")
     args = p.parse_args(argv)
     bad = [c for c in args.cases.split(",") if c not in CASES]
     if bad:
         p.error(f"--cases: unknown case(s) {bad}; choose from a, b, c")
     if args.reps < 1:
         p.error(f"--reps must be >= 1, got {args.reps}")
+    if args.heads < 1:
+        p.error(f"--heads must be >= 1, got {args.heads}")
     return args
 
 
@@ -47,7 +52,7 @@ def main(argv=None) -> int:
         print(json.dumps(header))
         return 0
     result = tune_attention(args.cases.split(","), args.out, header, args.budget_s, args.reps, args.smoke,
-                            tma=not args.no_tma, atomic=not args.deterministic)
+                            tma=not args.no_tma, atomic=not args.deterministic, heads=args.heads)
     print(json.dumps(result))
     return 0
 
