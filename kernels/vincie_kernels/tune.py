@@ -1,7 +1,7 @@
 """Time a small grid of masked-attention kernel configs on the GPU and pick the best.
 
 For each case of ``bench.py`` (24 heads x 128 unless told, bf16, plan prebuilt) and each candidate
-``AttentionConfigs`` (at most 8; every one fits sm_90's 227 KiB of shared memory, see
+``AttentionConfigs`` (8, or 9 with few heads; every one fits sm_90's 227 KiB of shared memory, see
 tests/kernels/test_compile_sm90.py):
 
   * fwd+bwd through autograd, and each kernel alone (forward, dK/dV, dQ): CUDA-event medians
@@ -37,11 +37,16 @@ from vincie_kernels.tilings import configs_lists, tilings_text
 KERNELS = ("fwd", "dkdv", "dq")
 
 
-def candidates(smoke: bool, tma: bool = True, atomic: bool = True):
+FEW_HEADS = 8       # at most this many heads per rank: the tuner also tries finer tiles (fuller waves)
+
+
+def candidates(smoke: bool, tma: bool = True, atomic: bool = True, heads: int = 24):
     """-> [(name, AttentionConfigs)], today's default first, no tiling twice (a preset equal to the
     default is dropped). Tilings are (block_m queries, block_n keys). ``tma=False`` leaves out the
     tilings with a TMA kernel (tools/gpu_check.sh does when its TMA check failed: a kernel fault there
-    could poison the CUDA context for every later candidate); ``atomic=False`` those with atomic dQ."""
+    could poison the CUDA context for every later candidate); ``atomic=False`` those with atomic dQ.
+    With ``FEW_HEADS`` heads or fewer (a tensor-parallel rank) one more: 64-row forward and dQ tiles
+    and 64-key dK/dV tiles, twice the programs of the others."""
     import torch
     from vincie_kernels.masked_attention import FA2_CONFIGS_BF16_D128, LEGACY_CONFIGS_BF16_D128
     from vincie_kernels.masked_attention import AttentionConfigs, KernelConfig as K, default_configs
@@ -74,6 +79,11 @@ def candidates(smoke: bool, tma: bool = True, atomic: bool = True):
             ("fa2_atomic", AttentionConfigs(f, FA2_CONFIGS_BF16_D128.dkdv, None)),           # dkdv 137/248/0
             ("fa2_atomic_tma", AttentionConfigs(f, replace(FA2_CONFIGS_BF16_D128.dkdv, tma=True), None)),  # 137/242/0
         ]
+        if heads <= FEW_HEADS:
+            # grids are heads x tiles: at 5 heads case c's forward is 305 programs of 128 rows on 132 SMs,
+            # 2.3 waves; 64-row tiles at 4 warps fit two programs an SM (81 KiB, 228 registers each)
+            named.append(("few_heads", AttentionConfigs(K(64, 64, 4, 2), K(32, 64, 8, 2), K(64, 64, 4, 2))))
+            # fwd 81/228/0, dkdv 65/199/0, dq 97/223/0
     out, seen = [], set()
     for name, cfgs in named:
         key = tilings_text(configs_lists(cfgs))
@@ -310,7 +320,7 @@ def tune_attention(cases, out: str, header: dict, budget_s: float, reps: int, sm
     few heads a tiling's last wave of programs weighs more."""
     t_start = time.time()
     deadline = t_start + budget_s
-    cands = candidates(smoke, tma, atomic)
+    cands = candidates(smoke, tma, atomic, heads)
     result = {**header, "budget_s": budget_s, "tma_candidates": tma, "atomic_dq_candidates": atomic,
               "candidates": {n: configs_lists(c) for n, c in cands}, "cases": {}}
 

@@ -262,6 +262,9 @@ def test_the_check_runs_given_tilings_and_the_tuner_can_leave_tma_out(monkeypatc
     assert not any("+tma" in t for t in names(candidates(smoke=False, tma=False)))
     assert sum("dq=atomic" in t for t in names(candidates(smoke=False))) == 2
     assert not any("dq=atomic" in t for t in names(candidates(smoke=False, atomic=False)))
+    # a tensor-parallel rank's few heads: one more candidate, with finer tiles in every kernel
+    many, few = names(candidates(smoke=False)), names(candidates(smoke=False, heads=5))
+    assert len(many) == 8 and few[:8] == many and few[8] == "fwd=64x64x4x2,dkdv=32x64x8x2,dq=64x64x4x2"
     r = subprocess.run([sys.executable, "-m", "vincie_tools.check_attention", "--device", "cpu", "--tilings",
                         "fwd=32x16x4x2+tmx"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "--tilings: bad part 'fwd=32x16x4x2+tmx'" in r.stderr.strip().splitlines()[-1]

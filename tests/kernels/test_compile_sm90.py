@@ -97,7 +97,7 @@ def _report() -> dict:
     from vincie_kernels.tune import candidates
     kernels = {"fwd": ma._fwd_kernel, "dkdv": ma._bwd_dkdv_kernel, "dq": ma._bwd_dq_kernel}
     seen = {}
-    for _, cands in candidates(smoke=False):
+    for _, cands in candidates(smoke=False, heads=5):            # 5 heads: the few-heads candidate too
         for name, cfg in (("fwd", cands.fwd), ("dkdv", cands.dkdv), ("dq", cands.dq)):
             if cfg is None:                              # atomic dQ: no dQ kernel
                 continue
