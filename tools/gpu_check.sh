@@ -173,7 +173,7 @@ else
         --out "$OUT/check_attention_cpu_tma.json"
     run_step tune_attention 90 "$PY" -m vincie_tools.tune_attention --smoke --cases a --budget-s 60 --reps 1 --out "$TUNED"
     BENCH_ARGS=(--smoke --cases a --skip flex,newlen)
-    for s in pytest_kernels check_attention_fp32 check_attention_fp16; do record "$s" skipped 0 0 "no GPU"; done
+    record pytest_kernels skipped 0 0 "no GPU"
 fi
 TILINGS=default
 if "$PY" -c "import sys; from vincie_kernels.tilings import parse_tilings; parse_tilings('tuned=' + sys.argv[1])" "$TUNED" 2>/dev/null; then
@@ -332,6 +332,12 @@ if [ "$HAS_GPU" = 1 ]; then
         --cases 6 --seed 1 --out "$OUT/check_attention_fp32.json"
     run_step check_attention_fp16 40 "$PY" -m vincie_tools.check_attention --device cuda --dtype float16 \
         --cases 6 --seed 2 --out "$OUT/check_attention_fp16.json"
+    # a tensor-parallel rank's view (3B: 20 heads at TP 4 = 5 a rank): fewer programs per grid, and the
+    # tuner's few-heads candidate (finer tiles) beside the others
+    run_step tune_attention_5_heads 60 "$PY" -m vincie_tools.tune_attention --heads 5 --cases c,a --budget-s 40 \
+        ${TUNE_ARGS[@]+"${TUNE_ARGS[@]}"} --out "$OUT/tune_attention_5_heads.json"
+else
+    for s in check_attention_fp32 check_attention_fp16 tune_attention_5_heads; do record "$s" skipped 0 0 "no GPU"; done
 fi
 # DALI's NVDEC path of real-video decoding against PyAV (data/dali_video.py), on this process's GPU.
 if [ "$HAS_GPU" = 1 ] && "$PY" -c "import nvidia.dali, av, scenedetect" 2>/dev/null; then
