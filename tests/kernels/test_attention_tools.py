@@ -296,7 +296,14 @@ def test_check_worklists_compares_the_builds_at_a_benchmark_size(monkeypatch, tm
     assert main(["--cases", "c", "--tilings", "128x64", "--out", str(out)]) == 1
     assert json.loads(out.read_text())["pairs"][0]["first_difference"] == "k.full_end"
     capsys.readouterr()
+    # the default tilings hold every tiling the tuner may pick (a few-heads rank's too)
+    from vincie_kernels.tune import candidates
+    from vincie_tools.check_worklists import TILINGS
+    tuner = {f"{c.block_m}x{c.block_n}" for _, cfgs in candidates(smoke=False, heads=1)
+             for c in (cfgs.fwd, cfgs.dkdv, cfgs.dq) if c is not None}
+    assert tuner <= set(TILINGS.split(",")), tuner - set(TILINGS.split(","))
     for bad, says in ((["--tilings", "24x64"], "--tilings: want power-of-two tiles >= 16"),
+                      (["--tilings", "128x64x8"], "--tilings: want power-of-two tiles >= 16"),
                       (["--cases", "a,d"], "--cases: unknown case(s) ['d']"),
                       (["--skip", "b16x16"], "--skip: want case:tiling pairs like b:16x16, got b16x16")):
         with pytest.raises(SystemExit):

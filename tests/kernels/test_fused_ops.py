@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from jit_script import run_as_script, script_main
 import torch.nn.functional as F
+from jit_script import run_as_script, script_main
 
 from vincie_kernels.fused import gated_residual, norm_modulate, qk_norm_rope
 from vincie_mcore.model.embeddings import apply_rope

@@ -195,7 +195,8 @@ def test_fused_build_matches_torch_at_the_benchmark_sizes(case):
     blocks, mask_type = case_blocks(case)
     spec = [t.cuda() for t in spec_from_blocks(blocks)]
     S = int(spec[0][-1])
-    for bm, bn in ((128, 64), (64, 64), (64, 128), (64, 32), (32, 64), (32, 128), (16, 16)):   # every tuner tiling
+    from vincie_tools.check_worklists import TILINGS                    # every tuner tiling, and 16x16
+    for bm, bn in (tuple(int(n) for n in t.split("x")) for t in TILINGS.split(",")):
         a1, w1 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="torch")
         a2, w2 = build_worklists(*spec, mask_type, 0, S, 0, S, bm, bn, backend="triton")
         assert first_difference(w1, w2, a1, a2) is None, (bm, bn, first_difference(w1, w2, a1, a2))
