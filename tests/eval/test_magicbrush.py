@@ -3,7 +3,8 @@
 Tiny random CLIP and DINO saved locally; each metric against an independent reference: L1/L2 in
 numpy, CLIP-I/CLIP-T through the model's own sub-modules and torchmetrics' clip_score, DINO's
 transform by hand on an image where it is a plain crop; the per-turn / final-turn aggregation on a
-hand-made 2-session (2 and 3 turns) folder; the editor loop feeding outputs back; one-line errors.
+hand-made 2-session (2 and 3 turns) folder, in our layout and in the release's; what each setting's
+editor sees, on the library's Editor; a resumed run equal to an uninterrupted one; one-line errors.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from PIL import Image
 
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino
 from vincie_mcore.config import build
-from vincie_mcore.eval.magicbrush import (IMAGENET_MEAN, IMAGENET_STD, MagicBrushConfig, MagicBrushMetrics,
-                                          aggregate, generated_path, read_magicbrush, run_magicbrush,
-                                          score_magicbrush)
+from vincie_mcore.eval.magicbrush import (DUMMY_INSTRUCTION, IMAGENET_MEAN, IMAGENET_STD, SETTINGS,
+                                          MagicBrushConfig, MagicBrushMetrics, aggregate, generated_path,
+                                          read_magicbrush, run_magicbrush, score_magicbrush)
 
 RNG = np.random.default_rng(0)
 
@@ -249,8 +250,9 @@ def test_run_feeds_outputs_back_and_scores(metrics, tmp_path):
     src = np.asarray(Image.open(tmp_path / "mb/images/s2_in.png"))
     out3 = np.asarray(Image.open(generated_path(tmp_path / "run", "s2", 3)))
     assert np.array_equal(out3, np.clip(src.astype(int) + 60, 0, 255))     # three edits chained on the source
-    assert json.loads((tmp_path / "run/results.json").read_text())["per_turn"] == res["per_turn"]
-    assert [p["n"] for p in res["per_turn"]] == [2, 2, 1] and res["setting"].startswith("multi-turn")
+    assert json.loads((tmp_path / "run/results_multi_turn.json").read_text())["per_turn"] == res["per_turn"]
+    assert [p["n"] for p in res["per_turn"]] == [2, 2, 1] and res["setting"] == "multi_turn"
+    assert res["edits"] == {"made": 5, "resumed": 0}
     # edit_size: the editor sees the source at N x N; scoring resizes its outputs to the targets
     small = run_magicbrush(_BrightenEditor(), tmp_path / "mb", progress=False,
                            metrics=MagicBrushMetrics(MagicBrushConfig(clip_path=metrics.cfg.clip_path,
@@ -296,13 +298,16 @@ def test_generated_must_match_the_sessions(metrics, tmp_path):
         score_magicbrush({"s1": targets["s1"]}, tmp_path / "mb", metrics=metrics)
     with pytest.raises(KeyError, match=r"not in the dataset: \['s9'\]"):
         score_magicbrush({**targets, "s9": []}, tmp_path / "mb", metrics=metrics)
-    with pytest.raises(FileNotFoundError, match=r"session 's1' lacks turn_1.png, turn_2.png"):
+    with pytest.raises(FileNotFoundError, match=r"session 's1' lacks s1_1.png, s1_iter_2.png in .* \(setting multi_turn\)$"):
         score_magicbrush(tmp_path / "empty", tmp_path / "mb", metrics=metrics)
+    with pytest.raises(FileNotFoundError, match=r"session 's1' lacks s1_1.png, s1_inde_2.png"):
+        score_magicbrush(tmp_path / "empty", tmp_path / "mb", metrics=metrics, setting="independent")
+    with pytest.raises(ValueError, match=r"^setting: 'single' is not one of multi_turn, independent, history, dummy$"):
+        score_magicbrush(tmp_path / "empty", tmp_path / "mb", metrics=metrics, setting="single")
 
 
-def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
-    """The real Editor (tiny random MM-DiT, pixel 'VAE'): run_magicbrush drives EditSession turn after
-    turn, and each turn's context holds the earlier outputs (the images the results score)."""
+def _tiny_editor(mask_type="block_causal", steps=2):
+    """The library's Editor on a tiny random MM-DiT and the pixel 'VAE' (8 px patches)."""
     from vincie_mcore.data.packing import PackConfig
     from vincie_mcore.diffusion.flow import FlowConfig
     from vincie_mcore.encoders.image import PixelEncoder
@@ -310,26 +315,219 @@ def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
     from vincie_mcore.infer.editor import Editor, SamplerConfig
     from vincie_mcore.model import MMDiTConfig, build_model
 
-    _write_set(tmp_path / "mb")
     torch.manual_seed(0)
     model = build_model(build(MMDiTConfig, dict(
         hidden_size=32, num_layers=1, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=32, patch_dim=192,
         max_turns=8, rope_axes_dim=[4, 6, 6], adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model"),
         device="cpu").eval()
-    ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
-                PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, seed=1),
-                mask_type="block_causal")
+    return Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
+                  PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=steps, seed=1),
+                  mask_type=mask_type)
+
+
+def _small(metrics):
+    cfg = MagicBrushConfig(clip_path=metrics.cfg.clip_path, dino_path=metrics.cfg.dino_path, edit_size=16)
+    return MagicBrushMetrics(cfg)
+
+
+def test_run_with_the_library_s_editor(metrics, tmp_path, megatron_cpu):
+    """The real Editor: run_magicbrush drives EditSession turn after turn, and each turn's context holds
+    the earlier outputs (the images the results score)."""
+    _write_set(tmp_path / "mb")
+    ed = _tiny_editor()
     started = []
     start = ed.start
     ed.start = lambda im: started.append(start(im)) or started[-1]
-    cfg = MagicBrushConfig(clip_path=metrics.cfg.clip_path, dino_path=metrics.cfg.dino_path, edit_size=16)
-    res = run_magicbrush(ed, tmp_path / "mb", out_dir=tmp_path / "run", progress=False,
-                         metrics=MagicBrushMetrics(cfg))
+    res = run_magicbrush(ed, tmp_path / "mb", out_dir=tmp_path / "run", progress=False, metrics=_small(metrics))
     assert [p["n"] for p in res["per_turn"]] == [2, 2, 1]
     s2 = started[1]
     assert s2.texts == ["edit 1", "edit 2", "edit 3"] and len(s2.images) == 4 and s2.images[0].shape == (16, 16, 3)
     for t in (1, 2, 3):
         assert np.array_equal(np.asarray(Image.open(generated_path(tmp_path / "run", "s2", t))), s2.images[t].numpy())
+
+
+def _at16(path):
+    return np.asarray(Image.open(path).convert("RGB").resize((16, 16), Image.BICUBIC))
+
+
+def test_each_setting_s_context(metrics, tmp_path, megatron_cpu):
+    """What the editor sees at each turn, per setting: Table 1's own outputs, MagicBrush's single-turn
+    ground-truth input alone, Table 4's ground-truth history, and the dummy copy turn before it. Recorded
+    at the Editor's re-packing path (full mask), where the history reaches the model as given."""
+    _write_set(tmp_path / "mb")
+    ds = read_magicbrush(tmp_path / "mb")
+    s2 = ds[1]
+    src, gt1, gt2 = _at16(s2.source), _at16(s2.turns[0].target), _at16(s2.turns[1].target)
+    small = _small(metrics)
+    seen = {}
+    for setting in SETTINGS:
+        ed = _tiny_editor("full")
+        calls = []
+        edit_turn = ed.edit_turn
+        ed.edit_turn = lambda images, texts, prompt: calls.append(
+            ([np.asarray(i) for i in images], list(texts), prompt)) or edit_turn(images, texts, prompt)
+        res = run_magicbrush(ed, ds, metrics=small, out_dir=tmp_path / setting, progress=False, setting=setting)
+        assert res["setting"] == setting and [p["n"] for p in res["per_turn"]] == [2, 2, 1]
+        seen[setting] = calls[2:]                                  # s2's three turns (s1 has two)
+        assert [c[2] for c in seen[setting]] == ["edit 1", "edit 2", "edit 3"]
+    outs = [np.asarray(Image.open(generated_path(tmp_path / "multi_turn", "s2", t))) for t in (1, 2)]
+    same = lambda got, want: len(got) == len(want) and all(np.array_equal(a, b) for a, b in zip(got, want))
+    images, texts, _ = seen["multi_turn"][2]
+    assert same(images, [src, *outs]) and texts == ["edit 1", "edit 2"]
+    images, texts, _ = seen["independent"][2]
+    assert same(images, [gt2]) and texts == []
+    images, texts, _ = seen["history"][2]
+    assert same(images, [src, gt1, gt2]) and texts == ["edit 1", "edit 2"]
+    images, texts, _ = seen["dummy"][2]
+    assert same(images, [src, src, gt1, gt2]) and texts == [DUMMY_INSTRUCTION, "edit 1", "edit 2"]
+    images, texts, _ = seen["dummy"][0]
+    assert same(images, [src, src]) and texts == [DUMMY_INSTRUCTION]
+    for setting in ("multi_turn", "independent", "history"):          # turn 1: the source alone
+        assert same(seen[setting][0][0], [src]) and seen[setting][0][1] == []
+    # turn 1 is one edit in the first three settings (same input, same noise): one file, MagicBrush's
+    first = [np.asarray(Image.open(generated_path(tmp_path / st, "s2", 1, st))) for st in ("multi_turn", "independent")]
+    assert generated_path(tmp_path, "s2", 1, "independent").name == "s2_1.png" and np.array_equal(*first)
+    assert generated_path(tmp_path, "s2", 3, "history").name == "s2_hist_3.png"
+    assert generated_path(tmp_path, "s2", 1, "dummy").name == "s2_dummy_1.png"
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crashing(ed, after):
+    """``ed`` whose sessions raise at the (after+1)-th edit: a job killed mid-run."""
+    n, start = [0], ed.start
+
+    def started(im):
+        sess = start(im)
+        edit = sess.edit
+
+        def crash_or_edit(prompt):
+            n[0] += 1
+            if n[0] > after:
+                raise _Crash()
+            return edit(prompt)
+        sess.edit = crash_or_edit
+        return sess
+    ed.start = started
+    return ed
+
+
+@pytest.mark.parametrize("setting", ["multi_turn", "dummy"])
+def test_resumed_run_equals_an_uninterrupted_one(metrics, tmp_path, megatron_cpu, setting):
+    """A run killed after 3 of 5 edits, then rerun into the same folder, writes the images of a run never
+    stopped (pixel-exact, on the Editor's KV-cache path): each edit's noise is a function of its session and
+    turn, and earlier outputs come back from their PNGs as context. Another editor cannot resume there."""
+    from vincie_mcore.infer.editor import SamplerConfig
+
+    _write_set(tmp_path / "mb")
+    small = _small(metrics)
+    whole = run_magicbrush(_tiny_editor(), tmp_path / "mb", metrics=small, out_dir=tmp_path / "A", progress=False,
+                           setting=setting)
+    with pytest.raises(_Crash):
+        run_magicbrush(_crashing(_tiny_editor(), 3), tmp_path / "mb", metrics=small, out_dir=tmp_path / "B",
+                       progress=False, setting=setting)
+    resumed = run_magicbrush(_tiny_editor(), tmp_path / "mb", metrics=small, out_dir=tmp_path / "B", progress=False,
+                             setting=setting)
+    assert whole["edits"] == {"made": 5, "resumed": 0} and resumed["edits"] == {"made": 2, "resumed": 3}
+    files = [generated_path(tmp_path / d, sid, t, setting) for d in ("A", "B") for sid, n in (("s1", 2), ("s2", 3))
+             for t in range(1, n + 1)]
+    a, b = ([np.asarray(Image.open(f)) for f in files[i * 5:(i + 1) * 5]] for i in (0, 1))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert resumed["per_turn"] == whole["per_turn"]
+    if setting == "multi_turn":
+        # a remade turn makes the later ones stale: s2's turn 2 gone, its turn 3 is remade too
+        generated_path(tmp_path / "B", "s2", 2).unlink()
+        again = run_magicbrush(_tiny_editor(), tmp_path / "mb", metrics=small, out_dir=tmp_path / "B",
+                               progress=False)
+        assert again["edits"] == {"made": 2, "resumed": 3} and again["per_turn"] == whole["per_turn"]
+    other = _tiny_editor()
+    other.sampler = SamplerConfig(steps=3, seed=1)
+    with pytest.raises(ValueError, match=r"^out_dir: .*/B holds edits made with sampler=\{.*'steps': 2.*\}, this run "
+                                         r"has sampler=\{.*'steps': 3.*\}; give another out_dir$"):
+        run_magicbrush(other, tmp_path / "mb", metrics=small, out_dir=tmp_path / "B", progress=False, setting=setting)
+
+
+# ----------------------------------------------------------------------------- the release's layout
+
+def _write_release(root, targets_from):
+    """The sessions of ``_write_set(targets_from)`` laid out as MagicBrush's test release: images/<id>/ with
+    <id>-input.png, <id>-output<k>.png and masks, edit_sessions.json, global and local descriptions."""
+    src_root = targets_from
+    rows = [json.loads(x) for x in (src_root / "sessions.jsonl").read_text().splitlines()]
+    sessions, glob, loc = {}, {}, {}
+    for r in rows:
+        sid = r["id"]
+        d = root / "images" / sid
+        d.mkdir(parents=True)
+        (d / f"{sid}-input.png").write_bytes((src_root / r["source"]).read_bytes())
+        turns, prev = [], f"{sid}-input.png"
+        glob[sid], loc[sid] = {prev: "the input"}, {}
+        for k, t in enumerate(r["turns"], 1):
+            (d / f"{sid}-output{k}.png").write_bytes((src_root / t["target"]).read_bytes())
+            Image.fromarray(np.zeros((64, 64), np.uint8)).save(d / f"{sid}-mask{k}.png")
+            turns.append({"input": prev, "mask": f"{sid}-mask{k}.png", "output": f"{sid}-output{k}.png",
+                          "instruction": t["instruction"]})
+            glob[sid][f"{sid}-output{k}.png"] = t["caption"]
+            loc[sid][f"{sid}-output{k}.png"] = f"local {k}"
+            prev = f"{sid}-output{k}.png"
+        sessions[sid] = turns
+    (root / "edit_sessions.json").write_text(json.dumps(sessions))
+    (root / "global_descriptions.json").write_text(json.dumps(glob))
+    (root / "local_descriptions.json").write_text(json.dumps(loc))
+    return sessions
+
+
+def test_release_layout_reads_as_its_sessions(tmp_path):
+    _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "rel", tmp_path / "mb")
+    ours, rel = read_magicbrush(tmp_path / "mb"), read_magicbrush(tmp_path / "rel")
+    assert [s.id for s in rel] == ["s1", "s2"] and rel[1].source.name == "s2-input.png"
+    for a, b in zip(ours, rel):
+        assert a.id == b.id and a.source.read_bytes() == b.source.read_bytes()
+        assert [(t.instruction, t.caption, t.target.read_bytes()) for t in a.turns] == \
+            [(t.instruction, t.caption, t.target.read_bytes()) for t in b.turns]
+        assert b.gt_input(0) == b.source and b.gt_input(2 if len(b.turns) > 2 else 1) == b.turns[-2].target
+    local = read_magicbrush(tmp_path / "rel", captions="local_descriptions.json")
+    assert [t.caption for t in local[1].turns] == ["local 1", "local 2", "local 3"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s, c: s["s2"][1].update(input="s2-input.png"),
+     r"edit_sessions.json: session 's2': turns\[1\].input is 's2-input.png', not the previous turn's output "
+     r"'s2-output1.png'$"),
+    (lambda s, c: c["s1"].pop("s1-output2.png"),
+     r"global_descriptions.json: no caption for session 's1', file 's1-output2.png'$"),
+    (lambda s, c: s["s1"][0].update(output="s1-output9.png"), r"session 's1': turns\[0\].output: no image file"),
+    (lambda s, c: s["s1"][0].pop("instruction"), r"session 's1': turns\[0\] missing key 'instruction'$"),
+    (lambda s, c: s.update(s1=[]), r"session 's1': expected a non-empty list of turns$"),
+    (lambda s, c: s.update({"../s1": s.pop("s1")}), r"turns\[0\].input: .* climbs out"),
+])
+def test_bad_release_folders(tmp_path, edit, match):
+    _write_set(tmp_path / "mb")
+    sessions = _write_release(tmp_path / "rel", tmp_path / "mb")
+    caps = json.loads((tmp_path / "rel/global_descriptions.json").read_text())
+    edit(sessions, caps)
+    (tmp_path / "rel/edit_sessions.json").write_text(json.dumps(sessions))
+    (tmp_path / "rel/global_descriptions.json").write_text(json.dumps(caps))
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        read_magicbrush(tmp_path / "rel")
+
+
+def test_release_and_layout_errors(tmp_path):
+    _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "rel", tmp_path / "mb")
+    with pytest.raises(FileNotFoundError, match=r"^captions: no nope.json in .*rel \(CLIP-T's text; the default is "
+                                                r"the release's global_descriptions.json\)$"):
+        read_magicbrush(tmp_path / "rel", captions="nope.json")
+    with pytest.raises(ValueError, match=r"^captions: .*sessions.jsonl carries its captions in its rows"):
+        read_magicbrush(tmp_path / "mb", captions="local_descriptions.json")
+    with pytest.raises(FileNotFoundError, match=r"^magicbrush: no sessions.jsonl or edit_sessions.json"):
+        read_magicbrush(tmp_path / "rel" / "images")
+    (tmp_path / "rel/edit_sessions.json").write_text("{oops")
+    with pytest.raises(ValueError, match=r"edit_sessions.json: not JSON \(.*line 1\)$"):
+        read_magicbrush(tmp_path / "rel")
 
 
 def test_docs_list_every_key_with_its_default():

@@ -205,27 +205,36 @@ def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_serve
 
 
 def test_cli_magicbrush_scores_a_generated_folder(tmp_path):
-    """vincie-benchmark magicbrush on the MagicBrush test's layout, tiny CLIP/DINO, images given."""
+    """vincie-benchmark magicbrush on the release's test layout, tiny CLIP/DINO, images given under
+    MagicBrush's own names; a setting whose images are absent stops in one line naming the file."""
     import subprocess
 
     from tiny_clip_dino import save_tiny_clip, save_tiny_dino
 
-    from test_magicbrush import _write_set
+    from test_magicbrush import _write_release, _write_set
+    from vincie_mcore.eval.magicbrush import generated_path
 
-    data = tmp_path / "mb"
-    _write_set(data)
-    rows = [json.loads(line) for line in (data / "sessions.jsonl").read_text().splitlines()]
+    _write_set(tmp_path / "mb")
+    data = tmp_path / "test"
+    sessions = _write_release(data, tmp_path / "mb")
     gen = tmp_path / "gen"
-    for r in rows:                                             # "generated" = the ground truth itself
-        for t, turn in enumerate(r["turns"], 1):
-            (gen / r["id"]).mkdir(parents=True, exist_ok=True)
-            (gen / r["id"] / f"turn_{t}.png").write_bytes((data / turn["target"]).read_bytes())
-    r = subprocess.run([str(Path(sys.executable).parent / "vincie-benchmark"), "magicbrush", "--data", str(data),
-                        "--generated", str(gen), "--clip", save_tiny_clip(tmp_path / "clip"),
-                        "--dino", save_tiny_dino(tmp_path / "dino"), "--out", str(tmp_path / "out")],
-                       capture_output=True, text=True, timeout=300)
+    for sid, turns in sessions.items():                        # "generated" = the ground truth itself
+        for t, turn in enumerate(turns, 1):
+            p = generated_path(gen, sid, t)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            p.write_bytes((data / "images" / sid / turn["output"]).read_bytes())
+    cmd = [str(Path(sys.executable).parent / "vincie-benchmark"), "magicbrush", "--data", str(data),
+           "--generated", str(gen), "--clip", save_tiny_clip(tmp_path / "clip"),
+           "--dino", save_tiny_dino(tmp_path / "dino"), "--out", str(tmp_path / "out")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    res = json.loads((tmp_path / "out" / "results.json").read_text())
+    res = json.loads((tmp_path / "out" / "results_multi_turn.json").read_text())
     f = res["final_turn"]
     assert f["l1"] == 0 and f["l2"] == 0 and f["clip_i"] == pytest.approx(1, abs=1e-4) and f["dino"] == pytest.approx(1, abs=1e-4)
-    assert r.stdout.startswith("MagicBrush final turn: l1 0.0000 l2 0.0000 clip_i 1.0000")
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("MagicBrush multi_turn, 2 sessions (") and len(lines) == 5
+    assert lines[1].split()[:4] == ["turn", "1", "n", "2"]
+    assert " ".join(lines[-1].split()).startswith("turn final n 2 l1 0.0000 l2 0.0000 clip_i 1.0000")
+    r = subprocess.run(cmd + ["--setting", "independent"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("error: generated: session 's1' lacks s1_inde_2.png in ")

@@ -12,8 +12,12 @@ results.json (success per turn, score means with bootstrap CIs, every verdict), 
 beside the judge's reasons) and the generated images (generated.parquet). judge.yaml holds the
 judge's server: base_urls, model, cache_dir ... (its key in $VINCIE_JUDGE_API_KEY). docs/benchmarks.md.
 
-magicbrush: L1, L2, CLIP-I, CLIP-T and DINO per turn against MagicBrush's ground truth, turn after turn
-with the model's own outputs as context (or --generated: a folder <id>/turn_<t>.png). docs/magicbrush.md.
+magicbrush: L1, L2, CLIP-I, CLIP-T and DINO per turn against MagicBrush's ground truth (--data: the release's
+test folder with edit_sessions.json, or a sessions.jsonl folder). --setting multi_turn (default; the paper's
+Table 1: each turn edits the previous output, every earlier turn in context), independent (MagicBrush's
+single-turn; Table 4 "w/o Context"), history or dummy (Table 4), or all four. A rerun into the same --out
+resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<id>/<id>_1.png,
+<id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
 """
 from __future__ import annotations
 
@@ -41,12 +45,17 @@ def _parser():
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
     m.add_argument("--quiet", action="store_true")
-    b = sub.add_parser("magicbrush", help="MagicBrush multi-turn: L1, L2, CLIP-I, CLIP-T, DINO per turn")
-    b.add_argument("--data", required=True, help="folder with sessions.jsonl (docs/magicbrush.md)")
+    b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
+    b.add_argument("--data", required=True,
+                   help="the release's test folder (edit_sessions.json, images/) or a folder with sessions.jsonl")
+    b.add_argument("--captions", default=None,
+                   help="release layout: the caption file for CLIP-T (default global_descriptions.json)")
+    b.add_argument("--setting", default="multi_turn", choices=["multi_turn", "independent", "history", "dummy", "all"],
+                   help="what each turn sees (docs/magicbrush.md, Settings); all: the four in turn")
     src = b.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="training run folder to edit with")
     src.add_argument("--export", help="export folder to edit with")
-    src.add_argument("--generated", help="folder of images made elsewhere: <id>/turn_<t>.png")
+    src.add_argument("--generated", help="folder of images made elsewhere, MagicBrush's names (<id>/<id>_1.png, ...)")
     b.add_argument("--clip", required=True, help="local CLIP folder (openai/clip-vit-base-patch32)")
     b.add_argument("--dino", required=True, help="local DINO folder (facebook/dino-vits16)")
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
@@ -71,23 +80,37 @@ def _editor(a):
 
 
 def magicbrush_main(a) -> int:
-    from vincie_mcore.eval.magicbrush import MagicBrushConfig, run_magicbrush, score_magicbrush
+    from vincie_mcore.eval.magicbrush import (SETTINGS, MagicBrushConfig, MagicBrushMetrics, generated_images,
+                                              read_magicbrush, run_magicbrush, score_magicbrush)
 
+    settings = list(SETTINGS) if a.setting == "all" else [a.setting]
+    out = Path(a.out)
     try:
         cfg = MagicBrushConfig(clip_path=a.clip, dino_path=a.dino, edit_size=a.edit_size)
+        data = read_magicbrush(a.data, a.captions)
+        for st in settings if a.generated else []:      # every image there before the models load
+            generated_images(a.generated, data, st)
+        metrics = MagicBrushMetrics(cfg)
+        results = {}
         if a.generated:
-            res = score_magicbrush(a.generated, a.data, cfg)
-            Path(a.out).mkdir(parents=True, exist_ok=True)
-            (Path(a.out) / "results.json").write_text(json.dumps(res, indent=1, default=str))
+            out.mkdir(parents=True, exist_ok=True)
+            for st in settings:
+                results[st] = score_magicbrush(a.generated, data, metrics=metrics, setting=st)
+                (out / f"results_{st}.json").write_text(json.dumps(results[st], indent=1, default=str))
         else:
             editor, _ = _editor(a)
-            res = run_magicbrush(editor, a.data, cfg, out_dir=a.out, progress=not a.quiet)
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set)}
+            for st in settings:
+                results[st] = run_magicbrush(editor, data, metrics=metrics, out_dir=out, progress=not a.quiet,
+                                             setting=st, run_info=info)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    f = res["final_turn"]
-    print("MagicBrush final turn: " + " ".join(f"{k} {f[k]:.4f}" for k in ("l1", "l2", "clip_i", "clip_t", "dino") if k in f)
-          + f" ({Path(a.out) / 'results.json'})")
+    for st, res in results.items():
+        print(f"MagicBrush {st}, {res['sessions']} sessions ({out / f'results_{st}.json'}):")
+        for row in res["per_turn"] + [dict(res["final_turn"], turn="final")]:
+            print(f"  turn {row['turn']!s:>5}  n {row['n']:4d}  " +
+                  "  ".join(f"{k} {row[k]:.4f}" for k in ("l1", "l2", "clip_i", "clip_t", "dino")))
     return 0
 
 

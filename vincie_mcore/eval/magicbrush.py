@@ -22,16 +22,22 @@ metrics are torchmetrics' functional ``mean_absolute_error``, ``mean_squared_err
 
 Both models load from local folders through transformers (``local_files_only``); nothing reaches a hub.
 
-    dataset = read_magicbrush("magicbrush_test")                 # docs/magicbrush.md: the layout
+Four settings say what each turn's editor sees (``SETTINGS``): ``multi_turn`` (Table 1: the model's own
+earlier outputs, every earlier turn in context), ``independent`` (MagicBrush's single-turn setting and
+Table 4's "w/o Context": the turn's ground-truth input alone), ``history`` (Table 4: the ground-truth
+earlier turns in context) and ``dummy`` (Table 4's "Dummy-Context": a copy turn first).
+
+    dataset = read_magicbrush("magicbrush/test")                 # the release's folder, or our sessions.jsonl
     results = run_magicbrush(editor, dataset, MagicBrushConfig(clip_path=..., dino_path=..., edit_size=512),
-                             out_dir="runs/mb")                  # edits turn after turn, then scores
-    results = score_magicbrush("their_outputs/", dataset, cfg)   # images generated elsewhere
+                             out_dir="runs/mb", setting="multi_turn")   # edits (resumable), then scores
+    results = score_magicbrush("their_outputs/", dataset, cfg)   # images generated elsewhere (MagicBrush's names)
 """
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+import zlib
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +49,23 @@ METRICS = ("l1", "l2", "clip_i", "clip_t", "dino", "clip_t_oracle")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SESSIONS_FILE = "sessions.jsonl"
+RELEASE_FILE = "edit_sessions.json"                # MagicBrush's test release: {image id: [turns]}
+RELEASE_CAPTIONS = "global_descriptions.json"      # the global captions: MagicBrush's script's default kind
+DUMMY_INSTRUCTION = "generate the same image"      # the paper's Table 4 "Dummy-Context" turn
+
+# What turn t's editor sees before its instruction (docs/magicbrush.md, "Settings").
+SETTINGS = {
+    "multi_turn": "each turn edits the model's previous output, with every earlier turn (source, instructions, "
+                  "own outputs) as context: the paper's Table 1 (*)",
+    "independent": "each turn edits its ground-truth input alone, no context: MagicBrush's single-turn setting, "
+                   "the paper's Table 4 'w/o Context'",
+    "history": "each turn edits its ground-truth input with the ground-truth earlier turns (images and "
+               "instructions) as context: the paper's Table 4 'History'",
+    "dummy": "as history, after a dummy turn (the source, 'generate the same image', the source): "
+             "the paper's Table 4 'Dummy-Context'",
+}
+# generated file names: MagicBrush's for its two settings (<id>_1.png, <id>_iter_<t>.png, <id>_inde_<t>.png)
+_SUFFIX = {"multi_turn": "iter", "independent": "inde", "history": "hist", "dummy": "dummy"}
 
 
 @dataclass
@@ -87,17 +110,87 @@ class MagicBrushSession:
     source: Path
     turns: list[MagicBrushTurn] = field(default_factory=list)
 
+    def gt_input(self, t: int) -> Path:
+        """The ground-truth input of turn ``t`` (0-based): the source, then the previous turn's target."""
+        return self.source if t == 0 else self.turns[t - 1].target
 
-def read_magicbrush(folder) -> list[MagicBrushSession]:
-    """``folder/sessions.jsonl``: one row per session, ``{"id", "source", "turns": [{"instruction",
-    "target", "caption"}, ...]}``, image paths relative to ``folder`` (docs/magicbrush.md).
 
-    Every image must exist; a missing key, an empty ``turns``, a repeated id or a path leaving
-    ``folder`` is refused in one line naming the file, line and key."""
+def read_magicbrush(folder, captions: str | None = None) -> list[MagicBrushSession]:
+    """A MagicBrush test set from ``folder``, in either layout (docs/magicbrush.md):
+
+    * the release (``edit_sessions.json``, ``images/<id>/``, caption files): CLIP-T's text is the
+      target's entry in ``captions`` (default the global ones, ``global_descriptions.json``, the kind
+      MagicBrush's script reads by default);
+    * ours: ``sessions.jsonl``, one row per session, ``{"id", "source", "turns": [{"instruction",
+      "target", "caption"}, ...]}``, image paths relative to ``folder``.
+
+    Every image must exist; a missing key or caption, an empty session, a repeated id, a turn whose
+    input is not the previous turn's output, or a path leaving ``folder`` is refused in one line
+    naming the file and the key."""
     root = Path(folder)
+    if (root / SESSIONS_FILE).is_file():
+        if captions is not None:
+            raise ValueError(f"captions: {root / SESSIONS_FILE} carries its captions in its rows; "
+                             f"captions= is for the release's layout ({RELEASE_FILE})")
+        return _read_jsonl(root)
+    if (root / RELEASE_FILE).is_file():
+        return _read_release(root, captions or RELEASE_CAPTIONS)
+    raise FileNotFoundError(f"magicbrush: no {SESSIONS_FILE} or {RELEASE_FILE} (the release's test folder) in {root}")
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
+
+
+def _read_release(root: Path, captions: str) -> list[MagicBrushSession]:
+    """MagicBrush's test release: ``edit_sessions.json`` maps an image id to its turns ``{"input",
+    "mask", "output", "instruction"}``, files under ``images/<id>/``; turn k's input is turn k-1's
+    output. Caption files map ``{id: {file name: text}}``. Masks are not read (the mask-free setting)."""
+    index = root / RELEASE_FILE
+    data = _load_json(index)
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{index}: expected a non-empty object {{image id: [turns]}}")
+    cap_path = inside(root, captions, "captions")
+    if not cap_path.is_file():
+        raise FileNotFoundError(f"captions: no {captions} in {root} (CLIP-T's text; the default is the "
+                                f"release's {RELEASE_CAPTIONS})")
+    caps = _load_json(cap_path)
+    if not isinstance(caps, dict):
+        raise ValueError(f"{cap_path}: expected an object {{image id: {{file name: text}}}}")
+    sessions = []
+    for sid, turns in data.items():
+        where = f"{index}: session {sid!r}"
+        if not isinstance(turns, list) or not turns:
+            raise ValueError(f"{where}: expected a non-empty list of turns")
+        folder, out, prev, source = f"images/{sid}", [], None, None
+        for k, t in enumerate(turns):
+            if not isinstance(t, dict):
+                raise ValueError(f"{where}: turns[{k}] must be an object")
+            for key in ("input", "output", "instruction"):
+                if key not in t:
+                    raise ValueError(f"{where}: turns[{k}] missing key {key!r}")
+                if not isinstance(t[key], str) or not t[key].strip():
+                    raise ValueError(f"{where}: turns[{k}].{key} must be a non-empty string")
+            if k == 0:
+                source = _image_path(root, f"{folder}/{t['input']}", f"{where}: turns[0].input")
+            elif t["input"] != prev:
+                raise ValueError(f"{where}: turns[{k}].input is {t['input']!r}, not the previous turn's output {prev!r}")
+            target = _image_path(root, f"{folder}/{t['output']}", f"{where}: turns[{k}].output")
+            entry = caps.get(sid)
+            cap = entry.get(t["output"]) if isinstance(entry, dict) else None
+            if not isinstance(cap, str) or not cap.strip():
+                raise ValueError(f"{cap_path}: no caption for session {sid!r}, file {t['output']!r}")
+            out.append(MagicBrushTurn(t["instruction"], target, cap))
+            prev = t["output"]
+        sessions.append(MagicBrushSession(str(sid), source, out))
+    return sessions
+
+
+def _read_jsonl(root: Path) -> list[MagicBrushSession]:
     index = root / SESSIONS_FILE
-    if not index.is_file():
-        raise FileNotFoundError(f"magicbrush: no {SESSIONS_FILE} in {root}")
     sessions, seen = [], set()
     for n, line in enumerate(index.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
@@ -144,10 +237,23 @@ def _image_path(root: Path, rel, what: str) -> Path:
     return p
 
 
-def generated_path(folder, session_id: str, turn: int) -> Path:
-    """Where the edited image of ``turn`` (1-based) of a session lives: ``folder/<id>/turn_<t>.png``
-    (the id through ``paths.safe_name``)."""
-    return Path(folder) / safe_name(session_id, "session id") / f"turn_{turn}.png"
+def _setting(setting: str) -> str:
+    if setting not in SETTINGS:
+        raise ValueError(f"setting: {setting!r} is not one of {', '.join(SETTINGS)}")
+    return setting
+
+
+def generated_path(folder, session_id: str, turn: int, setting: str = "multi_turn") -> Path:
+    """Where the edited image of ``turn`` (1-based) of a session lives in ``setting``, under MagicBrush's
+    names: ``folder/<id>/<id>_1.png`` for turn 1, then ``<id>_iter_<t>.png`` (multi_turn) or
+    ``<id>_inde_<t>.png`` (independent); ours ``<id>_hist_<t>.png`` (history) and ``<id>_dummy_<t>.png``
+    (dummy, every turn: its turn 1 has the dummy turn before it). Turn 1 sees no earlier turn in the
+    first three settings, so they share its file, as MagicBrush's two do. The id goes through
+    ``paths.safe_name``."""
+    sid = safe_name(session_id, "session id")
+    setting = _setting(setting)
+    name = f"{sid}_1.png" if turn == 1 and setting != "dummy" else f"{sid}_{_SUFFIX[setting]}_{turn}.png"
+    return Path(folder) / sid / name
 
 
 # ----------------------------------------------------------------------------- images
@@ -290,19 +396,19 @@ def aggregate(per_session: list[dict]) -> dict:
 
 
 def _results(per_session, cfg: MagicBrushConfig, setting: str) -> dict:
-    return dict(benchmark="magicbrush", setting=setting, sessions=len(per_session),
-                models=dict(clip=cfg.clip_path, dino=cfg.dino_path), config=asdict(cfg),
+    return dict(benchmark="magicbrush", setting=setting, setting_means=SETTINGS.get(setting, setting),
+                sessions=len(per_session), models=dict(clip=cfg.clip_path, dino=cfg.dino_path), config=asdict(cfg),
                 **aggregate(per_session), per_session=per_session)
 
 
-def _generated_for(generated, s: MagicBrushSession) -> list:
+def _generated_for(generated, s: MagicBrushSession, setting: str) -> list:
     """The edited images of one session, one per turn, from a folder or a {id: [images]} mapping."""
     if isinstance(generated, (str, os.PathLike)):
-        paths = [generated_path(generated, s.id, t + 1) for t in range(len(s.turns))]
+        paths = [generated_path(generated, s.id, t + 1, setting) for t in range(len(s.turns))]
         missing = [p.name for p in paths if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"generated: session {s.id!r} lacks {', '.join(missing)} in "
-                                    f"{paths[0].parent}")
+                                    f"{paths[0].parent} (setting {setting})")
         return paths
     if s.id not in generated:
         raise KeyError(f"generated: no images for session {s.id!r}")
@@ -318,20 +424,32 @@ def _metrics(cfg, metrics):
     return metrics or MagicBrushMetrics(cfg)
 
 
-def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
-                     metrics: MagicBrushMetrics | None = None, setting: str = "given") -> dict:
-    """Score images someone else generated against ``dataset`` (a folder or ``read_magicbrush``'s list).
+def _sessions(dataset) -> list[MagicBrushSession]:
+    return read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
-    ``generated``: a folder laid out as ``generated_path`` says, or ``{session id: [image of turn 1, ...]}``;
-    each session needs exactly one image per turn, and every session of ``dataset`` must be there."""
-    sessions = read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
-    metrics = _metrics(cfg, metrics)
-    cfg = metrics.cfg
+
+def generated_images(generated, sessions: list[MagicBrushSession], setting: str = "multi_turn") -> list[tuple]:
+    """``[(session index, turn index, image)]`` of every turn, from a folder (``setting``'s file names) or
+    a ``{session id: [images]}`` mapping; a missing, short or extra session is refused in one line."""
+    setting = _setting(setting)
     if not isinstance(generated, (str, os.PathLike)):
         extra = set(generated) - {s.id for s in sessions}
         if extra:
             raise KeyError(f"generated: sessions not in the dataset: {sorted(extra)[:5]}")
-    flat = [(i, t, g) for i, s in enumerate(sessions) for t, g in enumerate(_generated_for(generated, s))]
+    return [(i, t, g) for i, s in enumerate(sessions) for t, g in enumerate(_generated_for(generated, s, setting))]
+
+
+def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
+                     metrics: MagicBrushMetrics | None = None, setting: str = "multi_turn") -> dict:
+    """Score images someone else generated against ``dataset`` (a folder or ``read_magicbrush``'s list).
+
+    ``generated``: a folder with ``setting``'s file names (``generated_path``: MagicBrush's own for
+    multi_turn and independent), or ``{session id: [image of turn 1, ...]}``; each session needs
+    exactly one image per turn, and every session of ``dataset`` must be there."""
+    sessions = _sessions(dataset)
+    flat = generated_images(generated, sessions, setting)       # checked before the models load
+    metrics = _metrics(cfg, metrics)
+    cfg = metrics.cfg
     scores = metrics.score([g for _, _, g in flat], [sessions[i].turns[t].target for i, t, _ in flat],
                            [sessions[i].turns[t].caption for i, t, _ in flat])
     per_session = [dict(id=s.id, turns=[]) for s in sessions]
@@ -340,37 +458,111 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     return _results(per_session, cfg, setting)
 
 
-def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
-                   metrics: MagicBrushMetrics | None = None, progress: bool = True) -> dict:
-    """Edit every session turn after turn with ``editor`` (``infer.editor.Editor``: turn t sees the
-    source, all earlier instructions and the model's own earlier outputs, the paper's ``*`` setting),
-    then score with ``score_magicbrush``.
+def edit_seed(base: int, session_id: str, turn: int) -> int:
+    """The sampler seed of one edit: a function of the session and turn only, so a resumed run draws the
+    noise an uninterrupted one would, and the settings share noise turn by turn (turn 1 is the same edit
+    in multi_turn, independent and history, hence one file)."""
+    return (int(base) * 1_000_003 + zlib.crc32(f"{session_id}/{turn}".encode())) % 2**63
 
-    ``out_dir``: the edits go to ``generated_path(out_dir, id, t)`` (so ``score_magicbrush(out_dir, ...)``
-    rescores them) and the results to ``out_dir/results.json``."""
+
+def _context(s: MagicBrushSession, t: int, setting: str, outputs: list) -> tuple[list, list[str]]:
+    """What turn ``t`` (0-based) sees before its instruction: images I0..I_n and texts T0..T_{n-1}."""
+    instr = [x.instruction for x in s.turns[:t]]
+    if setting == "multi_turn":
+        return [s.source] + outputs[:t], instr
+    if setting == "independent":
+        return [s.gt_input(t)], []
+    gt = [s.gt_input(k) for k in range(t + 1)]            # the source, then the targets before turn t
+    if setting == "history":
+        return gt, instr
+    return [s.source] + gt, [DUMMY_INSTRUCTION] + instr   # dummy: I0, "generate the same image", I0, ...
+
+
+def _fingerprint(editor, cfg: MagicBrushConfig, run_info: dict | None) -> dict:
+    sampler = getattr(editor, "sampler", None)
+    return json.loads(json.dumps(dict(editor=type(editor).__name__, mask_type=getattr(editor, "mask_type", None),
+                                      sampler=asdict(sampler) if is_dataclass(sampler) else None,
+                                      edit_size=cfg.edit_size, **(run_info or {})), default=str))
+
+
+def _claim(out_dir: Path, fp: dict) -> None:
+    """``out_dir/editor.json`` records what made the edits in the folder; resuming with another editor
+    (another run, sampler or size) would mix their images, so it is refused in one line."""
+    f = out_dir / "editor.json"
+    if f.is_file():
+        old = _load_json(f)
+        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        if diff:
+            k = diff[0]
+            raise ValueError(f"out_dir: {out_dir} holds edits made with {k}={old.get(k)!r}, this run has "
+                             f"{k}={fp.get(k)!r}; give another out_dir")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fp, indent=1))
+    os.replace(tmp, f)
+
+
+def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
+                   metrics: MagicBrushMetrics | None = None, progress: bool = True, setting: str = "multi_turn",
+                   run_info: dict | None = None) -> dict:
+    """Edit every session with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``) in ``setting``
+    (``SETTINGS``; the default is the paper's Table 1), then score with ``score_magicbrush``.
+
+    ``out_dir``: the edits go to ``generated_path(out_dir, id, t, setting)`` and the results to
+    ``out_dir/results_<setting>.json``. A rerun into the same folder resumes: an edit whose file exists
+    is read back, not made again (in multi_turn, every turn after a remade one is remade), and each
+    edit's noise depends only on its session and turn (``edit_seed``), so the images equal an
+    uninterrupted run's. ``run_info`` (e.g. the run folder) joins the editor's sampler and ``edit_size``
+    in ``out_dir/editor.json``; resuming with different ones is refused."""
     from PIL import Image
     from tqdm import tqdm
 
-    sessions = read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
+    setting = _setting(setting)
+    sessions = _sessions(dataset)
     metrics = _metrics(cfg, metrics)
     cfg = metrics.cfg
-    # with out_dir the edits are scored from their PNGs (lossless), so no session's images stay in memory
-    generated = {}
-    for s in tqdm(sessions, desc="magicbrush edit", disable=not progress):
-        src = to_rgb(s.source, f"session {s.id!r} source")
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        _claim(out_dir, _fingerprint(editor, cfg, run_info))
+    gen = getattr(editor, "gen", None)            # Editor's sampling generator (OfficialEditor reseeds itself)
+    base_seed = getattr(getattr(editor, "sampler", None), "seed", 0)
+
+    def prep(image, what):
+        im = to_rgb(image, what)
         if cfg.edit_size:
-            src = src.resize((cfg.edit_size, cfg.edit_size), Image.BICUBIC)
-        sess = editor.start(np.array(src))            # a writable copy: the editor wraps it in a tensor
-        outs = [np.asarray(sess.edit(turn.instruction)) for turn in s.turns]
+            im = im.resize((cfg.edit_size, cfg.edit_size), Image.BICUBIC)
+        return np.array(im)                       # a writable copy: the editor wraps it in a tensor
+
+    generated, made, reused = {}, 0, 0
+    for s in tqdm(sessions, desc=f"magicbrush {setting}", disable=not progress):
+        outs, sess, fresh = [], None, False
+        for t, turn in enumerate(s.turns):
+            path = generated_path(out_dir, s.id, t + 1, setting) if out_dir is not None else None
+            # multi_turn: a remade turn makes every later file stale (it edited another image)
+            if path is not None and path.is_file() and not (fresh and setting == "multi_turn"):
+                outs.append(np.asarray(to_rgb(path, f"session {s.id!r} turn {t + 1} (resumed)")))
+                reused += 1
+                continue
+            if sess is None or setting != "multi_turn":  # multi_turn keeps one session (and its KV cache)
+                images, texts = _context(s, t, setting, outs)
+                sess = editor.start(prep(images[0], f"session {s.id!r} source"))
+                for k, (im, txt) in enumerate(zip(images[1:], texts)):
+                    sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
+            if isinstance(gen, torch.Generator):
+                gen.manual_seed(edit_seed(base_seed, s.id, t + 1))
+            out = np.asarray(sess.edit(turn.instruction))
+            outs.append(out)
+            made, fresh = made + 1, True
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_name(path.name + ".tmp.png")     # a crash mid-write leaves no half image
+                Image.fromarray(out).save(tmp)
+                os.replace(tmp, path)
         if out_dir is None:
             generated[s.id] = outs
-        else:
-            for t, im in enumerate(outs, 1):
-                p = generated_path(out_dir, s.id, t)
-                p.parent.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(im).save(p)
-    setting = "multi-turn: each turn edits the previous output, with every earlier turn as context"
     results = score_magicbrush(generated if out_dir is None else out_dir, sessions, metrics=metrics, setting=setting)
+    results["edits"] = dict(made=made, resumed=reused)
     if out_dir is not None:
-        (Path(out_dir) / "results.json").write_text(json.dumps(results, indent=1, default=str))
+        (out_dir / f"results_{setting}.json").write_text(json.dumps(results, indent=1, default=str))
     return results

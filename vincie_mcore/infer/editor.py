@@ -197,10 +197,20 @@ class EditSession:
     editor: Editor
     images: list = field(default_factory=list)   # uint8 tensors [H, W, 3]: I0, I1, ...
     texts: list = field(default_factory=list)    # T0, T1, ...
-    info: list = field(default_factory=list)     # per turn: turn, kv_cache, reason, cache_bytes, seconds
-    latents: list = field(default_factory=list)  # per turn: the sampled target latent [C, h, w] (before decode)
+    info: list = field(default_factory=list)     # per edit: turn, kv_cache, reason, cache_bytes, seconds
+    latents: list = field(default_factory=list)  # per edit: the sampled target latent [C, h, w] (before decode)
+    # (an add_turn turn is given, not sampled: it adds to images and texts only)
     latents_in: list = field(default_factory=list, repr=False)   # KV path: encoded I0, I1, ... [1, C, h, w]
     kv: dict | None = field(default=None, repr=False)            # KV path: {"cond", "uncond"} KVCache
+
+    def add_turn(self, prompt: str, image) -> None:
+        """Append a turn whose result is given, not generated (e.g. a benchmark's ground truth, or an
+        edit made earlier): the next ``edit`` sees it as context. The image passes the editor's own
+        input check (``start``: size divisible by the patch x VAE factor; the official editor fits it)."""
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError("prompt: expected a non-empty string")
+        self.images.append(self.editor.start(image).images[0])
+        self.texts.append(prompt)
 
     def edit(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()
