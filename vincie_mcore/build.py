@@ -265,6 +265,21 @@ def run_latents(dc: dict, store, run: Path, block_rows: int = 256) -> Path:
     return out
 
 
+def official_layout(cfg, dc: dict, flow):
+    """The official variant's sample layout for the latent stream (``data/stream.py`` ``OfficialLayout``);
+    a model whose token width does not fit the patches is refused naming the key."""
+    from .data.official_pack import check_official_widths
+    from .data.stream import OfficialLayout
+    from .model.config import MMDiTConfig
+
+    model_cfg = build(MMDiTConfig, cfg.model, "model")
+    try:
+        check_official_widths(model_cfg, dc["pack"].patch_size)
+    except ValueError as e:
+        raise ConfigError(str(e).splitlines()[0]) from None
+    return OfficialLayout(model_cfg, text_drop=flow.text_drop, uncond=flow.uncond_text)
+
+
 def build_training(cfg):
     """Everything ``vincie-train`` runs, built: process groups, ``<run_dir>/config.yaml`` (rank 0), the
     corpus, its stream, the model and the trainer. -> (parallel dims, trainer).
@@ -273,8 +288,9 @@ def build_training(cfg):
     ``<run_dir>/train`` while the others wait. The paper variant trains by streaming a latent store
     (``data/stream.py``): ``data.corpus.latents`` when given, else the store encoded once into
     ``<run_dir>/latents`` (``run_latents``); the pairwise ablation (``data.recipe.pairwise``) streams
-    the same store cut into pairs. Decoded into RAM only where the stream cannot go: the official
-    variant's batch layout (``OfficialStream``).
+    the same store cut into pairs. The official variant streams a latent store of its own text layout
+    (``data.corpus.latents``, made by ``vincie-precompute`` with the run's config: ``OfficialLayout``);
+    without one it decodes the corpus into RAM (``OfficialStream``), fine for a small corpus only.
 
     Raises ``ConfigError`` naming the key for a bad value, and for an impossible parallel layout
     (``parallel: ...``, the first line of the groups' error)."""
@@ -295,13 +311,11 @@ def build_training(cfg):
     if official and dc["recipe"].mask_type != "full":
         raise ConfigError(f"data.recipe.mask_type: the official variant trains one target per session under "
                           f"the full mask, got {dc['recipe'].mask_type!r}")
-    if corpus.latents and official:
-        raise ConfigError("data.corpus.latents: the official variant trains from the decoded corpus only "
-                          "(data.corpus.store), not yet from a latent store")
     micro = int(cfg.train.get("micro_batches", 1))
     if corpus.latents:                    # a latent store made beforehand (vincie-precompute)
         from .data.stream import stream_from_config
-        stream = stream_from_config(dc, int(cfg.seed), dims, micro_batches=micro)
+        stream = stream_from_config(dc, int(cfg.seed), dims, micro_batches=micro,
+                                    official=official_layout(cfg, dc, flow) if official else None)
         return dims, make_trainer(cfg, make_model(cfg), stream, run)
     store = corpus.store or _on_rank0(lambda: synthesize_store(run / "train", corpus.videos, dc["world"], corpus,
                                                                corpus.sampling, int(cfg.seed), corpus.min_change))
@@ -410,5 +424,7 @@ def precompute_with_config(store, out, overrides: list[str] | None = None, **kw)
     from .config import load_config
     from .data.latents import precompute
 
-    dc = data_configs(load_config(list(overrides or [])))
+    cfg = load_config(list(overrides or []))
+    dc = data_configs(cfg)
+    kw.setdefault("layout", "official" if is_official(cfg) else "paper")
     return precompute(store, out, dc["image"], dc["text"], dc["recipe"], image_size=dc["corpus"].image_size, **kw)

@@ -12,10 +12,11 @@ Layout and the reasons behind it: docs/latent_store.md. In short, under ``root/`
                         K-1 source RoE maps, K-1 target RoE maps (zarr sharding codec: one file)
       lat_off   [I+1]   image i is lat[lat_off[i]:lat_off[i+1]], shape lat_shape[i] (C, h, w)
       img_first [S+1]   session s owns images img_first[s]:img_first[s+1]
-      txt       [T, D]  text-encoder outputs of every transition text, as the recipe emits it
+      txt       [T, D]  text-encoder outputs of every transition text, as the layout emits it
       txt_off   [K'+1]  text j is txt[txt_off[j]:txt_off[j+1]]; session s owns texts
       txt_first [S+1]   txt_first[s]:txt_first[s+1] (K-1 each)
-      prompt_*          the fixed texts: mask prompts (source, target) and "" (text dropout)
+      prompt_*          the fixed texts: mask prompts (source, target) and "" (text dropout); in the
+                        official layout the release's negative prompt and ""
       n_frames, hw      per session: K and the latent (h, w)
       record    str[S]  JSON: video_id, texts, cameras (raw), so the recipe can lay a session out
     done/b_NNNNNNN.json a block counts as written only once this file exists (atomic rename)
@@ -24,6 +25,10 @@ Layout and the reasons behind it: docs/latent_store.md. In short, under ``root/`
 
 Precision: ``dtype`` float32 | float16 | bfloat16 (zarr has no bfloat16: stored as its uint16
 bits). Reads give float32 tensors, as the encoders do.
+
+Text layout (``TEXT_LAYOUTS``): ``paper`` stores each transition text as our recipe emits it;
+``official`` (``model.variant: official``) stores the release's template of each turn
+(``data/official_pack.py`` ``official_texts``), whose text encoder reads the whole sentence.
 """
 from __future__ import annotations
 
@@ -44,6 +49,24 @@ from .recipe import RecipeConfig, camera_prompt
 
 LATENT_FORMAT = "vincie-latents/1"
 DTYPES = ("float32", "float16", "bfloat16")
+TEXT_LAYOUTS = ("paper", "official")
+
+
+def emitted_texts(texts: list[str], cameras: list, camera_prompts: bool, layout: str = "paper") -> list[str]:
+    """The strings a session's transition texts are encoded as: the recipe's (the camera tag first with
+    ``camera_prompts``), or the release's template of each turn (``official``; turn j's text does not depend
+    on how many turns a sample keeps)."""
+    if layout == "official":
+        from .official_pack import official_texts
+        return official_texts(list(texts), list(cameras), camera_prompts)
+    return [camera_prompt(t, c) if camera_prompts else t for t, c in zip(texts, cameras)]
+
+
+def prompt_names(texts_identity: dict) -> list[str]:
+    """The fixed texts a store holds (``prompt_*``), from its identity's ``texts``."""
+    if texts_identity.get("layout", "paper") == "official":
+        return [texts_identity["negative_prompt"], ""]
+    return [texts_identity["mask_prompt_src"], texts_identity["mask_prompt_tgt"], ""]
 
 
 class LatentMismatch(ValueError):
@@ -66,12 +89,16 @@ def _digest(d) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int | None, dtype: str) -> dict:
+def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int | None, dtype: str,
+                     layout: str = "paper") -> dict:
     """What decides the stored numbers: each encoder's name/path and a hash of its config (the
     dataclass without the path, plus the model folder's config.json), the precision, the image
-    size, and the recipe's text settings (the stored texts are the strings the recipe emits)."""
+    size, and the text settings (the stored texts are the strings the recipe, or under the
+    ``official`` layout the release's template, emits)."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype: expected one of {DTYPES}, got {dtype!r}")
+    if layout not in TEXT_LAYOUTS:
+        raise ValueError(f"layout: expected one of {TEXT_LAYOUTS}, got {layout!r}")
 
     def enc(cfg):
         d = asdict(cfg)
@@ -79,14 +106,25 @@ def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int 
         return {"kind": d["kind"], "path": str(path) if path else None,
                 "hash": _digest({"config": d, "model_config": _config_file_hash(path)})}
 
+    texts = {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
+             "mask_prompt_tgt": recipe.mask_prompt_tgt}
+    if layout == "official":        # (a paper-layout identity stays as stores made before layouts existed)
+        from ..packed.official import OFFICIAL_NEGATIVE_PROMPT
+        texts |= {"layout": "official", "negative_prompt": OFFICIAL_NEGATIVE_PROMPT}
     return {"image_encoder": enc(image_cfg), "text_encoder": enc(text_cfg), "dtype": dtype,
-            "image_size": image_size,
-            "texts": {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
-                      "mask_prompt_tgt": recipe.mask_prompt_tgt}}
+            "image_size": image_size, "texts": texts}
+
+
+def check_layout(root, have: str, want: str) -> None:
+    if have != want:
+        raise LatentMismatch(f"latent store {root} holds texts in the {have} layout, this run needs the {want} "
+                             f"layout (model.variant): precompute with the run's config")
 
 
 def _compare(root, have: dict, want: dict) -> None:
-    """One line naming what differs (the path of a model folder is informative only)."""
+    """One line naming what differs (the path of a model folder is informative only); a store of the
+    other text layout says so alone (its texts differ wholesale)."""
+    check_layout(root, have.get("texts", {}).get("layout", "paper"), want.get("texts", {}).get("layout", "paper"))
     def flat(d, pre=""):
         out = {}
         for k, v in d.items():
@@ -207,7 +245,8 @@ def _write_text(g, prefix: str, embs: list, dtype: str):
     g.create_array(f"{prefix}_off", data=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
 
 
-def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype) -> dict:
+def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype,
+                  texts_identity: dict) -> dict:
     from .corpus import encode_corpus
     from .dali_decode import decode_store
 
@@ -222,12 +261,12 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
             imgs += [x.reshape(-1) for x in t]
             shapes += [tuple(x.shape) for x in t]
         img_first.append(img_first[-1] + 3 * k - 2)
-        texts += [camera_prompt(t, c) if recipe.camera_prompts else t for t, c in zip(d.texts, d.cameras)]
+        texts += emitted_texts(d.texts, d.cameras, recipe.camera_prompts, texts_identity.get("layout", "paper"))
         n_frames.append(k)
         hw.append(tuple(e.frames.shape[2:]))
         records.append(json.dumps({"video_id": d.video_id, "texts": list(d.texts), "cameras": list(d.cameras)}))
     embs = text_encoder.encode(texts)
-    prompts = text_encoder.encode([recipe.mask_prompt_src, recipe.mask_prompt_tgt, ""])
+    prompts = text_encoder.encode(prompt_names(texts_identity))
     text_encoder._cache.clear()               # its per-string cache would grow with the corpus
     return dict(imgs=imgs, shapes=shapes, img_first=img_first, embs=embs, prompts=prompts, n_frames=n_frames,
                 hw=hw, records=records)
@@ -268,9 +307,10 @@ def done_blocks(root) -> set[int]:
 def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = None, *, image_size: int | None = None,
                dtype: str = "float32", shard: tuple[int, int] = (0, 1), block_rows: int = 256,
                limit: int | None = None, device: str | None = None, progress: bool = False,
-               finalize_when_done: bool = True) -> dict:
+               finalize_when_done: bool = True, layout: str = "paper") -> dict:
     """Encode this task's blocks of ``store`` into the latent store ``out`` (resumable: blocks
     already done are skipped). Blocks are dealt round-robin: task i of N takes blocks b = i mod N.
+    ``layout``: the texts' layout (``TEXT_LAYOUTS``; ``official`` for the released models' variant).
     ``device``: encoders' device (default: cuda:LOCAL_RANK when there is a GPU, else cpu; DALI
     decodes on the same GPU). With ``finalize_when_done`` the task that finds every block done
     writes the index (``finalize``). Returns a summary dict."""
@@ -290,7 +330,7 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
     if n_rows == 0:
         raise ValueError(f"{store}: the session store holds no sessions")
     attrs = {"format": LATENT_FORMAT, "n_rows": n_rows, "block_rows": block_rows,
-             "identity": encoder_identity(image_cfg, text_cfg, recipe, image_size, dtype),
+             "identity": encoder_identity(image_cfg, text_cfg, recipe, image_size, dtype, layout),
              "source": {"store": str(Path(store).resolve()), "sessions": len(sstore),
                         "fingerprint": source_fingerprint(store)}, "complete": False}
     g = _open_or_create(out, attrs)
@@ -306,7 +346,8 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
         text_encoder = TextEncoder(text_cfg, device=device)
         for b in todo:
             rows = range(b * block_rows, min((b + 1) * block_rows, n_rows))
-            data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype)
+            data = _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size, dali_device, dtype,
+                                 attrs["identity"]["texts"])
             # where decoding and encoding really ran: a block's attrs, read by gpu_check's train smoke
             made = data["made"] = {"decoder": "dali", "dali": devices_used(), "encoder_device": str(device)}
             _write_block(out, g, b, rows, data, dtype, f"{i}/{n_tasks}")
@@ -426,12 +467,17 @@ class LatentStore:
                 self._whole = nbytes <= RESIDENT_MB * 2**20
         return self._whole
 
+    @property
+    def layout(self) -> str:
+        return self.identity["texts"].get("layout", "paper")
+
     def prompts(self) -> dict[str, torch.Tensor]:
-        """{mask prompt (source), mask prompt (target), "": embedding} (the empty prompt: text dropout)."""
+        """{fixed text: embedding}: the mask prompts (source, target) and "" (text dropout); in the
+        official layout the release's negative prompt and ""."""
         if self._prompts is None:
             bg = self._group()["blocks"][_block_name(0)]
             t, off = bg["prompt"][:], bg["prompt_off"][:]
-            names = [self.identity["texts"]["mask_prompt_src"], self.identity["texts"]["mask_prompt_tgt"], ""]
+            names = prompt_names(self.identity["texts"])
             self._prompts = {s: _np_load(t[off[j]:off[j + 1]], self.dtype) for j, s in enumerate(names)}
         return self._prompts
 
@@ -451,7 +497,8 @@ class LatentStore:
 
     def session(self, row: int):
         """(EncodedSession, {emitted text: embedding [L, D]}) of one row: frames [K, C, h, w], RoE maps
-        [K-1, C, h, w], raw texts and cameras; the dict maps each transition text as the recipe emits it."""
+        [K-1, C, h, w], raw texts and cameras; the dict maps each transition text as the store's layout
+        emits it (``emitted_texts``)."""
         from .packing import EncodedSession
 
         if not 0 <= row < self.n_rows:
@@ -470,8 +517,7 @@ class LatentStore:
         tflat = _np_load(own(blk["txt"][int(toff[t0]):int(toff[t1])]), self.dtype)
         embs = [tflat[toff[j] - toff[t0]:toff[j + 1] - toff[t0]] for j in range(t0, t1)]
         rec = json.loads(str(blk["record"][s]))
-        cam = self.identity["texts"]["camera_prompts"]
-        emitted = [camera_prompt(t, c) if cam else t for t, c in zip(rec["texts"], rec["cameras"])]
+        emitted = emitted_texts(rec["texts"], rec["cameras"], self.identity["texts"]["camera_prompts"], self.layout)
         sess = EncodedSession(frames=torch.stack(imgs[:k]), texts=rec["texts"], cameras=rec["cameras"],
                               roe_src=torch.stack(imgs[k:2 * k - 1]), roe_tgt=torch.stack(imgs[2 * k - 1:]),
                               meta={"video_id": rec["video_id"], "row": row})

@@ -16,7 +16,9 @@ Order, in three layers (docs/latent_store.md, "Order"):
 Token counts come from a small per-row index (frames, latent size, text lengths) held by the main
 process; every rank walks the whole pack sequence through that index but reads latents only for
 its own packs, in DataLoader workers that build each session's sample with ``data/recipe.py`` and
-pack it with ``data/packing.py pack``. The state ``{epoch, pos, pack, consumed, step_packs}`` names
+pack it with ``data/packing.py pack`` (or, for the released models' variant, ``OfficialLayout``: one
+target per session in the release's layout, ``data/official_pack.py``). The state
+``{epoch, pos, pack, consumed, step_packs}`` names
 the first pack of the current step, how many of its packs are done and how many it has: equal on
 every rank, so a resume with another DP size continues the same global order (a step that ended
 may be followed by steps of any size; one stopped between micro-batches needs the same layout).
@@ -25,11 +27,12 @@ from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .latents import LatentMismatch, LatentStore
+from .latents import LatentMismatch, LatentStore, check_layout
 from .packing import PackConfig, pack
 from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
 from ..signals import become_helper, helper_context
@@ -42,6 +45,25 @@ def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> 
     perm = np.random.default_rng([subset_seed, 0x5E55]).permutation(n_rows)
     dt = np.uint32 if n_rows < 2 ** 32 else np.int64              # 4 bytes a row at 10M: 40 MB
     return perm[:max_sessions].astype(dt)
+
+
+@dataclass(frozen=True)
+class OfficialLayout:
+    """Samples in the released models' layout (``model.variant: official``, docs/official.md): each
+    session keeps k+1 frames, k drawn uniformly from its transitions (capped by ``recipe.max_frames``),
+    the last the one target; its text is dropped with probability ``text_drop`` to ``uncond``'s texts.
+    The same draws as ``official_pack.OfficialStream``, here per global position. The store must hold
+    the official text layout (``vincie-precompute`` with the official config)."""
+    model_cfg: object                # MMDiTConfig: text_dim, the RoPE origin (official_session_batch)
+    text_drop: float = 0.1
+    uncond: str = "negative"
+
+
+@dataclass(frozen=True)
+class OfficialPlan:
+    """One official sample: frames 0..k kept (target k), and whether its text was dropped."""
+    k: int
+    dropped: bool
 
 
 PAIR_STRIDE = 1 << 10
@@ -62,10 +84,13 @@ class PackPlanner:
     sessions in both cases, so the two arms see the same sessions, every transition once an epoch."""
 
     def __init__(self, index: dict, prompt_lens: dict, recipe: RecipeConfig, pack_cfg: PackConfig, seed: int = 0,
-                 max_sessions: int | None = None, subset_seed: int = 0):
+                 max_sessions: int | None = None, subset_seed: int = 0, official: OfficialLayout | None = None):
         self.idx, self.prompt_lens, self.recipe, self.cfg, self.seed = index, prompt_lens, recipe, pack_cfg, seed
+        self.official = official
         self.rows = subset_rows(len(index["n_frames"]), max_sessions, subset_seed)
         self.pairwise = bool(recipe.pairwise)
+        if self.pairwise and official is not None:
+            raise ValueError("data.recipe.pairwise: the official variant trains whole sessions, one target each")
         self.units = self.rows
         if self.pairwise:
             pairs = index["n_frames"][self.rows].astype(np.int64) - 1
@@ -87,11 +112,37 @@ class PackPlanner:
     def plan(self, epoch: int, pos: int, key: int):
         rng = np.random.default_rng([self.seed, epoch, pos])
         row, pair = unit_of(key, self.pairwise)
+        if self.official is not None:
+            from .official_pack import uncond_texts
+
+            n = min(int(self.idx["n_frames"][row]), self.recipe.max_frames) - 1
+            if n < 1:
+                raise ValueError(f"latent store row {row} has {n + 1} frame(s) to train on; a session needs 2")
+            k = int(rng.integers(n)) + 1                        # OfficialStream.draw's order: k, then the drop
+            dropped = bool(rng.random() < self.official.text_drop)
+            uncond_texts(k, self.official.uncond)               # a bad flow.uncond_text fails here, not in a worker
+            return OfficialPlan(k, dropped)
         return draw_plan(2 if pair is not None else int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True)
+
+    def _official_tokens(self, row: int, plan: OfficialPlan) -> int:
+        """The release's layout: each kept turn's text (or the unconditional texts) + its <TURN> token,
+        then frames 0..k."""
+        from .official_pack import uncond_texts
+
+        h, w = (int(x) for x in self.idx["hw"][row])
+        p = self.cfg.patch_size
+        if plan.dropped:
+            txt = sum(self.prompt_lens[t] + 1 for t in uncond_texts(plan.k, self.official.uncond))
+        else:
+            first = int(self.idx["txt_first"][row])
+            txt = int(self.idx["txt_len"][first:first + plan.k].sum()) + plan.k
+        return txt + (plan.k + 1) * (h // p) * (w // p)
 
     def tokens(self, key: int, plan) -> int:
         """Joint tokens of unit ``key``'s sample under ``plan``: the recipe's blocks (laid out with
         placeholder texts), each text its stored length + the <TURN> token, each image h/p * w/p."""
+        if self.official is not None:
+            return self._official_tokens(int(key), plan)
         n = plan.num_turns
         sample = build_sample([""] * n, [None] * n, plan, self.recipe)
         p = self.cfg.patch_size
@@ -166,10 +217,28 @@ class _Descriptors:
 class _PackDataset(torch.utils.data.Dataset):
     """In a worker: read a pack's rows, lay each out with the recipe under its drawn plan, pack."""
 
-    def __init__(self, store: LatentStore, recipe: RecipeConfig, pack_cfg: PackConfig):
-        self.store, self.recipe, self.cfg = store, recipe, pack_cfg
+    def __init__(self, store: LatentStore, recipe: RecipeConfig, pack_cfg: PackConfig,
+                 official: OfficialLayout | None = None):
+        self.store, self.recipe, self.cfg, self.official = store, recipe, pack_cfg, official
+
+    def _official(self, desc):
+        from .latents import emitted_texts
+        from .official_pack import official_pack, uncond_texts
+
+        items, embs = [], dict(self.store.prompts())
+        cam = self.store.identity["texts"]["camera_prompts"]
+        for _pos, row, plan in desc["items"]:
+            sess, e = self.store.session(int(row))
+            embs |= e
+            texts = uncond_texts(plan.k, self.official.uncond) if plan.dropped else \
+                emitted_texts(sess.texts[:plan.k], sess.cameras[:plan.k], cam, "official")
+            items.append((sess.frames[:plan.k + 1], texts))
+        batch = official_pack(items, lambda texts: [embs[t] for t in texts], self.official.model_cfg, self.cfg)
+        return batch, desc["state"], desc["pack"]
 
     def __getitem__(self, desc):
+        if self.official is not None:
+            return self._official(desc)
         items, embs = [], dict(self.store.prompts())
         for _pos, key, plan in desc["items"]:
             row, pair = unit_of(key, self.recipe.pairwise)
@@ -199,11 +268,13 @@ class LatentStream:
     ``state_dict()/load_state_dict()`` (a resume continues at the exact next pack) and DataLoader
     workers (``num_workers``; 0 packs in the calling process). ``expect``: an
     ``latents.encoder_identity`` the store must match. ``micro_batches``: packs a rank takes per
-    optimizer step (gradient accumulation: ``train.micro_batches``)."""
+    optimizer step (gradient accumulation: ``train.micro_batches``). ``official``: batches in the
+    released models' layout (``OfficialLayout``) from a store of the official text layout."""
 
     def __init__(self, root, recipe: RecipeConfig, pack_cfg: PackConfig, *, seed: int = 0, dp_rank: int = 0,
                  dp_size: int = 1, micro_batches: int = 1, max_sessions: int | None = None, subset_seed: int = 0,
-                 num_workers: int = 2, prefetch_factor: int = 2, expect: dict | None = None):
+                 num_workers: int = 2, prefetch_factor: int = 2, expect: dict | None = None,
+                 official: OfficialLayout | None = None):
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank: need 0 <= dp_rank < dp_size, got {dp_rank} of {dp_size}")
         if micro_batches < 1 or num_workers < 0:
@@ -216,11 +287,14 @@ class LatentStream:
         if bad:
             raise LatentMismatch(f"latent store {root} holds texts made with recipe {bad[0]}={texts[bad[0]]!r}, "
                                  f"the config has {want[bad[0]]!r}: precompute again or change data.recipe")
+        check_layout(root, self.store.layout, "official" if official is not None else "paper")
+        self.official = official
         self.recipe, self.cfg, self.seed = recipe, pack_cfg, seed
         self.rank, self.dp_size, self.micro = dp_rank, dp_size, micro_batches
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         prompt_lens = {s: int(e.shape[0]) for s, e in self.store.prompts().items()}
-        self.planner = PackPlanner(self.store.index(), prompt_lens, recipe, pack_cfg, seed, max_sessions, subset_seed)
+        self.planner = PackPlanner(self.store.index(), prompt_lens, recipe, pack_cfg, seed, max_sessions, subset_seed,
+                                   official)
         self.subset_seed = subset_seed
         self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0, "step_packs": 0}
         self.last_pack = None
@@ -237,7 +311,7 @@ class LatentStream:
 
     def _start(self):
         loader = torch.utils.data.DataLoader(
-            _PackDataset(self.store, self.recipe, self.cfg),
+            _PackDataset(self.store, self.recipe, self.cfg, self.official),
             sampler=_Descriptors(self.planner, dict(self._state), self.rank, self.dp_size, self.micro),
             batch_size=None, collate_fn=_as_is, num_workers=self.num_workers,
             prefetch_factor=self.prefetch_factor if self.num_workers else None,
@@ -271,15 +345,17 @@ class LatentStream:
         self._it = None
 
 
-def stream_from_config(dc: dict, seed: int, dims, micro_batches: int = 1) -> LatentStream:
+def stream_from_config(dc: dict, seed: int, dims, micro_batches: int = 1,
+                       official: OfficialLayout | None = None) -> LatentStream:
     """``build_training``'s stream when ``data.corpus.latents`` is set: one seed for every DP rank
     (the order is global), the store checked against the config's encoders, image size, recipe
-    texts and ``data.corpus.latents_dtype``."""
+    texts, text layout and ``data.corpus.latents_dtype``."""
     from .latents import encoder_identity
 
     c = dc["corpus"]
     dtype = c.latents_dtype or LatentStore(c.latents).dtype
-    expect = encoder_identity(dc["image"], dc["text"], dc["recipe"], c.image_size, dtype)
+    layout = "official" if official is not None else "paper"
+    expect = encoder_identity(dc["image"], dc["text"], dc["recipe"], c.image_size, dtype, layout)
     return LatentStream(c.latents, dc["recipe"], dc["pack"], seed=seed, dp_rank=dims.dp_rank, dp_size=dims.dp,
                         micro_batches=micro_batches, max_sessions=c.max_sessions, num_workers=c.workers,
-                        expect=expect)
+                        expect=expect, official=official)
