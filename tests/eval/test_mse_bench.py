@@ -153,8 +153,9 @@ def test_verdict_schema():
             parse_verdict(bad)
 
 
-def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu):
-    """The editor (tiny random model) runs every turn on the previous output, the whole history in context."""
+def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu, tmp_path):
+    """The editor (tiny random model) runs every turn on the previous output, the whole history in context;
+    a stopped run resumes to the images of one never stopped."""
     from vincie_mcore.data.packing import PackConfig
     from vincie_mcore.diffusion.flow import FlowConfig
     from vincie_mcore.encoders.image import PixelEncoder
@@ -180,6 +181,30 @@ def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cp
     out = mse_bench.generate(ed, sessions, size=(16, 24), progress=False)
     assert sorted(out) == ["a", "b"] and all(len(v) == 5 and v[0].shape == (16, 24, 3) for v in out.values())
     assert contexts == [1, 2, 3, 4, 5] * 2          # turn t sees the source and the t-1 earlier results
+
+    # written as made; a run killed after 7 of 10 edits and rerun gives the uninterrupted images
+    # (eval/edit_runs.py: each edit's noise from its session and turn; the context read back from PNGs)
+    whole = mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "a")
+    n = [0]
+
+    def crash(sess, prompt):
+        n[0] += 1
+        if n[0] > 7:
+            raise KeyboardInterrupt
+        return orig(sess, prompt)
+    ed.edit_cached = crash
+    with pytest.raises(KeyboardInterrupt):
+        mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "b")
+    assert sorted(p.name for p in (tmp_path / "b" / "edits" / "b").iterdir()) == ["turn_1.png", "turn_2.png"]
+    contexts.clear()
+    ed.edit_cached = spy
+    resumed = mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "b")
+    assert contexts == [3, 4, 5]                    # turns 3-5 of b, with the source and two read-back results
+    assert all(np.array_equal(x, y) for k in whole for x, y in zip(whole[k], resumed[k]))
+    assert np.array_equal(np.asarray(Image.open(mse_bench.edit_path(tmp_path / "b", "b", 5))), whole["b"][4])
+    with pytest.raises(ValueError, match=r"^out_dir: .*b holds edits made with size=\[16, 24\], this run has "
+                                         r"size=\[16, 16\]; give another out_dir$"):
+        mse_bench.generate(ed, sessions, size=(16, 16), progress=False, out_dir=tmp_path / "b")
 
 
 def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_server, tmp_path):

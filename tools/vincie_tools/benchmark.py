@@ -6,7 +6,8 @@
         --dino models/dino-vits16 --out results/magicbrush
 
 mse: MSE-Bench's 5-turn sessions. The editor runs them turn after turn, with every earlier turn in
-context, unless --generated gives the images. A VLM judge scores every turn (paper App. C.6): a turn
+context, unless --generated gives the images; a rerun into the same --out resumes the edits. A VLM judge
+scores every turn (paper App. C.6): a turn
 succeeds when both scores are > 6, and judging stops at a session's first failure. The step writes
 results.json (success per turn, score means with bootstrap CIs, every verdict), report.html (strips
 beside the judge's reasons) and the generated images (generated.parquet). judge.yaml holds the
@@ -154,7 +155,9 @@ def main(argv=None) -> int:
             editor, cfg = _editor(a)
             px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
             size = tuple(a.size or ((px, px) if px else (512, 512)))
-            generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet)
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set)}
+            generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
+                                           run_info=info)
         res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
     except (ValueError, FileNotFoundError, RuntimeError, ConfigError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -36,8 +36,7 @@ from __future__ import annotations
 
 import json
 import os
-import zlib
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -458,13 +457,6 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     return _results(per_session, cfg, setting)
 
 
-def edit_seed(base: int, session_id: str, turn: int) -> int:
-    """The sampler seed of one edit: a function of the session and turn only, so a resumed run draws the
-    noise an uninterrupted one would, and the settings share noise turn by turn (turn 1 is the same edit
-    in multi_turn, independent and history, hence one file)."""
-    return (int(base) * 1_000_003 + zlib.crc32(f"{session_id}/{turn}".encode())) % 2**63
-
-
 def _context(s: MagicBrushSession, t: int, setting: str, outputs: list) -> tuple[list, list[str]]:
     """What turn ``t`` (0-based) sees before its instruction: images I0..I_n and texts T0..T_{n-1}."""
     instr = [x.instruction for x in s.turns[:t]]
@@ -478,31 +470,6 @@ def _context(s: MagicBrushSession, t: int, setting: str, outputs: list) -> tuple
     return [s.source] + gt, [DUMMY_INSTRUCTION] + instr   # dummy: I0, "generate the same image", I0, ...
 
 
-def _fingerprint(editor, cfg: MagicBrushConfig, run_info: dict | None) -> dict:
-    sampler = getattr(editor, "sampler", None)
-    return json.loads(json.dumps(dict(editor=type(editor).__name__, mask_type=getattr(editor, "mask_type", None),
-                                      sampler=asdict(sampler) if is_dataclass(sampler) else None,
-                                      edit_size=cfg.edit_size, **(run_info or {})), default=str))
-
-
-def _claim(out_dir: Path, fp: dict) -> None:
-    """``out_dir/editor.json`` records what made the edits in the folder; resuming with another editor
-    (another run, sampler or size) would mix their images, so it is refused in one line."""
-    f = out_dir / "editor.json"
-    if f.is_file():
-        old = _load_json(f)
-        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
-        if diff:
-            k = diff[0]
-            raise ValueError(f"out_dir: {out_dir} holds edits made with {k}={old.get(k)!r}, this run has "
-                             f"{k}={fp.get(k)!r}; give another out_dir")
-        return
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
-    tmp.write_text(json.dumps(fp, indent=1))
-    os.replace(tmp, f)
-
-
 def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
                    metrics: MagicBrushMetrics | None = None, progress: bool = True, setting: str = "multi_turn",
                    run_info: dict | None = None) -> dict:
@@ -512,11 +479,13 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     ``out_dir``: the edits go to ``generated_path(out_dir, id, t, setting)`` and the results to
     ``out_dir/results_<setting>.json``. A rerun into the same folder resumes: an edit whose file exists
     is read back, not made again (in multi_turn, every turn after a remade one is remade), and each
-    edit's noise depends only on its session and turn (``edit_seed``), so the images equal an
+    edit's noise depends only on its session and turn (``edit_runs.edit_seed``), so the images equal an
     uninterrupted run's. ``run_info`` (e.g. the run folder) joins the editor's sampler and ``edit_size``
     in ``out_dir/editor.json``; resuming with different ones is refused."""
     from PIL import Image
     from tqdm import tqdm
+
+    from . import edit_runs
 
     setting = _setting(setting)
     sessions = _sessions(dataset)
@@ -524,45 +493,41 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     cfg = metrics.cfg
     if out_dir is not None:
         out_dir = Path(out_dir)
-        _claim(out_dir, _fingerprint(editor, cfg, run_info))
-    gen = getattr(editor, "gen", None)            # Editor's sampling generator (OfficialEditor reseeds itself)
-    base_seed = getattr(getattr(editor, "sampler", None), "seed", 0)
+        edit_runs.claim(out_dir, edit_runs.fingerprint(editor, edit_size=cfg.edit_size, **(run_info or {})))
 
-    def prep(image, what):
+    def prep(image, what="image"):
         im = to_rgb(image, what)
         if cfg.edit_size:
             im = im.resize((cfg.edit_size, cfg.edit_size), Image.BICUBIC)
         return np.array(im)                       # a writable copy: the editor wraps it in a tensor
 
-    generated, made, reused = {}, 0, 0
+    generated, made, total = {}, 0, 0
     for s in tqdm(sessions, desc=f"magicbrush {setting}", disable=not progress):
-        outs, sess, fresh = [], None, False
-        for t, turn in enumerate(s.turns):
-            path = generated_path(out_dir, s.id, t + 1, setting) if out_dir is not None else None
-            # multi_turn: a remade turn makes every later file stale (it edited another image)
-            if path is not None and path.is_file() and not (fresh and setting == "multi_turn"):
-                outs.append(np.asarray(to_rgb(path, f"session {s.id!r} turn {t + 1} (resumed)")))
-                reused += 1
-                continue
-            if sess is None or setting != "multi_turn":  # multi_turn keeps one session (and its KV cache)
+        paths = [generated_path(out_dir, s.id, t + 1, setting) for t in range(len(s.turns))] \
+            if out_dir is not None else None
+        if setting == "multi_turn":               # one session (and KV cache) for the whole chain
+            outs, n = edit_runs.chain(editor, s.id, prep(s.source, f"session {s.id!r} source"),
+                                      [t.instruction for t in s.turns], paths, prep)
+        else:                                     # each turn one edit with its given context
+            outs, n = [], 0
+            for t, turn in enumerate(s.turns):
+                if paths is not None and paths[t].is_file():
+                    outs.append(edit_runs.load_png(paths[t], f"session {s.id!r} turn {t + 1} (resumed)"))
+                    continue
                 images, texts = _context(s, t, setting, outs)
-                sess = editor.start(prep(images[0], f"session {s.id!r} source"))
+                sess = editor.start(prep(images[0], f"session {s.id!r} input"))
                 for k, (im, txt) in enumerate(zip(images[1:], texts)):
                     sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
-            if isinstance(gen, torch.Generator):
-                gen.manual_seed(edit_seed(base_seed, s.id, t + 1))
-            out = np.asarray(sess.edit(turn.instruction))
-            outs.append(out)
-            made, fresh = made + 1, True
-            if path is not None:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                tmp = path.with_name(path.name + ".tmp.png")     # a crash mid-write leaves no half image
-                Image.fromarray(out).save(tmp)
-                os.replace(tmp, path)
+                edit_runs.seed_edit(editor, s.id, t + 1)
+                outs.append(np.asarray(sess.edit(turn.instruction)))
+                n += 1
+                if paths is not None:
+                    edit_runs.save_png(paths[t], outs[-1])
+        made, total = made + n, total + len(s.turns)
         if out_dir is None:
             generated[s.id] = outs
     results = score_magicbrush(generated if out_dir is None else out_dir, sessions, metrics=metrics, setting=setting)
-    results["edits"] = dict(made=made, resumed=reused)
+    results["edits"] = dict(made=made, resumed=total - made)
     if out_dir is not None:
         (out_dir / f"results_{setting}.json").write_text(json.dumps(results, indent=1, default=str))
     return results

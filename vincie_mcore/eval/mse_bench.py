@@ -129,16 +129,32 @@ def fit_to(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return fit_frame(np.asarray(image, np.uint8), size, "center_crop")
 
 
+def edit_path(out_dir, index: str, turn: int) -> Path:
+    """Where ``generate`` keeps turn ``turn`` (1-based) of a session: ``out_dir/edits/<index>/turn_<t>.png``."""
+    from ..paths import safe_name
+
+    return Path(out_dir) / "edits" / safe_name(str(index), "session index") / f"turn_{turn}.png"
+
+
 def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns: int = 5,
-             progress: bool = True) -> dict[str, list[np.ndarray]]:
+             progress: bool = True, out_dir=None, run_info: dict | None = None) -> dict[str, list[np.ndarray]]:
     """Every session's turns with ``editor`` (``infer.editor.Editor``): each output is the next input,
-    every earlier turn in context. Sources are fitted to ``size`` first."""
+    every earlier turn in context. Sources are fitted to ``size`` first.
+
+    ``out_dir``: each edit is written as it is made (``edit_path``) and a rerun resumes from those files
+    with the images an uninterrupted run gives (``eval/edit_runs.py``: per-edit seeds; ``editor.json``
+    refuses another editor, sampler or size)."""
     from tqdm import tqdm
 
+    from . import edit_runs
+
+    if out_dir is not None:
+        edit_runs.claim(out_dir, edit_runs.fingerprint(editor, size=list(size), **(run_info or {})))
     out = {}
     for s in tqdm(sessions, desc="MSE-Bench", unit="session", disable=not progress):
-        sess = editor.start(fit_to(s.image, size))
-        out[s.index] = [sess.edit(p) for p in s.prompts[:turns]]
+        prompts = s.prompts[:turns]
+        paths = [edit_path(out_dir, s.index, t + 1) for t in range(len(prompts))] if out_dir is not None else None
+        out[s.index], _ = edit_runs.chain(editor, str(s.index), fit_to(s.image, size), prompts, paths)
     return out
 
 
