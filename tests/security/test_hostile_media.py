@@ -11,6 +11,7 @@ import io
 import json
 import logging
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -182,6 +183,69 @@ def test_truncated_image_is_refused_never_padded(tmp_path, fmt, keep, monkeypatc
     padded = np.asarray(Image.open(p).convert("RGB"))
     assert padded.shape == a.shape
     _one_line_error(p, "LOAD_TRUNCATED_IMAGES is on")
+
+
+def _png(a: np.ndarray, interlace: bool = False, drop_rows: int = 0) -> bytes:
+    """An 8-bit RGB PNG of ``a`` written by hand (filter 0 rows, Adam7 passes when ``interlace``), its
+    zlib stream complete; the last ``drop_rows`` rows of the last pass left out."""
+    def chunk(kind, d):
+        return struct.pack(">I", len(d)) + kind + d + struct.pack(">I", zlib.crc32(kind + d) & 0xFFFFFFFF)
+    passes = [(0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2)] \
+        if interlace else [(0, 0, 1, 1)]
+    rows = [b"\x00" + r.tobytes() for x0, y0, dx, dy in passes if a[y0::dy, x0::dx].size
+            for r in a[y0::dy, x0::dx]]
+    raw = b"".join(rows[:len(rows) - drop_rows])
+    h, w = a.shape[:2]
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, int(interlace)))
+            + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("interlace", [False, True])
+def test_png_with_too_few_rows_is_refused_not_padded(interlace):
+    """A PNG whose zlib stream ends cleanly but short of its header's rows: Pillow pads it with black
+    without a word; we count the inflated bytes against the header's and refuse it."""
+    a = np.random.default_rng(3).integers(1, 256, (13, 11, 3), dtype=np.uint8)
+    assert np.array_equal(load_image(_png(a, interlace)), a)                  # the writer is right: exact
+    short = _png(a, interlace, drop_rows=2)
+    padded = Image.open(io.BytesIO(short))
+    padded.load()                                                             # Pillow: no error ...
+    assert (np.asarray(padded.convert("RGB")) == 0).any()                     # ... and black rows
+    msg = _one_line_error(short, "image <bytes>: truncated PNG: its image data inflates to ")
+    assert re.search(r"inflates to \d+ of the \d+ bytes its 11x13 header needs", msg)
+
+
+def _jpeg_segments(data: bytes):
+    """(start of the last scan's SOS, start of EOI) of a JPEG written by Pillow."""
+    return data.rfind(b"\xff\xda"), data.rfind(b"\xff\xd9")
+
+
+def test_jpeg_scans_are_counted_and_a_scan_bomb_is_refused_before_decoding():
+    """Scan counts against libjpeg's simple progression (10 scans in colour, 6 in gray; a baseline file
+    has 1); a small progressive file whose last scan repeats 400 times (decode time grows with the
+    scans) is refused from its markers, and passes to the decoder when the limit allows it."""
+    from vincie_mcore.data.media import jpeg_scans
+
+    a = np.random.default_rng(4).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    counts = {}
+    for mode in ("RGB", "L"):
+        for prog in (False, True):
+            b = io.BytesIO()
+            Image.fromarray(a).convert(mode).save(b, "JPEG", progressive=prog)
+            counts[mode, prog] = jpeg_scans(b.getvalue())
+    assert counts == {("RGB", False): 1, ("RGB", True): 10, ("L", False): 1, ("L", True): 6}
+    b = io.BytesIO()
+    Image.fromarray(a).save(b, "JPEG", progressive=True, quality=90)
+    data = b.getvalue()
+    sos, eoi = _jpeg_segments(data)
+    bomb = data[:eoi] + data[sos:eoi] * 400 + data[eoi:]
+    assert jpeg_scans(bomb) == 410
+    assert _one_line_error(bomb, "refused") == ("image <bytes> refused before decoding: 410 JPEG scans exceed "
+                                                "max_jpeg_scans=100 (a CPU bomb?)")
+    try:                                           # a raised limit hands it to the decoder
+        load_image(bomb, max_jpeg_scans=1000)
+    except MediaError as e:
+        assert "max_jpeg_scans" not in str(e)
+    assert load_image(data).shape == a.shape       # an ordinary progressive file is read
 
 
 # ----------------------------------------------------------------------------- images: modes
