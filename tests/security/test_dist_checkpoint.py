@@ -111,6 +111,29 @@ def test_code_running_pickle_is_refused_and_never_runs(saved, tmp_path, monkeypa
     assert not os.path.exists(marker)
 
 
+@pytest.mark.parametrize("where", [".metadata", "distcp"])
+def test_a_file_swapped_in_after_the_check_cannot_run_code(saved, tmp_path, monkeypatch, where):
+    """The race the pre-check alone leaves open: a hostile file written into the folder after
+    ``check_dist_files`` read it and before Megatron does. The swap is made inside the check's return,
+    so Megatron's own reads meet the payload: the load still refuses it in one line and nothing runs."""
+    root, step, marker = _copy(saved, tmp_path)
+    check = checkpoint.check_dist_files
+
+    def check_then_swap(path):
+        check(path)
+        PLANTS[where](step, marker)
+    monkeypatch.setattr(checkpoint, "check_dist_files", check_then_swap)
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(ValueError) as e:
+        checkpoint.load(str(root), _tiny(1))
+    msg = str(e.value)
+    assert "\n" not in msg and "unsafe (code-running)" in msg and "it calls io.open" in msg, msg
+    assert not os.path.exists(marker)
+    # the hooks are Megatron's again afterwards
+    from megatron.core.dist_checkpointing.strategies import torch as strategy
+    assert strategy.MCoreLoadPlanner is not checkpoint._SafeBytesPlanner
+
+
 @pytest.mark.parametrize("where", list(PLANTS))
 def test_megatrons_own_load_would_run_it(saved, tmp_path, monkeypatch, where):
     # proves each planted file is really hostile: Megatron's plain load creates the marker

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from megatron.core import dist_checkpointing
+from megatron.core.dist_checkpointing.strategies import torch as mcore_torch_strategy
 from megatron.core.dist_checkpointing.strategies.common import TorchCommonLoadStrategy
 
 from ..paths import inside
@@ -317,6 +318,97 @@ class _SafeCommonLoad(TorchCommonLoadStrategy):
         return _load_weights_only(f)
 
 
+def _read_metadata_safely(path):
+    """The DCP ``.metadata`` of ``path`` through ``_MetadataUnpickler``; one line if it is not safe."""
+    from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
+
+    md_file = os.path.join(path, ".metadata")
+    try:
+        with open(md_file, "rb") as fh:
+            md = _MetadataUnpickler(fh).load()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"checkpoint: no DCP metadata {md_file}") from None
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError) as e:
+        raise _unsafe(md_file, e) from None
+    if not isinstance(md, Metadata):
+        raise ValueError(f"checkpoint: {md_file} is not well-formed DCP metadata")
+    if getattr(md, "storage_meta", None) is None:
+        md.storage_meta = StorageMeta()
+    return md
+
+
+class _SafeReader(mcore_torch_strategy.CachedMetadataFileSystemReader):
+    """Megatron's reader with the metadata read by ``_MetadataUnpickler`` (torch's is a plain pickle.load)."""
+
+    def read_metadata(self, *args, **kwargs):
+        if self._cached_metadata is None:
+            md = _read_metadata_safely(os.fspath(self.path))
+            md.storage_meta.load_id = self.load_id            # as torch's read_metadata sets it
+            self._cached_metadata = md
+        return self._cached_metadata
+
+
+class _SafeBytesPlanner(mcore_torch_strategy.MCoreLoadPlanner):
+    """Megatron's load planner with byte items (its ShardedObjects) read ``weights_only=True``: torch's
+    ``DefaultLoadPlanner.load_bytes`` unpickles them in full."""
+
+    def load_bytes(self, read_item, value) -> None:
+        from torch.distributed.checkpoint._traverse import set_element
+
+        fqn = read_item.dest_index.fqn
+        obj = _load_weights_only(f"checkpoint byte item {fqn}", value.read())
+        if self.flatten_state_dict:
+            set_element(self.original_state_dict, self.mappings[fqn], obj)
+        else:
+            self.state_dict[fqn] = obj
+
+
+class _SafeShardedLoad(mcore_torch_strategy.TorchDistLoadShardedStrategy):
+    """Megatron's torch_dist load, with every unpickle it makes safe *during* the load, not only in
+    ``check_dist_files`` before it: a file swapped in between the check and the load (someone who can
+    write into the folder while it loads) cannot run code either. Megatron builds its reader and
+    planner from two names of its strategies.torch module; they point at ours for the call."""
+
+    _HOOKS = {"_get_filesystem_reader": lambda path, cache_metadata=False: _SafeReader(path),
+              "MCoreLoadPlanner": _SafeBytesPlanner}
+
+    def _safely(self, method, *args):
+        mod = mcore_torch_strategy
+        missing = [k for k in self._HOOKS if not hasattr(mod, k)]
+        if missing:            # another megatron-core: refuse rather than load with a plain unpickle
+            raise RuntimeError(f"checkpoint: {mod.__name__} has no {', '.join(missing)}; the safe dist-checkpoint "
+                               f"load cannot hook this megatron-core")
+        saved = {k: getattr(mod, k) for k in self._HOOKS}
+        try:
+            for k, v in self._HOOKS.items():
+                setattr(mod, k, v)
+            return method(*args)
+        finally:
+            for k, v in saved.items():
+                setattr(mod, k, v)
+
+    def load(self, sharded_state_dict, checkpoint_dir):
+        return self._safely(super().load, sharded_state_dict, checkpoint_dir)
+
+    def load_tensors_metadata(self, checkpoint_dir, metadata=None):
+        return self._safely(super().load_tensors_metadata, checkpoint_dir, metadata)
+
+    def load_sharded_metadata(self, checkpoint_dir):
+        return self._safely(super().load_sharded_metadata, checkpoint_dir)
+
+
+def _load_failure(e) -> Exception:
+    """The one-line refusal inside torch's ``CheckpointException`` (a BaseException listing every rank's
+    error and traceback); the first rank's error otherwise, as it was."""
+    for exc, _ in e.failures.values():
+        if isinstance(exc, ValueError) and str(exc).startswith("checkpoint:"):
+            return exc
+        m = re.search(r"checkpoint: .*?; refusing it", str(exc))      # ours, inside torch's AssertionError text
+        if m:
+            return ValueError(m.group(0))
+    return next(iter(e.failures.values()))[0]
+
+
 def check_dist_files(path: str) -> None:
     """Refuse, in one line, a dist-checkpoint folder that Megatron could not load without running code.
 
@@ -324,8 +416,8 @@ def check_dist_files(path: str) -> None:
     common.pt with ``weights_only=True``; the DCP ``.metadata`` with an unpickler that knows only
     the DCP dataclasses; every storage file it names must lie inside ``path``; every byte item
     (Megatron's ShardedObjects, which torch would read with ``weights_only=False``) with
-    ``weights_only=True``. Megatron then reads the same bytes, so a file replaced between this
-    check and the load is not caught.
+    ``weights_only=True``. Megatron then reads the files again, through ``_SafeShardedLoad``'s safe
+    reader and planner, so a file replaced between this check and the load cannot run code either.
     """
     from torch.distributed.checkpoint.filesystem import _StorageInfo
     from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata, MetadataIndex
@@ -341,13 +433,7 @@ def check_dist_files(path: str) -> None:
                              f"expected {want!r}")
     _load_weights_only(os.path.join(path, "common.pt"))
     md_file = os.path.join(path, ".metadata")
-    try:
-        with open(md_file, "rb") as fh:
-            md = _MetadataUnpickler(fh).load()
-    except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint: no DCP metadata {md_file}") from None
-    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, EOFError) as e:
-        raise _unsafe(md_file, e) from None
+    md = _read_metadata_safely(path)
     if not (isinstance(md, Metadata) and isinstance(md.storage_data, dict) and isinstance(md.state_dict_metadata, dict)
             and all(isinstance(i, MetadataIndex) and isinstance(v, _StorageInfo) and isinstance(v.relative_path, str)
                     and isinstance(v.offset, int) and isinstance(v.length, int) for i, v in md.storage_data.items())):
@@ -466,8 +552,13 @@ def load(ckpt_dir: str, model, optimizer=None, scheduler=None, step: int | None 
     if fmt not in ("fully_reshardable", "dp_reshardable"):
         raise ValueError(f"checkpoint: {fmt_file} holds {fmt[:40]!r}, not fully_reshardable or dp_reshardable")
     check_dist_files(path)                                   # before Megatron unpickles anything
-    state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True, fmt=fmt), path,
-                                    common_strategy=_SafeCommonLoad())
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        state = dist_checkpointing.load(_sharded_state(model, optimizer, is_loading=True, fmt=fmt), path,
+                                        sharded_strategy=_SafeShardedLoad(), common_strategy=_SafeCommonLoad())
+    except CheckpointException as e:        # torch wraps each rank's error, tracebacks and all
+        raise _load_failure(e) from None
     _unwrap(model).load_state_dict(state["model"])
     if optimizer is not None:
         # no_grad: in fp32 the DistributedOptimizer's main params are views of the model's
