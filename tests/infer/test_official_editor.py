@@ -144,6 +144,39 @@ def test_turn_one_is_official_sample_on_the_release_inputs(loaded):
     torch.testing.assert_close(sess.latents[1], x[-1], rtol=0, atol=1e-6)
 
 
+def test_benchmark_chain_resumes_to_the_uninterrupted_images(loaded, tmp_path):
+    """A benchmark's multi-turn chain (eval/edit_runs.py) on the official editor, stopped after 2 of 3
+    edits and rerun: the turns read back from their PNGs go into the context as the model made them
+    (not fitted again), so the third edit equals the uninterrupted run's."""
+    from vincie_mcore.eval import edit_runs
+
+    editor = loaded[-1]
+    paths = lambda d: [tmp_path / d / f"turn_{t}.png" for t in (1, 2, 3)]   # noqa: E731
+    whole, made = edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("a"))
+    assert made == 3 and whole[0].shape == (32, 16, 3)
+    start, n = editor.start, [0]
+
+    def stopping(image):
+        sess = start(image)
+        edit = sess.edit
+
+        def edit_or_stop(prompt):
+            n[0] += 1
+            if n[0] > 2:
+                raise KeyboardInterrupt
+            return edit(prompt)
+        sess.edit = edit_or_stop
+        return sess
+    editor.start = stopping
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("b"))
+    finally:
+        del editor.start
+    again, made = edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("b"))
+    assert made == 1 and all(np.array_equal(x, y) for x, y in zip(whole, again))
+
+
 def test_vincie_edit_runs_three_turns_on_the_import(run, tmp_path):
     src = tmp_path / "start.png"
     Image.fromarray(_image(1, 32, 32)).save(src)

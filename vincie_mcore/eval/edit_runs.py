@@ -92,7 +92,7 @@ def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: 
     """Turn after turn, each edit of the previous output with every earlier turn in context (one
     ``EditSession``, KV cache and all). ``paths[t]``: where turn t+1's image goes; an existing file is
     read back instead of edited, until a turn is made anew (later files then edited again, since they
-    came from another image). ``prepare``: applied to an image before the editor sees it (sizes).
+    came from another image). ``prepare``: applied to the source before the editor sees it (sizes).
     -> (outputs uint8 [H, W, 3] per turn, edits made now)."""
     outs, sess, made = [], None, 0
     for t, instruction in enumerate(instructions):
@@ -102,8 +102,8 @@ def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: 
             continue
         if sess is None:               # first edit of this run: the context so far, as given turns
             sess = editor.start(prepare(source))
-            for k in range(t):
-                sess.add_turn(instructions[k], prepare(outs[k]))
+            for k in range(t):         # the model's own outputs, as it made them: not prepared again
+                sess.add_turn(instructions[k], outs[k], own=True)
         seed_edit(editor, key, t + 1)
         out = np.asarray(sess.edit(instruction))
         made += 1

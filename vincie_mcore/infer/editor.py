@@ -203,13 +203,22 @@ class EditSession:
     latents_in: list = field(default_factory=list, repr=False)   # KV path: encoded I0, I1, ... [1, C, h, w]
     kv: dict | None = field(default=None, repr=False)            # KV path: {"cond", "uncond"} KVCache
 
-    def add_turn(self, prompt: str, image) -> None:
-        """Append a turn whose result is given, not generated (e.g. a benchmark's ground truth, or an
-        edit made earlier): the next ``edit`` sees it as context. The image passes the editor's own
-        input check (``start``: size divisible by the patch x VAE factor; the official editor fits it)."""
+    def add_turn(self, prompt: str, image, own: bool = False) -> None:
+        """Append a turn whose result is given, not generated now: the next ``edit`` sees it as context.
+
+        An image from elsewhere (a benchmark's ground truth) passes the editor's input rule, as ``start``
+        applies it (size divisible by the patch x VAE factor; the official editor fits it to its area).
+        ``own=True``: an image this model made earlier (a resumed run), taken as it is, as ``edit`` keeps
+        its outputs (fitting it again would resample it)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: expected a non-empty string")
-        self.images.append(self.editor.start(image).images[0])
+        if own:
+            a = np.asarray(image)
+            if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+                raise ValueError(f"image: expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+            self.images.append(torch.from_numpy(np.ascontiguousarray(a)))
+        else:
+            self.images.append(self.editor.start(image).images[0])
         self.texts.append(prompt)
 
     def edit(self, prompt: str) -> np.ndarray:
