@@ -108,24 +108,43 @@ class _NamedEntities(GroundTruthAnnotator):
 
 
 def test_a_store_built_with_it(folders, tmp_path):
-    from PIL import Image
+    """Built twice: in this process, and with two per-video workers under the time and memory limits
+    (the workers decode; GroundingDINO + SAM2 stay in this process and segment each session as its
+    video comes back). The two stores hold the same sessions, masks included, and every call to the
+    models ran here."""
     import io
+    import os
+
+    from PIL import Image
 
     from vincie_mcore.data.build import build_sessions
-    from vincie_mcore.data.store import SessionStore
+    from vincie_mcore.data.store import SessionStore, read_failures
     from vincie_mcore.data.video import write_synthetic_corpus
     from vincie_mcore.data.world import demo_config
 
-    write_synthetic_corpus(tmp_path / "videos", 2, demo_config(), seed=0)
-    # in this process: torch models do not survive fork into the decode workers (docs/real_videos.md)
-    s = build_sessions(tmp_path / "videos", tmp_path / "store", annotator=_NamedEntities(),
-                       segmenter=_seg(folders), progress=False, decode_timeout_s=None, decode_max_mb=None)
-    from vincie_mcore.data.store import read_failures
-    assert s["written"] == 2 and s["failed"] == 0, read_failures(tmp_path / "store")
-    st = SessionStore(tmp_path / "store")
-    for i in range(len(st)):
-        sess = st[i]
-        frame = np.asarray(Image.open(io.BytesIO(sess.frames[0])))
-        for png in sess.roe_src + sess.roe_tgt:
+    write_synthetic_corpus(tmp_path / "videos", 3, demo_config(), seed=0)
+    seg = _seg(folders)
+    s = build_sessions(tmp_path / "videos", tmp_path / "here", annotator=_NamedEntities(), segmenter=seg,
+                       progress=False, decode_timeout_s=None, decode_max_mb=None)
+    assert s["written"] == 3 and s["failed"] == 0, read_failures(tmp_path / "here")
+    pids = []
+    segment = seg.segment
+    seg.segment = lambda *a: pids.append(os.getpid()) or segment(*a)
+    s = build_sessions(tmp_path / "videos", tmp_path / "workers", annotator=_NamedEntities(), segmenter=seg,
+                       progress=False, workers=2, decode_timeout_s=60, decode_max_mb=4096)
+    assert s["written"] == 3 and s["failed"] == 0, read_failures(tmp_path / "workers")
+    assert pids == [os.getpid()] * 3
+    here, there = SessionStore(tmp_path / "here"), SessionStore(tmp_path / "workers")
+    assert len(here) == len(there) == 3
+    masks = 0
+    for i in range(3):
+        a, b = here[i], there[i]
+        assert (a.video_id, a.frames, a.roe_src, a.roe_tgt, a.texts) == (b.video_id, b.frames, b.roe_src, b.roe_tgt,
+                                                                           b.texts)
+        assert a.meta["segmenter"] == b.meta["segmenter"] == "gdino+sam2"
+        frame = np.asarray(Image.open(io.BytesIO(a.frames[0])))
+        for png in a.roe_src + a.roe_tgt:
             m = np.asarray(Image.open(io.BytesIO(png)))
             assert m.shape == frame.shape[:2] and set(np.unique(m)) <= {0, 255}
+            masks += int(m.any())
+    assert masks > 0                      # the masks compared are the segmenter's, not empty stand-ins

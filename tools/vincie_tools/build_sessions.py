@@ -151,7 +151,7 @@ def steps_main(argv) -> dict:
         print(f"plan: {info['videos']} videos in {a.shards} parts, {len(info['skipped'])} inputs refused -> {a.store}/plan")
         return info
     if a.step == "run":
-        from vincie_mcore.data.labelers import make_annotator, make_segmenter, runs_in_process
+        from vincie_mcore.data.labelers import make_annotator, make_segmenter
         from vincie_mcore.data.real import build_real_sessions, format_real_summary
 
         i, n = sharded.parse_shard(a.shard)
@@ -161,14 +161,13 @@ def steps_main(argv) -> dict:
         annotator, segmenter = make_annotator(conf.get("annotator")), make_segmenter(conf.get("segmenter"))
         if hasattr(annotator, "check"):
             annotator.check()                                   # a server down: one line now, not 1000 failures
-        if runs_in_process(segmenter):                          # torch models do not survive fork
-            cfg.workers, cfg.timeout_s, cfg.max_mb = 1, 0, 0
+        # an in-process segmenter (GroundingDINO + SAM2) segments here while the workers decode
         summary = build_real_sessions(inputs, sharded.part_root(a.store, i), cfg, annotator, segmenter,
                                       retry_failed=a.retry_failed, progress=not a.quiet)
-        if cfg.workers == 1 and not cfg.timeout_s and not cfg.max_mb:      # counted here, not in workers
-            for key, part in (("annotator", annotator), ("segmenter", segmenter)):
-                if hasattr(part, "stats"):
-                    summary[key] = part.stats()
+        in_here = cfg.workers == 1 and not cfg.timeout_s and not cfg.max_mb
+        for key, part in (("annotator", annotator), ("segmenter", segmenter)):
+            if hasattr(part, "stats") and (in_here or getattr(part, "in_process", False)):   # counted here
+                summary[key] = part.stats()
         print(f"part {i}/{n}: " + format_real_summary(summary))
         return summary
     if a.step == "merge":

@@ -27,7 +27,7 @@ from PIL import Image
 
 from .annotate import Annotator, GroundTruthAnnotator
 from .sampling import SamplingConfig, drop_static, sample_frames
-from .segment import GroundTruthSegmenter, Segmenter
+from .segment import DeferredSegmenter, GroundTruthSegmenter, Segmenter, check_masks
 from .store import RawSession, SessionWriter, read_failures
 from .video import VIDEO_EXTS, VideoError, probe_video, read_video
 from ..signals import become_helper, helper_context
@@ -78,11 +78,7 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
     if len(trans) != len(idx) - 1:
         raise ValueError(f"annotator {annotator.name} gave {len(trans)} transitions for {len(idx)} frames")
     masks = segmenter.segment(frames, idx, trans, meta)
-    if len(masks) != len(idx) - 1:
-        raise ValueError(f"segmenter {segmenter.name} gave {len(masks)} mask pairs for {len(idx)} frames")
-    for src, tgt in masks:
-        if src.shape != frames.shape[1:3] or tgt.shape != frames.shape[1:3]:
-            raise ValueError(f"segmenter {segmenter.name} gave masks of {src.shape}/{tgt.shape} for frames of {frames.shape[1:3]}")
+    check_masks(segmenter.name, masks, len(idx), frames.shape[1:3])
     return RawSession(
         video_id=video_id,
         frames=[encode_png(f) for f in frames],
@@ -100,16 +96,33 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
 _CTX: dict = {}
 
 
+class Deferred:
+    """A video's result whose sessions still need the in-process segmenter: ``pending`` maps each
+    session id to (frame indices, transitions, meta) (``DeferredSegmenter``)."""
+
+    def __init__(self, result, pending: dict):
+        self.result, self.pending = result, pending
+
+
+def _error_line(e: Exception) -> str:
+    msg = " ".join(str(e).split()) or type(e).__name__
+    return msg if isinstance(e, (VideoError, ValueError)) else f"{type(e).__name__}: {msg}"
+
+
 def _job(item, max_mb=None):
     video_id, path = item
+    seg = _CTX["kwargs"].get("segmenter")
     try:
-        return video_id, _CTX["make"](video_id, path, **_CTX["kwargs"]), None
+        out = _CTX["make"](video_id, path, **_CTX["kwargs"])
+        return video_id, (Deferred(out, seg.take()) if isinstance(seg, DeferredSegmenter) else out), None
     except MemoryError:
         # under the worker's address-space limit (numpy, or libav's ENOMEM: av.error.MemoryError)
         return video_id, None, (f"decode exceeded {max_mb} MiB" if max_mb else "out of memory (MemoryError)")
     except Exception as e:  # noqa: BLE001 - every failure becomes a manifest line, the build goes on
-        msg = " ".join(str(e).split()) or type(e).__name__
-        return video_id, None, msg if isinstance(e, (VideoError, ValueError)) else f"{type(e).__name__}: {msg}"
+        return video_id, None, _error_line(e)
+    finally:
+        if isinstance(seg, DeferredSegmenter):
+            seg.take()                          # a failed video's records go with it
 
 
 def _init(ctx):
@@ -262,12 +275,49 @@ def run_videos(todo, make, kwargs: dict, workers: int = 1, timeout_s: float | No
     """``(video_id, make(video_id, source, **kwargs) or None, failure reason or None)`` for each
     ``(video_id, source)`` of ``todo``, in order; under the per-video limits (see
     ``build_sessions``) unless both are off and ``workers == 1``. Close the iterator to stop
-    the workers."""
+    the workers.
+
+    An ``in_process`` segmenter (``kwargs["segmenter"]``) stays here: the workers get a
+    ``DeferredSegmenter``, and each result is segmented in this process as it arrives
+    (``resolve_deferred``), while the workers decode the next videos."""
     ctx = {"make": make, "kwargs": kwargs}
     if workers == 1 and not timeout_s and not max_mb:
         _init(ctx)
         return map(_job, todo)
-    return _limited_map(todo, ctx, workers, timeout_s, max_mb)
+    seg = kwargs.get("segmenter")
+    if seg is None or not seg.in_process:
+        return _limited_map(todo, ctx, workers, timeout_s, max_mb)
+    ctx = {"make": make, "kwargs": dict(kwargs, segmenter=DeferredSegmenter(seg.name))}
+    return _resolved(_limited_map(todo, ctx, workers, timeout_s, max_mb), seg)
+
+
+def _resolved(results, segmenter: Segmenter):
+    try:
+        for video_id, out, reason in results:
+            if isinstance(out, Deferred):
+                try:
+                    out = resolve_deferred(out, segmenter)
+                except Exception as e:  # noqa: BLE001 - as in a worker: the video fails in one line
+                    out, reason = None, _error_line(e)
+            yield video_id, out, reason
+    finally:
+        if hasattr(results, "close"):
+            results.close()
+
+
+def resolve_deferred(d: Deferred, segmenter: Segmenter):
+    """Segment, in this process, each session a worker left pending: its frames back from the PNGs the
+    worker wrote (lossless), the worker's frame indices, transitions and meta, the masks checked and
+    written into the session as the worker would have."""
+    sessions = d.result.sessions if hasattr(d.result, "sessions") else [d.result]
+    for sess in sessions:
+        idx, trans, meta = d.pending[sess.video_id]
+        frames = np.stack([np.asarray(Image.open(io.BytesIO(f)).convert("RGB")) for f in sess.frames])
+        masks = segmenter.segment(frames, idx, trans, meta)
+        check_masks(segmenter.name, masks, len(idx), frames.shape[1:3])
+        sess.roe_src = [encode_png(m.astype(np.uint8)) for m, _ in masks]
+        sess.roe_tgt = [encode_png(m.astype(np.uint8)) for _, m in masks]
+    return d.result
 
 
 def build_sessions(video_dir, store_root, sampling: str | SamplingConfig = "mixed", workers: int = 1,

@@ -71,6 +71,7 @@ class _Stats:
 class GroundedSAMSegmenter(Segmenter):
     """``Segmenter`` over GroundingDINO + SAM2 (see the module docstring)."""
     name = "gdino+sam2"
+    in_process = True         # torch models (on a GPU) do not survive fork: segments in the build's main process
 
     def __init__(self, cfg: GroundedSAMConfig):
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor, Sam2Model

@@ -45,8 +45,3 @@ def make_segmenter(section: dict | None) -> Segmenter:
     from .grounded_sam import GroundedSAMConfig, GroundedSAMSegmenter
 
     return GroundedSAMSegmenter(build(GroundedSAMConfig, d, "segmenter"))
-
-
-def runs_in_process(segmenter: Segmenter) -> bool:
-    """Torch models do not survive fork into the per-video workers: such a segmenter runs here."""
-    return segmenter.name.startswith("gdino")

@@ -29,7 +29,7 @@ from .build import encode_png, run_videos
 from .filters import COUNTS, FilterConfig, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
 from .sampling import SamplingConfig, sample_shot_times
-from .segment import Segmenter
+from .segment import Segmenter, check_masks
 from .shots import ShotConfig, scan_video
 from .store import RawSession, SessionWriter, read_failures
 from .video import DecodeConfig, fit_frame, probe_stream, read_at_times
@@ -152,12 +152,7 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
             raise ValueError(f"annotator {annotator.name} gave {len(trans)} transitions for {len(idx)} frames")
         with _stage(timings, "segment"):
             masks = segmenter.segment(frames, idx, trans, meta)
-        if len(masks) != len(idx) - 1:
-            raise ValueError(f"segmenter {segmenter.name} gave {len(masks)} mask pairs for {len(idx)} frames")
-        for src, tgt in masks:
-            if src.shape != frames.shape[1:3] or tgt.shape != frames.shape[1:3]:
-                raise ValueError(f"segmenter {segmenter.name} gave masks of {src.shape}/{tgt.shape} "
-                                 f"for frames of {frames.shape[1:3]}")
+        check_masks(segmenter.name, masks, len(idx), frames.shape[1:3])
         with _stage(timings, "encode"):
             pngs = ([encode_png(f) for f in frames], [encode_png(m.astype(np.uint8)) for m, _ in masks],
                     [encode_png(m.astype(np.uint8)) for _, m in masks])
