@@ -210,6 +210,13 @@ def test_multi_turn_aggregation(metrics, tmp_path):
             Image.fromarray(a).save(p)
     again = score_magicbrush(tmp_path / "gen", tmp_path / "mb", metrics=metrics)
     assert again["per_turn"] == res["per_turn"] and again["final_turn"] == res["final_turn"]
+    # the page people look at: the table, then each session's source and per turn target over edit
+    from vincie_mcore.eval.magicbrush import write_report
+    page = write_report(tmp_path / "r.html", again, ds, tmp_path / "gen").read_text()
+    assert page.count("<img ") == (1 + 2 * 2) + (1 + 2 * 3) and page.count("<h3>session ") == 2
+    assert f"{res['per_turn'][1]['l1']:.4f}" in page and "<b>3.</b> edit 3" in page
+    short = write_report(tmp_path / "r1.html", res, ds, gen, max_sessions=1).read_text()
+    assert short.count("<h3>session ") == 1 and "1 more sessions in the JSON" in short
 
 
 def test_aggregate_by_hand():
@@ -251,6 +258,7 @@ def test_run_feeds_outputs_back_and_scores(metrics, tmp_path):
     out3 = np.asarray(Image.open(generated_path(tmp_path / "run", "s2", 3)))
     assert np.array_equal(out3, np.clip(src.astype(int) + 60, 0, 255))     # three edits chained on the source
     assert json.loads((tmp_path / "run/results_multi_turn.json").read_text())["per_turn"] == res["per_turn"]
+    assert (tmp_path / "run/report_multi_turn.html").read_text().count("<h3>session ") == 2
     assert [p["n"] for p in res["per_turn"]] == [2, 2, 1] and res["setting"] == "multi_turn"
     assert res["edits"] == {"made": 5, "resumed": 0}
     # edit_size: the editor sees the source at N x N; scoring resizes its outputs to the targets

@@ -254,6 +254,7 @@ def test_cli_magicbrush_scores_a_generated_folder(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     res = json.loads((tmp_path / "out" / "results_multi_turn.json").read_text())
+    assert (tmp_path / "out" / "report_multi_turn.html").read_text().count("<h3>session ") == 2
     f = res["final_turn"]
     assert f["l1"] == 0 and f["l2"] == 0 and f["clip_i"] == pytest.approx(1, abs=1e-4) and f["dino"] == pytest.approx(1, abs=1e-4)
     lines = r.stdout.splitlines()

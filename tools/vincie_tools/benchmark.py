@@ -82,7 +82,7 @@ def _editor(a):
 
 def magicbrush_main(a) -> int:
     from vincie_mcore.eval.magicbrush import (SETTINGS, MagicBrushConfig, MagicBrushMetrics, generated_images,
-                                              read_magicbrush, run_magicbrush, score_magicbrush)
+                                              read_magicbrush, run_magicbrush, score_magicbrush, write_report)
 
     settings = list(SETTINGS) if a.setting == "all" else [a.setting]
     out = Path(a.out)
@@ -98,6 +98,7 @@ def magicbrush_main(a) -> int:
             for st in settings:
                 results[st] = score_magicbrush(a.generated, data, metrics=metrics, setting=st)
                 (out / f"results_{st}.json").write_text(json.dumps(results[st], indent=1, default=str))
+                write_report(out / f"report_{st}.html", results[st], data, a.generated)
         else:
             editor, _ = _editor(a)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set)}
@@ -108,7 +109,7 @@ def magicbrush_main(a) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     for st, res in results.items():
-        print(f"MagicBrush {st}, {res['sessions']} sessions ({out / f'results_{st}.json'}):")
+        print(f"MagicBrush {st}, {res['sessions']} sessions ({out / f'results_{st}.json'}, {out / f'report_{st}.html'}):")
         for row in res["per_turn"] + [dict(res["final_turn"], turn="final")]:
             print(f"  turn {row['turn']!s:>5}  n {row['n']:4d}  " +
                   "  ".join(f"{k} {row[k]:.4f}" for k in ("l1", "l2", "clip_i", "clip_t", "dino")))

@@ -427,6 +427,60 @@ def _sessions(dataset) -> list[MagicBrushSession]:
     return read_magicbrush(dataset) if isinstance(dataset, (str, os.PathLike)) else list(dataset)
 
 
+def _thumb(image, what: str, side: int = 160) -> str:
+    """A JPEG thumbnail (longer side ``side``) as a data URL: a report of 50 sessions stays a few MB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    im = to_rgb(image, what)
+    im.thumbnail((side, side), Image.BICUBIC)
+    buf = io.BytesIO()
+    im.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def write_report(path, results: dict, sessions: list[MagicBrushSession], generated, max_sessions: int = 50) -> Path:
+    """A self-contained HTML page: the per-turn table of ``results``, then for each session its source and,
+    per turn, the instruction, the ground truth above the edited image and that turn's scores.
+    ``generated``: as ``score_magicbrush`` takes it, in ``results["setting"]``."""
+    import html
+
+    setting = results["setting"]
+    cols = ("l1", "l2", "clip_i", "clip_t", "dino")
+    head = "".join(f"<th>{c}</th>" for c in ("turn", "n", *cols))
+    fmt = lambda r: "".join(f"<td>{'' if r[c] is None else f'{r[c]:.4f}'}</td>" for c in cols)   # noqa: E731
+    rows = "".join(f"<tr><td>{r['turn']}</td><td>{r['n']}</td>{fmt(r)}</tr>"
+                   for r in results["per_turn"] + [dict(results["final_turn"], turn="final")])
+    shown = sessions[:max_sessions]
+    if not isinstance(generated, (str, os.PathLike)):
+        generated = {s.id: generated[s.id] for s in shown}
+    images = {}
+    for i, t, g in generated_images(generated, shown, setting):
+        images.setdefault(i, []).append(g)
+    scores = {d["id"]: d["turns"] for d in results["per_session"]}
+    blocks = []
+    for i, s in enumerate(shown):
+        cells = [f"<td><img src='{_thumb(s.source, f'session {s.id!r} source')}'><br>source</td>"]
+        for t, (turn, gen) in enumerate(zip(s.turns, images[i]), 1):
+            m = scores.get(s.id, [{}] * t)[t - 1]
+            sc = " ".join(f"{c} {m[c]:.3f}" for c in ("l1", "clip_i", "dino", "clip_t") if m.get(c) is not None)
+            cells.append(f"<td><b>{t}.</b> {html.escape(turn.instruction)}<br>"
+                         f"<small>ground truth</small><br><img src='{_thumb(turn.target, f'session {s.id!r} target {t}')}'>"
+                         f"<br><small>edit</small><br><img src='{_thumb(gen, f'session {s.id!r} edit {t}')}'><br>{sc}</td>")
+        blocks.append(f"<h3>session {html.escape(s.id)}</h3><table><tr>{''.join(cells)}</tr></table>")
+    more = f"<p>{len(sessions) - max_sessions} more sessions in the JSON.</p>" if len(sessions) > max_sessions else ""
+    page = (f"<html><head><meta charset='utf-8'><title>MagicBrush {html.escape(setting)}</title><style>"
+            f"td,th{{vertical-align:top;max-width:180px;font:12px sans-serif;padding:4px}}</style></head><body>"
+            f"<h2>MagicBrush, {html.escape(setting)}: {results['sessions']} sessions</h2>"
+            f"<p>{html.escape(results.get('setting_means', ''))}. Each turn: the ground truth above the edit.</p>"
+            f"<table border=1 cellspacing=0><tr>{head}</tr>{rows}</table>{''.join(blocks)}{more}</body></html>")
+    path = Path(path)
+    path.write_text(page, encoding="utf-8")
+    return path
+
+
 def generated_images(generated, sessions: list[MagicBrushSession], setting: str = "multi_turn") -> list[tuple]:
     """``[(session index, turn index, image)]`` of every turn, from a folder (``setting``'s file names) or
     a ``{session id: [images]}`` mapping; a missing, short or extra session is refused in one line."""
@@ -530,4 +584,5 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     results["edits"] = dict(made=made, resumed=total - made)
     if out_dir is not None:
         (out_dir / f"results_{setting}.json").write_text(json.dumps(results, indent=1, default=str))
+        write_report(out_dir / f"report_{setting}.html", results, sessions, out_dir)
     return results
