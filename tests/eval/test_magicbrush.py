@@ -548,3 +548,43 @@ def test_docs_list_every_key_with_its_default():
     rows = dict(re.findall(r"^\| `(\w+)` \| `?([^|`]+?)`? \|", text, re.M))
     want = {f.name: str(getattr(MagicBrushConfig(), f.name)) for f in dataclasses.fields(MagicBrushConfig)}
     assert {k: rows.get(k) for k in want} == want
+
+
+def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
+    """vincie-benchmark magicbrush --run on a 3-step demo run, the release's layout, --setting all: four
+    results and reports; turn 1 made once for the three settings that share it; a rerun makes nothing;
+    another sampler is refused in one line."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+
+    root = Path(__file__).resolve().parents[2]
+    exe = Path(sys.executable).parent
+    r = subprocess.run([str(exe / "vincie-train"), "experiment=demo", "data.corpus.videos=8", "data.corpus.heldout_videos=2",
+                        "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=3", "train.warmup=0",
+                        "train.progress=false", f"run_dir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "test", tmp_path / "mb")
+    cmd = [str(exe / "vincie-benchmark"), "magicbrush", "--data", str(tmp_path / "test"), "--run", str(tmp_path / "run"),
+           "--clip", save_tiny_clip(tmp_path / "clip"), "--dino", save_tiny_dino(tmp_path / "dino"),
+           "--edit-size", "24", "--out", str(tmp_path / "out"), "--setting", "all", "--set", "sampler.steps=2", "--quiet"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    made = {st: json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"] for st in SETTINGS}
+    assert made == {"multi_turn": {"made": 5, "resumed": 0}, "independent": {"made": 3, "resumed": 2},
+                    "history": {"made": 3, "resumed": 2}, "dummy": {"made": 5, "resumed": 0}}
+    assert all((tmp_path / "out" / f"report_{st}.html").is_file() for st in SETTINGS)
+    assert [ln.split(",")[0] for ln in r.stdout.splitlines() if ln.startswith("MagicBrush ")] == \
+        [f"MagicBrush {st}" for st in SETTINGS]
+    assert generated_path(tmp_path / "out", "s2", 3, "dummy").is_file()
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert all(json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"]["made"] == 0
+               for st in SETTINGS)
+    r = subprocess.run(cmd[:-2] + ["sampler.steps=3", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].startswith("error: out_dir: ")
+    assert "holds edits made with " in r.stderr
