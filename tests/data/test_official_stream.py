@@ -155,9 +155,3 @@ def test_precompute_and_train_official_tiny_from_the_latent_store(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"^step +\d+ \| loss ([0-9.]+)", r.stdout, re.M)]
     assert len(losses) == 2 and all(np.isfinite(losses))
-    # the paper variant cannot open it, in one line
-    r = _cli("vincie-train", *train[1:], "model=tiny", f"run_dir={tmp_path / 'run2'}")
-    assert r.returncode != 0
-    assert r.stderr.strip().splitlines()[-1].endswith(
-        "holds texts in the official layout, this run needs the paper layout (model.variant): precompute with the "
-        "run's config")
