@@ -78,13 +78,10 @@ def save_png(path, image: np.ndarray) -> None:
 
 
 def load_png(path, what: str) -> np.ndarray:
-    from PIL import Image
+    """An edit read back: the project's image loader (``data/media.py``), its one-line error naming ``what``."""
+    from ..data.media import load_image
 
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, SyntaxError) as e:
-        raise ValueError(f"{what}: cannot read {os.fspath(path)!r} as an image ({type(e).__name__})") from None
+    return load_image(path, name=what)
 
 
 def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: list | None,

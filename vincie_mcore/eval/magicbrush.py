@@ -144,6 +144,17 @@ def _load_json(path: Path):
         raise ValueError(f"{path}: not JSON ({e.msg}, line {e.lineno})") from None
 
 
+def _check_turn(t, k: int, where: str, keys: tuple) -> None:
+    """A turn of either layout: an object whose ``keys`` are non-empty strings; one line otherwise."""
+    if not isinstance(t, dict):
+        raise ValueError(f"{where}: turns[{k}] must be an object")
+    for key in keys:
+        if key not in t:
+            raise ValueError(f"{where}: turns[{k}] missing key {key!r}")
+        if not isinstance(t[key], str) or not t[key].strip():
+            raise ValueError(f"{where}: turns[{k}].{key} must be a non-empty string")
+
+
 def _read_release(root: Path, captions: str) -> list[MagicBrushSession]:
     """MagicBrush's test release: ``edit_sessions.json`` maps an image id to its turns ``{"input",
     "mask", "output", "instruction"}``, files under ``images/<id>/``; turn k's input is turn k-1's
@@ -166,13 +177,7 @@ def _read_release(root: Path, captions: str) -> list[MagicBrushSession]:
             raise ValueError(f"{where}: expected a non-empty list of turns")
         folder, out, prev, source = f"images/{sid}", [], None, None
         for k, t in enumerate(turns):
-            if not isinstance(t, dict):
-                raise ValueError(f"{where}: turns[{k}] must be an object")
-            for key in ("input", "output", "instruction"):
-                if key not in t:
-                    raise ValueError(f"{where}: turns[{k}] missing key {key!r}")
-                if not isinstance(t[key], str) or not t[key].strip():
-                    raise ValueError(f"{where}: turns[{k}].{key} must be a non-empty string")
+            _check_turn(t, k, where, ("input", "output", "instruction"))
             if k == 0:
                 source = _image_path(root, f"{folder}/{t['input']}", f"{where}: turns[0].input")
             elif t["input"] != prev:
@@ -212,13 +217,7 @@ def _read_jsonl(root: Path) -> list[MagicBrushSession]:
             raise ValueError(f"{where}: 'turns' must be a non-empty list")
         turns = []
         for k, t in enumerate(row["turns"]):
-            if not isinstance(t, dict):
-                raise ValueError(f"{where}: turns[{k}] must be an object")
-            for key in ("instruction", "target", "caption"):
-                if key not in t:
-                    raise ValueError(f"{where}: turns[{k}] missing key {key!r}")
-                if not isinstance(t[key], str) or not t[key].strip():
-                    raise ValueError(f"{where}: turns[{k}].{key} must be a non-empty string")
+            _check_turn(t, k, where, ("instruction", "target", "caption"))
             turns.append(MagicBrushTurn(t["instruction"], _image_path(root, t["target"], f"{where}: turns[{k}].target"),
                                         t["caption"]))
         sessions.append(MagicBrushSession(sid, _image_path(root, row["source"], f"{where}: source"), turns))
@@ -511,11 +510,11 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     return _results(per_session, cfg, setting)
 
 
-def _context(s: MagicBrushSession, t: int, setting: str, outputs: list) -> tuple[list, list[str]]:
-    """What turn ``t`` (0-based) sees before its instruction: images I0..I_n and texts T0..T_{n-1}."""
+def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str]]:
+    """What turn ``t`` (0-based) sees before its instruction in the settings of given context (all but
+    multi_turn, whose context is the model's own chain: ``edit_runs.chain``): images I0..I_n, texts
+    T0..T_{n-1}."""
     instr = [x.instruction for x in s.turns[:t]]
-    if setting == "multi_turn":
-        return [s.source] + outputs[:t], instr
     if setting == "independent":
         return [s.gt_input(t)], []
     gt = [s.gt_input(k) for k in range(t + 1)]            # the source, then the targets before turn t
@@ -568,7 +567,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
                 if paths is not None and paths[t].is_file():
                     outs.append(edit_runs.load_png(paths[t], f"session {s.id!r} turn {t + 1} (resumed)"))
                     continue
-                images, texts = _context(s, t, setting, outs)
+                images, texts = _context(s, t, setting)
                 sess = editor.start(prep(images[0], f"session {s.id!r} input"))
                 for k, (im, txt) in enumerate(zip(images[1:], texts)):
                     sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
