@@ -12,6 +12,11 @@ Real videos (docs/real_videos.md), each step resumable:
     vincie-build-sessions stats --store STORE                   # numbers; STORE/stats.json
     vincie-build-sessions preview --store STORE --out previews --sessions 8
 
+Image-editing datasets (the fine-tuning data; docs/edit_datasets.md), resumable:
+
+    vincie-build-sessions edits --data MagicBrush/data/train-*.parquet --store STORE --size 512 512
+    vincie-build-sessions edits --format instructpix2pix --data ip2p/data --store STORE --workers 8
+
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth
 annotator and segmenter. Re-running resumes: finished videos are skipped.
@@ -69,7 +74,7 @@ def world_from_arg(s: str) -> WorldConfig:
         raise SystemExit(f"--world: expected 'demo', 'default' or a JSON object, got {s!r}") from None
 
 
-STEPS = ("build", "plan", "run", "merge", "stats", "preview")
+STEPS = ("build", "plan", "run", "merge", "stats", "preview", "edits")
 
 
 def _steps_parser() -> argparse.ArgumentParser:
@@ -103,7 +108,36 @@ def _steps_parser() -> argparse.ArgumentParser:
     pv.add_argument("--out", required=True)
     pv.add_argument("--sessions", type=int, default=8)
     pv.add_argument("--seed", type=int, default=0)
+    from vincie_mcore.data.edits import FORMATS, MASK_MODES, EditsConfig
+
+    ed = sub.add_parser("edits", help="sessions from an image-editing dataset (parquet or JSONL)")
+    ed.add_argument("--data", nargs="+", required=True, help=".parquet / .jsonl files or folders of them")
+    ed.add_argument("--store", required=True)
+    ed.add_argument("--format", choices=tuple(FORMATS), default="magicbrush",
+                    help="which columns hold what (docs/edit_datasets.md)")
+    ed.add_argument("--columns", default="", metavar="ROLE=COLUMN,...",
+                    help="override the format's columns: session, turn, id, source, instruction, target, mask")
+    ed.add_argument("--name", default="", help="prefix of the session ids (default: the format)")
+    ed.add_argument("--size", type=int, nargs=2, default=EditsConfig.size, metavar=("H", "W"))
+    ed.add_argument("--aspect", choices=("center_crop", "pad", "resize"), default="center_crop")
+    ed.add_argument("--masks", choices=MASK_MODES, default="dataset",
+                    help="RoE maps: the mask column (changed pixels where a row has none), changed pixels, or none")
+    ed.add_argument("--workers", type=int, default=1)
+    ed.add_argument("--shard-size", type=int, default=256)
+    ed.add_argument("--limit", type=int, default=0, help="the first N dataset sessions only (0: all)")
+    ed.add_argument("--retry-failed", action="store_true")
+    ed.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
+
+
+def _columns(arg: str) -> dict:
+    out = {}
+    for item in filter(None, (x.strip() for x in arg.split(","))):
+        role, sep, col = item.partition("=")
+        if not sep:
+            raise ValueError(f"--columns: expected ROLE=COLUMN, got {item!r}")
+        out[role.strip()] = col.strip()
+    return out
 
 
 def _load_yaml(path) -> dict:
@@ -170,6 +204,16 @@ def steps_main(argv) -> dict:
                 summary[key] = part.stats()
         print(f"part {i}/{n}: " + format_real_summary(summary))
         return summary
+    if a.step == "edits":
+        from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, format_edits_summary
+
+        cfg = EditsConfig(format=a.format, columns=_columns(a.columns), name=a.name, size=tuple(a.size),
+                          aspect=a.aspect, masks=a.masks, workers=a.workers, shard_size=a.shard_size)
+        s = build_edit_sessions(a.data, a.store, cfg, retry_failed=a.retry_failed, limit=a.limit,
+                                progress=not a.quiet)
+        if a.quiet:
+            print(format_edits_summary(s))
+        return s
     if a.step == "merge":
         s = sharded.merge(a.store)
         print(f"merge: {s['parts']} parts, {s['shards']} shards, {s['sessions']} sessions, "

@@ -220,3 +220,21 @@ def _to_rgb(im: Image.Image, name: str) -> np.ndarray:
     if mode in ("RGB", "L", "1", "P", "CMYK", "YCbCr"):
         return np.asarray(im.convert("RGB"))
     raise MediaError(f"image {name}: unsupported pixel mode {mode}")
+
+
+def image_cell(cell, where: str, folder=None) -> np.ndarray:
+    """An image as a dataset row holds it: Hugging Face's ``{bytes, path}``, raw bytes, or a file name
+    under ``folder`` (checked to stay inside it) -> uint8 [H, W, 3]; one line naming ``where`` otherwise."""
+    try:
+        if isinstance(cell, dict):
+            if cell.get("bytes"):
+                return load_image(cell["bytes"], name=where)
+            cell = cell.get("path")
+        if isinstance(cell, (bytes, bytearray)):
+            return load_image(cell, name=where)
+        if isinstance(cell, str) and folder is not None:
+            from ..paths import inside
+            return load_image(inside(folder, cell, "image"), name=where)
+    except (MediaError, ValueError) as e:
+        raise ValueError(f"{where}: {e}") from None
+    raise ValueError(f"{where}: no image (expected {{bytes, path}}, bytes or a file name)")

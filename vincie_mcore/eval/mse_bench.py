@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.media import MediaError, load_image
+from ..data.media import image_cell
 
 
 @dataclass
@@ -43,23 +43,6 @@ class BenchSession:
 
 
 # ----------------------------------------------------------------------------- inputs
-
-def _image_of(cell, where: str, folder: Path | None) -> np.ndarray:
-    """An image cell: Hugging Face's {bytes, path}, raw bytes, or a file name under ``folder``."""
-    try:
-        if isinstance(cell, dict):
-            if cell.get("bytes"):
-                return load_image(cell["bytes"], name=where)
-            cell = cell.get("path")
-        if isinstance(cell, (bytes, bytearray)):
-            return load_image(cell, name=where)
-        if isinstance(cell, str) and folder is not None:
-            from ..paths import inside
-            return load_image(inside(folder, cell, "image"), name=where)
-    except (MediaError, ValueError) as e:
-        raise ValueError(f"{where}: {e}") from None
-    raise ValueError(f"{where}: no image (expected {{bytes, path}}, bytes or a file name)")
-
 
 def _rows(path: Path) -> tuple[list[dict], Path | None]:
     if path.is_dir():
@@ -99,7 +82,7 @@ def load_sessions(path, limit: int | None = None) -> list[BenchSession]:
         prompts = list(r["context"])
         if not prompts or not all(isinstance(p, str) and p.strip() for p in prompts):
             raise ValueError(f"{where}: 'context' must be a list of non-empty prompts")
-        out.append(BenchSession(str(r["index"]), _image_of(r["image"], where, folder), prompts))
+        out.append(BenchSession(str(r["index"]), image_cell(r["image"], where, folder), prompts))
     return out
 
 
@@ -115,7 +98,7 @@ def load_generated(path, turns: int = 5) -> dict[str, list[np.ndarray]]:
         missing = [f"turn_{t}_image" for t in range(1, turns + 1) if f"turn_{t}_image" not in r]
         if missing:
             raise ValueError(f"{where}: no {missing[0]!r} column")
-        out[str(r["index"])] = [_image_of(r[f"turn_{t}_image"], f"{where} turn {t}", folder)
+        out[str(r["index"])] = [image_cell(r[f"turn_{t}_image"], f"{where} turn {t}", folder)
                                 for t in range(1, turns + 1)]
     return out
 

@@ -1,0 +1,258 @@
+"""Editing datasets -> session store (data/edits.py): MagicBrush's parquet layout, pairs in JSONL, chains
+cut where they break, masks in their three conventions, bad rows one line each, resume, and a trainer
+reading the store. Frames are checked against the images as written (no resize) or against PIL's own
+resize, masks against the rectangles drawn."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, dataset_files, region
+from vincie_mcore.data.store import SessionStore, read_failures
+
+BIN = Path(sys.executable).parent
+H, W = 40, 48
+
+
+def _png(a: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cell(a) -> dict:
+    return {"bytes": a if isinstance(a, bytes) else _png(a), "path": None}
+
+
+def _picture(seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W]
+    base = np.stack([(x * 5 + seed * 17) % 200, (y * 6 + seed * 29) % 200, ((x + y) * 3) % 200], -1)
+    return (base + rng.integers(0, 40, (H, W, 3))).astype(np.uint8)
+
+
+def _rect(y0, y1, x0, x1) -> np.ndarray:
+    m = np.zeros((H, W), bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _edit(img, m, colour):
+    out = img.copy()
+    out[m] = colour
+    return out
+
+
+def _masks(src, m):
+    """The same region in MagicBrush's three possible conventions."""
+    painted = src.copy()
+    painted[m] = 255                                           # the source, region painted white
+    binary = np.repeat((m * 255).astype(np.uint8)[..., None], 3, -1)
+    rgba = np.concatenate([src, np.full((H, W, 1), 255, np.uint8)], -1)
+    rgba[m, 3] = 0                                             # DALL-E 2: the region cut out
+    return {"painted": painted, "binary": binary, "rgba": rgba}
+
+
+def _write_parquet(path: Path, rows: list[dict]):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("img_id", pa.string()), ("turn_index", pa.int32()), ("source_img", img),
+                        ("mask_img", img), ("instruction", pa.string()), ("target_img", img)])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
+
+
+@pytest.fixture(scope="module")
+def magicbrush(tmp_path_factory):
+    """A MagicBrush-layout train split in two parquet files, with the truth of every session."""
+    d = tmp_path_factory.mktemp("mb") / "data"
+    d.mkdir()
+    truth = {}
+    # 101: three chained turns, one mask per convention
+    s0 = _picture(1)
+    regions = [_rect(2, 12, 3, 20), _rect(20, 35, 10, 30), _rect(5, 30, 30, 46)]
+    frames = [s0]
+    for k, m in enumerate(regions):
+        frames.append(_edit(frames[-1], m, (250 - 40 * k, 10, 40 * k)))
+    conv = ["painted", "binary", "rgba"]
+    rows101 = [{"img_id": "101", "turn_index": k + 1, "source_img": _cell(frames[k]),
+                "mask_img": _cell(_masks(frames[k], regions[k])[conv[k]]), "instruction": f"paint region  {k + 1}",
+                "target_img": _cell(frames[k + 1])} for k in range(3)]
+    truth["101"] = (frames, regions, [f"paint region {k + 1}" for k in range(3)])
+    # 102: turn 2's source is another picture: the chain breaks there
+    a, b = _picture(2), _picture(3)
+    m1, m2 = _rect(0, 10, 0, 10), _rect(30, 40, 30, 48)
+    rows102 = [{"img_id": "102", "turn_index": 1, "source_img": _cell(a), "mask_img": _cell(_masks(a, m1)["binary"]),
+                "instruction": "one", "target_img": _cell(_edit(a, m1, (0, 0, 255)))},
+               {"img_id": "102", "turn_index": 2, "source_img": _cell(b), "mask_img": _cell(_masks(b, m2)["binary"]),
+                "instruction": "two", "target_img": _cell(_edit(b, m2, (0, 255, 0)))}]
+    truth["102"] = (a, _edit(a, m1, (0, 0, 255)), b, _edit(b, m2, (0, 255, 0)))
+    # 103: a target that is not an image
+    c = _picture(4)
+    rows103 = [{"img_id": "103", "turn_index": 1, "source_img": _cell(c), "mask_img": None, "instruction": "x",
+                "target_img": _cell(b"not a png at all")}]
+    # 104: its turns in the other order, in the two files
+    e = _picture(5)
+    e1 = _edit(e, _rect(1, 9, 1, 9), (9, 9, 9))
+    e2 = _edit(e1, _rect(11, 19, 11, 19), (99, 99, 99))
+    r104_1 = {"img_id": "104", "turn_index": 1, "source_img": _cell(e), "mask_img": None,
+              "instruction": "first", "target_img": _cell(e1)}
+    r104_2 = {"img_id": "104", "turn_index": 2, "source_img": _cell(e1), "mask_img": None,
+              "instruction": "second", "target_img": _cell(e2)}
+    truth["104"] = [e, e1, e2]
+    # 105: turn 1 twice
+    r105 = {"img_id": "105", "turn_index": 1, "source_img": _cell(e), "mask_img": None, "instruction": "y",
+            "target_img": _cell(e1)}
+    _write_parquet(d / "train-00000-of-00002.parquet", rows101 + [r104_2] + rows102)
+    _write_parquet(d / "train-00001-of-00002.parquet", rows103 + [r104_1, r105, r105])
+    return d, truth
+
+
+def _decode(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)))
+
+
+def _by_id(store) -> dict:
+    st = SessionStore(store)
+    return {st[i].video_id: st[i] for i in range(len(st))}
+
+
+def test_magicbrush_parquet_to_sessions(magicbrush, tmp_path):
+    data, truth = magicbrush
+    cfg = EditsConfig(size=(H, W), timeout_s=0, max_mb=0)
+    s = build_edit_sessions([data], tmp_path / "store", cfg, progress=False)
+    assert (s["sessions"], s["stored"], s["turns"], s["failed"], s["chain_breaks"]) == (5, 4, 7, 2, 1)
+    got = _by_id(tmp_path / "store")
+    assert sorted(got) == ["magicbrush/101", "magicbrush/102/part_1", "magicbrush/102/part_2", "magicbrush/104"]
+
+    frames, regions, texts = truth["101"]
+    one = got["magicbrush/101"]
+    assert all(np.array_equal(_decode(p), f) for p, f in zip(one.frames, frames)) and len(one.frames) == 4
+    assert one.texts == texts and one.cameras == ["None"] * 3       # whitespace in instructions folded
+    for k, m in enumerate(regions):                                   # painted, binary, RGBA hole: the same region
+        assert np.array_equal(_decode(one.roe_src[k]) > 0, m) and np.array_equal(_decode(one.roe_tgt[k]) > 0, m)
+    assert s["mask_rules"] == {"painted": 2, "binary": 3, "diff": 2}  # the RGBA hole reads as painted white
+    assert one.meta["turns"] == [1, 2, 3] and one.meta["segmenter"] == "edits:dataset"
+
+    a, a1, b, b1 = truth["102"]
+    p1, p2 = got["magicbrush/102/part_1"], got["magicbrush/102/part_2"]
+    assert [np.array_equal(_decode(x), y) for x, y in zip(p1.frames + p2.frames, (a, a1, b, b1))] == [True] * 4
+    assert (p1.texts, p2.texts, p2.meta["turns"]) == (["one"], ["two"], [2])
+
+    four = got["magicbrush/104"]                                      # rows in two files, out of order: one chain
+    assert all(np.array_equal(_decode(p), f) for p, f in zip(four.frames, truth["104"]))
+    assert four.texts == ["first", "second"]
+    assert np.array_equal(_decode(four.roe_src[1]) > 0, _rect(11, 19, 11, 19))   # no mask: the changed pixels
+
+    fails = read_failures(tmp_path / "store")
+    assert "row 0 target" in fails["magicbrush/103"] and "not an image" in fails["magicbrush/103"]
+    assert fails["magicbrush/105"] == "turn 1 appears 2 times"
+
+    again = build_edit_sessions([data], tmp_path / "store", cfg, progress=False)   # resumes: nothing left to do
+    assert (again["skipped"], again["stored"], again["failed"]) == (5, 0, 0)
+    assert len(SessionStore(tmp_path / "store")) == 4
+    with pytest.raises(ValueError, match=r"other settings \(edits.size: \[\[40, 48\]\] there, \[\[20, 24\]\] now\)"):
+        build_edit_sessions([data], tmp_path / "store", EditsConfig(size=(20, 24)), progress=False)
+
+
+def test_resized_frames_and_masks_follow_the_same_geometry(magicbrush, tmp_path):
+    data, truth = magicbrush
+    cfg = EditsConfig(size=(20, 24), workers=2, max_mb=0)
+    s = build_edit_sessions([data], tmp_path / "small", cfg, limit=1, progress=False)   # workers, in a pool
+    assert (s["sessions"], s["stored"]) == (1, 1)
+    one = _by_id(tmp_path / "small")["magicbrush/101"]
+    frames, regions, _ = truth["101"]
+    for png, f in zip(one.frames, frames):                            # same aspect: PIL's bicubic resize itself
+        ref = np.asarray(Image.fromarray(f).resize((24, 20), Image.BICUBIC))
+        assert np.array_equal(_decode(png), ref)
+    for k, m in enumerate(regions):
+        small = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((24, 20), Image.BICUBIC)) >= 128
+        got = _decode(one.roe_src[k]) > 0
+        assert (got != small).mean() < 0.03 and set(np.unique(_decode(one.roe_src[k]))) <= {0, 255}
+
+
+def test_pairs_from_jsonl_with_files(tmp_path):
+    """instructpix2pix-style pairs from JSONL (file names under its folder), each row its own session."""
+    d = tmp_path / "pairs"
+    d.mkdir()
+    rows = []
+    for i in range(3):
+        src = _picture(10 + i)
+        m = _rect(5 * i, 5 * i + 8, 4, 20)
+        Image.fromarray(src).save(d / f"s{i}.png")
+        Image.fromarray(_edit(src, m, (1, 2, 3))).save(d / f"t{i}.png")
+        rows.append({"original_image": f"s{i}.png", "edit_prompt": f"edit {i}", "edited_image": f"t{i}.png"})
+    rows.append({"original_image": "../outside.png", "edit_prompt": "escape", "edited_image": "t0.png"})
+    rows.append({"original_image": "s0.png", "edit_prompt": "  ", "edited_image": "t0.png"})
+    (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = EditsConfig(format="instructpix2pix", name="ip2p", size=(H, W), timeout_s=0, max_mb=0)
+    s = build_edit_sessions([d / "train.jsonl"], tmp_path / "store", cfg, progress=False)
+    assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (5, 3, 2, {"diff": 3})
+    got = _by_id(tmp_path / "store")
+    assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(3)]
+    two = got["ip2p/train/00000002"]
+    assert two.texts == ["edit 2"] and np.array_equal(_decode(two.frames[0]), _picture(12))
+    assert np.array_equal(_decode(two.roe_tgt[0]) > 0, _rect(10, 18, 4, 20))
+    fails = read_failures(tmp_path / "store")
+    assert "leads out of" in fails["ip2p/train/00000003"] or ".." in fails["ip2p/train/00000003"]
+    assert fails["ip2p/train/00000004"] == "train.jsonl row 4: empty instruction"
+
+
+def test_mask_conventions_are_read_alike():
+    src = _picture(7)
+    m = _rect(3, 17, 5, 25)
+    for name, mask in _masks(src, m).items():
+        if name == "rgba":
+            continue                                      # load_image composites it: covered in the store test
+        got, rule = region(mask, src, 24)
+        assert rule == name and np.array_equal(got, m)
+
+
+def test_bad_input_is_one_line(magicbrush, tmp_path):
+    data, _ = magicbrush
+    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, pairs, got 'mb'"):
+        EditsConfig(format="mb")
+    with pytest.raises(ValueError, match="edits.columns: unknown role 'caption'"):
+        EditsConfig(columns={"caption": "x"})
+    with pytest.raises(ValueError, match="session and turn go together"):
+        EditsConfig(format="pairs", columns={"session": "sid"})
+    with pytest.raises(ValueError, match=r"no column instruction=edit_prompt \(it has: img_id, instruction"):
+        build_edit_sessions([data], tmp_path / "s", EditsConfig(columns={"instruction": "edit_prompt"}), progress=False)
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
+        dataset_files([tmp_path / "missing"])
+    r = subprocess.run([str(BIN / "vincie-build-sessions"), "edits", "--data", str(data), "--store",
+                        str(tmp_path / "s"), "--columns", "instruction"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "error: --columns: expected ROLE=COLUMN, got 'instruction'"
+
+
+def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
+    """`vincie-build-sessions edits`, then the demo recipe fine-tunes on the store (frames resized to 24 px)."""
+    data, _ = magicbrush
+    store = tmp_path / "sft"
+    r = subprocess.run([str(BIN / "vincie-build-sessions"), "edits", "--data", *map(str, sorted(data.glob("*.parquet"))),
+                        "--store", str(store), "--size", "24", "24", "--quiet"], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "edits: 4 sessions (7 turns) stored from 5 dataset sessions, 1 chain breaks cut, 2 failed" in r.stdout
+    from vincie_tools.train import main as train_main
+
+    rc = train_main(["experiment=demo", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
+                     "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=2", "train.warmup=0",
+                     "train.progress=false", "train.log_every=1", "model.num_layers=2", "model.mm_layers=1",
+                     f"run_dir={tmp_path / 'run'}"])
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"step +\d+ \| loss ([0-9.]+)", out)]
+    assert rc == 0 and len(losses) == 2 and all(np.isfinite(losses)), out[-2000:]
+    from vincie_mcore.data.latents import LatentStore
+
+    assert len(LatentStore(tmp_path / "run" / "latents")) == 4       # the store's sessions, all of them encoded
+    assert (tmp_path / "run" / "checkpoints").is_dir()

@@ -1,0 +1,375 @@
+"""Image-editing datasets -> session store: the supervised fine-tuning data of the paper (App. C.7;
+docs/edit_datasets.md).
+
+An editing dataset is rows of (source image, instruction, target image[, region mask]); a multi-turn
+one (MagicBrush) also names each row's session and turn, turn k editing turn k-1's target. Each
+session becomes one store session, so everything that reads a store (the trainers, the latent store,
+``stats``, ``preview``) reads it unchanged:
+
+- frames: the first turn's source, then every turn's target, each fitted to ``size`` by the video
+  build's rule (``video.fit_frame``);
+- transition texts: the instructions; cameras: "None" (a still picture);
+- RoE maps: an edit mask marks where the picture changes, in the source as in the target, so turn k's
+  source and target maps are both its mask (``masks: dataset``); a row without one gets the pixels
+  that changed (``masks: diff``), or none at all (``masks: none``);
+- a chain that breaks (turn k's source is not turn k-1's target, or a turn is missing) is cut there
+  into sessions ``<id>/part_<n>``: each part is a true chain, nothing is dropped.
+
+Rows are read from parquet (Hugging Face's layout: image columns as ``{bytes, path}``) or JSONL (image
+columns as file names under the JSONL's folder), file by file, a row group at a time. Every image
+goes through ``media.load_image`` (size, bomb and truncation checks). A session that cannot be used
+(a bad image, an empty instruction, a turn given twice, a mask of another size) is one line in the
+store's ``failures.jsonl``; the others go on. A rerun resumes: stored and failed sessions are skipped.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .build import DECODE_MAX_MB, DECODE_TIMEOUT_S, encode_png, run_videos
+from .media import image_cell
+from .store import RawSession, SessionWriter, read_failures
+from .video import ASPECT_POLICIES, fit_frame
+
+# Column names per dataset as published. A preset names what a row holds; ``columns`` overrides it.
+FORMATS = {
+    # osunlp/MagicBrush (train / dev parquet): one row per turn
+    "magicbrush": {"session": "img_id", "turn": "turn_index", "source": "source_img",
+                   "instruction": "instruction", "target": "target_img", "mask": "mask_img"},
+    # timbrooks/instructpix2pix-clip-filtered: one pair per row
+    "instructpix2pix": {"source": "original_image", "instruction": "edit_prompt", "target": "edited_image"},
+    # our own JSONL / parquet: one pair per row; add session= and turn= for chains, mask= for masks
+    "pairs": {"source": "source", "instruction": "instruction", "target": "target"},
+}
+ROLES = ("session", "turn", "id", "source", "instruction", "target", "mask")
+MASK_MODES = ("dataset", "diff", "none")
+PART_SEP = "/part_"
+_PART = re.compile(re.escape(PART_SEP) + r"\d+$")
+
+
+@dataclass
+class EditsConfig:
+    """How an editing dataset becomes sessions (``vincie-build-sessions edits``)."""
+    format: str = "magicbrush"              # a preset of FORMATS
+    columns: dict = field(default_factory=dict)   # role -> column name, over the preset (ROLES)
+    name: str = ""                          # the session ids' prefix (default: the format)
+    size: tuple = (512, 512)                # (height, width) of every stored frame
+    aspect: str = "center_crop"             # as build.decode.aspect: center_crop | pad | resize
+    pad_value: int = 0
+    masks: str = "dataset"                  # dataset: the mask column, diff where a row has none | diff | none
+    diff_threshold: int = 24                # masks diff: a pixel changed when a channel moves by more (0-255)
+    chain_tolerance: float = 2.0            # mean |source_k - target_k-1| (0-255) below which turns chain
+    shard_size: int = 256
+    workers: int = 1
+    timeout_s: float = DECODE_TIMEOUT_S     # seconds one session may take in a worker (0: no limit)
+    max_mb: int = DECODE_MAX_MB             # MiB a worker may grow by for one session (0: no limit)
+
+    def __post_init__(self):
+        self.size = tuple(self.size)
+        if self.format not in FORMATS:
+            raise ValueError(f"edits.format: must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        bad = sorted(set(self.columns) - set(ROLES))
+        if bad:
+            raise ValueError(f"edits.columns: unknown role {bad[0]!r} (roles: {', '.join(ROLES)})")
+        if len(self.size) != 2 or not all(isinstance(v, int) and v >= 8 for v in self.size):
+            raise ValueError(f"edits.size: must be [height, width], ints >= 8, got {self.size!r}")
+        if self.aspect not in ASPECT_POLICIES:
+            raise ValueError(f"edits.aspect: must be one of {ASPECT_POLICIES}, got {self.aspect!r}")
+        if self.masks not in MASK_MODES:
+            raise ValueError(f"edits.masks: must be one of {', '.join(MASK_MODES)}, got {self.masks!r}")
+        if not 0 <= self.diff_threshold < 255:
+            raise ValueError(f"edits.diff_threshold: must be in [0, 255), got {self.diff_threshold}")
+        if not self.chain_tolerance >= 0:
+            raise ValueError(f"edits.chain_tolerance: must be >= 0, got {self.chain_tolerance}")
+        for k in ("shard_size", "workers"):
+            if not isinstance(getattr(self, k), int) or getattr(self, k) < 1:
+                raise ValueError(f"edits.{k}: must be an int >= 1, got {getattr(self, k)!r}")
+        cols = self.column_map()
+        for role in ("source", "instruction", "target"):
+            if not cols.get(role):
+                raise ValueError(f"edits.columns: no {role!r} column for format {self.format!r}")
+        if ("session" in cols) != ("turn" in cols):
+            raise ValueError("edits.columns: session and turn go together (a chain needs both)")
+        if "session" in cols and "id" in cols:
+            raise ValueError("edits.columns: id names single pairs; a chained dataset's ids are its session column")
+
+    def column_map(self) -> dict:
+        return {k: v for k, v in {**FORMATS[self.format], **self.columns}.items() if v}
+
+    def prefix(self) -> str:
+        return self.name or self.format
+
+    def recipe(self) -> dict:
+        """What a stored session depends on (a resumed store must have been made the same way)."""
+        d = dataclasses.asdict(self)
+        for k in ("shard_size", "workers", "timeout_s", "max_mb"):
+            d.pop(k)
+        d["columns"] = self.column_map()
+        d["size"] = list(self.size)
+        return d
+
+
+# ----------------------------------------------------------------------------- reading rows
+def dataset_files(paths) -> list[Path]:
+    """The files to read, in order: each path a .parquet / .jsonl file or a folder of them (recursive)."""
+    out = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(p.rglob("*.parquet")) or sorted(p.rglob("*.jsonl"))
+            if not found:
+                raise FileNotFoundError(f"{p}: no .parquet or .jsonl files")
+            out += found
+        elif p.is_file() and p.suffix in (".parquet", ".jsonl"):
+            out.append(p)
+        elif p.exists():
+            raise ValueError(f"{p}: expected a .parquet or .jsonl file, or a folder of them")
+        else:
+            raise FileNotFoundError(f"{p}: no such file or folder")
+    return out
+
+
+def _schema(f: Path) -> list[str]:
+    if f.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(f).names)
+    for line in f.open():
+        if line.strip():
+            return list(json.loads(line))
+    return []
+
+
+def _rows(f: Path, columns: list[str]):
+    """(row number, {column: value}) of one file, a row group at a time."""
+    if f.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        n = 0
+        for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=columns):
+            for row in batch.to_pylist():
+                yield n, row
+                n += 1
+        return
+    with f.open() as fh:
+        n = 0
+        for line in fh:
+            if line.strip():
+                try:
+                    d = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{f.name} row {n}: not JSON: {e.msg}") from None
+                if not isinstance(d, dict):
+                    raise ValueError(f"{f.name} row {n}: expected a JSON object")
+                yield n, {c: d.get(c) for c in columns}
+                n += 1
+
+
+def read_edit_sessions(files: list[Path], cfg: EditsConfig):
+    """``(session key, [row, ...])`` for every session of the dataset, rows in file order, each row
+    ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are counted first (its
+    session column only), so a session whose rows are spread over files still comes out whole."""
+    cols = cfg.column_map()
+    for f in files:
+        have = set(_schema(f))
+        missing = [f"{role}={c}" for role, c in cols.items() if c not in have and role != "mask"]
+        if missing:
+            raise ValueError(f"{f.name}: no column {missing[0]} (it has: {', '.join(sorted(have)) or 'none'}); "
+                             f"name it with --columns")
+    chained = "session" in cols
+    count: Counter = Counter()
+    if chained:
+        for f in files:
+            for _, row in _rows(f, [cols["session"]]):
+                count[str(row[cols["session"]])] += 1
+    pending: dict = {}
+    for i, f in enumerate(files):
+        have = set(_schema(f))
+        names = {role: c for role, c in cols.items() if c in have}
+        for n, raw in _rows(f, list(names.values())):
+            row = {role: raw[c] for role, c in names.items()}
+            row.update(_file=i, _row=n)
+            if not chained:
+                yield (str(row["id"]) if "id" in row else f"{f.stem}/{n:08d}"), [row]
+                continue
+            key = str(row["session"])
+            pending.setdefault(key, []).append(row)
+            if len(pending[key]) == count[key]:
+                yield key, pending.pop(key)
+
+
+# ----------------------------------------------------------------------------- one session
+def region(mask: np.ndarray, source: np.ndarray, threshold: int) -> tuple[np.ndarray, str]:
+    """A dataset's edit mask -> bool [H, W] of the region to edit, and the rule that read it.
+
+    Masks come in three conventions, all handled on the RGB picture ``load_image`` gives (transparency
+    composited over white): black/white (white marks the region: ``binary``), or the source with the
+    region painted over or cut out (DALL-E 2's transparent hole, which reads as white: ``painted``,
+    the pixels that differ from the source)."""
+    g = mask.astype(np.int16)
+    gray = g.mean(-1)
+    extreme = ((gray <= 16) | (gray >= 239)) & (np.ptp(g, axis=-1) <= 16)
+    if extreme.mean() >= 0.98:
+        return gray >= 128, "binary"
+    return changed(mask, source, threshold), "painted"
+
+
+def changed(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarray:
+    """bool [H, W]: where a channel of ``a`` and ``b`` differs by more than ``threshold``."""
+    return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > threshold).any(-1)
+
+
+def _fit_mask(m: np.ndarray, cfg: EditsConfig) -> np.ndarray:
+    """A bool mask through the frames' geometry (the same crop / pad / resize), back to 0/255."""
+    img = np.repeat((m.astype(np.uint8) * 255)[..., None], 3, -1)
+    return np.where(fit_frame(img, cfg.size, cfg.aspect, 0)[..., 0] >= 128, 255, 0).astype(np.uint8)
+
+
+def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: list) -> dict:
+    """One dataset session -> {"sessions": [RawSession, ...], "breaks": n, "mask_rules": Counter}.
+    Raises (one line) when the session cannot be used."""
+    if "turn" in rows[0]:
+        try:
+            turns = [int(r["turn"]) for r in rows]
+        except (TypeError, ValueError):
+            raise ValueError(f"turn {[r['turn'] for r in rows]!r}: not integers") from None
+        dup = [t for t, c in Counter(turns).items() if c > 1]
+        if dup:
+            raise ValueError(f"turn {dup[0]} appears {turns.count(dup[0])} times")
+        rows = [r for _, r in sorted(zip(turns, rows), key=lambda x: x[0])]
+    folder = lambda r: files[r["_file"]].parent    # noqa: E731 - JSONL image names are under its folder
+    where = lambda r: f"{files[r['_file']].name} row {r['_row']}"    # noqa: E731
+    src, tgt, texts = [], [], []
+    for r in rows:
+        text = r.get("instruction")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"{where(r)}: empty instruction")
+        texts.append(" ".join(text.split()))
+        src.append(image_cell(r["source"], f"{where(r)} source", folder(r)))
+        tgt.append(image_cell(r["target"], f"{where(r)} target", folder(r)))
+        if src[-1].shape != tgt[-1].shape:
+            raise ValueError(f"{where(r)}: source is {src[-1].shape[1]}x{src[-1].shape[0]}, "
+                             f"target {tgt[-1].shape[1]}x{tgt[-1].shape[0]}")
+    masks, rules = [], Counter()
+    for r, s, t in zip(rows, src, tgt):
+        if cfg.masks == "none":
+            m, rule = np.zeros(s.shape[:2], bool), "none"
+        elif cfg.masks == "dataset" and r.get("mask") is not None:
+            mk = image_cell(r["mask"], f"{where(r)} mask", folder(r))
+            if mk.shape != s.shape:
+                raise ValueError(f"{where(r)}: mask is {mk.shape[1]}x{mk.shape[0]}, source {s.shape[1]}x{s.shape[0]}")
+            m, rule = region(mk, s, cfg.diff_threshold)
+        else:
+            m, rule = changed(s, t, cfg.diff_threshold), "diff"
+        masks.append(m)
+        rules[rule] += 1
+    cuts = [0] + [k for k in range(1, len(rows))
+                  if src[k].shape != tgt[k - 1].shape
+                  or np.abs(src[k].astype(np.int16) - tgt[k - 1].astype(np.int16)).mean() > cfg.chain_tolerance]
+    bounds = list(zip(cuts, cuts[1:] + [len(rows)]))
+    out = []
+    for part, (a, b) in enumerate(bounds):
+        frames = [fit_frame(src[a], cfg.size, cfg.aspect, cfg.pad_value)]
+        frames += [fit_frame(t, cfg.size, cfg.aspect, cfg.pad_value) for t in tgt[a:b]]
+        roe = [encode_png(_fit_mask(m, cfg)) for m in masks[a:b]]
+        sid = session_id if len(bounds) == 1 else f"{session_id}{PART_SEP}{part + 1}"
+        out.append(RawSession(
+            video_id=sid, frames=[encode_png(f) for f in frames], roe_src=roe, roe_tgt=list(roe),
+            texts=texts[a:b], cameras=["None"] * (b - a),
+            meta={"dataset": cfg.format, "video_id": sid, "session": session_id,
+                  "rows": [[files[r["_file"]].name, r["_row"]] for r in rows[a:b]],
+                  "turns": [r.get("turn", k + 1) for k, r in enumerate(rows)][a:b],
+                  "source_size": [int(src[a].shape[0]), int(src[a].shape[1])],
+                  "annotator": "dataset", "segmenter": f"edits:{cfg.masks}",
+                  "height": cfg.size[0], "width": cfg.size[1]}))
+    return {"sessions": out, "breaks": len(bounds) - 1, "mask_rules": rules}
+
+
+def _make(session_id, item, cfg, files):
+    return make_edit_sessions(session_id, item, cfg, files)
+
+
+# ----------------------------------------------------------------------------- the build
+def base_id(session_id: str) -> str:
+    """The dataset session a stored (possibly cut) session came from."""
+    return _PART.sub("", session_id)
+
+
+def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool = False, limit: int = 0,
+                        progress: bool = True) -> dict:
+    """Build (or resume) a session store from an editing dataset. Returns this run's counts:
+    {"sessions", "stored", "turns", "failed", "skipped", "chain_breaks", "mask_rules", "seconds", "store"}
+    (``sessions``: dataset sessions seen; ``stored``: store sessions written, cut chains counted per part)."""
+    t0 = time.perf_counter()
+    files = dataset_files(paths)
+    root = Path(store_root)
+    # flat, so that a resume with other settings names the key that differs
+    build = {**{f"edits.{k}": v for k, v in cfg.recipe().items()}, "annotator": "dataset",
+             "segmenter": f"edits:{cfg.masks}"}
+    seen = stored = turns = failed = skipped = breaks = 0
+    rules: Counter = Counter()
+    from tqdm import tqdm
+
+    with SessionWriter(root, cfg.shard_size, build=build) as w:
+        done = {base_id(v) for v in w.done_video_ids()} | (set() if retry_failed else set(read_failures(root)))
+        bar = tqdm(desc="edit sessions", unit="sess", disable=not progress)
+
+        def chunks():
+            nonlocal skipped
+            chunk = []
+            for n, (key, rows) in enumerate(read_edit_sessions(files, cfg)):
+                if limit and n >= limit:
+                    break
+                sid = f"{cfg.prefix()}/{key}"
+                if sid in done:
+                    skipped += 1
+                    continue
+                chunk.append((sid, rows))
+                if len(chunk) >= cfg.shard_size:       # bounded memory: one chunk of rows at a time
+                    yield chunk
+                    chunk = []
+            if chunk:
+                yield chunk
+
+        try:
+            for chunk in chunks():
+                seen += len(chunk)
+                results = run_videos(chunk, _make, {"cfg": cfg, "files": files}, cfg.workers,
+                                     cfg.timeout_s or None, cfg.max_mb or None)
+                try:
+                    for sid, out, reason in results:
+                        if out is None:
+                            w.fail(sid, reason.replace("decode ", "session ", 1))
+                            failed += 1
+                        elif w.add_group(out["sessions"]):
+                            stored += len(out["sessions"])
+                            turns += sum(len(s.texts) for s in out["sessions"])
+                            breaks += out["breaks"]
+                            rules.update(out["mask_rules"])
+                        else:
+                            failed += 1
+                        bar.update()
+                finally:
+                    if hasattr(results, "close"):
+                        results.close()
+        finally:
+            bar.close()
+    summary = {"sessions": seen, "stored": stored, "turns": turns, "failed": failed, "skipped": skipped,
+               "chain_breaks": breaks, "mask_rules": dict(rules), "seconds": round(time.perf_counter() - t0, 3),
+               "store": str(root)}
+    if progress:
+        print(format_edits_summary(summary))
+    return summary
+
+
+def format_edits_summary(s: dict) -> str:
+    rules = ", ".join(f"{k} {v}" for k, v in sorted(s["mask_rules"].items())) or "none"
+    return (f"edits: {s['stored']} sessions ({s['turns']} turns) stored from {s['sessions']} dataset sessions, "
+            f"{s['chain_breaks']} chain breaks cut, {s['failed']} failed, {s['skipped']} already done, "
+            f"in {s['seconds']:.1f}s -> {s['store']}; masks: {rules}")
