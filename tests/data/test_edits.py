@@ -17,6 +17,7 @@ from PIL import Image
 
 from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, dataset_files, region
 from vincie_mcore.data.store import SessionStore, read_failures
+from vincie_mcore.perf.bench_sessions import bench_edits, write_magicbrush_parquet
 
 BIN = Path(sys.executable).parent
 H, W = 40, 48
@@ -61,16 +62,6 @@ def _masks(src, m):
     return {"painted": painted, "binary": binary, "rgba": rgba}
 
 
-def _write_parquet(path: Path, rows: list[dict]):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
-    schema = pa.schema([("img_id", pa.string()), ("turn_index", pa.int32()), ("source_img", img),
-                        ("mask_img", img), ("instruction", pa.string()), ("target_img", img)])
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=2)
-
-
 @pytest.fixture(scope="module")
 def magicbrush(tmp_path_factory):
     """A MagicBrush-layout train split in two parquet files, with the truth of every session."""
@@ -112,8 +103,8 @@ def magicbrush(tmp_path_factory):
     # 105: turn 1 twice
     r105 = {"img_id": "105", "turn_index": 1, "source_img": _cell(e), "mask_img": None, "instruction": "y",
             "target_img": _cell(e1)}
-    _write_parquet(d / "train-00000-of-00002.parquet", rows101 + [r104_2] + rows102)
-    _write_parquet(d / "train-00001-of-00002.parquet", rows103 + [r104_1, r105, r105])
+    write_magicbrush_parquet(d / "train-00000-of-00002.parquet", rows101 + [r104_2] + rows102, 2)
+    write_magicbrush_parquet(d / "train-00001-of-00002.parquet", rows103 + [r104_1, r105, r105], 2)
     return d, truth
 
 
@@ -256,3 +247,9 @@ def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
 
     assert len(LatentStore(tmp_path / "run" / "latents")) == 4       # the store's sessions, all of them encoded
     assert (tmp_path / "run" / "checkpoints").is_dir()
+
+
+def test_the_benchmark_checks_its_own_run():
+    r = bench_edits(3, turns=2, source_size=64, store_size=32, workers=1)
+    assert r["check"] == {"stored": 3, "expected": 3, "failed": 0, "first_frame_equals_pil_resize": True}
+    assert r["turns"] == 6 and r["turns_per_s"] > 0 and r["mask_rules"] == {"binary": 6}

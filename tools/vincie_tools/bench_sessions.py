@@ -8,6 +8,11 @@ Prints one JSON line: videos/s, sessions/s, decode ms per frame, seconds and sha
 VLM's requests/s and tokens/s and the segmenter's seconds per pair when configured, and a projection
 to --sessions (default 10M) from the measured CPU cost and the GPU throughputs given
 (vincie_mcore/perf/bench_sessions.py; docs/real_videos.md, "Throughput").
+
+    vincie-bench-sessions --edits 48 --workers 2      # `vincie-build-sessions edits` on a MagicBrush-layout parquet
+
+With --edits N it writes N three-turn sessions of 512x512 PNGs in MagicBrush's parquet layout, builds them
+into a store and prints sessions/s and turns/s beside a check of the same run (docs/edit_datasets.md).
 """
 from __future__ import annotations
 
@@ -26,20 +31,27 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", type=float, default=10e6, help="corpus size to project to")
     ap.add_argument("--vlm-pairs-per-gpu-s", type=float, default=None, help="your VLM server's pairs/s per GPU")
     ap.add_argument("--seg-pairs-per-gpu-s", type=float, default=None, help="GroundingDINO+SAM2 pairs/s per GPU")
+    ap.add_argument("--edits", type=int, default=0, metavar="N",
+                    help="benchmark the editing-dataset build on N sessions instead (3 turns, 512x512)")
+    ap.add_argument("--workers", type=int, default=1, help="--edits: worker processes")
     ap.add_argument("--out", default=None, help="write the JSON here as well")
     a = ap.parse_args(argv)
-    from vincie_mcore.perf.bench_sessions import bench_sessions, project
+    from vincie_mcore.perf.bench_sessions import bench_edits, bench_sessions, project
 
     config = None
     if a.config:
         import yaml
         config = yaml.safe_load(open(a.config))
     try:
-        res = bench_sessions(a.videos, config, a.clips, a.store_size)
+        if a.edits:
+            res = bench_edits(a.edits, store_size=a.store_size, workers=a.workers)
+        else:
+            res = bench_sessions(a.videos, config, a.clips, a.store_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    res["projection"] = project(res, a.sessions, a.vlm_pairs_per_gpu_s, a.seg_pairs_per_gpu_s)
+    if not a.edits:
+        res["projection"] = project(res, a.sessions, a.vlm_pairs_per_gpu_s, a.seg_pairs_per_gpu_s)
     import platform
     import subprocess
     res["cpu"] = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")),

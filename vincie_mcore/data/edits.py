@@ -212,17 +212,23 @@ def region(mask: np.ndarray, source: np.ndarray, threshold: int) -> tuple[np.nda
     composited over white): black/white (white marks the region: ``binary``), or the source with the
     region painted over or cut out (DALL-E 2's transparent hole, which reads as white: ``painted``,
     the pixels that differ from the source)."""
-    g = mask.astype(np.int16)
-    gray = g.mean(-1)
-    extreme = ((gray <= 16) | (gray >= 239)) & (np.ptp(g, axis=-1) <= 16)
+    gray = mask.sum(-1, dtype=np.uint16)                   # 3 x the grey level
+    extreme = ((gray <= 48) | (gray >= 717)) & (mask.max(-1) - mask.min(-1) <= 16)
     if extreme.mean() >= 0.98:
-        return gray >= 128, "binary"
+        return gray >= 384, "binary"
     return changed(mask, source, threshold), "painted"
 
 
 def changed(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarray:
     """bool [H, W]: where a channel of ``a`` and ``b`` differs by more than ``threshold``."""
     return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > threshold).any(-1)
+
+
+def _same_cell(a, b) -> bool:
+    """Two image cells holding the same encoded bytes (or naming the same file)."""
+    a = a.get("bytes") or a.get("path") if isinstance(a, dict) else a
+    b = b.get("bytes") or b.get("path") if isinstance(b, dict) else b
+    return a is not None and type(a) is type(b) and a == b
 
 
 def _fit_mask(m: np.ndarray, cfg: EditsConfig) -> np.ndarray:
@@ -246,12 +252,15 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
     folder = lambda r: files[r["_file"]].parent    # noqa: E731 - JSONL image names are under its folder
     where = lambda r: f"{files[r['_file']].name} row {r['_row']}"    # noqa: E731
     src, tgt, texts = [], [], []
-    for r in rows:
+    for k, r in enumerate(rows):
         text = r.get("instruction")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where(r)}: empty instruction")
         texts.append(" ".join(text.split()))
-        src.append(image_cell(r["source"], f"{where(r)} source", folder(r)))
+        if k and _same_cell(r["source"], rows[k - 1]["target"]):
+            src.append(tgt[-1])                            # the previous target's very bytes: decoded once
+        else:
+            src.append(image_cell(r["source"], f"{where(r)} source", folder(r)))
         tgt.append(image_cell(r["target"], f"{where(r)} target", folder(r)))
         if src[-1].shape != tgt[-1].shape:
             raise ValueError(f"{where(r)}: source is {src[-1].shape[1]}x{src[-1].shape[0]}, "

@@ -16,6 +16,7 @@ VLM and the segmenter. It invents none.
 """
 from __future__ import annotations
 
+import io
 import json
 import tempfile
 import time
@@ -170,3 +171,70 @@ def project(res: dict, sessions: float = 10e6, vlm_pairs_per_gpu_s: float | None
 
 def dumps(res: dict) -> str:
     return json.dumps(res)
+
+
+# ----------------------------------------------------------------------------- editing datasets
+def write_magicbrush_parquet(path, rows: list[dict], row_group_size: int = 64) -> None:
+    """Rows in the column layout of osunlp/MagicBrush (images as ``{bytes, path}`` structs)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    img = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    schema = pa.schema([("img_id", pa.string()), ("turn_index", pa.int32()), ("source_img", img),
+                        ("mask_img", img), ("instruction", pa.string()), ("target_img", img)])
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path, row_group_size=row_group_size)
+
+
+def _photo(rng, size: int) -> np.ndarray:
+    """A picture that compresses like a photo's PNG (smooth gradients plus grain), not like noise or a flat fill."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6 * x + rng.random() * 6), np.cos(5 * y + rng.random() * 6), np.sin(4 * (x + y))], -1)
+    return np.clip(127 + 100 * base + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+def bench_edits(sessions: int = 48, turns: int = 3, source_size: int = 512, store_size: int = 512,
+                workers: int = 1) -> dict:
+    """``vincie-build-sessions edits`` over a MagicBrush-layout parquet it writes: sessions/s and
+    turns/s, beside a check of the same run (every session stored, frames equal to PIL's resize)."""
+    from PIL import Image
+
+    from ..data.build import encode_png
+    from ..data.edits import EditsConfig, build_edit_sessions
+    from ..data.store import SessionStore
+
+    rng = np.random.default_rng(0)
+    rows, sources = [], {}
+    for s in range(sessions):
+        img = _photo(rng, source_size)
+        sources[f"{s:06d}"] = img
+        for t in range(turns):
+            m = np.zeros(img.shape[:2], bool)
+            y, x = rng.integers(0, source_size // 2, 2)
+            m[y:y + source_size // 4, x:x + source_size // 4] = True
+            out = img.copy()
+            out[m] = rng.integers(0, 255, 3)
+            rows.append({"img_id": f"{s:06d}", "turn_index": t + 1, "source_img": {"bytes": encode_png(img), "path": None},
+                         "mask_img": {"bytes": encode_png(m.astype(np.uint8) * 255), "path": None},
+                         "instruction": f"paint box {t + 1}", "target_img": {"bytes": encode_png(out), "path": None}})
+            img = out
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "train-00000-of-00001.parquet"
+        write_magicbrush_parquet(data, rows)
+        mb = data.stat().st_size / 2**20
+        cfg = EditsConfig(size=(store_size, store_size), workers=workers)
+        t0 = time.perf_counter()
+        summary = build_edit_sessions([data], Path(tmp) / "store", cfg, progress=False)
+        wall = time.perf_counter() - t0
+        store = SessionStore(Path(tmp) / "store")
+        first = store[0]
+        src = sources[first.video_id.split("/")[-1]]
+        ref = np.asarray(Image.fromarray(src).resize((store_size, store_size), Image.BICUBIC)) \
+            if store_size != source_size else src
+        got = np.asarray(Image.open(io.BytesIO(first.frames[0])))
+        check = {"stored": len(store), "expected": sessions, "failed": summary["failed"],
+                 "first_frame_equals_pil_resize": bool(np.array_equal(got, ref))}
+    return {"tool": "bench_edits", "sessions": sessions, "turns": sessions * turns, "workers": workers,
+            "source_size": source_size, "store_size": store_size, "parquet_mb": round(mb, 1),
+            "seconds": round(wall, 3), "sessions_per_s": round(sessions / wall, 2),
+            "turns_per_s": round(sessions * turns / wall, 2), "mb_per_s": round(mb / wall, 1),
+            "mask_rules": summary["mask_rules"], "check": check}
