@@ -531,7 +531,7 @@ def test_release_and_layout_errors(tmp_path):
         read_magicbrush(tmp_path / "rel", captions="nope.json")
     with pytest.raises(ValueError, match=r"^captions: .*sessions.jsonl carries its captions in its rows"):
         read_magicbrush(tmp_path / "mb", captions="local_descriptions.json")
-    with pytest.raises(FileNotFoundError, match=r"^magicbrush: no sessions.jsonl or edit_sessions.json"):
+    with pytest.raises(FileNotFoundError, match=r"^magicbrush: no sessions.jsonl, edit_sessions.json \(the release.s test folder\) or .parquet files"):
         read_magicbrush(tmp_path / "rel" / "images")
     (tmp_path / "rel/edit_sessions.json").write_text("{oops")
     with pytest.raises(ValueError, match=r"edit_sessions.json: not JSON \(.*line 1\)$"):
@@ -585,3 +585,63 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert all(json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"]["made"] == 0
                for st in SETTINGS)
+
+
+# ----------------------------------------------------------------------------- Hugging Face's parquet
+
+def _write_parquet(root, release):
+    """The release folder's sessions as osunlp/MagicBrush's parquet rows (turns of a session in reverse
+    order, s2 in a second file): each turn's source_img is the previous turn's target_img bytes."""
+    from vincie_mcore.perf.bench_sessions import write_magicbrush_parquet
+
+    sessions = json.loads((release / "edit_sessions.json").read_text())
+    root.mkdir()
+    for n, (sid, turns) in enumerate(sessions.items()):
+        read = lambda f: {"bytes": (release / "images" / sid / f).read_bytes(), "path": f}   # noqa: E731
+        rows = [{"img_id": sid, "turn_index": k, "source_img": read(t["input"]), "mask_img": read(t["mask"]),
+                 "instruction": t["instruction"], "target_img": read(t["output"])} for k, t in enumerate(turns, 1)]
+        write_magicbrush_parquet(root / f"dev-0000{n}-of-00002.parquet", rows[::-1], row_group_size=1)
+    return sessions
+
+
+def test_parquet_split_reads_and_scores_as_the_release(metrics, tmp_path):
+    targets = _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "rel", tmp_path / "mb")
+    _write_parquet(tmp_path / "hf", tmp_path / "rel")
+    rel, hf = read_magicbrush(tmp_path / "rel"), read_magicbrush(tmp_path / "hf")
+    assert [s.id for s in hf] == ["s1", "s2"]
+    for a, b in zip(rel, hf):
+        assert b.source == a.source.read_bytes()
+        assert [(t.instruction, t.target) for t in b.turns] == [(t.instruction, t.target.read_bytes()) for t in a.turns]
+        assert all(t.caption is None for t in b.turns)          # Hugging Face's splits publish no captions
+    gen = {sid: [np.clip(a.astype(int) + 5, 0, 255).astype(np.uint8) for a in ims] for sid, ims in targets.items()}
+    r_rel, r_hf = (score_magicbrush(gen, ds, metrics=metrics) for ds in (rel, hf))
+    for p, q in zip(r_rel["per_turn"], r_hf["per_turn"]):
+        assert {m: p[m] for m in ("n", "l1", "l2", "clip_i", "dino")} == {m: q[m] for m in ("n", "l1", "l2", "clip_i", "dino")}
+        assert p["clip_t"] is not None and q["clip_t"] is None and q["clip_t_oracle"] is None
+    capped = read_magicbrush(tmp_path / "hf", captions=str(tmp_path / "rel" / "global_descriptions.json"))
+    r_cap = score_magicbrush(gen, capped, metrics=metrics)
+    assert r_cap["per_turn"] == r_rel["per_turn"] and r_cap["final_turn"] == r_rel["final_turn"]
+    from vincie_mcore.eval.magicbrush import write_report
+    page = write_report(tmp_path / "r.html", r_hf, hf, gen).read_text()
+    assert page.count("<img ") == (1 + 2 * 2) + (1 + 2 * 3)    # the thumbnails from bytes
+
+
+@pytest.mark.parametrize("edit, match", [
+    (lambda s: s["s2"][1].update(input="s1-input.png"), r"dev-00001-of-00002.parquet row 1 \(session 's2', turn 2\): "
+                                                       r"its source_img is not turn 1's target_img$"),
+    (lambda s: s["s1"][1].update(instruction=" "), r"row 0 \(session 's1', turn 2\): empty instruction$"),
+])
+def test_bad_parquet_splits(tmp_path, edit, match):
+    _write_set(tmp_path / "mb")
+    sessions = _write_release(tmp_path / "rel", tmp_path / "mb")
+    edit(sessions)
+    if sessions["s2"][1]["input"] == "s1-input.png":
+        import shutil
+        shutil.copy(tmp_path / "rel/images/s1/s1-input.png", tmp_path / "rel/images/s2/s1-input.png")
+    (tmp_path / "rel/edit_sessions.json").write_text(json.dumps(sessions))
+    _write_parquet(tmp_path / "hf", tmp_path / "rel")
+    with pytest.raises(ValueError, match=match):
+        read_magicbrush(tmp_path / "hf")
+    with pytest.raises(FileNotFoundError, match=r"^captions: no nope.json \(a path, or a name next to the parquet"):
+        read_magicbrush(tmp_path / "hf", captions="nope.json")

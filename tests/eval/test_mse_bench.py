@@ -229,7 +229,7 @@ def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_serve
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_cli_magicbrush_scores_a_generated_folder(tmp_path):
+def test_cli_magicbrush_scores_a_generated_folder(tmp_path, capsys):
     """vincie-benchmark magicbrush on the release's test layout, tiny CLIP/DINO, images given under
     MagicBrush's own names; a setting whose images are absent stops in one line naming the file."""
     import subprocess
@@ -264,3 +264,12 @@ def test_cli_magicbrush_scores_a_generated_folder(tmp_path):
     r = subprocess.run(cmd + ["--setting", "independent"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert r.stderr.startswith("error: generated: session 's1' lacks s1_inde_2.png in ")
+    # the same sessions as Hugging Face's parquet split: no captions, so CLIP-T prints as "-" (in-process)
+    from test_magicbrush import _write_parquet
+    from vincie_tools.benchmark import main as bench_main
+
+    _write_parquet(tmp_path / "hf", data)
+    cmd[cmd.index("--data") + 1] = str(tmp_path / "hf")
+    assert bench_main(cmd[1:-1] + [str(tmp_path / "out_hf")]) == 0
+    final = " ".join(capsys.readouterr().out.splitlines()[-1].split())
+    assert final.startswith("turn final n 2 l1 0.0000 l2 0.0000 clip_i 1.0000 clip_t - dino 1.0000"), final

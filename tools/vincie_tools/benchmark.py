@@ -48,9 +48,10 @@ def _parser():
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
     b.add_argument("--data", required=True,
-                   help="the release's test folder (edit_sessions.json, images/) or a folder with sessions.jsonl")
+                   help="the release's test folder (edit_sessions.json, images/), Hugging Face's parquet "
+                        "(a split's .parquet files: no captions, CLIP-T null) or a folder with sessions.jsonl")
     b.add_argument("--captions", default=None,
-                   help="release layout: the caption file for CLIP-T (default global_descriptions.json)")
+                   help="the caption file for CLIP-T (release layout: default global_descriptions.json; parquet: none)")
     b.add_argument("--setting", default="multi_turn", choices=["multi_turn", "independent", "history", "dummy", "all"],
                    help="what each turn sees (docs/magicbrush.md, Settings); all: the four in turn")
     src = b.add_mutually_exclusive_group(required=True)
@@ -112,7 +113,8 @@ def magicbrush_main(a) -> int:
         print(f"MagicBrush {st}, {res['sessions']} sessions ({out / f'results_{st}.json'}, {out / f'report_{st}.html'}):")
         for row in res["per_turn"] + [dict(res["final_turn"], turn="final")]:
             print(f"  turn {row['turn']!s:>5}  n {row['n']:4d}  " +
-                  "  ".join(f"{k} {row[k]:.4f}" for k in ("l1", "l2", "clip_i", "clip_t", "dino")))
+                  "  ".join(f"{k} {'-' if row[k] is None else format(row[k], '.4f')}"     # CLIP-T: no captions
+                            for k in ("l1", "l2", "clip_i", "clip_t", "dino")))
     return 0
 
 

@@ -224,7 +224,16 @@ def changed(a: np.ndarray, b: np.ndarray, threshold: int) -> np.ndarray:
     return (np.abs(a.astype(np.int16) - b.astype(np.int16)) > threshold).any(-1)
 
 
-def _same_cell(a, b) -> bool:
+def chained(source: np.ndarray, previous_target: np.ndarray, tolerance: float) -> bool:
+    """Whether a turn edits the previous turn's target: same size, mean |difference| (0-255) within
+    ``tolerance`` (a re-encoded copy is still the same picture)."""
+    if source is previous_target:
+        return True
+    return source.shape == previous_target.shape and \
+        float(np.abs(source.astype(np.int16) - previous_target.astype(np.int16)).mean()) <= tolerance
+
+
+def same_cell(a, b) -> bool:
     """Two image cells holding the same encoded bytes (or naming the same file)."""
     a = a.get("bytes") or a.get("path") if isinstance(a, dict) else a
     b = b.get("bytes") or b.get("path") if isinstance(b, dict) else b
@@ -257,7 +266,7 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where(r)}: empty instruction")
         texts.append(" ".join(text.split()))
-        if k and _same_cell(r["source"], rows[k - 1]["target"]):
+        if k and same_cell(r["source"], rows[k - 1]["target"]):
             src.append(tgt[-1])                            # the previous target's very bytes: decoded once
         else:
             src.append(image_cell(r["source"], f"{where(r)} source", folder(r)))
@@ -278,9 +287,7 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
             m, rule = changed(s, t, cfg.diff_threshold), "diff"
         masks.append(m)
         rules[rule] += 1
-    cuts = [0] + [k for k in range(1, len(rows))
-                  if src[k].shape != tgt[k - 1].shape
-                  or np.abs(src[k].astype(np.int16) - tgt[k - 1].astype(np.int16)).mean() > cfg.chain_tolerance]
+    cuts = [0] + [k for k in range(1, len(rows)) if not chained(src[k], tgt[k - 1], cfg.chain_tolerance)]
     bounds = list(zip(cuts, cuts[1:] + [len(rows)]))
     out = []
     for part, (a, b) in enumerate(bounds):

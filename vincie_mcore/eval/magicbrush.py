@@ -99,17 +99,17 @@ class MagicBrushConfig:
 @dataclass
 class MagicBrushTurn:
     instruction: str
-    target: Path          # the ground-truth image after this turn
-    caption: str          # the target's description (CLIP-T's text)
+    target: Path | bytes  # the ground-truth image after this turn: a file, or its encoded bytes (parquet)
+    caption: str | None   # the target's description (CLIP-T's text); None: not published (parquet)
 
 
 @dataclass
 class MagicBrushSession:
     id: str
-    source: Path
+    source: Path | bytes
     turns: list[MagicBrushTurn] = field(default_factory=list)
 
-    def gt_input(self, t: int) -> Path:
+    def gt_input(self, t: int) -> Path | bytes:
         """The ground-truth input of turn ``t`` (0-based): the source, then the previous turn's target."""
         return self.source if t == 0 else self.turns[t - 1].target
 
@@ -123,6 +123,11 @@ def read_magicbrush(folder, captions: str | None = None) -> list[MagicBrushSessi
     * ours: ``sessions.jsonl``, one row per session, ``{"id", "source", "turns": [{"instruction",
       "target", "caption"}, ...]}``, image paths relative to ``folder``.
 
+    * Hugging Face's parquet (``osunlp/MagicBrush``, its train or dev split: a .parquet file or a folder
+      of them; one row per turn, ``img_id``, ``turn_index``, images as bytes): no captions are
+      published there, so CLIP-T is None unless ``captions`` names a file in the release's format
+      (``{id: {"<id>-output<k>.png": text}}``, a path, or a name in the parquet's folder).
+
     Every image must exist; a missing key or caption, an empty session, a repeated id, a turn whose
     input is not the previous turn's output, or a path leaving ``folder`` is refused in one line
     naming the file and the key."""
@@ -134,7 +139,10 @@ def read_magicbrush(folder, captions: str | None = None) -> list[MagicBrushSessi
         return _read_jsonl(root)
     if (root / RELEASE_FILE).is_file():
         return _read_release(root, captions or RELEASE_CAPTIONS)
-    raise FileNotFoundError(f"magicbrush: no {SESSIONS_FILE} or {RELEASE_FILE} (the release's test folder) in {root}")
+    if root.suffix == ".parquet" and root.is_file() or root.is_dir() and next(root.rglob("*.parquet"), None):
+        return _read_parquet(root, captions)
+    raise FileNotFoundError(f"magicbrush: no {SESSIONS_FILE}, {RELEASE_FILE} (the release's test folder) "
+                            f"or .parquet files (Hugging Face's splits) in {root}")
 
 
 def _load_json(path: Path):
@@ -190,6 +198,59 @@ def _read_release(root: Path, captions: str) -> list[MagicBrushSession]:
             out.append(MagicBrushTurn(t["instruction"], target, cap))
             prev = t["output"]
         sessions.append(MagicBrushSession(str(sid), source, out))
+    return sessions
+
+
+def _read_parquet(root: Path, captions: str | None) -> list[MagicBrushSession]:
+    """Hugging Face's MagicBrush split: rows grouped into sessions by ``img_id`` and ordered by
+    ``turn_index`` (``data/edits.py``, which builds the fine-tuning store from the same files); each
+    turn's source must be the previous turn's target (within 2 of 255 on average: ``edits.chained``)."""
+    from ..data.edits import EditsConfig, chained, dataset_files, read_edit_sessions, same_cell
+    from ..data.media import image_cell
+
+    files = dataset_files([root])
+    caps = None
+    if captions is not None:
+        cap_path = Path(captions)
+        if not cap_path.is_file():
+            cap_path = inside(root if root.is_dir() else root.parent, captions, "captions")
+        if not cap_path.is_file():
+            raise FileNotFoundError(f"captions: no {captions} (a path, or a name next to the parquet files)")
+        caps = _load_json(cap_path)
+        if not isinstance(caps, dict):
+            raise ValueError(f"{cap_path}: expected an object {{image id: {{file name: text}}}}")
+    sessions = []
+    cfg = EditsConfig(format="magicbrush", masks="none")
+    for sid, rows in read_edit_sessions(files, cfg):
+        where = lambda r: f"{files[r['_file']].name} row {r['_row']} (session {sid!r}, turn {r['turn']})"  # noqa: E731
+        turns_at = [r["turn"] for r in rows]
+        if len(set(turns_at)) != len(rows):
+            raise ValueError(f"{files[rows[0]['_file']].name}: session {sid!r} repeats a turn_index ({sorted(turns_at)})")
+        rows = sorted(rows, key=lambda r: r["turn"])
+        out, prev = [], None
+        for k, r in enumerate(rows):
+            if not isinstance(r.get("instruction"), str) or not r["instruction"].strip():
+                raise ValueError(f"{where(r)}: empty instruction")
+            blob = lambda key: r[key].get("bytes") if isinstance(r[key], dict) else r[key]   # noqa: E731
+            if not isinstance(blob("target"), (bytes, bytearray)) or not isinstance(blob("source"), (bytes, bytearray)):
+                raise ValueError(f"{where(r)}: images must be stored as bytes")
+            if k and not same_cell(r["source"], rows[k - 1]["target"]) and not chained(
+                    image_cell(r["source"], f"{where(r)} source"), prev, 2.0):
+                raise ValueError(f"{where(r)}: its source_img is not turn {rows[k - 1]['turn']}'s target_img")
+            prev = image_cell(r["target"], f"{where(r)} target")        # decodes: a bad image is refused here
+            cap = None
+            if caps is not None:
+                name = f"{sid}-output{k + 1}.png"
+                entry = caps.get(sid)
+                cap = entry.get(name) if isinstance(entry, dict) else None
+                if not isinstance(cap, str) or not cap.strip():
+                    raise ValueError(f"captions: no caption for session {sid!r}, file {name!r}")
+            out.append(MagicBrushTurn(r["instruction"], bytes(blob("target")), cap))
+        src = rows[0]["source"]
+        image_cell(src, f"{where(rows[0])} source")                    # a bad source is refused now, not mid-run
+        sessions.append(MagicBrushSession(sid, bytes(src["bytes"] if isinstance(src, dict) else src), out))
+    if not sessions:
+        raise ValueError(f"magicbrush: {root} holds no sessions")
     return sessions
 
 
@@ -257,7 +318,7 @@ def generated_path(folder, session_id: str, turn: int, setting: str = "multi_tur
 # ----------------------------------------------------------------------------- images
 
 def to_rgb(image, what: str = "image"):
-    """A PIL RGB image from a path, a PIL image (any mode: converted, alpha dropped as MagicBrush's
+    """A PIL RGB image from a path, encoded bytes, a PIL image (any mode: converted, alpha dropped as MagicBrush's
     ``convert('RGB')`` does) or a uint8 array / tensor [H, W, 3]; anything else refused in one line."""
     from PIL import Image
 
@@ -269,6 +330,12 @@ def to_rgb(image, what: str = "image"):
                 return im.convert("RGB")
         except (OSError, SyntaxError) as e:                 # PIL's UnidentifiedImageError is an OSError
             raise ValueError(f"{what}: cannot read {os.fspath(image)!r} as an image ({type(e).__name__})") from None
+    if isinstance(image, (bytes, bytearray)):                # an image as a parquet split stores it
+        from ..data.media import MediaError, load_image
+        try:
+            return Image.fromarray(load_image(image, name=what))
+        except MediaError as e:
+            raise ValueError(str(e)) from None
     if isinstance(image, Image.Image):
         return image.convert("RGB")
     if isinstance(image, torch.Tensor):
@@ -359,11 +426,15 @@ class MagicBrushMetrics:
             cap = list(captions[a:a + self.cfg.batch_size])
             n = len(gen)
             clip = self.clip_image(gen + tgt)                                     # [2n, D]
-            text = self.clip_text(cap)                                            # [n, D]
             dino = self.dino_cls(gen + tgt)                                       # [2n, D']
             cos = lambda x, y: cosine_similarity(x, y, reduction="none").tolist()
-            clip_i, clip_t, oracle, dino_s = cos(clip[:n], clip[n:]), cos(clip[:n], text), cos(clip[n:], text), \
-                cos(dino[:n], dino[n:])
+            clip_i, dino_s = cos(clip[:n], clip[n:]), cos(dino[:n], dino[n:])
+            clip_t, oracle = [None] * n, [None] * n                               # no caption: no CLIP-T
+            has = [i for i, c in enumerate(cap) if c is not None]
+            if has:
+                text = self.clip_text([cap[i] for i in has])                      # [m, D]
+                for j, (ct, o) in enumerate(zip(cos(clip[has], text), cos(clip[[n + i for i in has]], text))):
+                    clip_t[has[j]], oracle[has[j]] = ct, o
             for i, (g, t) in enumerate(zip(gen, tgt)):
                 s = self.cfg.distance_size
                 g, t = (g.resize((s, s), Image.BICUBIC), t.resize((s, s), Image.BICUBIC)) if s else \
@@ -377,8 +448,11 @@ class MagicBrushMetrics:
 # ----------------------------------------------------------------------------- the protocol
 
 def _mean(rows: list[dict]) -> dict:
-    return {"n": len(rows), **{m: (round(float(np.mean([r[m] for r in rows])), 6) if rows else None)
-                               for m in METRICS}}
+    """Means over ``rows``; a metric some rows lack (CLIP-T without captions) over the rows that have it."""
+    def mean(m):
+        v = [r[m] for r in rows if r.get(m) is not None]
+        return round(float(np.mean(v)), 6) if v else None
+    return {"n": len(rows), **{m: mean(m) for m in METRICS}}
 
 
 def aggregate(per_session: list[dict]) -> dict:
@@ -506,7 +580,7 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
                            [sessions[i].turns[t].caption for i, t, _ in flat])
     per_session = [dict(id=s.id, turns=[]) for s in sessions]
     for (i, _, _), r in zip(flat, scores):
-        per_session[i]["turns"].append({m: round(v, 6) for m, v in r.items()})
+        per_session[i]["turns"].append({m: None if v is None else round(v, 6) for m, v in r.items()})
     return _results(per_session, cfg, setting)
 
 
