@@ -358,20 +358,40 @@ def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
                   device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
 
 
-def load_run(run_dir, overrides: list[str] | None = None):
+def _run_config(run_dir, overrides: list[str] | None = None):
+    from omegaconf import OmegaConf
+
+    cfg_path = Path(run_dir) / "config.yaml"
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"run_dir: no config.yaml in {run_dir} (is it a training run folder?)")
+    cfg = OmegaConf.load(cfg_path)
+    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
+
+
+def run_ckpt_dir(run_dir, cfg) -> Path:
+    """Where a run folder's checkpoints are: a training run keeps checkpoints/ beside config.yaml; an
+    import-official folder is its ckpt_dir itself; ``train.ckpt_dir`` overrides both."""
+    run = Path(run_dir)
+    return Path(cfg.train.get("ckpt_dir") or (run if (run / "latest").exists() else run / "checkpoints"))
+
+
+def latest_run_step(run_dir, overrides: list[str] | None = None) -> int | None:
+    """The step ``load_run`` would load now (None: no complete checkpoint): pass it back as ``step`` to
+    load exactly that one while a training run goes on writing newer ones."""
+    from .train import checkpoint
+
+    return checkpoint.latest_step(str(run_ckpt_dir(run_dir, _run_config(run_dir, overrides))))
+
+
+def load_run(run_dir, overrides: list[str] | None = None, step: int | None = None):
     """(cfg, model, text encoder, image encoder) from a training run's folder: its saved
-    config plus the latest checkpoint (model weights only)."""
+    config plus its latest checkpoint, or ``step``'s (model weights only)."""
     from omegaconf import OmegaConf
 
     from .train import checkpoint
 
-    run = Path(run_dir)
-    cfg_path = run / "config.yaml"
-    if not cfg_path.is_file():
-        raise FileNotFoundError(f"run_dir: no config.yaml in {run} (is it a training run folder?)")
-    cfg = OmegaConf.load(cfg_path)
-    if overrides:
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+    cfg = _run_config(run_dir, overrides)
+    cfg_path = Path(run_dir) / "config.yaml"
     for group in ("text_encoder", "image_encoder"):     # e.g. an import-official folder without encoder paths
         missing = OmegaConf.missing_keys(cfg.data.get(group) or {})
         if missing:
@@ -380,9 +400,8 @@ def load_run(run_dir, overrides: list[str] | None = None):
     dc = data_configs(cfg)
     init_parallel(cfg)
     model = make_model(cfg)
-    # a training run keeps checkpoints/ beside config.yaml; an import-official folder is its ckpt_dir itself
-    ckpt = Path(cfg.train.get("ckpt_dir") or (run if (run / "latest").exists() else run / "checkpoints"))
-    if checkpoint.load(str(ckpt), model) is None:
+    ckpt = run_ckpt_dir(run_dir, cfg)
+    if checkpoint.load(str(ckpt), model, step=step) is None:
         raise FileNotFoundError(f"run_dir: no complete checkpoint under {ckpt}")
     model.eval()
     return cfg, model, TextEncoder(dc["text"]), build_image_encoder(dc["image"])

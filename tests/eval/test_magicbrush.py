@@ -553,7 +553,8 @@ def test_docs_list_every_key_with_its_default():
 def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
     """vincie-benchmark magicbrush --run on a 3-step demo run, the release's layout, --setting all: four
     results and reports; turn 1 made once for the three settings that share it; a rerun in a new process
-    makes nothing (another sampler's refusal: test_resumed_run_equals_an_uninterrupted_one)."""
+    makes nothing; once the run has saved a newer checkpoint, a rerun into the folder is refused (another
+    sampler's refusal: test_resumed_run_equals_an_uninterrupted_one)."""
     import subprocess
     import sys
     from pathlib import Path
@@ -585,6 +586,17 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert all(json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"]["made"] == 0
                for st in SETTINGS)
+    assert json.loads((tmp_path / "out" / "editor.json").read_text())["step"] == 3
+    # the run trains on and saves step 4 (its step 3, copied): the folder's edits are step 3's, so refused
+    import shutil
+
+    from vincie_mcore.train.checkpoint import LATEST, step_dir
+    ckpt = str(tmp_path / "run" / "checkpoints")
+    shutil.copytree(step_dir(ckpt, 3), step_dir(ckpt, 4))
+    Path(ckpt, LATEST).write_text("4")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and r.stderr.strip().endswith("holds edits made with step=3, this run has step=4; "
+                                                           "give another out_dir"), r.stderr[-2000:]
 
 
 # ----------------------------------------------------------------------------- Hugging Face's parquet

@@ -273,3 +273,17 @@ def test_cli_magicbrush_scores_a_generated_folder(tmp_path, capsys):
     assert bench_main(cmd[1:-1] + [str(tmp_path / "out_hf")]) == 0
     final = " ".join(capsys.readouterr().out.splitlines()[-1].split())
     assert final.startswith("turn final n 2 l1 0.0000 l2 0.0000 clip_i 1.0000 clip_t - dino 1.0000"), final
+
+def test_an_export_is_identified_by_its_bytes(tmp_path):
+    """editor.json's weights of an --export: the SHA-256 of config.json and the safetensors, nothing else."""
+    from vincie_tools.benchmark import _export_digest
+
+    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 100)
+    (tmp_path / "README.md").write_text("a")
+    first = _export_digest(tmp_path)
+    (tmp_path / "README.md").write_text("b")                  # not the model
+    assert _export_digest(tmp_path) == first and len(first) == 64
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 99 + b"\1")
+    assert _export_digest(tmp_path) != first
+    assert _export_digest(tmp_path / "missing") is None

@@ -68,17 +68,37 @@ def _parser():
 
 
 def _editor(a):
-    """The editor of --run or --export."""
+    """The editor of --run or --export, its config (None for an export), and what identifies its weights for
+    a resumed benchmark folder (``editor.json``): the checkpoint step of a run (a run that trained on since
+    is refused), the SHA-256 of an export's files."""
     if a.export:
         from vincie_mcore.hf.pipeline import VincieEditPipeline
         from vincie_mcore.infer.editor import Editor
 
+        digest = _export_digest(Path(a.export))
         p = VincieEditPipeline.from_pretrained(a.export)
-        return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type), None
-    from vincie_mcore.build import load_run, make_editor
+        return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type), \
+            None, {"weights_sha256": digest}
+    from vincie_mcore.build import latest_run_step, load_run, make_editor
 
-    cfg, model, text, image = load_run(a.run, a.set)
-    return make_editor(cfg, model, text, image), cfg
+    step = latest_run_step(a.run, a.set)                     # pinned: a newer checkpoint written meanwhile is not mixed in
+    cfg, model, text, image = load_run(a.run, a.set, step=step)
+    return make_editor(cfg, model, text, image), cfg, {"step": step}
+
+
+def _export_digest(folder: Path) -> str | None:
+    """SHA-256 over an export's config.json and weights (a re-export in place is another model)."""
+    import hashlib
+
+    if not folder.is_dir():
+        return None                                          # from_pretrained names what is missing
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
+        h.update(f.name.encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
 
 
 def magicbrush_main(a) -> int:
@@ -101,8 +121,8 @@ def magicbrush_main(a) -> int:
                 (out / f"results_{st}.json").write_text(json.dumps(results[st], indent=1, default=str))
                 write_report(out / f"report_{st}.html", results[st], data, a.generated)
         else:
-            editor, _ = _editor(a)
-            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set)}
+            editor, _, weights = _editor(a)
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             for st in settings:
                 results[st] = run_magicbrush(editor, data, metrics=metrics, out_dir=out, progress=not a.quiet,
                                              setting=st, run_info=info)
@@ -155,10 +175,10 @@ def main(argv=None) -> int:
         if a.generated:
             generated = mse_bench.load_generated(a.generated, a.turns)
         else:
-            editor, cfg = _editor(a)
+            editor, cfg, weights = _editor(a)
             px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
             size = tuple(a.size or ((px, px) if px else (512, 512)))
-            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set)}
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
                                            run_info=info)
         res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
