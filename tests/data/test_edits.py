@@ -226,7 +226,8 @@ def test_bad_input_is_one_line(magicbrush, tmp_path):
 
 
 def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
-    """`vincie-build-sessions edits`, then the demo recipe fine-tunes on the store (frames resized to 24 px)."""
+    """`vincie-build-sessions edits`, then the demo recipe and the released models' variant (tiny) each train
+    two steps on the store (24 px frames)."""
     data, _ = magicbrush
     store = tmp_path / "sft"
     r = subprocess.run([str(BIN / "vincie-build-sessions"), "edits", "--data", *map(str, sorted(data.glob("*.parquet"))),
@@ -247,6 +248,14 @@ def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
 
     assert len(LatentStore(tmp_path / "run" / "latents")) == 4       # the store's sessions, all of them encoded
     assert (tmp_path / "run" / "checkpoints").is_dir()
+    # the released models' variant (docs/official.md, "Fine-tuning") reads the same store
+    rc = train_main(["model=official_tiny", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
+                     "data.corpus.workers=1", "data.pack.token_budget=300", "data.pack.pad_multiple=8",
+                     "train.steps=2", "train.warmup=0", "train.progress=false", "train.log_every=1",
+                     f"run_dir={tmp_path / 'official'}"])
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"step +\d+ \| loss ([0-9.]+)", out)]
+    assert rc == 0 and len(losses) == 2 and all(np.isfinite(losses)), out[-2000:]
 
 
 def test_the_benchmark_checks_its_own_run():
