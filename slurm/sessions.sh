@@ -3,6 +3,7 @@
 # runs only if every part succeeded (afterok). Plan first, on a login node (it only lists files):
 #
 #   vincie-build-sessions plan --manifest videos.jsonl --store /lustre/store --shards 64 --config build.yaml
+#   (or, for an image-editing dataset: vincie-build-sessions edits --data D --store /lustre/store --shards 64 ...)
 #   bash slurm/sessions.sh /lustre/store            # submits 64 tasks + the merge; prints both job ids
 #
 # Extra sbatch options for the array pass through: bash slurm/sessions.sh STORE --partition=gpu --gpus-per-task=1

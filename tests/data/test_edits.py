@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
 from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, dataset_files, region
 from vincie_mcore.data.store import SessionStore, read_failures
@@ -145,7 +148,7 @@ def test_magicbrush_parquet_to_sessions(magicbrush, tmp_path):
     assert np.array_equal(_decode(four.roe_src[1]) > 0, _rect(11, 19, 11, 19))   # no mask: the changed pixels
 
     fails = read_failures(tmp_path / "store")
-    assert "row 0 target" in fails["magicbrush/103"] and "not an image" in fails["magicbrush/103"]
+    assert fails["magicbrush/103"].startswith("image train-00001-of-00002.parquet row 0 target: not an image,")
     assert fails["magicbrush/105"] == "turn 1 appears 2 times"
 
     again = build_edit_sessions([data], tmp_path / "store", cfg, progress=False)   # resumes: nothing left to do
@@ -153,6 +156,57 @@ def test_magicbrush_parquet_to_sessions(magicbrush, tmp_path):
     assert len(SessionStore(tmp_path / "store")) == 4
     with pytest.raises(ValueError, match=r"other settings \(edits.size: \[\[40, 48\]\] there, \[\[20, 24\]\] now\)"):
         build_edit_sessions([data], tmp_path / "store", EditsConfig(size=(20, 24)), progress=False)
+
+
+def _contents(store) -> dict:
+    return {k: (s.frames, s.roe_src, s.roe_tgt, s.texts) for k, s in _by_id(store).items()}
+
+
+def test_parts_then_merge_equal_one_build(magicbrush, tmp_path):
+    """A plan of 2 parts (each a share of the files; session 104 starts in part 0's file and ends in part 1's),
+    each part run as a Slurm task runs it, then merge: the sessions and failures of one build."""
+    from vincie_tools.build_sessions import main
+
+    data, _ = magicbrush
+    one = build_edit_sessions([data], tmp_path / "one", EditsConfig(size=(H, W)), progress=False)
+    store = tmp_path / "parts"
+    args = ["--data", str(data), "--store", str(store), "--size", str(H), str(W), "--quiet"]
+    assert main(["edits", *args, "--shards", "2"]) == 0
+    for i in (1, 0):                                         # any order, as array tasks finish
+        assert main(["run", "--store", str(store), "--shard", f"{i}/2", "--quiet"]) == 0
+    assert main(["merge", "--store", str(store)]) == 0
+    assert _contents(store) == _contents(tmp_path / "one") and len(_contents(store)) == one["stored"] == 4
+    assert read_failures(store) == read_failures(tmp_path / "one")
+    part0 = _by_id(store / "parts" / "00000")
+    assert sorted(part0) == ["magicbrush/101", "magicbrush/102/part_1", "magicbrush/102/part_2", "magicbrush/104"]
+    with pytest.raises(ValueError, match="--shards: 3 parts for 2 files; parts split the files, so at most 2"):
+        from vincie_mcore.data.edits import plan_edits
+        plan_edits([data], tmp_path / "three", 3, EditsConfig())
+
+
+def test_slurm_array_runs_the_plan(slurm_cluster, magicbrush, tmp_path):  # noqa: F811 - the fixture
+    """The same plan through slurm/sessions.sh on a real one-node Slurm: 2 array tasks, then the merge job
+    (merge + stats), into the store one build gives."""
+    from vincie_tools.build_sessions import main
+
+    data, _ = magicbrush
+    build_edit_sessions([data], tmp_path / "one", EditsConfig(size=(H, W)), progress=False)
+    store = tmp_path / "store"
+    main(["edits", "--data", str(data), "--store", str(store), "--size", str(H), str(W), "--shards", "2", "--quiet"])
+    env = dict(slurm_cluster, PATH=f"{BIN}:{os.environ['PATH']}")
+    r = subprocess.run(["bash", str(REPO / "slurm" / "sessions.sh"), str(store), f"--chdir={tmp_path}",
+                        "--cpus-per-task=1"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    merge = int(re.findall(r"job (\d+)", r.stdout)[-1])
+    end = time.monotonic() + 300
+    state = ""
+    while time.monotonic() < end and state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(0.2)
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(merge)], env=env, capture_output=True, text=True).stdout
+        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "")
+    logs = "".join(p.read_text()[-1500:] for p in tmp_path.glob("vincie-sessions*.out"))
+    assert state == "COMPLETED", logs
+    assert _contents(store) == _contents(tmp_path / "one") and (store / "stats.json").is_file()
 
 
 def test_resized_frames_and_masks_follow_the_same_geometry(magicbrush, tmp_path):

@@ -16,6 +16,8 @@ Image-editing datasets (the fine-tuning data; docs/edit_datasets.md), resumable:
 
     vincie-build-sessions edits --data MagicBrush/data/train-*.parquet --store STORE --size 512 512
     vincie-build-sessions edits --format instructpix2pix --data ip2p/data --store STORE --workers 8
+    vincie-build-sessions edits --data ultra/data --format pairs --columns ... --store STORE --shards 16   # a plan:
+    bash slurm/sessions.sh STORE                  # then 16 array tasks (`run --shard i/16`) and the merge
 
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth
@@ -125,6 +127,8 @@ def _steps_parser() -> argparse.ArgumentParser:
     ed.add_argument("--workers", type=int, default=1)
     ed.add_argument("--shard-size", type=int, default=256)
     ed.add_argument("--limit", type=int, default=0, help="the first N dataset sessions only (0: all)")
+    ed.add_argument("--shards", type=int, default=1,
+                    help="> 1: only plan N parts (each a share of the files) for `run --shard i/N` / slurm/sessions.sh")
     ed.add_argument("--retry-failed", action="store_true")
     ed.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -189,8 +193,16 @@ def steps_main(argv) -> dict:
         from vincie_mcore.data.real import build_real_sessions, format_real_summary
 
         i, n = sharded.parse_shard(a.shard)
+        info, conf = sharded.read_plan(a.store)
+        if "edits" in conf:                                    # a planned editing-dataset build
+            from vincie_mcore.data.edits import format_edits_summary, run_edits_part
+
+            if info["parts"] != n:
+                raise ValueError(f"--shard {i}/{n}: the plan of {a.store} has {info['parts']} parts")
+            summary = run_edits_part(a.store, i, n, conf["edits"], a.retry_failed, progress=not a.quiet)
+            print(f"part {i}/{n}: " + format_edits_summary(summary))
+            return summary
         inputs = sharded.part_inputs(a.store, i, n)
-        _, conf = sharded.read_plan(a.store)
         cfg = build(RealBuildConfig, conf.get("build"), "build")
         annotator, segmenter = make_annotator(conf.get("annotator")), make_segmenter(conf.get("segmenter"))
         if hasattr(annotator, "check"):
@@ -205,10 +217,17 @@ def steps_main(argv) -> dict:
         print(f"part {i}/{n}: " + format_real_summary(summary))
         return summary
     if a.step == "edits":
-        from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, format_edits_summary
+        from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, format_edits_summary, plan_edits
 
         cfg = EditsConfig(format=a.format, columns=_columns(a.columns), name=a.name, size=tuple(a.size),
                           aspect=a.aspect, masks=a.masks, workers=a.workers, shard_size=a.shard_size)
+        if a.shards > 1:
+            if a.limit:
+                raise ValueError("--limit: builds here only; not with --shards")
+            info = plan_edits(a.data, a.store, a.shards, cfg)
+            print(f"plan: {info['files']} files in {a.shards} parts -> {a.store}/plan; "
+                  f"run them with: bash slurm/sessions.sh {a.store}")
+            return info
         s = build_edit_sessions(a.data, a.store, cfg, retry_failed=a.retry_failed, limit=a.limit,
                                 progress=not a.quiet)
         if a.quiet:

@@ -146,35 +146,45 @@ def _schema(f: Path) -> list[str]:
     return []
 
 
-def _rows(f: Path, columns: list[str]):
-    """(row number, {column: value}) of one file, a row group at a time."""
+def _rows(f: Path, columns: list[str], only: set | None = None):
+    """(row number, {column: value}) of one file, a row group at a time; ``only``: just those rows (of a
+    parquet file, only the row groups that hold them are read)."""
     if f.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        n = 0
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=columns):
-            for row in batch.to_pylist():
-                yield n, row
-                n += 1
+        pf = pq.ParquetFile(f)
+        first = 0
+        for g in range(pf.metadata.num_row_groups):
+            size = pf.metadata.row_group(g).num_rows
+            if only is None or any(first <= n < first + size for n in only):
+                for k, row in enumerate(pf.read_row_group(g, columns=columns).to_pylist()):
+                    if only is None or first + k in only:
+                        yield first + k, row
+            first += size
         return
     with f.open() as fh:
         n = 0
         for line in fh:
             if line.strip():
-                try:
-                    d = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{f.name} row {n}: not JSON: {e.msg}") from None
-                if not isinstance(d, dict):
-                    raise ValueError(f"{f.name} row {n}: expected a JSON object")
-                yield n, {c: d.get(c) for c in columns}
+                if only is None or n in only:
+                    try:
+                        d = json.loads(line)
+                    except json.JSONDecodeError as e:
+                        raise ValueError(f"{f.name} row {n}: not JSON: {e.msg}") from None
+                    if not isinstance(d, dict):
+                        raise ValueError(f"{f.name} row {n}: expected a JSON object")
+                    yield n, {c: d.get(c) for c in columns}
                 n += 1
 
 
-def read_edit_sessions(files: list[Path], cfg: EditsConfig):
+def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None):
     """``(session key, [row, ...])`` for every session of the dataset, rows in file order, each row
-    ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are counted first (its
-    session column only), so a session whose rows are spread over files still comes out whole."""
+    ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are located first (its
+    session column only), so a session whose rows are spread over files still comes out whole.
+
+    ``part = (i, N)``: only part i's sessions (a Slurm array task): those whose first row is in one of
+    files i, i + N, i + 2N, ... (it reads those files, and from the others just the rows of its sessions
+    that spilled over), so that N parts together give every session once."""
     cols = cfg.column_map()
     for f in files:
         have = set(_schema(f))
@@ -182,25 +192,36 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig):
         if missing:
             raise ValueError(f"{f.name}: no column {missing[0]} (it has: {', '.join(sorted(have)) or 'none'}); "
                              f"name it with --columns")
+    own = set(range(len(files))) if part is None else set(range(part[0], len(files), part[1]))
     chained = "session" in cols
-    count: Counter = Counter()
+    where: dict = {}
     if chained:
-        for f in files:
-            for _, row in _rows(f, [cols["session"]]):
-                count[str(row[cols["session"]])] += 1
+        for i, f in enumerate(files):
+            for n, row in _rows(f, [cols["session"]]):
+                where.setdefault(str(row[cols["session"]]), []).append((i, n))
+    mine = {k for k, locs in where.items() if locs[0][0] in own}
+    spilled: dict = {}                                   # file not ours -> rows of our sessions in it
+    for k in mine:
+        for i, n in where[k]:
+            if i not in own:
+                spilled.setdefault(i, set()).add(n)
     pending: dict = {}
     for i, f in enumerate(files):
+        if i not in own and i not in spilled:
+            continue
         have = set(_schema(f))
         names = {role: c for role, c in cols.items() if c in have}
-        for n, raw in _rows(f, list(names.values())):
+        for n, raw in _rows(f, list(names.values()), None if i in own else spilled[i]):
             row = {role: raw[c] for role, c in names.items()}
             row.update(_file=i, _row=n)
             if not chained:
                 yield (str(row["id"]) if "id" in row else f"{f.stem}/{n:08d}"), [row]
                 continue
             key = str(row["session"])
+            if key not in mine:
+                continue                                 # another part's session
             pending.setdefault(key, []).append(row)
-            if len(pending[key]) == count[key]:
+            if len(pending[key]) == len(where[key]):
                 yield key, pending.pop(key)
 
 
@@ -318,10 +339,11 @@ def base_id(session_id: str) -> str:
 
 
 def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool = False, limit: int = 0,
-                        progress: bool = True) -> dict:
-    """Build (or resume) a session store from an editing dataset. Returns this run's counts:
-    {"sessions", "stored", "turns", "failed", "skipped", "chain_breaks", "mask_rules", "seconds", "store"}
-    (``sessions``: dataset sessions seen; ``stored``: store sessions written, cut chains counted per part)."""
+                        progress: bool = True, part: tuple[int, int] | None = None) -> dict:
+    """Build (or resume) a session store from an editing dataset (``part``: only part i of N, see
+    ``read_edit_sessions``). Returns this run's counts: {"sessions", "stored", "turns", "failed",
+    "skipped", "chain_breaks", "mask_rules", "seconds", "store"} (``sessions``: dataset sessions seen;
+    ``stored``: store sessions written, cut chains counted per part)."""
     t0 = time.perf_counter()
     files = dataset_files(paths)
     root = Path(store_root)
@@ -339,7 +361,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
         def chunks():
             nonlocal skipped
             chunk = []
-            for n, (key, rows) in enumerate(read_edit_sessions(files, cfg)):
+            for n, (key, rows) in enumerate(read_edit_sessions(files, cfg, part)):
                 if limit and n >= limit:
                     break
                 sid = f"{cfg.prefix()}/{key}"
@@ -389,3 +411,29 @@ def format_edits_summary(s: dict) -> str:
     return (f"edits: {s['stored']} sessions ({s['turns']} turns) stored from {s['sessions']} dataset sessions, "
             f"{s['chain_breaks']} chain breaks cut, {s['failed']} failed, {s['skipped']} already done, "
             f"in {s['seconds']:.1f}s -> {s['store']}; masks: {rules}")
+
+
+# ----------------------------------------------------------------------------- in parts (a Slurm array)
+def plan_edits(paths, store_root, n_parts: int, cfg: EditsConfig) -> dict:
+    """Write ``STORE/plan/`` for an edits build in ``n_parts`` parts: the settings and the dataset's
+    files (resolved now, in order: every part must see the same list). Each part then runs
+    ``vincie-build-sessions run --store STORE --shard i/N`` (``slurm/sessions.sh``), and ``merge``
+    indexes them, as for videos (``data/sharded.py``)."""
+    from .sharded import write_plan
+
+    files = dataset_files(paths)
+    if n_parts > len(files):
+        raise ValueError(f"--shards: {n_parts} parts for {len(files)} files; parts split the files, so at most "
+                         f"{len(files)}")
+    conf = {"edits": {**dataclasses.asdict(cfg), "size": list(cfg.size), "data": [str(f.resolve()) for f in files]}}
+    return write_plan(store_root, n_parts, conf, {"files": len(files), "videos": 0, "skipped": []})
+
+
+def run_edits_part(store_root, i: int, n: int, conf: dict, retry_failed: bool = False, progress: bool = True) -> dict:
+    """Part i of N of a planned edits build, into ``STORE/parts/NNNNN``."""
+    from .sharded import part_root
+
+    d = dict(conf)
+    files = d.pop("data")
+    return build_edit_sessions(files, part_root(store_root, i), EditsConfig(**d), retry_failed=retry_failed,
+                               progress=progress, part=(i, n))

@@ -235,6 +235,8 @@ def image_cell(cell, where: str, folder=None) -> np.ndarray:
         if isinstance(cell, str) and folder is not None:
             from ..paths import inside
             return load_image(inside(folder, cell, "image"), name=where)
-    except (MediaError, ValueError) as e:
+    except MediaError as e:                  # it names the image already (name=where)
+        raise ValueError(str(e)) from None
+    except ValueError as e:                  # a file name that leaves the folder
         raise ValueError(f"{where}: {e}") from None
     raise ValueError(f"{where}: no image (expected {{bytes, path}}, bytes or a file name)")

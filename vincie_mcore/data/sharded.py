@@ -42,6 +42,16 @@ def parse_shard(spec: str) -> tuple[int, int]:
 
 def plan(inputs: InputList, store_root, n_parts: int, config: dict) -> dict:
     """Split ``inputs`` into ``n_parts`` lists (video k goes to part k mod N, in input order)."""
+    rows = [[{"id": v.video_id, "path": str(Path(v.path).resolve()), "caption": v.caption}
+             for v in inputs.videos[i::n_parts]] for i in range(max(n_parts, 0))]
+    info = {"videos": len(inputs.videos),
+            "skipped": [{"video_id": f"inputs:{label}", "reason": f"inputs: {why}"} for label, why in inputs.skipped]}
+    return write_plan(store_root, n_parts, config, info, rows)
+
+
+def write_plan(store_root, n_parts: int, config: dict, info: dict, part_rows: list | None = None) -> dict:
+    """``STORE/plan/``: the config every part runs with, ``plan.json`` (``{"parts": n_parts, **info}``;
+    ``info["skipped"]``: failure lines for the merge) and, for videos, each part's input list."""
     if n_parts < 1:
         raise ValueError(f"--shards: must be >= 1, got {n_parts}")
     root = Path(store_root)
@@ -54,14 +64,11 @@ def plan(inputs: InputList, store_root, n_parts: int, config: dict) -> dict:
     import yaml
 
     (d / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=True))
-    for i in range(n_parts):
-        rows = [{"id": v.video_id, "path": str(Path(v.path).resolve()), "caption": v.caption}
-                for v in inputs.videos[i::n_parts]]
+    for i, rows in enumerate(part_rows or []):
         tmp = d / f"part_{part_name(i)}.jsonl.tmp"
         tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
         tmp.replace(d / f"part_{part_name(i)}.jsonl")
-    info = {"parts": n_parts, "videos": len(inputs.videos),
-            "skipped": [{"video_id": f"inputs:{label}", "reason": f"inputs: {why}"} for label, why in inputs.skipped]}
+    info = {"parts": n_parts, **info}
     (d / "plan.json").write_text(json.dumps(info, indent=1))
     return info
 
