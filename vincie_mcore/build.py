@@ -113,6 +113,10 @@ def build_run_config(cfg) -> RunConfig:
     from .model.config import MMDiTConfig
     from .train.trainer import TrainConfig
 
+    from .eval.magicbrush import MagicBrushEvalConfig
+
+    if "eval" in cfg and "magicbrush" in cfg.eval:
+        build(MagicBrushEvalConfig, cfg.eval.magicbrush, "eval.magicbrush")
     return RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
                      flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
                      data=data_configs(cfg))
@@ -151,14 +155,46 @@ def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None, wa
 
 
 def make_hooks(cfg, tcfg, run_dir: Path) -> list:
-    """The trainer hooks the config asks for: ``train.eval_every`` > 0 evaluates the held-out sessions
-    of ``train.eval_store`` (default ``<run_dir>/heldout/store``) into ``<run_dir>/eval_<step>.json``."""
+    """The trainer hooks the config asks for: ``train.eval_every`` > 0 evaluates into
+    ``<run_dir>/eval_<step>.json``: MagicBrush sessions when ``eval.magicbrush.data`` is set (fine-tuning on
+    editing data), else the held-out sessions of ``train.eval_store`` (default ``<run_dir>/heldout/store``)."""
     from .train.hooks import EvalHook
 
     if not tcfg.eval_every:
         return []
+    mb = (cfg.get("eval") or {}).get("magicbrush") or {}
+    if mb.get("data"):
+        return [EvalHook(tcfg.eval_every, magicbrush_evaluator(cfg), run_dir)]
     store = tcfg.eval_store or str(Path(run_dir) / "heldout" / "store")
     return [EvalHook(tcfg.eval_every, synthetic_evaluator(cfg, store, tcfg.eval_sessions), run_dir)]
+
+
+def magicbrush_evaluator(cfg):
+    """``vincie-benchmark magicbrush`` as an ``EvalHook`` callable: the first ``eval.magicbrush.sessions``
+    sessions of ``eval.magicbrush.data`` edited by the trainer's current weights in ``setting`` (each edit's
+    noise seeded by session and turn, so evaluations differ only by the weights), scored with CLIP and DINO
+    (loaded once, now: a bad folder stops the run before it trains). Returns the per-turn, final-turn and
+    all-turn means. Every rank edits (the forward is collective under TP/CP); rank 0 writes."""
+    from .eval.magicbrush import MagicBrushEvalConfig, MagicBrushMetrics, read_magicbrush, run_magicbrush
+    from .train.hooks import unwrap
+
+    ec = build(MagicBrushEvalConfig, cfg.eval.magicbrush, "eval.magicbrush")
+    try:
+        sessions = read_magicbrush(ec.data, ec.captions)[:ec.sessions]
+        metrics = MagicBrushMetrics(ec.metrics)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"eval.magicbrush: {' '.join(str(e).split())}") from None
+    dc = data_configs(cfg)
+    cache = {}
+
+    def run(trainer) -> dict:
+        if not cache:
+            cache.update(text=TextEncoder(dc["text"]), image=build_image_encoder(dc["image"]))
+        editor = make_editor(cfg, unwrap(trainer.model), cache["text"], cache["image"])
+        res = run_magicbrush(editor, sessions, metrics=metrics, progress=False, setting=ec.setting)
+        return {"magicbrush": {k: res[k] for k in ("setting", "sessions", "per_turn", "final_turn", "all_turns")}}
+
+    return run
 
 
 def _wait_group():

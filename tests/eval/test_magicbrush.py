@@ -276,7 +276,7 @@ def test_missing_model_folder_names_the_key(models, tmp_path):
     with pytest.raises(ValueError, match=r"^magicbrush.dino_path: no local model folder \(config.json\) at "
                                          r"'facebook/dino-vits16'"):
         MagicBrushMetrics(MagicBrushConfig(clip_path=models[0]))           # the default: a folder that is not here
-    with pytest.raises(ValueError, match="magicbrush.dino_crop"):
+    with pytest.raises(ValueError, match="MagicBrushConfig.dino_crop"):
         MagicBrushConfig(dino_resize=200, dino_crop=224)
 
 

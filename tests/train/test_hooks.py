@@ -90,3 +90,46 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     cli = json.loads(out.read_text())
     for k in ("turn_success", "baseline_success", "success_by_edit", "sessions"):
         assert cli[k] == last[k], (k, cli[k], last[k])
+
+
+def test_magicbrush_eval_hook_matches_the_benchmark(dist1, tmp_path):
+    """eval.magicbrush.data set: every evaluation edits and scores MagicBrush sessions (tiny CLIP/DINO, a
+    release-layout folder), and the last one equals the benchmark's own run on the saved checkpoint."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+    from test_magicbrush import _write_release, _write_set
+    from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+
+    from vincie_mcore.build import build_training, load_run, make_editor
+    from vincie_mcore.config import ConfigError, load_config
+    from vincie_mcore.eval.magicbrush import MagicBrushConfig, MagicBrushMetrics, read_magicbrush, run_magicbrush
+
+    _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "dev", tmp_path / "mb")
+    clip, dino = save_tiny_clip(tmp_path / "clip"), save_tiny_dino(tmp_path / "dino")
+    run = tmp_path / "run"
+    over = ["experiment=demo", f"run_dir={run}", "train.steps=2", "train.warmup=0", "train.progress=false",
+            "train.log_every=1", "train.eval_every=1", "model.num_layers=2", "model.mm_layers=1",
+            "data.corpus.videos=8", "data.corpus.heldout_videos=2", "data.corpus.workers=1",
+            "data.pack.token_budget=400", "sampler.steps=2", f"eval.magicbrush.data={tmp_path / 'dev'}",
+            f"eval.magicbrush.metrics.clip_path={clip}", f"eval.magicbrush.metrics.dino_path={dino}",
+            "eval.magicbrush.metrics.edit_size=24", "eval.magicbrush.sessions=1"]
+    with pytest.raises(ConfigError, match=r"^eval.magicbrush: magicbrush.dino_path: no local model folder"):
+        build_training(load_config(over + ["eval.magicbrush.metrics.dino_path=nowhere"]))
+    from vincie_mcore.build import build_run_config
+    with pytest.raises(ConfigError, match=r"^eval.magicbrush.metrics.batch_size: must be >= 1, got 0$"):
+        build_run_config(load_config(over + ["eval.magicbrush.metrics.batch_size=0"]))
+    _, trainer = build_training(load_config(over))
+    trainer.train()
+    first, last = (json.loads((run / f"eval_{s}.json").read_text())["magicbrush"] for s in (1, 2))
+    assert last["sessions"] == 1 and [t["n"] for t in last["per_turn"]] == [1, 1]   # s1: two turns
+    assert first["per_turn"][0]["l1"] != last["per_turn"][0]["l1"]                  # the weights of each step
+    cfg, model, text, image = load_run(run)
+    res = run_magicbrush(make_editor(cfg, model, text, image), read_magicbrush(tmp_path / "dev")[:1],
+                         metrics=MagicBrushMetrics(MagicBrushConfig(clip_path=clip, dino_path=dino, edit_size=24)),
+                         progress=False)
+    for a, b in zip(res["per_turn"], last["per_turn"]):
+        assert a["n"] == b["n"] and all(a[m] == pytest.approx(b[m], rel=1e-4, abs=1e-6)
+                                        for m in ("l1", "l2", "clip_i", "clip_t", "dino"))

@@ -85,13 +85,30 @@ class MagicBrushConfig:
     def __post_init__(self):
         for name in ("dino_resize", "dino_crop", "batch_size"):
             if getattr(self, name) < 1:
-                raise ValueError(f"magicbrush.{name}: must be >= 1, got {getattr(self, name)}")
+                raise ValueError(f"MagicBrushConfig.{name}: must be >= 1, got {getattr(self, name)}")
         if self.dino_crop > self.dino_resize:
-            raise ValueError(f"magicbrush.dino_crop: {self.dino_crop} is larger than dino_resize {self.dino_resize}")
+            raise ValueError(f"MagicBrushConfig.dino_crop: {self.dino_crop} is larger than dino_resize {self.dino_resize}")
         for name in ("distance_size", "edit_size"):
             v = getattr(self, name)
             if v is not None and v < 1:
-                raise ValueError(f"magicbrush.{name}: must be None or >= 1, got {v}")
+                raise ValueError(f"MagicBrushConfig.{name}: must be None or >= 1, got {v}")
+
+
+@dataclass
+class MagicBrushEvalConfig:
+    """``eval.magicbrush``: MagicBrush scored during training by ``train.eval_every``
+    (``build.magicbrush_evaluator``), e.g. the dev split while fine-tuning on the train split."""
+    data: str | None = None         # as read_magicbrush takes it; None: off (the synthetic evaluation runs)
+    captions: str | None = None     # read_magicbrush's captions=
+    setting: str = "multi_turn"     # SETTINGS
+    sessions: int | None = 32       # the first N sessions (None: all), the same at every evaluation
+    metrics: MagicBrushConfig = field(default_factory=MagicBrushConfig)
+
+    def __post_init__(self):
+        if self.setting not in SETTINGS:
+            raise ValueError(f"eval.magicbrush.setting: must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
+        if self.sessions is not None and self.sessions < 1:
+            raise ValueError(f"eval.magicbrush.sessions: must be None or >= 1, got {self.sessions}")
 
 
 # ----------------------------------------------------------------------------- the test set
