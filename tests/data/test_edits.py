@@ -236,20 +236,29 @@ def test_pairs_from_jsonl_with_files(tmp_path):
         Image.fromarray(src).save(d / f"s{i}.png")
         Image.fromarray(_edit(src, m, (1, 2, 3))).save(d / f"t{i}.png")
         rows.append({"original_image": f"s{i}.png", "edit_prompt": f"edit {i}", "edited_image": f"t{i}.png"})
+    big = np.repeat(np.repeat(_edit(_picture(13), _rect(8, 30, 10, 40), (250, 0, 0)), 2, 0), 2, 1)
+    Image.fromarray(_picture(13)).save(d / "s3.png")
+    Image.fromarray(big).save(d / "t3.png")                  # a target saved at twice the size
+    rows.append({"original_image": "s3.png", "edit_prompt": "edit 3", "edited_image": "t3.png"})
     rows.append({"original_image": "../outside.png", "edit_prompt": "escape", "edited_image": "t0.png"})
     rows.append({"original_image": "s0.png", "edit_prompt": "  ", "edited_image": "t0.png"})
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EditsConfig(format="instructpix2pix", name="ip2p", size=(H, W), timeout_s=0, max_mb=0)
     s = build_edit_sessions([d / "train.jsonl"], tmp_path / "store", cfg, progress=False)
-    assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (5, 3, 2, {"diff": 3})
+    assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (6, 4, 2, {"diff": 4})
     got = _by_id(tmp_path / "store")
-    assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(3)]
+    assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(4)]
+    three = got["ip2p/train/00000003"]                          # brought to the store's size, then compared
+    ref = np.asarray(Image.fromarray(big).resize((W, H), Image.BICUBIC))
+    assert np.array_equal(_decode(three.frames[1]), ref)
+    m = _decode(three.roe_src[0]) > 0
+    assert (m & _rect(8, 30, 10, 40)).sum() / (m | _rect(8, 30, 10, 40)).sum() > 0.9
     two = got["ip2p/train/00000002"]
     assert two.texts == ["edit 2"] and np.array_equal(_decode(two.frames[0]), _picture(12))
     assert np.array_equal(_decode(two.roe_tgt[0]) > 0, _rect(10, 18, 4, 20))
     fails = read_failures(tmp_path / "store")
-    assert "leads out of" in fails["ip2p/train/00000003"] or ".." in fails["ip2p/train/00000003"]
-    assert fails["ip2p/train/00000004"] == "train.jsonl row 4: empty instruction"
+    assert "leads out of" in fails["ip2p/train/00000004"] or ".." in fails["ip2p/train/00000004"]
+    assert fails["ip2p/train/00000005"] == "train.jsonl row 5: empty instruction"
 
 
 def test_mask_conventions_are_read_alike():

@@ -292,29 +292,33 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
         else:
             src.append(image_cell(r["source"], f"{where(r)} source", folder(r)))
         tgt.append(image_cell(r["target"], f"{where(r)} target", folder(r)))
-        if src[-1].shape != tgt[-1].shape:
-            raise ValueError(f"{where(r)}: source is {src[-1].shape[1]}x{src[-1].shape[0]}, "
-                             f"target {tgt[-1].shape[1]}x{tgt[-1].shape[0]}")
-    masks, rules = [], Counter()
+    fit = lambda im: fit_frame(im, cfg.size, cfg.aspect, cfg.pad_value)    # noqa: E731
+
+    def same_picture(a, b, tol):                        # at the store's size where the two sizes differ
+        return chained(a, b, tol) if a.shape == b.shape else chained(fit(a), fit(b), tol)
+
+    masks, rules = [], Counter()                        # 0/255 at the store's size
     for r, s, t in zip(rows, src, tgt):
         if cfg.masks == "none":
-            m, rule = np.zeros(s.shape[:2], bool), "none"
+            m, rule = np.zeros(cfg.size, np.uint8), "none"
         elif cfg.masks == "dataset" and r.get("mask") is not None:
             mk = image_cell(r["mask"], f"{where(r)} mask", folder(r))
-            if mk.shape != s.shape:
+            if mk.shape != s.shape:                     # drawn on the source: another size is a broken row
                 raise ValueError(f"{where(r)}: mask is {mk.shape[1]}x{mk.shape[0]}, source {s.shape[1]}x{s.shape[0]}")
             m, rule = region(mk, s, cfg.diff_threshold)
-        else:
-            m, rule = changed(s, t, cfg.diff_threshold), "diff"
+            m = _fit_mask(m, cfg)
+        elif s.shape == t.shape:
+            m, rule = _fit_mask(changed(s, t, cfg.diff_threshold), cfg), "diff"
+        else:                                           # a target saved at another size: compare as stored
+            m, rule = changed(fit(s), fit(t), cfg.diff_threshold).astype(np.uint8) * 255, "diff"
         masks.append(m)
         rules[rule] += 1
-    cuts = [0] + [k for k in range(1, len(rows)) if not chained(src[k], tgt[k - 1], cfg.chain_tolerance)]
+    cuts = [0] + [k for k in range(1, len(rows)) if not same_picture(src[k], tgt[k - 1], cfg.chain_tolerance)]
     bounds = list(zip(cuts, cuts[1:] + [len(rows)]))
     out = []
     for part, (a, b) in enumerate(bounds):
-        frames = [fit_frame(src[a], cfg.size, cfg.aspect, cfg.pad_value)]
-        frames += [fit_frame(t, cfg.size, cfg.aspect, cfg.pad_value) for t in tgt[a:b]]
-        roe = [encode_png(_fit_mask(m, cfg)) for m in masks[a:b]]
+        frames = [fit(src[a])] + [fit(t) for t in tgt[a:b]]
+        roe = [encode_png(m) for m in masks[a:b]]
         sid = session_id if len(bounds) == 1 else f"{session_id}{PART_SEP}{part + 1}"
         out.append(RawSession(
             video_id=sid, frames=[encode_png(f) for f in frames], roe_src=roe, roe_tgt=list(roe),
