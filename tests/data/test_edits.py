@@ -283,6 +283,10 @@ def test_bad_input_is_one_line(magicbrush, tmp_path):
         build_edit_sessions([data], tmp_path / "s", EditsConfig(columns={"instruction": "edit_prompt"}), progress=False)
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         dataset_files([tmp_path / "missing"])
+    s = build_edit_sessions([data], tmp_path / "slow", EditsConfig(size=(H, W), timeout_s=1e-4), limit=1,
+                            progress=False)                # past the worker's time limit: killed, one line
+    assert (s["failed"], s["stored"]) == (1, 0)
+    assert read_failures(tmp_path / "slow") == {"magicbrush/101": "session timed out after 0.0001 s"}
     r = subprocess.run([str(BIN / "vincie-build-sessions"), "edits", "--data", str(data), "--store",
                         str(tmp_path / "s"), "--columns", "instruction"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.strip() == "error: --columns: expected ROLE=COLUMN, got 'instruction'"

@@ -387,7 +387,8 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
                 try:
                     for sid, out, reason in results:
                         if out is None:
-                            w.fail(sid, reason.replace("decode ", "session ", 1))
+                            # the worker limits speak of videos' decoding; here a session was being made
+                            w.fail(sid, "session " + reason[7:] if reason.startswith("decode ") else reason)
                             failed += 1
                         elif w.add_group(out["sessions"]):
                             stored += len(out["sessions"])
