@@ -273,7 +273,7 @@ def test_mask_conventions_are_read_alike():
 
 def test_bad_input_is_one_line(magicbrush, tmp_path):
     data, _ = magicbrush
-    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, pairs, got 'mb'"):
+    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, ultraedit, pairs, got 'mb'"):
         EditsConfig(format="mb")
     with pytest.raises(ValueError, match="edits.columns: unknown role 'caption'"):
         EditsConfig(columns={"caption": "x"})
@@ -329,3 +329,26 @@ def test_the_benchmark_checks_its_own_run():
     r = bench_edits(3, turns=2, source_size=64, store_size=32, workers=1)
     assert r["check"] == {"stored": 3, "expected": 3, "failed": 0, "first_frame_equals_pil_resize": True}
     assert r["turns"] == 6 and r["turns_per_s"] > 0 and r["mask_rules"] == {"binary": 6}
+
+
+def test_ultraedit_preset_with_and_without_its_mask_column(tmp_path):
+    """UltraEdit's columns: the region-based split's mask_image read as the map; the free-form split has no
+    such column, so its maps are the changed pixels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = _picture(20)
+    m = _rect(4, 20, 6, 30)
+    tgt = _edit(src, m, (0, 0, 0))
+    loose = np.repeat((_rect(2, 24, 2, 36) * 255).astype(np.uint8)[..., None], 3, -1)   # drawn larger than the edit
+    base = {"source_image": [_cell(src)], "edit_prompt": ["darken it"], "edited_image": [_cell(tgt)]}
+    (tmp_path / "region").mkdir()
+    (tmp_path / "free").mkdir()
+    pq.write_table(pa.table({**base, "mask_image": [_cell(loose)]}), tmp_path / "region" / "r.parquet")
+    pq.write_table(pa.table(base), tmp_path / "free" / "f.parquet")
+    cfg = EditsConfig(format="ultraedit", size=(H, W), timeout_s=0, max_mb=0)
+    for split, want, rule in (("region", _rect(2, 24, 2, 36), "binary"), ("free", m, "diff")):
+        s = build_edit_sessions([tmp_path / split], tmp_path / f"store_{split}", cfg, progress=False)
+        assert s["mask_rules"] == {rule: 1}
+        (one,) = _by_id(tmp_path / f"store_{split}").values()
+        assert one.video_id == f"ultraedit/{split[0]}/00000000" and np.array_equal(_decode(one.roe_src[0]) > 0, want)

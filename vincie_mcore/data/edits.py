@@ -45,6 +45,8 @@ FORMATS = {
                    "instruction": "instruction", "target": "target_img", "mask": "mask_img"},
     # timbrooks/instructpix2pix-clip-filtered: one pair per row
     "instructpix2pix": {"source": "original_image", "instruction": "edit_prompt", "target": "edited_image"},
+    # BleachNick/UltraEdit (and its _500k / Region_Based subsets): one pair per row, a mask in the region-based split
+    "ultraedit": {"source": "source_image", "instruction": "edit_prompt", "target": "edited_image", "mask": "mask_image"},
     # our own JSONL / parquet: one pair per row; add session= and turn= for chains, mask= for masks
     "pairs": {"source": "source", "instruction": "instruction", "target": "target"},
 }
