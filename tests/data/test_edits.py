@@ -167,8 +167,12 @@ def test_parts_then_merge_equal_one_build(magicbrush, tmp_path):
     each part run as a Slurm task runs it, then merge: the sessions and failures of one build."""
     from vincie_tools.build_sessions import main
 
+    from vincie_mcore.data.edits import count_edit_sessions
+
     data, _ = magicbrush
     one = build_edit_sessions([data], tmp_path / "one", EditsConfig(size=(H, W)), progress=False)
+    files = dataset_files([data])
+    assert [count_edit_sessions(files, EditsConfig(), p) for p in (None, (0, 2), (1, 2))] == [5, 3, 2]
     store = tmp_path / "parts"
     args = ["--data", str(data), "--store", str(store), "--size", str(H), str(W), "--quiet"]
     assert main(["edits", *args, "--shards", "2"]) == 0
@@ -246,6 +250,8 @@ def test_pairs_from_jsonl_with_files(tmp_path):
     cfg = EditsConfig(format="instructpix2pix", name="ip2p", size=(H, W), timeout_s=0, max_mb=0)
     s = build_edit_sessions([d / "train.jsonl"], tmp_path / "store", cfg, progress=False)
     assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (6, 4, 2, {"diff": 4})
+    from vincie_mcore.data.edits import count_edit_sessions
+    assert count_edit_sessions([d / "train.jsonl"], cfg) == 6                     # the progress bar's total
     got = _by_id(tmp_path / "store")
     assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(4)]
     three = got["ip2p/train/00000003"]                          # brought to the store's size, then compared

@@ -179,6 +179,23 @@ def _rows(f: Path, columns: list[str], only: set | None = None):
                 n += 1
 
 
+def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None) -> int:
+    """How many sessions ``read_edit_sessions`` gives (the progress bar's total): a chained dataset's
+    session column is read, a pair dataset's rows are counted (parquet: from its metadata)."""
+    own = range(len(files)) if part is None else range(part[0], len(files), part[1])
+    cols = cfg.column_map()
+    if "session" not in cols:
+        import pyarrow.parquet as pq
+
+        return sum(pq.ParquetFile(files[i]).metadata.num_rows if files[i].suffix == ".parquet"
+                   else sum(1 for line in files[i].open() if line.strip()) for i in own)
+    first: dict = {}
+    for i, f in enumerate(files):
+        for _, row in _rows(f, [cols["session"]]):
+            first.setdefault(str(row[cols["session"]]), i)
+    return sum(1 for i in first.values() if i in set(own))
+
+
 def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None):
     """``(session key, [row, ...])`` for every session of the dataset, rows in file order, each row
     ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are located first (its
@@ -362,7 +379,9 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
 
     with SessionWriter(root, cfg.shard_size, build=build) as w:
         done = {base_id(v) for v in w.done_video_ids()} | (set() if retry_failed else set(read_failures(root)))
-        bar = tqdm(desc="edit sessions", unit="sess", disable=not progress)
+        total = count_edit_sessions(files, cfg, part) if progress else None
+        bar = tqdm(total=min(total, limit) if total is not None and limit else total, desc="edit sessions",
+                   unit="sess", disable=not progress)
 
         def chunks():
             nonlocal skipped
@@ -405,9 +424,10 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
                         results.close()
         finally:
             bar.close()
+    wall = time.perf_counter() - t0
     summary = {"sessions": seen, "stored": stored, "turns": turns, "failed": failed, "skipped": skipped,
-               "chain_breaks": breaks, "mask_rules": dict(rules), "seconds": round(time.perf_counter() - t0, 3),
-               "store": str(root)}
+               "chain_breaks": breaks, "mask_rules": dict(rules), "seconds": round(wall, 3),
+               "turns_per_s": round(turns / wall, 2) if wall > 0 else None, "store": str(root)}
     if progress:
         print(format_edits_summary(summary))
     return summary
@@ -417,7 +437,7 @@ def format_edits_summary(s: dict) -> str:
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["mask_rules"].items())) or "none"
     return (f"edits: {s['stored']} sessions ({s['turns']} turns) stored from {s['sessions']} dataset sessions, "
             f"{s['chain_breaks']} chain breaks cut, {s['failed']} failed, {s['skipped']} already done, "
-            f"in {s['seconds']:.1f}s -> {s['store']}; masks: {rules}")
+            f"in {s['seconds']:.1f}s ({s['turns_per_s']} turns/s) -> {s['store']}; masks: {rules}")
 
 
 # ----------------------------------------------------------------------------- in parts (a Slurm array)
