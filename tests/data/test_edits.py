@@ -358,3 +358,47 @@ def test_ultraedit_preset_with_and_without_its_mask_column(tmp_path):
         assert s["mask_rules"] == {rule: 1}
         (one,) = _by_id(tmp_path / f"store_{split}").values()
         assert one.video_id == f"ultraedit/{split[0]}/00000000" and np.array_equal(_decode(one.roe_src[0]) > 0, want)
+
+
+def test_union_of_stores_reads_every_session_in_place(magicbrush, tmp_path):
+    """Several fine-tuning datasets for one run: `union` of a merged store (parts) and a plain one reads every
+    session of both, byte for byte, from hard-linked files; a repeated id, an existing folder and writing into
+    the union are refused in one line."""
+    import os
+
+    from vincie_mcore.data.sharded import union
+    from vincie_mcore.data.store import SessionWriter
+    from vincie_tools.build_sessions import main, run_cli
+
+    data, _ = magicbrush
+    mb = tmp_path / "mb"
+    main(["edits", "--data", str(data), "--store", str(mb), "--size", str(H), str(W), "--shards", "2", "--quiet"])
+    for i in (0, 1):
+        main(["run", "--store", str(mb), "--shard", f"{i}/2", "--quiet"])
+    main(["merge", "--store", str(mb)])
+    d = tmp_path / "pairs"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(_picture(30 + i)).save(d / f"s{i}.png")
+        Image.fromarray(_edit(_picture(30 + i), _rect(0, 9, 0, 9), (5, 5, 5))).save(d / f"t{i}.png")
+    (d / "p.jsonl").write_text("".join(json.dumps({"source": f"s{i}.png", "instruction": f"e{i}", "target": f"t{i}.png"})
+                                       + "\n" for i in range(2)))
+    pairs = tmp_path / "pairs_store"
+    build_edit_sessions([d], pairs, EditsConfig(format="pairs", size=(H, W), timeout_s=0, max_mb=0), progress=False)
+    s = run_cli(["union", "--store", str(tmp_path / "all"), "--from", str(mb), str(pairs)])
+    assert (s["sources"], s["sessions"], s["failed"], s["files_copied"]) == (2, 6, 2, 0) and s["files_linked"] > 0
+    assert _contents(tmp_path / "all") == {**_contents(mb), **_contents(pairs)}
+    assert list(SessionStore(tmp_path / "all").video_ids()) == SessionStore(mb).video_ids() + SessionStore(pairs).video_ids()
+    shard = SessionStore(pairs).location(0)[0]
+    blob = next((pairs / shard).rglob("c/0"))                   # a chunk file of the pairs store's blob
+    linked = [p for p in (tmp_path / "all" / "parts").rglob("c/0") if p.stat().st_ino == blob.stat().st_ino]
+    assert len(linked) == 1 and os.stat(blob).st_nlink == 2     # the same file, not a copy
+    assert set(read_failures(tmp_path / "all")) == {"magicbrush/103", "magicbrush/105"}
+    with pytest.raises(ValueError, match=r"is a union of stores: build into one of them"):
+        SessionWriter(tmp_path / "all")
+    with pytest.raises(ValueError, match=r"union: .*/all exists already; give a new folder"):
+        union(tmp_path / "all", [mb, pairs])
+    with pytest.raises(ValueError, match=r"union: session 'magicbrush/101' is in both .*/mb and .*/one; build one "
+                                         r"of them with another --name"):
+        build_edit_sessions([data], tmp_path / "one", EditsConfig(size=(H, W), timeout_s=0, max_mb=0), progress=False)
+        union(tmp_path / "dup", [mb, tmp_path / "one"])

@@ -18,6 +18,7 @@ Image-editing datasets (the fine-tuning data; docs/edit_datasets.md), resumable:
     vincie-build-sessions edits --format instructpix2pix --data ip2p/data --store STORE --workers 8
     vincie-build-sessions edits --data ultra/data --format pairs --columns ... --store STORE --shards 16   # a plan:
     bash slurm/sessions.sh STORE                  # then 16 array tasks (`run --shard i/16`) and the merge
+    vincie-build-sessions union --store ALL --from STORE_A STORE_B      # several stores as one (hard links)
 
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth
@@ -76,7 +77,7 @@ def world_from_arg(s: str) -> WorldConfig:
         raise SystemExit(f"--world: expected 'demo', 'default' or a JSON object, got {s!r}") from None
 
 
-STEPS = ("build", "plan", "run", "merge", "stats", "preview", "edits")
+STEPS = ("build", "plan", "run", "merge", "stats", "preview", "edits", "union")
 
 
 def _steps_parser() -> argparse.ArgumentParser:
@@ -102,6 +103,9 @@ def _steps_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bars")
     m = sub.add_parser("merge", help="index every part's shards at the store root")
     m.add_argument("--store", required=True)
+    un = sub.add_parser("union", help="one store reading every session of several (hard links, no frame copied)")
+    un.add_argument("--store", required=True, help="the new store")
+    un.add_argument("--from", dest="sources", nargs="+", required=True, metavar="STORE", help="two or more stores")
     st = sub.add_parser("stats", help="sessions, frames, texts, edit types, cameras, RoE coverage, failures")
     st.add_argument("--store", required=True)
     st.add_argument("--json", default=None, help="where to write them (default: STORE/stats.json)")
@@ -232,6 +236,11 @@ def steps_main(argv) -> dict:
                                 progress=not a.quiet)
         if a.quiet:
             print(format_edits_summary(s))
+        return s
+    if a.step == "union":
+        s = sharded.union(a.store, a.sources)
+        print(f"union: {s['sessions']} sessions in {s['shards']} shards of {s['sources']} stores "
+              f"({s['files_linked']} files linked, {s['files_copied']} copied) -> {s['store']}")
         return s
     if a.step == "merge":
         s = sharded.merge(a.store)

@@ -11,6 +11,9 @@
 
 Every part runs with the plan's config, so one store cannot mix recipes. Merge checks that every
 part recorded the same build settings.
+
+``union`` is the other way to one store from many: stores built apart (several fine-tuning datasets),
+each shard hard-linked in as a part; it records every source's settings.
 """
 from __future__ import annotations
 
@@ -128,3 +131,67 @@ def merge(store_root) -> dict:
         tmp.replace(root / name)                              # a reader sees the old index or the new one
     return {"parts": n, "shards": len(index), "sessions": len(SessionStore(root)),
             "failed": len(info["skipped"]) + len(fails), "store": str(root)}
+
+
+def union(store_root, sources) -> dict:
+    """One store that reads every session of ``sources`` (stores of any build: videos, editing datasets,
+    merged ones), e.g. several fine-tuning datasets for one run. Each source shard becomes a part,
+    ``STORE/parts/NNNNN/shard_NNNNN``, its files hard-linked (copied only across filesystems), so no
+    frame is re-encoded; the root index lists them all. Session ids must not repeat across sources.
+    The union records every source's build settings; nothing can be written into it."""
+    import os
+    import shutil
+
+    root = Path(store_root)
+    if (root / "zarr.json").exists():
+        raise ValueError(f"union: {root} exists already; give a new folder")
+    srcs = [Path(s) for s in sources]
+    if len(srcs) < 2:
+        raise ValueError(f"union: needs two or more stores, got {len(srcs)}")
+    stores = [SessionStore(s) for s in srcs]                 # each checked: a store, its index sane
+    seen: dict = {}
+    for s, st in zip(srcs, stores):
+        for v in st.video_ids():
+            if v in seen:
+                raise ValueError(f"union: session {v!r} is in both {seen[v]} and {s}; build one of them with "
+                                 f"another --name")
+            seen[v] = s
+    index, fails, counts, builds, linked, copied, j = [], [], [], [], 0, 0, 0
+    zarr.open_group(str(root), mode="w")
+    zarr.open_group(str(root / "parts"), mode="a")
+    for s, st in zip(srcs, stores):
+        g = zarr.open_group(str(s), mode="r")
+        builds.append({"store": str(s.resolve()), "build": g.attrs.get("build")})
+        for d in _read_index(s):
+            part = root / "parts" / part_name(j)
+            zarr.open_group(str(part), mode="a")
+            name = d["shard"].rsplit("/", 1)[-1]
+            for f in sorted((s / d["shard"]).rglob("*")):
+                dst = part / name / f.relative_to(s / d["shard"])
+                if f.is_dir():
+                    dst.mkdir(parents=True, exist_ok=True)
+                    continue
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, dst)
+                    linked += 1
+                except OSError:                                # another filesystem: a copy
+                    shutil.copy2(f, dst)
+                    copied += 1
+            index.append({"shard": f"parts/{part_name(j)}/{name}", "video_ids": d["video_ids"]})
+            j += 1
+        fails += [{"video_id": v, "reason": r} for v, r in read_failures(s).items()]
+        if (s / "filter_counts.jsonl").is_file():
+            counts.append((s / "filter_counts.jsonl").read_text())
+    g = zarr.open_group(str(root), mode="a")
+    g.attrs.update({"format": STORE_FORMAT, "shard_size": max(zarr.open_group(str(s), mode="r").attrs.get("shard_size")
+                                                               or 0 for s in srcs),
+                    "build": {"union": builds}, "merged_parts": j, "union_of": [str(s.resolve()) for s in srcs]})
+    for name, text in (("failures.jsonl", "".join(json.dumps(d) + "\n" for d in fails)),
+                       ("filter_counts.jsonl", "".join(counts)),
+                       ("index.jsonl", "".join(json.dumps(d) + "\n" for d in index))):   # the index last
+        tmp = root / (name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(root / name)
+    return {"sources": len(srcs), "shards": j, "sessions": len(SessionStore(root)), "failed": len(fails),
+            "files_linked": linked, "files_copied": copied, "store": str(root)}

@@ -132,6 +132,8 @@ class SessionWriter:
             g = zarr.open_group(str(self.root), mode="r+")
             if g.attrs.get("format") != STORE_FORMAT:
                 raise ValueError(f"{self.root} is not a session store (format {g.attrs.get('format')!r})")
+            if g.attrs.get("union_of"):
+                raise ValueError(f"{self.root} is a union of stores: build into one of them, then make the union again")
             if g.attrs.get("merged_parts"):
                 raise ValueError(f"{self.root} is a merged store: build into its parts "
                                  f"(vincie-build-sessions run --shard i/N), then merge again")
