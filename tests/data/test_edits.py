@@ -244,16 +244,22 @@ def test_pairs_from_jsonl_with_files(tmp_path):
     Image.fromarray(_picture(13)).save(d / "s3.png")
     Image.fromarray(big).save(d / "t3.png")                  # a target saved at twice the size
     rows.append({"original_image": "s3.png", "edit_prompt": "edit 3", "edited_image": "t3.png"})
+    rows.append({"original_image": "s3.png", "edit_prompt": ["", "make it red", "redden the box"],
+                 "edited_image": "t3.png"})                 # paraphrases: one of them, chosen by the session id
     rows.append({"original_image": "../outside.png", "edit_prompt": "escape", "edited_image": "t0.png"})
     rows.append({"original_image": "s0.png", "edit_prompt": "  ", "edited_image": "t0.png"})
     (d / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = EditsConfig(format="instructpix2pix", name="ip2p", size=(H, W), timeout_s=0, max_mb=0)
     s = build_edit_sessions([d / "train.jsonl"], tmp_path / "store", cfg, progress=False)
-    assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (6, 4, 2, {"diff": 4})
+    assert (s["sessions"], s["stored"], s["failed"], s["mask_rules"]) == (7, 5, 2, {"diff": 5})
+    import zlib
+    said = ["make it red", "redden the box"]
+    assert _by_id(tmp_path / "store")["ip2p/train/00000004"].texts == \
+        [said[zlib.crc32(b"ip2p/train/00000004/0") % 2]]
     from vincie_mcore.data.edits import count_edit_sessions
-    assert count_edit_sessions([d / "train.jsonl"], cfg) == 6                     # the progress bar's total
+    assert count_edit_sessions([d / "train.jsonl"], cfg) == 7                     # the progress bar's total
     got = _by_id(tmp_path / "store")
-    assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(4)]
+    assert sorted(got) == [f"ip2p/train/0000000{i}" for i in range(5)]
     three = got["ip2p/train/00000003"]                          # brought to the store's size, then compared
     ref = np.asarray(Image.fromarray(big).resize((W, H), Image.BICUBIC))
     assert np.array_equal(_decode(three.frames[1]), ref)
@@ -263,8 +269,8 @@ def test_pairs_from_jsonl_with_files(tmp_path):
     assert two.texts == ["edit 2"] and np.array_equal(_decode(two.frames[0]), _picture(12))
     assert np.array_equal(_decode(two.roe_tgt[0]) > 0, _rect(10, 18, 4, 20))
     fails = read_failures(tmp_path / "store")
-    assert "leads out of" in fails["ip2p/train/00000004"] or ".." in fails["ip2p/train/00000004"]
-    assert fails["ip2p/train/00000005"] == "train.jsonl row 5: empty instruction"
+    assert "leads out of" in fails["ip2p/train/00000005"] or ".." in fails["ip2p/train/00000005"]
+    assert fails["ip2p/train/00000006"] == "train.jsonl row 6: empty instruction"
 
 
 def test_mask_conventions_are_read_alike():

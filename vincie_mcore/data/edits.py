@@ -27,6 +27,7 @@ import dataclasses
 import json
 import re
 import time
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,9 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
     src, tgt, texts = [], [], []
     for k, r in enumerate(rows):
         text = r.get("instruction")
+        if isinstance(text, (list, tuple)):            # paraphrases (e.g. OmniEdit's prompt lists): one, by the id
+            said = [t for t in text if isinstance(t, str) and t.strip()]
+            text = said[zlib.crc32(f"{session_id}/{k}".encode()) % len(said)] if said else None
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{where(r)}: empty instruction")
         texts.append(" ".join(text.split()))
