@@ -156,12 +156,19 @@ def _rows(f: Path, columns: list[str], only: set | None = None):
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(f)
+        if only is None:                                 # batches of 64 rows: a huge row group is not held whole
+            n = 0
+            for batch in pf.iter_batches(batch_size=64, columns=columns):
+                for row in batch.to_pylist():
+                    yield n, row
+                    n += 1
+            return
         first = 0
         for g in range(pf.metadata.num_row_groups):
             size = pf.metadata.row_group(g).num_rows
-            if only is None or any(first <= n < first + size for n in only):
+            if any(first <= n < first + size for n in only):
                 for k, row in enumerate(pf.read_row_group(g, columns=columns).to_pylist()):
-                    if only is None or first + k in only:
+                    if first + k in only:
                         yield first + k, row
             first += size
         return
