@@ -394,6 +394,8 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
         bar = tqdm(total=min(total, limit) if total is not None and limit else total, desc="edit sessions",
                    unit="sess", disable=not progress)
 
+        chunk_size = min(cfg.shard_size, max(32, 8 * cfg.workers))    # enough to keep every worker busy
+
         def chunks():
             nonlocal skipped
             chunk = []
@@ -405,7 +407,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
                     skipped += 1
                     continue
                 chunk.append((sid, rows))
-                if len(chunk) >= cfg.shard_size:       # bounded memory: one chunk of rows at a time
+                if len(chunk) >= chunk_size:           # bounded memory: the rows of one chunk at a time
                     yield chunk
                     chunk = []
             if chunk:
