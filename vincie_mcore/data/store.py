@@ -206,10 +206,21 @@ class SessionWriter:
         sizes = np.array([len(b) for b in imgs], np.int64)
         offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
         first = np.concatenate([[0], np.cumsum([3 * s.num_frames - 2 for s in self._buf])]).astype(np.int64)
-        blob = np.frombuffer(b"".join(imgs), np.uint8)
         g = self._root_group.create_group(name)
-        # PNG bytes do not compress further: store raw, in 4 MiB chunks.
-        g.create_array("blob", data=blob, chunks=(min(max(len(blob), 1), 1 << 22),), compressors=None)
+        # PNG bytes do not compress further: store raw, in 4 MiB chunks, written one chunk at a time so that
+        # the shard's bytes are not joined into a second copy first.
+        total = int(offsets[-1])
+        chunk = min(max(total, 1), 1 << 22)
+        blob = g.create_array("blob", shape=(total,), dtype=np.uint8, chunks=(chunk,), compressors=None)
+        for a in range(0, total, chunk):
+            b, pos, parts = min(a + chunk, total), a, []
+            while pos < b:
+                i = int(np.searchsorted(offsets, pos, side="right")) - 1      # the image holding byte pos
+                lo = pos - int(offsets[i])
+                take = min(b - pos, int(sizes[i]) - lo)
+                parts.append(imgs[i][lo:lo + take])
+                pos += take
+            blob[a:b] = np.frombuffer(b"".join(parts), np.uint8)
         g.create_array("offsets", data=offsets)
         g.create_array("first", data=first)
         ids = np.array([s.video_id for s in self._buf], dtype=object)
