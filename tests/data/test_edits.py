@@ -186,6 +186,9 @@ def test_parts_then_merge_equal_one_build(magicbrush, tmp_path):
     with pytest.raises(ValueError, match="--shards: 3 parts for 2 files; parts split the files, so at most 2"):
         from vincie_mcore.data.edits import plan_edits
         plan_edits([data], tmp_path / "three", 3, EditsConfig())
+    with pytest.raises(ValueError, match=r"no column target=edited \(it has"):
+        plan_edits([data], tmp_path / "cols", 2, EditsConfig(columns={"target": "edited"}))
+    assert not (tmp_path / "cols").exists()
 
 
 def test_slurm_array_runs_the_plan(slurm_cluster, magicbrush, tmp_path):  # noqa: F811 - the fixture
@@ -293,6 +296,7 @@ def test_bad_input_is_one_line(magicbrush, tmp_path):
         EditsConfig(format="pairs", columns={"session": "sid"})
     with pytest.raises(ValueError, match=r"no column instruction=edit_prompt \(it has: img_id, instruction"):
         build_edit_sessions([data], tmp_path / "s", EditsConfig(columns={"instruction": "edit_prompt"}), progress=False)
+    assert not (tmp_path / "s").exists()                   # no store with the wrong columns recorded
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         dataset_files([tmp_path / "missing"])
     s = build_edit_sessions([data], tmp_path / "slow", EditsConfig(size=(H, W), timeout_s=1e-4), limit=1,

@@ -187,31 +187,8 @@ def _rows(f: Path, columns: list[str], only: set | None = None):
                 n += 1
 
 
-def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None) -> int:
-    """How many sessions ``read_edit_sessions`` gives (the progress bar's total): a chained dataset's
-    session column is read, a pair dataset's rows are counted (parquet: from its metadata)."""
-    own = range(len(files)) if part is None else range(part[0], len(files), part[1])
-    cols = cfg.column_map()
-    if "session" not in cols:
-        import pyarrow.parquet as pq
-
-        return sum(pq.ParquetFile(files[i]).metadata.num_rows if files[i].suffix == ".parquet"
-                   else sum(1 for line in files[i].open() if line.strip()) for i in own)
-    first: dict = {}
-    for i, f in enumerate(files):
-        for _, row in _rows(f, [cols["session"]]):
-            first.setdefault(str(row[cols["session"]]), i)
-    return sum(1 for i in first.values() if i in set(own))
-
-
-def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None):
-    """``(session key, [row, ...])`` for every session of the dataset, rows in file order, each row
-    ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are located first (its
-    session column only), so a session whose rows are spread over files still comes out whole.
-
-    ``part = (i, N)``: only part i's sessions (a Slurm array task): those whose first row is in one of
-    files i, i + N, i + 2N, ... (it reads those files, and from the others just the rows of its sessions
-    that spilled over), so that N parts together give every session once."""
+def check_columns(files: list[Path], cfg: EditsConfig) -> None:
+    """Every file has the columns the format needs (a mask column may be missing); one line otherwise."""
     cols = cfg.column_map()
     for f in files:
         have = set(_schema(f))
@@ -219,13 +196,56 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
         if missing:
             raise ValueError(f"{f.name}: no column {missing[0]} (it has: {', '.join(sorted(have)) or 'none'}); "
                              f"name it with --columns")
-    own = set(range(len(files))) if part is None else set(range(part[0], len(files), part[1]))
-    chained = "session" in cols
+
+
+def locate_sessions(files: list[Path], cfg: EditsConfig) -> dict | None:
+    """A chained dataset's sessions: key -> [(file, row), ...] in file order, from its session column
+    alone; None for a pair dataset (each row its own session)."""
+    col = cfg.column_map().get("session")
+    if col is None:
+        return None
     where: dict = {}
-    if chained:
-        for i, f in enumerate(files):
-            for n, row in _rows(f, [cols["session"]]):
-                where.setdefault(str(row[cols["session"]]), []).append((i, n))
+    for i, f in enumerate(files):
+        for n, row in _rows(f, [col]):
+            where.setdefault(str(row[col]), []).append((i, n))
+    return where
+
+
+def _own(files: list, part: tuple[int, int] | None) -> set:
+    """The files of ``part`` (i, N): i, i + N, i + 2N, ...; all of them without a part."""
+    return set(range(len(files))) if part is None else set(range(part[0], len(files), part[1]))
+
+
+def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
+                        where: dict | None = None) -> int:
+    """How many sessions ``read_edit_sessions`` gives (the progress bar's total): a chained dataset's
+    sessions located (``where``, when already at hand), a pair dataset's rows counted (parquet: from its
+    metadata)."""
+    own = _own(files, part)
+    where = where if where is not None else locate_sessions(files, cfg)
+    if where is not None:
+        return sum(1 for locs in where.values() if locs[0][0] in own)
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(files[i]).metadata.num_rows if files[i].suffix == ".parquet"
+               else sum(1 for line in files[i].open() if line.strip()) for i in sorted(own))
+
+
+def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
+                       where: dict | None = None):
+    """``(session key, [row, ...])`` for every session of the dataset, rows in file order, each row
+    ``{role: value, "_file": i, "_row": n}``. A chained dataset's sessions are located first (its
+    session column only; ``where``, when already at hand), so a session whose rows are spread over files
+    still comes out whole.
+
+    ``part = (i, N)``: only part i's sessions (a Slurm array task): those whose first row is in one of
+    files i, i + N, i + 2N, ... (it reads those files, and from the others just the rows of its sessions
+    that spilled over), so that N parts together give every session once."""
+    check_columns(files, cfg)
+    cols = cfg.column_map()
+    own = _own(files, part)
+    chained = "session" in cols
+    where = (where if where is not None else locate_sessions(files, cfg)) if chained else {}
     mine = {k for k, locs in where.items() if locs[0][0] in own}
     spilled: dict = {}                                   # file not ours -> rows of our sessions in it
     for k in mine:
@@ -380,6 +400,8 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
     ``stored``: store sessions written, cut chains counted per part)."""
     t0 = time.perf_counter()
     files = dataset_files(paths)
+    check_columns(files, cfg)                           # before the store exists: a fixed --columns can resume
+    where = locate_sessions(files, cfg)                 # once, for the bar's total and the reader
     root = Path(store_root)
     # flat, so that a resume with other settings names the key that differs
     build = {**{f"edits.{k}": v for k, v in cfg.recipe().items()}, "annotator": "dataset",
@@ -390,7 +412,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
 
     with SessionWriter(root, cfg.shard_size, build=build) as w:
         done = {base_id(v) for v in w.done_video_ids()} | (set() if retry_failed else set(read_failures(root)))
-        total = count_edit_sessions(files, cfg, part) if progress else None
+        total = count_edit_sessions(files, cfg, part, where) if progress else None
         bar = tqdm(total=min(total, limit) if total is not None and limit else total, desc="edit sessions",
                    unit="sess", disable=not progress)
 
@@ -399,7 +421,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
         def chunks():
             nonlocal skipped
             chunk = []
-            for n, (key, rows) in enumerate(read_edit_sessions(files, cfg, part)):
+            for n, (key, rows) in enumerate(read_edit_sessions(files, cfg, part, where)):
                 if limit and n >= limit:
                     break
                 sid = f"{cfg.prefix()}/{key}"
@@ -462,6 +484,7 @@ def plan_edits(paths, store_root, n_parts: int, cfg: EditsConfig) -> dict:
     from .sharded import write_plan
 
     files = dataset_files(paths)
+    check_columns(files, cfg)                           # now, not in N array tasks
     if n_parts > len(files):
         raise ValueError(f"--shards: {n_parts} parts for {len(files)} files; parts split the files, so at most "
                          f"{len(files)}")
