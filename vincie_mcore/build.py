@@ -363,6 +363,10 @@ def build_training(cfg):
         stream = stream_from_config(dc | {"corpus": replace(corpus, latents=str(latents))}, int(cfg.seed), dims,
                                     micro_batches=micro)
         return dims, make_trainer(cfg, make_model(cfg), stream, run)
+    if corpus.mix:
+        raise ConfigError("data.corpus.mix: the official variant weighs sources only when it streams a latent "
+                          "store (data.corpus.latents, made by vincie-precompute); its in-memory corpus draws "
+                          "sessions uniformly")
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from PIL import Image
 from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
@@ -404,6 +405,21 @@ def test_union_of_stores_reads_every_session_in_place(magicbrush, tmp_path):
     linked = [p for p in (tmp_path / "all" / "parts").rglob("c/0") if p.stat().st_ino == blob.stat().st_ino]
     assert len(linked) == 1 and os.stat(blob).st_nlink == 2     # the same file, not a copy
     assert set(read_failures(tmp_path / "all")) == {"magicbrush/103", "magicbrush/105"}
+    # the sources by name and row: what data.corpus.mix weighs; the stats count them
+    from vincie_mcore.data.report import store_stats
+
+    assert s["named"] == SessionStore(tmp_path / "all").sources() == [("mb", 0, 4), ("pairs_store", 4, 6)]
+    assert store_stats(tmp_path / "all")["sources"] == {"mb": 4, "pairs_store": 2}
+    assert SessionStore(mb).sources() == [] and store_stats(mb)["sources"] == {}
+    assert union(tmp_path / "named", [f"edits={mb}", f"pairs={pairs}"])["named"] == [("edits", 0, 4), ("pairs", 4, 6)]
+    with pytest.raises(ValueError, match=r"union: two sources are named 'x'; name them apart with NAME=PATH"):
+        union(tmp_path / "twice", [f"x={mb}", f"x={pairs}"])
+    with pytest.raises(ValueError, match=r"union: source name 'a b' .* must be letters, digits"):
+        union(tmp_path / "spaced", [f"a b={mb}", str(pairs)])
+    g = zarr.open_group(str(tmp_path / "named"), mode="r+")     # a store from elsewhere whose rows do not tile it
+    g.attrs["build"] = {"union": [{"name": "edits", "rows": [0, 4]}, {"name": "pairs", "rows": [5, 6]}]}
+    with pytest.raises(ValueError, match=r"union source 'pairs' has rows \[5, 6\], expected \[4, ...\]"):
+        SessionStore(tmp_path / "named").sources()
     with pytest.raises(ValueError, match=r"is a union of stores: build into one of them"):
         SessionWriter(tmp_path / "all")
     with pytest.raises(ValueError, match=r"union: .*/all exists already; give a new folder"):

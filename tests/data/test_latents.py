@@ -30,14 +30,14 @@ from vincie_mcore.encoders import ImageEncoderConfig, TextEncoder, TextEncoderCo
 IMG, TXT = ImageEncoderConfig(), TextEncoderConfig(d_model=32, num_layers=1)
 
 
-def make_session_store(root: Path, n: int, px: int = 16, seed: int = 0) -> Path:
-    """n sessions of 2-5 random frames (px x px) with random RoE masks and varied texts."""
+def make_session_store(root: Path, n: int, px: int = 16, seed: int = 0, prefix: str = "v") -> Path:
+    """n sessions (ids ``prefix``0, 1, ...) of 2-5 random frames (px x px) with random RoE masks and varied texts."""
     rng = np.random.default_rng(seed)
     with SessionWriter(root, shard_size=5) as w:
         for i in range(n):
             k = 2 + (i * 7 + seed) % 4
             w.add(RawSession(
-                f"v{i}", [encode_png(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)) for _ in range(k)],
+                f"{prefix}{i}", [encode_png(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)) for _ in range(k)],
                 [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
                 [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
                 [f"move the {'red ' * (i % 3)}object {i} step {j}" for j in range(k - 1)],

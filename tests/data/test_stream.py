@@ -20,7 +20,7 @@ from vincie_mcore.data.corpus import CorpusConfig, decode_corpus, encode_corpus
 from vincie_mcore.data.latents import LatentMismatch
 from vincie_mcore.data.packing import PackConfig, pack
 from vincie_mcore.data.recipe import RecipeConfig, build_sample
-from vincie_mcore.data.stream import LatentStream, stream_from_config, subset_rows
+from vincie_mcore.data.stream import PAIR_STRIDE, LatentStream, stream_from_config, subset_rows
 from vincie_mcore.encoders import TextEncoder, build_image_encoder
 
 RECIPE = RecipeConfig(mask_type="block_causal")
@@ -286,3 +286,113 @@ def test_config_wiring_checks_the_store(made):
         stream_from_config(data_configs(load_config(base + ["data.corpus.latents_dtype=bfloat16"])), 3, dims)
     with pytest.raises(LatentMismatch, match="camera_prompts"):
         stream_from_config(data_configs(load_config(base + ["data.recipe.camera_prompts=false"])), 3, dims)
+
+
+# ----------------------------------------------------------------------------- weighted sources (data.corpus.mix)
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A union of a 12-session store named big and a 3-session one named small, encoded (rows 0-11, 12-14)."""
+    from test_latents import make_session_store
+
+    from vincie_mcore.data.latents import precompute
+    from vincie_mcore.data.sharded import union
+
+    tmp = tmp_path_factory.mktemp("mixed")
+    big = make_session_store(tmp / "big", 12, px=8, seed=1, prefix="b")
+    small = make_session_store(tmp / "small", 3, px=8, seed=2, prefix="s")
+    union(tmp / "all", [f"big={big}", f"small={small}"])
+    precompute(tmp / "all", tmp / "lat", IMG, TXT, RecipeConfig(), block_rows=6)
+    return tmp / "lat"
+
+
+def _rows(planner, epoch):
+    return planner.order(epoch).astype(np.int64)
+
+
+def test_mix_draws_each_source_its_share_every_session_before_repeats(mixed):
+    s = _stream(mixed, mix={"big": 1, "small": 1})
+    p = s.planner
+    assert s.store.sources() == [("big", 0, 12), ("small", 12, 15)]
+    assert [(d["source"], d["draws_per_epoch"]) for d in p.mix_summary()] == [("big", 8), ("small", 7)]
+    epochs = [_rows(p, e) for e in range(6)]
+    assert all(len(o) == 15 and (o < 12).sum() == 8 for o in epochs)     # 15 draws an epoch, shared 8 / 7
+    assert np.array_equal(_rows(p, 2), epochs[2])                        # an epoch's order is a function of it
+    big = np.concatenate(epochs[:3])
+    big = big[big < 12]                                                  # 24 draws: two whole passes
+    assert np.array_equal(np.bincount(big, minlength=12), np.full(12, 2))
+    small = np.concatenate(epochs[:3])
+    small = small[small >= 12]                                           # 21 draws: seven passes over 3
+    assert np.array_equal(np.bincount(small - 12, minlength=3), np.full(3, 7))
+    # epochs 0 and 3 both start a pass over big (8 draws of 12 a pass): each pass is shuffled anew
+    assert set(epochs[0][epochs[0] < 12].tolist()) != set(epochs[3][epochs[3] < 12].tolist())
+    first = np.bincount(epochs[0][epochs[0] >= 12] - 12, minlength=3)    # 7 draws of 3: twice or three times
+    assert first.min() >= 2 and first.max() <= 3
+    only = _stream(mixed, mix={"big": 1}).planner                        # a source left out is not drawn
+    assert sorted(_rows(only, 0).tolist()) == list(range(12))
+    heavy = _stream(mixed, mix={"big": 3, "small": 1}).planner           # 11.25 / 3.75 -> 11 / 4
+    assert [d["draws_per_epoch"] for d in heavy.mix_summary()] == [11, 4]
+    pairs = LatentStream(mixed, RecipeConfig(mask_type="block_causal", pairwise=True), PACK, num_workers=0,
+                         mix={"big": 0, "small": 1}).planner                # the pairwise arm: transitions
+    keys = pairs.order(0).astype(np.int64)
+    assert (keys // PAIR_STRIDE).min() >= 12
+    assert sorted(keys.tolist()) == sorted(r * PAIR_STRIDE + i for r in range(12, 15)
+                                           for i in range(int(pairs.idx["n_frames"][r]) - 1))
+
+
+def test_mix_errors_name_the_key(mixed, made):
+    from vincie_mcore.config import ConfigError
+
+    _, plain = made
+    for mix, msg in (({"nope": 1}, r"data.corpus.mix: no source 'nope' in the latent store \(its sources: big, small\)"),
+                     ({"big": 0}, "data.corpus.mix: every weight is 0"),
+                     ({"big": 1000, "small": 0.001}, r"data.corpus.mix.small: its weight gives it 0 of an epoch's "
+                                                     r"15 draws"),
+                     ({"small": -1}, r"data.corpus.mix.small: a weight must be a number >= 0")):
+        with pytest.raises(ConfigError, match=msg):
+            _stream(mixed, mix=mix)
+    with pytest.raises(ConfigError, match="made from one store, not a union"):
+        _stream(plain, mix={"v": 1})
+    with pytest.raises(ConfigError, match=r"data.corpus.mix.small: the source has no sessions in this run"):
+        _stream(mixed, mix={"small": 1}, max_sessions=1, subset_seed=_subset_without(range(12, 15)))
+
+
+def _subset_without(rows) -> int:
+    """A subset seed whose one-session subset of 15 rows holds none of ``rows``."""
+    return next(k for k in range(100) if int(subset_rows(15, 1, k)[0]) not in rows)
+
+
+def test_mix_resume_continues_and_a_changed_mix_is_refused(mixed):
+    kw = {"mix": {"big": 1, "small": 2}}
+    walk = _stream(mixed, **kw).planner.packs(0, 0, 0)
+    n = next(k for k, epoch, _, _ in walk if epoch == 2) + 1      # into the third epoch: new draws twice
+    whole = _take(_stream(mixed, **kw), n)
+    first = _stream(mixed, num_workers=2, **kw)
+    _take(first, 3)
+    state = first.state_dict()
+    again = _stream(mixed, **kw)
+    again.load_state_dict(state)
+    rest = _take(again, n - 3)
+    assert [k for k, _ in rest] == list(range(3, n)) and all(_same(x, y) for (_, x), (_, y) in zip(rest, whole[3:]))
+    assert again.state_dict()["epoch"] == 2
+    with pytest.raises(ValueError, match=r'data stream state: mix \{"big": 1, "small": 2\} in the checkpoint, '
+                                         r'\{"big": 1, "small": 3\} now'):
+        _stream(mixed, mix={"big": 1, "small": 3}).load_state_dict(state)
+    with pytest.raises(ValueError, match="mix none in the checkpoint"):
+        _stream(mixed, **kw).load_state_dict(_stream(mixed).state_dict())
+
+
+def test_mix_from_the_config(mixed, capsys):
+    from vincie_mcore.build import data_configs
+    from vincie_mcore.config import load_config
+    from vincie_mcore.parallel.groups import ParallelDims
+
+    dims = ParallelDims(tp=1, cp=1, dp=1, world_size=1, rank=0, backend="gloo")
+    cfg = load_config([f"data.corpus.latents={mixed}", "data.text_encoder.d_model=32", "+data.text_encoder.num_layers=1",
+                       "data.pack.patch_size=4", "data.corpus.workers=1", "data.corpus.mix={big:3,small:1}"])
+    s = stream_from_config(data_configs(cfg), 3, dims)
+    assert [d["draws_per_epoch"] for d in s.planner.mix_summary()] == [11, 4]
+    out = capsys.readouterr().out
+    assert "mix: big: weight 0.750, 11 draws an epoch from 12 units (0.92 passes)" in out
+    assert "mix: small: weight 0.250, 4 draws an epoch from 3 units (1.33 passes)" in out
+    next(s)

@@ -18,7 +18,7 @@ Image-editing datasets (the fine-tuning data; docs/edit_datasets.md), resumable:
     vincie-build-sessions edits --format instructpix2pix --data ip2p/data --store STORE --workers 8
     vincie-build-sessions edits --data ultra/data --format pairs --columns ... --store STORE --shards 16   # a plan:
     bash slurm/sessions.sh STORE                  # then 16 array tasks (`run --shard i/16`) and the merge
-    vincie-build-sessions union --store ALL --from STORE_A STORE_B      # several stores as one (hard links)
+    vincie-build-sessions union --store ALL --from a=STORE_A b=STORE_B  # several stores as one (hard links)
 
 With ``--synthetic N`` it first writes N synthetic videos (+ ground-truth
 sidecars) into ``--videos``, then builds from them with the ground-truth
@@ -105,7 +105,8 @@ def _steps_parser() -> argparse.ArgumentParser:
     m.add_argument("--store", required=True)
     un = sub.add_parser("union", help="one store reading every session of several (hard links, no frame copied)")
     un.add_argument("--store", required=True, help="the new store")
-    un.add_argument("--from", dest="sources", nargs="+", required=True, metavar="STORE", help="two or more stores")
+    un.add_argument("--from", dest="sources", nargs="+", required=True, metavar="[NAME=]STORE",
+                    help="two or more stores, each named by its folder or NAME= (the names data.corpus.mix weighs)")
     st = sub.add_parser("stats", help="sessions, frames, texts, edit types, cameras, RoE coverage, failures")
     st.add_argument("--store", required=True)
     st.add_argument("--json", default=None, help="where to write them (default: STORE/stats.json)")
@@ -241,6 +242,7 @@ def steps_main(argv) -> dict:
         s = sharded.union(a.store, a.sources)
         print(f"union: {s['sessions']} sessions in {s['shards']} shards of {s['sources']} stores "
               f"({s['files_linked']} files linked, {s['files_copied']} copied) -> {s['store']}")
+        print("   sources: " + ", ".join(f"{n} ({b - a} sessions)" for n, a, b in s["named"]))
         return s
     if a.step == "merge":
         s = sharded.merge(a.store)

@@ -201,6 +201,16 @@ MUTANTS = [
     Mutant("magicbrush_hook_setting_ignored", "vincie_mcore/build.py",
            "metrics=metrics, progress=False, setting=ec.setting)", "metrics=metrics, progress=False, setting='independent')",
            ("tests/train/test_hooks.py",), "the training-time MagicBrush evaluation runs another setting than asked"),
+    # ---- weighted sources of a union (data.corpus.mix; session 4) ----
+    Mutant("mix_quota_floor_only", "vincie_mcore/data/stream.py",
+           "[:total - sum(q.values())]:", "[:0]:",
+           ("tests/data/test_stream.py",), "an epoch's draws lose the remainders: shorter than asked, weights off"),
+    Mutant("mix_one_pass_for_all", "vincie_mcore/data/stream.py",
+           "np.random.default_rng([self.seed, MIX_TAG, g, c])", "np.random.default_rng([self.seed, MIX_TAG, g, 0])",
+           ("tests/data/test_stream.py",), "every pass over a source is the same permutation (an epoch's draws repeat)"),
+    Mutant("mix_resume_unchecked", "vincie_mcore/data/stream.py",
+           'if state.get("mix", "") != self.mix:', "if False:",
+           ("tests/data/test_stream.py",), "a resume with another mix continues at a position of another order"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

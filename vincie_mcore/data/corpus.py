@@ -35,11 +35,16 @@ class CorpusConfig:
     max_sessions: int | None = None   # use at most this many training sessions (data-scaling sweeps)
     latents: str | None = None        # a latent store (vincie-precompute): stream it instead (data/stream.py)
     latents_dtype: str | None = None  # the precision the latent store must hold; None: whatever it holds
+    mix: dict[str, float] | None = None   # weights of a union's sources ({name: w}; data/stream.py mix_quotas);
+                                          # None: each source by its size
 
     def __post_init__(self):
         for k in ("videos", "heldout_videos", "workers"):
             if not isinstance(getattr(self, k), int) or getattr(self, k) < (1 if k == "workers" else 0):
                 raise ValueError(f"data.corpus.{k}: must be a non-negative int (workers >= 1), got {getattr(self, k)!r}")
+        if self.mix is not None and (not self.mix or any(w < 0 for w in self.mix.values())
+                                     or not sum(self.mix.values()) > 0):
+            raise ValueError(f"data.corpus.mix: weights must be >= 0 with a positive sum, got {self.mix!r}")
         if self.latents_dtype not in (None, "float32", "float16", "bfloat16"):
             raise ValueError(f"data.corpus.latents_dtype: expected float32, float16, bfloat16 or null, "
                              f"got {self.latents_dtype!r}")

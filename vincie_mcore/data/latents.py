@@ -332,7 +332,10 @@ def precompute(store, out, image_cfg, text_cfg, recipe: RecipeConfig | None = No
     attrs = {"format": LATENT_FORMAT, "n_rows": n_rows, "block_rows": block_rows,
              "identity": encoder_identity(image_cfg, text_cfg, recipe, image_size, dtype, layout),
              "source": {"store": str(Path(store).resolve()), "sessions": len(sstore),
-                        "fingerprint": source_fingerprint(store)}, "complete": False}
+                        "fingerprint": source_fingerprint(store),
+                        # a union's sources, by row: what data.corpus.mix weighs (rows past --limit cut)
+                        "sources": [[name, min(a, n_rows), min(b, n_rows)] for name, a, b in sstore.sources()]},
+             "complete": False}
     g = _open_or_create(out, attrs)
     if device is None:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if torch.cuda.is_available() else "cpu"
@@ -454,6 +457,21 @@ class LatentStore:
             ig = self._group()["index"]
             self._index = {k: ig[k][:] for k in ("n_frames", "hw", "txt_len", "txt_first")}
         return self._index
+
+    def sources(self) -> list[tuple[str, int, int]]:
+        """The session store's union sources as (name, first row, end row) (``SessionStore.sources``),
+        [] when it was one store; checked to tile the rows, since the store may come from elsewhere."""
+        src = self.attrs.get("source", {}).get("sources") or []
+        out, at = [], 0
+        for d in src:
+            ok = isinstance(d, list) and len(d) == 3 and isinstance(d[0], str) and all(isinstance(x, int) for x in d[1:])
+            if not ok or d[1] != at or d[2] < d[1]:
+                raise ValueError(f"latent store {self.root}: source {d!r} does not continue at row {at}")
+            out.append(tuple(d))
+            at = d[2]
+        if out and (at != self.n_rows or len({n for n, _, _ in out}) != len(out)):
+            raise ValueError(f"latent store {self.root}: its sources cover {at} of {self.n_rows} rows or repeat a name")
+        return out
 
     @property
     def resident(self) -> bool:

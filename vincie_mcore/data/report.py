@@ -90,6 +90,7 @@ def store_stats(root) -> dict:
                 "empty_share": round(both_empty / n_trans, 4) if n_trans else None},
         "failures": sum(fails.values()),
         "failures_by_reason": dict(fails.most_common()),
+        "sources": {n: b - a for n, a, b in st.sources()},     # a union's, by name (data.corpus.mix)
     }
 
 
@@ -102,6 +103,8 @@ def format_stats(s: dict) -> str:
              "  edit types      " + "  ".join(f"{k} {v:.0%}" for k, v in s["edit_type_share"].items()),
              "  cameras         " + "  ".join(f"{k} {v}" for k, v in list(s["cameras"].items())[:8]),
              f"  RoE coverage    src {r['src_mean_coverage']}  tgt {r['tgt_mean_coverage']}  both empty {r['empty_share']}"]
+    if s.get("sources"):
+        lines.append("  sources         " + "  ".join(f"{k} {v}" for k, v in s["sources"].items()))
     lines += [f"  failed: {n} x {why}" for why, n in list(s["failures_by_reason"].items())[:10]]
     return "\n".join(lines)
 

@@ -18,6 +18,7 @@ each shard hard-linked in as a part; it records every source's settings.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import zarr
@@ -133,19 +134,41 @@ def merge(store_root) -> dict:
             "failed": len(info["skipped"]) + len(fails), "store": str(root)}
 
 
+_SOURCE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+
+
+def source_names(sources) -> tuple[list[str], list[Path]]:
+    """``union``'s sources -> (names, paths). A source is a path (named by its folder) or ``NAME=PATH``;
+    the names are what ``data.corpus.mix`` weighs, so they must be unique words."""
+    names, paths = [], []
+    for s in sources:
+        s = str(s)
+        head = s.split("=", 1)[0]
+        name, path = (head, s[len(head) + 1:]) if "=" in s and "/" not in head else (Path(s).name, s)
+        if not _SOURCE_NAME.match(name):
+            raise ValueError(f"union: source name {name!r} ({s}) must be letters, digits, _ . - (give NAME=PATH)")
+        if name in names:
+            raise ValueError(f"union: two sources are named {name!r}; name them apart with NAME=PATH")
+        names.append(name)
+        paths.append(Path(path))
+    return names, paths
+
+
 def union(store_root, sources) -> dict:
     """One store that reads every session of ``sources`` (stores of any build: videos, editing datasets,
     merged ones), e.g. several fine-tuning datasets for one run. Each source shard becomes a part,
     ``STORE/parts/NNNNN/shard_NNNNN``, its files hard-linked (copied only across filesystems), so no
     frame is re-encoded; the root index lists them all. Session ids must not repeat across sources.
-    The union records every source's build settings; nothing can be written into it."""
+    A source is a path or ``NAME=PATH`` (``source_names``); the union records each source's name,
+    build settings and rows (``SessionStore.sources``: what ``data.corpus.mix`` weighs). Nothing can
+    be written into it."""
     import os
     import shutil
 
     root = Path(store_root)
     if (root / "zarr.json").exists():
         raise ValueError(f"union: {root} exists already; give a new folder")
-    srcs = [Path(s) for s in sources]
+    names, srcs = source_names(sources)
     if len(srcs) < 2:
         raise ValueError(f"union: needs two or more stores, got {len(srcs)}")
     stores = [SessionStore(s) for s in srcs]                 # each checked: a store, its index sane
@@ -156,12 +179,14 @@ def union(store_root, sources) -> dict:
                 raise ValueError(f"union: session {v!r} is in both {seen[v]} and {s}; build one of them with "
                                  f"another --name")
             seen[v] = s
-    index, fails, counts, builds, linked, copied, j = [], [], [], [], 0, 0, 0
+    index, fails, counts, builds, linked, copied, j, row = [], [], [], [], 0, 0, 0, 0
     zarr.open_group(str(root), mode="w")
     zarr.open_group(str(root / "parts"), mode="a")
-    for s, st in zip(srcs, stores):
+    for name, s, st in zip(names, srcs, stores):
         g = zarr.open_group(str(s), mode="r")
-        builds.append({"store": str(s.resolve()), "build": g.attrs.get("build")})
+        builds.append({"name": name, "store": str(s.resolve()), "build": g.attrs.get("build"),
+                       "rows": [row, row + len(st)]})
+        row += len(st)
         for d in _read_index(s):
             part = root / "parts" / part_name(j)
             zarr.open_group(str(part), mode="a")
@@ -193,5 +218,6 @@ def union(store_root, sources) -> dict:
         tmp = root / (name + ".tmp")
         tmp.write_text(text)
         tmp.replace(root / name)
-    return {"sources": len(srcs), "shards": j, "sessions": len(SessionStore(root)), "failed": len(fails),
-            "files_linked": linked, "files_copied": copied, "store": str(root)}
+    made = SessionStore(root)
+    return {"sources": len(srcs), "shards": j, "sessions": len(made), "failed": len(fails),
+            "files_linked": linked, "files_copied": copied, "store": str(root), "named": made.sources()}

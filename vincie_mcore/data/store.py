@@ -273,6 +273,30 @@ class SessionStore:
     def video_ids(self) -> list[str]:
         return list(self._ids)
 
+    def sources(self) -> list[tuple[str, int, int]]:
+        """A union's sources as (name, first row, end row), in row order (``sharded.union``); [] for a
+        store built in one piece. Checked, since a store may come from someone else: unique names, rows
+        that tile the store."""
+        u = (self._group.attrs.get("build") or {}).get("union") if self._group.attrs.get("union_of") else None
+        if not u:
+            return []
+        out, at = [], 0
+        for d in u:
+            try:
+                name, (a, b) = d["name"], d["rows"]
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"{self.root}: a union made before its sources were named; make it again "
+                                 f"with vincie-build-sessions union") from None
+            if not (isinstance(name, str) and isinstance(a, int) and isinstance(b, int) and a == at <= b):
+                raise ValueError(f"{self.root}: union source {name!r} has rows {[a, b]!r}, expected [{at}, ...]")
+            out.append((name, a, b))
+            at = b
+        if at != len(self) or len({n for n, _, _ in out}) != len(out):
+            raise ValueError(f"{self.root}: the union's sources cover {at} rows with names "
+                             f"{[n for n, _, _ in out]}; the store holds {len(self)} (sources must tile it, "
+                             f"names unique)")
+        return out
+
     def location(self, i: int) -> tuple[str, int]:
         """(shard name, index inside the shard) of session i."""
         si, j = self._loc[i]

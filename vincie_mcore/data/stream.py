@@ -8,6 +8,8 @@ Order, in three layers (docs/latent_store.md, "Order"):
    positions*. A unit is a session, or under ``recipe.pairwise`` (paper Table 5) one of its
    transitions as a 2-frame session. The recipe's random choices of position p are drawn from
    (seed, epoch, p), so a unit's sample does not depend on how positions are grouped.
+   With ``mix`` (weights of a union's sources, ``mix_quotas``) an epoch draws each source's share of
+   its length from that source's own endless sequence of shuffled passes, then shuffles the draws.
 3. **Packs.** Positions are packed greedily, in order, to ``pack.token_budget`` (a session that would
    overflow starts the next pack; a pack never crosses an epoch). Pack k is the k-th of this global
    sequence whatever the DP size. A step takes ``dp_size * micro_batches`` packs: rank r's a-th
@@ -26,6 +28,7 @@ may be followed by steps of any size; one stopped between micro-batches needs th
 from __future__ import annotations
 
 import functools
+import json
 import os
 from dataclasses import dataclass
 
@@ -35,6 +38,7 @@ import torch
 from .latents import LatentMismatch, LatentStore, check_layout
 from .packing import PackConfig, pack
 from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
+from ..config import ConfigError
 from ..signals import become_helper, helper_context
 
 
@@ -45,6 +49,40 @@ def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> 
     perm = np.random.default_rng([subset_seed, 0x5E55]).permutation(n_rows)
     dt = np.uint32 if n_rows < 2 ** 32 else np.int64              # 4 bytes a row at 10M: 40 MB
     return perm[:max_sessions].astype(dt)
+
+
+MIX_TAG = 0x6D6978        # seeds a source's passes apart from the epoch shuffles
+
+
+def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> dict:
+    """Draws per epoch for each weighted source: the epoch is as long as the weighted sources' units
+    together, shared in proportion to the weights (largest remainders, so they sum exactly).
+    ``sources``: the store's (name, first row, end row); ``counts``: units per source name.
+    A source left out of ``mix`` (or weighted 0) is not drawn."""
+    names = [n for n, _, _ in sources]
+    if not names:
+        raise ConfigError(f"{where}: the latent store was made from one store, not a union; there are no "
+                         f"sources to weigh (vincie-build-sessions union)")
+    for k, w in mix.items():
+        if k not in names:
+            raise ConfigError(f"{where}: no source {k!r} in the latent store (its sources: {', '.join(names)})")
+        if not (isinstance(w, (int, float)) and w >= 0):
+            raise ConfigError(f"{where}.{k}: a weight must be a number >= 0, got {w!r}")
+    used = [n for n in names if mix.get(n, 0) > 0]
+    if not used:
+        raise ConfigError(f"{where}: every weight is 0")
+    empty = [n for n in used if counts[n] == 0]
+    if empty:
+        raise ConfigError(f"{where}.{empty[0]}: the source has no sessions in this run (max_sessions?)")
+    total, wsum = sum(counts[n] for n in used), sum(float(mix[n]) for n in used)
+    exact = {n: float(mix[n]) / wsum * total for n in used}
+    q = {n: int(np.floor(exact[n])) for n in used}
+    for n in sorted(used, key=lambda n: (q[n] - exact[n], names.index(n)))[:total - sum(q.values())]:
+        q[n] += 1
+    zero = [n for n in used if q[n] == 0]
+    if zero:
+        raise ConfigError(f"{where}.{zero[0]}: its weight gives it 0 of an epoch's {total} draws; raise it")
+    return q
 
 
 @dataclass(frozen=True)
@@ -84,7 +122,8 @@ class PackPlanner:
     sessions in both cases, so the two arms see the same sessions, every transition once an epoch."""
 
     def __init__(self, index: dict, prompt_lens: dict, recipe: RecipeConfig, pack_cfg: PackConfig, seed: int = 0,
-                 max_sessions: int | None = None, subset_seed: int = 0, official: OfficialLayout | None = None):
+                 max_sessions: int | None = None, subset_seed: int = 0, official: OfficialLayout | None = None,
+                 mix: dict | None = None, sources: list | None = None):
         self.idx, self.prompt_lens, self.recipe, self.cfg, self.seed = index, prompt_lens, recipe, pack_cfg, seed
         self.official = official
         self.rows = subset_rows(len(index["n_frames"]), max_sessions, subset_seed)
@@ -101,13 +140,42 @@ class PackPlanner:
             first = np.repeat(np.cumsum(pairs) - pairs, pairs)
             self.units = np.repeat(self.rows.astype(np.int64) * PAIR_STRIDE, pairs) + np.arange(len(first)) - first
         self._order = (None, None)
+        self.mix = None                          # [(name, its units, draws an epoch, weight)]
+        if mix:
+            sources = sources or []
+            row = self.units // PAIR_STRIDE if self.pairwise else self.units
+            of = {n: (row >= a) & (row < b) for n, a, b in sources}
+            q = mix_quotas(mix, sources, {n: int(m.sum()) for n, m in of.items()})
+            self.mix = [(n, self.units[of[n]], q[n], float(mix[n])) for n, _, _ in sources if n in q]
+            self.units = np.concatenate([u for _, u, _, _ in self.mix])   # what an epoch is as long as
 
     def order(self, epoch: int) -> np.ndarray:
         """Unit keys by global position in ``epoch`` (one epoch's permutation kept)."""
         if self._order[0] != epoch:
-            perm = np.random.default_rng([self.seed, epoch]).permutation(len(self.units))
-            self._order = (epoch, self.units[perm])
+            units = self.units if self.mix is None else self._mixed_draws(epoch)
+            perm = np.random.default_rng([self.seed, epoch]).permutation(len(units))
+            self._order = (epoch, units[perm])
         return self._order[1]
+
+    def _mixed_draws(self, epoch: int) -> np.ndarray:
+        """Each source's quota for ``epoch``: positions [e*q, (e+1)*q) of its endless sequence of passes,
+        pass c a permutation drawn from (seed, source, c). A source drawn less than its size sees every
+        unit once before any repeats; one drawn more repeats each unit a whole number of times, +-1."""
+        out = []
+        for g, (_, units, q, _) in enumerate(self.mix):
+            n = len(units)
+            p0, p1 = epoch * q, (epoch + 1) * q
+            c0, c1 = p0 // n, (p1 - 1) // n
+            seq = np.concatenate([units[np.random.default_rng([self.seed, MIX_TAG, g, c]).permutation(n)]
+                                  for c in range(c0, c1 + 1)])
+            out.append(seq[p0 - c0 * n:p1 - c0 * n])
+        return np.concatenate(out)
+
+    def mix_summary(self) -> list[dict]:
+        """Per weighted source: units, weight, draws an epoch and passes over it an epoch (for the log)."""
+        wsum = sum(w for *_, w in self.mix or [])
+        return [{"source": n, "units": len(u), "weight": round(w / wsum, 4), "draws_per_epoch": q,
+                 "passes_per_epoch": round(q / len(u), 3)} for n, u, q, w in self.mix or []]
 
     def plan(self, epoch: int, pos: int, key: int):
         rng = np.random.default_rng([self.seed, epoch, pos])
@@ -274,7 +342,7 @@ class LatentStream:
     def __init__(self, root, recipe: RecipeConfig, pack_cfg: PackConfig, *, seed: int = 0, dp_rank: int = 0,
                  dp_size: int = 1, micro_batches: int = 1, max_sessions: int | None = None, subset_seed: int = 0,
                  num_workers: int = 2, prefetch_factor: int = 2, expect: dict | None = None,
-                 official: OfficialLayout | None = None):
+                 official: OfficialLayout | None = None, mix: dict | None = None):
         if not 0 <= dp_rank < dp_size:
             raise ValueError(f"dp_rank: need 0 <= dp_rank < dp_size, got {dp_rank} of {dp_size}")
         if micro_batches < 1 or num_workers < 0:
@@ -294,8 +362,9 @@ class LatentStream:
         self.num_workers, self.prefetch_factor = num_workers, prefetch_factor
         prompt_lens = {s: int(e.shape[0]) for s, e in self.store.prompts().items()}
         self.planner = PackPlanner(self.store.index(), prompt_lens, recipe, pack_cfg, seed, max_sessions, subset_seed,
-                                   official)
+                                   official, mix, self.store.sources() if mix else None)
         self.subset_seed = subset_seed
+        self.mix = json.dumps(mix, sort_keys=True) if mix else ""      # what a resume must keep
         self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0, "step_packs": 0}
         self.last_pack = None
         self._it = None
@@ -330,13 +399,18 @@ class LatentStream:
         return batch
 
     def state_dict(self) -> dict:
-        return dict(self._state) | {"seed": self.seed, "sessions": self.num_sessions, "subset_seed": self.subset_seed}
+        return dict(self._state) | {"seed": self.seed, "sessions": self.num_sessions, "subset_seed": self.subset_seed,
+                                    "mix": self.mix}
 
     def load_state_dict(self, state: dict):
         for k, mine in (("seed", self.seed), ("sessions", self.num_sessions), ("subset_seed", self.subset_seed)):
             if k in state and int(state[k]) != mine:
                 raise ValueError(f"data stream state: {k}={state[k]} in the checkpoint, {mine} now "
-                                 f"(a resume must keep data seed, max_sessions and subset)")
+                                 f"(a resume must keep data seed, max_sessions, subset and mix)")
+        if state.get("mix", "") != self.mix:
+            raise ValueError(f"data stream state: mix {state.get('mix') or 'none'} in the checkpoint, "
+                             f"{self.mix or 'none'} now (a resume must keep data.corpus.mix; start a new run_dir "
+                             f"with train.init_from to change it)")
         self.close()
         self._state = {k: int(state[k]) for k in ("epoch", "pos", "pack", "consumed", "step_packs")}
 
@@ -356,6 +430,11 @@ def stream_from_config(dc: dict, seed: int, dims, micro_batches: int = 1,
     dtype = c.latents_dtype or LatentStore(c.latents).dtype
     layout = "official" if official is not None else "paper"
     expect = encoder_identity(dc["image"], dc["text"], dc["recipe"], c.image_size, dtype, layout)
-    return LatentStream(c.latents, dc["recipe"], dc["pack"], seed=seed, dp_rank=dims.dp_rank, dp_size=dims.dp,
-                        micro_batches=micro_batches, max_sessions=c.max_sessions, num_workers=c.workers,
-                        expect=expect, official=official)
+    stream = LatentStream(c.latents, dc["recipe"], dc["pack"], seed=seed, dp_rank=dims.dp_rank, dp_size=dims.dp,
+                          micro_batches=micro_batches, max_sessions=c.max_sessions, num_workers=c.workers,
+                          expect=expect, official=official, mix=c.mix)
+    if c.mix and dims.rank == 0:
+        for d in stream.planner.mix_summary():
+            print(f"   mix: {d['source']}: weight {d['weight']:.3f}, {d['draws_per_epoch']} draws an epoch from "
+                  f"{d['units']} units ({d['passes_per_epoch']:.2f} passes)", flush=True)
+    return stream
