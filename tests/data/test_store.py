@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import zarr
 
 from vincie_mcore.data.store import RawSession, SessionStore, SessionWriter
 
@@ -63,3 +64,32 @@ def test_session_validation():
 def test_not_a_store(tmp_path):
     with pytest.raises(FileNotFoundError, match="no session store"):
         SessionStore(tmp_path)
+
+
+def test_blob_streams_in_chunks_and_a_crash_mid_shard_leaves_nothing(tmp_path, monkeypatch):
+    """A session's images go onto disk a chunk at a time as it is added (the writer keeps under a chunk of
+    image bytes, whatever the shard size); each shard's blob is exactly its images' bytes in order, in
+    chunks of BLOB_CHUNK; a writer that dies mid-shard leaves no session of that shard behind."""
+    import vincie_mcore.data.store as store
+
+    monkeypatch.setattr(store, "BLOB_CHUNK", 64)
+    sessions = [_session(i, 2 + i % 5) for i in range(40)]      # images of 2-21 bytes: many a chunk, some across
+    w = SessionWriter(tmp_path / "s", shard_size=16)
+    for s in sessions:
+        w.add(s)
+        assert len(w._pending) < 64
+    w.close()
+    st = SessionStore(tmp_path / "s")
+    assert all(_eq(st[i], s) for i, s in enumerate(sessions))
+    for k, name in enumerate(("shard_00000", "shard_00001", "shard_00002")):
+        raw = b"".join(im for s in sessions[16 * k:16 * (k + 1)] for im in s.images())
+        blob = zarr.open_array(str(tmp_path / "s" / name / "blob"), mode="r")
+        assert blob.chunks == (64,) and blob[:].tobytes() == raw
+    dead = SessionWriter(tmp_path / "s", shard_size=16)
+    for i in range(40, 45):
+        dead.add(_session(i, 6))
+    assert (tmp_path / "s" / "shard_00003" / "blob").is_dir() and dead.done_video_ids() >= {"v44"}
+    del dead                                                     # killed: never flushed
+    again = SessionWriter(tmp_path / "s", shard_size=16)
+    assert not (tmp_path / "s" / "shard_00003").exists() and "v40" not in again.done_video_ids()
+    assert len(SessionStore(tmp_path / "s")) == 40

@@ -211,6 +211,12 @@ MUTANTS = [
     Mutant("mix_resume_unchecked", "vincie_mcore/data/stream.py",
            'if state.get("mix", "") != self.mix:', "if False:",
            ("tests/data/test_stream.py",), "a resume with another mix continues at a position of another order"),
+    Mutant("store_blob_held_whole", "vincie_mcore/data/store.py",
+           "full = len(self._pending) // BLOB_CHUNK * BLOB_CHUNK", "full = 0",
+           ("tests/data/test_store.py",), "a writer holds its whole shard's image bytes until the shard ends"),
+    Mutant("store_blob_chunk_twice", "vincie_mcore/data/store.py",
+           "        del self._pending[:n]\n", "",
+           ("tests/data/test_store.py",), "a spilled chunk's bytes stay pending and are written again"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -116,8 +116,18 @@ class StoreMismatch(ValueError):
     """Resuming a store with build settings other than those it was made with."""
 
 
+BLOB_CHUNK = 1 << 22
+"""A shard's blob is stored raw (PNG bytes do not compress further) in chunks of this many bytes; a shard
+smaller than one chunk is one chunk of its own size."""
+
+
 class SessionWriter:
-    """Append sessions to a store, ``shard_size`` per shard; reopening resumes."""
+    """Append sessions to a store, ``shard_size`` per shard; reopening resumes.
+
+    A session's images go to its shard's blob as they arrive, a whole chunk at a time, so a writer holds
+    less than a chunk of image bytes plus the session being added, and the shard's small per-session
+    rows (ids, texts, sizes), whatever the shard size. The shard is complete, and read, only once
+    ``flush`` lists it in ``index.jsonl``; one left unlisted by a crash is deleted on reopening."""
 
     def __init__(self, root, shard_size: int = 256, build: dict | None = None):
         """``build``: the settings that decide what a session holds (sampling, seed, ...), kept in
@@ -159,11 +169,38 @@ class SessionWriter:
                 shutil.rmtree(p)
         self._done = {v for d in index for v in d["video_ids"]}
         self._next = 1 + max((int(d["shard"].split("_")[1]) for d in index), default=-1)
-        self._buf: list[RawSession] = []
+        self._open_shard()
+
+    def _open_shard(self) -> None:
+        self._group, self._blob, self._written, self._pending = None, None, 0, bytearray()
+        self._ids, self._recs, self._sizes, self._firsts = [], [], [], [0]
 
     def done_video_ids(self) -> set:
-        """Videos with a session in a complete shard (or buffered for the next one)."""
-        return self._done | {s.video_id for s in self._buf}
+        """Videos with a session in a complete shard (or in the shard being written)."""
+        return self._done | set(self._ids)
+
+    def _append(self, s: RawSession) -> None:
+        if self._group is None:
+            self._group = self._root_group.create_group(_shard_name(self._next))
+        for im in s.images():
+            self._pending += im
+            self._sizes.append(len(im))
+        self._firsts.append(self._firsts[-1] + 3 * s.num_frames - 2)
+        self._ids.append(s.video_id)
+        self._recs.append(json.dumps({"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta}))
+        full = len(self._pending) // BLOB_CHUNK * BLOB_CHUNK
+        if full:                                    # whole chunks: onto disk now
+            if self._blob is None:
+                self._blob = self._group.create_array("blob", shape=(0,), dtype=np.uint8, chunks=(BLOB_CHUNK,),
+                                                      compressors=None)
+            self._write_pending(full)
+
+    def _write_pending(self, n: int) -> None:
+        data = bytes(self._pending[:n])
+        del self._pending[:n]
+        self._blob.resize((self._written + n,))
+        self._blob[self._written:self._written + n] = np.frombuffer(data, np.uint8)
+        self._written += n
 
     def add(self, s: RawSession) -> bool:
         """Buffer ``s``; False (and a failure line, nothing written) when its id is unusable."""
@@ -171,8 +208,8 @@ class SessionWriter:
         if why is not None:
             self.fail(str(s.video_id), why)
             return False
-        self._buf.append(s)
-        if len(self._buf) >= self.shard_size:
+        self._append(s)
+        if len(self._ids) >= self.shard_size:
             self.flush()
         return True
 
@@ -185,10 +222,11 @@ class SessionWriter:
             self.fail(str(vid), why)
         if bad:
             return False
-        if self._buf and len(self._buf) + len(sessions) > self.shard_size:
+        if self._ids and len(self._ids) + len(sessions) > self.shard_size:
             self.flush()
-        self._buf.extend(sessions)
-        if len(self._buf) >= self.shard_size:
+        for s in sessions:
+            self._append(s)
+        if len(self._ids) >= self.shard_size:
             self.flush()
         return True
 
@@ -198,43 +236,29 @@ class SessionWriter:
             f.write(line + "\n")
 
     def flush(self) -> None:
-        """Write the buffered sessions as one complete shard."""
-        if not self._buf:
+        """Complete the shard being written: the rest of its blob, its tables, then its index line."""
+        if not self._ids:
             return
-        name = _shard_name(self._next)
-        imgs = [im for s in self._buf for im in s.images()]
-        sizes = np.array([len(b) for b in imgs], np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        first = np.concatenate([[0], np.cumsum([3 * s.num_frames - 2 for s in self._buf])]).astype(np.int64)
-        g = self._root_group.create_group(name)
-        # PNG bytes do not compress further: store raw, in 4 MiB chunks, written one chunk at a time so that
-        # the shard's bytes are not joined into a second copy first.
-        total = int(offsets[-1])
-        chunk = min(max(total, 1), 1 << 22)
-        blob = g.create_array("blob", shape=(total,), dtype=np.uint8, chunks=(chunk,), compressors=None)
-        for a in range(0, total, chunk):
-            b, pos, parts = min(a + chunk, total), a, []
-            while pos < b:
-                i = int(np.searchsorted(offsets, pos, side="right")) - 1      # the image holding byte pos
-                lo = pos - int(offsets[i])
-                take = min(b - pos, int(sizes[i]) - lo)
-                parts.append(imgs[i][lo:lo + take])
-                pos += take
-            blob[a:b] = np.frombuffer(b"".join(parts), np.uint8)
-        g.create_array("offsets", data=offsets)
-        g.create_array("first", data=first)
-        ids = np.array([s.video_id for s in self._buf], dtype=object)
-        recs = np.array([json.dumps({"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta})
-                         for s in self._buf], dtype=object)
-        for key, arr in (("video_id", ids), ("record", recs)):
-            a = g.create_array(key, shape=(len(arr),), dtype=str)
-            a[:] = arr
-        g.attrs["num_sessions"] = len(self._buf)
+        g, name = self._group, _shard_name(self._next)
+        total = self._written + len(self._pending)
+        if self._blob is None:                      # under one chunk: one chunk of its own size
+            self._blob = g.create_array("blob", shape=(total,), dtype=np.uint8, chunks=(max(total, 1),),
+                                        compressors=None)
+            self._blob[:] = np.frombuffer(bytes(self._pending), np.uint8)
+            self._pending = bytearray()
+        elif self._pending:
+            self._write_pending(len(self._pending))
+        g.create_array("offsets", data=np.concatenate([[0], np.cumsum(self._sizes)]).astype(np.int64))
+        g.create_array("first", data=np.array(self._firsts, np.int64))
+        for key, rows in (("video_id", self._ids), ("record", self._recs)):
+            a = g.create_array(key, shape=(len(rows),), dtype=str)
+            a[:] = np.array(rows, dtype=object)
+        g.attrs["num_sessions"] = len(self._ids)
         with open(self.root / "index.jsonl", "a") as f:     # listing it is what makes the shard complete
-            f.write(json.dumps({"shard": name, "video_ids": [s.video_id for s in self._buf]}) + "\n")
-        self._done |= {s.video_id for s in self._buf}
-        self._buf = []
+            f.write(json.dumps({"shard": name, "video_ids": self._ids}) + "\n")
+        self._done |= set(self._ids)
         self._next += 1
+        self._open_shard()
 
     def close(self) -> None:
         self.flush()
