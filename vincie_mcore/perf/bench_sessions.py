@@ -196,7 +196,6 @@ def bench_edits(sessions: int = 48, turns: int = 3, source_size: int = 512, stor
                 workers: int = 1) -> dict:
     """``vincie-build-sessions edits`` over a MagicBrush-layout parquet it writes: sessions/s and
     turns/s, beside a check of the same run (every session stored, frames equal to PIL's resize)."""
-    import resource
     import subprocess
     import sys
 
@@ -224,17 +223,23 @@ def bench_edits(sessions: int = 48, turns: int = 3, source_size: int = 512, stor
         data = Path(tmp) / "train-00000-of-00001.parquet"
         write_magicbrush_parquet(data, rows)
         mb = data.stat().st_size / 2**20
-        # the build in a process of its own, so that its peak memory is its own (not this process's data)
+        # The build in a process of its own, its memory read from its own /proc status: VmHWM covers only
+        # the program after exec (a child's ru_maxrss also keeps the high-water mark of the address space it
+        # was started from, here this process with the whole dataset in RAM). Growth: from after the imports.
         code = ("import json, sys; from vincie_mcore.data.edits import EditsConfig, build_edit_sessions; "
-                "print(json.dumps(build_edit_sessions([sys.argv[1]], sys.argv[2], EditsConfig(size=(int(sys.argv[3]),) * 2, "
-                "workers=int(sys.argv[4])), progress=False)))")
+                "kb = lambda k: int(next(l.split()[1] for l in open('/proc/self/status') if l.startswith(k + ':'))); "
+                "r0 = kb('VmRSS'); "
+                "s = build_edit_sessions([sys.argv[1]], sys.argv[2], EditsConfig(size=(int(sys.argv[3]),) * 2, "
+                "workers=int(sys.argv[4])), progress=False); "
+                "s.update(growth_mb=round((kb('VmHWM') - r0) / 1024, 1), hwm_mb=round(kb('VmHWM') / 1024, 1)); "
+                "print(json.dumps(s))")
+        del rows
         r = subprocess.run([sys.executable, "-c", code, str(data), str(Path(tmp) / "store"), str(store_size), str(workers)],
                            capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"bench_edits: the build failed: {r.stderr.strip().splitlines()[-1:]}")
         summary = json.loads(r.stdout.strip().splitlines()[-1])
         wall = summary["seconds"]
-        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024      # Linux: KiB; the largest process
         store = SessionStore(Path(tmp) / "store")
         first = store[0]
         src = sources[first.video_id.split("/")[-1]]
@@ -244,7 +249,8 @@ def bench_edits(sessions: int = 48, turns: int = 3, source_size: int = 512, stor
         check = {"stored": len(store), "expected": sessions, "failed": summary["failed"],
                  "first_frame_equals_pil_resize": bool(np.array_equal(got, ref))}
     return {"tool": "bench_edits", "sessions": sessions, "turns": sessions * turns, "workers": workers,
-            "peak_rss_mb_largest_build_process": round(peak, 1),
+            # the main build process (reader, writer): workers make one session at a time under their limits
+            "peak_rss_mb_build_process": summary["hwm_mb"], "growth_mb_build_process": summary["growth_mb"],
             "source_size": source_size, "store_size": store_size, "parquet_mb": round(mb, 1),
             "seconds": round(wall, 3), "sessions_per_s": round(sessions / wall, 2),
             "turns_per_s": round(sessions * turns / wall, 2), "mb_per_s": round(mb / wall, 1),
