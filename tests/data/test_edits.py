@@ -287,9 +287,47 @@ def test_mask_conventions_are_read_alike():
         assert rule == name and np.array_equal(got, m)
 
 
+def test_omniedit_and_anyedit_presets(tmp_path):
+    """OmniEdit's card layout: its id, a list of paraphrased prompts (one taken, by the id; empty ones
+    skipped), changed pixels as maps. AnyEdit's: ids from file and row, and a row whose edit needs its
+    visual_input image refused in one line while the others are stored."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = [_picture(40 + i) for i in range(3)]
+    m = _rect(5, 15, 8, 28)
+    tgt = [_edit(s, m, (250, 0, 0)) for s in src]
+    (tmp_path / "omni").mkdir()
+    prompts = [["make the box red", "paint it red", ""], ["redden the box"]]
+    pq.write_table(pa.table({"omni_edit_id": ["o-1", "o-2"], "task": ["swap", "swap"],
+                             "src_img": [_cell(s) for s in src[:2]], "edited_img": [_cell(t) for t in tgt[:2]],
+                             "edited_prompt_list": prompts, "o_score": [8.5, 9.0]}), tmp_path / "omni" / "train-0.parquet")
+    cfg = EditsConfig(format="omniedit", size=(H, W), timeout_s=0, max_mb=0)
+    s = build_edit_sessions([tmp_path / "omni"], tmp_path / "st_omni", cfg, progress=False)
+    assert (s["stored"], s["failed"], s["mask_rules"]) == (2, 0, {"diff": 2})
+    got = _by_id(tmp_path / "st_omni")
+    assert set(got) == {"omniedit/o-1", "omniedit/o-2"} and got["omniedit/o-2"].texts == ["redden the box"]
+    assert got["omniedit/o-1"].texts[0] in prompts[0][:2] and np.array_equal(_decode(got["omniedit/o-1"].roe_src[0]) > 0, m)
+    (tmp_path / "any").mkdir()
+    pq.write_table(pa.table({"image_id": ["same", "same", "other"], "edit_instruction": ["a", "b", "c"],
+                             "edit_type": ["color_alter", "visual_reference", "remove"],
+                             "image_file": [_cell(x) for x in src], "edited_file": [_cell(t) for t in tgt],
+                             "visual_input": [None, _cell(src[2]), None]}), tmp_path / "any" / "train-0.parquet")
+    cfg = EditsConfig(format="anyedit", size=(H, W), timeout_s=0, max_mb=0)
+    s = build_edit_sessions([tmp_path / "any"], tmp_path / "st_any", cfg, progress=False)
+    assert (s["stored"], s["failed"]) == (2, 1)
+    assert set(_by_id(tmp_path / "st_any")) == {"anyedit/train-0/00000000", "anyedit/train-0/00000002"}
+    (why,) = read_failures(tmp_path / "st_any").values()
+    assert why == "train-0.parquet row 1: the edit needs a second input image (visual_input), which a session cannot hold"
+    pq.write_table(pa.table({"image_file": [_cell(src[0])], "edit_instruction": ["a"], "edited_file": [_cell(tgt[0])]}),
+                   tmp_path / "any" / "train-1.parquet")        # a file without the optional column: rows without it
+    s = build_edit_sessions([tmp_path / "any"], tmp_path / "st_any", cfg, progress=False)
+    assert (s["stored"], s["skipped"]) == (1, 3)
+
+
 def test_bad_input_is_one_line(magicbrush, tmp_path):
     data, _ = magicbrush
-    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, ultraedit, pairs, got 'mb'"):
+    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, ultraedit, omniedit, anyedit, pairs, got 'mb'"):
         EditsConfig(format="mb")
     with pytest.raises(ValueError, match="edits.columns: unknown role 'caption'"):
         EditsConfig(columns={"caption": "x"})

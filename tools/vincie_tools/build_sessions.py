@@ -123,7 +123,7 @@ def _steps_parser() -> argparse.ArgumentParser:
     ed.add_argument("--format", choices=tuple(FORMATS), default="magicbrush",
                     help="which columns hold what (docs/edit_datasets.md)")
     ed.add_argument("--columns", default="", metavar="ROLE=COLUMN,...",
-                    help="override the format's columns: session, turn, id, source, instruction, target, mask")
+                    help="override the format's columns: session, turn, id, source, instruction, target, mask, visual")
     ed.add_argument("--name", default="", help="prefix of the session ids (default: the format)")
     ed.add_argument("--size", type=int, nargs=2, default=EditsConfig.size, metavar=("H", "W"))
     ed.add_argument("--aspect", choices=("center_crop", "pad", "resize"), default="center_crop")

@@ -217,6 +217,9 @@ MUTANTS = [
     Mutant("store_blob_chunk_twice", "vincie_mcore/data/store.py",
            "        del self._pending[:n]\n", "",
            ("tests/data/test_store.py",), "a spilled chunk's bytes stay pending and are written again"),
+    Mutant("anyedit_visual_rows_kept", "vincie_mcore/data/edits.py",
+           'if r.get("visual") not in (None, {"bytes": None, "path": None}):', "if False:",
+           ("tests/data/test_edits.py",), "AnyEdit's visual-reference edits stored without the image they need"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

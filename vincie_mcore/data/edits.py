@@ -48,10 +48,18 @@ FORMATS = {
     "instructpix2pix": {"source": "original_image", "instruction": "edit_prompt", "target": "edited_image"},
     # BleachNick/UltraEdit (and its _500k / Region_Based subsets): one pair per row, a mask in the region-based split
     "ultraedit": {"source": "source_image", "instruction": "edit_prompt", "target": "edited_image", "mask": "mask_image"},
+    # TIGER-Lab/OmniEdit-Filtered-1.2M: one pair per row, a list of paraphrased instructions (one is taken)
+    "omniedit": {"id": "omni_edit_id", "source": "src_img", "instruction": "edited_prompt_list",
+                 "target": "edited_img"},
+    # Bin1117/AnyEdit: one pair per row (image_id names the source picture, shared by its edits); rows of its
+    # visual-editing types carry a second input image, which a session cannot hold: refused one line each
+    "anyedit": {"source": "image_file", "instruction": "edit_instruction", "target": "edited_file",
+                "visual": "visual_input"},
     # our own JSONL / parquet: one pair per row; add session= and turn= for chains, mask= for masks
     "pairs": {"source": "source", "instruction": "instruction", "target": "target"},
 }
-ROLES = ("session", "turn", "id", "source", "instruction", "target", "mask")
+ROLES = ("session", "turn", "id", "source", "instruction", "target", "mask", "visual")
+OPTIONAL_ROLES = ("mask", "visual")      # a file without the column reads as a row without the value
 MASK_MODES = ("dataset", "diff", "none")
 PART_SEP = "/part_"
 _PART = re.compile(re.escape(PART_SEP) + r"\d+$")
@@ -193,7 +201,7 @@ def check_columns(files: list[Path], cfg: EditsConfig) -> None:
     cols = cfg.column_map()
     for f in files:
         have = set(_schema(f))
-        missing = [f"{role}={c}" for role, c in cols.items() if c not in have and role != "mask"]
+        missing = [f"{role}={c}" for role, c in cols.items() if c not in have and role not in OPTIONAL_ROLES]
         if missing:
             raise ValueError(f"{f.name}: no column {missing[0]} (it has: {', '.join(sorted(have)) or 'none'}); "
                              f"name it with --columns")
@@ -331,6 +339,9 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
     where = lambda r: f"{files[r['_file']].name} row {r['_row']}"    # noqa: E731
     src, tgt, texts = [], [], []
     for k, r in enumerate(rows):
+        if r.get("visual") not in (None, {"bytes": None, "path": None}):
+            raise ValueError(f"{where(r)}: the edit needs a second input image ({cfg.column_map()['visual']}), "
+                             f"which a session cannot hold")
         text = r.get("instruction")
         if isinstance(text, (list, tuple)):            # paraphrases (e.g. OmniEdit's prompt lists): one, by the id
             said = [t for t in text if isinstance(t, str) and t.strip()]
