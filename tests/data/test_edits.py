@@ -164,29 +164,34 @@ def _contents(store) -> dict:
 
 
 def test_parts_then_merge_equal_one_build(magicbrush, tmp_path):
-    """A plan of 2 parts (each a share of the files; session 104 starts in part 0's file and ends in part 1's),
-    each part run as a Slurm task runs it, then merge: the sessions and failures of one build."""
+    """Plans of 2 and 3 parts over the fixture's 5 row groups (3 in file 0, 2 in file 1; part i owns row groups
+    i, i + N, ...: session 101 starts in part 0's row group and ends in part 1's, 104 starts in file 0 and ends
+    in file 1), each part run as a Slurm task runs it, in any order, then merge: the sessions and failures of
+    one build."""
     from vincie_tools.build_sessions import main
 
-    from vincie_mcore.data.edits import count_edit_sessions
+    from vincie_mcore.data.edits import count_edit_sessions, plan_edits, units
 
     data, _ = magicbrush
     one = build_edit_sessions([data], tmp_path / "one", EditsConfig(size=(H, W)), progress=False)
     files = dataset_files([data])
-    assert [count_edit_sessions(files, EditsConfig(), p) for p in (None, (0, 2), (1, 2))] == [5, 3, 2]
-    store = tmp_path / "parts"
-    args = ["--data", str(data), "--store", str(store), "--size", str(H), str(W), "--quiet"]
-    assert main(["edits", *args, "--shards", "2"]) == 0
-    for i in (1, 0):                                         # any order, as array tasks finish
-        assert main(["run", "--store", str(store), "--shard", f"{i}/2", "--quiet"]) == 0
-    assert main(["merge", "--store", str(store)]) == 0
-    assert _contents(store) == _contents(tmp_path / "one") and len(_contents(store)) == one["stored"] == 4
-    assert read_failures(store) == read_failures(tmp_path / "one")
-    part0 = _by_id(store / "parts" / "00000")
-    assert sorted(part0) == ["magicbrush/101", "magicbrush/102/part_1", "magicbrush/102/part_2", "magicbrush/104"]
-    with pytest.raises(ValueError, match="--shards: 3 parts for 2 files; parts split the files, so at most 2"):
-        from vincie_mcore.data.edits import plan_edits
-        plan_edits([data], tmp_path / "three", 3, EditsConfig())
+    assert units(files) == [(0, 0, 2), (0, 2, 4), (0, 4, 6), (1, 0, 2), (1, 2, 4)]
+    for n, counts, part0 in ((2, [3, 2], ["magicbrush/101", "magicbrush/102/part_1", "magicbrush/102/part_2"]),
+                             (3, [2, 2, 1], ["magicbrush/101"])):
+        assert [count_edit_sessions(files, EditsConfig(), (i, n)) for i in range(n)] == counts
+        store = tmp_path / f"parts{n}"
+        args = ["--data", str(data), "--store", str(store), "--size", str(H), str(W), "--quiet"]
+        assert main(["edits", *args, "--shards", str(n)]) == 0
+        for i in reversed(range(n)):                         # any order, as array tasks finish
+            assert main(["run", "--store", str(store), "--shard", f"{i}/{n}", "--quiet"]) == 0
+        assert main(["merge", "--store", str(store)]) == 0
+        assert _contents(store) == _contents(tmp_path / "one") and len(_contents(store)) == one["stored"] == 4
+        assert read_failures(store) == read_failures(tmp_path / "one")
+        assert sorted(_by_id(store / "parts" / "00000")) == part0
+    assert count_edit_sessions(files, EditsConfig()) == 5
+    with pytest.raises(ValueError, match="--shards: 6 parts for 5 parquet row groups and JSONL files; parts split "
+                                         "those, so at most 5"):
+        plan_edits([data], tmp_path / "six", 6, EditsConfig())
     with pytest.raises(ValueError, match=r"no column target=edited \(it has"):
         plan_edits([data], tmp_path / "cols", 2, EditsConfig(columns={"target": "edited"}))
     assert not (tmp_path / "cols").exists()
@@ -301,10 +306,20 @@ def test_omniedit_and_anyedit_presets(tmp_path):
     prompts = [["make the box red", "paint it red", ""], ["redden the box"]]
     pq.write_table(pa.table({"omni_edit_id": ["o-1", "o-2"], "task": ["swap", "swap"],
                              "src_img": [_cell(s) for s in src[:2]], "edited_img": [_cell(t) for t in tgt[:2]],
-                             "edited_prompt_list": prompts, "o_score": [8.5, 9.0]}), tmp_path / "omni" / "train-0.parquet")
+                             "edited_prompt_list": prompts, "o_score": [8.5, 9.0]}), tmp_path / "omni" / "train-0.parquet",
+                   row_group_size=1)
     cfg = EditsConfig(format="omniedit", size=(H, W), timeout_s=0, max_mb=0)
     s = build_edit_sessions([tmp_path / "omni"], tmp_path / "st_omni", cfg, progress=False)
     assert (s["stored"], s["failed"], s["mask_rules"]) == (2, 0, {"diff": 2})
+    # one file of pairs in two parts, a row group each: the parts together are the one build
+    from vincie_mcore.data.edits import plan_edits, run_edits_part
+    from vincie_mcore.data.sharded import merge, read_plan
+
+    plan_edits([tmp_path / "omni"], tmp_path / "omni_parts", 2, cfg)
+    conf = read_plan(tmp_path / "omni_parts")[1]["edits"]
+    assert [run_edits_part(tmp_path / "omni_parts", i, 2, conf, progress=False)["stored"] for i in (1, 0)] == [1, 1]
+    merge(tmp_path / "omni_parts")
+    assert _contents(tmp_path / "omni_parts") == _contents(tmp_path / "st_omni")
     got = _by_id(tmp_path / "st_omni")
     assert set(got) == {"omniedit/o-1", "omniedit/o-2"} and got["omniedit/o-2"].texts == ["redden the box"]
     assert got["omniedit/o-1"].texts[0] in prompts[0][:2] and np.array_equal(_decode(got["omniedit/o-1"].roe_src[0]) > 0, m)

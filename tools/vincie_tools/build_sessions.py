@@ -133,7 +133,7 @@ def _steps_parser() -> argparse.ArgumentParser:
     ed.add_argument("--shard-size", type=int, default=256)
     ed.add_argument("--limit", type=int, default=0, help="the first N dataset sessions only (0: all)")
     ed.add_argument("--shards", type=int, default=1,
-                    help="> 1: only plan N parts (each a share of the files) for `run --shard i/N` / slurm/sessions.sh")
+                    help="> 1: only plan N parts (each a share of the row groups) for `run --shard i/N` / slurm/sessions.sh")
     ed.add_argument("--retry-failed", action="store_true")
     ed.add_argument("--quiet", action="store_true", help="no progress bars")
     return p

@@ -189,7 +189,7 @@ MUTANTS = [
            ("tests/data/test_edits.py",),
            "a MagicBrush chain whose turn edits another picture is stored as one session"),
     Mutant("edit_part_drops_spilled_rows", "vincie_mcore/data/edits.py",
-           "            if i not in own:\n                spilled", "            if False:\n                spilled",
+           "            if not _owns(own, i, n):\n                spilled", "            if False:\n                spilled",
            ("tests/data/test_edits.py",),
            "a part never reads its sessions' rows from other parts' files: those sessions are lost"),
     Mutant("edit_binary_mask_inverted", "vincie_mcore/data/edits.py",
@@ -220,6 +220,9 @@ MUTANTS = [
     Mutant("anyedit_visual_rows_kept", "vincie_mcore/data/edits.py",
            'if r.get("visual") not in (None, {"bytes": None, "path": None}):', "if False:",
            ("tests/data/test_edits.py",), "AnyEdit's visual-reference edits stored without the image they need"),
+    Mutant("edit_parts_whole_files", "vincie_mcore/data/edits.py",
+           "for f, a, b in units(files)[part[0]::part[1]]:", "for f, a, b in units(files)[part[0]::part[1]][:1]:",
+           ("tests/data/test_edits.py",), "a part builds only its first row group: the rest of its share is lost"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -23,6 +23,7 @@ store's ``failures.jsonl``; the others go on. A rerun resumes: stored and failed
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import json
 import re
@@ -157,9 +158,16 @@ def _schema(f: Path) -> list[str]:
     return []
 
 
-def _rows(f: Path, columns: list[str], only: set | None = None):
-    """(row number, {column: value}) of one file, a row group at a time; ``only``: just those rows (of a
-    parquet file, only the row groups that hold them are read)."""
+def _rows(f: Path, columns: list[str], ranges: list | None = None, only: set | None = None):
+    """(row number, {column: value}) of one file, in order: every row when ``ranges`` and ``only`` are both
+    None, else the rows inside one of ``ranges`` ([(first, end or None), ...]) or in ``only`` (of a parquet
+    file, only the row groups that hold such rows are read)."""
+    every = ranges is None and only is None
+    ranges, only = ranges or [], only or set()
+
+    def keep(n: int) -> bool:
+        return every or n in only or any(a <= n and (b is None or n < b) for a, b in ranges)
+
     if f.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -167,25 +175,26 @@ def _rows(f: Path, columns: list[str], only: set | None = None):
         # column chunks at once (pyarrow's pre-buffering held ~0.5 GB for MagicBrush's 64-row groups, growing
         # with the file; this reads in flat memory, measured in docs/edit_datasets.md "Throughput").
         pf = pq.ParquetFile(f, pre_buffer=False, buffer_size=1 << 20)
-        groups, starts, first = [], [], 0
+        wanted = sorted(only)
+        first = 0
         for g in range(pf.metadata.num_row_groups):
             size = pf.metadata.row_group(g).num_rows
-            if only is None or any(first <= n < first + size for n in only):
-                groups.append(g)
-                starts.append(first)
+            k = bisect.bisect_left(wanted, first)
+            if every or (k < len(wanted) and wanted[k] < first + size) or \
+                    any(a < first + size and (b is None or b > first) for a, b in ranges):
+                n = first
+                for batch in pf.iter_batches(batch_size=16, row_groups=[g], columns=columns, use_threads=False):
+                    for row in batch.to_pylist():
+                        if keep(n):
+                            yield n, row
+                        n += 1
             first += size
-        for g, n in zip(groups, starts):
-            for batch in pf.iter_batches(batch_size=16, row_groups=[g], columns=columns, use_threads=False):
-                for row in batch.to_pylist():
-                    if only is None or n in only:
-                        yield n, row
-                    n += 1
         return
     with f.open() as fh:
         n = 0
         for line in fh:
             if line.strip():
-                if only is None or n in only:
+                if keep(n):
                     try:
                         d = json.loads(line)
                     except json.JSONDecodeError as e:
@@ -220,9 +229,36 @@ def locate_sessions(files: list[Path], cfg: EditsConfig) -> dict | None:
     return where
 
 
-def _own(files: list, part: tuple[int, int] | None) -> set:
-    """The files of ``part`` (i, N): i, i + N, i + 2N, ...; all of them without a part."""
-    return set(range(len(files))) if part is None else set(range(part[0], len(files), part[1]))
+def units(files: list[Path]) -> list[tuple[int, int, int | None]]:
+    """What parts share out: (file, first row, end row) of every parquet row group, and every JSONL file
+    whole (end None)."""
+    import pyarrow.parquet as pq
+
+    out = []
+    for i, f in enumerate(files):
+        if f.suffix != ".parquet":
+            out.append((i, 0, None))
+            continue
+        md, a = pq.ParquetFile(f).metadata, 0
+        for g in range(md.num_row_groups):
+            out.append((i, a, a + md.row_group(g).num_rows))
+            a += md.row_group(g).num_rows
+    return out
+
+
+def _own(files: list, part: tuple[int, int] | None) -> dict | None:
+    """Part (i, N)'s rows: file -> [(first row, end row or None), ...], units i, i + N, i + 2N, ... of
+    ``units``; None (every row) without a part."""
+    if part is None:
+        return None
+    own: dict = {}
+    for f, a, b in units(files)[part[0]::part[1]]:
+        own.setdefault(f, []).append((a, b))
+    return own
+
+
+def _owns(own: dict | None, i: int, n: int) -> bool:
+    return own is None or any(a <= n and (b is None or n < b) for a, b in own.get(i, ()))
 
 
 def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
@@ -233,11 +269,9 @@ def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, in
     own = _own(files, part)
     where = where if where is not None else locate_sessions(files, cfg)
     if where is not None:
-        return sum(1 for locs in where.values() if locs[0][0] in own)
-    import pyarrow.parquet as pq
-
-    return sum(pq.ParquetFile(files[i]).metadata.num_rows if files[i].suffix == ".parquet"
-               else sum(1 for line in files[i].open() if line.strip()) for i in sorted(own))
+        return sum(1 for locs in where.values() if _owns(own, *locs[0]))
+    return sum(b - a if b is not None else sum(1 for line in files[i].open() if line.strip())
+               for i, a, b in (units(files) if part is None else units(files)[part[0]::part[1]]))
 
 
 def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
@@ -248,26 +282,27 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
     still comes out whole.
 
     ``part = (i, N)``: only part i's sessions (a Slurm array task): those whose first row is in one of
-    files i, i + N, i + 2N, ... (it reads those files, and from the others just the rows of its sessions
-    that spilled over), so that N parts together give every session once."""
+    units i, i + N, i + 2N, ... (``units``: parquet row groups, JSONL files; it reads those, and elsewhere
+    just the rows of its sessions that spilled over), so that N parts together give every session once."""
     check_columns(files, cfg)
     cols = cfg.column_map()
     own = _own(files, part)
     chained = "session" in cols
     where = (where if where is not None else locate_sessions(files, cfg)) if chained else {}
-    mine = {k for k, locs in where.items() if locs[0][0] in own}
-    spilled: dict = {}                                   # file not ours -> rows of our sessions in it
+    mine = {k for k, locs in where.items() if _owns(own, *locs[0])}
+    spilled: dict = {}                                   # file -> rows of our sessions outside our units
     for k in mine:
         for i, n in where[k]:
-            if i not in own:
+            if not _owns(own, i, n):
                 spilled.setdefault(i, set()).add(n)
     pending: dict = {}
     for i, f in enumerate(files):
-        if i not in own and i not in spilled:
+        if own is not None and i not in own and i not in spilled:
             continue
         have = set(_schema(f))
         names = {role: c for role, c in cols.items() if c in have}
-        for n, raw in _rows(f, list(names.values()), None if i in own else spilled[i]):
+        ranges = None if own is None else own.get(i, [])
+        for n, raw in _rows(f, list(names.values()), ranges, spilled.get(i) if own is not None else None):
             row = {role: raw[c] for role, c in names.items()}
             row.update(_file=i, _row=n)
             if not chained:
@@ -498,9 +533,10 @@ def plan_edits(paths, store_root, n_parts: int, cfg: EditsConfig) -> dict:
 
     files = dataset_files(paths)
     check_columns(files, cfg)                           # now, not in N array tasks
-    if n_parts > len(files):
-        raise ValueError(f"--shards: {n_parts} parts for {len(files)} files; parts split the files, so at most "
-                         f"{len(files)}")
+    n_units = len(units(files))
+    if n_parts > n_units:
+        raise ValueError(f"--shards: {n_parts} parts for {n_units} parquet row groups and JSONL files; parts split "
+                         f"those, so at most {n_units}")
     conf = {"edits": {**dataclasses.asdict(cfg), "size": list(cfg.size), "data": [str(f.resolve()) for f in files]}}
     return write_plan(store_root, n_parts, conf, {"files": len(files), "videos": 0, "skipped": []})
 
