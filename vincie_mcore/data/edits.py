@@ -163,10 +163,10 @@ def _rows(f: Path, columns: list[str], ranges: list | None = None, only: set | N
     None, else the rows inside one of ``ranges`` ([(first, end or None), ...]) or in ``only`` (of a parquet
     file, only the row groups that hold such rows are read)."""
     every = ranges is None and only is None
-    ranges, only = ranges or [], only or set()
+    ranges, only = sorted(ranges or []), only or set()
 
     def keep(n: int) -> bool:
-        return every or n in only or any(a <= n and (b is None or n < b) for a, b in ranges)
+        return every or n in only or _in(ranges, n)
 
     if f.suffix == ".parquet":
         import pyarrow.parquet as pq
@@ -257,8 +257,14 @@ def _own(files: list, part: tuple[int, int] | None) -> dict | None:
     return own
 
 
+def _in(ranges: list, n: int) -> bool:
+    """Whether row n is in one of the sorted, disjoint ``ranges`` [(first, end or None), ...]."""
+    k = bisect.bisect_right(ranges, n, key=lambda r: r[0]) - 1
+    return k >= 0 and (ranges[k][1] is None or n < ranges[k][1])
+
+
 def _owns(own: dict | None, i: int, n: int) -> bool:
-    return own is None or any(a <= n and (b is None or n < b) for a, b in own.get(i, ()))
+    return own is None or _in(own.get(i, []), n)
 
 
 def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
