@@ -363,29 +363,51 @@ def test_bad_input_is_one_line(magicbrush, tmp_path):
 
 
 def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
-    """`vincie-build-sessions edits`, then the demo recipe and the released models' variant (tiny) each train
-    two steps on the store (24 px frames)."""
+    """`vincie-build-sessions edits` twice (MagicBrush, pairs), `union`, then the demo recipe trains two steps on
+    the union with the sources weighed (`data.corpus.mix`), and the released models' variant (tiny) two steps
+    on it unweighed (its in-memory path refuses a mix in one line); 24 px frames."""
     data, _ = magicbrush
-    store = tmp_path / "sft"
-    r = subprocess.run([str(BIN / "vincie-build-sessions"), "edits", "--data", *map(str, sorted(data.glob("*.parquet"))),
-                        "--store", str(store), "--size", "24", "24", "--quiet"], capture_output=True, text=True,
-                       timeout=300)
+    cli = str(BIN / "vincie-build-sessions")
+    r = subprocess.run([cli, "edits", "--data", *map(str, sorted(data.glob("*.parquet"))),
+                        "--store", str(tmp_path / "mb"), "--size", "24", "24", "--quiet"], capture_output=True,
+                       text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "edits: 4 sessions (7 turns) stored from 5 dataset sessions, 1 chain breaks cut, 2 failed" in r.stdout
+    d = tmp_path / "pairs"
+    d.mkdir()
+    for i in range(2):
+        Image.fromarray(_picture(60 + i)).save(d / f"s{i}.png")
+        Image.fromarray(_edit(_picture(60 + i), _rect(0, 9, 0, 9), (5, 5, 5))).save(d / f"t{i}.png")
+    (d / "p.jsonl").write_text("".join(json.dumps({"source": f"s{i}.png", "instruction": f"e{i}", "target": f"t{i}.png"})
+                                       + "\n" for i in range(2)))
+    store = tmp_path / "sft"
+    for args in (["edits", "--format", "pairs", "--data", str(d), "--store", str(tmp_path / "pairs_store"), "--size",
+                  "24", "24", "--quiet"],
+                 ["union", "--store", str(store), "--from", f"mb={tmp_path / 'mb'}", f"pairs={tmp_path / 'pairs_store'}"]):
+        r = subprocess.run([cli, *args], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    assert "sources: mb (4 sessions), pairs (2 sessions)" in r.stdout
     from vincie_tools.train import main as train_main
 
     rc = train_main(["experiment=demo", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
                      "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=2", "train.warmup=0",
                      "train.progress=false", "train.log_every=1", "model.num_layers=2", "model.mm_layers=1",
-                     f"run_dir={tmp_path / 'run'}"])
+                     "data.corpus.mix={mb:1,pairs:3}", f"run_dir={tmp_path / 'run'}"])
     out = capsys.readouterr().out
     losses = [float(x) for x in re.findall(r"step +\d+ \| loss ([0-9.]+)", out)]
     assert rc == 0 and len(losses) == 2 and all(np.isfinite(losses)), out[-2000:]
+    assert "mix: pairs: weight 0.750, 4 draws an epoch from 2 units (2.00 passes)" in out
     from vincie_mcore.data.latents import LatentStore
 
-    assert len(LatentStore(tmp_path / "run" / "latents")) == 4       # the store's sessions, all of them encoded
+    lat = LatentStore(tmp_path / "run" / "latents")                  # the union's sessions, all of them encoded
+    assert len(lat) == 6 and lat.sources() == [("mb", 0, 4), ("pairs", 4, 6)]
     assert (tmp_path / "run" / "checkpoints").is_dir()
     # the released models' variant (docs/official.md, "Fine-tuning") reads the same store
+    official = ["model=official_tiny", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
+                "data.corpus.workers=1", "data.pack.token_budget=300", "data.pack.pad_multiple=8", "train.steps=2",
+                "train.warmup=0", "train.progress=false", "train.log_every=1", f"run_dir={tmp_path / 'official'}"]
+    assert train_main(official + ["data.corpus.mix={mb:1}"]) == 2
+    assert "error: data.corpus.mix: the official variant weighs sources only when it streams" in capsys.readouterr().err
     rc = train_main(["model=official_tiny", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
                      "data.corpus.workers=1", "data.pack.token_budget=300", "data.pack.pad_multiple=8",
                      "train.steps=2", "train.warmup=0", "train.progress=false", "train.log_every=1",
