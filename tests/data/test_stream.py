@@ -396,3 +396,14 @@ def test_mix_from_the_config(mixed, capsys):
     assert "mix: big: weight 0.750, 11 draws an epoch from 12 units (0.92 passes)" in out
     assert "mix: small: weight 0.250, 4 draws an epoch from 3 units (1.33 passes)" in out
     next(s)
+
+
+def test_the_epoch_order_benchmark_checks_its_own_draws():
+    from vincie_tools.bench_loader import main
+
+    from vincie_mcore.perf.bench_loader import epoch_order
+
+    r = epoch_order(3000, shares=(0.7, 0.3), weights=(1, 3), repeats=1)
+    assert r["check_plain_is_a_permutation"] and r["check_mixed_counts_equal_quotas"]
+    assert r["sources"] == {"s0": 2100, "s1": 900} and r["mixed_draws"] == {"s0": 750, "s1": 2250}
+    assert main(["--epoch-order", "500"]) == 0

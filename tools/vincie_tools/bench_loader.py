@@ -4,6 +4,10 @@
 
 Sessions/s and tokens/s with 0, 1 and 2 workers, RSS/USS against corpus size (1k, 10k, 100k
 synthesized rows), time to the first batch after a resume (vincie_mcore/perf/bench_loader.py).
+
+    vincie-bench-loader --epoch-order 10000000 --out benchmarks/cpu/bench_epoch_order.json
+
+One epoch's order over 10M sessions, plain and with ``data.corpus.mix`` (3 sources, weighed 1:1:1).
 """
 from __future__ import annotations
 
@@ -19,12 +23,23 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000], help="corpus sizes for memory")
     ap.add_argument("--throughput-rows", type=int, default=400, help="rows of the VAE-like store")
     ap.add_argument("--batches", type=int, default=40, help="batches timed per worker count")
+    ap.add_argument("--epoch-order", type=int, default=None, metavar="UNITS",
+                    help="only time one epoch's order over UNITS sessions, plain and with data.corpus.mix")
     ap.add_argument("--out", default=None, help="write the JSON here as well")
     a = ap.parse_args(argv)
-    from vincie_mcore.perf.bench_loader import bench_loader
+    from vincie_mcore.perf.bench_loader import bench_loader, epoch_order
 
-    with tempfile.TemporaryDirectory() as tmp:
-        res = bench_loader(a.workdir or tmp, a.sizes, a.throughput_rows, a.batches)
+    if a.epoch_order:
+        import os
+        import subprocess
+
+        res = epoch_order(a.epoch_order)
+        res["cores"] = os.cpu_count()
+        res["git_sha"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                                        text=True).stdout.strip()
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            res = bench_loader(a.workdir or tmp, a.sizes, a.throughput_rows, a.batches)
     text = json.dumps(res, indent=1)
     print(text)
     if a.out:

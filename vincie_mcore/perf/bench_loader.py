@@ -141,6 +141,37 @@ def plan_cost(root, pack_cfg: PackConfig, sessions: int = 2000) -> float:
     return round(1e6 * (time.perf_counter() - t0) / n, 1)
 
 
+def epoch_order(units: int = 10_000_000, shares=(0.9, 0.09, 0.01), weights=(1, 1, 1), repeats: int = 3) -> dict:
+    """Seconds to draw one epoch's order over ``units`` sessions, plain and with ``data.corpus.mix`` over
+    sources of ``shares`` of the rows weighed ``weights`` (every rank does this once an epoch), beside a check
+    of the same draws: each source's count in the mixed epoch equals its quota, and the plain epoch is a
+    permutation. The planner's index is synthetic (two-frame rows): ordering reads no latent."""
+    from ..data.stream import PackPlanner
+
+    bounds = np.concatenate([[0], np.cumsum(np.round(np.array(shares) / sum(shares) * units).astype(np.int64))])
+    bounds[-1] = units
+    sources = [(f"s{k}", int(a), int(b)) for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    index = {"n_frames": np.full(units, 2, np.uint16)}
+    mix = {n: float(w) for (n, _, _), w in zip(sources, weights)}
+    out = {"tool": "epoch_order", "units": units, "sources": {n: b - a for n, a, b in sources}, "weights": mix}
+    for name, kw in (("plain", {}), ("mixed", {"mix": mix, "sources": sources})):
+        p = PackPlanner(index, {}, RECIPE, TINY_PACK, seed=1, **kw)
+        times = []
+        for e in range(repeats):
+            t0 = time.perf_counter()
+            order = p.order(e)
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_s"] = round(min(times), 3)
+        if name == "plain":
+            out["check_plain_is_a_permutation"] = bool(np.array_equal(np.sort(order), np.arange(units)))
+        else:
+            counts = {n: int(((order >= a) & (order < b)).sum()) for n, a, b in sources}
+            out["mixed_draws"] = counts
+            out["check_mixed_counts_equal_quotas"] = counts == {d["source"]: d["draws_per_epoch"]
+                                                                for d in p.mix_summary()}
+    return out
+
+
 def bench_loader(workdir, sizes=(1000, 10000, 100000), throughput_rows: int = 400, batches: int = 40) -> dict:
     work = Path(workdir)
     real_pack = PackConfig(patch_size=2, token_budget=4096)
