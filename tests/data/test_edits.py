@@ -19,8 +19,8 @@ import zarr
 from PIL import Image
 from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
-from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, dataset_files, region
-from vincie_mcore.data.store import SessionStore, read_failures
+from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, dataset_files, format_edits_summary, region
+from vincie_mcore.data.store import SessionStore, StoreMismatch, read_failures
 from vincie_mcore.perf.bench_sessions import bench_edits, write_magicbrush_parquet
 
 BIN = Path(sys.executable).parent
@@ -338,6 +338,47 @@ def test_omniedit_and_anyedit_presets(tmp_path):
                    tmp_path / "any" / "train-1.parquet")        # a file without the optional column: rows without it
     s = build_edit_sessions([tmp_path / "any"], tmp_path / "st_any", cfg, progress=False)
     assert (s["stored"], s["skipped"]) == (1, 3)
+    # --keep: OmniEdit by its score, AnyEdit by its edit type (a file without the column refused in one line)
+    s = build_edit_sessions([tmp_path / "omni"], tmp_path / "st_best", EditsConfig(
+        format="omniedit", size=(H, W), timeout_s=0, max_mb=0, keep=("o_score >= 8.8",)), progress=False)
+    assert (s["stored"], s["filtered"]) == (1, 1) and set(_by_id(tmp_path / "st_best")) == {"omniedit/o-2"}
+    assert "1 left out by --keep" in format_edits_summary(s)
+    keep = EditsConfig(format="anyedit", size=(H, W), timeout_s=0, max_mb=0,
+                       keep=("edit_type!=visual_reference|remove",))
+    with pytest.raises(ValueError, match=r"train-1.parquet: no column edit_type \(--keep\)"):
+        build_edit_sessions([tmp_path / "any"], tmp_path / "st_types", keep, progress=False)
+    s = build_edit_sessions([tmp_path / "any" / "train-0.parquet"], tmp_path / "st_types", keep, progress=False)
+    assert (s["stored"], s["failed"], s["filtered"]) == (1, 0, 2)
+    assert set(_by_id(tmp_path / "st_types")) == {"anyedit/train-0/00000000"}
+    with pytest.raises(StoreMismatch, match=r"edits.keep: .*'edit_type!=visual_reference\|remove'.* there, .*\[\].* now"):
+        build_edit_sessions([tmp_path / "any" / "train-0.parquet"], tmp_path / "st_types",
+                            EditsConfig(format="anyedit", size=(H, W)), progress=False)
+
+
+def test_keep_conditions():
+    """--keep's conditions: numbers compared as numbers (also in text cells), alternatives for == and !=, a
+    missing value meeting only !=, a chained session kept whole or not at all; bad conditions one line each."""
+    from vincie_mcore.data.edits import holds, parse_condition
+
+    c = parse_condition
+    assert c(" o_score>=8 ") == ("o_score", ">=", [8.0]) and c("edit_type==a|b") == ("edit_type", "==", ["a", "b"])
+    assert holds(c("turn==1"), 1.0) and holds(c("turn==1"), "1") and not holds(c("turn==1"), 2)
+    assert holds(c("s>=8"), "8.5") and not holds(c("s>=8"), "high") and not holds(c("s>8"), None)
+    assert not holds(c("s<1"), True)                               # a flag is not a number
+    assert holds(c("t!=a|b"), None) and not holds(c("t==a|b"), None) and holds(c("t==a|b"), "b")
+    assert not holds(c("t!=a|b"), "a") and holds(c("t!=a|b"), "c")
+    for bad, msg in (("o_score=>8", r"is not COLUMN OP VALUE"), ("o_score>=high", r"needs a number, got 'high'"),
+                     ("==3", r"is not COLUMN OP VALUE")):
+        with pytest.raises(ValueError, match=f"edits.keep: .*{msg}"):
+            EditsConfig(keep=(bad,))
+
+
+def test_keep_drops_a_whole_chain(magicbrush, tmp_path):
+    data, _ = magicbrush
+    s = build_edit_sessions([data], tmp_path / "s", EditsConfig(size=(H, W), timeout_s=0, max_mb=0,
+                                                               keep=("turn_index<=1",)), progress=False)
+    # 101, 102 and 104 have a second turn: left out whole; 103 (a bad target) and 105 (turn 1 twice) fail
+    assert (s["stored"], s["failed"], s["filtered"]) == (0, 2, 3)
 
 
 def test_bad_input_is_one_line(magicbrush, tmp_path):

@@ -129,6 +129,9 @@ def _steps_parser() -> argparse.ArgumentParser:
     ed.add_argument("--aspect", choices=("center_crop", "pad", "resize"), default="center_crop")
     ed.add_argument("--masks", choices=MASK_MODES, default="dataset",
                     help="RoE maps: the mask column (changed pixels where a row has none), changed pixels, or none")
+    ed.add_argument("--keep", action="append", default=[], metavar="COND",
+                    help="keep only sessions whose rows meet COND: COLUMN OP VALUE, OP one of >= <= == != > < "
+                         "(== / != take a|b|c), e.g. 'o_score>=8' or 'edit_type!=visual_reference'; repeatable")
     ed.add_argument("--workers", type=int, default=1)
     ed.add_argument("--shard-size", type=int, default=256)
     ed.add_argument("--limit", type=int, default=0, help="the first N dataset sessions only (0: all)")
@@ -225,7 +228,8 @@ def steps_main(argv) -> dict:
         from vincie_mcore.data.edits import EditsConfig, build_edit_sessions, format_edits_summary, plan_edits
 
         cfg = EditsConfig(format=a.format, columns=_columns(a.columns), name=a.name, size=tuple(a.size),
-                          aspect=a.aspect, masks=a.masks, workers=a.workers, shard_size=a.shard_size)
+                          aspect=a.aspect, masks=a.masks, workers=a.workers, shard_size=a.shard_size,
+                          keep=tuple(a.keep))
         if a.shards > 1:
             if a.limit:
                 raise ValueError("--limit: builds here only; not with --shards")

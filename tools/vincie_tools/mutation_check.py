@@ -223,6 +223,9 @@ MUTANTS = [
     Mutant("edit_parts_whole_files", "vincie_mcore/data/edits.py",
            "for f, a, b in units(files)[part[0]::part[1]]:", "for f, a, b in units(files)[part[0]::part[1]][:1]:",
            ("tests/data/test_edits.py",), "a part builds only its first row group: the rest of its share is lost"),
+    Mutant("keep_one_row_enough", "vincie_mcore/data/edits.py",
+           'if sid in done or not all(r["_keep"] for r in rows):', 'if sid in done or not any(r["_keep"] for r in rows):',
+           ("tests/data/test_edits.py",), "--keep keeps a chain when any turn meets it: turns the filter meant out stay"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

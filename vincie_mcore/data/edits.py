@@ -66,6 +66,55 @@ PART_SEP = "/part_"
 _PART = re.compile(re.escape(PART_SEP) + r"\d+$")
 
 
+KEEP_OPS = (">=", "<=", "==", "!=", ">", "<")
+_CONDITION = re.compile(r"^\s*([^<>=!\s][^<>=!]*?)\s*(>=|<=|==|!=|>|<)\s*(\S.*?)\s*$")
+
+
+def parse_condition(text) -> tuple[str, str, list]:
+    """``COLUMN OP VALUE`` -> (column, op, values). ``==`` and ``!=`` take alternatives ``a|b|c``; ``<`` ``<=``
+    ``>`` ``>=`` take a number. One line naming the condition otherwise."""
+    m = _CONDITION.match(text) if isinstance(text, str) else None
+    if m is None:
+        raise ValueError(f"edits.keep: {text!r} is not COLUMN OP VALUE (OP one of {' '.join(KEEP_OPS)})")
+    col, op, value = m.groups()
+    values = value.split("|") if op in ("==", "!=") else [value]
+    if op not in ("==", "!="):
+        try:
+            values = [float(value)]
+        except ValueError:
+            raise ValueError(f"edits.keep: {text!r} compares with {op}, which needs a number, got {value!r}") from None
+    return col, op, values
+
+
+def _number(x) -> float | None:
+    if isinstance(x, bool) or x is None:
+        return None
+    if isinstance(x, (int, float)):
+        return float(x)
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return None
+
+
+def holds(condition: tuple[str, str, list], cell) -> bool:
+    """Whether a row's ``cell`` meets a parsed condition. A missing value meets only ``!=``; ``==``/``!=``
+    compare numbers as numbers (``turn==1`` holds for 1.0) and anything else as text."""
+    _, op, values = condition
+    if op in ("==", "!="):
+        if cell is None:
+            return op == "!="
+        num = _number(cell)
+        nums = [_number(v) for v in values]
+        hit = any(num == v for v in nums) if num is not None and None not in nums else str(cell) in values
+        return hit if op == "==" else not hit
+    num = _number(cell)
+    if num is None:
+        return False
+    v = values[0]
+    return {">=": num >= v, "<=": num <= v, ">": num > v, "<": num < v}[op]
+
+
 @dataclass
 class EditsConfig:
     """How an editing dataset becomes sessions (``vincie-build-sessions edits``)."""
@@ -82,9 +131,13 @@ class EditsConfig:
     workers: int = 1
     timeout_s: float = DECODE_TIMEOUT_S     # seconds one session may take in a worker (0: no limit)
     max_mb: int = DECODE_MAX_MB             # MiB a worker may grow by for one session (0: no limit)
+    keep: tuple = ()                        # row conditions, all must hold ("o_score>=8", "edit_type!=a|b"): KEEP_OPS
 
     def __post_init__(self):
         self.size = tuple(self.size)
+        self.keep = tuple(self.keep)
+        for c in self.keep:
+            parse_condition(c)
         if self.format not in FORMATS:
             raise ValueError(f"edits.format: must be one of {', '.join(FORMATS)}, got {self.format!r}")
         bad = sorted(set(self.columns) - set(ROLES))
@@ -125,6 +178,7 @@ class EditsConfig:
             d.pop(k)
         d["columns"] = self.column_map()
         d["size"] = list(self.size)
+        d["keep"] = list(self.keep)
         return d
 
 
@@ -211,6 +265,7 @@ def check_columns(files: list[Path], cfg: EditsConfig) -> None:
     for f in files:
         have = set(_schema(f))
         missing = [f"{role}={c}" for role, c in cols.items() if c not in have and role not in OPTIONAL_ROLES]
+        missing += [f"{c} (--keep)" for c in dict.fromkeys(parse_condition(k)[0] for k in cfg.keep) if c not in have]
         if missing:
             raise ValueError(f"{f.name}: no column {missing[0]} (it has: {', '.join(sorted(have)) or 'none'}); "
                              f"name it with --columns")
@@ -292,6 +347,7 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
     just the rows of its sessions that spilled over), so that N parts together give every session once."""
     check_columns(files, cfg)
     cols = cfg.column_map()
+    conditions = [parse_condition(k) for k in cfg.keep]
     own = _own(files, part)
     chained = "session" in cols
     where = (where if where is not None else locate_sessions(files, cfg)) if chained else {}
@@ -307,10 +363,11 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
             continue
         have = set(_schema(f))
         names = {role: c for role, c in cols.items() if c in have}
+        read = list(dict.fromkeys([*names.values(), *(c for c, _, _ in conditions)]))
         ranges = None if own is None else own.get(i, [])
-        for n, raw in _rows(f, list(names.values()), ranges, spilled.get(i) if own is not None else None):
+        for n, raw in _rows(f, read, ranges, spilled.get(i) if own is not None else None):
             row = {role: raw[c] for role, c in names.items()}
-            row.update(_file=i, _row=n)
+            row.update(_file=i, _row=n, _keep=all(holds(c, raw[c[0]]) for c in conditions))
             if not chained:
                 yield (str(row["id"]) if "id" in row else f"{f.stem}/{n:08d}"), [row]
                 continue
@@ -449,8 +506,9 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
                         progress: bool = True, part: tuple[int, int] | None = None) -> dict:
     """Build (or resume) a session store from an editing dataset (``part``: only part i of N, see
     ``read_edit_sessions``). Returns this run's counts: {"sessions", "stored", "turns", "failed",
-    "skipped", "chain_breaks", "mask_rules", "seconds", "store"} (``sessions``: dataset sessions seen;
-    ``stored``: store sessions written, cut chains counted per part)."""
+    "skipped", "filtered", "chain_breaks", "mask_rules", "seconds", "store"} (``sessions``: dataset sessions
+    made; ``stored``: store sessions written, cut chains counted per part; ``filtered``: sessions a row of
+    which fails ``cfg.keep``)."""
     t0 = time.perf_counter()
     files = dataset_files(paths)
     check_columns(files, cfg)                           # before the store exists: a fixed --columns can resume
@@ -459,7 +517,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
     # flat, so that a resume with other settings names the key that differs
     build = {**{f"edits.{k}": v for k, v in cfg.recipe().items()}, "annotator": "dataset",
              "segmenter": f"edits:{cfg.masks}"}
-    seen = stored = turns = failed = skipped = breaks = 0
+    seen = stored = turns = failed = skipped = filtered = breaks = 0
     rules: Counter = Counter()
     from tqdm import tqdm
 
@@ -472,14 +530,16 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
         chunk_size = min(cfg.shard_size, max(32, 8 * cfg.workers))    # enough to keep every worker busy
 
         def chunks():
-            nonlocal skipped
+            nonlocal skipped, filtered
             chunk = []
             for n, (key, rows) in enumerate(read_edit_sessions(files, cfg, part, where)):
                 if limit and n >= limit:
                     break
                 sid = f"{cfg.prefix()}/{key}"
-                if sid in done:
-                    skipped += 1
+                if sid in done or not all(r["_keep"] for r in rows):   # a chain is kept whole or not at all
+                    skipped += sid in done
+                    filtered += sid not in done
+                    bar.update()
                     continue
                 chunk.append((sid, rows))
                 if len(chunk) >= chunk_size:           # bounded memory: the rows of one chunk at a time
@@ -515,6 +575,7 @@ def build_edit_sessions(paths, store_root, cfg: EditsConfig, retry_failed: bool 
             bar.close()
     wall = time.perf_counter() - t0
     summary = {"sessions": seen, "stored": stored, "turns": turns, "failed": failed, "skipped": skipped,
+               "filtered": filtered,
                "chain_breaks": breaks, "mask_rules": dict(rules), "seconds": round(wall, 3),
                "turns_per_s": round(turns / wall, 2) if wall > 0 else None, "store": str(root)}
     if progress:
@@ -526,7 +587,8 @@ def format_edits_summary(s: dict) -> str:
     rules = ", ".join(f"{k} {v}" for k, v in sorted(s["mask_rules"].items())) or "none"
     return (f"edits: {s['stored']} sessions ({s['turns']} turns) stored from {s['sessions']} dataset sessions, "
             f"{s['chain_breaks']} chain breaks cut, {s['failed']} failed, {s['skipped']} already done, "
-            f"in {s['seconds']:.1f}s ({s['turns_per_s']} turns/s) -> {s['store']}; masks: {rules}")
+            + (f"{s['filtered']} left out by --keep, " if s.get("filtered") else "")
+            + f"in {s['seconds']:.1f}s ({s['turns_per_s']} turns/s) -> {s['store']}; masks: {rules}")
 
 
 # ----------------------------------------------------------------------------- in parts (a Slurm array)
