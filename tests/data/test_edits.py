@@ -4,6 +4,7 @@ reading the store. Frames are checked against the images as written (no resize) 
 resize, masks against the rectangles drawn."""
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -320,6 +321,9 @@ def test_omniedit_and_anyedit_presets(tmp_path):
     assert [run_edits_part(tmp_path / "omni_parts", i, 2, conf, progress=False)["stored"] for i in (1, 0)] == [1, 1]
     merge(tmp_path / "omni_parts")
     assert _contents(tmp_path / "omni_parts") == _contents(tmp_path / "st_omni")
+    plan_edits([tmp_path / "omni"], tmp_path / "omni_best", 2, dataclasses.replace(cfg, keep=("o_score>=8.8",)))
+    conf = read_plan(tmp_path / "omni_best")[1]["edits"]                # the plan carries the conditions
+    assert [run_edits_part(tmp_path / "omni_best", i, 2, conf, progress=False)["filtered"] for i in (0, 1)] == [1, 0]
     got = _by_id(tmp_path / "st_omni")
     assert set(got) == {"omniedit/o-1", "omniedit/o-2"} and got["omniedit/o-2"].texts == ["redden the box"]
     assert got["omniedit/o-1"].texts[0] in prompts[0][:2] and np.array_equal(_decode(got["omniedit/o-1"].roe_src[0]) > 0, m)

@@ -605,7 +605,8 @@ def plan_edits(paths, store_root, n_parts: int, cfg: EditsConfig) -> dict:
     if n_parts > n_units:
         raise ValueError(f"--shards: {n_parts} parts for {n_units} parquet row groups and JSONL files; parts split "
                          f"those, so at most {n_units}")
-    conf = {"edits": {**dataclasses.asdict(cfg), "size": list(cfg.size), "data": [str(f.resolve()) for f in files]}}
+    conf = {"edits": {**dataclasses.asdict(cfg), "size": list(cfg.size), "keep": list(cfg.keep),
+                      "data": [str(f.resolve()) for f in files]}}
     return write_plan(store_root, n_parts, conf, {"files": len(files), "videos": 0, "skipped": []})
 
 
