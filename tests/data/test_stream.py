@@ -407,3 +407,51 @@ def test_the_epoch_order_benchmark_checks_its_own_draws():
     assert r["check_plain_is_a_permutation"] and r["check_mixed_counts_equal_quotas"]
     assert r["sources"] == {"s0": 2100, "s1": 900} and r["mixed_draws"] == {"s0": 750, "s1": 2250}
     assert main(["--epoch-order", "500"]) == 0
+
+
+@pytest.mark.parametrize("resident_mb", [0, 512])        # read a row at a time / held in RAM
+def test_latent_union_reads_every_row_of_its_sources(tmp_path, resident_mb, monkeypatch):
+    """`vincie-precompute union`: two latent stores encoded apart (blocks of 5 and 4 rows, short last blocks) as
+    one, nothing encoded again: every row equals its source's row (latents, texts, embeddings), the index is
+    theirs end to end, blocks are the sources' files, sources named for `mix`; a store of another precision,
+    an existing folder, finalizing a union and a block table that does not tile the rows are refused."""
+    import vincie_mcore.data.latents as latents
+    from test_latents import make_session_store
+    from vincie_tools.precompute import main as precompute_main
+
+    from vincie_mcore.data.latents import LatentStore, finalize, precompute, union
+
+    monkeypatch.setattr(latents, "RESIDENT_MB", resident_mb)
+    a = make_session_store(tmp_path / "sa", 7, px=8, seed=3, prefix="a")
+    b = make_session_store(tmp_path / "sb", 6, px=8, seed=4, prefix="b")
+    precompute(a, tmp_path / "la", IMG, TXT, RecipeConfig(), block_rows=5)
+    precompute(b, tmp_path / "lb", IMG, TXT, RecipeConfig(), block_rows=4)
+    assert precompute_main(["union", "--out", str(tmp_path / "lu"), "--from", f"vid={tmp_path / 'la'}",
+                            f"sft={tmp_path / 'lb'}"]) == 0
+    u, la, lb = LatentStore(tmp_path / "lu"), LatentStore(tmp_path / "la"), LatentStore(tmp_path / "lb")
+    assert len(u) == 13 and u.n_blocks == 4 and u.sources() == [("vid", 0, 7), ("sft", 7, 13)]
+    for row in range(13):
+        src, r = (la, row) if row < 7 else (lb, row - 7)
+        (x, ex), (y, ey) = u.session(row), src.session(r)
+        assert x.meta["video_id"] == y.meta["video_id"] and x.texts == y.texts
+        assert torch.equal(x.frames, y.frames) and torch.equal(x.roe_src, y.roe_src) and torch.equal(x.roe_tgt, y.roe_tgt)
+        assert ex.keys() == ey.keys() and all(torch.equal(ex[k], ey[k]) for k in ex)
+    for k in ("n_frames", "hw", "txt_len"):
+        assert np.array_equal(u.index()[k], np.concatenate([la.index()[k], lb.index()[k]]))
+    assert u.prompts().keys() == la.prompts().keys()
+    lat = next((tmp_path / "lb" / "blocks" / "b_0000001").rglob("c/*"))
+    assert any(p.stat().st_ino == lat.stat().st_ino for p in (tmp_path / "lu" / "blocks" / "b_0000003").rglob("c/*"))
+    s = LatentStream(tmp_path / "lu", RECIPE, PACK, seed=5, num_workers=0, mix={"vid": 1, "sft": 1})
+    assert [d["draws_per_epoch"] for d in s.planner.mix_summary()] == [7, 6] and next(s).num_sessions > 0
+    precompute(b, tmp_path / "lh", IMG, TXT, RecipeConfig(), dtype="float16", block_rows=4)
+    with pytest.raises(LatentMismatch, match=r"dtype: 'float16' there, 'float32' now"):
+        union(tmp_path / "mixed_dtype", [tmp_path / "la", tmp_path / "lh"])
+    with pytest.raises(ValueError, match=r"union: .*/lu exists already; give a new folder"):
+        union(tmp_path / "lu", [tmp_path / "la", tmp_path / "lb"])
+    with pytest.raises(ValueError, match="is a union of latent stores: complete as made"):
+        finalize(tmp_path / "lu")
+    import zarr
+
+    zarr.open_group(str(tmp_path / "lu"), mode="r+")["index"]["block_first"][-1] = 12
+    with pytest.raises(ValueError, match="its block table does not tile its 13 rows"):
+        LatentStore(tmp_path / "lu")

@@ -226,6 +226,10 @@ MUTANTS = [
     Mutant("keep_one_row_enough", "vincie_mcore/data/edits.py",
            'if sid in done or not all(r["_keep"] for r in rows):', 'if sid in done or not any(r["_keep"] for r in rows):',
            ("tests/data/test_edits.py",), "--keep keeps a chain when any turn meets it: turns the filter meant out stay"),
+    Mutant("latent_union_block_edge", "vincie_mcore/data/latents.py",
+           'b = int(np.searchsorted(self._starts, row, side="right")) - 1',
+           'b = int(np.searchsorted(self._starts, row, side="left")) - 1',
+           ("tests/data/test_stream.py",), "a union's row at a block's start is read from the block before"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

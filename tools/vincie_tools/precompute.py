@@ -2,6 +2,7 @@
 
     vincie-precompute run --store STORE --out LATENTS [--shard 3/64] [--dtype bfloat16] [key=value ...]
     vincie-precompute finalize --out LATENTS        # after every part: check, write the row index
+    vincie-precompute union --out ALL --from videos=LATENTS_A sft=LATENTS_B   # several as one, nothing re-encoded
 
 ``key=value``: Hydra overrides of configs/ (data=real data.text_encoder.path=..., ...): the encoders,
 image size and recipe texts are read from the same keys training reads. ``--shard auto`` takes
@@ -30,6 +31,10 @@ def parse_args(argv=None):
     r.add_argument("--quiet", action="store_true")
     f = sub.add_parser("finalize", help="check every block is written, write the row index")
     f.add_argument("--out", required=True)
+    u = sub.add_parser("union", help="several complete latent stores of one identity as one (hard links)")
+    u.add_argument("--out", required=True, help="the new latent store")
+    u.add_argument("--from", dest="sources", nargs="+", required=True, metavar="[NAME=]LATENTS",
+                   help="two or more latent stores, each named by its folder or NAME= (what data.corpus.mix weighs)")
     args, rest = p.parse_known_args(argv)
     bad = [a for a in rest if "=" not in a or a.startswith("-")]
     if bad or (rest and args.step != "run"):
@@ -42,7 +47,7 @@ def main(argv=None):
     args = parse_args(argv)
     from vincie_mcore.config import ConfigError
     from vincie_mcore.build import precompute_with_config
-    from vincie_mcore.data.latents import LatentMismatch, finalize, parse_shard
+    from vincie_mcore.data.latents import LatentMismatch, finalize, parse_shard, union
 
     try:
         if args.step == "run":
@@ -50,6 +55,8 @@ def main(argv=None):
                                          shard=parse_shard(args.shard), block_rows=args.block_rows, limit=args.limit,
                                          device=args.device, progress=not args.quiet,
                                          finalize_when_done=not args.no_finalize)
+        elif args.step == "union":
+            out = union(args.out, args.sources)
         else:
             out = finalize(args.out)
     except (ConfigError, LatentMismatch, ValueError, RuntimeError, FileNotFoundError, FileExistsError) as e:

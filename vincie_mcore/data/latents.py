@@ -372,6 +372,8 @@ def finalize(out) -> dict:
     g = zarr.open_group(str(out), mode="r+")
     if g.attrs.get("format") != LATENT_FORMAT:
         raise ValueError(f"{out} is not a latent store (format {g.attrs.get('format')!r})")
+    if g.attrs.get("union_of"):
+        raise ValueError(f"latent store {out} is a union of latent stores: complete as made, nothing to finalize")
     n_rows, block_rows = int(g.attrs["n_rows"]), int(g.attrs["block_rows"])
     n_blocks = -(-n_rows // block_rows)
     missing = sorted(set(range(n_blocks)) - done_blocks(out))
@@ -397,6 +399,75 @@ def finalize(out) -> dict:
                "prompt_lens": np.diff(p["prompt_off"][:]).tolist()}
     g.attrs.update({"complete": True, "summary": summary})
     return summary
+
+
+def union(out, sources) -> dict:
+    """One latent store reading every row of ``sources`` (complete latent stores of one identity: the same
+    encoders, precision, image size, recipe texts and layout), so sessions encoded apart (a video corpus,
+    fine-tuning datasets) train together without encoding anything again: each source block is hard-linked
+    in (copied only across filesystems), the row index is concatenated, and ``index/block_first`` records
+    where each block starts (blocks of different sizes, and the sources' short last blocks, follow one
+    another). A source is a path or ``NAME=PATH`` (``sharded.source_names``); ``sources()`` gives each
+    name's rows, which ``data.corpus.mix`` weighs (a source that is itself a union weighs as one).
+    -> summary counts."""
+    from .sharded import source_names
+
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"union: {out} exists already; give a new folder")
+    names, paths = source_names(sources)
+    if len(paths) < 2:
+        raise ValueError(f"union: needs two or more latent stores, got {len(paths)}")
+    stores = [LatentStore(p) for p in paths]                  # each checked: a complete latent store
+    for p, st in zip(paths[1:], stores[1:]):
+        _compare(p, st.identity, stores[0].identity)         # one line naming the first key that differs
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    g = zarr.open_group(str(tmp), mode="w")
+    g.create_group("blocks")
+    starts, rows, named, linked, copied, j = [0], 0, [], 0, 0, 0
+    index = {k: [] for k in ("n_frames", "hw", "txt_len")}
+    for name, p, st in zip(names, paths, stores):
+        for b in range(st.n_blocks):
+            src, dst = p / "blocks" / _block_name(b), tmp / "blocks" / _block_name(j)
+            for f in sorted(src.rglob("*")):
+                d = dst / f.relative_to(src)
+                if f.is_dir():
+                    d.mkdir(parents=True, exist_ok=True)
+                    continue
+                d.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(f, d)
+                    linked += 1
+                except OSError:                            # another filesystem: a copy
+                    shutil.copy2(f, d)
+                    copied += 1
+            starts.append(starts[-1] + (st.block_start(b + 1) - st.block_start(b)))
+            j += 1
+        idx = st.index()
+        for k in index:
+            index[k].append(idx[k])
+        named.append([name, rows, rows + len(st)])
+        rows += len(st)
+    n_frames = np.concatenate(index["n_frames"])
+    ig = g.create_group("index")
+    for k, arr in (("n_frames", n_frames), ("hw", np.concatenate(index["hw"])),
+                   ("txt_len", np.concatenate(index["txt_len"])),
+                   ("txt_first", np.concatenate([[0], np.cumsum(n_frames.astype(np.int64) - 1)])),
+                   ("block_first", np.array(starts, np.int64))):
+        ig.create_array(k, data=arr)
+    summary = {"rows": rows, "images": int((3 * n_frames.astype(np.int64) - 2).sum()),
+               "texts": int(sum(len(x) for x in index["txt_len"])),
+               "prompt_lens": stores[0].attrs["summary"]["prompt_lens"]}
+    g.attrs.update({"format": LATENT_FORMAT, "n_rows": rows, "block_rows": 0, "identity": stores[0].identity,
+                    "union_of": [str(p.resolve()) for p in paths],
+                    "source": {"union_of": [{"name": n, "latents": str(p.resolve()), "source": st.attrs.get("source")}
+                                            for n, p, st in zip(names, paths, stores)], "sources": named},
+                    "complete": True, "summary": summary})
+    os.rename(tmp, out)
+    return {"sources": len(paths), "rows": rows, "blocks": j, "files_linked": linked, "files_copied": copied,
+            "named": [tuple(x) for x in named], "out": str(out)}
 
 
 # ----------------------------------------------------------------------------- reading
@@ -436,6 +507,26 @@ class LatentStore:
         self.n_rows, self.block_rows = int(self.attrs["n_rows"]), int(self.attrs["block_rows"])
         self._pid, self._g, self._index, self._prompts, self._whole = None, None, None, None, None
         self._blocks: OrderedDict = OrderedDict()
+        # a union's blocks differ in size: where each starts (n_blocks + 1 ints, 8 bytes a block)
+        self._starts = g["index"]["block_first"][:] if self.attrs.get("union_of") else None
+        if self._starts is not None and not (self._starts[0] == 0 and self._starts[-1] == self.n_rows
+                                             and np.all(np.diff(self._starts) > 0)):
+            raise ValueError(f"latent store {self.root}: its block table does not tile its {self.n_rows} rows")
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self._starts) - 1 if self._starts is not None else -(-self.n_rows // self.block_rows)
+
+    def block_start(self, b: int) -> int:
+        """The first row of block b (``n_rows`` for b = ``n_blocks``)."""
+        return int(self._starts[b]) if self._starts is not None else min(b * self.block_rows, self.n_rows)
+
+    def _locate(self, row: int) -> tuple[int, int]:
+        """(block, position in it) of a row."""
+        if self._starts is None:
+            return row // self.block_rows, row % self.block_rows
+        b = int(np.searchsorted(self._starts, row, side="right")) - 1
+        return b, row - int(self._starts[b])
 
     def __len__(self) -> int:
         return self.n_rows
@@ -477,7 +568,7 @@ class LatentStore:
     def resident(self) -> bool:
         """Whether rows are served from whole blocks kept in RAM (decided once, from array metadata)."""
         if self._whole is None:
-            n_blocks = -(-self.n_rows // self.block_rows)
+            n_blocks = self.n_blocks
             self._whole = False
             if n_blocks <= RESIDENT_BLOCKS:
                 blocks = self._group()["blocks"]
@@ -521,8 +612,8 @@ class LatentStore:
 
         if not 0 <= row < self.n_rows:
             raise IndexError(f"row {row} out of range for a latent store of {self.n_rows}")
-        blk = self._block(row // self.block_rows)
-        s = row % self.block_rows
+        b, s = self._locate(row)
+        blk = self._block(b)
         i0, i1 = int(blk["img_first"][s]), int(blk["img_first"][s + 1])
         off = blk["lat_off"]
         # a resident block's slice is a view: copied, since callers may write into what they get
