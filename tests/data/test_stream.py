@@ -6,6 +6,7 @@ reports, and on the batches' tensors.
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -454,4 +455,7 @@ def test_latent_union_reads_every_row_of_its_sources(tmp_path, resident_mb, monk
 
     zarr.open_group(str(tmp_path / "lu"), mode="r+")["index"]["block_first"][-1] = 12
     with pytest.raises(ValueError, match="its block table does not tile its 13 rows"):
+        LatentStore(tmp_path / "lu")
+    shutil.rmtree(tmp_path / "lu" / "index" / "block_first")
+    with pytest.raises(ValueError, match=r"a union without its block table \(index/block_first\)"):
         LatentStore(tmp_path / "lu")

@@ -508,10 +508,16 @@ class LatentStore:
         self._pid, self._g, self._index, self._prompts, self._whole = None, None, None, None, None
         self._blocks: OrderedDict = OrderedDict()
         # a union's blocks differ in size: where each starts (n_blocks + 1 ints, 8 bytes a block)
-        self._starts = g["index"]["block_first"][:] if self.attrs.get("union_of") else None
-        if self._starts is not None and not (self._starts[0] == 0 and self._starts[-1] == self.n_rows
-                                             and np.all(np.diff(self._starts) > 0)):
-            raise ValueError(f"latent store {self.root}: its block table does not tile its {self.n_rows} rows")
+        self._starts = None
+        if self.attrs.get("union_of"):
+            try:
+                self._starts = np.asarray(g["index"]["block_first"][:], np.int64)
+            except (KeyError, TypeError, ValueError):
+                raise ValueError(f"latent store {self.root}: a union without its block table "
+                                 f"(index/block_first)") from None
+            if not (self._starts.ndim == 1 and len(self._starts) >= 2 and self._starts[0] == 0
+                    and self._starts[-1] == self.n_rows and np.all(np.diff(self._starts) > 0)):
+                raise ValueError(f"latent store {self.root}: its block table does not tile its {self.n_rows} rows")
 
     @property
     def n_blocks(self) -> int:
