@@ -7,11 +7,13 @@ its model and encoders. The config groups are documented in ``configs/config.yam
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 
 from .config import ConfigError, build
@@ -363,10 +365,7 @@ def build_training(cfg):
         stream = stream_from_config(dc | {"corpus": replace(corpus, latents=str(latents))}, int(cfg.seed), dims,
                                     micro_batches=micro)
         return dims, make_trainer(cfg, make_model(cfg), stream, run)
-    if corpus.mix:
-        raise ConfigError("data.corpus.mix: the official variant weighs sources only when it streams a latent "
-                          "store (data.corpus.latents, made by vincie-precompute); its in-memory corpus draws "
-                          "sessions uniformly")
+    weights = official_weights(store, corpus, dims.rank == 0) if corpus.mix else None   # bad mix: before decoding
     decoded = decode_corpus(store, corpus, corpus.max_sessions)
     train_corpus = encode_corpus(decoded, build_image_encoder(dc["image"]))
     # every DP rank draws its own batches; TP/CP ranks of one replica share them
@@ -377,11 +376,35 @@ def build_training(cfg):
     try:
         stream = OfficialStream(train_corpus, TextEncoder(dc["text"]), dc["recipe"], dc["pack"],
                                 build(MMDiTConfig, cfg.model, "model"), seed=seed, text_drop=flow.text_drop,
-                                uncond=flow.uncond_text)
+                                uncond=flow.uncond_text, weights=weights,
+                                mix=json.dumps(corpus.mix, sort_keys=True) if corpus.mix else "")
     except ValueError as e:                                   # widths of model and patches disagree
         raise ConfigError(str(e).splitlines()[0]) from None
     model = make_model(cfg)
     return dims, make_trainer(cfg, model, stream, run)
+
+
+def official_weights(store, corpus, log: bool = True) -> np.ndarray:
+    """The official variant's in-memory corpus under ``data.corpus.mix``: per session (the store's first
+    ``max_sessions``), how likely a draw takes it, so that each weighted source gets its weight's share of
+    draws, its sessions alike; a source left out weighs 0. Bad mixes: ``mix_quotas``'s one line."""
+    from .data.store import SessionStore
+    from .data.stream import mix_quotas
+
+    st = SessionStore(store)
+    n = len(st) if corpus.max_sessions is None else min(corpus.max_sessions, len(st))
+    sources = [(name, min(a, n), min(b, n)) for name, a, b in st.sources()]
+    counts = {name: b - a for name, a, b in sources}
+    mix_quotas(corpus.mix, sources, counts)
+    used = {k: float(w) for k, w in corpus.mix.items() if w > 0}
+    total = sum(used.values())
+    weights = np.zeros(n)
+    for name, a, b in sources:
+        if name in used:
+            weights[a:b] = used[name] / total / (b - a)
+            if log:
+                print(f"   mix: {name}: weight {used[name] / total:.3f}, {b - a} sessions drawn at random", flush=True)
+    return weights
 
 
 # ----------------------------------------------------------------------------- inference

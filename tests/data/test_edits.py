@@ -410,7 +410,7 @@ def test_bad_input_is_one_line(magicbrush, tmp_path):
 def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
     """`vincie-build-sessions edits` twice (MagicBrush, pairs), `union`, then the demo recipe trains two steps on
     the union with the sources weighed (`data.corpus.mix`), and the released models' variant (tiny) two steps
-    on it unweighed (its in-memory path refuses a mix in one line); 24 px frames."""
+    on it weighed (its in-memory path; a bad name refused in one line first) and unweighed; 24 px frames."""
     data, _ = magicbrush
     cli = str(BIN / "vincie-build-sessions")
     r = subprocess.run([cli, "edits", "--data", *map(str, sorted(data.glob("*.parquet"))),
@@ -451,8 +451,19 @@ def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
     official = ["model=official_tiny", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
                 "data.corpus.workers=1", "data.pack.token_budget=300", "data.pack.pad_multiple=8", "train.steps=2",
                 "train.warmup=0", "train.progress=false", "train.log_every=1", f"run_dir={tmp_path / 'official'}"]
-    assert train_main(official + ["data.corpus.mix={mb:1}"]) == 2
-    assert "error: data.corpus.mix: the official variant weighs sources only when it streams" in capsys.readouterr().err
+    assert train_main(official + ["data.corpus.mix={mb:1,nope:1}"]) == 2
+    assert "error: data.corpus.mix: no source 'nope' in the corpus (its sources: mb, pairs)" in capsys.readouterr().err
+    from vincie_mcore.build import official_weights
+    from vincie_mcore.data.corpus import CorpusConfig
+
+    w = official_weights(store, CorpusConfig(mix={"mb": 1, "pairs": 3}), log=False)     # per session: w / size
+    assert np.allclose(w, [1 / 16] * 4 + [3 / 8] * 2)
+    assert np.allclose(official_weights(store, CorpusConfig(mix={"pairs": 1}, max_sessions=5), log=False),
+                       [0, 0, 0, 0, 1])                                 # the first 5 sessions: one of pairs
+    rc = train_main(official[:-1] + ["data.corpus.mix={mb:1}", f"run_dir={tmp_path / 'official_mix'}"])
+    out = capsys.readouterr().out
+    losses = [float(x) for x in re.findall(r"step +\d+ \| loss ([0-9.]+)", out)]
+    assert rc == 0 and len(losses) == 2 and "mix: mb: weight 1.000, 4 sessions drawn at random" in out, out[-2000:]
     rc = train_main(["model=official_tiny", f"data.corpus.store={store}", "data.corpus.heldout_videos=2",
                      "data.corpus.workers=1", "data.pack.token_budget=300", "data.pack.pad_multiple=8",
                      "train.steps=2", "train.warmup=0", "train.progress=false", "train.log_every=1",

@@ -345,14 +345,14 @@ def test_mix_errors_name_the_key(mixed, made):
     from vincie_mcore.config import ConfigError
 
     _, plain = made
-    for mix, msg in (({"nope": 1}, r"data.corpus.mix: no source 'nope' in the latent store \(its sources: big, small\)"),
+    for mix, msg in (({"nope": 1}, r"data.corpus.mix: no source 'nope' in the corpus \(its sources: big, small\)"),
                      ({"big": 0}, "data.corpus.mix: every weight is 0"),
                      ({"big": 1000, "small": 0.001}, r"data.corpus.mix.small: its weight gives it 0 of an epoch's "
                                                      r"15 draws"),
                      ({"small": -1}, r"data.corpus.mix.small: a weight must be a number >= 0")):
         with pytest.raises(ConfigError, match=msg):
             _stream(mixed, mix=mix)
-    with pytest.raises(ConfigError, match="made from one store, not a union"):
+    with pytest.raises(ConfigError, match="the corpus is one store, not a union"):
         _stream(plain, mix={"v": 1})
     with pytest.raises(ConfigError, match=r"data.corpus.mix.small: the source has no sessions in this run"):
         _stream(mixed, mix={"small": 1}, max_sessions=1, subset_seed=_subset_without(range(12, 15)))

@@ -169,6 +169,24 @@ def test_stream_draws_turns_like_the_full_recipe_and_drops_text_to_the_negative_
     assert torch.equal(next(s2).img_x0, next(OfficialStream([sess], enc, recipe, pack, cfg, seed=0, text_drop=0.0)).img_x0)
 
 
+def test_weighted_draws_follow_the_mix(enc):
+    """data.corpus.mix on the in-memory stream: each session drawn in proportion to its weight (a source left
+    out never), the same draws for the same seed, and a resume with another mix refused."""
+    cfg = _cfg()
+    corpus = [EncodedSession(frames=torch.full((3, 3, 24, 24), float(i)), texts=["a", "b"], cameras=[None] * 2)
+              for i in range(4)]
+    recipe, pack = RecipeConfig(mask_type="full", camera_prompts=False), PackConfig(patch_size=P)
+    w = [0.0, 0.25, 0.25, 0.5]                                        # a source of 2 (0.5) and one of 1 (0.5)
+    s = OfficialStream(corpus, enc, recipe, pack, cfg, seed=0, text_drop=0.0, weights=w, mix='{"a": 1}')
+    rng = np.random.default_rng(0)
+    got = np.bincount([int(s.draw(rng)[0][0, 0, 0, 0]) for _ in range(2000)], minlength=4)
+    assert got[0] == 0 and all(abs(got[i] / 2000 - w[i]) < 0.04 for i in (1, 2, 3)), got
+    with pytest.raises(ValueError, match=r"mix none in the checkpoint, \{\"a\": 1\} now"):
+        s.load_state_dict({"step": 3, "seed": 0})
+    with pytest.raises(ValueError, match="weights must be 4 numbers >= 0 with a positive sum"):
+        OfficialStream(corpus, enc, recipe, pack, cfg, weights=[0, 0, 0, 0])
+
+
 def test_tiny_official_model_fits_a_fixed_batch(megatron_cpu, enc):
     from vincie_mcore.model import build_model
     from vincie_mcore.parallel import cpu_compat

@@ -230,6 +230,9 @@ MUTANTS = [
            'b = int(np.searchsorted(self._starts, row, side="right")) - 1',
            'b = int(np.searchsorted(self._starts, row, side="left")) - 1',
            ("tests/data/test_stream.py",), "a union's row at a block's start is read from the block before"),
+    Mutant("official_mix_per_source_not_session", "vincie_mcore/build.py",
+           "weights[a:b] = used[name] / total / (b - a)", "weights[a:b] = used[name] / total",
+           ("tests/data/test_edits.py",), "the in-memory mix weighs each session by its source's weight: sources by size again"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -110,9 +110,20 @@ class OfficialStream:
     see the module docstring); text_drop / uncond: ``flow.text_drop`` / ``flow.uncond_text``."""
 
     def __init__(self, corpus: list[EncodedSession], text_encoder, recipe: RecipeConfig, pack_cfg: PackConfig,
-                 model_cfg, seed: int = 0, text_drop: float = 0.1, uncond: str = "negative"):
+                 model_cfg, seed: int = 0, text_drop: float = 0.1, uncond: str = "negative",
+                 weights=None, mix: str = ""):
+        """``weights``: per session, how likely a draw takes it (``data.corpus.mix`` over a union's sources,
+        ``build.official_weights``); None: uniform. ``mix``: the setting they came from, kept in the state so
+        that a resume with another one is refused."""
         if not corpus:
             raise ValueError("OfficialStream: the corpus is empty")
+        self.p = None
+        if weights is not None:
+            w = np.asarray(weights, np.float64)
+            if w.shape != (len(corpus),) or not (np.all(w >= 0) and w.sum() > 0):
+                raise ValueError(f"OfficialStream: weights must be {len(corpus)} numbers >= 0 with a positive sum")
+            self.p = w / w.sum()
+        self.mix = mix
         if recipe.mask_type != "full":
             raise ValueError(f"recipe.mask_type: the official variant trains one target per session under the "
                              f"full mask, got {recipe.mask_type!r}")
@@ -139,7 +150,8 @@ class OfficialStream:
 
     def draw(self, rng: np.random.Generator) -> tuple[torch.Tensor, list[str]]:
         """One session's (latents of the kept frames, texts)."""
-        sess = self.corpus[int(rng.integers(len(self.corpus)))]
+        i = int(rng.integers(len(self.corpus))) if self.p is None else int(rng.choice(len(self.corpus), p=self.p))
+        sess = self.corpus[i]
         n = min(len(sess.frames), self.recipe.max_frames) - 1
         if n < 1:
             raise ValueError(f"session has {len(sess.frames)} frame(s); a training session needs at least 2")
@@ -166,8 +178,11 @@ class OfficialStream:
         return official_pack(items, self.text_encoder.encode, self.model_cfg, self.cfg)
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "seed": self.seed}
+        return {"step": self.step, "seed": self.seed, "mix": self.mix}
 
     def load_state_dict(self, state: dict):
+        if state.get("mix", "") != self.mix:
+            raise ValueError(f"data stream state: mix {state.get('mix') or 'none'} in the checkpoint, "
+                             f"{self.mix or 'none'} now (a resume must keep data.corpus.mix)")
         self.step = int(state["step"])
         self.seed = int(state.get("seed", self.seed))

@@ -61,11 +61,11 @@ def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus
     A source left out of ``mix`` (or weighted 0) is not drawn."""
     names = [n for n, _, _ in sources]
     if not names:
-        raise ConfigError(f"{where}: the latent store was made from one store, not a union; there are no "
-                         f"sources to weigh (vincie-build-sessions union)")
+        raise ConfigError(f"{where}: the corpus is one store, not a union; there are no sources to weigh "
+                          f"(vincie-build-sessions union, vincie-precompute union)")
     for k, w in mix.items():
         if k not in names:
-            raise ConfigError(f"{where}: no source {k!r} in the latent store (its sources: {', '.join(names)})")
+            raise ConfigError(f"{where}: no source {k!r} in the corpus (its sources: {', '.join(names)})")
         if not (isinstance(w, (int, float)) and w >= 0):
             raise ConfigError(f"{where}.{k}: a weight must be a number >= 0, got {w!r}")
     used = [n for n in names if mix.get(n, 0) > 0]
