@@ -3,6 +3,7 @@
 ``safe_name(s)`` turns any id (a video id, a run or sweep name) into one file-name component;
 ``inside(root, rel)`` joins a relative path read from a file or an id under ``root`` and refuses
 one that would leave it. Every place that builds a path from such a value goes through these two.
+``link_tree`` puts a store's files into another without copying them (the unions of stores).
 """
 from __future__ import annotations
 
@@ -71,3 +72,25 @@ def inside(root, rel, what: str = "path") -> Path:
     if target != real_root and real_root not in target.parents:
         raise ValueError(f"{what}: {os.fspath(rel)!r} leads out of {root} (to {target}, through a symlink)")
     return base / parts
+
+
+def link_tree(src, dst) -> tuple[int, int]:
+    """Every file under ``src`` at the same place under ``dst``, hard-linked (copied only where a link
+    cannot be made: another filesystem) -> (files linked, files copied). Folders are made as needed."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    linked = copied = 0
+    for f in sorted(src.rglob("*")):
+        d = dst / f.relative_to(src)
+        if f.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            continue
+        d.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(f, d)
+            linked += 1
+        except OSError:
+            shutil.copy2(f, d)
+            copied += 1
+    return linked, copied

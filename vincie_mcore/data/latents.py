@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import zarr
 
+from ..paths import link_tree
 from .recipe import RecipeConfig, camera_prompt
 
 LATENT_FORMAT = "vincie-latents/1"
@@ -430,19 +431,8 @@ def union(out, sources) -> dict:
     index = {k: [] for k in ("n_frames", "hw", "txt_len")}
     for name, p, st in zip(names, paths, stores):
         for b in range(st.n_blocks):
-            src, dst = p / "blocks" / _block_name(b), tmp / "blocks" / _block_name(j)
-            for f in sorted(src.rglob("*")):
-                d = dst / f.relative_to(src)
-                if f.is_dir():
-                    d.mkdir(parents=True, exist_ok=True)
-                    continue
-                d.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(f, d)
-                    linked += 1
-                except OSError:                            # another filesystem: a copy
-                    shutil.copy2(f, d)
-                    copied += 1
+            n_linked, n_copied = link_tree(p / "blocks" / _block_name(b), tmp / "blocks" / _block_name(j))
+            linked, copied = linked + n_linked, copied + n_copied
             starts.append(starts[-1] + (st.block_start(b + 1) - st.block_start(b)))
             j += 1
         idx = st.index()

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import zarr
 
+from ..paths import link_tree
 from .inputs import InputList, VideoInput
 from .store import STORE_FORMAT, SessionStore, _read_index, read_failures
 
@@ -162,9 +163,6 @@ def union(store_root, sources) -> dict:
     A source is a path or ``NAME=PATH`` (``source_names``); the union records each source's name,
     build settings and rows (``SessionStore.sources``: what ``data.corpus.mix`` weighs). Nothing can
     be written into it."""
-    import os
-    import shutil
-
     root = Path(store_root)
     if (root / "zarr.json").exists():
         raise ValueError(f"union: {root} exists already; give a new folder")
@@ -191,18 +189,8 @@ def union(store_root, sources) -> dict:
             part = root / "parts" / part_name(j)
             zarr.open_group(str(part), mode="a")
             name = d["shard"].rsplit("/", 1)[-1]
-            for f in sorted((s / d["shard"]).rglob("*")):
-                dst = part / name / f.relative_to(s / d["shard"])
-                if f.is_dir():
-                    dst.mkdir(parents=True, exist_ok=True)
-                    continue
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(f, dst)
-                    linked += 1
-                except OSError:                                # another filesystem: a copy
-                    shutil.copy2(f, dst)
-                    copied += 1
+            n_linked, n_copied = link_tree(s / d["shard"], part / name)
+            linked, copied = linked + n_linked, copied + n_copied
             index.append({"shard": f"parts/{part_name(j)}/{name}", "video_ids": d["video_ids"]})
             j += 1
         fails += [{"video_id": v, "reason": r} for v, r in read_failures(s).items()]
