@@ -113,6 +113,17 @@ def magicbrush(tmp_path_factory):
     return d, truth
 
 
+def _pairs_folder(d: Path, seed: int, n: int = 2) -> Path:
+    """A `pairs` dataset as JSONL with its pictures beside it: n edits, each a dark square in one corner."""
+    d.mkdir()
+    for i in range(n):
+        Image.fromarray(_picture(seed + i)).save(d / f"s{i}.png")
+        Image.fromarray(_edit(_picture(seed + i), _rect(0, 9, 0, 9), (5, 5, 5))).save(d / f"t{i}.png")
+    (d / "p.jsonl").write_text("".join(json.dumps({"source": f"s{i}.png", "instruction": f"e{i}", "target": f"t{i}.png"})
+                                       + "\n" for i in range(n)))
+    return d
+
+
 def _decode(png: bytes) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(png)))
 
@@ -418,13 +429,7 @@ def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
                        text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "edits: 4 sessions (7 turns) stored from 5 dataset sessions, 1 chain breaks cut, 2 failed" in r.stdout
-    d = tmp_path / "pairs"
-    d.mkdir()
-    for i in range(2):
-        Image.fromarray(_picture(60 + i)).save(d / f"s{i}.png")
-        Image.fromarray(_edit(_picture(60 + i), _rect(0, 9, 0, 9), (5, 5, 5))).save(d / f"t{i}.png")
-    (d / "p.jsonl").write_text("".join(json.dumps({"source": f"s{i}.png", "instruction": f"e{i}", "target": f"t{i}.png"})
-                                       + "\n" for i in range(2)))
+    d = _pairs_folder(tmp_path / "pairs", seed=60)
     store = tmp_path / "sft"
     for args in (["edits", "--format", "pairs", "--data", str(d), "--store", str(tmp_path / "pairs_store"), "--size",
                   "24", "24", "--quiet"],
@@ -518,13 +523,7 @@ def test_union_of_stores_reads_every_session_in_place(magicbrush, tmp_path):
     for i in (0, 1):
         main(["run", "--store", str(mb), "--shard", f"{i}/2", "--quiet"])
     main(["merge", "--store", str(mb)])
-    d = tmp_path / "pairs"
-    d.mkdir()
-    for i in range(2):
-        Image.fromarray(_picture(30 + i)).save(d / f"s{i}.png")
-        Image.fromarray(_edit(_picture(30 + i), _rect(0, 9, 0, 9), (5, 5, 5))).save(d / f"t{i}.png")
-    (d / "p.jsonl").write_text("".join(json.dumps({"source": f"s{i}.png", "instruction": f"e{i}", "target": f"t{i}.png"})
-                                       + "\n" for i in range(2)))
+    d = _pairs_folder(tmp_path / "pairs", seed=30)
     pairs = tmp_path / "pairs_store"
     build_edit_sessions([d], pairs, EditsConfig(format="pairs", size=(H, W), timeout_s=0, max_mb=0), progress=False)
     s = run_cli(["union", "--store", str(tmp_path / "all"), "--from", str(mb), str(pairs)])
