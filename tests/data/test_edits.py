@@ -447,6 +447,8 @@ def test_the_command_then_the_trainer(magicbrush, tmp_path, capsys):
     losses = [float(x) for x in re.findall(r"step +\d+ \| loss ([0-9.]+)", out)]
     assert rc == 0 and len(losses) == 2 and all(np.isfinite(losses)), out[-2000:]
     assert "mix: pairs: weight 0.750, 4 draws an epoch from 2 units (2.00 passes)" in out
+    shares = re.findall(r"\| sources mb (\d+)% pairs (\d+)%", out)          # each log line: what was drawn
+    assert len(shares) == 2 and all(int(a) + int(b) in (99, 100, 101) for a, b in shares), out[-2000:]
     from vincie_mcore.data.latents import LatentStore
 
     lat = LatentStore(tmp_path / "run" / "latents")                  # the union's sessions, all of them encoded

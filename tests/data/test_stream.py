@@ -341,6 +341,18 @@ def test_mix_draws_each_source_its_share_every_session_before_repeats(mixed):
                                            for i in range(int(pairs.idx["n_frames"][r]) - 1))
 
 
+def test_drawn_counts_each_sources_sessions_as_consumed(mixed, made):
+    """What the training log reports: over one epoch's packs, each source's consumed sessions are its quota
+    (with workers, which run ahead: only consumed packs count); counts reset on reading; one store: {}."""
+    s = _stream(mixed, num_workers=2, mix={"big": 1, "small": 1})
+    n = next(k for k, epoch, _, _ in s.planner.packs(0, 0, 0) if epoch == 1)      # epoch 0's packs
+    _take(s, n)
+    assert s.drawn() == {"big": 8, "small": 7} and s.drawn() == {"big": 0, "small": 0}
+    plain = _stream(made[1])
+    _take(plain, 1)
+    assert plain.drawn() == {}
+
+
 def test_mix_errors_name_the_key(mixed, made):
     from vincie_mcore.config import ConfigError
 

@@ -233,6 +233,9 @@ MUTANTS = [
     Mutant("official_mix_per_source_not_session", "vincie_mcore/build.py",
            "weights[a:b] = used[name] / total / (b - a)", "weights[a:b] = used[name] / total",
            ("tests/data/test_edits.py",), "the in-memory mix weighs each session by its source's weight: sources by size again"),
+    Mutant("drawn_counts_never_reset", "vincie_mcore/data/stream.py",
+           "        self._drawn.clear()\n", "",
+           ("tests/data/test_stream.py",), "each log line's source shares are since the start, not since the last line"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -30,6 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -302,7 +303,7 @@ class _PackDataset(torch.utils.data.Dataset):
                 emitted_texts(sess.texts[:plan.k], sess.cameras[:plan.k], cam, "official")
             items.append((sess.frames[:plan.k + 1], texts))
         batch = official_pack(items, lambda texts: [embs[t] for t in texts], self.official.model_cfg, self.cfg)
-        return batch, desc["state"], desc["pack"]
+        return batch, desc["state"], desc["pack"], [int(k) for _, k, _ in desc["items"]]
 
     def __getitem__(self, desc):
         if self.official is not None:
@@ -316,7 +317,7 @@ class _PackDataset(torch.utils.data.Dataset):
             embs |= e
             items.append((build_sample(sess.texts, sess.cameras, plan, self.recipe), sess))
         batch = pack(items, lambda texts: [embs[t] for t in texts], self.cfg, self.recipe.mask_type)
-        return batch, desc["state"], desc["pack"]
+        return batch, desc["state"], desc["pack"], [int(k) for _, k, _ in desc["items"]]
 
 
 def _as_is(x):
@@ -365,6 +366,9 @@ class LatentStream:
                                    official, mix, self.store.sources() if mix else None)
         self.subset_seed = subset_seed
         self.mix = json.dumps(mix, sort_keys=True) if mix else ""      # what a resume must keep
+        self._sources = self.store.sources()                          # counted as drawn (``drawn``)
+        self._starts = np.array([a for _, a, _ in self._sources], np.int64)
+        self._drawn: Counter = Counter()
         self._state = {"epoch": 0, "pos": 0, "pack": 0, "consumed": 0, "step_packs": 0}
         self.last_pack = None
         self._it = None
@@ -395,8 +399,19 @@ class LatentStream:
     def __next__(self):
         if self._it is None:
             self._it = self._start()
-        batch, self._state, self.last_pack = next(self._it)
+        batch, self._state, self.last_pack, keys = next(self._it)
+        if self._sources:
+            rows = np.asarray(keys, np.int64) // (PAIR_STRIDE if self.planner.pairwise else 1)
+            for j in np.searchsorted(self._starts, rows, side="right") - 1:
+                self._drawn[self._sources[j][0]] += 1
         return batch
+
+    def drawn(self) -> dict[str, int]:
+        """Sessions (or pairs) this rank took from each source of a union since the last call, for the
+        training log (``Trainer``: the share of each source actually drawn); {} for a store of one source."""
+        out = {name: self._drawn[name] for name, _, _ in self._sources}
+        self._drawn.clear()
+        return out if self._sources else {}
 
     def state_dict(self) -> dict:
         return dict(self._state) | {"seed": self.seed, "sessions": self.num_sessions, "subset_seed": self.subset_seed,

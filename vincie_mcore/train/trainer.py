@@ -683,17 +683,23 @@ class Trainer:
                     window.clear()
                     by_part = self._window_loss_parts(parts)
                     parts = {}
+                    # a union's sources: the share of this rank's sessions each gave since the last line
+                    drawn = self.stream.drawn() if hasattr(self.stream, "drawn") else {}
+                    total = sum(drawn.values())
+                    shares = {k: v / total for k, v in drawn.items()} if total else {}
                     writer.scalars(self.step, {"loss": loss_avg, "lr": m["lr"], "grad_norm": m["grad_norm"],
                                                "tokens_per_s": rates["tokens_per_s"], "tflops": rates["tflops"],
                                                "data_wait_pct": rates["data_wait_pct"],
-                                               "skipped_steps": self.skipped_steps, **by_part, **m["extra"]})
+                                               "skipped_steps": self.skipped_steps, **by_part, **m["extra"],
+                                               **{f"source_share/{k}": v for k, v in shares.items()}})
                     if main:
                         tfl = f" | {rates['tflops']:.3g} TFLOP/s/dev" if rates["tflops"] is not None else ""
                         gn = f"{m['grad_norm']:.3f}" if m["grad_norm"] is not None else "-"
                         skipped = f" | skipped {self.skipped_steps}" if self.skipped_steps else ""
+                        src = (" | sources " + " ".join(f"{k} {v:.0%}" for k, v in shares.items())) if shares else ""
                         bar.write(f"step {self.step:>7d} | loss {loss_avg:.5f} | lr {m['lr']:.3e} | "
                                   f"grad {gn} | {rates['tokens_per_s']:.0f} tok/s/dev{tfl} | "
-                                  f"data wait {rates['data_wait_pct']:.1f}%{skipped}")
+                                  f"data wait {rates['data_wait_pct']:.1f}%{skipped}{src}")
                 self._call_hooks("on_step_end", m)
                 if not m["skipped"] and cfg.save_every and self.step % cfg.save_every == 0:
                     self.save_checkpoint()
