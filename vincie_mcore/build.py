@@ -387,16 +387,14 @@ def build_training(cfg):
 def official_weights(store, corpus, log: bool = True) -> np.ndarray:
     """The official variant's in-memory corpus under ``data.corpus.mix``: per session (the store's first
     ``max_sessions``), how likely a draw takes it, so that each weighted source gets its weight's share of
-    draws, its sessions alike; a source left out weighs 0. Bad mixes: ``mix_quotas``'s one line."""
+    draws, its sessions alike; a source left out weighs 0. Bad mixes: ``check_mix``'s one line."""
     from .data.store import SessionStore
-    from .data.stream import mix_quotas
+    from .data.stream import check_mix
 
     st = SessionStore(store)
     n = len(st) if corpus.max_sessions is None else min(corpus.max_sessions, len(st))
     sources = [(name, min(a, n), min(b, n)) for name, a, b in st.sources()]
-    counts = {name: b - a for name, a, b in sources}
-    mix_quotas(corpus.mix, sources, counts)
-    used = {k: float(w) for k, w in corpus.mix.items() if w > 0}
+    used = {k: float(corpus.mix[k]) for k in check_mix(corpus.mix, sources, {name: b - a for name, a, b in sources})}
     total = sum(used.values())
     weights = np.zeros(n)
     for name, a, b in sources:

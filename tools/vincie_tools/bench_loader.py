@@ -29,7 +29,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     from vincie_mcore.perf.bench_loader import bench_loader, epoch_order
 
-    if a.epoch_order:
+    if a.epoch_order is not None:
+        if a.epoch_order < 2:
+            print(f"error: --epoch-order: needs at least 2 sessions, got {a.epoch_order}", file=sys.stderr)
+            return 2
         import os
         import subprocess
 

@@ -55,11 +55,11 @@ def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> 
 MIX_TAG = 0x6D6978        # seeds a source's passes apart from the epoch shuffles
 
 
-def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> dict:
-    """Draws per epoch for each weighted source: the epoch is as long as the weighted sources' units
-    together, shared in proportion to the weights (largest remainders, so they sum exactly).
-    ``sources``: the store's (name, first row, end row); ``counts``: units per source name.
-    A source left out of ``mix`` (or weighted 0) is not drawn."""
+def check_mix(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> list[str]:
+    """A mix's names and weights against the corpus's sources ((name, first row, end row)) and their session
+    counts -> the names drawn (weight > 0), in source order; one line naming the key otherwise. Both the
+    epoch order (``mix_quotas``) and the official variant's random draws (``build.official_weights``) check
+    here."""
     names = [n for n, _, _ in sources]
     if not names:
         raise ConfigError(f"{where}: the corpus is one store, not a union; there are no sources to weigh "
@@ -75,6 +75,16 @@ def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus
     empty = [n for n in used if counts[n] == 0]
     if empty:
         raise ConfigError(f"{where}.{empty[0]}: the source has no sessions in this run (max_sessions?)")
+    return used
+
+
+def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> dict:
+    """Draws per epoch for each weighted source: the epoch is as long as the weighted sources' units
+    together, shared in proportion to the weights (largest remainders, so they sum exactly).
+    ``sources``: the store's (name, first row, end row); ``counts``: units per source name.
+    A source left out of ``mix`` (or weighted 0) is not drawn."""
+    names = [n for n, _, _ in sources]
+    used = check_mix(mix, sources, counts, where)
     total, wsum = sum(counts[n] for n in used), sum(float(mix[n]) for n in used)
     exact = {n: float(mix[n]) / wsum * total for n in used}
     q = {n: int(np.floor(exact[n])) for n in used}
