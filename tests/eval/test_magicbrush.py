@@ -551,8 +551,8 @@ def test_docs_list_every_key_with_its_default():
 
 
 def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
-    """vincie-benchmark magicbrush --run on a 3-step demo run, the release's layout, --setting all: four
-    results and reports; turn 1 made once for the three settings that share it; a rerun in a new process
+    """vincie-benchmark magicbrush --run on a 3-step demo run, the release's layout, --setting all, two
+    edits per model pass (--batch 2): four results and reports; turn 1 made once for the three settings that share it; a rerun in a new process
     makes nothing; once the run has saved a newer checkpoint, a rerun into the folder is refused (another
     sampler's refusal: test_resumed_run_equals_an_uninterrupted_one)."""
     import subprocess
@@ -572,7 +572,8 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
     _write_release(tmp_path / "test", tmp_path / "mb")
     cmd = [str(exe / "vincie-benchmark"), "magicbrush", "--data", str(tmp_path / "test"), "--run", str(tmp_path / "run"),
            "--clip", save_tiny_clip(tmp_path / "clip"), "--dino", save_tiny_dino(tmp_path / "dino"),
-           "--edit-size", "24", "--out", str(tmp_path / "out"), "--setting", "all", "--set", "sampler.steps=2", "--quiet"]
+           "--edit-size", "24", "--out", str(tmp_path / "out"), "--setting", "all", "--set", "sampler.steps=2",
+           "--set", "data.recipe.mask_type=full", "--batch", "2", "--quiet"]   # full: no KV cache, so batched
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     made = {st: json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"] for st in SETTINGS}

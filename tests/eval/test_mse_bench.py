@@ -229,6 +229,15 @@ def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_serve
     assert len(r.stderr.strip().splitlines()) == 1
 
 
+def test_cli_refuses_a_batch_below_one(capsys):
+    from vincie_tools.benchmark import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["mse", "--data", "x", "--run", "r", "--judge", "j.yaml", "--out", "o", "--batch", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err.strip().endswith("argument --batch: expected an integer >= 1, got '0'")
+
+
 def test_cli_magicbrush_scores_a_generated_folder(tmp_path, capsys):
     """vincie-benchmark magicbrush on the release's test layout, tiny CLIP/DINO, images given under
     MagicBrush's own names; a setting whose images are absent stops in one line naming the file."""

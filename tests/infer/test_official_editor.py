@@ -144,6 +144,32 @@ def test_turn_one_is_official_sample_on_the_release_inputs(loaded):
     torch.testing.assert_close(sess.latents[1], x[-1], rtol=0, atol=1e-6)
 
 
+def test_a_batch_of_sessions_gives_each_its_own_edit(loaded):
+    """``edit_batch`` on the official editor: sessions of different sizes and history lengths in one
+    ``official_sample`` batch, each image the one its session gets alone (the release's per-turn seed and
+    the shared negative prompt); per-edit seeds are refused (the release draws every turn from sampler.seed)."""
+    from vincie_mcore.infer.editor import edit_batch
+
+    *_, editor = loaded
+
+    def sessions():
+        a = editor.start(_image(1, 40, 24))
+        b = editor.start(_image(2, 24, 40))
+        b.add_turn(PROMPTS[0], _image(3, 24, 40))
+        return [a, b]
+    alone = sessions()
+    for s, p in zip(alone, PROMPTS[1:]):
+        s.edit(p)
+    together = sessions()
+    outs = edit_batch(together, PROMPTS[1:])
+    assert [s.info[-1]["batch"] for s in together] == [2, 2]
+    for a, b, out in zip(alone, together, outs):
+        assert out.shape == a.images[-1].shape
+        torch.testing.assert_close(b.latents[-1], a.latents[-1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^seeds: the official editor draws every turn's noise from sampler.seed"):
+        edit_batch(sessions(), PROMPTS[1:], [1, 2])
+
+
 def test_benchmark_chain_resumes_to_the_uninterrupted_images(loaded, tmp_path):
     """A benchmark's multi-turn chain (eval/edit_runs.py) on the official editor, stopped after 2 of 3
     edits and rerun: the turns read back from their PNGs go into the context as the model made them

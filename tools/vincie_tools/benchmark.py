@@ -45,6 +45,7 @@ def _parser():
     m.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    m.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
     b.add_argument("--data", required=True,
@@ -63,8 +64,23 @@ def _parser():
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
     b.add_argument("--out", required=True)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    b.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--quiet", action="store_true")
     return p
+
+
+BATCH_HELP = ("sessions edited together, one turn each per model pass (default 1); the images do not depend "
+              "on it beyond float reordering (docs/benchmarks.md, Batched editing)")
+
+
+def _positive(v: str) -> int:
+    try:
+        n = int(v)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v!r}")
+    return n
 
 
 def _editor(a):
@@ -125,7 +141,7 @@ def magicbrush_main(a) -> int:
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             for st in settings:
                 results[st] = run_magicbrush(editor, data, metrics=metrics, out_dir=out, progress=not a.quiet,
-                                             setting=st, run_info=info)
+                                             setting=st, run_info=info, batch=a.batch)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -180,7 +196,7 @@ def main(argv=None) -> int:
             size = tuple(a.size or ((px, px) if px else (512, 512)))
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
-                                           run_info=info)
+                                           run_info=info, batch=a.batch)
         res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
     except (ValueError, FileNotFoundError, RuntimeError, ConfigError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)

@@ -174,16 +174,21 @@ def velocity(pred: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, cfg: FlowCo
 @torch.no_grad()
 def euler_sample(model, batch: PackedBatch, cfg: FlowConfig, steps: int = 50, shift: float = 1.0,
                  guidance: float = 1.0, gen: torch.Generator | None = None,
-                 callback: Callable[[int, int], None] | None = None) -> torch.Tensor:
+                 callback: Callable[[int, int], None] | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
     """Denoise every noisy block of ``batch``; returns the image stream [S_img, P] with
     noisy tokens replaced by samples (clean tokens untouched). ``callback(done, steps)`` runs
-    after each step (progress bars; it must not touch the tensors)."""
+    after each step (progress bars; it must not touch the tensors). ``noise`` [S_img, P]: the
+    starting noise (read on noisy rows only) instead of a draw from ``gen``."""
     if steps < 1:
         raise ValueError(f"steps: must be >= 1, got {steps}")
     x0 = batch.img_x0
     m = batch.img_loss_mask.unsqueeze(1)
     noisy = batch.spec.block_kind == KIND_NOISY
-    x = torch.where(m, torch.randn(x0.shape, generator=gen).to(x0.device, x0.dtype), x0)
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=gen)
+    elif noise.shape != x0.shape:
+        raise ValueError(f"noise: expected shape {list(x0.shape)} (the batch's image stream), got {list(noise.shape)}")
+    x = torch.where(m, noise.to(x0.device, x0.dtype), x0)
     uncond = drop_text(batch, torch.ones(batch.num_sessions, dtype=torch.bool)) if guidance != 1.0 else None
     ts = shift_time(torch.linspace(1.0, 0.0, steps + 1), shift)
     for i in range(steps):

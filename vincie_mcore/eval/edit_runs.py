@@ -9,14 +9,18 @@ Used by ``eval/magicbrush.py`` and ``eval/mse_bench.py`` (docs/magicbrush.md, "R
   in one line, since its images would mix with the old ones.
 * ``chain``: one session's turns, each editing the previous output with every earlier turn as context,
   resumed from the files that exist (a turn made anew makes every later file stale).
+* ``run_chains``: many such chains, ``batch`` sessions' next turns packed into one model pass (a GPU
+  runs a small session far below its rate); each edit keeps its own seed, so the images are those of
+  one-by-one editing, up to float reordering.
 """
 from __future__ import annotations
 
 import json
 import os
 import zlib
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -84,6 +88,20 @@ def load_png(path, what: str) -> np.ndarray:
     return load_image(path, name=what)
 
 
+@dataclass
+class Chain:
+    """One session's edits in order, each on the previous output with every earlier turn in context.
+
+    ``paths[t]``: where edit t's image goes (None: kept in memory only); ``start(outs)``: the session to
+    go on from after the outputs ``outs`` (read back or made in an earlier run); ``first_turn``: the turn
+    number of ``instructions[0]`` (seeds, messages)."""
+    key: str
+    instructions: list[str]
+    paths: list | None
+    start: Callable[[list[np.ndarray]], object]
+    first_turn: int = 1
+
+
 def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: list | None,
           prepare=lambda a: a) -> tuple[list[np.ndarray], int]:
     """Turn after turn, each edit of the previous output with every earlier turn in context (one
@@ -91,20 +109,72 @@ def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: 
     read back instead of edited, until a turn is made anew (later files then edited again, since they
     came from another image). ``prepare``: applied to the source before the editor sees it (sizes).
     -> (outputs uint8 [H, W, 3] per turn, edits made now)."""
-    outs, sess, made = [], None, 0
-    for t, instruction in enumerate(instructions):
-        p = paths[t] if paths is not None else None
-        if p is not None and made == 0 and Path(p).is_file():
-            outs.append(load_png(p, f"session {key!r} turn {t + 1} (resumed)"))
-            continue
-        if sess is None:               # first edit of this run: the context so far, as given turns
-            sess = editor.start(prepare(source))
-            for k in range(t):         # the model's own outputs, as it made them: not prepared again
-                sess.add_turn(instructions[k], outs[k], own=True)
-        seed_edit(editor, key, t + 1)
-        out = np.asarray(sess.edit(instruction))
-        made += 1
-        outs.append(out)
-        if p is not None:
-            save_png(p, out)
+    outs, made = run_chains(editor, [source_chain(editor, key, source, instructions, paths, prepare)])
+    return outs[0], made
+
+
+def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: list | None,
+                 prepare=lambda a: a) -> Chain:
+    """``chain``'s job: edits from ``prepare(source)`` (prepared when the chain starts, so a long benchmark
+    holds only its running sessions' inputs), a resumed run's context its own earlier outputs."""
+    def start(outs):
+        sess = editor.start(prepare(source))
+        for k, out in enumerate(outs):     # the model's own outputs, as it made them: not prepared again
+            sess.add_turn(instructions[k], out, own=True)
+        return sess
+    return Chain(key, list(instructions), paths, start)
+
+
+def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None = None) -> tuple[list[list], int]:
+    """Every chain's edits -> (outputs per chain, edits made now). Each chain resumes after its leading
+    files that exist (``chain``); then up to ``batch`` chains advance together, one turn each per model
+    pass (``infer.editor.edit_batch``), a finished chain's place taken by the next. Every edit's noise
+    comes from its own (key, turn) seed, so neither ``batch`` nor the order changes an image beyond float
+    reordering. ``progress``: a tqdm bar over the edits to make, with this description."""
+    from tqdm import tqdm
+
+    if batch < 1:
+        raise ValueError(f"batch: must be >= 1, got {batch}")
+    outs: list[list] = [[] for _ in chains]
+    for i, c in enumerate(chains):                 # resume: the leading edits already written
+        for t, p in enumerate(c.paths or []):
+            if t >= len(c.instructions) or p is None or not Path(p).is_file():
+                break
+            outs[i].append(load_png(p, f"session {c.key!r} turn {c.first_turn + t} (resumed)"))
+    todo = [i for i, c in enumerate(chains) if len(outs[i]) < len(c.instructions)]
+    if batch > 1:          # longest first: the last passes are the ones left short of a full batch
+        todo.sort(key=lambda i: len(outs[i]) - len(chains[i].instructions))
+    bar = tqdm(total=sum(len(chains[i].instructions) - len(outs[i]) for i in todo), desc=progress, unit="edit",
+               disable=progress is None)
+    seeded = isinstance(getattr(editor, "gen", None), torch.Generator)
+    base = getattr(getattr(editor, "sampler", None), "seed", 0)
+    pool, sessions, made = [], {}, 0
+    with bar:
+        while todo or pool:
+            while todo and len(pool) < batch:
+                i = todo.pop(0)
+                sessions[i] = chains[i].start(outs[i])
+                pool.append(i)
+            turns = [len(outs[i]) for i in pool]
+            prompts = [chains[i].instructions[t] for i, t in zip(pool, turns)]
+            if batch == 1:                         # the session's own path (KV cache and all)
+                c = chains[pool[0]]
+                seed_edit(editor, c.key, c.first_turn + turns[0])
+                images = [sessions[pool[0]].edit(prompts[0])]
+            else:
+                from ..infer.editor import edit_batch
+
+                seeds = [edit_seed(base, chains[i].key, chains[i].first_turn + t) for i, t in zip(pool, turns)] \
+                    if seeded else None
+                images = edit_batch([sessions[i] for i in pool], prompts, seeds)
+            for i, t, im in zip(pool, turns, images):
+                outs[i].append(np.asarray(im))
+                p = chains[i].paths[t] if chains[i].paths is not None else None
+                if p is not None:
+                    save_png(p, outs[i][-1])
+            made += len(pool)
+            bar.update(len(pool))
+            for i in [i for i in pool if len(outs[i]) == len(chains[i].instructions)]:
+                pool.remove(i)
+                del sessions[i]                    # its history and caches go with it
     return outs, made

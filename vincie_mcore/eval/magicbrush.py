@@ -616,7 +616,7 @@ def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str
 
 def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
                    metrics: MagicBrushMetrics | None = None, progress: bool = True, setting: str = "multi_turn",
-                   run_info: dict | None = None) -> dict:
+                   run_info: dict | None = None, batch: int = 1) -> dict:
     """Edit every session with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``) in ``setting``
     (``SETTINGS``; the default is the paper's Table 1), then score with ``score_magicbrush``.
 
@@ -625,9 +625,9 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     is read back, not made again (in multi_turn, every turn after a remade one is remade), and each
     edit's noise depends only on its session and turn (``edit_runs.edit_seed``), so the images equal an
     uninterrupted run's. ``run_info`` (e.g. the run folder) joins the editor's sampler and ``edit_size``
-    in ``out_dir/editor.json``; resuming with different ones is refused."""
+    in ``out_dir/editor.json``; resuming with different ones is refused. ``batch``: edits made together,
+    one model pass each (``edit_runs.run_chains``): the images do not depend on it beyond float reordering."""
     from PIL import Image
-    from tqdm import tqdm
 
     from . import edit_runs
 
@@ -645,31 +645,33 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
             im = im.resize((cfg.edit_size, cfg.edit_size), Image.BICUBIC)
         return np.array(im)                       # a writable copy: the editor wraps it in a tensor
 
-    generated, made, total = {}, 0, 0
-    for s in tqdm(sessions, desc=f"magicbrush {setting}", disable=not progress):
+    def given_context(s, t):
+        images, texts = _context(s, t, setting)
+        sess = editor.start(prep(images[0], f"session {s.id!r} input"))
+        for k, (im, txt) in enumerate(zip(images[1:], texts)):
+            sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
+        return sess
+
+    chains, owner = [], []                         # owner[k]: (session number, first turn index) of chain k
+    for n, s in enumerate(sessions):
         paths = [generated_path(out_dir, s.id, t + 1, setting) for t in range(len(s.turns))] \
             if out_dir is not None else None
         if setting == "multi_turn":               # one session (and KV cache) for the whole chain
-            outs, n = edit_runs.chain(editor, s.id, prep(s.source, f"session {s.id!r} source"),
-                                      [t.instruction for t in s.turns], paths, prep)
-        else:                                     # each turn one edit with its given context
-            outs, n = [], 0
-            for t, turn in enumerate(s.turns):
-                if paths is not None and paths[t].is_file():
-                    outs.append(edit_runs.load_png(paths[t], f"session {s.id!r} turn {t + 1} (resumed)"))
-                    continue
-                images, texts = _context(s, t, setting)
-                sess = editor.start(prep(images[0], f"session {s.id!r} input"))
-                for k, (im, txt) in enumerate(zip(images[1:], texts)):
-                    sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
-                edit_runs.seed_edit(editor, s.id, t + 1)
-                outs.append(np.asarray(sess.edit(turn.instruction)))
-                n += 1
-                if paths is not None:
-                    edit_runs.save_png(paths[t], outs[-1])
-        made, total = made + n, total + len(s.turns)
-        if out_dir is None:
-            generated[s.id] = outs
+            chains.append(edit_runs.source_chain(editor, s.id, s.source, [t.instruction for t in s.turns], paths,
+                                                 lambda im, s=s: prep(im, f"session {s.id!r} source")))
+            owner.append((n, 0))
+            continue
+        for t, turn in enumerate(s.turns):        # each turn one edit with its given context
+            chains.append(edit_runs.Chain(s.id, [turn.instruction], None if paths is None else [paths[t]],
+                                          lambda _, s=s, t=t: given_context(s, t), first_turn=t + 1))
+            owner.append((n, t))
+
+    outs, made = edit_runs.run_chains(editor, chains, batch, progress=f"magicbrush {setting}" if progress else None)
+    total = sum(len(c.instructions) for c in chains)
+    generated = {}
+    if out_dir is None:
+        for (n, t), o in zip(owner, outs):
+            generated.setdefault(sessions[n].id, [None] * len(sessions[n].turns))[t:t + len(o)] = o
     results = score_magicbrush(generated if out_dir is None else out_dir, sessions, metrics=metrics, setting=setting)
     results["edits"] = dict(made=made, resumed=total - made)
     if out_dir is not None:

@@ -120,25 +120,26 @@ def edit_path(out_dir, index: str, turn: int) -> Path:
 
 
 def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns: int = 5,
-             progress: bool = True, out_dir=None, run_info: dict | None = None) -> dict[str, list[np.ndarray]]:
-    """Every session's turns with ``editor`` (``infer.editor.Editor``): each output is the next input,
-    every earlier turn in context. Sources are fitted to ``size`` first.
+             progress: bool = True, out_dir=None, run_info: dict | None = None, batch: int = 1) -> dict[str, list[np.ndarray]]:
+    """Every session's turns with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``): each output is
+    the next input, every earlier turn in context. Sources are fitted to ``size`` first.
 
     ``out_dir``: each edit is written as it is made (``edit_path``) and a rerun resumes from those files
     with the images an uninterrupted run gives (``eval/edit_runs.py``: per-edit seeds; ``editor.json``
-    refuses another editor, sampler or size)."""
-    from tqdm import tqdm
-
+    refuses another editor, sampler or size). ``batch``: sessions edited together, one turn each per model
+    pass (``edit_runs.run_chains``); the images do not depend on it beyond float reordering."""
     from . import edit_runs
 
     if out_dir is not None:
         edit_runs.claim(out_dir, edit_runs.fingerprint(editor, size=list(size), **(run_info or {})))
-    out = {}
-    for s in tqdm(sessions, desc="MSE-Bench", unit="session", disable=not progress):
+    chains = []
+    for s in sessions:
         prompts = s.prompts[:turns]
         paths = [edit_path(out_dir, s.index, t + 1) for t in range(len(prompts))] if out_dir is not None else None
-        out[s.index], _ = edit_runs.chain(editor, str(s.index), fit_to(s.image, size), prompts, paths)
-    return out
+        chains.append(edit_runs.source_chain(editor, str(s.index), s.image, prompts, paths,
+                                             lambda im: fit_to(im, size)))
+    outs, _ = edit_runs.run_chains(editor, chains, batch, progress="MSE-Bench" if progress else None)
+    return {s.index: o for s, o in zip(sessions, outs)}
 
 
 # ----------------------------------------------------------------------------- judging

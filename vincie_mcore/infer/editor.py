@@ -90,17 +90,29 @@ class Editor:
         return EditSession(self, [self._check_image(image)], [])
 
     @torch.no_grad()
-    def edit_many(self, histories: list[tuple[list[torch.Tensor], list[str]]], prompts: list[str]) -> list[np.ndarray]:
-        """One turn for several sessions at once (packed into one sequence).
+    def edit_many(self, histories: list[tuple[list[torch.Tensor], list[str]]], prompts: list[str],
+                  seeds: list[int] | None = None) -> list[np.ndarray]:
+        """One turn for several sessions at once (packed into one sequence): ``edit_turns``' images."""
+        return [im for im, _ in self.edit_turns(histories, prompts, seeds)]
 
-        ``histories[i] = (images uint8 [H,W,3] I0..I_n, texts T0..T_{n-1})``.
-        """
+    @torch.no_grad()
+    def edit_turns(self, histories: list[tuple[list[torch.Tensor], list[str]]], prompts: list[str],
+                   seeds: list[int] | None = None) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """One turn for several sessions in one batch (the re-packing path) -> per session (image uint8
+        [H, W, 3], sampled latent [C, h, w]). ``histories[i] = (images uint8 [H,W,3] I0..I_n, texts T0..T_{n-1})``.
+
+        ``seeds[i]``: session i's starting noise is what a one-session edit draws after
+        ``gen.manual_seed(seeds[i])``, so each session gets the image it gets alone (up to float
+        reordering in the larger matmuls). None: one draw from ``gen`` over the whole batch."""
         if len(histories) != len(prompts):
-            raise ValueError("edit_many: one prompt per history")
-        items = [self._item(self.image.encode(torch.stack(images)), texts, prompt)
+            raise ValueError(f"edit_turns: {len(prompts)} prompts for {len(histories)} histories")
+        if seeds is not None and len(seeds) != len(histories):
+            raise ValueError(f"edit_turns: {len(seeds)} seeds for {len(histories)} histories")
+        items = [self._item(self.image.encode(torch.stack(list(images))), texts, prompt)
                  for (images, texts), prompt in zip(histories, prompts)]
         batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
-        return [im for im, _ in self._decode(batch, self._sample(self.model, batch))]
+        noise = None if seeds is None else session_noise(batch, seeds)
+        return self._decode(batch, self._sample(self.model, batch, noise))
 
     @torch.no_grad()
     def generate(self, sample: SessionSample, sess: EncodedSession) -> dict:
@@ -130,11 +142,11 @@ class Editor:
         sess = EncodedSession(frames=frames, texts=all_texts, cameras=[None] * len(all_texts))
         return inference_sample(all_texts, self.sampler.camera_prompts), sess
 
-    def _sample(self, model, batch) -> torch.Tensor:
+    def _sample(self, model, batch, noise: torch.Tensor | None = None) -> torch.Tensor:
         s = self.sampler
         with cpu_compat.suspended():                            # no CUDA-by-name calls in sampling
             return euler_sample(model, batch, self.flow_cfg, steps=s.steps, shift=s.shift, guidance=s.guidance,
-                                gen=self.gen, callback=self.step_callback)
+                                gen=self.gen, callback=self.step_callback, noise=noise)
 
     def _decode(self, batch, x: torch.Tensor) -> list[tuple[np.ndarray, torch.Tensor]]:
         """Each noisy block of ``x`` -> (uint8 image [H, W, 3], its sampled latent [C, h, w])."""
@@ -145,6 +157,37 @@ class Editor:
                 lat = unpatchify(tok, *ib["hw"], self.pack_cfg.patch_size)          # (C, h, w)
                 outs.append((self.image.decode(lat[None])[0].numpy(), lat))
         return outs
+
+    @torch.no_grad()
+    def edit_cached_many(self, sessions: list["EditSession"], prompts: list[str],
+                         seeds: list[int] | None = None) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """One turn of several sessions with their KV caches in one batch -> per session (image, latent).
+
+        Each branch's caches are joined for the turn (``KVCache.join``: a session's rows move to its place
+        in the batch), prefilled and sampled as one, then split back (``KVCache.split``); a failed turn leaves
+        every session's caches as they were. ``seeds`` as in ``edit_turns``."""
+        from ..model.attention import KVCache
+
+        reason = self.kv_cache_reason()
+        if reason:
+            raise ValueError(reason)
+        for sess in sessions:                                   # frames are encoded once, when added
+            while len(sess.latents_in) < len(sess.images):
+                sess.latents_in.append(self.image.encode(sess.images[len(sess.latents_in)][None]))
+        batch = pack([self._item(torch.cat(s.latents_in), s.texts, p) for s, p in zip(sessions, prompts)],
+                     self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
+        inner = _inner_model(self.model)
+        blk_session = batch.spec.block_session[batch.spec.token_blocks()]           # (S,) session of each token
+        txt_starts = [int((blk_session[:batch.s_txt] == i).nonzero()[0]) for i in range(len(sessions))]
+        img_starts = [int((blk_session[batch.s_txt:] == i).nonzero()[0]) for i in range(len(sessions))]
+        kvs = [s.kv or {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()} for s in sessions]
+        joined = {b: KVCache.join([kv[b] for kv in kvs], txt_starts, img_starts) for b in ("cond", "uncond")}
+        noise = None if seeds is None else session_noise(batch, seeds)
+        x = self._sample(_CachedModel(self.model, inner, batch, joined), batch, noise)
+        parts = {b: c.split(txt_starts, img_starts) for b, c in joined.items()}
+        for i, sess in enumerate(sessions):
+            sess.kv = {b: parts[b][i] for b in parts}
+        return self._decode(batch, x)
 
     @torch.no_grad()
     def edit_cached(self, sess: "EditSession", prompt: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -165,6 +208,21 @@ class Editor:
             sess.kv = {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()}
         x = self._sample(_CachedModel(self.model, inner, batch, sess.kv), batch)
         return self._decode(batch, x)[0]
+
+
+def session_noise(batch, seeds: list[int]) -> torch.Tensor:
+    """[S_img, P] starting noise of a packed batch, session i's rows drawn from a generator seeded with
+    ``seeds[i]`` as ``euler_sample`` draws a one-session batch (row-major from its first image row: the
+    padding a batch adds sits after every session, so it changes no session's draw)."""
+    x0 = batch.img_x0
+    if len(seeds) != batch.num_sessions:
+        raise ValueError(f"seeds: {len(seeds)} for a batch of {batch.num_sessions} sessions")
+    noise = torch.zeros(x0.shape)
+    for i, seed in enumerate(seeds):
+        blocks = [ib for ib in batch.image_blocks if ib["session"] == i]
+        a, b = min(ib["start"] for ib in blocks), max(ib["start"] + ib["length"] for ib in blocks)
+        noise[a:b] = torch.randn((b - a, x0.shape[1]), generator=torch.Generator().manual_seed(int(seed)))
+    return noise
 
 
 def _inner_model(model):
@@ -228,15 +286,48 @@ class EditSession:
             out, lat = self.editor.edit_cached(self, prompt)
         else:       # the re-packing path (the official variant's editor has only this one)
             out, lat = self.editor.edit_turn(self.images, self.texts, prompt)
+        return self._record(prompt, out, lat, reason, time.perf_counter() - t0)
+
+    def _record(self, prompt: str, out: np.ndarray, lat: torch.Tensor, reason: str | None, seconds: float,
+                batch: int = 1) -> np.ndarray:
+        """Append one made turn and its ``info`` row (``seconds``: the edit's, or its whole batch's)."""
         self.images.append(torch.from_numpy(out))
         self.texts.append(prompt)
         self.latents.append(lat)
         nbytes = sum(c.nbytes() for c in self.kv.values()) if self.kv else 0
         self.info.append(dict(turn=len(self.texts), kv_cache=reason is None, reason=reason, cache_bytes=nbytes,
-                              seconds=time.perf_counter() - t0))
-        log.info("edit turn %d: kv_cache=%s%s, cache %d bytes, %.2f s", len(self.texts), reason is None,
-                 f" ({reason})" if reason else "", nbytes, self.info[-1]["seconds"])
+                              seconds=seconds, batch=batch))
+        log.info("edit turn %d: kv_cache=%s%s, cache %d bytes, %.2f s%s", len(self.texts), reason is None,
+                 f" ({reason})" if reason else "", nbytes, seconds, f" (a batch of {batch})" if batch > 1 else "")
         return out
+
+
+def edit_batch(sessions: list[EditSession], prompts: list[str], seeds: list[int] | None = None) -> list[np.ndarray]:
+    """The next turn of several sessions of one editor at once: what ``sessions[i].edit(prompts[i])``
+    does, after ``editor.gen.manual_seed(seeds[i])`` when seeds are given, with the sessions packed
+    into one batch so a GPU runs them together (``Editor.edit_turns``, ``OfficialEditor.edit_turns``).
+
+    Each session's image is the one it gets alone, up to float reordering (tests/infer/test_edit_batch.py);
+    under block_causal each keeps its own KV caches, joined for the batch's turn (``Editor.edit_cached_many``)."""
+    if not sessions:
+        return []
+    editor = sessions[0].editor
+    if any(s.editor is not editor for s in sessions):
+        raise ValueError("edit_batch: the sessions belong to different editors")
+    if len(prompts) != len(sessions) or (seeds is not None and len(seeds) != len(sessions)):
+        raise ValueError(f"edit_batch: {len(sessions)} sessions, {len(prompts)} prompts, "
+                         f"{'no' if seeds is None else len(seeds)} seeds")
+    for p in prompts:
+        if not isinstance(p, str) or not p.strip():
+            raise ValueError("prompt: expected a non-empty string")
+    t0 = time.perf_counter()
+    reason = editor.kv_cache_reason()
+    if reason is None:
+        made = editor.edit_cached_many(sessions, prompts, seeds)
+    else:
+        made = editor.edit_turns([(s.images, s.texts) for s in sessions], prompts, seeds)
+    seconds = time.perf_counter() - t0
+    return [s._record(p, out, lat, reason, seconds, len(sessions)) for s, p, (out, lat) in zip(sessions, prompts, made)]
 
 
 def save_strip(images, path, texts=None, scale: int = 4, labels=None):

@@ -125,11 +125,25 @@ class OfficialEditor:
     def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:
         """One turn from the history (images uint8 [H, W, 3] I0..I_n, instructions T0..T_{n-1}) ->
         (image uint8 [H, W, 3], sampled latent [C, h, w])."""
-        sess, negative, noise = self.session_inputs(images, texts, prompt)
+        return self.edit_turns([(images, texts)], [prompt])[0]
+
+    @torch.no_grad()
+    def edit_turns(self, histories, prompts: list[str], seeds=None) -> list[tuple[np.ndarray, torch.Tensor]]:
+        """One turn of several sessions in one ``official_sample`` batch -> per session (image, latent), each
+        the one ``edit_turn`` gives it alone (its noise is seeded the same way, the negative prompt shared)."""
+        if seeds is not None:
+            raise ValueError("seeds: the official editor draws every turn's noise from sampler.seed "
+                             "(the release's fix_seed), not per edit")
+        if len(histories) != len(prompts):
+            raise ValueError(f"edit_turns: {len(prompts)} prompts for {len(histories)} histories")
+        inputs = [self.session_inputs(images, texts, prompt) for (images, texts), prompt in zip(histories, prompts)]
         s = self.sampler
         model = _Progress(self.model, self.inner.cfg, self.step_callback, s.steps, 2 if s.guidance != 1.0 else 1)
         with cpu_compat.suspended():                                    # no CUDA-by-name calls in sampling
-            frames = official_sample(model, [sess], negative, [noise], self.pack_cfg.patch_size, steps=s.steps,
-                                     shift=s.shift, guidance=s.guidance)[0]          # (T, C, h, w)
-        lat = frames[-1].float().cpu()
-        return self.image.decode(lat[None])[0].numpy(), lat
+            frames = official_sample(model, [x[0] for x in inputs], inputs[0][1], [x[2] for x in inputs],
+                                     self.pack_cfg.patch_size, steps=s.steps, shift=s.shift, guidance=s.guidance)
+        outs = []
+        for f in frames:                                                # (T, C, h, w) per session
+            lat = f[-1].float().cpu()
+            outs.append((self.image.decode(lat[None])[0].numpy(), lat))
+        return outs

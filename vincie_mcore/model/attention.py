@@ -234,6 +234,9 @@ class TritonMaskedAttention(torch.nn.Module):
 # KV cache (block_causal inference; torch core only; docs/kv_cache.md)
 # ----------------------------------------------------------------------------
 
+SIG_SESSION = 2      # the column of a token's session in a cache signature (``MMDiT._kv_signature``: order, kind, session first)
+
+
 class KVCache:
     """Per-layer K and V of context tokens, as the core consumes them (after QK-norm and RoPE).
 
@@ -272,6 +275,59 @@ class KVCache:
         """Bytes held: K and V of every layer plus the rows and signatures."""
         ts = [*self.k, *self.v, self.txt_rows, self.img_rows, self.txt_sig, self.img_sig]
         return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+    @staticmethod
+    def join(caches: list["KVCache"], txt_starts: list[int], img_starts: list[int]) -> "KVCache":
+        """One cache for a batch of sessions (``infer.editor``'s batched turns). Cache i holds session i's
+        entries as a one-session batch names them (rows from 0, session 0); here they take the session's
+        place in the batch (its first text-stream row ``txt_starts[i]``, image-stream row ``img_starts[i]``)
+        and session number i. Entry order: every session's text entries, then every session's image entries."""
+        out = KVCache(caches[0].num_layers)
+        parts = [c for c in caches if len(c)]
+        if not parts:
+            return out
+        t = [c.n_txt for c in caches]
+        for layer in range(out.num_layers):
+            for name in ("k", "v"):
+                xs = [getattr(c, name)[layer] for c in caches]
+                getattr(out, name)[layer] = torch.cat([x[:n] for x, n in zip(xs, t) if x is not None]
+                                                      + [x[n:] for x, n in zip(xs, t) if x is not None])
+
+        def resession(sig, i):
+            sig = sig.clone()
+            sig[:, SIG_SESSION] = i
+            return sig
+        out.txt_rows = torch.cat([c.txt_rows + a for c, a in zip(caches, txt_starts)])
+        out.img_rows = torch.cat([c.img_rows + a for c, a in zip(caches, img_starts)])
+        out.txt_sig = torch.cat([resession(c.txt_sig, i) for i, c in enumerate(caches) if len(c)])
+        out.img_sig = torch.cat([resession(c.img_sig, i) for i, c in enumerate(caches) if len(c)])
+        return out
+
+    def split(self, txt_starts: list[int], img_starts: list[int]) -> list["KVCache"]:
+        """``join``'s inverse, after the batch's calls added entries: session i's entries (in the order
+        they were added) as a one-session cache. Sessions follow each other in both streams, so a row's
+        session is the last start at or below it."""
+        n = len(txt_starts)
+        if not len(self):
+            return [KVCache(self.num_layers) for _ in range(n)]
+        ts = torch.searchsorted(torch.tensor(txt_starts, device=self.txt_rows.device), self.txt_rows, right=True) - 1
+        im = torch.searchsorted(torch.tensor(img_starts, device=self.img_rows.device), self.img_rows, right=True) - 1
+        out = []
+        for i in range(n):
+            ti, ii = (ts == i).nonzero().squeeze(1), (im == i).nonzero().squeeze(1)
+            c = KVCache(self.num_layers)
+            if ti.numel() + ii.numel():
+                idx = torch.cat([ti, self.n_txt + ii])
+                for layer in range(self.num_layers):
+                    c.k[layer] = self.k[layer][idx.to(self.k[layer].device)]
+                    c.v[layer] = self.v[layer][idx.to(self.v[layer].device)]
+                c.txt_rows, c.img_rows = self.txt_rows[ti] - txt_starts[i], self.img_rows[ii] - img_starts[i]
+                c.txt_sig, c.img_sig = self.txt_sig[ti.to(self.txt_sig.device)].clone(), \
+                    self.img_sig[ii.to(self.img_sig.device)].clone()
+                c.txt_sig[:, SIG_SESSION] = 0
+                c.img_sig[:, SIG_SESSION] = 0
+            out.append(c)
+        return out
 
 
 @dataclass

@@ -308,9 +308,9 @@ class MMDiT(MegatronModule):
         tb, ib = blk[txt_rows], blk[img_rows + s_txt]
         tpos = batch.txt_pos[txt_rows].reshape(txt_rows.numel(), -1).float()
         f = lambda t: t.to(dev, torch.float32)
-        sig_t = torch.cat([f(batch.txt_emb[txt_rows]), f(batch.txt_turn[txt_rows])[:, None], f(tpos),
-                           meta[tb], f(c[tb])], 1)
-        sig_i = torch.cat([f(x_img[img_rows]), f(batch.img_pos[img_rows]), meta[ib], f(c[ib])], 1)
+        sig_t = torch.cat([meta[tb], f(batch.txt_emb[txt_rows]), f(batch.txt_turn[txt_rows])[:, None], f(tpos),
+                           f(c[tb])], 1)                                 # block meta first: KVCache.join re-sessions
+        sig_i = torch.cat([meta[ib], f(x_img[img_rows]), f(batch.img_pos[img_rows]), f(c[ib])], 1)
         return sig_t, sig_i
 
     def _run_cached(self, x_img, batch, txt_q, img_q, cache: KVCache, store: bool) -> torch.Tensor:

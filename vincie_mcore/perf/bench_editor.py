@@ -1,6 +1,11 @@
-"""The KV cache's benchmark: a multi-turn block_causal edit with and without the cache, same
-random fp32 model, image, prompts and noise (CPU), timed per turn, with the two paths' largest
-differences measured in the same run (docs/kv_cache.md; CLI ``vincie-bench-editor``)."""
+"""The editor's benchmarks (CLI ``vincie-bench-editor``), each with its correctness check in the same run:
+
+* ``bench_editor``: a multi-turn block_causal edit with and without the KV cache, same random fp32
+  model, image, prompts and noise (CPU), timed per turn, with the two paths' largest differences
+  (docs/kv_cache.md);
+* ``bench_batched``: benchmark-style chains (``eval.edit_runs.run_chains``) under the full mask, one
+  session per model pass against ``batch`` sessions per pass, edits per second and the largest pixel
+  difference between the two runs' images (docs/benchmarks.md, "Batched editing")."""
 from __future__ import annotations
 
 import numpy as np
@@ -11,22 +16,18 @@ from ..diffusion.flow import FlowConfig
 from ..infer.editor import Editor, SamplerConfig
 
 
-def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens: int = 16, steps: int = 10,
-                 turns: int = 5, guidance: float = 3.0, seed: int = 0) -> dict:
-    """Time per turn of a ``turns``-turn block_causal session with and without the KV cache,
-    same random fp32 model, image, prompts and noise (CPU), with the largest difference between
-    the two paths' model outputs and samples measured in the same run."""
-    from ..encoders.image import PixelEncoder
-    from ..encoders.text import TextEncoder, TextEncoderConfig
+def _model(hidden, layers, heads, image_tokens, steps, turns, seed, device="cpu", dtype=torch.float32):
+    """A random MM-DiT (torch attention core) and text encoder for the editor benchmarks."""
     from ..config import build
+    from ..encoders.text import TextEncoder, TextEncoderConfig
     from ..model import MMDiTConfig, build_model
     from ..parallel import groups
-    from ..runinfo import code_version
 
     if min(hidden, layers, heads, image_tokens, steps, turns) < 1 or hidden % heads or (hidden // heads) % 8:
         raise ValueError(f"bench_editor: need positive sizes and hidden/heads a multiple of 8, got hidden={hidden}, "
                          f"heads={heads}")
-    groups.init_distributed(tp=1, cp=1, seed=seed)
+    if not groups.is_initialized():
+        groups.init_distributed(tp=1, cp=1, seed=seed)
     hd = hidden // heads
     ax = (hd // 4 // 2 * 2, hd // 8 * 3, hd - hd // 4 // 2 * 2 - hd // 8 * 3)      # (turn, h, w) split, even
     cfg = build(MMDiTConfig, dict(
@@ -34,10 +35,21 @@ def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_token
         ffn_hidden_size=-(-8 * hidden // 3 // 64) * 64, text_dim=64, patch_dim=192, max_turns=turns + 2,
         rope_axes_dim=list(ax), adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model")
     torch.manual_seed(seed)
-    model = build_model(cfg, device="cpu").eval()
+    model = build_model(cfg, device=device, params_dtype=dtype).eval()
     with torch.no_grad():                                  # zero-init output layer: every output would be 0
         torch.nn.init.normal_(model.final_layer.linear.weight, std=0.02)
-    text = TextEncoder(TextEncoderConfig(pool=4, seed=seed))
+    return model, TextEncoder(TextEncoderConfig(pool=4, seed=seed))
+
+
+def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens: int = 16, steps: int = 10,
+                 turns: int = 5, guidance: float = 3.0, seed: int = 0) -> dict:
+    """Time per turn of a ``turns``-turn block_causal session with and without the KV cache,
+    same random fp32 model, image, prompts and noise (CPU), with the largest difference between
+    the two paths' model outputs and samples measured in the same run."""
+    from ..encoders.image import PixelEncoder
+    from ..runinfo import code_version
+
+    model, text = _model(hidden, layers, heads, image_tokens, steps, turns, seed)
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (8 * image_tokens, 8 * image_tokens, 3), dtype=np.uint8)
     prompts = [f"turn {i}: move the {c} square to the {p}" for i, (c, p) in
@@ -74,3 +86,55 @@ def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_token
         max_abs_diff_model_outputs=max(float((a - b).abs().max()) for a, b in zip(got_outs, ref_outs)),
         max_abs_diff_samples=max(float((a - b).abs().max()) for a, b in zip(got.latents, ref.latents)),
         model_calls_compared=len(got_outs))
+
+
+def bench_batched(batch: int = 4, sessions: int = 8, hidden: int = 256, layers: int = 4, heads: int = 8,
+                  image_tokens: int = 16, steps: int = 10, turns: int = 3, guidance: float = 3.0, seed: int = 0,
+                  device: str = "cpu") -> dict:
+    """``sessions`` chains of ``turns`` edits under the full mask (the released models': no KV cache), run by
+    ``run_chains`` at batch 1 and at ``batch``, same model, sources, prompts and per-edit seeds: edits per
+    second each way and the largest pixel difference between the two runs' images (float reordering
+    only; bf16 on CUDA, fp32 on CPU)."""
+    import time
+
+    from ..encoders.image import PixelEncoder
+    from ..eval import edit_runs
+    from ..runinfo import code_version
+
+    if batch < 2 or sessions < 1:
+        raise ValueError(f"bench_batched: need batch >= 2 and sessions >= 1, got batch={batch}, sessions={sessions}")
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, text = _model(hidden, layers, heads, image_tokens, steps, turns, seed, dev, dtype)
+    rng = np.random.default_rng(seed)
+    side = 8 * image_tokens
+    sources = [rng.integers(0, 256, (side, side, 3), dtype=np.uint8) for _ in range(sessions)]
+    prompts = [f"turn {i}: move the {c} square to the {p}" for i, (c, p) in
+               enumerate(zip(["red", "blue", "green", "yellow", "white"] * turns, ["left", "right", "top"] * turns))][:turns]
+    ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                SamplerConfig(steps=steps, shift=3.0, guidance=guidance, seed=seed), device=dev, mask_type="full")
+
+    def run(b: int, n: int):
+        chains = [edit_runs.source_chain(ed, f"s{i}", sources[i], prompts, None) for i in range(n)]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        outs, made = edit_runs.run_chains(ed, chains, b)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return outs, made / (time.perf_counter() - t0)
+
+    run(1, 1), run(batch, min(batch, sessions))              # warm-up: text encoder, allocator, kernels
+    one, rate1 = run(1, sessions)
+    many, rate_b = run(batch, sessions)
+    diff = [np.abs(a.astype(int) - b.astype(int)) for x, y in zip(one, many) for a, b in zip(x, y)]
+    return dict(
+        tool="bench_editor_batched", **code_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+        config=dict(hidden=hidden, layers=layers, heads=heads, image_tokens=f"{image_tokens}x{image_tokens}",
+                    steps=steps, guidance=guidance, turns=turns, sessions=sessions, batch=batch, mask_type="full",
+                    dtype=str(dtype).replace("torch.", ""), parameters=model.num_parameters()),
+        edits=sessions * turns, edits_per_s_batch_1=round(rate1, 3), edits_per_s_batched=round(rate_b, 3),
+        speedup=round(rate_b / rate1, 2),
+        max_abs_diff_pixels=int(max(d.max() for d in diff)),
+        pixels_differing=round(float(sum((d > 0).sum() for d in diff) / sum(d.size for d in diff)), 6))
