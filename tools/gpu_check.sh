@@ -339,6 +339,17 @@ if [ "$HAS_GPU" = 1 ]; then
 else
     for s in check_attention_fp32 check_attention_fp16 tune_attention_5_heads; do record "$s" skipped 0 0 "no GPU"; done
 fi
+# Benchmark editing, one session per model pass against 8 (docs/benchmarks.md, "Batched editing"): edits/s
+# both ways beside the largest pixel difference between the two runs' images. A CPU dry run: tiny sizes.
+if [ "$HAS_GPU" = 1 ]; then
+    run_step bench_editor_batched 60 "$PY" -m vincie_tools.bench_editor --batch 8 --sessions 16 --turns 3 \
+        --hidden 1024 --layers 8 --heads 16 --image-tokens 16 --steps 10 --device cuda \
+        --out "$OUT/bench_editor_batched.json"
+else
+    run_step bench_editor_batched 60 "$PY" -m vincie_tools.bench_editor --batch 4 --sessions 4 --turns 2 \
+        --hidden 64 --layers 2 --heads 2 --image-tokens 4 --steps 2 --device cpu \
+        --out "$OUT/bench_editor_batched.json"
+fi
 # DALI's NVDEC path of real-video decoding against PyAV (data/dali_video.py), on this process's GPU.
 if [ "$HAS_GPU" = 1 ] && "$PY" -c "import nvidia.dali, av, scenedetect" 2>/dev/null; then
     run_step pytest_dali_video 60 env PYTHONPATH="${PYTEST_PATH:-$TE_PYTEST_PATH}" VINCIE_DALI_TEST_DEVICE=gpu \
