@@ -29,3 +29,20 @@ def rank0_worker(rank, folder):
             open(os.path.join(folder, f"error{rank}"), "w").write(f"{type(e).__name__}: {e}")
     finally:
         dist.destroy_process_group()
+
+
+def counts_worker(rank, folder):
+    """test_trainer.py's source shares: each rank's drawn counts summed over two gloo ranks."""
+    import json
+
+    import torch.distributed as dist
+
+    from vincie_mcore.train.trainer import sum_counts
+
+    dist.init_process_group("gloo", init_method=f"file://{folder}/pg", rank=rank, world_size=2)
+    try:
+        mine = {"mb": 3 + rank, "ip2p": 10 * rank, "videos": 0}
+        got = sum_counts(mine, dist.group.WORLD)
+        open(os.path.join(folder, f"sum{rank}"), "w").write(json.dumps([mine, got, sum_counts({})]))
+    finally:
+        dist.destroy_process_group()

@@ -131,3 +131,19 @@ def test_resume_matches_uninterrupted_run_with_real_model_loss_stream(dist1, tmp
     torch.testing.assert_close(torch.tensor(losses_b, dtype=torch.float64),
                                torch.tensor(losses_a, dtype=torch.float64), rtol=1e-6, atol=1e-7)
     assert len(set(losses_a)) == 4
+
+
+def test_source_counts_are_summed_over_the_data_parallel_ranks(tmp_path):
+    """The log's source shares (``| sources ...``) count every DP rank's sessions: two gloo ranks' counts
+    summed, key order kept, on both ranks; an empty dict (one source) needs no collective."""
+    import json
+
+    import torch.multiprocessing as mp
+    from _rank0_worker import counts_worker
+
+    mp.start_processes(counts_worker, args=(str(tmp_path),), nprocs=2, start_method="spawn")
+    want = {"mb": 7, "ip2p": 10, "videos": 0}
+    for rank in (0, 1):
+        mine, got, empty = json.loads((tmp_path / f"sum{rank}").read_text())
+        assert mine == {"mb": 3 + rank, "ip2p": 10 * rank, "videos": 0}
+        assert got == want and list(got) == list(want) and empty == {}

@@ -247,6 +247,16 @@ class StopSignals:
         return False
 
 
+def sum_counts(counts: dict[str, int], group=None, device=None) -> dict[str, int]:
+    """``counts`` summed over the ranks of ``group`` (every rank calls it with the same keys, in the same
+    order): the sessions each source of a union gave the whole data-parallel step, not one rank's share."""
+    if not counts or not dist.is_initialized() or dist.get_world_size(group) == 1:
+        return counts
+    t = torch.tensor(list(counts.values()), dtype=torch.float64, device=device or _flag_device())
+    dist.all_reduce(t, group=group)
+    return {k: int(round(v)) for k, v in zip(counts, t.tolist())}
+
+
 def _flag_device() -> torch.device:
     """Where a collective's tensor must live: NCCL takes only CUDA tensors, gloo CPU ones."""
     if dist.is_initialized() and dist.get_backend() == "nccl":
@@ -683,8 +693,9 @@ class Trainer:
                     window.clear()
                     by_part = self._window_loss_parts(parts)
                     parts = {}
-                    # a union's sources: the share of this rank's sessions each gave since the last line
-                    drawn = self.stream.drawn() if hasattr(self.stream, "drawn") else {}
+                    # a union's sources: the share of the sessions each gave since the last line, all DP ranks
+                    drawn = sum_counts(self.stream.drawn() if hasattr(self.stream, "drawn") else {},
+                                       self.dims.dp_group, self.device)
                     total = sum(drawn.values())
                     shares = {k: v / total for k, v in drawn.items()} if total else {}
                     writer.scalars(self.step, {"loss": loss_avg, "lr": m["lr"], "grad_norm": m["grad_norm"],
