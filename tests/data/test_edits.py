@@ -201,12 +201,50 @@ def test_parts_then_merge_equal_one_build(magicbrush, tmp_path):
         assert read_failures(store) == read_failures(tmp_path / "one")
         assert sorted(_by_id(store / "parts" / "00000")) == part0
     assert count_edit_sessions(files, EditsConfig()) == 5
-    with pytest.raises(ValueError, match="--shards: 6 parts for 5 parquet row groups and JSONL files; parts split "
-                                         "those, so at most 5"):
+    with pytest.raises(ValueError, match="--shards: 6 parts for 5 parquet row groups and JSONL row blocks; parts "
+                                         "split those, so at most 5"):
         plan_edits([data], tmp_path / "six", 6, EditsConfig())
     with pytest.raises(ValueError, match=r"no column target=edited \(it has"):
         plan_edits([data], tmp_path / "cols", 2, EditsConfig(columns={"target": "edited"}))
     assert not (tmp_path / "cols").exists()
+
+
+def test_jsonl_parts_by_row_blocks(tmp_path, monkeypatch):
+    """A JSONL file is dealt out in blocks of ``JSONL_UNIT_ROWS`` rows (3 here: 4 blocks of 10 rows), chained
+    sessions interleaved across blocks (a: rows 0, 1, 4; c: rows 5, 6, 9): three parts, in any order, then
+    merge, give the one build's sessions; each part counts only the sessions that start in its blocks."""
+    from vincie_tools.build_sessions import main
+
+    from vincie_mcore.data import edits
+
+    monkeypatch.setattr(edits, "JSONL_UNIT_ROWS", 3)
+    d = tmp_path / "chains"
+    d.mkdir()
+    order = [("a", 0), ("a", 1), ("b", 0), ("b", 1), ("a", 2), ("c", 0), ("c", 1), ("d", 0), ("d", 1), ("c", 2)]
+    now, rows = {}, []
+    for sid, k in order:
+        src = now.get(sid, _picture(ord(sid)))
+        now[sid] = _edit(src, _rect(6 * k, 6 * k + 6, 0, 9), (5, 200, 5 + 40 * k))     # each turn edits the last
+        Image.fromarray(src).save(d / f"{sid}{k}s.png")
+        Image.fromarray(now[sid]).save(d / f"{sid}{k}t.png")
+        rows.append({"sid": sid, "k": k, "source": f"{sid}{k}s.png", "instruction": f"{sid} edit {k}",
+                     "target": f"{sid}{k}t.png"})
+    (d / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + "\n")      # a blank last line
+    files = edits.dataset_files([d / "c.jsonl"])
+    assert edits.units(files) == [(0, 0, 3), (0, 3, 6), (0, 6, 9), (0, 9, 10)]
+    cfg = EditsConfig(format="pairs", columns={"session": "sid", "turn": "k"})
+    assert [edits.count_edit_sessions(files, cfg, (i, 3)) for i in range(3)] == [2, 1, 1]   # a b | c | d
+    args = ["--format", "pairs", "--columns", "session=sid,turn=k", "--data", str(d / "c.jsonl"),
+            "--size", str(H), str(W), "--quiet"]
+    assert main(["edits", *args, "--store", str(tmp_path / "one")]) == 0
+    assert main(["edits", *args, "--store", str(tmp_path / "parts"), "--shards", "3"]) == 0
+    for i in (2, 0, 1):
+        assert main(["run", "--store", str(tmp_path / "parts"), "--shard", f"{i}/3", "--quiet"]) == 0
+    assert main(["merge", "--store", str(tmp_path / "parts")]) == 0
+    one = _contents(tmp_path / "one")
+    assert _contents(tmp_path / "parts") == one and len(one) == 4
+    assert [len(one[f"pairs/{s}"][3]) for s in "abcd"] == [3, 2, 3, 2]           # every chain whole
+    assert sorted(_by_id(tmp_path / "parts" / "parts" / "00002")) == ["pairs/d"]
 
 
 def test_slurm_array_runs_the_plan(slurm_cluster, magicbrush, tmp_path):  # noqa: F811 - the fixture

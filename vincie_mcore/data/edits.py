@@ -284,15 +284,25 @@ def locate_sessions(files: list[Path], cfg: EditsConfig) -> dict | None:
     return where
 
 
-def units(files: list[Path]) -> list[tuple[int, int, int | None]]:
-    """What parts share out: (file, first row, end row) of every parquet row group, and every JSONL file
-    whole (end None)."""
+JSONL_UNIT_ROWS = 1024        # rows of a JSONL file per unit of parts (parquet brings its row groups)
+
+
+def jsonl_rows(f: Path) -> int:
+    """Rows (non-blank lines) of a JSONL file: one pass over its lines, nothing parsed."""
+    with f.open() as fh:                 # text mode, as ``_rows`` counts them
+        return sum(1 for line in fh if line.strip())
+
+
+def units(files: list[Path]) -> list[tuple[int, int, int]]:
+    """What parts share out: (file, first row, end row) of every parquet row group, and of every block of
+    ``JSONL_UNIT_ROWS`` rows of a JSONL file (a JSONL file has no row groups of its own)."""
     import pyarrow.parquet as pq
 
     out = []
     for i, f in enumerate(files):
         if f.suffix != ".parquet":
-            out.append((i, 0, None))
+            n = jsonl_rows(f)
+            out += [(i, a, min(a + JSONL_UNIT_ROWS, n)) for a in range(0, n, JSONL_UNIT_ROWS)]
             continue
         md, a = pq.ParquetFile(f).metadata, 0
         for g in range(md.num_row_groups):
@@ -302,8 +312,8 @@ def units(files: list[Path]) -> list[tuple[int, int, int | None]]:
 
 
 def _own(files: list, part: tuple[int, int] | None) -> dict | None:
-    """Part (i, N)'s rows: file -> [(first row, end row or None), ...], units i, i + N, i + 2N, ... of
-    ``units``; None (every row) without a part."""
+    """Part (i, N)'s rows: file -> [(first row, end row), ...], units i, i + N, i + 2N, ... of ``units``;
+    None (every row) without a part."""
     if part is None:
         return None
     own: dict = {}
@@ -331,8 +341,8 @@ def count_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, in
     where = where if where is not None else locate_sessions(files, cfg)
     if where is not None:
         return sum(1 for locs in where.values() if _owns(own, *locs[0]))
-    return sum(b - a if b is not None else sum(1 for line in files[i].open() if line.strip())
-               for i, a, b in (units(files) if part is None else units(files)[part[0]::part[1]]))
+    us = units(files)
+    return sum(b - a for _, a, b in (us if part is None else us[part[0]::part[1]]))
 
 
 def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int] | None = None,
@@ -343,7 +353,7 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
     still comes out whole.
 
     ``part = (i, N)``: only part i's sessions (a Slurm array task): those whose first row is in one of
-    units i, i + N, i + 2N, ... (``units``: parquet row groups, JSONL files; it reads those, and elsewhere
+    units i, i + N, i + 2N, ... (``units``: parquet row groups, JSONL row blocks; it reads those, and elsewhere
     just the rows of its sessions that spilled over), so that N parts together give every session once."""
     check_columns(files, cfg)
     cols = cfg.column_map()
@@ -603,8 +613,8 @@ def plan_edits(paths, store_root, n_parts: int, cfg: EditsConfig) -> dict:
     check_columns(files, cfg)                           # now, not in N array tasks
     n_units = len(units(files))
     if n_parts > n_units:
-        raise ValueError(f"--shards: {n_parts} parts for {n_units} parquet row groups and JSONL files; parts split "
-                         f"those, so at most {n_units}")
+        raise ValueError(f"--shards: {n_parts} parts for {n_units} parquet row groups and JSONL row blocks; parts "
+                         f"split those, so at most {n_units}")
     conf = {"edits": {**dataclasses.asdict(cfg), "size": list(cfg.size), "keep": list(cfg.keep),
                       "data": [str(f.resolve()) for f in files]}}
     return write_plan(store_root, n_parts, conf, {"files": len(files), "videos": 0, "skipped": []})
