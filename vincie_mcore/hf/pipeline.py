@@ -66,16 +66,28 @@ class VincieEditPipeline:
                    build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device, p.get("area"))
 
     @torch.no_grad()
-    def __call__(self, image, prompts: list[str], steps: int | None = None, guidance: float | None = None,
-                 seed: int | None = None, shift: float | None = None) -> list[np.ndarray]:
+    def __call__(self, image, prompts: list, steps: int | None = None, guidance: float | None = None,
+                 seed: int | None = None, shift: float | None = None) -> list:
         """image uint8 [H, W, 3], one prompt per turn -> the edited image of every turn (uint8 [H, W, 3]).
 
         Each turn sees the whole history, its own earlier outputs included. steps / guidance / seed /
         shift default to the exported sampler settings.
+
+        Several sessions at once: ``image`` a list of images, ``prompts`` a list of prompt lists (one per
+        image, any lengths) -> a list of image lists. Their turns run in one batch per turn
+        (``infer.editor.edit_batch``), each session drawing its noise from its own generator seeded with
+        ``seed``, so each gets the images a one-image call with that seed gives (up to float reordering).
         """
         # 1. Check inputs
-        if isinstance(prompts, str) or not prompts:
-            raise ValueError("prompts: expected a non-empty list of strings, one per turn")
+        many = isinstance(image, (list, tuple))
+        sessions = list(zip(image, prompts)) if many and len(image) == len(prompts) else None
+        if many and sessions is None:
+            raise ValueError(f"prompts: expected one list of prompts per image ({len(image)} images), "
+                             f"got {len(prompts) if isinstance(prompts, (list, tuple)) else type(prompts).__name__}")
+        for p in ([q for _, q in sessions] if many else [prompts]):
+            if isinstance(p, str) or not p:
+                raise ValueError("prompts: expected a non-empty list of strings, one per turn"
+                                 + (" (for each image)" if many else ""))
         # 2. Sampler settings for this call (a fresh generator: the same seed gives the same images)
         s = self.sampler
         sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
@@ -90,5 +102,20 @@ class VincieEditPipeline:
             editor = Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
                             device=self.device, mask_type=self.mask_type)
         # 3. Turn after turn
-        session = editor.start(image)
-        return [session.edit(p) for p in prompts]
+        if not many:
+            session = editor.start(image)
+            return [session.edit(p) for p in prompts]
+        # 4. Several sessions: turn t of every session that has one, in one batch
+        from vincie_mcore.infer.editor import edit_batch
+
+        states = [editor.start(im) for im, _ in sessions]
+        gens = None if not isinstance(getattr(editor, "gen", None), torch.Generator) else \
+            [torch.Generator().manual_seed(sampler.seed) for _ in sessions]    # the official editor seeds itself
+        outs: list[list] = [[] for _ in sessions]
+        for t in range(max(len(q) for _, q in sessions)):
+            live = [i for i, (_, q) in enumerate(sessions) if t < len(q)]
+            made = edit_batch([states[i] for i in live], [sessions[i][1][t] for i in live],
+                              None if gens is None else [gens[i] for i in live])
+            for i, im in zip(live, made):
+                outs[i].append(im)
+        return outs

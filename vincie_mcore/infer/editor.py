@@ -102,8 +102,9 @@ class Editor:
         [H, W, 3], sampled latent [C, h, w]). ``histories[i] = (images uint8 [H,W,3] I0..I_n, texts T0..T_{n-1})``.
 
         ``seeds[i]``: session i's starting noise is what a one-session edit draws after
-        ``gen.manual_seed(seeds[i])``, so each session gets the image it gets alone (up to float
-        reordering in the larger matmuls). None: one draw from ``gen`` over the whole batch."""
+        ``gen.manual_seed(seeds[i])`` (or from the session's own generator, when ``seeds[i]`` is one:
+        ``session_noise``), so each session gets the image it gets alone (up to float reordering in the
+        larger matmuls). None: one draw from ``gen`` over the whole batch."""
         if len(histories) != len(prompts):
             raise ValueError(f"edit_turns: {len(prompts)} prompts for {len(histories)} histories")
         if seeds is not None and len(seeds) != len(histories):
@@ -111,7 +112,7 @@ class Editor:
         items = [self._item(self.image.encode(torch.stack(list(images))), texts, prompt)
                  for (images, texts), prompt in zip(histories, prompts)]
         batch = pack(items, self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
-        noise = None if seeds is None else session_noise(batch, seeds)
+        noise = None if seeds is None else session_noise(batch, seeds, self.pack_cfg.pad_multiple)
         return self._decode(batch, self._sample(self.model, batch, noise))
 
     @torch.no_grad()
@@ -182,7 +183,7 @@ class Editor:
         img_starts = [int((blk_session[batch.s_txt:] == i).nonzero()[0]) for i in range(len(sessions))]
         kvs = [s.kv or {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()} for s in sessions]
         joined = {b: KVCache.join([kv[b] for kv in kvs], txt_starts, img_starts) for b in ("cond", "uncond")}
-        noise = None if seeds is None else session_noise(batch, seeds)
+        noise = None if seeds is None else session_noise(batch, seeds, self.pack_cfg.pad_multiple)
         x = self._sample(_CachedModel(self.model, inner, batch, joined), batch, noise)
         parts = {b: c.split(txt_starts, img_starts) for b, c in joined.items()}
         for i, sess in enumerate(sessions):
@@ -210,18 +211,21 @@ class Editor:
         return self._decode(batch, x)[0]
 
 
-def session_noise(batch, seeds: list[int]) -> torch.Tensor:
-    """[S_img, P] starting noise of a packed batch, session i's rows drawn from a generator seeded with
-    ``seeds[i]`` as ``euler_sample`` draws a one-session batch (row-major from its first image row: the
-    padding a batch adds sits after every session, so it changes no session's draw)."""
+def session_noise(batch, seeds: list, pad_multiple: int = 1) -> torch.Tensor:
+    """[S_img, P] starting noise of a packed batch, session i's rows drawn as ``euler_sample`` draws them
+    for session i alone: row-major from its first image row (a batch's padding sits after every session, so
+    no session's draw moves), ``seeds[i]`` an int (a generator seeded with it) or a session's own
+    ``torch.Generator``, advanced by the rows of its one-session batch (its tokens padded to
+    ``pad_multiple``), so its next turn draws what a one-session run draws next."""
     x0 = batch.img_x0
     if len(seeds) != batch.num_sessions:
         raise ValueError(f"seeds: {len(seeds)} for a batch of {batch.num_sessions} sessions")
     noise = torch.zeros(x0.shape)
     for i, seed in enumerate(seeds):
+        gen = seed if isinstance(seed, torch.Generator) else torch.Generator().manual_seed(int(seed))
         blocks = [ib for ib in batch.image_blocks if ib["session"] == i]
         a, b = min(ib["start"] for ib in blocks), max(ib["start"] + ib["length"] for ib in blocks)
-        noise[a:b] = torch.randn((b - a, x0.shape[1]), generator=torch.Generator().manual_seed(int(seed)))
+        noise[a:b] = torch.randn((b - a + (a - b) % pad_multiple, x0.shape[1]), generator=gen)[:b - a]
     return noise
 
 
@@ -304,7 +308,8 @@ class EditSession:
 
 def edit_batch(sessions: list[EditSession], prompts: list[str], seeds: list[int] | None = None) -> list[np.ndarray]:
     """The next turn of several sessions of one editor at once: what ``sessions[i].edit(prompts[i])``
-    does, after ``editor.gen.manual_seed(seeds[i])`` when seeds are given, with the sessions packed
+    does, after ``editor.gen.manual_seed(seeds[i])`` when seeds are given (or drawing from ``seeds[i]``
+    itself when it is a session's own ``torch.Generator``: ``session_noise``), with the sessions packed
     into one batch so a GPU runs them together (``Editor.edit_turns``, ``OfficialEditor.edit_turns``).
 
     Each session's image is the one it gets alone, up to float reordering (tests/infer/test_edit_batch.py);
