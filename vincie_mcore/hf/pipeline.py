@@ -67,7 +67,7 @@ class VincieEditPipeline:
 
     @torch.no_grad()
     def __call__(self, image, prompts: list, steps: int | None = None, guidance: float | None = None,
-                 seed: int | None = None, shift: float | None = None) -> list:
+                 seed: int | None = None, shift: float | None = None) -> list[np.ndarray] | list[list[np.ndarray]]:
         """image uint8 [H, W, 3], one prompt per turn -> the edited image of every turn (uint8 [H, W, 3]).
 
         Each turn sees the whole history, its own earlier outputs included. steps / guidance / seed /
