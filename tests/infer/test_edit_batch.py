@@ -144,6 +144,9 @@ def test_run_chains_batched_equals_one_by_one_and_resumes(megatron_cpu, tmp_path
     assert made == sum(lengths) - 6
     for a, b in zip(one, resumed):
         assert all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in zip(a, b))
+    (tmp_path / "s1_1.png").unlink()                 # a middle turn lost: it and every later turn are made again
+    again, made = edit_runs.run_chains(ed, chains(tmp_path), batch=3)
+    assert made == 3 and all(np.abs(x.astype(int) - y.astype(int)).max() <= 1 for x, y in zip(one[1], again[1]))
     with pytest.raises(ValueError, match=r"^batch: must be >= 1, got 0$"):
         edit_runs.run_chains(ed, chains(None), batch=0)
 
