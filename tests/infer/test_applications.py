@@ -367,3 +367,47 @@ def test_plain_edit_form_still_works_without_a_subcommand(demo_run, tmp_path):
              "--out", str(tmp_path / "strip.png"), "--set", "sampler.steps=2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert _panels(tmp_path / "strip.png") == 2 and (tmp_path / "strip_turn1.png").is_file()
+
+
+def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_path):
+    """vincie-edit batch on the demo run (block_causal: the sessions' KV caches joined per pass): four jobs
+    of 1-3 turns at three sessions per pass, a corrupt image skipped in one line while the rest are made;
+    the images equal a one-by-one run's; a rerun reads everything back; a bad jobs file is one line."""
+    import json
+    import shutil
+
+    d = demo_run
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for f in ("start.png", "other.png"):
+        shutil.copy(d / f, jobs / f)
+    (jobs / "bad.png").write_bytes(b"not a png")
+    rows = [{"id": "a", "image": "start.png", "prompts": ["make it blue", "remove it"]},
+            {"id": "b", "image": "other.png", "prompts": ["add a hat", "zoom out", "brighten it"]},
+            {"id": "c/1", "image": "bad.png", "prompts": ["x"]},
+            {"id": "d", "image": "start.png", "prompts": ["make it green"]}]
+    (jobs / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = ["--run", str(d / "run"), "--jobs", str(jobs / "jobs.jsonl"), "--set", "sampler.steps=2", "--quiet"]
+    r = _cli("batch", *run, "--out", str(tmp_path / "out"), "--batch", "3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "3 of 4 jobs edited (6 edits made now, 0 read back), 1 skipped" in r.stdout
+    assert "skipped job 'c/1': image " in r.stderr and "bad.png: not an image" in r.stderr
+    fails = [json.loads(x) for x in (tmp_path / "out" / "failures.jsonl").read_text().splitlines()]
+    assert [f["id"] for f in fails] == ["c/1"]
+    got = {k: [np.asarray(Image.open(tmp_path / "out" / k / f"turn_{t}.png")) for t in range(1, n + 1)]
+           for k, n in (("a", 2), ("b", 3), ("d", 1))}
+    assert _panels(tmp_path / "out" / "b" / "strip.png") == 4 and not (tmp_path / "out" / "c~2f1").exists()
+    r = _cli("batch", *run, "--out", str(tmp_path / "one"))                 # one session per pass
+    assert r.returncode == 0, r.stderr[-3000:]
+    for k, ims in got.items():
+        for t, im in enumerate(ims, 1):
+            one = np.asarray(Image.open(tmp_path / "one" / k / f"turn_{t}.png"))
+            assert np.abs(one.astype(int) - im.astype(int)).max() <= 1, (k, t)
+    r = _cli("batch", *run, "--out", str(tmp_path / "out"), "--batch", "2")  # another N may resume
+    assert r.returncode == 0 and "(0 edits made now, 6 read back)" in r.stdout, r.stdout + r.stderr[-2000:]
+    (jobs / "jobs.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "e", "image": "start.png"}) + "\n")
+    r = _cli("batch", *run, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and r.stderr.strip() == "error: jobs.jsonl line 2: no 'prompts' field", r.stderr
+    (jobs / "jobs.jsonl").write_text(json.dumps({"id": "e", "image": "../start.png", "prompts": ["x"]}) + "\n")
+    r = _cli("batch", *run, "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "climbs out with '..'" in r.stderr and len(r.stderr.strip().splitlines()) == 1

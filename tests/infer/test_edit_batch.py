@@ -162,3 +162,29 @@ def test_batched_benchmark_reports_rates_beside_its_check(megatron_cpu):
     assert r["max_abs_diff_pixels"] <= 1 and 0 <= r["pixels_differing"] < 0.01
     with pytest.raises(ValueError, match=r"^bench_batched: need batch >= 2"):
         bench_batched(batch=1)
+
+
+def test_read_jobs_refuses_each_bad_row_in_one_line(tmp_path):
+    import json
+
+    from vincie_mcore.eval.edit_runs import read_jobs
+
+    f = tmp_path / "jobs.jsonl"
+    ok = {"id": 7, "image": "sub/a.png", "prompts": ["make it red"]}
+    f.write_text(json.dumps(ok) + "\n\n")
+    assert read_jobs(f) == [{"id": "7", "image": tmp_path / "sub" / "a.png", "prompts": ["make it red"]}]
+    for rows, msg in (([ok, ok], r"line 2: id '7' repeats an earlier row's"),
+                      ([dict(ok, prompts=["a", " "])], r"line 1: prompts: expected a non-empty list of non-empty strings"),
+                      ([dict(ok, prompts="a")], r"line 1: prompts: expected a non-empty list of non-empty strings"),
+                      ([dict(ok, image=3)], r"line 1: image: expected a file name, got int"),
+                      ([dict(ok, id="")], r"line 1: id: empty name"),
+                      ([[1]], r"line 1: expected a JSON object")):
+        f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        with pytest.raises(ValueError, match=r"^jobs.jsonl " + msg + "$"):
+            read_jobs(f)
+    f.write_text("{nope\n")
+    with pytest.raises(ValueError, match=r"^jobs.jsonl line 1: not JSON \("):
+        read_jobs(f)
+    f.write_text("\n")
+    with pytest.raises(ValueError, match=r"jobs.jsonl: no jobs$"):
+        read_jobs(f)

@@ -83,7 +83,7 @@ def _positive(v: str) -> int:
     return n
 
 
-def _editor(a):
+def load_editor(a):
     """The editor of --run or --export, its config (None for an export), and what identifies its weights for
     a resumed benchmark folder (``editor.json``): the checkpoint step of a run (a run that trained on since
     is refused), the SHA-256 of an export's files."""
@@ -137,7 +137,7 @@ def magicbrush_main(a) -> int:
                 (out / f"results_{st}.json").write_text(json.dumps(results[st], indent=1, default=str))
                 write_report(out / f"report_{st}.html", results[st], data, a.generated)
         else:
-            editor, _, weights = _editor(a)
+            editor, _, weights = load_editor(a)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             for st in settings:
                 results[st] = run_magicbrush(editor, data, metrics=metrics, out_dir=out, progress=not a.quiet,
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
         if a.generated:
             generated = mse_bench.load_generated(a.generated, a.turns)
         else:
-            editor, cfg, weights = _editor(a)
+            editor, cfg, weights = load_editor(a)
             px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
             size = tuple(a.size or ((px, px) if px else (512, 512)))
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}

@@ -12,6 +12,10 @@ The paper's applications are subcommands (docs/applications.md), each writing an
     vincie-edit drag --run runs/demo --image start.png --mask region.png --dx 8 --dy -4 --out drag.png
     vincie-edit compose --run runs/demo --ref a.png --ref b.png --prompt "the two together" --out compose.png
     vincie-edit story --run runs/demo --image start.png --prompt "a red square appears" --prompt "it turns blue"
+
+Many images, each turn after turn, N sessions per model pass, resumable (docs/applications.md, "Many images"):
+
+    vincie-edit batch --run runs/3b --jobs jobs.jsonl --out edits/ --batch 8
 """
 from __future__ import annotations
 
@@ -27,6 +31,8 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in APPLICATIONS:
         return application(argv[0], argv[1:])
+    if argv and argv[0] == "batch":
+        return batch(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog=f"applications: vincie-edit {{{','.join(APPLICATIONS)}}} --help")
     ap.add_argument("--run", required=True, help="training run folder (config.yaml + checkpoints/)")
@@ -65,6 +71,85 @@ def main(argv=None) -> int:
     save_strip(sess, out)
     print(f"edit strip: {out}")
     return 0
+
+
+# ----------------------------------------------------------------------------- many images
+
+def batch(argv) -> int:
+    """``vincie-edit batch``: every job of a JSONL file, ``--batch`` sessions per model pass, each edit written
+    as it is made (a rerun into the same --out makes only what is missing, the same images), then a strip per
+    job. An image that cannot be read skips its job (``failures.jsonl``), the rest go on."""
+    ap = argparse.ArgumentParser(prog="vincie-edit batch", description=batch.__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder to edit with")
+    src.add_argument("--export", help="export folder (vincie-convert export) to edit with")
+    ap.add_argument("--jobs", required=True,
+                    help='JSONL, a row per image: {"id": ..., "image": file under the JSONL\'s folder, "prompts": [...]}')
+    ap.add_argument("--out", required=True, help="folder: <id>/turn_<t>.png, <id>/strip.png, editor.json, failures.jsonl")
+    ap.add_argument("--batch", type=int, default=1, metavar="N", help="sessions per model pass (default 1)")
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="the model's input size, sources centre-cropped to it (default: a run's "
+                         "data.world.image_px, or 512 512)")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    if a.batch < 1:
+        ap.error(f"argument --batch: expected an integer >= 1, got {a.batch}")
+    import json
+
+    from vincie_mcore.eval import edit_runs
+    from vincie_mcore.paths import safe_name
+
+    out = Path(a.out)
+    try:
+        jobs = edit_runs.read_jobs(a.jobs)                   # before the model loads: a bad file costs nothing
+        from vincie_tools.benchmark import load_editor
+
+        editor, cfg, weights = load_editor(a)
+        px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
+        size = tuple(a.size or ((px, px) if px else (512, 512)))
+        edit_runs.claim(out, edit_runs.fingerprint(editor, size=list(size), run=str(Path(a.run or a.export).resolve()),
+                                                   set=list(a.set), **weights))
+    except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    from vincie_mcore.data.media import load_image
+    from vincie_mcore.eval.mse_bench import fit_to
+    from vincie_mcore.infer.editor import save_strip
+
+    def load_source(job):
+        return fit_to(load_image(job["image"], name=str(job["image"])), size)
+
+    failed = {}
+
+    def skip(chain, error):
+        failed[chain.key] = " ".join(str(error).split())
+        print(f"skipped job {chain.key!r}: {failed[chain.key]}", file=sys.stderr)
+
+    chains = [edit_runs.source_chain(editor, j["id"], j, j["prompts"],     # the image read when its chain starts
+                                     [out / safe_name(j["id"], "id") / f"turn_{t + 1}.png" for t in range(len(j["prompts"]))],
+                                     load_source)
+              for j in jobs]
+    outs, made = edit_runs.run_chains(editor, chains, a.batch, progress=None if a.quiet else "vincie-edit batch",
+                                      on_error=skip)
+    done = 0
+    for j, images in zip(jobs, outs):
+        if j["id"] in failed or len(images) < len(j["prompts"]):
+            continue
+        try:                                                  # read again: a fully resumed job never loaded it
+            first = load_source(j)
+        except (ValueError, OSError) as e:
+            skip(chains[jobs.index(j)], e)
+            continue
+        save_strip([first] + images, out / safe_name(j["id"], "id") / "strip.png", texts=j["prompts"])
+        done += 1
+    with open(out / "failures.jsonl", "w") as fh:           # this run's: a rerun after a fix clears it
+        for k, v in failed.items():
+            fh.write(json.dumps({"id": k, "error": v}) + "\n")
+    total = sum(len(j["prompts"]) for j in jobs if j["id"] not in failed)
+    print(f"vincie-edit batch: {done} of {len(jobs)} jobs edited ({made} edits made now, {total - made} read back), "
+          f"{len(failed)} skipped; strips under {out}")
+    return 0 if done else 2
 
 
 # ----------------------------------------------------------------------------- applications

@@ -1,7 +1,8 @@
-"""Benchmark edits that survive a stop: written as they are made, read back on a rerun, with noise that
-depends only on (session, turn), so a resumed run gives the images of one never stopped.
+"""Edits that survive a stop: written as they are made, read back on a rerun, with noise that depends
+only on (session, turn), so a resumed run gives the images of one never stopped.
 
-Used by ``eval/magicbrush.py`` and ``eval/mse_bench.py`` (docs/magicbrush.md, "Resuming").
+Used by ``eval/magicbrush.py``, ``eval/mse_bench.py`` (docs/magicbrush.md, "Resuming") and
+``vincie-edit batch`` (``read_jobs``: a JSONL file of edits to make; docs/applications.md, "Many images").
 
 * ``edit_seed``: the sampler seed of one edit, from the editor's seed, the session key and the turn.
 * ``claim``: ``out_dir/editor.json`` records what made the edits in a folder (editor class, mask, sampler,
@@ -125,12 +126,17 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
     return Chain(key, list(instructions), paths, start)
 
 
-def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None = None) -> tuple[list[list], int]:
+def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None = None,
+               on_error: Callable[[Chain, Exception], None] | None = None) -> tuple[list[list], int]:
     """Every chain's edits -> (outputs per chain, edits made now). Each chain resumes after its leading
     files that exist (``chain``); then up to ``batch`` chains advance together, one turn each per model
     pass (``infer.editor.edit_batch``), a finished chain's place taken by the next. Every edit's noise
     comes from its own (key, turn) seed, so neither ``batch`` nor the order changes an image beyond float
-    reordering. ``progress``: a tqdm bar over the edits to make, with this description."""
+    reordering. ``progress``: a tqdm bar over the edits to make, with this description.
+
+    ``on_error(chain, error)``: a chain whose inputs cannot be read (its ``start`` raises ValueError or
+    OSError: a corrupt or missing image) is reported there and left at the outputs it has, the others
+    go on; without it the error propagates."""
     from tqdm import tqdm
 
     if batch < 1:
@@ -153,8 +159,17 @@ def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None
         while todo or pool:
             while todo and len(pool) < batch:
                 i = todo.pop(0)
-                sessions[i] = chains[i].start(outs[i])
+                try:
+                    sessions[i] = chains[i].start(outs[i])
+                except (ValueError, OSError) as e:
+                    if on_error is None:
+                        raise
+                    on_error(chains[i], e)
+                    bar.update(len(chains[i].instructions) - len(outs[i]))
+                    continue
                 pool.append(i)
+            if not pool:
+                break
             turns = [len(outs[i]) for i in pool]
             prompts = [chains[i].instructions[t] for i, t in zip(pool, turns)]
             if batch == 1:                         # the session's own path (KV cache and all)
@@ -178,3 +193,44 @@ def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None
                 pool.remove(i)
                 del sessions[i]                    # its history and caches go with it
     return outs, made
+
+
+def read_jobs(path) -> list[dict]:
+    """A JSONL file of edits to make, one session a row: ``{"id": str, "image": file, "prompts": [str, ...]}``
+    (``image`` relative to the file's folder, and inside it) -> ``[{"id", "image": Path, "prompts"}]``.
+    A row that is not JSON, lacks a field, repeats an id or gives an empty prompt: one line naming it. The
+    images are read when their session starts (``vincie-edit batch`` skips one that cannot be read)."""
+    from ..paths import inside, safe_name
+
+    path = Path(path)
+    jobs, seen = [], set()
+    with path.open() as fh:
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{path.name} line {n}"
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{where}: not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"{where}: expected a JSON object")
+            missing = [k for k in ("id", "image", "prompts") if k not in row]
+            if missing:
+                raise ValueError(f"{where}: no {missing[0]!r} field")
+            key = str(row["id"])
+            safe_name(key, f"{where}: id")
+            if key in seen:
+                raise ValueError(f"{where}: id {key!r} repeats an earlier row's")
+            prompts = row["prompts"]
+            if not isinstance(prompts, list) or not prompts or \
+                    not all(isinstance(p, str) and p.strip() for p in prompts):
+                raise ValueError(f"{where}: prompts: expected a non-empty list of non-empty strings")
+            if not isinstance(row["image"], str):
+                raise ValueError(f"{where}: image: expected a file name, got {type(row['image']).__name__}")
+            seen.add(key)
+            jobs.append({"id": key, "image": inside(path.parent, row["image"], f"{where}: image"),
+                         "prompts": prompts})
+    if not jobs:
+        raise ValueError(f"{path}: no jobs")
+    return jobs
