@@ -217,6 +217,18 @@ def test_vincie_edit_runs_three_turns_on_the_import(run, tmp_path):
     assert strip.shape[1] == 4 * (32 * 4 + 4)                     # start + 3 turns, 4x, 4 px gaps
     turns = [np.asarray(Image.open(tmp_path / f"strip_turn{i}.png")) for i in (1, 2, 3)]
     assert all(t.shape == (32, 32, 3) for t in turns) and not np.array_equal(turns[0], turns[1])
+    # vincie-edit batch on the import: two jobs in one official_sample batch per turn, the first the same
+    # image and prompts as above, with the same images (the release seeds every turn alike)
+    Image.fromarray(_image(2, 32, 32)).save(tmp_path / "other.png")
+    (tmp_path / "jobs.jsonl").write_text(json.dumps({"id": "s", "image": "start.png", "prompts": PROMPTS}) + "\n"
+                                         + json.dumps({"id": "o", "image": "other.png", "prompts": PROMPTS[:2]}) + "\n")
+    r = subprocess.run([str(BIN / "vincie-edit"), "batch", "--run", str(run), "--jobs", str(tmp_path / "jobs.jsonl"),
+                        "--out", str(tmp_path / "batch"), "--batch", "2", "--size", "32", "32", "--set",
+                        "sampler.steps=2", "--quiet"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "2 of 2 jobs edited (5 edits made now" in r.stdout, r.stderr[-2000:]
+    for i, t in enumerate(turns, 1):
+        b = np.asarray(Image.open(tmp_path / "batch" / "s" / f"turn_{i}.png"))
+        assert np.abs(b.astype(int) - t.astype(int)).max() <= 1
 
 
 def test_app_session_edits_two_turns_on_the_import(loaded, run, tmp_path):
