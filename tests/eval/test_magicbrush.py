@@ -9,12 +9,14 @@ editor sees, on the library's Editor; a resumed run equal to an uninterrupted on
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from slurm_cluster import slurm_cluster  # noqa: F401 - the fixture
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino
 from vincie_mcore.config import build
 from vincie_mcore.eval.magicbrush import (DUMMY_INSTRUCTION, IMAGENET_MEAN, IMAGENET_STD, SETTINGS,
@@ -550,24 +552,37 @@ def test_docs_list_every_key_with_its_default():
     assert {k: rows.get(k) for k in want} == want
 
 
-def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """A 3-step demo run (the CLI tests' model)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d = tmp_path_factory.mktemp("mb_demo")
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run([str(Path(sys.executable).parent / "vincie-train"), "experiment=demo", "data.corpus.videos=8",
+                        "data.corpus.heldout_videos=2", "data.corpus.workers=1", "data.pack.token_budget=400",
+                        "train.steps=3", "train.warmup=0", "train.progress=false", f"run_dir={d / 'run'}"],
+                       cwd=root, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d / "run"
+
+
+def test_cli_runs_every_setting_on_a_training_run_and_resumes(demo_run, tmp_path):
     """vincie-benchmark magicbrush --run on a 3-step demo run, the release's layout, --setting all, two
     edits per model pass (--batch 2): four results and reports; turn 1 made once for the three settings that share it; a rerun in a new process
     makes nothing; once the run has saved a newer checkpoint, a rerun into the folder is refused (another
     sampler's refusal: test_resumed_run_equals_an_uninterrupted_one)."""
+    import shutil
     import subprocess
     import sys
     from pathlib import Path
 
     from tiny_clip_dino import save_tiny_clip, save_tiny_dino
 
-    root = Path(__file__).resolve().parents[2]
     exe = Path(sys.executable).parent
-    r = subprocess.run([str(exe / "vincie-train"), "experiment=demo", "data.corpus.videos=8", "data.corpus.heldout_videos=2",
-                        "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=3", "train.warmup=0",
-                        "train.progress=false", f"run_dir={tmp_path / 'run'}"], cwd=root, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    shutil.copytree(demo_run, tmp_path / "run")           # this test saves a later checkpoint into it
     _write_set(tmp_path / "mb")
     _write_release(tmp_path / "test", tmp_path / "mb")
     cmd = [str(exe / "vincie-benchmark"), "magicbrush", "--data", str(tmp_path / "test"), "--run", str(tmp_path / "run"),
@@ -589,8 +604,6 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
                for st in SETTINGS)
     assert json.loads((tmp_path / "out" / "editor.json").read_text())["step"] == 3
     # the run trains on and saves step 4 (its step 3, copied): the folder's edits are step 3's, so refused
-    import shutil
-
     from vincie_mcore.train.checkpoint import LATEST, step_dir
     ckpt = str(tmp_path / "run" / "checkpoints")
     shutil.copytree(step_dir(ckpt, 3), step_dir(ckpt, 4))
@@ -598,6 +611,52 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and r.stderr.strip().endswith("holds edits made with step=3, this run has step=4; "
                                                            "give another out_dir"), r.stderr[-2000:]
+
+
+def test_slurm_benchmark_edits_on_two_gpus_then_scores(slurm_cluster, demo_run, models, tmp_path, capsys):  # noqa: F811
+    """slurm/benchmark.sh 2 on a real one-node Slurm: an array of two tasks, each editing every other session
+    (--shard i/2, no CLIP/DINO loaded), then the scoring job (afterok), which reads all five edits back and
+    writes the results; a shard run without a folder to share, or --shard with --generated, is one line."""
+    import re
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from vincie_tools.benchmark import main
+
+    root = Path(__file__).resolve().parents[2]
+    exe = Path(sys.executable).parent
+    _write_set(tmp_path / "mb")
+    _write_release(tmp_path / "test", tmp_path / "mb")
+    clip, dino = models
+    args = ["magicbrush", "--data", str(tmp_path / "test"), "--run", str(demo_run), "--clip", clip, "--dino", dino,
+            "--edit-size", "24", "--out", str(tmp_path / "out"), "--set", "sampler.steps=2"]
+    env = dict(slurm_cluster, PATH=f"{exe}:{os.environ['PATH']}")
+    r = subprocess.run(["bash", str(root / "slurm" / "benchmark.sh"), "2", f"--chdir={tmp_path}", "--cpus-per-task=1",
+                        "--", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    score = int(re.findall(r"job (\d+)", r.stdout)[-1])
+    end, state = time.monotonic() + 600, ""
+    while time.monotonic() < end and state not in ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT"):
+        time.sleep(0.5)
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(score)], env=env, capture_output=True, text=True).stdout
+        state = next((f.split("=", 1)[1] for f in out.split() if f.startswith("JobState=")), "")
+    logs = {p.name: p.read_text() for p in tmp_path.glob("vincie-benchmark*.out")}
+    assert state == "COMPLETED", {k: v[-1500:] for k, v in logs.items()}
+    parts = sorted(re.findall(r"shard (\d)/2: (\d) sessions, (\d) edits made", "".join(logs.values())))
+    assert parts == [("0", "1", "2"), ("1", "1", "3")], logs        # s1 (2 turns) | s2 (3 turns)
+    res = json.loads((tmp_path / "out" / "results_multi_turn.json").read_text())
+    assert res["edits"] == {"made": 0, "resumed": 5} and res["sessions"] == 2
+    capsys.readouterr()
+    assert main(["magicbrush", "--data", str(tmp_path / "test"), "--generated", str(tmp_path / "out"), "--out",
+                 str(tmp_path / "x"), "--shard", "0/2"]) == 2
+    assert capsys.readouterr().err == ("error: --shard: edits one part of a run; --generated images are scored "
+                                       "whole\n")
+    assert main(["magicbrush", "--data", str(tmp_path / "test"), "--run", str(demo_run), "--out", str(tmp_path / "x"),
+                 "--clip", clip]) == 2
+    assert capsys.readouterr().err == ("error: --dino: required to score (only a --shard run, which edits, goes "
+                                       "without)\n")
 
 
 # ----------------------------------------------------------------------------- Hugging Face's parquet

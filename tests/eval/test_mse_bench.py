@@ -205,6 +205,15 @@ def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cp
     with pytest.raises(ValueError, match=r"^out_dir: .*b holds edits made with size=\[16, 24\], this run has "
                                          r"size=\[16, 16\]; give another out_dir$"):
         mse_bench.generate(ed, sessions, size=(16, 16), progress=False, out_dir=tmp_path / "b")
+    # one GPU of two (--shard 1/2): session b only; the run without a shard then makes only a's edits
+    part = mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "c", shard=(1, 2))
+    assert sorted(part) == ["b"] and not (tmp_path / "c" / "edits" / "a").exists()
+    contexts.clear()
+    full = mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "c")
+    assert contexts == [1, 2, 3, 4, 5]               # a's five turns; b's read back
+    assert all(np.array_equal(x, y) for k in whole for x, y in zip(whole[k], full[k]))
+    with pytest.raises(ValueError, match=r"^--shard: needs 0 <= i < N, got 2/2$"):
+        mse_bench.generate(ed, sessions, size=(16, 24), progress=False, shard=(2, 2))
 
 
 def test_cli_judges_generated_images_and_refuses_a_dead_judge(bench, judge_server, tmp_path):
@@ -296,3 +305,40 @@ def test_an_export_is_identified_by_its_bytes(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 99 + b"\1")
     assert _export_digest(tmp_path) != first
     assert _export_digest(tmp_path / "missing") is None
+
+
+def test_cli_shard_edits_its_sessions_without_a_judge(bench, judge_server, tmp_path, capsys):
+    """vincie-benchmark mse --export --shard 1/2: session b only (3 sessions: a, b, c -> shard 1 holds b), no
+    judge asked; the run without --shard then edits a and c, reads b back and is judged; a scoring run
+    without --judge is one line."""
+    import yaml
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "convert"))
+    from convert_helpers import randomize_, tiny_dict
+    from vincie_tools.benchmark import main
+
+    from vincie_mcore.config import load_config
+    from vincie_mcore.hf.modeling import VincieMMDiT
+    from vincie_mcore.hf.pipeline import pipeline_section
+
+    model = VincieMMDiT(**tiny_dict())
+    randomize_(model)
+    cfg = load_config(["experiment=demo", "model.image_abs_pos_grid=0", "model.text_adaln=false",
+                       "model.softmax_scale=null", "sampler.steps=1"])
+    model.save_pretrained(tmp_path / "export", extra={"pipeline": pipeline_section(cfg)})
+    data = str(bench / "test-00000-of-00001.parquet")
+    common = ["mse", "--data", data, "--export", str(tmp_path / "export"), "--out", str(tmp_path / "out"),
+              "--size", "16", "24", "--quiet"]
+    assert main(common + ["--shard", "1/2"]) == 0
+    assert "MSE-Bench shard 1/2: 1 sessions edited into" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "edits").iterdir()) == ["b"]
+    assert main(common) == 2
+    assert capsys.readouterr().err == "error: --judge: required to score (only a --shard run, which edits, goes without)\n"
+    conf = tmp_path / "judge.yaml"
+    conf.write_text(yaml.safe_dump({"base_urls": [judge_server.url], "model": MODEL, "backoff_s": 0.01}))
+    b5 = (tmp_path / "out" / "edits" / "b" / "turn_5.png").read_bytes()
+    assert main(common + ["--judge", str(conf)]) == 0
+    assert "MSE-Bench turn success:" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "out" / "edits").iterdir()) == sorted(PROMPTS)
+    assert (tmp_path / "out" / "edits" / "b" / "turn_5.png").read_bytes() == b5     # read back, not remade
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["sessions"] == len(PROMPTS)

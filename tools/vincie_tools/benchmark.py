@@ -37,7 +37,7 @@ def _parser():
     src.add_argument("--run", help="training run folder to edit with")
     src.add_argument("--export", help="export folder (vincie-convert export) to edit with")
     src.add_argument("--generated", help="images generated elsewhere: index + turn_{i}_image columns")
-    m.add_argument("--judge", required=True, help="YAML: the judge's base_urls, model, cache_dir, ...")
+    m.add_argument("--judge", default=None, help="YAML: the judge's base_urls, model, cache_dir, ... (not with --shard)")
     m.add_argument("--out", required=True)
     m.add_argument("--turns", type=int, default=5)
     m.add_argument("--threshold", type=float, default=6.0, help="a turn succeeds when both scores exceed this")
@@ -46,6 +46,7 @@ def _parser():
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
     m.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
+    m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
     b.add_argument("--data", required=True,
@@ -59,14 +60,34 @@ def _parser():
     src.add_argument("--run", help="training run folder to edit with")
     src.add_argument("--export", help="export folder to edit with")
     src.add_argument("--generated", help="folder of images made elsewhere, MagicBrush's names (<id>/<id>_1.png, ...)")
-    b.add_argument("--clip", required=True, help="local CLIP folder (openai/clip-vit-base-patch32)")
-    b.add_argument("--dino", required=True, help="local DINO folder (facebook/dino-vits16)")
+    b.add_argument("--clip", default=None, help="local CLIP folder (openai/clip-vit-base-patch32; not with --shard)")
+    b.add_argument("--dino", default=None, help="local DINO folder (facebook/dino-vits16; not with --shard)")
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
     b.add_argument("--out", required=True)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
     b.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
+    b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     b.add_argument("--quiet", action="store_true")
     return p
+
+
+SHARD_HELP = ("edit only sessions i, i+N, ... into --out and score nothing (one GPU of N: slurm/benchmark.sh); "
+              "the same command without --shard then reads every edit back and scores")
+
+
+def _shard(a, need: list[str]) -> tuple[int, int] | None:
+    """--shard parsed, and what the run needs checked: a shard edits (no --generated), a full run scores
+    (``need``: the scoring flags)."""
+    from vincie_mcore.data.sharded import parse_shard
+
+    if a.shard is None:
+        missing = [f for f in need if getattr(a, f.lstrip("-")) is None]
+        if missing:
+            raise ValueError(f"{missing[0]}: required to score (only a --shard run, which edits, goes without)")
+        return None
+    if a.generated:
+        raise ValueError("--shard: edits one part of a run; --generated images are scored whole")
+    return parse_shard(a.shard)
 
 
 BATCH_HELP = ("sessions edited together, one turn each per model pass (default 1); the images do not depend "
@@ -124,8 +145,18 @@ def magicbrush_main(a) -> int:
     settings = list(SETTINGS) if a.setting == "all" else [a.setting]
     out = Path(a.out)
     try:
+        shard = _shard(a, ["--clip", "--dino"])
         cfg = MagicBrushConfig(clip_path=a.clip, dino_path=a.dino, edit_size=a.edit_size)
         data = read_magicbrush(a.data, a.captions)
+        if shard is not None:                           # edits only: no CLIP/DINO, nothing scored
+            editor, _, weights = load_editor(a)
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
+            for st in settings:
+                r = run_magicbrush(editor, data, cfg, out_dir=out, progress=not a.quiet, setting=st, run_info=info,
+                                   batch=a.batch, shard=shard)
+                print(f"MagicBrush {st} shard {a.shard}: {r['sessions']} sessions, {r['edits']['made']} edits made, "
+                      f"{r['edits']['resumed']} read back ({out})")
+            return 0
         for st in settings if a.generated else []:      # every image there before the models load
             generated_images(a.generated, data, st)
         metrics = MagicBrushMetrics(cfg)
@@ -152,6 +183,12 @@ def magicbrush_main(a) -> int:
                   "  ".join(f"{k} {'-' if row[k] is None else format(row[k], '.4f')}"     # CLIP-T: no captions
                             for k in ("l1", "l2", "clip_i", "clip_t", "dino")))
     return 0
+
+
+def input_size(a, cfg) -> tuple[int, int]:
+    """The model's input size: --size, else a run's data.world.image_px, else 512 x 512."""
+    px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
+    return tuple(a.size or ((px, px) if px else (512, 512)))
 
 
 def _save_generated(path: Path, generated: dict) -> None:
@@ -184,6 +221,17 @@ def main(argv=None) -> int:
     from vincie_mcore.eval.vlm_judge import JudgeConfig, VLMJudge
 
     try:
+        shard = _shard(a, ["--judge"])
+        if shard is not None:                                # edits only: no judge, nothing scored
+            sessions = mse_bench.load_sessions(a.data, a.limit)
+            editor, cfg, weights = load_editor(a)
+            size = input_size(a, cfg)
+            info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
+            done = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
+                                      run_info=info, batch=a.batch, shard=shard)
+            print(f"MSE-Bench shard {a.shard}: {len(done)} sessions edited into {a.out}; score with the same "
+                  f"command without --shard")
+            return 0
         judge_cfg = yaml.safe_load(open(a.judge))
         judge = VLMJudge(build(JudgeConfig, judge_cfg, "judge"))
         judge.chat.check()                                   # a judge that is down: one line, before any editing
@@ -192,8 +240,7 @@ def main(argv=None) -> int:
             generated = mse_bench.load_generated(a.generated, a.turns)
         else:
             editor, cfg, weights = load_editor(a)
-            px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
-            size = tuple(a.size or ((px, px) if px else (512, 512)))
+            size = input_size(a, cfg)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
                                            run_info=info, batch=a.batch)

@@ -103,11 +103,10 @@ def batch(argv) -> int:
     out = Path(a.out)
     try:
         jobs = edit_runs.read_jobs(a.jobs)                   # before the model loads: a bad file costs nothing
-        from vincie_tools.benchmark import load_editor
+        from vincie_tools.benchmark import input_size, load_editor
 
         editor, cfg, weights = load_editor(a)
-        px = cfg.data.get("world", {}).get("image_px") if cfg is not None and "data" in cfg else None
-        size = tuple(a.size or ((px, px) if px else (512, 512)))
+        size = input_size(a, cfg)
         edit_runs.claim(out, edit_runs.fingerprint(editor, size=list(size), run=str(Path(a.run or a.export).resolve()),
                                                    set=list(a.set), **weights))
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:

@@ -27,6 +27,18 @@ import numpy as np
 import torch
 
 
+def shard_of(items: list, shard: tuple[int, int] | None) -> list:
+    """Shard (i, N) of a benchmark's sessions: items i, i + N, ... (all of them without a shard). The
+    shards of one run share its folder: each writes its own sessions' edits, and a run without a shard
+    reads them all back and scores (``slurm/benchmark.sh``)."""
+    if shard is None:
+        return list(items)
+    i, n = shard
+    if not (n >= 1 and 0 <= i < n):
+        raise ValueError(f"--shard: needs 0 <= i < N, got {i}/{n}")
+    return list(items)[i::n]
+
+
 def edit_seed(base: int, key: str, turn: int) -> int:
     """The sampler seed of turn ``turn`` of session ``key``: a function of these only, so a resumed run
     draws the noise an uninterrupted one would, whatever the order sessions are edited in."""
@@ -66,7 +78,7 @@ def claim(out_dir, fp: dict) -> None:
                              f"{k}={fp.get(k)!r}; give another out_dir")
         return
     out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = f.with_suffix(".tmp")
+    tmp = f.with_suffix(f".{os.getpid()}.tmp")         # shards of one run may claim the folder at once
     tmp.write_text(json.dumps(fp, indent=1))
     os.replace(tmp, f)
 

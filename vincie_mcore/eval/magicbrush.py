@@ -616,7 +616,7 @@ def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str
 
 def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
                    metrics: MagicBrushMetrics | None = None, progress: bool = True, setting: str = "multi_turn",
-                   run_info: dict | None = None, batch: int = 1) -> dict:
+                   run_info: dict | None = None, batch: int = 1, shard: tuple[int, int] | None = None) -> dict:
     """Edit every session with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``) in ``setting``
     (``SETTINGS``; the default is the paper's Table 1), then score with ``score_magicbrush``.
 
@@ -626,15 +626,24 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     edit's noise depends only on its session and turn (``edit_runs.edit_seed``), so the images equal an
     uninterrupted run's. ``run_info`` (e.g. the run folder) joins the editor's sampler and ``edit_size``
     in ``out_dir/editor.json``; resuming with different ones is refused. ``batch``: edits made together,
-    one model pass each (``edit_runs.run_chains``): the images do not depend on it beyond float reordering."""
+    one model pass each (``edit_runs.run_chains``): the images do not depend on it beyond float reordering.
+    ``shard`` (i, N): only sessions i, i + N, ... are edited, into ``out_dir``, and nothing is scored (no
+    CLIP/DINO needed: pass ``cfg``); a run without a shard then reads every edit back and scores
+    (``slurm/benchmark.sh``). Returns ``{"edits": {made, resumed}, "sessions": n}`` then."""
     from PIL import Image
 
     from . import edit_runs
 
     setting = _setting(setting)
     sessions = _sessions(dataset)
-    metrics = _metrics(cfg, metrics)
-    cfg = metrics.cfg
+    if shard is not None:
+        if out_dir is None:
+            raise ValueError("shard: needs an out_dir, where a run without a shard finds the edits to score")
+        sessions = edit_runs.shard_of(sessions, shard)
+        cfg = cfg or (metrics.cfg if metrics is not None else MagicBrushConfig())
+    else:
+        metrics = _metrics(cfg, metrics)
+        cfg = metrics.cfg
     if out_dir is not None:
         out_dir = Path(out_dir)
         edit_runs.claim(out_dir, edit_runs.fingerprint(editor, edit_size=cfg.edit_size, **(run_info or {})))
@@ -668,6 +677,8 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
 
     outs, made = edit_runs.run_chains(editor, chains, batch, progress=f"magicbrush {setting}" if progress else None)
     total = sum(len(c.instructions) for c in chains)
+    if shard is not None:
+        return {"edits": dict(made=made, resumed=total - made), "sessions": len(sessions)}
     generated = {}
     if out_dir is None:
         for (n, t), o in zip(owner, outs):

@@ -120,16 +120,19 @@ def edit_path(out_dir, index: str, turn: int) -> Path:
 
 
 def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns: int = 5,
-             progress: bool = True, out_dir=None, run_info: dict | None = None, batch: int = 1) -> dict[str, list[np.ndarray]]:
+             progress: bool = True, out_dir=None, run_info: dict | None = None, batch: int = 1,
+             shard: tuple[int, int] | None = None) -> dict[str, list[np.ndarray]]:
     """Every session's turns with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``): each output is
     the next input, every earlier turn in context. Sources are fitted to ``size`` first.
 
     ``out_dir``: each edit is written as it is made (``edit_path``) and a rerun resumes from those files
     with the images an uninterrupted run gives (``eval/edit_runs.py``: per-edit seeds; ``editor.json``
     refuses another editor, sampler or size). ``batch``: sessions edited together, one turn each per model
-    pass (``edit_runs.run_chains``); the images do not depend on it beyond float reordering."""
+    pass (``edit_runs.run_chains``); the images do not depend on it beyond float reordering. ``shard``:
+    (i, N): only sessions i, i + N, ... (``edit_runs.shard_of``; one GPU of several, into one ``out_dir``)."""
     from . import edit_runs
 
+    sessions = edit_runs.shard_of(sessions, shard)
     if out_dir is not None:
         edit_runs.claim(out_dir, edit_runs.fingerprint(editor, size=list(size), **(run_info or {})))
     chains = []
