@@ -193,7 +193,7 @@ def magicbrush_evaluator(cfg):
         if not cache:
             cache.update(text=TextEncoder(dc["text"]), image=build_image_encoder(dc["image"]))
         editor = make_editor(cfg, unwrap(trainer.model), cache["text"], cache["image"])
-        res = run_magicbrush(editor, sessions, metrics=metrics, progress=False, setting=ec.setting)
+        res = run_magicbrush(editor, sessions, metrics=metrics, progress=False, setting=ec.setting, batch=ec.batch)
         return {"magicbrush": {k: res[k] for k in ("setting", "sessions", "per_turn", "final_turn", "all_turns")}}
 
     return run

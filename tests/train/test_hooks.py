@@ -94,7 +94,8 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
 
 def test_magicbrush_eval_hook_matches_the_benchmark(dist1, tmp_path):
     """eval.magicbrush.data set: every evaluation edits and scores MagicBrush sessions (tiny CLIP/DINO, a
-    release-layout folder), and the last one equals the benchmark's own run on the saved checkpoint."""
+    release-layout folder; two sessions per model pass), and the last one equals the benchmark's own run
+    (one session per pass) on the saved checkpoint."""
     import sys
     from pathlib import Path
 
@@ -115,19 +116,21 @@ def test_magicbrush_eval_hook_matches_the_benchmark(dist1, tmp_path):
             "data.corpus.videos=8", "data.corpus.heldout_videos=2", "data.corpus.workers=1",
             "data.pack.token_budget=400", "sampler.steps=2", f"eval.magicbrush.data={tmp_path / 'dev'}",
             f"eval.magicbrush.metrics.clip_path={clip}", f"eval.magicbrush.metrics.dino_path={dino}",
-            "eval.magicbrush.metrics.edit_size=24", "eval.magicbrush.sessions=1"]
+            "eval.magicbrush.metrics.edit_size=24", "eval.magicbrush.sessions=2", "eval.magicbrush.batch=2"]
     with pytest.raises(ConfigError, match=r"^eval.magicbrush: magicbrush.dino_path: no local model folder"):
         build_training(load_config(over + ["eval.magicbrush.metrics.dino_path=nowhere"]))
     from vincie_mcore.build import build_run_config
     with pytest.raises(ConfigError, match=r"^eval.magicbrush.metrics.batch_size: must be >= 1, got 0$"):
         build_run_config(load_config(over + ["eval.magicbrush.metrics.batch_size=0"]))
+    with pytest.raises(ConfigError, match=r"^eval.magicbrush.batch: must be >= 1, got 0$"):
+        build_run_config(load_config(over + ["eval.magicbrush.batch=0"]))
     _, trainer = build_training(load_config(over))
     trainer.train()
     first, last = (json.loads((run / f"eval_{s}.json").read_text())["magicbrush"] for s in (1, 2))
-    assert last["sessions"] == 1 and [t["n"] for t in last["per_turn"]] == [1, 1]   # s1: two turns
+    assert last["sessions"] == 2 and [t["n"] for t in last["per_turn"]] == [2, 2, 1]   # s1: two turns, s2: three
     assert first["per_turn"][0]["l1"] != last["per_turn"][0]["l1"]                  # the weights of each step
     cfg, model, text, image = load_run(run)
-    res = run_magicbrush(make_editor(cfg, model, text, image), read_magicbrush(tmp_path / "dev")[:1],
+    res = run_magicbrush(make_editor(cfg, model, text, image), read_magicbrush(tmp_path / "dev")[:2],  # one by one
                          metrics=MagicBrushMetrics(MagicBrushConfig(clip_path=clip, dino_path=dino, edit_size=24)),
                          progress=False)
     for a, b in zip(res["per_turn"], last["per_turn"]):

@@ -102,6 +102,7 @@ class MagicBrushEvalConfig:
     captions: str | None = None     # read_magicbrush's captions=
     setting: str = "multi_turn"     # SETTINGS
     sessions: int | None = 32       # the first N sessions (None: all), the same at every evaluation
+    batch: int = 8                  # edits per model pass (run_magicbrush's batch: the same images at any N)
     metrics: MagicBrushConfig = field(default_factory=MagicBrushConfig)
 
     def __post_init__(self):
@@ -109,6 +110,8 @@ class MagicBrushEvalConfig:
             raise ValueError(f"eval.magicbrush.setting: must be one of {', '.join(SETTINGS)}, got {self.setting!r}")
         if self.sessions is not None and self.sessions < 1:
             raise ValueError(f"eval.magicbrush.sessions: must be None or >= 1, got {self.sessions}")
+        if self.batch < 1:
+            raise ValueError(f"eval.magicbrush.batch: must be >= 1, got {self.batch}")
 
 
 # ----------------------------------------------------------------------------- the test set
