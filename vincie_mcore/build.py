@@ -394,7 +394,7 @@ def official_weights(store, corpus, log: bool = True) -> np.ndarray:
     st = SessionStore(store)
     n = len(st) if corpus.max_sessions is None else min(corpus.max_sessions, len(st))
     sources = [(name, min(a, n), min(b, n)) for name, a, b in st.sources()]
-    used = {k: float(corpus.mix[k]) for k in check_mix(corpus.mix, sources, {name: b - a for name, a, b in sources})}
+    used = check_mix(corpus.mix, sources, {name: b - a for name, a, b in sources})
     total = sum(used.values())
     weights = np.zeros(n)
     for name, a, b in sources:

@@ -582,6 +582,15 @@ def test_union_of_stores_reads_every_session_in_place(magicbrush, tmp_path):
     assert store_stats(tmp_path / "all")["sources"] == {"mb": 4, "pairs_store": 2}
     assert SessionStore(mb).sources() == [] and store_stats(mb)["sources"] == {}
     assert union(tmp_path / "named", [f"edits={mb}", f"pairs={pairs}"])["named"] == [("edits", 0, 4), ("pairs", 4, 6)]
+    more = tmp_path / "more_store"                                 # a union of that union and one more store
+    build_edit_sessions([d], more, EditsConfig(format="pairs", name="more", size=(H, W), timeout_s=0, max_mb=0),
+                        progress=False)
+    nested = union(tmp_path / "nested", [f"sft={tmp_path / 'named'}", f"more={more}"])
+    assert nested["named"] == [("sft.edits", 0, 4), ("sft.pairs", 4, 6), ("more", 6, 8)]
+    assert _contents(tmp_path / "nested") == {**_contents(tmp_path / "named"), **_contents(more)}
+    assert store_stats(tmp_path / "nested")["sources"] == {"sft.edits": 4, "sft.pairs": 2, "more": 2}
+    with pytest.raises(ValueError, match=r"union: two sources are named 'sft.edits' once unions in it are opened up"):
+        union(tmp_path / "clash", [f"sft={tmp_path / 'named'}", f"sft.edits={more}"])
     with pytest.raises(ValueError, match=r"union: two sources are named 'x'; name them apart with NAME=PATH"):
         union(tmp_path / "twice", [f"x={mb}", f"x={pairs}"])
     with pytest.raises(ValueError, match=r"union: source name 'a b' .* must be letters, digits"):

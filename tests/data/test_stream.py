@@ -353,6 +353,25 @@ def test_drawn_counts_each_sources_sessions_as_consumed(mixed, made):
     assert plain.drawn() == {}
 
 
+def test_mix_weighs_a_joined_union_whole_or_by_its_sources():
+    """A union made of a union keeps its sources as NAME.<source>; a mix key NAME weighs all of them, shared
+    by their sizes as if one source; a key and one of its sources both weighed is one line."""
+    from vincie_mcore.config import ConfigError
+    from vincie_mcore.data.stream import check_mix, mix_quotas
+
+    src = [("sft.mb", 0, 30), ("sft.ip2p", 30, 40), ("videos", 40, 100)]
+    counts = {"sft.mb": 30, "sft.ip2p": 10, "videos": 60}
+    assert check_mix({"sft": 1, "videos": 3}, src, counts) == {"sft.mb": 0.75, "sft.ip2p": 0.25, "videos": 3.0}
+    assert check_mix({"sft.ip2p": 2}, src, counts) == {"sft.ip2p": 2.0}
+    # 100 draws: sft 50 (mb 37.5, ip2p 12.5), videos 50; the tied remainders go in source order
+    assert mix_quotas({"sft": 1, "videos": 1}, src, counts) == {"sft.mb": 38, "sft.ip2p": 12, "videos": 50}
+    for mix, msg in (({"sft": 1, "sft.mb": 1}, r"'sft' and 'sft.mb' weigh the same sessions; give one of them"),
+                     ({"sft.mb": 1, "sft": 1}, r"'sft' and 'sft.mb' weigh the same sessions"),
+                     ({"sf": 1}, r"no source 'sf' in the corpus")):
+        with pytest.raises(ConfigError, match=r"^data.corpus.mix: " + msg):
+            check_mix(mix, src, counts)
+
+
 def test_mix_errors_name_the_key(mixed, made):
     from vincie_mcore.config import ConfigError
 
@@ -456,6 +475,18 @@ def test_latent_union_reads_every_row_of_its_sources(tmp_path, resident_mb, monk
     assert any(p.stat().st_ino == lat.stat().st_ino for p in (tmp_path / "lu" / "blocks" / "b_0000003").rglob("c/*"))
     s = LatentStream(tmp_path / "lu", RECIPE, PACK, seed=5, num_workers=0, mix={"vid": 1, "sft": 1})
     assert [d["draws_per_epoch"] for d in s.planner.mix_summary()] == [7, 6] and next(s).num_sessions > 0
+    # a union of that union and a third store: its sources kept apart as vid.* , weighed whole or apart
+    c = make_session_store(tmp_path / "sc", 3, px=8, seed=5, prefix="c")
+    precompute(c, tmp_path / "lc", IMG, TXT, RecipeConfig(), block_rows=4)
+    nested = union(tmp_path / "ln", [f"old={tmp_path / 'lu'}", f"new={tmp_path / 'lc'}"])
+    assert nested["named"] == [("old.vid", 0, 7), ("old.sft", 7, 13), ("new", 13, 16)]
+    assert LatentStore(tmp_path / "ln").sources() == nested["named"]
+    whole = LatentStream(tmp_path / "ln", RECIPE, PACK, seed=5, num_workers=0, mix={"old": 1, "new": 1}).planner
+    assert [(d["source"], d["draws_per_epoch"]) for d in whole.mix_summary()] == \
+        [("old.vid", 4), ("old.sft", 4), ("new", 8)]                 # 16 draws: old's 8 shared 7 : 6 (4.31 / 3.69)
+    with pytest.raises(ValueError, match=r"union: two sources are named 'old.vid' once unions in it are opened up"):
+        union(tmp_path / "clash", [f"old={tmp_path / 'lu'}", f"old.vid={tmp_path / 'lc'}"])
+    assert not (tmp_path / "clash").exists()
     precompute(b, tmp_path / "lh", IMG, TXT, RecipeConfig(), dtype="float16", block_rows=4)
     with pytest.raises(LatentMismatch, match=r"dtype: 'float16' there, 'float32' now"):
         union(tmp_path / "mixed_dtype", [tmp_path / "la", tmp_path / "lh"])

@@ -409,8 +409,8 @@ def union(out, sources) -> dict:
     in (copied only across filesystems), the row index is concatenated, and ``index/block_first`` records
     where each block starts (blocks of different sizes, and the sources' short last blocks, follow one
     another). A source is a path or ``NAME=PATH`` (``sharded.source_names``); ``sources()`` gives each
-    name's rows, which ``data.corpus.mix`` weighs (a source that is itself a union weighs as one).
-    -> summary counts."""
+    name's rows, which ``data.corpus.mix`` weighs (a source that is itself a union joins as its own
+    sources, ``NAME.<source>``: mix weighs them, or ``NAME`` for all of them). -> summary counts."""
     from .sharded import source_names
 
     out = Path(out)
@@ -438,8 +438,15 @@ def union(out, sources) -> dict:
         idx = st.index()
         for k in index:
             index[k].append(idx[k])
-        named.append([name, rows, rows + len(st)])
+        subs = st.sources()           # a union joins as its sources, NAME.<source>, as session unions do
+        named += [[f"{name}.{sub}", rows + a, rows + b] for sub, a, b in subs] or [[name, rows, rows + len(st)]]
         rows += len(st)
+    flat = [n for n, _, _ in named]
+    if len(set(flat)) != len(flat):
+        shutil.rmtree(tmp, ignore_errors=True)
+        twice = next(n for n in flat if flat.count(n) > 1)
+        raise ValueError(f"union: two sources are named {twice!r} once unions in it are opened up as NAME.<source>; "
+                         f"name them apart with NAME=PATH")
     n_frames = np.concatenate(index["n_frames"])
     ig = g.create_group("index")
     for k, arr in (("n_frames", n_frames), ("hw", np.concatenate(index["hw"])),

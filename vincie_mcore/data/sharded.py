@@ -161,8 +161,8 @@ def union(store_root, sources) -> dict:
     ``STORE/parts/NNNNN/shard_NNNNN``, its files hard-linked (copied only across filesystems), so no
     frame is re-encoded; the root index lists them all. Session ids must not repeat across sources.
     A source is a path or ``NAME=PATH`` (``source_names``); the union records each source's name,
-    build settings and rows (``SessionStore.sources``: what ``data.corpus.mix`` weighs). Nothing can
-    be written into it."""
+    build settings and rows (``SessionStore.sources``: what ``data.corpus.mix`` weighs); a source that is
+    itself a union joins as its own sources, named ``NAME.<source>``. Nothing can be written into it."""
     root = Path(store_root)
     if (root / "zarr.json").exists():
         raise ValueError(f"union: {root} exists already; give a new folder")
@@ -177,14 +177,27 @@ def union(store_root, sources) -> dict:
                 raise ValueError(f"union: session {v!r} is in both {seen[v]} and {s}; build one of them with "
                                  f"another --name")
             seen[v] = s
-    index, fails, counts, builds, linked, copied, j, row = [], [], [], [], 0, 0, 0, 0
-    zarr.open_group(str(root), mode="w")
-    zarr.open_group(str(root / "parts"), mode="a")
+    builds, row = [], 0
     for name, s, st in zip(names, srcs, stores):
         g = zarr.open_group(str(s), mode="r")
-        builds.append({"name": name, "store": str(s.resolve()), "build": g.attrs.get("build"),
-                       "rows": [row, row + len(st)]})
+        subs = st.sources()
+        if subs:         # a union joins as its sources, NAME.<source> (data.corpus.mix weighs them, or NAME whole)
+            inner = {d["name"]: d for d in g.attrs["build"]["union"]}
+            builds += [{"name": f"{name}.{sub}", "store": inner[sub]["store"], "build": inner[sub]["build"],
+                        "rows": [row + a, row + b]} for sub, a, b in subs]
+        else:
+            builds.append({"name": name, "store": str(s.resolve()), "build": g.attrs.get("build"),
+                           "rows": [row, row + len(st)]})
         row += len(st)
+    flat = [b["name"] for b in builds]
+    if len(set(flat)) != len(flat):
+        twice = next(n for n in flat if flat.count(n) > 1)
+        raise ValueError(f"union: two sources are named {twice!r} once unions in it are opened up as NAME.<source>; "
+                         f"name them apart with NAME=PATH")
+    index, fails, counts, linked, copied, j = [], [], [], 0, 0, 0
+    zarr.open_group(str(root), mode="w")
+    zarr.open_group(str(root / "parts"), mode="a")
+    for s in srcs:
         for d in _read_index(s):
             part = root / "parts" / part_name(j)
             zarr.open_group(str(part), mode="a")

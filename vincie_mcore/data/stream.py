@@ -55,21 +55,30 @@ def subset_rows(n_rows: int, max_sessions: int | None, subset_seed: int = 0) -> 
 MIX_TAG = 0x6D6978        # seeds a source's passes apart from the epoch shuffles
 
 
-def check_mix(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> list[str]:
-    """A mix's names and weights against the corpus's sources ((name, first row, end row)) and their session
-    counts -> the names drawn (weight > 0), in source order; one line naming the key otherwise. Both the
-    epoch order (``mix_quotas``) and the official variant's random draws (``build.official_weights``) check
-    here."""
+def check_mix(mix: dict, sources: list, counts: dict, where: str = "data.corpus.mix") -> dict[str, float]:
+    """A mix's names and weights against the corpus's sources ((name, first row, end row)) and their unit
+    counts -> the weight of each source drawn (weight > 0), in source order; one line naming the key
+    otherwise. A key may also name a union that became part of this one (its sources are ``KEY.<name>``):
+    its weight is shared among them by their counts, as if they were one source. Both the epoch order
+    (``mix_quotas``) and the official variant's random draws (``build.official_weights``) check here."""
     names = [n for n, _, _ in sources]
     if not names:
         raise ConfigError(f"{where}: the corpus is one store, not a union; there are no sources to weigh "
                           f"(vincie-build-sessions union, vincie-precompute union)")
+    leaf: dict[str, float] = {}
     for k, w in mix.items():
-        if k not in names:
+        group = [k] if k in names else [n for n in names if n.startswith(f"{k}.")]
+        if not group:
             raise ConfigError(f"{where}: no source {k!r} in the corpus (its sources: {', '.join(names)})")
         if not (isinstance(w, (int, float)) and w >= 0):
             raise ConfigError(f"{where}.{k}: a weight must be a number >= 0, got {w!r}")
-    used = [n for n in names if mix.get(n, 0) > 0]
+        both = [n for n in group if n in leaf] + [o for o in mix if o != k and o in group]
+        if both:
+            raise ConfigError(f"{where}: {k!r} and {both[0]!r} weigh the same sessions; give one of them")
+        size = sum(counts[n] for n in group)
+        for n in group:
+            leaf[n] = float(w) * (counts[n] / size if size else 1.0 / len(group))
+    used = {n: leaf[n] for n in names if leaf.get(n, 0) > 0}
     if not used:
         raise ConfigError(f"{where}: every weight is 0")
     empty = [n for n in used if counts[n] == 0]
@@ -85,8 +94,8 @@ def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus
     A source left out of ``mix`` (or weighted 0) is not drawn."""
     names = [n for n, _, _ in sources]
     used = check_mix(mix, sources, counts, where)
-    total, wsum = sum(counts[n] for n in used), sum(float(mix[n]) for n in used)
-    exact = {n: float(mix[n]) / wsum * total for n in used}
+    total, wsum = sum(counts[n] for n in used), sum(used.values())
+    exact = {n: used[n] / wsum * total for n in used}
     q = {n: int(np.floor(exact[n])) for n in used}
     for n in sorted(used, key=lambda n: (q[n] - exact[n], names.index(n)))[:total - sum(q.values())]:
         q[n] += 1
@@ -156,8 +165,9 @@ class PackPlanner:
             sources = sources or []
             row = self.units // PAIR_STRIDE if self.pairwise else self.units
             of = {n: (row >= a) & (row < b) for n, a, b in sources}
-            q = mix_quotas(mix, sources, {n: int(m.sum()) for n, m in of.items()})
-            self.mix = [(n, self.units[of[n]], q[n], float(mix[n])) for n, _, _ in sources if n in q]
+            counts = {n: int(m.sum()) for n, m in of.items()}
+            q, w = mix_quotas(mix, sources, counts), check_mix(mix, sources, counts)
+            self.mix = [(n, self.units[of[n]], q[n], w[n]) for n, _, _ in sources if n in q]
             self.units = np.concatenate([u for _, u, _, _ in self.mix])   # what an epoch is as long as
 
     def order(self, epoch: int) -> np.ndarray:
