@@ -199,7 +199,7 @@ MUTANTS = [
            'rows = sorted(rows, key=lambda r: r["turn"])', "rows = list(rows)",
            ("tests/eval/test_magicbrush.py",), "MagicBrush's parquet turns scored in file order, not turn order"),
     Mutant("magicbrush_hook_setting_ignored", "vincie_mcore/build.py",
-           "metrics=metrics, progress=False, setting=ec.setting)", "metrics=metrics, progress=False, setting='independent')",
+           "metrics=metrics, progress=False, setting=ec.setting,", "metrics=metrics, progress=False, setting='independent',",
            ("tests/train/test_hooks.py",), "the training-time MagicBrush evaluation runs another setting than asked"),
     # ---- weighted sources of a union (data.corpus.mix; session 4) ----
     Mutant("mix_quota_floor_only", "vincie_mcore/data/stream.py",
@@ -234,7 +234,7 @@ MUTANTS = [
            "weights[a:b] = used[name] / total / (b - a)", "weights[a:b] = used[name] / total",
            ("tests/data/test_edits.py",), "the in-memory mix weighs each session by its source's weight: sources by size again"),
     Mutant("mix_unknown_name_ignored", "vincie_mcore/data/stream.py",
-           "        if k not in names:\n            raise", "        if False:\n            raise",
+           "        if not group:\n            raise", "        if False:\n            raise",
            ("tests/data/test_stream.py",), "a misspelt source in data.corpus.mix is silently weighed 0"),
     Mutant("drawn_counts_never_reset", "vincie_mcore/data/stream.py",
            "        self._drawn.clear()\n", "",
@@ -261,6 +261,9 @@ MUTANTS = [
            "    dist.all_reduce(t, group=group)\n    return {k: int(round(v))",
            "    return {k: int(round(v))",
            ("tests/train/test_trainer.py",), "the log's source shares are one rank's sessions"),
+    Mutant("mix_group_weight_not_shared", "vincie_mcore/data/stream.py",
+           "leaf[n] = float(w) * (counts[n] / size if size else 1.0 / len(group))", "leaf[n] = float(w)",
+           ("tests/data/test_stream.py",), "a joined union weighed by name gives each of its sources the whole weight"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
