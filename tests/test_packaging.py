@@ -93,3 +93,4 @@ def test_every_tool_is_a_console_script_that_answers_help():
     for name in ("vincie-train", "vincie-plan-parallel"):
         r = subprocess.run([str(bindir / name), "--help"], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0 and "usage" in (r.stdout + r.stderr).lower(), (name, r.stderr[-1000:])
+
