@@ -342,6 +342,51 @@ def test_mask_conventions_are_read_alike():
         assert rule == name and np.array_equal(got, m)
 
 
+def test_seed_data_edit_multi_turn_rows_with_images_elsewhere(tmp_path):
+    """SEED-Data-Edit Part-3's layout: one session per JSONL row, its turns as columns (instruction_k,
+    edit_image_k; inverse_instruction_k unused), image paths under the extracted archive (--images), rows of
+    2 and 3 turns; a turn without its image and a path climbing out fail their session in one line each."""
+    from vincie_tools.build_sessions import main
+
+    root = tmp_path / "multi_turn_editing"
+    (root / "annotations").mkdir(parents=True)
+    pics = root / "images" / "data"
+    rows, truth = [], {}
+    for r, turns in enumerate((2, 3)):
+        (pics / f"d{r}").mkdir(parents=True)
+        now = _picture(40 + r)
+        Image.fromarray(now).save(pics / f"d{r}" / "src.png")
+        row, frames = {"source_image": f"d{r}/src.png"}, [now]
+        for k in range(1, turns + 1):
+            now = _edit(now, _rect(6 * k, 6 * k + 6, 4, 16), (200, 10 * k, 10))
+            Image.fromarray(now).save(pics / f"d{r}" / f"e{k}.png")
+            row.update({f"instruction_{k}": f"session {r} edit {k}", f"edit_image_{k}": f"d{r}/e{k}.png",
+                        f"inverse_instruction_{k}": f"undo {k}"})
+            frames.append(now)
+        rows.append(row)
+        truth[f"seed/split_0001/{r:08d}"] = (frames, [f"session {r} edit {k}" for k in range(1, turns + 1)])
+    rows.append({"source_image": "d0/src.png", "instruction_1": "a", "edit_image_1": "d0/e1.png",
+                 "instruction_2": "b"})                              # turn 2 without its image
+    rows.append({"source_image": "../../escape.png", "instruction_1": "a", "edit_image_1": "d0/e1.png"})
+    (root / "annotations" / "split_0001.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["edits", "--format", "seed_multi_turn", "--name", "seed", "--data", str(root / "annotations"),
+                 "--images", str(pics), "--store", str(tmp_path / "s"), "--size", str(H), str(W), "--quiet"]) == 0
+    got = _by_id(tmp_path / "s")
+    assert sorted(got) == sorted(truth)
+    for sid, (frames, texts) in truth.items():
+        assert got[sid].texts == texts and len(got[sid].frames) == len(frames)
+        assert all(np.array_equal(_decode(p), f) for p, f in zip(got[sid].frames, frames))
+        assert all(_decode(m).any() for m in got[sid].roe_src)          # each turn's changed region
+    fails = read_failures(tmp_path / "s")
+    assert "split_0001.jsonl row 2 target: no image" in fails["seed/split_0001/00000002"]
+    assert "climbs out" in fails["seed/split_0001/00000003"]
+    with pytest.raises(ValueError, match=r"edits.images: .*/nowhere is not a folder"):
+        build_edit_sessions([root / "annotations"], tmp_path / "x", EditsConfig(format="seed_multi_turn",
+                            images=str(tmp_path / "nowhere")), progress=False)
+    with pytest.raises(ValueError, match=r"a wide layout .* marks both instruction and target with \{k\}"):
+        EditsConfig(format="pairs", columns={"instruction": "i_{k}"})
+
+
 def test_omniedit_and_anyedit_presets(tmp_path):
     """OmniEdit's card layout: its id, a list of paraphrased prompts (one taken, by the id; empty ones
     skipped), changed pixels as maps. AnyEdit's: ids from file and row, and a row whose edit needs its
@@ -436,7 +481,7 @@ def test_keep_drops_a_whole_chain(magicbrush, tmp_path):
 
 def test_bad_input_is_one_line(magicbrush, tmp_path):
     data, _ = magicbrush
-    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, ultraedit, omniedit, anyedit, pairs, got 'mb'"):
+    with pytest.raises(ValueError, match="edits.format: must be one of magicbrush, instructpix2pix, ultraedit, omniedit, anyedit, seed_multi_turn, pairs, got 'mb'"):
         EditsConfig(format="mb")
     with pytest.raises(ValueError, match="edits.columns: unknown role 'caption'"):
         EditsConfig(columns={"caption": "x"})

@@ -30,6 +30,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from vincie_mcore.config import build
 from vincie_mcore.data.build import DECODE_MAX_MB, DECODE_TIMEOUT_S, build_sessions, format_summary
@@ -132,6 +133,9 @@ def _steps_parser() -> argparse.ArgumentParser:
     ed.add_argument("--keep", action="append", default=[], metavar="COND",
                     help="keep only sessions whose rows meet COND: COLUMN OP VALUE, OP one of >= <= == != > < "
                          "(== / != take a|b|c), e.g. 'o_score>=8' or 'edit_type!=visual_reference'; repeatable")
+    ed.add_argument("--images", default=None, metavar="DIR",
+                    help="the folder image file names are under (default: each data file's folder), e.g. "
+                         "SEED-Data-Edit's extracted multi_turn_editing/images/data")
     ed.add_argument("--workers", type=int, default=1)
     ed.add_argument("--shard-size", type=int, default=256)
     ed.add_argument("--limit", type=int, default=0, help="the first N dataset sessions only (0: all)")
@@ -229,7 +233,7 @@ def steps_main(argv) -> dict:
 
         cfg = EditsConfig(format=a.format, columns=_columns(a.columns), name=a.name, size=tuple(a.size),
                           aspect=a.aspect, masks=a.masks, workers=a.workers, shard_size=a.shard_size,
-                          keep=tuple(a.keep))
+                          keep=tuple(a.keep), images=str(Path(a.images).resolve()) if a.images else None)
         if a.shards > 1:
             if a.limit:
                 raise ValueError("--limit: builds here only; not with --shards")

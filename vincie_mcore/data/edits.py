@@ -56,9 +56,15 @@ FORMATS = {
     # visual-editing types carry a second input image, which a session cannot hold: refused one line each
     "anyedit": {"source": "image_file", "instruction": "edit_instruction", "target": "edited_file",
                 "visual": "visual_input"},
+    # AILab-CVC/SEED-Data-Edit Part-3 (multi_turn_editing/annotations/*.jsonl): one session per row, its turns
+    # as columns (instruction_k, edit_image_k, k = 1..5; inverse_instruction_k unused), image paths under the
+    # image archive's folder (--images); "{k}" marks a wide preset
+    "seed_multi_turn": {"source": "source_image", "instruction": "instruction_{k}", "target": "edit_image_{k}"},
     # our own JSONL / parquet: one pair per row; add session= and turn= for chains, mask= for masks
     "pairs": {"source": "source", "instruction": "instruction", "target": "target"},
 }
+WIDE = "{k}"             # in a column name: one column per turn (turn k = 1, 2, ...), one session per row
+WIDE_MAX_TURNS = 64      # turns a JSONL row is looked at for (its keys vary by row; parquet names them all)
 ROLES = ("session", "turn", "id", "source", "instruction", "target", "mask", "visual")
 OPTIONAL_ROLES = ("mask", "visual")      # a file without the column reads as a row without the value
 MASK_MODES = ("dataset", "diff", "none")
@@ -132,6 +138,7 @@ class EditsConfig:
     timeout_s: float = DECODE_TIMEOUT_S     # seconds one session may take in a worker (0: no limit)
     max_mb: int = DECODE_MAX_MB             # MiB a worker may grow by for one session (0: no limit)
     keep: tuple = ()                        # row conditions, all must hold ("o_score>=8", "edit_type!=a|b"): KEEP_OPS
+    images: str | None = None               # the folder image file names are under (default: each data file's)
 
     def __post_init__(self):
         self.size = tuple(self.size)
@@ -164,9 +171,18 @@ class EditsConfig:
             raise ValueError("edits.columns: session and turn go together (a chain needs both)")
         if "session" in cols and "id" in cols:
             raise ValueError("edits.columns: id names single pairs; a chained dataset's ids are its session column")
+        wide = [role for role in ("instruction", "target") if WIDE in cols[role]]
+        if wide and (len(wide) != 2 or "session" in cols or any(WIDE in cols.get(r, "") for r in ("source", "mask"))):
+            raise ValueError("edits.columns: a wide layout (one session per row) marks both instruction and target "
+                             "with {k}, and nothing else; no session/turn columns")
 
     def column_map(self) -> dict:
         return {k: v for k, v in {**FORMATS[self.format], **self.columns}.items() if v}
+
+    @property
+    def wide(self) -> bool:
+        """One session per row, its turns as columns (``WIDE``)."""
+        return WIDE in self.column_map()["instruction"]
 
     def prefix(self) -> str:
         return self.name or self.format
@@ -261,7 +277,9 @@ def _rows(f: Path, columns: list[str], ranges: list | None = None, only: set | N
 
 def check_columns(files: list[Path], cfg: EditsConfig) -> None:
     """Every file has the columns the format needs (a mask column may be missing); one line otherwise."""
-    cols = cfg.column_map()
+    if cfg.images and not Path(cfg.images).is_dir():
+        raise ValueError(f"edits.images: {cfg.images} is not a folder")
+    cols = {role: c.replace(WIDE, "1") for role, c in cfg.column_map().items()}     # a wide row has turn 1
     for f in files:
         have = set(_schema(f))
         missing = [f"{role}={c}" for role, c in cols.items() if c not in have and role not in OPTIONAL_ROLES]
@@ -373,13 +391,15 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
             continue
         have = set(_schema(f))
         names = {role: c for role, c in cols.items() if c in have}
-        read = list(dict.fromkeys([*names.values(), *(c for c, _, _ in conditions)]))
+        turn_cols = _wide_columns(cols, have, f) if cfg.wide else []
+        read = list(dict.fromkeys([*names.values(), *(c for c, _, _ in conditions), *(c for t in turn_cols for c in t)]))
         ranges = None if own is None else own.get(i, [])
         for n, raw in _rows(f, read, ranges, spilled.get(i) if own is not None else None):
             row = {role: raw[c] for role, c in names.items()}
             row.update(_file=i, _row=n, _keep=all(holds(c, raw[c[0]]) for c in conditions))
             if not chained:
-                yield (str(row["id"]) if "id" in row else f"{f.stem}/{n:08d}"), [row]
+                key = str(row["id"]) if "id" in row else f"{f.stem}/{n:08d}"
+                yield key, (_wide_turns(row, raw, turn_cols) if cfg.wide else [row])
                 continue
             key = str(row["session"])
             if key not in mine:
@@ -387,6 +407,30 @@ def read_edit_sessions(files: list[Path], cfg: EditsConfig, part: tuple[int, int
             pending.setdefault(key, []).append(row)
             if len(pending[key]) == len(where[key]):
                 yield key, pending.pop(key)
+
+
+def _wide_columns(cols: dict, have: set, f: Path) -> list[tuple[str, str]]:
+    """A wide layout's (instruction, target) columns of turns 1, 2, ...: those a parquet file has; a JSONL
+    file's keys vary by row, so every turn up to ``WIDE_MAX_TURNS`` (a missing key reads as None)."""
+    out = []
+    for k in range(1, WIDE_MAX_TURNS + 1):
+        pair = (cols["instruction"].replace(WIDE, str(k)), cols["target"].replace(WIDE, str(k)))
+        if f.suffix == ".parquet" and not set(pair) <= have:
+            break
+        out.append(pair)
+    return out
+
+
+def _wide_turns(row: dict, raw: dict, turn_cols: list) -> list[dict]:
+    """A wide row -> one row per turn, each editing the previous turn's target (turn 1: the source), up to
+    the first turn with neither an instruction nor a target (one without the other fails the session)."""
+    turns, source = [], row["source"]
+    for k, (ci, ct) in enumerate(turn_cols, 1):
+        if raw.get(ci) is None and raw.get(ct) is None:
+            break
+        turns.append({**row, "source": source, "instruction": raw.get(ci), "target": raw.get(ct), "turn": k})
+        source = raw.get(ct)
+    return turns or [{**row, "instruction": None, "target": None}]
 
 
 # ----------------------------------------------------------------------------- one session
@@ -443,7 +487,7 @@ def make_edit_sessions(session_id: str, rows: list, cfg: EditsConfig, files: lis
         if dup:
             raise ValueError(f"turn {dup[0]} appears {turns.count(dup[0])} times")
         rows = [r for _, r in sorted(zip(turns, rows), key=lambda x: x[0])]
-    folder = lambda r: files[r["_file"]].parent    # noqa: E731 - JSONL image names are under its folder
+    folder = lambda r: Path(cfg.images) if cfg.images else files[r["_file"]].parent   # noqa: E731 - file names
     where = lambda r: f"{files[r['_file']].name} row {r['_row']}"    # noqa: E731
     src, tgt, texts = [], [], []
     for k, r in enumerate(rows):
