@@ -264,6 +264,9 @@ MUTANTS = [
     Mutant("mix_group_weight_not_shared", "vincie_mcore/data/stream.py",
            "leaf[n] = float(w) * (counts[n] / size if size else 1.0 / len(group))", "leaf[n] = float(w)",
            ("tests/data/test_stream.py",), "a joined union weighed by name gives each of its sources the whole weight"),
+    Mutant("wide_turns_from_the_source", "vincie_mcore/data/edits.py",
+           "        source = raw.get(ct)\n", "",
+           ("tests/data/test_edits.py",), "every turn of a turns-as-columns row edits the source: chains cut apart"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
