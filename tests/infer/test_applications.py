@@ -369,7 +369,7 @@ def test_plain_edit_form_still_works_without_a_subcommand(demo_run, tmp_path):
     assert _panels(tmp_path / "strip.png") == 2 and (tmp_path / "strip_turn1.png").is_file()
 
 
-def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_path):
+def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_path, capsys):
     """vincie-edit batch on the demo run (block_causal: the sessions' KV caches joined per pass): four jobs
     of 1-3 turns at three sessions per pass, a corrupt image skipped in one line while the rest are made;
     the images equal a one-by-one run's; a rerun reads everything back; a bad jobs file is one line."""
@@ -397,6 +397,8 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_p
     got = {k: [np.asarray(Image.open(tmp_path / "out" / k / f"turn_{t}.png")) for t in range(1, n + 1)]
            for k, n in (("a", 2), ("b", 3), ("d", 1))}
     assert _panels(tmp_path / "out" / "b" / "strip.png") == 4 and not (tmp_path / "out" / "c~2f1").exists()
+    page = (tmp_path / "out" / "index.html").read_text()              # each strip, or why it is missing
+    assert page.count("<img src=") == 3 and "b/strip.png" in page and "skipped: image " in page
     r = _cli("batch", *run, "--out", str(tmp_path / "one"))                 # one session per pass
     assert r.returncode == 0, r.stderr[-3000:]
     for k, ims in got.items():
@@ -405,9 +407,13 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_p
             assert np.abs(one.astype(int) - im.astype(int)).max() <= 1, (k, t)
     r = _cli("batch", *run, "--out", str(tmp_path / "out"), "--batch", "2")  # another N may resume
     assert r.returncode == 0 and "(0 edits made now, 6 read back)" in r.stdout, r.stdout + r.stderr[-2000:]
+    from vincie_tools.edit import main                  # refused before the model loads: in this process
+
     (jobs / "jobs.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "e", "image": "start.png"}) + "\n")
-    r = _cli("batch", *run, "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and r.stderr.strip() == "error: jobs.jsonl line 2: no 'prompts' field", r.stderr
+    capsys.readouterr()
+    assert main(["batch", *run, "--out", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err == "error: jobs.jsonl line 2: no 'prompts' field\n"
     (jobs / "jobs.jsonl").write_text(json.dumps({"id": "e", "image": "../start.png", "prompts": ["x"]}) + "\n")
-    r = _cli("batch", *run, "--out", str(tmp_path / "x"))
-    assert r.returncode == 2 and "climbs out with '..'" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert main(["batch", *run, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert "climbs out with '..'" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()

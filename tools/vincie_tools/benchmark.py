@@ -19,6 +19,9 @@ Table 1: each turn edits the previous output, every earlier turn in context), in
 single-turn; Table 4 "w/o Context"), history or dummy (Table 4), or all four. A rerun into the same --out
 resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<id>/<id>_1.png,
 <id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
+
+Both: --batch N edits N sessions per model pass (the same images); --shard i/N edits every N-th session only,
+scoring nothing, for one GPU of N (bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
 """
 from __future__ import annotations
 

@@ -145,10 +145,34 @@ def batch(argv) -> int:
     with open(out / "failures.jsonl", "w") as fh:           # this run's: a rerun after a fix clears it
         for k, v in failed.items():
             fh.write(json.dumps({"id": k, "error": v}) + "\n")
+    _gallery(out / "index.html", jobs, failed)
     total = sum(len(j["prompts"]) for j in jobs if j["id"] not in failed)
     print(f"vincie-edit batch: {done} of {len(jobs)} jobs edited ({made} edits made now, {total - made} read back), "
           f"{len(failed)} skipped; strips under {out}")
     return 0 if done else 2
+
+
+def _gallery(path: Path, jobs: list, failed: dict) -> None:
+    """index.html beside the edits: each job's strip (linked, not embedded: a batch may hold thousands) with
+    its prompts, or why it was skipped."""
+    import html
+
+    from vincie_mcore.paths import safe_name
+
+    rows = []
+    for j in jobs:
+        name = safe_name(j["id"], "id")
+        prompts = "".join(f"<li>{html.escape(p)}</li>" for p in j["prompts"])
+        if j["id"] in failed:
+            cell = f"<i>skipped: {html.escape(failed[j['id']])}</i>"
+        elif (path.parent / name / "strip.png").is_file():
+            cell = f"<img src='{html.escape(name)}/strip.png' loading='lazy'>"
+        else:
+            cell = "<i>not finished</i>"
+        rows.append(f"<tr><td>{html.escape(j['id'])}<ol>{prompts}</ol></td><td>{cell}</td></tr>")
+    path.write_text("<html><head><meta charset='utf-8'><title>vincie-edit batch</title><style>td{vertical-align:top;"
+                    "font:12px sans-serif;padding:4px}img{image-rendering:pixelated;max-width:100%}</style></head><body>"
+                    f"<h2>vincie-edit batch: {len(jobs)} jobs</h2><table border=1>{''.join(rows)}</table></body></html>")
 
 
 # ----------------------------------------------------------------------------- applications
