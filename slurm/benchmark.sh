@@ -8,6 +8,8 @@
 #
 # Before --: sbatch options for the array (and the scoring job). A task that dies is rerun alone and
 # resumes (each edit is written as it is made): sbatch --array=3 slurm/benchmark_part.sbatch 8 mse ...
+# Bulk editing the same way (vincie-edit batch --shard i/N, then the gallery):
+#   VINCIE_BIN=vincie-edit bash slurm/benchmark.sh 8 -- batch --run runs/3b --jobs jobs.jsonl --out edits/ --batch 8
 set -euo pipefail
 n=${1:?usage: bash slurm/benchmark.sh N [sbatch options] -- mse|magicbrush ARGS...}
 shift

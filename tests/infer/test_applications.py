@@ -399,14 +399,18 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_p
     assert _panels(tmp_path / "out" / "b" / "strip.png") == 4 and not (tmp_path / "out" / "c~2f1").exists()
     page = (tmp_path / "out" / "index.html").read_text()              # each strip, or why it is missing
     assert page.count("<img src=") == 3 and "b/strip.png" in page and "skipped: image " in page
-    r = _cli("batch", *run, "--out", str(tmp_path / "one"))                 # one session per pass
-    assert r.returncode == 0, r.stderr[-3000:]
+    for i in (1, 0):                            # one session per pass, on two "GPUs" (--shard i/2: a, c/1 | b, d)
+        r = _cli("batch", *run, "--out", str(tmp_path / "one"), "--shard", f"{i}/2")
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert f"shard {i}/2: {1 if i == 0 else 2} of 2 jobs edited ({2 if i == 0 else 4} edits made now" in r.stdout
+    assert not (tmp_path / "one" / "index.html").exists() and (tmp_path / "one" / "failures_shard_0of2.jsonl").is_file()
     for k, ims in got.items():
         for t, im in enumerate(ims, 1):
             one = np.asarray(Image.open(tmp_path / "one" / k / f"turn_{t}.png"))
             assert np.abs(one.astype(int) - im.astype(int)).max() <= 1, (k, t)
-    r = _cli("batch", *run, "--out", str(tmp_path / "out"), "--batch", "2")  # another N may resume
+    r = _cli("batch", *run, "--out", str(tmp_path / "one"), "--batch", "2")  # all, another N: read back, the gallery
     assert r.returncode == 0 and "(0 edits made now, 6 read back)" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert (tmp_path / "one" / "index.html").read_text().count("<img src=") == 3
     from vincie_tools.edit import main                  # refused before the model loads: in this process
 
     (jobs / "jobs.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "e", "image": "start.png"}) + "\n")

@@ -91,6 +91,9 @@ def batch(argv) -> int:
                     help="the model's input size, sources centre-cropped to it (default: a run's "
                          "data.world.image_px, or 512 512)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    ap.add_argument("--shard", default=None, metavar="i/N",
+                    help="edit only jobs i, i+N, ... (one GPU of N: VINCIE_BIN=vincie-edit bash slurm/benchmark.sh N -- "
+                         "batch ...); the same command without --shard then reads them back and writes index.html")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     if a.batch < 1:
@@ -103,6 +106,10 @@ def batch(argv) -> int:
     out = Path(a.out)
     try:
         jobs = edit_runs.read_jobs(a.jobs)                   # before the model loads: a bad file costs nothing
+        if a.shard is not None:
+            from vincie_mcore.data.sharded import parse_shard
+
+            jobs = edit_runs.shard_of(jobs, parse_shard(a.shard))
         from vincie_tools.benchmark import input_size, load_editor
 
         editor, cfg, weights = load_editor(a)
@@ -132,23 +139,26 @@ def batch(argv) -> int:
     outs, made = edit_runs.run_chains(editor, chains, a.batch, progress=None if a.quiet else "vincie-edit batch",
                                       on_error=skip)
     done = 0
-    for j, images in zip(jobs, outs):
+    for chain, j, images in zip(chains, jobs, outs):
         if j["id"] in failed or len(images) < len(j["prompts"]):
             continue
         try:                                                  # read again: a fully resumed job never loaded it
             first = load_source(j)
         except (ValueError, OSError) as e:
-            skip(chains[jobs.index(j)], e)
+            skip(chain, e)
             continue
         save_strip([first] + images, out / safe_name(j["id"], "id") / "strip.png", texts=j["prompts"])
         done += 1
-    with open(out / "failures.jsonl", "w") as fh:           # this run's: a rerun after a fix clears it
+    # this run's failures (a rerun after a fix clears them); a shard's apart, and no gallery: the full run's
+    name = "failures.jsonl" if a.shard is None else f"failures_shard_{a.shard.replace('/', 'of')}.jsonl"
+    with open(out / name, "w") as fh:
         for k, v in failed.items():
             fh.write(json.dumps({"id": k, "error": v}) + "\n")
-    _gallery(out / "index.html", jobs, failed)
+    if a.shard is None:
+        _gallery(out / "index.html", jobs, failed)
     total = sum(len(j["prompts"]) for j in jobs if j["id"] not in failed)
-    print(f"vincie-edit batch: {done} of {len(jobs)} jobs edited ({made} edits made now, {total - made} read back), "
-          f"{len(failed)} skipped; strips under {out}")
+    print(f"vincie-edit batch{'' if a.shard is None else ' shard ' + a.shard}: {done} of {len(jobs)} jobs edited "
+          f"({made} edits made now, {total - made} read back), {len(failed)} skipped; strips under {out}")
     return 0 if done else 2
 
 
