@@ -75,6 +75,14 @@ def test_a_batch_gives_each_session_its_own_edit(megatron_cpu, mask_type):
         ed.gen.manual_seed(5)
         together[1].edit(PROMPTS[4])                       # alone again, on its split caches
         assert torch.allclose(together[1].latents[-1], alone[1].latents[-1], atol=1e-5)
+        # a fresh session (no cache yet) joins two cached ones in a batch, as run_chains' pool refills
+        fresh_alone, fresh = _sessions(ed)[2], _sessions(ed)[2]
+        for s_, p, seed in zip([alone[0], fresh_alone], PROMPTS[:2], [41, 42]):
+            ed.gen.manual_seed(seed)
+            s_.edit(p)
+        edit_batch([together[0], fresh], PROMPTS[:2], [41, 42])
+        for a, b in ((alone[0], together[0]), (fresh_alone, fresh)):
+            assert torch.allclose(b.latents[-1], a.latents[-1], atol=1e-5)
     # the seeds matter: the same batch without them draws other noise for the second session
     again = _sessions(ed)
     edit_batch(again, PROMPTS[2:5], None)
