@@ -22,7 +22,7 @@ from vincie_mcore.data.annotate import Annotator, Transition
 from vincie_mcore.data.filters import FilterConfig
 from vincie_mcore.data.inputs import InputsConfig, from_directory, from_manifest
 from vincie_mcore.data.real import RealBuildConfig, build_real_sessions, read_stats
-from vincie_mcore.data.sampling import SamplingConfig, sample_shot_times
+from vincie_mcore.data.sampling import SamplingConfig, sample_shot_times, sample_shot_windows
 from vincie_mcore.data.segment import Segmenter
 from vincie_mcore.data.shots import ShotConfig, scan_video
 from vincie_mcore.data.store import SessionStore
@@ -115,6 +115,35 @@ def test_sessions_never_cross_a_cut(clips, tmp_path):
         assert png(r.frames[0]).shape == (48, 64, 3) and png(r.roe_src[0]).shape == (48, 64)
 
 
+def test_long_shots_give_a_session_per_window(clips, tmp_path):
+    """sampling.windows: every shot at 0.25 s intervals with max_frames 4 gives consecutive windows of at most
+    4 frames inside the shot, ids _w001, _w002, ... after the first, each through the filters on its own (the
+    clip's four shots: seven sessions); without it, the first window only, the same session under the same id."""
+    d, paths, frames, cuts = clips
+    one = {"decode": {"size": [48, 64]}, "shots": {"detector": "content"}}
+    plain = small_cfg(sampling={"strategy": "equal", "interval_s": 0.25, "max_frames": 4}, **one)
+    wide = small_cfg(sampling={"strategy": "equal", "interval_s": 0.25, "max_frames": 4, "windows": True}, **one)
+    clip = tmp_path / "in"
+    clip.mkdir()
+    shutil.copy(paths["h264"], clip / "v.mp4")
+    build_real_sessions(from_directory(clip), tmp_path / "a", plain, DiffAnnotator(), DiffSegmenter(), progress=False)
+    build_real_sessions(from_directory(clip), tmp_path / "b", wide, DiffAnnotator(), DiffSegmenter(), progress=False)
+    a, b = SessionStore(tmp_path / "a"), SessionStore(tmp_path / "b")
+    ra = {a[i].video_id: a[i] for i in range(len(a))}
+    rb = {b[i].video_id: b[i] for i in range(len(b))}
+    assert set(ra) < set(rb) and all(ra[k].meta["frame_times"] == rb[k].meta["frame_times"] for k in ra)
+    for shot in {r.meta["shot"] for r in rb.values()}:
+        wins = sorted((r for r in rb.values() if r.meta["shot"] == shot), key=lambda r: r.meta["window"])
+        times = [t for r in wins for t in r.meta["frame_times"]]
+        lo, hi = wins[0].meta["shot_span_s"]
+        assert times == sorted(times) and lo <= times[0] and times[-1] <= hi + 1e-6     # consecutive, in the shot
+        assert all(len(r.meta["frame_times"]) <= 4 for r in wins)
+        assert [r.video_id.rsplit("/", 1)[1] for r in wins] == \
+            [f"shot_{shot:04d}"] + [f"shot_{shot:04d}_w{w:03d}" for w in range(1, len(wins))]
+    assert sorted(rb) == ["v.mp4/shot_0000", "v.mp4/shot_0001", "v.mp4/shot_0002", "v.mp4/shot_0002_w001",
+                          "v.mp4/shot_0003", "v.mp4/shot_0003_w001", "v.mp4/shot_0003_w002"] and len(ra) == 4
+
+
 def test_shot_sampling_strategies():
     rng = np.random.default_rng(0)
     eq, s = sample_shot_times(1.0, 4.0, SamplingConfig(strategy="equal", interval_s=1.0), rng)
@@ -126,6 +155,13 @@ def test_shot_sampling_strategies():
     snapped, _ = sample_shot_times(0.0, 1.0, SamplingConfig(strategy="fixed", n_frames=(6, 6)), rng,
                                    frame_times=[0.0, 0.5, 1.0])
     assert snapped == [0.0, 0.5, 1.0]                     # six wanted times land on three frames
+    # windows: a 100 s shot at 1 s intervals, max 20 frames -> 101 times in 5 windows of 20 (the 101st alone: dropped)
+    wins = sample_shot_windows(0.0, 100.0, SamplingConfig(strategy="equal", interval_s=1.0, max_frames=20,
+                                                          windows=True), rng)
+    assert [len(w) for w, _ in wins] == [20] * 5 and wins[0][0] == capped and wins[1][0][0] == 20.0
+    assert sample_shot_windows(0.0, 100.0, SamplingConfig(strategy="fixed", n_frames=(3, 3), windows=True), rng)[0][0] \
+        == [0.0, 50.0, 100.0]                               # fixed-frame: one session over the shot, as before
+    assert len(sample_shot_windows(0.0, 100.0, SamplingConfig(strategy="equal", interval_s=1.0), rng)) == 1
 
 
 # ----------------------------------------------------------------------------- decode

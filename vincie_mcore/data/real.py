@@ -2,7 +2,7 @@
 annotate -> segment -> store (docs/real_videos.md).
 
 One video gives one session per shot that survives the filters, with id
-``<video id>/shot_NNNN``; all of a video's sessions go to one shard together, so a rerun
+``<video id>/shot_NNNN`` (with ``sampling.windows``, a long shot's later windows ``..._wWWW``); all of a video's sessions go to one shard together, so a rerun
 after a crash finds a video either whole or absent and skips it only when whole. A video
 that cannot be used (empty, no video stream, unsupported codec, corrupt or truncated, past
 the time or memory limit, an annotator or segmenter error) is one line in the store's
@@ -28,13 +28,14 @@ from .annotate import Annotator
 from .build import encode_png, run_videos
 from .filters import COUNTS, FilterConfig, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
-from .sampling import SamplingConfig, sample_shot_times
+from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
 from .shots import ShotConfig, scan_video
 from .store import RawSession, SessionWriter, read_failures
 from .video import DecodeConfig, fit_frame, probe_stream, read_at_times
 
 SHOT_SEP = "/shot_"
+WINDOW_SEP = "_w"         # a long shot's later windows (sampling.windows): <video>/shot_NNNN_wWWW
 
 
 @dataclass
@@ -121,56 +122,66 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
         ft = None
         if scan.times is not None:
             ft = scan.times[(scan.times >= shot.start_s) & (scan.times <= shot.end_s)]
-        times, strategy = sample_shot_times(shot.start_s, shot.end_s, cfg.sampling,
-                                            video_rng(cfg.seed, video_id, shot.index), ft)
-        if len(times) < 2:
-            counts["too_few_frames"] += 1
-            continue
-        with _stage(timings, "decode"):
-            if cfg.decode.backend == "dali":                     # frame indices from the scan's times
-                from .dali_video import read_at_times_dali
-                native, got = read_at_times_dali(inp.path, times, scan.times, info.rotation, cfg.decode.dali_device)
-            else:
-                native, got = read_at_times(inp.path, times, cfg.decode)
-        with _stage(timings, "filters"):
-            keep = filter_frames(native, cfg.filters, counts)
-        if keep is None:
-            continue
-        with _stage(timings, "decode"):
-            frames = np.stack([fit_frame(native[k], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
-                               for k in keep])                                          # [K, H, W, 3]
-        got = [got[k] for k in keep]
-        idx = ([int(np.searchsorted(scan.times, t - 1e-6)) for t in got] if scan.times is not None
-               else [int(round((t - info.start_s) * info.fps)) for t in got])          # decode order (estimate w/o scan)
-        sid = f"{video_id}{SHOT_SEP}{shot.index:04d}"
-        meta = {"path": str(inp.path), "video_id": sid, "source_video_id": video_id, "fps": info.fps,
-                "num_frames": len(scan.times) if scan.times is not None else int(round(info.duration_s * info.fps)),
-                "caption": inp.caption, "frame_times": [float(t) for t in got], "shot": shot.index}
-        with _stage(timings, "annotate"):
-            trans = annotator.annotate(frames, idx, meta)
-        if len(trans) != len(idx) - 1:
-            raise ValueError(f"annotator {annotator.name} gave {len(trans)} transitions for {len(idx)} frames")
-        with _stage(timings, "segment"):
-            masks = segmenter.segment(frames, idx, trans, meta)
-        check_masks(segmenter.name, masks, len(idx), frames.shape[1:3])
-        with _stage(timings, "encode"):
-            pngs = ([encode_png(f) for f in frames], [encode_png(m.astype(np.uint8)) for m, _ in masks],
-                    [encode_png(m.astype(np.uint8)) for _, m in masks])
-        sessions.append(RawSession(
-            video_id=sid, frames=pngs[0], roe_src=pngs[1], roe_tgt=pngs[2],
-            texts=[t.text for t in trans], cameras=[t.camera for t in trans],
-            meta={"video_path": str(inp.path), "source_video_id": video_id, "shot": shot.index,
-                  "shot_span_s": [shot.start_s, shot.end_s], "frame_times": [float(t) for t in got],
-                  "frame_indices": idx, "sampling": strategy, "annotator": annotator.name,
-                  "segmenter": segmenter.name, "fps": info.fps, "rotation": info.rotation,
-                  "source_size": [info.height, info.width], "caption": inp.caption,
-                  "height": int(frames.shape[1]), "width": int(frames.shape[2])},
-            states=annotator.states(idx, meta)))
+        windows = sample_shot_windows(shot.start_s, shot.end_s, cfg.sampling,
+                                      video_rng(cfg.seed, video_id, shot.index), ft)
+        for w, (times, strategy) in enumerate(windows):   # one, or a long shot's windows (sampling.windows)
+            sid = f"{video_id}{SHOT_SEP}{shot.index:04d}" + (f"{WINDOW_SEP}{w:03d}" if w else "")
+            session = _window_session(video_id, sid, w, shot, times, strategy, inp, info, scan, cfg, annotator,
+                                      segmenter, counts, timings)
+            if session is not None:
+                sessions.append(session)
     filtered = None
     if not sessions:
         shown = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or f"{len(scan.shots)} shot(s), none sampled"
         filtered = f"no shot left ({shown})"
     return VideoSessions(sessions, dict(counts), filtered)
+
+
+def _window_session(video_id, sid, window, shot, times, strategy, inp, info, scan, cfg, annotator, segmenter,
+                    counts, timings) -> RawSession | None:
+    """One shot's (or shot window's) sampled times -> its session, or None when too few frames survive."""
+    if len(times) < 2:
+        counts["too_few_frames"] += 1
+        return None
+    with _stage(timings, "decode"):
+        if cfg.decode.backend == "dali":                     # frame indices from the scan's times
+            from .dali_video import read_at_times_dali
+            native, got = read_at_times_dali(inp.path, times, scan.times, info.rotation, cfg.decode.dali_device)
+        else:
+            native, got = read_at_times(inp.path, times, cfg.decode)
+    with _stage(timings, "filters"):
+        keep = filter_frames(native, cfg.filters, counts)
+    if keep is None:
+        return None
+    with _stage(timings, "decode"):
+        frames = np.stack([fit_frame(native[k], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
+                           for k in keep])                                          # [K, H, W, 3]
+    got = [got[k] for k in keep]
+    idx = ([int(np.searchsorted(scan.times, t - 1e-6)) for t in got] if scan.times is not None
+           else [int(round((t - info.start_s) * info.fps)) for t in got])          # decode order (estimate w/o scan)
+    meta = {"path": str(inp.path), "video_id": sid, "source_video_id": video_id, "fps": info.fps,
+            "num_frames": len(scan.times) if scan.times is not None else int(round(info.duration_s * info.fps)),
+            "caption": inp.caption, "frame_times": [float(t) for t in got], "shot": shot.index}
+    with _stage(timings, "annotate"):
+        trans = annotator.annotate(frames, idx, meta)
+    if len(trans) != len(idx) - 1:
+        raise ValueError(f"annotator {annotator.name} gave {len(trans)} transitions for {len(idx)} frames")
+    with _stage(timings, "segment"):
+        masks = segmenter.segment(frames, idx, trans, meta)
+    check_masks(segmenter.name, masks, len(idx), frames.shape[1:3])
+    with _stage(timings, "encode"):
+        pngs = ([encode_png(f) for f in frames], [encode_png(m.astype(np.uint8)) for m, _ in masks],
+                [encode_png(m.astype(np.uint8)) for _, m in masks])
+    return RawSession(
+        video_id=sid, frames=pngs[0], roe_src=pngs[1], roe_tgt=pngs[2],
+        texts=[t.text for t in trans], cameras=[t.camera for t in trans],
+        meta={"video_path": str(inp.path), "source_video_id": video_id, "shot": shot.index,
+              "shot_span_s": [shot.start_s, shot.end_s], "frame_times": [float(t) for t in got],
+              "frame_indices": idx, "sampling": strategy, "annotator": annotator.name,
+              "segmenter": segmenter.name, "fps": info.fps, "rotation": info.rotation,
+              "source_size": [info.height, info.width], "caption": inp.caption, "window": window,
+              "height": int(frames.shape[1]), "width": int(frames.shape[2])},
+        states=annotator.states(idx, meta))
 
 
 # ----------------------------------------------------------------------------- the build

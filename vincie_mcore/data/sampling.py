@@ -26,6 +26,8 @@ class SamplingConfig:
     n_frames: tuple = (2, 6)       # fixed-frame: [min, max] frames, drawn uniformly per video (min == max: fixed n)
     p_equal: float = 0.5           # mixed: probability of equal-interval
     max_frames: int = 20           # cap on frames per session (paper: 2-20 images)
+    windows: bool = False          # real videos, equal-interval: a shot longer than max_frames intervals gives
+                                   # consecutive windows of max_frames frames, a session each (not its first only)
     min_change: float = 0.0        # static filter: drop a sampled frame whose largest 8x8-patch mean |change|
                                    # from the last kept frame is <= this (0-255 scale); 0 keeps every frame
 
@@ -165,3 +167,22 @@ def sample_shot_times(start_s: float, end_s: float, cfg: SamplingConfig, rng: np
     if frame_times is not None and len(frame_times):
         times = snap_times(times, frame_times)
     return times, strategy
+
+
+def sample_shot_windows(start_s: float, end_s: float, cfg: SamplingConfig, rng: np.random.Generator,
+                        frame_times=None) -> list[tuple[list[float], str]]:
+    """``sample_shot_times`` as a list of one; with ``cfg.windows`` under equal-interval, every consecutive
+    window of up to ``max_frames`` times over the whole shot (the first is ``sample_shot_times``' own, a
+    last window of fewer than 2 frames is dropped), so a long shot gives several sessions."""
+    times, strategy = sample_shot_times(start_s, end_s, cfg, rng, frame_times)
+    if not (cfg.windows and strategy == "equal"):
+        return [(times, strategy)]
+    every = equal_interval_times(start_s, end_s, cfg.interval_s, cfg.start_s)
+    out = []
+    for a in range(0, len(every), cfg.max_frames):
+        window = every[a:a + cfg.max_frames]
+        if frame_times is not None and len(frame_times):
+            window = snap_times(window, frame_times)
+        if len(window) >= 2 or a == 0:
+            out.append((window, strategy))
+    return out
