@@ -129,6 +129,9 @@ def test_long_shots_give_a_session_per_window(clips, tmp_path):
     build_real_sessions(from_directory(clip), tmp_path / "a", plain, DiffAnnotator(), DiffSegmenter(), progress=False)
     build_real_sessions(from_directory(clip), tmp_path / "b", wide, DiffAnnotator(), DiffSegmenter(), progress=False)
     a, b = SessionStore(tmp_path / "a"), SessionStore(tmp_path / "b")
+    import zarr
+    assert "windows" not in zarr.open_group(str(tmp_path / "a"), mode="r").attrs["build"]["real"]["sampling"]  # stores
+    # built before the key existed resume: it is recorded only when on
     ra = {a[i].video_id: a[i] for i in range(len(a))}
     rb = {b[i].video_id: b[i] for i in range(len(b))}
     assert set(ra) < set(rb) and all(ra[k].meta["frame_times"] == rb[k].meta["frame_times"] for k in ra)

@@ -195,6 +195,8 @@ class EditsConfig:
         d["columns"] = self.column_map()
         d["size"] = list(self.size)
         d["keep"] = list(self.keep)
+        if d["images"] is None:              # added later: recorded only when given, so older stores still resume
+            d.pop("images")
         return d
 
 

@@ -73,6 +73,8 @@ class RealBuildConfig:
             d.pop(k)
         d["decode"].pop("threads")
         d["decode"].pop("seek_gap_s")
+        if not d["sampling"]["windows"]:     # added later: recorded only when on, so older stores still resume
+            d["sampling"].pop("windows")
         return d
 
 
