@@ -266,6 +266,36 @@ def test_each_filter_counts(tmp_path):
     assert read_stats(tmp_path / "s") == f
 
 
+def test_black_borders_are_cropped(tmp_path):
+    """filters.border_max_luma: a letterboxed clip (10 black rows above and below a moving scene) gives sessions
+    cropped to the picture, counted as black_border; off (the default), the bars stay in the frames. The
+    detector alone: exact bars, pillarbox, a picture black throughout left to the black-frame filter."""
+    from vincie_mcore.data.filters import black_borders
+
+    frames = make_frames([("moving", 48)])[0].copy()                 # [T, 72, 96, 3]
+    frames[:, :10], frames[:, -10:] = 0, 0
+    d = tmp_path / "v"
+    d.mkdir()
+    write_clip(d / "letterbox.mp4", frames, "h264")
+    on = small_cfg(sampling={"strategy": "fixed", "n_frames": [3, 3]}, filters={"border_max_luma": 16.0})
+    off = small_cfg(sampling={"strategy": "fixed", "n_frames": [3, 3]})
+    s = build_real_sessions(from_directory(d), tmp_path / "on", on, DiffAnnotator(), DiffSegmenter(), progress=False)
+    build_real_sessions(from_directory(d), tmp_path / "off", off, DiffAnnotator(), DiffSegmenter(), progress=False)
+    a, b = SessionStore(tmp_path / "on")[0], SessionStore(tmp_path / "off")[0]
+    top, bottom, left, right = a.meta["border_cropped"]
+    assert 9 <= top <= 11 and 9 <= bottom <= 11 and left == right == 0 and s["filters"]["black_border"] == 1
+    y = lambda im: (0.299 * im[..., 0] + 0.587 * im[..., 1] + 0.114 * im[..., 2])      # noqa: E731
+    assert y(png(b.frames[0])[0]).mean() < 16 and y(png(a.frames[0])[0]).mean() > 40   # the top row: bar / picture
+    assert b.meta["border_cropped"] == [0, 0, 0, 0]
+    pic = np.full((20, 30, 3), 100, np.uint8)
+    pic[:, :4] = pic[:, -6:] = 0
+    assert black_borders([pic, pic], 16) == (0, 0, 4, 6)
+    assert black_borders([np.zeros((20, 30, 3), np.uint8)], 16) == (0, 0, 0, 0)
+    dark = pic.copy()
+    dark[:, :4] = 200                                               # bright in one frame: not a border
+    assert black_borders([pic, dark], 16) == (0, 0, 0, 6)
+
+
 # ----------------------------------------------------------------------------- bad inputs
 def test_bad_inputs_skipped_with_reasons(clips, tmp_path):
     _, paths, _, _ = clips

@@ -15,7 +15,12 @@ Frame differences are ``sampling.patch_change``: the largest 8x8-patch mean |dif
 (0-255), so a small object moving in a big frame counts as change, codec noise does not.
 The static test compares each sampled frame with the shot's first (slow drifts add up);
 the duplicate test compares neighbours (a frozen or repeated frame). A threshold of 0
-turns its filter off. An aesthetic or CLIP score filter is not built.
+turns its filter off. Logo detection and an aesthetic or CLIP score filter are not built.
+
+Black borders (letterbox and pillarbox bars, the paper's "black border detection") are cropped, not
+dropped, when ``border_max_luma`` is set: the edge rows and columns whose mean luma stays <= it in
+every sampled frame of a session go before the frames are fitted ("black_border" counts the
+sessions cropped).
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import numpy as np
 from .sampling import patch_change
 
 COUNTS = ("short_video", "low_resolution", "short_shot", "static_shot", "black_frame", "blank_frame",
-          "duplicate_frame", "too_few_frames")
+          "duplicate_frame", "too_few_frames", "black_border")
 
 
 @dataclass
@@ -41,10 +46,12 @@ class FilterConfig:
     black_max_luma: float = 16.0         # frame: black when its mean luma (BT.601, 0-255) is <= this
     blank_max_std: float = 3.0           # frame: blank when its luma standard deviation is <= this
     duplicate_max_change: float = 3.0    # frame: a duplicate when within this of the last kept frame (codec noise on a held frame: ~1.5)
+    border_max_luma: float = 0.0         # session: crop edge rows / columns whose mean luma is <= this in every
+                                         # sampled frame (letterbox, pillarbox; 0: off; 16 suits most footage)
 
     def __post_init__(self):
         for k in ("min_duration_s", "min_shot_s", "static_max_change", "black_max_luma", "blank_max_std",
-                  "duplicate_max_change"):
+                  "duplicate_max_change", "border_max_luma"):
             v = getattr(self, k)
             if not isinstance(v, (int, float)) or not v >= 0:
                 raise ValueError(f"build.filters.{k}: must be a number >= 0, got {v!r}")
@@ -113,3 +120,18 @@ def filter_frames(frames, cfg: FilterConfig, counts: Counter) -> list[int] | Non
         counts["too_few_frames"] += 1
         return None
     return out
+
+
+def black_borders(frames: list[np.ndarray], max_luma: float) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right): how many edge rows / columns are black in every frame (their mean luma
+    <= ``max_luma`` in the brightest of the frames at each pixel). A picture black through and through
+    gives (0, 0, 0, 0): dropping it is the black-frame filter's work, not a crop's."""
+    y = np.max(np.stack([luma(f) for f in frames]), axis=0)                      # [H, W]
+    rows, cols = y.mean(1) <= max_luma, y.mean(0) <= max_luma
+
+    def run(flags) -> int:                       # leading True values
+        return int(np.argmin(flags)) if not flags.all() else len(flags)
+    top, bottom, left, right = run(rows), run(rows[::-1]), run(cols), run(cols[::-1])
+    if top + bottom >= len(rows) or left + right >= len(cols):
+        return 0, 0, 0, 0
+    return top, bottom, left, right

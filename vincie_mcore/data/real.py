@@ -26,7 +26,7 @@ import numpy as np
 
 from .annotate import Annotator
 from .build import encode_png, run_videos
-from .filters import COUNTS, FilterConfig, check_video, filter_frames, short_shot
+from .filters import COUNTS, FilterConfig, black_borders, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
 from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
@@ -73,8 +73,9 @@ class RealBuildConfig:
             d.pop(k)
         d["decode"].pop("threads")
         d["decode"].pop("seek_gap_s")
-        if not d["sampling"]["windows"]:     # added later: recorded only when on, so older stores still resume
-            d["sampling"].pop("windows")
+        for group, key, off in (("sampling", "windows", False), ("filters", "border_max_luma", 0.0)):
+            if d[group][key] == off:         # added later: recorded only when on, so older stores still resume
+                d[group].pop(key)
         return d
 
 
@@ -155,8 +156,16 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
         keep = filter_frames(native, cfg.filters, counts)
     if keep is None:
         return None
+    border = (0, 0, 0, 0)
+    if cfg.filters.border_max_luma:
+        with _stage(timings, "filters"):
+            border = black_borders([native[k] for k in keep], cfg.filters.border_max_luma)
+        if any(border):
+            counts["black_border"] += 1
+    top, bottom, left, right = border
     with _stage(timings, "decode"):
-        frames = np.stack([fit_frame(native[k], cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
+        frames = np.stack([fit_frame(native[k][top:native[k].shape[0] - bottom, left:native[k].shape[1] - right],
+                                     cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
                            for k in keep])                                          # [K, H, W, 3]
     got = [got[k] for k in keep]
     idx = ([int(np.searchsorted(scan.times, t - 1e-6)) for t in got] if scan.times is not None
@@ -182,6 +191,7 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
               "frame_indices": idx, "sampling": strategy, "annotator": annotator.name,
               "segmenter": segmenter.name, "fps": info.fps, "rotation": info.rotation,
               "source_size": [info.height, info.width], "caption": inp.caption, "window": window,
+              "border_cropped": list(border),
               "height": int(frames.shape[1]), "width": int(frames.shape[2])},
         states=annotator.states(idx, meta))
 
