@@ -267,6 +267,13 @@ MUTANTS = [
     Mutant("wide_turns_from_the_source", "vincie_mcore/data/edits.py",
            "        source = raw.get(ct)\n", "",
            ("tests/data/test_edits.py",), "every turn of a turns-as-columns row edits the source: chains cut apart"),
+    Mutant("shot_windows_first_only", "vincie_mcore/data/sampling.py",
+           "for a in range(0, len(every), cfg.max_frames):", "for a in range(0, min(len(every), cfg.max_frames), cfg.max_frames):",
+           ("tests/data/test_real_videos.py",), "sampling.windows gives a long shot its first window only"),
+    Mutant("black_border_not_cropped", "vincie_mcore/data/real.py",
+           "fit_frame(native[k][top:native[k].shape[0] - bottom, left:native[k].shape[1] - right],",
+           "fit_frame(native[k],",
+           ("tests/data/test_real_videos.py",), "letterbox bars found but kept in the frames"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",
