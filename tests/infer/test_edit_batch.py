@@ -186,7 +186,7 @@ def test_read_jobs_refuses_each_bad_row_in_one_line(tmp_path):
                       ([dict(ok, prompts="a")], r"line 1: prompts: expected a non-empty list of non-empty strings"),
                       ([dict(ok, image=3)], r"line 1: image: expected a file name, got int"),
                       ([dict(ok, id="")], r"line 1: id: empty name"),
-                      ([[1]], r"line 1: expected a JSON object")):
+                      ([[1]], r"line 1: expected a JSON object, got list")):
         f.write_text("".join(json.dumps(r) + "\n" for r in rows))
         with pytest.raises(ValueError, match=r"^jobs.jsonl " + msg + "$"):
             read_jobs(f)

@@ -37,6 +37,7 @@ import numpy as np
 
 from .build import DECODE_MAX_MB, DECODE_TIMEOUT_S, encode_png, run_videos
 from .media import image_cell
+from .rows import json_row
 from .store import RawSession, SessionWriter, read_failures
 from .video import ASPECT_POLICIES, fit_frame
 
@@ -267,12 +268,7 @@ def _rows(f: Path, columns: list[str], ranges: list | None = None, only: set | N
         for line in fh:
             if line.strip():
                 if keep(n):
-                    try:
-                        d = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise ValueError(f"{f.name} row {n}: not JSON: {e.msg}") from None
-                    if not isinstance(d, dict):
-                        raise ValueError(f"{f.name} row {n}: expected a JSON object")
+                    d = json_row(line, f"{f.name} row {n}")
                     yield n, {c: d.get(c) for c in columns}
                 n += 1
 

@@ -212,6 +212,7 @@ def read_jobs(path) -> list[dict]:
     (``image`` relative to the file's folder, and inside it) -> ``[{"id", "image": Path, "prompts"}]``.
     A row that is not JSON, lacks a field, repeats an id or gives an empty prompt: one line naming it. The
     images are read when their session starts (``vincie-edit batch`` skips one that cannot be read)."""
+    from ..data.rows import json_row
     from ..paths import inside, safe_name
 
     path = Path(path)
@@ -221,12 +222,7 @@ def read_jobs(path) -> list[dict]:
             if not line.strip():
                 continue
             where = f"{path.name} line {n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{where}: expected a JSON object")
+            row = json_row(line, where)
             missing = [k for k in ("id", "image", "prompts") if k not in row]
             if missing:
                 raise ValueError(f"{where}: no {missing[0]!r} field")

@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..data.rows import json_row
 from ..paths import inside, safe_name
 
 METRICS = ("l1", "l2", "clip_i", "clip_t", "dino", "clip_t_oracle")
@@ -281,12 +282,7 @@ def _read_jsonl(root: Path) -> list[MagicBrushSession]:
         if not line.strip():
             continue
         where = f"{index}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        row = json_row(line, where)
         for key in ("id", "source", "turns"):
             if key not in row:
                 raise ValueError(f"{where}: session row missing key {key!r}")
