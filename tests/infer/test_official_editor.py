@@ -178,7 +178,12 @@ def test_benchmark_chain_resumes_to_the_uninterrupted_images(loaded, tmp_path):
 
     editor = loaded[-1]
     paths = lambda d: [tmp_path / d / f"turn_{t}.png" for t in (1, 2, 3)]   # noqa: E731
-    whole, made = edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("a"))
+
+    def chain(folder):
+        outs, made = edit_runs.run_chains(editor, [edit_runs.source_chain(editor, "s", _image(3), PROMPTS,
+                                                                          paths(folder))])
+        return outs[0], made
+    whole, made = chain("a")
     assert made == 3 and whole[0].shape == (32, 16, 3)
     start, n = editor.start, [0]
 
@@ -196,10 +201,10 @@ def test_benchmark_chain_resumes_to_the_uninterrupted_images(loaded, tmp_path):
     editor.start = stopping
     try:
         with pytest.raises(KeyboardInterrupt):
-            edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("b"))
+            chain("b")
     finally:
         del editor.start
-    again, made = edit_runs.chain(editor, "s", _image(3), PROMPTS, paths("b"))
+    again, made = chain("b")
     assert made == 1 and all(np.array_equal(x, y) for x, y in zip(whole, again))
 
 

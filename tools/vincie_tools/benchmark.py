@@ -48,7 +48,7 @@ def _parser():
     m.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
-    m.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
+    m.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
@@ -68,7 +68,7 @@ def _parser():
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
     b.add_argument("--out", required=True)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
-    b.add_argument("--batch", type=_positive, default=1, metavar="N", help=BATCH_HELP)
+    b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     b.add_argument("--quiet", action="store_true")
     return p
@@ -97,7 +97,7 @@ BATCH_HELP = ("sessions edited together, one turn each per model pass (default 1
               "on it beyond float reordering (docs/benchmarks.md, Batched editing)")
 
 
-def _positive(v: str) -> int:
+def positive_int(v: str) -> int:
     try:
         n = int(v)
     except ValueError:

@@ -86,7 +86,9 @@ def batch(argv) -> int:
     ap.add_argument("--jobs", required=True,
                     help='JSONL, a row per image: {"id": ..., "image": file under the JSONL\'s folder, "prompts": [...]}')
     ap.add_argument("--out", required=True, help="folder: <id>/turn_<t>.png, <id>/strip.png, editor.json, failures.jsonl")
-    ap.add_argument("--batch", type=int, default=1, metavar="N", help="sessions per model pass (default 1)")
+    from vincie_tools.benchmark import positive_int
+
+    ap.add_argument("--batch", type=positive_int, default=1, metavar="N", help="sessions per model pass (default 1)")
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="the model's input size, sources centre-cropped to it (default: a run's "
                          "data.world.image_px, or 512 512)")
@@ -96,8 +98,6 @@ def batch(argv) -> int:
                          "batch ...); the same command without --shard then reads them back and writes index.html")
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
-    if a.batch < 1:
-        ap.error(f"argument --batch: expected an integer >= 1, got {a.batch}")
     import json
 
     from vincie_mcore.eval import edit_runs
@@ -120,11 +120,11 @@ def batch(argv) -> int:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     from vincie_mcore.data.media import load_image
-    from vincie_mcore.eval.mse_bench import fit_to
+    from vincie_mcore.data.video import fit_frame
     from vincie_mcore.infer.editor import save_strip
 
-    def load_source(job):
-        return fit_to(load_image(job["image"], name=str(job["image"])), size)
+    def load_source(job):                                     # the benchmarks' policy: centre-cropped to --size
+        return fit_frame(load_image(job["image"], name=str(job["image"])), size, "center_crop")
 
     failed = {}
 

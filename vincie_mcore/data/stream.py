@@ -92,8 +92,11 @@ def mix_quotas(mix: dict, sources: list, counts: dict, where: str = "data.corpus
     together, shared in proportion to the weights (largest remainders, so they sum exactly).
     ``sources``: the store's (name, first row, end row); ``counts``: units per source name.
     A source left out of ``mix`` (or weighted 0) is not drawn."""
-    names = [n for n, _, _ in sources]
-    used = check_mix(mix, sources, counts, where)
+    return quotas(check_mix(mix, sources, counts, where), [n for n, _, _ in sources], counts, where)
+
+
+def quotas(used: dict, names: list, counts: dict, where: str = "data.corpus.mix") -> dict:
+    """``mix_quotas`` from ``check_mix``'s weights (``names``: every source, in order)."""
     total, wsum = sum(counts[n] for n in used), sum(used.values())
     exact = {n: used[n] / wsum * total for n in used}
     q = {n: int(np.floor(exact[n])) for n in used}
@@ -166,7 +169,8 @@ class PackPlanner:
             row = self.units // PAIR_STRIDE if self.pairwise else self.units
             of = {n: (row >= a) & (row < b) for n, a, b in sources}
             counts = {n: int(m.sum()) for n, m in of.items()}
-            q, w = mix_quotas(mix, sources, counts), check_mix(mix, sources, counts)
+            w = check_mix(mix, sources, counts)
+            q = quotas(w, [n for n, _, _ in sources], counts)
             self.mix = [(n, self.units[of[n]], q[n], w[n]) for n, _, _ in sources if n in q]
             self.units = np.concatenate([u for _, u, _, _ in self.mix])   # what an epoch is as long as
 

@@ -8,8 +8,8 @@ Used by ``eval/magicbrush.py``, ``eval/mse_bench.py`` (docs/magicbrush.md, "Resu
 * ``claim``: ``out_dir/editor.json`` records what made the edits in a folder (editor class, mask, sampler,
   plus what the caller adds: the run folder, the input size); a rerun with different ones is refused
   in one line, since its images would mix with the old ones.
-* ``chain``: one session's turns, each editing the previous output with every earlier turn as context,
-  resumed from the files that exist (a turn made anew makes every later file stale).
+* ``Chain`` / ``source_chain``: one session's turns, each editing the previous output with every earlier
+  turn as context, resumed from the files that exist (a turn made anew makes every later file stale).
 * ``run_chains``: many such chains, ``batch`` sessions' next turns packed into one model pass (a GPU
   runs a small session far below its rate); each edit keeps its own seed, so the images are those of
   one-by-one editing, up to float reordering.
@@ -115,20 +115,9 @@ class Chain:
     first_turn: int = 1
 
 
-def chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: list | None,
-          prepare=lambda a: a) -> tuple[list[np.ndarray], int]:
-    """Turn after turn, each edit of the previous output with every earlier turn in context (one
-    ``EditSession``, KV cache and all). ``paths[t]``: where turn t+1's image goes; an existing file is
-    read back instead of edited, until a turn is made anew (later files then edited again, since they
-    came from another image). ``prepare``: applied to the source before the editor sees it (sizes).
-    -> (outputs uint8 [H, W, 3] per turn, edits made now)."""
-    outs, made = run_chains(editor, [source_chain(editor, key, source, instructions, paths, prepare)])
-    return outs[0], made
-
-
 def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], paths: list | None,
                  prepare=lambda a: a) -> Chain:
-    """``chain``'s job: edits from ``prepare(source)`` (prepared when the chain starts, so a long benchmark
+    """Turn after turn from ``prepare(source)`` (prepared when the chain starts, so a long benchmark
     holds only its running sessions' inputs), a resumed run's context its own earlier outputs."""
     def start(outs):
         sess = editor.start(prepare(source))
@@ -141,7 +130,8 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
 def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None = None,
                on_error: Callable[[Chain, Exception], None] | None = None) -> tuple[list[list], int]:
     """Every chain's edits -> (outputs per chain, edits made now). Each chain resumes after its leading
-    files that exist (``chain``); then up to ``batch`` chains advance together, one turn each per model
+    files that exist (an existing file is read back instead of edited, until a turn is made anew: later
+    files came from another image, so they are edited again); then up to ``batch`` chains advance together, one turn each per model
     pass (``infer.editor.edit_batch``), a finished chain's place taken by the next. Every edit's noise
     comes from its own (key, turn) seed, so neither ``batch`` nor the order changes an image beyond float
     reordering. ``progress``: a tqdm bar over the edits to make, with this description.

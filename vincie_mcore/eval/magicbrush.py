@@ -602,7 +602,7 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
 
 def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str]]:
     """What turn ``t`` (0-based) sees before its instruction in the settings of given context (all but
-    multi_turn, whose context is the model's own chain: ``edit_runs.chain``): images I0..I_n, texts
+    multi_turn, whose context is the model's own chain: ``edit_runs.source_chain``): images I0..I_n, texts
     T0..T_{n-1}."""
     instr = [x.instruction for x in s.turns[:t]]
     if setting == "independent":

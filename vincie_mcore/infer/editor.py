@@ -322,9 +322,6 @@ def edit_batch(sessions: list[EditSession], prompts: list[str], seeds: list[int]
     if len(prompts) != len(sessions) or (seeds is not None and len(seeds) != len(sessions)):
         raise ValueError(f"edit_batch: {len(sessions)} sessions, {len(prompts)} prompts, "
                          f"{'no' if seeds is None else len(seeds)} seeds")
-    for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError("prompt: expected a non-empty string")
     t0 = time.perf_counter()
     reason = editor.kv_cache_reason()
     if reason is None:
