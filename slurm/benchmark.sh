@@ -22,5 +22,8 @@ case "$n" in ''|*[!0-9]*|0) echo "benchmark.sh: N must be a positive integer, go
 here=$(cd "$(dirname "$0")" && pwd)
 array=$(sbatch --parsable --array="0-$((n - 1))" ${opts[@]+"${opts[@]}"} "$here/benchmark_part.sbatch" "$n" "$@")
 array=${array%%;*}
-score=$(sbatch --parsable --dependency="afterok:$array" ${opts[@]+"${opts[@]}"} "$here/benchmark_score.sbatch" "$@")
+# VINCIE_SCORE_OPTS: sbatch options for the scoring job alone, after the others (e.g. --gpus-per-task=0)
+read -r -a score_opts <<< "${VINCIE_SCORE_OPTS:-}"
+score=$(sbatch --parsable --dependency="afterok:$array" ${opts[@]+"${opts[@]}"} ${score_opts[@]+"${score_opts[@]}"} \
+  "$here/benchmark_score.sbatch" "$@")
 echo "edits: job $array (array 0-$((n - 1))); scoring: job ${score%%;*} (after every task succeeds)"

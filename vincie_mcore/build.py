@@ -419,14 +419,22 @@ def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
                   device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
 
 
-def _run_config(run_dir, overrides: list[str] | None = None):
+def run_config(run_dir, overrides: list[str] | None = None):
+    """A training run's saved config with ``overrides``, checked for what loading it for editing needs
+    (the encoders' paths), without building anything."""
     from omegaconf import OmegaConf
 
     cfg_path = Path(run_dir) / "config.yaml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run_dir: no config.yaml in {run_dir} (is it a training run folder?)")
     cfg = OmegaConf.load(cfg_path)
-    return OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
+    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
+    for group in ("text_encoder", "image_encoder"):     # e.g. an import-official folder without encoder paths
+        missing = OmegaConf.missing_keys(cfg.data.get(group) or {})
+        if missing:
+            key = sorted(missing)[0]                     # the full key, e.g. data.text_encoder.path
+            raise ValueError(f"{key}: not set in {cfg_path} (give it, e.g. --set {key}=PATH)")
+    return cfg
 
 
 def run_ckpt_dir(run_dir, cfg) -> Path:
@@ -441,23 +449,15 @@ def latest_run_step(run_dir, overrides: list[str] | None = None) -> int | None:
     load exactly that one while a training run goes on writing newer ones."""
     from .train import checkpoint
 
-    return checkpoint.latest_step(str(run_ckpt_dir(run_dir, _run_config(run_dir, overrides))))
+    return checkpoint.latest_step(str(run_ckpt_dir(run_dir, run_config(run_dir, overrides))))
 
 
 def load_run(run_dir, overrides: list[str] | None = None, step: int | None = None):
     """(cfg, model, text encoder, image encoder) from a training run's folder: its saved
     config plus its latest checkpoint, or ``step``'s (model weights only)."""
-    from omegaconf import OmegaConf
-
     from .train import checkpoint
 
-    cfg = _run_config(run_dir, overrides)
-    cfg_path = Path(run_dir) / "config.yaml"
-    for group in ("text_encoder", "image_encoder"):     # e.g. an import-official folder without encoder paths
-        missing = OmegaConf.missing_keys(cfg.data.get(group) or {})
-        if missing:
-            key = sorted(missing)[0]                     # the full key, e.g. data.text_encoder.path
-            raise ValueError(f"{key}: not set in {cfg_path} (give it, e.g. --set {key}=PATH)")
+    cfg = run_config(run_dir, overrides)
     dc = data_configs(cfg)
     init_parallel(cfg)
     model = make_model(cfg)

@@ -598,14 +598,20 @@ def test_cli_runs_every_setting_on_a_training_run_and_resumes(demo_run, tmp_path
     assert [ln.split(",")[0] for ln in r.stdout.splitlines() if ln.startswith("MagicBrush ")] == \
         [f"MagicBrush {st}" for st in SETTINGS]
     assert generated_path(tmp_path / "out", "s2", 3, "dummy").is_file()
+    # every edit exists: the rerun reads them back and never loads the model (edit_runs.Deferred), so step
+    # 3's weights, emptied here, are not read (a load would fail on them)
+    from vincie_mcore.train.checkpoint import LATEST, step_dir
+    ckpt = str(tmp_path / "run" / "checkpoints")
+    weights = [f for f in Path(step_dir(ckpt, 3)).rglob("*") if f.is_file() and f.stat().st_size > 0]
+    assert weights
+    for f in weights:
+        f.write_bytes(b"")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert all(json.loads((tmp_path / "out" / f"results_{st}.json").read_text())["edits"]["made"] == 0
                for st in SETTINGS)
     assert json.loads((tmp_path / "out" / "editor.json").read_text())["step"] == 3
     # the run trains on and saves step 4 (its step 3, copied): the folder's edits are step 3's, so refused
-    from vincie_mcore.train.checkpoint import LATEST, step_dir
-    ckpt = str(tmp_path / "run" / "checkpoints")
     shutil.copytree(step_dir(ckpt, 3), step_dir(ckpt, 4))
     Path(ckpt, LATEST).write_text("4")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -632,7 +638,8 @@ def test_slurm_benchmark_edits_on_two_gpus_then_scores(slurm_cluster, demo_run, 
     clip, dino = models
     args = ["magicbrush", "--data", str(tmp_path / "test"), "--run", str(demo_run), "--clip", clip, "--dino", dino,
             "--edit-size", "24", "--out", str(tmp_path / "out"), "--set", "sampler.steps=2"]
-    env = dict(slurm_cluster, PATH=f"{exe}:{os.environ['PATH']}")
+    env = dict(slurm_cluster, PATH=f"{exe}:{os.environ['PATH']}",      # the scoring job's own options
+               VINCIE_SCORE_OPTS="--job-name=vincie-benchmark-scoring --cpus-per-task=1")
     r = subprocess.run(["bash", str(root / "slurm" / "benchmark.sh"), "2", f"--chdir={tmp_path}", "--cpus-per-task=1",
                         "--", *args], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
@@ -646,6 +653,7 @@ def test_slurm_benchmark_edits_on_two_gpus_then_scores(slurm_cluster, demo_run, 
     assert state == "COMPLETED", {k: v[-1500:] for k, v in logs.items()}
     parts = sorted(re.findall(r"shard (\d)/2: (\d) sessions, (\d) edits made", "".join(logs.values())))
     assert parts == [("0", "1", "2"), ("1", "1", "3")], logs        # s1 (2 turns) | s2 (3 turns)
+    assert [k for k in logs if k.startswith("vincie-benchmark-scoring-")] == [f"vincie-benchmark-scoring-{score}.out"]
     res = json.loads((tmp_path / "out" / "results_multi_turn.json").read_text())
     assert res["edits"] == {"made": 0, "resumed": 5} and res["sessions"] == 2
     capsys.readouterr()

@@ -212,6 +212,33 @@ def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cp
     full = mse_bench.generate(ed, sessions, size=(16, 24), progress=False, out_dir=tmp_path / "c")
     assert contexts == [1, 2, 3, 4, 5]               # a's five turns; b's read back
     assert all(np.array_equal(x, y) for k in whole for x, y in zip(whole[k], full[k]))
+    # the CLIs' editor is deferred: where every edit exists (a scoring job after the shards) it never loads;
+    # one edit missing loads it, and the whole record is checked then, before the edit is made
+    import copy
+    import dataclasses
+
+    from vincie_mcore.eval.edit_runs import Deferred, EditorLoadError
+    loads = []
+
+    def load(editor):
+        loads.append(editor)
+        return editor
+    again = mse_bench.generate(Deferred(lambda: load(ed)), sessions, size=(16, 24), progress=False,
+                               out_dir=tmp_path / "c")
+    assert loads == [] and all(np.array_equal(x, y) for k in whole for x, y in zip(whole[k], again[k]))
+    mse_bench.edit_path(tmp_path / "c", "a", 5).unlink()
+    other = copy.copy(ed)
+    other.sampler = dataclasses.replace(ed.sampler, steps=3)
+    with pytest.raises(EditorLoadError, match=r"^out_dir: .*c holds edits made with sampler=.*'steps': 2.*"
+                                              r"this run has sampler=.*'steps': 3"):
+        mse_bench.generate(Deferred(lambda: load(other)), sessions, size=(16, 24), progress=False,
+                           out_dir=tmp_path / "c")
+    assert loads == [other] and not mse_bench.edit_path(tmp_path / "c", "a", 5).exists()
+    contexts.clear()
+    again = mse_bench.generate(Deferred(lambda: load(ed)), sessions, size=(16, 24), progress=False,
+                               out_dir=tmp_path / "c")
+    assert loads == [other, ed] and contexts == [5]
+    assert all(np.array_equal(x, y) for k in whole for x, y in zip(whole[k], again[k]))
     with pytest.raises(ValueError, match=r"^--shard: needs 0 <= i < N, got 2/2$"):
         mse_bench.generate(ed, sessions, size=(16, 24), progress=False, shard=(2, 2))
 
@@ -304,7 +331,6 @@ def test_an_export_is_identified_by_its_bytes(tmp_path):
     assert _export_digest(tmp_path) == first and len(first) == 64
     (tmp_path / "model.safetensors").write_bytes(b"\0" * 99 + b"\1")
     assert _export_digest(tmp_path) != first
-    assert _export_digest(tmp_path / "missing") is None
 
 
 def test_cli_shard_edits_its_sessions_without_a_judge(bench, judge_server, tmp_path, capsys):

@@ -421,6 +421,12 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_p
     assert main(["batch", *run, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert "climbs out with '..'" in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "x").exists()
+    # an editor that cannot load (a checkpoint of another shape) is the run's one-line error, no job skipped
+    (jobs / "jobs.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    assert main(["batch", *run, "--out", str(tmp_path / "y"), "--set", "model.ffn_hidden_size=24"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "skipped" not in err, err
+    assert not (tmp_path / "y" / "failures.jsonl").exists()
     with pytest.raises(SystemExit) as e:
         main(["batch", *run, "--out", str(tmp_path / "x"), "--batch", "0"])
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("argument --batch: expected an integer >= 1, got '0'")

@@ -108,30 +108,42 @@ def positive_int(v: str) -> int:
 
 
 def load_editor(a):
-    """The editor of --run or --export, its config (None for an export), and what identifies its weights for
-    a resumed benchmark folder (``editor.json``): the checkpoint step of a run (a run that trained on since
-    is refused), the SHA-256 of an export's files."""
+    """The editor of --run or --export, deferred (``edit_runs.Deferred``: loaded at its first edit, so a
+    rerun or a scoring job whose edits all exist never loads the model), the run's config (None for an
+    export), and what identifies its weights for a resumed benchmark folder (``editor.json``): the
+    checkpoint step of a run (a run that trained on since is refused), the SHA-256 of an export's files.
+    What can be checked without loading (the folder, its config, a checkpoint) is checked here."""
+    from vincie_mcore.eval.edit_runs import Deferred
+
     if a.export:
-        from vincie_mcore.hf.pipeline import VincieEditPipeline
-        from vincie_mcore.infer.editor import Editor
+        from vincie_mcore.hf.files import read_config
 
-        digest = _export_digest(Path(a.export))
-        p = VincieEditPipeline.from_pretrained(a.export)
-        return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type), \
-            None, {"weights_sha256": digest}
-    from vincie_mcore.build import latest_run_step, load_run, make_editor
+        read_config(a.export)                               # no folder or no config: one line before anything runs
 
+        def load_export():
+            from vincie_mcore.hf.pipeline import VincieEditPipeline
+            from vincie_mcore.infer.editor import Editor
+
+            p = VincieEditPipeline.from_pretrained(a.export)
+            return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type)
+        return Deferred(load_export), None, {"weights_sha256": _export_digest(Path(a.export))}
+    from vincie_mcore.build import latest_run_step, load_run, make_editor, run_ckpt_dir, run_config
+
+    cfg = run_config(a.run, a.set)
     step = latest_run_step(a.run, a.set)                     # pinned: a newer checkpoint written meanwhile is not mixed in
-    cfg, model, text, image = load_run(a.run, a.set, step=step)
-    return make_editor(cfg, model, text, image), cfg, {"step": step}
+    if step is None:
+        raise FileNotFoundError(f"run_dir: no complete checkpoint under {run_ckpt_dir(a.run, cfg)}")
+
+    def load_checkpoint():
+        _, model, text, image = load_run(a.run, a.set, step=step)
+        return make_editor(cfg, model, text, image)
+    return Deferred(load_checkpoint), cfg, {"step": step}
 
 
-def _export_digest(folder: Path) -> str | None:
+def _export_digest(folder: Path) -> str:
     """SHA-256 over an export's config.json and weights (a re-export in place is another model)."""
     import hashlib
 
-    if not folder.is_dir():
-        return None                                          # from_pretrained names what is missing
     h = hashlib.sha256()
     for f in sorted(p for p in folder.iterdir() if p.suffix == ".safetensors" or p.name == "config.json"):
         h.update(f.name.encode() + b"\0")

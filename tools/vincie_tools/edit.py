@@ -114,8 +114,8 @@ def batch(argv) -> int:
 
         editor, cfg, weights = load_editor(a)
         size = input_size(a, cfg)
-        edit_runs.claim(out, edit_runs.fingerprint(editor, size=list(size), run=str(Path(a.run or a.export).resolve()),
-                                                   set=list(a.set), **weights))
+        edit_runs.claim(out, editor, size=list(size), run=str(Path(a.run or a.export).resolve()), set=list(a.set),
+                        **weights)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -136,8 +136,12 @@ def batch(argv) -> int:
                                      [out / safe_name(j["id"], "id") / f"turn_{t + 1}.png" for t in range(len(j["prompts"]))],
                                      load_source)
               for j in jobs]
-    outs, made = edit_runs.run_chains(editor, chains, a.batch, progress=None if a.quiet else "vincie-edit batch",
-                                      on_error=skip)
+    try:
+        outs, made = edit_runs.run_chains(editor, chains, a.batch, progress=None if a.quiet else "vincie-edit batch",
+                                          on_error=skip)
+    except edit_runs.EditorLoadError as e:                   # loaded at the first edit: every job needs it
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     done = 0
     for chain, j, images in zip(chains, jobs, outs):
         if j["id"] in failed or len(images) < len(j["prompts"]):

@@ -8,6 +8,8 @@ Used by ``eval/magicbrush.py``, ``eval/mse_bench.py`` (docs/magicbrush.md, "Resu
 * ``claim``: ``out_dir/editor.json`` records what made the edits in a folder (editor class, mask, sampler,
   plus what the caller adds: the run folder, the input size); a rerun with different ones is refused
   in one line, since its images would mix with the old ones.
+* ``Deferred``: an editor loaded when an edit first needs it, so a run whose edits all exist (the scoring
+  job after ``slurm/benchmark.sh``'s shards) reads them back without loading the model.
 * ``Chain`` / ``source_chain``: one session's turns, each editing the previous output with every earlier
   turn as context, resumed from the files that exist (a turn made anew makes every later file stale).
 * ``run_chains``: many such chains, ``batch`` sessions' next turns packed into one model pass (a GPU
@@ -53,25 +55,81 @@ def seed_edit(editor, key: str, turn: int) -> None:
         gen.manual_seed(edit_seed(getattr(getattr(editor, "sampler", None), "seed", 0), key, turn))
 
 
+class EditorLoadError(RuntimeError):
+    """A ``Deferred`` editor could not load, or its folder refused it (``claim``)."""
+
+
+class Deferred:
+    """An editor made by ``load()`` when first used (an attribute read), once; ``on_load`` callbacks then
+    see it. Where every edit of a run exists already, nothing reads an attribute and the model never
+    loads. ``load`` should raise its cheap errors (no config, no checkpoint) before it is deferred."""
+
+    def __init__(self, load: Callable[[], object]):
+        self._load, self._editor, self._hooks = load, None, []
+
+    @property
+    def loaded(self) -> bool:
+        return self._editor is not None
+
+    def on_load(self, fn: Callable[[object], None]) -> None:
+        self._hooks.append(fn)
+
+    def get(self):
+        if self._editor is None:
+            try:
+                editor = self._load()
+                for fn in self._hooks:         # e.g. the folder's full claim, before any edit is made
+                    fn(editor)
+            except Exception as e:             # the run's error, not a session's: run_chains' on_error must not skip it
+                raise EditorLoadError(" ".join(str(e).split()) or type(e).__name__) from e
+            self._editor = editor
+        return self._editor
+
+    def __getattr__(self, name):               # only what the object itself lacks: the editor's attributes
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self.get(), name)
+
+
+def loaded(editor):
+    """The editor itself (a ``Deferred`` one loaded now)."""
+    return editor.get() if isinstance(editor, Deferred) else editor
+
+
 def fingerprint(editor, **extra) -> dict:
     """What decides an editor's images, as JSON: its class, mask, sampler settings and ``extra``."""
+    editor = loaded(editor)
     sampler = getattr(editor, "sampler", None)
     d = dict(editor=type(editor).__name__, mask_type=getattr(editor, "mask_type", None),
              sampler=asdict(sampler) if is_dataclass(sampler) else None, **extra)
     return json.loads(json.dumps(d, default=str))
 
 
-def claim(out_dir, fp: dict) -> None:
-    """Record ``fp`` in ``out_dir/editor.json``, or check a folder's record: a difference is refused in
-    one line naming the first key that differs."""
+def claim(out_dir, editor, **extra) -> None:
+    """Record ``fingerprint(editor, **extra)`` in ``out_dir/editor.json``, or check a folder's record: a
+    difference is refused in one line naming the first key that differs.
+
+    A ``Deferred`` editor not loaded yet, on a folder with a record: ``extra`` (the run, its overrides
+    and checkpoint step or an export's digest, the input size) is checked now, the rest when the editor
+    loads, before its first edit. The editor's own fields follow from the run, so a run whose edits all
+    exist is checked whole without loading the model."""
     out_dir = Path(out_dir)
+    if isinstance(editor, Deferred) and not editor.loaded and (out_dir / "editor.json").is_file():
+        _check(out_dir, json.loads(json.dumps(extra, default=str)), keys=set(extra))
+        editor.on_load(lambda ed: _check(out_dir, fingerprint(ed, **extra)))
+        return
+    _check(out_dir, fingerprint(editor, **extra))
+
+
+def _check(out_dir: Path, fp: dict, keys: set | None = None) -> None:
+    """``fp`` against ``out_dir/editor.json`` (only ``keys`` of it, if given), or recorded there."""
     f = out_dir / "editor.json"
     if f.is_file():
         try:
             old = json.loads(f.read_text())
         except json.JSONDecodeError as e:
             raise ValueError(f"{f}: not JSON ({e.msg})") from None
-        diff = sorted(k for k in set(old) | set(fp) if old.get(k) != fp.get(k))
+        diff = sorted(k for k in (keys if keys is not None else set(old) | set(fp)) if old.get(k) != fp.get(k))
         if diff:
             k = diff[0]
             raise ValueError(f"out_dir: {out_dir} holds edits made with {k}={old.get(k)!r}, this run has "
@@ -120,7 +178,8 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
     """Turn after turn from ``prepare(source)`` (prepared when the chain starts, so a long benchmark
     holds only its running sessions' inputs), a resumed run's context its own earlier outputs."""
     def start(outs):
-        sess = editor.start(prepare(source))
+        image = prepare(source)            # first: an unreadable source costs no model load (Deferred)
+        sess = editor.start(image)
         for k, out in enumerate(outs):     # the model's own outputs, as it made them: not prepared again
             sess.add_turn(instructions[k], out, own=True)
         return sess
@@ -154,8 +213,6 @@ def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None
         todo.sort(key=lambda i: len(outs[i]) - len(chains[i].instructions))
     bar = tqdm(total=sum(len(chains[i].instructions) - len(outs[i]) for i in todo), desc=progress, unit="edit",
                disable=progress is None)
-    seeded = isinstance(getattr(editor, "gen", None), torch.Generator)
-    base = getattr(getattr(editor, "sampler", None), "seed", 0)
     pool, sessions, made = [], {}, 0
     with bar:
         while todo or pool:
@@ -181,8 +238,10 @@ def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None
             else:
                 from ..infer.editor import edit_batch
 
-                seeds = [edit_seed(base, chains[i].key, chains[i].first_turn + t) for i, t in zip(pool, turns)] \
-                    if seeded else None
+                seeds = None                       # read here: a Deferred editor loads only for an edit
+                if isinstance(getattr(editor, "gen", None), torch.Generator):
+                    base = getattr(getattr(editor, "sampler", None), "seed", 0)
+                    seeds = [edit_seed(base, chains[i].key, chains[i].first_turn + t) for i, t in zip(pool, turns)]
                 images = edit_batch([sessions[i] for i in pool], prompts, seeds)
             for i, t, im in zip(pool, turns, images):
                 outs[i].append(np.asarray(im))

@@ -645,7 +645,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
         cfg = metrics.cfg
     if out_dir is not None:
         out_dir = Path(out_dir)
-        edit_runs.claim(out_dir, edit_runs.fingerprint(editor, edit_size=cfg.edit_size, **(run_info or {})))
+        edit_runs.claim(out_dir, editor, edit_size=cfg.edit_size, **(run_info or {}))
 
     def prep(image, what="image"):
         im = to_rgb(image, what)
@@ -655,7 +655,8 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
 
     def given_context(s, t):
         images, texts = _context(s, t, setting)
-        sess = editor.start(prep(images[0], f"session {s.id!r} input"))
+        first = prep(images[0], f"session {s.id!r} input")
+        sess = editor.start(first)
         for k, (im, txt) in enumerate(zip(images[1:], texts)):
             sess.add_turn(txt, prep(im, f"session {s.id!r} context image {k + 1}"))
         return sess

@@ -134,7 +134,7 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
 
     sessions = edit_runs.shard_of(sessions, shard)
     if out_dir is not None:
-        edit_runs.claim(out_dir, edit_runs.fingerprint(editor, size=list(size), **(run_info or {})))
+        edit_runs.claim(out_dir, editor, size=list(size), **(run_info or {}))
     chains = []
     for s in sessions:
         prompts = s.prompts[:turns]
