@@ -15,7 +15,8 @@ Frame differences are ``sampling.patch_change``: the largest 8x8-patch mean |dif
 (0-255), so a small object moving in a big frame counts as change, codec noise does not.
 The static test compares each sampled frame with the shot's first (slow drifts add up);
 the duplicate test compares neighbours (a frozen or repeated frame). A threshold of 0
-turns its filter off. Logo detection and an aesthetic or CLIP score filter are not built.
+turns its filter off. The learned filters (aesthetic score, logo detection) are in ``data/quality.py``
+and count into the same table.
 
 Black borders (letterbox and pillarbox bars, the paper's "black border detection") are cropped, not
 dropped, when ``border_max_luma`` is set: the edge rows and columns whose mean luma stays <= it in
@@ -32,7 +33,7 @@ import numpy as np
 from .sampling import patch_change
 
 COUNTS = ("short_video", "low_resolution", "short_shot", "static_shot", "black_frame", "blank_frame",
-          "duplicate_frame", "too_few_frames", "black_border")
+          "duplicate_frame", "too_few_frames", "black_border", "low_aesthetic", "logo")   # the last two: data/quality.py
 
 
 @dataclass

@@ -1,5 +1,5 @@
 """Real videos -> session store: inputs -> probe -> shots -> sampling -> decode -> filters ->
-annotate -> segment -> store (docs/real_videos.md).
+quality -> annotate -> segment -> store (docs/real_videos.md).
 
 One video gives one session per shot that survives the filters, with id
 ``<video id>/shot_NNNN`` (with ``sampling.windows``, a long shot's later windows ``..._wWWW``); all of a video's sessions go to one shard together, so a rerun
@@ -28,6 +28,7 @@ from .annotate import Annotator
 from .build import encode_png, run_videos
 from .filters import COUNTS, FilterConfig, black_borders, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
+from .quality import QualityConfig, check_session
 from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
 from .shots import ShotConfig, scan_video
@@ -46,6 +47,7 @@ class RealBuildConfig:
     shots: ShotConfig = field(default_factory=ShotConfig)
     sampling: SamplingConfig = field(default_factory=lambda: SamplingConfig(interval_s=3.0))   # paper: e.g. 3 s
     filters: FilterConfig = field(default_factory=FilterConfig)
+    quality: QualityConfig = field(default_factory=QualityConfig)    # learned filters (data/quality.py); off by default
     seed: int = 0                     # a video's sessions depend only on (seed, video id)
     workers: int = 1                  # processes making videos
     shard_size: int = 256             # sessions per store shard
@@ -76,6 +78,9 @@ class RealBuildConfig:
         for group, key, off in (("sampling", "windows", False), ("filters", "border_max_luma", 0.0)):
             if d[group][key] == off:         # added later: recorded only when on, so older stores still resume
                 d[group].pop(key)
+        q = {k: {f: v for f, v in sec.items() if f != "device"} for k, sec in d.pop("quality").items() if sec}
+        if q:                                # the same (where the models run does not change a session)
+            d["quality"] = q
         return d
 
 
@@ -168,6 +173,13 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
                                      cfg.decode.size, cfg.decode.aspect, cfg.decode.pad_value)
                            for k in keep])                                          # [K, H, W, 3]
     got = [got[k] for k in keep]
+    quality = {}
+    if cfg.quality.aesthetic is not None or cfg.quality.logo is not None:
+        with _stage(timings, "quality"):                 # before the annotator: a dropped session costs no VLM call
+            drop, quality = check_session(frames, cfg.quality)
+        if drop:
+            counts[drop] += 1
+            return None
     idx = ([int(np.searchsorted(scan.times, t - 1e-6)) for t in got] if scan.times is not None
            else [int(round((t - info.start_s) * info.fps)) for t in got])          # decode order (estimate w/o scan)
     meta = {"path": str(inp.path), "video_id": sid, "source_video_id": video_id, "fps": info.fps,
@@ -191,7 +203,7 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
               "frame_indices": idx, "sampling": strategy, "annotator": annotator.name,
               "segmenter": segmenter.name, "fps": info.fps, "rotation": info.rotation,
               "source_size": [info.height, info.width], "caption": inp.caption, "window": window,
-              "border_cropped": list(border),
+              "border_cropped": list(border), **quality,
               "height": int(frames.shape[1]), "width": int(frames.shape[2])},
         states=annotator.states(idx, meta))
 

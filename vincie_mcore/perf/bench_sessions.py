@@ -2,7 +2,7 @@
 
 Runs ``data/real.make_video_sessions`` in this process over a folder of videos, or over clips it
 writes itself. For each stage it adds up the seconds: probe, shot scan, decode (seek + fit), filters,
-annotate, segment, PNG encode. Then it reports:
+quality (the learned filters, when ``build.quality`` sets them), annotate, segment, PNG encode. Then it reports:
 - videos/s and sessions/s;
 - decode time per frame;
 - each stage's share;
@@ -27,7 +27,7 @@ import numpy as np
 from ..data.annotate import Annotator, Transition
 from ..data.segment import EmptySegmenter
 
-STAGES = ("probe", "shots", "decode", "filters", "annotate", "segment", "encode")
+STAGES = ("probe", "shots", "decode", "filters", "quality", "annotate", "segment", "encode")
 
 
 class _NoText(Annotator):
@@ -140,7 +140,7 @@ def bench_sessions(videos=None, config: dict | None = None, clips: int = 6, stor
         "annotate": "measured" if measured_annotator else "not measured (no annotator configured)",
         "segment": segmenter.name,
         "cpu_s_per_session_without_models": round(
-            sum(timings.get(k, 0.0) for k in STAGES if k not in ("annotate", "segment")) / max(sessions, 1), 4),
+            sum(timings.get(k, 0.0) for k in STAGES if k not in ("quality", "annotate", "segment")) / max(sessions, 1), 4),
         "check": check,
         "config": {"store_size": list(cfg.decode.size), "detector": cfg.shots.detector,
                    "sampling": cfg.sampling.strategy, "interval_s": cfg.sampling.interval_s},
