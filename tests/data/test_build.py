@@ -3,6 +3,7 @@ import json
 import os
 import shutil
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from vincie_mcore.config import build
 from vincie_mcore.data.annotate import GroundTruthAnnotator, Transition
 from vincie_mcore.data.build import build_sessions
 from vincie_mcore.data.sampling import SamplingConfig
-from vincie_mcore.data.store import SessionStore
+from vincie_mcore.data.segment import GroundTruthSegmenter
+from vincie_mcore.data.store import SessionStore, read_failures
 from vincie_mcore.data.video import read_video, sidecar_path, write_synthetic_corpus, write_video
 from vincie_mcore.data.world import Scene, WorldConfig, render, transition_text, camera_label
 
@@ -184,3 +186,40 @@ def test_resuming_with_other_settings_is_refused(corpus, tmp_path):
                        progress=False)
     s = build_sessions(corpus, tmp_path / "s", sampling="fixed", seed=0, progress=False)    # same settings resume
     assert s["skipped"] == 12 and s["written"] == 0
+
+
+class _StuckSegmenter(GroundTruthSegmenter):
+    """Runs in the build's main process, as GroundingDINO + SAM2 do; on one video it never returns, and
+    swallows any Exception it meets on the way."""
+    name = "stuck"
+    in_process = True
+
+    def segment(self, frames, frame_indices, transitions, video_meta):
+        if video_meta["video_id"] == "vid_000003":
+            while True:
+                try:
+                    time.sleep(0.05)
+                except Exception:  # noqa: BLE001 - a segmenter's own catch-all must not stop the limit
+                    pass
+        return super().segment(frames, frame_indices, transitions, video_meta)
+
+
+def test_in_process_segmentation_has_the_per_video_time_limit(corpus, tmp_path):
+    """The in-process segmenter stuck on one video: that video is a failure line past the limit (1 s),
+    the others are written as a build without the stuck video writes them, and SIGALRM's handler is back."""
+    import signal
+
+    before = signal.getsignal(signal.SIGALRM)
+    t0 = time.monotonic()
+    s = build_sessions(corpus, tmp_path / "s", segmenter=_StuckSegmenter(), progress=False, decode_timeout_s=1.0,
+                       decode_max_mb=None)
+    assert (s["written"], s["failed"]) == (11, 1) and time.monotonic() - t0 < 60
+    assert read_failures(tmp_path / "s") == {"vid_000003": "segmentation timed out after 1 s"}
+    assert signal.getsignal(signal.SIGALRM) is before
+    ref = build_sessions(corpus, tmp_path / "ref", segmenter=GroundTruthSegmenter(), progress=False,
+                         decode_timeout_s=None, decode_max_mb=None)
+    a, b = SessionStore(tmp_path / "s"), SessionStore(tmp_path / "ref")
+    rows = {b[i].video_id: b[i] for i in range(len(b))}
+    assert ref["written"] == 12 and sorted(a.video_ids()) == sorted(set(rows) - {"vid_000003"})
+    for i in range(len(a)):
+        assert a[i].roe_src == rows[a[i].video_id].roe_src and a[i].roe_tgt == rows[a[i].video_id].roe_tgt

@@ -9,15 +9,18 @@ A video's session depends only on (seed, video id), never on ``workers``.
 Each video is made in a worker under a time and an address-space limit
 (``decode_timeout_s``, ``decode_max_mb``): a file that makes the decoder spin
 or allocate without end becomes a failure line too, and its worker is replaced.
+An in-process segmenter's work on one video has the same time limit (``time_limit``).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import logging
 import os
 import resource
 import signal
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -288,15 +291,44 @@ def run_videos(todo, make, kwargs: dict, workers: int = 1, timeout_s: float | No
     if seg is None or not seg.in_process:
         return _limited_map(todo, ctx, workers, timeout_s, max_mb)
     ctx = {"make": make, "kwargs": dict(kwargs, segmenter=DeferredSegmenter(seg.name))}
-    return _resolved(_limited_map(todo, ctx, workers, timeout_s, max_mb), seg)
+    return _resolved(_limited_map(todo, ctx, workers, timeout_s, max_mb), seg, timeout_s)
 
 
-def _resolved(results, segmenter: Segmenter):
+class SegmentTimeout(BaseException):
+    """The in-process segmenter ran past the per-video limit (not an ``Exception``: a segmenter's own
+    ``except Exception`` must not swallow it)."""
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float | None):
+    """Raise ``SegmentTimeout`` in this block once ``seconds`` have passed (SIGALRM; the main thread only,
+    elsewhere no limit). It lands at the next Python step: a GPU model returns to Python between its
+    kernels, one long CPU op finishes first."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def expired(signum, frame):
+        raise SegmentTimeout(f"segmentation timed out after {seconds:g} s")
+    old = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def _resolved(results, segmenter: Segmenter, timeout_s: float | None = None):
+    """The workers' results, each deferred one segmented here under the same per-video limit."""
     try:
         for video_id, out, reason in results:
             if isinstance(out, Deferred):
                 try:
-                    out = resolve_deferred(out, segmenter)
+                    with time_limit(timeout_s):
+                        out = resolve_deferred(out, segmenter)
+                except SegmentTimeout as e:
+                    out, reason = None, str(e)
                 except Exception as e:  # noqa: BLE001 - as in a worker: the video fails in one line
                     out, reason = None, _error_line(e)
             yield video_id, out, reason

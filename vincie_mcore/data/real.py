@@ -51,7 +51,7 @@ class RealBuildConfig:
     seed: int = 0                     # a video's sessions depend only on (seed, video id)
     workers: int = 1                  # processes making videos
     shard_size: int = 256             # sessions per store shard
-    timeout_s: float = 600.0          # seconds one video may take in a worker (0: no limit)
+    timeout_s: float = 600.0          # seconds one video may take in a worker, and in an in-process segmenter (0: no limit)
     max_mb: int = 4096                # MiB a worker's address space may grow by for one video (0: no limit)
 
     def __post_init__(self):
