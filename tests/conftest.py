@@ -21,3 +21,24 @@ def megatron_cpu():
     yield dims
     groups.destroy()
     cpu_compat.deactivate()
+
+
+# The CLI tests' trained model: 3 steps of the demo recipe on 24 synthetic videos.
+DEMO_RUN = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
+            "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def shared_demo_run(tmp_path_factory):
+    """One ``vincie-train`` run of ``DEMO_RUN`` (a subprocess, ~20 s on 2 cores) for every test that only
+    reads a trained run folder: the web editor, the web exposure checks, the applications' and the
+    benchmarks' CLIs (one training instead of one per module). Never write into it: copy it first."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    d = tmp_path_factory.mktemp("shared_demo_run")
+    r = subprocess.run([str(Path(sys.executable).parent / "vincie-train"), *DEMO_RUN, f"run_dir={d}"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return d

@@ -41,11 +41,8 @@ def _tool(name, *args, cwd=ROOT, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("apprun")
-    r = _tool("vincie-train", *SMALL, f"run_dir={d}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    return d
+def run_dir(shared_demo_run):
+    return shared_demo_run                      # tests/conftest.py: SMALL's run, trained once for the suite
 
 
 @pytest.fixture(scope="module")

@@ -553,20 +553,9 @@ def test_docs_list_every_key_with_its_default():
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """A 3-step demo run (the CLI tests' model)."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    d = tmp_path_factory.mktemp("mb_demo")
-    root = Path(__file__).resolve().parents[2]
-    r = subprocess.run([str(Path(sys.executable).parent / "vincie-train"), "experiment=demo", "data.corpus.videos=8",
-                        "data.corpus.heldout_videos=2", "data.corpus.workers=1", "data.pack.token_budget=400",
-                        "train.steps=3", "train.warmup=0", "train.progress=false", f"run_dir={d / 'run'}"],
-                       cwd=root, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return d / "run"
+def demo_run(shared_demo_run):
+    """The suite's 3-step demo run (tests/conftest.py; the CLI tests' model). Copied before any test writes."""
+    return shared_demo_run
 
 
 def test_cli_runs_every_setting_on_a_training_run_and_resumes(demo_run, tmp_path):

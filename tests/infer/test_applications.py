@@ -305,15 +305,10 @@ def _panels(path, w=24, scale=4):
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One 3-step demo-config run (tests/test_end_to_end.py's recipe), plus input files."""
+def demo_run(tmp_path_factory, shared_demo_run):
+    """The suite's 3-step demo-config run (tests/conftest.py) as ``run``, beside input files."""
     d = tmp_path_factory.mktemp("apps")
-    exe = Path(sys.executable).parent / "vincie-train"
-    r = subprocess.run([str(exe), "experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4",
-                        "data.corpus.workers=1", "data.pack.token_budget=400", "train.steps=3", "train.warmup=0",
-                        "train.progress=false", f"run_dir={d / 'run'}"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    (d / "run").symlink_to(shared_demo_run, target_is_directory=True)
     start = np.full((24, 24, 3), 30, np.uint8)
     start[2:6, 2:6] = (220, 40, 40)
     Image.fromarray(start).save(d / "start.png")
@@ -334,15 +329,17 @@ def demo_run(tmp_path_factory):
     (["compose", "--ref", "start.png", "--ref", "other.png", "--prompt", "both squares"], 3),
     (["story", "--prompt", "a blue square appears", "--prompt", "the red square leaves"], 3),
 ])
-def test_cli_writes_the_strip(demo_run, args, panels):
+def test_cli_writes_the_strip(demo_run, megatron_cpu, args, panels, capsys):
+    """In this process (the console script runs in test_plain_edit_form_still_works_without_a_subcommand)."""
+    from vincie_tools.edit import main
+
     d = demo_run
     args = [str(d / a) if a.endswith(".png") else a for a in args]
     if args[0] != "compose":
         args += ["--image", str(d / "start.png")]
     out = d / f"{args[0]}_{panels}.png"
-    r = _cli(*args, "--run", str(d / "run"), "--out", str(out), "--set", "sampler.steps=2")
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert _panels(out) == panels and f"({panels} panels)" in r.stdout
+    assert main([*args, "--run", str(d / "run"), "--out", str(out), "--set", "sampler.steps=2"]) == 0
+    assert _panels(out) == panels and f"({panels} panels)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("args,names", [
@@ -369,7 +366,7 @@ def test_plain_edit_form_still_works_without_a_subcommand(demo_run, tmp_path):
     assert _panels(tmp_path / "strip.png") == 2 and (tmp_path / "strip_turn1.png").is_file()
 
 
-def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_path, capsys):
+def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, megatron_cpu, tmp_path, capsys):
     """vincie-edit batch on the demo run (block_causal: the sessions' KV caches joined per pass): four jobs
     of 1-3 turns at three sessions per pass, a corrupt image skipped in one line while the rest are made;
     the images equal a one-by-one run's; a rerun reads everything back; a bad jobs file is one line."""
@@ -399,19 +396,21 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, tmp_p
     assert _panels(tmp_path / "out" / "b" / "strip.png") == 4 and not (tmp_path / "out" / "c~2f1").exists()
     page = (tmp_path / "out" / "index.html").read_text()              # each strip, or why it is missing
     assert page.count("<img src=") == 3 and "b/strip.png" in page and "skipped: image " in page
+    from vincie_tools.edit import main                  # the rest in this process
+
+    capsys.readouterr()
     for i in (1, 0):                            # one session per pass, on two "GPUs" (--shard i/2: a, c/1 | b, d)
-        r = _cli("batch", *run, "--out", str(tmp_path / "one"), "--shard", f"{i}/2")
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert f"shard {i}/2: {1 if i == 0 else 2} of 2 jobs edited ({2 if i == 0 else 4} edits made now" in r.stdout
+        assert main(["batch", *run, "--out", str(tmp_path / "one"), "--shard", f"{i}/2"]) == 0
+        out = capsys.readouterr().out
+        assert f"shard {i}/2: {1 if i == 0 else 2} of 2 jobs edited ({2 if i == 0 else 4} edits made now" in out
     assert not (tmp_path / "one" / "index.html").exists() and (tmp_path / "one" / "failures_shard_0of2.jsonl").is_file()
     for k, ims in got.items():
         for t, im in enumerate(ims, 1):
             one = np.asarray(Image.open(tmp_path / "one" / k / f"turn_{t}.png"))
             assert np.abs(one.astype(int) - im.astype(int)).max() <= 1, (k, t)
-    r = _cli("batch", *run, "--out", str(tmp_path / "one"), "--batch", "2")  # all, another N: read back, the gallery
-    assert r.returncode == 0 and "(0 edits made now, 6 read back)" in r.stdout, r.stdout + r.stderr[-2000:]
+    assert main(["batch", *run, "--out", str(tmp_path / "one"), "--batch", "2"]) == 0   # all, another N: read back
+    assert "(0 edits made now, 6 read back)" in capsys.readouterr().out
     assert (tmp_path / "one" / "index.html").read_text().count("<img src=") == 3
-    from vincie_tools.edit import main                  # refused before the model loads: in this process
 
     (jobs / "jobs.jsonl").write_text(json.dumps(rows[0]) + "\n" + json.dumps({"id": "e", "image": "start.png"}) + "\n")
     capsys.readouterr()

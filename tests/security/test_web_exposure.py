@@ -90,12 +90,8 @@ def test_cli_refuses_before_loading_a_model():
 # ----------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("apprun")
-    r = subprocess.run([str(BIN / "vincie-train"), *SMALL, f"run_dir={d}"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
-    return d
+def run_dir(shared_demo_run):
+    return shared_demo_run                      # tests/conftest.py: SMALL's run, trained once for the suite
 
 
 def _free_port() -> int:

@@ -1,10 +1,10 @@
 """A tiny data-scaling sweep from plan to report, on a real local Slurm (../shared/recipes/slurm-ci.sh).
 
-The planning tests resolve 4 data sizes x 2 seeds. The Slurm run uses 4 sizes x 1 seed of the demo
-recipe on one shared synthetic store (nested subsets), which keeps it to about 45 s on 2 cores.
-One array element is cancelled before it starts, so its evaluation never runs and collect lists
-it as missing. ``launch`` again resubmits only that run. The final table has all 4 runs, and then
-come the fit, the plots and the report.
+The planning tests resolve 4 data sizes x 2 seeds. The Slurm run uses 3 sizes x 1 seed of the demo
+recipe (the fewest the loss fit takes) on one shared synthetic store (nested subsets), about 80 s on
+2 cores. One array element is cancelled before it starts, so its evaluation never runs and collect
+lists it as missing. ``launch`` again resubmits only that run. The final table has all 3 runs, and
+then come the fit, the plots and the report.
 """
 import json
 import os
@@ -21,14 +21,15 @@ from vincie_mcore.sweep import plan as P
 
 BIN = Path(sys.executable).parent
 SIZES, SEEDS = [4, 8, 12, 16], [0, 1]
+SLURM_SIZES = [4, 8, 16]
 
 
-def _config(tmp_path, seeds=SEEDS, **cluster) -> Path:
+def _config(tmp_path, seeds=SEEDS, sizes=SIZES, **cluster) -> Path:
     conf = {"name": "tiny",
             "base": ["experiment=demo", "data.pack.token_budget=400", "train.warmup=0", "train.log_every=1",
                      "sampler.steps=2", "data.corpus.workers=1"],
             "data": {"synthetic": {"videos": 16, "heldout_videos": 6, "world": "demo"}},
-            "data_sizes": SIZES, "seeds": list(seeds),
+            "data_sizes": list(sizes), "seeds": list(seeds),
             "steps": {"rule": "proportional", "per_session": 0.25, "min": 1, "max": 100},
             "eval": {"overrides": ["eval.turns=2"], "sessions": 6},
             "cluster": {"gpus_per_run": 0, "cpus_per_task": 1, "max_concurrent": 2, **cluster}}
@@ -90,22 +91,23 @@ def _wait(cond, timeout=900, what=""):
 def test_tiny_sweep_on_slurm_with_a_failed_element_rerun(slurm_cluster, tmp_path):
     env = dict(slurm_cluster, PATH=f"{BIN}:{os.environ['PATH']}")
     sw = tmp_path / "sw"
-    _sweep("plan", "--config", str(_config(tmp_path, seeds=[0])), "--sweep", str(sw), "--quiet", env=env)
+    _sweep("plan", "--config", str(_config(tmp_path, seeds=[0], sizes=SLURM_SIZES)), "--sweep", str(sw), "--quiet",
+           env=env)
     first = json.loads(_sweep_launch(sw, env))
-    assert first["runs"] == list(range(4)) and len(first["evals"]) == 4
-    # element 3 waits behind the %2 cap: cancel it before it starts
-    subprocess.run(["scancel", f"{first['train']}_3"], env=env, check=True)
+    assert first["runs"] == list(range(3)) and len(first["evals"]) == 3
+    # element 2 waits behind the %2 cap: cancel it before it starts
+    subprocess.run(["scancel", f"{first['train']}_2"], env=env, check=True)
     _wait(lambda: _ended(env, first["collect"]), what="the first collect")
     res = json.loads((sw / "results.json").read_text())
-    assert len(res["runs"]) == 3 and res["missing"] == [P.read_runs(sw)[3].name]
+    assert len(res["runs"]) == 2 and res["missing"] == [P.read_runs(sw)[2].name]
     assert "failed or cancelled" in _sweep("status", "--sweep", str(sw), env=env)
 
     again = json.loads(_sweep_launch(sw, env))
-    assert again["runs"] == [3]                              # only the run that did not finish
+    assert again["runs"] == [2]                              # only the run that did not finish
     _wait(lambda: _ended(env, again["collect"]), what="the second collect")
     res = json.loads((sw / "results.json").read_text())
-    assert len(res["runs"]) == 4 and not res["missing"]
-    assert {(r["data_size"], r["seed"]) for r in res["runs"]} == {(n, 0) for n in SIZES}
+    assert len(res["runs"]) == 3 and not res["missing"]
+    assert {(r["data_size"], r["seed"]) for r in res["runs"]} == {(n, 0) for n in SLURM_SIZES}
     assert all(len(r["turn_success"]) == 2 and r["final_loss"] is not None for r in res["runs"])
     assert json.loads(_sweep_launch(sw, env))["runs"] == []     # all done: nothing to submit
 
