@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 COUNTS = ("low_aesthetic", "logo")
 HEAD_SUFFIXES = (".safetensors", ".pth", ".pt")
@@ -99,10 +98,12 @@ def pick(n: int, k: int) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- the aesthetic predictor
 
-def read_head(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def read_head(path) -> list:
     """A head's linear layers in order, ``[(weight [out, in], bias [out])]``, from ``layers.N.weight`` /
     ``layers.N.bias`` (any prefix, N ascending) or a single ``weight`` / ``bias``; each layer's input the
     last one's output, the last giving one number. A file that is not that is one line naming it."""
+    import torch                       # here, not at the top: the build's workers import this module
+
     path = Path(path)
     try:
         if path.suffix == ".safetensors":
@@ -141,6 +142,7 @@ def read_head(path) -> list[tuple[torch.Tensor, torch.Tensor]]:
 
 class AestheticScorer:
     def __init__(self, cfg: AestheticConfig):
+        import torch
         from transformers import CLIPModel, CLIPProcessor
 
         self.cfg = cfg
@@ -153,17 +155,19 @@ class AestheticScorer:
             raise ValueError(f"build.quality.aesthetic.head_path: the head takes {self.head[0][0].shape[1]} "
                              f"numbers, {cfg.clip_path}'s CLIP embeds in {dim}")
 
-    @torch.no_grad()
     def score(self, frames: np.ndarray) -> np.ndarray:
         """uint8 [N, H, W, 3] -> float [N]: each frame's predicted aesthetic score."""
+        import torch
+
         px = self.proc(images=list(np.asarray(frames)), return_tensors="pt")["pixel_values"]
-        out = self.clip.get_image_features(pixel_values=px.to(self.device))
-        x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()   # transformers 4 / 5
-        x = x / x.norm(dim=-1, keepdim=True)
-        for i, (w, b) in enumerate(self.head):
-            x = x @ w.T + b
-            if self.cfg.relu and i < len(self.head) - 1:
-                x = x.relu()
+        with torch.no_grad():
+            out = self.clip.get_image_features(pixel_values=px.to(self.device))
+            x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()   # transformers 4 / 5
+            x = x / x.norm(dim=-1, keepdim=True)
+            for i, (w, b) in enumerate(self.head):
+                x = x @ w.T + b
+                if self.cfg.relu and i < len(self.head) - 1:
+                    x = x.relu()
         return x[:, 0].cpu().numpy()
 
 
@@ -183,6 +187,7 @@ def in_corner(boxes: np.ndarray, h: int, w: int, frac: float) -> np.ndarray:
 
 class LogoDetector:
     def __init__(self, cfg: LogoConfig):
+        import torch
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         self.cfg = cfg
@@ -192,18 +197,19 @@ class LogoDetector:
             cfg.grounding_dino_path, local_files_only=True).to(self.device).eval()
         self.prompt = " ".join(cfg.prompt.lower().split())
 
-    @torch.no_grad()
     def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """uint8 [N, H, W, 3] -> per frame the boxes [K, 4] scoring at least ``box_threshold``, and their scores [K]."""
+        import torch
         from PIL import Image
 
         frames = np.asarray(frames)
         h, w = frames.shape[1:3]
         ims = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
         inputs = self.proc(images=ims, text=[self.prompt] * len(ims), return_tensors="pt", padding=True).to(self.device)
-        results = self.proc.post_process_grounded_object_detection(
-            self.model(**inputs), inputs["input_ids"], threshold=self.cfg.box_threshold,
-            text_threshold=self.cfg.text_threshold, target_sizes=[(h, w)] * len(ims))
+        with torch.no_grad():
+            results = self.proc.post_process_grounded_object_detection(
+                self.model(**inputs), inputs["input_ids"], threshold=self.cfg.box_threshold,
+                text_threshold=self.cfg.text_threshold, target_sizes=[(h, w)] * len(ims))
         return [(r["boxes"].float().cpu().numpy().reshape(-1, 4), r["scores"].float().cpu().numpy().reshape(-1))
                 for r in results]
 
