@@ -86,3 +86,36 @@ def test_preview_sheets_show_frames_masks_and_texts(store, tmp_path):
                 assert tile[12, 0].tolist() == [10, 10, 10]     # below the mask's 4 rows (scaled x2 -> 8)
                 found = True
     assert found
+
+
+def test_aesthetic_scores_in_stats_and_preview_by_ranking(tmp_path, capsys):
+    """Sessions with meta.aesthetic (data/quality.py) and logo_frames: the stats give numpy's percentiles and
+    the logo counts; preview --by aesthetic shows sessions evenly over the ranking, lowest first, listed in
+    preview.json with their scores; a store without scores is one line."""
+    from vincie_tools.build_sessions import main
+
+    scores = [6.1, 3.2, 5.0, 4.4, 7.9, 2.5, 5.5]
+    root = tmp_path / "s"
+    with SessionWriter(root, shard_size=3) as w:
+        for k, a in enumerate(scores):
+            w.add(RawSession(f"v{k}", [_frame(10 * k), _frame(10 * k + 5)], [_mask(0)], [_mask(0)], ["x"], ["None"],
+                             meta={"aesthetic": a, "logo_frames": "0/3" if k % 3 else "1/3"}))
+    s = store_stats(root)
+    assert s["aesthetic"] == {"sessions": 7, "mean": pytest.approx(np.mean(scores), abs=1e-4),
+                              **{f"p{q}": pytest.approx(np.percentile(scores, q), abs=1e-4) for q in (5, 25, 50, 75, 95)}}
+    assert s["logo_frames"] == {"0/3": 4, "1/3": 3} and "aesthetic       mean 4.9429" in format_stats(s)
+    paths = preview(root, tmp_path / "pv", sessions=4, per_sheet=2, tile=16, by="aesthetic")
+    listing = json.loads((tmp_path / "pv" / "preview.json").read_text())
+    shown = [r for sh in listing["sheets"] for r in sh["sessions"]]
+    ranked = sorted(range(7), key=lambda k: scores[k])          # v5 2.5, v1 3.2, v3 4.4, v2 5.0, v6 5.5, v0 6.1, v4 7.9
+    assert [r["video_id"] for r in shown] == [f"v{ranked[k]}" for k in (0, 2, 4, 6)] and len(paths) == 2
+    assert [r["aesthetic"] for r in shown] == [2.5, 4.4, 5.5, 7.9] and listing["by"] == "aesthetic"
+    plain = tmp_path / "plain"
+    with SessionWriter(plain, shard_size=3) as w:
+        w.add(RawSession("u", [_frame(1), _frame(2)], [_mask(0)], [_mask(0)], ["x"], ["None"]))
+    assert store_stats(plain)["aesthetic"] is None
+    with pytest.raises(SystemExit):
+        main(["preview", "--store", str(plain), "--out", str(tmp_path / "pv2"), "--by", "aesthetic"])
+    err = capsys.readouterr().err
+    assert err.startswith("error: preview --by aesthetic: no session of") and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "pv2").exists()

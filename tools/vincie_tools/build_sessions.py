@@ -111,11 +111,13 @@ def _steps_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="sessions, frames, texts, edit types, cameras, RoE coverage, failures")
     st.add_argument("--store", required=True)
     st.add_argument("--json", default=None, help="where to write them (default: STORE/stats.json)")
-    pv = sub.add_parser("preview", help="contact sheets of random sessions (PNG)")
+    pv = sub.add_parser("preview", help="contact sheets of random sessions, or over the aesthetic ranking (PNG)")
     pv.add_argument("--store", required=True)
     pv.add_argument("--out", required=True)
     pv.add_argument("--sessions", type=int, default=8)
     pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--by", choices=("random", "aesthetic"), default="random",
+                    help="aesthetic: sessions spread over the score ranking, lowest first (to pick min_score)")
     from vincie_mcore.data.edits import FORMATS, MASK_MODES, EditsConfig
 
     ed = sub.add_parser("edits", help="sessions from an image-editing dataset (parquet or JSONL)")
@@ -263,7 +265,7 @@ def steps_main(argv) -> dict:
         s = write_stats(a.store, a.json)
         print(format_stats(s))
         return s
-    paths = preview(a.store, a.out, sessions=a.sessions, seed=a.seed)
+    paths = preview(a.store, a.out, sessions=a.sessions, seed=a.seed, by=a.by)
     print(f"preview: {len(paths)} sheets -> {a.out}")
     return {"sheets": [str(p) for p in paths]}
 

@@ -7,10 +7,15 @@ researcher checks it the same way before training on it:
 - the edit-type mix (keywords in the texts, ``EDIT_TYPES``);
 - the camera mix;
 - RoE coverage: how much of each frame the masks mark, and how often they are empty;
+- the learned filters' scores where the build recorded them (``meta.aesthetic``, ``meta.logo_frames``:
+  data/quality.py), as percentiles and counts;
 - failures by reason, from ``failures.jsonl``.
 
 The contact sheets show random sessions: every frame, the RoE maps tinted over the frames they belong
-to (source red on frame i, target green on frame i+1), and each transition's text.
+to (source red on frame i, target green on frame i+1), and each transition's text. ``by="aesthetic"``
+shows sessions spread evenly over the aesthetic ranking instead, lowest first, each row titled with its
+score: a sample built with a low ``min_score`` shows where to put the threshold for the whole corpus.
+``preview.json`` beside the sheets lists each sheet's sessions (and scores).
 """
 from __future__ import annotations
 
@@ -61,9 +66,14 @@ def store_stats(root) -> dict:
     st = SessionStore(root)
     frames, words, types, cameras = [], [], Counter(), Counter()
     cov_src, cov_tgt = [], []
+    aesthetic, logo = [], Counter()
     for i in range(len(st)):
         s = st[i]
         frames.append(s.num_frames)
+        if isinstance(s.meta.get("aesthetic"), (int, float)):
+            aesthetic.append(float(s.meta["aesthetic"]))
+        if "logo_frames" in s.meta:
+            logo[str(s.meta["logo_frames"])] += 1
         for text in s.texts:
             words.append(len(text.split()))
             types.update(edit_types(text))
@@ -88,6 +98,9 @@ def store_stats(root) -> dict:
         "roe": {"src_mean_coverage": round(float(np.mean(cov_src)), 4) if cov_src else None,
                 "tgt_mean_coverage": round(float(np.mean(cov_tgt)), 4) if cov_tgt else None,
                 "empty_share": round(both_empty / n_trans, 4) if n_trans else None},
+        "aesthetic": {"sessions": len(aesthetic), "mean": round(float(np.mean(aesthetic)), 4),
+                      **{f"p{q}": round(_pct(aesthetic, q), 4) for q in (5, 25, 50, 75, 95)}} if aesthetic else None,
+        "logo_frames": dict(sorted(logo.items())) if logo else None,
         "failures": sum(fails.values()),
         "failures_by_reason": dict(fails.most_common()),
         "sources": {n: b - a for n, a, b in st.sources()},     # a union's, by name (data.corpus.mix)
@@ -105,6 +118,12 @@ def format_stats(s: dict) -> str:
              f"  RoE coverage    src {r['src_mean_coverage']}  tgt {r['tgt_mean_coverage']}  both empty {r['empty_share']}"]
     if s.get("sources"):
         lines.append("  sources         " + "  ".join(f"{k} {v}" for k, v in s["sources"].items()))
+    if s.get("aesthetic"):
+        a = s["aesthetic"]
+        lines.append(f"  aesthetic       mean {a['mean']}  p5 {a['p5']}  p25 {a['p25']}  p50 {a['p50']}  "
+                     f"p75 {a['p75']}  p95 {a['p95']}  ({a['sessions']} sessions scored)")
+    if s.get("logo_frames"):
+        lines.append("  logo frames     " + "  ".join(f"{k}: {v}" for k, v in s["logo_frames"].items()))
     lines += [f"  failed: {n} x {why}" for why, n in list(s["failures_by_reason"].items())[:10]]
     return "\n".join(lines)
 
@@ -120,8 +139,29 @@ def _tint(frame: np.ndarray, mask_png: bytes | None, rgb) -> np.ndarray:
     return out.astype(np.uint8)
 
 
-def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0, tile: int = 128) -> list[Path]:
-    """Contact sheets of ``sessions`` random sessions -> the PNG paths.
+PREVIEW_BY = ("random", "aesthetic")
+
+
+def _by_score(st: SessionStore, n: int) -> tuple[list[int], dict]:
+    """``n`` sessions evenly spaced over the aesthetic ranking (lowest first), and every scored session's score."""
+    scores = {}
+    for i in range(len(st)):
+        a = st[i].meta.get("aesthetic")
+        if isinstance(a, (int, float)):
+            scores[i] = float(a)
+    if not scores:
+        raise ValueError(f"preview --by aesthetic: no session of {st.root} has a score (build with "
+                         f"build.quality.aesthetic: docs/real_videos.md)")
+    ranked = sorted(scores, key=lambda i: (scores[i], i))
+    at = np.unique(np.linspace(0, len(ranked) - 1, min(n, len(ranked))).round().astype(int))
+    return [ranked[k] for k in at], scores
+
+
+def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0, tile: int = 128,
+            by: str = "random") -> list[Path]:
+    """Contact sheets of ``sessions`` sessions -> the PNG paths; ``preview.json`` beside them lists each
+    sheet's sessions. ``by``: ``random`` (with ``seed``) or ``aesthetic`` (evenly over the ranking, lowest
+    first, the score in each row's title).
 
     One row per session: frame 0, then each later frame. Frame i carries transition i's source map in red,
     frame i+1 its target map in green, and the text of transition i sits under frame i+1."""
@@ -129,21 +169,29 @@ def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0,
 
     from PIL import Image, ImageDraw
 
+    if by not in PREVIEW_BY:
+        raise ValueError(f"preview: by must be one of {', '.join(PREVIEW_BY)}, got {by!r}")
     st = SessionStore(root)
     out_dir = Path(out_dir)
+    if by == "aesthetic":
+        pick, scores = _by_score(st, sessions)
+    else:
+        pick, scores = [int(i) for i in np.random.default_rng(seed).permutation(len(st))[:sessions]], {}
     out_dir.mkdir(parents=True, exist_ok=True)
-    pick = np.random.default_rng(seed).permutation(len(st))[:sessions]
+    listing = []
     cap_lines = 4
     row_h = tile + 12 * cap_lines + 16
     paths = []
     for sheet, start in enumerate(range(0, len(pick), per_sheet)):
-        rows = [st[int(i)] for i in pick[start:start + per_sheet]]
+        ids = [int(i) for i in pick[start:start + per_sheet]]
+        rows = [st[i] for i in ids]
         width = max(s.num_frames for s in rows) * (tile + 4) + 4
         img = Image.new("RGB", (width, row_h * len(rows)), "white")
         d = ImageDraw.Draw(img)
-        for r, s in enumerate(rows):
+        for r, (i, s) in enumerate(zip(ids, rows)):
             y = r * row_h
-            d.text((4, y + 2), f"{s.video_id}  ({s.num_frames} frames)", fill="black")
+            score = f", aesthetic {scores[i]:.2f}" if i in scores else ""
+            d.text((4, y + 2), f"{s.video_id}  ({s.num_frames} frames{score})", fill="black")
             for k, png in enumerate(s.frames):
                 fr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
                 fr = _tint(fr, s.roe_src[k] if k < len(s.roe_src) else None, (255, 0, 0))
@@ -155,6 +203,9 @@ def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0,
         p = out_dir / f"preview_{sheet:02d}.png"
         img.save(p)
         paths.append(p)
+        listing.append({"sheet": p.name, "sessions": [
+            {"video_id": s.video_id, **({"aesthetic": scores[i]} if i in scores else {})} for i, s in zip(ids, rows)]})
+    (out_dir / "preview.json").write_text(json.dumps({"store": str(root), "by": by, "sheets": listing}, indent=1))
     return paths
 
 
