@@ -266,6 +266,62 @@ def test_each_filter_counts(tmp_path):
     assert read_stats(tmp_path / "s") == f
 
 
+def test_multi_shot_scenes(tmp_path):
+    """shots.scene_max_shots: a clip of four shots, A | A flipped | B | B flipped (B in other colours): each
+    flip is a cut (every pixel moves) within one scene (the same colours). At 1 (the default) four
+    single-shot sessions; at 4, two scene sessions sampled across their cut; at similarity 0 one of all
+    four, and at most 3 shots a scene of three and the last shot alone. The histogram overlap by hand."""
+    from vincie_mcore.data.shots import colour_hist, scenes, similarity
+
+    a = make_frames([("moving", 30)])[0]
+    b = np.stack([scene_frame("moving", k, 72, 96, 2) for k in range(30)])
+    frames = np.concatenate([a, a[:, :, ::-1], b, b[:, :, ::-1]])
+    d = tmp_path / "v"
+    d.mkdir()
+    write_clip(d / "four.mp4", frames, "h264")
+    one = np.zeros((4, 4, 3), np.uint8)
+    assert similarity(colour_hist(one), colour_hist(one)) == pytest.approx(1.0)
+    assert similarity(colour_hist(one), colour_hist(one + 255)) == 0.0
+    half = one.copy()
+    half[:2] = 255                                           # half the pixels in the top bin of every channel
+    assert similarity(colour_hist(one), colour_hist(half)) == pytest.approx(0.5)
+
+    def build(name, **shots):
+        cfg = small_cfg(sampling={"strategy": "equal", "interval_s": 0.5, "max_frames": 20}, shots=shots)
+        s = build_real_sessions(from_directory(d), tmp_path / name, cfg, DiffAnnotator(), DiffSegmenter(),
+                                progress=False)
+        st = SessionStore(tmp_path / name)
+        return s, {st[i].video_id: st[i] for i in range(len(st))}
+
+    info = probe_stream(d / "four.mp4")
+    scan = scan_video(d / "four.mp4", build_section_shots(scene_max_shots=4), info)
+    assert scan.cuts == [30, 60, 90] and scan.hists.shape == (4, 24)
+    sims = [similarity(scan.hists[k], scan.hists[k + 1]) for k in range(3)]
+    assert sims[0] > 0.9 and sims[2] > 0.9 and sims[1] < 0.5, sims      # a flip keeps the colours
+    assert [[x.index for x in sc] for sc in scenes(scan, build_section_shots(scene_max_shots=4))] == [[0, 1], [2, 3]]
+
+    s, rows = build("single")
+    assert sorted(rows) == [f"four.mp4/shot_{k:04d}" for k in range(4)] and s["filters"]["multi_shot_scene"] == 0
+    s, rows = build("scenes", scene_max_shots=4)
+    assert sorted(rows) == ["four.mp4/shot_0000_to_0001", "four.mp4/shot_0002_to_0003"]
+    assert s["filters"]["multi_shot_scene"] == 2
+    for r in rows.values():
+        first, last = r.meta["scene_shots"]
+        cut = (30 if first == 0 else 90) / 24
+        ft = r.meta["frame_times"]
+        assert ft[0] < cut < ft[-1], ft                      # sampled across the scene's cut
+        assert r.meta["shot_span_s"][0] < cut < r.meta["shot_span_s"][1]
+    _, rows = build("all", scene_max_shots=4, scene_min_similarity=0.0)
+    assert sorted(rows) == ["four.mp4/shot_0000_to_0003"]
+    _, rows = build("three", scene_max_shots=3, scene_min_similarity=0.0)
+    assert sorted(rows) == ["four.mp4/shot_0000_to_0002", "four.mp4/shot_0003"]
+    assert "scene_shots" not in rows["four.mp4/shot_0003"].meta
+
+
+def build_section_shots(**kw) -> ShotConfig:
+    return build(ShotConfig, kw, "build.shots")
+
+
 def test_black_borders_are_cropped(tmp_path):
     """filters.border_max_luma: a letterboxed clip (10 black rows above and below a moving scene) gives sessions
     cropped to the picture, counted as black_border; off (the default), the bars stay in the frames. The

@@ -33,7 +33,8 @@ import numpy as np
 from .sampling import patch_change
 
 COUNTS = ("short_video", "low_resolution", "short_shot", "static_shot", "black_frame", "blank_frame",
-          "duplicate_frame", "too_few_frames", "black_border", "low_aesthetic", "logo")   # the last two: data/quality.py
+          "duplicate_frame", "too_few_frames", "black_border", "low_aesthetic", "logo",   # these two: data/quality.py
+          "multi_shot_scene")      # not a drop: sessions made across the cuts of one scene (shots.scene_max_shots)
 
 
 @dataclass

@@ -2,7 +2,8 @@
 quality -> annotate -> segment -> store (docs/real_videos.md).
 
 One video gives one session per shot that survives the filters, with id
-``<video id>/shot_NNNN`` (with ``sampling.windows``, a long shot's later windows ``..._wWWW``); all of a video's sessions go to one shard together, so a rerun
+``<video id>/shot_NNNN`` (with ``sampling.windows``, a long shot's later windows ``..._wWWW``; with
+``shots.scene_max_shots`` > 1, a multi-shot scene's ``<video id>/shot_NNNN_to_MMMM``, shots N to M); all of a video's sessions go to one shard together, so a rerun
 after a crash finds a video either whole or absent and skips it only when whole. A video
 that cannot be used (empty, no video stream, unsupported codec, corrupt or truncated, past
 the time or memory limit, an annotator or segmenter error) is one line in the store's
@@ -31,11 +32,12 @@ from .inputs import InputList, InputsConfig, VideoInput
 from .quality import QualityConfig, check_session
 from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
-from .shots import ShotConfig, scan_video
+from .shots import Shot, ShotConfig, scan_video, scenes
 from .store import RawSession, SessionWriter, read_failures
 from .video import DecodeConfig, fit_frame, probe_stream, read_at_times
 
 SHOT_SEP = "/shot_"
+SCENE_SEP = "_to_"        # a multi-shot scene (shots.scene_max_shots): <video>/shot_NNNN_to_MMMM
 WINDOW_SEP = "_w"         # a long shot's later windows (sampling.windows): <video>/shot_NNNN_wWWW
 
 
@@ -78,6 +80,8 @@ class RealBuildConfig:
         for group, key, off in (("sampling", "windows", False), ("filters", "border_max_luma", 0.0)):
             if d[group][key] == off:         # added later: recorded only when on, so older stores still resume
                 d[group].pop(key)
+        if d["shots"]["scene_max_shots"] == 1:
+            del d["shots"]["scene_max_shots"], d["shots"]["scene_min_similarity"]
         q = {k: {f: v for f, v in sec.items() if f != "device"} for k, sec in d.pop("quality").items() if sec}
         if q:                                # the same (where the models run does not change a session)
             d["quality"] = q
@@ -123,7 +127,12 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
     with _stage(timings, "shots"):
         scan = scan_video(inp.path, cfg.shots, info)
     sessions = []
-    for shot in scan.shots:
+    for scene in scenes(scan, cfg.shots):                 # one shot each unless shots.scene_max_shots > 1
+        shot, last = scene[0], scene[-1]
+        name = f"{video_id}{SHOT_SEP}{shot.index:04d}"
+        if len(scene) > 1:                                # the scene's span, cuts inside, as one clip
+            shot = Shot(shot.index, shot.start_s, last.end_s, sum(s.num_frames for s in scene))
+            name += f"{SCENE_SEP}{last.index:04d}"
         if short_shot(shot.start_s, shot.end_s, cfg.filters):
             counts["short_shot"] += 1
             continue
@@ -133,10 +142,13 @@ def make_video_sessions(video_id: str, inp: VideoInput, cfg: RealBuildConfig, an
         windows = sample_shot_windows(shot.start_s, shot.end_s, cfg.sampling,
                                       video_rng(cfg.seed, video_id, shot.index), ft)
         for w, (times, strategy) in enumerate(windows):   # one, or a long shot's windows (sampling.windows)
-            sid = f"{video_id}{SHOT_SEP}{shot.index:04d}" + (f"{WINDOW_SEP}{w:03d}" if w else "")
+            sid = name + (f"{WINDOW_SEP}{w:03d}" if w else "")
             session = _window_session(video_id, sid, w, shot, times, strategy, inp, info, scan, cfg, annotator,
                                       segmenter, counts, timings)
             if session is not None:
+                if len(scene) > 1:
+                    session.meta["scene_shots"] = [scene[0].index, last.index]
+                    counts["multi_shot_scene"] += 1
                 sessions.append(session)
     filtered = None
     if not sessions:
