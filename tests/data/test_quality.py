@@ -178,3 +178,35 @@ def test_a_build_keeps_or_drops_sessions_by_their_score(clip, tmp_path):
     with pytest.raises(StoreMismatch):
         build_real_sessions(from_directory(d), tmp_path / "keep", cfg(6.0), DiffAnnotator(), DiffSegmenter(),
                             progress=False)
+
+
+def test_a_wrong_model_folder_stops_the_build_before_any_video(clip, tmp_path):
+    """A CLIP key pointing at a GroundingDINO folder is refused by its config (transformers would load it as a
+    randomly initialised CLIP); check_models at the build's start: a folder whose weights do not load, or a CUDA
+    device on a machine without one, is one line naming the key; no store is written."""
+    from test_real_videos import DiffAnnotator, DiffSegmenter, small_cfg
+
+    from vincie_mcore.data.inputs import from_directory
+    from vincie_mcore.data.real import build_real_sessions
+
+    gd = save_tiny_grounding_dino(tmp_path / "gd")
+    torch.save({"weight": torch.zeros(1, 16), "bias": torch.zeros(1)}, tmp_path / "h.pth")
+    (tmp_path / "v").mkdir()
+    with pytest.raises(ValueError, match=r"^build.quality.aesthetic.clip_path: .*gd holds a 'grounding-dino' model, "
+                                         r"not 'clip'$"):
+        small_cfg(quality={"aesthetic": {"clip_path": gd, "head_path": str(tmp_path / "h.pth")}})
+    import shutil
+
+    shutil.copytree(clip, tmp_path / "broken")
+    for f in (tmp_path / "broken").glob("*.safetensors"):
+        f.write_bytes(b"not weights")
+    wrong = small_cfg(quality={"aesthetic": {"clip_path": str(tmp_path / "broken"), "head_path": str(tmp_path / "h.pth")}})
+    with pytest.raises(ValueError, match=r"^build.quality.aesthetic: cannot load or run its model \("):
+        build_real_sessions(from_directory(tmp_path / "v"), tmp_path / "s", wrong, DiffAnnotator(), DiffSegmenter(),
+                            progress=False)
+    assert not (tmp_path / "s").exists()
+    if not torch.cuda.is_available():
+        gpu = small_cfg(quality={"logo": {"grounding_dino_path": gd, "device": "cuda"}})
+        with pytest.raises(ValueError, match=r"^build.quality.logo.device: 'cuda', but no CUDA device"):
+            build_real_sessions(from_directory(tmp_path / "v"), tmp_path / "s", gpu, DiffAnnotator(),
+                                DiffSegmenter(), progress=False)

@@ -22,6 +22,7 @@ that runs code is refused).
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,9 +33,20 @@ COUNTS = ("low_aesthetic", "logo")
 HEAD_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
-def _model_folder(path: str, key: str) -> None:
+def _model_folder(path: str, key: str, model_type: str | None = None) -> None:
+    """A folder with config.json, of ``model_type`` if given (transformers would give a CLIP class another
+    model's folder with its own default config and random weights, and say so only in a warning)."""
     if not path or not (Path(path) / "config.json").is_file():
         raise ValueError(f"{key}: no model folder (config.json) at {path!r}")
+    if model_type is not None:
+        import json
+
+        try:
+            got = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError):
+            got = None
+        if got != model_type:
+            raise ValueError(f"{key}: {path} holds a {got!r} model, not {model_type!r}")
 
 
 def _frames(n: int, key: str) -> None:
@@ -53,7 +65,7 @@ class AestheticConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        _model_folder(self.clip_path, "build.quality.aesthetic.clip_path")
+        _model_folder(self.clip_path, "build.quality.aesthetic.clip_path", "clip")
         if not self.head_path or not Path(self.head_path).is_file() or \
                 not self.head_path.endswith(HEAD_SUFFIXES):
             raise ValueError(f"build.quality.aesthetic.head_path: no {'/'.join(HEAD_SUFFIXES)} file at "
@@ -217,6 +229,32 @@ class LogoDetector:
         """bool [N]: which frames show a box in a corner region (``corner_frac``)."""
         h, w = np.asarray(frames).shape[1:3]
         return np.array([bool(in_corner(b, h, w, self.cfg.corner_frac).any()) for b, _ in self.detect(frames)])
+
+
+# ----------------------------------------------------------------------------- checked before a build
+
+def check_models(cfg: QualityConfig) -> None:
+    """Load each configured model here, once, on the CPU, and run it on one small frame: a folder that
+    does not hold what its key says (or a CUDA device that is not there) is one line before any video
+    is read, not the same failure line for every video. The models are dropped after."""
+    frame = np.full((1, 32, 32, 3), 128, np.uint8)
+    for key, kind, sub in (("aesthetic", AestheticScorer, cfg.aesthetic), ("logo", LogoDetector, cfg.logo)):
+        if sub is None:
+            continue
+        if sub.device.startswith("cuda"):
+            import torch
+
+            if not torch.cuda.is_available():
+                raise ValueError(f"build.quality.{key}.device: {sub.device!r}, but no CUDA device is available here")
+        try:
+            model = kind(dataclasses.replace(sub, device="cpu"))
+            model.score(frame) if kind is AestheticScorer else model.detect(frame)
+        except Exception as e:  # noqa: BLE001 - transformers raises many types for a folder of another model
+            if isinstance(e, ValueError) and str(e).startswith("build.quality."):
+                raise                                    # ours: one line naming the key already
+            raise ValueError(f"build.quality.{key}: cannot load or run its model "
+                             f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+        del model
 
 
 # ----------------------------------------------------------------------------- one session

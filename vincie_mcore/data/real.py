@@ -29,7 +29,7 @@ from .annotate import Annotator
 from .build import encode_png, run_videos
 from .filters import COUNTS, FilterConfig, black_borders, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
-from .quality import QualityConfig, check_session
+from .quality import QualityConfig, check_models, check_session
 from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
 from .shots import Shot, ShotConfig, scan_video, scenes
@@ -247,6 +247,7 @@ def build_real_sessions(inputs: InputList, store_root, cfg: RealBuildConfig, ann
     counts of this run except ``filters`` (the whole store's, ``read_stats``)."""
     t0 = time.perf_counter()
     root = Path(store_root)
+    check_models(cfg.quality)                                 # a wrong model folder: one line, before any video
     build = {"real": cfg.recipe(), "annotator": annotator.name, "segmenter": segmenter.name}
     written_videos = sessions_n = failed = filtered = 0
     with SessionWriter(root, cfg.shard_size, build=build) as w:
