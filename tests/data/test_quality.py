@@ -205,6 +205,9 @@ def test_a_wrong_model_folder_stops_the_build_before_any_video(clip, tmp_path):
         build_real_sessions(from_directory(tmp_path / "v"), tmp_path / "s", wrong, DiffAnnotator(), DiffSegmenter(),
                             progress=False)
     assert not (tmp_path / "s").exists()
+    with pytest.raises(ValueError, match=r"^build.quality.logo.grounding_dino_path: .* holds a 'clip' model, "
+                                         r"not 'grounding-dino'$"):
+        small_cfg(quality={"logo": {"grounding_dino_path": clip}})
     if not torch.cuda.is_available():
         gpu = small_cfg(quality={"logo": {"grounding_dino_path": gd, "device": "cuda"}})
         with pytest.raises(ValueError, match=r"^build.quality.logo.device: 'cuda', but no CUDA device"):

@@ -85,7 +85,7 @@ class LogoConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        _model_folder(self.grounding_dino_path, "build.quality.logo.grounding_dino_path")
+        _model_folder(self.grounding_dino_path, "build.quality.logo.grounding_dino_path", "grounding-dino")
         if not self.prompt.strip():
             raise ValueError("build.quality.logo.prompt: empty")
         for k in ("box_threshold", "text_threshold"):
