@@ -85,8 +85,8 @@ class Deferred:
             self._editor = editor
         return self._editor
 
-    def __getattr__(self, name):               # only what the object itself lacks: the editor's attributes
-        if name.startswith("__"):
+    def __getattr__(self, name):               # only what the object itself lacks: the editor's public attributes
+        if name.startswith("_"):               # (its own before __init__ ran, as in a copy: no recursion)
             raise AttributeError(name)
         return getattr(self.get(), name)
 
