@@ -213,3 +213,64 @@ def test_a_wrong_model_folder_stops_the_build_before_any_video(clip, tmp_path):
         with pytest.raises(ValueError, match=r"^build.quality.logo.device: 'cuda', but no CUDA device"):
             build_real_sessions(from_directory(tmp_path / "v"), tmp_path / "s", gpu, DiffAnnotator(),
                                 DiffSegmenter(), progress=False)
+
+
+def test_the_threshold_workflow_through_the_cli(clip, tmp_path, capsys):
+    """vincie-build-sessions build with build.quality in the YAML (the VLM annotator against the local fake
+    server): a sample kept whole (min_score far below) records every session's score; stats prints their
+    percentiles; preview --by aesthetic lists them lowest first; the corpus built at the sample's median keeps
+    exactly the sessions scoring at or above it, the rest counted low_aesthetic."""
+    import json
+
+    import yaml
+    from fake_vlm import FakeVLM
+    from real_clips import make_frames, write_clip
+    from vincie_tools.build_sessions import run_cli
+
+    from vincie_mcore.data.store import SessionStore
+
+    seq = laion_head(16)
+    torch.save(Head(seq).state_dict(), tmp_path / "head.pth")
+    vids = tmp_path / "v"
+    vids.mkdir()
+    for k in range(4):
+        frames, _ = make_frames([("moving", 24 + 6 * k), ("gradient", 20 + 4 * k)], h=48, w=64)
+        write_clip(vids / f"c{k}.mp4", frames, codec="h264", fps=24)
+
+    def build(store, min_score, url):
+        conf = {"build": {"decode": {"size": [48, 64]}, "timeout_s": 120, "max_mb": 0,
+                          "sampling": {"strategy": "fixed", "n_frames": [3, 3]},
+                          "filters": {"min_duration_s": 0.5, "min_height": 32, "min_width": 32, "min_shot_s": 0.3},
+                          "quality": {"aesthetic": {"clip_path": clip, "head_path": str(tmp_path / "head.pth"),
+                                                    "min_score": min_score}}},
+                "annotator": {"kind": "vlm", "base_urls": [url], "model": "tiny-vlm", "max_retries": 1,
+                              "backoff_s": 0.01, "timeout_s": 30},
+                "segmenter": {"kind": "none"}}
+        (tmp_path / "build.yaml").write_text(yaml.safe_dump(conf))
+        return run_cli(["build", "--videos", str(vids), "--store", str(tmp_path / store), "--config",
+                        str(tmp_path / "build.yaml"), "--quiet"])
+
+    server = FakeVLM(delay=0.0)
+    try:
+        build("sample", -1e9, server.url)
+        st = SessionStore(tmp_path / "sample")
+        scores = {st[i].video_id: st[i].meta["aesthetic"] for i in range(len(st))}
+        assert len(scores) == 8                                                # two shots a clip, each scored
+        s = run_cli(["stats", "--store", str(tmp_path / "sample")])
+        median = s["aesthetic"]["p50"]
+        assert median == pytest.approx(float(np.median(list(scores.values()))), abs=1e-4)
+        assert f"p50 {median}" in capsys.readouterr().out
+        run_cli(["preview", "--store", str(tmp_path / "sample"), "--out", str(tmp_path / "pv"), "--sessions", "8",
+                 "--by", "aesthetic"])
+        shown = [r for sh in json.loads((tmp_path / "pv" / "preview.json").read_text())["sheets"] for r in sh["sessions"]]
+        assert [r["video_id"] for r in shown] == sorted(scores, key=scores.get)
+        out = build("corpus", median, server.url)
+    finally:
+        server.close()
+    st = SessionStore(tmp_path / "corpus")
+    kept = sorted(v for v, a in scores.items() if a >= median)
+    assert sorted(st.video_ids()) == kept and 4 <= len(kept) < 8 and out["sessions"] == len(kept)
+    assert run_cli(["stats", "--store", str(tmp_path / "corpus")])["aesthetic"]["sessions"] == len(kept)
+    counts = [json.loads(x)["counts"] for x in (tmp_path / "corpus" / "parts" / "00000" / "filter_counts.jsonl")
+              .read_text().splitlines()]
+    assert sum(c.get("low_aesthetic", 0) for c in counts) == 8 - len(kept)
