@@ -42,3 +42,15 @@ def test_with_a_vlm_server_and_grounded_sam(clips, tmp_path):
     assert r["vlm"]["tokens_per_s"] > 0 and r["segment"] == "gdino+sam2"
     assert r["segmenter_stats"]["transitions"] == r["pairs"] and r["segment_s_per_pair"] > 0
     json.dumps(r)
+
+
+def test_quality_bench_at_toy_sizes_checks_its_scores_by_hand():
+    """vincie-bench-sessions --quality's code at toy sizes: both filters timed per session, and the aesthetic
+    scores of the same run equal to the head applied by hand to CLIP's features."""
+    from vincie_mcore.perf.bench_quality import bench_quality
+
+    r = bench_quality(sessions=2, frames=3, size=48, scale="tiny")
+    assert r["aesthetic"]["check"]["ok"] and r["aesthetic"]["check"]["max_abs_error_vs_by_hand"] < 1e-3
+    assert r["aesthetic"]["s_per_session"] > 0 and r["logo"]["s_per_session"] > 0 and r["frames_per_session"] == 3
+    with pytest.raises(ValueError, match="scale must be real or tiny"):
+        bench_quality(scale="huge")

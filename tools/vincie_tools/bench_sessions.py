@@ -13,6 +13,11 @@ to --sessions (default 10M) from the measured CPU cost and the GPU throughputs g
 
 With --edits N it writes N three-turn sessions of 512x512 PNGs in MagicBrush's parquet layout, builds them
 into a store and prints sessions/s and turns/s beside a check of the same run (docs/edit_datasets.md).
+
+    vincie-bench-sessions --quality --device cuda     # the learned filters (build.quality) per session
+
+With --quality it times the aesthetic and logo filters at their published model sizes (random weights, no
+hub) on sessions of 3 frames, beside a check of the scores by hand (vincie_mcore/perf/bench_quality.py).
 """
 from __future__ import annotations
 
@@ -34,6 +39,9 @@ def main(argv=None) -> int:
     ap.add_argument("--edits", type=int, default=0, metavar="N",
                     help="benchmark the editing-dataset build on N sessions instead (3 turns, 512x512)")
     ap.add_argument("--workers", type=int, default=1, help="--edits: worker processes")
+    ap.add_argument("--quality", action="store_true", help="time the learned filters (aesthetic, logo) instead")
+    ap.add_argument("--device", default="cpu", help="--quality: where the models run (cpu, cuda)")
+    ap.add_argument("--quality-sessions", type=int, default=2, help="--quality: sessions timed (after one warm-up)")
     ap.add_argument("--out", default=None, help="write the JSON here as well")
     a = ap.parse_args(argv)
     from vincie_mcore.perf.bench_sessions import bench_edits, bench_sessions, project
@@ -43,14 +51,18 @@ def main(argv=None) -> int:
         import yaml
         config = yaml.safe_load(open(a.config))
     try:
-        if a.edits:
+        if a.quality:
+            from vincie_mcore.perf.bench_quality import bench_quality
+
+            res = bench_quality(sessions=a.quality_sessions, size=a.store_size, device=a.device)
+        elif a.edits:
             res = bench_edits(a.edits, store_size=a.store_size, workers=a.workers)
         else:
             res = bench_sessions(a.videos, config, a.clips, a.store_size)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    if not a.edits:
+    if not (a.edits or a.quality):
         res["projection"] = project(res, a.sessions, a.vlm_pairs_per_gpu_s, a.seg_pairs_per_gpu_s)
     import platform
     import subprocess

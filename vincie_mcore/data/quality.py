@@ -57,7 +57,7 @@ def _frames(n: int, key: str) -> None:
 @dataclass
 class AestheticConfig:
     """``build.quality.aesthetic``: the LAION predictor (see the module docstring)."""
-    clip_path: str = ""       # local CLIP folder (CLIPModel + processor): openai/clip-vit-large-patch14 for LAION's heads
+    clip_path: str = ""       # local CLIP folder (CLIPModel + image processor): openai/clip-vit-large-patch14 for LAION's
     head_path: str = ""       # the head's weights: layers.N.weight / .bias (or weight / bias), .safetensors or .pth
     min_score: float = 4.5    # a session whose mean frame score is below this is dropped
     relu: bool = False        # a ReLU between the head's layers (the reluMSE weights)
@@ -155,12 +155,12 @@ def read_head(path) -> list:
 class AestheticScorer:
     def __init__(self, cfg: AestheticConfig):
         import torch
-        from transformers import CLIPModel, CLIPProcessor
+        from transformers import CLIPImageProcessor, CLIPModel
 
         self.cfg = cfg
         self.device = torch.device(cfg.device)
         self.clip = CLIPModel.from_pretrained(cfg.clip_path, local_files_only=True).to(self.device).eval()
-        self.proc = CLIPProcessor.from_pretrained(cfg.clip_path, local_files_only=True)
+        self.proc = CLIPImageProcessor.from_pretrained(cfg.clip_path, local_files_only=True)   # no tokenizer needed
         self.head = [(w.to(self.device), b.to(self.device)) for w, b in read_head(cfg.head_path)]
         dim = self.clip.config.projection_dim
         if self.head[0][0].shape[1] != dim:
