@@ -6,35 +6,14 @@ meaningless, but their shapes, types and the plumbing are real.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "an", "the", "red", "blue", "green", "white",
          "wooden", "square", "circle", "man", "woman", "cat", "dog", "cup", "chair", "in", "coat", "with", "hat"]
 
 
 def save_tiny_grounding_dino(folder) -> str:
-    from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
-                              GroundingDinoProcessor, SwinConfig)
-    from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
+    from vincie_mcore.perf.bench_quality import save_grounding_dino
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(WORDS))
-    tok = BertTokenizerFast(vocab_file=str(vocab), do_lower_case=True)
-    swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
-                      out_features=["stage2", "stage3", "stage4"])
-    bert = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      intermediate_size=64, max_position_embeddings=64)
-    cfg = GroundingDinoConfig(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
-                              encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
-                              decoder_ffn_dim=64, num_queries=20, max_text_len=32, num_feature_levels=4,
-                              encoder_n_points=2, decoder_n_points=2, use_timm_backbone=False)
-    GroundingDinoForObjectDetection(cfg).save_pretrained(folder)
-    proc = GroundingDinoProcessor(image_processor=GroundingDinoImageProcessorPil(
-        size={"shortest_edge": 128, "longest_edge": 192}), tokenizer=tok)
-    proc.save_pretrained(folder)
-    return str(folder)
+    return save_grounding_dino(folder, tiny=True, words=WORDS)
 
 
 def save_tiny_sam2(folder, size: int = 128) -> str:

@@ -55,18 +55,21 @@ def _head(path: Path, dim: int, tiny: bool):
     return seq
 
 
-def _grounding_dino(folder: Path, tiny: bool) -> str:
+def save_grounding_dino(folder, tiny: bool, words=WORDS) -> str:
+    """A randomly initialised GroundingDINO + processor in ``folder`` (its tokenizer knows ``words`` only): the
+    published architecture, or a toy one (the tests' model, a few hundred thousand parameters)."""
     from transformers import (BertConfig, BertTokenizerFast, GroundingDinoConfig, GroundingDinoForObjectDetection,
                               GroundingDinoProcessor, SwinConfig)
     from transformers.models.grounding_dino import GroundingDinoImageProcessorPil
 
+    folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "vocab.txt").write_text("\n".join(WORDS))
+    (folder / "vocab.txt").write_text("\n".join(words))
     tok = BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
     if tiny:
         swin = SwinConfig(embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2], window_size=4, image_size=64,
                           out_features=["stage2", "stage3", "stage4"])
-        bert = BertConfig(vocab_size=len(WORDS), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+        bert = BertConfig(vocab_size=len(words), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                           intermediate_size=64, max_position_embeddings=64)
         cfg = GroundingDinoConfig(backbone_config=swin, text_config=bert, d_model=32, encoder_layers=1, decoder_layers=2,
                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64,
@@ -100,7 +103,7 @@ def bench_quality(sessions: int = 2, frames: int = 3, size: int = 512, device: s
         tmp = Path(tmp)
         clip, dim = _clip(tmp / "clip", tiny)
         seq = _head(tmp / "head.pth", dim, tiny)
-        gd = _grounding_dino(tmp / "gd", tiny)
+        gd = save_grounding_dino(tmp / "gd", tiny)
         for key, cfg in (("aesthetic", Q.QualityConfig(aesthetic=Q.AestheticConfig(
                              clip_path=clip, head_path=str(tmp / "head.pth"), min_score=-1e9, frames=frames,
                              device=device))),
