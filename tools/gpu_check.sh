@@ -350,6 +350,17 @@ else
         --hidden 64 --layers 2 --heads 2 --image-tokens 4 --steps 2 --device cpu \
         --out "$OUT/bench_editor_batched.json"
 fi
+# The learned data filters (data/quality.py) per 3-frame session at their published sizes (random weights),
+# the aesthetic scores checked by hand in the same run. A CPU dry run: toy sizes.
+if ! "$PY" -c "import transformers" 2>/dev/null; then
+    record bench_quality skipped 0 0 "transformers not importable"
+elif [ "$HAS_GPU" = 1 ]; then
+    run_step bench_quality 90 "$PY" -m vincie_tools.bench_sessions --quality --device cuda --quality-sessions 4 \
+        --out "$OUT/bench_quality.json"
+else
+    run_step bench_quality 60 "$PY" -m vincie_tools.bench_sessions --quality --quality-scale tiny --store-size 64 \
+        --out "$OUT/bench_quality.json"
+fi
 # DALI's NVDEC path of real-video decoding against PyAV (data/dali_video.py), on this process's GPU.
 if [ "$HAS_GPU" = 1 ] && "$PY" -c "import nvidia.dali, av, scenedetect" 2>/dev/null; then
     run_step pytest_dali_video 60 env PYTHONPATH="${PYTEST_PATH:-$TE_PYTEST_PATH}" VINCIE_DALI_TEST_DEVICE=gpu \

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quality", action="store_true", help="time the learned filters (aesthetic, logo) instead")
     ap.add_argument("--device", default="cpu", help="--quality: where the models run (cpu, cuda)")
     ap.add_argument("--quality-sessions", type=int, default=2, help="--quality: sessions timed (after one warm-up)")
+    ap.add_argument("--quality-scale", choices=("real", "tiny"), default="real",
+                    help="--quality: the published model sizes, or toy ones (a dry run)")
     ap.add_argument("--out", default=None, help="write the JSON here as well")
     a = ap.parse_args(argv)
     from vincie_mcore.perf.bench_sessions import bench_edits, bench_sessions, project
@@ -54,7 +56,7 @@ def main(argv=None) -> int:
         if a.quality:
             from vincie_mcore.perf.bench_quality import bench_quality
 
-            res = bench_quality(sessions=a.quality_sessions, size=a.store_size, device=a.device)
+            res = bench_quality(sessions=a.quality_sessions, size=a.store_size, device=a.device, scale=a.quality_scale)
         elif a.edits:
             res = bench_edits(a.edits, store_size=a.store_size, workers=a.workers)
         else:
