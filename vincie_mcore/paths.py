@@ -4,6 +4,7 @@
 ``inside(root, rel)`` joins a relative path read from a file or an id under ``root`` and refuses
 one that would leave it. Every place that builds a path from such a value goes through these two.
 ``link_tree`` puts a store's files into another without copying them (the unions of stores).
+``model_folder`` checks a config key naming a local Hugging Face model folder.
 """
 from __future__ import annotations
 
@@ -94,3 +95,20 @@ def link_tree(src, dst) -> tuple[int, int]:
             shutil.copy2(f, d)
             copied += 1
     return linked, copied
+
+
+def model_folder(path: str, key: str, model_type: str | None = None) -> None:
+    """``path`` (config key ``key``) must be a local model folder with config.json, of ``model_type`` if
+    given: transformers loads another model's folder into a class with that class's default config and
+    random weights, and says so only in a warning. One line naming the key otherwise."""
+    import json
+
+    if not path or not (Path(path) / "config.json").is_file():
+        raise ValueError(f"{key}: no model folder (config.json) at {path!r}")
+    if model_type is not None:
+        try:
+            got = json.loads((Path(path) / "config.json").read_text()).get("model_type")
+        except (json.JSONDecodeError, AttributeError):
+            got = None
+        if got != model_type:
+            raise ValueError(f"{key}: {path} holds a {got!r} model, not {model_type!r}")

@@ -94,6 +94,9 @@ def test_bad_config_is_one_line_naming_the_key(folders, tmp_path):
     gd, sam = folders
     with pytest.raises(ConfigError, match=r"^segmenter.sam2_path: no model folder \(config.json\) at "):
         build(GroundedSAMConfig, {"grounding_dino_path": gd, "sam2_path": str(tmp_path / "none")}, "segmenter")
+    # the two folders swapped: transformers would load each as the other class with random weights
+    with pytest.raises(ConfigError, match=r"^segmenter.grounding_dino_path: .* holds a 'sam2' model, not 'grounding-dino'$"):
+        build(GroundedSAMConfig, {"grounding_dino_path": sam, "sam2_path": gd}, "segmenter")
     with pytest.raises(ConfigError, match=r"^segmenter.box_threshold: must be in \[0, 1\]"):
         build(GroundedSAMConfig, {"grounding_dino_path": gd, "sam2_path": sam, "box_threshold": 2}, "segmenter")
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..paths import model_folder
 from .segment import Segmenter
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,8 @@ class GroundedSAMConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("grounding_dino_path", "sam2_path"):
-            p = getattr(self, name)
-            if not p or not (Path(p) / "config.json").is_file():
-                raise ValueError(f"segmenter.{name}: no model folder (config.json) at {p!r}")
+        for name, kind in (("grounding_dino_path", "grounding-dino"), ("sam2_path", "sam2")):
+            model_folder(getattr(self, name), f"segmenter.{name}", kind)
         for name in ("box_threshold", "text_threshold"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"segmenter.{name}: must be in [0, 1], got {getattr(self, name)}")
@@ -132,23 +130,15 @@ class GroundedSAMSegmenter(Segmenter):
     # -- the two models ------------------------------------------------------------------------
     def ground(self, frame: np.ndarray, entities: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Boxes [N, 4] (x0, y0, x1, y1 in pixels) of every entity in ``frame``, and which entities had one."""
-        from PIL import Image
-
         h, w = frame.shape[:2]
-        im = Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8))
         # one entity per image of the batch: each box is that entity's (GroundingDINO's prompt is "text.")
-        inputs = self.gd_proc(images=[im] * len(entities), text=[_prompt(e) for e in entities],
-                              return_tensors="pt", padding=True).to(self.device)
-        outputs = self.gd(**inputs)
-        results = self.gd_proc.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=self.cfg.box_threshold,
-            text_threshold=self.cfg.text_threshold, target_sizes=[(h, w)] * len(entities))
+        found = grounding_boxes(self.gd_proc, self.gd, [frame] * len(entities), [_prompt(e) for e in entities],
+                                self.cfg.box_threshold, self.cfg.text_threshold, self.device)
         boxes, hit = [], np.zeros(len(entities), bool)
-        for k, r in enumerate(results):
-            if len(r["scores"]) == 0:
+        for k, (b, scores) in enumerate(found):
+            if len(scores) == 0:
                 continue
-            top = torch.argsort(r["scores"], descending=True)[: self.cfg.max_boxes_per_entity]
-            b = r["boxes"][top].float().cpu().numpy()
+            b = b[np.argsort(-scores, kind="stable")[: self.cfg.max_boxes_per_entity]]
             b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
             b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
             b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]    # boxes with no area after clipping
@@ -167,6 +157,24 @@ class GroundedSAMSegmenter(Segmenter):
         up = torch.nn.functional.interpolate(logits[None], size=frame.shape[:2], mode="bilinear",
                                              align_corners=False)[0]
         return (up > self.cfg.mask_threshold).any(0).cpu().numpy()
+
+
+def grounding_boxes(proc, model, images: list, texts: list[str], box_threshold: float, text_threshold: float,
+                    device) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GroundingDINO on ``images`` (uint8 [H, W, 3] each, one size), image i asked for ``texts[i]`` -> per image
+    the boxes float32 [K, 4] (x0, y0, x1, y1 in pixels) scoring at least ``box_threshold``, and their scores
+    [K]. The segmenter's grounding and the logo filter's (data/quality.py) both go through here."""
+    from PIL import Image
+
+    h, w = np.asarray(images[0]).shape[:2]
+    ims = [Image.fromarray(np.ascontiguousarray(im, dtype=np.uint8)) for im in images]
+    inputs = proc(images=ims, text=list(texts), return_tensors="pt", padding=True).to(device)
+    with torch.no_grad():
+        results = proc.post_process_grounded_object_detection(
+            model(**inputs), inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+            target_sizes=[(h, w)] * len(ims))
+    return [(r["boxes"].float().cpu().numpy().reshape(-1, 4), r["scores"].float().cpu().numpy().reshape(-1))
+            for r in results]
 
 
 def _prompt(entity: str) -> str:

@@ -29,24 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-COUNTS = ("low_aesthetic", "logo")
+from ..paths import model_folder
+
 HEAD_SUFFIXES = (".safetensors", ".pth", ".pt")
-
-
-def _model_folder(path: str, key: str, model_type: str | None = None) -> None:
-    """A folder with config.json, of ``model_type`` if given (transformers would give a CLIP class another
-    model's folder with its own default config and random weights, and say so only in a warning)."""
-    if not path or not (Path(path) / "config.json").is_file():
-        raise ValueError(f"{key}: no model folder (config.json) at {path!r}")
-    if model_type is not None:
-        import json
-
-        try:
-            got = json.loads((Path(path) / "config.json").read_text()).get("model_type")
-        except (json.JSONDecodeError, AttributeError):
-            got = None
-        if got != model_type:
-            raise ValueError(f"{key}: {path} holds a {got!r} model, not {model_type!r}")
 
 
 def _frames(n: int, key: str) -> None:
@@ -65,7 +50,7 @@ class AestheticConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        _model_folder(self.clip_path, "build.quality.aesthetic.clip_path", "clip")
+        model_folder(self.clip_path, "build.quality.aesthetic.clip_path", "clip")
         if not self.head_path or not Path(self.head_path).is_file() or \
                 not self.head_path.endswith(HEAD_SUFFIXES):
             raise ValueError(f"build.quality.aesthetic.head_path: no {'/'.join(HEAD_SUFFIXES)} file at "
@@ -85,7 +70,7 @@ class LogoConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        _model_folder(self.grounding_dino_path, "build.quality.logo.grounding_dino_path", "grounding-dino")
+        model_folder(self.grounding_dino_path, "build.quality.logo.grounding_dino_path", "grounding-dino")
         if not self.prompt.strip():
             raise ValueError("build.quality.logo.prompt: empty")
         for k in ("box_threshold", "text_threshold"):
@@ -211,19 +196,10 @@ class LogoDetector:
 
     def detect(self, frames: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """uint8 [N, H, W, 3] -> per frame the boxes [K, 4] scoring at least ``box_threshold``, and their scores [K]."""
-        import torch
-        from PIL import Image
+        from .grounded_sam import grounding_boxes
 
-        frames = np.asarray(frames)
-        h, w = frames.shape[1:3]
-        ims = [Image.fromarray(np.ascontiguousarray(f)) for f in frames]
-        inputs = self.proc(images=ims, text=[self.prompt] * len(ims), return_tensors="pt", padding=True).to(self.device)
-        with torch.no_grad():
-            results = self.proc.post_process_grounded_object_detection(
-                self.model(**inputs), inputs["input_ids"], threshold=self.cfg.box_threshold,
-                text_threshold=self.cfg.text_threshold, target_sizes=[(h, w)] * len(ims))
-        return [(r["boxes"].float().cpu().numpy().reshape(-1, 4), r["scores"].float().cpu().numpy().reshape(-1))
-                for r in results]
+        return grounding_boxes(self.proc, self.model, list(np.asarray(frames)), [self.prompt] * len(frames),
+                               self.cfg.box_threshold, self.cfg.text_threshold, self.device)
 
     def frames_with_logo(self, frames: np.ndarray) -> np.ndarray:
         """bool [N]: which frames show a box in a corner region (``corner_frac``)."""
@@ -262,7 +238,8 @@ def check_models(cfg: QualityConfig) -> None:
 _LOADED: dict = {}      # this process's models, by their config: a worker loads each once
 
 
-def _model(kind, cfg):
+def model_for(kind, cfg):
+    """This process's ``kind(cfg)`` (``AestheticScorer`` or ``LogoDetector``), made on first use."""
     key = (kind, repr(cfg))
     if key not in _LOADED:
         _LOADED[key] = kind(cfg)
@@ -274,12 +251,12 @@ def check_session(frames: np.ndarray, cfg: QualityConfig) -> tuple[str | None, d
     to add to its meta)."""
     meta = {}
     if cfg.aesthetic is not None:
-        scores = _model(AestheticScorer, cfg.aesthetic).score(frames[pick(len(frames), cfg.aesthetic.frames)])
+        scores = model_for(AestheticScorer, cfg.aesthetic).score(frames[pick(len(frames), cfg.aesthetic.frames)])
         meta["aesthetic"] = round(float(scores.mean()), 4)
         if meta["aesthetic"] < cfg.aesthetic.min_score:
             return "low_aesthetic", meta
     if cfg.logo is not None:
-        hits = _model(LogoDetector, cfg.logo).frames_with_logo(frames[pick(len(frames), cfg.logo.frames)])
+        hits = model_for(LogoDetector, cfg.logo).frames_with_logo(frames[pick(len(frames), cfg.logo.frames)])
         meta["logo_frames"] = f"{int(hits.sum())}/{len(hits)}"
         if hits.all():
             return "logo", meta

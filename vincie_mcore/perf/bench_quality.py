@@ -119,7 +119,7 @@ def bench_quality(sessions: int = 2, frames: int = 3, size: int = 512, device: s
             out[key] = {"s_per_session": round(per, 4), "frames_per_s": round(frames / per, 3),
                         "first_call_s_with_load": round(first, 3)}
             if key == "aesthetic":                              # the same run, checked by hand
-                scorer = Q._LOADED[(Q.AestheticScorer, repr(cfg.aesthetic))]
+                scorer = Q.model_for(Q.AestheticScorer, cfg.aesthetic)    # the one the run used
                 want = []
                 with torch.no_grad():
                     for c in clips:
