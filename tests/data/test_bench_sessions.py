@@ -52,5 +52,8 @@ def test_quality_bench_at_toy_sizes_checks_its_scores_by_hand():
     r = bench_quality(sessions=2, frames=3, size=48, scale="tiny")
     assert r["aesthetic"]["check"]["ok"] and r["aesthetic"]["check"]["max_abs_error_vs_by_hand"] < 1e-3
     assert r["aesthetic"]["s_per_session"] > 0 and r["logo"]["s_per_session"] > 0 and r["frames_per_session"] == 3
+    assert r["logo"]["check"]["ok"] and len(r["logo"]["check"]["by_hand"]) == 2
     with pytest.raises(ValueError, match="scale must be real or tiny"):
         bench_quality(scale="huge")
+    with pytest.raises(ValueError, match="sessions and frames must be >= 1, got 0 and 3"):
+        bench_quality(sessions=0, scale="tiny")

@@ -5,9 +5,10 @@ depend on the weights, and no hub is needed): CLIP ViT-L/14 with the LAION aesth
 (768 -> 1024 -> 128 -> 64 -> 16 -> 1), and GroundingDINO with its default Swin-T backbone and BERT-base
 text tower, 900 queries, at its processor's 800-pixel shorter side. Each is saved to a temporary folder
 and loaded the way a build loads it (``data/quality.py``), then ``check_session`` runs on sessions of
-``frames`` random frames; the first call (model load) is timed apart. Beside the figures, a check of the
+``frames`` random frames; the first call (model load) is timed apart. Beside the figures, checks of the
 same run: the aesthetic scores against the head applied by hand (an ``nn.Sequential`` from the saved
-file) to CLIP's image features. ``scale="tiny"`` builds toy sizes instead (the CPU test).
+file) to CLIP's image features, and each session's logo count against the corner rule applied by hand to
+the detector's boxes. ``scale="tiny"`` builds toy sizes instead (the CPU test).
 """
 from __future__ import annotations
 
@@ -93,6 +94,10 @@ def bench_quality(sessions: int = 2, frames: int = 3, size: int = 512, device: s
 
     if scale not in ("real", "tiny"):
         raise ValueError(f"bench_quality: scale must be real or tiny, got {scale!r}")
+    if sessions < 1 or frames < 1:
+        raise ValueError(f"bench_quality: sessions and frames must be >= 1, got {sessions} and {frames}")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device: {device!r}, but no CUDA device is available here")
     tiny = scale == "tiny"
     rng = np.random.default_rng(0)
     clips = [rng.integers(0, 256, (frames, size, size, 3), dtype=np.uint8) for _ in range(sessions)]
@@ -131,5 +136,16 @@ def bench_quality(sessions: int = 2, frames: int = 3, size: int = 512, device: s
                 got = [m["aesthetic"] for m in metas]
                 err = max(abs(a - b) for a, b in zip(got, want))
                 out[key]["check"] = {"max_abs_error_vs_by_hand": round(err, 6), "ok": err < 1e-3}
+            else:                                               # the decision, redone by hand on the model's boxes
+                det, frac, want = Q.model_for(Q.LogoDetector, cfg.logo), cfg.logo.corner_frac, []
+                for c in clips:
+                    shown = 0
+                    for b, _ in det.detect(c):
+                        cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
+                        shown += bool(((np.minimum(cx, size - cx) <= frac * size) &
+                                       (np.minimum(cy, size - cy) <= frac * size)).any())
+                    want.append(f"{shown}/{frames}")
+                got = [m["logo_frames"] for m in metas]
+                out[key]["check"] = {"logo_frames": got, "by_hand": want, "ok": got == want}
         Q._LOADED.clear()
     return out
