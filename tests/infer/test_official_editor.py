@@ -326,3 +326,85 @@ def test_hf_export_of_the_import_edits_like_the_run(loaded, run, tmp_path):
     for g, w in zip(got, want):
         assert g.shape == w.shape == (32, 32, 3)
         assert np.abs(g.astype(int) - w.astype(int)).max() <= 1
+    # composition through the pipeline: the run's editor's composed image (references of two sizes)
+    from vincie_mcore.infer import applications as apps
+    refs = [_image(5, 32, 32), _image(6, 24, 40)]
+    got = pipe.compose(refs, "the two together", steps=2, seed=7)
+    want = apps.compose(ref.editor, refs, "the two together").image
+    assert got.shape == want.shape == (32, 32, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+
+
+def test_compose_texts_are_the_release_readme_s():
+    """The README's six-image family prompt: captions <IMG1>: .. <IMG5>: , the prompt written around the
+    instruction unless it names its images; bad counts and empty texts in one line."""
+    from vincie_mcore.packed.official import official_compose_texts
+
+    texts = official_compose_texts(6, "A smiling family poses for a portrait.")
+    assert texts[:5] == [f"<IMG{i}>: " for i in range(1, 6)]
+    assert texts[5] == ("Based on <IMG0>, <IMG1>, <IMG2>, <IMG3>, <IMG4>, and <IMG5>, A smiling family poses for a "
+                        "portrait. Output <IMG6>: ")
+    assert official_compose_texts(2, "the two together") == ["<IMG1>: ", "Based on <IMG0> and <IMG1>, the two "
+                                                             "together. Output <IMG2>: "]
+    named = "Based on <IMG0> and <IMG1>, the dog in <IMG1> sits by the man in <IMG0>. Output <IMG2>: "
+    assert official_compose_texts(2, named, ["a dog"]) == ["a dog", named]
+    for args, msg in (((0, "x"), r"^references: no reference images"),
+                      ((2, "x", ["a", "b"]), r"^captions: expected 1 \(one after each reference"),
+                      ((2, "x", [" "]), r"^captions: expected non-empty strings"),
+                      ((2, " "), r"^prompt: expected a non-empty string")):
+        with pytest.raises(ValueError, match=msg):
+            official_compose_texts(*args)
+
+
+def test_compose_is_one_release_turn_over_the_references_verbatim(loaded):
+    """``applications.compose`` on the official editor against ``official_sample`` called by hand: the second
+    reference (another size) resized to the first's (bicubic) and both fitted, the texts verbatim (no template),
+    noise for 3 frames from the seed, the last frame decoded; a turn after it stays verbatim, and the editor
+    the session came from keeps its template."""
+    from vincie_mcore.infer import applications as apps
+    from vincie_mcore.model.official import OFFICIAL_NEGATIVE_PROMPT, official_sample
+
+    cfg, model, text, image, editor = loaded
+    a, b = _image(7, 40, 24), _image(8, 30, 50)
+    res = apps.compose(editor, [a, b], "the two together.")
+    texts = ["<IMG1>: ", "Based on <IMG0> and <IMG1>, the two together. Output <IMG2>: "]
+    assert res.texts == texts and res.labels == ["<IMG0>", "<IMG1>", "the two together."]
+
+    b_as_a = np.asarray(Image.fromarray(b).resize((24, 40), Image.BICUBIC))
+    fitted = [editor.fit(a), editor.fit(b_as_a)]
+    assert all(np.array_equal(p, f) for p, f in zip(res.panels, fitted))
+    lat = image.encode(torch.from_numpy(np.stack(fitted)))
+    C, h, w = lat.shape[1:]
+    noise = torch.randn((3, h, w, C), generator=torch.Generator().manual_seed(SEED)).permute(0, 3, 1, 2)
+    x = official_sample(model, [dict(texts=text.encode(texts), latents=torch.cat([lat, torch.zeros_like(lat[:1])]),
+                                     t=0.0)], text.encode([OFFICIAL_NEGATIVE_PROMPT])[0], [noise], 2,
+                        steps=STEPS, shift=SHIFT, guidance=GUIDANCE)[0]
+    assert np.array_equal(res.image, image.decode(x[-1][None])[0].numpy())
+
+    sess, prompt = editor.compose_session([a, b], "the two together.")
+    assert sess.editor.template is False and editor.template is True and sess.texts == texts[:1]
+    sess.edit(prompt)
+    assert sess.editor.turn_texts([*sess.texts, "make it red"]) == [*texts, "make it red"]
+    assert editor.turn_texts(["make it red"]) == ["Based on <IMG0>, make it red. Output <IMG1>: "]
+    with pytest.raises(ValueError, match=r"^references: reference 2: expected uint8 \[H, W, 3\]"):
+        editor.compose_session([a, b[..., 0]], "x")
+    story = apps.story(editor, a, PROMPTS[:1])                 # the release's turn-by-turn editing
+    assert np.array_equal(story.images[1], editor.start(a).edit(PROMPTS[0]))
+
+
+def test_vincie_edit_compose_on_the_import(run, tmp_path):
+    """The CLI's compose on the import (references of two sizes, which the paper layout refuses); chain and
+    drag refused in one line before any model loads."""
+    from vincie_tools.edit import main
+
+    Image.fromarray(_image(1, 32, 32)).save(tmp_path / "a.png")
+    Image.fromarray(_image(2, 48, 32)).save(tmp_path / "b.png")
+    r = subprocess.run([str(BIN / "vincie-edit"), "compose", "--run", str(run), "--ref", str(tmp_path / "a.png"),
+                        "--ref", str(tmp_path / "b.png"), "--prompt", "the two together",
+                        "--out", str(tmp_path / "c.png"), "--set", "sampler.steps=2"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "compose strip (3 panels)" in r.stdout, r.stderr[-2000:]
+    assert np.asarray(Image.open(tmp_path / "c.png")).shape[1] == 3 * (32 * 4 + 4)
+    for name, extra in (("chain", ["--prompt", "x"]), ("drag", ["--dx", "4", "--dy", "0", "--prompt", "x"])):
+        assert main([name, "--run", str(run), "--image", str(tmp_path / "a.png"), *extra]) == 2
+    with pytest.raises(SystemExit):
+        main(["compose", "--run", str(run)])

@@ -203,8 +203,12 @@ def _parser(name: str) -> argparse.ArgumentParser:
     if name == "compose":
         ap.add_argument("--ref", action="append", default=[], help="reference image (repeat, in order)")
         ap.add_argument("--caption", action="append", default=None,
-                        help="text between two references (repeat; one fewer than --ref)")
-        ap.add_argument("--prompt", required=True, help="what to generate from the references")
+                        help="text between two references (repeat; one fewer than --ref; the released "
+                             "models' default: <IMG1>: , <IMG2>: , ...)")
+        ap.add_argument("--prompt", required=True,
+                        help="what to generate from the references (released models: may name them "
+                             "<IMG0>, <IMG1>, ...; without any, it is written 'Based on <IMG0>, ..., {prompt}. "
+                             "Output <IMGk>: ')")
     else:
         ap.add_argument("--image", required=True, help="starting image (PNG/JPEG)")
     if name in ("chain", "story"):
@@ -226,8 +230,9 @@ def _parser(name: str) -> argparse.ArgumentParser:
     return ap
 
 
-def _inputs(name: str, a) -> dict:
-    """Load and check every user input before the model loads; ValueError naming the flag."""
+def _inputs(name: str, a, same_size: bool = True) -> dict:
+    """Load and check every user input before the model loads; ValueError naming the flag. ``same_size``:
+    compose's references must share one size (the paper layout; the release's resizes them to the first's)."""
     from vincie_mcore.data.media import MediaError, load_image
     from vincie_mcore.infer import applications as apps
 
@@ -251,7 +256,7 @@ def _inputs(name: str, a) -> dict:
             raise ValueError(f"--caption: {len(a.caption)} given, expected {len(refs) - 1} "
                              f"(one between each two --ref)")
         for r, p in zip(refs[1:], a.ref[1:]):
-            if r.shape != refs[0].shape:
+            if same_size and r.shape != refs[0].shape:
                 raise ValueError(f"--ref: {p} is {r.shape[1]}x{r.shape[0]}, {a.ref[0]} is "
                                  f"{refs[0].shape[1]}x{refs[0].shape[0]} (all must share one size)")
         return dict(references=refs, prompt=a.prompt, captions=a.caption)
@@ -282,19 +287,21 @@ def _inputs(name: str, a) -> dict:
 def application(name: str, argv: list[str]) -> int:
     """``vincie-edit chain|drag|compose|story ...``: one application, its edit strip as --out."""
     a = _parser(name).parse_args(argv)
+    from vincie_mcore.build import data_configs, is_official, load_run, make_editor, run_config
+    from vincie_mcore.infer import applications as apps
     try:
-        inputs = _inputs(name, a)
-    except ValueError as e:
+        official = is_official(run_config(a.run, a.set))
+        if official and name in ("chain", "drag"):     # the release's layout has no RoE maps to predict or give
+            raise ValueError(f"vincie-edit {name}: not for model.variant 'official' (it needs the RoE maps, which "
+                             f"the released models' inference layout has no place for; they compose, tell a "
+                             f"story and edit turn by turn)")
+        inputs = _inputs(name, a, same_size=not official)
+    except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
-    from vincie_mcore.build import data_configs, load_run, make_editor
-    from vincie_mcore.infer import applications as apps
     try:
         cfg, model, text, img = load_run(a.run, a.set)
-        if cfg.model.get("variant") == "official":     # the release was trained on edit sessions only
-            raise ValueError(f"vincie-edit {name}: not for model.variant 'official' (the released models edit "
-                             f"turn by turn: vincie-edit --run {a.run} --image ... --prompt ...)")
         editor = make_editor(cfg, model, text, img)
         recipe = data_configs(cfg)["recipe"]
         if name == "chain":

@@ -297,6 +297,14 @@ MUTANTS = [
     Mutant("deferred_claim_unchecked_at_load", "vincie_mcore/eval/edit_runs.py",
            "        editor.on_load(lambda ed: _check(out_dir, fingerprint(ed, **extra)))\n", "",
            ("tests/eval/test_mse_bench.py",), "a deferred editor with another sampler edits into the folder"),
+    Mutant("official_compose_templated", "vincie_mcore/infer/official_editor.py",
+           "        ed = self.with_template(False)\n", "        ed = self.with_template(True)\n",
+           ("tests/infer/test_official_editor.py",), "composition writes the references' captions into the "
+                                                      "editing template, which the release leaves verbatim"),
+    Mutant("official_compose_refs_unresized", "vincie_mcore/infer/official_editor.py",
+           "        same = [r if r.shape[:2] == (h, w) else", "        same = [r if True else",
+           ("tests/infer/test_official_editor.py",), "references of other sizes are fitted on their own, not "
+                                                      "resized to the first's as the release loads them"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -88,19 +88,9 @@ class VincieEditPipeline:
             if isinstance(p, str) or not p:
                 raise ValueError("prompts: expected a non-empty list of strings, one per turn"
                                  + (" (for each image)" if many else ""))
-        # 2. Sampler settings for this call (a fresh generator: the same seed gives the same images)
-        s = self.sampler
-        sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
-                                      guidance=s.guidance if guidance is None else float(guidance),
-                                      shift=s.shift if shift is None else float(shift),
-                                      seed=s.seed if seed is None else int(seed))
-        if self.model.cfg.variant == "official":        # the release's sampling (imports model/official.py)
-            from vincie_mcore.infer.official_editor import OfficialEditor
-            editor = OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack, sampler,
-                                    area=self.area, device=self.device)
-        else:
-            editor = Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
-                            device=self.device, mask_type=self.mask_type)
+        # 2. The editor, with this call's sampler settings (a fresh generator: the same seed, the same images)
+        editor = self._editor(steps, guidance, seed, shift)
+        sampler = editor.sampler
         # 3. Turn after turn
         if not many:
             session = editor.start(image)
@@ -119,3 +109,32 @@ class VincieEditPipeline:
             for i, im in zip(live, made):
                 outs[i].append(im)
         return outs
+
+    def _editor(self, steps=None, guidance=None, seed=None, shift=None):
+        """An editor over this pipeline's model with the exported sampler, each given setting replacing its own."""
+        s = self.sampler
+        sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
+                                      guidance=s.guidance if guidance is None else float(guidance),
+                                      shift=s.shift if shift is None else float(shift),
+                                      seed=s.seed if seed is None else int(seed))
+        if self.model.cfg.variant == "official":        # the release's sampling (imports model/official.py)
+            from vincie_mcore.infer.official_editor import OfficialEditor
+            return OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack, sampler,
+                                  area=self.area, device=self.device)
+        return Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
+                      device=self.device, mask_type=self.mask_type)
+
+    @torch.no_grad()
+    def compose(self, references: list, prompt: str, captions: list[str] | None = None, steps: int | None = None,
+                guidance: float | None = None, seed: int | None = None, shift: float | None = None) -> np.ndarray:
+        """Multi-concept composition with a released model (``variant: official``): reference images uint8
+        [H, W, 3] (any sizes) and a prompt -> one image, the release's way (docs/applications.md: verbatim
+        texts, captions ``<IMG{i}>: `` by default, the prompt written ``Based on <IMG0>, ... Output <IMG{k}>: ``
+        unless it names its images). A paper-variant export carries no recipe for its composition layout:
+        use ``vincie-edit compose --run`` on its training run."""
+        if self.model.cfg.variant != "official":
+            raise ValueError("compose: for released (variant 'official') exports only; a paper-variant run "
+                             "composes with vincie-edit compose --run RUN")
+        sess, text = self._editor(steps, guidance, seed, shift).compose_session(references, prompt, captions)
+        return sess.edit(text)
+

@@ -7,6 +7,10 @@
 * ``compose``: several reference images as the context frames, the prompt as the last text.
 * ``story``: multi-turn editing from one image, each turn's output the next turn's context.
 
+``compose`` and ``story`` also run on the released models (``model.variant: official``): composition the
+release's way (its README: verbatim texts naming ``<IMG{i}>``), story as its turn-by-turn editing. Chain and
+drag need the RoE maps, which the release's inference layout has no place for.
+
 Every layout is the recipe's own (``recipe.inference_sample``, ``recipe.roe_inference_sample``):
 the model sees what training showed it, with the run's mask prompts. Each call samples one
 target through ``Editor.generate`` (the re-packing path); only ``story`` goes through
@@ -235,7 +239,19 @@ def compose(editor: Editor, references: list, prompt: str, captions: list[str] |
     """One image composing the references: the session R1, C1, R2, C2, ..., Rk, prompt, target, i.e.
     the references are the context frames (clean), the text after reference i < k its caption
     (default "reference image i+1 of k"), the text after the last one the prompt. All references
-    must share one size (the target's). Strip: R1 | ... | Rk | result."""
+    must share one size (the target's). Strip: R1 | ... | Rk | result.
+
+    The official variant's editor composes the release's way instead (``OfficialEditor.compose_session``:
+    captions default to ``<IMG{i}>: ``, the prompt is written ``Based on <IMG0>, ... Output <IMG{k}>: `` unless
+    it names its images, every text verbatim; references of any size, resized to the first's)."""
+    if hasattr(editor, "compose_session"):
+        sess, text = editor.compose_session(references, prompt, captions)
+        out = sess.edit(text)
+        res = ComposeResult(image=out, texts=list(sess.texts))
+        for i, r in enumerate(sess.images[:-1]):
+            res.add(r.numpy(), f"<IMG{i}>" + (f" {sess.texts[i - 1].strip()}" if i and captions else ""))
+        res.add(out, prompt)
+        return res
     refs = [np.asarray(r) for r in (references or [])]
     if not refs:
         raise ValueError("references: no reference images")

@@ -16,9 +16,15 @@ Turn k (k = 0, 1, ...) of a session with images I0..Ik and instructions P0..Pk:
 The start image is fitted the release's way: resized (bicubic) to the area ``area``^2 keeping its aspect
 ratio, then centre-cropped to a multiple of patch x VAE factor (``AreaResize`` + ``DivisibleCrop``).
 ``EditSession`` (infer/editor.py) holds the history; this editor only supplies its turns.
+
+Multi-concept composition (the release's README, ``pad_img_placehoder=False``): ``compose_session`` starts a
+session from several reference images, every later image resized to the first's size (bicubic) before the
+fitting, as ``generate.py`` loads them; its editor (``with_template(False)``) takes every text verbatim
+(``official_compose_texts`` writes them), for the composed turn and any edit after it.
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -26,6 +32,7 @@ import torch
 
 from ..model.official import OFFICIAL_NEGATIVE_PROMPT, official_sample, official_turn_texts
 from ..parallel import cpu_compat
+from ..packed.official import official_compose_texts
 from .editor import EditSession, SamplerConfig, _inner_model
 
 
@@ -50,14 +57,16 @@ class OfficialEditor:
 
     pack_cfg: the data group's PackConfig (its ``patch_size``); area: side of the square area images are
     fitted to (the release: 256 for the 3B; None keeps the start image's size, cropped to the multiple);
-    negative_prompt / prefix: the release's negative prompt and ``CAMERA_PREFIX`` (empty by default)."""
+    negative_prompt / prefix: the release's negative prompt and ``CAMERA_PREFIX`` (empty by default);
+    template: write each instruction in the release's template (its ``pad_img_placehoder``, on for editing),
+    or take the texts verbatim (off: composition)."""
 
     mask_type = "full"          # the release attends over the whole session
     flow_cfg = None             # the release's sampler is fixed (official_sample), not the FlowConfig's
 
     def __init__(self, model, text_encoder, image_encoder, pack_cfg, sampler: SamplerConfig | None = None,
                  area: int | None = None, device="cpu", negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
-                 prefix: str = ""):
+                 prefix: str = "", template: bool = True):
         inner = _inner_model(model) or model         # a Megatron model (maybe wrapped) or hf's VincieMMDiT
         if getattr(getattr(inner, "cfg", None), "variant", None) != "official":
             raise ValueError(f"model.variant: the official editor needs an official-variant model, got "
@@ -71,7 +80,7 @@ class OfficialEditor:
         self.pack_cfg = pack_cfg
         self.sampler = sampler or SamplerConfig()
         self.area, self.device = area, torch.device(device)
-        self.negative_prompt, self.prefix = negative_prompt, prefix
+        self.negative_prompt, self.prefix, self.template = negative_prompt, prefix, bool(template)
         self.step_callback = None       # callback(done, steps) after each sampling step (progress in a UI)
 
     @property
@@ -106,13 +115,43 @@ class OfficialEditor:
     def start(self, image) -> EditSession:
         return EditSession(self, [torch.from_numpy(self.fit(image))], [])
 
+    def with_template(self, template: bool) -> "OfficialEditor":
+        """This editor (the same model and encoders) with the release's template on or off."""
+        other = copy.copy(self)
+        other.template = bool(template)
+        return other
+
+    def turn_texts(self, texts: list[str]) -> list[str]:
+        """A session's texts as the model reads them: templated per turn, or verbatim after ``prefix``."""
+        if self.template:
+            return official_turn_texts(list(texts), self.prefix)
+        return [self.prefix + t for t in texts]
+
+    def compose_session(self, references, prompt: str,
+                        captions: list[str] | None = None) -> tuple[EditSession, str]:
+        """A verbatim-text session over ``references`` (uint8 [H, W, 3], any sizes: each later one is resized to
+        the first's size, bicubic, then all are fitted) with their captions as its texts; ``.edit(text)`` with
+        the returned prompt text makes the composed image. -> (session, the prompt's text)."""
+        from PIL import Image
+
+        refs = [np.asarray(r) for r in (references or [])]
+        texts = official_compose_texts(len(refs), prompt, captions)
+        for i, r in enumerate(refs, 1):
+            if r.dtype != np.uint8 or r.ndim != 3 or r.shape[2] != 3:
+                raise ValueError(f"references: reference {i}: expected uint8 [H, W, 3], got {r.dtype} {list(r.shape)}")
+        h, w = refs[0].shape[:2]
+        same = [r if r.shape[:2] == (h, w) else np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC))
+                for r in refs]
+        ed = self.with_template(False)
+        return EditSession(ed, [torch.from_numpy(ed.fit(r)) for r in same], texts[:-1]), texts[-1]
+
     def session_inputs(self, images, texts: list[str], prompt: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """One turn's ``official_sample`` inputs: (session dict, negative rows [L, text_dim], noise [T, C, h, w])."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: expected a non-empty string")
         lat = self.image.encode(torch.stack([torch.as_tensor(np.asarray(im)) for im in images]))   # (n+1, C, h, w)
         latents = torch.cat([lat, torch.zeros_like(lat[:1])])          # the frame to generate: zero latent
-        rows = self.text.encode(official_turn_texts(list(texts) + [prompt], self.prefix))
+        rows = self.text.encode(self.turn_texts(list(texts) + [prompt]))
         negative = self.text.encode([self.negative_prompt])[0]
         T, C, h, w = latents.shape
         gen = torch.Generator().manual_seed(int(self.sampler.seed))     # the same seed every turn (fix_seed)

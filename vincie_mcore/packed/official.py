@@ -97,3 +97,27 @@ def official_turn_texts(prompts: list[str], prefix: str = "") -> list[str]:
     ``Based on <IMG{k}>, {prefix + prompt, stripped of spaces and dots}. Output <IMG{k+1}>: ``; ``prefix`` is
     its ``CAMERA_PREFIX`` (empty by default)."""
     return [f"Based on <IMG{k}>, {(prefix + p).strip().strip('.')}. Output <IMG{k + 1}>: " for k, p in enumerate(prompts)]
+
+
+def official_compose_texts(references: int, prompt: str, captions: list[str] | None = None) -> list[str]:
+    """The texts of the release's multi-concept composition (its README, ``pad_img_placehoder=False``: every
+    text verbatim) for ``references`` images <IMG0>..<IMG{n-1}> and the image to make, <IMG{n}>: a caption
+    after each reference but the first (default ``<IMG{i}>: ``, the README's), then the prompt. A prompt that
+    names no ``<IMG`` is written the README's way, ``Based on <IMG0>, ..., and <IMG{n-1}>, {prompt}. Output
+    <IMG{n}>: ``; one that does is kept as it is."""
+    n = int(references)
+    if n < 1:
+        raise ValueError("references: no reference images")
+    if captions is None:
+        captions = [f"<IMG{i}>: " for i in range(1, n)]
+    if len(captions) != n - 1:
+        raise ValueError(f"captions: expected {n - 1} (one after each reference but the first), got {len(captions)}")
+    if not all(isinstance(c, str) and c.strip() for c in captions):
+        raise ValueError("captions: expected non-empty strings")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ValueError("prompt: expected a non-empty string")
+    if "<IMG" not in prompt:
+        tags = [f"<IMG{i}>" for i in range(n)]
+        named = tags[0] if n == 1 else " and ".join(tags) if n == 2 else ", ".join(tags[:-1]) + ", and " + tags[-1]
+        prompt = f"Based on {named}, {prompt.strip().strip('.')}. Output <IMG{n}>: "
+    return [*captions, prompt]
