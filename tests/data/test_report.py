@@ -58,7 +58,8 @@ def test_stats_are_the_known_numbers(store):
     assert s["cameras"] == {"None": 4, "pan left": 1, "tilt up": 1}
     # source masks: 4/16, 0, 16/16, 0, 0, 0 rows; target 8/16, 0, 0, ...; both empty in 4 of 6 transitions
     assert s["roe"] == {"src_mean_coverage": pytest.approx((0.25 + 1.0) / 6, abs=1e-4),
-                        "tgt_mean_coverage": pytest.approx(0.5 / 6, abs=1e-4), "empty_share": pytest.approx(4 / 6, abs=1e-4)}
+                        "tgt_mean_coverage": pytest.approx(0.5 / 6, abs=1e-4), "empty_share": pytest.approx(4 / 6, abs=1e-4),
+                        "sessions": 3, "sampled": False}
     assert s["failures"] == 3 and s["failures_by_reason"] == {"decode timed out after # s": 2,
                                                               "annotator: reply is not JSON": 1}
     text = format_stats(s)
@@ -119,3 +120,47 @@ def test_aesthetic_scores_in_stats_and_preview_by_ranking(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: preview --by aesthetic: no session of") and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "pv2").exists()
+
+
+def test_a_large_store_reads_records_only_and_draws_the_coverage_sample(tmp_path):
+    """Over more sessions than ``coverage_sessions``: every number but RoE coverage comes from the records
+    alone (they still come out with the blobs' chunks deleted), coverage from the drawn sessions, each read
+    alone (``SessionStore.read``, the same sessions as ``store[i]``), and equal to coverage worked out by hand
+    on those sessions."""
+    import shutil
+
+    from vincie_mcore.data.store import SessionStore
+
+    root = tmp_path / "s"
+    n = 11
+    with SessionWriter(root, shard_size=4) as w:
+        for k in range(n):
+            w.add(RawSession(f"v{k}", [_frame(k), _frame(k + 1), _frame(k + 2)], [_mask(k % 5), _mask(0)],
+                             [_mask(16 - k), _mask(k % 3)], [f"add {k} cups", "zoom in"], ["None", "zoom in"],
+                             meta={"aesthetic": float(k)}))
+    st = SessionStore(root)
+    for i in range(n):
+        a, b = st[i], st.read(i)
+        assert (a.video_id, a.frames, a.roe_src, a.roe_tgt, a.texts, a.meta) == \
+               (b.video_id, b.frames, b.roe_src, b.roe_tgt, b.texts, b.meta)
+    full = store_stats(root)
+    assert full["roe"]["sessions"] == n and full["roe"]["sampled"] is False
+
+    got = store_stats(root, coverage_sessions=4, seed=3)
+    drawn = np.sort(np.random.default_rng(3).choice(n, 4, replace=False))
+    src = [(k % 5) / 16 for k in drawn] + [0.0] * 4
+    tgt = [(16 - k) / 16 for k in drawn] + [(k % 3) / 16 for k in drawn]
+    assert got["roe"] == {"src_mean_coverage": pytest.approx(np.mean(src), abs=1e-4),
+                          "tgt_mean_coverage": pytest.approx(np.mean(tgt), abs=1e-4),
+                          "empty_share": pytest.approx(np.mean([a == 0 and b == 0 for a, b in zip(src, tgt)]),
+                                                       abs=1e-4),
+                          "sessions": 4, "sampled": True}
+    assert got["roe"] != full["roe"] and "(4 sessions drawn at random)" in format_stats(got)
+    assert {k: v for k, v in got.items() if k != "roe"} == {k: v for k, v in full.items() if k != "roe"}
+    with pytest.raises(ValueError, match=r"^coverage_sessions: must be >= 1 or None, got 0"):
+        store_stats(root, coverage_sessions=0)
+
+    for blob in root.glob("shard_*/blob/c"):                 # every image gone: the records still read
+        shutil.rmtree(blob)
+    rec = [(i, v, r["meta"]["aesthetic"]) for i, v, r in SessionStore(root).records()]
+    assert rec == [(k, f"v{k}", float(k)) for k in range(n)]

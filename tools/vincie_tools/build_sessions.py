@@ -111,6 +111,10 @@ def _steps_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("stats", help="sessions, frames, texts, edit types, cameras, RoE coverage, failures")
     st.add_argument("--store", required=True)
     st.add_argument("--json", default=None, help="where to write them (default: STORE/stats.json)")
+    st.add_argument("--coverage-sessions", type=int, default=None,
+                    help="sessions the RoE coverage is measured on, drawn at random (default 1000; every other "
+                         "number reads every session's record); 0: all")
+    st.add_argument("--seed", type=int, default=0, help="the coverage sample's seed")
     pv = sub.add_parser("preview", help="contact sheets of random sessions, or over the aesthetic ranking (PNG)")
     pv.add_argument("--store", required=True)
     pv.add_argument("--out", required=True)
@@ -262,7 +266,9 @@ def steps_main(argv) -> dict:
     from vincie_mcore.data.report import format_stats, preview, write_stats
 
     if a.step == "stats":
-        s = write_stats(a.store, a.json)
+        from vincie_mcore.data.report import COVERAGE_SESSIONS
+        n = COVERAGE_SESSIONS if a.coverage_sessions is None else (a.coverage_sessions or None)
+        s = write_stats(a.store, a.json, coverage_sessions=n, seed=a.seed, progress=True)
         print(format_stats(s))
         return s
     paths = preview(a.store, a.out, sessions=a.sessions, seed=a.seed, by=a.by)

@@ -305,6 +305,10 @@ MUTANTS = [
            "        same = [r if r.shape[:2] == (h, w) else", "        same = [r if True else",
            ("tests/infer/test_official_editor.py",), "references of other sizes are fitted on their own, not "
                                                       "resized to the first's as the release loads them"),
+    Mutant("store_read_sample_from_shard_start", "vincie_mcore/data/store.py",
+           "        off = sh[\"offsets\"][a:b + 1]\n", "        off = sh[\"offsets\"][0:b - a + 1]\n",
+           ("tests/data/test_report.py",), "a session read alone (stats' coverage sample, previews) gets the "
+                                          "first session's images of its shard"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

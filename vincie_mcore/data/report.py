@@ -6,7 +6,8 @@ researcher checks it the same way before training on it:
 - text lengths;
 - the edit-type mix (keywords in the texts, ``EDIT_TYPES``);
 - the camera mix;
-- RoE coverage: how much of each frame the masks mark, and how often they are empty;
+- RoE coverage: how much of each frame the masks mark, and how often they are empty (over a large store,
+  on ``COVERAGE_SESSIONS`` sessions drawn at random: the only number that reads images);
 - the learned filters' scores where the build recorded them (``meta.aesthetic``, ``meta.logo_frames``:
   data/quality.py), as percentiles and counts;
 - failures by reason, from ``failures.jsonl``.
@@ -61,28 +62,50 @@ def _pct(values, q):
     return float(np.percentile(values, q)) if len(values) else None
 
 
-def store_stats(root) -> dict:
-    """Every number of the module docstring, for the store at ``root``."""
+COVERAGE_SESSIONS = 1000
+"""RoE coverage is the one number that needs the images (the masks' PNGs): over a store larger than this, it
+is measured on this many sessions drawn at random (each read alone: ``SessionStore.read``); every other
+number reads only the sessions' records, so it covers every session of a 10M-session store."""
+
+
+def store_stats(root, coverage_sessions: int | None = COVERAGE_SESSIONS, seed: int = 0,
+                progress: bool = False) -> dict:
+    """Every number of the module docstring, for the store at ``root``; ``coverage_sessions``: how many
+    sessions the RoE coverage is measured on (None: all), drawn with ``seed``; ``progress``: tqdm bars."""
+    from tqdm import tqdm
+
     st = SessionStore(root)
     frames, words, types, cameras = [], [], Counter(), Counter()
     cov_src, cov_tgt = [], []
     aesthetic, logo = [], Counter()
-    for i in range(len(st)):
-        s = st[i]
-        frames.append(s.num_frames)
-        if isinstance(s.meta.get("aesthetic"), (int, float)):
-            aesthetic.append(float(s.meta["aesthetic"]))
-        if "logo_frames" in s.meta:
-            logo[str(s.meta["logo_frames"])] += 1
-        for text in s.texts:
+    for _, _, rec in tqdm(st.records(), total=len(st), desc="stats: records", unit="session",
+                          disable=not progress):
+        frames.append(len(rec["texts"]) + 1)
+        meta = rec.get("meta") or {}
+        if isinstance(meta.get("aesthetic"), (int, float)):
+            aesthetic.append(float(meta["aesthetic"]))
+        if "logo_frames" in meta:
+            logo[str(meta["logo_frames"])] += 1
+        for text in rec["texts"]:
             words.append(len(text.split()))
             types.update(edit_types(text))
-        cameras.update(str(c) for c in s.cameras)
+        cameras.update(str(c) for c in rec["cameras"])
+    n = len(st)
+    if coverage_sessions is not None and coverage_sessions < 1:
+        raise ValueError(f"coverage_sessions: must be >= 1 or None, got {coverage_sessions}")
+    if coverage_sessions is None or n <= coverage_sessions:
+        sample, read = range(n), st.__getitem__                    # all, shard by shard
+    else:
+        sample = np.sort(np.random.default_rng(seed).choice(n, coverage_sessions, replace=False))
+        read = st.read                                             # a few, each alone
+    for i in tqdm(sample, desc="stats: RoE coverage", unit="session", disable=not progress):
+        s = read(int(i))
         cov_src += [_coverage(p) for p in s.roe_src]
         cov_tgt += [_coverage(p) for p in s.roe_tgt]
     n_trans = len(words)
     fails = Counter(re.sub(r"\d+(\.\d+)?", "#", r) for r in read_failures(root).values())
     both_empty = sum(a == 0 and b == 0 for a, b in zip(cov_src, cov_tgt))
+    n_cov = len(cov_src)
     return {
         "store": str(root),
         "sessions": len(st),
@@ -97,7 +120,8 @@ def store_stats(root) -> dict:
         "cameras": dict(cameras.most_common()),
         "roe": {"src_mean_coverage": round(float(np.mean(cov_src)), 4) if cov_src else None,
                 "tgt_mean_coverage": round(float(np.mean(cov_tgt)), 4) if cov_tgt else None,
-                "empty_share": round(both_empty / n_trans, 4) if n_trans else None},
+                "empty_share": round(both_empty / n_cov, 4) if n_cov else None,
+                "sessions": len(sample), "sampled": len(sample) < n},
         "aesthetic": {"sessions": len(aesthetic), "mean": round(float(np.mean(aesthetic)), 4),
                       **{f"p{q}": round(_pct(aesthetic, q), 4) for q in (5, 25, 50, 75, 95)}} if aesthetic else None,
         "logo_frames": dict(sorted(logo.items())) if logo else None,
@@ -115,7 +139,8 @@ def format_stats(s: dict) -> str:
              f"  text words      mean {t['mean']}  p50 {t['p50']}  p95 {t['p95']}  max {t['max']}",
              "  edit types      " + "  ".join(f"{k} {v:.0%}" for k, v in s["edit_type_share"].items()),
              "  cameras         " + "  ".join(f"{k} {v}" for k, v in list(s["cameras"].items())[:8]),
-             f"  RoE coverage    src {r['src_mean_coverage']}  tgt {r['tgt_mean_coverage']}  both empty {r['empty_share']}"]
+             f"  RoE coverage    src {r['src_mean_coverage']}  tgt {r['tgt_mean_coverage']}  both empty {r['empty_share']}"
+             + (f"  ({r['sessions']} sessions drawn at random)" if r.get("sampled") else "")]
     if s.get("sources"):
         lines.append("  sources         " + "  ".join(f"{k} {v}" for k, v in s["sources"].items()))
     if s.get("aesthetic"):
@@ -145,8 +170,8 @@ PREVIEW_BY = ("random", "aesthetic")
 def _by_score(st: SessionStore, n: int) -> tuple[list[int], dict]:
     """``n`` sessions evenly spaced over the aesthetic ranking (lowest first), and every scored session's score."""
     scores = {}
-    for i in range(len(st)):
-        a = st[i].meta.get("aesthetic")
+    for i, _, rec in st.records():                         # the scores only: no images read
+        a = (rec.get("meta") or {}).get("aesthetic")
         if isinstance(a, (int, float)):
             scores[i] = float(a)
     if not scores:
@@ -184,7 +209,7 @@ def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0,
     paths = []
     for sheet, start in enumerate(range(0, len(pick), per_sheet)):
         ids = [int(i) for i in pick[start:start + per_sheet]]
-        rows = [st[i] for i in ids]
+        rows = [st.read(i) for i in ids]                  # each alone: a few sessions of a large store
         width = max(s.num_frames for s in rows) * (tile + 4) + 4
         img = Image.new("RGB", (width, row_h * len(rows)), "white")
         d = ImageDraw.Draw(img)
@@ -209,8 +234,9 @@ def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0,
     return paths
 
 
-def write_stats(root, out_json=None) -> dict:
-    s = store_stats(root)
+def write_stats(root, out_json=None, **kw) -> dict:
+    """``store_stats(root, **kw)``, written to ``out_json`` (default: ``root/stats.json``)."""
+    s = store_stats(root, **kw)
     path = Path(out_json) if out_json else Path(root) / "stats.json"
     path.write_text(json.dumps(s, indent=2))
     return s

@@ -290,6 +290,7 @@ class SessionStore:
         self._ids = [v for d in index for v in d["video_ids"]]
         self._loc = [(si, j) for si, d in enumerate(index) for j in range(len(d["video_ids"]))]
         self._cache = (None, None)
+        self._small = (None, None)       # read(): one shard's arrays but its blob
 
     def __len__(self) -> int:
         return len(self._ids)
@@ -337,14 +338,46 @@ class SessionStore:
         return self._cache[1]
 
     def __getitem__(self, i: int) -> RawSession:
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"session {i} out of range for a store of {len(self)}")
-        name, j = self.location(i % len(self))
+        name, j = self._where(i)
         sh = self._shard(name)
         a, b = int(sh["first"][j]), int(sh["first"][j + 1])
         off = sh["offsets"]
-        imgs = [sh["blob"][off[k]:off[k + 1]] for k in range(a, b)]
-        k = (b - a + 2) // 3
-        rec = json.loads(sh["recs"][j])
-        return RawSession(str(sh["ids"][j]), imgs[:k], imgs[k:2 * k - 1], imgs[2 * k - 1:], rec["texts"], rec["cameras"],
-                          rec["meta"], rec["states"])
+        return _session(str(sh["ids"][j]), [sh["blob"][off[k]:off[k + 1]] for k in range(a, b)], sh["recs"][j])
+
+    def read(self, i: int) -> RawSession:
+        """Session i as ``store[i]`` gives it, reading only its own bytes of the shard's blob (the chunks
+        holding them) instead of the whole shard: for a few sessions drawn at random from a large store."""
+        name, j = self._where(i)
+        if self._small[0] != name:          # the shard's small arrays, kept while reads stay in it
+            g = self._group[name]
+            self._small = (name, dict(blob=g["blob"], offsets=g["offsets"][:], first=g["first"][:],
+                                      ids=g["video_id"][:], recs=g["record"][:]))
+        sh = self._small[1]
+        a, b = int(sh["first"][j]), int(sh["first"][j + 1])
+        off = sh["offsets"][a:b + 1]
+        raw = sh["blob"][int(off[0]):int(off[-1])].tobytes()
+        return _session(str(sh["ids"][j]), [raw[off[k] - off[0]:off[k + 1] - off[0]] for k in range(b - a)],
+                        sh["recs"][j])
+
+    def records(self):
+        """(session index, video id, record dict: texts, cameras, states, meta) of every session in order,
+        reading only each shard's ``video_id`` and ``record`` arrays, never its images."""
+        i = 0
+        for name in self._shards:
+            g = self._group[name]
+            for vid, rec in zip(g["video_id"][:], g["record"][:]):
+                yield i, str(vid), json.loads(rec)
+                i += 1
+
+    def _where(self, i: int) -> tuple[str, int]:
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"session {i} out of range for a store of {len(self)}")
+        return self.location(i % len(self))
+
+
+def _session(video_id: str, imgs: list, record) -> RawSession:
+    """One session from its images in the stored order (K frames, K - 1 source, K - 1 target maps) and record."""
+    k = (len(imgs) + 2) // 3
+    rec = json.loads(record)
+    return RawSession(video_id, imgs[:k], imgs[k:2 * k - 1], imgs[2 * k - 1:], rec["texts"], rec["cameras"],
+                      rec["meta"], rec["states"])
