@@ -342,6 +342,44 @@ def test_cli_writes_the_strip(demo_run, megatron_cpu, args, panels, capsys):
     assert _panels(out) == panels and f"({panels} panels)" in capsys.readouterr().out
 
 
+def test_cli_on_an_export_makes_the_run_s_strips(demo_run, megatron_cpu, tmp_path, capsys):
+    """``--export`` instead of ``--run``: the export folder's plain model (``VincieEditPipeline``, with the
+    recipe config.json now carries) gives every application's strip of the run's Megatron model, within a
+    level of float rounding; an export without the recipe refuses chain and drag in one line, and --set
+    takes only sampler settings."""
+    import json
+
+    from vincie_mcore.convert.hf import export_checkpoint
+    from vincie_tools.edit import main
+
+    d = demo_run
+    export_checkpoint(d / "run", tmp_path / "export")
+    for args in (["chain", "--prompt", "make it blue", "--prompt", "remove it", "--image", "start.png"],
+                 ["drag", "--mask", "mask.png", "--dx", "10", "--dy", "-2", "--image", "start.png"],
+                 ["compose", "--ref", "start.png", "--ref", "other.png", "--prompt", "both squares"],
+                 ["story", "--prompt", "a blue square appears", "--image", "start.png"]):
+        args = [str(d / a) if a.endswith(".png") else a for a in args]
+        strips = []
+        for src in (["--run", str(d / "run")], ["--export", str(tmp_path / "export")]):
+            out = tmp_path / f"{args[0]}_{src[0][2:]}.png"
+            assert main([*args, *src, "--out", str(out), "--set", "sampler.steps=2"]) == 0, capsys.readouterr().err
+            strips.append(np.asarray(Image.open(out)).astype(int))
+        assert strips[0].shape == strips[1].shape and np.abs(strips[0] - strips[1]).max() <= 1, args[0]
+
+    meta = json.loads((tmp_path / "export" / "config.json").read_text())
+    del meta["pipeline"]["recipe"]                                     # an export written before the recipe was
+    (tmp_path / "export" / "config.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["chain", "--export", str(tmp_path / "export"), "--image", str(d / "start.png"), "--prompt", "x",
+                 "--out", str(tmp_path / "c.png")]) == 2
+    assert capsys.readouterr().err.startswith("error: chain: this export has no recipe in config.json")
+    assert main(["story", "--export", str(tmp_path / "export"), "--image", str(d / "start.png"), "--prompt", "x",
+                 "--set", "data.pack.patch_size=4"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --set: 'data.pack.patch_size=4': with --export only sampler.") and \
+        len(err.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("args,names", [
     (["drag", "--image", "start.png", "--mask", "missing.png", "--dx", "1", "--dy", "0"], ["--mask", "missing.png"]),
     (["drag", "--image", "start.png", "--mask", "short.png", "--dx", "1", "--dy", "0"], ["--mask", "24x16"]),

@@ -329,9 +329,21 @@ def test_hf_export_of_the_import_edits_like_the_run(loaded, run, tmp_path):
     # composition through the pipeline: the run's editor's composed image (references of two sizes)
     from vincie_mcore.infer import applications as apps
     refs = [_image(5, 32, 32), _image(6, 24, 40)]
-    got = pipe.compose(refs, "the two together", steps=2, seed=7)
+    got = pipe.compose(refs, "the two together", steps=2, seed=7).image
     want = apps.compose(ref.editor, refs, "the two together").image
     assert got.shape == want.shape == (32, 32, 3) and np.abs(got.astype(int) - want.astype(int)).max() <= 1
+    with pytest.raises(ValueError, match=r"^chain: not for a released model \(variant 'official'\)"):
+        pipe.chain(start, ["x"])
+    # the benchmarks' and vincie-edit batch's --export: the release's editor, with --set's sampler settings
+    import argparse
+
+    from vincie_mcore.infer.official_editor import OfficialEditor
+    from vincie_tools.benchmark import load_editor
+    deferred, cfg, weights = load_editor(argparse.Namespace(export=str(tmp_path / "export"), run=None,
+                                                            set=["sampler.steps=2", "sampler.seed=7"]))
+    assert cfg is None and len(weights["weights_sha256"]) == 64 and not deferred.loaded
+    ed = deferred.get()
+    assert isinstance(ed, OfficialEditor) and (ed.sampler.steps, ed.sampler.seed, ed.area) == (2, 7, AREA)
 
 
 def test_compose_texts_are_the_release_readme_s():

@@ -47,7 +47,8 @@ def _parser():
     m.add_argument("--limit", type=int, default=None, help="only the first N sessions")
     m.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
-    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     m.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     m.add_argument("--quiet", action="store_true")
@@ -67,7 +68,8 @@ def _parser():
     b.add_argument("--dino", default=None, help="local DINO folder (facebook/dino-vits16; not with --shard)")
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
     b.add_argument("--out", required=True)
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     b.add_argument("--quiet", action="store_true")
@@ -107,6 +109,26 @@ def positive_int(v: str) -> int:
     return n
 
 
+EXPORT_SAMPLER = {"steps": int, "guidance": float, "seed": int, "shift": float}
+
+
+def export_sampler(sets: list[str]) -> dict:
+    """``--set sampler.KEY=VALUE`` for an export: only its sampler settings can change (the rest is its
+    config.json) -> keyword arguments of ``VincieEditPipeline.editor``."""
+    out = {}
+    for kv in sets:
+        key, eq, value = kv.partition("=")
+        name = key[len("sampler."):] if key.startswith("sampler.") else None
+        if not eq or name not in EXPORT_SAMPLER:
+            raise ValueError(f"--set: {kv!r}: with --export only sampler.{{{','.join(EXPORT_SAMPLER)}}}=VALUE "
+                             f"can be set")
+        try:
+            out[name] = EXPORT_SAMPLER[name](value)
+        except ValueError:
+            raise ValueError(f"--set: {key}: expected a number, got {value!r}") from None
+    return out
+
+
 def load_editor(a):
     """The editor of --run or --export, deferred (``edit_runs.Deferred``: loaded at its first edit, so a
     rerun or a scoring job whose edits all exist never loads the model), the run's config (None for an
@@ -119,13 +141,11 @@ def load_editor(a):
         from vincie_mcore.hf.files import read_config
 
         read_config(a.export)                               # no folder or no config: one line before anything runs
+        sampler = export_sampler(getattr(a, "set", None) or [])
 
-        def load_export():
+        def load_export():                                  # Editor, or OfficialEditor for a release's export
             from vincie_mcore.hf.pipeline import VincieEditPipeline
-            from vincie_mcore.infer.editor import Editor
-
-            p = VincieEditPipeline.from_pretrained(a.export)
-            return Editor(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, mask_type=p.mask_type)
+            return VincieEditPipeline.from_pretrained(a.export).editor(**sampler)
         return Deferred(load_export), None, {"weights_sha256": _export_digest(Path(a.export))}
     from vincie_mcore.build import latest_run_step, load_run, make_editor, run_ckpt_dir, run_config
 

@@ -92,7 +92,8 @@ def batch(argv) -> int:
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="the model's input size, sources centre-cropped to it (default: a run's "
                          "data.world.image_px, or 512 512)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override for --run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     ap.add_argument("--shard", default=None, metavar="i/N",
                     help="edit only jobs i, i+N, ... (one GPU of N: VINCIE_BIN=vincie-edit bash slurm/benchmark.sh N -- "
                          "batch ...); the same command without --shard then reads them back and writes index.html")
@@ -199,7 +200,9 @@ def _parser(name: str) -> argparse.ArgumentParser:
         "compose": "multi-concept composition: one image from several reference images and a prompt",
         "story": "story generation: one frame per transition prompt, each the next turn's context",
     }[name])
-    ap.add_argument("--run", required=True, help="training run folder (config.yaml + checkpoints/)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder (config.yaml + checkpoints/)")
+    src.add_argument("--export", help="export folder (vincie-convert export; --set: its sampler settings only)")
     if name == "compose":
         ap.add_argument("--ref", action="append", default=[], help="reference image (repeat, in order)")
         ap.add_argument("--caption", action="append", default=None,
@@ -290,7 +293,13 @@ def application(name: str, argv: list[str]) -> int:
     from vincie_mcore.build import data_configs, is_official, load_run, make_editor, run_config
     from vincie_mcore.infer import applications as apps
     try:
-        official = is_official(run_config(a.run, a.set))
+        if a.export:
+            from vincie_mcore.hf.files import read_config
+            official = read_config(a.export)["model"].get("variant", "paper") == "official"
+            from vincie_tools.benchmark import export_sampler
+            sampler = export_sampler(a.set)
+        else:
+            official = is_official(run_config(a.run, a.set))
         if official and name in ("chain", "drag"):     # the release's layout has no RoE maps to predict or give
             raise ValueError(f"vincie-edit {name}: not for model.variant 'official' (it needs the RoE maps, which "
                              f"the released models' inference layout has no place for; they compose, tell a "
@@ -301,6 +310,12 @@ def application(name: str, argv: list[str]) -> int:
         return 2
 
     try:
+        if a.export:                 # the plain model of an export folder (VincieEditPipeline, docs/export.md)
+            from vincie_mcore.hf.pipeline import VincieEditPipeline
+            pipe = VincieEditPipeline.from_pretrained(a.export)
+            result = apps.story(pipe.editor(**sampler), **inputs) if name == "story" else \
+                getattr(pipe, name)(**inputs, **sampler)
+            return _save(name, a, result)
         cfg, model, text, img = load_run(a.run, a.set)
         editor = make_editor(cfg, model, text, img)
         recipe = data_configs(cfg)["recipe"]
@@ -315,6 +330,12 @@ def application(name: str, argv: list[str]) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    return _save(name, a, result)
+
+
+def _save(name: str, a, result) -> int:
+    from vincie_mcore.infer import applications as apps
+
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     apps.save(result, out)

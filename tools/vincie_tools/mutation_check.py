@@ -309,6 +309,11 @@ MUTANTS = [
            "        off = sh[\"offsets\"][a:b + 1]\n", "        off = sh[\"offsets\"][0:b - a + 1]\n",
            ("tests/data/test_report.py",), "a session read alone (stats' coverage sample, previews) gets the "
                                           "first session's images of its shard"),
+    Mutant("export_chain_default_recipe", "vincie_mcore/hf/pipeline.py",
+           "        return apps.chain_of_editing(self.editor(**sampler), image, prompts, recipe, maps=tuple(maps))",
+           "        return apps.chain_of_editing(self.editor(**sampler), image, prompts, None, maps=tuple(maps))",
+           ("tests/infer/test_applications.py",), "chain-of-editing on an export asks for the maps with the "
+                                                  "default mask prompts, not the ones its run trained on"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -17,6 +17,7 @@ import torch
 
 from vincie_mcore.config import build
 from vincie_mcore.data.packing import PackConfig
+from vincie_mcore.data.recipe import RecipeConfig
 from vincie_mcore.diffusion.flow import FlowConfig
 from vincie_mcore.encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
 from vincie_mcore.infer.editor import Editor, SamplerConfig
@@ -37,6 +38,8 @@ def pipeline_section(cfg) -> dict:
            "flow": c["flow"], "sampler": c["sampler"], "mask_type": d["recipe"]["mask_type"]}
     if c["model"].get("variant") == "official":      # the area images are fitted to (infer/official_editor.py)
         out["area"] = d["corpus"].get("image_size")
+    else:                                            # the applications' layouts: mask prompts, camera tags
+        out["recipe"] = d["recipe"]
     return out
 
 
@@ -44,10 +47,12 @@ class VincieEditPipeline:
     """Model + frozen encoders + sampler settings; ``__call__`` edits an image turn after turn."""
 
     def __init__(self, model: VincieMMDiT, text_encoder, image_encoder, pack: PackConfig, flow: FlowConfig,
-                 sampler: SamplerConfig, mask_type: str, device="cpu", area: int | None = None):
+                 sampler: SamplerConfig, mask_type: str, device="cpu", area: int | None = None,
+                 recipe: RecipeConfig | None = None):
         self.model, self.text_encoder, self.image_encoder = model, text_encoder, image_encoder
         self.pack, self.flow, self.sampler, self.mask_type, self.device = pack, flow, sampler, mask_type, device
         self.area = area                # official variant: images fitted to area^2 (infer/official_editor.py)
+        self.recipe = recipe            # paper variant: the run's recipe (chain and drag's mask prompts)
 
     @classmethod
     def from_pretrained(cls, folder, device="cpu", dtype: torch.dtype | None = None) -> "VincieEditPipeline":
@@ -61,9 +66,11 @@ class VincieEditPipeline:
         text = TextEncoder(build(TextEncoderConfig, p["text_encoder"], "pipeline.text_encoder"), device=device)
         image = build_image_encoder(build(ImageEncoderConfig, p["image_encoder"], "pipeline.image_encoder"),
                                     device=device)
+        recipe = build(RecipeConfig, p["recipe"], "pipeline.recipe") if p.get("recipe") is not None else None
         return cls(model, text, image, build(PackConfig, p["pack"], "pipeline.pack"),
                    build(FlowConfig, p["flow"], "pipeline.flow"),
-                   build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device, p.get("area"))
+                   build(SamplerConfig, p["sampler"], "pipeline.sampler"), p["mask_type"], device, p.get("area"),
+                   recipe)
 
     @torch.no_grad()
     def __call__(self, image, prompts: list, steps: int | None = None, guidance: float | None = None,
@@ -89,7 +96,7 @@ class VincieEditPipeline:
                 raise ValueError("prompts: expected a non-empty list of strings, one per turn"
                                  + (" (for each image)" if many else ""))
         # 2. The editor, with this call's sampler settings (a fresh generator: the same seed, the same images)
-        editor = self._editor(steps, guidance, seed, shift)
+        editor = self.editor(steps, guidance, seed, shift)
         sampler = editor.sampler
         # 3. Turn after turn
         if not many:
@@ -110,8 +117,10 @@ class VincieEditPipeline:
                 outs[i].append(im)
         return outs
 
-    def _editor(self, steps=None, guidance=None, seed=None, shift=None):
-        """An editor over this pipeline's model with the exported sampler, each given setting replacing its own."""
+    def editor(self, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
+               shift: float | None = None):
+        """The editor over this pipeline's model (``Editor``, or ``OfficialEditor`` for a release) with the
+        exported sampler settings, each one given here replacing its own."""
         s = self.sampler
         sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
                                       guidance=s.guidance if guidance is None else float(guidance),
@@ -124,17 +133,39 @@ class VincieEditPipeline:
         return Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
                       device=self.device, mask_type=self.mask_type)
 
-    @torch.no_grad()
-    def compose(self, references: list, prompt: str, captions: list[str] | None = None, steps: int | None = None,
-                guidance: float | None = None, seed: int | None = None, shift: float | None = None) -> np.ndarray:
-        """Multi-concept composition with a released model (``variant: official``): reference images uint8
-        [H, W, 3] (any sizes) and a prompt -> one image, the release's way (docs/applications.md: verbatim
-        texts, captions ``<IMG{i}>: `` by default, the prompt written ``Based on <IMG0>, ... Output <IMG{k}>: ``
-        unless it names its images). A paper-variant export carries no recipe for its composition layout:
-        use ``vincie-edit compose --run`` on its training run."""
-        if self.model.cfg.variant != "official":
-            raise ValueError("compose: for released (variant 'official') exports only; a paper-variant run "
-                             "composes with vincie-edit compose --run RUN")
-        sess, text = self._editor(steps, guidance, seed, shift).compose_session(references, prompt, captions)
-        return sess.edit(text)
+    # ------------------------------------------------------------------ the paper's applications
+    # (infer/applications.py, docs/applications.md); sampler settings as in __call__. Each returns the
+    # application's result: its images, and ``panels`` / ``labels`` for ``applications.save`` (an edit strip).
 
+    def _recipe(self, name: str) -> RecipeConfig:
+        if self.model.cfg.variant == "official":
+            raise ValueError(f"{name}: not for a released model (variant 'official'): it needs the RoE maps, "
+                             f"which the release's inference layout has no place for")
+        if self.recipe is None:
+            raise ValueError(f"{name}: this export has no recipe in config.json's pipeline section (exported "
+                             f"before it was written): export the run again")
+        return self.recipe
+
+    @torch.no_grad()
+    def compose(self, references: list, prompt: str, captions: list[str] | None = None, **sampler):
+        """Multi-concept composition: reference images uint8 [H, W, 3] and a prompt -> ``ComposeResult``
+        (``.image``). A released model composes the release's way (verbatim texts naming ``<IMG{i}>``,
+        references of any size); a paper-variant model as its run does (captions between the references,
+        which must share one size)."""
+        from vincie_mcore.infer import applications as apps
+        return apps.compose(self.editor(**sampler), references, prompt, captions)
+
+    @torch.no_grad()
+    def chain(self, image, prompts: list[str], maps: tuple = ("roe_src", "roe_tgt"), **sampler):
+        """Chain-of-editing: per turn the RoE map(s), then the frame -> ``ChainResult`` (``.images``, ``.masks``)."""
+        from vincie_mcore.infer import applications as apps
+        recipe = self._recipe("chain")
+        return apps.chain_of_editing(self.editor(**sampler), image, prompts, recipe, maps=tuple(maps))
+
+    @torch.no_grad()
+    def drag(self, image, mask, dx: int, dy: int, prompt: str | None = None, **sampler):
+        """Drag editing: the region ``mask`` (bool [H, W], or None to let the model locate it from ``prompt``)
+        moved by (dx, dy) pixels -> ``DragResult`` (``.image``)."""
+        from vincie_mcore.infer import applications as apps
+        recipe = self._recipe("drag")
+        return apps.drag(self.editor(**sampler), image, mask, dx, dy, recipe, prompt=prompt)
