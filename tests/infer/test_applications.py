@@ -344,7 +344,8 @@ def test_cli_writes_the_strip(demo_run, megatron_cpu, args, panels, capsys):
 
 def test_cli_on_an_export_makes_the_run_s_strips(demo_run, megatron_cpu, tmp_path, capsys):
     """``--export`` instead of ``--run``: the export folder's plain model (``VincieEditPipeline``, with the
-    recipe config.json now carries) gives every application's strip of the run's Megatron model, within a
+    recipe config.json now carries) gives every application's (and plain editing's) strip of the run's
+    Megatron model, within a
     level of float rounding; an export without the recipe refuses chain and drag in one line, and --set
     takes only sampler settings."""
     import json
@@ -357,11 +358,12 @@ def test_cli_on_an_export_makes_the_run_s_strips(demo_run, megatron_cpu, tmp_pat
     for args in (["chain", "--prompt", "make it blue", "--prompt", "remove it", "--image", "start.png"],
                  ["drag", "--mask", "mask.png", "--dx", "10", "--dy", "-2", "--image", "start.png"],
                  ["compose", "--ref", "start.png", "--ref", "other.png", "--prompt", "both squares"],
-                 ["story", "--prompt", "a blue square appears", "--image", "start.png"]):
+                 ["story", "--prompt", "a blue square appears", "--image", "start.png"],
+                 ["--prompt", "a blue square appears", "--image", "start.png"]):          # plain editing
         args = [str(d / a) if a.endswith(".png") else a for a in args]
         strips = []
         for src in (["--run", str(d / "run")], ["--export", str(tmp_path / "export")]):
-            out = tmp_path / f"{args[0]}_{src[0][2:]}.png"
+            out = tmp_path / f"{args[0].strip('-')}_{src[0][2:]}.png"
             assert main([*args, *src, "--out", str(out), "--set", "sampler.steps=2"]) == 0, capsys.readouterr().err
             strips.append(np.asarray(Image.open(out)).astype(int))
         assert strips[0].shape == strips[1].shape and np.abs(strips[0] - strips[1]).max() <= 1, args[0]

@@ -2,6 +2,7 @@
 
     vincie-edit --run runs/demo --image start.png \
         --prompt "add a red square at the top left" --prompt "make the red square blue" --out strip.png
+    vincie-edit --export exports/demo --image start.png --prompt "add a red square"    # an export folder
 
 Each prompt is one turn; every turn sees the whole history (images and texts).
 Writes each turn's image next to --out and the edit strip as --out.
@@ -35,12 +36,15 @@ def main(argv=None) -> int:
         return batch(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog=f"applications: vincie-edit {{{','.join(APPLICATIONS)}}} --help")
-    ap.add_argument("--run", required=True, help="training run folder (config.yaml + checkpoints/)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder (config.yaml + checkpoints/)")
+    src.add_argument("--export", help="export folder (vincie-convert export)")
     ap.add_argument("--image", required=True, help="starting image (PNG/JPEG)")
     ap.add_argument("--prompt", action="append", required=True, help="one edit instruction per turn (repeat)")
     ap.add_argument("--out", default="edit_strip.png", help="edit strip PNG")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. sampler.steps=30 sampler.guidance=3")
+                    help="config override, e.g. sampler.steps=30 sampler.guidance=3 (with --export: "
+                         "sampler.steps/guidance/seed/shift only)")
     a = ap.parse_args(argv)
 
     from vincie_mcore.data.media import MediaError, load_image
@@ -56,8 +60,14 @@ def main(argv=None) -> int:
     from vincie_mcore.build import load_run, make_editor
     from vincie_mcore.infer.editor import save_strip
     try:
-        cfg, model, text, img = load_run(a.run, a.set)
-        editor = make_editor(cfg, model, text, img)
+        if a.export:
+            from vincie_mcore.hf.pipeline import VincieEditPipeline
+            from vincie_tools.benchmark import export_sampler
+            sampler = export_sampler(a.set)
+            editor = VincieEditPipeline.from_pretrained(a.export).editor(**sampler)
+        else:
+            cfg, model, text, img = load_run(a.run, a.set)
+            editor = make_editor(cfg, model, text, img)
         sess = editor.start(image)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
