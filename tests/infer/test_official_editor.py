@@ -344,6 +344,14 @@ def test_hf_export_of_the_import_edits_like_the_run(loaded, run, tmp_path):
     assert cfg is None and len(weights["weights_sha256"]) == 64 and not deferred.loaded
     ed = deferred.get()
     assert isinstance(ed, OfficialEditor) and (ed.sampler.steps, ed.sampler.seed, ed.area) == (2, 7, AREA)
+    # the web editor on the export: the release's editor too (the same first turn as the pipeline's)
+    from vincie_mcore.app.session import Backend, WebSession
+    be = Backend.from_export(tmp_path / "export")
+    assert (be.variant, be.area) == ("official", AREA) and isinstance(be.editor(2, 7.5, 7), OfficialEditor)
+    ws = WebSession(be)
+    ws.start(start)
+    out = ws.edit(PROMPTS[0], steps=2, guidance=be.sampler.guidance, seed=7)
+    assert np.abs(out.astype(int) - pipe(start, PROMPTS[:1], steps=2, seed=7)[0].astype(int)).max() <= 1
 
 
 def test_compose_texts_are_the_release_readme_s():

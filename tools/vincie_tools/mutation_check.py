@@ -314,6 +314,11 @@ MUTANTS = [
            "        return apps.chain_of_editing(self.editor(**sampler), image, prompts, None, maps=tuple(maps))",
            ("tests/infer/test_applications.py",), "chain-of-editing on an export asks for the maps with the "
                                                   "default mask prompts, not the ones its run trained on"),
+    Mutant("app_export_variant_dropped", "vincie_mcore/app/session.py",
+           "                   f\"export {folder}\", device, area=p.area, variant=str(p.model.cfg.variant))",
+           "                   f\"export {folder}\", device)",
+           ("tests/infer/test_official_editor.py",), "the web editor edits a released model's export with the "
+                                                      "paper's editor (its packing and sampler)"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

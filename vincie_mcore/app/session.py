@@ -76,7 +76,7 @@ class Backend:
 
         p = VincieEditPipeline.from_pretrained(folder, device=device)
         return cls(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, p.mask_type,
-                   f"export {folder}", device)
+                   f"export {folder}", device, area=p.area, variant=str(p.model.cfg.variant))
 
     @property
     def size_multiple(self) -> int:
