@@ -5,8 +5,8 @@ relies on against independent references: the app's turns equal the library's no
 path, an exported folder gives the same samples as its run, undo-then-redo gives the same image,
 the download holds exactly the session. The browser test starts ``vincie-app`` as a user does
 and drives the page through Debian's Chromium with Selenium: two turns (one by the button, one by
-Enter), progress in the page, undo, the download, and a bad image reported in the page while the
-server keeps serving.
+Enter), progress in the page, undo, the download, a composition of two uploaded references, and a bad
+image reported in the page while the server keeps serving.
 """
 import io
 import json
@@ -117,6 +117,37 @@ def test_download_holds_the_session(backend, tmp_path):
     for a, b in zip(got, [_image(2), *outs]):
         assert np.array_equal(a, b)
     assert strip.width == 3 * (24 * 4 + 4)                   # three panels at 4x
+
+
+def test_compose_starts_a_session_that_edits_on(backend, tmp_path):
+    """Composition as a session's first turn: the composed image is the one ``applications.compose`` samples
+    (its re-packing path; here the session's KV cache), later turns edit it, undo goes back to the
+    references, the download labels them; fewer than two references, two sizes or a bad size: one line."""
+    from vincie_mcore.infer import applications as apps
+
+    refs = [_image(5), _image(6)]
+    ws = WebSession(backend)
+    out = ws.compose([refs[0], str(_png(tmp_path / "r2.png", refs[1]))], " both squares ", 3, 3.0, 5)
+    want = apps.compose(backend.editor(3, 3.0, 5), refs, "both squares")
+    assert ws.turns[0].kv_cache is True and np.abs(out.astype(int) - want.image.astype(int)).max() <= 1
+    assert ws.session.texts == ["reference image 2 of 2", "both squares"]
+    ws.edit(PROMPTS[0], 2, 3.0, 1)
+    assert [c for _, c in ws.gallery()] == ["reference 1", "reference 2", "turn 1: both squares",
+                                            f"turn 2: {PROMPTS[0]}"]
+    with zipfile.ZipFile(ws.download(tmp_path)) as z:
+        assert json.loads(z.read("session.json"))["references"] == 2 and "turn_3.png" in z.namelist()
+    ws.undo()
+    ws.undo()
+    assert len(ws.images) == 2 and ws.references == 2
+    with pytest.raises(AppError, match="^undo: no turn to undo$"):
+        ws.undo()
+    for args, pattern in (([refs[0]], r"^references: upload two or more images to compose$"),
+                          ([refs[0], _image(7, h=16)], r"^references: reference 2 is \[16, 24, 3\], reference 1"),
+                          ([refs[0], _image(7, h=20)], r"^reference 2: size 24x20 \(WxH\) is not a multiple of 8")):
+        with pytest.raises(AppError, match=pattern):
+            WebSession(backend).compose(args, "x", 2, 3.0, 0)
+    assert WebSession(backend).compose([_image(7, h=16), _image(8, h=40)], "x", 1, 3.0, 0, fit=True).shape == \
+        (24, 24, 3)                                            # fit: both to the training size first
 
 
 def test_bad_input_is_one_line_naming_it(backend, tmp_path):
@@ -334,3 +365,15 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     _css(d, "#undo-btn")[0].click()
     _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo")
     _wait(lambda: len(_css(d, "#history img")) == 2, what="the shorter history")
+
+    # 6. compose: two reference images and the instruction start a new session (60 steps still set)
+    _css(d, "#compose button.label-wrap")[0].click()            # open the "Compose" accordion
+    _wait(lambda: _css(d, "#references input[type=file]"), what="the references' upload")
+    refs = [_png(tmp_path / f"ref{i}.png", _image(10 + i)) for i in (1, 2)]
+    _css(d, "#references input[type=file]")[0].send_keys("\n".join(str(r) for r in refs))
+    _css(d, "#prompt textarea")[0].send_keys("both squares")
+    _wait(lambda: len(_css(d, "#references .file-preview tr")) >= 2 or "ref2.png" in _text(d, "#references"),
+          what="both references uploaded")
+    _css(d, "#compose-btn")[0].click()
+    _wait(lambda: "Turn 1 done: 60 steps" in _text(d, "#status"), what="the composition")
+    _wait(lambda: len(_css(d, "#history img")) == 3, what="references and the composed image")

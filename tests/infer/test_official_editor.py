@@ -259,6 +259,15 @@ def test_app_session_edits_two_turns_on_the_import(loaded, run, tmp_path):
     assert np.array_equal(ws.images[1], s.images[1].numpy())
     ws.undo()
     assert len(ws.images) == 2 and ws.download(tmp_path).is_file()
+    # composition in the page: the release's way (references of two sizes), and the turn after it verbatim
+    from vincie_mcore.infer import applications as apps
+    refs = [_image(7, 40, 24), _image(8, 30, 50)]
+    out = ws.compose(refs, "the two together", steps=2, guidance=GUIDANCE, seed=3)
+    assert np.array_equal(out, apps.compose(ed, refs, "the two together").image)
+    ws.edit(PROMPTS[0], steps=2, guidance=GUIDANCE, seed=3)
+    assert ws.session.editor.template is False and ws.references == 2
+    assert ws.session.texts == ["<IMG1>: ", "Based on <IMG0> and <IMG1>, the two together. Output <IMG2>: ",
+                                PROMPTS[0]]
 
 
 # ------------------------------------------------------------------ the plain-PyTorch model (Hugging Face export)

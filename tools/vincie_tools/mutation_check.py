@@ -319,6 +319,10 @@ MUTANTS = [
            "                   f\"export {folder}\", device)",
            ("tests/infer/test_official_editor.py",), "the web editor edits a released model's export with the "
                                                       "paper's editor (its packing and sampler)"),
+    Mutant("web_compose_later_turn_templated", "vincie_mcore/app/session.py",
+           "            editor = editor.with_template(self.session.editor.template)\n", "",
+           ("tests/infer/test_official_editor.py",), "a turn after a release's composition in the web editor "
+                                                      "rewrites the session's texts in the editing template"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -139,6 +139,7 @@ class WebSession:
         self.max_pixels, self.max_bytes = max_pixels, max_bytes     # what an upload may be (data/media.py)
         self.session: EditSession | None = None
         self.turns: list[Turn] = []
+        self.references = 1            # images the session started from: 1, or a composition's references
         self.id = uuid.uuid4().hex[:12]
         self._zip: Path | None = None
 
@@ -151,18 +152,55 @@ class WebSession:
         training size; otherwise a size the model cannot patchify is refused."""
         if image is None:
             raise AppError("image: upload a start image first")
+        a = self._checked(self._load(image, "image"), fit, "image")
+        self.session = self.backend.editor(1, 1.0, 0).start(a)
+        self.turns, self.references = [], 1
+        return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
+
+    def compose(self, references, prompt: str, steps: int, guidance: float, seed: int, fit: bool = False,
+                progress=None) -> np.ndarray:
+        """A new session composing two or more reference images (``infer/applications.py``, "Multi-concept
+        composition"; a released model composes the release's way) -> the composed image, its first turn;
+        later turns edit it as any other. References are loaded and checked like a start image."""
+        refs = list(references or [])
+        if len(refs) < 2:
+            raise AppError("references: upload two or more images to compose")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise AppError("prompt: type what to make of the references")
+        official = self.backend.variant == "official"        # its editor fits each reference itself
+        arrays = [self._load(r, f"reference {i}") for i, r in enumerate(refs, 1)]
+        arrays = arrays if official else [self._checked(a, fit, f"reference {i}") for i, a in enumerate(arrays, 1)]
+        editor = self.backend.editor(steps, guidance, seed)
+        editor.step_callback = progress
+        from ..infer.applications import compose_session
+        try:
+            session, text = compose_session(editor, arrays, prompt.strip())
+        except ValueError as e:                              # e.g. references of two sizes (paper layout)
+            raise AppError(str(e)) from None
+        self.session, self.turns, self.references = session, [], len(arrays)
+        t0 = time.perf_counter()
+        out = session.edit(text)
+        self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
+                               round(time.perf_counter() - t0, 3), bool(session.info[-1]["kv_cache"])))
+        return out
+
+    def _load(self, image, name: str) -> np.ndarray:
+        """A path, encoded bytes or a uint8 [H, W, 3] array -> the image, through ``data/media.py``'s limits."""
         if isinstance(image, np.ndarray):
             a = image
             if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
-                raise AppError(f"image: expected RGB uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
+                raise AppError(f"{name}: expected RGB uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
             if a.shape[0] * a.shape[1] > self.max_pixels:
-                raise AppError(f"image: {a.shape[1]}x{a.shape[0]} exceeds max_pixels={self.max_pixels}")
-        else:
-            try:
-                a = load_image(image, max_pixels=self.max_pixels, max_bytes=self.max_bytes,
-                               name=Path(str(image)).name if isinstance(image, (str, Path)) else None)
-            except MediaError as e:
-                raise AppError(str(e)) from None
+                raise AppError(f"{name}: {a.shape[1]}x{a.shape[0]} exceeds max_pixels={self.max_pixels}")
+            return a
+        try:
+            return load_image(image, max_pixels=self.max_pixels, max_bytes=self.max_bytes,
+                              name=Path(str(image)).name if isinstance(image, (str, Path)) else None)
+        except MediaError as e:
+            raise AppError(f"{name}: {e}" if name != "image" else str(e)) from None
+
+    def _checked(self, a: np.ndarray, fit: bool, name: str) -> np.ndarray:
+        """Fitted when asked; a size the model cannot patchify refused."""
         if fit:
             a = self._fit(a)
         a = np.array(a, dtype=np.uint8)             # our own writable copy (the editor wraps it in a tensor)
@@ -170,11 +208,9 @@ class WebSession:
         if a.shape[0] % m or a.shape[1] % m:
             want = ("; the model was trained at %dx%d (tick 'fit')" % self.backend.image_size
                     if self.backend.image_size else "")
-            raise AppError(f"image: size {a.shape[1]}x{a.shape[0]} (WxH) is not a multiple of {m} "
+            raise AppError(f"{name}: size {a.shape[1]}x{a.shape[0]} (WxH) is not a multiple of {m} "
                            f"(patch x VAE factor){want}")
-        self.session = self.backend.editor(1, 1.0, 0).start(a)
-        self.turns = []
-        return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
+        return a
 
     def _fit(self, a: np.ndarray) -> np.ndarray:
         """Centre-crop and resize to the training size (the real-video builder's ``fit_frame`` policy)."""
@@ -195,6 +231,8 @@ class WebSession:
         if not isinstance(prompt, str) or not prompt.strip():
             raise AppError("prompt: type an edit instruction")
         editor = self.backend.editor(steps, guidance, seed)
+        if hasattr(self.session.editor, "with_template"):   # a release's composition: its texts stay verbatim
+            editor = editor.with_template(self.session.editor.template)
         editor.step_callback = progress
         self.session.editor = editor               # same model and encoders: the KV cache stays valid
         t0 = time.perf_counter()
@@ -223,7 +261,9 @@ class WebSession:
     def gallery(self) -> list[tuple[np.ndarray, str]]:
         """(image, caption) per step of the history: the start image, then each turn with its prompt."""
         ims = self.images
-        caps = ["start"] + [f"turn {i}: {t.prompt}" for i, t in enumerate(self.turns, 1)]
+        k = self.references
+        caps = (["start"] if k == 1 else [f"reference {i}" for i in range(1, k + 1)]) + \
+            [f"turn {i}: {t.prompt}" for i, t in enumerate(self.turns, 1)]
         return list(zip(ims, caps))
 
     def summary(self) -> dict:
@@ -232,6 +272,7 @@ class WebSession:
         return {"source": self.backend.source, "library_version": library_version(),
                 "mask_type": self.backend.mask_type,
                 "image_size": list(self.images[0].shape[:2]) if self.images else None,
+                "references": self.references,
                 "turns": [dataclasses.asdict(t) for t in self.turns]}
 
     def download(self, folder) -> Path:
@@ -249,7 +290,7 @@ class WebSession:
                 buf = io.BytesIO()
                 Image.fromarray(im).save(buf, format="PNG")
                 z.writestr(f"turn_{i}.png", buf.getvalue())
-            strip = save_strip(self.images, path.with_suffix(".strip.png"), [t.prompt for t in self.turns])
+            strip = save_strip(self.images, path.with_suffix(".strip.png"), labels=[c for _, c in self.gallery()])
             z.write(strip, "strip.png")
             strip.unlink()
             z.writestr("session.json", json.dumps(self.summary(), indent=2))

@@ -1,7 +1,8 @@
 """The Gradio page of ``vincie-app``: widgets wired to ``WebSession`` (app/session.py).
 
 Upload a start image, type an instruction, get the edited image; the next instruction edits that
-result with the whole history as context. The history shows every turn with its prompt; undo drops
+result with the whole history as context. Or compose: several reference images and an instruction make
+the first image of a session (``WebSession.compose``). The history shows every turn with its prompt; undo drops
 the last turn; the download button always holds the current session as a zip. Bad input raises
 ``gr.Error`` with the one-line message, which the page shows; the server keeps running.
 
@@ -160,6 +161,19 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         except Exception as e:
             _fail(e)
 
+    def on_compose(files, prompt, steps, guidance, seed, fit, request: gr.Request, progress=gr.Progress()):
+        key = request.session_hash
+        try:
+            paths = [check_upload(f, upload_root) for f in (files or [])]
+            ws = WebSession(backend, max_pixels=max_pixels, max_bytes=max_bytes)
+            ws.compose(paths, prompt, steps, guidance, seed, fit=bool(fit),
+                       progress=lambda done, n: progress((done, n), desc="composing", unit="steps"))
+            sessions.drop(key, "new composition")
+            sessions.put(key, ws)
+            return (*_outputs(ws), "")
+        except Exception as e:
+            _fail(e)
+
     def on_undo(request: gr.Request):
         ws = sessions.get(request.session_hash)
         try:
@@ -192,6 +206,12 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
                     steps = gr.Slider(1, 100, value=s.steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Number(value=s.guidance, label="Guidance (CFG)", elem_id="guidance")
                     seed = gr.Number(value=s.seed, precision=0, label="Seed", elem_id="seed")
+                with gr.Accordion("Compose from several images", open=False, elem_id="compose"):
+                    refs = gr.File(label="Reference images (two or more, in order)", file_count="multiple",
+                                   file_types=["image"], type="filepath", elem_id="references")
+                    compose = gr.Button("Compose", elem_id="compose-btn")
+                    gr.Markdown("The instruction above says what to make of them; the result starts a new "
+                                "session, edited on like any other.")
                 download = gr.DownloadButton("Download session (zip)", value=None, elem_id="download")
             with gr.Column(scale=2):
                 result = gr.Image(label="Latest result", type="numpy", interactive=False, elem_id="result",
@@ -208,5 +228,6 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         edit.click(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name="edit")
         prompt.submit(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name=False)
         undo.click(on_undo, None, outs, api_name="undo")
+        compose.click(on_compose, [refs, prompt, steps, guidance, seed, fit], [*outs, prompt], api_name="compose")
         app.unload(on_unload)
     return app, sessions

@@ -29,7 +29,7 @@ import torch
 
 from ..data.packing import EncodedSession
 from ..data.recipe import RecipeConfig, inference_sample, roe_inference_sample
-from .editor import Editor, save_strip
+from .editor import EditSession, Editor, save_strip
 
 MAP_KINDS = ("roe_src", "roe_tgt")                 # the recipe's order: the source map is laid out first
 _TASK = {"roe_src": "csp", "roe_tgt": "nsp"}
@@ -234,6 +234,29 @@ def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | N
     return res
 
 
+def compose_session(editor: Editor, references: list, prompt: str, captions: list[str] | None = None):
+    """Composition as the first turn of an edit session, to edit on from (the web editor): -> (the
+    ``EditSession`` over the references and their captions, the text whose ``.edit`` makes the composed
+    image). The session ``compose`` samples, the same layout: R1, C1, ..., Rk, then the prompt's turn
+    (``OfficialEditor.compose_session`` for a released model)."""
+    if hasattr(editor, "compose_session"):
+        return editor.compose_session(references, prompt, captions)
+    refs = [np.asarray(r) for r in (references or [])]
+    k = len(refs)
+    if not k:
+        raise ValueError("references: no reference images")
+    for i, r in enumerate(refs[1:], 2):
+        if r.shape != refs[0].shape:
+            raise ValueError(f"references: reference {i} is {list(r.shape)}, reference 1 is {list(refs[0].shape)} "
+                             f"(all must share one size)")
+    if captions is None:
+        captions = [f"reference image {i + 2} of {k}" for i in range(k - 1)]
+    if len(captions) != k - 1:
+        raise ValueError(f"captions: expected {k - 1} (one between each two references), got {len(captions)}")
+    texts = _prompts([*captions, prompt])
+    return EditSession(editor, [editor._check_image(r) for r in refs], texts[:-1]), texts[-1]
+
+
 @torch.no_grad()
 def compose(editor: Editor, references: list, prompt: str, captions: list[str] | None = None) -> ComposeResult:
     """One image composing the references: the session R1, C1, R2, C2, ..., Rk, prompt, target, i.e.
@@ -252,19 +275,9 @@ def compose(editor: Editor, references: list, prompt: str, captions: list[str] |
             res.add(r.numpy(), f"<IMG{i}>" + (f" {sess.texts[i - 1].strip()}" if i and captions else ""))
         res.add(out, prompt)
         return res
-    refs = [np.asarray(r) for r in (references or [])]
-    if not refs:
-        raise ValueError("references: no reference images")
-    for i, r in enumerate(refs[1:], 2):
-        if r.shape != refs[0].shape:
-            raise ValueError(f"references: reference {i} is {list(r.shape)}, reference 1 is {list(refs[0].shape)} "
-                             f"(all must share one size)")
-    k = len(refs)
-    if captions is None:
-        captions = [f"reference image {i + 2} of {k}" for i in range(k - 1)]
-    if len(captions) != k - 1:
-        raise ValueError(f"captions: expected {k - 1} (one between each two references), got {len(captions)}")
-    texts = _prompts([*captions, prompt])
+    sess, _ = compose_session(editor, references, prompt, captions)      # the inputs checked, the texts written
+    refs, texts, k = [im.numpy() for im in sess.images], [*sess.texts, prompt], len(sess.images)
+    captions = sess.texts
     frames = _encode(editor, refs)
     sample = inference_sample(texts, editor.sampler.camera_prompts)
     out, _ = editor.generate(sample, _session(torch.cat([frames, torch.zeros_like(frames[:1])]), texts, {}))[
