@@ -226,6 +226,56 @@ def test_drag_conversion_and_refusals(tiny):
         apps.drag(ed, tiny[2], None, 1, 0)
 
 
+def test_transform_mask_scales_and_rotates_about_the_region_s_centre():
+    """Hand-worked cases: x2 of a 2x2 square is the 4x4 square about the same centre; a quarter turn of a
+    horizontal bar is the vertical bar through its centre; a counter-clockwise eighth turn lifts its right end
+    (y points down); a pure move is shift_mask exactly; a turn that leaves the image or a scale that leaves
+    no pixel is one line."""
+    sq = np.zeros((H, W), bool)
+    sq[4:6, 10:12] = True
+    big = np.zeros((H, W), bool)
+    big[3:7, 9:13] = True
+    assert np.array_equal(apps.transform_mask(sq, scale=2), big)
+    assert np.array_equal(apps.transform_mask(big, scale=0.5), sq)
+    bar = np.zeros((H, W), bool)
+    bar[7, 9:12] = True
+    assert np.argwhere(apps.transform_mask(bar, angle=90)).tolist() == [[6, 10], [7, 10], [8, 10]]
+    assert np.argwhere(apps.transform_mask(bar, angle=45)).tolist() == [[6, 11], [7, 10], [8, 9]]
+    assert np.argwhere(apps.transform_mask(bar, angle=-45)).tolist() == [[6, 9], [7, 10], [8, 11]]
+    assert np.argwhere(apps.transform_mask(bar, dx=2, dy=-1, angle=90)).tolist() == [[5, 12], [6, 12], [7, 12]]
+    rng = np.random.default_rng(0)
+    blob = np.zeros((H, W), bool)
+    blob[4:12, 6:14] = rng.random((8, 8)) > 0.5
+    assert np.array_equal(apps.transform_mask(blob, 3, -2), apps.shift_mask(blob, 3, -2))
+    assert np.array_equal(apps.transform_mask(blob, 3, -2, angle=360), apps.shift_mask(blob, 3, -2))
+    with pytest.raises(ValueError, match=r"^dx/dy/scale/angle: \(0, 0\), x4, 0 degrees takes the region .* off"):
+        apps.transform_mask(big, scale=4)
+    with pytest.raises(ValueError, match=r"^scale: x0.01 leaves no pixel of the region"):
+        apps.transform_mask(sq, scale=0.01)
+    with pytest.raises(ValueError, match=r"^scale: must be a number > 0"):
+        apps.transform_mask(sq, scale=0)
+    assert apps.drag_instruction(3, 0, 1.5, -30) == ("move the object in the marked region 3 px right, then scale it "
+                                                     "by 1.5x, then rotate it 30 degrees clockwise")
+    assert apps.drag_instruction(0, 0, angle=90) == "rotate the object in the marked region 90 degrees counter-clockwise"
+    with pytest.raises(ValueError, match=r"^dx/dy: the displacement is zero \(and no scale or turn\)"):
+        apps.drag_instruction(0, 0, 1.0, 720)
+
+
+def test_drag_puts_the_scaled_and_turned_region_in_the_context(tiny):
+    region = np.zeros((H, W), bool)
+    region[6:8, 8:14] = True                                     # a 6x2 bar
+    ed = _editor(tiny)
+    with Batches(tiny[0]) as rec:
+        res = apps.drag(ed, tiny[2], region, dx=2, dy=0, recipe=RECIPE, scale=0.5, angle=90)
+    (_, batch), = rec.targets()
+    want = np.zeros((H, W), bool)
+    want[6:9, 12] = True                                         # 3x1 after x0.5, upright, 2 px right
+    assert np.array_equal(res.moved, want)
+    torch.testing.assert_close(_clean(batch, ("roe_tgt", 0)), _tokens(apps.map_image(want)), rtol=0, atol=0)
+    assert res.instruction == ("move the object in the marked region 2 px right, then scale it by 0.5x, then "
+                               "rotate it 90 degrees counter-clockwise") and res.labels[2].endswith("x0.5, 90 degrees")
+
+
 def test_drag_without_a_mask_locates_the_region_first(tiny):
     """mask=None: a CSP turn on the prompt predicts the region (here the model's answer is replaced by a
     known one, so the test does not hang on what a random model draws), then its shift is the target map."""
@@ -326,6 +376,7 @@ def demo_run(tmp_path_factory, shared_demo_run):
     (["chain", "--prompt", "make the red square blue"], 4),                      # input | src | tgt | frame
     (["chain", "--prompt", "make it blue", "--prompt", "remove it", "--maps", "src"], 5),
     (["drag", "--mask", "mask.png", "--dx", "10", "--dy", "-2"], 4),            # input | region | moved | frame
+    (["drag", "--mask", "mask.png", "--dx", "6", "--dy", "6", "--scale", "1.5", "--angle", "30"], 4),
     (["compose", "--ref", "start.png", "--ref", "other.png", "--prompt", "both squares"], 3),
     (["story", "--prompt", "a blue square appears", "--prompt", "the red square leaves"], 3),
 ])
@@ -387,6 +438,8 @@ def test_cli_on_an_export_makes_the_run_s_strips(demo_run, megatron_cpu, tmp_pat
     (["drag", "--image", "start.png", "--mask", "short.png", "--dx", "1", "--dy", "0"], ["--mask", "24x16"]),
     (["drag", "--image", "start.png", "--mask", "mask.png", "--dx", "0", "--dy", "-3"], ["--dx/--dy", "off the"]),
     (["drag", "--image", "start.png", "--dx", "1", "--dy", "0"], ["--mask", "--prompt"]),
+    (["drag", "--image", "start.png", "--mask", "mask.png", "--scale", "-1"], ["--scale", "> 0"]),
+    (["drag", "--image", "start.png", "--mask", "mask.png", "--scale", "9"], ["--dx/--dy/--scale/--angle", "off the"]),
     (["compose", "--prompt", "both"], ["--ref", "no reference images"]),
     (["chain", "--image", "start.png", "--prompt", "x", "--maps", "src,mid"], ["--maps"]),
 ])

@@ -206,7 +206,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
     """One subcommand's arguments (the inputs are checked by hand: each bad one is one line, exit 2)."""
     ap = argparse.ArgumentParser(prog=f"vincie-edit {name}", description={
         "chain": "chain-of-editing: per turn predict the RoE mask(s), then the edited frame",
-        "drag": "drag editing: move a marked region by (dx, dy) pixels",
+        "drag": "drag editing: move a marked region by (dx, dy) pixels, scale it, rotate it",
         "compose": "multi-concept composition: one image from several reference images and a prompt",
         "story": "story generation: one frame per transition prompt, each the next turn's context",
     }[name])
@@ -233,8 +233,11 @@ def _parser(name: str) -> argparse.ArgumentParser:
         ap.add_argument("--mask", default=None,
                         help="region to move: white (> 127) on black, the image's size (without: the model "
                              "locates it from --prompt)")
-        ap.add_argument("--dx", type=int, required=True, help="pixels to the right (negative: left)")
-        ap.add_argument("--dy", type=int, required=True, help="pixels down (negative: up)")
+        ap.add_argument("--dx", type=int, default=0, help="pixels to the right (negative: left)")
+        ap.add_argument("--dy", type=int, default=0, help="pixels down (negative: up)")
+        ap.add_argument("--scale", type=float, default=1.0, help="scale the region by this factor (about its centre)")
+        ap.add_argument("--angle", type=float, default=0.0,
+                        help="rotate the region by this many degrees, counter-clockwise (negative: clockwise)")
         ap.add_argument("--prompt", default=None,
                         help="instruction (default: made from dx, dy); without --mask it also locates the region")
     ap.add_argument("--out", default=f"{name}_strip.png", help="edit strip PNG")
@@ -275,20 +278,26 @@ def _inputs(name: str, a, same_size: bool = True) -> dict:
         return dict(references=refs, prompt=a.prompt, captions=a.caption)
     start = image("--image", a.image)
     if name == "drag":
+        import math
+        if not (a.scale > 0 and math.isfinite(a.scale)):
+            raise ValueError(f"--scale: must be a number > 0, got {a.scale}")
+        if not math.isfinite(a.angle):
+            raise ValueError(f"--angle: must be a number of degrees, got {a.angle}")
+        geometry = dict(dx=a.dx, dy=a.dy, scale=a.scale, angle=a.angle)
         if a.mask is None:
             if a.prompt is None:
                 raise ValueError("--mask: give --mask, or --prompt for the model to locate the region")
-            check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)            # a zero move is refused
-            return dict(image=start, mask=None, dx=a.dx, dy=a.dy, prompt=a.prompt)
+            check("--dx/--dy/--scale/--angle", apps.drag_instruction, *geometry.values())   # a no-op is refused
+            return dict(image=start, mask=None, prompt=a.prompt, **geometry)
         region = apps.mask_from_image(image("--mask", a.mask))
         if region.shape != start.shape[:2]:
             raise ValueError(f"--mask: {a.mask} is {region.shape[1]}x{region.shape[0]}, the image is "
                              f"{start.shape[1]}x{start.shape[0]}")
         if not region.any():
             raise ValueError(f"--mask: {a.mask} marks no pixel (the region is white, > 127, on black)")
-        check("--dx/--dy", apps.drag_instruction, a.dx, a.dy)
-        check("--dx/--dy", apps.shift_mask, region, a.dx, a.dy)
-        return dict(image=start, mask=region, dx=a.dx, dy=a.dy, prompt=a.prompt)
+        check("--dx/--dy/--scale/--angle", apps.drag_instruction, *geometry.values())
+        check("--dx/--dy/--scale/--angle", apps.transform_mask, region, *geometry.values())
+        return dict(image=start, mask=region, prompt=a.prompt, **geometry)
     if name == "chain":
         maps = [m.strip() for m in a.maps.split(",")]
         if not maps or any(m not in ("src", "tgt") for m in maps) or len(set(maps)) != len(maps):

@@ -323,6 +323,10 @@ MUTANTS = [
            "            editor = editor.with_template(self.session.editor.template)\n", "",
            ("tests/infer/test_official_editor.py",), "a turn after a release's composition in the web editor "
                                                       "rewrites the session's texts in the editing template"),
+    Mutant("drag_rotation_clockwise", "vincie_mcore/infer/applications.py",
+           "    sy = cy + (sin * u + cos * v) / scale\n", "    sy = cy + (-sin * u + cos * v) / scale\n",
+           ("tests/infer/test_applications.py",), "a drag's turn is drawn in the RoE map mirrored (the map no "
+                                                  "longer shows what the instruction says)"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -163,9 +163,10 @@ class VincieEditPipeline:
         return apps.chain_of_editing(self.editor(**sampler), image, prompts, recipe, maps=tuple(maps))
 
     @torch.no_grad()
-    def drag(self, image, mask, dx: int, dy: int, prompt: str | None = None, **sampler):
+    def drag(self, image, mask, dx: int = 0, dy: int = 0, prompt: str | None = None, scale: float = 1.0,
+             angle: float = 0.0, **sampler):
         """Drag editing: the region ``mask`` (bool [H, W], or None to let the model locate it from ``prompt``)
-        moved by (dx, dy) pixels -> ``DragResult`` (``.image``)."""
+        scaled, rotated (degrees, counter-clockwise) and moved by (dx, dy) pixels -> ``DragResult`` (``.image``)."""
         from vincie_mcore.infer import applications as apps
         recipe = self._recipe("drag")
-        return apps.drag(self.editor(**sampler), image, mask, dx, dy, recipe, prompt=prompt)
+        return apps.drag(self.editor(**sampler), image, mask, dx, dy, recipe, prompt=prompt, scale=scale, angle=angle)

@@ -2,8 +2,8 @@
 
 * ``chain_of_editing``: per turn the model first predicts the RoE maps (CSP, then NSP: the
   paper's best-consistency "CS -> NS -> I"), then the next frame with those maps as context.
-* ``drag``: a region and a displacement become the two RoE maps (the region, the region shifted)
-  as clean context plus an instruction made from the displacement; the model predicts the frame.
+* ``drag``: a region and a displacement (and a scale, a rotation) become the two RoE maps (the region,
+  the region transformed) as clean context plus an instruction made from them; the model predicts the frame.
 * ``compose``: several reference images as the context frames, the prompt as the last text.
 * ``story``: multi-turn editing from one image, each turn's output the next turn's context.
 
@@ -72,13 +72,63 @@ def shift_mask(mask: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return out
 
 
-def drag_instruction(dx: int, dy: int) -> str:
-    """(12, -4) -> "move the object in the marked region 12 px right and 4 px up"."""
+def transform_mask(mask: np.ndarray, dx: int = 0, dy: int = 0, scale: float = 1.0, angle: float = 0.0) -> np.ndarray:
+    """The region scaled by ``scale`` and rotated by ``angle`` degrees (counter-clockwise on screen) about the
+    centre of its bounding box, then moved by (dx, dy) pixels (paper E.5: "displacement, scaling, and
+    rotation"). Each output pixel takes the region's value at its centre mapped back (nearest pixel), so a
+    pure move is ``shift_mask`` exactly. ValueError if any of the region would leave the image, or none of it
+    is left (a scale too small for one pixel)."""
+    m = np.asarray(mask, dtype=bool)
+    if not (isinstance(scale, (int, float)) and scale > 0 and np.isfinite(scale)):
+        raise ValueError(f"scale: must be a number > 0, got {scale!r}")
+    if not (isinstance(angle, (int, float)) and np.isfinite(angle)):
+        raise ValueError(f"angle: must be a number of degrees, got {angle!r}")
+    if scale == 1 and angle % 360 == 0:
+        return shift_mask(m, dx, dy)
+    ys, xs = np.nonzero(m)
+    if not len(ys):
+        raise ValueError("mask: the region is empty (no pixel above 127)")
+    h, w = m.shape
+    cx, cy = (xs.min() + xs.max() + 1) / 2.0, (ys.min() + ys.max() + 1) / 2.0     # in pixel-edge coordinates
+    t = np.deg2rad(angle)
+    cos, sin = np.cos(t), np.sin(t)
+
+    def forward(x, y):            # y points down: a counter-clockwise turn on screen
+        u, v = (x - cx) * scale, (y - cy) * scale
+        return cx + dx + cos * u + sin * v, cy + dy - sin * u + cos * v
+    corners = [forward(xs + a, ys + b) for a in (0, 1) for b in (0, 1)]          # every region pixel's corners
+    fx, fy = np.concatenate([c[0] for c in corners]), np.concatenate([c[1] for c in corners])
+    eps = 1e-6
+    if fx.min() < -eps or fx.max() > w + eps or fy.min() < -eps or fy.max() > h + eps:
+        raise ValueError(f"dx/dy/scale/angle: ({dx}, {dy}), x{scale:g}, {angle:g} degrees takes the region "
+                         f"(x {xs.min()}..{xs.max()}, y {ys.min()}..{ys.max()}) off the {w}x{h} image")
+    gy, gx = np.mgrid[0:h, 0:w]
+    u, v = gx + 0.5 - cx - dx, gy + 0.5 - cy - dy                                # output pixel centres, back
+    sx = cx + (cos * u - sin * v) / scale
+    sy = cy + (sin * u + cos * v) / scale
+    ix, iy = np.floor(sx).astype(int), np.floor(sy).astype(int)
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    out = np.zeros_like(m)
+    out[inside] = m[iy[inside], ix[inside]]
+    if not out.any():
+        raise ValueError(f"scale: x{scale:g} leaves no pixel of the region")
+    return out
+
+
+def drag_instruction(dx: int, dy: int, scale: float = 1.0, angle: float = 0.0) -> str:
+    """(12, -4) -> "move the object in the marked region 12 px right and 4 px up"; with a scale or a turn,
+    each is a further step: "..., then scale it by 1.5x, then rotate it 30 degrees counter-clockwise"."""
     steps = ((dx, "right" if dx > 0 else "left"), (dy, "down" if dy > 0 else "up"))
     parts = [f"{abs(v)} px {word}" for v, word in steps if v]
-    if not parts:
-        raise ValueError("dx/dy: the displacement is zero")
-    return "move the object in the marked region " + " and ".join(parts)
+    acts = [("move", " and ".join(parts))] if parts else []
+    if scale != 1:
+        acts.append(("scale", f"by {scale:g}x"))
+    if angle % 360:
+        acts.append(("rotate", f"{abs(angle):g} degrees {'counter-clockwise' if angle > 0 else 'clockwise'}"))
+    if not acts:
+        raise ValueError("dx/dy: the displacement is zero (and no scale or turn): the drag does nothing")
+    return ", then ".join(f"{verb} {'the object in the marked region' if i == 0 else 'it'} {how}"
+                          for i, (verb, how) in enumerate(acts))
 
 
 # ----------------------------------------------------------------------------- results
@@ -195,16 +245,17 @@ def chain_of_editing(editor: Editor, image, prompts: list[str], recipe: RecipeCo
 
 @torch.no_grad()
 def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | None = None,
-         prompt: str | None = None) -> DragResult:
-    """Move the marked region by (dx, dy) pixels (x right, y down): one NIP turn whose context is
-    I0, the instruction (``prompt``, default ``drag_instruction(dx, dy)``), the RoE source map = the
-    region and the RoE target map = the region shifted, both clean. Strip: I0 | region | moved | result.
+         prompt: str | None = None, scale: float = 1.0, angle: float = 0.0) -> DragResult:
+    """Move the marked region by (dx, dy) pixels (x right, y down), after scaling it by ``scale`` and turning it
+    ``angle`` degrees counter-clockwise about its box's centre (``transform_mask``): one NIP turn whose context
+    is I0, the instruction (``prompt``, default ``drag_instruction``), the RoE source map = the region and the
+    RoE target map = the region transformed, both clean. Strip: I0 | region | moved | result.
 
     ``mask=None`` lets the model locate the region first (paper E.5: "users first provide an editing
     prompt to localize the RoE"): a CSP turn with ``prompt`` as T0 predicts the source map, binarized
     as in ``chain_of_editing``; then the same NIP turn."""
     a = np.asarray(image)
-    auto = drag_instruction(int(dx), int(dy))            # also refuses a zero move, with or without a prompt
+    auto = drag_instruction(int(dx), int(dy), scale, angle)   # also refuses a drag that does nothing
     instruction = auto if prompt is None else prompt
     frames = _encode(editor, [image])
     slot = torch.cat([frames, torch.zeros_like(frames)])
@@ -221,15 +272,16 @@ def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | N
     if region.shape != a.shape[:2]:
         raise ValueError(f"mask: size {region.shape[0]}x{region.shape[1]} differs from the image's "
                          f"{a.shape[0]}x{a.shape[1]}")
-    moved = shift_mask(region, int(dx), int(dy))
+    moved = transform_mask(region, int(dx), int(dy), scale, angle)
     texts = _prompts([instruction])
     m = _encode(editor, [map_image(region), map_image(moved)])
     given = {("roe_src", 0): m[0], ("roe_tgt", 0): m[1]}
     sample = roe_inference_sample(texts, "nip", set(given), cfg)
     out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", 1)]
     res = DragResult(image=out, region=region, moved=moved, instruction=instruction)
-    for im, label in ((a, "input"), (map_image(region), "region"), (map_image(moved), f"moved by ({dx}, {dy})"),
-                      (out, instruction)):
+    how = f"moved by ({dx}, {dy})" + (f", x{scale:g}" if scale != 1 else "") + \
+        (f", {angle:g} degrees" if angle % 360 else "")
+    for im, label in ((a, "input"), (map_image(region), "region"), (map_image(moved), how), (out, instruction)):
         res.add(im, label)
     return res
 
