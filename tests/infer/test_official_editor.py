@@ -9,7 +9,6 @@ Hugging Face side: the plain ``VincieMMDiT`` against the official outputs and th
 of the import folder editing through ``VincieEditPipeline``.
 """
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from vincie_mcore.config import build
 
 ROOT = Path(__file__).resolve().parents[2]
 FIX = ROOT / "tests" / "fixtures"
-BIN = Path(sys.executable).parent
 AREA = 32                      # images fitted to 32 x 32 (patch 2 x VAE 8 = 16: a 2 x 2 token frame)
 STEPS, SHIFT, GUIDANCE, SEED = 3, 12.0, 7.5, 5
 PROMPTS = ["make the sky orange", "add a red hat.", "remove the tree"]
@@ -208,16 +206,18 @@ def test_benchmark_chain_resumes_to_the_uninterrupted_images(loaded, tmp_path):
     assert made == 1 and all(np.array_equal(x, y) for x, y in zip(whole, again))
 
 
-def test_vincie_edit_runs_three_turns_on_the_import(run, tmp_path):
+def test_vincie_edit_runs_three_turns_on_the_import(loaded, run, tmp_path, capsys):
+    """In this process (``loaded`` holds the one-process groups the command's load_run finds): the plain
+    form, then ``batch``; the console script itself runs in tests/infer/test_applications.py."""
+    from vincie_tools.edit import main
+
     src = tmp_path / "start.png"
     Image.fromarray(_image(1, 32, 32)).save(src)
     args = ["--run", str(run), "--image", str(src), "--out", str(tmp_path / "strip.png")]
     for p in PROMPTS:
         args += ["--prompt", p]
-    r = subprocess.run([str(BIN / "vincie-edit"), *args, "--set", "sampler.steps=2"], capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert [ln.split(":")[0] for ln in r.stdout.splitlines()[:3]] == ["turn 1", "turn 2", "turn 3"]
+    assert main([*args, "--set", "sampler.steps=2"]) == 0, capsys.readouterr().err[-2000:]
+    assert [ln.split(":")[0] for ln in capsys.readouterr().out.splitlines()[:3]] == ["turn 1", "turn 2", "turn 3"]
     strip = np.asarray(Image.open(tmp_path / "strip.png"))
     assert strip.shape[1] == 4 * (32 * 4 + 4)                     # start + 3 turns, 4x, 4 px gaps
     turns = [np.asarray(Image.open(tmp_path / f"strip_turn{i}.png")) for i in (1, 2, 3)]
@@ -227,10 +227,9 @@ def test_vincie_edit_runs_three_turns_on_the_import(run, tmp_path):
     Image.fromarray(_image(2, 32, 32)).save(tmp_path / "other.png")
     (tmp_path / "jobs.jsonl").write_text(json.dumps({"id": "s", "image": "start.png", "prompts": PROMPTS}) + "\n"
                                          + json.dumps({"id": "o", "image": "other.png", "prompts": PROMPTS[:2]}) + "\n")
-    r = subprocess.run([str(BIN / "vincie-edit"), "batch", "--run", str(run), "--jobs", str(tmp_path / "jobs.jsonl"),
-                        "--out", str(tmp_path / "batch"), "--batch", "2", "--size", "32", "32", "--set",
-                        "sampler.steps=2", "--quiet"], capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "2 of 2 jobs edited (5 edits made now" in r.stdout, r.stderr[-2000:]
+    assert main(["batch", "--run", str(run), "--jobs", str(tmp_path / "jobs.jsonl"), "--out", str(tmp_path / "batch"),
+                 "--batch", "2", "--size", "32", "32", "--set", "sampler.steps=2", "--quiet"]) == 0
+    assert "2 of 2 jobs edited (5 edits made now" in capsys.readouterr().out
     for i, t in enumerate(turns, 1):
         b = np.asarray(Image.open(tmp_path / "batch" / "s" / f"turn_{i}.png"))
         assert np.abs(b.astype(int) - t.astype(int)).max() <= 1
@@ -420,18 +419,16 @@ def test_compose_is_one_release_turn_over_the_references_verbatim(loaded):
     assert np.array_equal(story.images[1], editor.start(a).edit(PROMPTS[0]))
 
 
-def test_vincie_edit_compose_on_the_import(run, tmp_path):
-    """The CLI's compose on the import (references of two sizes, which the paper layout refuses); chain and
-    drag refused in one line before any model loads."""
+def test_vincie_edit_compose_on_the_import(loaded, run, tmp_path, capsys):
+    """The CLI's compose on the import (references of two sizes, which the paper layout refuses), in this
+    process; chain and drag refused in one line before any model loads."""
     from vincie_tools.edit import main
 
     Image.fromarray(_image(1, 32, 32)).save(tmp_path / "a.png")
     Image.fromarray(_image(2, 48, 32)).save(tmp_path / "b.png")
-    r = subprocess.run([str(BIN / "vincie-edit"), "compose", "--run", str(run), "--ref", str(tmp_path / "a.png"),
-                        "--ref", str(tmp_path / "b.png"), "--prompt", "the two together",
-                        "--out", str(tmp_path / "c.png"), "--set", "sampler.steps=2"],
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0 and "compose strip (3 panels)" in r.stdout, r.stderr[-2000:]
+    assert main(["compose", "--run", str(run), "--ref", str(tmp_path / "a.png"), "--ref", str(tmp_path / "b.png"),
+                 "--prompt", "the two together", "--out", str(tmp_path / "c.png"), "--set", "sampler.steps=2"]) == 0
+    assert "compose strip (3 panels)" in capsys.readouterr().out
     assert np.asarray(Image.open(tmp_path / "c.png")).shape[1] == 3 * (32 * 4 + 4)
     for name, extra in (("chain", ["--prompt", "x"]), ("drag", ["--dx", "4", "--dy", "0", "--prompt", "x"])):
         assert main([name, "--run", str(run), "--image", str(tmp_path / "a.png"), *extra]) == 2

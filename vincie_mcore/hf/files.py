@@ -138,7 +138,11 @@ from vincie_mcore.hf import VincieMMDiT, VincieEditPipeline
 model = VincieMMDiT.from_pretrained("{folder}")
 pipe = VincieEditPipeline.from_pretrained("{folder}")   # needs the "pipeline" section of config.json
 images = pipe(image, ["add a red square at the top left", "make it blue"], steps=20, guidance=3.0, seed=0)
+composed = pipe.compose([image_a, image_b], "the two together", seed=0).image   # and pipe.chain, pipe.drag
 ```
+
+From the command line: `vincie-edit --export {folder} --image start.png --prompt "..."`, and
+`vincie-edit chain|drag|compose|story --export {folder} ...` (docs/applications.md of vincie_mcore).
 
 Architecture (config.json, "model"): hidden {hidden_size}, {num_layers} blocks ({mm_layers} dual-stream),
 {num_heads} heads x {head_dim}, adaLN "{adaln}". Tensor names and file layout: docs/export.md of vincie_mcore
