@@ -9,7 +9,6 @@ Hugging Face side: the plain ``VincieMMDiT`` against the official outputs and th
 of the import folder editing through ``VincieEditPipeline``.
 """
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
