@@ -239,7 +239,7 @@ def _parser(name: str) -> argparse.ArgumentParser:
         ap.add_argument("--angle", type=float, default=0.0,
                         help="rotate the region by this many degrees, counter-clockwise (negative: clockwise)")
         ap.add_argument("--prompt", default=None,
-                        help="instruction (default: made from dx, dy); without --mask it also locates the region")
+                        help="instruction (default: made from the drag); without --mask it also locates the region")
     ap.add_argument("--out", default=f"{name}_strip.png", help="edit strip PNG")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. sampler.steps=30 sampler.guidance=3")
