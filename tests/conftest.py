@@ -23,16 +23,19 @@ def megatron_cpu():
     cpu_compat.deactivate()
 
 
-# The CLI tests' trained model: 3 steps of the demo recipe on 24 synthetic videos.
+# The CLI tests' trained model: 3 steps of the demo recipe on 24 synthetic videos, each step logged and
+# saved (tests/test_end_to_end.py resumes from step 1 and compares step 2's log line and checkpoint).
 DEMO_RUN = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
-            "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false"]
+            "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.log_every=1",
+            "train.progress=false", "train.save_every=1"]
 
 
 @pytest.fixture(scope="session")
 def shared_demo_run(tmp_path_factory):
     """One ``vincie-train`` run of ``DEMO_RUN`` (a subprocess, ~20 s on 2 cores) for every test that only
     reads a trained run folder: the web editor, the web exposure checks, the applications' and the
-    benchmarks' CLIs (one training instead of one per module). Never write into it: copy it first."""
+    benchmarks' CLIs, the end-to-end training checks (one training instead of one per module); its stdout
+    is ``train_stdout.log``. Never write into it: copy it first."""
     import subprocess
     import sys
     from pathlib import Path
@@ -41,4 +44,5 @@ def shared_demo_run(tmp_path_factory):
     r = subprocess.run([str(Path(sys.executable).parent / "vincie-train"), *DEMO_RUN, f"run_dir={d}"],
                        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
+    (d / "train_stdout.log").write_text(r.stdout)
     return d

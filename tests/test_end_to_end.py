@@ -25,13 +25,12 @@ def run(script, *args, timeout=600):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """3 steps, a checkpoint after each (train.keep_last is 3: all kept; the resume test starts from step 1's)."""
-    run_dir = tmp_path_factory.mktemp("run")
-    r = run("vincie-train", *SMALL, "train.save_every=1", f"run_dir={run_dir}")
-    assert r.returncode == 0, r.stderr[-3000:]
-    (run_dir / "train_stdout.log").write_text(r.stdout)
-    return run_dir
+def trained_run(shared_demo_run):
+    """The suite's demo run (tests/conftest.py): 3 steps, a checkpoint after each (train.keep_last is 3: all
+    kept; the resume test starts from step 1's), trained with SMALL and ``train.save_every=1``."""
+    from conftest import DEMO_RUN
+    assert sorted(DEMO_RUN) == sorted([*SMALL, "train.save_every=1"])    # the resume below runs the same config
+    return shared_demo_run
 
 
 def scalars(run_dir):

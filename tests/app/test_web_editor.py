@@ -31,8 +31,6 @@ from vincie_mcore.app.session import AppError, Backend, WebSession
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
-         "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false"]
 PROMPTS = ["add a red square at the top left", "make the red square blue"]
 
 
@@ -42,7 +40,7 @@ def _tool(name, *args, cwd=ROOT, timeout=600):
 
 @pytest.fixture(scope="module")
 def run_dir(shared_demo_run):
-    return shared_demo_run                      # tests/conftest.py: SMALL's run, trained once for the suite
+    return shared_demo_run                      # tests/conftest.py: DEMO_RUN's run, trained once for the suite
 
 
 @pytest.fixture(scope="module")

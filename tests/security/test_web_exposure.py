@@ -30,8 +30,6 @@ from vincie_mcore.app.session import AppError
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
-SMALL = ["experiment=demo", "data.corpus.videos=24", "data.corpus.heldout_videos=4", "data.corpus.workers=1",
-         "data.pack.token_budget=400", "train.steps=3", "train.warmup=0", "train.progress=false"]
 PASSWORD = "s3cret-Pw-4a7e"
 
 
@@ -91,7 +89,7 @@ def test_cli_refuses_before_loading_a_model():
 
 @pytest.fixture(scope="module")
 def run_dir(shared_demo_run):
-    return shared_demo_run                      # tests/conftest.py: SMALL's run, trained once for the suite
+    return shared_demo_run                      # tests/conftest.py: DEMO_RUN's run, trained once for the suite
 
 
 def _free_port() -> int:
