@@ -122,7 +122,7 @@ def test_aesthetic_scores_in_stats_and_preview_by_ranking(tmp_path, capsys):
     assert not (tmp_path / "pv2").exists()
 
 
-def test_a_large_store_reads_records_only_and_draws_the_coverage_sample(tmp_path):
+def test_a_large_store_reads_records_only_and_draws_the_coverage_sample(tmp_path, capsys):
     """Over more sessions than ``coverage_sessions``: every number but RoE coverage comes from the records
     alone (they still come out with the blobs' chunks deleted), coverage from the drawn sessions, each read
     alone (``SessionStore.read``, the same sessions as ``store[i]``), and equal to coverage worked out by hand
@@ -159,6 +159,11 @@ def test_a_large_store_reads_records_only_and_draws_the_coverage_sample(tmp_path
     assert {k: v for k, v in got.items() if k != "roe"} == {k: v for k, v in full.items() if k != "roe"}
     with pytest.raises(ValueError, match=r"^coverage_sessions: must be >= 1 or None, got 0"):
         store_stats(root, coverage_sessions=0)
+    from vincie_tools.build_sessions import main
+    with pytest.raises(SystemExit):
+        main(["stats", "--store", str(root), "--coverage-sessions", "-1"])
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --coverage-sessions: must be >= 0 (0: every session), got -1"]        # before any pass over the store
 
     for blob in root.glob("shard_*/blob/c"):                 # every image gone: the records still read
         shutil.rmtree(blob)

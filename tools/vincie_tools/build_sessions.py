@@ -267,6 +267,8 @@ def steps_main(argv) -> dict:
 
     if a.step == "stats":
         from vincie_mcore.data.report import COVERAGE_SESSIONS
+        if a.coverage_sessions is not None and a.coverage_sessions < 0:
+            raise ValueError(f"--coverage-sessions: must be >= 0 (0: every session), got {a.coverage_sessions}")
         n = COVERAGE_SESSIONS if a.coverage_sessions is None else (a.coverage_sessions or None)
         s = write_stats(a.store, a.json, coverage_sessions=n, seed=a.seed, progress=True)
         print(format_stats(s))

@@ -74,6 +74,8 @@ def store_stats(root, coverage_sessions: int | None = COVERAGE_SESSIONS, seed: i
     sessions the RoE coverage is measured on (None: all), drawn with ``seed``; ``progress``: tqdm bars."""
     from tqdm import tqdm
 
+    if coverage_sessions is not None and coverage_sessions < 1:       # before a pass over 10M records
+        raise ValueError(f"coverage_sessions: must be >= 1 or None, got {coverage_sessions}")
     st = SessionStore(root)
     frames, words, types, cameras = [], [], Counter(), Counter()
     cov_src, cov_tgt = [], []
@@ -91,8 +93,6 @@ def store_stats(root, coverage_sessions: int | None = COVERAGE_SESSIONS, seed: i
             types.update(edit_types(text))
         cameras.update(str(c) for c in rec["cameras"])
     n = len(st)
-    if coverage_sessions is not None and coverage_sessions < 1:
-        raise ValueError(f"coverage_sessions: must be >= 1 or None, got {coverage_sessions}")
     if coverage_sessions is None or n <= coverage_sessions:
         sample, read = range(n), st.__getitem__                    # all, shard by shard
     else:
