@@ -5,7 +5,8 @@ relies on against independent references: the app's turns equal the library's no
 path, an exported folder gives the same samples as its run, undo-then-redo gives the same image,
 the download holds exactly the session. The browser test starts ``vincie-app`` as a user does
 and drives the page through Debian's Chromium with Selenium: two turns (one by the button, one by
-Enter), progress in the page, undo, the download, a composition of two uploaded references, and a bad
+Enter), progress in the page, undo, the download, a drag painted with the mouse, a composition of two
+uploaded references, and a bad
 image reported in the page while the server keeps serving.
 """
 import io
@@ -148,6 +149,76 @@ def test_compose_starts_a_session_that_edits_on(backend, tmp_path):
         (24, 24, 3)                                            # fit: both to the training size first
 
 
+def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
+    """A region painted on the latest result and moved: the turn is the image ``applications.drag`` makes from
+    that image alone (the same re-packing path: equal), its instruction joins the history, the next turn edits
+    with it as context (the KV cache prefills it: equal to the no-cache editor), undo drops it; bad input is one
+    line; a released model refuses before any sampling."""
+    import dataclasses
+
+    from vincie_mcore.app.ui import painted_mask
+    from vincie_mcore.infer import applications as apps
+    from vincie_mcore.infer.editor import EditSession
+
+    ws = WebSession(backend)
+    ws.start(_image(9))
+    ws.edit(PROMPTS[0], 2, 3.0, 1)
+    latest = ws.images[-1]
+    layer = np.zeros((24, 24, 4), np.uint8)
+    layer[4:10, 5:9] = (255, 59, 48, 255)                      # a brush stroke: colour and full alpha
+    clear = np.full_like(layer, 255)
+    clear[..., 3] = 0                                          # colour under a transparent pixel counts for nothing
+    mask = painted_mask({"background": latest, "layers": [clear, layer], "composite": latest})
+    assert mask.sum() == 24 and mask[4:10, 5:9].all()
+    out = ws.drag(mask, 8, 2, 1.0, 0.0, 3, 3.0, 5)
+    want = apps.drag(backend.editor(3, 3.0, 5), latest, mask, 8, 2, backend.recipe)
+    assert np.array_equal(out, want.image) and np.array_equal(want.moved, apps.shift_mask(mask, 8, 2))
+    own = dataclasses.replace(backend.recipe, mask_prompt_src="paint where the object was")   # a run's own prompts
+    other = WebSession(dataclasses.replace(backend, recipe=own))
+    other.start(latest)
+    moved = other.drag(mask, 8, 2, 1.0, 0.0, 3, 3.0, 5)
+    assert np.array_equal(moved, apps.drag(backend.editor(3, 3.0, 5), latest, mask, 8, 2, own).image)
+    assert not np.array_equal(moved, out)                    # the mask prompts are part of the drag's context
+    t = ws.turns[-1]
+    assert (t.kind, t.prompt, t.kv_cache) == ("drag", "move the object in the marked region 8 px right and 2 px down",
+                                              False)
+    ws.edit(PROMPTS[1], 2, 3.0, 2)                            # the drag's image and instruction are context
+    ed = backend.editor(2, 3.0, 2)
+    ed.use_kv_cache = False
+    ref = EditSession(ed, images=list(ws.session.images[:3]), texts=list(ws.session.texts[:2]))
+    ref.edit(PROMPTS[1])
+    assert ws.turns[-1].kv_cache is True
+    torch.testing.assert_close(ws.session.latents[-1], ref.latents[-1], atol=1e-5, rtol=0)
+    assert [c for _, c in ws.gallery()][2] == f"turn 2: {t.prompt}"
+    with zipfile.ZipFile(ws.download(tmp_path)) as z:
+        assert [x["kind"] for x in json.loads(z.read("session.json"))["turns"]] == ["edit", "drag", "edit"]
+    ws.undo()
+    ws.undo()
+    assert len(ws.images) == 2 and ws.session.kv is None and len(ws.session.latents) == 1
+    turned = ws.drag(mask, 0, 0, 1.5, 90, 2, 3.0, 5)          # scale and turn only
+    assert ws.turns[-1].prompt == ("scale the object in the marked region by 1.5x, then rotate it 90 degrees "
+                                   "counter-clockwise") and turned.shape == (24, 24, 3)
+    for call, pattern in (
+            (lambda: ws.drag(None, 4, 0, 1, 0, 2, 3.0, 0), r"^mask: paint the region to move, or type an instruction"),
+            (lambda: ws.drag(np.zeros((24, 24), bool), 4, 0, 1, 0, 2, 3.0, 0, prompt=" "), r"^mask: paint the region"),
+            (lambda: ws.drag(mask[:12, :12], 4, 0, 1, 0, 2, 3.0, 0), r"^mask: 12x12 painted over a 24x24 image"),
+            (lambda: ws.drag(mask, 20, 0, 1, 0, 2, 3.0, 0), r"^dx/dy: \(20, 0\) moves the region .* off the 24x24"),
+            (lambda: ws.drag(mask, 0, 0, 1, 0, 2, 3.0, 0), r"^dx/dy: the displacement is zero"),
+            (lambda: ws.drag(mask, 1, 0, -1, 0, 2, 3.0, 0), r"^scale: must be a number > 0"),
+            (lambda: painted_mask({"layers": [np.zeros((24, 24, 3), np.uint8)]}), r"^mask: expected an RGBA layer"),
+            (lambda: WebSession(dataclasses.replace(backend, variant="official")).drag(mask, 4, 0, 1, 0, 2, 3.0, 0),
+             r"^image: upload a start image first$")):
+        with pytest.raises(AppError, match=pattern) as e:
+            call()
+        assert "\n" not in str(e.value)
+    assert len(ws.turns) == 2                                   # nothing half-done was kept
+    released = WebSession(dataclasses.replace(backend, variant="official"))
+    released.session = ws.session                               # a session open, on a release: refused first
+    with pytest.raises(AppError, match=r"^drag: not for a released model"):
+        released.drag(mask, 4, 0, 1, 0, 2, 3.0, 0)
+    assert painted_mask(None) is None and painted_mask({"layers": [np.zeros((24, 24, 4), np.uint8)]}) is None
+
+
 def test_bad_input_is_one_line_naming_it(backend, tmp_path):
     ws = WebSession(backend)
     truncated = tmp_path / "cut.png"
@@ -185,10 +256,14 @@ def test_an_export_folder_edits_like_its_run(backend, run_dir, tmp_path):
     exp = Backend.from_export(tmp_path / "hf")
     assert exp.source.startswith("export ") and exp.mask_type == backend.mask_type
     a, b = WebSession(backend), WebSession(exp)
+    region = np.zeros((24, 24), bool)
+    region[2:8, 2:8] = True
     for ws in (a, b):
         ws.start(_image(3))
         ws.edit(PROMPTS[0], 3, 3.0, 1)
-    torch.testing.assert_close(b.session.latents[0], a.session.latents[0], atol=1e-5, rtol=0)
+        ws.drag(region, 6, 6, 1.0, 0.0, 2, 3.0, 4)               # the export's recipe reaches the drag
+    for k in (0, 1):
+        torch.testing.assert_close(b.session.latents[k], a.session.latents[k], atol=1e-5, rtol=0)
 
 
 def test_cli_refuses_missing_model_in_one_line(tmp_path):
@@ -364,7 +439,25 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo")
     _wait(lambda: len(_css(d, "#history img")) == 2, what="the shorter history")
 
-    # 6. compose: two reference images and the instruction start a new session (60 steps still set)
+    # 6. drag: a stroke painted on the latest result with the mouse, moved 8 px right: the next turn
+    from selenium.webdriver.common.action_chains import ActionChains
+    _css(d, "#drag button.label-wrap")[0].click()               # open the "Move an object" accordion
+    canvas = _wait(lambda: _css(d, "#drag-canvas canvas"), what="the drag canvas")[-1]
+    [b for b in _css(d, "#drag-canvas button") if b.get_attribute("aria-label") == "Brush"][0].click()
+    d.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
+    stroke = ActionChains(d).move_to_element_with_offset(canvas, -30, -30).click_and_hold()
+    for _ in range(10):
+        stroke.move_by_offset(3, 3)
+    stroke.release().perform()
+    _set_number(d, "#drag-dx input[type=number]", 8)
+    _css(d, "#drag-btn")[0].click()
+    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="the drag's turn")
+    # it succeeded, so the region is a stroke, not the image: a mask reaching x 16..23 would leave it
+    assert "turn 2: move the object in the marked region 8 px right" in _text(d, "#history")
+    _css(d, "#undo-btn")[0].click()
+    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo of the drag")
+
+    # 7. compose: two reference images and the instruction start a new session (60 steps still set)
     _css(d, "#compose button.label-wrap")[0].click()            # open the "Compose" accordion
     _wait(lambda: _css(d, "#references input[type=file]"), what="the references' upload")
     refs = [_png(tmp_path / f"ref{i}.png", _image(10 + i)) for i in (1, 2)]

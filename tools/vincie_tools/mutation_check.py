@@ -315,8 +315,9 @@ MUTANTS = [
            ("tests/infer/test_applications.py",), "chain-of-editing on an export asks for the maps with the "
                                                   "default mask prompts, not the ones its run trained on"),
     Mutant("app_export_variant_dropped", "vincie_mcore/app/session.py",
-           "                   f\"export {folder}\", device, area=p.area, variant=str(p.model.cfg.variant))",
-           "                   f\"export {folder}\", device)",
+           "                   f\"export {folder}\", device, area=p.area, variant=str(p.model.cfg.variant), "
+           "recipe=p.recipe)",
+           "                   f\"export {folder}\", device, recipe=p.recipe)",
            ("tests/infer/test_official_editor.py",), "the web editor edits a released model's export with the "
                                                       "paper's editor (its packing and sampler)"),
     Mutant("web_compose_later_turn_templated", "vincie_mcore/app/session.py",
@@ -327,6 +328,16 @@ MUTANTS = [
            "    sy = cy + (sin * u + cos * v) / scale\n", "    sy = cy + (-sin * u + cos * v) / scale\n",
            ("tests/infer/test_applications.py",), "a drag's turn is drawn in the RoE map mirrored (the map no "
                                                   "longer shows what the instruction says)"),
+    Mutant("web_drag_default_recipe", "vincie_mcore/app/session.py",
+           "            res = drag(editor, latest, region, int(dx), int(dy), self.backend.recipe,\n",
+           "            res = drag(editor, latest, region, int(dx), int(dy), None,\n",
+           ("tests/app/test_web_editor.py",), "a drag in the web editor gives the region maps with the default "
+                                              "mask prompts, not the ones its run trained on"),
+    Mutant("web_drag_mask_any_channel", "vincie_mcore/app/ui.py",
+           "        mask = a[..., 3] > 0 if mask is None else mask | (a[..., 3] > 0)\n",
+           "        mask = a[..., :3].any(-1) if mask is None else mask | a[..., :3].any(-1)\n",
+           ("tests/app/test_web_editor.py",), "the drag canvas's region is read from the stroke's colour, "
+                                              "not its coverage (an unpainted layer's pixels count)"),
 ]
 
 IGNORE = shutil.ignore_patterns(".venv", ".git", "runs", "__pycache__", "*.pyc", "*.egg-info", ".pytest_cache",

@@ -53,11 +53,14 @@ class Backend:
     examples: list = field(default_factory=list)  # [(png path, prompt)] for the page's examples
     area: int | None = None         # official variant: the area side images are fitted to (infer/official_editor.py)
     variant: str = "paper"          # model.variant: "official" edits with OfficialEditor
+    recipe: object = None           # the run's RecipeConfig (drag's mask prompts); None: the library's defaults
 
     @classmethod
     def from_run(cls, run_dir, overrides: list[str] | None = None) -> "Backend":
         """A training run folder (config.yaml + checkpoints/), as ``vincie-edit --run`` loads it."""
         from ..build import load_run, make_editor
+
+        from ..build import data_configs
 
         cfg, model, text, image = load_run(run_dir, overrides)
         ed = make_editor(cfg, model, text, image)
@@ -67,7 +70,7 @@ class Backend:
             size = (int(world.image_px), int(world.image_px))
         return cls(model, text, image, ed.pack_cfg, ed.flow_cfg, ed.sampler, ed.mask_type, f"run {run_dir}",
                    str(ed.device), size, _heldout_examples(Path(run_dir)), area=getattr(ed, "area", None),
-                   variant=str(cfg.model.get("variant", "paper")))
+                   variant=str(cfg.model.get("variant", "paper")), recipe=data_configs(cfg)["recipe"])
 
     @classmethod
     def from_export(cls, folder, device: str = "cpu") -> "Backend":
@@ -76,7 +79,7 @@ class Backend:
 
         p = VincieEditPipeline.from_pretrained(folder, device=device)
         return cls(p.model, p.text_encoder, p.image_encoder, p.pack, p.flow, p.sampler, p.mask_type,
-                   f"export {folder}", device, area=p.area, variant=str(p.model.cfg.variant))
+                   f"export {folder}", device, area=p.area, variant=str(p.model.cfg.variant), recipe=p.recipe)
 
     @property
     def size_multiple(self) -> int:
@@ -129,6 +132,7 @@ class Turn:
     seed: int
     seconds: float
     kv_cache: bool
+    kind: str = "edit"             # "edit" | "compose" (the session's first turn) | "drag"
 
 
 class WebSession:
@@ -181,8 +185,48 @@ class WebSession:
         t0 = time.perf_counter()
         out = session.edit(text)
         self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
-                               round(time.perf_counter() - t0, 3), bool(session.info[-1]["kv_cache"])))
+                               round(time.perf_counter() - t0, 3), bool(session.info[-1]["kv_cache"]), "compose"))
         return out
+
+    def drag(self, mask, dx: int, dy: int, scale: float, angle: float, steps: int, guidance: float, seed: int,
+             prompt: str = "", progress=None) -> np.ndarray:
+        """One turn that moves (scales, turns) a region of the latest image (``infer/applications.py`` ``drag``,
+        paper E.5) -> the result, appended to the history as the turn "move the object ..." that later turns
+        see as context. ``mask``: bool or 0/255 [H, W] over the latest image; empty or None: the model
+        locates the region from ``prompt`` first (its CSP turn), which is then also the instruction.
+
+        The drag's own context is the latest image and its two region maps (the paper's layout); the maps
+        are not kept in the history, as training drops them from context too (context dropout)."""
+        if self.session is None:
+            raise AppError("image: upload a start image first")
+        if self.backend.variant == "official":
+            raise AppError("drag: not for a released model (model.variant 'official'): it needs the region "
+                           "maps (RoE), which the release's inference layout has no place for")
+        latest = np.asarray(self.session.images[-1])
+        region = None if mask is None else np.asarray(mask)
+        if region is not None and region.shape[:2] != latest.shape[:2]:
+            raise AppError(f"mask: {region.shape[1]}x{region.shape[0]} painted over a {latest.shape[1]}x"
+                           f"{latest.shape[0]} image; paint on the latest result")
+        if region is not None and not region.any():
+            region = None
+        text = prompt.strip() if isinstance(prompt, str) and prompt.strip() else None
+        if region is None and text is None:
+            raise AppError("mask: paint the region to move, or type an instruction that names it")
+        from ..infer.applications import drag
+        editor = self.backend.editor(steps, guidance, seed)
+        editor.step_callback = progress
+        t0 = time.perf_counter()
+        try:
+            res = drag(editor, latest, region, int(dx), int(dy), self.backend.recipe,
+                       prompt=text if region is None else None, scale=float(scale), angle=float(angle))
+        except ValueError as e:                  # off the image, a drag that does nothing, no region located
+            raise AppError(str(e)) from None
+        seconds = time.perf_counter() - t0
+        self.session._record(res.instruction, res.image, res.latent, "drag: the re-packing path (its region maps "
+                             "are context for this turn only)", seconds)
+        self.turns.append(Turn(res.instruction, int(steps), float(guidance), int(seed), round(seconds, 3), False,
+                               "drag"))
+        return res.image
 
     def _load(self, image, name: str) -> np.ndarray:
         """A path, encoded bytes or a uint8 [H, W, 3] array -> the image, through ``data/media.py``'s limits."""

@@ -2,7 +2,8 @@
 
 Upload a start image, type an instruction, get the edited image; the next instruction edits that
 result with the whole history as context. Or compose: several reference images and an instruction make
-the first image of a session (``WebSession.compose``). The history shows every turn with its prompt; undo drops
+the first image of a session (``WebSession.compose``). Or drag: paint an object on the latest result, say
+how far to move it (and how much to scale and turn it), and the model redraws it there (``WebSession.drag``). The history shows every turn with its prompt; undo drops
 the last turn; the download button always holds the current session as a zip. Bad input raises
 ``gr.Error`` with the one-line message, which the page shows; the server keeps running.
 
@@ -20,6 +21,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import gradio as gr          # at module level: gradio resolves the handlers' `gr.Request` hints here
+import numpy as np
 from gradio.utils import get_upload_folder
 
 from ..data.media import MAX_BYTES, MAX_PIXELS
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 CSS = """
 #start-image img, #result img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
 #history img { object-fit: contain; image-rendering: pixelated; }
+#drag-canvas canvas { image-rendering: pixelated; }
 """
 
 
@@ -40,6 +43,12 @@ def _header(backend: Backend) -> str:
     return (f"### VINCIE in-context editor\nModel: `{backend.source}` ({size}, `{backend.mask_type}` mask, "
             f"device {backend.device}). Upload a start image, type an instruction, press **Edit**; each "
             f"next instruction edits the latest result with the whole history as context.")
+
+
+def _brush_radius(backend: Backend):
+    """A twelfth of the training image's shorter side, in image pixels (Gradio's "auto" paints most of a small
+    image in one dab); "auto" when the model takes any size."""
+    return max(1, min(backend.image_size) // 12) if backend.image_size else "auto"
 
 
 def _status(ws: WebSession | None) -> str:
@@ -60,6 +69,20 @@ def check_upload(path, upload_root) -> Path:
     if not p.is_relative_to(Path(upload_root).resolve()):
         raise AppError("image: not an upload of this page")
     return p
+
+
+def painted_mask(value) -> np.ndarray | None:
+    """The drag canvas's value (``gr.ImageEditor``, RGBA numpy layers) -> bool [H, W]: every pixel a brush
+    stroke covers in any layer; None when nothing is painted (or the canvas is empty)."""
+    if not isinstance(value, dict) or not value.get("layers"):
+        return None
+    mask = None
+    for layer in value["layers"]:
+        a = np.asarray(layer)
+        if a.ndim != 3 or a.shape[2] != 4:
+            raise AppError(f"mask: expected an RGBA layer from the canvas, got shape {list(a.shape)}")
+        mask = a[..., 3] > 0 if mask is None else mask | (a[..., 3] > 0)
+    return mask if mask is not None and mask.any() else None
 
 
 class Sessions:
@@ -125,10 +148,11 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
     sessions = Sessions(session_ttl_s, max_sessions)
 
     def _outputs(ws):
-        """(result, history, status, download) for the current session."""
+        """(result, history, status, download, drag canvas) for the current session; the canvas shows the
+        latest result, unpainted."""
         if ws is None or ws.session is None:
-            return None, [], _status(None), None
-        return ws.images[-1], ws.gallery(), _status(ws), ws.download(download_dir)
+            return None, [], _status(None), None, None
+        return ws.images[-1], ws.gallery(), _status(ws), ws.download(download_dir), ws.images[-1]
 
     def _fail(e: Exception):
         if isinstance(e, (AppError, ValueError)):            # the library's input errors are one line
@@ -174,6 +198,20 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         except Exception as e:
             _fail(e)
 
+    def on_drag(painted, dx, dy, scale, angle, prompt, steps, guidance, seed, request: gr.Request,
+                progress=gr.Progress()):
+        ws = sessions.get(request.session_hash)
+        try:
+            if ws is None:
+                raise AppError("image: upload a start image first")
+            mask = painted_mask(painted)
+            turn = len(ws.turns) + 1
+            ws.drag(mask, dx, dy, scale, angle, steps, guidance, seed, prompt=prompt,
+                    progress=lambda done, n: progress((done, n), desc=f"turn {turn}: dragging", unit="steps"))
+            return (*_outputs(ws), prompt if mask is not None else "")    # a located region used the instruction
+        except Exception as e:
+            _fail(e)
+
     def on_undo(request: gr.Request):
         ws = sessions.get(request.session_hash)
         try:
@@ -212,6 +250,21 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
                     compose = gr.Button("Compose", elem_id="compose-btn")
                     gr.Markdown("The instruction above says what to make of them; the result starts a new "
                                 "session, edited on like any other.")
+                with gr.Accordion("Move an object (drag)", open=False, elem_id="drag",
+                                  visible=backend.variant != "official"):     # the release has no RoE maps
+                    canvas = gr.ImageEditor(label="Paint the object to move on the latest result", type="numpy",
+                                            image_mode="RGBA", sources=(), transforms=(), layers=False,
+                                            brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed",
+                                                           default_size=_brush_radius(backend)), format="png",
+                                            height=256, elem_id="drag-canvas")
+                    with gr.Row():
+                        dx = gr.Number(value=0, precision=0, label="Right (px)", elem_id="drag-dx")
+                        dy = gr.Number(value=0, precision=0, label="Down (px)", elem_id="drag-dy")
+                        scale = gr.Number(value=1.0, label="Scale", elem_id="drag-scale")
+                        angle = gr.Number(value=0.0, label="Turn (degrees, counter-clockwise)", elem_id="drag-angle")
+                    move = gr.Button("Move", elem_id="drag-btn")
+                    gr.Markdown("Negative values move left and up. Nothing painted: the instruction above names "
+                                "the object and the model finds it first. The result is the next turn.")
                 download = gr.DownloadButton("Download session (zip)", value=None, elem_id="download")
             with gr.Column(scale=2):
                 result = gr.Image(label="Latest result", type="numpy", interactive=False, elem_id="result",
@@ -223,11 +276,13 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
             gr.Examples(examples=[list(e) for e in backend.examples], inputs=[start, prompt],
                         label="Held-out sessions of this run (first frame, first instruction)")
 
-        outs = [result, history, status, download]
+        outs = [result, history, status, download, canvas]
         start.change(on_start, [start, fit], outs, api_name="start")
         edit.click(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name="edit")
         prompt.submit(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name=False)
         undo.click(on_undo, None, outs, api_name="undo")
         compose.click(on_compose, [refs, prompt, steps, guidance, seed, fit], [*outs, prompt], api_name="compose")
+        move.click(on_drag, [canvas, dx, dy, scale, angle, prompt, steps, guidance, seed], [*outs, prompt],
+                   api_name="drag")
         app.unload(on_unload)
     return app, sessions

@@ -156,6 +156,7 @@ class DragResult(Result):
     region: np.ndarray | None = None             # bool [H, W]: the RoE source map
     moved: np.ndarray | None = None              # bool [H, W]: the RoE target map
     instruction: str = ""
+    latent: torch.Tensor | None = None           # the sampled frame's latent [C, h, w] (an edit session keeps it)
 
 
 @dataclass
@@ -277,8 +278,8 @@ def drag(editor: Editor, image, mask, dx: int, dy: int, recipe: RecipeConfig | N
     m = _encode(editor, [map_image(region), map_image(moved)])
     given = {("roe_src", 0): m[0], ("roe_tgt", 0): m[1]}
     sample = roe_inference_sample(texts, "nip", set(given), cfg)
-    out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", 1)]
-    res = DragResult(image=out, region=region, moved=moved, instruction=instruction)
+    out, lat = editor.generate(sample, _session(slot, texts, given))[("frame", 1)]
+    res = DragResult(image=out, region=region, moved=moved, instruction=instruction, latent=lat)
     how = f"moved by ({dx}, {dy})" + (f", x{scale:g}" if scale != 1 else "") + \
         (f", {angle:g} degrees" if angle % 360 else "")
     for im, label in ((a, "input"), (map_image(region), "region"), (map_image(moved), how), (out, instruction)):
