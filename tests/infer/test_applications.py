@@ -333,6 +333,61 @@ def test_story_is_multi_turn_editing_with_the_kv_cache(tiny):
     assert not np.array_equal(res.images[1], res.images[0])
 
 
+def test_every_application_layout_samples_the_same_with_the_kv_cache(tiny):
+    """Under block_causal ``Editor.generate`` computes each layout's context K/V once per CFG branch and runs
+    the noisy block alone at every step: chain's CSP, NSP and NIP turns (on a two-turn history), drag's NIP
+    with both maps and a composition of three references each sample what the re-packing path samples,
+    within 1e-5 (same noise), and the cache did run (two prefills per call)."""
+    from vincie_mcore.data.recipe import inference_sample
+
+    model = tiny[0]
+    cached, plain = _editor(tiny, steps=3), _editor(tiny, steps=3)
+    plain.use_kv_cache = False
+    assert cached.kv_cache_reason() is None and plain.kv_cache_reason().startswith("kv_cache: off")
+    rng = np.random.default_rng(9)
+    images = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(3)]
+    frames = apps._encode(cached, images)
+    m = apps._encode(cached, [apps.map_image(rng.random((H, W)) > 0.7) for _ in range(4)])
+    zero = torch.zeros_like(frames[0])
+    cfg = apps._recipe(cached, RECIPE)
+    two = ["add a red square", "make it blue"]
+    given = {("roe_src", 0): m[0], ("roe_tgt", 0): m[1]}
+    cases = [  # (layout, frames with the target slot, texts, maps)
+        (roe_inference_sample(two, "csp", set(given), cfg), frames, two, {**given, ("roe_src", 1): zero}),
+        (roe_inference_sample(two, "nsp", {*given, ("roe_src", 1)}, cfg), frames, two,
+         {**given, ("roe_src", 1): m[2], ("roe_tgt", 1): zero}),
+        (roe_inference_sample(two, "nip", {*given, ("roe_src", 1), ("roe_tgt", 1)}, cfg), frames, two,
+         {**given, ("roe_src", 1): m[2], ("roe_tgt", 1): m[3]}),
+        (roe_inference_sample(["move it"], "nip", set(given), cfg), frames[:2], ["move it"], given),
+        (inference_sample(["ref 2", "ref 3", "both"], False), torch.cat([frames, zero[None]]),
+         ["ref 2", "ref 3", "both"], {}),
+    ]
+    prefills = []
+    real = model.prefill
+    model.prefill = lambda b, kv: prefills.append(1) or real(b, kv)
+    try:
+        for sample, fr, texts, maps in cases:
+            sess = apps._session(fr, texts, maps)
+            got, want = cached.generate(sample, sess), plain.generate(sample, sess)
+            assert list(got) == list(want) and len(got) == 1
+            (ref,) = got
+            torch.testing.assert_close(got[ref][1], want[ref][1], atol=1e-5, rtol=0)
+            assert np.abs(got[ref][0].astype(int) - want[ref][0].astype(int)).max() <= 1
+    finally:
+        del model.prefill
+    assert len(prefills) == 2 * len(cases)
+
+
+def test_chain_benchmark_reports_both_paths_beside_its_check(megatron_cpu):
+    """``vincie-bench-editor --app chain`` at a tiny size: three generate calls per turn, both timings, and the
+    two paths' latents within 1e-5 with the same maps."""
+    from vincie_mcore.perf.bench_editor import bench_chain
+
+    r = bench_chain(hidden=32, layers=2, heads=2, image_tokens=2, steps=1, turns=2)
+    assert r["generate_calls"] == 6 and r["seconds_cache"] > 0 and r["seconds_no_cache"] > 0
+    assert r["max_abs_diff_latents"] < 1e-5 and r["maps_equal"] and r["max_abs_diff_pixels"] <= 1
+
+
 def test_save_writes_one_panel_per_image(tiny, tmp_path):
     res = apps.Result()
     for i in range(5):

@@ -239,7 +239,7 @@ def test_sixteen_concurrent_sessions_complete_or_are_refused_and_never_mix(serve
     for i, (_, message, _) in refused:                     # the queue holds 8: the rest are told so
         assert "queue" in message.lower() or "busy" in message.lower(), message
     for i, (_, out, prompts) in done:
-        _, history, status, zip_path, cleared = out
+        _, history, status, zip_path, _canvas, cleared = out
         assert [h["caption"] for h in history] == ["start", *(f"turn {k}: {p}" for k, p in enumerate(prompts, 1))]
         assert "**Turn 2** done" in status and cleared == ""
         with zipfile.ZipFile(zip_path) as z:                # the session as the server holds it

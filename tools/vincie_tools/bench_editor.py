@@ -3,12 +3,14 @@
     vincie-bench-editor --out benchmarks/cpu/bench_editor.json
     vincie-bench-editor --hidden 128 --layers 2 --steps 4 --turns 3      # a quick look
     vincie-bench-editor --batch 8 --sessions 16 --turns 3 --out benchmarks/cpu/bench_editor_batched.json
+    vincie-bench-editor --app chain --turns 3 --out benchmarks/cpu/bench_editor_chain.json
 
 Prints one JSON line: seconds per turn on both paths, their ratio, the cache's bytes, and the
 largest difference between the two paths' model outputs and samples in the same run
 (``vincie_mcore/perf/bench_editor.py``; docs/kv_cache.md). With --batch: benchmark chains under the full
 mask at one session per pass and at N, edits per second each way and the largest pixel difference
 between the two runs (docs/benchmarks.md, "Batched editing"); --device cuda runs it in bf16 on a GPU.
+With --app chain: chain-of-editing with and without the KV cache, every generate call's latent compared.
 """
 from __future__ import annotations
 
@@ -30,12 +32,16 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=None, help="benchmark batched editing: sessions per model pass")
     ap.add_argument("--sessions", type=int, default=8, help="with --batch: chains to edit")
     ap.add_argument("--device", default="cpu", help="with --batch: cpu or cuda")
+    ap.add_argument("--app", choices=["chain"], help="benchmark an application's calls instead of editing turns")
     ap.add_argument("--out", help="write the JSON here as well")
     args = ap.parse_args(argv)
-    from vincie_mcore.perf.bench_editor import bench_batched, bench_editor
+    from vincie_mcore.perf.bench_editor import bench_batched, bench_chain, bench_editor
 
     try:
-        if args.batch is not None:
+        if args.app == "chain":
+            res = bench_chain(args.hidden, args.layers, args.heads, args.image_tokens, args.steps, args.turns,
+                              args.guidance, args.seed)
+        elif args.batch is not None:
             res = bench_batched(args.batch, args.sessions, args.hidden, args.layers, args.heads, args.image_tokens,
                                 args.steps, args.turns, args.guidance, args.seed, args.device)
         else:

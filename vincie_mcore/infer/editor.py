@@ -121,10 +121,17 @@ class Editor:
         ``recipe.roe_inference_sample``) -> {ref: (image uint8 [H, W, 3], sampled latent [C, h, w])}.
 
         ``sess`` holds the clean latents the layout refers to; a noisy block's own latent only sets
-        its shape (zeros will do). The re-packing path: no KV cache."""
+        its shape (zeros will do). Under block_causal (``kv_cache_reason()`` None) the context's K/V are
+        computed once per CFG branch and every sampling step runs the noisy blocks alone against them
+        (fresh caches per call: the applications' layouts differ call to call); otherwise every step
+        runs the whole packed layout."""
         batch = pack([(sample, sess)], self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         refs = [ib["ref"] for ib in batch.image_blocks if ib["noisy"]]
-        return dict(zip(refs, self._decode(batch, self._sample(self.model, batch))))
+        model = self.model
+        if self.kv_cache_reason() is None:
+            inner = _inner_model(self.model)
+            model = _CachedModel(self.model, inner, batch, {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()})
+        return dict(zip(refs, self._decode(batch, self._sample(model, batch))))
 
     @torch.no_grad()
     def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:

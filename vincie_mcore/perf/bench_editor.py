@@ -138,3 +138,54 @@ def bench_batched(batch: int = 4, sessions: int = 8, hidden: int = 256, layers: 
         speedup=round(rate_b / rate1, 2),
         max_abs_diff_pixels=int(max(d.max() for d in diff)),
         pixels_differing=round(float(sum((d > 0).sum() for d in diff) / sum(d.size for d in diff)), 6))
+
+
+def bench_chain(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens: int = 16, steps: int = 10,
+                turns: int = 3, guidance: float = 3.0, seed: int = 0) -> dict:
+    """Chain-of-editing (``infer/applications.py``: per turn a CSP map, an NSP map, then the frame, each a
+    ``Editor.generate`` call on a growing layout) under block_causal with and without the KV cache, same
+    random fp32 model, image, prompts and noise (CPU): seconds each way, and every call's sampled latent
+    compared between the two runs (a map binarized differently would show as a large difference)."""
+    import time
+
+    from ..encoders.image import PixelEncoder
+    from ..infer import applications as apps
+    from ..runinfo import code_version
+
+    model, text = _model(hidden, layers, heads, image_tokens, steps, 2 * turns + 2, seed)
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (8 * image_tokens, 8 * image_tokens, 3), dtype=np.uint8)
+    prompts = [f"turn {i}: make the {c} square {p}" for i, (c, p) in
+               enumerate(zip(["red", "blue", "green"] * turns, ["bigger", "darker", "round"] * turns))][:turns]
+
+    def run(use_kv_cache: bool, n_turns: int, n_steps: int):
+        ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                    SamplerConfig(steps=n_steps, shift=3.0, guidance=guidance, seed=seed, camera_prompts=False),
+                    mask_type="block_causal", use_kv_cache=use_kv_cache)
+        latents, real = [], ed.generate
+
+        def generate(sample, sess):
+            out = real(sample, sess)
+            latents.extend(lat for _, lat in out.values())
+            return out
+        ed.generate = generate
+        t0 = time.perf_counter()
+        res = apps.chain_of_editing(ed, image, prompts[:n_turns])
+        return res, latents, time.perf_counter() - t0, ed.kv_cache_reason()
+
+    run(False, 1, 1), run(True, 1, 1)                      # warm-up: text encoder, allocator
+    ref, ref_lat, t_ref, _ = run(False, turns, steps)
+    got, got_lat, t_got, reason = run(True, turns, steps)
+    if reason is not None:
+        raise RuntimeError(f"bench_chain: the cache path did not run ({reason})")
+    px = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(got.panels, ref.panels)]
+    return dict(
+        tool="bench_editor_chain", **code_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+        config=dict(hidden=hidden, layers=layers, heads=heads, image_tokens=f"{image_tokens}x{image_tokens}",
+                    steps=steps, guidance=guidance, turns=turns, maps="roe_src,roe_tgt", mask_type="block_causal",
+                    dtype="float32", device="cpu", parameters=model.num_parameters()),
+        generate_calls=len(got_lat), seconds_no_cache=round(t_ref, 3), seconds_cache=round(t_got, 3),
+        ratio=round(t_ref / t_got, 2),
+        max_abs_diff_latents=max(float((a - b).abs().max()) for a, b in zip(got_lat, ref_lat)),
+        maps_equal=all(np.array_equal(a[k], b[k]) for a, b in zip(got.masks, ref.masks) for k in a),
+        max_abs_diff_pixels=int(max(d.max() for d in px)))
