@@ -328,6 +328,13 @@ MUTANTS = [
            "    sy = cy + (sin * u + cos * v) / scale\n", "    sy = cy + (-sin * u + cos * v) / scale\n",
            ("tests/infer/test_applications.py",), "a drag's turn is drawn in the RoE map mirrored (the map no "
                                                   "longer shows what the instruction says)"),
+    Mutant("generate_kv_one_cache_both_branches", "vincie_mcore/infer/editor.py",
+           "            model = _CachedModel(self.model, inner, batch, {\"cond\": inner.new_kv_cache(), "
+           "\"uncond\": inner.new_kv_cache()})",
+           "            model = _CachedModel(self.model, inner, batch, dict.fromkeys((\"cond\", \"uncond\"), "
+           "inner.new_kv_cache()))",
+           ("tests/infer/test_applications.py",), "an application's layout caches both CFG branches' context in "
+                                                  "one KV cache (the unconditional branch reads the prompt's K/V)"),
     Mutant("web_drag_default_recipe", "vincie_mcore/app/session.py",
            "            res = drag(editor, latest, region, int(dx), int(dy), self.backend.recipe,\n",
            "            res = drag(editor, latest, region, int(dx), int(dy), None,\n",
