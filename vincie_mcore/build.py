@@ -22,7 +22,7 @@ from .data.packing import PackConfig
 from .data.recipe import RecipeConfig
 from .diffusion.flow import FlowConfig, training_loss
 from .encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
-from .infer.editor import Editor, SamplerConfig
+from .infer.editor import Editor, SamplerConfig, editor_for
 
 if TYPE_CHECKING:                    # imported where used: Megatron loads with the trainer
     from .model.config import MMDiTConfig
@@ -408,15 +408,11 @@ def official_weights(store, corpus, log: bool = True) -> np.ndarray:
 # ----------------------------------------------------------------------------- inference
 
 def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
+    """The editor of a loaded run, with the run's sampler settings (``infer.editor.editor_for``)."""
     dc = data_configs(cfg)
-    if cfg.model.get("variant") == "official":         # the released models' sampling (infer/official_editor.py)
-        from .infer.official_editor import OfficialEditor
-        return OfficialEditor(model, text_encoder, image_encoder, dc["pack"],
-                              build(SamplerConfig, cfg.sampler, "sampler"), area=dc["corpus"].image_size,
-                              device="cuda" if torch.cuda.is_available() else "cpu")
-    return Editor(model, text_encoder, image_encoder, dc["pack"], flow_config(cfg),
-                  build(SamplerConfig, cfg.sampler, "sampler"),
-                  device="cuda" if torch.cuda.is_available() else "cpu", mask_type=dc["recipe"].mask_type)
+    return editor_for(str(cfg.model.get("variant", "paper")), model, text_encoder, image_encoder, dc["pack"],
+                      flow_config(cfg), build(SamplerConfig, cfg.sampler, "sampler"),
+                      "cuda" if torch.cuda.is_available() else "cpu", dc["recipe"].mask_type, dc["corpus"].image_size)
 
 
 def run_config(run_dir, overrides: list[str] | None = None):

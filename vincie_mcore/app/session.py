@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from ..data.media import MAX_BYTES, MAX_PIXELS, MediaError, load_image
-from ..infer.editor import Editor, EditSession, SamplerConfig, save_strip
+from ..infer.editor import Editor, EditSession, SamplerConfig, editor_for, save_strip
 
 log = logging.getLogger(__name__)
 
@@ -92,12 +92,8 @@ class Backend:
             sampler = dataclasses.replace(self.sampler, steps=int(steps), guidance=float(guidance), seed=int(seed))
         except ValueError as e:                       # SamplerConfig names the bad setting
             raise AppError(str(e)) from None
-        if self.variant == "official":
-            from ..infer.official_editor import OfficialEditor
-            return OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack_cfg, sampler,
-                                  area=self.area, device=self.device)
-        return Editor(self.model, self.text_encoder, self.image_encoder, self.pack_cfg, self.flow_cfg, sampler,
-                      device=self.device, mask_type=self.mask_type)
+        return editor_for(self.variant, self.model, self.text_encoder, self.image_encoder, self.pack_cfg,
+                          self.flow_cfg, sampler, self.device, self.mask_type, self.area)
 
 
 def _heldout_examples(run: Path, n: int = 4) -> list:

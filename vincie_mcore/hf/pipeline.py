@@ -20,7 +20,7 @@ from vincie_mcore.data.packing import PackConfig
 from vincie_mcore.data.recipe import RecipeConfig
 from vincie_mcore.diffusion.flow import FlowConfig
 from vincie_mcore.encoders import ImageEncoderConfig, TextEncoder, TextEncoderConfig, build_image_encoder
-from vincie_mcore.infer.editor import Editor, SamplerConfig
+from vincie_mcore.infer.editor import SamplerConfig, editor_for
 
 from .files import ExportError, read_config
 from .modeling import VincieMMDiT
@@ -126,12 +126,8 @@ class VincieEditPipeline:
                                       guidance=s.guidance if guidance is None else float(guidance),
                                       shift=s.shift if shift is None else float(shift),
                                       seed=s.seed if seed is None else int(seed))
-        if self.model.cfg.variant == "official":        # the release's sampling (imports model/official.py)
-            from vincie_mcore.infer.official_editor import OfficialEditor
-            return OfficialEditor(self.model, self.text_encoder, self.image_encoder, self.pack, sampler,
-                                  area=self.area, device=self.device)
-        return Editor(self.model, self.text_encoder, self.image_encoder, self.pack, self.flow, sampler,
-                      device=self.device, mask_type=self.mask_type)
+        return editor_for(self.model.cfg.variant, self.model, self.text_encoder, self.image_encoder, self.pack,
+                          self.flow, sampler, self.device, self.mask_type, self.area)
 
     # ------------------------------------------------------------------ the paper's applications
     # (infer/applications.py, docs/applications.md); sampler settings as in __call__. Each returns the

@@ -313,6 +313,17 @@ class EditSession:
         return out
 
 
+def editor_for(variant: str, model, text_encoder, image_encoder, pack_cfg: PackConfig, flow_cfg: FlowConfig | None,
+               sampler: SamplerConfig, device="cpu", mask_type: str = "full", area: int | None = None):
+    """The editor of a model variant, the one place that chooses it (a run, an export, the web editor):
+    ``Editor`` (the paper's layout and sampler) or, for ``official`` (the released weights), ``OfficialEditor``
+    (the release's layout, sampler and area fitting; ``flow_cfg`` and ``mask_type`` unused)."""
+    if variant == "official":
+        from .official_editor import OfficialEditor           # imports model/official.py only when needed
+        return OfficialEditor(model, text_encoder, image_encoder, pack_cfg, sampler, area=area, device=device)
+    return Editor(model, text_encoder, image_encoder, pack_cfg, flow_cfg, sampler, device=device, mask_type=mask_type)
+
+
 def edit_batch(sessions: list[EditSession], prompts: list[str], seeds: list[int] | None = None) -> list[np.ndarray]:
     """The next turn of several sessions of one editor at once: what ``sessions[i].edit(prompts[i])``
     does, after ``editor.gen.manual_seed(seeds[i])`` when seeds are given (or drawing from ``seeds[i]``
