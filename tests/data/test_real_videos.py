@@ -322,6 +322,90 @@ def build_section_shots(**kw) -> ShotConfig:
     return build(ShotConfig, kw, "build.shots")
 
 
+def test_scenes_by_clip_embeddings(tmp_path):
+    """shots.scene_features: clip on the clip of ``test_multi_shot_scenes``: each shot's feature is the unit mean
+    of the CLIP embeddings of every 12th frame (2 a second at 24 fps) in it, equal to decoding those frames
+    with PyAV and running the CLIP by hand; scenes follow the cosines at a threshold set between them; the
+    build groups the same way and records the features in its recipe; a shot no embedded frame falls in
+    joins nothing; bad settings are one line naming the key."""
+    import sys
+    from pathlib import Path
+
+    import av
+    import torch
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+    from tiny_clip_dino import save_tiny_clip, save_tiny_dino
+
+    from vincie_mcore.config import ConfigError
+    from vincie_mcore.data.shots import Shot, scenes, shot_means, shot_similarity
+
+    a = make_frames([("moving", 30)])[0]
+    b = np.stack([scene_frame("moving", k, 72, 96, 2) for k in range(30)])
+    d = tmp_path / "v"
+    d.mkdir()
+    write_clip(d / "four.mp4", np.concatenate([a, a[:, :, ::-1], b, b[:, :, ::-1]]), "h264")
+    clip = save_tiny_clip(tmp_path / "clip")
+    shots = dict(scene_max_shots=4, scene_features="clip", scene_clip_path=clip)
+    scan = scan_video(d / "four.mp4", build_section_shots(**shots), probe_stream(d / "four.mp4"))
+    assert scan.cuts == [30, 60, 90] and scan.hists is None and scan.embeds.shape == (4, 16)
+
+    with av.open(str(d / "four.mp4")) as c:                    # the reference: decoded and embedded by hand
+        rgb = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    model = CLIPModel.from_pretrained(clip).eval()
+    proc = CLIPImageProcessor.from_pretrained(clip)
+    want = []
+    for lo in (0, 30, 60, 90):
+        picked = [rgb[i] for i in range(lo, lo + 30) if i % 12 == 0]
+        with torch.no_grad():
+            e = model.get_image_features(pixel_values=proc(images=picked, return_tensors="pt")["pixel_values"])
+        e = (e if isinstance(e, torch.Tensor) else e.pooler_output).numpy()
+        m = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0)
+        want.append(m / np.linalg.norm(m))
+    np.testing.assert_allclose(scan.embeds, np.stack(want), atol=1e-5)
+
+    sims = [float(np.dot(want[k], want[k + 1])) for k in range(3)]
+    assert [shot_similarity(scan, k, k + 1) for k in range(3)] == pytest.approx(sims, abs=1e-5)
+    order = sorted(sims)
+    thr = (order[1] + order[2]) / 2                            # between the second and the most alike pair
+    expect = [[0]]
+    for k in range(1, 4):                                      # the rule by hand: join the scene before, or not
+        if sims[k - 1] >= thr:
+            expect[-1].append(k)
+        else:
+            expect.append([k])
+    cfg = build_section_shots(**shots, scene_min_similarity=round(thr, 6))
+    assert [[x.index for x in sc] for sc in scenes(scan, cfg)] == expect and len(expect) == 3
+
+    bcfg = small_cfg(sampling={"strategy": "equal", "interval_s": 0.5, "max_frames": 20},
+                     shots={**shots, "scene_min_similarity": round(thr, 6)})
+    build_real_sessions(from_directory(d), tmp_path / "store", bcfg, DiffAnnotator(), DiffSegmenter(), progress=False)
+    st = SessionStore(tmp_path / "store")
+    names = {(sc[0], sc[-1]) for sc in expect}
+    assert sorted(st[i].video_id for i in range(len(st))) == sorted(
+        f"four.mp4/shot_{f:04d}" + (f"_to_{t:04d}" if t != f else "") for f, t in names)
+    assert bcfg.recipe()["shots"]["scene_features"] == "clip" and "scene_device" not in bcfg.recipe()["shots"]
+    assert "scene_features" not in small_cfg().recipe()["shots"]            # colour: stores made before resume
+
+    empty = shot_means(np.eye(2, dtype=np.float32), np.array([0, 5]), [Shot(0, 0, 1, 3), Shot(1, 1, 2, 2),
+                                                                       Shot(2, 2, 3, 3)])
+    assert np.array_equal(empty, [[1, 0], [0, 0], [0, 1]])                # shot 1 holds no embedded frame
+
+    for kw, msg in ((dict(scene_features="dino"), r"^build.shots.scene_features: must be one of"),
+                    (dict(scene_features="clip"), r"^build.shots.scene_clip_path: no model folder"),
+                    (dict(scene_features="clip", scene_clip_path=save_tiny_dino(tmp_path / "dino")),
+                     r"^build.shots.scene_clip_path: .* holds a 'vit' model, not 'clip'"),
+                    (dict(scene_features="clip", scene_clip_path=clip, scene_fps=0), r"^build.shots.scene_fps: must be")):
+        with pytest.raises((ValueError, ConfigError), match=msg):
+            build_section_shots(**kw)
+    (Path(clip) / "model.safetensors").write_bytes(b"not a model")         # a broken folder: before any video
+    with pytest.raises(ValueError, match=r"^build.shots.scene_clip_path: cannot load or run its model \("):
+        build_real_sessions(from_directory(d), tmp_path / "store2", bcfg, DiffAnnotator(), DiffSegmenter(),
+                            progress=False)
+    assert not (tmp_path / "store2").exists()
+
+
 def test_black_borders_are_cropped(tmp_path):
     """filters.border_max_luma: a letterboxed clip (10 black rows above and below a moving scene) gives sessions
     cropped to the picture, counted as black_border; off (the default), the bars stay in the frames. The

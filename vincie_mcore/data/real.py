@@ -32,7 +32,7 @@ from .inputs import InputList, InputsConfig, VideoInput
 from .quality import QualityConfig, check_models, check_session
 from .sampling import SamplingConfig, sample_shot_windows
 from .segment import Segmenter, check_masks
-from .shots import Shot, ShotConfig, scan_video, scenes
+from .shots import Shot, ShotConfig, check_scene_model, scan_video, scenes
 from .store import RawSession, SessionWriter, read_failures
 from .video import DecodeConfig, fit_frame, probe_stream, read_at_times
 
@@ -80,8 +80,13 @@ class RealBuildConfig:
         for group, key, off in (("sampling", "windows", False), ("filters", "border_max_luma", 0.0)):
             if d[group][key] == off:         # added later: recorded only when on, so older stores still resume
                 d[group].pop(key)
-        if d["shots"]["scene_max_shots"] == 1:
-            del d["shots"]["scene_max_shots"], d["shots"]["scene_min_similarity"]
+        sh = d["shots"]
+        if sh["scene_max_shots"] == 1 or sh["scene_features"] == "colour":    # added later: recorded only when used
+            for k in ("scene_features", "scene_clip_path", "scene_fps"):
+                sh.pop(k)
+        sh.pop("scene_device")                                               # where CLIP runs changes no session
+        if sh["scene_max_shots"] == 1:
+            del sh["scene_max_shots"], sh["scene_min_similarity"]
         q = {k: {f: v for f, v in sec.items() if f != "device"} for k, sec in d.pop("quality").items() if sec}
         if q:                                # the same (where the models run does not change a session)
             d["quality"] = q
@@ -248,6 +253,7 @@ def build_real_sessions(inputs: InputList, store_root, cfg: RealBuildConfig, ann
     t0 = time.perf_counter()
     root = Path(store_root)
     check_models(cfg.quality)                                 # a wrong model folder: one line, before any video
+    check_scene_model(cfg.shots)
     build = {"real": cfg.recipe(), "annotator": annotator.name, "segmenter": segmenter.name}
     written_videos = sessions_n = failed = filtered = 0
     with SessionWriter(root, cfg.shard_size, build=build) as w:

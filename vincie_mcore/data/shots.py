@@ -14,7 +14,10 @@ Scenes (``scene_max_shots`` > 1): the same pass keeps each frame's colour histog
 of the shrunk frame); neighbouring shots whose mean histograms overlap by at least
 ``scene_min_similarity`` (histogram intersection, 0-1: a cut to another angle of the same place keeps
 the colours, a cut to another place does not) join one scene, up to ``scene_max_shots`` shots
-(``scenes``). Each scene is sampled as one clip: a multi-shot scene gives a session across its cuts,
+(``scenes``). With ``scene_features: clip`` the pass embeds ``scene_fps`` frames a second with a local CLIP
+(``scene_clip_path``; the aesthetic filter's will do) instead, and two shots are compared by the cosine of
+their mean embeddings: what is shown, not only its colours (a cut to the same place in other light, or to
+another place in the same colours). Each scene is sampled as one clip: a multi-shot scene gives a session across its cuts,
 a single-shot scene the shot's own session. At 1 (the default) every shot is its own scene.
 
 TransNetV2 would go behind ``detect`` on a GPU machine; not built here.
@@ -30,6 +33,7 @@ import numpy as np
 from .video import StreamInfo, VideoError, _decode_error, _frame_time, _open, _open_video_stream
 
 DETECTORS = ("content", "adaptive", "none")
+SCENE_FEATURES = ("colour", "clip")
 
 
 @dataclass
@@ -41,7 +45,11 @@ class ShotConfig:
     min_scene_s: float = 0.5         # no two cuts closer than this (seconds, as frames at the average rate)
     analysis_width: int = 256        # frames are shrunk to this width for detection (0: full size)
     scene_max_shots: int = 1         # > 1: up to this many neighbouring shots of one scene make one clip
-    scene_min_similarity: float = 0.7   # neighbouring shots are one scene when their colour histograms overlap this much
+    scene_min_similarity: float = 0.7   # neighbouring shots are one scene when their features are this similar
+    scene_features: str = "colour"      # colour: histogram intersection; clip: cosine of mean CLIP image embeddings
+    scene_clip_path: str = ""           # clip: a local CLIP folder (CLIPModel + image processor)
+    scene_fps: float = 2.0              # clip: frames embedded per second of video (each shot gets at least one)
+    scene_device: str = "cpu"           # clip: where the CLIP runs
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
@@ -58,6 +66,14 @@ class ShotConfig:
             raise ValueError(f"build.shots.scene_max_shots: must be an int >= 1, got {self.scene_max_shots!r}")
         if not 0.0 <= self.scene_min_similarity <= 1.0:
             raise ValueError(f"build.shots.scene_min_similarity: must be in [0, 1], got {self.scene_min_similarity}")
+        if self.scene_features not in SCENE_FEATURES:
+            raise ValueError(f"build.shots.scene_features: must be one of {SCENE_FEATURES}, got {self.scene_features!r}")
+        if self.scene_features == "clip":
+            from ..paths import model_folder
+
+            model_folder(self.scene_clip_path, "build.shots.scene_clip_path", "clip")
+            if not (isinstance(self.scene_fps, (int, float)) and self.scene_fps > 0):
+                raise ValueError(f"build.shots.scene_fps: must be a number > 0, got {self.scene_fps!r}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +90,8 @@ class Scan:
     times: np.ndarray | None      # presentation time of every frame (None: not scanned)
     cuts: list                    # frame indices where a new shot starts (after frame 0)
     hists: np.ndarray | None = None   # [shots, 24]: each shot's mean colour_hist (kept for scenes only)
+    embeds: np.ndarray | None = None  # [shots, D]: each shot's mean CLIP embedding, unit length (scene_features: clip;
+    #                                   a zero row for a shot no embedded frame fell in: it joins no scene)
 
 
 HIST_BINS = 8
@@ -90,18 +108,95 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.minimum(a, b).sum() / 3)
 
 
+def shot_similarity(scan: Scan, j: int, k: int) -> float:
+    """How alike shots j and k are, by the features the scan kept: the cosine of their mean CLIP embeddings
+    (0 when either has none), else their colour histograms' intersection."""
+    if scan.embeds is not None:
+        return float(np.dot(scan.embeds[j], scan.embeds[k]))
+    return similarity(scan.hists[j], scan.hists[k])
+
+
 def scenes(scan: Scan, cfg: ShotConfig) -> list[list[Shot]]:
     """The shots grouped into scenes, in order: each shot joins the scene before it when that has fewer
-    than ``scene_max_shots`` shots and the two shots' histograms overlap >= ``scene_min_similarity``."""
-    if cfg.scene_max_shots <= 1 or scan.hists is None:
+    than ``scene_max_shots`` shots and the two shots are at least ``scene_min_similarity`` alike
+    (``shot_similarity``)."""
+    if cfg.scene_max_shots <= 1 or (scan.hists is None and scan.embeds is None):
         return [[shot] for shot in scan.shots]
     out = [[scan.shots[0]]]
     for k in range(1, len(scan.shots)):
         if len(out[-1]) < cfg.scene_max_shots and \
-                similarity(scan.hists[k - 1], scan.hists[k]) >= cfg.scene_min_similarity:
+                shot_similarity(scan, k - 1, k) >= cfg.scene_min_similarity:
             out[-1].append(scan.shots[k])
         else:
             out.append([scan.shots[k]])
+    return out
+
+
+class ClipFrames:
+    """A local CLIP's image embeddings (``get_image_features``, L2-normalised) for the scene pass; loaded once
+    per process (``clip_frames``)."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        import torch
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        self.device = torch.device(device)
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self.proc = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
+
+    def __call__(self, frames: list) -> np.ndarray:
+        """RGB uint8 [H, W, 3] frames -> float32 [N, D], each row of unit length."""
+        import torch
+
+        px = self.proc(images=list(frames), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = self.model.get_image_features(pixel_values=px.to(self.device))
+            x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()    # transformers 4 / 5
+        return torch.nn.functional.normalize(x, dim=-1).cpu().numpy()
+
+
+_CLIPS: dict = {}
+
+
+def clip_frames(cfg: ShotConfig) -> ClipFrames:
+    key = (cfg.scene_clip_path, cfg.scene_device)
+    if key not in _CLIPS:
+        _CLIPS[key] = ClipFrames(*key)
+    return _CLIPS[key]
+
+
+def check_scene_model(cfg: ShotConfig) -> None:
+    """With CLIP scenes on: load the CLIP here, on the CPU, and embed one small frame, so a folder that does not
+    hold a working CLIP (or a CUDA device that is not there) is one line before any video is read."""
+    if cfg.scene_max_shots <= 1 or cfg.scene_features != "clip":
+        return
+    if cfg.scene_device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ValueError(f"build.shots.scene_device: {cfg.scene_device!r}, but no CUDA device is available here")
+    try:
+        ClipFrames(cfg.scene_clip_path, "cpu")([np.full((32, 32, 3), 128, np.uint8)])
+    except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken folder
+        raise ValueError(f"build.shots.scene_clip_path: cannot load or run its model "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
+
+
+def embed_stride(cfg: ShotConfig, fps: float) -> int:
+    """Every how many frames the scene pass embeds one: ``scene_fps`` a second, and never fewer than one per
+    ``min_scene_s`` (no two cuts are closer), so every shot but a too-short last one holds an embedded frame."""
+    return max(1, min(int(round(fps / cfg.scene_fps)), int(round(cfg.min_scene_s * fps)) or 1))
+
+
+def shot_means(rows: np.ndarray, index: np.ndarray, shots: list) -> np.ndarray:
+    """Per shot, the unit-length mean of the unit rows whose frame ``index`` falls in it (a zero row if none)."""
+    out = np.zeros((len(shots), rows.shape[1]), np.float32)
+    bounds = np.cumsum([0] + [sh.num_frames for sh in shots])
+    for k, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        sel = (index >= a) & (index < b)
+        if sel.any():
+            m = rows[sel].mean(0)
+            out[k] = m / max(float(np.linalg.norm(m)), 1e-12)
     return out
 
 
@@ -131,7 +226,11 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
 
     rate = Fraction(info.fps).limit_denominator(1001)
     det = _detector(cfg, info.fps)
-    times, cuts, hists = [], [], [] if cfg.scene_max_shots > 1 else None
+    scene = cfg.scene_max_shots > 1
+    times, cuts = [], []
+    hists = [] if scene and cfg.scene_features == "colour" else None
+    clip = clip_frames(cfg) if scene and cfg.scene_features == "clip" else None
+    stride, batch, rows, index = embed_stride(cfg, info.fps), [], [], []
     with _open(path) as c:
         st = _open_video_stream(c, name)
         st.thread_type = "AUTO"                  # one pass over every frame: let the decoder use its threads
@@ -146,6 +245,12 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
                 cuts += [tc.frame_num for tc in det.process_frame(FrameTimecode(i, rate), img)]
                 if hists is not None:
                     hists.append(colour_hist(img))
+                if clip is not None and i % stride == 0:
+                    batch.append(np.ascontiguousarray(img[..., ::-1]))     # BGR -> RGB
+                    index.append(i)
+                    if len(batch) == 32:                                    # bounded memory: embed as we go
+                        rows.append(clip(batch))
+                        batch = []
         except MemoryError:
             raise
         except Exception as e:  # noqa: BLE001 - libav raises many types for bad data
@@ -165,4 +270,9 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
     if hists is not None:
         h, bounds = np.stack(hists), np.cumsum([0] + [sh.num_frames for sh in shots])
         per_shot = np.stack([h[a:b].mean(0) for a, b in zip(bounds, bounds[1:])])
-    return Scan(shots, t, sorted(set(cuts)), per_shot)
+    embeds = None
+    if clip is not None:
+        if batch:
+            rows.append(clip(batch))
+        embeds = shot_means(np.concatenate(rows), np.asarray(index), shots)
+    return Scan(shots, t, sorted(set(cuts)), per_shot, embeds)
