@@ -160,11 +160,13 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
 
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     import json
+    # guided (both branches run), by chain-of-editing: each turn's source map first (Table 3's "CS -> I")
     r = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
-            "sampler.steps=2", "sampler.guidance=4.0", "eval.turns=1")   # guided: both branches run
+            "--coe", "cs", "--sessions", "8", "sampler.steps=2", "sampler.guidance=4.0", "eval.turns=1")
     assert r.returncode == 0, r.stderr[-3000:]
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert len(out["turn_success"]) == 1 and out["overrides"] == ["sampler.steps=2", "sampler.guidance=4.0", "eval.turns=1"]
+    assert out["coe"] == "cs" and "warning: --coe cs: this run trained without RoE maps" in r.stderr   # demo: roe_prob=0
     assert all(0 <= v <= 1 for v in out["turn_success"])
     bad = run("vincie-evaluate", "--run", str(trained_run), "--store", str(trained_run / "train" / "store"),
               "sampler.steps=-1")

@@ -172,6 +172,60 @@ def test_no_context_eval_gives_the_editor_only_the_previous_output(megatron_cpu,
         evaluate(ed, sessions, cfg, turns=1, progress=False, context="some")
 
 
+@pytest.mark.parametrize("coe,context", [("cs_ns", "full"), ("ns", "none")])
+def test_chain_of_editing_eval_is_the_application_turn_by_turn(megatron_cpu, coe, context):
+    """``evaluate(coe=...)`` (Table 3's inference rows) edits each session as ``chain_of_editing`` does, with the
+    run's recipe: under full context one chain per session, its earlier maps kept; under none a fresh chain on
+    the image each turn edits. The reference runs the application by hand with an editor of the same seed."""
+    from vincie_mcore.data.packing import PackConfig
+    from vincie_mcore.data.recipe import RecipeConfig
+    from vincie_mcore.data.world import demo_config
+    from vincie_mcore.diffusion.flow import FlowConfig
+    from vincie_mcore.encoders.image import PixelEncoder
+    from vincie_mcore.encoders.text import TextEncoder, TextEncoderConfig
+    from vincie_mcore.eval.synthetic import COE, evaluate
+    from vincie_mcore.infer import applications as apps
+    from vincie_mcore.infer.editor import Editor, SamplerConfig
+    from vincie_mcore.model import MMDiTConfig, build_model
+
+    torch.manual_seed(0)
+    model = build_model(build(MMDiTConfig, dict(
+        hidden_size=32, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=64, text_dim=16, patch_dim=192,
+        max_turns=8, rope_axes_dim=[4, 6, 6], attention_backend="torch", adaln_zero_init=False), "model"),
+        device="cpu").eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(model.final_layer.linear.weight, std=0.05)    # outputs that differ from 0
+    text = TextEncoder(TextEncoderConfig(d_model=16, num_layers=1, num_heads=2))
+    recipe = RecipeConfig(mask_prompt_src="where it changes", mask_prompt_tgt="where it will be")
+
+    def editor():
+        return Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                      SamplerConfig(steps=1, guidance=2.0, seed=3), mask_type="block_causal")
+    cfg = demo_config()
+    sessions = _world_sessions(2, 2, cfg)
+    ed = editor()
+    calls = []
+    real = ed.generate
+    ed.generate = lambda sample, sess: calls.append(1) or real(sample, sess)
+    results, baseline, strips = evaluate(ed, sessions, cfg, turns=2, progress=False, context=context, coe=coe,
+                                         recipe=recipe)
+    assert len(calls) == 2 * 2 * (len(COE[coe]) + 1)                 # per turn: its maps, then its frame
+    ref = editor()
+    for s, (images, prompts, _) in zip(sessions, strips):
+        if context == "full":
+            want = apps.chain_of_editing(ref, s.frames[0], s.texts[:2], recipe, maps=COE[coe]).images
+        else:
+            want = [s.frames[0]]
+            for t in s.texts[:2]:
+                want.append(apps.chain_of_editing(ref, want[-1], [t], recipe, maps=COE[coe]).images[-1])
+        assert prompts == s.texts[:2] and len(images) == 3
+        for got, w in zip(images, want):
+            assert np.array_equal(got.numpy(), w)
+    assert len(results[1]) == len(baseline[1]) == 2
+    with pytest.raises(ValueError, match=r"^eval.coe: expected one of"):
+        evaluate(ed, sessions, cfg, turns=1, progress=False, coe="cs->i")
+
+
 # ----------------------------------------------------------------------------- plan -> launch -> report
 
 def _ablation_yaml(tmp_path, **change) -> Path:
@@ -200,19 +254,23 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
         runs = P.read_runs(tmp_path / name)
         assert s["arms"] == [arm_a, arm_b] and {r.model for r in runs} == {arm_a, arm_b} and len(runs) == 4
         assert {r.steps for r in runs} == {2} and {r.data_size for r in runs} == {8}
-        assert s["budget"]["steps"] == 2 * (2 if name == "context" else 4)     # the trainings only
+        shared = name in ("context", "coe")                            # one trained model, two evaluations
+        assert s["budget"]["steps"] == 2 * (2 if shared else 4)     # the trainings only
         budget = {o for r in runs for o in r.overrides if o.startswith("data.pack.token_budget")}
         assert budget == {"data.pack.token_budget=400"}                 # same tokens per step
         for seed in (0, 1):
             ra, rb = (next(r for r in runs if r.model == m and r.seed == seed) for m in (arm_a, arm_b))
-            if name == "context":                                      # one trained model, two evaluations
+            if shared:
                 assert ra.run_dir == rb.run_dir and ra.train_with == rb.index and rb.train_with is None
-                assert ra.eval_args == ["--context", "none"] and rb.eval_args == ["--context", "full"]
+                assert (ra.eval_args, rb.eval_args) == ((["--context", "none"], ["--context", "full"])
+                                                        if name == "context" else (["--coe", "none"], ["--coe", "cs_ns"]))
                 assert ra.eval_file != rb.eval_file
+                if name == "coe":                                      # the model is trained with maps
+                    assert {"data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"} <= set(rb.overrides)
             else:
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
-    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation"),
+    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",

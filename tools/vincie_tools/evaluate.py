@@ -23,6 +23,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=None, help="also write the summary JSON here")
     ap.add_argument("--context", choices=("full", "none"), default="full",
                     help="full: each turn sees every earlier turn; none: only the image it edits (Table 4)")
+    ap.add_argument("--coe", choices=("none", "cs", "ns", "cs_ns"), default="none",
+                    help="chain-of-editing (Table 3's inference): predict the current (cs), next (ns) or both RoE "
+                         "maps of each turn before its frame; none: the frame directly (I)")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sampler.guidance=3")
     a = ap.parse_args(argv)
 
@@ -44,10 +47,14 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.coe != "none" and not dc["recipe"].roe_prob:
+        print(f"warning: --coe {a.coe}: this run trained without RoE maps (data.recipe.roe_prob=0), so the maps "
+              f"it predicts and reads mean nothing to it", file=sys.stderr)
     results, baseline, _ = evaluate(editor, held, dc["world"], turns=int(cfg.eval.turns), batch=int(cfg.eval.batch),
-                                  context=a.context)
+                                  context=a.context, coe=a.coe, recipe=dc["recipe"])
     summary = summarize_eval(results, baseline)
     summary["context"] = a.context
+    summary["coe"] = a.coe
     # per turn, per held-out session (in store order): what vincie-ablate pairs across arms
     summary["session_success"] = [[int(r["success"]) for r in rs] for rs in results]
     summary["overrides"] = list(a.overrides)

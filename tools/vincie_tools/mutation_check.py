@@ -292,6 +292,11 @@ MUTANTS = [
            "                    batch.append(np.ascontiguousarray(img))     # BGR -> RGB",
            ("tests/data/test_real_videos.py",), "the scene pass shows CLIP the decoder's BGR frames (red and blue "
                                                 "swapped: not the picture the model learned)"),
+    Mutant("coe_no_context_keeps_the_chain", "vincie_mcore/eval/synthetic.py",
+           "            if chain is None or context == \"none\":",
+           "            if chain is None:",
+           ("tests/sweep/test_ablate.py",), "the chain-of-editing eval without context still shows each turn the "
+                                            "earlier frames, texts and maps"),
     Mutant("segment_time_limit_off", "vincie_mcore/data/build.py",
            "                    with time_limit(timeout_s):", "                    with time_limit(None):",
            ("tests/data/test_build.py",), "a segmenter stuck in the main process stalls the whole build"),

@@ -14,17 +14,23 @@ from .judge import edit_kinds, judge_edit
 
 
 CONTEXTS = ("full", "none")
+# Table 3's inference rows: which RoE maps each turn predicts before its frame (chain-of-editing)
+COE = {"none": (), "cs": ("roe_src",), "ns": ("roe_tgt",), "cs_ns": ("roe_src", "roe_tgt")}
 
 
 def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, progress: bool = True,
-             context: str = "full"):
+             context: str = "full", coe: str = "none", recipe=None):
     """Multi-turn editing of held-out sessions, judged exactly per turn.
 
     Turn k edits the model's own output of turn k-1 (the in-context setting);
     the copy baseline returns its input unchanged. ``context="full"`` gives the editor every
     earlier turn (I0, T0, ..., I_{k-1}, T_{k-1}, I_k); ``"none"`` only the image being edited,
     I_k (the model's previous output), with no earlier image or text: the paper's "w/o context"
-    (Table 4), sequential single-turn editing. Returns (results, baseline, strips)
+    (Table 4), sequential single-turn editing. ``coe`` (Table 3's inference rows): ``"none"`` predicts each
+    frame directly ("I"); ``"cs"``, ``"ns"``, ``"cs_ns"`` first predict the current / next / both RoE maps of
+    the turn and give them as context (chain-of-editing, ``applications.ChainSession`` with the run's
+    ``recipe``), one session at a time; earlier turns' maps stay in context under ``"full"``. Returns
+    (results, baseline, strips)
     with results[k] (baseline[k]) a list of judge dicts for turn k+1 and strips the
     first six sessions' (outputs, prompts, ground-truth frames).
     """
@@ -32,12 +38,16 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
 
     if context not in CONTEXTS:
         raise ValueError(f"eval.context: expected one of {CONTEXTS}, got {context!r}")
+    if coe not in COE:
+        raise ValueError(f"eval.coe: expected one of {tuple(COE)}, got {coe!r}")
     # judged turns must each be exactly one edit (sampling can also give "no change" or several)
     sessions = [s for s in sessions if s.frames.shape[0] > turns and s.states
                 and all(len(edit_kinds(s.states[k], s.states[k + 1], world)) == 1 for k in range(turns))]
     results = [[] for _ in range(turns)]
     baseline = [[] for _ in range(turns)]
     strips = []
+    if coe != "none":
+        return _evaluate_chains(editor, sessions, world, turns, progress, context, COE[coe], recipe, results, baseline)
     for a in tqdm(range(0, len(sessions), batch), desc="edit", disable=not progress):
         chunk = sessions[a:a + batch]
         hist = [([torch.from_numpy(np.ascontiguousarray(s.frames[0]))], []) for s in chunk]
@@ -53,6 +63,27 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
                 h[1].append(prompt)
         if a == 0:
             strips = [(h[0], h[1], s.frames[: turns + 1]) for h, s in zip(hist[:6], chunk[:6])]
+    return results, baseline, strips
+
+
+def _evaluate_chains(editor, sessions, world, turns, progress, context, maps, recipe, results, baseline):
+    """``evaluate`` with chain-of-editing turns, a session at a time (each turn several sampling calls)."""
+    from tqdm import tqdm
+
+    from ..infer.applications import ChainSession
+
+    strips = []
+    for i, s in enumerate(tqdm(sessions, desc="edit (chain-of-editing)", disable=not progress)):
+        chain, images = None, [np.ascontiguousarray(s.frames[0])]
+        for k in range(turns):
+            if chain is None or context == "none":              # none: a fresh chain on the image it edits
+                chain = ChainSession(editor, images[-1], recipe, maps)
+            out = chain.turn(s.texts[k])
+            results[k].append(judge_edit(out, s.states[k], s.states[k + 1], world))
+            baseline[k].append(judge_edit(s.frames[0], s.states[k], s.states[k + 1], world))
+            images.append(out)
+        if i < 6:
+            strips.append(([torch.from_numpy(im) for im in images], list(s.texts[:turns]), s.frames[: turns + 1]))
     return results, baseline, strips
 
 

@@ -1,7 +1,8 @@
 """The paper's applications (§4.4, Appendix E.2-E.5) on top of the editor: docs/applications.md.
 
 * ``chain_of_editing``: per turn the model first predicts the RoE maps (CSP, then NSP: the
-  paper's best-consistency "CS -> NS -> I"), then the next frame with those maps as context.
+  paper's best-consistency "CS -> NS -> I"), then the next frame with those maps as context
+  (``ChainSession``: the same, a turn at a time).
 * ``drag``: a region and a displacement (and a scale, a rotation) become the two RoE maps (the region,
   the region transformed) as clean context plus an instruction made from them; the model predicts the frame.
 * ``compose``: several reference images as the context frames, the prompt as the last text.
@@ -205,42 +206,62 @@ def _prompts(prompts) -> list[str]:
 
 # ----------------------------------------------------------------------------- applications
 
-@torch.no_grad()
+class ChainSession:
+    """Chain-of-editing turn by turn (the paper's "CS -> NS -> I" and its other inference rows, Table 3):
+    ``turn(prompt)`` predicts the RoE map(s) of ``maps`` in the recipe's order (CSP: ("roe_src", n), then
+    NSP: ("roe_tgt", n), the second with the first as context), binarizes each (channel mean > 127) and puts
+    it back as a clean map, then predicts frame n + 1 with them in context. Earlier turns keep their frames,
+    texts and maps; a map not in ``maps`` is absent, as context dropout leaves it in training.
+    ``chain_of_editing`` runs a list of prompts through one; ``vincie-evaluate --coe`` one per session."""
+
+    def __init__(self, editor: Editor, image, recipe: RecipeConfig | None = None, maps: tuple = MAP_KINDS):
+        maps = tuple(maps)
+        if not maps or len(set(maps)) != len(maps) or any(m not in MAP_KINDS for m in maps):
+            raise ValueError(f"maps: expected a non-empty subset of {MAP_KINDS}, got {maps}")
+        self.editor, self.maps = editor, tuple(m for m in MAP_KINDS if m in maps)
+        self.cfg = _recipe(editor, recipe)
+        self.frames = _encode(editor, [image])                 # I0..I_n latents
+        self.given: dict = {}                                   # (kind, j) -> map latent
+        self.texts: list[str] = []
+        self.images = [np.asarray(image)]                       # I0, I1, ... uint8 [H, W, 3]
+        self.masks: list[dict] = []                             # per turn {"roe_src"/"roe_tgt": bool [H, W]}
+
+    @torch.no_grad()
+    def turn(self, prompt: str) -> np.ndarray:
+        """The next frame for ``prompt`` (its maps first) -> uint8 [H, W, 3]; ``masks[-1]`` holds its maps."""
+        ed, n = self.editor, len(self.texts)
+        texts = [*self.texts, *_prompts([prompt])]
+        slot = torch.cat([self.frames, torch.zeros_like(self.frames[:1])])
+        turn_masks = {}
+        for kind in self.maps:
+            ref = (kind, n)
+            sample = roe_inference_sample(texts, _TASK[kind], set(self.given), self.cfg)
+            out, _ = ed.generate(sample, _session(slot, texts, {**self.given, ref: torch.zeros_like(self.frames[0])}))[ref]
+            turn_masks[kind] = mask_from_image(out)
+            self.given[ref] = _encode(ed, [map_image(turn_masks[kind])])[0]       # binarized, as training maps are
+        sample = roe_inference_sample(texts, "nip", set(self.given), self.cfg)
+        out, _ = ed.generate(sample, _session(slot, texts, self.given))[("frame", n + 1)]
+        self.frames = torch.cat([self.frames, _encode(ed, [out])])
+        self.texts = texts
+        self.images.append(out)
+        self.masks.append(turn_masks)
+        return out
+
+
 def chain_of_editing(editor: Editor, image, prompts: list[str], recipe: RecipeConfig | None = None,
                      maps: tuple = MAP_KINDS) -> ChainResult:
-    """Per turn n: predict the RoE map(s) of ``maps`` in the recipe's order (CSP: ("roe_src", n),
-    then NSP: ("roe_tgt", n), the second with the first as context), binarize each (channel mean
-    > 127) and put it back as a clean map, then predict frame n + 1 with them in context. Earlier
-    turns keep their frames, texts and maps; a map not in ``maps`` is absent, as context dropout
-    leaves it in training. Strip: I0 | per turn the map(s) and the frame."""
+    """Every prompt a turn of one ``ChainSession`` (its maps, then its frame). Strip: I0 | per turn the
+    map(s) and the frame."""
     prompts = _prompts(prompts)
-    maps = tuple(maps)
-    if not maps or len(set(maps)) != len(maps) or any(m not in MAP_KINDS for m in maps):
-        raise ValueError(f"maps: expected a non-empty subset of {MAP_KINDS}, got {maps}")
-    maps = tuple(m for m in MAP_KINDS if m in maps)
-    cfg = _recipe(editor, recipe)
-    frames = _encode(editor, [image])                      # I0..I_n latents
-    given: dict = {}                                        # (kind, j) -> map latent
+    chain = ChainSession(editor, image, recipe, maps)
     res = ChainResult()
     res.add(image, "input")
-    res.images.append(np.asarray(image))
     for n, prompt in enumerate(prompts):
-        texts = prompts[: n + 1]
-        slot = torch.cat([frames, torch.zeros_like(frames[:1])])
-        turn_masks = {}
-        for kind in maps:
-            ref = (kind, n)
-            sample = roe_inference_sample(texts, _TASK[kind], set(given), cfg)
-            out, _ = editor.generate(sample, _session(slot, texts, {**given, ref: torch.zeros_like(frames[0])}))[ref]
-            turn_masks[kind] = mask_from_image(out)
-            given[ref] = _encode(editor, [map_image(turn_masks[kind])])[0]      # binarized, as training maps are
-            res.add(map_image(turn_masks[kind]), f"{n + 1}: {'source' if kind == 'roe_src' else 'target'} mask")
-        sample = roe_inference_sample(texts, "nip", set(given), cfg)
-        out, _ = editor.generate(sample, _session(slot, texts, given))[("frame", n + 1)]
-        frames = torch.cat([frames, _encode(editor, [out])])
-        res.images.append(out)
-        res.masks.append(turn_masks)
+        out = chain.turn(prompt)
+        for kind, m in chain.masks[-1].items():
+            res.add(map_image(m), f"{n + 1}: {'source' if kind == 'roe_src' else 'target'} mask")
         res.add(out, f"{n + 1}: {prompt}")
+    res.images, res.masks = chain.images, chain.masks
     return res
 
 

@@ -1,11 +1,11 @@
-"""``vincie-ablate``: the paper's three findings (Tables 3, 4, 5) as paired ablations on the synthetic world.
+"""``vincie-ablate``: the paper's findings (Tables 3, 4, 5) as paired ablations on the synthetic world.
 
 An ablation is a sweep (``plan.py`` / ``launch.py``) whose ``models:`` axis holds two arms, at one data
 size, N seeds, the same steps and tokens per step for both arms, evaluated on the same held-out
 sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``models:`` and one
 ``data_size`` instead of ``data_sizes``; ``steps`` is one int (both arms train that many steps):
 
-    ablation: context            # context | pairwise | segmentation
+    ablation: context            # context | pairwise | segmentation | coe
     name: ctx
     base: [experiment=demo]
     data: {synthetic: {videos: 1000, heldout_videos: 200, world: demo}}
@@ -29,6 +29,7 @@ import yaml
 from . import plan as P
 from .launch import eval_path
 
+SEG = ["data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"]     # the paper's recipe with maps
 # name -> (arm A, arm B, models: axis). Arm B is the paper's method, so B - A > 0 reproduces the finding.
 ABLATIONS = {
     # Table 4: one trained model per seed, evaluated with every earlier turn in context, and without
@@ -45,8 +46,14 @@ ABLATIONS = {
     # maps in context) against with it (RoE maps in 80 % of sessions, NIP/CSP/NSP 0.6/0.2/0.2, the
     # paper's recipe); both evaluated by plain next-image prediction (inference "I").
     "segmentation": ("no_seg", "seg", {
-        "seg": ["data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"],
+        "seg": SEG,
         "no_seg": ["data.recipe.roe_prob=0.0", "data.recipe.task_probs=[1.0,0.0,0.0]"]}),
+    # Table 3, rows "w/ Seg. | I" and "w/ Seg. | CS -> NS -> I": one model trained with segmentation per seed,
+    # evaluated by plain next-image prediction and by chain-of-editing (each turn's current and next RoE
+    # maps predicted first, then the frame with them in context: vincie-evaluate --coe cs_ns).
+    "coe": ("seg_i", "seg_coe", {
+        "seg_coe": {"train": SEG, "eval": ["--coe", "cs_ns"]},
+        "seg_i": {"train_as": "seg_coe", "eval": ["--coe", "none"]}}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
 
