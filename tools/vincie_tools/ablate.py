@@ -1,4 +1,4 @@
-"""The paper's three findings as paired ablations on the synthetic world (docs/ablations.md).
+"""The paper's findings (Tables 3, 4, 5) as paired ablations on the synthetic world (docs/ablations.md).
 
     vincie-ablate plan --config ablation.yaml --sweep ablations/ctx   # the two arms as one sweep
     vincie-ablate launch --sweep ablations/ctx                        # Slurm, through vincie-sweep's launcher
@@ -11,6 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from vincie_mcore.sweep.ablate import ABLATIONS
+
 
 def _parser():
     p = argparse.ArgumentParser(prog="vincie-ablate", description=__doc__.splitlines()[0])
@@ -18,7 +20,7 @@ def _parser():
     pl = sub.add_parser("plan", help="resolve the two arms x seeds; build the shared synthetic data")
     pl.add_argument("--config", required=True)
     pl.add_argument("--sweep", required=True)
-    pl.add_argument("--ablation", choices=("context", "pairwise", "segmentation"), default=None,
+    pl.add_argument("--ablation", choices=tuple(ABLATIONS), default=None,
                     help="overrides the YAML's ablation:")
     pl.add_argument("--quiet", action="store_true")
     for name, what in (("launch", "submit what is not done"), ("status", "a table of the runs"),
