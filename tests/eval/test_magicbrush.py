@@ -459,6 +459,62 @@ def test_resumed_run_equals_an_uninterrupted_one(metrics, tmp_path, megatron_cpu
         run_magicbrush(other, tmp_path / "mb", metrics=small, out_dir=tmp_path / "B", progress=False, setting=setting)
 
 
+def test_chain_of_editing_run_writes_its_maps_and_resumes_from_them(metrics, tmp_path, megatron_cpu, monkeypatch):
+    """``coe="cs_ns"``: each multi_turn turn is a ``ChainSession`` turn with that edit's own seed, its two maps
+    written beside its image (equal to the chain run by hand); a run killed after 3 of 5 turns resumes from
+    the images and maps on disk to the uninterrupted run's images, pixel for pixel; the folder records the
+    inference; the settings it cannot run are one line."""
+    from vincie_mcore.data.recipe import RecipeConfig
+    from vincie_mcore.eval import edit_runs
+    from vincie_mcore.eval.magicbrush import map_path
+    from vincie_mcore.infer import applications as apps
+
+    _write_set(tmp_path / "mb")
+    ds, small = read_magicbrush(tmp_path / "mb"), _small(metrics)
+    recipe = RecipeConfig(mask_prompt_src="where it changes", mask_prompt_tgt="where it will be")
+    whole = run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "A", progress=False, coe="cs_ns",
+                           recipe=recipe)
+    assert whole["coe"] == "cs_ns" and whole["edits"] == {"made": 5, "resumed": 0}
+    ed = _tiny_editor()                                              # the reference: session s2 by hand
+    chain = apps.ChainSession(ed, _at16(ds[1].source), recipe, apps.COE["cs_ns"])
+    for t, turn in enumerate(ds[1].turns, 1):
+        edit_runs.seed_edit(ed, "s2", t)
+        out = chain.turn(turn.instruction)
+        path = generated_path(tmp_path / "A", "s2", t)
+        assert np.array_equal(np.asarray(Image.open(path)), out)
+        for kind in apps.MAP_KINDS:
+            assert np.array_equal(np.asarray(Image.open(map_path(path, kind))), apps.map_image(chain.masks[-1][kind]))
+
+    turns, real = [0], apps.ChainSession.turn
+
+    def crash_after_3(self, prompt):
+        turns[0] += 1
+        if turns[0] > 3:
+            raise _Crash()
+        return real(self, prompt)
+    monkeypatch.setattr(apps.ChainSession, "turn", crash_after_3)
+    with pytest.raises(_Crash):
+        run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "B", progress=False, coe="cs_ns",
+                       recipe=recipe)
+    monkeypatch.setattr(apps.ChainSession, "turn", real)
+    resumed = run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "B", progress=False, coe="cs_ns",
+                             recipe=recipe)
+    assert resumed["edits"] == {"made": 2, "resumed": 3} and resumed["per_turn"] == whole["per_turn"]
+    for sid, n in (("s1", 2), ("s2", 3)):
+        for t in range(1, n + 1):
+            a, b = generated_path(tmp_path / "A", sid, t), generated_path(tmp_path / "B", sid, t)
+            for x, y in [(a, b), *((map_path(a, k), map_path(b, k)) for k in apps.MAP_KINDS)]:
+                assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y))), (x, y)
+    with pytest.raises(ValueError, match=r"^out_dir: .*/A holds edits made with coe='cs_ns', this run has coe='cs'"):
+        run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "A", progress=False, coe="cs",
+                       recipe=recipe)
+    for kw, msg in ((dict(coe="cs", setting="history"), r"^coe: chain-of-editing runs the multi_turn setting"),
+                    (dict(coe="cs", batch=2), r"^batch: chain-of-editing edits one session at a time, got 2$"),
+                    (dict(coe="cs->i"), r"^coe: expected one of none, cs, ns, cs_ns, got 'cs->i'$")):
+        with pytest.raises(ValueError, match=msg):
+            run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "C", progress=False, **kw)
+
+
 # ----------------------------------------------------------------------------- the release's layout
 
 def _write_release(root, targets_from):
@@ -556,6 +612,32 @@ def test_docs_list_every_key_with_its_default():
 def demo_run(shared_demo_run):
     """The suite's 3-step demo run (tests/conftest.py; the CLI tests' model). Copied before any test writes."""
     return shared_demo_run
+
+
+def test_cli_chain_of_editing_on_a_training_run(demo_run, models, tmp_path, megatron_cpu, capsys):
+    """``vincie-benchmark magicbrush --coe cs`` in-process on the demo run: the run's recipe reaches the chain,
+    each turn's source map lies beside its image, the results say the inference; what --coe cannot run is one
+    line before any model loads."""
+    from vincie_tools.benchmark import main
+
+    from vincie_mcore.eval.magicbrush import map_path
+
+    _write_set(tmp_path / "mb")
+    base = ["magicbrush", "--data", str(tmp_path / "mb"), "--run", str(demo_run), "--clip", models[0],
+            "--dino", models[1], "--edit-size", "24", "--set", "sampler.steps=1", "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "out"), "--coe", "cs"]) == 0
+    res = json.loads((tmp_path / "out" / "results_multi_turn.json").read_text())
+    assert res["coe"] == "cs" and res["edits"] == {"made": 5, "resumed": 0}
+    first = generated_path(tmp_path / "out", "s2", 1)
+    assert map_path(first, "roe_src").is_file() and not map_path(first, "roe_tgt").exists()
+    assert json.loads((tmp_path / "out" / "editor.json").read_text())["coe"] == "cs"
+    capsys.readouterr()
+    for extra, msg in ((["--setting", "dummy"], "error: --coe: chain-of-editing runs --setting multi_turn"),
+                       (["--batch", "2"], "error: --batch: chain-of-editing edits one session at a time, got 2")):
+        assert main([*base, "--out", str(tmp_path / "bad"), "--coe", "cs", *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(msg) and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_cli_runs_every_setting_on_a_training_run_and_resumes(demo_run, tmp_path):

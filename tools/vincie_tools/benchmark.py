@@ -18,7 +18,8 @@ test folder with edit_sessions.json, or a sessions.jsonl folder). --setting mult
 Table 1: each turn edits the previous output, every earlier turn in context), independent (MagicBrush's
 single-turn; Table 4 "w/o Context"), history or dummy (Table 4), or all four. A rerun into the same --out
 resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<id>/<id>_1.png,
-<id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
+<id>_iter_<t>.png, <id>_inde_<t>.png). --coe cs|ns|cs_ns: multi_turn by chain-of-editing (Table 3's
+inference rows; each turn's RoE maps saved beside its image). docs/magicbrush.md.
 
 Both: --batch N edits N sessions per model pass (the same images); --shard i/N edits every N-th session only,
 scoring nothing, for one GPU of N (bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
@@ -72,8 +73,43 @@ def _parser():
                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
+    b.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none",
+                   help="multi_turn by chain-of-editing (Table 3's inference rows): each turn's current (cs), next "
+                        "(ns) or both RoE maps predicted first, saved beside its image")
     b.add_argument("--quiet", action="store_true")
     return p
+
+
+def coe_recipe(a, cfg):
+    """The recipe a ``--coe`` benchmark predicts its maps with (the run's mask prompts), checked before any
+    model loads: a released model has no place for maps, an export written before the recipe was has none."""
+    from vincie_mcore.config import build
+    from vincie_mcore.data.recipe import RecipeConfig
+
+    if a.coe == "none":
+        return None
+    if a.setting != "multi_turn":
+        raise ValueError(f"--coe: chain-of-editing runs --setting multi_turn (the model's own chain), not {a.setting}")
+    if a.batch != 1:
+        raise ValueError(f"--batch: chain-of-editing edits one session at a time, got {a.batch}")
+    if cfg is not None:
+        from vincie_mcore.build import data_configs, is_official
+
+        official, recipe = is_official(cfg), None if is_official(cfg) else data_configs(cfg)["recipe"]
+    else:
+        from vincie_mcore.hf.files import read_config
+
+        c = read_config(a.export)
+        official = c["model"].get("variant", "paper") == "official"
+        r = c.get("pipeline", {}).get("recipe")
+        if r is None and not official:
+            raise ValueError("--coe: this export has no recipe in config.json's pipeline section (exported before "
+                             "the applications were): export it again")
+        recipe = None if official else build(RecipeConfig, r, "pipeline.recipe")
+    if official:
+        raise ValueError("--coe: not for model.variant 'official' (chain-of-editing needs the RoE maps, which the "
+                         "released models' inference layout has no place for)")
+    return recipe
 
 
 SHARD_HELP = ("edit only sessions i, i+N, ... into --out and score nothing (one GPU of N: slurm/benchmark.sh); "
@@ -183,12 +219,16 @@ def magicbrush_main(a) -> int:
         shard = _shard(a, ["--clip", "--dino"])
         cfg = MagicBrushConfig(clip_path=a.clip, dino_path=a.dino, edit_size=a.edit_size)
         data = read_magicbrush(a.data, a.captions)
+        if a.generated and a.coe != "none":
+            raise ValueError("--coe: --generated scores images made elsewhere; nothing is edited here")
+        if not a.generated:                             # cheap: the model loads at its first edit (Deferred)
+            editor, run_cfg, weights = load_editor(a)
+            recipe = coe_recipe(a, run_cfg)             # before CLIP and DINO load
         if shard is not None:                           # edits only: no CLIP/DINO, nothing scored
-            editor, _, weights = load_editor(a)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             for st in settings:
                 r = run_magicbrush(editor, data, cfg, out_dir=out, progress=not a.quiet, setting=st, run_info=info,
-                                   batch=a.batch, shard=shard)
+                                   batch=a.batch, shard=shard, coe=a.coe, recipe=recipe)
                 print(f"MagicBrush {st} shard {a.shard}: {r['sessions']} sessions, {r['edits']['made']} edits made, "
                       f"{r['edits']['resumed']} read back ({out})")
             return 0
@@ -203,16 +243,16 @@ def magicbrush_main(a) -> int:
                 (out / f"results_{st}.json").write_text(json.dumps(results[st], indent=1, default=str))
                 write_report(out / f"report_{st}.html", results[st], data, a.generated)
         else:
-            editor, _, weights = load_editor(a)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             for st in settings:
                 results[st] = run_magicbrush(editor, data, metrics=metrics, out_dir=out, progress=not a.quiet,
-                                             setting=st, run_info=info, batch=a.batch)
+                                             setting=st, run_info=info, batch=a.batch, coe=a.coe, recipe=recipe)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     for st, res in results.items():
-        print(f"MagicBrush {st}, {res['sessions']} sessions ({out / f'results_{st}.json'}, {out / f'report_{st}.html'}):")
+        how = f", chain-of-editing {res['coe']}" if res.get("coe", "none") != "none" else ""
+        print(f"MagicBrush {st}{how}, {res['sessions']} sessions ({out / f'results_{st}.json'}, {out / f'report_{st}.html'}):")
         for row in res["per_turn"] + [dict(res["final_turn"], turn="final")]:
             print(f"  turn {row['turn']!s:>5}  n {row['n']:4d}  " +
                   "  ".join(f"{k} {'-' if row[k] is None else format(row[k], '.4f')}"     # CLIP-T: no captions

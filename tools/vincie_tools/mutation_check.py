@@ -297,6 +297,11 @@ MUTANTS = [
            "            if chain is None:",
            ("tests/sweep/test_ablate.py",), "the chain-of-editing eval without context still shows each turn the "
                                             "earlier frames, texts and maps"),
+    Mutant("magicbrush_coe_maps_not_resumed", "vincie_mcore/eval/magicbrush.py",
+           "            chain.add_turn(instructions[k], out, masks)\n",
+           "            chain.add_turn(instructions[k], out, {k: v * 0 > 0 for k, v in masks.items()})\n",
+           ("tests/eval/test_magicbrush.py",), "a resumed chain-of-editing benchmark gives its earlier turns empty "
+                                              "maps (not the ones they predicted)"),
     Mutant("segment_time_limit_off", "vincie_mcore/data/build.py",
            "                    with time_limit(timeout_s):", "                    with time_limit(None):",
            ("tests/data/test_build.py",), "a segmenter stuck in the main process stalls the whole build"),

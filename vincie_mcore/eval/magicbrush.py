@@ -600,6 +600,25 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     return _results(per_session, cfg, setting)
 
 
+def _coe_chain(editor, s: MagicBrushSession, paths, prep, maps: tuple, recipe):
+    """A multi_turn chain edited by chain-of-editing; resumed from its images and the maps beside them."""
+    from ..infer.applications import ChainSession, mask_from_image
+    from . import edit_runs
+
+    instructions = [t.instruction for t in s.turns]
+
+    def start(outs):
+        source = prep(s.source, f"session {s.id!r} source")       # first: an unreadable source loads no model
+        chain = ChainSession(edit_runs.loaded(editor), source, recipe, maps)
+        for k, out in enumerate(outs):
+            masks = {kind: mask_from_image(edit_runs.load_png(map_path(paths[k], kind),
+                                                              f"session {s.id!r} turn {k + 1} {kind} map (resumed)"))
+                     for kind in chain.maps}
+            chain.add_turn(instructions[k], out, masks)
+        return _CoeSession(chain, paths)
+    return edit_runs.Chain(s.id, instructions, paths, start)
+
+
 def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str]]:
     """What turn ``t`` (0-based) sees before its instruction in the settings of given context (all but
     multi_turn, whose context is the model's own chain: ``edit_runs.source_chain``): images I0..I_n, texts
@@ -613,9 +632,36 @@ def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str
     return [s.source] + gt, [DUMMY_INSTRUCTION] + instr   # dummy: I0, "generate the same image", I0, ...
 
 
+def map_path(image_path, kind: str) -> Path:
+    """Where a chain-of-editing turn's predicted RoE map lies beside its image: ``<image stem>_<kind>.png``."""
+    p = Path(image_path)
+    return p.with_name(f"{p.stem}_{kind}.png")
+
+
+class _CoeSession:
+    """A ``ChainSession`` as ``edit_runs.run_chains`` drives a session: ``edit`` is one chain-of-editing turn,
+    whose maps are written beside the turn's image before it returns (``run_chains`` writes the image after),
+    so an image on disk always has its maps for a resumed run."""
+
+    def __init__(self, chain, paths):
+        self.chain, self.paths = chain, paths
+
+    def edit(self, prompt: str) -> np.ndarray:
+        from ..infer.applications import map_image
+        from .edit_runs import save_png
+
+        t = len(self.chain.texts)
+        out = self.chain.turn(prompt)
+        if self.paths is not None and self.paths[t] is not None:
+            for kind, m in self.chain.masks[-1].items():
+                save_png(map_path(self.paths[t], kind), map_image(m))
+        return out
+
+
 def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
                    metrics: MagicBrushMetrics | None = None, progress: bool = True, setting: str = "multi_turn",
-                   run_info: dict | None = None, batch: int = 1, shard: tuple[int, int] | None = None) -> dict:
+                   run_info: dict | None = None, batch: int = 1, shard: tuple[int, int] | None = None,
+                   coe: str = "none", recipe=None) -> dict:
     """Edit every session with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``) in ``setting``
     (``SETTINGS``; the default is the paper's Table 1), then score with ``score_magicbrush``.
 
@@ -628,12 +674,27 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     one model pass each (``edit_runs.run_chains``): the images do not depend on it beyond float reordering.
     ``shard`` (i, N): only sessions i, i + N, ... are edited, into ``out_dir``, and nothing is scored (no
     CLIP/DINO needed: pass ``cfg``); a run without a shard then reads every edit back and scores
-    (``slurm/benchmark.sh``). Returns ``{"edits": {made, resumed}, "sessions": n}`` then."""
+    (``slurm/benchmark.sh``). Returns ``{"edits": {made, resumed}, "sessions": n}`` then.
+
+    ``coe`` (Table 3's inference rows; ``applications.COE``): ``cs``, ``ns`` or ``cs_ns`` edit each
+    multi_turn chain by chain-of-editing (``applications.ChainSession`` with the run's ``recipe``): each turn
+    first predicts its RoE map(s), written beside its image (``map_path``), then the frame with them in
+    context. One session at a time (``batch`` 1); a resumed chain reads its maps back with its images. The
+    folder records ``coe``: another inference cannot resume there."""
     from PIL import Image
 
+    from ..infer.applications import COE
     from . import edit_runs
 
     setting = _setting(setting)
+    if coe not in COE:
+        raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
+    if coe != "none":
+        if setting != "multi_turn":
+            raise ValueError(f"coe: chain-of-editing runs the multi_turn setting (the model's own chain), not {setting}")
+        if batch != 1:
+            raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
+        run_info = {**(run_info or {}), "coe": coe}
     sessions = _sessions(dataset)
     if shard is not None:
         if out_dir is None:
@@ -665,6 +726,10 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     for n, s in enumerate(sessions):
         paths = [generated_path(out_dir, s.id, t + 1, setting) for t in range(len(s.turns))] \
             if out_dir is not None else None
+        if setting == "multi_turn" and coe != "none":
+            chains.append(_coe_chain(editor, s, paths, prep, COE[coe], recipe))
+            owner.append((n, 0))
+            continue
         if setting == "multi_turn":               # one session (and KV cache) for the whole chain
             chains.append(edit_runs.source_chain(editor, s.id, s.source, [t.instruction for t in s.turns], paths,
                                                  lambda im, s=s: prep(im, f"session {s.id!r} source")))
@@ -685,6 +750,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
             generated.setdefault(sessions[n].id, [None] * len(sessions[n].turns))[t:t + len(o)] = o
     results = score_magicbrush(generated if out_dir is None else out_dir, sessions, metrics=metrics, setting=setting)
     results["edits"] = dict(made=made, resumed=total - made)
+    results["coe"] = coe
     if out_dir is not None:
         (out_dir / f"results_{setting}.json").write_text(json.dumps(results, indent=1, default=str))
         write_report(out_dir / f"report_{setting}.html", results, sessions, out_dir)

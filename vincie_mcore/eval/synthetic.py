@@ -9,13 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..infer.applications import COE
 from ..infer.editor import Editor
 from .judge import edit_kinds, judge_edit
 
 
 CONTEXTS = ("full", "none")
-# Table 3's inference rows: which RoE maps each turn predicts before its frame (chain-of-editing)
-COE = {"none": (), "cs": ("roe_src",), "ns": ("roe_tgt",), "cs_ns": ("roe_src", "roe_tgt")}
 
 
 def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, progress: bool = True,

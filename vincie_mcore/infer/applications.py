@@ -33,6 +33,8 @@ from ..data.recipe import RecipeConfig, inference_sample, roe_inference_sample
 from .editor import EditSession, Editor, save_strip
 
 MAP_KINDS = ("roe_src", "roe_tgt")                 # the recipe's order: the source map is laid out first
+# Table 3's inference rows, by the maps each turn predicts before its frame: I, CS -> I, NS -> I, CS -> NS -> I
+COE = {"none": (), "cs": ("roe_src",), "ns": ("roe_tgt",), "cs_ns": MAP_KINDS}
 _TASK = {"roe_src": "csp", "roe_tgt": "nsp"}
 
 
@@ -225,6 +227,20 @@ class ChainSession:
         self.texts: list[str] = []
         self.images = [np.asarray(image)]                       # I0, I1, ... uint8 [H, W, 3]
         self.masks: list[dict] = []                             # per turn {"roe_src"/"roe_tgt": bool [H, W]}
+
+    @torch.no_grad()
+    def add_turn(self, prompt: str, image, masks: dict) -> None:
+        """Append a turn made earlier (a resumed benchmark): its frame and its binarized maps (bool [H, W] for
+        every kind of ``maps``), encoded as ``turn`` would have left them."""
+        n = len(self.texts)
+        if set(masks) != set(self.maps):
+            raise ValueError(f"masks: turn {n + 1} needs maps {self.maps}, got {tuple(sorted(masks))}")
+        for kind in self.maps:
+            self.given[(kind, n)] = _encode(self.editor, [map_image(masks[kind])])[0]
+        self.frames = torch.cat([self.frames, _encode(self.editor, [image])])
+        self.texts = [*self.texts, *_prompts([prompt])]
+        self.images.append(np.asarray(image))
+        self.masks.append({k: np.asarray(masks[k], dtype=bool) for k in self.maps})
 
     @torch.no_grad()
     def turn(self, prompt: str) -> np.ndarray:
