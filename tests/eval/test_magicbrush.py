@@ -466,7 +466,7 @@ def test_chain_of_editing_run_writes_its_maps_and_resumes_from_them(metrics, tmp
     inference; the settings it cannot run are one line."""
     from vincie_mcore.data.recipe import RecipeConfig
     from vincie_mcore.eval import edit_runs
-    from vincie_mcore.eval.magicbrush import map_path
+    from vincie_mcore.eval.edit_runs import map_path
     from vincie_mcore.infer import applications as apps
 
     _write_set(tmp_path / "mb")
@@ -620,7 +620,7 @@ def test_cli_chain_of_editing_on_a_training_run(demo_run, models, tmp_path, mega
     line before any model loads."""
     from vincie_tools.benchmark import main
 
-    from vincie_mcore.eval.magicbrush import map_path
+    from vincie_mcore.eval.edit_runs import map_path
 
     _write_set(tmp_path / "mb")
     base = ["magicbrush", "--data", str(tmp_path / "mb"), "--run", str(demo_run), "--clip", models[0],

@@ -153,9 +153,8 @@ def test_verdict_schema():
             parse_verdict(bad)
 
 
-def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu, tmp_path):
-    """The editor (tiny random model) runs every turn on the previous output, the whole history in context;
-    a stopped run resumes to the images of one never stopped."""
+def _tiny_editor():
+    """The library's Editor on a tiny random MM-DiT (block_causal: the KV-cache path) and the pixel 'VAE'."""
     from vincie_mcore.data.packing import PackConfig
     from vincie_mcore.diffusion.flow import FlowConfig
     from vincie_mcore.encoders.image import PixelEncoder
@@ -166,10 +165,44 @@ def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cp
     torch.manual_seed(0)
     model = build_model(build(MMDiTConfig, dict(
         hidden_size=64, num_layers=2, mm_layers=1, num_heads=2, ffn_hidden_size=128, text_dim=32, patch_dim=192,
-        max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, attention_backend="torch"), "model"), device="cpu").eval()
-    ed = Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
-                PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, guidance=1.0),
-                mask_type="block_causal")
+        max_turns=8, rope_axes_dim=[8, 12, 12], adaln_zero_init=False, attention_backend="torch"), "model"),
+        device="cpu").eval()
+    return Editor(model, TextEncoder(TextEncoderConfig(d_model=32, num_layers=1, num_heads=2, pool=4)), PixelEncoder(),
+                  PackConfig(patch_size=8), FlowConfig(prediction="x0"), SamplerConfig(steps=2, guidance=1.0),
+                  mask_type="block_causal")
+
+
+def test_generate_by_chain_of_editing(bench, megatron_cpu, tmp_path):
+    """``coe="cs"``: each turn is a ``ChainSession`` turn with that edit's seed (its source map first, written
+    beside the turn's image), as run by hand; a folder of plain edits refuses it; batch 2 is one line."""
+    from vincie_mcore.data.recipe import RecipeConfig
+    from vincie_mcore.eval import edit_runs
+    from vincie_mcore.infer import applications as apps
+
+    sessions = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")[:1]
+    recipe = RecipeConfig(mask_prompt_src="where it changes")
+    out = mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), turns=3, progress=False, out_dir=tmp_path / "a",
+                             coe="cs", recipe=recipe)
+    ed = _tiny_editor()
+    chain = apps.ChainSession(ed, mse_bench.fit_to(sessions[0].image, (16, 24)), recipe, ("roe_src",))
+    for t, prompt in enumerate(sessions[0].prompts[:3], 1):
+        edit_runs.seed_edit(ed, "a", t)
+        assert np.array_equal(chain.turn(prompt), out["a"][t - 1])
+        src = edit_runs.map_path(mse_bench.edit_path(tmp_path / "a", "a", t), "roe_src")
+        assert np.array_equal(np.asarray(Image.open(src)), apps.map_image(chain.masks[-1]["roe_src"]))
+        assert not edit_runs.map_path(mse_bench.edit_path(tmp_path / "a", "a", t), "roe_tgt").exists()
+    mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), turns=1, progress=False, out_dir=tmp_path / "b")
+    with pytest.raises(ValueError, match=r"^out_dir: .*b holds edits made with coe=None, this run has coe='cs'"):
+        mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), turns=1, progress=False, out_dir=tmp_path / "b",
+                           coe="cs", recipe=recipe)
+    with pytest.raises(ValueError, match=r"^batch: chain-of-editing edits one session at a time, got 2$"):
+        mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), progress=False, coe="cs", batch=2)
+
+
+def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu, tmp_path):
+    """The editor (tiny random model) runs every turn on the previous output, the whole history in context;
+    a stopped run resumes to the images of one never stopped."""
+    ed = _tiny_editor()
     sessions = mse_bench.load_sessions(bench / "test-00000-of-00001.parquet")[:2]
     contexts = []
     orig = ed.edit_cached

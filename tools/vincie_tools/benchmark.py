@@ -18,10 +18,11 @@ test folder with edit_sessions.json, or a sessions.jsonl folder). --setting mult
 Table 1: each turn edits the previous output, every earlier turn in context), independent (MagicBrush's
 single-turn; Table 4 "w/o Context"), history or dummy (Table 4), or all four. A rerun into the same --out
 resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<id>/<id>_1.png,
-<id>_iter_<t>.png, <id>_inde_<t>.png). --coe cs|ns|cs_ns: multi_turn by chain-of-editing (Table 3's
-inference rows; each turn's RoE maps saved beside its image). docs/magicbrush.md.
+<id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
 
-Both: --batch N edits N sessions per model pass (the same images); --shard i/N edits every N-th session only,
+Both: --coe cs|ns|cs_ns edits each turn by chain-of-editing (Table 3's inference rows: its RoE maps first,
+saved beside its image; one session at a time). --batch N edits N sessions per model pass (the same images);
+--shard i/N edits every N-th session only,
 scoring nothing, for one GPU of N (bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
 """
 from __future__ import annotations
@@ -52,6 +53,7 @@ def _parser():
                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     m.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
+    m.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
     b.add_argument("--data", required=True,
@@ -73,9 +75,7 @@ def _parser():
                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
-    b.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none",
-                   help="multi_turn by chain-of-editing (Table 3's inference rows): each turn's current (cs), next "
-                        "(ns) or both RoE maps predicted first, saved beside its image")
+    b.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
     b.add_argument("--quiet", action="store_true")
     return p
 
@@ -88,7 +88,7 @@ def coe_recipe(a, cfg):
 
     if a.coe == "none":
         return None
-    if a.setting != "multi_turn":
+    if getattr(a, "setting", "multi_turn") != "multi_turn":
         raise ValueError(f"--coe: chain-of-editing runs --setting multi_turn (the model's own chain), not {a.setting}")
     if a.batch != 1:
         raise ValueError(f"--batch: chain-of-editing edits one session at a time, got {a.batch}")
@@ -112,6 +112,8 @@ def coe_recipe(a, cfg):
     return recipe
 
 
+COE_HELP = ("each turn by chain-of-editing (Table 3's inference rows): its current (cs), next (ns) or both RoE "
+            "maps predicted first, saved beside its image; MagicBrush: multi_turn only")
 SHARD_HELP = ("edit only sessions i, i+N, ... into --out and score nothing (one GPU of N: slurm/benchmark.sh); "
               "the same command without --shard then reads every edit back and scores")
 
@@ -297,13 +299,17 @@ def main(argv=None) -> int:
 
     try:
         shard = _shard(a, ["--judge"])
+        if a.generated and a.coe != "none":
+            raise ValueError("--coe: --generated judges images made elsewhere; nothing is edited here")
+        if not a.generated:                                  # cheap: the model loads at its first edit (Deferred)
+            editor, cfg, weights = load_editor(a)
+            recipe = coe_recipe(a, cfg)                      # before the judge is asked
         if shard is not None:                                # edits only: no judge, nothing scored
             sessions = mse_bench.load_sessions(a.data, a.limit)
-            editor, cfg, weights = load_editor(a)
             size = input_size(a, cfg)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             done = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
-                                      run_info=info, batch=a.batch, shard=shard)
+                                      run_info=info, batch=a.batch, shard=shard, coe=a.coe, recipe=recipe)
             print(f"MSE-Bench shard {a.shard}: {len(done)} sessions edited into {a.out}; score with the same "
                   f"command without --shard")
             return 0
@@ -314,11 +320,10 @@ def main(argv=None) -> int:
         if a.generated:
             generated = mse_bench.load_generated(a.generated, a.turns)
         else:
-            editor, cfg, weights = load_editor(a)
             size = input_size(a, cfg)
             info = {"run": str(Path(a.run or a.export).resolve()), "set": list(a.set), **weights}
             generated = mse_bench.generate(editor, sessions, size, a.turns, progress=not a.quiet, out_dir=a.out,
-                                           run_info=info, batch=a.batch)
+                                           run_info=info, batch=a.batch, coe=a.coe, recipe=recipe)
         res = mse_bench.score(judge, sessions, generated, a.threshold, a.turns, progress=not a.quiet)
     except (ValueError, FileNotFoundError, RuntimeError, ConfigError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -326,6 +331,7 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     res["source"] = {"run": a.run, "export": a.export, "generated": a.generated, "data": a.data}
+    res["coe"] = a.coe
     (out / "results.json").write_text(json.dumps(res, indent=1))
     if not a.generated:
         _save_generated(out / "generated.parquet", generated)

@@ -297,7 +297,7 @@ MUTANTS = [
            "            if chain is None:",
            ("tests/sweep/test_ablate.py",), "the chain-of-editing eval without context still shows each turn the "
                                             "earlier frames, texts and maps"),
-    Mutant("magicbrush_coe_maps_not_resumed", "vincie_mcore/eval/magicbrush.py",
+    Mutant("magicbrush_coe_maps_not_resumed", "vincie_mcore/eval/edit_runs.py",
            "            chain.add_turn(instructions[k], out, masks)\n",
            "            chain.add_turn(instructions[k], out, {k: v * 0 > 0 for k, v in masks.items()})\n",
            ("tests/eval/test_magicbrush.py",), "a resumed chain-of-editing benchmark gives its earlier turns empty "

@@ -186,6 +186,49 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
     return Chain(key, list(instructions), paths, start)
 
 
+def map_path(image_path, kind: str) -> Path:
+    """Where a chain-of-editing turn's predicted RoE map lies beside its image: ``<image stem>_<kind>.png``."""
+    p = Path(image_path)
+    return p.with_name(f"{p.stem}_{kind}.png")
+
+
+class _CoeSession:
+    """A ``ChainSession`` as ``run_chains`` drives a session: ``edit`` is one chain-of-editing turn, whose maps
+    are written beside the turn's image before it returns (``run_chains`` writes the image after), so an image
+    on disk always has its maps for a resumed run."""
+
+    def __init__(self, chain, paths):
+        self.chain, self.paths = chain, paths
+
+    def edit(self, prompt: str) -> np.ndarray:
+        from ..infer.applications import map_image
+
+        t = len(self.chain.texts)
+        out = self.chain.turn(prompt)
+        if self.paths is not None and self.paths[t] is not None:
+            for kind, m in self.chain.masks[-1].items():
+                save_png(map_path(self.paths[t], kind), map_image(m))
+        return out
+
+
+def coe_chain(editor, key: str, source, instructions: list[str], paths: list | None, prepare, maps: tuple,
+              recipe) -> Chain:
+    """``source_chain`` by chain-of-editing (``applications.ChainSession``: each turn's RoE ``maps`` first,
+    with ``recipe``'s mask prompts); resumed from its images and the maps beside them (``map_path``). One
+    session at a time: ``run_chains`` with batch 1."""
+    from ..infer.applications import ChainSession, mask_from_image
+
+    def start(outs):
+        image = prepare(source)            # first: an unreadable source costs no model load (Deferred)
+        chain = ChainSession(loaded(editor), image, recipe, maps)
+        for k, out in enumerate(outs):
+            masks = {kind: mask_from_image(load_png(map_path(paths[k], kind), f"session {key!r} turn {k + 1} "
+                                                    f"{kind} map (resumed)")) for kind in chain.maps}
+            chain.add_turn(instructions[k], out, masks)
+        return _CoeSession(chain, paths)
+    return Chain(key, list(instructions), paths, start)
+
+
 def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None = None,
                on_error: Callable[[Chain, Exception], None] | None = None) -> tuple[list[list], int]:
     """Every chain's edits -> (outputs per chain, edits made now). Each chain resumes after its leading

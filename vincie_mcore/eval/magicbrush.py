@@ -600,25 +600,6 @@ def score_magicbrush(generated, dataset, cfg: MagicBrushConfig | None = None,
     return _results(per_session, cfg, setting)
 
 
-def _coe_chain(editor, s: MagicBrushSession, paths, prep, maps: tuple, recipe):
-    """A multi_turn chain edited by chain-of-editing; resumed from its images and the maps beside them."""
-    from ..infer.applications import ChainSession, mask_from_image
-    from . import edit_runs
-
-    instructions = [t.instruction for t in s.turns]
-
-    def start(outs):
-        source = prep(s.source, f"session {s.id!r} source")       # first: an unreadable source loads no model
-        chain = ChainSession(edit_runs.loaded(editor), source, recipe, maps)
-        for k, out in enumerate(outs):
-            masks = {kind: mask_from_image(edit_runs.load_png(map_path(paths[k], kind),
-                                                              f"session {s.id!r} turn {k + 1} {kind} map (resumed)"))
-                     for kind in chain.maps}
-            chain.add_turn(instructions[k], out, masks)
-        return _CoeSession(chain, paths)
-    return edit_runs.Chain(s.id, instructions, paths, start)
-
-
 def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str]]:
     """What turn ``t`` (0-based) sees before its instruction in the settings of given context (all but
     multi_turn, whose context is the model's own chain: ``edit_runs.source_chain``): images I0..I_n, texts
@@ -630,32 +611,6 @@ def _context(s: MagicBrushSession, t: int, setting: str) -> tuple[list, list[str
     if setting == "history":
         return gt, instr
     return [s.source] + gt, [DUMMY_INSTRUCTION] + instr   # dummy: I0, "generate the same image", I0, ...
-
-
-def map_path(image_path, kind: str) -> Path:
-    """Where a chain-of-editing turn's predicted RoE map lies beside its image: ``<image stem>_<kind>.png``."""
-    p = Path(image_path)
-    return p.with_name(f"{p.stem}_{kind}.png")
-
-
-class _CoeSession:
-    """A ``ChainSession`` as ``edit_runs.run_chains`` drives a session: ``edit`` is one chain-of-editing turn,
-    whose maps are written beside the turn's image before it returns (``run_chains`` writes the image after),
-    so an image on disk always has its maps for a resumed run."""
-
-    def __init__(self, chain, paths):
-        self.chain, self.paths = chain, paths
-
-    def edit(self, prompt: str) -> np.ndarray:
-        from ..infer.applications import map_image
-        from .edit_runs import save_png
-
-        t = len(self.chain.texts)
-        out = self.chain.turn(prompt)
-        if self.paths is not None and self.paths[t] is not None:
-            for kind, m in self.chain.masks[-1].items():
-                save_png(map_path(self.paths[t], kind), map_image(m))
-        return out
 
 
 def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir=None,
@@ -678,7 +633,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
 
     ``coe`` (Table 3's inference rows; ``applications.COE``): ``cs``, ``ns`` or ``cs_ns`` edit each
     multi_turn chain by chain-of-editing (``applications.ChainSession`` with the run's ``recipe``): each turn
-    first predicts its RoE map(s), written beside its image (``map_path``), then the frame with them in
+    first predicts its RoE map(s), written beside its image (``edit_runs.map_path``), then the frame with them in
     context. One session at a time (``batch`` 1); a resumed chain reads its maps back with its images. The
     folder records ``coe``: another inference cannot resume there."""
     from PIL import Image
@@ -727,7 +682,8 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
         paths = [generated_path(out_dir, s.id, t + 1, setting) for t in range(len(s.turns))] \
             if out_dir is not None else None
         if setting == "multi_turn" and coe != "none":
-            chains.append(_coe_chain(editor, s, paths, prep, COE[coe], recipe))
+            chains.append(edit_runs.coe_chain(editor, s.id, s.source, [t.instruction for t in s.turns], paths,
+                                              lambda im, s=s: prep(im, f"session {s.id!r} source"), COE[coe], recipe))
             owner.append((n, 0))
             continue
         if setting == "multi_turn":               # one session (and KV cache) for the whole chain

@@ -121,7 +121,7 @@ def edit_path(out_dir, index: str, turn: int) -> Path:
 
 def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns: int = 5,
              progress: bool = True, out_dir=None, run_info: dict | None = None, batch: int = 1,
-             shard: tuple[int, int] | None = None) -> dict[str, list[np.ndarray]]:
+             shard: tuple[int, int] | None = None, coe: str = "none", recipe=None) -> dict[str, list[np.ndarray]]:
     """Every session's turns with ``editor`` (``infer.editor.Editor`` or ``OfficialEditor``): each output is
     the next input, every earlier turn in context. Sources are fitted to ``size`` first.
 
@@ -129,9 +129,18 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
     with the images an uninterrupted run gives (``eval/edit_runs.py``: per-edit seeds; ``editor.json``
     refuses another editor, sampler or size). ``batch``: sessions edited together, one turn each per model
     pass (``edit_runs.run_chains``); the images do not depend on it beyond float reordering. ``shard``:
-    (i, N): only sessions i, i + N, ... (``edit_runs.shard_of``; one GPU of several, into one ``out_dir``)."""
+    (i, N): only sessions i, i + N, ... (``edit_runs.shard_of``; one GPU of several, into one ``out_dir``).
+    ``coe`` (``applications.COE``): each turn by chain-of-editing, its RoE maps first with ``recipe``'s mask
+    prompts, saved beside its image (``edit_runs.coe_chain``; one session at a time, batch 1)."""
+    from ..infer.applications import COE
     from . import edit_runs
 
+    if coe not in COE:
+        raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
+    if coe != "none":
+        if batch != 1:
+            raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
+        run_info = {**(run_info or {}), "coe": coe}
     sessions = edit_runs.shard_of(sessions, shard)
     if out_dir is not None:
         edit_runs.claim(out_dir, editor, size=list(size), **(run_info or {}))
@@ -139,6 +148,10 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
     for s in sessions:
         prompts = s.prompts[:turns]
         paths = [edit_path(out_dir, s.index, t + 1) for t in range(len(prompts))] if out_dir is not None else None
+        if coe != "none":
+            chains.append(edit_runs.coe_chain(editor, str(s.index), s.image, prompts, paths,
+                                              lambda im: fit_to(im, size), COE[coe], recipe))
+            continue
         chains.append(edit_runs.source_chain(editor, str(s.index), s.image, prompts, paths,
                                              lambda im: fit_to(im, size)))
     outs, _ = edit_runs.run_chains(editor, chains, batch, progress="MSE-Bench" if progress else None)
