@@ -212,6 +212,16 @@ def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
             call()
         assert "\n" not in str(e.value)
     assert len(ws.turns) == 2                                   # nothing half-done was kept
+    # nothing painted: the instruction names the object, the model locates it first (as applications.drag)
+    latest = ws.images[-1]
+    try:
+        want = apps.drag(backend.editor(2, 3.0, 6), latest, None, 3, 0, backend.recipe, prompt="the red square")
+    except ValueError as e:                                     # the tiny model may locate nothing: same line
+        with pytest.raises(AppError, match=f"^{re.escape(str(e))}$"):
+            ws.drag(None, 3, 0, 1, 0, 2, 3.0, 6, prompt="the red square")
+    else:
+        assert np.array_equal(ws.drag(None, 3, 0, 1, 0, 2, 3.0, 6, prompt=" the red square "), want.image)
+        assert ws.turns[-1].prompt == "the red square"
     released = WebSession(dataclasses.replace(backend, variant="official"))
     released.session = ws.session                               # a session open, on a release: refused first
     with pytest.raises(AppError, match=r"^drag: not for a released model"):
