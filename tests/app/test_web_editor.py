@@ -5,8 +5,8 @@ relies on against independent references: the app's turns equal the library's no
 path, an exported folder gives the same samples as its run, undo-then-redo gives the same image,
 the download holds exactly the session. The browser test starts ``vincie-app`` as a user does
 and drives the page through Debian's Chromium with Selenium: two turns (one by the button, one by
-Enter), progress in the page, undo, the download, a drag painted with the mouse, a composition of two
-uploaded references, and a bad
+Enter), progress in the page, undo, the download, a chain-of-editing turn with its region maps, a drag
+painted with the mouse, a composition of two uploaded references, and a bad
 image reported in the page while the server keeps serving.
 """
 import io
@@ -179,6 +179,7 @@ def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
     moved = other.drag(mask, 8, 2, 1.0, 0.0, 3, 3.0, 5)
     assert np.array_equal(moved, apps.drag(backend.editor(3, 3.0, 5), latest, mask, 8, 2, own).image)
     assert not np.array_equal(moved, out)                    # the mask prompts are part of the drag's context
+    assert np.array_equal(ws.maps[2]["roe_src"], mask) and np.array_equal(ws.maps[2]["roe_tgt"], want.moved)
     t = ws.turns[-1]
     assert (t.kind, t.prompt, t.kv_cache) == ("drag", "move the object in the marked region 8 px right and 2 px down",
                                               False)
@@ -227,6 +228,45 @@ def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
     with pytest.raises(AppError, match=r"^drag: not for a released model"):
         released.drag(mask, 4, 0, 1, 0, 2, 3.0, 0)
     assert painted_mask(None) is None and painted_mask({"layers": [np.zeros((24, 24, 4), np.uint8)]}) is None
+
+
+def test_chain_of_editing_turns(backend, tmp_path):
+    """``edit(chain=True)``: the turn is a ``ChainSession`` turn over the session's history (plain turns
+    without maps, earlier chain turns with theirs), run by hand with the same editor settings; its maps are
+    kept, shown and downloaded; undo drops them; a released model refuses in one line."""
+    import dataclasses
+
+    from vincie_mcore.infer.applications import MAP_KINDS, ChainSession
+
+    ws = WebSession(backend)
+    ws.start(_image(11))
+    ws.edit(PROMPTS[0], 2, 3.0, 1)
+    out = ws.edit(PROMPTS[1], 2, 3.0, 2, chain=True)
+    ref = ChainSession(backend.editor(2, 3.0, 2), ws.images[0], backend.recipe, MAP_KINDS)
+    ref.add_turn(PROMPTS[0], ws.images[1], None)
+    assert np.array_equal(out, ref.turn(PROMPTS[1]))
+    assert set(ws.maps) == {2} and all(np.array_equal(ws.maps[2][k], ref.masks[-1][k]) for k in MAP_KINDS)
+    assert (ws.turns[-1].kind, ws.turns[-1].kv_cache) == ("chain", False)
+    assert [c for _, c in ws.regions()] == ["turn 2: where it changes", "turn 2: where it will be"]
+    third = ws.edit("make it green", 2, 3.0, 3, chain=True)              # sees turn 2's maps
+    ref = ChainSession(backend.editor(2, 3.0, 3), ws.images[0], backend.recipe, MAP_KINDS)
+    ref.add_turn(PROMPTS[0], ws.images[1], None)
+    ref.add_turn(PROMPTS[1], ws.images[2], ws.maps[2])
+    assert np.array_equal(third, ref.turn("make it green"))
+    with zipfile.ZipFile(ws.download(tmp_path)) as z:
+        names = set(z.namelist())
+        assert {"turn_2_roe_src.png", "turn_3_roe_tgt.png"} <= names and "turn_1_roe_src.png" not in names
+        assert [t["kind"] for t in json.loads(z.read("session.json"))["turns"]] == ["edit", "chain", "chain"]
+        src = np.asarray(Image.open(io.BytesIO(z.read("turn_2_roe_src.png"))))
+        assert np.array_equal(src > 127, ws.maps[2]["roe_src"])
+    ws.undo()
+    assert set(ws.maps) == {2} and len(ws.regions()) == 2
+    ws.undo()
+    assert ws.maps == {} and ws.regions() == []
+    released = WebSession(dataclasses.replace(backend, variant="official"))
+    released.session = ws.session
+    with pytest.raises(AppError, match=r"^chain-of-editing: not for a released model"):
+        released.edit("x", 2, 3.0, 0, chain=True)
 
 
 def test_bad_input_is_one_line_naming_it(backend, tmp_path):
@@ -449,7 +489,16 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo")
     _wait(lambda: len(_css(d, "#history img")) == 2, what="the shorter history")
 
-    # 6. drag: a stroke painted on the latest result with the mouse, moved 8 px right: the next turn
+    # 6. chain-of-editing: the regions first, shown beside the history; then undone
+    _css(d, "#chain input[type=checkbox]")[0].click()
+    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
+    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="the chain-of-editing turn")
+    _wait(lambda: len(_css(d, "#regions img")) == 2, what="the turn's two region maps")
+    _css(d, "#chain input[type=checkbox]")[0].click()
+    _css(d, "#undo-btn")[0].click()
+    _wait(lambda: "Turn 1 done" in _text(d, "#status") and not _css(d, "#regions img"), what="undo of the chain turn")
+
+    # 7. drag: a stroke painted on the latest result with the mouse, moved 8 px right: the next turn
     from selenium.webdriver.common.action_chains import ActionChains
     _css(d, "#drag button.label-wrap")[0].click()               # open the "Move an object" accordion
     canvas = _wait(lambda: _css(d, "#drag-canvas canvas"), what="the drag canvas")[-1]
@@ -467,7 +516,7 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     _css(d, "#undo-btn")[0].click()
     _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo of the drag")
 
-    # 7. compose: two reference images and the instruction start a new session (60 steps still set)
+    # 8. compose: two reference images and the instruction start a new session (60 steps still set)
     _css(d, "#compose button.label-wrap")[0].click()            # open the "Compose" accordion
     _wait(lambda: _css(d, "#references input[type=file]"), what="the references' upload")
     refs = [_png(tmp_path / f"ref{i}.png", _image(10 + i)) for i in (1, 2)]

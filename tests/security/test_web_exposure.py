@@ -207,7 +207,7 @@ def _client_session(url, i, tmp_path, results):
         c = Client(url, verbose=False)
         c.predict(handle_file(_png(tmp_path / f"start_{i}.png", _image(100 + i))), False, api_name="/start")
         for p in prompts:
-            out = c.predict(p, 2, 3.0, i, api_name="/edit")
+            out = c.predict(p, 2, 3.0, i, False, api_name="/edit")
         results[i] = ("done", out, prompts)
     except Exception as e:                                           # refused: it must say why
         results[i] = ("refused", str(e), prompts)
@@ -239,7 +239,8 @@ def test_sixteen_concurrent_sessions_complete_or_are_refused_and_never_mix(serve
     for i, (_, message, _) in refused:                     # the queue holds 8: the rest are told so
         assert "queue" in message.lower() or "busy" in message.lower(), message
     for i, (_, out, prompts) in done:
-        _, history, status, zip_path, _canvas, cleared = out
+        _, history, status, zip_path, _canvas, regions, cleared = out
+        assert regions == []                                # plain turns: no region maps
         assert [h["caption"] for h in history] == ["start", *(f"turn {k}: {p}" for k, p in enumerate(prompts, 1))]
         assert "**Turn 2** done" in status and cleared == ""
         with zipfile.ZipFile(zip_path) as z:                # the session as the server holds it

@@ -355,6 +355,11 @@ MUTANTS = [
            "            res = drag(editor, latest, region, int(dx), int(dy), None,\n",
            ("tests/app/test_web_editor.py",), "a drag in the web editor gives the region maps with the default "
                                               "mask prompts, not the ones its run trained on"),
+    Mutant("web_chain_forgets_earlier_maps", "vincie_mcore/app/session.py",
+           "            chain.add_turn(s.texts[j - 1], s.images[j].numpy(), self.maps.get(j))\n",
+           "            chain.add_turn(s.texts[j - 1], s.images[j].numpy(), None)\n",
+           ("tests/app/test_web_editor.py",), "a chain-of-editing turn in the web editor does not see the maps its "
+                                              "earlier chain turns predicted"),
     Mutant("web_drag_mask_any_channel", "vincie_mcore/app/ui.py",
            "        mask = a[..., 3] > 0 if mask is None else mask | (a[..., 3] > 0)\n",
            "        mask = a[..., :3].any(-1) if mask is None else mask | a[..., :3].any(-1)\n",

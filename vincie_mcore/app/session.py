@@ -128,7 +128,7 @@ class Turn:
     seed: int
     seconds: float
     kv_cache: bool
-    kind: str = "edit"             # "edit" | "compose" (the session's first turn) | "drag"
+    kind: str = "edit"             # "edit" | "chain" (chain-of-editing) | "compose" (the first turn) | "drag"
 
 
 class WebSession:
@@ -140,6 +140,7 @@ class WebSession:
         self.session: EditSession | None = None
         self.turns: list[Turn] = []
         self.references = 1            # images the session started from: 1, or a composition's references
+        self.maps: dict[int, dict] = {}   # image index -> the RoE maps its chain-of-editing turn predicted
         self.id = uuid.uuid4().hex[:12]
         self._zip: Path | None = None
 
@@ -154,7 +155,7 @@ class WebSession:
             raise AppError("image: upload a start image first")
         a = self._checked(self._load(image, "image"), fit, "image")
         self.session = self.backend.editor(1, 1.0, 0).start(a)
-        self.turns, self.references = [], 1
+        self.turns, self.references, self.maps = [], 1, {}
         return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
 
     def compose(self, references, prompt: str, steps: int, guidance: float, seed: int, fit: bool = False,
@@ -177,7 +178,7 @@ class WebSession:
             session, text = compose_session(editor, arrays, prompt.strip())
         except ValueError as e:                              # e.g. references of two sizes (paper layout)
             raise AppError(str(e)) from None
-        self.session, self.turns, self.references = session, [], len(arrays)
+        self.session, self.turns, self.references, self.maps = session, [], len(arrays), {}
         t0 = time.perf_counter()
         out = session.edit(text)
         self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
@@ -191,8 +192,9 @@ class WebSession:
         see as context. ``mask``: bool or 0/255 [H, W] over the latest image; empty or None: the model
         locates the region from ``prompt`` first (its CSP turn), which is then also the instruction.
 
-        The drag's own context is the latest image and its two region maps (the paper's layout); the maps
-        are not kept in the history, as training drops them from context too (context dropout)."""
+        The drag's own context is the latest image and its two region maps (the paper's layout). Plain turns
+        after it do not see the maps (as context dropout leaves them out in training); a chain-of-editing
+        turn does, as that turn's maps (``maps``)."""
         if self.session is None:
             raise AppError("image: upload a start image first")
         if self.backend.variant == "official":
@@ -220,6 +222,7 @@ class WebSession:
         seconds = time.perf_counter() - t0
         self.session._record(res.instruction, res.image, res.latent, "drag: the re-packing path (its region maps "
                              "are context for this turn only)", seconds)
+        self.maps[len(self.session.images) - 1] = {"roe_src": res.region, "roe_tgt": res.moved}  # its turn's maps
         self.turns.append(Turn(res.instruction, int(steps), float(guidance), int(seed), round(seconds, 3), False,
                                "drag"))
         return res.image
@@ -264,12 +267,16 @@ class WebSession:
         return fit_frame(a, size, "center_crop")
 
     # -- turns -------------------------------------------------------------------------------------
-    def edit(self, prompt: str, steps: int, guidance: float, seed: int, progress=None) -> np.ndarray:
-        """One turn -> the edited image. ``progress(done, steps)`` is called after each sampling step."""
+    def edit(self, prompt: str, steps: int, guidance: float, seed: int, progress=None,
+             chain: bool = False) -> np.ndarray:
+        """One turn -> the edited image. ``progress(done, steps)`` is called after each sampling step.
+        ``chain``: by chain-of-editing (``_chain_turn``)."""
         if self.session is None:
             raise AppError("image: upload a start image first")
         if not isinstance(prompt, str) or not prompt.strip():
             raise AppError("prompt: type an edit instruction")
+        if chain:
+            return self._chain_turn(prompt.strip(), steps, guidance, seed, progress)
         editor = self.backend.editor(steps, guidance, seed)
         if hasattr(self.session.editor, "with_template"):   # a release's composition: its texts stay verbatim
             editor = editor.with_template(self.session.editor.template)
@@ -282,11 +289,45 @@ class WebSession:
                                round(time.perf_counter() - t0, 3), bool(info["kv_cache"])))
         return out
 
+    def _chain_turn(self, prompt: str, steps: int, guidance: float, seed: int, progress=None) -> np.ndarray:
+        """One turn by chain-of-editing (paper Table 3's "CS -> NS -> I"; ``applications.ChainSession``): the
+        model predicts where the edit happens in the latest image and where it will be, then the image with
+        those maps in context. The whole history is context, with the maps of its earlier chain-of-editing
+        turns (plain turns have none, as context dropout leaves them in training). The maps stay with the
+        session (``maps``, the download), the image is the next turn as any other."""
+        from ..infer.applications import MAP_KINDS, ChainSession
+
+        if self.backend.variant == "official":
+            raise AppError("chain-of-editing: not for a released model (model.variant 'official'): it needs the "
+                           "region maps (RoE), which the release's inference layout has no place for")
+        editor = self.backend.editor(steps, guidance, seed)
+        editor.step_callback = progress
+        s = self.session
+        t0 = time.perf_counter()
+        chain = ChainSession(editor, s.images[0].numpy(), self.backend.recipe, MAP_KINDS)
+        for j in range(1, len(s.images)):                   # the history as context, with the maps it has
+            chain.add_turn(s.texts[j - 1], s.images[j].numpy(), self.maps.get(j))
+        out = chain.turn(prompt)
+        seconds = time.perf_counter() - t0
+        s._record(prompt, out, chain.latents[-1], "chain-of-editing: its calls' own caches", seconds)
+        self.maps[len(s.images) - 1] = chain.masks[-1]
+        self.turns.append(Turn(prompt, int(steps), float(guidance), int(seed), round(seconds, 3), False, "chain"))
+        return out
+
+    def regions(self) -> list[tuple[np.ndarray, str]]:
+        """The last turn's predicted RoE maps as (image, caption), when it was a chain-of-editing turn."""
+        from ..infer.applications import map_image
+
+        last = self.maps.get(len(self.images) - 1) if self.turns else None
+        names = {"roe_src": "where it changes", "roe_tgt": "where it will be"}
+        return [(map_image(m), f"turn {len(self.turns)}: {names[k]}") for k, m in (last or {}).items()]
+
     def undo(self) -> None:
         """Drop the last turn (never the start image)."""
         s = self.session
         if s is None or not self.turns:
             raise AppError("undo: no turn to undo")
+        self.maps.pop(len(s.images) - 1, None)
         for name in ("images", "texts", "latents", "info"):
             getattr(s, name).pop()
         del s.latents_in[len(s.images):]           # encoded frames of the kept images stay
@@ -330,6 +371,10 @@ class WebSession:
                 buf = io.BytesIO()
                 Image.fromarray(im).save(buf, format="PNG")
                 z.writestr(f"turn_{i}.png", buf.getvalue())
+                for kind, m in self.maps.get(i, {}).items():        # a chain-of-editing turn's predicted maps
+                    buf = io.BytesIO()
+                    Image.fromarray(np.where(m, 255, 0).astype(np.uint8)).save(buf, format="PNG")
+                    z.writestr(f"turn_{i}_{kind}.png", buf.getvalue())
             strip = save_strip(self.images, path.with_suffix(".strip.png"), labels=[c for _, c in self.gallery()])
             z.write(strip, "strip.png")
             strip.unlink()
@@ -340,7 +385,7 @@ class WebSession:
 
     def close(self) -> None:
         """Free the history, its KV cache and the session's zip."""
-        self.session, self.turns = None, []
+        self.session, self.turns, self.maps = None, [], {}
         if self._zip is not None:
             self._zip.unlink(missing_ok=True)
             self._zip = None

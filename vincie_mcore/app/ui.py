@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 # Small frames (the demo's are 24x24) fill their box, scaled up without blur.
 CSS = """
 #start-image img, #result img { width: 100%; height: 100%; object-fit: contain; image-rendering: pixelated; }
-#history img { object-fit: contain; image-rendering: pixelated; }
+#history img, #regions img { object-fit: contain; image-rendering: pixelated; }
 #drag-canvas canvas { image-rendering: pixelated; }
 """
 
@@ -148,11 +148,11 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
     sessions = Sessions(session_ttl_s, max_sessions)
 
     def _outputs(ws):
-        """(result, history, status, download, drag canvas) for the current session; the canvas shows the
-        latest result, unpainted."""
+        """(result, history, status, download, drag canvas, regions) for the current session; the canvas shows
+        the latest result, unpainted; regions the maps of the last turn, when it predicted or was given them."""
         if ws is None or ws.session is None:
-            return None, [], _status(None), None, None
-        return ws.images[-1], ws.gallery(), _status(ws), ws.download(download_dir), ws.images[-1]
+            return None, [], _status(None), None, None, []
+        return ws.images[-1], ws.gallery(), _status(ws), ws.download(download_dir), ws.images[-1], ws.regions()
 
     def _fail(e: Exception):
         if isinstance(e, (AppError, ValueError)):            # the library's input errors are one line
@@ -173,14 +173,15 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         except Exception as e:
             _fail(e)
 
-    def on_edit(prompt, steps, guidance, seed, request: gr.Request, progress=gr.Progress()):
+    def on_edit(prompt, steps, guidance, seed, chain, request: gr.Request, progress=gr.Progress()):
         ws = sessions.get(request.session_hash)
         try:
             if ws is None:
                 raise AppError("image: upload a start image first")
             turn = len(ws.turns) + 1
-            ws.edit(prompt, steps, guidance, seed,
-                    progress=lambda done, n: progress((done, n), desc=f"turn {turn}: sampling", unit="steps"))
+            what = "chain-of-editing" if chain else "sampling"
+            ws.edit(prompt, steps, guidance, seed, chain=bool(chain),
+                    progress=lambda done, n: progress((done, n), desc=f"turn {turn}: {what}", unit="steps"))
             return (*_outputs(ws), "")
         except Exception as e:
             _fail(e)
@@ -244,6 +245,9 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
                     steps = gr.Slider(1, 100, value=s.steps, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Number(value=s.guidance, label="Guidance (CFG)", elem_id="guidance")
                     seed = gr.Number(value=s.seed, precision=0, label="Seed", elem_id="seed")
+                    chain = gr.Checkbox(label="Chain-of-editing: predict where the edit happens first (the region "
+                                              "maps, then the image; ~3x the sampling)", value=False, elem_id="chain",
+                                        visible=backend.variant != "official")    # the release has no RoE maps
                 with gr.Accordion("Compose from several images", open=False, elem_id="compose"):
                     refs = gr.File(label="Reference images (two or more, in order)", file_count="multiple",
                                    file_types=["image"], type="filepath", elem_id="references")
@@ -272,14 +276,16 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
                 history = gr.Gallery(label="History", elem_id="history", columns=6, height=220, object_fit="contain",
                                      format="png")
                 status = gr.Markdown(_status(None), elem_id="status")
+                regions = gr.Gallery(label="Region maps of the last turn (chain-of-editing or drag)", elem_id="regions",
+                                     columns=4, height=140, object_fit="contain", format="png")
         if backend.examples:
             gr.Examples(examples=[list(e) for e in backend.examples], inputs=[start, prompt],
                         label="Held-out sessions of this run (first frame, first instruction)")
 
-        outs = [result, history, status, download, canvas]
+        outs = [result, history, status, download, canvas, regions]
         start.change(on_start, [start, fit], outs, api_name="start")
-        edit.click(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name="edit")
-        prompt.submit(on_edit, [prompt, steps, guidance, seed], [*outs, prompt], api_name=False)
+        edit.click(on_edit, [prompt, steps, guidance, seed, chain], [*outs, prompt], api_name="edit")
+        prompt.submit(on_edit, [prompt, steps, guidance, seed, chain], [*outs, prompt], api_name=False)
         undo.click(on_undo, None, outs, api_name="undo")
         compose.click(on_compose, [refs, prompt, steps, guidance, seed, fit], [*outs, prompt], api_name="compose")
         move.click(on_drag, [canvas, dx, dy, scale, angle, prompt, steps, guidance, seed], [*outs, prompt],

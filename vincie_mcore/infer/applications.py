@@ -227,20 +227,23 @@ class ChainSession:
         self.texts: list[str] = []
         self.images = [np.asarray(image)]                       # I0, I1, ... uint8 [H, W, 3]
         self.masks: list[dict] = []                             # per turn {"roe_src"/"roe_tgt": bool [H, W]}
+        self.latents: list = []                                 # per turn made here: the frame's sampled latent
 
     @torch.no_grad()
-    def add_turn(self, prompt: str, image, masks: dict) -> None:
-        """Append a turn made earlier (a resumed benchmark): its frame and its binarized maps (bool [H, W] for
-        every kind of ``maps``), encoded as ``turn`` would have left them."""
+    def add_turn(self, prompt: str, image, masks: dict | None) -> None:
+        """Append a turn made earlier: its frame and its binarized maps (bool [H, W] for every kind of ``maps``:
+        a resumed benchmark), encoded as ``turn`` would have left them; ``None``: a turn edited without maps
+        (the web editor's plain turns), whose maps are absent from the context, as context dropout leaves them."""
         n = len(self.texts)
-        if set(masks) != set(self.maps):
+        masks = {} if masks is None else masks
+        if masks and set(masks) != set(self.maps):
             raise ValueError(f"masks: turn {n + 1} needs maps {self.maps}, got {tuple(sorted(masks))}")
-        for kind in self.maps:
+        for kind in self.maps if masks else ():
             self.given[(kind, n)] = _encode(self.editor, [map_image(masks[kind])])[0]
         self.frames = torch.cat([self.frames, _encode(self.editor, [image])])
         self.texts = [*self.texts, *_prompts([prompt])]
         self.images.append(np.asarray(image))
-        self.masks.append({k: np.asarray(masks[k], dtype=bool) for k in self.maps})
+        self.masks.append({k: np.asarray(masks[k], dtype=bool) for k in masks})
 
     @torch.no_grad()
     def turn(self, prompt: str) -> np.ndarray:
@@ -256,11 +259,12 @@ class ChainSession:
             turn_masks[kind] = mask_from_image(out)
             self.given[ref] = _encode(ed, [map_image(turn_masks[kind])])[0]       # binarized, as training maps are
         sample = roe_inference_sample(texts, "nip", set(self.given), self.cfg)
-        out, _ = ed.generate(sample, _session(slot, texts, self.given))[("frame", n + 1)]
+        out, lat = ed.generate(sample, _session(slot, texts, self.given))[("frame", n + 1)]
         self.frames = torch.cat([self.frames, _encode(ed, [out])])
         self.texts = texts
         self.images.append(out)
         self.masks.append(turn_masks)
+        self.latents.append(lat)
         return out
 
 
