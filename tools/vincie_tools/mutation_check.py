@@ -275,7 +275,7 @@ MUTANTS = [
            "fit_frame(native[k],",
            ("tests/data/test_real_videos.py",), "letterbox bars found but kept in the frames"),
     Mutant("aesthetic_unnormalised", "vincie_mcore/data/quality.py",
-           "            x = x / x.norm(dim=-1, keepdim=True)\n", "",
+           "        return x / x.norm(dim=-1, keepdim=True)\n", "        return x\n",
            ("tests/data/test_quality.py",), "the aesthetic head fed raw CLIP features, not unit ones"),
     Mutant("logo_any_frame", "vincie_mcore/data/quality.py",
            "        if hits.all():", "        if hits.any():",

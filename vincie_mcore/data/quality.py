@@ -137,17 +137,38 @@ def read_head(path) -> list:
     return [(w.float(), b.float()) for w, b in layers]
 
 
-class AestheticScorer:
-    def __init__(self, cfg: AestheticConfig):
+class ClipImages:
+    """A local CLIP's image embeddings (``get_image_features``, L2-normalised): the aesthetic filter's input, and
+    the shot scan's scene feature (``shots.scene_features: clip``). Loaded from a local folder, on ``device``."""
+
+    def __init__(self, path: str, device: str = "cpu"):
         import torch
         from transformers import CLIPImageProcessor, CLIPModel
 
+        self.device = torch.device(device)
+        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
+        self.proc = CLIPImageProcessor.from_pretrained(path, local_files_only=True)   # no tokenizer needed
+
+    def __call__(self, frames):
+        """uint8 RGB [N, H, W, 3] (or a list of [H, W, 3]) -> float [N, D] on ``device``, each row of unit length."""
+        import torch
+
+        px = self.proc(images=list(np.asarray(f) for f in frames), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            out = self.model.get_image_features(pixel_values=px.to(self.device))
+            x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()   # transformers 4 / 5
+        return x / x.norm(dim=-1, keepdim=True)
+
+
+class AestheticScorer:
+    def __init__(self, cfg: AestheticConfig):
+        import torch
+
         self.cfg = cfg
         self.device = torch.device(cfg.device)
-        self.clip = CLIPModel.from_pretrained(cfg.clip_path, local_files_only=True).to(self.device).eval()
-        self.proc = CLIPImageProcessor.from_pretrained(cfg.clip_path, local_files_only=True)   # no tokenizer needed
+        self.clip = ClipImages(cfg.clip_path, cfg.device)
         self.head = [(w.to(self.device), b.to(self.device)) for w, b in read_head(cfg.head_path)]
-        dim = self.clip.config.projection_dim
+        dim = self.clip.model.config.projection_dim
         if self.head[0][0].shape[1] != dim:
             raise ValueError(f"build.quality.aesthetic.head_path: the head takes {self.head[0][0].shape[1]} "
                              f"numbers, {cfg.clip_path}'s CLIP embeds in {dim}")
@@ -156,11 +177,8 @@ class AestheticScorer:
         """uint8 [N, H, W, 3] -> float [N]: each frame's predicted aesthetic score."""
         import torch
 
-        px = self.proc(images=list(np.asarray(frames)), return_tensors="pt")["pixel_values"]
+        x = self.clip(frames)
         with torch.no_grad():
-            out = self.clip.get_image_features(pixel_values=px.to(self.device))
-            x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()   # transformers 4 / 5
-            x = x / x.norm(dim=-1, keepdim=True)
             for i, (w, b) in enumerate(self.head):
                 x = x @ w.T + b
                 if self.cfg.relu and i < len(self.head) - 1:
@@ -238,11 +256,12 @@ def check_models(cfg: QualityConfig) -> None:
 _LOADED: dict = {}      # this process's models, by their config: a worker loads each once
 
 
-def model_for(kind, cfg):
-    """This process's ``kind(cfg)`` (``AestheticScorer`` or ``LogoDetector``), made on first use."""
-    key = (kind, repr(cfg))
+def model_for(kind, *args):
+    """This process's ``kind(*args)`` (``AestheticScorer``, ``LogoDetector``, the scene pass's ``ClipImages``),
+    made on first use."""
+    key = (kind, repr(args))
     if key not in _LOADED:
-        _LOADED[key] = kind(cfg)
+        _LOADED[key] = kind(*args)
     return _LOADED[key]
 
 

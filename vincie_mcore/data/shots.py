@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .quality import ClipImages, model_for
 from .video import StreamInfo, VideoError, _decode_error, _frame_time, _open, _open_video_stream
 
 DETECTORS = ("content", "adaptive", "none")
@@ -132,39 +133,6 @@ def scenes(scan: Scan, cfg: ShotConfig) -> list[list[Shot]]:
     return out
 
 
-class ClipFrames:
-    """A local CLIP's image embeddings (``get_image_features``, L2-normalised) for the scene pass; loaded once
-    per process (``clip_frames``)."""
-
-    def __init__(self, path: str, device: str = "cpu"):
-        import torch
-        from transformers import CLIPImageProcessor, CLIPModel
-
-        self.device = torch.device(device)
-        self.model = CLIPModel.from_pretrained(path, local_files_only=True).to(self.device).eval()
-        self.proc = CLIPImageProcessor.from_pretrained(path, local_files_only=True)
-
-    def __call__(self, frames: list) -> np.ndarray:
-        """RGB uint8 [H, W, 3] frames -> float32 [N, D], each row of unit length."""
-        import torch
-
-        px = self.proc(images=list(frames), return_tensors="pt")["pixel_values"]
-        with torch.no_grad():
-            out = self.model.get_image_features(pixel_values=px.to(self.device))
-            x = (out if isinstance(out, torch.Tensor) else out.pooler_output).float()    # transformers 4 / 5
-        return torch.nn.functional.normalize(x, dim=-1).cpu().numpy()
-
-
-_CLIPS: dict = {}
-
-
-def clip_frames(cfg: ShotConfig) -> ClipFrames:
-    key = (cfg.scene_clip_path, cfg.scene_device)
-    if key not in _CLIPS:
-        _CLIPS[key] = ClipFrames(*key)
-    return _CLIPS[key]
-
-
 def check_scene_model(cfg: ShotConfig) -> None:
     """With CLIP scenes on: load the CLIP here, on the CPU, and embed one small frame, so a folder that does not
     hold a working CLIP (or a CUDA device that is not there) is one line before any video is read."""
@@ -176,7 +144,7 @@ def check_scene_model(cfg: ShotConfig) -> None:
         if not torch.cuda.is_available():
             raise ValueError(f"build.shots.scene_device: {cfg.scene_device!r}, but no CUDA device is available here")
     try:
-        ClipFrames(cfg.scene_clip_path, "cpu")([np.full((32, 32, 3), 128, np.uint8)])
+        ClipImages(cfg.scene_clip_path, "cpu")([np.full((32, 32, 3), 128, np.uint8)])
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken folder
         raise ValueError(f"build.shots.scene_clip_path: cannot load or run its model "
                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
@@ -229,7 +197,8 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
     scene = cfg.scene_max_shots > 1
     times, cuts = [], []
     hists = [] if scene and cfg.scene_features == "colour" else None
-    clip = clip_frames(cfg) if scene and cfg.scene_features == "clip" else None
+    clip = model_for(ClipImages, cfg.scene_clip_path, cfg.scene_device) \
+        if scene and cfg.scene_features == "clip" else None
     stride, batch, rows, index = embed_stride(cfg, info.fps), [], [], []
     with _open(path) as c:
         st = _open_video_stream(c, name)
@@ -249,7 +218,7 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
                     batch.append(np.ascontiguousarray(img[..., ::-1]))     # BGR -> RGB
                     index.append(i)
                     if len(batch) == 32:                                    # bounded memory: embed as we go
-                        rows.append(clip(batch))
+                        rows.append(clip(batch).cpu().numpy())
                         batch = []
         except MemoryError:
             raise
@@ -273,6 +242,6 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
     embeds = None
     if clip is not None:
         if batch:
-            rows.append(clip(batch))
+            rows.append(clip(batch).cpu().numpy())
         embeds = shot_means(np.concatenate(rows), np.asarray(index), shots)
     return Scan(shots, t, sorted(set(cuts)), per_shot, embeds)

@@ -128,8 +128,8 @@ def bench_quality(sessions: int = 2, frames: int = 3, size: int = 512, device: s
                 want = []
                 with torch.no_grad():
                     for c in clips:
-                        px = scorer.proc(images=list(c), return_tensors="pt")["pixel_values"].to(scorer.device)
-                        f = scorer.clip.get_image_features(pixel_values=px)
+                        px = scorer.clip.proc(images=list(c), return_tensors="pt")["pixel_values"].to(scorer.device)
+                        f = scorer.clip.model.get_image_features(pixel_values=px)
                         f = f if isinstance(f, torch.Tensor) else f.pooler_output
                         f = torch.nn.functional.normalize(f.float(), dim=-1).cpu()
                         want.append(float(seq(f)[:, 0].mean()))
