@@ -95,7 +95,8 @@ def coe_recipe(a, cfg):
     if cfg is not None:
         from vincie_mcore.build import data_configs, is_official
 
-        official, recipe = is_official(cfg), None if is_official(cfg) else data_configs(cfg)["recipe"]
+        official = is_official(cfg)
+        recipe = None if official else data_configs(cfg)["recipe"]
     else:
         from vincie_mcore.hf.files import read_config
 

@@ -58,9 +58,7 @@ class Backend:
     @classmethod
     def from_run(cls, run_dir, overrides: list[str] | None = None) -> "Backend":
         """A training run folder (config.yaml + checkpoints/), as ``vincie-edit --run`` loads it."""
-        from ..build import load_run, make_editor
-
-        from ..build import data_configs
+        from ..build import data_configs, load_run, make_editor
 
         cfg, model, text, image = load_run(run_dir, overrides)
         ed = make_editor(cfg, model, text, image)
@@ -220,8 +218,8 @@ class WebSession:
         except ValueError as e:                  # off the image, a drag that does nothing, no region located
             raise AppError(str(e)) from None
         seconds = time.perf_counter() - t0
-        self.session._record(res.instruction, res.image, res.latent, "drag: the re-packing path (its region maps "
-                             "are context for this turn only)", seconds)
+        self.session._record(res.instruction, res.image, res.latent, "drag: sampled by applications.drag, not the "
+                             "session's cache (its region maps are this turn's context)", seconds)
         self.maps[len(self.session.images) - 1] = {"roe_src": res.region, "roe_tgt": res.moved}  # its turn's maps
         self.turns.append(Turn(res.instruction, int(steps), float(guidance), int(seed), round(seconds, 3), False,
                                "drag"))

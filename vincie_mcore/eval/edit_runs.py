@@ -186,6 +186,20 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
     return Chain(key, list(instructions), paths, start)
 
 
+def coe_setup(coe: str, batch: int, run_info: dict | None) -> tuple[tuple, dict | None]:
+    """A benchmark's ``coe`` (``applications.COE``) checked -> (the maps each turn predicts first, the run_info
+    its folder records: ``coe`` added when on, so a folder of one inference refuses another)."""
+    from ..infer.applications import COE
+
+    if coe not in COE:
+        raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
+    if coe == "none":
+        return (), run_info
+    if batch != 1:
+        raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
+    return COE[coe], {**(run_info or {}), "coe": coe}
+
+
 def map_path(image_path, kind: str) -> Path:
     """Where a chain-of-editing turn's predicted RoE map lies beside its image: ``<image stem>_<kind>.png``."""
     p = Path(image_path)

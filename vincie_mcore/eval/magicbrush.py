@@ -638,18 +638,12 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     folder records ``coe``: another inference cannot resume there."""
     from PIL import Image
 
-    from ..infer.applications import COE
     from . import edit_runs
 
     setting = _setting(setting)
-    if coe not in COE:
-        raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
-    if coe != "none":
-        if setting != "multi_turn":
-            raise ValueError(f"coe: chain-of-editing runs the multi_turn setting (the model's own chain), not {setting}")
-        if batch != 1:
-            raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
-        run_info = {**(run_info or {}), "coe": coe}
+    if coe != "none" and setting != "multi_turn":
+        raise ValueError(f"coe: chain-of-editing runs the multi_turn setting (the model's own chain), not {setting}")
+    maps, run_info = edit_runs.coe_setup(coe, batch, run_info)
     sessions = _sessions(dataset)
     if shard is not None:
         if out_dir is None:
@@ -681,9 +675,9 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     for n, s in enumerate(sessions):
         paths = [generated_path(out_dir, s.id, t + 1, setting) for t in range(len(s.turns))] \
             if out_dir is not None else None
-        if setting == "multi_turn" and coe != "none":
+        if maps:                                  # chain-of-editing (multi_turn only)
             chains.append(edit_runs.coe_chain(editor, s.id, s.source, [t.instruction for t in s.turns], paths,
-                                              lambda im, s=s: prep(im, f"session {s.id!r} source"), COE[coe], recipe))
+                                              lambda im, s=s: prep(im, f"session {s.id!r} source"), maps, recipe))
             owner.append((n, 0))
             continue
         if setting == "multi_turn":               # one session (and KV cache) for the whole chain

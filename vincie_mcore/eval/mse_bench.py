@@ -132,15 +132,9 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
     (i, N): only sessions i, i + N, ... (``edit_runs.shard_of``; one GPU of several, into one ``out_dir``).
     ``coe`` (``applications.COE``): each turn by chain-of-editing, its RoE maps first with ``recipe``'s mask
     prompts, saved beside its image (``edit_runs.coe_chain``; one session at a time, batch 1)."""
-    from ..infer.applications import COE
     from . import edit_runs
 
-    if coe not in COE:
-        raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
-    if coe != "none":
-        if batch != 1:
-            raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
-        run_info = {**(run_info or {}), "coe": coe}
+    maps, run_info = edit_runs.coe_setup(coe, batch, run_info)
     sessions = edit_runs.shard_of(sessions, shard)
     if out_dir is not None:
         edit_runs.claim(out_dir, editor, size=list(size), **(run_info or {}))
@@ -148,9 +142,9 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
     for s in sessions:
         prompts = s.prompts[:turns]
         paths = [edit_path(out_dir, s.index, t + 1) for t in range(len(prompts))] if out_dir is not None else None
-        if coe != "none":
+        if maps:
             chains.append(edit_runs.coe_chain(editor, str(s.index), s.image, prompts, paths,
-                                              lambda im: fit_to(im, size), COE[coe], recipe))
+                                              lambda im: fit_to(im, size), maps, recipe))
             continue
         chains.append(edit_runs.source_chain(editor, str(s.index), s.image, prompts, paths,
                                              lambda im: fit_to(im, size)))
