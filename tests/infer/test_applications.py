@@ -378,13 +378,69 @@ def test_every_application_layout_samples_the_same_with_the_kv_cache(tiny):
     assert len(prefills) == 2 * len(cases)
 
 
-def test_chain_benchmark_reports_both_paths_beside_its_check(megatron_cpu):
-    """``vincie-bench-editor --app chain`` at a tiny size: three generate calls per turn, both timings, and the
-    two paths' latents within 1e-5 with the same maps."""
+@pytest.mark.parametrize("maps", [("roe_src", "roe_tgt"), ("roe_tgt",)])
+def test_chain_keeps_one_kv_cache_across_its_calls_and_turns(tiny, maps):
+    """A ``ChainSession``'s calls extend each other's context, so one pair of caches serves the chain: three
+    turns (the second added by ``add_turn``) sample what the no-cache chain samples (within 1e-5, the same
+    maps) and each context token is computed once per branch over the whole chain (the prefills add up to
+    what a fresh cache computes for the last call's layout); a turn cut short drops the caches and the turn
+    made again is still exact; a layout that does not extend the caches is refused in one line."""
+    model = tiny[0]
+    cached, plain = _editor(tiny, steps=2), _editor(tiny, steps=2)
+    plain.use_kv_cache = False
+    rng = np.random.default_rng(4)
+    given = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    given_maps = {k: rng.random((H, W)) > 0.6 for k in maps}
+    a, b = (apps.ChainSession(ed, tiny[2], RECIPE, maps) for ed in (cached, plain))
+    added, real = [], model.prefill
+    model.prefill = lambda batch, kv: added.append((batch, real(batch, kv))) or added[-1][1]
+    try:
+        for c in (a, b):
+            c.turn("add a red square")
+            c.add_turn("make it blue", given, given_maps)
+            c.turn("move it left")
+        calls = 2 * (len(maps) + 1)                     # per turn: each map, then the frame; two branches each
+        assert a.kv is not None and b.kv is None and len(added) == 2 * calls
+        for x, y in zip(a.latents, b.latents):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+        assert all(np.array_equal(p[k], q[k]) for p, q in zip(a.masks, b.masks) for k in maps)
+        cond = [n for i, (_, n) in enumerate(added) if i % 2 == 0]
+        assert cond == [n for i, (_, n) in enumerate(added) if i % 2 == 1]     # both branches alike
+        assert sum(cond) == real(added[-1][0], model.new_kv_cache())          # each token once
+        assert all(n > 0 for n in cond)
+
+        state = dict(steps=0)
+
+        def stop(done, steps):                          # cut the next turn short in its second call
+            state["steps"] += 1
+            if state["steps"] == steps + 1:
+                raise KeyboardInterrupt
+        cached.step_callback = stop
+        with pytest.raises(KeyboardInterrupt):
+            a.turn("now make it small")
+        assert a.kv is None and len(a.texts) == len(a.masks) == 3 and len(a.given) == 3 * len(maps)
+        cached.step_callback = None
+        cached.gen.manual_seed(7), plain.gen.manual_seed(7)      # the cut turn drew noise
+        a.turn("now make it small")
+        b.turn("now make it small")
+        torch.testing.assert_close(a.latents[-1], b.latents[-1], atol=1e-5, rtol=0)
+    finally:
+        del model.prefill
+    other = apps.ChainSession(cached, given, RECIPE, maps)
+    other.kv = a.kv                                     # another chain's caches: its first frame differs
+    with pytest.raises(ValueError, match="kv_cache|cached") as e:
+        other.turn("add a red square")
+    assert "\n" not in str(e.value) and other.kv is None
+
+
+def test_chain_benchmark_reports_every_path_beside_its_check(megatron_cpu):
+    """``vincie-bench-editor --app chain`` at a tiny size: three generate calls per turn, the three timings
+    (no cache, per-call caches, the chain's caches), and both cached paths' latents within 1e-5 of the
+    no-cache path's, with the same maps."""
     from vincie_mcore.perf.bench_editor import bench_chain
 
     r = bench_chain(hidden=32, layers=2, heads=2, image_tokens=2, steps=1, turns=2)
-    assert r["generate_calls"] == 6 and r["seconds_cache"] > 0 and r["seconds_no_cache"] > 0
+    assert r["generate_calls"] == 6 and min(r["seconds_cache"], r["seconds_no_cache"], r["seconds_cache_per_call"]) > 0
     assert r["max_abs_diff_latents"] < 1e-5 and r["maps_equal"] and r["max_abs_diff_pixels"] <= 1
 
 

@@ -139,6 +139,7 @@ class WebSession:
         self.turns: list[Turn] = []
         self.references = 1            # images the session started from: 1, or a composition's references
         self.maps: dict[int, dict] = {}   # image index -> the RoE maps its chain-of-editing turn predicted
+        self.chain = None                 # the ChainSession of chain-of-editing turns (its KV cache), over a prefix
         self.id = uuid.uuid4().hex[:12]
         self._zip: Path | None = None
 
@@ -153,7 +154,7 @@ class WebSession:
             raise AppError("image: upload a start image first")
         a = self._checked(self._load(image, "image"), fit, "image")
         self.session = self.backend.editor(1, 1.0, 0).start(a)
-        self.turns, self.references, self.maps = [], 1, {}
+        self.turns, self.references, self.maps, self.chain = [], 1, {}, None
         return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
 
     def compose(self, references, prompt: str, steps: int, guidance: float, seed: int, fit: bool = False,
@@ -176,7 +177,7 @@ class WebSession:
             session, text = compose_session(editor, arrays, prompt.strip())
         except ValueError as e:                              # e.g. references of two sizes (paper layout)
             raise AppError(str(e)) from None
-        self.session, self.turns, self.references, self.maps = session, [], len(arrays), {}
+        self.session, self.turns, self.references, self.maps, self.chain = session, [], len(arrays), {}, None
         t0 = time.perf_counter()
         out = session.edit(text)
         self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
@@ -292,7 +293,10 @@ class WebSession:
         model predicts where the edit happens in the latest image and where it will be, then the image with
         those maps in context. The whole history is context, with the maps of its earlier chain-of-editing
         turns (plain turns have none, as context dropout leaves them in training). The maps stay with the
-        session (``maps``, the download), the image is the next turn as any other."""
+        session (``maps``, the download), the image is the next turn as any other.
+
+        One ``ChainSession`` (``chain``) lives across the session's chain-of-editing turns: turns made since its
+        last one (plain, drag) are appended to it, so its KV cache computes only what is new; undo drops it."""
         from ..infer.applications import MAP_KINDS, ChainSession
 
         if self.backend.variant == "official":
@@ -302,14 +306,18 @@ class WebSession:
         editor.step_callback = progress
         s = self.session
         t0 = time.perf_counter()
-        chain = ChainSession(editor, s.images[0].numpy(), self.backend.recipe, MAP_KINDS)
-        for j in range(1, len(s.images)):                   # the history as context, with the maps it has
+        if self.chain is None:
+            self.chain = ChainSession(editor, s.images[0].numpy(), self.backend.recipe, MAP_KINDS)
+        chain = self.chain
+        chain.editor = editor                               # this turn's sampler; same model, so the cache holds
+        for j in range(len(chain.images), len(s.images)):   # the history as context, with the maps it has
             chain.add_turn(s.texts[j - 1], s.images[j].numpy(), self.maps.get(j))
         out = chain.turn(prompt)
         seconds = time.perf_counter() - t0
-        s._record(prompt, out, chain.latents[-1], "chain-of-editing: its calls' own caches", seconds)
+        cached = chain.kv is not None
+        s._record(prompt, out, chain.latents[-1], None if cached else editor.kv_cache_reason(), seconds)
         self.maps[len(s.images) - 1] = chain.masks[-1]
-        self.turns.append(Turn(prompt, int(steps), float(guidance), int(seed), round(seconds, 3), False, "chain"))
+        self.turns.append(Turn(prompt, int(steps), float(guidance), int(seed), round(seconds, 3), cached, "chain"))
         return out
 
     def regions(self) -> list[tuple[np.ndarray, str]]:
@@ -330,6 +338,7 @@ class WebSession:
             getattr(s, name).pop()
         del s.latents_in[len(s.images):]           # encoded frames of the kept images stay
         s.kv = None                                # the cache holds the dropped turn's K/V: rebuild once
+        self.chain = None                          # so does the chain's
         self.turns.pop()
 
     # -- views -------------------------------------------------------------------------------------
@@ -383,7 +392,7 @@ class WebSession:
 
     def close(self) -> None:
         """Free the history, its KV cache and the session's zip."""
-        self.session, self.turns, self.maps = None, [], {}
+        self.session, self.turns, self.maps, self.chain = None, [], {}, None
         if self._zip is not None:
             self._zip.unlink(missing_ok=True)
             self._zip = None

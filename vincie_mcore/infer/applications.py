@@ -214,6 +214,12 @@ class ChainSession:
     NSP: ("roe_tgt", n), the second with the first as context), binarizes each (channel mean > 127) and puts
     it back as a clean map, then predicts frame n + 1 with them in context. Earlier turns keep their frames,
     texts and maps; a map not in ``maps`` is absent, as context dropout leaves it in training.
+
+    Each call's layout extends the last one's context (the texts, frames and maps are only appended), so
+    under block_causal one pair of KV caches (``kv``) serves the whole chain: a call computes only the
+    context added since the last (turn n's CSP: I_n, T_n and the map prompt; NSP: M_n0 and its prompt; NIP:
+    M_n1), not the history (docs/kv_cache.md). ``editor`` may be replaced between turns by one over the
+    same model and encoders (the web editor's per-turn sampler settings).
     ``chain_of_editing`` runs a list of prompts through one; ``vincie-evaluate --coe`` one per session."""
 
     def __init__(self, editor: Editor, image, recipe: RecipeConfig | None = None, maps: tuple = MAP_KINDS):
@@ -228,6 +234,7 @@ class ChainSession:
         self.images = [np.asarray(image)]                       # I0, I1, ... uint8 [H, W, 3]
         self.masks: list[dict] = []                             # per turn {"roe_src"/"roe_tgt": bool [H, W]}
         self.latents: list = []                                 # per turn made here: the frame's sampled latent
+        self.kv: dict | None = None                             # {"cond", "uncond"} KVCache over the chain so far
 
     @torch.no_grad()
     def add_turn(self, prompt: str, image, masks: dict | None) -> None:
@@ -251,15 +258,23 @@ class ChainSession:
         ed, n = self.editor, len(self.texts)
         texts = [*self.texts, *_prompts([prompt])]
         slot = torch.cat([self.frames, torch.zeros_like(self.frames[:1])])
-        turn_masks = {}
-        for kind in self.maps:
-            ref = (kind, n)
-            sample = roe_inference_sample(texts, _TASK[kind], set(self.given), self.cfg)
-            out, _ = ed.generate(sample, _session(slot, texts, {**self.given, ref: torch.zeros_like(self.frames[0])}))[ref]
-            turn_masks[kind] = mask_from_image(out)
-            self.given[ref] = _encode(ed, [map_image(turn_masks[kind])])[0]       # binarized, as training maps are
-        sample = roe_inference_sample(texts, "nip", set(self.given), self.cfg)
-        out, lat = ed.generate(sample, _session(slot, texts, self.given))[("frame", n + 1)]
+        if self.kv is None:
+            self.kv = ed.new_kv()
+        turn_masks, given = {}, dict(self.given)
+        try:
+            for kind in self.maps:
+                ref = (kind, n)
+                sample = roe_inference_sample(texts, _TASK[kind], set(given), self.cfg)
+                out, _ = ed.generate(sample, _session(slot, texts, {**given, ref: torch.zeros_like(self.frames[0])}),
+                                     self.kv)[ref]
+                turn_masks[kind] = mask_from_image(out)
+                given[ref] = _encode(ed, [map_image(turn_masks[kind])])[0]       # binarized, as training maps are
+            sample = roe_inference_sample(texts, "nip", set(given), self.cfg)
+            out, lat = ed.generate(sample, _session(slot, texts, given), self.kv)[("frame", n + 1)]
+        except BaseException:           # the caches may hold this turn's context; the turn is not kept
+            self.kv = None
+            raise
+        self.given = given
         self.frames = torch.cat([self.frames, _encode(ed, [out])])
         self.texts = texts
         self.images.append(out)

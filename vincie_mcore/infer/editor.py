@@ -116,22 +116,32 @@ class Editor:
         return self._decode(batch, self._sample(self.model, batch, noise))
 
     @torch.no_grad()
-    def generate(self, sample: SessionSample, sess: EncodedSession) -> dict:
+    def generate(self, sample: SessionSample, sess: EncodedSession, kv: dict | None = None) -> dict:
         """Sample the noisy blocks of one laid-out session (any recipe layout, e.g.
         ``recipe.roe_inference_sample``) -> {ref: (image uint8 [H, W, 3], sampled latent [C, h, w])}.
 
         ``sess`` holds the clean latents the layout refers to; a noisy block's own latent only sets
         its shape (zeros will do). Under block_causal (``kv_cache_reason()`` None) the context's K/V are
-        computed once per CFG branch and every sampling step runs the noisy blocks alone against them
-        (fresh caches per call: the applications' layouts differ call to call); otherwise every step
-        runs the whole packed layout."""
+        computed once per CFG branch and every sampling step runs the noisy blocks alone against them;
+        otherwise every step runs the whole packed layout (and ``kv`` is unused).
+
+        ``kv``: the caller's ``{"cond", "uncond"}`` caches (``new_kv``), kept from an earlier call whose
+        layout this one extends (chain-of-editing's calls: each appends to the last one's context); only
+        the context they lack is computed, and it joins them. A layout that does not extend them is
+        refused in one line by the caches' signature checks. None: fresh caches for this call."""
         batch = pack([(sample, sess)], self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         refs = [ib["ref"] for ib in batch.image_blocks if ib["noisy"]]
         model = self.model
         if self.kv_cache_reason() is None:
-            inner = _inner_model(self.model)
-            model = _CachedModel(self.model, inner, batch, {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()})
+            model = _CachedModel(self.model, _inner_model(self.model), batch, kv if kv is not None else self.new_kv())
         return dict(zip(refs, self._decode(batch, self._sample(model, batch))))
+
+    def new_kv(self) -> dict | None:
+        """Empty ``{"cond", "uncond"}`` KV caches for ``generate``, or None where the cache cannot run."""
+        if self.kv_cache_reason() is not None:
+            return None
+        inner = _inner_model(self.model)
+        return {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()}
 
     @torch.no_grad()
     def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:

@@ -297,6 +297,11 @@ class MMDiT(MegatronModule):
         if not isinstance(kv_cache, KVCache) or kv_cache.num_layers != len(self.layers):
             raise ValueError(f"kv_cache: expected a KVCache of {len(self.layers)} layers (MMDiT.new_kv_cache()), "
                              f"got {type(kv_cache).__name__}")
+        s_img = batch.img_x0.shape[0]
+        for name, rows, size in (("text", kv_cache.txt_rows, batch.s_txt), ("image", kv_cache.img_rows, s_img)):
+            if rows.numel() and int(rows.max()) >= size:       # a longer layout's, or another session's, cache
+                raise ValueError(f"kv_cache: cached {name} row {int(rows.max())} lies outside the batch's {size} "
+                                 f"{name} rows: the cache is not this session's context")
 
     def _kv_signature(self, x_img, batch, c, txt_rows, img_rows) -> tuple[torch.Tensor, torch.Tensor]:
         """What the model reads for each token (input row, positions, block order/kind/session, c):
@@ -306,7 +311,8 @@ class MMDiT(MegatronModule):
         blk = spec.token_blocks().to(dev)
         meta = torch.stack([t.to(dev) for t in spec.tensors()[1:]], 1).float()         # (nb, 3)
         tb, ib = blk[txt_rows], blk[img_rows + s_txt]
-        tpos = batch.txt_pos[txt_rows].reshape(txt_rows.numel(), -1).float()
+        tpos = batch.txt_pos[txt_rows].float()
+        tpos = tpos[:, None] if tpos.ndim == 1 else tpos.flatten(1)     # (S_t, k); S_t may be 0 (maps only)
         f = lambda t: t.to(dev, torch.float32)
         sig_t = torch.cat([meta[tb], f(batch.txt_emb[txt_rows]), f(batch.txt_turn[txt_rows])[:, None], f(tpos),
                            f(c[tb])], 1)                                 # block meta first: KVCache.join re-sessions

@@ -143,9 +143,11 @@ def bench_batched(batch: int = 4, sessions: int = 8, hidden: int = 256, layers: 
 def bench_chain(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens: int = 16, steps: int = 10,
                 turns: int = 3, guidance: float = 3.0, seed: int = 0) -> dict:
     """Chain-of-editing (``infer/applications.py``: per turn a CSP map, an NSP map, then the frame, each a
-    ``Editor.generate`` call on a growing layout) under block_causal with and without the KV cache, same
-    random fp32 model, image, prompts and noise (CPU): seconds each way, and every call's sampled latent
-    compared between the two runs (a map binarized differently would show as a large difference)."""
+    ``Editor.generate`` call on a growing layout) under block_causal three ways, same random fp32 model, image,
+    prompts and noise (CPU): no KV cache, fresh caches per call (each call computes its whole context), and the
+    chain's one pair of caches (each call computes only the context added since the last). Seconds each way,
+    and every call's sampled latent of both cached runs compared with the no-cache run (a map binarized
+    differently would show as a large difference)."""
     import time
 
     from ..encoders.image import PixelEncoder
@@ -158,14 +160,14 @@ def bench_chain(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens
     prompts = [f"turn {i}: make the {c} square {p}" for i, (c, p) in
                enumerate(zip(["red", "blue", "green"] * turns, ["bigger", "darker", "round"] * turns))][:turns]
 
-    def run(use_kv_cache: bool, n_turns: int, n_steps: int):
+    def run(mode: str, n_turns: int, n_steps: int):
         ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
                     SamplerConfig(steps=n_steps, shift=3.0, guidance=guidance, seed=seed, camera_prompts=False),
-                    mask_type="block_causal", use_kv_cache=use_kv_cache)
+                    mask_type="block_causal", use_kv_cache=mode != "none")
         latents, real = [], ed.generate
 
-        def generate(sample, sess):
-            out = real(sample, sess)
+        def generate(sample, sess, kv=None):
+            out = real(sample, sess, kv if mode == "chain" else None)
             latents.extend(lat for _, lat in out.values())
             return out
         ed.generate = generate
@@ -173,19 +175,24 @@ def bench_chain(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens
         res = apps.chain_of_editing(ed, image, prompts[:n_turns])
         return res, latents, time.perf_counter() - t0, ed.kv_cache_reason()
 
-    run(False, 1, 1), run(True, 1, 1)                      # warm-up: text encoder, allocator
-    ref, ref_lat, t_ref, _ = run(False, turns, steps)
-    got, got_lat, t_got, reason = run(True, turns, steps)
+    for mode in ("none", "call", "chain"):                 # warm-up: text encoder, allocator
+        run(mode, 1, 1)
+    ref, ref_lat, t_ref, _ = run("none", turns, steps)
+    per_call, call_lat, t_call, _ = run("call", turns, steps)
+    got, got_lat, t_got, reason = run("chain", turns, steps)
     if reason is not None:
         raise RuntimeError(f"bench_chain: the cache path did not run ({reason})")
-    px = [np.abs(a.astype(int) - b.astype(int)) for a, b in zip(got.panels, ref.panels)]
+    px = [np.abs(a.astype(int) - b.astype(int)) for r in (got, per_call) for a, b in zip(r.panels, ref.panels)]
     return dict(
         tool="bench_editor_chain", **code_version(), torch=torch.__version__, threads=torch.get_num_threads(),
         config=dict(hidden=hidden, layers=layers, heads=heads, image_tokens=f"{image_tokens}x{image_tokens}",
                     steps=steps, guidance=guidance, turns=turns, maps="roe_src,roe_tgt", mask_type="block_causal",
                     dtype="float32", device="cpu", parameters=model.num_parameters()),
-        generate_calls=len(got_lat), seconds_no_cache=round(t_ref, 3), seconds_cache=round(t_got, 3),
-        ratio=round(t_ref / t_got, 2),
-        max_abs_diff_latents=max(float((a - b).abs().max()) for a, b in zip(got_lat, ref_lat)),
-        maps_equal=all(np.array_equal(a[k], b[k]) for a, b in zip(got.masks, ref.masks) for k in a),
+        generate_calls=len(got_lat), seconds_no_cache=round(t_ref, 3), seconds_cache_per_call=round(t_call, 3),
+        seconds_cache=round(t_got, 3), ratio=round(t_ref / t_got, 2), ratio_per_call=round(t_ref / t_call, 2),
+        ratio_chain_over_per_call=round(t_call / t_got, 2),
+        max_abs_diff_latents=max(float((a - b).abs().max()) for lat in (got_lat, call_lat)
+                                 for a, b in zip(lat, ref_lat)),
+        maps_equal=all(np.array_equal(a[k], b[k]) for r in (got, per_call) for a, b in zip(r.masks, ref.masks)
+                       for k in a),
         max_abs_diff_pixels=int(max(d.max() for d in px)))
