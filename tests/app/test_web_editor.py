@@ -278,6 +278,11 @@ def test_chain_of_editing_turns(backend, tmp_path):
         assert np.array_equal(src > 127, ws.maps[2]["roe_src"])
     ws.undo()
     assert set(ws.maps) == {2} and len(ws.regions()) == 2
+    # undo dropped the chain with its turns: the next chain turn is a new one, turn 2 added with its maps
+    again = ws.edit("make it green", 2, 3.0, 3, chain=True)
+    assert ws.chain is not chain and len(ws.chain.texts) == 3
+    assert np.abs(again.astype(int) - third.astype(int)).max() <= 1
+    ws.undo()
     ws.undo()
     assert ws.maps == {} and ws.regions() == []
     released = WebSession(dataclasses.replace(backend, variant="official"))

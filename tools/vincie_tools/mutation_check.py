@@ -344,12 +344,22 @@ MUTANTS = [
            ("tests/infer/test_applications.py",), "a drag's turn is drawn in the RoE map mirrored (the map no "
                                                   "longer shows what the instruction says)"),
     Mutant("generate_kv_one_cache_both_branches", "vincie_mcore/infer/editor.py",
-           "            model = _CachedModel(self.model, inner, batch, {\"cond\": inner.new_kv_cache(), "
-           "\"uncond\": inner.new_kv_cache()})",
-           "            model = _CachedModel(self.model, inner, batch, dict.fromkeys((\"cond\", \"uncond\"), "
-           "inner.new_kv_cache()))",
+           "        return {\"cond\": inner.new_kv_cache(), \"uncond\": inner.new_kv_cache()}",
+           "        return dict.fromkeys((\"cond\", \"uncond\"), inner.new_kv_cache())",
            ("tests/infer/test_applications.py",), "an application's layout caches both CFG branches' context in "
                                                   "one KV cache (the unconditional branch reads the prompt's K/V)"),
+    Mutant("chain_kv_survives_a_cut_turn", "vincie_mcore/infer/applications.py",
+           "            self.kv = None\n            raise\n", "            raise\n",
+           ("tests/infer/test_applications.py",), "a chain turn cut short keeps its caches, which hold the unkept "
+                                                  "turn's prompt, so the chain's next turn is refused or wrong"),
+    Mutant("generate_ignores_the_callers_kv", "vincie_mcore/infer/editor.py",
+           "kv if kv is not None else self.new_kv())", "self.new_kv())",
+           ("tests/infer/test_applications.py",), "chain-of-editing computes its whole history again at every call "
+                                                  "(the chain's caches are never used)"),
+    Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
+           "        self.chain = None                          # so does the chain's\n", "",
+           ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "
+                                              "the undone turns as context"),
     Mutant("web_drag_default_recipe", "vincie_mcore/app/session.py",
            "            res = drag(editor, latest, region, int(dx), int(dy), self.backend.recipe,\n",
            "            res = drag(editor, latest, region, int(dx), int(dy), None,\n",
