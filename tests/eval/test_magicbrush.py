@@ -462,8 +462,9 @@ def test_resumed_run_equals_an_uninterrupted_one(metrics, tmp_path, megatron_cpu
 def test_chain_of_editing_run_writes_its_maps_and_resumes_from_them(metrics, tmp_path, megatron_cpu, monkeypatch):
     """``coe="cs_ns"``: each multi_turn turn is a ``ChainSession`` turn with that edit's own seed, its two maps
     written beside its image (equal to the chain run by hand); a run killed after 3 of 5 turns resumes from
-    the images and maps on disk to the uninterrupted run's images, pixel for pixel; the folder records the
-    inference; the settings it cannot run are one line."""
+    the images and maps on disk to the uninterrupted run's images, pixel for pixel; two sessions per model
+    pass give the same images and maps; the folder records the inference; the settings it cannot run are
+    one line."""
     from vincie_mcore.data.recipe import RecipeConfig
     from vincie_mcore.eval import edit_runs
     from vincie_mcore.eval.edit_runs import map_path
@@ -485,18 +486,18 @@ def test_chain_of_editing_run_writes_its_maps_and_resumes_from_them(metrics, tmp
         for kind in apps.MAP_KINDS:
             assert np.array_equal(np.asarray(Image.open(map_path(path, kind))), apps.map_image(chain.masks[-1][kind]))
 
-    turns, real = [0], apps.ChainSession.turn
+    turns, real = [0], apps.chain_turns
 
-    def crash_after_3(self, prompt):
+    def crash_after_3(chains, prompts, seeds=None):
         turns[0] += 1
         if turns[0] > 3:
             raise _Crash()
-        return real(self, prompt)
-    monkeypatch.setattr(apps.ChainSession, "turn", crash_after_3)
+        return real(chains, prompts, seeds)
+    monkeypatch.setattr(apps, "chain_turns", crash_after_3)
     with pytest.raises(_Crash):
         run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "B", progress=False, coe="cs_ns",
                        recipe=recipe)
-    monkeypatch.setattr(apps.ChainSession, "turn", real)
+    monkeypatch.setattr(apps, "chain_turns", real)
     resumed = run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "B", progress=False, coe="cs_ns",
                              recipe=recipe)
     assert resumed["edits"] == {"made": 2, "resumed": 3} and resumed["per_turn"] == whole["per_turn"]
@@ -505,11 +506,19 @@ def test_chain_of_editing_run_writes_its_maps_and_resumes_from_them(metrics, tmp
             a, b = generated_path(tmp_path / "A", sid, t), generated_path(tmp_path / "B", sid, t)
             for x, y in [(a, b), *((map_path(a, k), map_path(b, k)) for k in apps.MAP_KINDS)]:
                 assert np.array_equal(np.asarray(Image.open(x)), np.asarray(Image.open(y))), (x, y)
+    batched = run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "D", progress=False, coe="cs_ns",
+                             recipe=recipe, batch=2)
+    assert batched["edits"] == {"made": 5, "resumed": 0}
+    for sid, n in (("s1", 2), ("s2", 3)):
+        for t in range(1, n + 1):
+            a, d = generated_path(tmp_path / "A", sid, t), generated_path(tmp_path / "D", sid, t)
+            assert np.abs(np.asarray(Image.open(a), int) - np.asarray(Image.open(d), int)).max() <= 1, (sid, t)
+            for k in apps.MAP_KINDS:
+                assert np.array_equal(np.asarray(Image.open(map_path(a, k))), np.asarray(Image.open(map_path(d, k))))
     with pytest.raises(ValueError, match=r"^out_dir: .*/A holds edits made with coe='cs_ns', this run has coe='cs'"):
         run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "A", progress=False, coe="cs",
                        recipe=recipe)
     for kw, msg in ((dict(coe="cs", setting="history"), r"^coe: chain-of-editing runs the multi_turn setting"),
-                    (dict(coe="cs", batch=2), r"^batch: chain-of-editing edits one session at a time, got 2$"),
                     (dict(coe="cs->i"), r"^coe: expected one of none, cs, ns, cs_ns, got 'cs->i'$")):
         with pytest.raises(ValueError, match=msg):
             run_magicbrush(_tiny_editor(), ds, metrics=small, out_dir=tmp_path / "C", progress=False, **kw)
@@ -632,8 +641,7 @@ def test_cli_chain_of_editing_on_a_training_run(demo_run, models, tmp_path, mega
     assert map_path(first, "roe_src").is_file() and not map_path(first, "roe_tgt").exists()
     assert json.loads((tmp_path / "out" / "editor.json").read_text())["coe"] == "cs"
     capsys.readouterr()
-    for extra, msg in ((["--setting", "dummy"], "error: --coe: chain-of-editing runs --setting multi_turn"),
-                       (["--batch", "2"], "error: --batch: chain-of-editing edits one session at a time, got 2")):
+    for extra, msg in ((["--setting", "dummy"], "error: --coe: chain-of-editing runs --setting multi_turn"),):
         assert main([*base, "--out", str(tmp_path / "bad"), "--coe", "cs", *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith(msg) and len(err.strip().splitlines()) == 1, err

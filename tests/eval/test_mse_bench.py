@@ -174,7 +174,7 @@ def _tiny_editor():
 
 def test_generate_by_chain_of_editing(bench, megatron_cpu, tmp_path):
     """``coe="cs"``: each turn is a ``ChainSession`` turn with that edit's seed (its source map first, written
-    beside the turn's image), as run by hand; a folder of plain edits refuses it; batch 2 is one line."""
+    beside the turn's image), as run by hand; a folder of plain edits refuses it."""
     from vincie_mcore.data.recipe import RecipeConfig
     from vincie_mcore.eval import edit_runs
     from vincie_mcore.infer import applications as apps
@@ -195,8 +195,6 @@ def test_generate_by_chain_of_editing(bench, megatron_cpu, tmp_path):
     with pytest.raises(ValueError, match=r"^out_dir: .*b holds edits made with coe=None, this run has coe='cs'"):
         mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), turns=1, progress=False, out_dir=tmp_path / "b",
                            coe="cs", recipe=recipe)
-    with pytest.raises(ValueError, match=r"^batch: chain-of-editing edits one session at a time, got 2$"):
-        mse_bench.generate(_tiny_editor(), sessions, size=(16, 24), progress=False, coe="cs", batch=2)
 
 
 def test_generate_runs_five_turns_with_the_history_in_context(bench, megatron_cpu, tmp_path):

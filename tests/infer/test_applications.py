@@ -433,6 +433,45 @@ def test_chain_keeps_one_kv_cache_across_its_calls_and_turns(tiny, maps):
     assert "\n" not in str(e.value) and other.kv is None
 
 
+@pytest.mark.parametrize("mask_type", ["block_causal", "full"])
+def test_chain_turns_batch_several_chains_as_each_alone(tiny, mask_type):
+    """``chain_turns``: three chains of different histories (one given a turn by ``add_turn``, one a step
+    behind), two batched turns each seeded, give each chain the maps and frames it gets alone after
+    ``gen.manual_seed(seed)`` (within 1e-5; under block_causal each keeps its own caches, under full none);
+    chains of other maps or another editor are refused."""
+    rng = np.random.default_rng(2)
+    starts = [rng.integers(0, 256, (H, W, 3), dtype=np.uint8) for _ in range(3)]
+    given = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    masks = {k: rng.random((H, W)) > 0.5 for k in apps.MAP_KINDS}
+    prompts = [["add a red square", "make it blue"], ["remove the circle", "zoom in"], ["brighten it", "add a hat"]]
+
+    def chains(ed):
+        cs = [apps.ChainSession(ed, im, RECIPE) for im in starts]
+        cs[1].add_turn("shift it", given, masks)
+        return cs
+    ed = _editor(tiny, mask_type=mask_type, steps=2)
+    batched, alone = chains(ed), chains(_editor(tiny, mask_type=mask_type, steps=2))
+    for t in range(2):
+        seeds = [100 + 10 * i + t for i in range(3)]
+        apps.chain_turns(batched, [p[t] for p in prompts], seeds)
+        for c, p, seed in zip(alone, prompts, seeds):
+            c.editor.gen.manual_seed(seed)
+            c.turn(p[t])
+    for b, a in zip(batched, alone):
+        assert len(b.latents) == len(a.latents) == 2 and (b.kv is not None) == (mask_type == "block_causal")
+        if b.kv is not None:                            # split back: each chain's caches hold its own context
+            assert [len(b.kv[x]) for x in ("cond", "uncond")] == [len(a.kv[x]) for x in ("cond", "uncond")]
+            assert all(torch.equal(b.kv[x].img_rows, a.kv[x].img_rows) for x in ("cond", "uncond"))
+        for x, y in zip(b.latents, a.latents):
+            torch.testing.assert_close(x, y, atol=1e-5, rtol=0)
+        assert all(np.array_equal(p[k], q[k]) for p, q in zip(b.masks, a.masks) for k in apps.MAP_KINDS)
+    other = apps.ChainSession(ed, starts[0], RECIPE, ("roe_src",))
+    with pytest.raises(ValueError, match="one editor and the same maps"):
+        apps.chain_turns([batched[0], other], ["x", "y"])
+    with pytest.raises(ValueError, match="2 chains, 1 prompts"):
+        apps.chain_turns(batched[:2], ["x"])
+
+
 def test_chain_benchmark_reports_every_path_beside_its_check(megatron_cpu):
     """``vincie-bench-editor --app chain`` at a tiny size: three generate calls per turn, the three timings
     (no cache, per-call caches, the chain's caches), and both cached paths' latents within 1e-5 of the

@@ -176,7 +176,8 @@ def test_no_context_eval_gives_the_editor_only_the_previous_output(megatron_cpu,
 def test_chain_of_editing_eval_is_the_application_turn_by_turn(megatron_cpu, coe, context):
     """``evaluate(coe=...)`` (Table 3's inference rows) edits each session as ``chain_of_editing`` does, with the
     run's recipe: under full context one chain per session, its earlier maps kept; under none a fresh chain on
-    the image each turn edits. The reference runs the application by hand with an editor of the same seed."""
+    the image each turn edits. The reference runs the application by hand with an editor of the same seed; two
+    sessions per pass advance together, as ``chain_turns`` by hand."""
     from vincie_mcore.data.packing import PackConfig
     from vincie_mcore.data.recipe import RecipeConfig
     from vincie_mcore.data.world import demo_config
@@ -205,11 +206,11 @@ def test_chain_of_editing_eval_is_the_application_turn_by_turn(megatron_cpu, coe
     sessions = _world_sessions(2, 2, cfg)
     ed = editor()
     calls = []
-    real = ed.generate
-    ed.generate = lambda sample, sess: calls.append(1) or real(sample, sess)
+    real = ed.generate_many
+    ed.generate_many = lambda layouts, kvs=None, seeds=None: calls.append(len(layouts)) or real(layouts, kvs, seeds)
     results, baseline, strips = evaluate(ed, sessions, cfg, turns=2, progress=False, context=context, coe=coe,
-                                         recipe=recipe)
-    assert len(calls) == 2 * 2 * (len(COE[coe]) + 1)                 # per turn: its maps, then its frame
+                                         recipe=recipe, batch=1)
+    assert calls == [1] * 2 * 2 * (len(COE[coe]) + 1)                # per turn: its maps, then its frame
     ref = editor()
     for s, (images, prompts, _) in zip(sessions, strips):
         if context == "full":
@@ -222,6 +223,19 @@ def test_chain_of_editing_eval_is_the_application_turn_by_turn(megatron_cpu, coe
         for got, w in zip(images, want):
             assert np.array_equal(got.numpy(), w)
     assert len(results[1]) == len(baseline[1]) == 2
+    # both sessions per pass: the chains advance together (applications.chain_turns), one call per map and frame
+    calls.clear()
+    ed.gen.manual_seed(3)                                            # as a new editor of the same seed
+    _, _, both = evaluate(ed, sessions, cfg, turns=2, progress=False, context=context, coe=coe, recipe=recipe)
+    assert calls == [2] * 2 * (len(COE[coe]) + 1)
+    ref, chains = editor(), None
+    images = [[s.frames[0]] for s in sessions]
+    for k in range(2):
+        if chains is None or context == "none":
+            chains = [apps.ChainSession(ref, ims[-1], recipe, COE[coe]) for ims in images]
+        for ims, out in zip(images, apps.chain_turns(chains, [s.texts[k] for s in sessions])):
+            ims.append(out)
+    assert all(np.array_equal(g.numpy(), w) for (got, _, _), want in zip(both, images) for g, w in zip(got, want))
     with pytest.raises(ValueError, match=r"^eval.coe: expected one of"):
         evaluate(ed, sessions, cfg, turns=1, progress=False, coe="cs->i")
 

@@ -21,7 +21,7 @@ resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<
 <id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
 
 Both: --coe cs|ns|cs_ns edits each turn by chain-of-editing (Table 3's inference rows: its RoE maps first,
-saved beside its image; one session at a time). --batch N edits N sessions per model pass (the same images);
+saved beside its image; several sessions per model pass with --batch). --batch N edits N sessions per model pass (the same images);
 --shard i/N edits every N-th session only,
 scoring nothing, for one GPU of N (bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
 """
@@ -90,8 +90,6 @@ def coe_recipe(a, cfg):
         return None
     if getattr(a, "setting", "multi_turn") != "multi_turn":
         raise ValueError(f"--coe: chain-of-editing runs --setting multi_turn (the model's own chain), not {a.setting}")
-    if a.batch != 1:
-        raise ValueError(f"--batch: chain-of-editing edits one session at a time, got {a.batch}")
     if cfg is not None:
         from vincie_mcore.build import data_configs, is_official
 

@@ -293,8 +293,8 @@ MUTANTS = [
            ("tests/data/test_real_videos.py",), "the scene pass shows CLIP the decoder's BGR frames (red and blue "
                                                 "swapped: not the picture the model learned)"),
     Mutant("coe_no_context_keeps_the_chain", "vincie_mcore/eval/synthetic.py",
-           "            if chain is None or context == \"none\":",
-           "            if chain is None:",
+           "            if chains is None or context == \"none\":",
+           "            if chains is None:",
            ("tests/sweep/test_ablate.py",), "the chain-of-editing eval without context still shows each turn the "
                                             "earlier frames, texts and maps"),
     Mutant("magicbrush_coe_maps_not_resumed", "vincie_mcore/eval/edit_runs.py",
@@ -349,13 +349,22 @@ MUTANTS = [
            ("tests/infer/test_applications.py",), "an application's layout caches both CFG branches' context in "
                                                   "one KV cache (the unconditional branch reads the prompt's K/V)"),
     Mutant("chain_kv_survives_a_cut_turn", "vincie_mcore/infer/applications.py",
-           "            self.kv = None\n            raise\n", "            raise\n",
+           "        for c in chains:\n            c.kv = None\n        raise\n", "        raise\n",
            ("tests/infer/test_applications.py",), "a chain turn cut short keeps its caches, which hold the unkept "
                                                   "turn's prompt, so the chain's next turn is refused or wrong"),
     Mutant("generate_ignores_the_callers_kv", "vincie_mcore/infer/editor.py",
-           "kv if kv is not None else self.new_kv())", "self.new_kv())",
+           "kvs = [kv if kv is not None else self.new_kv() for kv in kvs]", "kvs = [self.new_kv() for kv in kvs]",
            ("tests/infer/test_applications.py",), "chain-of-editing computes its whole history again at every call "
                                                   "(the chain's caches are never used)"),
+    Mutant("chain_turns_reseeds_each_call", "vincie_mcore/infer/applications.py",
+           "    gens = None if seeds is None else [s if isinstance(s, torch.Generator)",
+           "    gens = None if seeds is None else [s if isinstance(s, int)",
+           ("tests/infer/test_applications.py",), "batched chain-of-editing restarts each chain's seed at every "
+                                                  "call, so its maps and frame differ from the chain edited alone"),
+    Mutant("generate_many_keeps_joined_caches", "vincie_mcore/infer/editor.py",
+           "                kv.update({b: parts[b][i] for b in parts})", "                pass",
+           ("tests/infer/test_applications.py",), "batched chains never get their caches back, so every call "
+                                                  "computes the whole history again"),
     Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
            "        self.chain = None                          # so does the chain's\n", "",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "

@@ -186,7 +186,7 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
     return Chain(key, list(instructions), paths, start)
 
 
-def coe_setup(coe: str, batch: int, run_info: dict | None) -> tuple[tuple, dict | None]:
+def coe_setup(coe: str, run_info: dict | None) -> tuple[tuple, dict | None]:
     """A benchmark's ``coe`` (``applications.COE``) checked -> (the maps each turn predicts first, the run_info
     its folder records: ``coe`` added when on, so a folder of one inference refuses another)."""
     from ..infer.applications import COE
@@ -195,8 +195,6 @@ def coe_setup(coe: str, batch: int, run_info: dict | None) -> tuple[tuple, dict 
         raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
     if coe == "none":
         return (), run_info
-    if batch != 1:
-        raise ValueError(f"batch: chain-of-editing edits one session at a time, got {batch}")
     return COE[coe], {**(run_info or {}), "coe": coe}
 
 
@@ -215,21 +213,27 @@ class _CoeSession:
         self.chain, self.paths = chain, paths
 
     def edit(self, prompt: str) -> np.ndarray:
-        from ..infer.applications import map_image
+        return _CoeSession.edit_many([self], [prompt])[0]
 
-        t = len(self.chain.texts)
-        out = self.chain.turn(prompt)
-        if self.paths is not None and self.paths[t] is not None:
-            for kind, m in self.chain.masks[-1].items():
-                save_png(map_path(self.paths[t], kind), map_image(m))
-        return out
+    @staticmethod
+    def edit_many(sessions: list["_CoeSession"], prompts: list[str], seeds: list | None = None) -> list[np.ndarray]:
+        """One turn of each session, packed per call (``applications.chain_turns``), maps saved first."""
+        from ..infer.applications import chain_turns, map_image
+
+        turns = [len(s.chain.texts) for s in sessions]
+        outs = chain_turns([s.chain for s in sessions], prompts, seeds)
+        for s, t in zip(sessions, turns):
+            if s.paths is not None and s.paths[t] is not None:
+                for kind, m in s.chain.masks[-1].items():
+                    save_png(map_path(s.paths[t], kind), map_image(m))
+        return outs
 
 
 def coe_chain(editor, key: str, source, instructions: list[str], paths: list | None, prepare, maps: tuple,
               recipe) -> Chain:
     """``source_chain`` by chain-of-editing (``applications.ChainSession``: each turn's RoE ``maps`` first,
-    with ``recipe``'s mask prompts); resumed from its images and the maps beside them (``map_path``). One
-    session at a time: ``run_chains`` with batch 1."""
+    with ``recipe``'s mask prompts); resumed from its images and the maps beside them (``map_path``).
+    ``run_chains`` with a batch packs several such sessions' calls into one model pass."""
     from ..infer.applications import ChainSession, mask_from_image
 
     def start(outs):
@@ -299,7 +303,9 @@ def run_chains(editor, chains: list[Chain], batch: int = 1, progress: str | None
                 if isinstance(getattr(editor, "gen", None), torch.Generator):
                     base = getattr(getattr(editor, "sampler", None), "seed", 0)
                     seeds = [edit_seed(base, chains[i].key, chains[i].first_turn + t) for i, t in zip(pool, turns)]
-                images = edit_batch([sessions[i] for i in pool], prompts, seeds)
+                group = [sessions[i] for i in pool]
+                many = _CoeSession.edit_many if isinstance(group[0], _CoeSession) else edit_batch
+                images = many(group, prompts, seeds)
             for i, t, im in zip(pool, turns, images):
                 outs[i].append(np.asarray(im))
                 p = chains[i].paths[t] if chains[i].paths is not None else None

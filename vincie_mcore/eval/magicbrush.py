@@ -634,7 +634,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     ``coe`` (Table 3's inference rows; ``applications.COE``): ``cs``, ``ns`` or ``cs_ns`` edit each
     multi_turn chain by chain-of-editing (``applications.ChainSession`` with the run's ``recipe``): each turn
     first predicts its RoE map(s), written beside its image (``edit_runs.map_path``), then the frame with them in
-    context. One session at a time (``batch`` 1); a resumed chain reads its maps back with its images. The
+    context; ``batch`` sessions' calls packed per model pass (``applications.chain_turns``). A resumed chain reads its maps back with its images. The
     folder records ``coe``: another inference cannot resume there."""
     from PIL import Image
 
@@ -643,7 +643,7 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     setting = _setting(setting)
     if coe != "none" and setting != "multi_turn":
         raise ValueError(f"coe: chain-of-editing runs the multi_turn setting (the model's own chain), not {setting}")
-    maps, run_info = edit_runs.coe_setup(coe, batch, run_info)
+    maps, run_info = edit_runs.coe_setup(coe, run_info)
     sessions = _sessions(dataset)
     if shard is not None:
         if out_dir is None:

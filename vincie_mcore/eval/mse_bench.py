@@ -131,10 +131,10 @@ def generate(editor, sessions: list[BenchSession], size: tuple[int, int], turns:
     pass (``edit_runs.run_chains``); the images do not depend on it beyond float reordering. ``shard``:
     (i, N): only sessions i, i + N, ... (``edit_runs.shard_of``; one GPU of several, into one ``out_dir``).
     ``coe`` (``applications.COE``): each turn by chain-of-editing, its RoE maps first with ``recipe``'s mask
-    prompts, saved beside its image (``edit_runs.coe_chain``; one session at a time, batch 1)."""
+    prompts, saved beside its image (``edit_runs.coe_chain``; ``batch`` packs several sessions' calls)."""
     from . import edit_runs
 
-    maps, run_info = edit_runs.coe_setup(coe, batch, run_info)
+    maps, run_info = edit_runs.coe_setup(coe, run_info)
     sessions = edit_runs.shard_of(sessions, shard)
     if out_dir is not None:
         edit_runs.claim(out_dir, editor, size=list(size), **(run_info or {}))

@@ -28,7 +28,7 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
     (Table 4), sequential single-turn editing. ``coe`` (Table 3's inference rows): ``"none"`` predicts each
     frame directly ("I"); ``"cs"``, ``"ns"``, ``"cs_ns"`` first predict the current / next / both RoE maps of
     the turn and give them as context (chain-of-editing, ``applications.ChainSession`` with the run's
-    ``recipe``), one session at a time; earlier turns' maps stay in context under ``"full"``. Returns
+    ``recipe``; ``batch`` chains per packed model call); earlier turns' maps stay in context under ``"full"``. Returns
     (results, baseline, strips)
     with results[k] (baseline[k]) a list of judge dicts for turn k+1 and strips the
     first six sessions' (outputs, prompts, ground-truth frames).
@@ -46,7 +46,8 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
     baseline = [[] for _ in range(turns)]
     strips = []
     if coe != "none":
-        return _evaluate_chains(editor, sessions, world, turns, progress, context, COE[coe], recipe, results, baseline)
+        return _evaluate_chains(editor, sessions, world, turns, progress, context, COE[coe], recipe, results, baseline,
+                                batch)
     for a in tqdm(range(0, len(sessions), batch), desc="edit", disable=not progress):
         chunk = sessions[a:a + batch]
         hist = [([torch.from_numpy(np.ascontiguousarray(s.frames[0]))], []) for s in chunk]
@@ -65,24 +66,29 @@ def evaluate(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, p
     return results, baseline, strips
 
 
-def _evaluate_chains(editor, sessions, world, turns, progress, context, maps, recipe, results, baseline):
-    """``evaluate`` with chain-of-editing turns, a session at a time (each turn several sampling calls)."""
+def _evaluate_chains(editor, sessions, world, turns, progress, context, maps, recipe, results, baseline, batch):
+    """``evaluate`` with chain-of-editing turns: ``batch`` sessions' chains advance together, each of a turn's
+    calls (its maps, then its frame) one packed model pass for all of them (``applications.chain_turns``)."""
     from tqdm import tqdm
 
-    from ..infer.applications import ChainSession
+    from ..infer.applications import ChainSession, chain_turns
 
     strips = []
-    for i, s in enumerate(tqdm(sessions, desc="edit (chain-of-editing)", disable=not progress)):
-        chain, images = None, [np.ascontiguousarray(s.frames[0])]
+    for a in tqdm(range(0, len(sessions), batch), desc="edit (chain-of-editing)", disable=not progress):
+        chunk = sessions[a:a + batch]
+        images = [[np.ascontiguousarray(s.frames[0])] for s in chunk]
+        chains = None
         for k in range(turns):
-            if chain is None or context == "none":              # none: a fresh chain on the image it edits
-                chain = ChainSession(editor, images[-1], recipe, maps)
-            out = chain.turn(s.texts[k])
-            results[k].append(judge_edit(out, s.states[k], s.states[k + 1], world))
-            baseline[k].append(judge_edit(s.frames[0], s.states[k], s.states[k + 1], world))
-            images.append(out)
-        if i < 6:
-            strips.append(([torch.from_numpy(im) for im in images], list(s.texts[:turns]), s.frames[: turns + 1]))
+            if chains is None or context == "none":             # none: a fresh chain on the image it edits
+                chains = [ChainSession(editor, ims[-1], recipe, maps) for ims in images]
+            outs = chain_turns(chains, [s.texts[k] for s in chunk])
+            for s, ims, out in zip(chunk, images, outs):
+                results[k].append(judge_edit(out, s.states[k], s.states[k + 1], world))
+                baseline[k].append(judge_edit(s.frames[0], s.states[k], s.states[k + 1], world))
+                ims.append(out)
+        if a == 0:
+            strips = [([torch.from_numpy(im) for im in ims], list(s.texts[:turns]), s.frames[: turns + 1])
+                      for ims, s in zip(images[:6], chunk[:6])]
     return results, baseline, strips
 
 

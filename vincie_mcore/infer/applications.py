@@ -252,35 +252,64 @@ class ChainSession:
         self.images.append(np.asarray(image))
         self.masks.append({k: np.asarray(masks[k], dtype=bool) for k in masks})
 
-    @torch.no_grad()
     def turn(self, prompt: str) -> np.ndarray:
         """The next frame for ``prompt`` (its maps first) -> uint8 [H, W, 3]; ``masks[-1]`` holds its maps."""
-        ed, n = self.editor, len(self.texts)
-        texts = [*self.texts, *_prompts([prompt])]
-        slot = torch.cat([self.frames, torch.zeros_like(self.frames[:1])])
-        if self.kv is None:
-            self.kv = ed.new_kv()
-        turn_masks, given = {}, dict(self.given)
-        try:
-            for kind in self.maps:
-                ref = (kind, n)
-                sample = roe_inference_sample(texts, _TASK[kind], set(given), self.cfg)
-                out, _ = ed.generate(sample, _session(slot, texts, {**given, ref: torch.zeros_like(self.frames[0])}),
-                                     self.kv)[ref]
-                turn_masks[kind] = mask_from_image(out)
-                given[ref] = _encode(ed, [map_image(turn_masks[kind])])[0]       # binarized, as training maps are
-            sample = roe_inference_sample(texts, "nip", set(given), self.cfg)
-            out, lat = ed.generate(sample, _session(slot, texts, given), self.kv)[("frame", n + 1)]
-        except BaseException:           # the caches may hold this turn's context; the turn is not kept
-            self.kv = None
-            raise
-        self.given = given
-        self.frames = torch.cat([self.frames, _encode(ed, [out])])
-        self.texts = texts
-        self.images.append(out)
-        self.masks.append(turn_masks)
-        self.latents.append(lat)
-        return out
+        return chain_turns([self], [prompt])[0]
+
+
+@torch.no_grad()
+def chain_turns(chains: list[ChainSession], prompts: list[str], seeds: list | None = None) -> list[np.ndarray]:
+    """The next turn of several ``ChainSession``s of one editor at once -> their frames: each call (CSP, NSP,
+    NIP) packs the sessions' layouts into one batch (``Editor.generate_many``, each keeping its own caches).
+
+    ``seeds[i]``: chain i's turn draws its noise as ``chains[i].turn`` does after ``editor.gen.manual_seed(
+    seeds[i])`` (an int) or from ``seeds[i]`` itself (a ``torch.Generator``), so each chain gets the maps
+    and frame it gets alone, up to float reordering; None: every draw from ``editor.gen`` (one chain: its
+    ``turn``). A turn that fails anywhere is kept by none of the chains (their caches are dropped)."""
+    if not chains:
+        return []
+    ed, kinds = chains[0].editor, chains[0].maps
+    if any(c.editor is not ed for c in chains) or any(c.maps != kinds for c in chains):
+        raise ValueError("chain_turns: the chains need one editor and the same maps")
+    if len(prompts) != len(chains) or (seeds is not None and len(seeds) != len(chains)):
+        raise ValueError(f"chain_turns: {len(chains)} chains, {len(prompts)} prompts, "
+                         f"{'no' if seeds is None else len(seeds)} seeds")
+    gens = None if seeds is None else [s if isinstance(s, torch.Generator) else torch.Generator().manual_seed(int(s))
+                                       for s in seeds]     # one per chain for its three calls, as ``turn`` draws
+    ns = [len(c.texts) for c in chains]
+    texts = [[*c.texts, *_prompts([p])] for c, p in zip(chains, prompts)]
+    slots = [torch.cat([c.frames, torch.zeros_like(c.frames[:1])]) for c in chains]
+    for c in chains:
+        if c.kv is None:
+            c.kv = ed.new_kv()
+    masks, given = [{} for _ in chains], [dict(c.given) for c in chains]
+    try:
+        for kind in kinds:
+            refs = [(kind, n) for n in ns]
+            layouts = [(roe_inference_sample(t, _TASK[kind], set(g), c.cfg),
+                        _session(sl, t, {**g, ref: torch.zeros_like(c.frames[0])}))
+                       for c, t, sl, g, ref in zip(chains, texts, slots, given, refs)]
+            made = ed.generate_many(layouts, [c.kv for c in chains], gens)
+            for m, g, ref, out in zip(masks, given, refs, made):
+                m[kind] = mask_from_image(out[ref][0])
+                g[ref] = _encode(ed, [map_image(m[kind])])[0]         # binarized, as training maps are
+        layouts = [(roe_inference_sample(t, "nip", set(g), c.cfg), _session(sl, t, g))
+                   for c, t, sl, g in zip(chains, texts, slots, given)]
+        made = ed.generate_many(layouts, [c.kv for c in chains], gens)
+    except BaseException:               # the caches may hold this turn's context; the turn is not kept
+        for c in chains:
+            c.kv = None
+        raise
+    frames = []
+    for c, t, g, m, n, out in zip(chains, texts, given, masks, ns, made):
+        image, lat = out[("frame", n + 1)]
+        c.given, c.texts = g, t
+        c.frames = torch.cat([c.frames, _encode(ed, [image])])
+        c.images.append(image)
+        c.masks.append(m)
+        c.latents.append(lat)
+        frames.append(image)
+    return frames
 
 
 def chain_of_editing(editor: Editor, image, prompts: list[str], recipe: RecipeConfig | None = None,

@@ -129,12 +129,47 @@ class Editor:
         layout this one extends (chain-of-editing's calls: each appends to the last one's context); only
         the context they lack is computed, and it joins them. A layout that does not extend them is
         refused in one line by the caches' signature checks. None: fresh caches for this call."""
-        batch = pack([(sample, sess)], self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
-        refs = [ib["ref"] for ib in batch.image_blocks if ib["noisy"]]
+        return self.generate_many([(sample, sess)], [kv])[0]
+
+    @torch.no_grad()
+    def generate_many(self, layouts: list[tuple[SessionSample, EncodedSession]], kvs: list | None = None,
+                      seeds: list | None = None) -> list[dict]:
+        """``generate`` for several laid-out sessions packed into one batch -> one dict per session.
+
+        ``kvs[i]``: session i's kept caches (or None: fresh), joined for the call as ``edit_cached_many``
+        joins them (``KVCache.join``) and split back into the same dicts afterwards, so a failed call leaves
+        them as they were (one session's caches are used, and grown, in place). ``seeds`` as in ``edit_turns`` (a session's own ``torch.Generator`` advances by
+        what its one-session call draws, so its next call draws what a one-session run draws next)."""
+        from ..model.attention import KVCache
+
+        kvs = [None] * len(layouts) if kvs is None else list(kvs)
+        if len(kvs) != len(layouts) or (seeds is not None and len(seeds) != len(layouts)):
+            raise ValueError(f"generate_many: {len(layouts)} layouts, {len(kvs)} caches, "
+                             f"{'no' if seeds is None else len(seeds)} seeds")
+        batch = pack(list(layouts), self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
+        noise = None if seeds is None else session_noise(batch, seeds, self.pack_cfg.pad_multiple)
         model = self.model
         if self.kv_cache_reason() is None:
-            model = _CachedModel(self.model, _inner_model(self.model), batch, kv if kv is not None else self.new_kv())
-        return dict(zip(refs, self._decode(batch, self._sample(model, batch))))
+            inner = _inner_model(self.model)
+            kvs = [kv if kv is not None else self.new_kv() for kv in kvs]
+            if len(kvs) == 1:                               # one session: its caches as they are, no copy
+                joined = kvs[0]
+            else:
+                blk_session = batch.spec.block_session[batch.spec.token_blocks()]
+                txt = [int((blk_session[:batch.s_txt] == i).nonzero()[0]) for i in range(len(kvs))]
+                img = [int((blk_session[batch.s_txt:] == i).nonzero()[0]) for i in range(len(kvs))]
+                joined = {b: KVCache.join([kv[b] for kv in kvs], txt, img) for b in ("cond", "uncond")}
+            model = _CachedModel(self.model, inner, batch, joined)
+        x = self._sample(model, batch, noise)
+        if self.kv_cache_reason() is None and len(kvs) > 1:
+            parts = {b: c.split(txt, img) for b, c in joined.items()}
+            for i, kv in enumerate(kvs):
+                kv.update({b: parts[b][i] for b in parts})
+        outs, per = self._decode(batch, x), []
+        blocks = [ib for ib in batch.image_blocks if ib["noisy"]]
+        for i in range(len(layouts)):
+            per.append({ib["ref"]: o for ib, o in zip(blocks, outs) if ib["session"] == i})
+        return per
 
     def new_kv(self) -> dict | None:
         """Empty ``{"cond", "uncond"}`` KV caches for ``generate``, or None where the cache cannot run."""

@@ -164,13 +164,13 @@ def bench_chain(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens
         ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
                     SamplerConfig(steps=n_steps, shift=3.0, guidance=guidance, seed=seed, camera_prompts=False),
                     mask_type="block_causal", use_kv_cache=mode != "none")
-        latents, real = [], ed.generate
+        latents, real = [], ed.generate_many
 
-        def generate(sample, sess, kv=None):
-            out = real(sample, sess, kv if mode == "chain" else None)
-            latents.extend(lat for _, lat in out.values())
+        def generate_many(layouts, kvs=None, seeds=None):
+            out = real(layouts, kvs if mode == "chain" else None, seeds)
+            latents.extend(lat for d in out for _, lat in d.values())
             return out
-        ed.generate = generate
+        ed.generate_many = generate_many
         t0 = time.perf_counter()
         res = apps.chain_of_editing(ed, image, prompts[:n_turns])
         return res, latents, time.perf_counter() - t0, ed.kv_cache_reason()
