@@ -383,8 +383,9 @@ def test_chain_keeps_one_kv_cache_across_its_calls_and_turns(tiny, maps):
     """A ``ChainSession``'s calls extend each other's context, so one pair of caches serves the chain: three
     turns (the second added by ``add_turn``) sample what the no-cache chain samples (within 1e-5, the same
     maps) and each context token is computed once per branch over the whole chain (the prefills add up to
-    what a fresh cache computes for the last call's layout); a turn cut short drops the caches and the turn
-    made again is still exact; a layout that does not extend the caches is refused in one line."""
+    what a fresh cache computes for the last call's layout); a turn cut short takes the caches back to the
+    turn's start, and made again it is still exact, computing only its own context; a layout that does not
+    extend the caches is refused in one line."""
     model = tiny[0]
     cached, plain = _editor(tiny, steps=2), _editor(tiny, steps=2)
     plain.use_kv_cache = False
@@ -416,21 +417,26 @@ def test_chain_keeps_one_kv_cache_across_its_calls_and_turns(tiny, maps):
             if state["steps"] == steps + 1:
                 raise KeyboardInterrupt
         cached.step_callback = stop
+        before = {x: a.kv[x].sizes() for x in ("cond", "uncond")}
         with pytest.raises(KeyboardInterrupt):
             a.turn("now make it small")
-        assert a.kv is None and len(a.texts) == len(a.masks) == 3 and len(a.given) == 3 * len(maps)
+        assert {x: a.kv[x].sizes() for x in ("cond", "uncond")} == before      # the cut turn's context taken back
+        assert len(a.texts) == len(a.masks) == 3 and len(a.given) == 3 * len(maps)
+        added.clear()
         cached.step_callback = None
         cached.gen.manual_seed(7), plain.gen.manual_seed(7)      # the cut turn drew noise
         a.turn("now make it small")
         b.turn("now make it small")
         torch.testing.assert_close(a.latents[-1], b.latents[-1], atol=1e-5, rtol=0)
+        assert sum(n for _, n in added[-2 * (len(maps) + 1)::2]) == real(added[-1][0], model.new_kv_cache()) - \
+            sum(before["cond"])                          # the remade turn computes its own context only
     finally:
         del model.prefill
     other = apps.ChainSession(cached, given, RECIPE, maps)
     other.kv = a.kv                                     # another chain's caches: its first frame differs
     with pytest.raises(ValueError, match="kv_cache|cached") as e:
         other.turn("add a red square")
-    assert "\n" not in str(e.value) and other.kv is None
+    assert "\n" not in str(e.value) and len(other.texts) == 0
 
 
 @pytest.mark.parametrize("mask_type", ["block_causal", "full"])

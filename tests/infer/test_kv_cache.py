@@ -73,6 +73,37 @@ def test_cache_matches_no_cache_block_causal(parts):
     assert kv.img_rows.numel() == 3 * 2 * 3 and len(kv) > kv.img_rows.numel()   # 3 frames of 2x3 tokens + texts
 
 
+def test_a_turn_cut_short_leaves_the_cache_as_it_was(parts):
+    """An edit interrupted mid-sampling (its prompt's context already cached) leaves the session's caches at
+    what they held before it (``KVCache.truncate``), so the session goes on: the next turn, with another
+    prompt, equals the same turn of a session never cut (same seed), within 1e-5, computing only its own
+    context. Before, its cached prompt made every later turn refuse the cache."""
+    model, text, image = parts
+
+    def editor():
+        return Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                      SamplerConfig(steps=2, guidance=3.0, seed=1), mask_type="block_causal")
+    cut, whole = editor().start(image), editor().start(image)
+    for s in (cut, whole):
+        s.edit(PROMPTS[0])
+    sizes = {b: c.sizes() for b, c in cut.kv.items()}
+    k0 = cut.kv["cond"].k[0].clone()
+
+    def stop(done, steps):
+        raise KeyboardInterrupt
+    cut.editor.step_callback = stop
+    with pytest.raises(KeyboardInterrupt):
+        cut.edit("something else")
+    assert {b: c.sizes() for b, c in cut.kv.items()} == sizes and torch.equal(cut.kv["cond"].k[0], k0)
+    assert len(cut.texts) == 1 and len(cut.images) == 2
+    cut.editor.step_callback = None
+    for s in (cut, whole):
+        s.editor.gen.manual_seed(5)
+        s.edit(PROMPTS[1])
+    torch.testing.assert_close(cut.latents[-1], whole.latents[-1], rtol=0, atol=1e-5)
+    assert {b: c.sizes() for b, c in cut.kv.items()} == {b: c.sizes() for b, c in whole.kv.items()}
+
+
 def test_full_mask_takes_no_cache_path(parts):
     got, got_outs = _session(parts, "full", use_kv_cache=True, steps=2)
     ref, ref_outs = _session(parts, "full", use_kv_cache=False, steps=2)

@@ -349,9 +349,14 @@ MUTANTS = [
            ("tests/infer/test_applications.py",), "an application's layout caches both CFG branches' context in "
                                                   "one KV cache (the unconditional branch reads the prompt's K/V)"),
     Mutant("chain_kv_survives_a_cut_turn", "vincie_mcore/infer/applications.py",
-           "        for c in chains:\n            c.kv = None\n        raise\n", "        raise\n",
+           "                x.truncate(n[b])\n", "                pass\n",
            ("tests/infer/test_applications.py",), "a chain turn cut short keeps its caches, which hold the unkept "
                                                   "turn's prompt, so the chain's next turn is refused or wrong"),
+    Mutant("cut_turn_keeps_its_prompt_cached", "vincie_mcore/infer/editor.py",
+           "        with kept_on_failure(joined if len(kvs) == 1 else {}):",
+           "        with kept_on_failure({}):",
+           ("tests/infer/test_kv_cache.py",), "an edit cut short leaves its prompt's K/V in the session's cache, so "
+                                              "every later turn refuses the cache"),
     Mutant("generate_ignores_the_callers_kv", "vincie_mcore/infer/editor.py",
            "kvs = [kv if kv is not None else self.new_kv() for kv in kvs]", "kvs = [self.new_kv() for kv in kvs]",
            ("tests/infer/test_applications.py",), "chain-of-editing computes its whole history again at every call "

@@ -218,8 +218,9 @@ class ChainSession:
     Each call's layout extends the last one's context (the texts, frames and maps are only appended), so
     under block_causal one pair of KV caches (``kv``) serves the whole chain: a call computes only the
     context added since the last (turn n's CSP: I_n, T_n and the map prompt; NSP: M_n0 and its prompt; NIP:
-    M_n1), not the history (docs/kv_cache.md). ``editor`` may be replaced between turns by one over the
-    same model and encoders (the web editor's per-turn sampler settings).
+    M_n1), not the history (docs/kv_cache.md); a turn cut short takes them back to the turn's start.
+    ``editor`` may be replaced between turns by one over the same model and encoders (the web editor's
+    per-turn sampler settings).
     ``chain_of_editing`` runs a list of prompts through one; ``vincie-evaluate --coe`` one per session."""
 
     def __init__(self, editor: Editor, image, recipe: RecipeConfig | None = None, maps: tuple = MAP_KINDS):
@@ -265,7 +266,7 @@ def chain_turns(chains: list[ChainSession], prompts: list[str], seeds: list | No
     ``seeds[i]``: chain i's turn draws its noise as ``chains[i].turn`` does after ``editor.gen.manual_seed(
     seeds[i])`` (an int) or from ``seeds[i]`` itself (a ``torch.Generator``), so each chain gets the maps
     and frame it gets alone, up to float reordering; None: every draw from ``editor.gen`` (one chain: its
-    ``turn``). A turn that fails anywhere is kept by none of the chains (their caches are dropped)."""
+    ``turn``). A turn that fails anywhere is kept by none of the chains, nor its context by their caches."""
     if not chains:
         return []
     ed, kinds = chains[0].editor, chains[0].maps
@@ -282,6 +283,7 @@ def chain_turns(chains: list[ChainSession], prompts: list[str], seeds: list | No
     for c in chains:
         if c.kv is None:
             c.kv = ed.new_kv()
+    sizes = [c.kv and {b: x.sizes() for b, x in c.kv.items()} for c in chains]   # the turn's start
     masks, given = [{} for _ in chains], [dict(c.given) for c in chains]
     try:
         for kind in kinds:
@@ -296,9 +298,10 @@ def chain_turns(chains: list[ChainSession], prompts: list[str], seeds: list | No
         layouts = [(roe_inference_sample(t, "nip", set(g), c.cfg), _session(sl, t, g))
                    for c, t, sl, g in zip(chains, texts, slots, given)]
         made = ed.generate_many(layouts, [c.kv for c in chains], gens)
-    except BaseException:               # the caches may hold this turn's context; the turn is not kept
-        for c in chains:
-            c.kv = None
+    except BaseException:               # the turn is not kept: nor is the context its calls cached
+        for c, n in zip(chains, sizes):
+            for b, x in (c.kv or {}).items():
+                x.truncate(n[b])
         raise
     frames = []
     for c, t, g, m, n, out in zip(chains, texts, given, masks, ns, made):

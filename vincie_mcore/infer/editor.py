@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,7 +149,7 @@ class Editor:
                              f"{'no' if seeds is None else len(seeds)} seeds")
         batch = pack(list(layouts), self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
         noise = None if seeds is None else session_noise(batch, seeds, self.pack_cfg.pad_multiple)
-        model = self.model
+        model, joined = self.model, {}
         if self.kv_cache_reason() is None:
             inner = _inner_model(self.model)
             kvs = [kv if kv is not None else self.new_kv() for kv in kvs]
@@ -160,8 +161,9 @@ class Editor:
                 img = [int((blk_session[batch.s_txt:] == i).nonzero()[0]) for i in range(len(kvs))]
                 joined = {b: KVCache.join([kv[b] for kv in kvs], txt, img) for b in ("cond", "uncond")}
             model = _CachedModel(self.model, inner, batch, joined)
-        x = self._sample(model, batch, noise)
-        if self.kv_cache_reason() is None and len(kvs) > 1:
+        with kept_on_failure(joined if len(kvs) == 1 else {}):   # several: ``joined`` is a copy
+            x = self._sample(model, batch, noise)
+        if joined and len(kvs) > 1:
             parts = {b: c.split(txt, img) for b, c in joined.items()}
             for i, kv in enumerate(kvs):
                 kv.update({b: parts[b][i] for b in parts})
@@ -217,50 +219,42 @@ class Editor:
         """One turn of several sessions with their KV caches in one batch -> per session (image, latent).
 
         Each branch's caches are joined for the turn (``KVCache.join``: a session's rows move to its place
-        in the batch), prefilled and sampled as one, then split back (``KVCache.split``); a failed turn leaves
-        every session's caches as they were. ``seeds`` as in ``edit_turns``."""
-        from ..model.attention import KVCache
-
+        in the batch), prefilled and sampled as one, then split back (``KVCache.split``): ``generate_many``
+        on the sessions' next-turn layouts; a failed turn leaves every session's caches as they were.
+        ``seeds`` as in ``edit_turns``."""
         reason = self.kv_cache_reason()
         if reason:
             raise ValueError(reason)
         for sess in sessions:                                   # frames are encoded once, when added
             while len(sess.latents_in) < len(sess.images):
                 sess.latents_in.append(self.image.encode(sess.images[len(sess.latents_in)][None]))
-        batch = pack([self._item(torch.cat(s.latents_in), s.texts, p) for s, p in zip(sessions, prompts)],
-                     self.text.encode, self.pack_cfg, self.mask_type).to(self.device)
-        inner = _inner_model(self.model)
-        blk_session = batch.spec.block_session[batch.spec.token_blocks()]           # (S,) session of each token
-        txt_starts = [int((blk_session[:batch.s_txt] == i).nonzero()[0]) for i in range(len(sessions))]
-        img_starts = [int((blk_session[batch.s_txt:] == i).nonzero()[0]) for i in range(len(sessions))]
-        kvs = [s.kv or {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()} for s in sessions]
-        joined = {b: KVCache.join([kv[b] for kv in kvs], txt_starts, img_starts) for b in ("cond", "uncond")}
-        noise = None if seeds is None else session_noise(batch, seeds, self.pack_cfg.pad_multiple)
-        x = self._sample(_CachedModel(self.model, inner, batch, joined), batch, noise)
-        parts = {b: c.split(txt_starts, img_starts) for b, c in joined.items()}
-        for i, sess in enumerate(sessions):
-            sess.kv = {b: parts[b][i] for b in parts}
-        return self._decode(batch, x)
+            if sess.kv is None:
+                sess.kv = self.new_kv()
+        made = self.generate_many([self._item(torch.cat(s.latents_in), s.texts, p) for s, p in zip(sessions, prompts)],
+                                  [s.kv for s in sessions], seeds)
+        return [next(iter(d.values())) for d in made]          # each layout's one noisy block: the next frame
 
-    @torch.no_grad()
     def edit_cached(self, sess: "EditSession", prompt: str) -> tuple[np.ndarray, torch.Tensor]:
         """One turn of ``sess`` with its KV caches -> (image uint8 [H, W, 3], sampled latent [C, h, w]).
 
         The batch is packed exactly as ``edit_many`` packs it (so noise draws and positions match);
         only the model calls differ: each branch prefills the context it has not cached yet, then
-        every step runs the noisy target alone."""
-        reason = self.kv_cache_reason()
-        if reason:
-            raise ValueError(reason)
-        while len(sess.latents_in) < len(sess.images):          # frames are encoded once, when added
-            sess.latents_in.append(self.image.encode(sess.images[len(sess.latents_in)][None]))
-        batch = pack([self._item(torch.cat(sess.latents_in), sess.texts, prompt)], self.text.encode,
-                     self.pack_cfg, self.mask_type).to(self.device)
-        inner = _inner_model(self.model)
-        if sess.kv is None:
-            sess.kv = {"cond": inner.new_kv_cache(), "uncond": inner.new_kv_cache()}
-        x = self._sample(_CachedModel(self.model, inner, batch, sess.kv), batch)
-        return self._decode(batch, x)[0]
+        every step runs the noisy target alone. A turn cut short leaves the caches as they were."""
+        return self.edit_cached_many([sess], [prompt])[0]
+
+
+@contextmanager
+def kept_on_failure(caches: dict):
+    """Caches grown in place by a call (``{"cond", "uncond"}`` KVCaches) taken back to what they held before
+    it when it fails (an error, an interrupt): the context it added (a prompt that is not kept) would
+    otherwise make the session's next call refuse them."""
+    sizes = {b: c.sizes() for b, c in caches.items()}
+    try:
+        yield
+    except BaseException:
+        for b, c in caches.items():
+            c.truncate(sizes[b])
+        raise
 
 
 def session_noise(batch, seeds: list, pad_multiple: int = 1) -> torch.Tensor:

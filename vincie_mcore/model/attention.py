@@ -271,6 +271,27 @@ class KVCache:
         """long [N]: the cached tokens' joint rows in a batch with ``s_txt`` text tokens (entry order)."""
         return torch.cat([self.txt_rows, self.img_rows + s_txt])
 
+    def sizes(self) -> tuple[int, int]:
+        """(text entries, image entries): what ``truncate`` takes the cache back to."""
+        return self.n_txt, self.img_rows.numel()
+
+    def truncate(self, sizes: tuple[int, int]) -> None:
+        """Drop the entries added after the cache held ``sizes`` (a call cut short): each stream's entries
+        are kept in the order they were added (K/V: [text entries; image entries]), so its first ones stay."""
+        n_txt, n_img = sizes
+        if (n_txt, n_img) == self.sizes():
+            return
+        if n_txt > self.n_txt or n_img > self.img_rows.numel():
+            raise ValueError(f"kv_cache: cannot truncate {self.sizes()} entries to {sizes}")
+        idx = torch.cat([torch.arange(n_txt), self.n_txt + torch.arange(n_img)])
+        for layer in range(self.num_layers):
+            for name in ("k", "v"):
+                t = getattr(self, name)[layer]
+                getattr(self, name)[layer] = None if t is None or not idx.numel() else t[idx.to(t.device)]
+        self.txt_rows, self.img_rows = self.txt_rows[:n_txt], self.img_rows[:n_img]
+        self.txt_sig = None if self.txt_sig is None or not idx.numel() else self.txt_sig[:n_txt]
+        self.img_sig = None if self.img_sig is None or not idx.numel() else self.img_sig[:n_img]
+
     def nbytes(self) -> int:
         """Bytes held: K and V of every layer plus the rows and signatures."""
         ts = [*self.k, *self.v, self.txt_rows, self.img_rows, self.txt_sig, self.img_sig]
