@@ -141,6 +141,72 @@ def test_turn_one_is_official_sample_on_the_release_inputs(loaded):
     torch.testing.assert_close(sess.latents[1], x[-1], rtol=0, atol=1e-6)
 
 
+def test_release_io_reads_every_turn_s_images_as_generate_py(loaded, tmp_path):
+    """``sampler.release_io``: each turn's context is what the release's ``load_image_latent_v2i`` makes of the
+    files, written out here step by step: the start image as given and turn 1's output saved as the release
+    saves it (``* 255`` truncated, a PNG), re-opened, the second resized to the first's original size (PIL
+    bicubic), then ToTensor, AreaResize (bicubic with antialiasing on floats: torchvision's tensor path),
+    DivisibleCrop and Normalize(0.5, 0.5). The VAE latents given to ``official_sample`` match within 1e-5; the
+    output is the truncated decode. The default editor keeps the images unresampled (other latents); the
+    paper editor refuses the setting in one line; a batch and a resumed session keep the files."""
+    import dataclasses
+    import math
+
+    from vincie_mcore.infer.editor import Editor, edit_batch
+    from vincie_mcore.infer.official_editor import OfficialEditor
+
+    cfg, model, text, image, editor = loaded
+    ed = OfficialEditor(model, text, image, editor.pack_cfg, dataclasses.replace(editor.sampler, release_io=True),
+                        area=AREA)
+    src = _image(0, 40, 24)
+    seen = []
+    real = ed.session_inputs
+    ed.session_inputs = lambda *a, **k: seen.append(real(*a, **k)) or seen[-1]
+    sess = ed.start(src)
+    out1 = sess.edit(PROMPTS[0])
+    sess.edit(PROMPTS[1])
+    trunc = image.decode_float(sess.latents[0][None]).clamp(-1, 1).mul(0.5).add(0.5).mul(255).to(torch.uint8)
+    assert np.array_equal(out1, trunc[0].permute(1, 2, 0).numpy())
+    Image.fromarray(src).save(tmp_path / "input.png")
+    Image.fromarray(out1).save(tmp_path / "turn_0.png")                   # mediapy.write_image: a PNG
+
+    def load(paths):                                                        # generate.py, load_image_latent_v2i
+        frames, ori = [], None
+        for p in paths:
+            with Image.open(p) as img:
+                img = img.convert("RGB")
+                if ori is None:
+                    ori = img.size
+                else:
+                    img = img.resize(ori)
+                x = torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(255)      # ToTensor
+            h, w = x.shape[-2:]
+            scale = math.sqrt(AREA ** 2 / (h * w))                                          # AreaResize
+            x = torch.nn.functional.interpolate(x[None], size=(round(h * scale), round(w * scale)),
+                                                mode="bicubic", align_corners=False, antialias=True)[0]
+            h, w = x.shape[-2:]
+            ch, cw = h - h % 16, w - w % 16                                                 # DivisibleCrop
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            frames.append((x[:, top:top + ch, left:left + cw] - 0.5) / 0.5)                # Normalize
+        return image.encode_float(torch.stack(frames))
+    torch.testing.assert_close(seen[0][0]["latents"][:1], load([tmp_path / "input.png"]), rtol=0, atol=1e-5)
+    want = load([tmp_path / "input.png", tmp_path / "turn_0.png"])
+    torch.testing.assert_close(seen[1][0]["latents"][:2], want, rtol=0, atol=1e-5)
+    plain = editor.start(src)
+    plain.add_turn(PROMPTS[0], out1, own=True)
+    kept = image.encode(torch.stack(plain.images))                        # the default: unresampled, uint8
+    assert (kept[1] - want[1]).abs().max() > 1e-3
+    # a batch, and a session resumed from its files, read the same
+    again = ed.start(src)
+    again.add_turn(PROMPTS[0], out1, own=True)
+    seen.clear()
+    edit_batch([again, ed.start(_image(3, 24, 40))], [PROMPTS[1], PROMPTS[0]])
+    torch.testing.assert_close(seen[0][0]["latents"][:2], want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(again.latents[-1], sess.latents[-1], rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match=r"^sampler.release_io: only for a released model"):
+        Editor(model, text, image, editor.pack_cfg, None, dataclasses.replace(editor.sampler, release_io=True))
+
+
 def test_a_batch_of_sessions_gives_each_its_own_edit(loaded):
     """``edit_batch`` on the official editor: sessions of different sizes and history lengths in one
     ``official_sample`` batch, each image the one its session gets alone (the release's per-turn seed and

@@ -370,8 +370,18 @@ MUTANTS = [
            "                kv.update({b: parts[b][i] for b in parts})", "                pass",
            ("tests/infer/test_applications.py",), "batched chains never get their caches back, so every call "
                                                   "computes the whole history again"),
+    Mutant("release_io_no_round_trip", "vincie_mcore/infer/official_editor.py",
+           "            if j > 0 and (a.shape[1], a.shape[0]) != ori:",
+           "            if j < 0 and (a.shape[1], a.shape[0]) != ori:",
+           ("tests/infer/test_official_editor.py",), "release_io leaves the generated images at their size, where "
+                                                     "generate.py resizes them to the start image's original size"),
+    Mutant("release_io_rounds_its_output", "vincie_mcore/infer/official_editor.py",
+           "to_uint8(self.image.decode_float(lat[None]), truncate=True)",
+           "to_uint8(self.image.decode_float(lat[None]), truncate=False)",
+           ("tests/infer/test_official_editor.py",), "release_io rounds each output to uint8, where the release "
+                                                     "truncates it when it saves the PNG the next turn reads"),
     Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
-           "        self.chain = None                          # so does the chain's\n", "",
+           "        self.chain = None                          # the chain's cache holds the dropped turn too\n", "",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "
                                               "the undone turns as context"),
     Mutant("web_drag_default_recipe", "vincie_mcore/app/session.py",

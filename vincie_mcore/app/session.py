@@ -334,11 +334,8 @@ class WebSession:
         if s is None or not self.turns:
             raise AppError("undo: no turn to undo")
         self.maps.pop(len(s.images) - 1, None)
-        for name in ("images", "texts", "latents", "info"):
-            getattr(s, name).pop()
-        del s.latents_in[len(s.images):]           # encoded frames of the kept images stay
-        s.kv = None                                # the cache holds the dropped turn's K/V: rebuild once
-        self.chain = None                          # so does the chain's
+        s.pop_turn()
+        self.chain = None                          # the chain's cache holds the dropped turn too
         self.turns.pop()
 
     # -- views -------------------------------------------------------------------------------------

@@ -41,11 +41,32 @@ class PixelEncoder:
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
-        return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        return self.encode_float(to_float(images))
+
+    def encode_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as floats [N, 3, H, W] (-1..1, a resampled image may overshoot) -> latents."""
+        return x.float()
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """float [N, 3, H, W] -> uint8 [N, H, W, 3]."""
-        return ((latents.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+        return to_uint8(self.decode_float(latents))
+
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents -> pixels as floats [N, 3, H, W] in [-1, 1]."""
+        return latents.clamp(-1, 1)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1] (the release's ToTensor then Normalize(0.5, 0.5))."""
+    return images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def to_uint8(x: torch.Tensor, truncate: bool = False) -> torch.Tensor:
+    """float [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3], rounded; ``truncate``: as the release saves its
+    images (``clip(-1, 1) * 0.5 + 0.5``, ``* 255``, cast: the fraction dropped)."""
+    x = x.clamp(-1, 1)
+    u = x.mul(0.5).add(0.5).mul(255) if truncate else ((x + 1) * 127.5).round()
+    return u.to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class VAEEncoder:
@@ -77,16 +98,24 @@ class VAEEncoder:
         self.scale = getattr(c, "scaling_factor", 1.0) or 1.0
         self.shift = getattr(c, "shift_factor", 0.0) or 0.0
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0                      # (N, 3, H, W)
-        z = self.vae.encode(x.to(self.vae.device)).latent_dist.mode()             # (N, C, h, w)
-        return ((z - self.shift) * self.scale).cpu()
+        """uint8 [N, H, W, 3] -> latents [N, C, h, w]."""
+        return self.encode_float(to_float(images))
 
     @torch.no_grad()
+    def encode_float(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixels as floats [N, 3, H, W] (-1..1) -> latents [N, C, h, w] (the posterior's mode)."""
+        z = self.vae.encode(x.float().to(self.vae.device)).latent_dist.mode()     # (N, C, h, w)
+        return ((z - self.shift) * self.scale).cpu()
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        x = self.vae.decode(latents.to(self.vae.device) / self.scale + self.shift).sample
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        """latents -> uint8 [N, H, W, 3]."""
+        return to_uint8(self.decode_float(latents))
+
+    @torch.no_grad()
+    def decode_float(self, latents: torch.Tensor) -> torch.Tensor:
+        """latents -> pixels as floats [N, 3, H, W] in [-1, 1] (CPU)."""
+        return self.vae.decode(latents.to(self.vae.device) / self.scale + self.shift).sample.clamp(-1, 1).cpu()
 
 
 def build_image_encoder(cfg: ImageEncoderConfig, device="cpu"):

@@ -45,6 +45,7 @@ class SamplerConfig:
     guidance: float = 10.0     # paper: 10; text-only unconditional branch
     camera_prompts: bool = True
     seed: int = 0
+    release_io: bool = False   # the official editor only: images between turns as generate.py handles them
 
     def __post_init__(self):
         if self.steps < 1:
@@ -60,6 +61,9 @@ class Editor:
         self.model, self.text, self.image = model, text_encoder, image_encoder
         self.pack_cfg, self.flow_cfg = pack_cfg, flow_cfg
         self.sampler = sampler or SamplerConfig()
+        if self.sampler.release_io:
+            raise ValueError("sampler.release_io: only for a released model (model.variant 'official'): it copies "
+                             "the release's generate.py image handling")
         self.device = torch.device(device)
         self.mask_type = mask_type
         self.use_kv_cache = use_kv_cache
@@ -309,6 +313,8 @@ class EditSession:
     latents: list = field(default_factory=list)  # per edit: the sampled target latent [C, h, w] (before decode)
     # (an add_turn turn is given, not sampled: it adds to images and texts only)
     latents_in: list = field(default_factory=list, repr=False)   # KV path: encoded I0, I1, ... [1, C, h, w]
+    # the official editor's release_io: per image, the image as given before fitting (None: made here)
+    files: list | None = field(default=None, repr=False)
     kv: dict | None = field(default=None, repr=False)            # KV path: {"cond", "uncond"} KVCache
 
     def add_turn(self, prompt: str, image, own: bool = False) -> None:
@@ -326,14 +332,28 @@ class EditSession:
                 raise ValueError(f"image: expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
             self.images.append(torch.from_numpy(np.ascontiguousarray(a)))
         else:
-            self.images.append(self.editor.start(image).images[0])
+            given = self.editor.start(image)
+            self.images.append(given.images[0])
+        if self.files is not None:
+            self.files.append(None if own else given.files[0])
         self.texts.append(prompt)
+
+    def pop_turn(self) -> None:
+        """Drop the last turn's image, text, sample and info row (the web editor's undo)."""
+        for name in ("images", "texts", "latents", "info"):
+            getattr(self, name).pop()
+        if self.files is not None:
+            self.files.pop()
+        del self.latents_in[len(self.images):]      # encoded frames of the kept images stay
+        self.kv = None                              # the cache holds the dropped turn's K/V: rebuilt once
 
     def edit(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()
         reason = self.editor.kv_cache_reason()
         if reason is None:
             out, lat = self.editor.edit_cached(self, prompt)
+        elif self.files is not None:      # the official editor's release_io: the images as given, too
+            out, lat = self.editor.edit_turn(self.images, self.texts, prompt, files=self.files)
         else:       # the re-packing path (the official variant's editor has only this one)
             out, lat = self.editor.edit_turn(self.images, self.texts, prompt)
         return self._record(prompt, out, lat, reason, time.perf_counter() - t0)
@@ -344,6 +364,8 @@ class EditSession:
         self.images.append(torch.from_numpy(out))
         self.texts.append(prompt)
         self.latents.append(lat)
+        if self.files is not None:
+            self.files.append(None)
         nbytes = sum(c.nbytes() for c in self.kv.values()) if self.kv else 0
         self.info.append(dict(turn=len(self.texts), kv_cache=reason is None, reason=reason, cache_bytes=nbytes,
                               seconds=seconds, batch=batch))
@@ -384,7 +406,8 @@ def edit_batch(sessions: list[EditSession], prompts: list[str], seeds: list[int]
     if reason is None:
         made = editor.edit_cached_many(sessions, prompts, seeds)
     else:
-        made = editor.edit_turns([(s.images, s.texts) for s in sessions], prompts, seeds)
+        made = editor.edit_turns([(s.images, s.texts) if s.files is None else (s.images, s.texts, s.files)
+                                  for s in sessions], prompts, seeds)
     seconds = time.perf_counter() - t0
     return [s._record(p, out, lat, reason, seconds, len(sessions)) for s, p, (out, lat) in zip(sessions, prompts, made)]
 

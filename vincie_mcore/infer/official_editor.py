@@ -17,6 +17,13 @@ The start image is fitted the release's way: resized (bicubic) to the area ``are
 ratio, then centre-cropped to a multiple of patch x VAE factor (``AreaResize`` + ``DivisibleCrop``).
 ``EditSession`` (infer/editor.py) holds the history; this editor only supplies its turns.
 
+``sampler.release_io`` copies what ``generate.py`` does to images between turns, where the default keeps
+them unresampled (docs/official.md, "Editing"): each turn re-reads every context image from its file (the
+start image as given, each generated one as saved: ``* 255`` truncated to uint8), resizes every image after
+the first to the *original* start image's size (PIL, bicubic), then fits each on floats (``ToTensor``,
+``AreaResize``: torchvision's bicubic with antialiasing, ``DivisibleCrop``, ``Normalize(0.5, 0.5)``;
+``release_pixels``). What stays apart: the VAE encodes the posterior's mode (the release draws a sample).
+
 Multi-concept composition (the release's README, ``pad_img_placehoder=False``): ``compose_session`` starts a
 session from several reference images, every later image resized to the first's size (bicubic) before the
 fitting, as ``generate.py`` loads them; its editor (``with_template(False)``) takes every text verbatim
@@ -30,6 +37,7 @@ import math
 import numpy as np
 import torch
 
+from ..encoders.image import to_uint8
 from ..model.official import OFFICIAL_NEGATIVE_PROMPT, official_sample, official_turn_texts
 from ..parallel import cpu_compat
 from ..packed.official import official_compose_texts
@@ -80,6 +88,7 @@ class OfficialEditor:
         self.pack_cfg = pack_cfg
         self.sampler = sampler or SamplerConfig()
         self.area, self.device = area, torch.device(device)
+        self.release_io = bool(getattr(self.sampler, "release_io", False))
         self.negative_prompt, self.prefix, self.template = negative_prompt, prefix, bool(template)
         self.step_callback = None       # callback(done, steps) after each sampling step (progress in a UI)
 
@@ -113,7 +122,41 @@ class OfficialEditor:
         return np.ascontiguousarray(a[top:top + ch, left:left + cw])
 
     def start(self, image) -> EditSession:
-        return EditSession(self, [torch.from_numpy(self.fit(image))], [])
+        sess = EditSession(self, [torch.from_numpy(self.fit(image))], [])
+        if self.release_io:                  # the image as given: each turn fits it again, as generate.py
+            sess.files = [np.ascontiguousarray(np.asarray(image))]
+        return sess
+
+    def release_pixels(self, images, files=None) -> torch.Tensor:
+        """A session's context images as ``generate.py``'s ``load_image_latent_v2i`` reads them -> float
+        [N, 3, H, W] (Normalize(0.5, 0.5): about -1..1, bicubic may overshoot). ``files[j]``: image j as
+        given (None, or no ``files``: ``images[j]`` itself, an image made here and saved as it is). Every
+        image after the first is first resized to the first's size (PIL bicubic, the release's
+        ``img.resize(ori_size)``), then each goes through ToTensor, AreaResize (torchvision's bicubic on
+        floats, with antialiasing) and DivisibleCrop (torchvision's ``center_crop``)."""
+        from PIL import Image
+
+        files = list(files) if files is not None else [None] * len(images)
+        arrays = [np.asarray(f if f is not None else im) for im, f in zip(images, files)]
+        ori = (arrays[0].shape[1], arrays[0].shape[0])                  # PIL's (W, H)
+        out = []
+        for j, a in enumerate(arrays):
+            if j > 0 and (a.shape[1], a.shape[0]) != ori:               # PIL returns a copy at the same size
+                a = np.asarray(Image.fromarray(a).resize(ori, Image.BICUBIC))
+            x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div(255)   # ToTensor
+            h, w = x.shape[-2:]
+            if self.area is not None:
+                scale = math.sqrt(self.area * self.area / (h * w))
+                size = (round(h * scale), round(w * scale))
+                if size != (h, w):                                      # torchvision returns it as it is
+                    x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", align_corners=False,
+                                                        antialias=True)[0]
+                h, w = size
+            m = self.multiple
+            ch, cw = h - h % m, w - w % m
+            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+            out.append(x[:, top:top + ch, left:left + cw].sub(0.5).div(0.5))     # Normalize(0.5, 0.5)
+        return torch.stack(out)
 
     def with_template(self, template: bool) -> "OfficialEditor":
         """This editor (the same model and encoders) with the release's template on or off."""
@@ -143,13 +186,21 @@ class OfficialEditor:
         same = [r if r.shape[:2] == (h, w) else np.asarray(Image.fromarray(r).resize((w, h), Image.BICUBIC))
                 for r in refs]
         ed = self.with_template(False)
-        return EditSession(ed, [torch.from_numpy(ed.fit(r)) for r in same], texts[:-1]), texts[-1]
+        sess = EditSession(ed, [torch.from_numpy(ed.fit(r)) for r in same], texts[:-1])
+        if self.release_io:                  # the references as given (release_pixels resizes them again)
+            sess.files = [np.ascontiguousarray(r) for r in refs]
+        return sess, texts[-1]
 
-    def session_inputs(self, images, texts: list[str], prompt: str) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """One turn's ``official_sample`` inputs: (session dict, negative rows [L, text_dim], noise [T, C, h, w])."""
+    def session_inputs(self, images, texts: list[str], prompt: str,
+                       files=None) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One turn's ``official_sample`` inputs: (session dict, negative rows [L, text_dim], noise [T, C, h, w]).
+        ``files``: under ``release_io``, each image as given (``release_pixels``)."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("prompt: expected a non-empty string")
-        lat = self.image.encode(torch.stack([torch.as_tensor(np.asarray(im)) for im in images]))   # (n+1, C, h, w)
+        if self.release_io:
+            lat = self.image.encode_float(self.release_pixels(images, files))                    # (n+1, C, h, w)
+        else:
+            lat = self.image.encode(torch.stack([torch.as_tensor(np.asarray(im)) for im in images]))
         latents = torch.cat([lat, torch.zeros_like(lat[:1])])          # the frame to generate: zero latent
         rows = self.text.encode(self.turn_texts(list(texts) + [prompt]))
         negative = self.text.encode([self.negative_prompt])[0]
@@ -161,21 +212,22 @@ class OfficialEditor:
         return sess, negative.to(dev), noise.to(dev)
 
     @torch.no_grad()
-    def edit_turn(self, images, texts: list[str], prompt: str) -> tuple[np.ndarray, torch.Tensor]:
-        """One turn from the history (images uint8 [H, W, 3] I0..I_n, instructions T0..T_{n-1}) ->
-        (image uint8 [H, W, 3], sampled latent [C, h, w])."""
-        return self.edit_turns([(images, texts)], [prompt])[0]
+    def edit_turn(self, images, texts: list[str], prompt: str, files=None) -> tuple[np.ndarray, torch.Tensor]:
+        """One turn from the history (images uint8 [H, W, 3] I0..I_n, instructions T0..T_{n-1}; ``files``:
+        ``session_inputs``) -> (image uint8 [H, W, 3], sampled latent [C, h, w])."""
+        return self.edit_turns([(images, texts, files)], [prompt])[0]
 
     @torch.no_grad()
     def edit_turns(self, histories, prompts: list[str], seeds=None) -> list[tuple[np.ndarray, torch.Tensor]]:
         """One turn of several sessions in one ``official_sample`` batch -> per session (image, latent), each
-        the one ``edit_turn`` gives it alone (its noise is seeded the same way, the negative prompt shared)."""
+        the one ``edit_turn`` gives it alone (its noise is seeded the same way, the negative prompt shared).
+        ``histories[i]``: (images, texts) or (images, texts, files)."""
         if seeds is not None:
             raise ValueError("seeds: the official editor draws every turn's noise from sampler.seed "
                              "(the release's fix_seed), not per edit")
         if len(histories) != len(prompts):
             raise ValueError(f"edit_turns: {len(prompts)} prompts for {len(histories)} histories")
-        inputs = [self.session_inputs(images, texts, prompt) for (images, texts), prompt in zip(histories, prompts)]
+        inputs = [self.session_inputs(*h[:2], prompt, *h[2:]) for h, prompt in zip(histories, prompts)]
         s = self.sampler
         model = _Progress(self.model, self.inner.cfg, self.step_callback, s.steps, 2 if s.guidance != 1.0 else 1)
         with cpu_compat.suspended():                                    # no CUDA-by-name calls in sampling
@@ -184,5 +236,7 @@ class OfficialEditor:
         outs = []
         for f in frames:                                                # (T, C, h, w) per session
             lat = f[-1].float().cpu()
-            outs.append((self.image.decode(lat[None])[0].numpy(), lat))
+            image = to_uint8(self.image.decode_float(lat[None]), truncate=True) if self.release_io \
+                else self.image.decode(lat[None])
+            outs.append((image[0].numpy(), lat))
         return outs
