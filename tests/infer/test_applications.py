@@ -678,3 +678,44 @@ def test_batch_cli_edits_every_job_resumes_and_skips_a_bad_image(demo_run, megat
     with pytest.raises(SystemExit) as e:
         main(["batch", *run, "--out", str(tmp_path / "x"), "--batch", "0"])
     assert e.value.code == 2 and capsys.readouterr().err.strip().endswith("argument --batch: expected an integer >= 1, got '0'")
+
+
+def test_batch_cli_by_chain_of_editing(demo_run, megatron_cpu, tmp_path, capsys):
+    """``vincie-edit batch --coe cs --batch 2``: each turn's source map written beside its image and shown before
+    it in the strip, the images and maps those of ``--batch 1``; a rerun reads everything back; the folder
+    records the inference (a plain rerun into it is refused in one line)."""
+    import json
+    import shutil
+
+    from vincie_tools.edit import main
+
+    from vincie_mcore.eval.edit_runs import map_path
+
+    d = demo_run
+    jobs = tmp_path / "jobs"
+    jobs.mkdir()
+    for f in ("start.png", "other.png"):
+        shutil.copy(d / f, jobs / f)
+    rows = [{"id": "a", "image": "start.png", "prompts": ["make it blue", "remove it"]},
+            {"id": "b", "image": "other.png", "prompts": ["add a hat"]}]
+    (jobs / "jobs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = ["batch", "--run", str(d / "run"), "--jobs", str(jobs / "jobs.jsonl"), "--set", "sampler.steps=2", "--quiet",
+           "--coe", "cs"]
+    for n in (2, 1):
+        assert main([*run, "--out", str(tmp_path / f"b{n}"), "--batch", str(n)]) == 0
+        assert "2 of 2 jobs edited (3 edits made now, 0 read back)" in capsys.readouterr().out
+    for k, turns in (("a", 2), ("b", 1)):
+        for t in range(1, turns + 1):
+            x, y = (tmp_path / f"b{n}" / k / f"turn_{t}.png" for n in (2, 1))
+            assert np.abs(np.asarray(Image.open(x), int) - np.asarray(Image.open(y), int)).max() <= 1
+            assert np.array_equal(np.asarray(Image.open(map_path(x, "roe_src"))),
+                                  np.asarray(Image.open(map_path(y, "roe_src"))))
+            assert not map_path(x, "roe_tgt").exists()
+        assert _panels(tmp_path / "b2" / k / "strip.png") == 1 + 2 * turns          # start | per turn: map, image
+    assert json.loads((tmp_path / "b2" / "editor.json").read_text())["coe"] == "cs"
+    assert main([*run, "--out", str(tmp_path / "b2")]) == 0
+    assert "(0 edits made now, 3 read back)" in capsys.readouterr().out
+    assert main([r for r in run if r not in ("--coe", "cs")] + ["--out", str(tmp_path / "b2")]) == 2
+    err = capsys.readouterr().err
+    assert "holds edits made with coe='cs', this run has coe=None" in err and len(err.strip().splitlines()) == 1
+

@@ -88,7 +88,8 @@ def main(argv=None) -> int:
 def batch(argv) -> int:
     """``vincie-edit batch``: every job of a JSONL file, ``--batch`` sessions per model pass, each edit written
     as it is made (a rerun into the same --out makes only what is missing, the same images), then a strip per
-    job. An image that cannot be read skips its job (``failures.jsonl``), the rest go on."""
+    job. An image that cannot be read skips its job (``failures.jsonl``), the rest go on. ``--coe``: each turn
+    by chain-of-editing, its RoE maps first (saved beside its image, shown in the strip)."""
     ap = argparse.ArgumentParser(prog="vincie-edit batch", description=batch.__doc__.split("\n")[0])
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--run", help="training run folder to edit with")
@@ -99,6 +100,11 @@ def batch(argv) -> int:
     from vincie_tools.benchmark import positive_int
 
     ap.add_argument("--batch", type=positive_int, default=1, metavar="N", help="sessions per model pass (default 1)")
+    from vincie_mcore.infer.applications import COE
+
+    ap.add_argument("--coe", choices=tuple(COE), default="none",
+                    help="each turn by chain-of-editing: its current (cs), next (ns) or both RoE maps predicted "
+                         "first, saved beside its image as turn_<t>_roe_src.png / _roe_tgt.png")
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                     help="the model's input size, sources centre-cropped to it (default: a run's "
                          "data.world.image_px, or 512 512)")
@@ -121,12 +127,14 @@ def batch(argv) -> int:
             from vincie_mcore.data.sharded import parse_shard
 
             jobs = edit_runs.shard_of(jobs, parse_shard(a.shard))
-        from vincie_tools.benchmark import input_size, load_editor
+        from vincie_tools.benchmark import coe_recipe, input_size, load_editor
 
         editor, cfg, weights = load_editor(a)
+        recipe = coe_recipe(a, cfg)                          # the run's mask prompts; refused for a release
+        maps, info = edit_runs.coe_setup(a.coe, dict(run=str(Path(a.run or a.export).resolve()), set=list(a.set),
+                                                     **weights))
         size = input_size(a, cfg)
-        edit_runs.claim(out, editor, size=list(size), run=str(Path(a.run or a.export).resolve()), set=list(a.set),
-                        **weights)
+        edit_runs.claim(out, editor, size=list(size), **info)
     except (ValueError, FileNotFoundError, KeyError, RuntimeError, OSError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
@@ -143,10 +151,13 @@ def batch(argv) -> int:
         failed[chain.key] = " ".join(str(error).split())
         print(f"skipped job {chain.key!r}: {failed[chain.key]}", file=sys.stderr)
 
-    chains = [edit_runs.source_chain(editor, j["id"], j, j["prompts"],     # the image read when its chain starts
-                                     [out / safe_name(j["id"], "id") / f"turn_{t + 1}.png" for t in range(len(j["prompts"]))],
-                                     load_source)
-              for j in jobs]
+    def paths(j):
+        return [out / safe_name(j["id"], "id") / f"turn_{t + 1}.png" for t in range(len(j["prompts"]))]
+    if maps:                                                  # the image read when its chain starts
+        chains = [edit_runs.coe_chain(editor, j["id"], j, j["prompts"], paths(j), load_source, maps, recipe)
+                  for j in jobs]
+    else:
+        chains = [edit_runs.source_chain(editor, j["id"], j, j["prompts"], paths(j), load_source) for j in jobs]
     try:
         outs, made = edit_runs.run_chains(editor, chains, a.batch, progress=None if a.quiet else "vincie-edit batch",
                                           on_error=skip)
@@ -162,7 +173,15 @@ def batch(argv) -> int:
         except (ValueError, OSError) as e:
             skip(chain, e)
             continue
-        save_strip([first] + images, out / safe_name(j["id"], "id") / "strip.png", texts=j["prompts"])
+        panels, labels = [first], ["start"]
+        for t, (image, prompt) in enumerate(zip(images, j["prompts"]), 1):
+            for kind in maps:                                 # chain-of-editing: the turn's maps before its image
+                m = edit_runs.map_path(paths(j)[t - 1], kind)
+                panels.append(edit_runs.load_png(m, f"job {j['id']!r} turn {t} {kind} map"))
+                labels.append(f"{t}: {'where it changes' if kind == 'roe_src' else 'where it will be'}")
+            panels.append(image)
+            labels.append(f"{t}: {prompt}")
+        save_strip(panels, out / safe_name(j["id"], "id") / "strip.png", labels=labels)
         done += 1
     # this run's failures (a rerun after a fix clears them); a shard's apart, and no gallery: the full run's
     name = "failures.jsonl" if a.shard is None else f"failures_shard_{a.shard.replace('/', 'of')}.jsonl"

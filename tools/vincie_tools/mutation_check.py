@@ -380,6 +380,11 @@ MUTANTS = [
            "to_uint8(self.image.decode_float(lat[None]), truncate=False)",
            ("tests/infer/test_official_editor.py",), "release_io rounds each output to uint8, where the release "
                                                      "truncates it when it saves the PNG the next turn reads"),
+    Mutant("coe_folder_read_back_as_plain", "vincie_mcore/eval/edit_runs.py",
+           "{**(run_info or {}), \"coe\": None if coe == \"none\" else coe}",
+           "({**(run_info or {}), \"coe\": coe} if coe != \"none\" else run_info)",
+           ("tests/infer/test_applications.py",), "a plain rerun into a chain-of-editing folder whose edits all exist "
+                                                  "reads them back as plain edits"),
     Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
            "        self.chain = None                          # the chain's cache holds the dropped turn too\n", "",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "

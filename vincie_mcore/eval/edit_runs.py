@@ -188,14 +188,13 @@ def source_chain(editor, key: str, source: np.ndarray, instructions: list[str], 
 
 def coe_setup(coe: str, run_info: dict | None) -> tuple[tuple, dict | None]:
     """A benchmark's ``coe`` (``applications.COE``) checked -> (the maps each turn predicts first, the run_info
-    its folder records: ``coe`` added when on, so a folder of one inference refuses another)."""
+    its folder records: ``coe``, None when off (as folders written before it was recorded read), so a folder of
+    one inference refuses another even when every edit exists and the model never loads)."""
     from ..infer.applications import COE
 
     if coe not in COE:
         raise ValueError(f"coe: expected one of {', '.join(COE)}, got {coe!r}")
-    if coe == "none":
-        return (), run_info
-    return COE[coe], {**(run_info or {}), "coe": coe}
+    return (COE[coe] if coe != "none" else ()), {**(run_info or {}), "coe": None if coe == "none" else coe}
 
 
 def map_path(image_path, kind: str) -> Path:
