@@ -417,6 +417,12 @@ def test_hf_export_of_the_import_edits_like_the_run(loaded, run, tmp_path):
     assert cfg is None and len(weights["weights_sha256"]) == 64 and not deferred.loaded
     ed = deferred.get()
     assert isinstance(ed, OfficialEditor) and (ed.sampler.steps, ed.sampler.seed, ed.area) == (2, 7, AREA)
+    assert not ed.release_io
+    ed = load_editor(argparse.Namespace(export=str(tmp_path / "export"), run=None,
+                                        set=["sampler.release_io=true"]))[0].get()
+    assert ed.release_io and ed.start(start).files is not None               # the export reads the release's way
+    with pytest.raises(ValueError, match=r"^--set: sampler.release_io: expected true or false, got 'yes'$"):
+        load_editor(argparse.Namespace(export=str(tmp_path / "export"), run=None, set=["sampler.release_io=yes"]))
     # the web editor on the export: the release's editor too (the same first turn as the pipeline's)
     from vincie_mcore.app.session import Backend, WebSession
     be = Backend.from_export(tmp_path / "export")

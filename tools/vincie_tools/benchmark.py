@@ -50,7 +50,7 @@ def _parser():
     m.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="the model's input size (default: a run's data.world.image_px, or 512 512)")
     m.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
+                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift/release_io only")
     m.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     m.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
@@ -72,7 +72,7 @@ def _parser():
     b.add_argument("--edit-size", type=int, default=None, help="resize sources to this square before editing")
     b.add_argument("--out", required=True)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
+                   help="config override for --run; with --export, sampler.steps/guidance/seed/shift/release_io only")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
     b.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
@@ -146,7 +146,13 @@ def positive_int(v: str) -> int:
     return n
 
 
-EXPORT_SAMPLER = {"steps": int, "guidance": float, "seed": int, "shift": float}
+def _bool(value: str) -> bool:
+    if value.lower() not in ("true", "false"):
+        raise ValueError(value)
+    return value.lower() == "true"
+
+
+EXPORT_SAMPLER = {"steps": int, "guidance": float, "seed": int, "shift": float, "release_io": _bool}
 
 
 def export_sampler(sets: list[str]) -> dict:
@@ -162,7 +168,8 @@ def export_sampler(sets: list[str]) -> dict:
         try:
             out[name] = EXPORT_SAMPLER[name](value)
         except ValueError:
-            raise ValueError(f"--set: {key}: expected a number, got {value!r}") from None
+            raise ValueError(f"--set: {key}: expected {'true or false' if name == 'release_io' else 'a number'}, "
+                             f"got {value!r}") from None
     return out
 
 

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="edit_strip.png", help="edit strip PNG")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="config override, e.g. sampler.steps=30 sampler.guidance=3 (with --export: "
-                         "sampler.steps/guidance/seed/shift only)")
+                         "sampler.steps/guidance/seed/shift/release_io only)")
     a = ap.parse_args(argv)
 
     from vincie_mcore.data.media import MediaError, load_image
@@ -109,7 +109,7 @@ def batch(argv) -> int:
                     help="the model's input size, sources centre-cropped to it (default: a run's "
                          "data.world.image_px, or 512 512)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift only")
+                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift/release_io only")
     ap.add_argument("--shard", default=None, metavar="i/N",
                     help="edit only jobs i, i+N, ... (one GPU of N: VINCIE_BIN=vincie-edit bash slurm/benchmark.sh N -- "
                          "batch ...); the same command without --shard then reads them back and writes index.html")

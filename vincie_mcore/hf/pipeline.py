@@ -118,14 +118,15 @@ class VincieEditPipeline:
         return outs
 
     def editor(self, steps: int | None = None, guidance: float | None = None, seed: int | None = None,
-               shift: float | None = None):
+               shift: float | None = None, release_io: bool | None = None):
         """The editor over this pipeline's model (``Editor``, or ``OfficialEditor`` for a release) with the
-        exported sampler settings, each one given here replacing its own."""
+        exported sampler settings, each one given here replacing its own (``release_io``: a release's only)."""
         s = self.sampler
         sampler = dataclasses.replace(s, steps=s.steps if steps is None else int(steps),
                                       guidance=s.guidance if guidance is None else float(guidance),
                                       shift=s.shift if shift is None else float(shift),
-                                      seed=s.seed if seed is None else int(seed))
+                                      seed=s.seed if seed is None else int(seed),
+                                      release_io=s.release_io if release_io is None else bool(release_io))
         return editor_for(self.model.cfg.variant, self.model, self.text_encoder, self.image_encoder, self.pack,
                           self.flow, sampler, self.device, self.mask_type, self.area)
 
