@@ -350,6 +350,15 @@ else
         --hidden 64 --layers 2 --heads 2 --image-tokens 4 --steps 2 --device cpu \
         --out "$OUT/bench_editor_batched.json"
 fi
+# The editor's KV cache (torch core) against the Triton kernel without it, the core `auto` picks on a GPU
+# (docs/kv_cache.md, "Where it runs"): seconds per turn both ways beside the two paths' differences (bf16).
+if [ "$HAS_GPU" = 1 ]; then
+    run_step bench_editor_kv 45 "$PY" -m vincie_tools.bench_editor --device cuda --baseline-backend triton \
+        --hidden 1024 --layers 8 --heads 16 --image-tokens 32 --steps 10 --turns 4 --out "$OUT/bench_editor_kv.json"
+else
+    run_step bench_editor_kv 45 "$PY" -m vincie_tools.bench_editor --hidden 64 --layers 2 --heads 2 \
+        --image-tokens 4 --steps 2 --turns 2 --out "$OUT/bench_editor_kv.json"
+fi
 # The learned data filters (data/quality.py) per 3-frame session at their published sizes (random weights),
 # the aesthetic scores checked by hand in the same run. A CPU dry run: toy sizes.
 if ! "$PY" -c "import transformers" 2>/dev/null; then

@@ -146,3 +146,16 @@ def test_other_backend_falls_back(megatron_cpu):
     assert reason.startswith("kv_cache: needs the torch attention core") and "\n" not in reason
     ed = Editor(model, None, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(), mask_type="block_causal")
     assert ed.kv_cache_reason() == reason
+
+
+def test_benchmark_reports_both_paths_beside_its_check(megatron_cpu):
+    """``vincie-bench-editor`` at a tiny size: per-turn seconds both ways, the cache seen to run, the two
+    paths' samples within 1e-5, the attention cores and dtype named in the JSON."""
+    from vincie_mcore.perf.bench_editor import bench_editor
+
+    r = bench_editor(hidden=32, layers=2, heads=2, image_tokens=2, steps=1, turns=2)
+    assert [t["turn"] for t in r["turns"]] == [1, 2] and all(t["seconds_cache"] > 0 for t in r["turns"])
+    assert r["max_abs_diff_samples"] < 1e-5 and r["model_calls_compared"] == 2 * 2
+    assert (r["config"]["cache_backend"], r["config"]["no_cache_backend"], r["config"]["dtype"]) == \
+        ("torch", "torch", "float32") and r["device"] == "cpu"
+

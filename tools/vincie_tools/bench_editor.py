@@ -7,7 +7,8 @@
 
 Prints one JSON line: seconds per turn on both paths, their ratio, the cache's bytes, and the
 largest difference between the two paths' model outputs and samples in the same run
-(``vincie_mcore/perf/bench_editor.py``; docs/kv_cache.md). With --batch: benchmark chains under the full
+(``vincie_mcore/perf/bench_editor.py``; docs/kv_cache.md); --device cuda --baseline-backend triton: bf16 on a
+GPU, the cache (torch core) against the Triton kernel without it. With --batch: benchmark chains under the full
 mask at one session per pass and at N, edits per second each way and the largest pixel difference
 between the two runs (docs/benchmarks.md, "Batched editing"); --device cuda runs it in bf16 on a GPU.
 With --app chain: chain-of-editing with and without the KV cache, every generate call's latent compared.
@@ -31,7 +32,10 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--batch", type=int, default=None, help="benchmark batched editing: sessions per model pass")
     ap.add_argument("--sessions", type=int, default=8, help="with --batch: chains to edit")
-    ap.add_argument("--device", default="cpu", help="with --batch: cpu or cuda")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (bf16); not with --app")
+    ap.add_argument("--baseline-backend", choices=["torch", "triton"], default="torch",
+                    help="the KV-cache benchmark: the attention core of the no-cache path (triton: what auto "
+                         "picks on a GPU; the cache runs on the torch core)")
     ap.add_argument("--app", choices=["chain"], help="benchmark an application's calls instead of editing turns")
     ap.add_argument("--out", help="write the JSON here as well")
     args = ap.parse_args(argv)
@@ -46,7 +50,7 @@ def main(argv=None):
                                 args.steps, args.turns, args.guidance, args.seed, args.device)
         else:
             res = bench_editor(args.hidden, args.layers, args.heads, args.image_tokens, args.steps, args.turns,
-                               args.guidance, args.seed)
+                               args.guidance, args.seed, args.device, args.baseline_backend)
     except ValueError as e:
         ap.error(str(e))
     if args.out:

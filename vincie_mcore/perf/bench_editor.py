@@ -1,8 +1,9 @@
 """The editor's benchmarks (CLI ``vincie-bench-editor``), each with its correctness check in the same run:
 
-* ``bench_editor``: a multi-turn block_causal edit with and without the KV cache, same random fp32
-  model, image, prompts and noise (CPU), timed per turn, with the two paths' largest differences
-  (docs/kv_cache.md);
+* ``bench_editor``: a multi-turn block_causal edit with and without the KV cache, same random model,
+  image, prompts and noise (fp32 on CPU, bf16 on CUDA, where the no-cache path may run another attention
+  core: the Triton kernel that ``auto`` picks there), timed per turn, with the two paths' largest
+  differences (docs/kv_cache.md);
 * ``bench_batched``: benchmark-style chains (``eval.edit_runs.run_chains``) under the full mask, one
   session per model pass against ``batch`` sessions per pass, edits per second and the largest pixel
   difference between the two runs' images (docs/benchmarks.md, "Batched editing")."""
@@ -16,8 +17,9 @@ from ..diffusion.flow import FlowConfig
 from ..infer.editor import Editor, SamplerConfig
 
 
-def _model(hidden, layers, heads, image_tokens, steps, turns, seed, device="cpu", dtype=torch.float32):
-    """A random MM-DiT (torch attention core) and text encoder for the editor benchmarks."""
+def _model(hidden, layers, heads, image_tokens, steps, turns, seed, device="cpu", dtype=torch.float32,
+           backend: str = "torch"):
+    """A random MM-DiT (the ``backend`` attention core) and text encoder for the editor benchmarks."""
     from ..config import build
     from ..encoders.text import TextEncoder, TextEncoderConfig
     from ..model import MMDiTConfig, build_model
@@ -33,7 +35,7 @@ def _model(hidden, layers, heads, image_tokens, steps, turns, seed, device="cpu"
     cfg = build(MMDiTConfig, dict(
         hidden_size=hidden, num_layers=layers, mm_layers=max(layers // 2, 1), num_heads=heads,
         ffn_hidden_size=-(-8 * hidden // 3 // 64) * 64, text_dim=64, patch_dim=192, max_turns=turns + 2,
-        rope_axes_dim=list(ax), adaln_zero_init=False, text_adaln=True, attention_backend="torch"), "model")
+        rope_axes_dim=list(ax), adaln_zero_init=False, text_adaln=True, attention_backend=backend), "model")
     torch.manual_seed(seed)
     model = build_model(cfg, device=device, params_dtype=dtype).eval()
     with torch.no_grad():                                  # zero-init output layer: every output would be 0
@@ -42,25 +44,34 @@ def _model(hidden, layers, heads, image_tokens, steps, turns, seed, device="cpu"
 
 
 def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_tokens: int = 16, steps: int = 10,
-                 turns: int = 5, guidance: float = 3.0, seed: int = 0) -> dict:
-    """Time per turn of a ``turns``-turn block_causal session with and without the KV cache,
-    same random fp32 model, image, prompts and noise (CPU), with the largest difference between
-    the two paths' model outputs and samples measured in the same run."""
+                 turns: int = 5, guidance: float = 3.0, seed: int = 0, device: str = "cpu",
+                 baseline_backend: str = "torch") -> dict:
+    """Time per turn of a ``turns``-turn block_causal session with and without the KV cache, same random
+    model (fp32 on CPU, bf16 on CUDA), image, prompts and noise, with the largest difference between the two
+    paths' model outputs and samples measured in the same run. The cache runs on the torch attention core;
+    the no-cache path on ``baseline_backend`` (the same weights): "triton" on a GPU answers whether the cache
+    beats the kernel that ``attention_backend: auto`` picks there."""
     from ..encoders.image import PixelEncoder
     from ..runinfo import code_version
 
-    model, text = _model(hidden, layers, heads, image_tokens, steps, turns, seed)
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    model, text = _model(hidden, layers, heads, image_tokens, steps, turns, seed, dev, dtype)
+    base = model
+    if baseline_backend != "torch":                     # the same weights behind another attention core
+        base, _ = _model(hidden, layers, heads, image_tokens, steps, turns, seed, dev, dtype, baseline_backend)
+        base.load_state_dict(model.state_dict())
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 256, (8 * image_tokens, 8 * image_tokens, 3), dtype=np.uint8)
     prompts = [f"turn {i}: move the {c} square to the {p}" for i, (c, p) in
                enumerate(zip(["red", "blue", "green", "yellow", "white"] * turns, ["left", "right", "top"] * turns))][:turns]
 
     def run(use_kv_cache: bool, n_turns: int, n_steps: int):
-        outs = []
-        hook = model.register_forward_hook(lambda m, a, o: outs.append(o[a[1].img_loss_mask].clone()))
+        outs, m = [], model if use_kv_cache else base
+        hook = m.register_forward_hook(lambda _, a, o: outs.append(o[a[1].img_loss_mask].float().clone()))
         try:
-            ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
-                        SamplerConfig(steps=n_steps, shift=3.0, guidance=guidance, seed=seed),
+            ed = Editor(m, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+                        SamplerConfig(steps=n_steps, shift=3.0, guidance=guidance, seed=seed), device=dev,
                         mask_type="block_causal", use_kv_cache=use_kv_cache)
             sess = ed.start(image)
             for p in prompts[:n_turns]:
@@ -79,8 +90,10 @@ def bench_editor(hidden: int = 256, layers: int = 4, heads: int = 8, image_token
             for a, b in zip(ref.info, got.info)]
     return dict(
         tool="bench_editor", **code_version(), torch=torch.__version__, threads=torch.get_num_threads(),
+        device=torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
         config=dict(hidden=hidden, layers=layers, heads=heads, image_tokens=f"{image_tokens}x{image_tokens}",
-                    steps=steps, guidance=guidance, turns=turns, dtype="float32", device="cpu",
+                    steps=steps, guidance=guidance, turns=turns, dtype=str(dtype).replace("torch.", ""),
+                    device=dev.type, cache_backend="torch", no_cache_backend=baseline_backend,
                     parameters=model.num_parameters()),
         turns=rows, ratio_last_turn=rows[-1]["ratio"],
         max_abs_diff_model_outputs=max(float((a - b).abs().max()) for a, b in zip(got_outs, ref_outs)),
