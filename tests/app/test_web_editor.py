@@ -91,10 +91,17 @@ def test_undo_then_redo_gives_the_same_image(backend):
     ws.start(_image(1))
     ws.edit(PROMPTS[0], 3, 3.0, 0)
     second = ws.edit(PROMPTS[1], 3, 3.0, 0)
+    sizes = {b: c.sizes() for b, c in ws.session.kv.items()}
     ws.undo()
-    assert len(ws.images) == 2 and len(ws.turns) == 1 and ws.session.kv is None
-    again = ws.edit(PROMPTS[1], 3, 3.0, 0)                # the cache is rebuilt from the kept history
-    assert np.array_equal(again, second)
+    assert len(ws.images) == 2 and len(ws.turns) == 1
+    assert {b: c.sizes() for b, c in ws.session.kv.items()} != sizes      # taken back, not dropped
+    again = ws.edit(PROMPTS[1], 3, 3.0, 0)                # the kept cache, the undone turn's context again
+    assert np.abs(again.astype(int) - second.astype(int)).max() <= 1
+    assert {b: c.sizes() for b, c in ws.session.kv.items()} == sizes
+    fresh = WebSession(backend)                           # and what a session that never had the turn makes
+    fresh.start(_image(1))
+    fresh.edit(PROMPTS[0], 3, 3.0, 0)
+    assert np.abs(fresh.edit(PROMPTS[1], 3, 3.0, 0).astype(int) - again.astype(int)).max() <= 1
     ws.undo()
     ws.undo()
     assert len(ws.images) == 1
@@ -195,7 +202,8 @@ def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
         assert [x["kind"] for x in json.loads(z.read("session.json"))["turns"]] == ["edit", "drag", "edit"]
     ws.undo()
     ws.undo()
-    assert len(ws.images) == 2 and ws.session.kv is None and len(ws.session.latents) == 1
+    assert len(ws.images) == 2 and len(ws.session.latents) == 1
+    assert [m[0] for m in ws.session.kv_marks] == [0] and len(ws.session.kv["cond"]) > 0   # turn 1's context kept
     turned = ws.drag(mask, 0, 0, 1.5, 90, 2, 3.0, 5)          # scale and turn only
     assert ws.turns[-1].prompt == ("scale the object in the marked region by 1.5x, then rotate it 90 degrees "
                                    "counter-clockwise") and turned.shape == (24, 24, 3)

@@ -385,6 +385,10 @@ MUTANTS = [
            "({**(run_info or {}), \"coe\": coe} if coe != \"none\" else run_info)",
            ("tests/infer/test_applications.py",), "a plain rerun into a chain-of-editing folder whose edits all exist "
                                                   "reads them back as plain edits"),
+    Mutant("undo_keeps_the_undone_turn_cached", "vincie_mcore/infer/editor.py",
+           "            for b, c in self.kv.items():\n                c.truncate(sizes[b])\n", "",
+           ("tests/app/test_web_editor.py",), "undo leaves the undone turn's prompt in the KV cache, so the next "
+                                              "turn (another prompt) refuses it"),
     Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
            "        self.chain = None                          # the chain's cache holds the dropped turn too\n", "",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "

@@ -234,8 +234,11 @@ class Editor:
                 sess.latents_in.append(self.image.encode(sess.images[len(sess.latents_in)][None]))
             if sess.kv is None:
                 sess.kv = self.new_kv()
+        before = [{b: c.sizes() for b, c in s.kv.items()} for s in sessions]
         made = self.generate_many([self._item(torch.cat(s.latents_in), s.texts, p) for s, p in zip(sessions, prompts)],
                                   [s.kv for s in sessions], seeds)
+        for s, sizes in zip(sessions, before):                  # where undo takes the caches back to
+            s.kv_marks.append((len(s.texts), sizes))
         return [next(iter(d.values())) for d in made]          # each layout's one noisy block: the next frame
 
     def edit_cached(self, sess: "EditSession", prompt: str) -> tuple[np.ndarray, torch.Tensor]:
@@ -315,6 +318,8 @@ class EditSession:
     latents_in: list = field(default_factory=list, repr=False)   # KV path: encoded I0, I1, ... [1, C, h, w]
     # the official editor's release_io: per image, the image as given before fitting (None: made here)
     files: list | None = field(default=None, repr=False)
+    # per turn made through the cache: (texts before it, its caches' sizes before it), for pop_turn
+    kv_marks: list = field(default_factory=list, repr=False)
     kv: dict | None = field(default=None, repr=False)            # KV path: {"cond", "uncond"} KVCache
 
     def add_turn(self, prompt: str, image, own: bool = False) -> None:
@@ -339,13 +344,19 @@ class EditSession:
         self.texts.append(prompt)
 
     def pop_turn(self) -> None:
-        """Drop the last turn's image, text, sample and info row (the web editor's undo)."""
+        """Drop the last turn's image, text, sample and info row (the web editor's undo). A turn made through
+        the KV cache added its context (the frame it edited, its prompt): the caches go back to what they
+        held before it. Any other turn (given, a drag, a chain-of-editing turn) left them as they were, a
+        prefix of the history that stays."""
         for name in ("images", "texts", "latents", "info"):
             getattr(self, name).pop()
         if self.files is not None:
             self.files.pop()
         del self.latents_in[len(self.images):]      # encoded frames of the kept images stay
-        self.kv = None                              # the cache holds the dropped turn's K/V: rebuilt once
+        if self.kv is not None and self.kv_marks and self.kv_marks[-1][0] == len(self.texts):
+            sizes = self.kv_marks.pop()[1]
+            for b, c in self.kv.items():
+                c.truncate(sizes[b])
 
     def edit(self, prompt: str) -> np.ndarray:
         t0 = time.perf_counter()
