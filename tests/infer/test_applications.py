@@ -687,9 +687,12 @@ def test_batch_cli_by_chain_of_editing(demo_run, megatron_cpu, tmp_path, capsys)
     import json
     import shutil
 
+    from vincie_tools.benchmark import COE_CHOICES
     from vincie_tools.edit import main
 
     from vincie_mcore.eval.edit_runs import map_path
+
+    assert COE_CHOICES == tuple(apps.COE)                   # the commands' choices are the library's inferences
 
     d = demo_run
     jobs = tmp_path / "jobs"

@@ -21,9 +21,9 @@ resumes. --generated scores a folder made elsewhere, under MagicBrush's names (<
 <id>_iter_<t>.png, <id>_inde_<t>.png). docs/magicbrush.md.
 
 Both: --coe cs|ns|cs_ns edits each turn by chain-of-editing (Table 3's inference rows: its RoE maps first,
-saved beside its image; several sessions per model pass with --batch). --batch N edits N sessions per model pass (the same images);
---shard i/N edits every N-th session only,
-scoring nothing, for one GPU of N (bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
+saved beside its image; several sessions per model pass with --batch). --batch N edits N sessions per model
+pass (the same images); --shard i/N edits every N-th session only, scoring nothing, for one GPU of N
+(bash slurm/benchmark.sh N -- mse ... runs the array, then the scoring).
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def _parser():
                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift/release_io only")
     m.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     m.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
-    m.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
+    m.add_argument("--coe", choices=COE_CHOICES, default="none", help=COE_HELP)
     m.add_argument("--quiet", action="store_true")
     b = sub.add_parser("magicbrush", help="MagicBrush: L1, L2, CLIP-I, CLIP-T, DINO per turn")
     b.add_argument("--data", required=True,
@@ -75,7 +75,7 @@ def _parser():
                    help="config override for --run; with --export, sampler.steps/guidance/seed/shift/release_io only")
     b.add_argument("--batch", type=positive_int, default=1, metavar="N", help=BATCH_HELP)
     b.add_argument("--shard", default=None, metavar="i/N", help=SHARD_HELP)
-    b.add_argument("--coe", choices=["none", "cs", "ns", "cs_ns"], default="none", help=COE_HELP)
+    b.add_argument("--coe", choices=COE_CHOICES, default="none", help=COE_HELP)
     b.add_argument("--quiet", action="store_true")
     return p
 
@@ -111,6 +111,7 @@ def coe_recipe(a, cfg):
     return recipe
 
 
+COE_CHOICES = ("none", "cs", "ns", "cs_ns")          # applications.COE's keys, without importing torch to parse
 COE_HELP = ("each turn by chain-of-editing (Table 3's inference rows): its current (cs), next (ns) or both RoE "
             "maps predicted first, saved beside its image; MagicBrush: multi_turn only")
 SHARD_HELP = ("edit only sessions i, i+N, ... into --out and score nothing (one GPU of N: slurm/benchmark.sh); "

@@ -97,12 +97,10 @@ def batch(argv) -> int:
     ap.add_argument("--jobs", required=True,
                     help='JSONL, a row per image: {"id": ..., "image": file under the JSONL\'s folder, "prompts": [...]}')
     ap.add_argument("--out", required=True, help="folder: <id>/turn_<t>.png, <id>/strip.png, editor.json, failures.jsonl")
-    from vincie_tools.benchmark import positive_int
+    from vincie_tools.benchmark import COE_CHOICES, positive_int
 
     ap.add_argument("--batch", type=positive_int, default=1, metavar="N", help="sessions per model pass (default 1)")
-    from vincie_mcore.infer.applications import COE
-
-    ap.add_argument("--coe", choices=tuple(COE), default="none",
+    ap.add_argument("--coe", choices=COE_CHOICES, default="none",
                     help="each turn by chain-of-editing: its current (cs), next (ns) or both RoE maps predicted "
                          "first, saved beside its image as turn_<t>_roe_src.png / _roe_tgt.png")
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
@@ -140,6 +138,7 @@ def batch(argv) -> int:
         return 2
     from vincie_mcore.data.media import load_image
     from vincie_mcore.data.video import fit_frame
+    from vincie_mcore.infer.applications import MAP_NAMES
     from vincie_mcore.infer.editor import save_strip
 
     def load_source(job):                                     # the benchmarks' policy: centre-cropped to --size
@@ -178,7 +177,7 @@ def batch(argv) -> int:
             for kind in maps:                                 # chain-of-editing: the turn's maps before its image
                 m = edit_runs.map_path(paths(j)[t - 1], kind)
                 panels.append(edit_runs.load_png(m, f"job {j['id']!r} turn {t} {kind} map"))
-                labels.append(f"{t}: {'where it changes' if kind == 'roe_src' else 'where it will be'}")
+                labels.append(f"{t}: {MAP_NAMES[kind]}")
             panels.append(image)
             labels.append(f"{t}: {prompt}")
         save_strip(panels, out / safe_name(j["id"], "id") / "strip.png", labels=labels)

@@ -322,11 +322,10 @@ class WebSession:
 
     def regions(self) -> list[tuple[np.ndarray, str]]:
         """The last turn's predicted RoE maps as (image, caption), when it was a chain-of-editing turn."""
-        from ..infer.applications import map_image
+        from ..infer.applications import MAP_NAMES, map_image
 
         last = self.maps.get(len(self.images) - 1) if self.turns else None
-        names = {"roe_src": "where it changes", "roe_tgt": "where it will be"}
-        return [(map_image(m), f"turn {len(self.turns)}: {names[k]}") for k, m in (last or {}).items()]
+        return [(map_image(m), f"turn {len(self.turns)}: {MAP_NAMES[k]}") for k, m in (last or {}).items()]
 
     def undo(self) -> None:
         """Drop the last turn (never the start image)."""

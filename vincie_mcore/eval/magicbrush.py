@@ -634,8 +634,8 @@ def run_magicbrush(editor, dataset, cfg: MagicBrushConfig | None = None, out_dir
     ``coe`` (Table 3's inference rows; ``applications.COE``): ``cs``, ``ns`` or ``cs_ns`` edit each
     multi_turn chain by chain-of-editing (``applications.ChainSession`` with the run's ``recipe``): each turn
     first predicts its RoE map(s), written beside its image (``edit_runs.map_path``), then the frame with them in
-    context; ``batch`` sessions' calls packed per model pass (``applications.chain_turns``). A resumed chain reads its maps back with its images. The
-    folder records ``coe``: another inference cannot resume there."""
+    context; ``batch`` sessions' calls packed per model pass (``applications.chain_turns``). A resumed chain
+    reads its maps back with its images. The folder records ``coe``: another inference cannot resume there."""
     from PIL import Image
 
     from . import edit_runs

@@ -33,6 +33,7 @@ from ..data.recipe import RecipeConfig, inference_sample, roe_inference_sample
 from .editor import EditSession, Editor, save_strip
 
 MAP_KINDS = ("roe_src", "roe_tgt")                 # the recipe's order: the source map is laid out first
+MAP_NAMES = {"roe_src": "where it changes", "roe_tgt": "where it will be"}   # how strips and the web label them
 # Table 3's inference rows, by the maps each turn predicts before its frame: I, CS -> I, NS -> I, CS -> NS -> I
 COE = {"none": (), "cs": ("roe_src",), "ns": ("roe_tgt",), "cs_ns": MAP_KINDS}
 _TASK = {"roe_src": "csp", "roe_tgt": "nsp"}

@@ -143,8 +143,9 @@ class Editor:
 
         ``kvs[i]``: session i's kept caches (or None: fresh), joined for the call as ``edit_cached_many``
         joins them (``KVCache.join``) and split back into the same dicts afterwards, so a failed call leaves
-        them as they were (one session's caches are used, and grown, in place). ``seeds`` as in ``edit_turns`` (a session's own ``torch.Generator`` advances by
-        what its one-session call draws, so its next call draws what a one-session run draws next)."""
+        them as they were (one session's caches are used, and grown, in place; ``kept_on_failure`` takes them
+        back). ``seeds`` as in ``edit_turns`` (a session's own ``torch.Generator`` advances by what its
+        one-session call draws, so its next call draws what a one-session run draws next)."""
         from ..model.attention import KVCache
 
         kvs = [None] * len(layouts) if kvs is None else list(kvs)

@@ -101,6 +101,19 @@ class OfficialEditor:
             return self.inner.kv_cache_support()
         return "kv_cache: the official variant attends over every frame of a session under one t (full mask)"
 
+    def fitting(self, h: int, w: int) -> tuple[tuple[int, int], tuple[slice, slice]]:
+        """The release's fitting of an H x W image: the area-resized size (AreaResize to ``area``^2, or as it
+        is without an area) and the centre crop to the patch x VAE multiple in it (torchvision's center_crop)."""
+        if self.area is not None:
+            scale = math.sqrt(self.area * self.area / (h * w))
+            h, w = round(h * scale), round(w * scale)
+        m = self.multiple
+        ch, cw = h - h % m, w - w % m
+        if ch < m or cw < m:
+            raise ValueError(f"image: {w}x{h} (WxH) after fitting is smaller than the patch x VAE factor {m}")
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        return (h, w), (slice(top, top + ch), slice(left, left + cw))
+
     def fit(self, image) -> np.ndarray:
         """uint8 [H, W, 3] -> the release's model input size: area resize (bicubic), centre crop to the multiple."""
         from PIL import Image
@@ -108,18 +121,10 @@ class OfficialEditor:
         a = np.asarray(image)
         if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
             raise ValueError(f"image: expected uint8 [H, W, 3], got {a.dtype} {list(a.shape)}")
-        h, w = a.shape[:2]
-        if self.area is not None:
-            scale = math.sqrt(self.area * self.area / (h * w))
-            h, w = round(h * scale), round(w * scale)
-            if (h, w) != a.shape[:2]:
-                a = np.asarray(Image.fromarray(a).resize((w, h), Image.BICUBIC))
-        m = self.multiple
-        ch, cw = h - h % m, w - w % m
-        if ch < m or cw < m:
-            raise ValueError(f"image: {w}x{h} (WxH) after fitting is smaller than the patch x VAE factor {m}")
-        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))   # torchvision's center_crop
-        return np.ascontiguousarray(a[top:top + ch, left:left + cw])
+        (h, w), crop = self.fitting(*a.shape[:2])
+        if (h, w) != a.shape[:2]:
+            a = np.asarray(Image.fromarray(a).resize((w, h), Image.BICUBIC))
+        return np.ascontiguousarray(a[crop])
 
     def start(self, image) -> EditSession:
         sess = EditSession(self, [torch.from_numpy(self.fit(image))], [])
@@ -144,18 +149,11 @@ class OfficialEditor:
             if j > 0 and (a.shape[1], a.shape[0]) != ori:               # PIL returns a copy at the same size
                 a = np.asarray(Image.fromarray(a).resize(ori, Image.BICUBIC))
             x = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1).float().div(255)   # ToTensor
-            h, w = x.shape[-2:]
-            if self.area is not None:
-                scale = math.sqrt(self.area * self.area / (h * w))
-                size = (round(h * scale), round(w * scale))
-                if size != (h, w):                                      # torchvision returns it as it is
-                    x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", align_corners=False,
-                                                        antialias=True)[0]
-                h, w = size
-            m = self.multiple
-            ch, cw = h - h % m, w - w % m
-            top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
-            out.append(x[:, top:top + ch, left:left + cw].sub(0.5).div(0.5))     # Normalize(0.5, 0.5)
+            size, (rows, cols) = self.fitting(*a.shape[:2])
+            if size != a.shape[:2]:                                     # torchvision returns it as it is
+                x = torch.nn.functional.interpolate(x[None], size=size, mode="bicubic", align_corners=False,
+                                                    antialias=True)[0]
+            out.append(x[:, rows, cols].sub(0.5).div(0.5))              # Normalize(0.5, 0.5)
         return torch.stack(out)
 
     def with_template(self, template: bool) -> "OfficialEditor":
