@@ -241,7 +241,8 @@ def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
 def test_chain_of_editing_turns(backend, tmp_path):
     """``edit(chain=True)``: the turn is a ``ChainSession`` turn over the session's history (plain turns
     without maps, earlier chain turns with theirs), run by hand with the same editor settings; its maps are
-    kept, shown and downloaded; undo drops them; a released model refuses in one line."""
+    kept, shown and downloaded; undo drops them and takes the session's chain back to the undone turn's start,
+    from where the turn made again equals the first; a released model refuses in one line."""
     import dataclasses
 
     from vincie_mcore.infer.applications import MAP_KINDS, ChainSession
@@ -259,6 +260,7 @@ def test_chain_of_editing_turns(backend, tmp_path):
     assert (ws.turns[-1].kind, ws.turns[-1].kv_cache) == ("chain", cached) and cached
     assert [c for _, c in ws.regions()] == ["turn 2: where it changes", "turn 2: where it will be"]
     chain = ws.chain
+    start3 = {b: chain.kv[b].sizes() for b in ("cond", "uncond")}
     third = ws.edit("make it green", 2, 3.0, 3, chain=True)              # sees turn 2's maps
     ref = ChainSession(backend.editor(2, 3.0, 3), ws.images[0], backend.recipe, MAP_KINDS)
     ref.add_turn(PROMPTS[0], ws.images[1], None)
@@ -286,9 +288,11 @@ def test_chain_of_editing_turns(backend, tmp_path):
         assert np.array_equal(src > 127, ws.maps[2]["roe_src"])
     ws.undo()
     assert set(ws.maps) == {2} and len(ws.regions()) == 2
-    # undo dropped the chain with its turns: the next chain turn is a new one, turn 2 added with its maps
+    # undo took the chain back with the session: the same chain goes on from turn 3's start, computing only
+    # turn 3's context again
+    assert ws.chain is chain and len(chain.texts) == 2 and {b: chain.kv[b].sizes() for b in chain.kv} == start3
     again = ws.edit("make it green", 2, 3.0, 3, chain=True)
-    assert ws.chain is not chain and len(ws.chain.texts) == 3
+    assert ws.chain is chain and len(chain.texts) == 3
     assert np.abs(again.astype(int) - third.astype(int)).max() <= 1
     ws.undo()
     ws.undo()

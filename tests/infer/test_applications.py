@@ -439,6 +439,57 @@ def test_chain_keeps_one_kv_cache_across_its_calls_and_turns(tiny, maps):
     assert "\n" not in str(e.value) and len(other.texts) == 0
 
 
+def test_chain_pop_turn_takes_the_caches_back_and_goes_on_exactly(tiny):
+    """``ChainSession.pop_turn`` (the web editor's undo): popping a turn made here takes the caches back to its
+    start, and made again with the same seed it equals the turn before the pop (within 1e-5) and computes only
+    its own context; popping a turn given by ``add_turn`` takes them back to when it was added, and the chain
+    goes on as a no-cache chain over the kept history does; with no turn left, one line."""
+    model = tiny[0]
+    cached, plain = _editor(tiny, steps=2), _editor(tiny, steps=2)
+    plain.use_kv_cache = False
+    rng = np.random.default_rng(5)
+    given = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    given_maps = {k: rng.random((H, W)) > 0.6 for k in apps.MAP_KINDS}
+    a = apps.ChainSession(cached, tiny[2], RECIPE)
+    a.turn("add a red square")
+    start = {x: a.kv[x].sizes() for x in ("cond", "uncond")}
+    cached.gen.manual_seed(3)
+    first = a.turn("make it blue")
+    first_lat, first_maps = a.latents[-1], a.masks[-1]
+    a.pop_turn()
+    assert {x: a.kv[x].sizes() for x in ("cond", "uncond")} == start
+    assert len(a.texts) == len(a.masks) == len(a.latents) == len(a.marks) == 1 and len(a.images) == 2
+    assert set(a.given) == {(k, 0) for k in apps.MAP_KINDS} and a.frames.shape[0] == 2
+    added, real = [], model.prefill
+    model.prefill = lambda batch, kv: added.append((batch, real(batch, kv))) or added[-1][1]
+    try:
+        cached.gen.manual_seed(3)
+        again = a.turn("make it blue")                  # the popped turn made again: the same draw
+    finally:
+        del model.prefill
+    torch.testing.assert_close(a.latents[-1], first_lat, atol=1e-5, rtol=0)
+    assert np.abs(again.astype(int) - first.astype(int)).max() <= 1
+    assert all(np.array_equal(a.masks[-1][k], first_maps[k]) for k in apps.MAP_KINDS)
+    assert sum(n for _, n in added[::2]) == real(added[-1][0], model.new_kv_cache()) - sum(start["cond"])
+
+    a.add_turn("shift it", given, given_maps)           # a turn made elsewhere, then undone
+    a.turn("move it left")                              # its context prefilled by this turn ...
+    a.pop_turn(), a.pop_turn()                          # ... and taken back with it
+    assert len(a.texts) == 2 and len(a.latents) == 2 and len(a.given) == 2 * len(apps.MAP_KINDS)
+    b = apps.ChainSession(plain, tiny[2], RECIPE)       # the kept history, no cache
+    b.add_turn("add a red square", a.images[1], a.masks[0])
+    b.add_turn("make it blue", a.images[2], a.masks[1])
+    cached.gen.manual_seed(9), plain.gen.manual_seed(9)
+    a.turn("zoom in")
+    b.turn("zoom in")
+    torch.testing.assert_close(a.latents[-1], b.latents[-1], atol=1e-5, rtol=0)
+    for _ in range(3):
+        a.pop_turn()
+    assert a.texts == [] and all(len(a.kv[x]) == 0 for x in ("cond", "uncond"))
+    with pytest.raises(ValueError, match="^pop_turn: the chain has no turn to drop$"):
+        a.pop_turn()
+
+
 @pytest.mark.parametrize("mask_type", ["block_causal", "full"])
 def test_chain_turns_batch_several_chains_as_each_alone(tiny, mask_type):
     """``chain_turns``: three chains of different histories (one given a turn by ``add_turn``, one a step

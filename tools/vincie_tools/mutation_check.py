@@ -13,7 +13,8 @@ checkout itself is never written. A test file that fails before any fault is inj
 ("baseline") makes the mutants that rely on it "baseline_fails", not "caught"; a listed test file that
 does not exist in the tested tree (e.g. at an older ref) is left out ("absent") and the mutant
 runs the others. A fault whose
-original text is no longer in its file (the code moved on) is "not_applicable": update its entry.
+original text is no longer in its file (the code moved on) is "not_applicable": update its entry; one that
+leaves a Python file invalid (a line cut out of a block) is "not_compilable", since any test would catch it.
 The console scripts that end-to-end tests start inherit that PYTHONPATH, so they run the mutated
 copy too, but they take minutes: keep each mutant's list to fast test files.
 
@@ -336,7 +337,7 @@ MUTANTS = [
            ("tests/infer/test_official_editor.py",), "the web editor edits a released model's export with the "
                                                       "paper's editor (its packing and sampler)"),
     Mutant("web_compose_later_turn_templated", "vincie_mcore/app/session.py",
-           "            editor = editor.with_template(self.session.editor.template)\n", "",
+           "            editor = editor.with_template(self.session.editor.template)\n", "            pass\n",
            ("tests/infer/test_official_editor.py",), "a turn after a release's composition in the web editor "
                                                       "rewrites the session's texts in the editing template"),
     Mutant("drag_rotation_clockwise", "vincie_mcore/infer/applications.py",
@@ -390,9 +391,18 @@ MUTANTS = [
            ("tests/app/test_web_editor.py",), "undo leaves the undone turn's prompt in the KV cache, so the next "
                                               "turn (another prompt) refuses it"),
     Mutant("web_undo_keeps_the_chain", "vincie_mcore/app/session.py",
-           "        self.chain = None                          # the chain's cache holds the dropped turn too\n", "",
+           "            self.chain.pop_turn()                  # its caches back to the turn's start\n",
+           "            pass\n",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "
                                               "the undone turns as context"),
+    Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
+           "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
+           ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "
+                                                  "refuses the cache"),
+    Mutant("chain_pop_turn_forgets_the_cache", "vincie_mcore/infer/applications.py",
+           "        if sizes is None:\n            self.kv = None\n", "        self.kv = None\n",
+           ("tests/infer/test_applications.py",), "undo in a chain throws its whole KV cache away, so the next turn "
+                                                  "computes the whole history again"),
     Mutant("web_drag_default_recipe", "vincie_mcore/app/session.py",
            "            res = drag(editor, latest, region, int(dx), int(dy), self.backend.recipe,\n",
            "            res = drag(editor, latest, region, int(dx), int(dy), None,\n",
@@ -463,6 +473,14 @@ def first_failure(tail: str) -> str:
     return tail.splitlines()[-1][:300] if tail else ""
 
 
+def _compiles(source: str, name: str) -> bool:
+    try:
+        compile(source, name, "exec")
+    except SyntaxError:             # IndentationError included: a line cut out of a block leaves it empty
+        return False
+    return True
+
+
 def check(repo: Path, mutants, tests_ref: str | None, timeout: float, log=print) -> dict:
     with tempfile.TemporaryDirectory(prefix="vincie-mutants-") as tmp:
         root = Path(tmp) / "repo"
@@ -482,12 +500,16 @@ def check(repo: Path, mutants, tests_ref: str | None, timeout: float, log=print)
             entry = {"id": m.id, "file": m.file, "why": m.why, "tests": tests}
             if len(tests) < len(m.tests):
                 entry["absent"] = [f for f in m.tests if f not in tests]
+            faulty = text.replace(m.original, m.faulty)
             if text.count(m.original) != 1:
                 entry.update(status="not_applicable", detail=f"original text found {text.count(m.original)} times")
+            elif m.file.endswith(".py") and not _compiles(faulty, m.file):
+                entry.update(status="not_compilable", detail="the faulty file is not valid Python: any test "
+                                                             "would catch it, so it proves nothing")
             elif not tests or any(baseline[f] != "pass" for f in tests):
                 entry.update(status="baseline_fails", detail={f: baseline[f] for f in m.tests})
             else:
-                path.write_text(text.replace(m.original, m.faulty))
+                path.write_text(faulty)
                 try:
                     status, secs, tail = run_tests(root, tests, timeout)
                 finally:

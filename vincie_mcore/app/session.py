@@ -296,7 +296,8 @@ class WebSession:
         session (``maps``, the download), the image is the next turn as any other.
 
         One ``ChainSession`` (``chain``) lives across the session's chain-of-editing turns: turns made since its
-        last one (plain, drag) are appended to it, so its KV cache computes only what is new; undo drops it."""
+        last one (plain, drag) are appended to it, so its KV cache computes only what is new; undo takes its
+        last turn back with the session's (``ChainSession.pop_turn``: the cache back to that turn's start)."""
         from ..infer.applications import MAP_KINDS, ChainSession
 
         if self.backend.variant == "official":
@@ -333,8 +334,9 @@ class WebSession:
         if s is None or not self.turns:
             raise AppError("undo: no turn to undo")
         self.maps.pop(len(s.images) - 1, None)
+        if self.chain is not None and len(self.chain.images) == len(s.images):   # the chain holds the turn too
+            self.chain.pop_turn()                  # its caches back to the turn's start
         s.pop_turn()
-        self.chain = None                          # the chain's cache holds the dropped turn too
         self.turns.pop()
 
     # -- views -------------------------------------------------------------------------------------

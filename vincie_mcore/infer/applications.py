@@ -237,6 +237,7 @@ class ChainSession:
         self.masks: list[dict] = []                             # per turn {"roe_src"/"roe_tgt": bool [H, W]}
         self.latents: list = []                                 # per turn made here: the frame's sampled latent
         self.kv: dict | None = None                             # {"cond", "uncond"} KVCache over the chain so far
+        self.marks: list = []          # per turn: (the caches' sizes at its start or None, made here) for pop_turn
 
     @torch.no_grad()
     def add_turn(self, prompt: str, image, masks: dict | None) -> None:
@@ -253,10 +254,31 @@ class ChainSession:
         self.texts = [*self.texts, *_prompts([prompt])]
         self.images.append(np.asarray(image))
         self.masks.append({k: np.asarray(masks[k], dtype=bool) for k in masks})
+        self.marks.append((self.kv and {b: x.sizes() for b, x in self.kv.items()}, False))   # older context only
 
     def turn(self, prompt: str) -> np.ndarray:
         """The next frame for ``prompt`` (its maps first) -> uint8 [H, W, 3]; ``masks[-1]`` holds its maps."""
         return chain_turns([self], [prompt])[0]
+
+    def pop_turn(self) -> None:
+        """Drop the last turn (its frame, text and maps: the web editor's undo). The caches go back to what they
+        held at its start, a prefix of the kept history, so the next turn computes only what is new from there;
+        for a turn given by ``add_turn``, to what they held when it was added (context prefilled since is
+        computed again)."""
+        if not self.texts:
+            raise ValueError("pop_turn: the chain has no turn to drop")
+        n = len(self.texts) - 1
+        sizes, made = self.marks.pop()
+        for kind in self.maps:
+            self.given.pop((kind, n), None)
+        self.texts, self.frames = self.texts[:-1], self.frames[:-1]
+        self.images.pop(), self.masks.pop()
+        if made:
+            self.latents.pop()
+        if sizes is None:
+            self.kv = None
+        for b, x in (self.kv or {}).items():
+            x.truncate(sizes[b])
 
 
 @torch.no_grad()
@@ -305,13 +327,14 @@ def chain_turns(chains: list[ChainSession], prompts: list[str], seeds: list | No
                 x.truncate(n[b])
         raise
     frames = []
-    for c, t, g, m, n, out in zip(chains, texts, given, masks, ns, made):
+    for c, t, g, m, n, n_kv, out in zip(chains, texts, given, masks, ns, sizes, made):
         image, lat = out[("frame", n + 1)]
         c.given, c.texts = g, t
         c.frames = torch.cat([c.frames, _encode(ed, [image])])
         c.images.append(image)
         c.masks.append(m)
         c.latents.append(lat)
+        c.marks.append((n_kv, True))
         frames.append(image)
     return frames
 
