@@ -14,11 +14,8 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import threading
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -28,6 +25,7 @@ import pytest
 import torch
 from PIL import Image
 
+from browser import browser, css, free_port, serve, text, wait
 from vincie_mcore.app.session import AppError, Backend, WebSession
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -363,92 +361,10 @@ def test_cli_refuses_missing_model_in_one_line(tmp_path):
 # The page in a real browser
 # ----------------------------------------------------------------------------
 
-CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
-browser = pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER),
-                             reason="needs Debian's chromium and chromium-driver (.ci/run installs them: "
-                                    "apt-get install chromium chromium-driver)")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(run_dir):
     """``vincie-app --run RUN`` as a user starts it; -> its URL once it says so."""
-    port = _free_port()
-    proc = subprocess.Popen([str(BIN / "vincie-app"), "--run", str(run_dir), "--port", str(port)], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines, url = [], []
-
-    def read():
-        for line in proc.stdout:
-            lines.append(line)
-            m = re.match(r"vincie-app: open (http://\S+)", line)
-            if m:
-                url.append(m.group(1))
-    threading.Thread(target=read, daemon=True).start()
-    t0 = time.monotonic()
-    while not url and proc.poll() is None and time.monotonic() - t0 < 180:
-        time.sleep(0.2)
-    if not url:
-        proc.kill()
-        pytest.fail("vincie-app did not come up:\n" + "".join(lines)[-3000:])
-    yield url[0]
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-
-
-@pytest.fixture(scope="module")
-def downloads(tmp_path_factory):
-    return tmp_path_factory.mktemp("downloads")
-
-
-@pytest.fixture(scope="module")
-def driver(downloads):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    o = webdriver.ChromeOptions()
-    o.binary_location = CHROMIUM
-    o.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                        "download.prompt_for_download": False})
-    # as root in a closed network: no sandbox, no background connections (they would be refused)
-    for f in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-              "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-              "--window-size=1400,1100"):
-        o.add_argument(f)
-    d = webdriver.Chrome(service=Service(CHROMEDRIVER), options=o)   # Debian's driver: nothing downloaded
-    yield d
-    d.quit()
-
-
-def _wait(cond, timeout=120, every=0.05, what="condition"):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = cond()
-        if v:
-            return v
-        time.sleep(every)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
-def _css(d, sel):
-    from selenium.webdriver.common.by import By
-    return d.find_elements(By.CSS_SELECTOR, sel)
-
-
-def _text(d, sel) -> str:
-    from selenium.common.exceptions import StaleElementReferenceException
-    try:
-        return " ".join(e.text for e in _css(d, sel))
-    except StaleElementReferenceException:                  # re-rendered under us: read again next poll
-        return ""
+    yield from serve([BIN / "vincie-app", "--run", run_dir, "--port", free_port()], "vincie-app:", cwd=ROOT)
 
 
 def _fetch(url) -> bytes:
@@ -458,7 +374,7 @@ def _fetch(url) -> bytes:
 
 def _set_number(d, sel, value):
     from selenium.webdriver.common.keys import Keys
-    (box,) = _css(d, sel)
+    (box,) = css(d, sel)
     box.clear()
     box.send_keys(str(value) + Keys.TAB)                     # the page takes the value when the box loses focus
 
@@ -469,35 +385,35 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
 
     d = driver
     d.get(server)
-    _wait(lambda: _css(d, "#prompt textarea"), what="the page")
-    assert "24x24 images" in _text(d, "#header")
+    wait(lambda: css(d, "#prompt textarea"), what="the page")
+    assert "24x24 images" in text(d, "#header")
 
     # 1. a start image of the wrong size: one line in the page, and the server keeps serving
-    _css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "bad.png", _image(h=20))))
-    msg = _wait(lambda: _text(d, ".toast-body.error .toast-message-text"), what="the error in the page")
+    css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "bad.png", _image(h=20))))
+    msg = wait(lambda: text(d, ".toast-body.error .toast-message-text"), what="the error in the page")
     assert msg.startswith("image: size 24x20 (WxH) is not a multiple of 8") and "trained at 24x24" in msg
-    _css(d, ".toast-body.error .toast-close")[0].click()
-    _wait(lambda: not _css(d, ".toast-body.error"), what="the error to close")
-    _css(d, "#start-image button[aria-label='Remove Image']")[0].click()
+    css(d, ".toast-body.error .toast-close")[0].click()
+    wait(lambda: not css(d, ".toast-body.error"), what="the error to close")
+    css(d, "#start-image button[aria-label='Remove Image']")[0].click()
 
     # 2. the start image, then turn 1 by the button
-    _css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "start.png", _image(4))))
-    _wait(lambda: "Start image 24x24" in _text(d, "#status"), what="the start image")
-    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[0])
-    _css(d, "#edit-btn")[0].click()
-    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="turn 1")
-    assert len(_css(d, "#history img")) == 2 and _css(d, "#prompt textarea")[0].get_attribute("value") == ""
+    css(d, "#start-image input[type=file]")[0].send_keys(str(_png(tmp_path / "start.png", _image(4))))
+    wait(lambda: "Start image 24x24" in text(d, "#status"), what="the start image")
+    css(d, "#prompt textarea")[0].send_keys(PROMPTS[0])
+    css(d, "#edit-btn")[0].click()
+    wait(lambda: "Turn 1 done" in text(d, "#status"), what="turn 1")
+    assert len(css(d, "#history img")) == 2 and css(d, "#prompt textarea")[0].get_attribute("value") == ""
 
     # 3. turn 2 by Enter, with 60 steps: the page shows the sampling progress while it runs
-    _css(d, "#sampler button.label-wrap")[0].click()            # open the "Sampler" accordion
-    _wait(lambda: _css(d, "#steps input[type=number]"), what="the sampler settings")
+    css(d, "#sampler button.label-wrap")[0].click()            # open the "Sampler" accordion
+    wait(lambda: css(d, "#steps input[type=number]"), what="the sampler settings")
     _set_number(d, "#steps input[type=number]", 60)
-    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
-    progress = _wait(lambda: re.search(r"(\d+)/60 steps", _text(d, ".progress-text")), timeout=60,
+    css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
+    progress = wait(lambda: re.search(r"(\d+)/60 steps", text(d, ".progress-text")), timeout=60,
                      every=0.02, what="progress text")
     assert 0 <= int(progress.group(1)) <= 60
-    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="turn 2")
-    assert len(_css(d, "#history img")) == 3
+    wait(lambda: "Turn 2 done: 60 steps" in text(d, "#status"), what="turn 2")
+    assert len(css(d, "#history img")) == 3
     shot = tmp_path / "web_editor.png"
     d.save_screenshot(str(shot))
     if os.environ.get("VINCIE_SCREENSHOT_DIR"):                 # docs/images/web_editor.png is made this way
@@ -505,13 +421,13 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     assert Image.open(shot).size[0] > 0
 
     # the images came back: the latest result is a 24x24 picture, and the history's last is the same image
-    result = np.asarray(Image.open(io.BytesIO(_fetch(_css(d, "#result img")[0].get_attribute("src")))).convert("RGB"))
+    result = np.asarray(Image.open(io.BytesIO(_fetch(css(d, "#result img")[0].get_attribute("src")))).convert("RGB"))
     assert result.shape == (24, 24, 3)
 
     # 4. the download holds both turns, the second with its 60 steps
-    _css(d, "#download")[0].click()
-    (zpath,) = _wait(lambda: [p for p in downloads.glob("*.zip")], what="the downloaded zip")
-    _wait(lambda: not list(downloads.glob("*.crdownload")), what="the download to finish")
+    css(d, "#download")[0].click()
+    (zpath,) = wait(lambda: [p for p in downloads.glob("*.zip")], what="the downloaded zip")
+    wait(lambda: not list(downloads.glob("*.crdownload")), what="the download to finish")
     z = zipfile.ZipFile(zpath)
     meta = json.loads(z.read("session.json"))
     assert [t["prompt"] for t in meta["turns"]] == PROMPTS and meta["turns"][1]["steps"] == 60
@@ -519,45 +435,45 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     assert np.array_equal(np.asarray(Image.open(io.BytesIO(z.read("turn_0.png")))), _image(4))
 
     # 5. undo: back to turn 1
-    _css(d, "#undo-btn")[0].click()
-    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo")
-    _wait(lambda: len(_css(d, "#history img")) == 2, what="the shorter history")
+    css(d, "#undo-btn")[0].click()
+    wait(lambda: "Turn 1 done" in text(d, "#status"), what="undo")
+    wait(lambda: len(css(d, "#history img")) == 2, what="the shorter history")
 
     # 6. chain-of-editing: the regions first, shown beside the history; then undone
-    _css(d, "#chain input[type=checkbox]")[0].click()
-    _css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
-    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="the chain-of-editing turn")
-    _wait(lambda: len(_css(d, "#regions img")) == 2, what="the turn's two region maps")
-    _css(d, "#chain input[type=checkbox]")[0].click()
-    _css(d, "#undo-btn")[0].click()
-    _wait(lambda: "Turn 1 done" in _text(d, "#status") and not _css(d, "#regions img"), what="undo of the chain turn")
+    css(d, "#chain input[type=checkbox]")[0].click()
+    css(d, "#prompt textarea")[0].send_keys(PROMPTS[1] + Keys.ENTER)
+    wait(lambda: "Turn 2 done: 60 steps" in text(d, "#status"), what="the chain-of-editing turn")
+    wait(lambda: len(css(d, "#regions img")) == 2, what="the turn's two region maps")
+    css(d, "#chain input[type=checkbox]")[0].click()
+    css(d, "#undo-btn")[0].click()
+    wait(lambda: "Turn 1 done" in text(d, "#status") and not css(d, "#regions img"), what="undo of the chain turn")
 
     # 7. drag: a stroke painted on the latest result with the mouse, moved 8 px right: the next turn
     from selenium.webdriver.common.action_chains import ActionChains
-    _css(d, "#drag button.label-wrap")[0].click()               # open the "Move an object" accordion
-    canvas = _wait(lambda: _css(d, "#drag-canvas canvas"), what="the drag canvas")[-1]
-    [b for b in _css(d, "#drag-canvas button") if b.get_attribute("aria-label") == "Brush"][0].click()
+    css(d, "#drag button.label-wrap")[0].click()               # open the "Move an object" accordion
+    canvas = wait(lambda: css(d, "#drag-canvas canvas"), what="the drag canvas")[-1]
+    [b for b in css(d, "#drag-canvas button") if b.get_attribute("aria-label") == "Brush"][0].click()
     d.execute_script("arguments[0].scrollIntoView({block: 'center'})", canvas)
     stroke = ActionChains(d).move_to_element_with_offset(canvas, -30, -30).click_and_hold()
     for _ in range(10):
         stroke.move_by_offset(3, 3)
     stroke.release().perform()
     _set_number(d, "#drag-dx input[type=number]", 8)
-    _css(d, "#drag-btn")[0].click()
-    _wait(lambda: "Turn 2 done: 60 steps" in _text(d, "#status"), what="the drag's turn")
+    css(d, "#drag-btn")[0].click()
+    wait(lambda: "Turn 2 done: 60 steps" in text(d, "#status"), what="the drag's turn")
     # it succeeded, so the region is a stroke, not the image: a mask reaching x 16..23 would leave it
-    assert "turn 2: move the object in the marked region 8 px right" in _text(d, "#history")
-    _css(d, "#undo-btn")[0].click()
-    _wait(lambda: "Turn 1 done" in _text(d, "#status"), what="undo of the drag")
+    assert "turn 2: move the object in the marked region 8 px right" in text(d, "#history")
+    css(d, "#undo-btn")[0].click()
+    wait(lambda: "Turn 1 done" in text(d, "#status"), what="undo of the drag")
 
     # 8. compose: two reference images and the instruction start a new session (60 steps still set)
-    _css(d, "#compose button.label-wrap")[0].click()            # open the "Compose" accordion
-    _wait(lambda: _css(d, "#references input[type=file]"), what="the references' upload")
+    css(d, "#compose button.label-wrap")[0].click()            # open the "Compose" accordion
+    wait(lambda: css(d, "#references input[type=file]"), what="the references' upload")
     refs = [_png(tmp_path / f"ref{i}.png", _image(10 + i)) for i in (1, 2)]
-    _css(d, "#references input[type=file]")[0].send_keys("\n".join(str(r) for r in refs))
-    _css(d, "#prompt textarea")[0].send_keys("both squares")
-    _wait(lambda: len(_css(d, "#references .file-preview tr")) >= 2 or "ref2.png" in _text(d, "#references"),
+    css(d, "#references input[type=file]")[0].send_keys("\n".join(str(r) for r in refs))
+    css(d, "#prompt textarea")[0].send_keys("both squares")
+    wait(lambda: len(css(d, "#references .file-preview tr")) >= 2 or "ref2.png" in text(d, "#references"),
           what="both references uploaded")
-    _css(d, "#compose-btn")[0].click()
-    _wait(lambda: "Turn 1 done: 60 steps" in _text(d, "#status"), what="the composition")
-    _wait(lambda: len(_css(d, "#history img")) == 3, what="references and the composed image")
+    css(d, "#compose-btn")[0].click()
+    wait(lambda: "Turn 1 done: 60 steps" in text(d, "#status"), what="the composition")
+    wait(lambda: len(css(d, "#history img")) == 3, what="references and the composed image")

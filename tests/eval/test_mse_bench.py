@@ -9,7 +9,6 @@ last prompt, so every turn's outcome is known in advance:
 - "FLAKY" fails with a 500 once;
 - "MALFORMED" first answers prose.
 """
-import io
 import json
 import re
 import sys
@@ -25,6 +24,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))      # the shared fake server
 from fake_vlm import MODEL, FakeVLM  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mse_results import png as _png  # noqa: E402
+
 from vincie_mcore.config import build  # noqa: E402
 from vincie_mcore.eval import mse_bench  # noqa: E402
 from vincie_mcore.eval.vlm_judge import JUDGE_PROMPT, JudgeConfig, VLMJudge, format_prompts, parse_verdict  # noqa: E402
@@ -32,12 +34,6 @@ from vincie_mcore.eval.vlm_judge import JUDGE_PROMPT, JudgeConfig, VLMJudge, for
 PROMPTS = {"a": ["GOOD add a hat", "GOOD make it red", "EDGE remove the sky", "GOOD add a cat", "GOOD zoom in"],
            "b": ["GOOD one", "FLAKY two", "MALFORMED three", "GOOD four", "GOOD five"],
            "c": ["BAD first", "GOOD second", "GOOD third", "GOOD fourth", "GOOD fifth"]}
-
-
-def _png(seed, h=40, w=56) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def responder(text, images, attempt):

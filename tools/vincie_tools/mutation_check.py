@@ -395,6 +395,20 @@ MUTANTS = [
            "            pass\n",
            ("tests/app/test_web_editor.py",), "after undo the web editor's next chain-of-editing turn still sees "
                                               "the undone turns as context"),
+    Mutant("human_tie_counts_as_success", "vincie_mcore/eval/human.py",
+           "    return None if not votes else sum(votes) * 2 > len(votes)\n",
+           "    return None if not votes else sum(votes) * 2 >= len(votes)\n",
+           ("tests/eval/test_human_eval.py",), "an item its raters split on counts as a success: the human "
+                                                "success rates come out too high"),
+    Mutant("human_first_answer_counts", "vincie_mcore/eval/human.py",
+           "        self._by_item.setdefault(item, {})[rater] = success\n",
+           "        self._by_item.setdefault(item, {}).setdefault(rater, success)\n",
+           ("tests/eval/test_human_eval.py",), "a rater who changes their mind is counted with their first answer"),
+    Mutant("human_clip_i_against_the_source", "vincie_mcore/eval/human.py",
+           "    inputs = [v[\"results\"][-2] if len(v[\"results\"]) > 1 else v[\"source\"] for v in views]\n",
+           "    inputs = [v[\"source\"] for v in views]\n",
+           ("tests/eval/test_human_eval.py",), "CLIP-I and DINO of a later turn compare it with the source, not "
+                                                "with the image the turn edited"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "

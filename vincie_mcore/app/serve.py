@@ -99,11 +99,7 @@ def prepare_upload_folder() -> str:
 
 def serve(backend, cfg: ServeConfig, announce=print) -> None:
     """Check the exposure, launch, announce the URL, block until interrupted."""
-    auth = read_auth(cfg.auth_file)
-    check_exposure(cfg, auth)
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")      # no calls home from a lab machine
-    upload_root = prepare_upload_folder()
-
+    auth, upload_root = _prepare(cfg)
     from .ui import CSS, build_app
 
     app, sessions = build_app(backend, upload_root=upload_root, max_pixels=cfg.max_pixels,
@@ -115,21 +111,52 @@ def serve(backend, cfg: ServeConfig, announce=print) -> None:
         while not stop.wait(min(60.0, cfg.session_ttl_s / 2)):
             sessions.reap()
     threading.Thread(target=reaper, daemon=True, name="vincie-app-reaper").start()
-    app.queue(default_concurrency_limit=1, max_size=cfg.max_queue)  # one model: one edit at a time
     try:
-        _, url, share_url = app.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, share=cfg.share,
-                                       max_file_size=int(cfg.max_upload_mb * 2**20), quiet=True, css=CSS,
-                                       show_error=True, footer_links=[], prevent_thread_lock=True,
-                                       mcp_server=False)
-    except OSError as e:                                              # port taken
-        raise AppError(f"--port {cfg.port}: {e}") from None
-    announce(f"vincie-app: open {share_url or url} ({backend.source}; login {'on' if auth else 'off'})")
-    signal.signal(signal.SIGTERM, signal.default_int_handler)     # `kill` stops it as Ctrl-C does
-    try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        run(app, cfg, auth, upload_root, CSS, lambda url: announce(
+            f"vincie-app: open {url} ({backend.source}; login {'on' if auth else 'off'})"))
     finally:
         stop.set()
-        app.close()
+
+
+def serve_rating(study, ratings, cfg: ServeConfig, seed: int = 0, announce=print) -> None:
+    """``vincie-human-eval rate``: the rating page (``rate.py``) under the same exposure rules."""
+    auth, upload_root = _prepare(cfg)
+    from .rate import CSS, build_rating_app
+
+    app = build_rating_app(study, ratings, seed, logins=bool(auth))
+    run(app, cfg, auth, upload_root, CSS, lambda url: announce(
+        f"vincie-human-eval: open {url} ({len(study.items)} items; ratings {ratings.path}; "
+        f"login {'on' if auth else 'off'})"))
+
+
+def _prepare(cfg: ServeConfig):
+    """-> (logins, a fresh upload folder): refused in one line when it would serve beyond this machine
+    without a login; set up before Gradio is imported."""
+    auth = read_auth(cfg.auth_file)
+    check_exposure(cfg, auth)
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")      # no calls home from a lab machine
+    return auth, prepare_upload_folder()
+
+
+def run(app, cfg: ServeConfig, auth, upload_root: str, css: str, announce) -> None:
+    """Launch a built page (one request at a time, a bounded queue), ``announce(url)``, block until
+    interrupted (Ctrl-C or SIGTERM); the upload folder goes with the server."""
+    app.queue(default_concurrency_limit=1, max_size=cfg.max_queue)  # one model: one edit at a time
+    try:
+        try:
+            _, url, share_url = app.launch(server_name=cfg.host, server_port=cfg.port, auth=auth, share=cfg.share,
+                                           max_file_size=int(cfg.max_upload_mb * 2**20), quiet=True, css=css,
+                                           show_error=True, footer_links=[], prevent_thread_lock=True,
+                                           mcp_server=False)
+        except OSError as e:                                          # port taken
+            raise AppError(f"--port {cfg.port}: {e}") from None
+        announce(share_url or url)
+        signal.signal(signal.SIGTERM, signal.default_int_handler)     # `kill` stops it as Ctrl-C does
+        try:
+            app.block_thread()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            app.close()
+    finally:
         shutil.rmtree(upload_root, ignore_errors=True)           # uploads and downloads go with the server

@@ -1,0 +1,99 @@
+"""The rating page of ``vincie-human-eval rate`` in headless Chromium, started as a user starts it over two
+methods' MSE-Bench results (tests/eval/mse_results.py): a rater sees the items in their own order (the
+library's), with the prompts and images of each; Success, Failure and Skip write what they say to the
+ratings file, a reload resumes with the skipped item, a bad name is refused in the page; serving beyond
+this machine without a login is refused in one line."""
+import io
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
+from browser import browser, css, free_port, serve, text, wait  # noqa: E402
+from mse_results import methods, write_study  # noqa: E402
+
+from vincie_mcore.eval.human import Ratings, Study, order  # noqa: E402
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = write_study(tmp_path_factory.mktemp("rate"))
+    args = [a for name, folder in methods(root).items() for a in ("--method", f"{name}={folder}")]
+    return root, args
+
+
+@pytest.fixture(scope="module")
+def page(study):
+    root, args = study
+    yield from serve([BIN / "vincie-human-eval", "rate", *args, "--ratings", root / "ratings.jsonl",
+                      "--port", free_port()], "vincie-human-eval:")
+
+
+def _shown_prompts(d) -> list[str]:
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        return [li.text.replace(" ← rate this turn", "") for li in css(d, "#prompt-list li")]
+    except StaleElementReferenceException:                  # re-rendered under us: read again next poll
+        return []
+
+
+def _shown_result(d):
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        src = css(d, "#result img")[0].get_attribute("src")
+        with urllib.request.urlopen(src, timeout=30) as f:
+            return np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
+    except (IndexError, StaleElementReferenceException, OSError, ValueError):    # not there yet
+        return None
+
+
+def _start(d, name):
+    from selenium.webdriver.common.keys import Keys
+    box = css(d, "#rater textarea, #rater input")[0]
+    box.clear()
+    box.send_keys(name + Keys.ENTER)
+
+
+@browser
+def test_rate_in_the_browser(study, page, driver):
+    root, _ = study
+    s = Study(methods(root))
+    mine = order(s.items, "alice")
+    d = driver
+    d.get(page)
+    wait(lambda: css(d, "#start-btn"), what="the page")
+    _start(d, "not a name!")
+    wait(lambda: "is not a name" in d.page_source, what="the refused name")
+    _start(d, "alice")
+    for k, verdict in enumerate(["success-btn", "failure-btn", "skip-btn", "success-btn"]):
+        want, done = s.view(mine[k])["prompts"], k - (k > 2)       # (two items may share their prompts)
+        wait(lambda: f"alice: {done} of {len(s.items)} rated" in text(d, "#progress") and
+             _shown_prompts(d) == want and len(css(d, "#history img")) == mine[k].turn,   # source, earlier turns
+             what=f"item {k}: its prompts and images")
+        want_image = s.view(mine[k])["results"][-1]
+        wait(lambda: np.array_equal(_shown_result(d), want_image), what=f"item {k}'s result, pixel for pixel")
+        css(d, f"#{verdict}")[0].click()
+    wait(lambda: "3 of" in text(d, "#progress"), what="the third answer")
+    r = Ratings(root / "ratings.jsonl")
+    assert r.done("alice") == {mine[0], mine[1], mine[3]}
+    assert (r.get("alice", mine[0]), r.get("alice", mine[1]), r.get("alice", mine[3])) == (True, False, True)
+    d.get(page)                                                   # a new visit: the skipped item comes first
+    wait(lambda: css(d, "#start-btn"), what="the page again")
+    _start(d, "alice")
+    wait(lambda: _shown_prompts(d) == s.view(mine[2])["prompts"], what="the skipped item")
+    assert "alice: 3 of 30 rated" in text(d, "#progress")
+
+
+def test_serving_beyond_this_machine_needs_a_login(study):
+    root, args = study
+    r = subprocess.run([str(BIN / "vincie-human-eval"), "rate", *args, "--ratings", str(root / "x.jsonl"),
+                        "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.startswith("error: --host 0.0.0.0: serving beyond this machine needs a login")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (root / "x.jsonl").exists()

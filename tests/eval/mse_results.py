@@ -1,0 +1,66 @@
+"""Two methods' MSE-Bench result folders, as `vincie-benchmark mse --generated` writes them, judged by a local
+server on the OpenAI protocol whose scores depend on the prompt ("BAD": 3/9, else 8/7): the human
+evaluation's tests read them (tests/eval/test_human_eval.py, tests/app/test_rate_page.py)."""
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "data"))      # the shared fake server
+from fake_vlm import MODEL, FakeVLM  # noqa: E402
+
+PROMPTS = {"a": ["GOOD add a hat", "GOOD make it red", "GOOD add a cat", "GOOD zoom in", "GOOD crop it"],
+           "b": ["GOOD one", "BAD two", "GOOD three", "GOOD four", "GOOD five"],
+           "c": ["BAD first", "GOOD second", "GOOD third", "GOOD fourth", "GOOD fifth"]}
+
+
+def png(seed, h=40, w=56) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def responder(text, images, attempt):
+    last = re.findall(r"Turn \d+: '([^']*)'", text)[-1]
+    pf, c = (3, 9) if last.startswith("BAD") else (8, 7)
+    return 200, json.dumps({"reason": f"judged {last}", "prompt_following": pf, "consistency": c})
+
+
+def write_study(root: Path) -> Path:
+    """The benchmark (parquet, the release's layout) and two methods, "ours" and "other", each judged by
+    `vincie-benchmark mse --generated`; the second's images then moved into its folder as generated.parquet
+    (the layout of a run edited by vincie-benchmark itself). -> root"""
+    from vincie_tools.benchmark import main
+
+    pq.write_table(pa.table({"index": list(PROMPTS),
+                             "image": [{"bytes": png(i), "path": f"{k}.png"} for i, k in enumerate(PROMPTS)],
+                             "context": list(PROMPTS.values())}), root / "bench.parquet")
+    server = FakeVLM(delay=0.0, responder=responder)
+    conf = root / "judge.yaml"
+    conf.write_text(yaml.safe_dump({"base_urls": [server.url], "model": MODEL, "backoff_s": 0.01}))
+    try:
+        for m, base in (("ours", 100), ("other", 200)):
+            gen = {"index": list(PROMPTS)}
+            for t in range(1, 6):
+                gen[f"turn_{t}_image"] = [{"bytes": png(base + 10 * t + i, 24, 24), "path": None}
+                                          for i in range(len(PROMPTS))]
+            pq.write_table(pa.table(gen), root / f"{m}_gen.parquet")
+            assert main(["mse", "--data", str(root / "bench.parquet"), "--generated", str(root / f"{m}_gen.parquet"),
+                         "--judge", str(conf), "--out", str(root / m), "--quiet"]) == 0
+    finally:
+        server.close()
+    (root / "other_gen.parquet").rename(root / "other" / "generated.parquet")
+    return root
+
+
+def methods(root: Path) -> dict:
+    return {"ours": root / "ours", "other": root / "other"}

@@ -1,0 +1,217 @@
+"""Human evaluation (eval/human.py, vincie-human-eval): the study read from real `vincie-benchmark mse`
+result folders (judged by a local server on the OpenAI protocol), the ratings file, each rater's order, the
+success rates and rater agreement worked out by hand, the correlations against their definitions, and the
+report through the command line with a tiny random CLIP and DINO."""
+import io
+import itertools
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mse_results import PROMPTS, write_study  # noqa: E402
+from mse_results import methods as _methods  # noqa: E402
+from tiny_clip_dino import save_tiny_clip, save_tiny_dino  # noqa: E402
+
+from vincie_mcore.eval import human  # noqa: E402
+from vincie_mcore.eval.human import Item, Ratings, Study  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def study_dirs(tmp_path_factory):
+    return write_study(tmp_path_factory.mktemp("human"))
+
+
+def _decoded(root, method, index, turn):
+    path = root / ("ours_gen.parquet" if method == "ours" else "other/generated.parquet")
+    rows = {r["index"]: r for r in pq.read_table(path).to_pylist()}
+    return np.asarray(Image.open(io.BytesIO(rows[index][f"turn_{turn}_image"]["bytes"])).convert("RGB"))
+
+
+def test_the_study_holds_every_turn_of_every_method_as_the_judge_saw_it(study_dirs):
+    s = Study(_methods(study_dirs))
+    assert s.turns == 5 and len(s.items) == 2 * 3 * 5 and len(set(s.items)) == len(s.items)
+    v = s.view(Item("other", "b", 3))
+    assert len(v["results"]) == 3 and v["prompts"] == PROMPTS["b"][:3]
+    for t, im in enumerate(v["results"], 1):
+        assert np.array_equal(im, _decoded(study_dirs, "other", "b", t))
+    assert v["source"].shape == (24, 24, 3)            # the source at the results' size, as the judge compared
+    # the judge's verdicts as it gave them: it stops at a session's first failure
+    assert s.judge(Item("ours", "a", 5)) is not None and s.judge(Item("ours", "c", 1))["prompt_following"] == 3
+    assert s.judge(Item("ours", "c", 2)) is None and s.judge(Item("ours", "b", 2))["prompt_following"] == 3
+    assert s.methods["ours"].judge_success == pytest.approx([2 / 3, 1 / 3, 1 / 3, 1 / 3, 1 / 3], abs=1e-4)
+
+
+def test_the_ratings_file_resumes_keeps_the_latest_and_survives_a_torn_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    r = Ratings(f)
+    a1, a2 = Item("ours", "a", 1), Item("ours", "a", 2)
+    r.add("alice", a1, True), r.add("bob", a1, False), r.add("alice", a2, False)
+    r.add("alice", a2, True)                             # she changed her mind: the latest counts
+    again = Ratings(f)
+    assert again.get("alice", a2) is True and again.votes(a2) == [True] and sorted(again.votes(a1)) == [False, True]
+    assert again.raters() == ["alice", "bob"] and again.done("alice") == {a1, a2}
+    with open(f, "a") as fh:
+        fh.write('{"rater": "alice", "meth')               # a crash mid-line
+    torn = Ratings(f)
+    assert torn.done("alice") == {a1, a2}
+    torn.add("carol", a1, True)                          # starts a fresh line after the torn one
+    assert Ratings(f).get("carol", a1) is True and len(f.read_text().splitlines()) == 5   # the fragment cut off
+    lines = f.read_text().splitlines()
+    f.write_text("\n".join([lines[0], "not json", *lines[2:]]) + "\n")
+    with pytest.raises(ValueError, match=r"r.jsonl line 2: not a rating") as e:
+        Ratings(f)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=r"^rater: 'a b' is not a name"):
+        r.add("a b", a1, True)
+
+
+def test_each_rater_has_an_order_of_their_own(study_dirs):
+    s = Study(_methods(study_dirs))
+    o = human.order(s.items, "alice")
+    assert sorted(o) == sorted(s.items) and o == human.order(list(s.items), "alice")
+    assert o != human.order(s.items, "bob") and o != human.order(s.items, "alice", seed=1)
+
+
+def test_success_per_turn_and_agreement_worked_by_hand(study_dirs, tmp_path):
+    """ours: a rated success to the end by alice, bob fails its turn 3 (a tie: failure); b's turn 1 only
+    (success); c's turn 2 only (failure: c fails from turn 2 on, undecided at turn 1)."""
+    s = Study(_methods(study_dirs))
+    r = Ratings(tmp_path / "r.jsonl")
+    for t in range(1, 6):
+        r.add("alice", Item("ours", "a", t), True)
+    for t, ok in ((1, True), (2, True), (3, False)):
+        r.add("bob", Item("ours", "a", t), ok)
+    r.add("alice", Item("ours", "b", 1), True)
+    r.add("alice", Item("ours", "c", 2), False)
+    h = human.human_success(s, r)
+    assert h["ours"]["turn_success"] == [1.0, 0.5, 0.0, 0.0, 0.0]
+    assert [p["sessions_counted"] for p in h["ours"]["per_turn"]] == [2, 2, 2, 2, 2]
+    assert h["other"]["turn_success"] == [None] * 5 and h["other"]["per_turn"][0]["sessions_counted"] == 0
+    (pair,) = human.rater_agreement(r)
+    assert pair == {"raters": ["alice", "bob"], "items": 3, "agreement": round(2 / 3, 4), "cohen_kappa": 0.0}
+    # the textbook table: 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no -> p_o 0.7, p_e 0.5, kappa 0.4
+    a = [True] * 25 + [False] * 25
+    b = [True] * 20 + [False] * 5 + [True] * 10 + [False] * 15
+    assert human.cohen_kappa(a, b) == pytest.approx(0.4)
+    assert human.cohen_kappa([True] * 4, [True] * 4) is None
+
+
+def _avg_ranks(x):
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and x[order[j + 1]] == x[order[i]]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def _tau_b(x, y):
+    conc = disc = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif dx == dy:
+            conc += 1
+        else:
+            disc += 1
+    return (conc - disc) / np.sqrt((conc + disc + tx) * (conc + disc + ty))
+
+
+def test_correlations_match_their_definitions():
+    rng = np.random.default_rng(0)
+    x = np.array([0, 0.5, 1, 1, 0, 0.5, 1, 0, 1.0])              # the human side: shares of raters, ties
+    y = x * 4 + rng.normal(0, 1.5, len(x))
+    c = human.correlation(x, y)
+    assert c["n"] == 9
+    assert c["pearson"]["r"] == pytest.approx(np.corrcoef(x, y)[0, 1], abs=1e-4)
+    assert c["spearman"]["r"] == pytest.approx(np.corrcoef(_avg_ranks(x), _avg_ranks(y))[0, 1], abs=1e-4)
+    assert c["kendall"]["r"] == pytest.approx(_tau_b(x, y), abs=1e-4)
+    assert all(0 < c[k]["p"] < 1 for k in ("pearson", "spearman", "kendall"))
+    # without ties Kendall's p is exact: the share of all 7! orders whose |tau| reaches the observed one
+    x7, y7 = np.arange(7.0), np.array([2, 0, 1, 4, 3, 6, 5.0])
+    c7 = human.correlation(x7, y7)
+    taus = np.array([_tau_b(x7, np.array(p)) for p in itertools.permutations(y7)])
+    assert c7["kendall"]["p"] == pytest.approx(np.mean(np.abs(taus) >= abs(_tau_b(x7, y7)) - 1e-12), rel=1e-3)
+    assert human.correlation([1, 1, 1, 1], [1, 2, 3, 4])["pearson"] is None      # a constant side
+    assert human.correlation([0, 1], [1, 2])["kendall"] is None                  # too few
+
+
+def test_report_through_the_command_line(study_dirs, tmp_path, capsys):
+    """Ratings on 12 items by two raters; the report's judge correlation is the one over the pairs read
+    straight from results.json; CLIP-T, CLIP-I and DINO (tiny random models) over every rated item, CLIP-I
+    against the turn's input; a PNG; bad input is one line."""
+    from vincie_tools.human_eval import main
+
+    s = Study(_methods(study_dirs))
+    r = Ratings(tmp_path / "r.jsonl")
+    rng = np.random.default_rng(3)
+    rated = human.order(s.items, "x")[:12]
+    for it in rated:
+        r.add("alice", it, bool(rng.random() > 0.4))
+    for it in rated[:6]:
+        r.add("bob", it, bool(rng.random() > 0.4))
+    clip, dino = save_tiny_clip(tmp_path / "clip"), save_tiny_dino(tmp_path / "dino")
+    args = ["--method", f"ours={study_dirs / 'ours'}", "--method", f"other={study_dirs / 'other'}",
+            "--ratings", str(tmp_path / "r.jsonl")]
+    assert main(["report", *args, "--clip-path", clip, "--dino-path", dino, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "12 of 30 items rated by 2 raters" in out and out.count("vs raters") == 4
+    res = json.loads((tmp_path / "out" / "human_eval.json").read_text())
+    assert res["items_rated"] == 12 and res["raters"] == {"alice": 12, "bob": 6}
+    details = {m: {d["index"]: d for d in json.loads((study_dirs / m / "results.json").read_text())["sessions_detail"]}
+               for m in ("ours", "other")}
+    pairs = []
+    for it in rated:
+        v = details[it.method][it.index]["verdicts"]
+        if len(v) >= it.turn:
+            votes = [r.get(n, it) for n in ("alice", "bob") if r.get(n, it) is not None]
+            pairs.append((np.mean(votes), np.sqrt(v[it.turn - 1]["prompt_following"] * v[it.turn - 1]["consistency"])))
+    assert res["correlation"]["judge"]["n"] == len(pairs)
+    want = human.correlation(*zip(*pairs))
+    assert want["pearson"] is not None
+    for k in ("pearson", "spearman", "kendall"):
+        assert res["correlation"]["judge"][k] == pytest.approx(want[k], rel=1e-3)
+    assert all(res["correlation"][k]["n"] == 12 for k in ("clip_t", "clip_i", "dino"))
+    from vincie_mcore.eval.magicbrush import MagicBrushConfig, MagicBrushMetrics
+
+    m = MagicBrushMetrics(MagicBrushConfig(clip_path=clip, dino_path=dino))
+    it = next(i for i in rated if i.turn > 1)
+    got = human.metric_scores(s, [it], m)[it]
+    e = m.clip_image([s.view(it)["results"][-1], s.view(it)["results"][-2]])
+    assert got["clip_i"] == pytest.approx(float(e[0] @ e[1] / (e[0].norm() * e[1].norm())), abs=1e-5)
+    assert (tmp_path / "out" / "human_eval.png").read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()                                  # the weights' loading bars
+    # one line each: a bad method, a folder that is no result, the same name twice, CLIP without DINO
+    for bad, msg in ((["--method", "ours"], "expected NAME=RESULT_FOLDER"),
+                     (["--method", f"ours={tmp_path}"], "no results.json"),
+                     (["--method", f"o k={study_dirs / 'ours'}"], "is not a name"),
+                     ([*args[:2], "--method", f"ours={study_dirs / 'other'}"], "given twice")):
+        assert main(["report", *bad, "--ratings", str(tmp_path / "r.jsonl"), "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and len(err.strip().splitlines()) == 1, err
+    assert main(["report", *args, "--clip-path", clip, "--out", str(tmp_path / "x")]) == 2
+    assert "give both" in capsys.readouterr().err
+    # a result whose images are gone is named
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    res_json = json.loads((study_dirs / "ours" / "results.json").read_text())
+    res_json["source"]["generated"] = str(tmp_path / "missing.parquet")
+    (gone / "results.json").write_text(json.dumps(res_json))
+    assert main(["report", "--method", f"g={gone}", "--ratings", str(tmp_path / "r.jsonl"),
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "missing.parquet) are not there" in capsys.readouterr().err

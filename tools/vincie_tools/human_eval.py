@@ -1,0 +1,105 @@
+"""Human evaluation of MSE-Bench results (the paper's App. D.1-D.2): a rating page, then the report.
+
+    vincie-human-eval rate --method ours=results/mse --method gpt4o=results/ref --ratings ratings.jsonl
+    vincie-human-eval report --method ours=results/mse --method gpt4o=results/ref --ratings ratings.jsonl \\
+        --clip-path models/clip-vit-base-patch32 --dino-path models/dino-vits16 --out results/human
+
+Each --method is a `vincie-benchmark mse --out` folder. `rate` serves a page where raters answer success or
+failure for every turn of every method, blind to which method made it; it prints
+"vincie-human-eval: open URL" and serves 127.0.0.1 only unless given a login (--auth-file). `report` writes
+human_eval.json (success per turn by the raters beside the judge's, rater agreement, and the correlation
+of the judge's and the CLIP/DINO scores with the raters) and human_eval.png. docs/human_eval.md.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _methods(specs: list[str]) -> dict:
+    out = {}
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--method {spec!r}: expected NAME=RESULT_FOLDER")
+        if name in out:
+            raise ValueError(f"--method {name}: given twice")
+        out[name] = folder
+    return out
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="vincie-human-eval", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for cmd, help_ in (("rate", "serve the rating page"), ("report", "success rates, agreement, correlations")):
+        p = sub.add_parser(cmd, help=help_)
+        p.add_argument("--method", action="append", required=True, metavar="NAME=RESULT_FOLDER",
+                       help="a vincie-benchmark mse --out folder under a name (repeat for more methods)")
+        p.add_argument("--data", default=None, help="the MSE-Bench copy (default: the one the results name)")
+        p.add_argument("--ratings", required=True, help="the ratings file (JSONL; appended to by rate)")
+        p.add_argument("--seed", type=int, default=0, help="rate: the raters' orders; report: the bootstrap")
+    r = sub.choices["rate"]
+    r.add_argument("--host", default="127.0.0.1",
+                   help="address to serve on; anything but loopback needs a login (--auth-file)")
+    r.add_argument("--port", type=int, default=7861)
+    r.add_argument("--auth-file", default=None,
+                   help="logins, one 'user:password' per line (or $VINCIE_APP_AUTH); the login is the rater")
+    r.add_argument("--share", action="store_true", help="a public gradio.live link (needs a login)")
+    p = sub.choices["report"]
+    p.add_argument("--out", required=True, help="folder for human_eval.json and human_eval.png")
+    p.add_argument("--clip-path", default=None, help="a local CLIP folder: CLIP-T and CLIP-I against the raters")
+    p.add_argument("--dino-path", default=None, help="a local DINO ViT folder (with --clip-path): DINO too")
+    p.add_argument("--device", default="cpu")
+    return ap
+
+
+def main(argv=None) -> int:
+    a = _parser().parse_args(argv)
+    from vincie_mcore.eval import human
+
+    try:                                            # every refusal is one line (the app's AppError too)
+        if a.cmd == "rate":                         # exposure first: refuse before reading any images
+            from vincie_mcore.app.serve import ServeConfig, check_exposure, read_auth, serve_rating
+
+            cfg = ServeConfig(host=a.host, port=a.port, auth_file=a.auth_file, share=a.share)
+            check_exposure(cfg, read_auth(cfg.auth_file))
+        elif (a.clip_path is None) != (a.dino_path is None):
+            raise ValueError("--clip-path and --dino-path: give both (CLIP-T, CLIP-I and DINO) or neither")
+        study = human.Study(_methods(a.method), a.data)
+        ratings = human.Ratings(a.ratings)
+        if a.cmd == "rate":
+            serve_rating(study, ratings, cfg, a.seed, announce=lambda line: print(line, flush=True))
+            return 0
+        metrics = None
+        if a.clip_path:
+            from vincie_mcore.eval.magicbrush import MagicBrushConfig, MagicBrushMetrics
+
+            metrics = MagicBrushMetrics(MagicBrushConfig(clip_path=a.clip_path, dino_path=a.dino_path,
+                                                         device=a.device))
+    except (ValueError, OSError) as e:              # FileNotFoundError is an OSError
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    res = human.report(study, ratings, metrics, a.seed)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "human_eval.json").write_text(json.dumps(res, indent=1))
+    human.plot(res, out / "human_eval.png")
+    for name, h in res["human"].items():
+        fmt = lambda xs: " ".join("-" if x is None else f"{x:.3f}" for x in xs)   # noqa: E731
+        print(f"{name}: raters {fmt(h['turn_success'])} | judge {fmt(h['judge_turn_success'])} "
+              f"(sessions counted per turn: {[p['sessions_counted'] for p in h['per_turn']]})")
+    for k, c in res["correlation"].items():
+        if c["pearson"] is not None:
+            print(f"{k} vs raters (n={c['n']}): pearson {c['pearson']['r']:.3f} (p={c['pearson']['p']:.2g}), "
+                  f"spearman {c['spearman']['r']:.3f}, kendall {c['kendall']['r']:.3f}")
+        else:
+            print(f"{k} vs raters (n={c['n']}): undefined (fewer than 3 items, or one side constant)")
+    print(f"{res['items_rated']} of {res['items']} items rated by {len(res['raters'])} raters; "
+          f"{out / 'human_eval.json'}, {out / 'human_eval.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

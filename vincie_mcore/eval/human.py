@@ -1,0 +1,360 @@
+"""Human evaluation of multi-turn editing (paper App. D.1-D.2): people rate MSE-Bench turns, blind to the
+method and to the VLM judge; the success rates they give per turn (Table 6), how far raters agree, and how
+the judge and the CLIP/DINO scores correlate with them (Table 7).
+
+A study is one or more methods' MSE-Bench result folders (``vincie-benchmark mse --out DIR``: its
+``results.json`` and the images, ``generated.parquet`` or, for images made elsewhere, the file it judged),
+over one copy of the benchmark. Each (method, session, turn) is an ``Item``. A rater sees what the judge
+saw (the source, every result so far, every prompt so far), never the method, and answers success or
+failure by the judge's two criteria: the turn's instruction is followed, and nothing else changed. Every
+turn is rated, also after a failed one, so that each turn can be set beside the judge's score; each rater
+gets the items in an order of their own (a seeded shuffle), so no method or turn always comes first.
+
+``Ratings`` is one JSONL file, a line per answer, appended and synced at once: a crash loses at most the
+answer being written, whose torn line is skipped with a warning and cut off by the next answer. A rater's latest answer on an item
+counts.
+
+Success per turn follows the judge's rule (``mse_bench``): an item succeeds when most of its raters say so
+(a tie fails); a session succeeds at turn t when its turns 1..t all succeed. Unlike the judge's rate, which
+is over all sessions, a session counts at turn t only once that is decided (turns 1..t all rated, or a
+failure rated at or before t), so a study part-way through gives rates over the sessions rated so far
+(``sessions_counted``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .mse_bench import _bootstrap, fit_to, load_generated, load_sessions
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")
+
+
+def check_name(name: str, what: str) -> str:
+    """A method or rater name: letters, digits and ``_.+-``, up to 64 characters (it goes into files)."""
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ValueError(f"{what}: {name!r} is not a name of letters, digits and '_.+-' (up to 64, "
+                         f"starting with a letter or digit)")
+    return name
+
+
+@dataclass(frozen=True, order=True)
+class Item:
+    method: str
+    index: str           # the MSE-Bench session
+    turn: int            # 1-based
+
+
+@dataclass
+class Method:
+    name: str
+    folder: Path
+    turns: int
+    threshold: float
+    images: dict         # index -> [turn 1 image, ...] uint8 [H, W, 3]
+    detail: dict         # index -> the judge's {failed_at, error, verdicts}
+    judge_success: list  # the judge's success rate per turn (over all sessions)
+
+
+# ----------------------------------------------------------------------------- the study
+
+def _images_of(folder: Path, res: dict, turns: int) -> dict:
+    own = folder / "generated.parquet"
+    if own.is_file():
+        return load_generated(own, turns)
+    src = (res.get("source") or {}).get("generated")
+    if not src:
+        raise FileNotFoundError(f"{folder}: no generated.parquet and no source.generated in results.json")
+    for p in (Path(src), folder / src):
+        if p.exists():
+            return load_generated(p, turns)
+    raise FileNotFoundError(f"{folder}: the images it judged ({src}) are not there; pass the results of a "
+                            f"run whose images are at hand")
+
+
+class Study:
+    """The methods' results (``{name: result folder}``) over the benchmark at ``data`` (default: the data the
+    first method was scored on, ``results.json``'s ``source.data``). All methods must be scored with the same
+    number of turns; each must hold images for every session it was judged on."""
+
+    def __init__(self, methods: dict, data=None):
+        if not methods:
+            raise ValueError("methods: give at least one NAME=RESULT_FOLDER")
+        self.methods: dict[str, Method] = {}
+        for name, folder in methods.items():
+            check_name(name, "method")
+            folder = Path(folder)
+            f = folder / "results.json"
+            if not f.is_file():
+                raise FileNotFoundError(f"method {name}: no results.json in {folder} (a vincie-benchmark mse --out)")
+            try:
+                res = json.loads(f.read_text())
+                turns, thr = int(res["turns"]), float(res["threshold"])
+                detail = {str(d["index"]): d for d in res["sessions_detail"]}
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"method {name}: {f} is not an MSE-Bench results.json "
+                                 f"({type(e).__name__}: {e})") from None
+            if data is None:
+                data = (res.get("source") or {}).get("data")
+            m = Method(name, folder, turns, thr, _images_of(folder, res, turns), detail,
+                       list(res.get("turn_success") or []))
+            missing = [i for i in detail if i not in m.images]
+            if missing:
+                raise ValueError(f"method {name}: no images for session {missing[0]!r}")
+            self.methods[name] = m
+        turns = {m.turns for m in self.methods.values()}
+        if len(turns) != 1:
+            raise ValueError(f"methods: scored with different numbers of turns {sorted(turns)}")
+        self.turns = turns.pop()
+        if data is None:
+            raise ValueError("data: the benchmark's sessions are needed (--data; results.json names none)")
+        self.sessions = {s.index: s for s in load_sessions(data)}
+        for m in self.methods.values():
+            unknown = [i for i in m.detail if i not in self.sessions]
+            if unknown:
+                raise ValueError(f"method {m.name}: session {unknown[0]!r} is not in the benchmark at {data}")
+        self.items = [Item(m.name, i, t) for m in self.methods.values() for i in m.detail
+                      for t in range(1, self.turns + 1)]
+
+    def view(self, item: Item) -> dict:
+        """What a rater (and the judge) sees for ``item``: the source at the results' size, the results of
+        turns 1..t, the prompts of turns 1..t."""
+        m, s = self.methods[item.method], self.sessions[item.index]
+        results = m.images[item.index][:item.turn]
+        return {"source": fit_to(s.image, results[0].shape[:2]), "results": results,
+                "prompts": list(s.prompts[:item.turn])}
+
+    def judge(self, item: Item) -> dict | None:
+        """The judge's verdict on ``item`` (``prompt_following``, ``consistency``), None where it did not judge
+        that turn (judging stops at a session's first failure)."""
+        v = self.methods[item.method].detail[item.index].get("verdicts") or []
+        return v[item.turn - 1] if len(v) >= item.turn else None
+
+
+def order(items: list[Item], rater: str, seed: int = 0) -> list[Item]:
+    """The rater's own order of the items: a shuffle seeded by (seed, rater), the same on every start."""
+    key = int.from_bytes(hashlib.sha256(f"{seed}:{rater}".encode()).digest()[:8], "little")
+    return [items[i] for i in np.random.default_rng(key).permutation(len(items))]
+
+
+# ----------------------------------------------------------------------------- the ratings file
+
+class Ratings:
+    """The answers, one JSONL line each ``{"rater", "method", "index", "turn", "success", "time"}``."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._latest: dict = {}              # (rater, Item) -> bool
+        self._by_item: dict = {}             # Item -> {rater: bool}
+        self._lock = threading.Lock()
+        self._torn: int | None = None       # the file ends inside a line: the bytes before it (the next answer
+        if self.path.exists():               # cuts the fragment off before it is written)
+            raw = self.path.read_bytes()
+            if raw and not raw.endswith(b"\n"):
+                self._torn = raw.rfind(b"\n") + 1
+            text = raw.decode()
+            lines = text.splitlines()
+            for n, line in enumerate(lines, 1):
+                if not line.strip():
+                    continue
+                try:
+                    r = json.loads(line)
+                    key = (r["rater"], Item(str(r["method"]), str(r["index"]), int(r["turn"])))
+                    ok = r["success"]
+                    if not isinstance(ok, bool):
+                        raise ValueError("success is not true/false")
+                except (ValueError, KeyError, TypeError) as e:
+                    if n == len(lines):       # a torn last line (a crash while writing): the rest stands
+                        log.warning("%s: line %d skipped (%s)", self.path, n, type(e).__name__)
+                        continue
+                    raise ValueError(f"{self.path} line {n}: not a rating ({type(e).__name__}: {e})") from None
+                self._set(*key, ok)
+
+    def add(self, rater: str, item: Item, success: bool) -> None:
+        check_name(rater, "rater")
+        if not isinstance(success, bool):
+            raise ValueError(f"success: expected true or false, got {success!r}")
+        line = json.dumps({"rater": rater, "method": item.method, "index": item.index, "turn": item.turn,
+                           "success": success, "time": round(time.time(), 3)})
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self._torn is not None:
+                with open(self.path, "r+b") as f:
+                    f.truncate(self._torn)
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self._torn = None
+            self._set(rater, item, success)
+
+    def _set(self, rater: str, item: Item, success: bool) -> None:
+        self._latest[(rater, item)] = success
+        self._by_item.setdefault(item, {})[rater] = success
+
+    def get(self, rater: str, item: Item) -> bool | None:
+        return self._latest.get((rater, item))
+
+    def votes(self, item: Item) -> list[bool]:
+        """Every rater's latest answer on ``item``."""
+        return list(self._by_item.get(item, {}).values())
+
+    def raters(self) -> list[str]:
+        return sorted({r for r, _ in self._latest})
+
+    def done(self, rater: str) -> set:
+        return {it for (r, it) in self._latest if r == rater}
+
+
+# ----------------------------------------------------------------------------- statistics
+
+def item_success(votes: list[bool]) -> bool | None:
+    """Most raters said success (a tie fails); None when no one rated it."""
+    return None if not votes else sum(votes) * 2 > len(votes)
+
+
+def human_success(study: Study, ratings: Ratings, seed: int = 0) -> dict:
+    """Per method, per turn: the share of sessions that succeed at every turn up to t, over the sessions for
+    which that is decided, with a bootstrap 95 % CI over them; beside it the judge's rate from results.json."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, m in study.methods.items():
+        per_turn = []
+        for t in range(1, study.turns + 1):
+            decided = []
+            for index in m.detail:
+                ok = [item_success(ratings.votes(Item(name, index, k))) for k in range(1, t + 1)]
+                if False in ok:
+                    decided.append(0.0)
+                elif None not in ok:
+                    decided.append(1.0)
+            x = np.array(decided)
+            per_turn.append({"turn": t, "success_rate": round(float(x.mean()), 4) if len(x) else None,
+                             "success_ci95": _bootstrap(x, rng), "sessions_counted": len(x)})
+        out[name] = {"sessions": len(m.detail), "turn_success": [p["success_rate"] for p in per_turn],
+                     "per_turn": per_turn, "judge_turn_success": m.judge_success}
+    return out
+
+
+def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
+    """Cohen's kappa of two raters' answers on the same items; None where chance agreement is total."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    po = float((a == b).mean())
+    pe = float(a.mean() * b.mean() + (1 - a.mean()) * (1 - b.mean()))
+    return None if pe >= 1.0 else (po - pe) / (1.0 - pe)
+
+
+def rater_agreement(ratings: Ratings) -> list[dict]:
+    """Every pair of raters with items in common: how many, the share answered alike, Cohen's kappa."""
+    raters, out = ratings.raters(), []
+    for i, r1 in enumerate(raters):
+        for r2 in raters[i + 1:]:
+            common = sorted(ratings.done(r1) & ratings.done(r2))
+            if not common:
+                continue
+            a = [ratings.get(r1, it) for it in common]
+            b = [ratings.get(r2, it) for it in common]
+            k = cohen_kappa(a, b)
+            out.append({"raters": [r1, r2], "items": len(common),
+                        "agreement": round(float(np.mean(np.equal(a, b))), 4),
+                        "cohen_kappa": None if k is None else round(k, 4)})
+    return out
+
+
+def correlation(x, y) -> dict:
+    """Pearson r, Spearman rho and Kendall tau-b of paired values with their two-sided p-values (scipy's:
+    the t-distribution for r and rho, the exact or tie-corrected normal distribution for tau)."""
+    from scipy import stats
+
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    out = {"n": int(len(x))}
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:     # undefined: too few, or a constant side
+        return {**out, "pearson": None, "spearman": None, "kendall": None}
+    for name, fn in (("pearson", stats.pearsonr), ("spearman", stats.spearmanr), ("kendall", stats.kendalltau)):
+        r = fn(x, y)
+        out[name] = {"r": round(float(r.statistic), 4), "p": float(f"{float(r.pvalue):.4g}")}
+    return out
+
+
+def metric_scores(study: Study, items: list[Item], metrics) -> dict:
+    """CLIP-T, CLIP-I and DINO of each item's result (``magicbrush.MagicBrushMetrics``): CLIP-T against the
+    turn's instruction (MSE-Bench has no output captions), CLIP-I and DINO against the turn's input (the
+    source, or the previous turn's result) -> ``{item: {clip_t, clip_i, dino}}``."""
+    views = [study.view(it) for it in items]
+    gen = [v["results"][-1] for v in views]
+    inputs = [v["results"][-2] if len(v["results"]) > 1 else v["source"] for v in views]
+    rows = metrics.score(gen, inputs, [v["prompts"][-1] for v in views])
+    return {it: {k: r[k] for k in ("clip_t", "clip_i", "dino")} for it, r in zip(items, rows)}
+
+
+def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0) -> dict:
+    """Table 6 (``human``: success per turn), the raters' agreement, and Table 7 (``correlation``: each
+    score against the items' human success, the share of raters who said success, over the rated items;
+    the judge's sqrt(prompt_following x consistency) over the turns it judged)."""
+    rated = [it for it in study.items if ratings.votes(it)]
+    human = {it: float(np.mean(ratings.votes(it))) for it in rated}
+    scores: dict = {"judge": {}}
+    for it in rated:
+        v = study.judge(it)
+        if v is not None:
+            scores["judge"][it] = math.sqrt(v["prompt_following"] * v["consistency"])
+    if metrics is not None and rated:
+        per = metric_scores(study, rated, metrics)
+        for k in ("clip_t", "clip_i", "dino"):
+            scores[k] = {it: s[k] for it, s in per.items() if s[k] is not None}
+    corr = {k: correlation([human[it] for it in s], [s[it] for it in s]) for k, s in scores.items()}
+    return {"study": {name: str(m.folder) for name, m in study.methods.items()}, "turns": study.turns,
+            "items": len(study.items), "items_rated": len(rated), "ratings": sum(len(ratings.done(r))
+                                                                                   for r in ratings.raters()),
+            "raters": {r: len(ratings.done(r)) for r in ratings.raters()},
+            "rule": "an item succeeds when most of its raters say so (a tie fails); a session succeeds at turn "
+                    "t when turns 1..t all succeed; rates are over the sessions decided at t",
+            "human": human_success(study, ratings, seed), "agreement": rater_agreement(ratings),
+            "correlation": corr,
+            "correlation_note": "human = the share of an item's raters who said success; judge = sqrt("
+                                "prompt_following x consistency); clip_t against the turn's instruction, "
+                                "clip_i and dino against the turn's input"}
+
+
+def plot(res: dict, path) -> Path:
+    """Success per turn, raters (solid) beside the judge (dashed), a colour per method -> PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), dpi=120)
+    turns = list(range(1, res["turns"] + 1))
+    for n, (name, h) in enumerate(res["human"].items()):
+        color = f"C{n}"
+        ys = [np.nan if y is None else y for y in h["turn_success"]]
+        ax.plot(turns, ys, "o-", color=color, label=f"{name}: raters")
+        if h["judge_turn_success"]:
+            ax.plot(turns, h["judge_turn_success"][:len(turns)], "s--", color=color, alpha=0.6,
+                    label=f"{name}: judge")
+    ax.set_xlabel("turn")
+    ax.set_ylabel("success rate")
+    ax.set_xticks(turns)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(f"MSE-Bench: {res['items_rated']} of {res['items']} items rated, {len(res['raters'])} raters",
+                 fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
