@@ -15,9 +15,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from browser import browser, css, free_port, serve, text, wait  # noqa: E402
-from mse_results import methods, write_study  # noqa: E402
+from mse_results import methods, write_annotated_store, write_study  # noqa: E402
 
-from vincie_mcore.eval.human import Ratings, Study, order  # noqa: E402
+from vincie_mcore.eval.human import AnnotationStudy, Ratings, Study, order  # noqa: E402
 
 BIN = Path(sys.executable).parent
 
@@ -97,3 +97,42 @@ def test_serving_beyond_this_machine_needs_a_login(study):
                         "--host", "0.0.0.0"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: --host 0.0.0.0: serving beyond this machine needs a login")
     assert len(r.stderr.strip().splitlines()) == 1 and not (root / "x.jsonl").exists()
+
+
+@pytest.fixture(scope="module")
+def annotated(tmp_path_factory):
+    root = tmp_path_factory.mktemp("annot")
+    store = write_annotated_store(root / "sessions")
+    return root, ["--store", str(store), "--sample", "5"]
+
+
+@browser
+def test_rate_annotations_in_the_browser(annotated, driver):
+    """The transition's two frames (pixel for pixel) and its text; Save needs both answers; the answers land
+    in the file."""
+    root, args = annotated
+    s = AnnotationStudy(args[1], sample=5)
+    mine = order(s.items, "carol")
+    gen = serve([BIN / "vincie-human-eval", "rate", *args, "--ratings", root / "a.jsonl", "--port", free_port()],
+                "vincie-human-eval:")
+    url = next(gen)
+    try:
+        d = driver
+        d.get(url)
+        wait(lambda: css(d, "#start-btn"), what="the page")
+        _start(d, "carol")
+        v = s.view(mine[0])
+        wait(lambda: text(d, "#transition-text") == v["text"] and len(css(d, "#history img")) == 2,
+             what="the first transition")
+        css(d, "#success-btn")[0].click()                             # "Save" with nothing answered
+        wait(lambda: "answer both questions" in d.page_source, what="the refusal")
+        for q, answer in (("accurate", "yes"), ("complete", "no")):
+            next(e for e in css(d, f"#{q} label") if e.text.strip() == answer).click()
+        css(d, "#success-btn")[0].click()
+        wait(lambda: text(d, "#transition-text") == s.view(mine[1])["text"], what="the next transition")
+        r = Ratings(root / "a.jsonl")
+        assert r.done("carol") == {mine[0]}
+        assert (r.get("carol", mine[0], "accurate"), r.get("carol", mine[0], "complete")) == (True, False)
+    finally:
+        for _ in gen:
+            pass

@@ -64,3 +64,26 @@ def write_study(root: Path) -> Path:
 
 def methods(root: Path) -> dict:
     return {"ours": root / "ours", "other": root / "other"}
+
+
+def frame(seed, h=24, w=32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+def write_annotated_store(root: Path, sessions: int = 12) -> Path:
+    """A session store of ``sessions`` sessions of 2 to 5 frames (session i's frame k: ``frame(100 * i + k)``),
+    transition j's text ``"session {i}: change {j}"``; camera "pan left" on session 0's transitions."""
+    from vincie_mcore.data.store import RawSession, SessionWriter
+
+    def enc(a):
+        buf = io.BytesIO()
+        Image.fromarray(a).save(buf, "PNG")
+        return buf.getvalue()
+    mask = enc(np.zeros((24, 32), np.uint8))
+    with SessionWriter(root, shard_size=5) as w:
+        for i in range(sessions):
+            k = 2 + i % 4
+            w.add(RawSession(f"v{i}", [enc(frame(100 * i + f)) for f in range(k)], [mask] * (k - 1), [mask] * (k - 1),
+                             [f"session {i}: change {j}" for j in range(k - 1)],
+                             ["pan left" if i == 0 else "None"] * (k - 1)))
+    return root

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mse_results import PROMPTS, write_study  # noqa: E402
+from mse_results import PROMPTS, frame, write_annotated_store, write_study  # noqa: E402
 from mse_results import methods as _methods  # noqa: E402
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino  # noqa: E402
 
@@ -51,8 +51,9 @@ def test_the_ratings_file_resumes_keeps_the_latest_and_survives_a_torn_line(tmp_
     f = tmp_path / "r.jsonl"
     r = Ratings(f)
     a1, a2 = Item("ours", "a", 1), Item("ours", "a", 2)
-    r.add("alice", a1, True), r.add("bob", a1, False), r.add("alice", a2, False)
-    r.add("alice", a2, True)                             # she changed her mind: the latest counts
+    r.add("alice", a1, {"success": True}), r.add("bob", a1, {"success": False})
+    r.add("alice", a2, {"success": False})
+    r.add("alice", a2, {"success": True})              # she changed her mind: the latest counts
     again = Ratings(f)
     assert again.get("alice", a2) is True and again.votes(a2) == [True] and sorted(again.votes(a1)) == [False, True]
     assert again.raters() == ["alice", "bob"] and again.done("alice") == {a1, a2}
@@ -60,7 +61,7 @@ def test_the_ratings_file_resumes_keeps_the_latest_and_survives_a_torn_line(tmp_
         fh.write('{"rater": "alice", "meth')               # a crash mid-line
     torn = Ratings(f)
     assert torn.done("alice") == {a1, a2}
-    torn.add("carol", a1, True)                          # starts a fresh line after the torn one
+    torn.add("carol", a1, {"success": True})           # starts a fresh line after the torn one
     assert Ratings(f).get("carol", a1) is True and len(f.read_text().splitlines()) == 5   # the fragment cut off
     lines = f.read_text().splitlines()
     f.write_text("\n".join([lines[0], "not json", *lines[2:]]) + "\n")
@@ -68,7 +69,7 @@ def test_the_ratings_file_resumes_keeps_the_latest_and_survives_a_torn_line(tmp_
         Ratings(f)
     assert "\n" not in str(e.value)
     with pytest.raises(ValueError, match=r"^rater: 'a b' is not a name"):
-        r.add("a b", a1, True)
+        r.add("a b", a1, {"success": True})
 
 
 def test_each_rater_has_an_order_of_their_own(study_dirs):
@@ -84,11 +85,11 @@ def test_success_per_turn_and_agreement_worked_by_hand(study_dirs, tmp_path):
     s = Study(_methods(study_dirs))
     r = Ratings(tmp_path / "r.jsonl")
     for t in range(1, 6):
-        r.add("alice", Item("ours", "a", t), True)
+        r.add("alice", Item("ours", "a", t), {"success": True})
     for t, ok in ((1, True), (2, True), (3, False)):
-        r.add("bob", Item("ours", "a", t), ok)
-    r.add("alice", Item("ours", "b", 1), True)
-    r.add("alice", Item("ours", "c", 2), False)
+        r.add("bob", Item("ours", "a", t), {"success": ok})
+    r.add("alice", Item("ours", "b", 1), {"success": True})
+    r.add("alice", Item("ours", "c", 2), {"success": False})
     h = human.human_success(s, r)
     assert h["ours"]["turn_success"] == [1.0, 0.5, 0.0, 0.0, 0.0]
     assert [p["sessions_counted"] for p in h["ours"]["per_turn"]] == [2, 2, 2, 2, 2]
@@ -162,9 +163,9 @@ def test_report_through_the_command_line(study_dirs, tmp_path, capsys):
     rng = np.random.default_rng(3)
     rated = human.order(s.items, "x")[:12]
     for it in rated:
-        r.add("alice", it, bool(rng.random() > 0.4))
+        r.add("alice", it, {"success": bool(rng.random() > 0.4)})
     for it in rated[:6]:
-        r.add("bob", it, bool(rng.random() > 0.4))
+        r.add("bob", it, {"success": bool(rng.random() > 0.4)})
     clip, dino = save_tiny_clip(tmp_path / "clip"), save_tiny_dino(tmp_path / "dino")
     args = ["--method", f"ours={study_dirs / 'ours'}", "--method", f"other={study_dirs / 'other'}",
             "--ratings", str(tmp_path / "r.jsonl")]
@@ -215,3 +216,58 @@ def test_report_through_the_command_line(study_dirs, tmp_path, capsys):
     assert main(["report", "--method", f"g={gone}", "--ratings", str(tmp_path / "r.jsonl"),
                  "--out", str(tmp_path / "x")]) == 2
     assert "missing.parquet) are not there" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    return write_annotated_store(tmp_path_factory.mktemp("annot") / "sessions")
+
+
+def test_annotation_study_draws_transitions_and_shows_them_as_stored(store):
+    from vincie_mcore.data.store import SessionStore
+
+    st = SessionStore(store)
+    s = human.AnnotationStudy(store, sample=8, seed=0)
+    assert len(s.items) == 8 and len({it.index for it in s.items}) == 8 and s.questions == ("accurate", "complete")
+    assert [it for it in s.items] == human.AnnotationStudy(store, sample=8, seed=0).items
+    assert s.items != human.AnnotationStudy(store, sample=8, seed=1).items
+    for it in s.items:
+        i, j = int(it.index), it.turn - 1
+        assert 0 <= j < st[i].num_frames - 1 and it.method == "annotations"
+        v = s.view(it)
+        assert np.array_equal(v["before"], frame(100 * i + j)) and np.array_equal(v["after"], frame(100 * i + j + 1))
+        assert v["text"] == f"session {i}: change {j}" and v["video_id"] == f"v{i}"
+    assert len(human.AnnotationStudy(store, sample=50).items) == 12        # at most every session once
+    with pytest.raises(ValueError, match="^sample: must be >= 1, got 0$"):
+        human.AnnotationStudy(store, sample=0)
+
+
+def test_annotation_report_worked_by_hand(store, tmp_path, capsys):
+    from vincie_tools.human_eval import main
+
+    s = human.AnnotationStudy(store, sample=6, seed=2)
+    r = Ratings(tmp_path / "a.jsonl")
+    a, b, c, d = s.items[:4]
+    r.add("alice", a, {"accurate": True, "complete": True})
+    r.add("alice", b, {"accurate": True, "complete": False})
+    r.add("alice", c, {"accurate": False, "complete": False})
+    r.add("bob", c, {"accurate": True, "complete": False})            # a tie on c's accuracy: no
+    r.add("bob", d, {"accurate": True, "complete": True})
+    r.add("bob", Item("ours", "a", 1), {"success": True})               # another study's rating: not counted
+    res = human.annotation_report(s, r)
+    assert res["questions"]["accurate"]["share_yes"] == 0.75 and res["questions"]["accurate"]["items_rated"] == 4
+    assert res["questions"]["complete"]["share_yes"] == 0.5
+    assert res["questions"]["accurate"]["agreement"] == [{"raters": ["alice", "bob"], "items": 1, "agreement": 0.0,
+                                                          "cohen_kappa": 0.0}]
+    assert res["raters"] == {"alice": 3, "bob": 2}
+    args = ["--store", str(store), "--sample", "6", "--sample-seed", "2", "--ratings", str(tmp_path / "a.jsonl")]
+    assert main(["report", *args, "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "accurate: 0.750" in out and "complete: 0.500" in out
+    assert json.loads((tmp_path / "out" / "human_eval_annotations.json").read_text())["questions"] == res["questions"]
+    assert main(["report", *args, "--clip-path", "x", "--dino-path", "y", "--out", str(tmp_path / "o")]) == 2
+    assert "not annotations" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown question 'nice'"):
+        r.add("alice", a, {"nice": True})
+    with pytest.raises(ValueError, match="accurate is not true/false"):
+        r.add("alice", a, {"accurate": 1})

@@ -1,14 +1,18 @@
-"""Human evaluation of MSE-Bench results (the paper's App. D.1-D.2): a rating page, then the report.
+"""Human evaluation (the paper's App. D.1-D.3): a rating page, then the report.
 
     vincie-human-eval rate --method ours=results/mse --method gpt4o=results/ref --ratings ratings.jsonl
     vincie-human-eval report --method ours=results/mse --method gpt4o=results/ref --ratings ratings.jsonl \\
         --clip-path models/clip-vit-base-patch32 --dino-path models/dino-vits16 --out results/human
+    vincie-human-eval rate --store sessions/ --sample 500 --ratings annotations.jsonl      # the annotator's texts
+    vincie-human-eval report --store sessions/ --sample 500 --ratings annotations.jsonl --out results/human
 
 Each --method is a `vincie-benchmark mse --out` folder. `rate` serves a page where raters answer success or
 failure for every turn of every method, blind to which method made it; it prints
 "vincie-human-eval: open URL" and serves 127.0.0.1 only unless given a login (--auth-file). `report` writes
 human_eval.json (success per turn by the raters beside the judge's, rater agreement, and the correlation
-of the judge's and the CLIP/DINO scores with the raters) and human_eval.png. docs/human_eval.md.
+of the judge's and the CLIP/DINO scores with the raters) and human_eval.png. With --store, transitions drawn
+from a session store are rated on their two frames and text (accurate? complete?), and `report` writes
+human_eval_annotations.json (Table 8). docs/human_eval.md.
 """
 from __future__ import annotations
 
@@ -35,9 +39,15 @@ def _parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
     for cmd, help_ in (("rate", "serve the rating page"), ("report", "success rates, agreement, correlations")):
         p = sub.add_parser(cmd, help=help_)
-        p.add_argument("--method", action="append", required=True, metavar="NAME=RESULT_FOLDER",
-                       help="a vincie-benchmark mse --out folder under a name (repeat for more methods)")
+        what = p.add_mutually_exclusive_group(required=True)
+        what.add_argument("--method", action="append", metavar="NAME=RESULT_FOLDER",
+                          help="MSE-Bench turns: a vincie-benchmark mse --out folder under a name (repeat)")
+        what.add_argument("--store", default=None,
+                          help="annotations: a session store (vincie-build-sessions --out) to draw transitions from")
         p.add_argument("--data", default=None, help="the MSE-Bench copy (default: the one the results name)")
+        p.add_argument("--sample", type=int, default=500, help="--store: transitions to rate (the paper: 500)")
+        p.add_argument("--sample-seed", type=int, default=0,
+                       help="--store: which transitions (rate and report must agree on it and on --sample)")
         p.add_argument("--ratings", required=True, help="the ratings file (JSONL; appended to by rate)")
         p.add_argument("--seed", type=int, default=0, help="rate: the raters' orders; report: the bootstrap")
     r = sub.choices["rate"]
@@ -67,7 +77,10 @@ def main(argv=None) -> int:
             check_exposure(cfg, read_auth(cfg.auth_file))
         elif (a.clip_path is None) != (a.dino_path is None):
             raise ValueError("--clip-path and --dino-path: give both (CLIP-T, CLIP-I and DINO) or neither")
-        study = human.Study(_methods(a.method), a.data)
+        elif a.store and a.clip_path:
+            raise ValueError("--clip-path: scores MSE-Bench turns (--method), not annotations")
+        study = (human.AnnotationStudy(a.store, a.sample, a.sample_seed) if a.store else
+                 human.Study(_methods(a.method), a.data))
         ratings = human.Ratings(a.ratings)
         if a.cmd == "rate":
             serve_rating(study, ratings, cfg, a.seed, announce=lambda line: print(line, flush=True))
@@ -81,9 +94,17 @@ def main(argv=None) -> int:
     except (ValueError, OSError) as e:              # FileNotFoundError is an OSError
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
-    res = human.report(study, ratings, metrics, a.seed)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
+    if a.store:
+        res = human.annotation_report(study, ratings, a.seed)
+        (out / "human_eval_annotations.json").write_text(json.dumps(res, indent=1))
+        for q, r in res["questions"].items():
+            share = "-" if r["share_yes"] is None else f"{r['share_yes']:.3f} (95% CI {r['ci95']})"
+            print(f"{q}: {share} over {r['items_rated']} rated transitions")
+        print(f"{len(res['raters'])} raters; {out / 'human_eval_annotations.json'}")
+        return 0
+    res = human.report(study, ratings, metrics, a.seed)
     (out / "human_eval.json").write_text(json.dumps(res, indent=1))
     human.plot(res, out / "human_eval.png")
     for name, h in res["human"].items():

@@ -401,14 +401,18 @@ MUTANTS = [
            ("tests/eval/test_human_eval.py",), "an item its raters split on counts as a success: the human "
                                                 "success rates come out too high"),
     Mutant("human_first_answer_counts", "vincie_mcore/eval/human.py",
-           "        self._by_item.setdefault(item, {})[rater] = success\n",
-           "        self._by_item.setdefault(item, {}).setdefault(rater, success)\n",
+           "        self._by_item.setdefault(item, {})[rater] = answers\n",
+           "        self._by_item.setdefault(item, {}).setdefault(rater, answers)\n",
            ("tests/eval/test_human_eval.py",), "a rater who changes their mind is counted with their first answer"),
     Mutant("human_clip_i_against_the_source", "vincie_mcore/eval/human.py",
            "    inputs = [v[\"results\"][-2] if len(v[\"results\"]) > 1 else v[\"source\"] for v in views]\n",
            "    inputs = [v[\"source\"] for v in views]\n",
            ("tests/eval/test_human_eval.py",), "CLIP-I and DINO of a later turn compare it with the source, not "
                                                 "with the image the turn edited"),
+    Mutant("annotation_view_one_frame_late", "vincie_mcore/eval/human.py",
+           "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, j + 1)]\n",
+           "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, min(j + 2, len(s.frames) - 1))]\n",
+           ("tests/eval/test_human_eval.py",), "a rated transition shows the wrong second frame beside its text"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "

@@ -1,6 +1,7 @@
-"""The rating page of ``vincie-human-eval rate``: one MSE-Bench turn at a time, blind to the method and the
-judge, answered success or failure. The study, each rater's order and the ratings file are
-``eval/human.py``'s; this file only shows them.
+"""The rating page of ``vincie-human-eval rate``: one item at a time, an MSE-Bench turn (blind to the method
+and the judge, answered success or failure) or an annotated transition (its two frames and text, answered
+accurate? complete?). The studies, each rater's order and the ratings file are ``eval/human.py``'s; this file
+only shows them.
 
 A rater is the login name when the server has logins (``--auth-file``), else the name typed on the page.
 Each answer is on disk before the next item shows, so closing the tab (or the server) loses nothing, and
@@ -13,11 +14,14 @@ import html
 
 import gradio as gr
 
-from ..eval.human import Item, Ratings, Study, check_name, order
+from ..eval.human import Item, Ratings, check_name, order
 
-QUESTION = ("Rate the **last** turn only; the earlier ones are its context. It succeeds when both hold: "
-            "(1) its result does what its instruction asks, and (2) nothing else changed that the "
-            "instructions did not ask for.")
+QUESTION = {
+    "mse": "Rate the **last** turn only; the earlier ones are its context. It succeeds when both hold: "
+           "(1) its result does what its instruction asks, and (2) nothing else changed that the "
+           "instructions did not ask for.",
+    "annotation": "The text was written for the change from the first frame to the second. Answer both: is "
+                  "**everything it says** right? does it name **every change** you see?"}
 
 CSS = "#result img, #history img { object-fit: contain; image-rendering: pixelated; }"
 
@@ -28,9 +32,23 @@ def _prompts_html(prompts: list[str]) -> str:
     return f"<ol id='prompt-list'>{''.join(rows)}</ol>"
 
 
-def build_rating_app(study: Study, ratings: Ratings, seed: int = 0, logins: bool = False):
-    """The page (``gr.Blocks``) over ``study``, writing to ``ratings``."""
+def _panels(study, it: Item):
+    """(gallery, text HTML, large image) of an item."""
+    v = study.view(it)
+    if study.kind == "mse":
+        gallery = [(v["source"], "source")] + [(im, f"turn {t}") for t, im in enumerate(v["results"][:-1], 1)]
+        return gallery, _prompts_html(v["prompts"]), v["results"][-1]
+    camera = "" if v["camera"] in (None, "", "None") else f"<p>camera: {html.escape(v['camera'])}</p>"
+    return ([(v["before"], "first frame"), (v["after"], "second frame")],
+            f"<p id='transition-text'>{html.escape(v['text'])}</p>{camera}", None)
+
+
+def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = False):
+    """The page (``gr.Blocks``) over ``study`` (``human.Study`` or ``human.AnnotationStudy``), writing to
+    ``ratings``."""
     orders: dict = {}
+    n = len(study.items)
+    mse = study.kind == "mse"
 
     def _order(rater):
         if rater not in orders:
@@ -40,20 +58,18 @@ def build_rating_app(study: Study, ratings: Ratings, seed: int = 0, logins: bool
     def _show(rater: str, skipped: list):
         done = ratings.done(rater)
         todo = [it for it in _order(rater) if it not in done]
-        n = len(study.items)
         if not todo:
-            return (None, [], "", None,
+            return (None, [], "", None, None, None,
                     f"All {n} items rated by **{html.escape(rater)}**. Thank you: the page can be closed.")
         fresh = [it for it in todo if [it.method, it.index, it.turn] not in skipped]    # the state's lists
         if not fresh:                                        # every item left was skipped: a new round
             skipped, fresh = [], todo
         it = fresh[0]
-        v = study.view(it)
-        gallery = [(v["source"], "source")] + [(im, f"turn {t}") for t, im in enumerate(v["results"][:-1], 1)]
+        gallery, text, image = _panels(study, it)
+        where = f"turn {it.turn} of a {study.turns}-turn session" if mse else "a transition"
         state = {"rater": rater, "item": [it.method, it.index, it.turn], "skipped": skipped}
-        return (state, gallery, _prompts_html(v["prompts"]), v["results"][-1],
-                f"**{html.escape(rater)}**: {len(done)} of {n} rated; turn {it.turn} of a "
-                f"{study.turns}-turn session.")
+        return (state, gallery, text, image, None, None,
+                f"**{html.escape(rater)}**: {len(done & set(study.items))} of {n} rated; {where}.")
 
     def on_start(name, request: gr.Request):
         rater = (request.username if logins and request and request.username else (name or "").strip())
@@ -63,42 +79,56 @@ def build_rating_app(study: Study, ratings: Ratings, seed: int = 0, logins: bool
             raise gr.Error(str(e), print_exception=False) from None
         return _show(rater, [])
 
-    def on_answer(verdict, state):
+    def on_answer(state, answers):
+        # a warning, the page left as it is (gr.Error would cover the outputs, the answer radios among them)
         if not state or not state.get("item"):
-            raise gr.Error("rater: enter your name and press Start first", print_exception=False)
-        it = Item(*state["item"])
-        if verdict == "skip":
+            gr.Warning("rater: enter your name and press Start first")
+            return tuple(gr.skip() for _ in outs)
+        if answers is None:                                  # skipped
             return _show(state["rater"], [*state["skipped"], state["item"]])
-        ratings.add(state["rater"], it, verdict == "success")
+        if None in answers.values():
+            gr.Warning("answer both questions (or skip)")
+            return tuple(gr.skip() for _ in outs)
+        ratings.add(state["rater"], Item(*state["item"]), answers)
         return _show(state["rater"], state["skipped"])
 
     with gr.Blocks(title="VINCIE human evaluation") as app:
-        gr.Markdown(f"### Multi-turn editing: human evaluation\n{len(study.items)} items "
-                    f"({study.turns}-turn sessions). " + ("Press Start." if logins else
-                                                          "Type your rater name and press Start; the same "
-                                                          "name resumes where you stopped."))
+        what = (f"Multi-turn editing ({study.turns}-turn sessions)" if mse else
+                "The annotator's transition texts")
+        gr.Markdown(f"### Human evaluation: {what}\n{n} items. " +
+                    ("Press Start." if logins else "Type your rater name and press Start; the same name "
+                                                   "resumes where you stopped."))
         with gr.Row():
             name = gr.Textbox(label="Rater name", elem_id="rater", visible=not logins, scale=3)
             start = gr.Button("Start", variant="primary", elem_id="start-btn", scale=1)
         progress = gr.Markdown("", elem_id="progress")
         with gr.Row():
             with gr.Column(scale=1):
-                history = gr.Gallery(label="Source and earlier turns", elem_id="history", columns=3, height=260,
-                                     object_fit="contain", format="png")
-                prompts = gr.HTML("", elem_id="prompts")
-            with gr.Column(scale=1):
+                history = gr.Gallery(label="Source and earlier turns" if mse else "The transition",
+                                     elem_id="history", columns=3 if mse else 2, height=260, object_fit="contain",
+                                     format="png")
+                text = gr.HTML("", elem_id="prompts")
+            with gr.Column(scale=1, visible=mse):
                 result = gr.Image(label="The last turn's result", type="numpy", interactive=False,
                                   elem_id="result", height=320, format="png")
-        gr.Markdown(QUESTION)
+        gr.Markdown(QUESTION[study.kind])
+        with gr.Row(visible=not mse):
+            accurate = gr.Radio(["yes", "no"], label="Everything it says is right", elem_id="accurate")
+            complete = gr.Radio(["yes", "no"], label="It names every change", elem_id="complete")
         with gr.Row():
-            yes = gr.Button("Success", variant="primary", elem_id="success-btn")
-            no = gr.Button("Failure", variant="stop", elem_id="failure-btn")
+            yes = gr.Button("Success" if mse else "Save", variant="primary", elem_id="success-btn")
+            no = gr.Button("Failure", variant="stop", elem_id="failure-btn", visible=mse)
             skip = gr.Button("Skip for now", elem_id="skip-btn")
         state = gr.State(None)
-        outs = [state, history, prompts, result, progress]
+        outs = [state, history, text, result, accurate, complete, progress]
         start.click(on_start, [name], outs, api_name=False)
         name.submit(on_start, [name], outs, api_name=False)
-        yes.click(lambda s: on_answer("success", s), [state], outs, api_name=False)
-        no.click(lambda s: on_answer("failure", s), [state], outs, api_name=False)
-        skip.click(lambda s: on_answer("skip", s), [state], outs, api_name=False)
+        if mse:
+            yes.click(lambda s: on_answer(s, {"success": True}), [state], outs, api_name=False)
+            no.click(lambda s: on_answer(s, {"success": False}), [state], outs, api_name=False)
+        else:
+            yes.click(lambda s, a, c: on_answer(s, {"accurate": None if a is None else a == "yes",
+                                                    "complete": None if c is None else c == "yes"}),
+                      [state, accurate, complete], outs, api_name=False)
+        skip.click(lambda s: on_answer(s, None), [state], outs, api_name=False)
     return app

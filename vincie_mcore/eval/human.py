@@ -1,6 +1,7 @@
-"""Human evaluation of multi-turn editing (paper App. D.1-D.2): people rate MSE-Bench turns, blind to the
-method and to the VLM judge; the success rates they give per turn (Table 6), how far raters agree, and how
-the judge and the CLIP/DINO scores correlate with them (Table 7).
+"""Human evaluation (paper App. D.1-D.3): people rate MSE-Bench turns, blind to the method and to the VLM
+judge; the success rates they give per turn (Table 6), how far raters agree, and how the judge and the
+CLIP/DINO scores correlate with them (Table 7). And the VLM annotator's transition texts, rated on
+transitions drawn from a session store (``AnnotationStudy``: accurate? complete? Table 8).
 
 A study is one or more methods' MSE-Bench result folders (``vincie-benchmark mse --out DIR``: its
 ``results.json`` and the images, ``generated.parquet`` or, for images made elsewhere, the file it judged),
@@ -89,6 +90,9 @@ class Study:
     first method was scored on, ``results.json``'s ``source.data``). All methods must be scored with the same
     number of turns; each must hold images for every session it was judged on."""
 
+    kind = "mse"
+    questions = ("success",)
+
     def __init__(self, methods: dict, data=None):
         if not methods:
             raise ValueError("methods: give at least one NAME=RESULT_FOLDER")
@@ -143,6 +147,47 @@ class Study:
         return v[item.turn - 1] if len(v) >= item.turn else None
 
 
+class AnnotationStudy:
+    """Table 8: transitions drawn from a session store, each rated on its two frames and the transition text
+    the annotator wrote for it: is everything it says right (``accurate``), does it name every change
+    (``complete``). ``sample`` sessions are drawn without replacement (a seeded permutation), then one
+    transition of each, uniformly; items are ``Item(name, session number, transition j + 1)``."""
+
+    kind = "annotation"
+    questions = ("accurate", "complete")
+
+    def __init__(self, store, sample: int = 500, seed: int = 0, name: str = "annotations"):
+        from ..data.store import SessionStore
+
+        self.name, self.store = check_name(name, "name"), SessionStore(store)
+        if sample < 1:
+            raise ValueError(f"sample: must be >= 1, got {sample}")
+        if not len(self.store):
+            raise ValueError(f"{store}: the store holds no sessions")
+        rng = np.random.default_rng(seed)
+        picks = rng.permutation(len(self.store))[:sample]
+        where = rng.random(len(picks))                       # drawn before reading: the same at any read order
+        self._sessions: dict = {}
+        self.items = []
+        for i, u in zip(picks.tolist(), where):
+            s = self._session(i)
+            self.items.append(Item(self.name, str(i), int(u * (s.num_frames - 1)) + 1))
+
+    def _session(self, i: int):
+        if i not in self._sessions:
+            self._sessions[i] = self.store.read(i)           # only its bytes, not its shard's
+        return self._sessions[i]
+
+    def view(self, item: Item) -> dict:
+        """The transition's two frames, its text and camera, the session's video id."""
+        from ..data.media import load_image
+
+        s, j = self._session(int(item.index)), item.turn - 1
+        frames = [load_image(s.frames[k], name=f"session {item.index} frame {k}") for k in (j, j + 1)]
+        return {"before": frames[0], "after": frames[1], "text": s.texts[j], "camera": s.cameras[j],
+                "video_id": s.video_id}
+
+
 def order(items: list[Item], rater: str, seed: int = 0) -> list[Item]:
     """The rater's own order of the items: a shuffle seeded by (seed, rater), the same on every start."""
     key = int.from_bytes(hashlib.sha256(f"{seed}:{rater}".encode()).digest()[:8], "little")
@@ -151,43 +196,46 @@ def order(items: list[Item], rater: str, seed: int = 0) -> list[Item]:
 
 # ----------------------------------------------------------------------------- the ratings file
 
+QUESTIONS = {"success": "the turn does what its instruction asks, and nothing else changed (MSE-Bench)",
+             "accurate": "everything the transition text says happens between the two frames (annotations)",
+             "complete": "the transition text names every change between the two frames (annotations)"}
+
+
 class Ratings:
-    """The answers, one JSONL line each ``{"rater", "method", "index", "turn", "success", "time"}``."""
+    """The answers, one JSONL line each ``{"rater", "method", "index", "turn", "answers": {question: bool},
+    "time"}`` (questions: ``QUESTIONS``)."""
 
     def __init__(self, path):
         self.path = Path(path)
-        self._latest: dict = {}              # (rater, Item) -> bool
-        self._by_item: dict = {}             # Item -> {rater: bool}
+        self._latest: dict = {}              # (rater, Item) -> {question: bool}
+        self._by_item: dict = {}             # Item -> {rater: {question: bool}}
         self._lock = threading.Lock()
         self._torn: int | None = None       # the file ends inside a line: the bytes before it (the next answer
         if self.path.exists():               # cuts the fragment off before it is written)
             raw = self.path.read_bytes()
             if raw and not raw.endswith(b"\n"):
                 self._torn = raw.rfind(b"\n") + 1
-            text = raw.decode()
-            lines = text.splitlines()
+            lines = raw.decode().splitlines()
             for n, line in enumerate(lines, 1):
                 if not line.strip():
                     continue
                 try:
                     r = json.loads(line)
-                    key = (r["rater"], Item(str(r["method"]), str(r["index"]), int(r["turn"])))
-                    ok = r["success"]
-                    if not isinstance(ok, bool):
-                        raise ValueError("success is not true/false")
+                    rater, item = r["rater"], Item(str(r["method"]), str(r["index"]), int(r["turn"]))
+                    answers = _checked(r["answers"])
                 except (ValueError, KeyError, TypeError) as e:
                     if n == len(lines):       # a torn last line (a crash while writing): the rest stands
                         log.warning("%s: line %d skipped (%s)", self.path, n, type(e).__name__)
                         continue
                     raise ValueError(f"{self.path} line {n}: not a rating ({type(e).__name__}: {e})") from None
-                self._set(*key, ok)
+                self._set(rater, item, answers)
 
-    def add(self, rater: str, item: Item, success: bool) -> None:
+    def add(self, rater: str, item: Item, answers: dict) -> None:
+        """Record ``answers`` ({question: bool}) of ``rater`` on ``item``, on disk before it returns."""
         check_name(rater, "rater")
-        if not isinstance(success, bool):
-            raise ValueError(f"success: expected true or false, got {success!r}")
+        answers = _checked(answers)
         line = json.dumps({"rater": rater, "method": item.method, "index": item.index, "turn": item.turn,
-                           "success": success, "time": round(time.time(), 3)})
+                           "answers": answers, "time": round(time.time(), 3)})
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             if self._torn is not None:
@@ -198,18 +246,18 @@ class Ratings:
                 f.flush()
                 os.fsync(f.fileno())
             self._torn = None
-            self._set(rater, item, success)
+            self._set(rater, item, answers)
 
-    def _set(self, rater: str, item: Item, success: bool) -> None:
-        self._latest[(rater, item)] = success
-        self._by_item.setdefault(item, {})[rater] = success
+    def _set(self, rater: str, item: Item, answers: dict) -> None:
+        self._latest[(rater, item)] = answers
+        self._by_item.setdefault(item, {})[rater] = answers
 
-    def get(self, rater: str, item: Item) -> bool | None:
-        return self._latest.get((rater, item))
+    def get(self, rater: str, item: Item, question: str = "success") -> bool | None:
+        return self._latest.get((rater, item), {}).get(question)
 
-    def votes(self, item: Item) -> list[bool]:
-        """Every rater's latest answer on ``item``."""
-        return list(self._by_item.get(item, {}).values())
+    def votes(self, item: Item, question: str = "success") -> list[bool]:
+        """Every rater's latest answer to ``question`` on ``item``."""
+        return [a[question] for a in self._by_item.get(item, {}).values() if question in a]
 
     def raters(self) -> list[str]:
         return sorted({r for r, _ in self._latest})
@@ -218,10 +266,21 @@ class Ratings:
         return {it for (r, it) in self._latest if r == rater}
 
 
+def _checked(answers) -> dict:
+    if not isinstance(answers, dict) or not answers:
+        raise ValueError(f"answers: expected {{question: true/false}}, got {answers!r}")
+    for q, v in answers.items():
+        if q not in QUESTIONS:
+            raise ValueError(f"answers: unknown question {q!r} (known: {', '.join(QUESTIONS)})")
+        if not isinstance(v, bool):
+            raise ValueError(f"answers: {q} is not true/false ({v!r})")
+    return dict(answers)
+
+
 # ----------------------------------------------------------------------------- statistics
 
 def item_success(votes: list[bool]) -> bool | None:
-    """Most raters said success (a tie fails); None when no one rated it."""
+    """Most raters said yes (a tie is no); None when no one answered."""
     return None if not votes else sum(votes) * 2 > len(votes)
 
 
@@ -256,16 +315,18 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
     return None if pe >= 1.0 else (po - pe) / (1.0 - pe)
 
 
-def rater_agreement(ratings: Ratings) -> list[dict]:
-    """Every pair of raters with items in common: how many, the share answered alike, Cohen's kappa."""
+def rater_agreement(ratings: Ratings, question: str = "success") -> list[dict]:
+    """Every pair of raters who answered ``question`` on items in common: how many, the share answered
+    alike, Cohen's kappa."""
     raters, out = ratings.raters(), []
     for i, r1 in enumerate(raters):
         for r2 in raters[i + 1:]:
-            common = sorted(ratings.done(r1) & ratings.done(r2))
+            common = sorted(it for it in ratings.done(r1) & ratings.done(r2)
+                            if ratings.get(r1, it, question) is not None and ratings.get(r2, it, question) is not None)
             if not common:
                 continue
-            a = [ratings.get(r1, it) for it in common]
-            b = [ratings.get(r2, it) for it in common]
+            a = [ratings.get(r1, it, question) for it in common]
+            b = [ratings.get(r2, it, question) for it in common]
             k = cohen_kappa(a, b)
             out.append({"raters": [r1, r2], "items": len(common),
                         "agreement": round(float(np.mean(np.equal(a, b))), 4),
@@ -326,6 +387,23 @@ def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0) -> dict:
             "correlation_note": "human = the share of an item's raters who said success; judge = sqrt("
                                 "prompt_following x consistency); clip_t against the turn's instruction, "
                                 "clip_i and dino against the turn's input"}
+
+
+def annotation_report(study: AnnotationStudy, ratings: Ratings, seed: int = 0) -> dict:
+    """Table 8: per question, the share of the rated transitions whose raters mostly said yes (a tie is no),
+    with a bootstrap 95 % CI over them, and the raters' agreement on it."""
+    rng = np.random.default_rng(seed)
+    out = {"store": str(study.store.root), "items": len(study.items), "raters": {}, "questions": {}}
+    for q in study.questions:
+        said = [item_success(ratings.votes(it, q)) for it in study.items]
+        x = np.array([float(v) for v in said if v is not None])
+        out["questions"][q] = {"share_yes": round(float(x.mean()), 4) if len(x) else None,
+                               "ci95": _bootstrap(x, rng), "items_rated": len(x), "meaning": QUESTIONS[q],
+                               "agreement": rater_agreement(ratings, q)}
+    items = set(study.items)
+    out["raters"] = {r: len(ratings.done(r) & items) for r in ratings.raters()}
+    out["rule"] = "an item's answer is what most of its raters said (a tie is no)"
+    return out
 
 
 def plot(res: dict, path) -> Path:
