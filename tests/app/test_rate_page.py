@@ -74,13 +74,13 @@ def test_rate_in_the_browser(study, page, driver):
     _start(d, "alice")
     for k, verdict in enumerate(["success-btn", "failure-btn", "skip-btn", "success-btn"]):
         want, done = s.view(mine[k])["prompts"], k - (k > 2)       # (two items may share their prompts)
-        wait(lambda: f"alice: {done} of {len(s.items)} rated" in text(d, "#progress") and
+        wait(lambda: f"alice: {done} rated, {len(s.items) - done} to go" in text(d, "#progress") and
              _shown_prompts(d) == want and len(css(d, "#history img")) == mine[k].turn,   # source, earlier turns
              what=f"item {k}: its prompts and images")
         want_image = s.view(mine[k])["results"][-1]
         wait(lambda: np.array_equal(_shown_result(d), want_image), what=f"item {k}'s result, pixel for pixel")
         css(d, f"#{verdict}")[0].click()
-    wait(lambda: "3 of" in text(d, "#progress"), what="the third answer")
+    wait(lambda: "3 rated" in text(d, "#progress"), what="the third answer")
     r = Ratings(root / "ratings.jsonl")
     assert r.done("alice") == {mine[0], mine[1], mine[3]}
     assert (r.get("alice", mine[0]), r.get("alice", mine[1]), r.get("alice", mine[3])) == (True, False, True)
@@ -88,7 +88,7 @@ def test_rate_in_the_browser(study, page, driver):
     wait(lambda: css(d, "#start-btn"), what="the page again")
     _start(d, "alice")
     wait(lambda: _shown_prompts(d) == s.view(mine[2])["prompts"], what="the skipped item")
-    assert "alice: 3 of 30 rated" in text(d, "#progress")
+    assert "alice: 3 rated, 27 to go" in text(d, "#progress")
 
 
 def test_serving_beyond_this_machine_needs_a_login(study):

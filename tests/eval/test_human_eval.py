@@ -271,3 +271,23 @@ def test_annotation_report_worked_by_hand(store, tmp_path, capsys):
         r.add("alice", a, {"nice": True})
     with pytest.raises(ValueError, match="accurate is not true/false"):
         r.add("alice", a, {"accurate": 1})
+
+
+def test_the_judge_protocol_asks_a_later_turn_only_after_success(study_dirs, tmp_path):
+    """``todo(protocol="judge")``: turn 1 of every session at first; a session's turn t once the rater said
+    success to turns 1..t-1; after a failure nothing more of it. ``"all"``: everything not answered."""
+    s = Study(_methods(study_dirs))
+    r = Ratings(tmp_path / "r.jsonl")
+    mine = human.order(s.items, "alice")
+    first = human.todo(s, r, "alice", mine, "judge")
+    assert first == [it for it in mine if it.turn == 1] and len(first) == 6
+    r.add("alice", Item("ours", "a", 1), {"success": True})
+    r.add("alice", Item("ours", "b", 1), {"success": False})
+    r.add("alice", Item("ours", "a", 3), {"success": True})           # answered out of turn (protocol "all")
+    left = set(human.todo(s, r, "alice", mine, "judge"))
+    assert Item("ours", "a", 2) in left and Item("ours", "a", 4) not in left    # turn 2 not answered yet
+    assert not any(it.method == "ours" and it.index == "b" for it in left)      # failed at turn 1
+    assert len(human.todo(s, r, "alice", mine, "all")) == 30 - 3
+    assert human.todo(s, r, "bob", mine, "judge") == first                      # per rater
+    with pytest.raises(ValueError, match="^protocol: one of all, judge, got 'x'$"):
+        human.todo(s, r, "alice", mine, "x")

@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--auth-file", default=None,
                    help="logins, one 'user:password' per line (or $VINCIE_APP_AUTH); the login is the rater")
     r.add_argument("--share", action="store_true", help="a public gradio.live link (needs a login)")
+    r.add_argument("--protocol", choices=["all", "judge"], default="all",
+                   help="all: every turn is asked; judge: a session's later turns only after the rater said "
+                        "success to the earlier ones, as the judge stops at a failure (fewer answers)")
     p = sub.choices["report"]
     p.add_argument("--out", required=True, help="folder for human_eval.json and human_eval.png")
     p.add_argument("--clip-path", default=None, help="a local CLIP folder: CLIP-T and CLIP-I against the raters")
@@ -83,7 +86,9 @@ def main(argv=None) -> int:
                  human.Study(_methods(a.method), a.data))
         ratings = human.Ratings(a.ratings)
         if a.cmd == "rate":
-            serve_rating(study, ratings, cfg, a.seed, announce=lambda line: print(line, flush=True))
+            if a.protocol == "judge" and a.store:
+                raise ValueError("--protocol judge: for MSE-Bench turns (--method), not annotations")
+            serve_rating(study, ratings, cfg, a.seed, a.protocol, announce=lambda line: print(line, flush=True))
             return 0
         metrics = None
         if a.clip_path:

@@ -409,6 +409,11 @@ MUTANTS = [
            "    inputs = [v[\"source\"] for v in views]\n",
            ("tests/eval/test_human_eval.py",), "CLIP-I and DINO of a later turn compare it with the source, not "
                                                 "with the image the turn edited"),
+    Mutant("judge_protocol_skips_unanswered_turns", "vincie_mcore/eval/human.py",
+           "    return [it for it in left if all(ratings.get(rater, Item(it.method, it.index, k)) is True\n",
+           "    return [it for it in left if all(ratings.get(rater, Item(it.method, it.index, k)) is not False\n",
+           ("tests/eval/test_human_eval.py",), "under --protocol judge a rater is asked a later turn before the "
+                                                "earlier ones, which the judge never sees in that order"),
     Mutant("annotation_view_one_frame_late", "vincie_mcore/eval/human.py",
            "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, j + 1)]\n",
            "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, min(j + 2, len(s.frames) - 1))]\n",

@@ -14,7 +14,7 @@ import html
 
 import gradio as gr
 
-from ..eval.human import Item, Ratings, check_name, order
+from ..eval.human import Item, Ratings, check_name, order, todo
 
 QUESTION = {
     "mse": "Rate the **last** turn only; the earlier ones are its context. It succeeds when both hold: "
@@ -43,9 +43,9 @@ def _panels(study, it: Item):
             f"<p id='transition-text'>{html.escape(v['text'])}</p>{camera}", None)
 
 
-def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = False):
+def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = False, protocol: str = "all"):
     """The page (``gr.Blocks``) over ``study`` (``human.Study`` or ``human.AnnotationStudy``), writing to
-    ``ratings``."""
+    ``ratings``; ``protocol``: which items a rater is asked (``human.todo``)."""
     orders: dict = {}
     n = len(study.items)
     mse = study.kind == "mse"
@@ -57,19 +57,20 @@ def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = Fals
 
     def _show(rater: str, skipped: list):
         done = ratings.done(rater)
-        todo = [it for it in _order(rater) if it not in done]
-        if not todo:
+        left = todo(study, ratings, rater, _order(rater), protocol)
+        if not left:
             return (None, [], "", None, None, None,
-                    f"All {n} items rated by **{html.escape(rater)}**. Thank you: the page can be closed.")
-        fresh = [it for it in todo if [it.method, it.index, it.turn] not in skipped]    # the state's lists
+                    f"All items rated by **{html.escape(rater)}** ({len(done & set(study.items))} answers). "
+                    f"Thank you: the page can be closed.")
+        fresh = [it for it in left if [it.method, it.index, it.turn] not in skipped]    # the state's lists
         if not fresh:                                        # every item left was skipped: a new round
-            skipped, fresh = [], todo
+            skipped, fresh = [], left
         it = fresh[0]
         gallery, text, image = _panels(study, it)
         where = f"turn {it.turn} of a {study.turns}-turn session" if mse else "a transition"
         state = {"rater": rater, "item": [it.method, it.index, it.turn], "skipped": skipped}
         return (state, gallery, text, image, None, None,
-                f"**{html.escape(rater)}**: {len(done & set(study.items))} of {n} rated; {where}.")
+                f"**{html.escape(rater)}**: {len(done & set(study.items))} rated, {len(left)} to go; {where}.")
 
     def on_start(name, request: gr.Request):
         rater = (request.username if logins and request and request.username else (name or "").strip())

@@ -118,12 +118,12 @@ def serve(backend, cfg: ServeConfig, announce=print) -> None:
         stop.set()
 
 
-def serve_rating(study, ratings, cfg: ServeConfig, seed: int = 0, announce=print) -> None:
+def serve_rating(study, ratings, cfg: ServeConfig, seed: int = 0, protocol: str = "all", announce=print) -> None:
     """``vincie-human-eval rate``: the rating page (``rate.py``) under the same exposure rules."""
     auth, upload_root = _prepare(cfg)
     from .rate import CSS, build_rating_app
 
-    app = build_rating_app(study, ratings, seed, logins=bool(auth))
+    app = build_rating_app(study, ratings, seed, logins=bool(auth), protocol=protocol)
     run(app, cfg, auth, upload_root, CSS, lambda url: announce(
         f"vincie-human-eval: open {url} ({len(study.items)} items; ratings {ratings.path}; "
         f"login {'on' if auth else 'off'})"))

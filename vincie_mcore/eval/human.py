@@ -194,6 +194,25 @@ def order(items: list[Item], rater: str, seed: int = 0) -> list[Item]:
     return [items[i] for i in np.random.default_rng(key).permutation(len(items))]
 
 
+PROTOCOLS = ("all", "judge")
+
+
+def todo(study, ratings, rater: str, items_in_order: list[Item], protocol: str = "all") -> list[Item]:
+    """What ``rater`` has left, in their order. ``"all"``: every item not yet answered. ``"judge"`` (MSE-Bench
+    only), the judge's shortcut: a turn once the rater said success to every earlier turn of its session
+    (turn 1 always); after a failure the session's later turns are not asked, as the judge stops there."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol: one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    done = ratings.done(rater)
+    left = [it for it in items_in_order if it not in done]
+    if protocol == "all":
+        return left
+    if study.kind != "mse":
+        raise ValueError("protocol 'judge': for MSE-Bench turns (--method), not annotations")
+    return [it for it in left if all(ratings.get(rater, Item(it.method, it.index, k)) is True
+                                     for k in range(1, it.turn))]
+
+
 # ----------------------------------------------------------------------------- the ratings file
 
 QUESTIONS = {"success": "the turn does what its instruction asks, and nothing else changed (MSE-Bench)",
