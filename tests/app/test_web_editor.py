@@ -292,8 +292,18 @@ def test_chain_of_editing_turns(backend, tmp_path):
     again = ws.edit("make it green", 2, 3.0, 3, chain=True)
     assert ws.chain is chain and len(chain.texts) == 3
     assert np.abs(again.astype(int) - third.astype(int)).max() <= 1
-    ws.undo()
-    ws.undo()
+    # a drag between chain turns joins the chain with its maps (the region, and where it went)
+    region = np.zeros((24, 24), bool)
+    region[4:10, 5:9] = True
+    ws.drag(region, 4, 0, 1.0, 0.0, 2, 3.0, 6)
+    after = ws.edit("make it round", 2, 3.0, 7, chain=True)
+    ref = ChainSession(backend.editor(2, 3.0, 7), ws.images[0], backend.recipe, MAP_KINDS)
+    for j in range(1, 5):
+        ref.add_turn(ws.session.texts[j - 1], ws.images[j], ws.maps.get(j))
+    assert set(ws.maps) == {2, 3, 4, 5} and len(chain.texts) == 5
+    assert np.abs(after.astype(int) - ref.turn("make it round").astype(int)).max() <= 1
+    for _ in range(4):
+        ws.undo()
     assert ws.maps == {} and ws.regions() == []
     released = WebSession(dataclasses.replace(backend, variant="official"))
     released.session = ws.session

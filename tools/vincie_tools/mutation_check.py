@@ -434,8 +434,8 @@ MUTANTS = [
     Mutant("web_chain_forgets_earlier_maps", "vincie_mcore/app/session.py",
            "            chain.add_turn(s.texts[j - 1], s.images[j].numpy(), self.maps.get(j))\n",
            "            chain.add_turn(s.texts[j - 1], s.images[j].numpy(), None)\n",
-           ("tests/app/test_web_editor.py",), "a chain-of-editing turn in the web editor does not see the maps its "
-                                              "earlier chain turns predicted"),
+           ("tests/app/test_web_editor.py",), "a chain-of-editing turn in the web editor does not see the region "
+                                              "maps of a drag made since the chain's last turn"),
     Mutant("web_drag_mask_any_channel", "vincie_mcore/app/ui.py",
            "        mask = a[..., 3] > 0 if mask is None else mask | (a[..., 3] > 0)\n",
            "        mask = a[..., :3].any(-1) if mask is None else mask | a[..., :3].any(-1)\n",
