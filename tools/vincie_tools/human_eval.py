@@ -109,7 +109,7 @@ def main(argv=None) -> int:
             print(f"{q}: {share} over {r['items_rated']} rated transitions")
         print(f"{len(res['raters'])} raters; {out / 'human_eval_annotations.json'}")
         return 0
-    res = human.report(study, ratings, metrics, a.seed)
+    res = human.report(study, ratings, metrics, a.seed, progress=True)
     (out / "human_eval.json").write_text(json.dumps(res, indent=1))
     human.plot(res, out / "human_eval.png")
     for name, h in res["human"].items():

@@ -368,18 +368,23 @@ def correlation(x, y) -> dict:
     return out
 
 
-def metric_scores(study: Study, items: list[Item], metrics) -> dict:
+def metric_scores(study: Study, items: list[Item], metrics, progress: bool = False) -> dict:
     """CLIP-T, CLIP-I and DINO of each item's result (``magicbrush.MagicBrushMetrics``): CLIP-T against the
     turn's instruction (MSE-Bench has no output captions), CLIP-I and DINO against the turn's input (the
     source, or the previous turn's result) -> ``{item: {clip_t, clip_i, dino}}``."""
-    views = [study.view(it) for it in items]
-    gen = [v["results"][-1] for v in views]
-    inputs = [v["results"][-2] if len(v["results"]) > 1 else v["source"] for v in views]
-    rows = metrics.score(gen, inputs, [v["prompts"][-1] for v in views])
-    return {it: {k: r[k] for k in ("clip_t", "clip_i", "dino")} for it, r in zip(items, rows)}
+    from tqdm import tqdm
+
+    out, step = {}, metrics.cfg.batch_size
+    for a in tqdm(range(0, len(items), step), desc="CLIP/DINO", unit="batch", disable=not progress):
+        views = [study.view(it) for it in items[a:a + step]]
+        gen = [v["results"][-1] for v in views]
+        inputs = [v["results"][-2] if len(v["results"]) > 1 else v["source"] for v in views]
+        rows = metrics.score(gen, inputs, [v["prompts"][-1] for v in views])
+        out.update({it: {k: r[k] for k in ("clip_t", "clip_i", "dino")} for it, r in zip(items[a:a + step], rows)})
+    return out
 
 
-def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0) -> dict:
+def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0, progress: bool = False) -> dict:
     """Table 6 (``human``: success per turn), the raters' agreement, and Table 7 (``correlation``: each
     score against the items' human success, the share of raters who said success, over the rated items;
     the judge's sqrt(prompt_following x consistency) over the turns it judged)."""
@@ -391,7 +396,7 @@ def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0) -> dict:
         if v is not None:
             scores["judge"][it] = math.sqrt(v["prompt_following"] * v["consistency"])
     if metrics is not None and rated:
-        per = metric_scores(study, rated, metrics)
+        per = metric_scores(study, rated, metrics, progress)
         for k in ("clip_t", "clip_i", "dino"):
             scores[k] = {it: s[k] for it, s in per.items() if s[k] is not None}
     corr = {k: correlation([human[it] for it in s], [s[it] for it in s]) for k, s in scores.items()}
