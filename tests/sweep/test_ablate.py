@@ -284,7 +284,7 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
             else:
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
-    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe"),
+    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",

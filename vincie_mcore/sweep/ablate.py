@@ -54,6 +54,12 @@ ABLATIONS = {
     "coe": ("seg_i", "seg_coe", {
         "seg_coe": {"train": SEG, "eval": ["--coe", "cs_ns"]},
         "seg_i": {"train_as": "seg_coe", "eval": ["--coe", "none"]}}),
+    # Table 10, rows "interleaved | full" and "interleaved | block-causal": the attention mask of training and
+    # editing. Under block_causal every frame after I0 is a target; under full one frame per session
+    # (data/recipe.py), so at equal steps and token budget the full arm trains on fewer targets.
+    "attention": ("block_causal", "full", {
+        "full": ["data.recipe.mask_type=full"],
+        "block_causal": ["data.recipe.mask_type=block_causal"]}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
 
