@@ -18,17 +18,22 @@ from pathlib import Path
 DEFAULT_RUN = "runs/demo"
 
 
+def add_exposure_args(ap, port: int, login_note: str = "") -> None:
+    """--host, --port, --auth-file, --share: who may reach a served page (app/serve.py's rules)."""
+    ap.add_argument("--host", default="127.0.0.1",
+                    help="address to serve on; anything but loopback needs a login (--auth-file)")
+    ap.add_argument("--port", type=int, default=port)
+    ap.add_argument("--auth-file", default=None,
+                    help="logins, one 'user:password' per line (or set $VINCIE_APP_AUTH=user:password)" + login_note)
+    ap.add_argument("--share", action="store_true", help="a public gradio.live link (needs a login)")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="vincie-app", description=__doc__.splitlines()[0])
     src = ap.add_mutually_exclusive_group()
     src.add_argument("--run", default=None, help=f"training run folder (default: {DEFAULT_RUN}, the demo's)")
     src.add_argument("--export", default=None, help="export folder (config.json + safetensors)")
-    ap.add_argument("--host", default="127.0.0.1",
-                    help="address to serve on; anything but loopback needs a login (--auth-file)")
-    ap.add_argument("--port", type=int, default=7860)
-    ap.add_argument("--auth-file", default=None,
-                    help="logins, one 'user:password' per line (or set $VINCIE_APP_AUTH=user:password)")
-    ap.add_argument("--share", action="store_true", help="a public gradio.live link (needs a login)")
+    add_exposure_args(ap, 7860)
     ap.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload")
     ap.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest start image, in pixels")
     ap.add_argument("--max-queue", type=int, default=64, help="edits waiting beyond this are refused")

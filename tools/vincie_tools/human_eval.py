@@ -21,6 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from vincie_tools.app import add_exposure_args
+
 
 def _methods(specs: list[str]) -> dict:
     out = {}
@@ -51,12 +53,7 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--ratings", required=True, help="the ratings file (JSONL; appended to by rate)")
         p.add_argument("--seed", type=int, default=0, help="rate: the raters' orders; report: the bootstrap")
     r = sub.choices["rate"]
-    r.add_argument("--host", default="127.0.0.1",
-                   help="address to serve on; anything but loopback needs a login (--auth-file)")
-    r.add_argument("--port", type=int, default=7861)
-    r.add_argument("--auth-file", default=None,
-                   help="logins, one 'user:password' per line (or $VINCIE_APP_AUTH); the login is the rater")
-    r.add_argument("--share", action="store_true", help="a public gradio.live link (needs a login)")
+    add_exposure_args(r, 7861, "; the login is the rater")
     r.add_argument("--protocol", choices=["all", "judge"], default="all",
                    help="all: every turn is asked; judge: a session's later turns only after the rater said "
                         "success to the earlier ones, as the judge stops at a failure (fewer answers)")

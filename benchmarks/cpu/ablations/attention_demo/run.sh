@@ -1,13 +1,6 @@
 #!/usr/bin/env bash
-# The attention ablation of this folder, on a Slurm cluster (SLURM_CONF set, e.g. the local one from
-# ../shared/recipes/slurm-ci.sh).   OUT=/tmp/abl_attention bash run.sh   # plans, launches, waits, reports: OUT/d2000/ablation.*
-# (1,000 steps, 2 seeds)
-set -euo pipefail
+# The attention ablation of this folder, as ../coe_demo/run.sh runs its own, on a Slurm cluster (SLURM_CONF set,
+# e.g. the local one from ../shared/recipes/slurm-ci.sh; .venv/bin on PATH).
+#   OUT=/tmp/abl_attention bash run.sh      # plans, launches, waits, reports: OUT/d2000/ablation.*
 here=$(cd "$(dirname "$0")" && pwd)
-OUT=${OUT:?set OUT}
-CONFIG=${CONFIG:-d2000}
-d=$OUT/$CONFIG
-vincie-ablate plan --config "$here/$CONFIG.yaml" --sweep "$d" --quiet
-vincie-ablate launch --sweep "$d"
-while [ ! -f "$d/results.json" ] || [ -n "$(squeue -h 2>/dev/null)" ]; do sleep 5; done
-vincie-ablate report --sweep "$d"
+HERE=$here exec bash "$here/../coe_demo/run.sh"

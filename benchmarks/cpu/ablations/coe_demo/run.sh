@@ -3,7 +3,7 @@
 # ../shared/recipes/slurm-ci.sh).   OUT=/tmp/abl_coe bash run.sh   # plans, launches, waits, reports: OUT/d2000/ablation.*
 # CONFIG=d2000_4k (4,000 steps, 2 seeds) -> OUT/d2000_4k/.
 set -euo pipefail
-here=$(cd "$(dirname "$0")" && pwd)
+here=${HERE:-$(cd "$(dirname "$0")" && pwd)}        # the folder of the configs (attention_demo/run.sh sets it)
 OUT=${OUT:?set OUT}
 CONFIG=${CONFIG:-d2000}
 d=$OUT/$CONFIG
