@@ -136,3 +136,35 @@ def test_rate_annotations_in_the_browser(annotated, driver):
     finally:
         for _ in gen:
             pass
+
+
+@browser
+def test_with_logins_the_login_is_the_rater(study, driver, tmp_path):
+    """``--auth-file``: the page asks for the login first, then rates under the login's name (no name box)."""
+    from selenium.webdriver.common.keys import Keys
+
+    root, args = study
+    (tmp_path / "auth").write_text("bea:correct-horse-9\n")
+    s = Study(methods(root))
+    first = order(s.items, "bea")[0]
+    gen = serve([BIN / "vincie-human-eval", "rate", *args, "--ratings", tmp_path / "r.jsonl", "--auth-file",
+                 tmp_path / "auth", "--port", free_port()], "vincie-human-eval:")
+    url = next(gen)
+    try:
+        d = driver
+        d.delete_all_cookies()
+        d.get(url)
+        user = wait(lambda: css(d, "input[type=text], input:not([type])"), what="the login form")[0]
+        user.send_keys("bea")
+        css(d, "input[type=password]")[0].send_keys("correct-horse-9" + Keys.ENTER)
+        wait(lambda: css(d, "#start-btn"), what="the page after login")
+        assert not [e for e in css(d, "#rater textarea, #rater input") if e.is_displayed()]
+        css(d, "#start-btn")[0].click()
+        wait(lambda: "bea: 0 rated" in text(d, "#progress") and _shown_prompts(d) == s.view(first)["prompts"],
+             what="the login's first item")
+        css(d, "#failure-btn")[0].click()
+        wait(lambda: "bea: 1 rated" in text(d, "#progress"), what="the answer")
+        assert Ratings(tmp_path / "r.jsonl").get("bea", first) is False
+    finally:
+        for _ in gen:
+            pass
