@@ -63,7 +63,15 @@ def test_the_ratings_file_resumes_keeps_the_latest_and_survives_a_torn_line(tmp_
     assert torn.done("alice") == {a1, a2}
     torn.add("carol", a1, {"success": True})           # starts a fresh line after the torn one
     assert Ratings(f).get("carol", a1) is True and len(f.read_text().splitlines()) == 5   # the fragment cut off
+    f.write_text(f.read_text().rstrip("\n"))              # a whole last answer that lost its newline: kept
+    whole = Ratings(f)
+    assert whole.get("carol", a1) is True
+    whole.add("dave", a2, {"success": False})            # ... and the next answer starts a line of its own
+    assert Ratings(f).get("carol", a1) is True and Ratings(f).get("dave", a2) is False
     lines = f.read_text().splitlines()
+    f.write_text("\n".join([*lines, "not json"]) + "\n")   # a bad line that is not torn: refused
+    with pytest.raises(ValueError, match=r"r.jsonl line 7: not a rating"):
+        Ratings(f)
     f.write_text("\n".join([lines[0], "not json", *lines[2:]]) + "\n")
     with pytest.raises(ValueError, match=r"r.jsonl line 2: not a rating") as e:
         Ratings(f)
@@ -94,7 +102,7 @@ def test_success_per_turn_and_agreement_worked_by_hand(study_dirs, tmp_path):
     assert h["ours"]["turn_success"] == [1.0, 0.5, 0.0, 0.0, 0.0]
     assert [p["sessions_counted"] for p in h["ours"]["per_turn"]] == [2, 2, 2, 2, 2]
     assert h["other"]["turn_success"] == [None] * 5 and h["other"]["per_turn"][0]["sessions_counted"] == 0
-    (pair,) = human.rater_agreement(r)
+    (pair,) = human.rater_agreement(r, s.items)
     assert pair == {"raters": ["alice", "bob"], "items": 3, "agreement": round(2 / 3, 4), "cohen_kappa": 0.0}
     # the textbook table: 20 yes/yes, 5 yes/no, 10 no/yes, 15 no/no -> p_o 0.7, p_e 0.5, kappa 0.4
     a = [True] * 25 + [False] * 25
@@ -166,6 +174,9 @@ def test_report_through_the_command_line(study_dirs, tmp_path, capsys):
         r.add("alice", it, {"success": bool(rng.random() > 0.4)})
     for it in rated[:6]:
         r.add("bob", it, {"success": bool(rng.random() > 0.4)})
+    r.add("alice", Item("gone", "a", 1), {"success": True})         # answers of other studies in the same file:
+    r.add("bob", Item("gone", "a", 1), {"success": False})
+    r.add("carol", Item("annotations", "3", 1), {"accurate": True, "complete": False})   # not counted here
     clip, dino = save_tiny_clip(tmp_path / "clip"), save_tiny_dino(tmp_path / "dino")
     args = ["--method", f"ours={study_dirs / 'ours'}", "--method", f"other={study_dirs / 'other'}",
             "--ratings", str(tmp_path / "r.jsonl")]
@@ -173,7 +184,8 @@ def test_report_through_the_command_line(study_dirs, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "12 of 30 items rated by 2 raters" in out and out.count("vs raters") == 4
     res = json.loads((tmp_path / "out" / "human_eval.json").read_text())
-    assert res["items_rated"] == 12 and res["raters"] == {"alice": 12, "bob": 6}
+    assert res["items_rated"] == 12 and res["raters"] == {"alice": 12, "bob": 6} and res["ratings"] == 18
+    assert [p["items"] for p in res["agreement"]] == [6]
     details = {m: {d["index"]: d for d in json.loads((study_dirs / m / "results.json").read_text())["sessions_detail"]}
                for m in ("ours", "other")}
     pairs = []

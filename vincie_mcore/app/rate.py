@@ -47,7 +47,7 @@ def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = Fals
     """The page (``gr.Blocks``) over ``study`` (``human.Study`` or ``human.AnnotationStudy``), writing to
     ``ratings``; ``protocol``: which items a rater is asked (``human.todo``)."""
     orders: dict = {}
-    n = len(study.items)
+    n, items = len(study.items), set(study.items)
     mse = study.kind == "mse"
 
     def _order(rater):
@@ -60,7 +60,7 @@ def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = Fals
         left = todo(study, ratings, rater, _order(rater), protocol)
         if not left:
             return (None, [], "", None, None, None,
-                    f"All items rated by **{html.escape(rater)}** ({len(done & set(study.items))} answers). "
+                    f"All items rated by **{html.escape(rater)}** ({len(done & items)} answers). "
                     f"Thank you: the page can be closed.")
         fresh = [it for it in left if [it.method, it.index, it.turn] not in skipped]    # the state's lists
         if not fresh:                                        # every item left was skipped: a new round
@@ -70,7 +70,7 @@ def build_rating_app(study, ratings: Ratings, seed: int = 0, logins: bool = Fals
         where = f"turn {it.turn} of a {study.turns}-turn session" if mse else "a transition"
         state = {"rater": rater, "item": [it.method, it.index, it.turn], "skipped": skipped}
         return (state, gallery, text, image, None, None,
-                f"**{html.escape(rater)}**: {len(done & set(study.items))} rated, {len(left)} to go; {where}.")
+                f"**{html.escape(rater)}**: {len(done & items)} rated, {len(left)} to go; {where}.")
 
     def on_start(name, request: gr.Request):
         rater = (request.username if logins and request and request.username else (name or "").strip())

@@ -7,13 +7,14 @@ A study is one or more methods' MSE-Bench result folders (``vincie-benchmark mse
 ``results.json`` and the images, ``generated.parquet`` or, for images made elsewhere, the file it judged),
 over one copy of the benchmark. Each (method, session, turn) is an ``Item``. A rater sees what the judge
 saw (the source, every result so far, every prompt so far), never the method, and answers success or
-failure by the judge's two criteria: the turn's instruction is followed, and nothing else changed. Every
-turn is rated, also after a failed one, so that each turn can be set beside the judge's score; each rater
-gets the items in an order of their own (a seeded shuffle), so no method or turn always comes first.
+failure by the judge's two criteria: the turn's instruction is followed, and nothing else changed. By
+default every turn is asked, also after a failed one, so that each turn can be set beside the judge's
+score (``todo``: the judge's shortcut instead); each rater gets the items in an order of their own (a
+seeded shuffle), so no method or turn always comes first.
 
 ``Ratings`` is one JSONL file, a line per answer, appended and synced at once: a crash loses at most the
-answer being written, whose torn line is skipped with a warning and cut off by the next answer. A rater's latest answer on an item
-counts.
+answer being written, whose torn line is skipped with a warning and cut off by the next answer. A rater's
+latest answer on an item counts. One file may hold several studies' answers; each report counts its own.
 
 Success per turn follows the judge's rule (``mse_bench``): an item succeeds when most of its raters say so
 (a tie fails); a session succeeds at turn t when its turns 1..t all succeed. Unlike the judge's rate, which
@@ -63,7 +64,6 @@ class Method:
     name: str
     folder: Path
     turns: int
-    threshold: float
     images: dict         # index -> [turn 1 image, ...] uint8 [H, W, 3]
     detail: dict         # index -> the judge's {failed_at, error, verdicts}
     judge_success: list  # the judge's success rate per turn (over all sessions)
@@ -105,14 +105,14 @@ class Study:
                 raise FileNotFoundError(f"method {name}: no results.json in {folder} (a vincie-benchmark mse --out)")
             try:
                 res = json.loads(f.read_text())
-                turns, thr = int(res["turns"]), float(res["threshold"])
+                turns = int(res["turns"])
                 detail = {str(d["index"]): d for d in res["sessions_detail"]}
             except (ValueError, KeyError, TypeError) as e:
                 raise ValueError(f"method {name}: {f} is not an MSE-Bench results.json "
                                  f"({type(e).__name__}: {e})") from None
             if data is None:
                 data = (res.get("source") or {}).get("data")
-            m = Method(name, folder, turns, thr, _images_of(folder, res, turns), detail,
+            m = Method(name, folder, turns, _images_of(folder, res, turns), detail,
                        list(res.get("turn_success") or []))
             missing = [i for i in detail if i not in m.images]
             if missing:
@@ -151,7 +151,8 @@ class AnnotationStudy:
     """Table 8: transitions drawn from a session store, each rated on its two frames and the transition text
     the annotator wrote for it: is everything it says right (``accurate``), does it name every change
     (``complete``). ``sample`` sessions are drawn without replacement (a seeded permutation), then one
-    transition of each, uniformly; items are ``Item(name, session number, transition j + 1)``."""
+    transition of each, uniformly; items are ``Item(name, session number, transition j + 1)``. The draw
+    depends on the store's size: rate and report a store that is not being added to."""
 
     kind = "annotation"
     questions = ("accurate", "complete")
@@ -229,11 +230,13 @@ class Ratings:
         self._latest: dict = {}              # (rater, Item) -> {question: bool}
         self._by_item: dict = {}             # Item -> {rater: {question: bool}}
         self._lock = threading.Lock()
-        self._torn: int | None = None       # the file ends inside a line: the bytes before it (the next answer
-        if self.path.exists():               # cuts the fragment off before it is written)
+        # the file ends inside a line: b"\n" when that line is whole (the next answer starts a new one), else
+        # the bytes before it (a torn answer, cut off before the next one is written)
+        self._torn: int | bytes | None = None
+        if self.path.exists():
             raw = self.path.read_bytes()
             if raw and not raw.endswith(b"\n"):
-                self._torn = raw.rfind(b"\n") + 1
+                self._torn = b"\n"
             lines = raw.decode().splitlines()
             for n, line in enumerate(lines, 1):
                 if not line.strip():
@@ -243,8 +246,9 @@ class Ratings:
                     rater, item = r["rater"], Item(str(r["method"]), str(r["index"]), int(r["turn"]))
                     answers = _checked(r["answers"])
                 except (ValueError, KeyError, TypeError) as e:
-                    if n == len(lines):       # a torn last line (a crash while writing): the rest stands
+                    if n == len(lines) and self._torn:   # torn (a crash while writing): the rest stands
                         log.warning("%s: line %d skipped (%s)", self.path, n, type(e).__name__)
+                        self._torn = raw.rfind(b"\n") + 1
                         continue
                     raise ValueError(f"{self.path} line {n}: not a rating ({type(e).__name__}: {e})") from None
                 self._set(rater, item, answers)
@@ -257,11 +261,11 @@ class Ratings:
                            "answers": answers, "time": round(time.time(), 3)})
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            if self._torn is not None:
+            if isinstance(self._torn, int):
                 with open(self.path, "r+b") as f:
                     f.truncate(self._torn)
             with open(self.path, "a") as f:
-                f.write(line + "\n")
+                f.write(("\n" if self._torn == b"\n" else "") + line + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             self._torn = None
@@ -334,13 +338,13 @@ def cohen_kappa(a: list[bool], b: list[bool]) -> float | None:
     return None if pe >= 1.0 else (po - pe) / (1.0 - pe)
 
 
-def rater_agreement(ratings: Ratings, question: str = "success") -> list[dict]:
-    """Every pair of raters who answered ``question`` on items in common: how many, the share answered
+def rater_agreement(ratings: Ratings, items, question: str = "success") -> list[dict]:
+    """Every pair of raters who answered ``question`` on ``items`` in common: how many, the share answered
     alike, Cohen's kappa."""
-    raters, out = ratings.raters(), []
+    raters, out, items = ratings.raters(), [], set(items)
     for i, r1 in enumerate(raters):
         for r2 in raters[i + 1:]:
-            common = sorted(it for it in ratings.done(r1) & ratings.done(r2)
+            common = sorted(it for it in ratings.done(r1) & ratings.done(r2) & items
                             if ratings.get(r1, it, question) is not None and ratings.get(r2, it, question) is not None)
             if not common:
                 continue
@@ -390,6 +394,7 @@ def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0, progress
     the judge's sqrt(prompt_following x consistency) over the turns it judged)."""
     rated = [it for it in study.items if ratings.votes(it)]
     human = {it: float(np.mean(ratings.votes(it))) for it in rated}
+    answered = {r: len(ratings.done(r) & set(study.items)) for r in ratings.raters()}
     scores: dict = {"judge": {}}
     for it in rated:
         v = study.judge(it)
@@ -401,12 +406,11 @@ def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0, progress
             scores[k] = {it: s[k] for it, s in per.items() if s[k] is not None}
     corr = {k: correlation([human[it] for it in s], [s[it] for it in s]) for k, s in scores.items()}
     return {"study": {name: str(m.folder) for name, m in study.methods.items()}, "turns": study.turns,
-            "items": len(study.items), "items_rated": len(rated), "ratings": sum(len(ratings.done(r))
-                                                                                   for r in ratings.raters()),
-            "raters": {r: len(ratings.done(r)) for r in ratings.raters()},
+            "items": len(study.items), "items_rated": len(rated), "ratings": sum(answered.values()),
+            "raters": {r: n for r, n in answered.items() if n},
             "rule": "an item succeeds when most of its raters say so (a tie fails); a session succeeds at turn "
                     "t when turns 1..t all succeed; rates are over the sessions decided at t",
-            "human": human_success(study, ratings, seed), "agreement": rater_agreement(ratings),
+            "human": human_success(study, ratings, seed), "agreement": rater_agreement(ratings, study.items),
             "correlation": corr,
             "correlation_note": "human = the share of an item's raters who said success; judge = sqrt("
                                 "prompt_following x consistency); clip_t against the turn's instruction, "
@@ -423,9 +427,9 @@ def annotation_report(study: AnnotationStudy, ratings: Ratings, seed: int = 0) -
         x = np.array([float(v) for v in said if v is not None])
         out["questions"][q] = {"share_yes": round(float(x.mean()), 4) if len(x) else None,
                                "ci95": _bootstrap(x, rng), "items_rated": len(x), "meaning": QUESTIONS[q],
-                               "agreement": rater_agreement(ratings, q)}
+                               "agreement": rater_agreement(ratings, study.items, q)}
     items = set(study.items)
-    out["raters"] = {r: len(ratings.done(r) & items) for r in ratings.raters()}
+    out["raters"] = {r: n for r in ratings.raters() if (n := len(ratings.done(r) & items))}
     out["rule"] = "an item's answer is what most of its raters said (a tie is no)"
     return out
 
