@@ -76,6 +76,8 @@ def test_a_wrong_type_in_every_field_of_every_section_is_one_line_naming_the_key
     ("model.rope_axes_dim=[8,12]", "model.rope_axes_dim: expected tuple[int, int, int] | None, got (8, 12)"),
     ("data.world.num_objects=[1,x]", "data.world.num_objects: must be [min, max] ints with 0 <= min <= max, "
                                      "got (1, 'x')"),
+    ("data.pack.rope_mode=text_then_image", "data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full, "
+                                            "got 'block_causal' (an image's position counts its session's later text)"),
     ("+train.fp8.recipie=delayed", "train.fp8.recipie: unknown key (known: amax_compute_algo, amax_history_len, "
                                    "backend, enabled, fp8_format, margin, recipe)"),
 ])

@@ -36,7 +36,7 @@ def data_configs(cfg):
     from .data.world import WorldConfig
 
     d = cfg.data
-    return dict(
+    out = dict(
         world=build(WorldConfig, d.world, "data.world"),
         corpus=build(CorpusConfig, d.corpus, "data.corpus"),
         recipe=build(RecipeConfig, d.recipe, "data.recipe"),
@@ -44,6 +44,10 @@ def data_configs(cfg):
         text=build(TextEncoderConfig, d.text_encoder, "data.text_encoder"),
         image=build(ImageEncoderConfig, d.image_encoder, "data.image_encoder"),
     )
+    if out["pack"].rope_mode == "text_then_image" and out["recipe"].mask_type != "full":
+        raise ConfigError(f"data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full, got "
+                          f"{out['recipe'].mask_type!r} (an image's position counts its session's later text)")
+    return out
 
 
 # ----------------------------------------------------------------------------- model + training

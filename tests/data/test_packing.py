@@ -132,6 +132,23 @@ def test_rope_positions():
     assert bi.img_pos[:, 0].unique().tolist()[:2] == [0, 1 + L0] and bi.txt_pos[0] == 1
 
 
+def test_text_then_image_rope_matches_training_at_inference():
+    """Under "text_then_image" a frame's turn coordinate is the session's text tokens + 3j; a training sample
+    cut at its target (full mask) and the editor's layout of the same turn put every image at the same place."""
+    sess = make_session(4)
+    cfg = PackConfig(patch_size=8, rope_mode="text_then_image")
+    infer = pack([(inference_sample(sess.texts[:2], camera_prompts=False), sess)], FakeText().encode, cfg, "full")
+    n_text = 2 * (len("edit number 0 now".split()) + 1)                  # two texts: <TURN> + 4 words each
+    assert infer.s_txt == n_text and infer.txt_pos.tolist() == list(range(n_text))
+    assert infer.img_pos[:, 0].unique().tolist() == [n_text, n_text + 3, n_text + 6]
+    plan = SessionPlan(num_turns=3, use_roe=False, task="nip", target_turn=1)
+    train = pack([(build_sample(sess.texts, [None] * 3, plan, RecipeConfig(mask_type="full", camera_prompts=False)),
+                   sess)], FakeText().encode, cfg, "full")
+    assert torch.equal(train.img_pos, infer.img_pos) and torch.equal(train.txt_pos, infer.txt_pos)
+    with pytest.raises(ValueError, match="text_then_image"):
+        pack([(inference_sample(sess.texts[:2], camera_prompts=False), sess)], FakeText().encode, cfg, "block_causal")
+
+
 def test_stream_is_a_function_of_step():
     corpus = [make_session(K, seed=K) for K in (2, 3, 4, 5)]
     cfg = RecipeConfig(mask_type="block_causal")

@@ -114,6 +114,39 @@ def test_positions_and_text_rows():
     assert out.txt_pos.tolist() == [1, 2, 3, 5, 6] and out.img_pos[:, 0].tolist() == [0, 4, 4]
 
 
+def test_text_then_image_puts_images_after_their_sessions_text():
+    """Paper Table 10's first RoPE row: text as under "separate", each image at its session's text length +
+    rope_turn (every text block counts, later ones too), the grid and the mask as under "separate"."""
+    def fill(b):
+        b.session()
+        b.image(0, KIND_CLEAN, (1, 2), torch.ones(2, PATCH_DIM), rope_turn=0)
+        t = b.text(1, 0, torch.zeros(2, TEXT_DIM))                              # 3 tokens
+        b.image(2, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=3, text_block=t)
+        b.text(3, 1, torch.zeros(1, TEXT_DIM))                                  # 2 more: session 0 has 5
+        b.image(4, KIND_NOISY, (2, 1), torch.ones(2, PATCH_DIM), rope_turn=6)
+        b.session()
+        b.image(0, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=0)
+        b.text(1, 0, torch.zeros(3, TEXT_DIM))                                  # session 1 has 4
+        b.image(2, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=3)
+        b.image(2, KIND_NOISY, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=3)   # its twin, same position
+        return b.build()
+    tti = fill(BatchBuilder("full", rope_mode="text_then_image", pad_multiple=5))
+    sep = fill(BatchBuilder("full", pad_multiple=5))
+    assert tti.txt_pos.tolist() == sep.txt_pos.tolist() == [0, 1, 2, 3, 4, 0, 1, 2, 3, 0]
+    assert tti.img_pos[:, 0].tolist() == [5, 5, 8, 11, 11, 4, 7, 7, 0, 0]       # the last rows: padding, at 0
+    assert torch.equal(tti.img_pos[:, 1:], sep.img_pos[:, 1:]) and sep.img_pos[:, 0].tolist()[:5] == [0, 0, 3, 6, 6]
+    assert torch.equal(tti.spec.dense(), sep.spec.dense())
+    with pytest.raises(ValueError, match='^rope_mode "text_then_image" needs mask_type "full", got .block_causal.'):
+        BatchBuilder("block_causal", rope_mode="text_then_image")
+    b = BatchBuilder("full", rope_mode="text_then_image")
+    b.session()
+    with pytest.raises(ValueError, match="rope_turn is required under rope_mode='text_then_image'"):
+        b.image(0, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM))
+    b.image(0, KIND_CLEAN, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=0)
+    with pytest.raises(ValueError, match="already sits at turn 0, not 1"):
+        b.image(0, KIND_NOISY, (1, 1), torch.ones(1, PATCH_DIM), rope_turn=1)
+
+
 def test_random_tensors_are_drawn_text_times_images():
     sessions = [[("image", 0, KIND_CLEAN, (2, 2), 0), ("text", 1, 0, 3), ("image", 2, KIND_NOISY, (1, 3), 1)]]
     b = BatchBuilder("full")

@@ -282,9 +282,11 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
                 if name == "coe":                                      # the model is trained with maps
                     assert {"data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"} <= set(rb.overrides)
             else:
+                if name == "rope":                                     # both under the full mask
+                    assert {"data.recipe.mask_type=full"} <= set(ra.overrides) & set(rb.overrides)
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
-    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention"),
+    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",

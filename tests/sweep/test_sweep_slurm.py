@@ -59,7 +59,12 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
                         ({"steps": {"rule": "cosine"}}, "sweep.steps.rule: fixed or proportional"),
                         ({"learning": 1}, "sweep.learning: unknown key"),
                         ({"data": {}}, "sweep.data: give either synthetic"),
-                        ({"data_sizes": [4, 64]}, "sweep.data.synthetic.videos: must be >= the largest data size 64")):
+                        ({"data_sizes": [4, 64]}, "sweep.data.synthetic.videos: must be >= the largest data size 64"),
+                        # each training run's config is built at plan time, not in its array element
+                        ({"models": {"big": ["model.num_layers=0"]}},
+                         "sweep.models.big: model.num_layers: expected a positive int, got 0 (run big_d4_s0"),
+                        ({"models": {"tti": ["data.pack.rope_mode=text_then_image"]}},
+                         "sweep.models.tti: data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full")):
         d = yaml.safe_load(_config(tmp_path).read_text())
         d.update(change)
         (tmp_path / "x.yaml").write_text(yaml.safe_dump(d))

@@ -133,7 +133,7 @@ MUTANTS = [
            "img_loss.append(torch.full((h * w,), x.kind != KIND_TEXT))",
            T_MASK + T_FLOW, "clean context images are marked as loss targets (and get noised)"),
     Mutant("rope_turn_dropped", BUILDER,
-           "torch.full((h * w, 1), x.rope_turn)", "torch.full((h * w, 1), 0)",
+           "torch.full((h * w, 1), after[x.session] + x.rope_turn)", "torch.full((h * w, 1), after[x.session])",
            T_MASK, "every image sits at turn 0: the model cannot tell the turns apart"),
     # ---- faults found or guarded after issue 18 (2026-12-05) ----
     Mutant("worklist_run_end_slot", "kernels/vincie_kernels/worklist.py",
@@ -418,6 +418,14 @@ MUTANTS = [
            "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, j + 1)]\n",
            "        frames = [load_image(s.frames[k], name=f\"session {item.index} frame {k}\") for k in (j, min(j + 2, len(s.frames) - 1))]\n",
            ("tests/eval/test_human_eval.py",), "a rated transition shows the wrong second frame beside its text"),
+    Mutant("text_then_image_at_separate_positions", "vincie_mcore/packed/builder.py",
+           "        if self.rope_mode == \"text_then_image\":\n            for x in texts:\n",
+           "        if False:\n            for x in texts:\n",
+           ("tests/packed/test_builder.py", "tests/data/test_packing.py"),
+           "text-then-image RoPE leaves images at their separate positions, on top of the session's text"),
+    Mutant("sweep_plan_skips_config_check", "vincie_mcore/sweep/plan.py", "    check_configs(d, runs)\n", "",
+           ("tests/sweep/test_sweep_slurm.py",),
+           "a sweep whose runs' configs do not build is planned, and each array element fails on Slurm"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "

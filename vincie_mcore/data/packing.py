@@ -28,7 +28,8 @@ from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, dr
 @dataclass
 class PackConfig:
     patch_size: int = 8
-    rope_mode: str = "separate"      # "separate": text 1D and image 3D both from 0; "interleaved": one counter
+    rope_mode: str = "separate"      # "separate": text 1D and image 3D both from 0; "interleaved": one counter;
+                                     # "text_then_image": images after the session's text (full mask only)
     pad_multiple: int = 1            # pad each stream to a multiple of this (TP*CP for SP/CP splits)
     token_budget: int = 4096         # stream: add sessions until the next would exceed this
 

@@ -21,9 +21,13 @@ builder decides, each rule once:
 * A text block is ``<TURN>_turn`` (a zero row with ``txt_turn = turn``) + its encoder rows.
 * RoPE, ``rope_mode="separate"``: text positions count the session's text tokens from 0; an
   image's turn coordinate is the caller's ``rope_turn``. ``"interleaved"``: one counter per
-  session runs over text tokens and images (one step per image order). Either way a noisy
-  twin (an image with an order already seen in its session) shares its twin's position, and
-  (h, w) are the token grid, row-major.
+  session runs over text tokens and images (one step per image order). ``"text_then_image"``
+  (paper Table 10's first row, the video model's layout): text as under "separate", images
+  after all of the session's text, at ``L_text + rope_turn``; the full mask only, because an
+  image's position then depends on text after it, which a block-causal image must not see (and
+  a KV cache would go stale as text is added). In every mode a noisy twin (an image with an
+  order already seen in its session) shares its twin's position, and (h, w) are the token grid,
+  row-major.
 * Padding (to ``pad_multiple``, for TP/SP/CP splits): one block per stream, of its own
   session (text: session n, image: n + 1, for n sessions), zero rows, position 0, no loss.
 * ``img_loss_mask`` marks noisy tokens; ``block_t`` is 0 (``diffusion/`` draws it) unless
@@ -43,7 +47,7 @@ from vincie_kernels.reference import spec_from_blocks
 from .batch import PackedBatch
 from .maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES, MaskSpec
 
-ROPE_MODES = ("separate", "interleaved")
+ROPE_MODES = ("separate", "interleaved", "text_then_image")
 
 
 def token_grid(h: int, w: int) -> torch.Tensor:
@@ -84,6 +88,9 @@ class BatchBuilder:
             raise ValueError(f"rope_mode: expected one of {ROPE_MODES}, got {rope_mode!r}")
         if pad_multiple < 1:
             raise ValueError(f"pad_multiple: must be >= 1, got {pad_multiple}")
+        if rope_mode == "text_then_image" and mask_type != "full":
+            raise ValueError(f'rope_mode "text_then_image" needs mask_type "full", got {mask_type!r}: an image\'s '
+                             "position counts its session's later text too, which only the full mask lets it see")
         self.mask_type, self.rope_mode, self.pad_multiple = mask_type, rope_mode, pad_multiple
         self._texts: list[_Text] = []
         self._images: list[_Image] = []
@@ -128,7 +135,8 @@ class BatchBuilder:
               rope_turn: int | None = None, text_block: int = -1, prompt_block: int = -1, **info) -> int:
         """An image block of ``hw = (h, w)`` tokens: ``tokens`` [h*w, patch_dim] (None: random).
 
-        ``rope_turn``: its turn coordinate under "separate" RoPE (unused under "interleaved").
+        ``rope_turn``: its turn coordinate under "separate" RoPE, before the session's text length
+        is added under "text_then_image" (unused under "interleaved").
         ``text_block`` / ``prompt_block``: earlier text blocks of this session that condition it
         (``PackedBatch.block_text``), -1 for none. ``info`` goes into ``batch.image_blocks``.
         Returns the block's index among image blocks.
@@ -148,11 +156,11 @@ class BatchBuilder:
             if self.rope_mode == "interleaved":
                 self._position[order] = self._counter
             elif rope_turn is None:
-                raise ValueError('BatchBuilder.image: rope_turn is required under rope_mode="separate"')
+                raise ValueError(f"BatchBuilder.image: rope_turn is required under rope_mode={self.rope_mode!r}")
             else:
                 self._position[order] = rope_turn
             self._counter += 1
-        elif self.rope_mode == "separate" and rope_turn is not None and rope_turn != self._position[order]:
+        elif self.rope_mode != "interleaved" and rope_turn is not None and rope_turn != self._position[order]:
             raise ValueError(f"BatchBuilder.image: order {order} of session {sid} already sits at turn "
                              f"{self._position[order]}, not {rope_turn} (twins share a position)")
         self._images.append(_Image(sid, order, kind, (h, w), tokens, self._position[order],
@@ -191,12 +199,16 @@ class BatchBuilder:
         n_txt_blocks = len(tblocks) + bool(pad_t)
         # ---- image stream: tokens per block, positions (turn coordinate, grid), then padding ----
         grids: dict[tuple[int, int], torch.Tensor] = {}
+        after = [0] * n_sess                        # per session: the turn offset of its images
+        if self.rope_mode == "text_then_image":
+            for x in texts:
+                after[x.session] += x.length
         img_pos, img_loss, iblocks, image_blocks, start = [], [], [], [], 0
         for i, x in enumerate(images):
             h, w = x.hw
             if x.hw not in grids:
                 grids[x.hw] = token_grid(h, w)
-            img_pos.append(torch.cat([torch.full((h * w, 1), x.rope_turn), grids[x.hw]], 1))
+            img_pos.append(torch.cat([torch.full((h * w, 1), after[x.session] + x.rope_turn), grids[x.hw]], 1))
             img_loss.append(torch.full((h * w,), x.kind == KIND_NOISY))
             iblocks.append((h * w, x.order, x.kind, x.session))
             image_blocks.append(dict(block=n_txt_blocks + i, session=x.session, **x.info, hw=x.hw,

@@ -60,6 +60,12 @@ ABLATIONS = {
     "attention": ("block_causal", "full", {
         "full": ["data.recipe.mask_type=full"],
         "block_causal": ["data.recipe.mask_type=block_causal"]}),
+    # Table 10, rows "text-then-image | full" and "interleaved | full": the RoPE layout of training and editing,
+    # both under the full mask. The paper: text-then-image ahead at turns 1-3 (its video prior), interleaved
+    # ahead at turns 4-5 (B - A < 0, then > 0).
+    "rope": ("text_then_image", "interleaved", {
+        "interleaved": ["data.recipe.mask_type=full", "data.pack.rope_mode=interleaved"],
+        "text_then_image": ["data.recipe.mask_type=full", "data.pack.rope_mode=text_then_image"]}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
 

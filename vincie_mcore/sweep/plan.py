@@ -181,6 +181,7 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
             if key not in by_name:
                 raise _err(f"models.{r.model}.train_as", f"no planned run {key} to share (combine: zip?)")
             r.train_with = by_name[key]
+    check_configs(d, runs)
     if old.is_file():                                        # a re-plan must not renumber launched runs
         before = [json.loads(line)["name"] for line in old.read_text().splitlines() if line.strip()]
         if before != [r.name for r in runs]:
@@ -198,6 +199,29 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
               "why_none": None if st and gpus else "cluster.step_time_s (measured) and gpus_per_run are needed"}
     (sweep_dir / "budget.json").write_text(json.dumps(budget, indent=1))
     return {"sweep": str(sweep_dir), "runs": len(runs), "budget": budget}
+
+
+def check_configs(d: dict, runs: list[Run]) -> None:
+    """Build every training run's config as ``vincie-train`` will, so that a bad override (or a bad pair,
+    e.g. text_then_image RoPE under block_causal) is one line now, not a failed array element later."""
+    import warnings
+
+    from ..config import ConfigError, load_config
+    with warnings.catch_warnings():          # Megatron's import-time notes (no TE/apex on a login node)
+        warnings.simplefilter("ignore")
+        from ..build import build_run_config
+        from ..train import trainer  # noqa: F401 - imported here, under the filter
+
+    seen = set()
+    for r in runs:
+        key = tuple(o for o in r.overrides if not o.startswith(("seed=", "run_dir=")))
+        if r.train_with is not None or key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_run_config(load_config(list(r.overrides)))
+        except ConfigError as e:
+            raise _err(f"models.{r.model}", f"{e} (run {r.name}, base overrides included)") from None
 
 
 def read_runs(sweep_dir) -> list[Run]:
