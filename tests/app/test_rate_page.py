@@ -72,12 +72,14 @@ def test_rate_in_the_browser(study, page, driver):
     _start(d, "not a name!")
     wait(lambda: "is not a name" in d.page_source, what="the refused name")
     _start(d, "alice")
+    assert {it.method for it in mine[:4]} == {"ours", "other"}    # both sizes of result reach the page
     for k, verdict in enumerate(["success-btn", "failure-btn", "skip-btn", "success-btn"]):
         want, done = s.view(mine[k])["prompts"], k - (k > 2)       # (two items may share their prompts)
         wait(lambda: f"alice: {done} rated, {len(s.items) - done} to go" in text(d, "#progress") and
              _shown_prompts(d) == want and len(css(d, "#history img")) == mine[k].turn,   # source, earlier turns
              what=f"item {k}: its prompts and images")
-        want_image = s.view(mine[k])["results"][-1]
+        want_image = s.shown(mine[k])["results"][-1]                # one size for every method (Study.shown)
+        assert want_image.shape == (24, 24, 3)
         wait(lambda: np.array_equal(_shown_result(d), want_image), what=f"item {k}'s result, pixel for pixel")
         css(d, f"#{verdict}")[0].click()
     wait(lambda: "3 rated" in text(d, "#progress"), what="the third answer")

@@ -35,6 +35,9 @@ def responder(text, images, attempt):
     return 200, json.dumps({"reason": f"judged {last}", "prompt_following": pf, "consistency": c})
 
 
+SIZES = {"ours": (24, 24), "other": (32, 40)}      # (H, W) of each method's results: other sizes, other aspects
+
+
 def write_study(root: Path) -> Path:
     """The benchmark (parquet, the release's layout) and two methods, "ours" and "other", each judged by
     `vincie-benchmark mse --generated`; the second's images then moved into its folder as generated.parquet
@@ -51,7 +54,7 @@ def write_study(root: Path) -> Path:
         for m, base in (("ours", 100), ("other", 200)):
             gen = {"index": list(PROMPTS)}
             for t in range(1, 6):
-                gen[f"turn_{t}_image"] = [{"bytes": png(base + 10 * t + i, 24, 24), "path": None}
+                gen[f"turn_{t}_image"] = [{"bytes": png(base + 10 * t + i, *SIZES[m]), "path": None}
                                           for i in range(len(PROMPTS))]
             pq.write_table(pa.table(gen), root / f"{m}_gen.parquet")
             assert main(["mse", "--data", str(root / "bench.parquet"), "--generated", str(root / f"{m}_gen.parquet"),

@@ -18,6 +18,7 @@ from mse_results import PROMPTS, frame, write_annotated_store, write_study  # no
 from mse_results import methods as _methods  # noqa: E402
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino  # noqa: E402
 
+from vincie_mcore.data.video import fit_frame  # noqa: E402
 from vincie_mcore.eval import human  # noqa: E402
 from vincie_mcore.eval.human import Item, Ratings, Study  # noqa: E402
 
@@ -40,7 +41,19 @@ def test_the_study_holds_every_turn_of_every_method_as_the_judge_saw_it(study_di
     assert len(v["results"]) == 3 and v["prompts"] == PROMPTS["b"][:3]
     for t, im in enumerate(v["results"], 1):
         assert np.array_equal(im, _decoded(study_dirs, "other", "b", t))
-    assert v["source"].shape == (24, 24, 3)            # the source at the results' size, as the judge compared
+    assert v["source"].shape == (32, 40, 3)            # the source at the results' size, as the judge compared
+    # shown to raters: both methods' images of a session at one size, the smaller one (ours, 24 x 24); other's
+    # 32 x 40 scaled into it whole (bars above and below), the source centre-cropped to it as the judge crops
+    for it in (Item("other", "b", 3), Item("ours", "b", 3)):
+        shown = s.shown(it)
+        assert {im.shape for im in (shown["source"], *shown["results"])} == {(24, 24, 3)}
+        assert shown["prompts"] == PROMPTS["b"][:3]
+    assert all(np.array_equal(a, b) for a, b in zip(s.shown(Item("ours", "b", 2))["results"],
+                                                     s.view(Item("ours", "b", 2))["results"]))
+    other = s.shown(Item("other", "b", 1))["results"][0]
+    assert np.array_equal(other, fit_frame(_decoded(study_dirs, "other", "b", 1), (24, 24), "pad"))
+    assert not other[:2].any() and other[3:21].any()                      # 19 rows of image between bars
+    assert np.array_equal(s.shown(Item("other", "b", 1))["source"], s.shown(Item("ours", "b", 1))["source"])
     # the judge's verdicts as it gave them: it stops at a session's first failure
     assert s.judge(Item("ours", "a", 5)) is not None and s.judge(Item("ours", "c", 1))["prompt_following"] == 3
     assert s.judge(Item("ours", "c", 2)) is None and s.judge(Item("ours", "b", 2))["prompt_following"] == 3

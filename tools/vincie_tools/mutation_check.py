@@ -426,6 +426,11 @@ MUTANTS = [
     Mutant("sweep_plan_skips_config_check", "vincie_mcore/sweep/plan.py", "    check_configs(d, runs)\n", "",
            ("tests/sweep/test_sweep_slurm.py",),
            "a sweep whose runs' configs do not build is planned, and each array element fails on Slurm"),
+    Mutant("human_page_shows_each_methods_size", "vincie_mcore/eval/human.py",
+           "                \"results\": [fit_frame(im, size, \"pad\") for im in v[\"results\"]]}\n",
+           "                \"results\": v[\"results\"]}\n",
+           ("tests/eval/test_human_eval.py",), "the rating page shows each method's results at the size it made "
+                                                "them, so a rater can tell the methods apart by size"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "

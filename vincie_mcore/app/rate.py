@@ -34,10 +34,11 @@ def _prompts_html(prompts: list[str]) -> str:
 
 def _panels(study, it: Item):
     """(gallery, text HTML, large image) of an item."""
-    v = study.view(it)
     if study.kind == "mse":
+        v = study.shown(it)                  # every method's images of a session at one size
         gallery = [(v["source"], "source")] + [(im, f"turn {t}") for t, im in enumerate(v["results"][:-1], 1)]
         return gallery, _prompts_html(v["prompts"]), v["results"][-1]
+    v = study.view(it)
     camera = "" if v["camera"] in (None, "", "None") else f"<p>camera: {html.escape(v['camera'])}</p>"
     return ([(v["before"], "first frame"), (v["after"], "second frame")],
             f"<p id='transition-text'>{html.escape(v['text'])}</p>{camera}", None)

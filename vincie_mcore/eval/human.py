@@ -131,6 +131,7 @@ class Study:
                 raise ValueError(f"method {m.name}: session {unknown[0]!r} is not in the benchmark at {data}")
         self.items = [Item(m.name, i, t) for m in self.methods.values() for i in m.detail
                       for t in range(1, self.turns + 1)]
+        self._display: dict = {}             # session -> the size every method's images are shown at
 
     def view(self, item: Item) -> dict:
         """What a rater (and the judge) sees for ``item``: the source at the results' size, the results of
@@ -139,6 +140,21 @@ class Study:
         results = m.images[item.index][:item.turn]
         return {"source": fit_to(s.image, results[0].shape[:2]), "results": results,
                 "prompts": list(s.prompts[:item.turn])}
+
+    def shown(self, item: Item) -> dict:
+        """``view`` as the rating page shows it, blind to the method by size too: every method's images of a
+        session at one size, the smallest (by area) that any method made for it. A result is scaled into it
+        whole (``pad``: a method whose output has another aspect shows bars, nothing it made is cut); the
+        source is centre-cropped to it, as the judge crops it."""
+        from ..data.video import fit_frame
+
+        v = self.view(item)
+        size = self._display.get(item.index)
+        if size is None:
+            shapes = [im.shape[:2] for m in self.methods.values() for im in m.images.get(item.index, [])]
+            size = self._display[item.index] = min(shapes, key=lambda hw: (hw[0] * hw[1], hw))
+        return {**v, "source": fit_to(self.sessions[item.index].image, size),
+                "results": [fit_frame(im, size, "pad") for im in v["results"]]}
 
     def judge(self, item: Item) -> dict | None:
         """The judge's verdict on ``item`` (``prompt_following``, ``consistency``), None where it did not judge
