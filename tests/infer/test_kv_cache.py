@@ -37,13 +37,14 @@ def parts(megatron_cpu):
     return model, text, image
 
 
-def _session(parts, mask_type, use_kv_cache, steps=3):
+def _session(parts, mask_type, use_kv_cache, steps=3, rope_mode="separate"):
     """Run the 3 turns; -> (session, per-call noisy-row outputs of the model)."""
     model, text, image = parts
     outs = []
     hook = model.register_forward_hook(lambda m, args, out: outs.append(out[args[1].img_loss_mask].clone()))
     try:
-        ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8), FlowConfig(prediction="x0"),
+        ed = Editor(model, text, PixelEncoder(), PackConfig(patch_size=8, rope_mode=rope_mode),
+                    FlowConfig(prediction="x0"),
                     SamplerConfig(steps=steps, shift=2.0, guidance=3.0, seed=1), mask_type=mask_type,
                     use_kv_cache=use_kv_cache)
         sess = ed.start(image)
@@ -54,9 +55,11 @@ def _session(parts, mask_type, use_kv_cache, steps=3):
     return sess, outs
 
 
-def test_cache_matches_no_cache_block_causal(parts):
-    ref, ref_outs = _session(parts, "block_causal", use_kv_cache=False)
-    got, got_outs = _session(parts, "block_causal", use_kv_cache=True)
+@pytest.mark.parametrize("rope_mode", ["separate", "interleaved"])
+def test_cache_matches_no_cache_block_causal(parts, rope_mode):
+    """Either RoPE layout the block-causal mask takes: a cached context keeps its positions as turns are added."""
+    ref, ref_outs = _session(parts, "block_causal", use_kv_cache=False, rope_mode=rope_mode)
+    got, got_outs = _session(parts, "block_causal", use_kv_cache=True, rope_mode=rope_mode)
     assert [i["kv_cache"] for i in got.info] == [True] * 3 and not any(i["kv_cache"] for i in ref.info)
     assert len(got_outs) == len(ref_outs) == 3 * 3 * 2          # turns x steps x (cond, uncond)
     for k, (a, b) in enumerate(zip(got_outs, ref_outs)):
@@ -104,13 +107,19 @@ def test_a_turn_cut_short_leaves_the_cache_as_it_was(parts):
     assert {b: c.sizes() for b, c in cut.kv.items()} == {b: c.sizes() for b, c in whole.kv.items()}
 
 
-def test_full_mask_takes_no_cache_path(parts):
-    got, got_outs = _session(parts, "full", use_kv_cache=True, steps=2)
-    ref, ref_outs = _session(parts, "full", use_kv_cache=False, steps=2)
+@pytest.mark.parametrize("rope_mode", ["separate", "text_then_image"])
+def test_full_mask_takes_no_cache_path(parts, rope_mode):
+    got, got_outs = _session(parts, "full", use_kv_cache=True, steps=2, rope_mode=rope_mode)
+    ref, ref_outs = _session(parts, "full", use_kv_cache=False, steps=2, rope_mode=rope_mode)
     assert not any(i["kv_cache"] for i in got.info) and "'full' mask" in got.info[0]["reason"]
     assert got.kv is None and all(i["cache_bytes"] == 0 for i in got.info)
     for a, b in zip(got_outs, ref_outs):
         assert torch.equal(a, b)
+    if rope_mode == "text_then_image":          # the positions matter: the same session edits otherwise
+        other, _ = _session(parts, "full", use_kv_cache=False, steps=2)
+        assert not torch.equal(other.latents[-1], got.latents[-1])
+    with pytest.raises(ValueError, match='rope_mode "text_then_image" needs mask_type "full"'):
+        _session(parts, "block_causal", use_kv_cache=True, steps=2, rope_mode="text_then_image")
 
 
 @torch.no_grad()
