@@ -123,9 +123,13 @@ def build_run_config(cfg) -> RunConfig:
 
     if "eval" in cfg and "magicbrush" in cfg.eval:
         build(MagicBrushEvalConfig, cfg.eval.magicbrush, "eval.magicbrush")
-    return RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
-                     flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
-                     data=data_configs(cfg))
+    run = RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
+                    flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
+                    data=data_configs(cfg))
+    if is_official(cfg) and run.data["pack"].rope_mode != "separate":     # its packer never reads rope_mode
+        raise ConfigError(f"data.pack.rope_mode: the official variant places images by model.rope_image_origin "
+                          f"(after_text or zero); leave rope_mode at separate, got {run.data['pack'].rope_mode!r}")
+    return run
 
 
 def init_weights(cfg, model, ckpt_dir: str) -> None:

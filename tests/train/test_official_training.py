@@ -338,3 +338,15 @@ def test_presets_and_their_data_groups_agree_on_the_token_width(overrides):
     check_official_widths(mcfg, int(cfg.data.pack.patch_size))
     with pytest.raises(ValueError, match="model.image_in_dim"):
         check_official_widths(mcfg, int(cfg.data.pack.patch_size) + 1)
+
+
+def test_official_variant_refuses_a_rope_mode_it_would_ignore():
+    """Its packer places images by model.rope_image_origin; a data.pack.rope_mode other than separate would be
+    silently ignored, so it is one line naming the key."""
+    from vincie_mcore.build import build_run_config
+    from vincie_mcore.config import ConfigError, load_config
+
+    build_run_config(load_config(["model=official_tiny"]))
+    with pytest.raises(ConfigError, match=r"^data.pack.rope_mode: the official variant places images by "
+                                          r"model.rope_image_origin .*got 'interleaved'$"):
+        build_run_config(load_config(["model=official_tiny", "data.pack.rope_mode=interleaved"]))
