@@ -286,7 +286,7 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
                     assert {"data.recipe.mask_type=full"} <= set(ra.overrides) & set(rb.overrides)
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
-    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope"),
+    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope, camera"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",
@@ -327,3 +327,30 @@ def test_context_ablation_on_slurm_plan_launch_report(slurm_cluster, tmp_path): 
     assert t2["b"] == pytest.approx(np.mean(ev["context"]["session_success"][1]))
     assert "| 2 |" in out and "ablation.png" in (sw / "ablation.md").read_text()
     assert (sw / "ablation.png").stat().st_size > 1000
+
+
+def test_heldout_world_builds_the_heldout_store_from_its_own_world(tmp_path):
+    """The camera ablation's data: training videos whose camera always pans, held-out videos from the static
+    demo world; and a bad world is one line naming its key."""
+    from vincie_mcore.data.store import SessionStore
+
+    d = {"data": {"synthetic": {"videos": 6, "heldout_videos": 4, "heldout_world": "demo",
+                                "world": {"preset": "demo", "camera_pan_prob": 1.0}}}}
+    P.build_synthetic(tmp_path, d, progress=False)
+    cams = {part: [c for i in range(len(st)) for c in st.read(i).cameras]
+            for part in ("train", "heldout") for st in [SessionStore(tmp_path / "data" / part / "store")]}
+    assert cams["train"] and all(c != "None" for c in cams["train"])        # every transition pans
+    assert cams["heldout"] and set(cams["heldout"]) == {"None"}
+    assert P.world_of({"preset": "demo", "camera_pan_prob": 1.0}).num_objects == P.world_of("demo").num_objects
+    for spec, msg in (({"preset": "big"}, "sweep.data.synthetic.world.preset: demo is the only preset"),
+                      ({"camera_pan_prob": 2.0}, "sweep.data.synthetic.world: WorldConfig.camera_pan_prob: must be in"),
+                      ({"pan": 1}, "sweep.data.synthetic.world: WorldConfig.__init__() got an unexpected keyword"),
+                      ("static", "sweep.data.synthetic.world: demo or a mapping of world fields")):
+        with pytest.raises(ValueError) as e:
+            P.world_of(spec)
+        assert str(e.value).startswith(msg), str(e.value)
+    conf = yaml.safe_load(_ablation_yaml(tmp_path).read_text())
+    conf["data"]["synthetic"]["heldout_wrold"] = "demo"
+    (tmp_path / "typo.yaml").write_text(yaml.safe_dump(conf))
+    with pytest.raises(ValueError, match=r"^sweep.data.synthetic: unknown key heldout_wrold \(known: heldout_videos, "):
+        A.plan(tmp_path / "typo.yaml", tmp_path / "typo", build_data=False)

@@ -1,11 +1,11 @@
-"""``vincie-ablate``: the paper's findings (Tables 3, 4, 5) as paired ablations on the synthetic world.
+"""``vincie-ablate``: the paper's findings (Tables 3, 4, 5, 9, 10) as paired ablations on the synthetic world.
 
 An ablation is a sweep (``plan.py`` / ``launch.py``) whose ``models:`` axis holds two arms, at one data
 size, N seeds, the same steps and tokens per step for both arms, evaluated on the same held-out
 sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``models:`` and one
 ``data_size`` instead of ``data_sizes``; ``steps`` is one int (both arms train that many steps):
 
-    ablation: context            # context | pairwise | segmentation | coe
+    ablation: context            # context | pairwise | segmentation | coe | attention | rope | camera
     name: ctx
     base: [experiment=demo]
     data: {synthetic: {videos: 1000, heldout_videos: 200, world: demo}}
@@ -66,6 +66,12 @@ ABLATIONS = {
     "rope": ("text_then_image", "interleaved", {
         "interleaved": ["data.recipe.mask_type=full", "data.pack.rope_mode=interleaved"],
         "text_then_image": ["data.recipe.mask_type=full", "data.pack.rope_mode=text_then_image"]}),
+    # Table 9 and D.4, "Impact of Camera Motion": trained on videos whose camera moves, with the camera prompt
+    # ("[###CAMERA: pan left###] ..." in training, "None" when editing) against without it; meant to be
+    # evaluated on a static-camera held-out world (data.synthetic.heldout_world), where any pan is a failure.
+    "camera": ("no_camera_prompt", "camera_prompt", {
+        "camera_prompt": ["data.recipe.camera_prompts=true", "sampler.camera_prompts=true"],
+        "no_camera_prompt": ["data.recipe.camera_prompts=false", "sampler.camera_prompts=false"]}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
 

@@ -4,6 +4,8 @@
     base: [experiment=demo, data.pack.token_budget=400]   # overrides for every run
     data:                                     # one shared training store: every size is its first N sessions
       synthetic: {videos: 64, heldout_videos: 16, world: demo}    # built once by plan
+      # world: demo, or WorldConfig fields ({preset: demo, ...}: the demo's world with changes);
+      # heldout_world: the held-out store's (default: world), e.g. a static camera to evaluate against
       # or: store: /lustre/store, heldout_store: /lustre/heldout
     data_sizes: [8, 16, 32, 64]               # training sessions (data.corpus.max_sessions)
     models: {tiny: [model=tiny]}              # name -> overrides
@@ -34,6 +36,7 @@ import yaml
 from ..paths import safe_name
 
 KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster"}
+SYNTHETIC_KEYS = {"videos", "heldout_videos", "world", "heldout_world"}
 
 
 @dataclass
@@ -107,8 +110,16 @@ def read_sweep(path) -> dict:
         raise _err("data", "give either synthetic: {videos, heldout_videos, world} or store: PATH (+ heldout_store)")
     if "store" in data and not data.get("heldout_store"):
         raise _err("data.heldout_store", "evaluation needs a held-out store")
-    if "synthetic" in data and data["synthetic"].get("videos", 0) < max(sizes):
-        raise _err("data.synthetic.videos", f"must be >= the largest data size {max(sizes)}")
+    if "synthetic" in data:
+        syn = data["synthetic"]
+        if not isinstance(syn, dict) or set(syn) - SYNTHETIC_KEYS:
+            bad = sorted(set(syn) - SYNTHETIC_KEYS) if isinstance(syn, dict) else [repr(syn)]
+            raise _err("data.synthetic", f"unknown key {bad[0]} (known: {', '.join(sorted(SYNTHETIC_KEYS))})")
+        if syn.get("videos", 0) < max(sizes):
+            raise _err("data.synthetic.videos", f"must be >= the largest data size {max(sizes)}")
+        for key in ("world", "heldout_world"):
+            if key in syn:
+                world_of(syn[key], f"data.synthetic.{key}")
     d.setdefault("base", [])
     d.setdefault("eval", {})
     d.setdefault("cluster", {})
@@ -138,15 +149,36 @@ def data_paths(sweep_dir: Path, d: dict) -> tuple[str, str]:
     return str(sweep_dir / "data" / "train" / "store"), str(sweep_dir / "data" / "heldout" / "store")
 
 
-def build_synthetic(sweep_dir: Path, d: dict, progress: bool = True) -> None:
-    """The shared training and held-out stores of a synthetic sweep (resumable, like every build)."""
-    from ..data.build import build_sessions
-    from ..data.video import write_synthetic_corpus
+def world_of(spec, key: str = "data.synthetic.world"):
+    """A synthetic world of the sweep YAML: ``demo``, or a mapping of ``WorldConfig`` fields; with
+    ``preset: demo`` the mapping changes the demo's world instead of WorldConfig's defaults."""
     from ..data.world import WorldConfig, demo_config
 
+    if spec == "demo":
+        return demo_config()
+    if not isinstance(spec, dict):
+        raise _err(key, f"demo or a mapping of world fields is required, got {spec!r}")
+    kw = dict(spec)
+    preset = kw.pop("preset", None)
+    if preset not in (None, "demo"):
+        raise _err(f"{key}.preset", f"demo is the only preset, got {preset!r}")
+    try:
+        return demo_config(**kw) if preset == "demo" else WorldConfig(**kw)
+    except (TypeError, ValueError) as e:
+        raise _err(key, str(e).splitlines()[0]) from None
+
+
+def build_synthetic(sweep_dir: Path, d: dict, progress: bool = True) -> None:
+    """The shared training and held-out stores of a synthetic sweep (resumable, like every build); the
+    held-out videos come from ``heldout_world`` when given."""
+    from ..data.build import build_sessions
+    from ..data.video import write_synthetic_corpus
+
     syn = d["data"]["synthetic"]
-    world = demo_config() if syn.get("world", "demo") == "demo" else WorldConfig(**syn["world"])
+    worlds = {"train": world_of(syn.get("world", "demo")),
+              "heldout": world_of(syn.get("heldout_world", syn.get("world", "demo")), "data.synthetic.heldout_world")}
     for part, n, seed, sampling in (("train", syn["videos"], 0, "mixed"), ("heldout", syn.get("heldout_videos", 16), 1, "fixed")):
+        world = worlds[part]
         root = sweep_dir / "data" / part
         write_synthetic_corpus(root / "videos", n, world, seed=seed, workers=1, progress=progress)
         build_sessions(root / "videos", root / "store", sampling=sampling, seed=seed, progress=progress)
