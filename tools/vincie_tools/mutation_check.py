@@ -431,6 +431,10 @@ MUTANTS = [
            "                \"results\": v[\"results\"]}\n",
            ("tests/eval/test_human_eval.py",), "the rating page shows each method's results at the size it made "
                                                 "them, so a rater can tell the methods apart by size"),
+    Mutant("sweep_heldout_from_the_training_world", "vincie_mcore/sweep/plan.py",
+           "        world = worlds[part]\n", "        world = worlds[\"train\"]\n",
+           ("tests/sweep/test_ablate.py",), "the held-out videos come from the training world, so the camera "
+                                             "ablation is judged on panning views"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "
