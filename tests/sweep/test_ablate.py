@@ -268,7 +268,7 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
         runs = P.read_runs(tmp_path / name)
         assert s["arms"] == [arm_a, arm_b] and {r.model for r in runs} == {arm_a, arm_b} and len(runs) == 4
         assert {r.steps for r in runs} == {2} and {r.data_size for r in runs} == {8}
-        shared = name in ("context", "coe")                            # one trained model, two evaluations
+        shared = name in ("context", "coe", "camera_pe")               # one trained model, two evaluations
         assert s["budget"]["steps"] == 2 * (2 if shared else 4)     # the trainings only
         budget = {o for r in runs for o in r.overrides if o.startswith("data.pack.token_budget")}
         assert budget == {"data.pack.token_budget=400"}                 # same tokens per step
@@ -276,8 +276,10 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
             ra, rb = (next(r for r in runs if r.model == m and r.seed == seed) for m in (arm_a, arm_b))
             if shared:
                 assert ra.run_dir == rb.run_dir and ra.train_with == rb.index and rb.train_with is None
-                assert (ra.eval_args, rb.eval_args) == ((["--context", "none"], ["--context", "full"])
-                                                        if name == "context" else (["--coe", "none"], ["--coe", "cs_ns"]))
+                assert (ra.eval_args, rb.eval_args) == {
+                    "context": (["--context", "none"], ["--context", "full"]),
+                    "coe": (["--coe", "none"], ["--coe", "cs_ns"]),
+                    "camera_pe": (["sampler.camera_prompts=false"], ["sampler.camera_prompts=true"])}[name]
                 assert ra.eval_file != rb.eval_file
                 if name == "coe":                                      # the model is trained with maps
                     assert {"data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"} <= set(rb.overrides)
@@ -286,7 +288,7 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
                     assert {"data.recipe.mask_type=full"} <= set(ra.overrides) & set(rb.overrides)
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
-    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope, camera"),
+    for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope, camera, camera_pe"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",

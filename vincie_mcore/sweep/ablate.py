@@ -5,7 +5,7 @@ size, N seeds, the same steps and tokens per step for both arms, evaluated on th
 sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``models:`` and one
 ``data_size`` instead of ``data_sizes``; ``steps`` is one int (both arms train that many steps):
 
-    ablation: context            # context | pairwise | segmentation | coe | attention | rope | camera
+    ablation: context            # context | pairwise | segmentation | coe | attention | rope | camera | camera_pe
     name: ctx
     base: [experiment=demo]
     data: {synthetic: {videos: 1000, heldout_videos: 200, world: demo}}
@@ -31,6 +31,7 @@ from .launch import eval_path
 
 SEG = ["data.recipe.roe_prob=0.8", "data.recipe.task_probs=[0.6,0.2,0.2]"]     # the paper's recipe with maps
 # name -> (arm A, arm B, models: axis). Arm B is the paper's method, so B - A > 0 reproduces the finding.
+CAMERA = ["data.recipe.camera_prompts=true", "sampler.camera_prompts=true"]   # the camera prompt, both ways
 ABLATIONS = {
     # Table 4: one trained model per seed, evaluated with every earlier turn in context, and without
     # (each turn sees only the image it edits, the model's previous output, and its instruction).
@@ -70,8 +71,13 @@ ABLATIONS = {
     # ("[###CAMERA: pan left###] ..." in training, "None" when editing) against without it; meant to be
     # evaluated on a static-camera held-out world (data.synthetic.heldout_world), where any pan is a failure.
     "camera": ("no_camera_prompt", "camera_prompt", {
-        "camera_prompt": ["data.recipe.camera_prompts=true", "sampler.camera_prompts=true"],
+        "camera_prompt": CAMERA,
         "no_camera_prompt": ["data.recipe.camera_prompts=false", "sampler.camera_prompts=false"]}),
+    # Table 9, rows "w/ Seg. | -" and "w/ Seg. | Camera PE": the inference prompt alone. One model per seed,
+    # trained as camera_prompt, edits with "[###CAMERA: None###]" before each instruction and without it.
+    "camera_pe": ("no_pe", "pe", {
+        "pe": {"train": CAMERA, "eval": ["sampler.camera_prompts=true"]},
+        "no_pe": {"train_as": "pe", "eval": ["sampler.camera_prompts=false"]}}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
 
