@@ -133,3 +133,23 @@ def test_make_trainer_does_not_rewrite_warmup(demo, tmp_path):
     cfg = OmegaConf.create(demo)                 # the demo: warmup 20
     with pytest.raises(ConfigError, match=r"^train\.warmup: must be < steps \(20\), got 20$"):
         make_trainer(cfg, None, None, tmp_path, steps=20)
+
+
+def test_a_runs_overrides_must_name_its_keys(tmp_path):
+    """``run_config`` (vincie-evaluate, -edit, -benchmark --set): a key the saved config lacks was merged
+    silently (``eval.trns=2`` changed nothing); now it must be a key of the saved or of the default config
+    (newer than the run), or be written ``+key=value``."""
+    from vincie_mcore.build import run_config
+
+    cfg = OmegaConf.create(OmegaConf.to_container(load_config(["experiment=demo"])))
+    del cfg.sampler["release_io"]                          # a run saved before the key existed
+    OmegaConf.save(cfg, tmp_path / "config.yaml")
+    assert run_config(tmp_path, ["eval.turns=2"]).eval.turns == 2
+    assert run_config(tmp_path, ["sampler.release_io=true"]).sampler.release_io is True
+    assert run_config(tmp_path, ["+eval.note=x"]).eval.note == "x"
+    assert run_config(tmp_path, ["train.ckpt_dir=/elsewhere"]).train.ckpt_dir == "/elsewhere"   # a field no YAML sets
+    with pytest.raises(ValueError, match=r"^eval.trns: not a key of .*config.yaml nor of the default config "
+                                         r"\(a typo\? \+eval.trns=\.\.\. adds it anyway\)$"):
+        run_config(tmp_path, ["eval.trns=2"])
+    with pytest.raises(ValueError, match=r"^override 'eval.turns': expected key=value$"):
+        run_config(tmp_path, ["eval.turns"])

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .config import ConfigError, build
+from .config import ConfigError, build, load_config
 from .data.corpus import CorpusConfig, decode_corpus, encode_corpus, synthesize_store
 from .data.packing import PackConfig
 from .data.recipe import RecipeConfig
@@ -423,6 +423,48 @@ def make_editor(cfg, model, text_encoder, image_encoder) -> Editor:
                       "cuda" if torch.cuda.is_available() else "cpu", dc["recipe"].mask_type, dc["corpus"].image_size)
 
 
+def _known_overrides(cfg, overrides: list[str], cfg_path) -> list[str]:
+    """``overrides`` for ``OmegaConf.from_dotlist``, each key checked: a key the saved config lacks would be
+    added silently (``eval.trns=2`` changing nothing), so it must be one of the default config's (a key newer
+    than the run) or be written ``+key=value``."""
+    from omegaconf import OmegaConf
+
+    missing, out, defaults = object(), [], None
+    for o in overrides:
+        key, eq, value = o.partition("=")
+        if not eq or not key.lstrip("+"):
+            raise ValueError(f"override {o!r}: expected key=value")
+        if key.startswith("+"):
+            out.append(f"{key[1:]}={value}")
+            continue
+        if OmegaConf.select(cfg, key, default=missing) is missing:
+            if defaults is None:
+                defaults = load_config()
+            if OmegaConf.select(defaults, key, default=missing) is missing and not _schema_field(key):
+                raise ValueError(f"{key}: not a key of {cfg_path} nor of the default config (a typo? "
+                                 f"+{key}=... adds it anyway)")
+        out.append(o)
+    return out
+
+
+def _schema_field(key: str) -> bool:
+    """Whether ``key`` names a field of the dataclass its group is built into (``train.ckpt_dir``: a
+    TrainConfig field no YAML sets)."""
+    import dataclasses
+
+    from .data.world import WorldConfig
+    from .model.config import MMDiTConfig
+    from .train.trainer import TrainConfig
+
+    groups = {"train": TrainConfig, "model": MMDiTConfig, "sampler": SamplerConfig, "flow": FlowConfig,
+              "data.world": WorldConfig, "data.corpus": CorpusConfig, "data.recipe": RecipeConfig,
+              "data.pack": PackConfig, "data.text_encoder": TextEncoderConfig,
+              "data.image_encoder": ImageEncoderConfig}
+    group, _, field = key.rpartition(".")
+    cls = groups.get(group)
+    return cls is not None and field in {f.name for f in dataclasses.fields(cls)}
+
+
 def run_config(run_dir, overrides: list[str] | None = None):
     """A training run's saved config with ``overrides``, checked for what loading it for editing needs
     (the encoders' paths), without building anything."""
@@ -432,7 +474,8 @@ def run_config(run_dir, overrides: list[str] | None = None):
     if not cfg_path.is_file():
         raise FileNotFoundError(f"run_dir: no config.yaml in {run_dir} (is it a training run folder?)")
     cfg = OmegaConf.load(cfg_path)
-    cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides))) if overrides else cfg
+    if overrides:
+        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(_known_overrides(cfg, list(overrides), cfg_path)))
     for group in ("text_encoder", "image_encoder"):     # e.g. an import-official folder without encoder paths
         missing = OmegaConf.missing_keys(cfg.data.get(group) or {})
         if missing:
@@ -505,7 +548,6 @@ def synthetic_evaluator(cfg, store, sessions: int | None = None):
 def precompute_with_config(store, out, overrides: list[str] | None = None, **kw) -> dict:
     """``precompute`` with the encoders, image size and recipe texts of a Hydra config (the same
     keys training reads, so the store matches the run that will open it)."""
-    from .config import load_config
     from .data.latents import precompute
 
     cfg = load_config(list(overrides or []))

@@ -64,7 +64,12 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
                         ({"models": {"big": ["model.num_layers=0"]}},
                          "sweep.models.big: model.num_layers: expected a positive int, got 0 (run big_d4_s0"),
                         ({"models": {"tti": ["data.pack.rope_mode=text_then_image"]}},
-                         "sweep.models.tti: data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full")):
+                         "sweep.models.tti: data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full"),
+                        # and with vincie-evaluate's overrides, which would fail only after the training
+                        ({"eval": {"overrides": ["eval.trns=2"], "sessions": 6}},
+                         "sweep.models.default: config: Could not override 'eval.trns'. (run default_d4_s0"),
+                        ({"models": {"a": [], "b": {"train_as": "a", "eval": ["--context", "none", "sampler.stesp=2"]}}},
+                         "sweep.models.b: config: Could not override 'sampler.stesp'. (run b_d4_s0")):
         d = yaml.safe_load(_config(tmp_path).read_text())
         d.update(change)
         (tmp_path / "x.yaml").write_text(yaml.safe_dump(d))

@@ -435,6 +435,11 @@ MUTANTS = [
            "        world = worlds[part]\n", "        world = worlds[\"train\"]\n",
            ("tests/sweep/test_ablate.py",), "the held-out videos come from the training world, so the camera "
                                              "ablation is judged on panning views"),
+    Mutant("run_overrides_add_unknown_keys", "vincie_mcore/build.py",
+           "            if OmegaConf.select(defaults, key, default=missing) is missing and not _schema_field(key):\n",
+           "            if False:\n",
+           ("tests/test_config_types.py",), "a mistyped override of a finished run (eval.trns=2) is merged "
+                                             "silently and changes nothing"),
     Mutant("chain_pop_turn_keeps_the_cache", "vincie_mcore/infer/applications.py",
            "        for b, x in (self.kv or {}).items():\n            x.truncate(sizes[b])\n", "",
            ("tests/infer/test_applications.py",), "a chain's undone turn stays in its KV cache, so the next turn "

@@ -234,8 +234,9 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
 
 
 def check_configs(d: dict, runs: list[Run]) -> None:
-    """Build every training run's config as ``vincie-train`` will, so that a bad override (or a bad pair,
-    e.g. text_then_image RoPE under block_causal) is one line now, not a failed array element later."""
+    """Build every run's config as ``vincie-train`` and then ``vincie-evaluate`` will, so that a bad override
+    (or a bad pair, e.g. text_then_image RoPE under block_causal) is one line now, not a failed array element
+    later."""
     import warnings
 
     from ..config import ConfigError, load_config
@@ -246,14 +247,16 @@ def check_configs(d: dict, runs: list[Run]) -> None:
 
     seen = set()
     for r in runs:
-        key = tuple(o for o in r.overrides if not o.startswith(("seed=", "run_dir=")))
-        if r.train_with is not None or key in seen:
+        # vincie-evaluate's overrides too (models.X.eval's and eval.overrides): they fail after training
+        ev = [a for a in r.eval_args if "=" in a and not a.startswith("-")] + list(d["eval"].get("overrides", []))
+        key = tuple(o for o in r.overrides if not o.startswith(("seed=", "run_dir="))) + tuple(ev)
+        if key in seen:
             continue
         seen.add(key)
         try:
-            build_run_config(load_config(list(r.overrides)))
+            build_run_config(load_config([*r.overrides, *ev]))
         except ConfigError as e:
-            raise _err(f"models.{r.model}", f"{e} (run {r.name}, base overrides included)") from None
+            raise _err(f"models.{r.model}", f"{e} (run {r.name}, base and eval overrides included)") from None
 
 
 def read_runs(sweep_dir) -> list[Run]:
