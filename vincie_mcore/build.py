@@ -31,22 +31,25 @@ if TYPE_CHECKING:                    # imported where used: Megatron loads with 
 
 # ----------------------------------------------------------------------------- configs
 
-def data_configs(cfg):
-    """The data-side dataclasses of a resolved config."""
+def data_sections() -> dict:
+    """name -> (config group, the dataclass it is built into), for ``data_configs``."""
     from .data.world import WorldConfig
 
-    d = cfg.data
-    out = dict(
-        world=build(WorldConfig, d.world, "data.world"),
-        corpus=build(CorpusConfig, d.corpus, "data.corpus"),
-        recipe=build(RecipeConfig, d.recipe, "data.recipe"),
-        pack=build(PackConfig, d.pack, "data.pack"),
-        text=build(TextEncoderConfig, d.text_encoder, "data.text_encoder"),
-        image=build(ImageEncoderConfig, d.image_encoder, "data.image_encoder"),
-    )
-    if out["pack"].rope_mode == "text_then_image" and out["recipe"].mask_type != "full":
+    return {"world": ("data.world", WorldConfig), "corpus": ("data.corpus", CorpusConfig),
+            "recipe": ("data.recipe", RecipeConfig), "pack": ("data.pack", PackConfig),
+            "text": ("data.text_encoder", TextEncoderConfig), "image": ("data.image_encoder", ImageEncoderConfig)}
+
+
+def data_configs(cfg):
+    """The data-side dataclasses of a resolved config, and the pairs no single one can check."""
+    out = {name: build(cls, cfg.data[group.split(".")[1]], group) for name, (group, cls) in data_sections().items()}
+    rope = out["pack"].rope_mode
+    if rope == "text_then_image" and out["recipe"].mask_type != "full":
         raise ConfigError(f"data.pack.rope_mode: text_then_image needs data.recipe.mask_type=full, got "
                           f"{out['recipe'].mask_type!r} (an image's position counts its session's later text)")
+    if is_official(cfg) and rope != "separate":     # its packer never reads rope_mode
+        raise ConfigError(f"data.pack.rope_mode: the official variant places images by model.rope_image_origin "
+                          f"(after_text or zero); leave rope_mode at separate, got {rope!r}")
     return out
 
 
@@ -123,13 +126,9 @@ def build_run_config(cfg) -> RunConfig:
 
     if "eval" in cfg and "magicbrush" in cfg.eval:
         build(MagicBrushEvalConfig, cfg.eval.magicbrush, "eval.magicbrush")
-    run = RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
-                    flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
-                    data=data_configs(cfg))
-    if is_official(cfg) and run.data["pack"].rope_mode != "separate":     # its packer never reads rope_mode
-        raise ConfigError(f"data.pack.rope_mode: the official variant places images by model.rope_image_origin "
-                          f"(after_text or zero); leave rope_mode at separate, got {run.data['pack'].rope_mode!r}")
-    return run
+    return RunConfig(model=build(MMDiTConfig, cfg.model, "model"), train=build(TrainConfig, cfg.train, "train"),
+                     flow=flow_config(cfg), sampler=build(SamplerConfig, cfg.sampler, "sampler"),
+                     data=data_configs(cfg))
 
 
 def init_weights(cfg, model, ckpt_dir: str) -> None:
@@ -452,14 +451,11 @@ def _schema_field(key: str) -> bool:
     TrainConfig field no YAML sets)."""
     import dataclasses
 
-    from .data.world import WorldConfig
     from .model.config import MMDiTConfig
     from .train.trainer import TrainConfig
 
     groups = {"train": TrainConfig, "model": MMDiTConfig, "sampler": SamplerConfig, "flow": FlowConfig,
-              "data.world": WorldConfig, "data.corpus": CorpusConfig, "data.recipe": RecipeConfig,
-              "data.pack": PackConfig, "data.text_encoder": TextEncoderConfig,
-              "data.image_encoder": ImageEncoderConfig}
+              **dict(data_sections().values())}
     group, _, field = key.rpartition(".")
     cls = groups.get(group)
     return cls is not None and field in {f.name for f in dataclasses.fields(cls)}
