@@ -15,7 +15,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
 from browser import browser, css, free_port, serve, text, wait  # noqa: E402
-from mse_results import methods, write_annotated_store, write_study  # noqa: E402
+from mse_results import methods, write_annotated_store, write_study, write_vlm_store  # noqa: E402
 
 from vincie_mcore.eval.human import AnnotationStudy, Ratings, Study, order  # noqa: E402
 
@@ -52,6 +52,19 @@ def _shown_result(d):
             return np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB"))
     except (IndexError, StaleElementReferenceException, OSError, ValueError):    # not there yet
         return None
+
+
+def _gallery(d) -> list:
+    """The images of ``#history`` as served (PNG, decoded), in page order; [] while any is not there yet."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    try:
+        out = []
+        for img in css(d, "#history img"):
+            with urllib.request.urlopen(img.get_attribute("src"), timeout=30) as f:
+                out.append(np.asarray(Image.open(io.BytesIO(f.read())).convert("RGB")))
+        return out
+    except (StaleElementReferenceException, OSError, ValueError):
+        return []
 
 
 def _start(d, name):
@@ -167,6 +180,45 @@ def test_with_logins_the_login_is_the_rater(study, driver, tmp_path):
         css(d, "#failure-btn")[0].click()
         wait(lambda: "bea: 1 rated" in text(d, "#progress"), what="the answer")
         assert Ratings(tmp_path / "r.jsonl").get("bea", first) is False
+    finally:
+        for _ in gen:
+            pass
+
+
+@browser
+def test_rate_a_vlm_built_store_with_its_maps_and_notes(tmp_path, driver):
+    """A store from the VLM annotator and a segmenter: the two frames and the two tinted ones pixel for pixel,
+    the VLM's notes folded below the text (its markup shown as text, not run), and Save refused until the
+    regions question is answered too; the three answers land in the file."""
+    store = write_vlm_store(tmp_path)
+    s = AnnotationStudy(store, sample=3)
+    mine = order(s.items, "dana")
+    gen = serve([BIN / "vincie-human-eval", "rate", "--store", store, "--sample", "3", "--ratings",
+                 tmp_path / "r.jsonl", "--port", free_port()], "vincie-human-eval:")
+    url = next(gen)
+    try:
+        d = driver
+        d.get(url)
+        wait(lambda: css(d, "#start-btn"), what="the page")
+        _start(d, "dana")
+        v = s.view(mine[0])
+        want = [v["before"], v["after"], *v["regions"]]
+        wait(lambda: text(d, "#transition-text") == v["text"] and len(css(d, "#history img")) == 4,
+             what="the first transition")
+        wait(lambda: (lambda g: len(g) == 4 and all(np.array_equal(a, b) for a, b in zip(g, want)))(_gallery(d)),
+             what="its frames and tinted maps, pixel for pixel")
+        notes = css(d, "#notes")[0]
+        assert "a <b>grid</b> of cells" in notes.get_attribute("textContent") and not css(d, "#notes-table b")
+        assert v["notes"]["frame1_caption"]["obj1"] in notes.get_attribute("textContent")
+        for q, answer in (("accurate", "yes"), ("complete", "no")):
+            next(e for e in css(d, f"#{q} label") if e.text.strip() == answer).click()
+        css(d, "#success-btn")[0].click()                             # regions unanswered
+        wait(lambda: "answer all questions" in d.page_source, what="the refusal")
+        next(e for e in css(d, "#regions label") if e.text.strip() == "yes").click()
+        css(d, "#success-btn")[0].click()
+        wait(lambda: text(d, "#transition-text") == s.view(mine[1])["text"], what="the next transition")
+        r = Ratings(tmp_path / "r.jsonl")
+        assert [r.get("dana", mine[0], q) for q in s.questions] == [True, False, True]
     finally:
         for _ in gen:
             pass

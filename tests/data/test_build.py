@@ -37,6 +37,7 @@ def test_sessions_are_exact(corpus, tmp_path):
     assert (s["written"], s["skipped"], s["failed"], s["total"]) == (12, 0, 0, 12)
     st = SessionStore(tmp_path / "s")
     assert len(st) == 12 and sorted(st.video_ids()) == [f"vid_{i:06d}" for i in range(12)]
+    assert not any("notes" in rec for _, _, rec in st.records())         # ground truth keeps no notes
     strategies = set()
     for i in range(len(st)):
         r = st[i]

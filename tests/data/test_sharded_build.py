@@ -23,6 +23,7 @@ from slurm_cluster import REPO, slurm_cluster  # noqa: F401,F811 - the fixture
 
 from vincie_mcore.data.latents import LatentStore
 from vincie_mcore.data.store import SessionStore, SessionWriter
+from vincie_mcore.data.vlm import parse_reply
 from vincie_tools.build_sessions import run_cli as main
 
 BIN = Path(sys.executable).parent
@@ -87,6 +88,8 @@ def test_parts_merge_into_one_store_read_in_place(built):
     assert whole == parts and merged["sessions"] == len(whole) >= N_CLIPS * 2    # every shot a session
     assert {v.split("/")[0] for v in whole} == {f"clip{k}.mp4" for k in range(N_CLIPS)}
     assert all(texts == [REPLY["summary_change"]] * (n - 1) for texts, n in whole.values())
+    kept, st = parse_reply(json.dumps(REPLY)).model_dump(), SessionStore(store)     # the VLM's reply, kept per transition
+    assert all(st[i].notes == [kept] * (st[i].num_frames - 1) for i in range(len(st)))
     assert "annotator" not in runs[0]          # annotated in worker processes: their counts stay there
     # no frame was copied: the root holds only the index, not shards of its own
     assert not list(store.glob("shard_*")) and (store / "parts" / "00000" / "shard_00000").is_dir()

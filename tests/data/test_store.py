@@ -12,12 +12,13 @@ def _session(i, k):
         roe_src=[bytes([i % 256, j]) for j in range(k - 1)], roe_tgt=[bytes([j]) * (i + 1) for j in range(k - 1)],
         texts=[f"text {i} {j} é" for j in range(k - 1)], cameras=["None" if j % 2 else "pan left" for j in range(k - 1)],
         meta={"frame_indices": list(range(k)), "sampling": "fixed", "video_path": f"/x/v{i}.webm"},
-        states=[{"camera": [0, 0], "objects": [{"oid": j}]} for j in range(k)] if i % 2 else None)
+        states=[{"camera": [0, 0], "objects": [{"oid": j}]} for j in range(k)] if i % 2 else None,
+        notes=[{"frame1_caption": {"obj1": f"cup {i}"}} if j else None for j in range(k - 1)] if i % 3 == 0 else None)
 
 
 def _eq(a, b):
     return all(getattr(a, f) == getattr(b, f) for f in ("video_id", "frames", "roe_src", "roe_tgt", "texts", "cameras",
-                                                         "meta", "states"))
+                                                         "meta", "states", "notes"))
 
 
 def test_roundtrip_sharded(tmp_path):
@@ -33,6 +34,10 @@ def test_roundtrip_sharded(tmp_path):
         assert _eq(st[i], sessions[i])
     with pytest.raises(IndexError):
         st[11]
+    # notes are in a record only where an annotator kept some: a record without them is as it always was
+    recs = {vid: r for _, vid, r in st.records()}
+    assert [vid for vid, r in recs.items() if "notes" in r] == ["v0", "v3", "v6", "v9"]
+    assert recs["v3"]["notes"] == [None] + [{"frame1_caption": {"obj1": "cup 3"}}] * 3 and st[1].notes is None
 
 
 def test_resume_and_crash_cleanup(tmp_path):
@@ -57,6 +62,8 @@ def test_resume_and_crash_cleanup(tmp_path):
 def test_session_validation():
     with pytest.raises(ValueError, match="texts has 1 entries for 3 frames"):
         RawSession("x", [b"a"] * 3, [b"m"] * 2, [b"m"] * 2, ["t"], ["None"] * 2)
+    with pytest.raises(ValueError, match="notes has 3 entries for 3 frames"):
+        RawSession("x", [b"a"] * 3, [b"m"] * 2, [b"m"] * 2, ["t"] * 2, ["None"] * 2, notes=[None] * 3)
     with pytest.raises(ValueError, match="needs >= 2 frames"):
         RawSession("x", [b"a"], [], [], [], [])
 

@@ -166,6 +166,9 @@ def test_build_keeps_good_sessions_and_records_failures(server, tmp_path):
     st = SessionStore(store)
     assert all(st[i].texts == [REPLY["summary_change"]] * (st[i].num_frames - 1) for i in range(len(st)))
     assert all(set(st[i].cameras) == {"pan left"} for i in range(len(st)))
+    kept = parse_reply(json.dumps(REPLY)).model_dump()                # the reply itself, beside its text
+    assert kept["frame2_caption"]["obj3"] == "a white cat"
+    assert all(st[i].notes == [kept] * (st[i].num_frames - 1) for i in range(len(st)))
 
     more = tmp_path / "more"                                  # a second batch while the server is broken
     write_synthetic_corpus(more, 2, demo_config(), seed=1)

@@ -90,3 +90,52 @@ def write_annotated_store(root: Path, sessions: int = 12) -> Path:
                              [f"session {i}: change {j}" for j in range(k - 1)],
                              ["pan left" if i == 0 else "None"] * (k - 1)))
     return root
+
+
+def _tag(url: str) -> str:
+    import hashlib
+    return hashlib.sha256(url.encode()).hexdigest()[:8]
+
+
+def pair_reply(text, images, attempt):
+    """A VLM's reply that names each frame by the hash of the image it was sent (``frame_tag``), so a test can
+    tell which pair a stored text and its notes came from; the scene's description carries markup that a
+    page must show as text."""
+    a, b = (_tag(u) for u in images)
+    return 200, json.dumps({"frame1_caption": {"scene": "a <b>grid</b> of cells", "obj1": f"shape {a}"},
+                            "frame2_caption": {"scene": "a <b>grid</b> of cells", "obj1": f"shape {b}",
+                                               "obj2": "a new square"},
+                            "character_change": "none", "object_change": {"obj1": "none", "obj2": "appears"},
+                            "global_change": "none", "camera_change": "static", "other_change": "none",
+                            "summary_change": f"change {a} into {b}"})
+
+
+def frame_tag(frame_png: bytes) -> str:
+    """The tag ``pair_reply`` gave a stored frame: the hash of the data URL the annotator sent for it."""
+    from vincie_mcore.data.chat_client import data_url, encode_jpeg
+    from vincie_mcore.data.vlm import VLMConfig
+
+    cfg = VLMConfig(base_urls=("http://x/v1",), model=MODEL)
+    rgb = np.asarray(Image.open(io.BytesIO(frame_png)).convert("RGB"))
+    return _tag(data_url(encode_jpeg(rgb, cfg.image_max_side, cfg.jpeg_quality))["image_url"]["url"])
+
+
+def write_vlm_store(root: Path, videos: int = 4) -> Path:
+    """A session store built from synthetic videos as a real corpus is: transition texts (and notes) from a
+    VLM (``pair_reply`` on a local server), RoE maps from the world's exact segmenter."""
+    from vincie_mcore.config import build
+    from vincie_mcore.data.build import build_sessions
+    from vincie_mcore.data.video import write_synthetic_corpus
+    from vincie_mcore.data.vlm import VLMAnnotator, VLMConfig
+    from vincie_mcore.data.world import demo_config
+
+    server = FakeVLM(delay=0.0, responder=pair_reply)
+    try:
+        write_synthetic_corpus(root / "videos", videos, demo_config(), seed=0)
+        ann = VLMAnnotator(build(VLMConfig, {"base_urls": [server.url], "model": MODEL, "max_retries": 0},
+                                 "annotator"), env={})
+        s = build_sessions(root / "videos", root / "sessions", annotator=ann, progress=False)
+        assert s["written"] == videos and not s["failed"], s
+    finally:
+        server.close()
+    return root / "sessions"

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mse_results import PROMPTS, frame, write_annotated_store, write_study  # noqa: E402
+from mse_results import PROMPTS, frame, frame_tag, write_annotated_store, write_study, write_vlm_store  # noqa: E402
 from mse_results import methods as _methods  # noqa: E402
 from tiny_clip_dino import save_tiny_clip, save_tiny_dino  # noqa: E402
 
@@ -253,7 +253,7 @@ def test_annotation_study_draws_transitions_and_shows_them_as_stored(store):
 
     st = SessionStore(store)
     s = human.AnnotationStudy(store, sample=8, seed=0)
-    assert len(s.items) == 8 and len({it.index for it in s.items}) == 8 and s.questions == ("accurate", "complete")
+    assert len(s.items) == 8 and len({it.index for it in s.items}) == 8
     assert [it for it in s.items] == human.AnnotationStudy(store, sample=8, seed=0).items
     assert s.items != human.AnnotationStudy(store, sample=8, seed=1).items
     for it in s.items:
@@ -262,6 +262,8 @@ def test_annotation_study_draws_transitions_and_shows_them_as_stored(store):
         v = s.view(it)
         assert np.array_equal(v["before"], frame(100 * i + j)) and np.array_equal(v["after"], frame(100 * i + j + 1))
         assert v["text"] == f"session {i}: change {j}" and v["video_id"] == f"v{i}"
+        # no segmenter recorded, no annotator's notes kept: the text is all there is to rate
+        assert s.asks(it) == ("accurate", "complete") and v["regions"] is None and v["notes"] is None
     assert len(human.AnnotationStudy(store, sample=50).items) == 12        # at most every session once
     with pytest.raises(ValueError, match="^sample: must be >= 1, got 0$"):
         human.AnnotationStudy(store, sample=0)
@@ -288,7 +290,8 @@ def test_annotation_report_worked_by_hand(store, tmp_path, capsys):
     args = ["--store", str(store), "--sample", "6", "--sample-seed", "2", "--ratings", str(tmp_path / "a.jsonl")]
     assert main(["report", *args, "--out", str(tmp_path / "out")]) == 0
     out = capsys.readouterr().out
-    assert "accurate: 0.750" in out and "complete: 0.500" in out
+    assert "accurate: 0.750" in out and "complete: 0.500" in out and "regions: not asked" in out
+    assert res["questions"]["regions"]["items_asked"] == 0 and res["questions"]["regions"]["share_yes"] is None
     assert json.loads((tmp_path / "out" / "human_eval_annotations.json").read_text())["questions"] == res["questions"]
     assert main(["report", *args, "--clip-path", "x", "--dino-path", "y", "--out", str(tmp_path / "o")]) == 2
     assert "not annotations" in capsys.readouterr().err
@@ -316,3 +319,55 @@ def test_the_judge_protocol_asks_a_later_turn_only_after_success(study_dirs, tmp
     assert human.todo(s, r, "bob", mine, "judge") == first                      # per rater
     with pytest.raises(ValueError, match="^protocol: one of all, judge, got 'x'$"):
         human.todo(s, r, "alice", mine, "x")
+
+
+@pytest.fixture(scope="module")
+def vlm_store(tmp_path_factory):
+    return write_vlm_store(tmp_path_factory.mktemp("vlm"))
+
+
+def _png(b: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(b)))
+
+
+def test_a_vlm_built_store_shows_each_transitions_reply_and_its_maps(vlm_store):
+    """A store built by the VLM annotator (a local server whose reply names both frames it was sent) and the
+    world's exact segmenter: each drawn transition shows the reply to exactly its two frames, and its maps
+    tinted over them as worked out here (source red on the first, target green on the second)."""
+    from vincie_mcore.data.store import SessionStore
+
+    st = SessionStore(vlm_store)
+    s = human.AnnotationStudy(vlm_store, sample=len(st), seed=0)
+    marked = moved = 0
+    for it in s.items:
+        sess, j = st[int(it.index)], it.turn - 1
+        v, a, b = s.view(it), frame_tag(sess.frames[j]), frame_tag(sess.frames[j + 1])
+        assert v["text"] == f"change {a} into {b}" and s.asks(it) == ("accurate", "complete", "regions")
+        moved += a != b                                      # (a static pair's two frames share a tag)
+        assert v["notes"]["frame1_caption"] == {"scene": "a <b>grid</b> of cells", "obj1": f"shape {a}"}
+        assert v["notes"]["frame2_caption"]["obj1"] == f"shape {b}" and v["notes"]["object_change"]["obj2"] == "appears"
+        for shown, im, mask, rgb in ((v["regions"][0], sess.frames[j], sess.roe_src[j], (255, 0, 0)),
+                                     (v["regions"][1], sess.frames[j + 1], sess.roe_tgt[j], (0, 255, 0))):
+            want, m = _png(im).astype(int), _png(mask) > 127
+            want[m] = (want[m] + np.array(rgb)) // 2
+            assert np.array_equal(shown, want.astype(np.uint8))
+            marked += int(m.any())
+    assert marked >= 2 and moved >= 2                        # checked where there is a tint, and an order
+
+
+def test_regions_are_reported_over_the_transitions_with_maps(vlm_store, tmp_path, capsys):
+    from vincie_tools.human_eval import main
+
+    s = human.AnnotationStudy(vlm_store, sample=4, seed=1)
+    r = Ratings(tmp_path / "a.jsonl")
+    a, b, c = s.items[:3]
+    r.add("alice", a, {"accurate": True, "complete": True, "regions": True})
+    r.add("alice", b, {"accurate": True, "complete": False, "regions": False})
+    r.add("bob", b, {"accurate": True, "complete": False, "regions": True})        # a tie on b's regions: no
+    r.add("bob", c, {"accurate": False, "complete": True, "regions": True})
+    res = human.annotation_report(s, r)["questions"]["regions"]
+    assert (res["items_asked"], res["items_rated"], res["share_yes"]) == (4, 3, round(2 / 3, 4))
+    assert res["agreement"] == [{"raters": ["alice", "bob"], "items": 1, "agreement": 0.0, "cohen_kappa": 0.0}]
+    args = ["--store", str(vlm_store), "--sample", "4", "--sample-seed", "1", "--ratings", str(tmp_path / "a.jsonl")]
+    assert main(["report", *args, "--out", str(tmp_path / "out")]) == 0
+    assert "regions: 0.667" in capsys.readouterr().out

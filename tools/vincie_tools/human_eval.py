@@ -11,7 +11,8 @@ failure for every turn of every method, blind to which method made it; it prints
 "vincie-human-eval: open URL" and serves 127.0.0.1 only unless given a login (--auth-file). `report` writes
 human_eval.json (success per turn by the raters beside the judge's, rater agreement, and the correlation
 of the judge's and the CLIP/DINO scores with the raters) and human_eval.png. With --store, transitions drawn
-from a session store are rated on their two frames and text (accurate? complete?), and `report` writes
+from a session store are rated on their two frames and text (accurate? complete?; regions? where a segmenter
+made RoE maps), and `report` writes
 human_eval_annotations.json (Table 8). docs/human_eval.md.
 """
 from __future__ import annotations
@@ -102,6 +103,9 @@ def main(argv=None) -> int:
         res = human.annotation_report(study, ratings, a.seed)
         (out / "human_eval_annotations.json").write_text(json.dumps(res, indent=1))
         for q, r in res["questions"].items():
+            if not r["items_asked"]:
+                print(f"{q}: not asked (no session drawn has RoE maps from a segmenter)")
+                continue
             share = "-" if r["share_yes"] is None else f"{r['share_yes']:.3f} (95% CI {r['ci95']})"
             print(f"{q}: {share} over {r['items_rated']} rated transitions")
         print(f"{len(res['raters'])} raters; {out / 'human_eval_annotations.json'}")

@@ -431,6 +431,17 @@ MUTANTS = [
            "                \"results\": v[\"results\"]}\n",
            ("tests/eval/test_human_eval.py",), "the rating page shows each method's results at the size it made "
                                                 "them, so a rater can tell the methods apart by size"),
+    Mutant("vlm_reply_not_kept", "vincie_mcore/data/vlm.py",
+           "entities_of(r), r.model_dump()))", "entities_of(r)))",
+           ("tests/data/test_vlm_annotator.py",), "the VLM's reply is dropped once its text is taken, so no one "
+                                                   "can see why an annotation says what it says"),
+    Mutant("annotation_notes_of_the_next_transition", "vincie_mcore/eval/human.py",
+           "\"notes\": s.notes[j] if s.notes else None", "\"notes\": s.notes[-1] if s.notes else None",
+           ("tests/eval/test_human_eval.py",), "a rated transition shows another transition's VLM notes"),
+    Mutant("annotation_regions_never_asked", "vincie_mcore/eval/human.py",
+           "        return self.questions if seg not in (None, \"none\") else self.questions[:2]\n",
+           "        return self.questions[:2]\n",
+           ("tests/eval/test_human_eval.py",), "the annotation study never shows or rates the RoE maps"),
     Mutant("sweep_heldout_from_the_training_world", "vincie_mcore/sweep/plan.py",
            "        world = worlds[part]\n", "        world = worlds[\"train\"]\n",
            ("tests/sweep/test_ablate.py",), "the held-out videos come from the training world, so the camera "

@@ -18,7 +18,9 @@ Contract (every implementation, ground-truth or model-based):
 
 The VLM annotator (paper §3.1, App. C.2 prompt; ``data/vlm.py``) sits behind the same interface:
 each frame pair and the prompt go to an OpenAI-compatible server, and the answer becomes a Transition
-whose ``entities`` name the regions to segment.
+whose ``entities`` name the regions to segment and whose ``notes`` keep the reply itself (its
+descriptions of both frames, the changes it saw): the store keeps them beside the text, so a rater or a
+researcher can see why the VLM wrote what it wrote (``eval/human.py``'s annotation study shows them).
 ``states`` is optional: annotators that know exact scene states (the synthetic
 world) return them so the judge can use them; others return None.
 """
@@ -38,6 +40,14 @@ class Transition:
     text: str
     camera: str        # "pan left" ... or "None"
     entities: tuple = ()   # descriptions of the changed characters/objects (what a segmenter grounds)
+    notes: dict | None = None   # the annotator's own account (a VLM's parsed reply), stored for audit
+
+
+def notes_of(transitions) -> list | None:
+    """The transitions' notes as a session stores them: one entry (a dict or None) per transition, or None
+    when no transition has any (a store of ground-truth texts records no notes key at all)."""
+    notes = [getattr(t, "notes", None) for t in transitions]
+    return notes if any(n is not None for n in notes) else None
 
 
 class Annotator(abc.ABC):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .annotate import Annotator, GroundTruthAnnotator
+from .annotate import Annotator, GroundTruthAnnotator, notes_of
 from .sampling import SamplingConfig, drop_static, sample_frames
 from .segment import DeferredSegmenter, GroundTruthSegmenter, Segmenter, check_masks
 from .store import RawSession, SessionWriter, read_failures
@@ -87,7 +87,7 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
         frames=[encode_png(f) for f in frames],
         roe_src=[encode_png(m.astype(np.uint8)) for m, _ in masks],
         roe_tgt=[encode_png(m.astype(np.uint8)) for _, m in masks],
-        texts=[t.text for t in trans], cameras=[t.camera for t in trans],
+        texts=[t.text for t in trans], cameras=[t.camera for t in trans], notes=notes_of(trans),
         meta={"video_path": str(path), "frame_indices": [int(i) for i in idx], "sampling": strategy,
               "annotator": annotator.name, "segmenter": segmenter.name, "fps": info.fps,
               "height": int(frames.shape[1]), "width": int(frames.shape[2])},

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .annotate import Annotator
+from .annotate import Annotator, notes_of
 from .build import encode_png, run_videos
 from .filters import COUNTS, FilterConfig, black_borders, check_video, filter_frames, short_shot
 from .inputs import InputList, InputsConfig, VideoInput
@@ -214,7 +214,7 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
                 [encode_png(m.astype(np.uint8)) for _, m in masks])
     return RawSession(
         video_id=sid, frames=pngs[0], roe_src=pngs[1], roe_tgt=pngs[2],
-        texts=[t.text for t in trans], cameras=[t.camera for t in trans],
+        texts=[t.text for t in trans], cameras=[t.camera for t in trans], notes=notes_of(trans),
         meta={"video_path": str(inp.path), "source_video_id": video_id, "shot": shot.index,
               "shot_span_s": [shot.start_s, shot.end_s], "frame_times": [float(t) for t in got],
               "frame_indices": idx, "sampling": strategy, "annotator": annotator.name,

@@ -153,7 +153,8 @@ def format_stats(s: dict) -> str:
     return "\n".join(lines)
 
 
-def _tint(frame: np.ndarray, mask_png: bytes | None, rgb) -> np.ndarray:
+def tint(frame: np.ndarray, mask_png: bytes | None, rgb) -> np.ndarray:
+    """``frame`` with the pixels ``mask_png`` marks (> 127) half ``rgb``; a mask of another size tints nothing."""
     from PIL import Image
 
     out = frame.astype(np.float32)
@@ -219,8 +220,8 @@ def preview(root, out_dir, sessions: int = 8, per_sheet: int = 4, seed: int = 0,
             d.text((4, y + 2), f"{s.video_id}  ({s.num_frames} frames{score})", fill="black")
             for k, png in enumerate(s.frames):
                 fr = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
-                fr = _tint(fr, s.roe_src[k] if k < len(s.roe_src) else None, (255, 0, 0))
-                fr = _tint(fr, s.roe_tgt[k - 1] if k > 0 else None, (0, 255, 0))
+                fr = tint(fr, s.roe_src[k] if k < len(s.roe_src) else None, (255, 0, 0))
+                fr = tint(fr, s.roe_tgt[k - 1] if k > 0 else None, (0, 255, 0))
                 img.paste(Image.fromarray(fr).resize((tile, tile), Image.NEAREST), (4 + k * (tile + 4), y + 14))
                 if k > 0:
                     for j, line in enumerate(textwrap.wrap(s.texts[k - 1], max(tile // 6, 1))[:cap_lines]):

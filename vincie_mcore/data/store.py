@@ -3,7 +3,8 @@
 One session = K frames (PNG bytes, lossless), K - 1 transition texts, K - 1
 camera labels, K - 1 source and K - 1 target RoE masks (grayscale PNG bytes),
 provenance (video path, frame indices, sampling strategy, annotator and
-segmenter names) and, for synthetic videos, the scene states of the K frames.
+segmenter names), for synthetic videos the scene states of the K frames, and,
+where the annotator kept any, its notes on each transition (a VLM's reply).
 
 Layout under ``root/`` (a zarr v3 group)::
 
@@ -14,7 +15,7 @@ Layout under ``root/`` (a zarr v3 group)::
       first     int64 [S+1]   session s owns images first[s]:first[s+1]:
                               K frames, then K-1 source masks, then K-1 target masks
       video_id  str   [S]
-      record    str   [S]     JSON: texts, cameras, states, meta
+      record    str   [S]     JSON: texts, cameras, states, meta (and notes, when kept)
     index.jsonl               one line per *complete* shard: {"shard", "video_ids"}
     failures.jsonl            one line per failed video: {"video_id", "reason"}
 
@@ -48,6 +49,7 @@ class RawSession:
     cameras: list             # K-1 str ("None" when the camera did not move)
     meta: dict = field(default_factory=dict)   # provenance: video_path, frame_indices, sampling, annotator, segmenter, fps
     states: list | None = None                 # K scene dicts (synthetic world) or None
+    notes: list | None = None                  # K-1 annotator notes (a VLM's reply: dict or None) or None
 
     def __post_init__(self):
         k = len(self.frames)
@@ -58,6 +60,8 @@ class RawSession:
                 raise ValueError(f"session {self.video_id!r}: {name} has {len(getattr(self, name))} entries for {k} frames")
         if self.states is not None and len(self.states) != k:
             raise ValueError(f"session {self.video_id!r}: states has {len(self.states)} entries for {k} frames")
+        if self.notes is not None and len(self.notes) != k - 1:
+            raise ValueError(f"session {self.video_id!r}: notes has {len(self.notes)} entries for {k} frames")
 
     @property
     def num_frames(self) -> int:
@@ -187,7 +191,10 @@ class SessionWriter:
             self._sizes.append(len(im))
         self._firsts.append(self._firsts[-1] + 3 * s.num_frames - 2)
         self._ids.append(s.video_id)
-        self._recs.append(json.dumps({"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta}))
+        rec = {"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta}
+        if s.notes is not None:                     # only where an annotator kept any: older records stay as they were
+            rec["notes"] = s.notes
+        self._recs.append(json.dumps(rec))
         full = len(self._pending) // BLOB_CHUNK * BLOB_CHUNK
         if full:                                    # whole chunks: onto disk now
             if self._blob is None:
@@ -380,4 +387,4 @@ def _session(video_id: str, imgs: list, record) -> RawSession:
     k = (len(imgs) + 2) // 3
     rec = json.loads(record)
     return RawSession(video_id, imgs[:k], imgs[k:2 * k - 1], imgs[2 * k - 1:], rec["texts"], rec["cameras"],
-                      rec["meta"], rec["states"])
+                      rec["meta"], rec["states"], rec.get("notes"))

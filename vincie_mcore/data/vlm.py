@@ -201,7 +201,7 @@ class VLMAnnotator(Annotator):
         out = []
         for j in jobs:
             r = j.result()                                   # the first failed pair fails the video
-            out.append(Transition(r.summary_change, camera_of(r.camera_change), entities_of(r)))
+            out.append(Transition(r.summary_change, camera_of(r.camera_change), entities_of(r), r.model_dump()))
         return out
 
     def _pair(self, video: str, times, a: bytes, b: bytes, caption: str) -> Reply:

@@ -166,12 +166,13 @@ class Study:
 class AnnotationStudy:
     """Table 8: transitions drawn from a session store, each rated on its two frames and the transition text
     the annotator wrote for it: is everything it says right (``accurate``), does it name every change
-    (``complete``). ``sample`` sessions are drawn without replacement (a seeded permutation), then one
+    (``complete``); where a segmenter made RoE maps for the session, also do they mark what changed
+    (``regions``). ``sample`` sessions are drawn without replacement (a seeded permutation), then one
     transition of each, uniformly; items are ``Item(name, session number, transition j + 1)``. The draw
     depends on the store's size: rate and report a store that is not being added to."""
 
     kind = "annotation"
-    questions = ("accurate", "complete")
+    questions = ("accurate", "complete", "regions")
 
     def __init__(self, store, sample: int = 500, seed: int = 0, name: str = "annotations"):
         from ..data.store import SessionStore
@@ -195,14 +196,27 @@ class AnnotationStudy:
             self._sessions[i] = self.store.read(i)           # only its bytes, not its shard's
         return self._sessions[i]
 
+    def asks(self, item: Item) -> tuple:
+        """The questions ``item`` is rated on: ``regions`` only where a segmenter made the session's maps (a
+        store built with segmenter ``none``, or one whose records name none, has nothing to rate there)."""
+        seg = self._session(int(item.index)).meta.get("segmenter")
+        return self.questions if seg not in (None, "none") else self.questions[:2]
+
     def view(self, item: Item) -> dict:
-        """The transition's two frames, its text and camera, the session's video id."""
+        """The transition's two frames, its text and camera, the session's video id, the annotator's notes
+        on it (a VLM's reply; None where the store kept none) and, where ``regions`` is asked, the two
+        frames with their RoE maps tinted (the source map red on the first, the target map green on the
+        second, as ``vincie-build-sessions preview`` draws them)."""
         from ..data.media import load_image
+        from ..data.report import tint
 
         s, j = self._session(int(item.index)), item.turn - 1
         frames = [load_image(s.frames[k], name=f"session {item.index} frame {k}") for k in (j, j + 1)]
+        regions = None
+        if "regions" in self.asks(item):
+            regions = (tint(frames[0], s.roe_src[j], (255, 0, 0)), tint(frames[1], s.roe_tgt[j], (0, 255, 0)))
         return {"before": frames[0], "after": frames[1], "text": s.texts[j], "camera": s.cameras[j],
-                "video_id": s.video_id}
+                "video_id": s.video_id, "notes": s.notes[j] if s.notes else None, "regions": regions}
 
 
 def order(items: list[Item], rater: str, seed: int = 0) -> list[Item]:
@@ -234,7 +248,8 @@ def todo(study, ratings, rater: str, items_in_order: list[Item], protocol: str =
 
 QUESTIONS = {"success": "the turn does what its instruction asks, and nothing else changed (MSE-Bench)",
              "accurate": "everything the transition text says happens between the two frames (annotations)",
-             "complete": "the transition text names every change between the two frames (annotations)"}
+             "complete": "the transition text names every change between the two frames (annotations)",
+             "regions": "the RoE maps mark what changed between the two frames, and little else (annotations)"}
 
 
 class Ratings:
@@ -435,15 +450,17 @@ def report(study: Study, ratings: Ratings, metrics=None, seed: int = 0, progress
 
 def annotation_report(study: AnnotationStudy, ratings: Ratings, seed: int = 0) -> dict:
     """Table 8: per question, the share of the rated transitions whose raters mostly said yes (a tie is no),
-    with a bootstrap 95 % CI over them, and the raters' agreement on it."""
+    with a bootstrap 95 % CI over them, and the raters' agreement on it; each over the items that ask it
+    (``regions``: those whose session has maps)."""
     rng = np.random.default_rng(seed)
     out = {"store": str(study.store.root), "items": len(study.items), "raters": {}, "questions": {}}
     for q in study.questions:
-        said = [item_success(ratings.votes(it, q)) for it in study.items]
+        asked = [it for it in study.items if q in study.asks(it)]
+        said = [item_success(ratings.votes(it, q)) for it in asked]
         x = np.array([float(v) for v in said if v is not None])
         out["questions"][q] = {"share_yes": round(float(x.mean()), 4) if len(x) else None,
-                               "ci95": _bootstrap(x, rng), "items_rated": len(x), "meaning": QUESTIONS[q],
-                               "agreement": rater_agreement(ratings, study.items, q)}
+                               "ci95": _bootstrap(x, rng), "items_asked": len(asked), "items_rated": len(x),
+                               "meaning": QUESTIONS[q], "agreement": rater_agreement(ratings, asked, q)}
     items = set(study.items)
     out["raters"] = {r: n for r in ratings.raters() if (n := len(ratings.done(r) & items))}
     out["rule"] = "an item's answer is what most of its raters said (a tie is no)"
