@@ -142,6 +142,8 @@ def init_weights(cfg, model, ckpt_dir: str) -> None:
         return
     if checkpoint.load(str(src), model) is None:
         raise ConfigError(f"train.init_from: no complete checkpoint under {src}")
+    if not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0:
+        print(f"train.init_from: model weights of {src} at step {checkpoint.latest_step(str(src))}", flush=True)
 
 
 def make_trainer(cfg, model, stream, run_dir: Path, steps: int | None = None, warmup: int | None = None):

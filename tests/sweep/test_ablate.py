@@ -3,6 +3,7 @@ the context ablation from plan to report on the real local Slurm (../shared/reci
 """
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -300,26 +301,38 @@ def _ended(env, job) -> bool:
     return not subprocess.run(["squeue", "-h", "-j", str(job)], env=env, capture_output=True, text=True).stdout.strip()
 
 
+def _wait_for(env, job):
+    end = time.monotonic() + 600
+    while not _ended(env, job):
+        assert time.monotonic() < end, f"timed out waiting for job {job}"
+        time.sleep(0.5)
+
+
 def test_context_ablation_on_slurm_plan_launch_report(slurm_cluster, tmp_path):  # noqa: F811
+    """From a shared base model (``pretrain:``, trained first under another mask), as the paper's runs start
+    from a video model."""
     env = dict(slurm_cluster, PATH=f"{BIN}:{os.environ['PATH']}")
     sw = tmp_path / "abl"
-    _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path)), "--sweep", str(sw), "--quiet", env=env)
+    conf = _ablation_yaml(tmp_path, pretrain={"overrides": ["data.recipe.mask_type=full"], "steps": 2})
+    _tool("vincie-ablate", "plan", "--config", str(conf), "--sweep", str(sw), "--quiet", env=env)
     _tool("vincie-ablate", "launch", "--sweep", str(sw), env=env)
     rec = json.loads((sw / "launches.jsonl").read_text().splitlines()[-1])
-    runs = P.read_runs(sw)
+    runs, (base,) = P.read_runs(sw), P.read_pretrain(sw)
     owner = next(r for r in runs if r.model == "context")
     assert rec["runs"] == [0, 1] and rec["trained_by"] == {str(1 - owner.index): owner.index}
-    end = time.monotonic() + 600
-    while not _ended(env, rec["collect"]):
-        assert time.monotonic() < end, "timed out waiting for collect"
-        time.sleep(0.5)
+    assert rec["pretrain_runs"] == [0] and base.name == "pretrain_s0" and owner.pretrain == 0
+    _wait_for(env, rec["collect"])
     logs = sorted(p.name for p in (sw / "logs").glob("train_*.out"))
     assert len(logs) == 1, logs                                         # trained once for both arms
+    # the base trained first (the array waited on it), then the arm started from its last weights
+    assert len(list((sw / "logs").glob("pretrain_0_*.out"))) == 1
+    assert f"train.init_from: model weights of {base.run_dir}/checkpoints at step 2" in (sw / "logs" / logs[0]).read_text()
     ev = {r.model: json.loads((Path(r.run_dir) / r.eval_file).read_text()) for r in runs}
     assert ev["context"]["context"] == "full" and ev["no_context"]["context"] == "none"
     # turn 1 has no earlier turn: both arms see I0 and T0 alone, with the same noise, so they agree
     assert ev["context"]["session_success"][0] == ev["no_context"]["session_success"][0]
-    assert "done" in _tool("vincie-ablate", "status", "--sweep", str(sw), env=env).stdout
+    status = _tool("vincie-ablate", "status", "--sweep", str(sw), env=env).stdout
+    assert re.search(r"pretrain_s0 +done +2/2", status) and "done" in status.split("pretrain_s0")[1]
     out = _tool("vincie-ablate", "report", "--sweep", str(sw), "--reps", "200", env=env).stdout
     res = json.loads((sw / "ablation.json").read_text())
     assert res["ablation"] == "context" and res["seeds"] == [0] and len(res["per_turn"]) == 2
@@ -329,6 +342,13 @@ def test_context_ablation_on_slurm_plan_launch_report(slurm_cluster, tmp_path): 
     assert t2["b"] == pytest.approx(np.mean(ev["context"]["session_success"][1]))
     assert "| 2 |" in out and "ablation.png" in (sw / "ablation.md").read_text()
     assert (sw / "ablation.png").stat().st_size > 1000
+    # one arm's evaluation lost: launch again evaluates it again, and does not train the base again
+    os.remove(Path(owner.run_dir) / owner.eval_file)
+    _tool("vincie-ablate", "launch", "--sweep", str(sw), env=env)
+    again = json.loads((sw / "launches.jsonl").read_text().splitlines()[-1])
+    assert again["runs"] == [owner.index] and "pretrain" not in again
+    _wait_for(env, again["collect"])
+    assert (Path(owner.run_dir) / owner.eval_file).is_file()
 
 
 def test_heldout_world_builds_the_heldout_store_from_its_own_world(tmp_path):

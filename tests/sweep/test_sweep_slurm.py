@@ -54,6 +54,23 @@ def test_plan_resolves_runs_nested_data_and_budget(tmp_path):
         P.plan(tmp_path / "b.yaml", tmp_path / "sw", build_data=False)
 
 
+def test_plan_with_a_base_model_per_seed(tmp_path):
+    """``pretrain:``: one base run per seed, on the shared store, and each run of that seed starts from it."""
+    conf = yaml.safe_load(_config(tmp_path, gpus_per_run=8, step_time_s=2.0).read_text())
+    conf["pretrain"] = {"overrides": ["data.recipe.mask_type=full"], "steps": 5}
+    (tmp_path / "p.yaml").write_text(yaml.safe_dump(conf))
+    s = P.plan(tmp_path / "p.yaml", tmp_path / "sw", build_data=False)
+    runs, pre = P.read_runs(tmp_path / "sw"), P.read_pretrain(tmp_path / "sw")
+    assert [(b.name, b.seed, b.steps, b.data_size) for b in pre] == [("pretrain_s0", 0, 5, 16), ("pretrain_s1", 1, 5, 16)]
+    assert {"data.recipe.mask_type=full", "data.corpus.max_sessions=16", "train.steps=5"} <= set(pre[1].overrides)
+    for r in runs:
+        base = pre[r.pretrain]
+        assert base.seed == r.seed and r.overrides[-1] == f"train.init_from={base.run_dir}/checkpoints"
+        assert "data.recipe.mask_type=full" not in r.overrides
+    assert (s["budget"]["steps"], s["budget"]["pretrain_runs"]) == (2 * (1 + 2 + 3 + 4) + 2 * 5, 2)
+    assert P.read_pretrain(tmp_path) == []                  # a sweep without one
+
+
 def test_bad_sweep_yaml_is_one_line(tmp_path):
     for change, msg in (({"data_sizes": []}, "sweep.data_sizes: a list of positive ints"),
                         ({"steps": {"rule": "cosine"}}, "sweep.steps.rule: fixed or proportional"),
@@ -69,7 +86,14 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
                         ({"eval": {"overrides": ["eval.trns=2"], "sessions": 6}},
                          "sweep.models.default: config: Could not override 'eval.trns'. (run default_d4_s0"),
                         ({"models": {"a": [], "b": {"train_as": "a", "eval": ["--context", "none", "sampler.stesp=2"]}}},
-                         "sweep.models.b: config: Could not override 'sampler.stesp'. (run b_d4_s0")):
+                         "sweep.models.b: config: Could not override 'sampler.stesp'. (run b_d4_s0"),
+                        # a base model per seed
+                        ({"pretrain": {"overrides": []}}, "sweep.pretrain.steps: a positive int is required"),
+                        ({"pretrain": {"steps": 2, "lr": 1}}, "sweep.pretrain: unknown key 'lr'"),
+                        ({"pretrain": {"steps": 2, "data_size": 64}}, "sweep.pretrain.data_size: must be <= "
+                                                                       "data.synthetic.videos (16), got 64"),
+                        ({"pretrain": {"steps": 2, "overrides": ["model.num_layers=0"]}},
+                         "sweep.pretrain: model.num_layers: expected a positive int, got 0 (run pretrain_s0")):
         d = yaml.safe_load(_config(tmp_path).read_text())
         d.update(change)
         (tmp_path / "x.yaml").write_text(yaml.safe_dump(d))

@@ -41,12 +41,11 @@ def main(argv=None) -> int:
         if a.cmd == "plan":
             s = A.plan(a.config, sweep, ablation=a.ablation, progress=not a.quiet)
             print(f"plan: ablation {s['ablation']} (A {s['arms'][0]}, B {s['arms'][1]}), {s['runs']} runs, "
-                  f"{s['budget']['steps']} steps -> {s['sweep']}")
+                  f"{s['budget']['steps']} steps" + (f" (with {s['budget']['pretrain_runs']} base runs)" if s['budget']['pretrain_runs']
+                                                else "") + f" -> {s['sweep']}")
         elif a.cmd == "launch":
             r = L.launch(sweep)
-            print("launch: nothing to do, every run is done or queued" if not r["runs"] else
-                  f"launch: {len(r['runs'])} runs; train array {r['train']}, evals {' '.join(r['evals'].values())}, "
-                  f"collect {r['collect']}")
+            print(L.format_launch(r))
         elif a.cmd == "status":
             print(L.format_status(L.status(sweep)))
         elif a.cmd == "report":

@@ -423,7 +423,7 @@ MUTANTS = [
            "        if False:\n            for x in texts:\n",
            ("tests/packed/test_builder.py", "tests/data/test_packing.py"),
            "text-then-image RoPE leaves images at their separate positions, on top of the session's text"),
-    Mutant("sweep_plan_skips_config_check", "vincie_mcore/sweep/plan.py", "    check_configs(d, runs)\n", "",
+    Mutant("sweep_plan_skips_config_check", "vincie_mcore/sweep/plan.py", "    check_configs(d, runs, pre)\n", "",
            ("tests/sweep/test_sweep_slurm.py",),
            "a sweep whose runs' configs do not build is planned, and each array element fails on Slurm"),
     Mutant("human_page_shows_each_methods_size", "vincie_mcore/eval/human.py",
@@ -442,6 +442,14 @@ MUTANTS = [
            "        return self.questions if seg not in (None, \"none\") else self.questions[:2]\n",
            "        return self.questions[:2]\n",
            ("tests/eval/test_human_eval.py",), "the annotation study never shows or rates the RoE maps"),
+    Mutant("sweep_runs_ignore_their_base", "vincie_mcore/sweep/plan.py",
+           "            ov.append(f\"train.init_from={base_of[seed].run_dir}/checkpoints\")\n", "            pass\n",
+           ("tests/sweep/test_sweep_slurm.py",), "a sweep's runs train from scratch beside the base model they were "
+                                                 "planned to start from"),
+    Mutant("sweep_train_does_not_wait_for_its_base", "vincie_mcore/sweep/launch.py",
+           "        after.append(pretrain_job)\n", "",
+           ("tests/sweep/test_ablate.py",), "the training array starts before its base model is trained, so its "
+                                             "runs start from no weights or a base's first checkpoint"),
     Mutant("sweep_heldout_from_the_training_world", "vincie_mcore/sweep/plan.py",
            "        world = worlds[part]\n", "        world = worlds[\"train\"]\n",
            ("tests/sweep/test_ablate.py",), "the held-out videos come from the training world, so the camera "

@@ -1,7 +1,7 @@
 """The data-scaling sweep, from a YAML to a fitted Fig. 5 (docs/sweep.md).
 
     vincie-sweep plan --config sweep.yaml --sweep sweeps/tiny    # runs.jsonl, nested data, budget
-    vincie-sweep launch --sweep sweeps/tiny                      # Slurm: train array (%N), eval per run, collect
+    vincie-sweep launch --sweep sweeps/tiny                      # Slurm: [base array,] train array (%N), eval per run, collect
     vincie-sweep status --sweep sweeps/tiny                      # state, step, last loss, eval per run
     vincie-sweep collect --sweep sweeps/tiny                     # results.json / results.csv
     vincie-sweep report --sweep sweeps/tiny                      # fit + plots + report.md (fit, plot: parts of it)
@@ -30,6 +30,8 @@ def _parser():
         sp = sub.add_parser(name, help=argparse.SUPPRESS)
         sp.add_argument("--sweep", required=True)
         sp.add_argument("--index", type=int, required=True)
+        if name == "run-train":
+            sp.add_argument("--pretrain", action="store_true", help="a base run of pretrain.jsonl")
     return p
 
 
@@ -63,20 +65,19 @@ def main(argv=None) -> int:
         if a.cmd == "plan":
             s = P.plan(a.config, sweep, progress=not a.quiet)
             b = s["budget"]
-            print(f"plan: {s['runs']} runs, {b['steps']} steps, GPU-hours "
+            print(f"plan: {s['runs']} runs" + (f" and {b['pretrain_runs']} base runs" if b["pretrain_runs"] else "") +
+                  f", {b['steps']} steps, GPU-hours "
                   f"{b['gpu_hours'] if b['gpu_hours'] is not None else 'n/a (' + b['why_none'] + ')'} -> {s['sweep']}")
         elif a.cmd == "launch":
             r = L.launch(sweep)
-            print("launch: nothing to do, every run is done or queued" if not r["runs"] else
-                  f"launch: {len(r['runs'])} runs; train array {r['train']}, evals {' '.join(r['evals'].values())}, "
-                  f"collect {r['collect']}")
+            print(L.format_launch(r))
         elif a.cmd == "status":
             print(L.format_status(L.status(sweep)))
         elif a.cmd == "collect":
             t = L.collect(sweep)
             print(f"collect: {len(t)} evaluated runs -> {sweep / 'results.csv'}")
         elif a.cmd == "run-train":
-            return L.run_train(sweep, a.index)
+            return L.run_train(sweep, a.index, pretrain=a.pretrain)
         elif a.cmd == "run-eval":
             return L.run_eval(sweep, a.index)
         elif a.cmd == "fit":

@@ -14,6 +14,7 @@ sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``mode
     steps: 1000
     eval: {overrides: [eval.turns=3], sessions: 200}
     cluster: {gpus_per_run: 0, cpus_per_task: 2, max_concurrent: 1}
+    pretrain: {overrides: [data.recipe.mask_type=full], steps: 1000}   # optional: both arms start from a base
 
 Arm A is the paper's weaker arm, arm B its method; ``report`` gives B - A per turn with a 95 % CI
 from a paired two-stage bootstrap (``paired_bootstrap``; docs/ablations.md).
@@ -79,7 +80,7 @@ ABLATIONS = {
         "pe": {"train": CAMERA, "eval": ["sampler.camera_prompts=true"]},
         "no_pe": {"train_as": "pe", "eval": ["sampler.camera_prompts=false"]}}),
 }
-KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster"}
+KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster", "pretrain"}
 
 
 def _err(key: str, msg: str) -> ValueError:

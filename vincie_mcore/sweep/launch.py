@@ -10,6 +10,11 @@ launch submits, and returns at once with the job ids:
 A run is done when its ``eval.json`` exists. Launching again resubmits only the runs that are not
 done and not waiting or running under an earlier launch. Every launch is recorded in
 ``SWEEP/launches.jsonl``.
+
+With ``pretrain:`` (``plan.py``), a base-model array comes first, over the seeds whose base the runs to
+train need and that is neither trained to its steps nor queued; the training array waits for it
+(``afterok``, and for a base still queued from an earlier launch), and is cancelled with it if a base
+fails (``--kill-on-invalid-dep``), its evaluations with it; collect still runs.
 """
 from __future__ import annotations
 
@@ -21,7 +26,7 @@ import sys
 import time
 from pathlib import Path
 
-from .plan import read_planned, read_runs
+from .plan import read_planned, read_pretrain, read_runs
 
 SLURM = Path(__file__).resolve().parents[2] / "slurm"
 LIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"}
@@ -61,26 +66,41 @@ def job_states(ids: list[str], env=None) -> dict[str, str] | None:
     return {i: out[i] for i in ids if i in out}
 
 
-def _launched(sweep_dir: Path) -> dict[int, str]:
-    """Run index -> the Slurm id of its latest training element."""
+def _launched(sweep_dir: Path, pretrain: bool = False) -> dict[int, str]:
+    """Run index -> the Slurm id of its latest training element (``pretrain``: of the base runs)."""
     p = sweep_dir / "launches.jsonl"
     out: dict[int, str] = {}
     if p.is_file():
         for line in p.read_text().splitlines():
             if line.strip():
                 rec = json.loads(line)
+                if pretrain:
+                    out.update({int(i): f"{rec['pretrain']}_{i}" for i in rec.get("pretrain_runs", [])})
+                    continue
                 owner = rec.get("trained_by", {})              # eval-only runs: their owner's element
                 out.update({int(i): f"{rec['train']}_{owner.get(str(i), i)}" for i in rec["runs"]})
     return out
 
 
+def _steps_done(run) -> int | None:
+    from ..train.checkpoint import latest_step
+
+    ckpt = Path(run.run_dir) / "checkpoints"
+    return latest_step(str(ckpt)) if ckpt.is_dir() else None
+
+
+def _trained(run) -> bool:
+    step = _steps_done(run)
+    return step is not None and step >= run.steps
+
+
 def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
     """Submit what is not done -> {"train", "evals", "collect", "runs"} (job ids; nothing when all is done)."""
     sweep_dir = Path(sweep_dir).resolve()
-    runs, d = read_runs(sweep_dir), read_planned(sweep_dir)
-    last = _launched(sweep_dir)
-    live = job_states(list(last.values()), env)
-    if live is None and last:                    # cannot tell what is still queued: never submit twice
+    runs, d, pre = read_runs(sweep_dir), read_planned(sweep_dir), read_pretrain(sweep_dir)
+    last, last_pre = _launched(sweep_dir), _launched(sweep_dir, pretrain=True)
+    live = job_states([*last.values(), *last_pre.values()], env)
+    if live is None and (last or last_pre):      # cannot tell what is still queued: never submit twice
         raise RuntimeError("launch: cannot read the Slurm queue (squeue failed); is SLURM_CONF set?")
     live = live or {}
     todo = [r for r in runs if not eval_path(r).is_file() and live.get(last.get(r.index, ""), "") not in LIVE]
@@ -99,8 +119,21 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
     # a run_dir shared by an eval-only arm is trained once, by its owner's element (training an
     # already finished run resumes at its last step and stops)
     trained = sorted({trainer_index(r) for r in todo})
+    # the base runs these need: wait for those queued already, submit those neither trained nor queued
+    bases = sorted({runs[i].pretrain for i in trained if runs[i].pretrain is not None})
+    queued = [last_pre[b] for b in bases if live.get(last_pre.get(b, ""), "") in LIVE]
+    pre_todo = [b for b in bases if not _trained(pre[b]) and live.get(last_pre.get(b, ""), "") not in LIVE]
+    after = list(queued)
+    pretrain_job = None
+    if pre_todo:
+        pretrain_job = _sbatch([f"--array={','.join(map(str, pre_todo))}" + (f"%{cap}" if cap else ""),
+                                f"--output={logs}/pretrain_%a_%A.out",
+                                *res, *(extra_sbatch or []), str(SLURM / "sweep_train.sbatch"), str(sweep_dir),
+                                "pretrain"], env)
+        after.append(pretrain_job)
+    wait = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
     array = ",".join(str(i) for i in trained) + (f"%{cap}" if cap else "")
-    train = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *res, *(extra_sbatch or []),
+    train = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *wait, *res, *(extra_sbatch or []),
                      str(SLURM / "sweep_train.sbatch"), str(sweep_dir)], env)
     evals = {r.index: _sbatch([f"--dependency=afterok:{train}_{trainer_index(r)}", "--kill-on-invalid-dep=yes",
                                f"--output={logs}/eval_{r.index}_%j.out", f"--cpus-per-task={int(c.get('cpus_per_task', 1))}",
@@ -112,9 +145,20 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
            "runs": [r.index for r in todo]}
     if any(r.train_with is not None for r in todo):
         rec["trained_by"] = {str(r.index): r.train_with for r in todo if r.train_with is not None}
+    if pretrain_job:
+        rec.update(pretrain=pretrain_job, pretrain_runs=pre_todo)
     with open(sweep_dir / "launches.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec
+
+
+def format_launch(rec: dict) -> str:
+    """One line for what ``launch`` submitted."""
+    if not rec["runs"]:
+        return "launch: nothing to do, every run is done or queued"
+    base = (f"base array {rec['pretrain']} ({len(rec['pretrain_runs'])} runs), then " if rec.get("pretrain") else "")
+    return (f"launch: {len(rec['runs'])} runs; {base}train array {rec['train']}, evals {' '.join(rec['evals'].values())}, "
+            f"collect {rec['collect']}")
 
 
 # ----------------------------------------------------------------------------- inside a task
@@ -124,8 +168,8 @@ def _tool(name: str) -> str:
     return str(exe) if exe.exists() else name
 
 
-def run_train(sweep_dir, index: int) -> int:
-    run = read_runs(sweep_dir)[index]
+def run_train(sweep_dir, index: int, pretrain: bool = False) -> int:
+    run = (read_pretrain(sweep_dir) if pretrain else read_runs(sweep_dir))[index]
     return subprocess.run([_tool("vincie-train"), *run.overrides]).returncode
 
 
@@ -163,14 +207,26 @@ def _last_loss(run_dir: Path) -> tuple[int | None, float | None]:
 def status(sweep_dir, env=None) -> list[dict]:
     """One row per run: state, step, last loss, eval done."""
     sweep_dir = Path(sweep_dir).resolve()
-    from ..train.checkpoint import latest_step
-
-    runs = read_runs(sweep_dir)
-    last = _launched(sweep_dir)
-    live = job_states(list(last.values()), env)
+    runs, pre = read_runs(sweep_dir), read_pretrain(sweep_dir)
+    last, last_pre = _launched(sweep_dir), _launched(sweep_dir, pretrain=True)
+    live = job_states([*last.values(), *last_pre.values()], env)
     rows = []
+    for r in pre:                                            # base runs: done once trained to their steps
+        step = _steps_done(r)
+        _, loss = _last_loss(Path(r.run_dir))
+        job = last_pre.get(r.index)
+        if step is not None and step >= r.steps:
+            state = "done"
+        elif job and live and live.get(job):
+            state = live[job].lower()
+        elif job:
+            state = "unknown (no Slurm queue)" if live is None else "failed or cancelled"
+        else:
+            state = "not launched"
+        rows.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed, "state": state,
+                     "step": step, "steps": r.steps, "last_loss": loss, "eval": None})
     for r in runs:
-        step = latest_step(str(Path(r.run_dir) / "checkpoints")) if (Path(r.run_dir) / "checkpoints").is_dir() else None
+        step = _steps_done(r)
         _, loss = _last_loss(Path(r.run_dir))
         if eval_path(r).is_file():
             state = "done"
@@ -190,7 +246,8 @@ def status(sweep_dir, env=None) -> list[dict]:
 def format_status(rows: list[dict]) -> str:
     head = f"{'run':<24} {'state':<22} {'step':>9} {'loss':>9}  eval"
     lines = [head] + [f"{r['run']:<24} {r['state']:<22} {str(r['step']) + '/' + str(r['steps']):>9} "
-                      f"{'' if r['last_loss'] is None else format(r['last_loss'], '.4f'):>9}  {'yes' if r['eval'] else 'no'}"
+                      f"{'' if r['last_loss'] is None else format(r['last_loss'], '.4f'):>9}  "
+                      f"{'-' if r['eval'] is None else 'yes' if r['eval'] else 'no'}"
                       for r in rows]
     return "\n".join(lines)
 

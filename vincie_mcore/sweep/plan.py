@@ -16,6 +16,7 @@
     combine: product                          # or zip
     steps: {rule: proportional, per_session: 0.1, min: 2, max: 100000}   # or {rule: fixed, steps: 1000}
     eval: {overrides: [eval.turns=2], sessions: 16}
+    pretrain: {overrides: [data.recipe.mask_type=full], steps: 1000, data_size: 64}   # optional, below
     cluster: {gpus_per_run: 8, nodes_per_run: 1, cpus_per_task: 8, max_concurrent: 4, time: "24:00:00",
               partition: null, step_time_s: 1.9}     # step_time_s: measured (run_info / logs), for the budget
 
@@ -23,6 +24,12 @@ Nested subsets: every run trains on the same store with ``data.corpus.max_sessio
 is read in a fixed order, so the sessions of a smaller run all lie inside a larger run's. plan writes
 ``SWEEP/runs.jsonl`` (one resolved run per line), ``SWEEP/sweep.yaml`` (the input, as planned) and
 ``SWEEP/budget.json`` (GPU-hours from ``cluster.step_time_s``; null without it).
+
+``pretrain:`` (optional) trains one base model per seed first (``SWEEP/pretrain.jsonl``, runs named
+``pretrain_s<seed>``: ``base`` + its ``overrides``, its ``steps``, its ``data_size`` sessions of the same
+store, default the largest size), and every run of that seed starts from the base's weights
+(``train.init_from``): the paper's runs start from a video model, so a design choice that matches how
+the base was trained can win for that reason alone (docs/sweep.md, "A shared base model").
 """
 from __future__ import annotations
 
@@ -35,7 +42,8 @@ import yaml
 
 from ..paths import safe_name
 
-KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster"}
+KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster", "pretrain"}
+PRETRAIN_KEYS = {"overrides", "steps", "data_size"}
 SYNTHETIC_KEYS = {"videos", "heldout_videos", "world", "heldout_world"}
 
 
@@ -52,6 +60,7 @@ class Run:
     eval_args: list = field(default_factory=list)    # extra vincie-evaluate arguments (models.X.eval)
     train_with: int | None = None                     # index of the run that trains run_dir (train_as)
     eval_file: str = "eval.json"                      # in run_dir; eval_<model>.json for a shared run_dir
+    pretrain: int | None = None                       # index in pretrain.jsonl of the base it starts from
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -123,7 +132,29 @@ def read_sweep(path) -> dict:
     d.setdefault("base", [])
     d.setdefault("eval", {})
     d.setdefault("cluster", {})
+    if "pretrain" in d:
+        _check_pretrain(d)
     return d
+
+
+def _check_pretrain(d: dict) -> None:
+    pre = d["pretrain"]
+    if not isinstance(pre, dict):
+        raise _err("pretrain", f"a mapping {{overrides, steps, data_size}} is required, got {pre!r}")
+    if set(pre) - PRETRAIN_KEYS:
+        raise _err("pretrain", f"unknown key {sorted(set(pre) - PRETRAIN_KEYS)[0]!r} (known: "
+                               f"{', '.join(sorted(PRETRAIN_KEYS))})")
+    if not isinstance(pre.get("steps"), int) or pre["steps"] <= 0:
+        raise _err("pretrain.steps", f"a positive int is required, got {pre.get('steps')!r}")
+    pre.setdefault("overrides", [])
+    if not isinstance(pre["overrides"], list):
+        raise _err("pretrain.overrides", f"a list of overrides is required, got {pre['overrides']!r}")
+    n = pre.setdefault("data_size", max(d["data_sizes"]))
+    if not isinstance(n, int) or n <= 0:
+        raise _err("pretrain.data_size", f"a positive int is required, got {n!r}")
+    syn = d["data"].get("synthetic")
+    if syn and syn.get("videos", 0) < n:
+        raise _err("pretrain.data_size", f"must be <= data.synthetic.videos ({syn.get('videos', 0)}), got {n}")
 
 
 def steps_for(rule: dict, n: int) -> int:
@@ -184,13 +215,42 @@ def build_synthetic(sweep_dir: Path, d: dict, progress: bool = True) -> None:
         build_sessions(root / "videos", root / "store", sampling=sampling, seed=seed, progress=progress)
 
 
+def _data_overrides(train_store: str, heldout: str, n: int, steps: int, run_dir: str) -> list[str]:
+    return [f"data.corpus.store={train_store}", f"data.corpus.heldout_store={heldout}", f"data.corpus.max_sessions={n}",
+            f"train.steps={steps}", "train.progress=false", f"run_dir={run_dir}"]
+
+
+def plan_pretrain(d: dict, sweep_dir: Path, seeds) -> list[Run]:
+    """One base run per seed (``pretrain:``), trained before any run of that seed."""
+    pre = d["pretrain"]
+    train_store, heldout = data_paths(sweep_dir, d)
+    out = []
+    for k, seed in enumerate(sorted(set(seeds))):
+        name = safe_name(f"pretrain_s{seed}", "run name")
+        run_dir = str(sweep_dir / "runs" / name)
+        ov = [*d["base"], *pre["overrides"], f"seed={seed}",
+              *_data_overrides(train_store, heldout, pre["data_size"], pre["steps"], run_dir)]
+        out.append(Run(k, name, pre["data_size"], "pretrain", seed, pre["steps"], run_dir, ov))
+    return out
+
+
+def _replan_check(path: Path, runs: list[Run], sweep_dir: Path) -> None:
+    """A re-plan must not renumber launched runs."""
+    if path.is_file():
+        before = [json.loads(line)["name"] for line in path.read_text().splitlines() if line.strip()]
+        if before != [r.name for r in runs]:
+            raise ValueError(f"{sweep_dir}: planned with other runs already; use another folder")
+
+
 def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) -> dict:
-    """Write runs.jsonl, sweep.yaml and budget.json under ``sweep_dir`` -> a summary."""
+    """Write runs.jsonl (and pretrain.jsonl), sweep.yaml and budget.json under ``sweep_dir`` -> a summary."""
     d = read_sweep(sweep_yaml)
     sweep_dir = Path(sweep_dir).resolve()
     sweep_dir.mkdir(parents=True, exist_ok=True)
     old = sweep_dir / "runs.jsonl"
     train_store, heldout = data_paths(sweep_dir, d)
+    pre = plan_pretrain(d, sweep_dir, [seed for _, _, seed in combos(d)]) if "pretrain" in d else []
+    base_of = {r.seed: r for r in pre}
     runs = []
     for i, (n, model, seed) in enumerate(combos(d)):
         name = safe_name(f"{model}_d{n}_s{seed}", "run name")
@@ -201,10 +261,12 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
         run_dir = str(sweep_dir / "runs" / safe_name(f"{owner}_d{n}_s{seed}", "run name"))
         steps = steps_for(d["steps"], n)
         ov = [*d["base"], *(om.get("train", []) if isinstance(om, dict) else om), f"seed={seed}",
-              f"data.corpus.store={train_store}", f"data.corpus.heldout_store={heldout}",
-              f"data.corpus.max_sessions={n}", f"train.steps={steps}", "train.progress=false", f"run_dir={run_dir}"]
+              *_data_overrides(train_store, heldout, n, steps, run_dir)]
+        if seed in base_of:                                   # starts from its seed's base model
+            ov.append(f"train.init_from={base_of[seed].run_dir}/checkpoints")
         runs.append(Run(i, name, n, model, seed, steps, run_dir, ov, eval_args=[str(x) for x in m.get("eval", [])],
-                        eval_file="eval.json" if owner == model else f"eval_{model}.json"))
+                        eval_file="eval.json" if owner == model else f"eval_{model}.json",
+                        pretrain=base_of[seed].index if seed in base_of else None))
     by_name = {r.name: r.index for r in runs}
     for r in runs:                                            # an eval-only arm waits for its owner's training
         owner = (d["models"][r.model] if isinstance(d["models"][r.model], dict) else {}).get("train_as")
@@ -213,27 +275,27 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
             if key not in by_name:
                 raise _err(f"models.{r.model}.train_as", f"no planned run {key} to share (combine: zip?)")
             r.train_with = by_name[key]
-    check_configs(d, runs)
-    if old.is_file():                                        # a re-plan must not renumber launched runs
-        before = [json.loads(line)["name"] for line in old.read_text().splitlines() if line.strip()]
-        if before != [r.name for r in runs]:
-            raise ValueError(f"{sweep_dir}: planned with other runs already; use another folder")
+    check_configs(d, runs, pre)
+    _replan_check(old, runs, sweep_dir)
+    _replan_check(sweep_dir / "pretrain.jsonl", pre, sweep_dir)
     if "synthetic" in d["data"] and build_data:
         build_synthetic(sweep_dir, d, progress)
     old.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in runs))
+    if pre:
+        (sweep_dir / "pretrain.jsonl").write_text("".join(json.dumps(r.to_dict()) + "\n" for r in pre))
     (sweep_dir / "sweep.yaml").write_text(yaml.safe_dump(d, sort_keys=False))
     c = d["cluster"]
     gpus = int(c.get("gpus_per_run", 0)) * int(c.get("nodes_per_run", 1))
     st = c.get("step_time_s")
-    steps = sum(r.steps for r in runs if r.train_with is None)          # an eval-only arm trains nothing
-    budget = {"runs": len(runs), "steps": steps, "gpus_per_run": gpus, "step_time_s": st,
+    steps = sum(r.steps for r in pre + runs if r.train_with is None)    # an eval-only arm trains nothing
+    budget = {"runs": len(runs), "pretrain_runs": len(pre), "steps": steps, "gpus_per_run": gpus, "step_time_s": st,
               "gpu_hours": round(steps * st * gpus / 3600, 2) if st and gpus else None,
               "why_none": None if st and gpus else "cluster.step_time_s (measured) and gpus_per_run are needed"}
     (sweep_dir / "budget.json").write_text(json.dumps(budget, indent=1))
     return {"sweep": str(sweep_dir), "runs": len(runs), "budget": budget}
 
 
-def check_configs(d: dict, runs: list[Run]) -> None:
+def check_configs(d: dict, runs: list[Run], pre: list[Run] = ()) -> None:
     """Build every run's config as ``vincie-train`` and then ``vincie-evaluate`` will, so that a bad override
     (or a bad pair, e.g. text_then_image RoPE under block_causal) is one line now, not a failed array element
     later."""
@@ -246,17 +308,18 @@ def check_configs(d: dict, runs: list[Run]) -> None:
         from ..train import trainer  # noqa: F401 - imported here, under the filter
 
     seen = set()
-    for r in runs:
+    for r in [*pre, *runs]:
         # vincie-evaluate's overrides too (models.X.eval's and eval.overrides): they fail after training
         ev = [a for a in r.eval_args if "=" in a and not a.startswith("-")] + list(d["eval"].get("overrides", []))
-        key = tuple(o for o in r.overrides if not o.startswith(("seed=", "run_dir="))) + tuple(ev)
+        key = tuple(o for o in r.overrides if not o.startswith(("seed=", "run_dir=", "train.init_from="))) + tuple(ev)
         if key in seen:
             continue
         seen.add(key)
         try:
             build_run_config(load_config([*r.overrides, *ev]))
         except ConfigError as e:
-            raise _err(f"models.{r.model}", f"{e} (run {r.name}, base and eval overrides included)") from None
+            where = "pretrain" if r in pre else f"models.{r.model}"
+            raise _err(where, f"{e} (run {r.name}, base and eval overrides included)") from None
 
 
 def read_runs(sweep_dir) -> list[Run]:
@@ -264,6 +327,12 @@ def read_runs(sweep_dir) -> list[Run]:
     if not p.is_file():
         raise FileNotFoundError(f"{sweep_dir}: no runs.jsonl (run `vincie-sweep plan` first)")
     return [Run(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+
+
+def read_pretrain(sweep_dir) -> list[Run]:
+    """The sweep's base runs (``pretrain:``); [] for a sweep without one."""
+    p = Path(sweep_dir) / "pretrain.jsonl"
+    return [Run(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
 
 
 def read_planned(sweep_dir) -> dict:
