@@ -546,6 +546,9 @@ def _compiles(source: str, name: str) -> bool:
 
 
 def check(repo: Path, mutants, tests_ref: str | None, timeout: float, log=print) -> dict:
+    recipe = repo.resolve().parent / "shared" / "recipes" / "slurm-ci.sh"
+    if recipe.is_file():        # the copy, in a temp folder, has no recipe beside it: its Slurm tests would skip
+        os.environ.setdefault("VINCIE_SLURM_CI", str(recipe))
     with tempfile.TemporaryDirectory(prefix="vincie-mutants-") as tmp:
         root = Path(tmp) / "repo"
         copy_repo(repo, root, tests_ref)
