@@ -3,6 +3,7 @@ methods' MSE-Bench results (tests/eval/mse_results.py): a rater sees the items i
 library's), with the prompts and images of each; Success, Failure and Skip write what they say to the
 ratings file, a reload resumes with the skipped item, a bad name is refused in the page; serving beyond
 this machine without a login is refused in one line."""
+import contextlib
 import io
 import subprocess
 import sys
@@ -67,6 +68,20 @@ def _gallery(d) -> list:
         return []
 
 
+@contextlib.contextmanager
+def _rating(driver, args: list, rater: str):
+    """``vincie-human-eval rate ARGS`` served for the test's length, its page open and started as ``rater``."""
+    gen = serve([BIN / "vincie-human-eval", "rate", *args, "--port", free_port()], "vincie-human-eval:")
+    try:
+        driver.get(next(gen))
+        wait(lambda: css(driver, "#start-btn"), what="the page")
+        _start(driver, rater)
+        yield driver
+    finally:
+        for _ in gen:
+            pass
+
+
 def _start(d, name):
     from selenium.webdriver.common.keys import Keys
     box = css(d, "#rater textarea, #rater input")[0]
@@ -128,17 +143,13 @@ def test_rate_annotations_in_the_browser(annotated, driver):
     root, args = annotated
     s = AnnotationStudy(args[1], sample=5)
     mine = order(s.items, "carol")
-    gen = serve([BIN / "vincie-human-eval", "rate", *args, "--ratings", root / "a.jsonl", "--port", free_port()],
-                "vincie-human-eval:")
-    url = next(gen)
-    try:
-        d = driver
-        d.get(url)
-        wait(lambda: css(d, "#start-btn"), what="the page")
-        _start(d, "carol")
+    with _rating(driver, [*args, "--ratings", root / "a.jsonl"], "carol") as d:
         v = s.view(mine[0])
         wait(lambda: text(d, "#transition-text") == v["text"] and len(css(d, "#history img")) == 2,
              what="the first transition")
+        wait(lambda: (lambda g: len(g) == 2 and all(np.array_equal(a, b) for a, b in zip(g, (v["before"], v["after"]))))(
+            _gallery(d)), what="its two frames, pixel for pixel")
+        assert not css(d, "#notes") and not [e for e in css(d, "#regions") if e.is_displayed()]   # none kept, no maps
         css(d, "#success-btn")[0].click()                             # "Save" with nothing answered
         wait(lambda: "answer both questions" in d.page_source, what="the refusal")
         for q, answer in (("accurate", "yes"), ("complete", "no")):
@@ -148,9 +159,6 @@ def test_rate_annotations_in_the_browser(annotated, driver):
         r = Ratings(root / "a.jsonl")
         assert r.done("carol") == {mine[0]}
         assert (r.get("carol", mine[0], "accurate"), r.get("carol", mine[0], "complete")) == (True, False)
-    finally:
-        for _ in gen:
-            pass
 
 
 @browser
@@ -193,14 +201,7 @@ def test_rate_a_vlm_built_store_with_its_maps_and_notes(tmp_path, driver):
     store = write_vlm_store(tmp_path)
     s = AnnotationStudy(store, sample=3)
     mine = order(s.items, "dana")
-    gen = serve([BIN / "vincie-human-eval", "rate", "--store", store, "--sample", "3", "--ratings",
-                 tmp_path / "r.jsonl", "--port", free_port()], "vincie-human-eval:")
-    url = next(gen)
-    try:
-        d = driver
-        d.get(url)
-        wait(lambda: css(d, "#start-btn"), what="the page")
-        _start(d, "dana")
+    with _rating(driver, ["--store", store, "--sample", "3", "--ratings", tmp_path / "r.jsonl"], "dana") as d:
         v = s.view(mine[0])
         want = [v["before"], v["after"], *v["regions"]]
         wait(lambda: text(d, "#transition-text") == v["text"] and len(css(d, "#history img")) == 4,
@@ -219,6 +220,3 @@ def test_rate_a_vlm_built_store_with_its_maps_and_notes(tmp_path, driver):
         wait(lambda: text(d, "#transition-text") == s.view(mine[1])["text"], what="the next transition")
         r = Ratings(tmp_path / "r.jsonl")
         assert [r.get("dana", mine[0], q) for q in s.questions] == [True, False, True]
-    finally:
-        for _ in gen:
-            pass
