@@ -211,35 +211,24 @@ def status(sweep_dir, env=None) -> list[dict]:
     last, last_pre = _launched(sweep_dir), _launched(sweep_dir, pretrain=True)
     live = job_states([*last.values(), *last_pre.values()], env)
     rows = []
-    for r in pre:                                            # base runs: done once trained to their steps
+    for r, base in [(r, True) for r in pre] + [(r, False) for r in runs]:   # bases first: done once trained
         step = _steps_done(r)
+        trained = step is not None and step >= r.steps
         _, loss = _last_loss(Path(r.run_dir))
-        job = last_pre.get(r.index)
-        if step is not None and step >= r.steps:
+        done = trained if base else eval_path(r).is_file()
+        job = (last_pre if base else last).get(r.index)
+        if done:
             state = "done"
         elif job and live and live.get(job):
             state = live[job].lower()
+        elif trained:
+            state = "trained, eval missing"
         elif job:
             state = "unknown (no Slurm queue)" if live is None else "failed or cancelled"
         else:
             state = "not launched"
         rows.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed, "state": state,
-                     "step": step, "steps": r.steps, "last_loss": loss, "eval": None})
-    for r in runs:
-        step = _steps_done(r)
-        _, loss = _last_loss(Path(r.run_dir))
-        if eval_path(r).is_file():
-            state = "done"
-        elif r.index in last and live and live.get(last[r.index]):
-            state = live[last[r.index]].lower()
-        elif step is not None and step >= r.steps:
-            state = "trained, eval missing"
-        elif r.index in last:
-            state = "unknown (no Slurm queue)" if live is None else "failed or cancelled"
-        else:
-            state = "not launched"
-        rows.append({"run": r.name, "data_size": r.data_size, "model": r.model, "seed": r.seed, "state": state,
-                     "step": step, "steps": r.steps, "last_loss": loss, "eval": eval_path(r).is_file()})
+                     "step": step, "steps": r.steps, "last_loss": loss, "eval": None if base else done})
     return rows
 
 

@@ -236,10 +236,8 @@ def plan_pretrain(d: dict, sweep_dir: Path, seeds) -> list[Run]:
 
 def _replan_check(path: Path, runs: list[Run], sweep_dir: Path) -> None:
     """A re-plan must not renumber launched runs."""
-    if path.is_file():
-        before = [json.loads(line)["name"] for line in path.read_text().splitlines() if line.strip()]
-        if before != [r.name for r in runs]:
-            raise ValueError(f"{sweep_dir}: planned with other runs already; use another folder")
+    if path.is_file() and [r.name for r in _runs_in(path)] != [r.name for r in runs]:
+        raise ValueError(f"{sweep_dir}: planned with other runs already; use another folder")
 
 
 def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) -> dict:
@@ -322,17 +320,21 @@ def check_configs(d: dict, runs: list[Run], pre: list[Run] = ()) -> None:
             raise _err(where, f"{e} (run {r.name}, base and eval overrides included)") from None
 
 
+def _runs_in(path: Path) -> list[Run]:
+    return [Run(**json.loads(line)) for line in path.read_text().splitlines() if line.strip()]
+
+
 def read_runs(sweep_dir) -> list[Run]:
     p = Path(sweep_dir) / "runs.jsonl"
     if not p.is_file():
         raise FileNotFoundError(f"{sweep_dir}: no runs.jsonl (run `vincie-sweep plan` first)")
-    return [Run(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()]
+    return _runs_in(p)
 
 
 def read_pretrain(sweep_dir) -> list[Run]:
     """The sweep's base runs (``pretrain:``); [] for a sweep without one."""
     p = Path(sweep_dir) / "pretrain.jsonl"
-    return [Run(**json.loads(line)) for line in p.read_text().splitlines() if line.strip()] if p.is_file() else []
+    return _runs_in(p) if p.is_file() else []
 
 
 def read_planned(sweep_dir) -> dict:
