@@ -322,18 +322,20 @@ def build_section_shots(**kw) -> ShotConfig:
     return build(ShotConfig, kw, "build.shots")
 
 
-def test_scenes_by_clip_embeddings(tmp_path):
-    """shots.scene_features: clip on the clip of ``test_multi_shot_scenes``: each shot's feature is the unit mean
-    of the CLIP embeddings of every 12th frame (2 a second at 24 fps) in it, equal to decoding those frames
-    with PyAV and running the CLIP by hand; scenes follow the cosines at a threshold set between them; the
-    build groups the same way and records the features in its recipe; a shot no embedded frame falls in
-    joins nothing; bad settings are one line naming the key."""
+@pytest.mark.parametrize("features", ["clip", "dino"])
+def test_scenes_by_model_embeddings(tmp_path, features):
+    """shots.scene_features: clip / dino on the clip of ``test_multi_shot_scenes``: each shot's feature is the
+    unit mean of the model's embeddings (CLIP's image features, DINO's CLS token) of every 12th frame (2 a
+    second at 24 fps) in it, equal to decoding those frames with PyAV and running the model by hand; scenes
+    follow the cosines at a threshold set between them; the build groups the same way and records the
+    features and the one folder used in its recipe; a shot no embedded frame falls in joins nothing; bad
+    settings are one line naming the key."""
     import sys
     from pathlib import Path
 
     import av
     import torch
-    from transformers import CLIPImageProcessor, CLIPModel
+    from transformers import AutoImageProcessor, CLIPImageProcessor, CLIPModel, ViTModel
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "eval"))
     from tiny_clip_dino import save_tiny_clip, save_tiny_dino
@@ -347,20 +349,29 @@ def test_scenes_by_clip_embeddings(tmp_path):
     d.mkdir()
     write_clip(d / "four.mp4", np.concatenate([a, a[:, :, ::-1], b, b[:, :, ::-1]]), "h264")
     clip = save_tiny_clip(tmp_path / "clip")
-    shots = dict(scene_max_shots=4, scene_features="clip", scene_clip_path=clip)
+    dino = save_tiny_dino(tmp_path / "dino", image_size=32, processor=True)
+    key, folder = {"clip": ("scene_clip_path", clip), "dino": ("scene_dino_path", dino)}[features]
+    shots = dict(scene_max_shots=4, scene_features=features, **{key: folder})
     scan = scan_video(d / "four.mp4", build_section_shots(**shots), probe_stream(d / "four.mp4"))
-    assert scan.cuts == [30, 60, 90] and scan.hists is None and scan.embeds.shape == (4, 16)
+    assert scan.cuts == [30, 60, 90] and scan.hists is None
+    assert scan.embeds.shape == (4, 16 if features == "clip" else 32)
 
     with av.open(str(d / "four.mp4")) as c:                    # the reference: decoded and embedded by hand
         rgb = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
-    model = CLIPModel.from_pretrained(clip).eval()
-    proc = CLIPImageProcessor.from_pretrained(clip)
+    if features == "clip":
+        model, proc = CLIPModel.from_pretrained(clip).eval(), CLIPImageProcessor.from_pretrained(clip)
+    else:
+        model, proc = ViTModel.from_pretrained(dino, add_pooling_layer=False).eval(), AutoImageProcessor.from_pretrained(dino)
     want = []
     for lo in (0, 30, 60, 90):
         picked = [rgb[i] for i in range(lo, lo + 30) if i % 12 == 0]
+        px = proc(images=picked, return_tensors="pt")["pixel_values"]
         with torch.no_grad():
-            e = model.get_image_features(pixel_values=proc(images=picked, return_tensors="pt")["pixel_values"])
-        e = (e if isinstance(e, torch.Tensor) else e.pooler_output).numpy()
+            if features == "clip":
+                e = model.get_image_features(pixel_values=px)
+                e = (e if isinstance(e, torch.Tensor) else e.pooler_output).numpy()
+            else:
+                e = model(pixel_values=px).last_hidden_state[:, 0].numpy()
         m = (e / np.linalg.norm(e, axis=1, keepdims=True)).mean(0)
         want.append(m / np.linalg.norm(m))
     np.testing.assert_allclose(scan.embeds, np.stack(want), atol=1e-5)
@@ -385,22 +396,27 @@ def test_scenes_by_clip_embeddings(tmp_path):
     names = {(sc[0], sc[-1]) for sc in expect}
     assert sorted(st[i].video_id for i in range(len(st))) == sorted(
         f"four.mp4/shot_{f:04d}" + (f"_to_{t:04d}" if t != f else "") for f, t in names)
-    assert bcfg.recipe()["shots"]["scene_features"] == "clip" and "scene_device" not in bcfg.recipe()["shots"]
-    assert "scene_features" not in small_cfg().recipe()["shots"]            # colour: stores made before resume
+    rec = bcfg.recipe()["shots"]
+    assert rec["scene_features"] == features and rec[key] == folder and "scene_device" not in rec
+    other = {"scene_clip_path", "scene_dino_path"} - {key}
+    if features == "dino":                              # stores made with CLIP scenes before DINO came still resume
+        assert not other & set(rec)
+    assert not {"scene_features", "scene_dino_path"} & set(small_cfg().recipe()["shots"])   # colour: as before
 
     empty = shot_means(np.eye(2, dtype=np.float32), np.array([0, 5]), [Shot(0, 0, 1, 3), Shot(1, 1, 2, 2),
                                                                        Shot(2, 2, 3, 3)])
     assert np.array_equal(empty, [[1, 0], [0, 0], [0, 1]])                # shot 1 holds no embedded frame
 
-    for kw, msg in ((dict(scene_features="dino"), r"^build.shots.scene_features: must be one of"),
-                    (dict(scene_features="clip"), r"^build.shots.scene_clip_path: no model folder"),
-                    (dict(scene_features="clip", scene_clip_path=save_tiny_dino(tmp_path / "dino")),
-                     r"^build.shots.scene_clip_path: .* holds a 'vit' model, not 'clip'"),
-                    (dict(scene_features="clip", scene_clip_path=clip, scene_fps=0), r"^build.shots.scene_fps: must be")):
+    wrong = {"clip": dino, "dino": clip}[features]
+    for kw, msg in ((dict(scene_features="siglip"), r"^build.shots.scene_features: must be one of"),
+                    (dict(scene_features=features), rf"^build.shots.{key}: no model folder"),
+                    (dict(scene_features=features, **{key: wrong}),
+                     rf"^build.shots.{key}: .* holds a '{'vit' if features == 'clip' else 'clip'}' model, not "),
+                    (dict(shots, scene_fps=0), r"^build.shots.scene_fps: must be")):
         with pytest.raises((ValueError, ConfigError), match=msg):
             build_section_shots(**kw)
-    (Path(clip) / "model.safetensors").write_bytes(b"not a model")         # a broken folder: before any video
-    with pytest.raises(ValueError, match=r"^build.shots.scene_clip_path: cannot load or run its model \("):
+    (Path(folder) / "model.safetensors").write_bytes(b"not a model")       # a broken folder: before any video
+    with pytest.raises(ValueError, match=rf"^build.shots.{key}: cannot load or run its model \("):
         build_real_sessions(from_directory(d), tmp_path / "store2", bcfg, DiffAnnotator(), DiffSegmenter(),
                             progress=False)
     assert not (tmp_path / "store2").exists()

@@ -54,12 +54,18 @@ def save_tiny_clip(folder, image_size: int = 32) -> str:
     return str(folder)
 
 
-def save_tiny_dino(folder, image_size: int = 224) -> str:
-    """ViTModel without pooler, patch 16 as DINO ViT-S/16 (width 32 instead of 384, one layer)."""
+def save_tiny_dino(folder, image_size: int = 224, processor: bool = False) -> str:
+    """ViTModel without pooler, patch 16 as DINO ViT-S/16 (width 32 instead of 384, one layer); with
+    ``processor``, its image processor too (resize to image_size, ImageNet mean and std, as dino-vits16's)."""
     from transformers import ViTConfig, ViTModel
 
     # initializer_range 1 (not 0.02): else the CLS token barely depends on the image (DINO ~ 1 for any pair)
     cfg = ViTConfig(image_size=image_size, patch_size=16, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                     intermediate_size=64, initializer_range=1.0)
     ViTModel(cfg, add_pooling_layer=False).save_pretrained(folder)
+    if processor:
+        from transformers.models.vit import ViTImageProcessorPil
+
+        ViTImageProcessorPil(size={"height": image_size, "width": image_size}, image_mean=[0.485, 0.456, 0.406],
+                             image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
     return str(folder)

@@ -293,6 +293,11 @@ MUTANTS = [
            "                    batch.append(np.ascontiguousarray(img))     # BGR -> RGB",
            ("tests/data/test_real_videos.py",), "the scene pass shows CLIP the decoder's BGR frames (red and blue "
                                                 "swapped: not the picture the model learned)"),
+    Mutant("scene_dino_takes_a_patch_token", "vincie_mcore/data/quality.py",
+           "x = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0].float()",
+           "x = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 1].float()",
+           ("tests/data/test_real_videos.py",), "the DINO scene feature is the first patch's token, not the CLS "
+                                                "token: one corner of the frame decides the scene"),
     Mutant("coe_no_context_keeps_the_chain", "vincie_mcore/eval/synthetic.py",
            "            if chains is None or context == \"none\":",
            "            if chains is None:",

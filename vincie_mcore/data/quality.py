@@ -160,6 +160,30 @@ class ClipImages:
         return x / x.norm(dim=-1, keepdim=True)
 
 
+class DinoImages:
+    """A local DINO ViT's image embeddings (the CLS token after the final LayerNorm, L2-normalised; no pooler):
+    the shot scan's scene feature under ``shots.scene_features: dino``. DINO was trained to tell instances
+    apart, CLIP to match captions: two angles of one room are closer under DINO. Loaded from a local folder
+    (``ViTModel`` + its image processor), on ``device``."""
+
+    def __init__(self, path: str, device: str = "cpu"):
+        import torch
+        from transformers import AutoImageProcessor, ViTModel
+
+        self.device = torch.device(device)
+        self.model = ViTModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True).to(self.device).eval()
+        self.proc = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+
+    def __call__(self, frames):
+        """uint8 RGB [N, H, W, 3] (or a list of [H, W, 3]) -> float [N, D] on ``device``, each row of unit length."""
+        import torch
+
+        px = self.proc(images=list(np.asarray(f) for f in frames), return_tensors="pt")["pixel_values"]
+        with torch.no_grad():
+            x = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0].float()
+        return x / torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+
+
 class AestheticScorer:
     def __init__(self, cfg: AestheticConfig):
         import torch

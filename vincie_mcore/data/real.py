@@ -84,7 +84,11 @@ class RealBuildConfig:
         if sh["scene_max_shots"] == 1 or sh["scene_features"] == "colour":    # added later: recorded only when used
             for k in ("scene_features", "scene_clip_path", "scene_fps"):
                 sh.pop(k)
-        sh.pop("scene_device")                                               # where CLIP runs changes no session
+        if sh.get("scene_features") != "dino":                               # later still: only the folder used
+            sh.pop("scene_dino_path")
+        if sh.get("scene_features") == "dino":
+            sh.pop("scene_clip_path")
+        sh.pop("scene_device")                                               # where the model runs changes no session
         if sh["scene_max_shots"] == 1:
             del sh["scene_max_shots"], sh["scene_min_similarity"]
         q = {k: {f: v for f, v in sec.items() if f != "device"} for k, sec in d.pop("quality").items() if sec}

@@ -17,7 +17,8 @@ the colours, a cut to another place does not) join one scene, up to ``scene_max_
 (``scenes``). With ``scene_features: clip`` the pass embeds ``scene_fps`` frames a second with a local CLIP
 (``scene_clip_path``; the aesthetic filter's will do) instead, and two shots are compared by the cosine of
 their mean embeddings: what is shown, not only its colours (a cut to the same place in other light, or to
-another place in the same colours). Each scene is sampled as one clip: a multi-shot scene gives a session across its cuts,
+another place in the same colours). ``scene_features: dino`` does the same with a local DINO ViT
+(``scene_dino_path``, its CLS token): features made to tell instances apart rather than to match captions. Each scene is sampled as one clip: a multi-shot scene gives a session across its cuts,
 a single-shot scene the shot's own session. At 1 (the default) every shot is its own scene.
 
 TransNetV2 would go behind ``detect`` on a GPU machine; not built here.
@@ -30,11 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .quality import ClipImages, model_for
+from .quality import ClipImages, DinoImages, model_for
 from .video import StreamInfo, VideoError, _decode_error, _frame_time, _open, _open_video_stream
 
 DETECTORS = ("content", "adaptive", "none")
-SCENE_FEATURES = ("colour", "clip")
+SCENE_FEATURES = ("colour", "clip", "dino")
+# features from a model: its class, the config key of its folder, and the model_type that folder must hold
+EMBEDDERS = {"clip": (ClipImages, "scene_clip_path", "clip"), "dino": (DinoImages, "scene_dino_path", "vit")}
 
 
 @dataclass
@@ -47,10 +50,11 @@ class ShotConfig:
     analysis_width: int = 256        # frames are shrunk to this width for detection (0: full size)
     scene_max_shots: int = 1         # > 1: up to this many neighbouring shots of one scene make one clip
     scene_min_similarity: float = 0.7   # neighbouring shots are one scene when their features are this similar
-    scene_features: str = "colour"      # colour: histogram intersection; clip: cosine of mean CLIP image embeddings
+    scene_features: str = "colour"      # colour: histogram intersection; clip / dino: cosine of mean image embeddings
     scene_clip_path: str = ""           # clip: a local CLIP folder (CLIPModel + image processor)
-    scene_fps: float = 2.0              # clip: frames embedded per second of video (each shot gets at least one)
-    scene_device: str = "cpu"           # clip: where the CLIP runs
+    scene_dino_path: str = ""           # dino: a local DINO ViT folder (ViTModel + image processor), e.g. dino-vits16
+    scene_fps: float = 2.0              # clip / dino: frames embedded per second of video (each shot gets at least one)
+    scene_device: str = "cpu"           # clip / dino: where the model runs
 
     def __post_init__(self):
         if self.detector not in DETECTORS:
@@ -69,10 +73,11 @@ class ShotConfig:
             raise ValueError(f"build.shots.scene_min_similarity: must be in [0, 1], got {self.scene_min_similarity}")
         if self.scene_features not in SCENE_FEATURES:
             raise ValueError(f"build.shots.scene_features: must be one of {SCENE_FEATURES}, got {self.scene_features!r}")
-        if self.scene_features == "clip":
+        if self.scene_features in EMBEDDERS:
             from ..paths import model_folder
 
-            model_folder(self.scene_clip_path, "build.shots.scene_clip_path", "clip")
+            _, key, model_type = EMBEDDERS[self.scene_features]
+            model_folder(getattr(self, key), f"build.shots.{key}", model_type)
             if not (isinstance(self.scene_fps, (int, float)) and self.scene_fps > 0):
                 raise ValueError(f"build.shots.scene_fps: must be a number > 0, got {self.scene_fps!r}")
 
@@ -91,7 +96,7 @@ class Scan:
     times: np.ndarray | None      # presentation time of every frame (None: not scanned)
     cuts: list                    # frame indices where a new shot starts (after frame 0)
     hists: np.ndarray | None = None   # [shots, 24]: each shot's mean colour_hist (kept for scenes only)
-    embeds: np.ndarray | None = None  # [shots, D]: each shot's mean CLIP embedding, unit length (scene_features: clip;
+    embeds: np.ndarray | None = None  # [shots, D]: each shot's mean embedding, unit length (scene_features: clip / dino;
     #                                   a zero row for a shot no embedded frame fell in: it joins no scene)
 
 
@@ -110,7 +115,7 @@ def similarity(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def shot_similarity(scan: Scan, j: int, k: int) -> float:
-    """How alike shots j and k are, by the features the scan kept: the cosine of their mean CLIP embeddings
+    """How alike shots j and k are, by the features the scan kept: the cosine of their mean CLIP or DINO embeddings
     (0 when either has none), else their colour histograms' intersection."""
     if scan.embeds is not None:
         return float(np.dot(scan.embeds[j], scan.embeds[k]))
@@ -133,20 +138,30 @@ def scenes(scan: Scan, cfg: ShotConfig) -> list[list[Shot]]:
     return out
 
 
+def scene_embedder(cfg: ShotConfig):
+    """The scan's image embedder (``ClipImages`` / ``DinoImages`` on ``scene_device``, one per process), or None
+    when scenes are off or compared by colour."""
+    if cfg.scene_max_shots <= 1 or cfg.scene_features not in EMBEDDERS:
+        return None
+    kind, key, _ = EMBEDDERS[cfg.scene_features]
+    return model_for(kind, getattr(cfg, key), cfg.scene_device)
+
+
 def check_scene_model(cfg: ShotConfig) -> None:
-    """With CLIP scenes on: load the CLIP here, on the CPU, and embed one small frame, so a folder that does not
-    hold a working CLIP (or a CUDA device that is not there) is one line before any video is read."""
-    if cfg.scene_max_shots <= 1 or cfg.scene_features != "clip":
+    """With CLIP or DINO scenes on: load the model here, on the CPU, and embed one small frame, so a folder that
+    does not hold a working model (or a CUDA device that is not there) is one line before any video is read."""
+    if cfg.scene_max_shots <= 1 or cfg.scene_features not in EMBEDDERS:
         return
+    kind, key, _ = EMBEDDERS[cfg.scene_features]
     if cfg.scene_device.startswith("cuda"):
         import torch
 
         if not torch.cuda.is_available():
             raise ValueError(f"build.shots.scene_device: {cfg.scene_device!r}, but no CUDA device is available here")
     try:
-        ClipImages(cfg.scene_clip_path, "cpu")([np.full((32, 32, 3), 128, np.uint8)])
+        kind(getattr(cfg, key), "cpu")([np.full((32, 32, 3), 128, np.uint8)])
     except Exception as e:  # noqa: BLE001 - transformers raises many types for a broken folder
-        raise ValueError(f"build.shots.scene_clip_path: cannot load or run its model "
+        raise ValueError(f"build.shots.{key}: cannot load or run its model "
                          f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
 
 
@@ -197,8 +212,7 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
     scene = cfg.scene_max_shots > 1
     times, cuts = [], []
     hists = [] if scene and cfg.scene_features == "colour" else None
-    clip = model_for(ClipImages, cfg.scene_clip_path, cfg.scene_device) \
-        if scene and cfg.scene_features == "clip" else None
+    embed = scene_embedder(cfg)
     stride, batch, rows, index = embed_stride(cfg, info.fps), [], [], []
     with _open(path) as c:
         st = _open_video_stream(c, name)
@@ -214,11 +228,11 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
                 cuts += [tc.frame_num for tc in det.process_frame(FrameTimecode(i, rate), img)]
                 if hists is not None:
                     hists.append(colour_hist(img))
-                if clip is not None and i % stride == 0:
+                if embed is not None and i % stride == 0:
                     batch.append(np.ascontiguousarray(img[..., ::-1]))     # BGR -> RGB
                     index.append(i)
                     if len(batch) == 32:                                    # bounded memory: embed as we go
-                        rows.append(clip(batch).cpu().numpy())
+                        rows.append(embed(batch).cpu().numpy())
                         batch = []
         except MemoryError:
             raise
@@ -240,8 +254,8 @@ def scan_video(path, cfg: ShotConfig, info: StreamInfo) -> Scan:
         h, bounds = np.stack(hists), np.cumsum([0] + [sh.num_frames for sh in shots])
         per_shot = np.stack([h[a:b].mean(0) for a, b in zip(bounds, bounds[1:])])
     embeds = None
-    if clip is not None:
+    if embed is not None:
         if batch:
-            rows.append(clip(batch).cpu().numpy())
+            rows.append(embed(batch).cpu().numpy())
         embeds = shot_means(np.concatenate(rows), np.asarray(index), shots)
     return Scan(shots, t, sorted(set(cuts)), per_shot, embeds)
