@@ -9,7 +9,8 @@ A video's session depends only on (seed, video id), never on ``workers``.
 Each video is made in a worker under a time and an address-space limit
 (``decode_timeout_s``, ``decode_max_mb``): a file that makes the decoder spin
 or allocate without end becomes a failure line too, and its worker is replaced.
-An in-process segmenter's work on one video has the same time limit (``time_limit``).
+An in-process segmenter's work on one video has the same time limit (``time_limit``), and so has a
+video whose job (labelers) cannot be pickled to a worker: it is made in this process, never in a fork of it.
 """
 from __future__ import annotations
 
@@ -169,23 +170,15 @@ def _worker_main(conn, ctx, max_mb, owner):
 _WORKER_PRELOAD = ["numpy", "av", "vincie_mcore.data.build", "vincie_mcore.data.real"]
 
 
-def _start_context(ctx):
-    """Workers fork from a fork server, not from this process, when the job context pickles.
-
-    The build process runs threads (tqdm's monitor, a VLM client's request pool, zarr's I/O loop)
-    whose locks a forked child inherits in whatever state they are; the streaming loader's workers,
-    forked the same way from the trainer, died of SIGSEGV in CI. A context that does not pickle (a
-    labeler holding something that cannot leave this process) still forks, as before.
-    """
-    import multiprocessing as mp
+def _unpicklable(ctx) -> str | None:
+    """Why the job context cannot be pickled to a worker, or None when it can."""
     import pickle
 
     try:
         pickle.dumps(ctx)
     except (pickle.PicklingError, TypeError, AttributeError) as e:
-        log.info("per-video workers fork from this process: their job does not pickle (%s)", e)
-        return mp.get_context("fork")
-    return helper_context(_WORKER_PRELOAD)
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:200]}"
+    return None
 
 
 class _Worker:
@@ -227,7 +220,11 @@ def _limited_map(todo, ctx, workers, timeout_s, max_mb):
     """
     from multiprocessing.connection import wait
 
-    mpctx = _start_context(ctx)
+    # Workers fork from a fork server, never from this process: it runs threads (tqdm's monitor, a VLM
+    # client's request pool, zarr's I/O loop) whose locks a forked child inherits in whatever state they
+    # are. Forked workers of a test process hung on every video that way (12 of 12 timed out, under load),
+    # and the streaming loader's, forked from the trainer, died of SIGSEGV in CI.
+    mpctx = helper_context(_WORKER_PRELOAD)
     pool = [_Worker(mpctx, ctx, max_mb) for _ in range(min(workers, len(todo)))]
     queue = list(enumerate(todo))[::-1]        # popped from the end: input order
     done, next_out = {}, 0
@@ -288,28 +285,47 @@ def run_videos(todo, make, kwargs: dict, workers: int = 1, timeout_s: float | No
         _init(ctx)
         return map(_job, todo)
     seg = kwargs.get("segmenter")
-    if seg is None or not seg.in_process:
-        return _limited_map(todo, ctx, workers, timeout_s, max_mb)
-    ctx = {"make": make, "kwargs": dict(kwargs, segmenter=DeferredSegmenter(seg.name))}
-    return _resolved(_limited_map(todo, ctx, workers, timeout_s, max_mb), seg, timeout_s)
+    deferred = seg is not None and seg.in_process
+    wctx = {"make": make, "kwargs": dict(kwargs, segmenter=DeferredSegmenter(seg.name))} if deferred else ctx
+    why = _unpicklable(wctx)
+    if why is not None:
+        log.warning("the build's job does not pickle (%s): its videos are made in this process, one at a time, "
+                    "under the time limit only; a labeler that pickles gets worker processes", why)
+        return _in_process(todo, ctx, timeout_s)
+    results = _limited_map(todo, wctx, workers, timeout_s, max_mb)
+    return _resolved(results, seg, timeout_s) if deferred else results
+
+
+def _in_process(todo, ctx, timeout_s):
+    """``_job`` on each video here, in order: a job that cannot go to a worker (a labeler holding something
+    that cannot leave this process) is not forked either (see ``_limited_map``). The time limit holds as for
+    the in-process segmenter (``time_limit``); the memory limit, a worker's, does not."""
+    _init(ctx)
+    for item in todo:
+        try:
+            with time_limit(timeout_s, "decode"):
+                out = _job(item)
+        except SegmentTimeout as e:
+            out = (item[0], None, str(e))
+        yield out
 
 
 class SegmentTimeout(BaseException):
-    """The in-process segmenter ran past the per-video limit (not an ``Exception``: a segmenter's own
-    ``except Exception`` must not swallow it)."""
+    """Work done in this process (the in-process segmenter, or a video whose job cannot go to a worker) ran
+    past the per-video limit (not an ``Exception``: a labeler's own ``except Exception`` must not swallow it)."""
 
 
 @contextlib.contextmanager
-def time_limit(seconds: float | None):
-    """Raise ``SegmentTimeout`` in this block once ``seconds`` have passed (SIGALRM; the main thread only,
-    elsewhere no limit). It lands at the next Python step: a GPU model returns to Python between its
-    kernels, one long CPU op finishes first."""
+def time_limit(seconds: float | None, what: str = "segmentation"):
+    """Raise ``SegmentTimeout`` ("<what> timed out after N s") in this block once ``seconds`` have passed
+    (SIGALRM; the main thread only, elsewhere no limit). It lands at the next Python step: a GPU model
+    returns to Python between its kernels, one long CPU op finishes first."""
     if not seconds or threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def expired(signum, frame):
-        raise SegmentTimeout(f"segmentation timed out after {seconds:g} s")
+        raise SegmentTimeout(f"{what} timed out after {seconds:g} s")
     old = signal.signal(signal.SIGALRM, expired)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
