@@ -293,6 +293,13 @@ MUTANTS = [
            "                    batch.append(np.ascontiguousarray(img))     # BGR -> RGB",
            ("tests/data/test_real_videos.py",), "the scene pass shows CLIP the decoder's BGR frames (red and blue "
                                                 "swapped: not the picture the model learned)"),
+    Mutant("in_process_build_without_time_limit", "vincie_mcore/data/build.py",
+           '            with time_limit(timeout_s, "decode"):', '            with time_limit(None, "decode"):',
+           ("tests/data/test_build.py",), "a video made in the build process (its job does not pickle) may spin "
+                                          "for ever: the per-video time limit is gone"),
+    Mutant("build_forks_an_unpicklable_job", "vincie_mcore/data/build.py",
+           "    if why is not None:\n", "    if why is None and False:\n",
+           ("tests/data/test_build.py",), "a job that does not pickle goes to the worker pool anyway"),
     Mutant("scene_dino_takes_a_patch_token", "vincie_mcore/data/quality.py",
            "x = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 0].float()",
            "x = self.model(pixel_values=px.to(self.device)).last_hidden_state[:, 1].float()",

@@ -275,7 +275,8 @@ def run_videos(todo, make, kwargs: dict, workers: int = 1, timeout_s: float | No
     """``(video_id, make(video_id, source, **kwargs) or None, failure reason or None)`` for each
     ``(video_id, source)`` of ``todo``, in order; under the per-video limits (see
     ``build_sessions``) unless both are off and ``workers == 1``. Close the iterator to stop
-    the workers.
+    the workers. A job that does not pickle is made here instead, one video at a time, under the
+    time limit only (``_in_process``): the build process is never forked.
 
     An ``in_process`` segmenter (``kwargs["segmenter"]``) stays here: the workers get a
     ``DeferredSegmenter``, and each result is segmented in this process as it arrives

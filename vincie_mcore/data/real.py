@@ -84,10 +84,8 @@ class RealBuildConfig:
         if sh["scene_max_shots"] == 1 or sh["scene_features"] == "colour":    # added later: recorded only when used
             for k in ("scene_features", "scene_clip_path", "scene_fps"):
                 sh.pop(k)
-        if sh.get("scene_features") != "dino":                               # later still: only the folder used
-            sh.pop("scene_dino_path")
-        if sh.get("scene_features") == "dino":
-            sh.pop("scene_clip_path")
+        # later still: only the model folder in use (colour has neither, and popped scene_clip_path above)
+        sh.pop("scene_clip_path" if sh.get("scene_features") == "dino" else "scene_dino_path")
         sh.pop("scene_device")                                               # where the model runs changes no session
         if sh["scene_max_shots"] == 1:
             del sh["scene_max_shots"], sh["scene_min_similarity"]
