@@ -158,6 +158,24 @@ def test_multi_turn_edit_from_saved_checkpoint(trained_run, tmp_path):
     assert Image.open(out).size[0] > 3 * 24
 
 
+def test_text_to_image_then_edit_from_saved_checkpoint(trained_run, tmp_path):
+    """``vincie-edit t2i``: an image per caption, each edited by the prompts, a strip each; the demo run learned
+    no text-to-image, which it says (the images are still drawn: the command works on any run)."""
+    out = tmp_path / "t2i.png"
+    r = run("vincie-edit", "t2i", "--run", str(trained_run), "--caption", "a large red square at the top left",
+            "--caption", "an empty scene", "--prompt", "make the red square blue", "--out", str(out),
+            "--set", "sampler.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained without text-to-image samples" in r.stderr
+    for i in (0, 1):
+        for name in (f"t2i_{i}.png", f"t2i_{i}_turn1.png"):
+            im = np.asarray(Image.open(tmp_path / name))
+            assert im.shape == (24, 24, 3) and im.dtype == np.uint8, name
+        assert Image.open(tmp_path / f"t2i_{i}_strip.png").size[0] > 2 * 24
+    bad = run("vincie-edit", "t2i", "--run", str(trained_run), "--caption", " ")
+    assert bad.returncode == 2 and "--caption" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     import json
     # guided (both branches run), by chain-of-editing: each turn's source map first (Table 3's "CS -> I")

@@ -355,6 +355,9 @@ def build_training(cfg):
     corpus = dc["corpus"]
     official = is_official(cfg)
     flow = flow_config(cfg)                                       # bad flow keys fail before the corpus is built
+    if official and dc["recipe"].t2i_prob > 0:
+        raise ConfigError("data.recipe.t2i_prob: the official variant trains the release's session layout only "
+                          "(no text-to-image samples); set it to 0")
     if official and dc["recipe"].mask_type != "full":
         raise ConfigError(f"data.recipe.mask_type: the official variant trains one target per session under "
                           f"the full mask, got {dc['recipe'].mask_type!r}")
@@ -519,7 +522,7 @@ def synthetic_evaluator(cfg, store, sessions: int | None = None):
     per turn; returns ``summarize_eval``'s summary."""
     from .data.corpus import decode_corpus
     from .encoders import TextEncoder, build_image_encoder
-    from .eval.synthetic import evaluate, mean_cell_error, summarize_eval
+    from .eval.synthetic import evaluate, evaluate_t2i, mean_cell_error, summarize_eval, summarize_t2i
     from .train.hooks import unwrap
 
     store = Path(store)
@@ -536,7 +539,11 @@ def synthetic_evaluator(cfg, store, sessions: int | None = None):
         results, baseline, _ = evaluate(editor, cache["held"], dc["world"], turns=int(cfg.eval.turns),
                                         batch=int(cfg.eval.batch), progress=False)
         # plus a continuous figure, which moves with the weights when the success rates do not (early on)
-        return summarize_eval(results, baseline) | {"cell_error": [mean_cell_error(r) for r in results]}
+        out = summarize_eval(results, baseline) | {"cell_error": [mean_cell_error(r) for r in results]}
+        if dc["recipe"].t2i_prob > 0:                      # what the text-to-image samples taught, too
+            out |= summarize_t2i(*evaluate_t2i(editor, cache["held"], dc["world"], batch=int(cfg.eval.batch),
+                                               progress=False)[:2])
+        return out
 
     return run
 

@@ -22,7 +22,7 @@ import torch
 from .build import build_training, data_configs, make_editor
 from .data.corpus import decode_corpus, synthesize_store
 from .encoders import TextEncoder, build_image_encoder
-from .eval.synthetic import evaluate, summarize_eval
+from .eval.synthetic import evaluate, evaluate_t2i, summarize_eval, summarize_t2i
 from .infer.editor import save_strip
 from .runinfo import arithmetic_info, code_version
 from .train.hooks import unwrap
@@ -74,6 +74,13 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
         save_strip([x.numpy() for x in imgs], run / f"strip_{i}.png", texts)
         save_strip(list(truth), run / f"truth_{i}.png", texts)
     summary = summarize_eval(results, baseline)
+    if dc["recipe"].t2i_prob > 0:                               # the run also learned text-to-image
+        print("== 4. draw held-out first frames from their captions (text-to-image)", flush=True)
+        with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():
+            t2i, t2i_base, t2i_strips = evaluate_t2i(editor, held, world, batch=int(cfg.eval.batch))
+        summary |= summarize_t2i(t2i, t2i_base)
+        for i, (caption, out, truth) in enumerate(t2i_strips):
+            save_strip([out, truth], run / f"t2i_{i}.png", labels=[caption, "true frame"])
     summary["minutes"] = round((time.time() - t_start) / 60, 2)
     summary["steps"] = trainer.step
     summary["seconds_per_step"] = round(train_s / max(len(trainer.losses), 1), 4)

@@ -17,7 +17,7 @@ from vincie_mcore.data.sampling import SamplingConfig
 from vincie_mcore.data.segment import GroundTruthSegmenter
 from vincie_mcore.data.store import SessionStore, read_failures
 from vincie_mcore.data.video import read_video, sidecar_path, write_synthetic_corpus, write_video
-from vincie_mcore.data.world import Scene, WorldConfig, render, transition_text, camera_label
+from vincie_mcore.data.world import Scene, WorldConfig, camera_label, render, scene_caption, transition_text
 
 CFG = WorldConfig(camera_pan_prob=0.3, num_objects=(1, 4))
 
@@ -47,6 +47,8 @@ def test_sessions_are_exact(corpus, tmp_path):
         states = [build(Scene, d, "scene") for d in r.states]
         strategies.add(r.meta["sampling"])
         assert r.meta["annotator"] == r.meta["segmenter"] == "ground_truth"
+        # each frame's caption is its exact scene caption (text-to-image samples, data.recipe.t2i_prob)
+        assert r.captions == [scene_caption(sd, CFG) for sd in states]
         for k, (f, sd) in enumerate(zip(r.frames, states)):
             assert np.array_equal(png(f), video[idx[k]]) and np.array_equal(png(f), render(sd, CFG))
         for k in range(len(idx) - 1):

@@ -196,3 +196,26 @@ def test_read_jobs_refuses_each_bad_row_in_one_line(tmp_path):
     f.write_text("\n")
     with pytest.raises(ValueError, match=r"jobs.jsonl: no jobs$"):
         read_jobs(f)
+
+
+@pytest.mark.parametrize("mask_type", ["full", "block_causal"])
+def test_text_to_image_in_one_batch_gives_each_caption_its_own_image(megatron_cpu, mask_type):
+    """``Editor.text_to_image``: captions packed in one batch give what each gives alone with the same seed;
+    under block_causal the KV-cache path (caption K/V once) equals re-packing every step."""
+    ed = _editor(mask_type)
+    caps = ["a small red square at the top left", "an empty scene", "a large blue circle at the centre"]
+    together = ed.text_to_image(caps, (16, 24), seeds=[5, 6, 7])
+    assert all(im.shape == (16, 24, 3) and im.dtype == np.uint8 for im in together)
+    for c, seed, im in zip(caps, [5, 6, 7], together):
+        ed.gen.manual_seed(seed)
+        (alone,) = ed.text_to_image([c], (16, 24))
+        assert np.abs(alone.astype(int) - im.astype(int)).max() <= 1
+    if mask_type == "block_causal":
+        assert ed.kv_cache_reason() is None
+        ed.use_kv_cache = False
+        repacked = ed.text_to_image(caps, (16, 24), seeds=[5, 6, 7])
+        assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(repacked, together))
+    with pytest.raises(ValueError, match="must be divisible by 8"):
+        ed.text_to_image(caps[:1], (12, 16))
+    with pytest.raises(ValueError, match="non-empty strings"):
+        ed.text_to_image(["  "], (16, 16))

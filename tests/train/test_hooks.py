@@ -63,7 +63,8 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     run = tmp_path / "run"
     over = ["experiment=demo", f"run_dir={run}", "train.steps=2", "train.warmup=0", "train.progress=false",
             "train.log_every=1", "train.eval_every=1", "model.num_layers=2", "model.mm_layers=1",
-            "data.corpus.workers=1", "data.pack.token_budget=400", "eval.turns=1", "sampler.steps=2"]
+            "data.corpus.workers=1", "data.pack.token_budget=400", "eval.turns=1", "sampler.steps=2",
+            "data.recipe.t2i_prob=0.3"]     # text-to-image samples too: the store's captions through training
     dc = data_configs(load_config(over))
     c = dc["corpus"]
     store = synthesize_store(tmp_path / "store", 6, dc["world"], c, "fixed", 3)
@@ -90,6 +91,14 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     cli = json.loads(out.read_text())
     for k in ("turn_success", "baseline_success", "success_by_edit", "sessions"):
         assert cli[k] == last[k], (k, cli[k], last[k])
+    # text-to-image, judged in the hook as the CLI's --task t2i judges it (a seed per session)
+    assert last["t2i_sessions"] == 6 and last["t2i_cell_error"] is not None     # every held-out first frame
+    assert evaluate_main(["--run", str(run), "--store", str(store), "--out", str(out), "--task", "t2i"]) == 0
+    t2i = json.loads(out.read_text())
+    assert t2i["task"] == "t2i" and len(t2i["session_success"]) == t2i["t2i_sessions"]
+    for k in ("t2i_success", "t2i_objects_right", "t2i_baseline_success", "t2i_sessions"):
+        assert t2i[k] == last[k], (k, t2i[k], last[k])
+    assert t2i["t2i_cell_error"] == pytest.approx(last["t2i_cell_error"], rel=1e-5)
 
 
 def test_magicbrush_eval_hook_matches_the_benchmark(dist1, tmp_path):

@@ -173,7 +173,8 @@ def test_loss_parts_match_a_hand_computation(dist1):
                 want[name] = (s + sq, c + n * P)
         start += n
     parts = metrics["loss_parts"]
-    assert set(parts) == {"task_nip", "task_csp", "task_nsp", "turn_1", "turn_2", "turn_3plus"}
+    assert set(parts) == {"task_nip", "task_csp", "task_nsp", "task_t2i", "turn_1", "turn_2", "turn_3plus"}
+    assert parts["task_t2i"][1].item() == 0                       # no text-to-image target in this batch
     for name, (s, c) in want.items():
         assert parts[name][1].item() == c, name
         assert parts[name][0].item() == pytest.approx(s, rel=1e-6), name

@@ -14,6 +14,11 @@ The paper's applications are subcommands (docs/applications.md), each writing an
     vincie-edit compose --run runs/demo --ref a.png --ref b.png --prompt "the two together" --out compose.png
     vincie-edit story --run runs/demo --image start.png --prompt "a red square appears" --prompt "it turns blue"
 
+Draw the starting image from a caption instead (a run trained with data.recipe.t2i_prob > 0,
+docs/text_to_image.md), then edit it turn after turn when prompts are given:
+
+    vincie-edit t2i --run runs/t2i --caption "a large red square at the top left" --prompt "make the red square blue"
+
 Many images, each turn after turn, N sessions per model pass, resumable (docs/applications.md, "Many images"):
 
     vincie-edit batch --run runs/3b --jobs jobs.jsonl --out edits/ --batch 8
@@ -34,6 +39,8 @@ def main(argv=None) -> int:
         return application(argv[0], argv[1:])
     if argv and argv[0] == "batch":
         return batch(argv[1:])
+    if argv and argv[0] == "t2i":
+        return text_to_image(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog=f"applications: vincie-edit {{{','.join(APPLICATIONS)}}} --help")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -80,6 +87,67 @@ def main(argv=None) -> int:
         print(f"turn {i}: {p!r} -> {out.with_name(f'{out.stem}_turn{i}.png')}")
     save_strip(sess, out)
     print(f"edit strip: {out}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- text to image
+
+def text_to_image(argv) -> int:
+    """``vincie-edit t2i``: an image per ``--caption`` (one model pass for all of them), each then edited turn
+    after turn by the ``--prompt``s, if any; writes ``<out>_<i>.png`` per caption, its turns as
+    ``<out>_<i>_turn<t>.png``, and a strip per caption as ``<out>_<i>_strip.png``."""
+    ap = argparse.ArgumentParser(prog="vincie-edit t2i", description=text_to_image.__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder (trained with data.recipe.t2i_prob > 0)")
+    src.add_argument("--export", help="export folder (vincie-convert export) of such a run")
+    ap.add_argument("--caption", action="append", required=True, help="what to draw (repeat for several images)")
+    ap.add_argument("--prompt", action="append", default=[], help="then an edit instruction per turn (repeat)")
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="image size (default: a run's data.world.image_px, or 512 512)")
+    ap.add_argument("--out", default="t2i.png", help="output PNG name; each caption adds _<i>")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. sampler.steps=30 (with --export: sampler keys only)")
+    a = ap.parse_args(argv)
+    if any(not c.strip() for c in a.caption) or any(not p.strip() for p in a.prompt):
+        print("error: --caption and --prompt must not be empty", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    from vincie_mcore.infer.editor import save_strip
+    from vincie_tools.benchmark import input_size
+
+    try:
+        if a.export:
+            from vincie_mcore.hf.pipeline import VincieEditPipeline
+            from vincie_tools.benchmark import export_sampler
+            editor, cfg = VincieEditPipeline.from_pretrained(a.export).editor(**export_sampler(a.set)), None
+        else:
+            from vincie_mcore.build import load_run, make_editor
+            cfg, model, text, img = load_run(a.run, a.set)
+            editor = make_editor(cfg, model, text, img)
+            if not cfg.data.recipe.get("t2i_prob", 0):
+                print("warning: this run trained without text-to-image samples (data.recipe.t2i_prob=0)",
+                      file=sys.stderr)
+        if not hasattr(editor, "text_to_image"):
+            raise ValueError(f"{type(editor).__name__}: this model's editor has no text-to-image (a released "
+                             f"model's layout has none)")
+        images = editor.text_to_image(a.caption, input_size(a, cfg))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, (caption, image) in enumerate(zip(a.caption, images)):
+        first = out.with_name(f"{out.stem}_{i}.png")
+        Image.fromarray(image).save(first)
+        print(f"{caption!r} -> {first}")
+        sess = editor.start(image)
+        for t, p in enumerate(a.prompt, 1):
+            Image.fromarray(sess.edit(p)).save(out.with_name(f"{out.stem}_{i}_turn{t}.png"))
+            print(f"   turn {t}: {p!r} -> {out.with_name(f'{out.stem}_{i}_turn{t}.png')}")
+        save_strip(sess.images, out.with_name(f"{out.stem}_{i}_strip.png"),
+                   labels=[caption] + [f"{t}: {p}" for t, p in enumerate(a.prompt, 1)])
+    print(f"strips: {out.with_name(out.stem + '_<i>_strip.png')}")
     return 0
 
 

@@ -5,6 +5,8 @@
 Loads ``<run>/config.yaml`` (overrides apply on top) and the latest checkpoint, edits the
 held-out sessions of ``<run>/heldout/store`` (or ``--store``) turn after turn, judges every turn
 exactly, and prints the summary JSON as the last line (also written to ``--out`` when given).
+``--task t2i`` instead generates each held-out session's first frame from its exact caption and judges it
+(``eval/synthetic.py`` ``evaluate_t2i``).
 """
 from __future__ import annotations
 
@@ -26,12 +28,15 @@ def main(argv=None) -> int:
     ap.add_argument("--coe", choices=("none", "cs", "ns", "cs_ns"), default="none",
                     help="chain-of-editing (Table 3's inference): predict the current (cs), next (ns) or both RoE "
                          "maps of each turn before its frame; none: the frame directly (I)")
+    ap.add_argument("--task", choices=("edit", "t2i"), default="edit",
+                    help="edit: multi-turn editing; t2i: text-to-image from each held-out session's first-frame "
+                         "caption, judged exactly (a run trained with data.recipe.t2i_prob > 0)")
     ap.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. sampler.guidance=3")
     a = ap.parse_args(argv)
 
     from vincie_mcore.build import data_configs, load_run, make_editor
     from vincie_mcore.data.corpus import decode_corpus
-    from vincie_mcore.eval.synthetic import evaluate, summarize_eval
+    from vincie_mcore.eval.synthetic import evaluate, evaluate_t2i, summarize_eval, summarize_t2i
     from vincie_mcore.train.metrics import write_json
 
     t0 = time.time()
@@ -47,6 +52,18 @@ def main(argv=None) -> int:
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if a.task == "t2i":
+        if not dc["recipe"].t2i_prob:
+            print("warning: --task t2i: this run trained without text-to-image samples (data.recipe.t2i_prob=0)",
+                  file=sys.stderr)
+        results, baseline, _ = evaluate_t2i(editor, held, dc["world"], batch=int(cfg.eval.batch))
+        summary = summarize_t2i(results, baseline) | {"task": "t2i", "overrides": list(a.overrides),
+                                                       "session_success": [int(r["success"]) for r in results],
+                                                       "minutes": round((time.time() - t0) / 60, 2)}
+        if a.out:
+            write_json(a.out, summary)
+        print(json.dumps(summary), flush=True)
+        return 0
     if a.coe != "none" and not dc["recipe"].roe_prob:
         print(f"warning: --coe {a.coe}: this run trained without RoE maps (data.recipe.roe_prob=0), so the maps "
               f"it predicts and reads mean nothing to it", file=sys.stderr)

@@ -23,6 +23,11 @@ descriptions of both frames, the changes it saw): the store keeps them beside th
 researcher can see why the VLM wrote what it wrote (``eval/human.py``'s annotation study shows them).
 ``states`` is optional: annotators that know exact scene states (the synthetic
 world) return them so the judge can use them; others return None.
+
+``captions`` (optional, one per frame) describe each sampled frame on its own: what text-to-image
+samples are conditioned on (``data.recipe.t2i_prob``; paper Fig. 14: the model also learns from T2I data).
+The synthetic world's are exact (``world.scene_caption``); a VLM's are its own frame descriptions, kept in
+its notes (``captions_from_notes``); an annotator with neither gives None and the store records none.
 """
 from __future__ import annotations
 
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .video import SyntheticTruth, load_sidecar, sidecar_path
-from .world import camera_label, render, transition_text
+from .world import camera_label, render, scene_caption, transition_text
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,25 @@ def notes_of(transitions) -> list | None:
     return notes if any(n is not None for n in notes) else None
 
 
+def caption_of(described: dict) -> str:
+    """A VLM's description of one frame (``{"scene": ..., "char1": ..., "obj1": ...}``) as one caption:
+    the scene first, then each character and object in the order given, each a sentence."""
+    parts = [described.get("scene", "")] + [v for k, v in described.items() if k != "scene"]
+    parts = [" ".join(str(p).split()).rstrip(".") for p in parts]
+    return ". ".join(p for p in parts if p) + "." if any(parts) else ""
+
+
+def captions_from_notes(notes) -> list | None:
+    """Each frame's caption from a VLM's per-transition notes (``vlm.Reply`` dumps): frame i from transition
+    i's ``frame1_caption``, the last frame from the last transition's ``frame2_caption``. None when a
+    transition has no notes or a frame's description is empty (a session is captioned whole or not at all)."""
+    if not notes or any(not isinstance(n, dict) for n in notes):
+        return None
+    described = [n.get("frame1_caption") for n in notes] + [notes[-1].get("frame2_caption")]
+    out = [caption_of(d) if isinstance(d, dict) else "" for d in described]
+    return out if all(out) else None
+
+
 class Annotator(abc.ABC):
     name: str = "annotator"
 
@@ -60,6 +84,11 @@ class Annotator(abc.ABC):
     def states(self, frame_indices, video_meta: dict):
         """Exact scene states (JSON dicts) of the sampled frames, or None when unknown."""
         return None
+
+    def captions(self, transitions, frame_indices, video_meta: dict) -> list | None:
+        """One caption per sampled frame, or None: by default the frame descriptions in the transitions'
+        notes (a VLM's, ``captions_from_notes``)."""
+        return captions_from_notes(notes_of(transitions))
 
 
 def ground_truth(video_meta: dict, frames: np.ndarray | None = None, frame_indices=None,
@@ -98,3 +127,7 @@ class GroundTruthAnnotator(Annotator):
     def states(self, frame_indices, video_meta):
         truth = ground_truth(video_meta, frame_indices=frame_indices)
         return [truth.state(i).to_dict() for i in frame_indices]
+
+    def captions(self, transitions, frame_indices, video_meta):
+        truth = ground_truth(video_meta, frame_indices=frame_indices)
+        return [scene_caption(truth.state(i), truth.cfg) for i in frame_indices]

@@ -92,7 +92,7 @@ def make_session(video_id: str, path, sampling: SamplingConfig, annotator: Annot
         meta={"video_path": str(path), "frame_indices": [int(i) for i in idx], "sampling": strategy,
               "annotator": annotator.name, "segmenter": segmenter.name, "fps": info.fps,
               "height": int(frames.shape[1]), "width": int(frames.shape[2])},
-        states=annotator.states(idx, meta))
+        states=annotator.states(idx, meta), captions=annotator.captions(trans, idx, meta))
 
 
 # The per-process job context, set once per worker (at its start) instead of pickled per video:

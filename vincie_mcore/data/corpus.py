@@ -100,7 +100,8 @@ def encode_corpus(decoded, image_encoder, batch: int = 256) -> list[EncodedSessi
             k = f.shape[0]
             fr, mp = lat_f[i:i + k], lat_m[j:j + 2 * (k - 1)]
             out.append(EncodedSession(frames=fr, texts=list(s.texts), cameras=list(s.cameras),
-                                      roe_src=mp[:k - 1], roe_tgt=mp[k - 1:], meta={"video_id": s.video_id}))
+                                      roe_src=mp[:k - 1], roe_tgt=mp[k - 1:], meta={"video_id": s.video_id},
+                                      captions=s.captions))
             i += k
             j += 2 * (k - 1)
     return out

@@ -132,6 +132,7 @@ class DecodedSession:
     states: list | None
     meta: dict
     video_id: str = ""
+    captions: list | None = None   # K frame captions, or None
 
 
 def _assemble(s: RawSession, imgs: list) -> DecodedSession:
@@ -139,7 +140,7 @@ def _assemble(s: RawSession, imgs: list) -> DecodedSession:
     frames = np.stack(imgs[:k])                                      # [K, H, W, 3]
     masks = np.stack([m[..., 0] for m in imgs[k:]])                  # [2(K-1), H, W]
     return DecodedSession(frames, masks[:k - 1], masks[k - 1:], list(s.texts), list(s.cameras), s.states,
-                          dict(s.meta), s.video_id)
+                          dict(s.meta), s.video_id, None if s.captions is None else list(s.captions))
 
 
 def decode_session(s: RawSession, size=None, device: str = "cpu") -> DecodedSession:

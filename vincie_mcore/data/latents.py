@@ -17,11 +17,14 @@ Layout and the reasons behind it: docs/latent_store.md. In short, under ``root/`
       txt_first [S+1]   txt_first[s]:txt_first[s+1] (K-1 each)
       prompt_*          the fixed texts: mask prompts (source, target) and "" (text dropout); in the
                         official layout the release's negative prompt and ""
+      cap, cap_off      only in a store made for text-to-image (``data.recipe.t2i_prob`` > 0): every
+                        frame's caption encoded, K per session (a session without captions: K empty ones)
       n_frames, hw      per session: K and the latent (h, w)
       record    str[S]  JSON: video_id, texts, cameras (raw), so the recipe can lay a session out
     done/b_NNNNNNN.json a block counts as written only once this file exists (atomic rename)
     index/              after ``finalize``: n_frames, hw, txt_len, txt_first for every row, what
-                        the loader's pack planner needs without reading any latent
+                        the loader's pack planner needs without reading any latent (and cap_len, one
+                        per frame, 0 where a session has no captions, in a captioned store)
 
 Precision: ``dtype`` float32 | float16 | bfloat16 (zarr has no bfloat16: stored as its uint16
 bits). Reads give float32 tensors, as the encoders do.
@@ -109,6 +112,8 @@ def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int 
 
     texts = {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
              "mask_prompt_tgt": recipe.mask_prompt_tgt}
+    if recipe.t2i_prob > 0:         # frame captions encoded too (a store without serves no T2I run; see _compare)
+        texts["captions"] = True
     if layout == "official":        # (a paper-layout identity stays as stores made before layouts existed)
         from ..packed.official import OFFICIAL_NEGATIVE_PROMPT
         texts |= {"layout": "official", "negative_prompt": OFFICIAL_NEGATIVE_PROMPT}
@@ -135,6 +140,8 @@ def _compare(root, have: dict, want: dict) -> None:
                 out[f"{pre}{k}"] = v
         return out
     a, b = flat(have), flat(want)
+    if a.get("texts.captions") and not b.get("texts.captions"):
+        del a["texts.captions"]                 # a store with captions serves a run without T2I as well
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         raise LatentMismatch(f"latent store {root} was made with other encoders/precision ("
@@ -241,7 +248,7 @@ def _write_text(g, prefix: str, embs: list, dtype: str):
     dim = int(embs[0].shape[1])
     data = _np_store(torch.cat(embs), dtype)
     rows = max(1, min(len(data), 256))
-    g.create_array(prefix, data=data, chunks=(rows, dim), shards=(rows * -(-len(data) // rows), dim),
+    g.create_array(prefix, data=data, chunks=(rows, dim), shards=(rows * max(1, -(-len(data) // rows)), dim),
                    compressors=None)
     g.create_array(f"{prefix}_off", data=np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
 
@@ -255,7 +262,7 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
                            device=dali_device, progress=False)
     # a few sessions per encoder call: a VAE at 512 px holds ~100 MB of activations per image
     enc = encode_corpus(decoded, image_encoder, batch=8)
-    imgs, shapes, img_first, texts, n_frames, hw, records = [], [], [0], [], [], [], []
+    imgs, shapes, img_first, texts, n_frames, hw, records, captions = [], [], [0], [], [], [], [], []
     for d, e in zip(decoded, enc):
         k = e.frames.shape[0]
         for t in (e.frames, e.roe_src, e.roe_tgt):
@@ -265,12 +272,22 @@ def _encode_block(sstore, rows, image_encoder, text_encoder, recipe, image_size,
         texts += emitted_texts(d.texts, d.cameras, recipe.camera_prompts, texts_identity.get("layout", "paper"))
         n_frames.append(k)
         hw.append(tuple(e.frames.shape[2:]))
-        records.append(json.dumps({"video_id": d.video_id, "texts": list(d.texts), "cameras": list(d.cameras)}))
+        rec = {"video_id": d.video_id, "texts": list(d.texts), "cameras": list(d.cameras)}
+        if texts_identity.get("captions"):
+            captions += d.captions or [""] * k          # uncaptioned: K empty entries, never drawn as T2I
+            if d.captions:
+                rec["captions"] = list(d.captions)
+        records.append(json.dumps(rec))
     embs = text_encoder.encode(texts)
     prompts = text_encoder.encode(prompt_names(texts_identity))
+    caps = None
+    if texts_identity.get("captions"):
+        said = iter(text_encoder.encode([c for c in captions if c]) if any(captions) else [])
+        empty = prompts[0][:0]                           # [0, D]: no tokens
+        caps = [next(said) if c else empty for c in captions]
     text_encoder._cache.clear()               # its per-string cache would grow with the corpus
     return dict(imgs=imgs, shapes=shapes, img_first=img_first, embs=embs, prompts=prompts, n_frames=n_frames,
-                hw=hw, records=records)
+                hw=hw, records=records, caps=caps)
 
 
 def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str, task: str = "0/1"):
@@ -291,6 +308,8 @@ def _write_block(root: Path, g, b: int, rows: range, data: dict, dtype: str, tas
     _write_text(bg, "txt", data["embs"], dtype)
     bg.create_array("txt_first", data=np.concatenate([[0], np.cumsum(np.array(data["n_frames"]) - 1)]).astype(np.int64))
     _write_text(bg, "prompt", data["prompts"], dtype)
+    if data.get("caps") is not None:
+        _write_text(bg, "cap", data["caps"], dtype)
     bg.create_array("n_frames", data=np.array(data["n_frames"], np.int32))
     bg.create_array("hw", data=np.array(data["hw"], np.int32).reshape(-1, 2))
     rec = bg.create_array("record", shape=(len(data["records"]),), dtype=str)
@@ -381,12 +400,15 @@ def finalize(out) -> dict:
     if missing:
         raise RuntimeError(f"latent store {out}: {len(missing)} of {n_blocks} blocks not written "
                            f"(first: {missing[:5]}); rerun their vincie-precompute tasks")
-    n_frames, hw, txt_len = [], [], []
+    captioned = bool(g.attrs["identity"]["texts"].get("captions"))
+    n_frames, hw, txt_len, cap_len = [], [], [], []
     for b in range(n_blocks):
         bg = g["blocks"][_block_name(b)]
         n_frames.append(bg["n_frames"][:])
         hw.append(bg["hw"][:])
         txt_len.append(np.diff(bg["txt_off"][:]))
+        if captioned:
+            cap_len.append(np.diff(bg["cap_off"][:]))
     n_frames, hw, txt_len = np.concatenate(n_frames), np.concatenate(hw), np.concatenate(txt_len)
     if len(n_frames) != n_rows:
         raise RuntimeError(f"latent store {out}: blocks hold {len(n_frames)} rows, expected {n_rows}")
@@ -398,6 +420,10 @@ def finalize(out) -> dict:
     p = g["blocks"][_block_name(0)]
     summary = {"rows": n_rows, "images": int((3 * n_frames.astype(np.int64) - 2).sum()), "texts": int(len(txt_len)),
                "prompt_lens": np.diff(p["prompt_off"][:]).tolist()}
+    if captioned:
+        cap_len = np.concatenate(cap_len).astype(np.uint16)
+        ig.create_array("cap_len", data=cap_len, overwrite=True)
+        summary["captioned_rows"] = int((cap_len[np.cumsum(n_frames.astype(np.int64)) - n_frames] > 0).sum())
     g.attrs.update({"complete": True, "summary": summary})
     return summary
 
@@ -428,7 +454,8 @@ def union(out, sources) -> dict:
     g = zarr.open_group(str(tmp), mode="w")
     g.create_group("blocks")
     starts, rows, named, linked, copied, j = [0], 0, [], 0, 0, 0
-    index = {k: [] for k in ("n_frames", "hw", "txt_len")}
+    captioned = bool(stores[0].identity["texts"].get("captions"))
+    index = {k: [] for k in ("n_frames", "hw", "txt_len") + (("cap_len",) if captioned else ())}
     for name, p, st in zip(names, paths, stores):
         for b in range(st.n_blocks):
             n_linked, n_copied = link_tree(p / "blocks" / _block_name(b), tmp / "blocks" / _block_name(j))
@@ -452,7 +479,8 @@ def union(out, sources) -> dict:
     for k, arr in (("n_frames", n_frames), ("hw", np.concatenate(index["hw"])),
                    ("txt_len", np.concatenate(index["txt_len"])),
                    ("txt_first", np.concatenate([[0], np.cumsum(n_frames.astype(np.int64) - 1)])),
-                   ("block_first", np.array(starts, np.int64))):
+                   ("block_first", np.array(starts, np.int64))) + \
+            ((("cap_len", np.concatenate(index["cap_len"])),) if captioned else ()):
         ig.create_array(k, data=arr)
     summary = {"rows": rows, "images": int((3 * n_frames.astype(np.int64) - 2).sum()),
                "texts": int(sum(len(x) for x in index["txt_len"])),
@@ -544,12 +572,21 @@ class LatentStore:
             self._g, self._pid, self._blocks = zarr.open_group(str(self.root), mode="r"), os.getpid(), OrderedDict()
         return self._g
 
+    @property
+    def captioned(self) -> bool:
+        """Whether the store holds frame captions (made for text-to-image, ``data.recipe.t2i_prob``)."""
+        return bool(self.identity["texts"].get("captions"))
+
     def index(self) -> dict:
         """numpy arrays: n_frames [n], hw [n, 2], txt_len [sum(K-1)], txt_first [n+1]; ~13 bytes a row
-        plus 2 a transition (docs/latent_store.md, memory)."""
+        plus 2 a transition (docs/latent_store.md, memory). A captioned store adds cap_len [sum(K)] (0: the
+        session has no captions) and cap_first [n+1], 2 bytes a frame more."""
         if self._index is None:
             ig = self._group()["index"]
             self._index = {k: ig[k][:] for k in ("n_frames", "hw", "txt_len", "txt_first")}
+            if self.captioned:
+                self._index["cap_len"] = ig["cap_len"][:]
+                self._index["cap_first"] = np.concatenate([[0], np.cumsum(self._index["n_frames"].astype(np.int64))])
         return self._index
 
     def sources(self) -> list[tuple[str, int, int]]:
@@ -575,7 +612,8 @@ class LatentStore:
             self._whole = False
             if n_blocks <= RESIDENT_BLOCKS:
                 blocks = self._group()["blocks"]
-                nbytes = sum(blocks[_block_name(b)][k].nbytes for b in range(n_blocks) for k in ("lat", "txt"))
+                nbytes = sum(blocks[_block_name(b)][k].nbytes for b in range(n_blocks)
+                             for k in ("lat", "txt") + (("cap",) if self.captioned else ()))
                 self._whole = nbytes <= RESIDENT_MB * 2**20
         return self._whole
 
@@ -600,8 +638,10 @@ class LatentStore:
             return self._blocks[b]
         bg = self._group()["blocks"][_block_name(b)]
         whole = self.resident
-        blk = {k: bg[k][:] if whole else bg[k] for k in ("lat", "txt")}
-        blk |= {k: bg[k][:] for k in ("lat_off", "lat_shape", "img_first", "txt_off", "txt_first", "record")}
+        cap = self.captioned
+        blk = {k: bg[k][:] if whole else bg[k] for k in ("lat", "txt") + (("cap",) if cap else ())}
+        blk |= {k: bg[k][:] for k in ("lat_off", "lat_shape", "img_first", "txt_off", "txt_first", "record")
+                + (("cap_off", "n_frames") if cap else ())}
         self._blocks[b] = blk
         if len(self._blocks) > 8 and not whole:
             self._blocks.popitem(last=False)
@@ -609,8 +649,8 @@ class LatentStore:
 
     def session(self, row: int):
         """(EncodedSession, {emitted text: embedding [L, D]}) of one row: frames [K, C, h, w], RoE maps
-        [K-1, C, h, w], raw texts and cameras; the dict maps each transition text as the store's layout
-        emits it (``emitted_texts``)."""
+        [K-1, C, h, w], raw texts and cameras (and, in a captioned store, the frame captions); the dict maps
+        each transition text as the store's layout emits it (``emitted_texts``), and each caption."""
         from .packing import EncodedSession
 
         if not 0 <= row < self.n_rows:
@@ -630,7 +670,14 @@ class LatentStore:
         embs = [tflat[toff[j] - toff[t0]:toff[j + 1] - toff[t0]] for j in range(t0, t1)]
         rec = json.loads(str(blk["record"][s]))
         emitted = emitted_texts(rec["texts"], rec["cameras"], self.identity["texts"]["camera_prompts"], self.layout)
+        captions = rec.get("captions") if self.captioned else None
         sess = EncodedSession(frames=torch.stack(imgs[:k]), texts=rec["texts"], cameras=rec["cameras"],
                               roe_src=torch.stack(imgs[k:2 * k - 1]), roe_tgt=torch.stack(imgs[2 * k - 1:]),
-                              meta={"video_id": rec["video_id"], "row": row})
-        return sess, dict(zip(emitted, embs))
+                              meta={"video_id": rec["video_id"], "row": row}, captions=captions)
+        texts = dict(zip(emitted, embs))
+        if captions:                                 # frame j's caption: entry c0 + j, c0 the frames before s
+            c0 = int(blk["n_frames"][:s].astype(np.int64).sum())
+            coff = blk["cap_off"]
+            cflat = _np_load(own(blk["cap"][int(coff[c0]):int(coff[c0 + k])]), self.dtype)
+            texts |= {c: cflat[coff[c0 + j] - coff[c0]:coff[c0 + j + 1] - coff[c0]] for j, c in enumerate(captions)}
+        return sess, texts

@@ -49,12 +49,13 @@ class EncodedSession:
     roe_src: torch.Tensor | None = None   # [K-1, C, h, w]
     roe_tgt: torch.Tensor | None = None   # [K-1, C, h, w]
     meta: dict = field(default_factory=dict)
+    captions: list[str] | None = None     # K frame captions (text-to-image samples), or None
 
     _patches: dict = field(default_factory=dict, init=False, repr=False, compare=False)   # patches() memo
 
     def latent(self, ref) -> torch.Tensor:
         kind, j = ref
-        src = {"frame": self.frames, "roe_src": self.roe_src, "roe_tgt": self.roe_tgt}[kind]
+        src = {"frame": self.frames, "t2i": self.frames, "roe_src": self.roe_src, "roe_tgt": self.roe_tgt}[kind]
         return src[j]
 
     def patches(self, ref, p: int) -> tuple[torch.Tensor, int, int]:
@@ -77,9 +78,10 @@ def image_slot(ref: tuple) -> int:
     """Turn coordinate of an image block under "separate" RoPE: frame j at 3j, its transition's
     RoE maps at 3j+1 (source) and 3j+2 (target). Frames keep the same relative positions whether
     or not a session carries RoE maps or drops context, so training (maps, dropout) and editing
-    (frames only) agree on where the previous frame is."""
+    (frames only) agree on where the previous frame is. A text-to-image frame is the session's
+    first image, whichever frame of its video it was: slot 0, as I0 of an edit."""
     kind, j = ref
-    return 3 * j + SLOTS[kind]
+    return 0 if kind == "t2i" else 3 * j + SLOTS[kind]
 
 
 def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: PackConfig,
@@ -145,6 +147,8 @@ class PackedStream:
         for s in self.corpus:
             for t, c in zip(s.texts, s.cameras):
                 texts.add(camera_prompt(t, c) if self.recipe.camera_prompts else t)
+            if self.recipe.t2i_prob > 0:
+                texts.update(s.captions or ())
         texts = sorted(texts)
         for a in range(0, len(texts), chunk):
             self.text_encoder.encode(texts[a:a + chunk])
@@ -160,8 +164,9 @@ class PackedStream:
         items, used = [], 0
         while True:
             sess = self.corpus[int(rng.integers(len(self.corpus)))]
-            plan = draw_plan(len(sess.frames), self.recipe, rng, has_roe=sess.roe_src is not None)
-            sample = build_sample(sess.texts, sess.cameras, plan, self.recipe)
+            plan = draw_plan(len(sess.frames), self.recipe, rng, has_roe=sess.roe_src is not None,
+                             has_captions=sess.captions is not None)
+            sample = build_sample(sess.texts, sess.cameras, plan, self.recipe, sess.captions)
             n = sample_tokens(sample, sess, self._text_len, self.cfg.patch_size)
             if items and used + n > self.cfg.token_budget:
                 break

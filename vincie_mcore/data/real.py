@@ -224,7 +224,7 @@ def _window_session(video_id, sid, window, shot, times, strategy, inp, info, sca
               "source_size": [info.height, info.width], "caption": inp.caption, "window": window,
               "border_cropped": list(border), **quality,
               "height": int(frames.shape[1]), "width": int(frames.shape[2])},
-        states=annotator.states(idx, meta))
+        states=annotator.states(idx, meta), captions=annotator.captions(trans, idx, meta))
 
 
 # ----------------------------------------------------------------------------- the build

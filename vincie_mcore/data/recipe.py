@@ -18,6 +18,12 @@ region in I_i / I_{i+1}). Recipe choices, each drawn per sample:
 * ``pairwise`` (paper Table 5's "pairwise" arm): every session of K frames is cut into its
   K-1 independent 2-frame sessions (I_i, T_i, I_{i+1}) before sampling (``pairwise_sessions``),
   so no sample carries any earlier turn as context.
+* ``t2i_prob``: a sample of a session whose frames are captioned is, with this probability, a
+  text-to-image sample instead: one frame j drawn uniformly, laid out as [caption_j, noisy I_j]
+  (its image block's ref is ("t2i", j): frame j's latent, RoPE turn slot 0, loss group ``task_t2i``).
+  The paper's model learns from T2I and T2V data besides sessions (Fig. 14) and starts from a T2V
+  base (§4.1); this is how a run mixes T2I in, or (t2i_prob=1) trains a T2I base. Sessions without
+  captions are never drawn as T2I, so the T2I share of a corpus is t2i_prob x its captioned share.
 
 The output is a list of ``Block``s in interleaved order. Orders are assigned
 here; the packer turns blocks into streams and the mask spec.
@@ -31,7 +37,8 @@ import numpy as np
 
 from ..packed.maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES
 
-TASKS = ("nip", "csp", "nsp")
+TASKS = ("nip", "csp", "nsp")       # the editing tasks; "t2i" (text-to-image) is drawn apart, by t2i_prob
+T2I = "t2i"
 
 
 @dataclass
@@ -48,11 +55,12 @@ class RecipeConfig:
     mask_prompt_tgt: str = "generate the mask of changing areas in the target image"
     max_frames: int = 20                 # longer sessions are cut
     pairwise: bool = False               # train on each session's (I_i, T_i, I_{i+1}) pairs, not sessions
+    t2i_prob: float = 0.0                # P(a captioned session's sample is text-to-image: [caption_j, noisy I_j])
 
     def __post_init__(self):
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"recipe.mask_type: expected one of {MASK_TYPES}, got {self.mask_type!r}")
-        for name in ("roe_prob", "drop_frame", "drop_roe_src", "drop_roe_tgt"):
+        for name in ("roe_prob", "drop_frame", "drop_roe_src", "drop_roe_tgt", "t2i_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"recipe.{name}: must be a probability in [0, 1], got {v}")
@@ -75,7 +83,8 @@ def pairwise_sessions(corpus: list) -> list:
             out.append(dataclasses.replace(
                 s, frames=s.frames[i:i + 2], texts=[s.texts[i]], cameras=[s.cameras[i]],
                 roe_src=None if s.roe_src is None else s.roe_src[i:i + 1],
-                roe_tgt=None if s.roe_tgt is None else s.roe_tgt[i:i + 1], meta={**s.meta, "pair": i}))
+                roe_tgt=None if s.roe_tgt is None else s.roe_tgt[i:i + 1], meta={**s.meta, "pair": i},
+                captions=None if s.captions is None else s.captions[i:i + 2]))
     return out
 
 
@@ -92,8 +101,8 @@ class Block:
     order: int               # index in the interleaved session (noisy twins share it)
     turn: int                # transition index the block belongs to (<TURN>_turn for text)
     text: str | None = None  # text blocks
-    image: tuple | None = None   # image blocks: ("frame", j) | ("roe_src", j) | ("roe_tgt", j)
-    role: str = ""           # "frame" | "roe_src" | "roe_tgt" | "text" | "mask_prompt"
+    image: tuple | None = None   # image blocks: ("frame", j) | ("roe_src", j) | ("roe_tgt", j) | ("t2i", j)
+    role: str = ""           # "frame" | "roe_src" | "roe_tgt" | "t2i" | "text" | "mask_prompt" | "caption"
 
 
 @dataclass
@@ -107,18 +116,23 @@ class SessionSample:
 @dataclass
 class SessionPlan:
     """The random choices of one sample, kept explicit so inference and tests can set them."""
-    num_turns: int                           # transitions kept (frames = num_turns + 1)
+    num_turns: int                           # transitions kept (frames = num_turns + 1); 0 for t2i
     use_roe: bool = False
-    task: str = "nip"
-    target_turn: int = -1                    # full mask: the turn whose target is noisy
+    task: str = "nip"                        # one of TASKS, or T2I
+    target_turn: int = -1                    # full mask: the turn whose target is noisy; t2i: the frame
     dropped: set = field(default_factory=set)    # {("frame", j), ("roe_src", j), ("roe_tgt", j)}
 
 
-def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_roe: bool = True) -> SessionPlan:
-    """Draw the recipe's random choices for a session with ``num_frames`` frames."""
+def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_roe: bool = True,
+              has_captions: bool = False) -> SessionPlan:
+    """Draw the recipe's random choices for a session with ``num_frames`` frames (``has_captions``: its
+    frames are captioned, so it may be drawn as text-to-image). With ``t2i_prob`` 0 nothing more is drawn
+    than before it existed: the same seed gives the same samples."""
     if num_frames < 2:
         raise ValueError(f"session has {num_frames} frame(s); a training session needs at least 2")
     n = min(num_frames, cfg.max_frames) - 1
+    if has_captions and cfg.t2i_prob > 0 and rng.random() < cfg.t2i_prob:
+        return SessionPlan(num_turns=0, task=T2I, target_turn=int(rng.integers(n + 1)))
     use_roe = has_roe and rng.random() < cfg.roe_prob
     probs = np.asarray(cfg.task_probs, dtype=float) if use_roe else np.array([1.0, 0.0, 0.0])
     task = TASKS[rng.choice(3, p=probs / probs.sum())]
@@ -141,12 +155,26 @@ def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_
     return SessionPlan(num_turns=n, use_roe=use_roe, task=task, target_turn=target, dropped=dropped)
 
 
-def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan, cfg: RecipeConfig) -> SessionSample:
+def t2i_sample(caption: str, frame: int = 0) -> SessionSample:
+    """Text-to-image: [caption, noisy frame ``frame``] (the same layout under either mask: the image
+    sees the caption, the caption sees only itself under block-causal)."""
+    return SessionSample(blocks=[Block("text", KIND_TEXT, 0, 0, text=caption, role="caption"),
+                                 Block("image", KIND_NOISY, 1, 0, image=(T2I, frame), role=T2I)],
+                         task=T2I, target_turn=frame)
+
+
+def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan, cfg: RecipeConfig,
+                 captions: list[str] | None = None) -> SessionSample:
     """Lay out the blocks of one session under ``plan``.
 
     ``texts[j]`` / ``cameras[j]`` describe transition j (frame j -> j+1). Image
-    blocks refer to latents by ("frame", j) / ("roe_src", j) / ("roe_tgt", j).
+    blocks refer to latents by ("frame", j) / ("roe_src", j) / ("roe_tgt", j);
+    a t2i plan lays out ``t2i_sample(captions[j], j)``.
     """
+    if plan.task == T2I:
+        if captions is None:
+            raise ValueError("a text-to-image plan needs the session's frame captions")
+        return t2i_sample(captions[plan.target_turn], plan.target_turn)
     blocks: list[Block] = []
     order = 0
 

@@ -4,7 +4,8 @@ One session = K frames (PNG bytes, lossless), K - 1 transition texts, K - 1
 camera labels, K - 1 source and K - 1 target RoE masks (grayscale PNG bytes),
 provenance (video path, frame indices, sampling strategy, annotator and
 segmenter names), for synthetic videos the scene states of the K frames, and,
-where the annotator kept any, its notes on each transition (a VLM's reply).
+where the annotator kept any, its notes on each transition (a VLM's reply) and a
+caption of each frame (what text-to-image samples are conditioned on).
 
 Layout under ``root/`` (a zarr v3 group)::
 
@@ -15,7 +16,7 @@ Layout under ``root/`` (a zarr v3 group)::
       first     int64 [S+1]   session s owns images first[s]:first[s+1]:
                               K frames, then K-1 source masks, then K-1 target masks
       video_id  str   [S]
-      record    str   [S]     JSON: texts, cameras, states, meta (and notes, when kept)
+      record    str   [S]     JSON: texts, cameras, states, meta (and notes, captions, when kept)
     index.jsonl               one line per *complete* shard: {"shard", "video_ids"}
     failures.jsonl            one line per failed video: {"video_id", "reason"}
 
@@ -50,6 +51,7 @@ class RawSession:
     meta: dict = field(default_factory=dict)   # provenance: video_path, frame_indices, sampling, annotator, segmenter, fps
     states: list | None = None                 # K scene dicts (synthetic world) or None
     notes: list | None = None                  # K-1 annotator notes (a VLM's reply: dict or None) or None
+    captions: list | None = None               # K frame captions (text-to-image samples) or None
 
     def __post_init__(self):
         k = len(self.frames)
@@ -58,6 +60,9 @@ class RawSession:
         for name in ("roe_src", "roe_tgt", "texts", "cameras"):
             if len(getattr(self, name)) != k - 1:
                 raise ValueError(f"session {self.video_id!r}: {name} has {len(getattr(self, name))} entries for {k} frames")
+        if self.captions is not None and (len(self.captions) != k
+                                          or not all(isinstance(c, str) and c.strip() for c in self.captions)):
+            raise ValueError(f"session {self.video_id!r}: captions must be {k} non-empty strings, one per frame")
         if self.states is not None and len(self.states) != k:
             raise ValueError(f"session {self.video_id!r}: states has {len(self.states)} entries for {k} frames")
         if self.notes is not None and len(self.notes) != k - 1:
@@ -194,6 +199,8 @@ class SessionWriter:
         rec = {"texts": s.texts, "cameras": s.cameras, "states": s.states, "meta": s.meta}
         if s.notes is not None:                     # only where an annotator kept any: older records stay as they were
             rec["notes"] = s.notes
+        if s.captions is not None:                  # likewise: only where the annotator gave frame captions
+            rec["captions"] = s.captions
         self._recs.append(json.dumps(rec))
         full = len(self._pending) // BLOB_CHUNK * BLOB_CHUNK
         if full:                                    # whole chunks: onto disk now
@@ -387,4 +394,4 @@ def _session(video_id: str, imgs: list, record) -> RawSession:
     k = (len(imgs) + 2) // 3
     rec = json.loads(record)
     return RawSession(video_id, imgs[:k], imgs[k:2 * k - 1], imgs[2 * k - 1:], rec["texts"], rec["cameras"],
-                      rec["meta"], rec["states"], rec.get("notes"))
+                      rec["meta"], rec["states"], rec.get("notes"), rec.get("captions"))

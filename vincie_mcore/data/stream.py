@@ -154,6 +154,16 @@ class PackPlanner:
         if self.pairwise and official is not None:
             raise ValueError("data.recipe.pairwise: the official variant trains whole sessions, one target each")
         self.units = self.rows
+        # text-to-image (recipe.t2i_prob): which rows are captioned (cap_len of the first frame > 0)
+        self.captioned = None
+        if recipe.t2i_prob > 0 and official is None:
+            if "cap_len" not in index:
+                raise ConfigError("data.recipe.t2i_prob: the latent store holds no frame captions; precompute it "
+                                  "with the run's config (t2i_prob > 0 encodes them)")
+            self.captioned = index["cap_len"][index["cap_first"][:-1]] > 0
+            if not self.captioned[self.rows].any():
+                raise ConfigError("data.recipe.t2i_prob: no session of this run has frame captions (the session "
+                                  "store's annotator gave none: the synthetic world's and a VLM's do)")
         if self.pairwise:
             pairs = index["n_frames"][self.rows].astype(np.int64) - 1
             if pairs.size and pairs.max() >= PAIR_STRIDE:
@@ -215,7 +225,8 @@ class PackPlanner:
             dropped = bool(rng.random() < self.official.text_drop)
             uncond_texts(k, self.official.uncond)               # a bad flow.uncond_text fails here, not in a worker
             return OfficialPlan(k, dropped)
-        return draw_plan(2 if pair is not None else int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True)
+        return draw_plan(2 if pair is not None else int(self.idx["n_frames"][row]), self.recipe, rng, has_roe=True,
+                         has_captions=self.captioned is not None and bool(self.captioned[row]))
 
     def _official_tokens(self, row: int, plan: OfficialPlan) -> int:
         """The release's layout: each kept turn's text (or the unconditional texts) + its <TURN> token,
@@ -237,7 +248,7 @@ class PackPlanner:
         if self.official is not None:
             return self._official_tokens(int(key), plan)
         n = plan.num_turns
-        sample = build_sample([""] * n, [None] * n, plan, self.recipe)
+        sample = build_sample([""] * n, [None] * n, plan, self.recipe, captions=[""] * (plan.target_turn + 1))
         p = self.cfg.patch_size
         row, pair = unit_of(key, self.pairwise)
         h, w = (int(x) for x in self.idx["hw"][row])
@@ -246,6 +257,8 @@ class PackPlanner:
         for b in sample.blocks:
             if b.modality != "text":
                 tok += (h // p) * (w // p)
+            elif b.role == "caption":               # frame j's caption (a pair's frames are j = pair, pair + 1)
+                tok += int(self.idx["cap_len"][int(self.idx["cap_first"][row]) + (pair or 0) + plan.target_turn]) + 1
             elif b.role == "text":
                 tok += int(self.idx["txt_len"][first + b.turn]) + 1
             else:
@@ -339,7 +352,7 @@ class _PackDataset(torch.utils.data.Dataset):
             if pair is not None:                       # the pair as a 2-frame session (views, not copies)
                 sess = pairwise_sessions([sess])[pair]
             embs |= e
-            items.append((build_sample(sess.texts, sess.cameras, plan, self.recipe), sess))
+            items.append((build_sample(sess.texts, sess.cameras, plan, self.recipe, sess.captions), sess))
         batch = pack(items, lambda texts: [embs[t] for t in texts], self.cfg, self.recipe.mask_type)
         return batch, desc["state"], desc["pack"], [int(k) for _, k, _ in desc["items"]]
 

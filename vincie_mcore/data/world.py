@@ -303,6 +303,19 @@ def transition_text(src: Scene, tgt: Scene, cfg: WorldConfig) -> str:
     return " and ".join(c.text for c in ch) if ch else NO_CHANGE
 
 
+def scene_caption(scene: Scene, cfg: WorldConfig) -> str:
+    """The exact caption of a frame (text-to-image training, ``data.recipe.t2i_prob``): every object as
+    'a <size> <colour> <shape> at the <position>', top row first, joined by ', '; 'an empty scene' when
+    there is none; a panned view adds 'seen from <dy> px down, <dx> px right' (negative: up, left), so the
+    caption fixes the frame exactly, as the judge needs (``eval/judge.py``, from an empty source)."""
+    objs = sorted(scene.objects, key=lambda o: o.cell)
+    text = ", ".join(f"a {o.size} {o.name()} {_at(o.row, o.col, cfg, 'at')}" for o in objs) or "an empty scene"
+    cy, cx = scene.camera
+    if cy or cx:
+        text += f", seen from {cy} px down, {cx} px right"
+    return text
+
+
 def camera_label(src: Scene, tgt: Scene) -> str:
     """'pan left' / 'pan up' / 'pan right and down' ... or 'None' when the view did not move."""
     dy, dx = tgt.camera[0] - src.camera[0], tgt.camera[1] - src.camera[1]

@@ -25,11 +25,12 @@ from ..packed.maskspec import KIND_NOISY
 PREDICTIONS = ("v", "x0")
 
 # The loss split the trainer logs per window (``loss/<name>``). A target's task follows from the
-# image it predicts (data/recipe.py: NIP -> ("frame", j+1), CSP -> ("roe_src", j), NSP -> ("roe_tgt", j));
-# its turn is the edit it belongs to: frame j is turn j, transition j's maps are turn j + 1.
-LOSS_TASKS = ("task_nip", "task_csp", "task_nsp")
+# image it predicts (data/recipe.py: NIP -> ("frame", j+1), CSP -> ("roe_src", j), NSP -> ("roe_tgt", j),
+# text-to-image -> ("t2i", j)); its turn is the edit it belongs to: frame j is turn j, transition j's maps
+# are turn j + 1; a text-to-image target is no edit and has no turn.
+LOSS_TASKS = ("task_nip", "task_csp", "task_nsp", "task_t2i")
 LOSS_TURNS = ("turn_1", "turn_2", "turn_3plus")
-_TASK_OF_REF = {"frame": 0, "roe_src": 1, "roe_tgt": 2}
+_TASK_OF_REF = {"frame": 0, "roe_src": 1, "roe_tgt": 2, "t2i": 3}
 
 
 @dataclass
@@ -109,7 +110,7 @@ def loss_groups(batch: PackedBatch) -> torch.Tensor | None:
         if ib.get("noisy") and kind in _TASK_OF_REF:
             named = True
             task.append(_TASK_OF_REF[kind])
-            turn.append(min(ref[1] + (kind != "frame"), 3) - 1)
+            turn.append(-1 if kind == "t2i" else min(ref[1] + (kind != "frame"), 3) - 1)
         else:
             task.append(-1)
             turn.append(-1)

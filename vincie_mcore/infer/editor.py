@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.packing import EncodedSession, PackConfig, pack
-from ..data.recipe import SessionSample, inference_sample
+from ..data.recipe import SessionSample, inference_sample, t2i_sample
 from ..diffusion.flow import FlowConfig, euler_sample
 from ..packed.patches import unpatchify
 from ..parallel import cpu_compat
@@ -177,6 +177,19 @@ class Editor:
         for i in range(len(layouts)):
             per.append({ib["ref"]: o for ib, o in zip(blocks, outs) if ib["session"] == i})
         return per
+
+    @torch.no_grad()
+    def text_to_image(self, captions: list[str], size: tuple[int, int], seeds: list | None = None) -> list[np.ndarray]:
+        """An image per caption, uint8 [H, W, 3] of ``size`` (H, W), all in one packed batch: the
+        text-to-image layout a run learns with ``data.recipe.t2i_prob`` > 0 ([caption, noisy image],
+        ``recipe.t2i_sample``). ``seeds`` as in ``edit_turns``."""
+        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+            raise ValueError("captions: expected one or more non-empty strings")
+        blank = self._check_image(np.zeros((*size, 3), np.uint8))             # size checked as an edit's image
+        shape = self.image.encode(blank[None])[0].shape                        # the latent's (C, h, w)
+        layouts = [(t2i_sample(c), EncodedSession(frames=torch.zeros(1, *shape), texts=[], cameras=[]))
+                   for c in captions]
+        return [out[("t2i", 0)][0] for out in self.generate_many(layouts, seeds=seeds)]
 
     def new_kv(self) -> dict | None:
         """Empty ``{"cond", "uncond"}`` KV caches for ``generate``, or None where the cache cannot run."""
