@@ -265,12 +265,22 @@ def _tool(name, *args, env=None, rc=0):
 
 def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
     for name, (arm_a, arm_b, _) in A.ABLATIONS.items():
-        s = A.plan(_ablation_yaml(tmp_path, ablation=name, seeds=[0, 1]), tmp_path / name, build_data=False)
+        pre = {"pretrain": {"overrides": ["data.recipe.t2i_prob=1.0"], "steps": 3}} if name == "base" else {}
+        s = A.plan(_ablation_yaml(tmp_path, ablation=name, seeds=[0, 1], **pre), tmp_path / name, build_data=False)
         runs = P.read_runs(tmp_path / name)
         assert s["arms"] == [arm_a, arm_b] and {r.model for r in runs} == {arm_a, arm_b} and len(runs) == 4
         assert {r.steps for r in runs} == {2} and {r.data_size for r in runs} == {8}
         shared = name in ("context", "coe", "camera_pe")               # one trained model, two evaluations
-        assert s["budget"]["steps"] == 2 * (2 if shared else 4)     # the trainings only
+        assert s["budget"]["steps"] == 2 * (2 if shared else 4) + (2 * 3 if pre else 0)   # the trainings only
+        if name == "base":                 # only arm B starts from its seed's base; arm A trains from scratch
+            bases = P.read_pretrain(tmp_path / name)
+            for r in runs:
+                init = [o for o in r.overrides if o.startswith("train.init_from=")]
+                if r.model == arm_b:
+                    assert r.pretrain is not None and init == [f"train.init_from={bases[r.pretrain].run_dir}/checkpoints"]
+                    assert bases[r.pretrain].seed == r.seed and "data.recipe.t2i_prob=1.0" in bases[r.pretrain].overrides
+                else:
+                    assert r.pretrain is None and init == []
         budget = {o for r in runs for o in r.overrides if o.startswith("data.pack.token_budget")}
         assert budget == {"data.pack.token_budget=400"}                 # same tokens per step
         for seed in (0, 1):
@@ -291,7 +301,8 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
     for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope, camera, camera_pe"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
-                        ({"models": {}}, "ablation.models: unknown key")):
+                        ({"models": {}}, "ablation.models: unknown key"),
+                        ({"ablation": "base"}, "ablation.pretrain: the base ablation compares")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",
                   str(tmp_path / "bad"), rc=2)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

@@ -87,6 +87,8 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
                          "sweep.models.default: config: Could not override 'eval.trns'. (run default_d4_s0"),
                         ({"models": {"a": [], "b": {"train_as": "a", "eval": ["--context", "none", "sampler.stesp=2"]}}},
                          "sweep.models.b: config: Could not override 'sampler.stesp'. (run b_d4_s0"),
+                        ({"models": {"a": [], "b": {"train_as": "a", "from_base": False}}},
+                         "sweep.models.b.from_base: true or false, on a model that trains"),
                         # a base model per seed
                         ({"pretrain": {"overrides": []}}, "sweep.pretrain.steps: a positive int is required"),
                         ({"pretrain": {"steps": 2, "lr": 1}}, "sweep.pretrain: unknown key 'lr'"),

@@ -5,7 +5,7 @@ size, N seeds, the same steps and tokens per step for both arms, evaluated on th
 sessions. The ablation YAML is a sweep YAML with ``ablation:`` instead of ``models:`` and one
 ``data_size`` instead of ``data_sizes``; ``steps`` is one int (both arms train that many steps):
 
-    ablation: context            # context | pairwise | segmentation | coe | attention | rope | camera | camera_pe
+    ablation: context            # context | pairwise | segmentation | coe | attention | rope | camera | camera_pe | base
     name: ctx
     base: [experiment=demo]
     data: {synthetic: {videos: 1000, heldout_videos: 200, world: demo}}
@@ -79,6 +79,12 @@ ABLATIONS = {
     "camera_pe": ("no_pe", "pe", {
         "pe": {"train": CAMERA, "eval": ["sampler.camera_prompts=true"]},
         "no_pe": {"train_as": "pe", "eval": ["sampler.camera_prompts=false"]}}),
+    # §4.1: the paper's model starts from an MM-DiT pre-trained on text-to-video, not from scratch. The same
+    # session training from the sweep's pretrain: base (e.g. text-to-image only, data.recipe.t2i_prob=1.0,
+    # docs/text_to_image.md) against from scratch, at equal session steps.
+    "base": ("scratch", "base", {
+        "base": [],
+        "scratch": {"train": [], "from_base": False}}),
 }
 KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster", "pretrain"}
 
@@ -104,6 +110,9 @@ def read_ablation(path, ablation: str | None = None) -> dict:
     n = d.get("data_size")
     if not isinstance(n, int) or n <= 0:
         raise _err("data_size", f"a positive int is required, got {n!r}")
+    if name == "base" and "pretrain" not in d:
+        raise _err("pretrain", "the base ablation compares training from a base model with training from "
+                               "scratch: give the base, e.g. {overrides: [data.recipe.t2i_prob=1.0], steps: 1000}")
     steps = d.get("steps")
     if not isinstance(steps, int) or steps <= 0:
         raise _err("steps", f"a positive int is required (the same for both arms), got {steps!r}")

@@ -11,7 +11,8 @@
     models: {tiny: [model=tiny]}              # name -> overrides
     # or, per model, {train: [...], eval: [...], train_as: OTHER}: eval = extra vincie-evaluate arguments
     # of this model's runs; train_as = evaluate OTHER's trained run (same size, seed) instead of training
-    # again (an eval-only arm of an ablation, docs/ablations.md)
+    # again (an eval-only arm of an ablation, docs/ablations.md); from_base: false = this model trains from
+    # scratch even when the sweep has a pretrain: base (the "base" ablation's control arm)
     seeds: [0, 1]
     combine: product                          # or zip
     steps: {rule: proportional, per_session: 0.1, min: 2, max: 100000}   # or {rule: fixed, steps: 1000}
@@ -43,6 +44,7 @@ import yaml
 from ..paths import safe_name
 
 KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster", "pretrain"}
+MODEL_KEYS = {"train", "eval", "train_as", "from_base"}
 PRETRAIN_KEYS = {"overrides", "steps", "data_size"}
 SYNTHETIC_KEYS = {"videos", "heldout_videos", "world", "heldout_world"}
 
@@ -91,9 +93,12 @@ def read_sweep(path) -> dict:
         raise _err("models", "a mapping name -> list of overrides is required")
     for name, m in d["models"].items():
         if isinstance(m, dict):
-            if set(m) - {"train", "eval", "train_as"}:
-                raise _err(f"models.{name}", f"unknown key {sorted(set(m) - {'train', 'eval', 'train_as'})[0]!r} "
-                                             "(known: train, eval, train_as)")
+            if set(m) - MODEL_KEYS:
+                raise _err(f"models.{name}", f"unknown key {sorted(set(m) - MODEL_KEYS)[0]!r} "
+                                             f"(known: {', '.join(sorted(MODEL_KEYS))})")
+            if not isinstance(m.get("from_base", True), bool) or ("from_base" in m and m.get("train_as")):
+                raise _err(f"models.{name}.from_base", "true or false, on a model that trains (a train_as model "
+                                                        "shares its owner's weights)")
             other = m.get("train_as")
             if other is not None and (other == name or not isinstance(d["models"].get(other), (list, dict))
                                       or isinstance(d["models"][other], dict) and d["models"][other].get("train_as")):
@@ -260,11 +265,12 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
         steps = steps_for(d["steps"], n)
         ov = [*d["base"], *(om.get("train", []) if isinstance(om, dict) else om), f"seed={seed}",
               *_data_overrides(train_store, heldout, n, steps, run_dir)]
-        if seed in base_of:                                   # starts from its seed's base model
+        based = seed in base_of and (om.get("from_base", True) if isinstance(om, dict) else True)
+        if based:                                             # starts from its seed's base model
             ov.append(f"train.init_from={base_of[seed].run_dir}/checkpoints")
         runs.append(Run(i, name, n, model, seed, steps, run_dir, ov, eval_args=[str(x) for x in m.get("eval", [])],
                         eval_file="eval.json" if owner == model else f"eval_{model}.json",
-                        pretrain=base_of[seed].index if seed in base_of else None))
+                        pretrain=base_of[seed].index if based else None))
     by_name = {r.name: r.index for r in runs}
     for r in runs:                                            # an eval-only arm waits for its owner's training
         owner = (d["models"][r.model] if isinstance(d["models"][r.model], dict) else {}).get("train_as")
