@@ -78,6 +78,32 @@ def test_pipeline_edits_turn_after_turn(megatron_cpu, tmp_path):
     assert OmegaConf.to_container(cfg.sampler)["steps"] == 20
 
 
+def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
+    """``text_to_image``: several captions in one batch give what each gives alone with its seed; the
+    default seed is the sampler's for every caption; the image can then be edited."""
+    import numpy as np
+
+    from vincie_mcore.config import load_config
+    from vincie_mcore.hf import VincieEditPipeline
+    from vincie_mcore.hf.pipeline import pipeline_section
+
+    model = VincieMMDiT(**tiny_dict())
+    randomize_(model)
+    cfg = load_config(["experiment=demo", "model.image_abs_pos_grid=0", "model.text_adaln=false",
+                       "model.softmax_scale=null", "data.recipe.t2i_prob=0.5"])
+    model.save_pretrained(tmp_path, extra={"pipeline": pipeline_section(cfg)})
+    pipe = VincieEditPipeline.from_pretrained(tmp_path)
+    caps = ["a large red square at the top left", "an empty scene"]
+    both = pipe.text_to_image(caps, (16, 24), seeds=[3, 4], steps=2)
+    assert [im.shape for im in both] == [(16, 24, 3)] * 2 and both[0].dtype == np.uint8
+    for c, s, im in zip(caps, [3, 4], both):
+        (alone,) = pipe.text_to_image(c, (16, 24), seeds=[s], steps=2)
+        assert np.abs(alone.astype(int) - im.astype(int)).max() <= 1
+    same = pipe.text_to_image(caps, (16, 24), steps=2, seed=3)
+    assert np.abs(same[0].astype(int) - both[0].astype(int)).max() <= 1
+    assert len(pipe(both[0], ["make the red square blue"], steps=2)) == 1
+
+
 def test_pipeline_edits_several_images_at_once(megatron_cpu, tmp_path):
     """A list of images with a prompt list each (2 and 3 turns, two sizes): one batch per turn, each image's
     results those of a one-image call with the same seed; mismatched lists refused in one line."""

@@ -7,6 +7,7 @@ export from a run folder writes (docs/export.md).
 
     pipe = VincieEditPipeline.from_pretrained("exports/demo")
     images = pipe(image, ["add a red square at the top left", "make it blue"], steps=20, guidance=3.0, seed=0)
+    drawn = pipe.text_to_image(["a large red square at the top left"], (24, 24))   # a run trained with T2I
 """
 from __future__ import annotations
 
@@ -129,6 +130,18 @@ class VincieEditPipeline:
                                       release_io=s.release_io if release_io is None else bool(release_io))
         return editor_for(self.model.cfg.variant, self.model, self.text_encoder, self.image_encoder, self.pack,
                           self.flow, sampler, self.device, self.mask_type, self.area)
+
+    @torch.no_grad()
+    def text_to_image(self, captions, size: tuple[int, int], seeds: list[int] | None = None,
+                      **sampler) -> list[np.ndarray]:
+        """Caption(s) -> an image each, uint8 [H, W, 3] of ``size`` (H, W), all in one batch: for a model trained
+        with ``data.recipe.t2i_prob`` > 0 (docs/text_to_image.md). ``seeds``: one per caption (default the
+        sampler's seed for each, so a caption gets what it gets alone); sampler settings as in ``__call__``."""
+        self._recipe("text_to_image")                    # a release has no text-to-image layout
+        captions = [captions] if isinstance(captions, str) else list(captions)
+        editor = self.editor(**sampler)
+        seeds = [editor.sampler.seed] * len(captions) if seeds is None else list(seeds)
+        return editor.text_to_image(captions, tuple(size), seeds=seeds)
 
     # ------------------------------------------------------------------ the paper's applications
     # (infer/applications.py, docs/applications.md); sampler settings as in __call__. Each returns the
