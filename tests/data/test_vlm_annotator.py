@@ -169,6 +169,10 @@ def test_build_keeps_good_sessions_and_records_failures(server, tmp_path):
     kept = parse_reply(json.dumps(REPLY)).model_dump()                # the reply itself, beside its text
     assert kept["frame2_caption"]["obj3"] == "a white cat"
     assert all(st[i].notes == [kept] * (st[i].num_frames - 1) for i in range(len(st)))
+    # each frame's caption is the VLM's description of it (text-to-image samples: docs/text_to_image.md)
+    first = "a kitchen. a man in a red coat. a blue cup. a wooden chair."
+    assert all(st[i].captions == [first] * (st[i].num_frames - 1) + [first[:-1] + ". a white cat."]
+               for i in range(len(st)))
 
     more = tmp_path / "more"                                  # a second batch while the server is broken
     write_synthetic_corpus(more, 2, demo_config(), seed=1)
