@@ -78,11 +78,8 @@ def test_pipeline_edits_turn_after_turn(megatron_cpu, tmp_path):
     assert OmegaConf.to_container(cfg.sampler)["steps"] == 20
 
 
-def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
-    """``text_to_image``: several captions in one batch give what each gives alone with its seed; the
-    default seed is the sampler's for every caption; the image can then be edited."""
-    import numpy as np
-
+def _random_export(folder, *overrides):
+    """A random tiny model exported with the demo's pipeline settings (+ overrides) -> its pipeline."""
     from vincie_mcore.config import load_config
     from vincie_mcore.hf import VincieEditPipeline
     from vincie_mcore.hf.pipeline import pipeline_section
@@ -90,9 +87,17 @@ def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
     model = VincieMMDiT(**tiny_dict())
     randomize_(model)
     cfg = load_config(["experiment=demo", "model.image_abs_pos_grid=0", "model.text_adaln=false",
-                       "model.softmax_scale=null", "data.recipe.t2i_prob=0.5"])
-    model.save_pretrained(tmp_path, extra={"pipeline": pipeline_section(cfg)})
-    pipe = VincieEditPipeline.from_pretrained(tmp_path)
+                       "model.softmax_scale=null", *overrides])
+    model.save_pretrained(folder, extra={"pipeline": pipeline_section(cfg)})
+    return VincieEditPipeline.from_pretrained(folder)
+
+
+def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
+    """``text_to_image``: several captions in one batch give what each gives alone with its seed; the
+    default seed is the sampler's for every caption; the image can then be edited."""
+    import numpy as np
+
+    pipe = _random_export(tmp_path, "data.recipe.t2i_prob=0.5")
     caps = ["a large red square at the top left", "an empty scene"]
     both = pipe.text_to_image(caps, (16, 24), seeds=[3, 4], steps=2)
     assert [im.shape for im in both] == [(16, 24, 3)] * 2 and both[0].dtype == np.uint8
@@ -109,16 +114,7 @@ def test_pipeline_edits_several_images_at_once(megatron_cpu, tmp_path):
     results those of a one-image call with the same seed; mismatched lists refused in one line."""
     import numpy as np
 
-    from vincie_mcore.config import load_config
-    from vincie_mcore.hf import VincieEditPipeline
-    from vincie_mcore.hf.pipeline import pipeline_section
-
-    model = VincieMMDiT(**tiny_dict())
-    randomize_(model)
-    cfg = load_config(["experiment=demo", "model.image_abs_pos_grid=0", "model.text_adaln=false",
-                       "model.softmax_scale=null", "data.pack.pad_multiple=4"])
-    model.save_pretrained(tmp_path, extra={"pipeline": pipeline_section(cfg)})
-    pipe = VincieEditPipeline.from_pretrained(tmp_path)
+    pipe = _random_export(tmp_path, "data.pack.pad_multiple=4")
     rng = np.random.default_rng(0)
     images = [rng.integers(0, 255, (16, 16, 3), dtype=np.uint8), rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)]
     prompts = [["add a red square", "make it blue"], ["remove the tree", "zoom out", "brighten it"]]

@@ -30,8 +30,9 @@ from vincie_mcore.encoders import ImageEncoderConfig, TextEncoder, TextEncoderCo
 IMG, TXT = ImageEncoderConfig(), TextEncoderConfig(d_model=32, num_layers=1)
 
 
-def make_session_store(root: Path, n: int, px: int = 16, seed: int = 0, prefix: str = "v") -> Path:
-    """n sessions (ids ``prefix``0, 1, ...) of 2-5 random frames (px x px) with random RoE masks and varied texts."""
+def make_session_store(root: Path, n: int, px: int = 16, seed: int = 0, prefix: str = "v", captions=None) -> Path:
+    """n sessions (ids ``prefix``0, 1, ...) of 2-5 random frames (px x px) with random RoE masks and varied texts;
+    ``captions(i, k)``: session i's frame captions (a list of k, or None), when given."""
     rng = np.random.default_rng(seed)
     with SessionWriter(root, shard_size=5) as w:
         for i in range(n):
@@ -41,7 +42,8 @@ def make_session_store(root: Path, n: int, px: int = 16, seed: int = 0, prefix: 
                 [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
                 [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
                 [f"move the {'red ' * (i % 3)}object {i} step {j}" for j in range(k - 1)],
-                ["pan left" if (i + j) % 2 else "None" for j in range(k - 1)]))
+                ["pan left" if (i + j) % 2 else "None" for j in range(k - 1)],
+                captions=captions(i, k) if captions else None))
     return root
 
 

@@ -7,15 +7,14 @@ encoder for the stored caption embeddings, and ``pack`` of the in-memory corpus 
 import numpy as np
 import pytest
 import torch
-from test_latents import IMG, TXT
+from test_latents import IMG, TXT, make_session_store
 
 from vincie_mcore.config import ConfigError
-from vincie_mcore.data.build import encode_png
 from vincie_mcore.data.corpus import CorpusConfig, decode_corpus, encode_corpus
 from vincie_mcore.data.latents import LatentMismatch, LatentStore, encoder_identity, precompute, union
 from vincie_mcore.data.packing import PackConfig, pack
 from vincie_mcore.data.recipe import T2I, RecipeConfig, build_sample, draw_plan, pairwise_sessions
-from vincie_mcore.data.store import RawSession, SessionStore, SessionWriter
+from vincie_mcore.data.store import RawSession, SessionStore
 from vincie_mcore.data.stream import LatentStream, unit_of
 from vincie_mcore.diffusion.flow import LOSS_TASKS, loss_groups
 from vincie_mcore.encoders import TextEncoder
@@ -29,18 +28,9 @@ def _captions(i: int, k: int):
     return [f"frame {j} of video {i}: a {'red ' * (j % 3)}thing" for j in range(k)] if i % 3 else None
 
 
-def make_store(root, n: int, px: int = 8, seed: int = 0, prefix: str = "v"):
-    """n sessions of 2-5 random frames; sessions i % 3 == 0 have no captions, the others one per frame."""
-    rng = np.random.default_rng(seed)
-    with SessionWriter(root, shard_size=4) as w:
-        for i in range(n):
-            k = 2 + (i * 5 + seed) % 4
-            w.add(RawSession(
-                f"{prefix}{i}", [encode_png(rng.integers(0, 256, (px, px, 3), dtype=np.uint8)) for _ in range(k)],
-                [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
-                [encode_png(rng.integers(0, 2, (px, px), dtype=np.uint8) * 255) for _ in range(k - 1)],
-                [f"edit {j} of {i}" for j in range(k - 1)], ["None"] * (k - 1), captions=_captions(i, k)))
-    return root
+def make_store(root, n: int, seed: int = 0, prefix: str = "v"):
+    """n sessions of 2-5 random 8-px frames; sessions i % 3 == 0 have no captions, the others one per frame."""
+    return make_session_store(root, n, px=8, seed=seed, prefix=prefix, captions=_captions)
 
 
 @pytest.fixture(scope="module")
