@@ -174,6 +174,14 @@ def test_text_to_image_then_edit_from_saved_checkpoint(trained_run, tmp_path):
         assert Image.open(tmp_path / f"t2i_{i}_strip.png").size[0] > 2 * 24
     bad = run("vincie-edit", "t2i", "--run", str(trained_run), "--caption", " ")
     assert bad.returncode == 2 and "--caption" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+    # judging T2I needs exact scenes: a held-out store without states is refused in one line
+    from vincie_mcore.data.build import encode_png
+    from vincie_mcore.data.store import RawSession, SessionWriter
+    frames, mask = [encode_png(np.full((24, 24, 3), v, np.uint8)) for v in (10, 200)], encode_png(np.zeros((24, 24), np.uint8))
+    with SessionWriter(tmp_path / "plain") as w:
+        w.add(RawSession("real0", frames, [mask], [mask], ["brighten it"], ["None"]))
+    r = run("vincie-evaluate", "--run", str(trained_run), "--store", str(tmp_path / "plain"), "--task", "t2i")
+    assert r.returncode == 2 and "has no scene states" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):

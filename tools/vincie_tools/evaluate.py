@@ -44,6 +44,12 @@ def main(argv=None) -> int:
     if not store.is_dir():                                     # before the slow model load
         print(f"error: --store: no session store at {store}", file=sys.stderr)
         return 2
+    if a.task == "t2i":                                         # judged against exact scenes only
+        from vincie_mcore.data.store import SessionStore
+        if not any(rec.get("states") for _, _, rec in SessionStore(store).records()):
+            print(f"error: --task t2i: the held-out store {store} has no scene states (the synthetic world's "
+                  f"sessions have them)", file=sys.stderr)
+            return 2
     try:
         cfg, model, text, image = load_run(a.run, a.overrides)
         dc = data_configs(cfg)

@@ -309,7 +309,7 @@ MUTANTS = [
            ("tests/data/test_t2i.py",), "the pack planner counts frame 0's caption for every T2I sample: packs "
                                         "overflow or underfill the token budget"),
     Mutant("t2i_caption_of_the_block_start", "vincie_mcore/data/latents.py",
-           '            c0 = int(blk["n_frames"][:s].astype(np.int64).sum())', "            c0 = 0",
+           '            c0 = int(blk["cap_first"][s])', "            c0 = 0",
            ("tests/data/test_t2i.py",), "a stored session's caption embeddings are read from its block's first "
                                         "session: every T2I sample is conditioned on another frame's caption"),
     Mutant("t2i_loss_counted_as_nip", "vincie_mcore/diffusion/flow.py",

@@ -641,7 +641,9 @@ class LatentStore:
         cap = self.captioned
         blk = {k: bg[k][:] if whole else bg[k] for k in ("lat", "txt") + (("cap",) if cap else ())}
         blk |= {k: bg[k][:] for k in ("lat_off", "lat_shape", "img_first", "txt_off", "txt_first", "record")
-                + (("cap_off", "n_frames") if cap else ())}
+                + (("cap_off",) if cap else ())}
+        if cap:                                   # session s owns captions cap_first[s]:cap_first[s+1] (K each)
+            blk["cap_first"] = np.concatenate([[0], np.cumsum(bg["n_frames"][:].astype(np.int64))])
         self._blocks[b] = blk
         if len(self._blocks) > 8 and not whole:
             self._blocks.popitem(last=False)
@@ -675,8 +677,8 @@ class LatentStore:
                               roe_src=torch.stack(imgs[k:2 * k - 1]), roe_tgt=torch.stack(imgs[2 * k - 1:]),
                               meta={"video_id": rec["video_id"], "row": row}, captions=captions)
         texts = dict(zip(emitted, embs))
-        if captions:                                 # frame j's caption: entry c0 + j, c0 the frames before s
-            c0 = int(blk["n_frames"][:s].astype(np.int64).sum())
+        if captions:                                 # frame j's caption: entry c0 + j
+            c0 = int(blk["cap_first"][s])
             coff = blk["cap_off"]
             cflat = _np_load(own(blk["cap"][int(coff[c0]):int(coff[c0 + k])]), self.dtype)
             texts |= {c: cflat[coff[c0 + j] - coff[c0]:coff[c0 + j + 1] - coff[c0]] for j, c in enumerate(captions)}
