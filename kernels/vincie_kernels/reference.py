@@ -1,7 +1,8 @@
 """The mask rule, written once in plain PyTorch, and a dense attention oracle.
 
 A packed sequence of length S is tiled by ``nb`` contiguous *blocks* (one text
-turn, one image, one mask image, ...). The compact spec is four int32 vectors:
+turn, one image, one mask image, one text-to-video clip's noisy frames, ...). The
+compact spec is four int32 vectors:
 
     block_offsets  [nb + 1]  block b covers tokens [offsets[b], offsets[b+1]);
                              offsets[0] == 0, offsets[-1] == S, non-decreasing

@@ -14,12 +14,17 @@ TEXT_DIM, PATCH_DIM = 3, 5
 
 
 def random_layout(gen, n_sessions, mask_type):
-    """Sessions as lists of ("text", order, turn, length) / ("image", order, kind, (h, w), turn)."""
+    """Sessions as lists of ("text", order, turn, length) / ("image", order, kind, (h, w), turn) /
+    ("clip", order, [((h, w), turn) per frame]): a clip's noisy frames, one block in words too."""
     def rint(lo, hi):
         return int(torch.randint(lo, hi + 1, (1,), generator=gen))
 
     sessions = []
     for _ in range(n_sessions):
+        if rint(0, 2) == 0:                 # a text-to-video sample: texts, then one clip of noisy frames
+            texts = [("text", o, o, rint(1, 4)) for o in range(rint(1, 2))]
+            sessions.append(texts + [("clip", len(texts), [((2, rint(1, 2)), 3 * f) for f in range(rint(2, 3))])])
+            continue
         order, blocks = 0, [("image", 0, KIND_CLEAN, (rint(1, 3), rint(1, 3)), 0)]
         for t in range(rint(1, 3)):
             order += 1
@@ -33,8 +38,10 @@ def random_layout(gen, n_sessions, mask_type):
     return sessions
 
 
-def fill(builder, sessions, gen=None):
-    """Add the sessions' blocks; with ``gen``, with tensors drawn from it. Returns per-token facts."""
+def fill(builder, sessions, gen=None, tags=None):
+    """Add the sessions' blocks; with ``gen``, with tensors drawn from it. Returns per-token facts
+    (session, order, kind, block uid) and appends each image's tag to ``tags``."""
+    tags = [] if tags is None else tags
     txt, img, uid = [], [], 0
     for s, blocks in enumerate(sessions):
         builder.session()
@@ -46,11 +53,20 @@ def fill(builder, sessions, gen=None):
                 emb = None if gen is None else torch.randn(n - 1, TEXT_DIM, generator=gen)
                 last = builder.text(order, turn, emb, length=None if gen is not None else n)
                 txt += [(s, order, KIND_TEXT, uid)] * n
+            elif blk[0] == "clip":          # frame f at its own order; the block is the clip's (uid, order)
+                _, order, frames = blk
+                for f, ((h, w), turn) in enumerate(frames):
+                    tok = None if gen is None else torch.randn(h * w, PATCH_DIM, generator=gen)
+                    builder.image(order + f, KIND_NOISY, (h, w), tok, rope_turn=turn, text_block=last,
+                                  joins=f > 0, tag=(uid, f))
+                    img += [(s, order, KIND_NOISY, uid)] * (h * w)
+                    tags.append((uid, f))
             else:
                 _, order, kind, (h, w), turn = blk
                 tok = None if gen is None else torch.randn(h * w, PATCH_DIM, generator=gen)
                 builder.image(order, kind, (h, w), tok, rope_turn=turn, text_block=last, tag=uid)
                 img += [(s, order, kind, uid)] * (h * w)
+                tags.append(uid)
     return txt, img
 
 
@@ -75,7 +91,8 @@ def test_spec_matches_a_token_level_oracle(mask_type, pad):
     gen = torch.Generator().manual_seed(0)
     for trial in range(4):
         builder = BatchBuilder(mask_type, pad_multiple=pad)
-        txt, img = fill(builder, random_layout(gen, 1 + trial, mask_type), gen)
+        tags = []
+        txt, img = fill(builder, random_layout(gen, 1 + trial, mask_type), gen, tags)
         batch = builder.build()
         n = builder.num_sessions
         pad_t, pad_i = -len(txt) % pad, -len(img) % pad
@@ -84,7 +101,12 @@ def test_spec_matches_a_token_level_oracle(mask_type, pad):
         assert batch.s_txt == len(txt) + pad_t and batch.s_img == len(img) + pad_i
         assert torch.equal(batch.spec.dense(), oracle(tokens, mask_type))
         assert batch.img_loss_mask.tolist() == [t[2] == KIND_NOISY for t in img] + [False] * pad_i
-        assert [ib["tag"] for ib in batch.image_blocks] == sorted({t[3] for t in img})
+        assert [ib["tag"] for ib in batch.image_blocks] == tags
+        # a clip's frames: one block, each frame its own rows
+        for ib in batch.image_blocks:
+            blk = batch.spec.block_offsets[ib["block"]:ib["block"] + 2] - batch.s_txt
+            assert blk[0] <= ib["start"] and ib["start"] + ib["length"] <= blk[1]
+            assert (blk[1] - blk[0] > ib["length"]) == isinstance(ib["tag"], tuple)
 
 
 def test_positions_and_text_rows():
@@ -112,6 +134,42 @@ def test_positions_and_text_rows():
     bi.text(3, 1, torch.zeros(1, TEXT_DIM))
     out = bi.build()
     assert out.txt_pos.tolist() == [1, 2, 3, 5, 6] and out.img_pos[:, 0].tolist() == [0, 4, 4]
+
+
+def test_a_clip_is_one_block_its_frames_keep_their_positions():
+    """A text-to-video clip: frames at their own turn coordinates and rows, one spec block (so one
+    diffusion time, and under block_causal each frame sees the others and the text before)."""
+    b = BatchBuilder("block_causal")
+    b.session()
+    t = b.text(0, 0, torch.zeros(1, TEXT_DIM))
+    for f in range(3):
+        b.image(1 + f, KIND_NOISY, (1, 2), torch.full((2, PATCH_DIM), float(f)), rope_turn=3 * f, text_block=t,
+                joins=f > 0, ref=("t2v", f))
+    batch = b.build()
+    assert batch.spec.num_blocks == 2 and batch.img_pos[:, 0].tolist() == [0, 0, 3, 3, 6, 6]
+    assert [(ib["block"], ib["start"], ib["length"], ib["ref"]) for ib in batch.image_blocks] == \
+        [(1, 2 * f, 2, ("t2v", f)) for f in range(3)]
+    assert batch.spec.dense()[batch.s_txt:].all() and batch.block_text.tolist() == [[-1, -1], [0, -1]]
+    r = BatchBuilder("block_causal")
+    r.session()
+    r.text(0, 0, length=2)
+    for f in range(3):
+        r.image(1 + f, KIND_NOISY, (1, 1), rope_turn=f, joins=f > 0)
+    rb = r.build(torch.Generator().manual_seed(0), text_dim=TEXT_DIM, patch_dim=PATCH_DIM, random_t=True)
+    assert rb.token_t()[rb.s_txt:].unique().numel() == 1 and float(rb.block_t[1]) > 0
+    bad = BatchBuilder("block_causal")
+    bad.session()
+    with pytest.raises(ValueError, match="joins=True needs a noisy image"):
+        bad.image(0, KIND_NOISY, (1, 1), rope_turn=0, joins=True)
+    bad.image(0, KIND_CLEAN, (1, 1), rope_turn=0)
+    with pytest.raises(ValueError, match="joins=True needs a noisy image"):
+        bad.image(1, KIND_NOISY, (1, 1), rope_turn=1, joins=True)
+    bad.image(1, KIND_NOISY, (1, 1), rope_turn=1)
+    with pytest.raises(ValueError, match="an order of its own"):
+        bad.image(1, KIND_NOISY, (1, 1), rope_turn=1, joins=True)
+    tb = bad.text(2, 0, length=1)
+    with pytest.raises(ValueError, match="share their block's text blocks"):
+        bad.image(3, KIND_NOISY, (1, 1), rope_turn=2, text_block=tb, joins=True)
 
 
 def test_text_then_image_puts_images_after_their_sessions_text():

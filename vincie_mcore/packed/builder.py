@@ -28,6 +28,10 @@ builder decides, each rule once:
   a KV cache would go stale as text is added). In every mode a noisy twin (an image with an
   order already seen in its session) shares its twin's position, and (h, w) are the token grid,
   row-major.
+* A clip (``image(..., joins=True)``): the noisy frames of one text-to-video sample are ONE
+  block of the spec, so they see each other under block_causal by the mask's own "same block"
+  rule, and share one diffusion time, as a video model denoises a clip. Each frame keeps its own
+  entry in ``image_blocks`` (its rows, its ``hw``, its position), pointing at the shared block.
 * Padding (to ``pad_multiple``, for TP/SP/CP splits): one block per stream, of its own
   session (text: session n, image: n + 1, for n sessions), zero rows, position 0, no loss.
 * ``img_loss_mask`` marks noisy tokens; ``block_t`` is 0 (``diffusion/`` draws it) unless
@@ -76,6 +80,7 @@ class _Image:
     rope_turn: int                  # first RoPE coordinate
     cond: tuple[int, int]           # (transition text block, prompt block), -1 for none
     info: dict = field(default_factory=dict)
+    joins: bool = False             # extends the previous image's block (a clip's frames)
 
 
 class BatchBuilder:
@@ -132,14 +137,17 @@ class BatchBuilder:
         return len(self._texts) - 1
 
     def image(self, order: int, kind: int, hw: tuple[int, int], tokens: torch.Tensor | None = None, *,
-              rope_turn: int | None = None, text_block: int = -1, prompt_block: int = -1, **info) -> int:
+              rope_turn: int | None = None, text_block: int = -1, prompt_block: int = -1, joins: bool = False,
+              **info) -> int:
         """An image block of ``hw = (h, w)`` tokens: ``tokens`` [h*w, patch_dim] (None: random).
 
         ``rope_turn``: its turn coordinate under "separate" RoPE, before the session's text length
         is added under "text_then_image" (unused under "interleaved").
         ``text_block`` / ``prompt_block``: earlier text blocks of this session that condition it
         (``PackedBatch.block_text``), -1 for none. ``info`` goes into ``batch.image_blocks``.
-        Returns the block's index among image blocks.
+        ``joins``: this noisy image extends the previous image's block (the next frame of a clip: a
+        new order, so its own position, after a noisy image of this session with the same text blocks).
+        Returns the image's index among images.
         """
         sid = self._current("image")
         h, w = hw
@@ -152,6 +160,16 @@ class BatchBuilder:
         for ref in (text_block, prompt_block):
             if ref != -1 and not (0 <= ref < len(self._texts) and self._texts[ref].session == sid):
                 raise ValueError(f"BatchBuilder.image: text block {ref} is not a text block of session {sid}")
+        if joins:
+            prev = self._images[-1] if self._images else None
+            if prev is None or prev.session != sid or prev.kind != KIND_NOISY or kind != KIND_NOISY:
+                raise ValueError("BatchBuilder.image: joins=True needs a noisy image after a noisy image of the "
+                                 "same session (a clip's frames)")
+            if order in self._position:
+                raise ValueError(f"BatchBuilder.image: a clip's frame needs an order of its own; {order} is taken")
+            if (text_block, prompt_block) != prev.cond:
+                raise ValueError(f"BatchBuilder.image: a clip's frames share their block's text blocks "
+                                 f"{prev.cond}, not {(text_block, prompt_block)}")
         if order not in self._position:                    # a noisy twin shares its clean twin's position
             if self.rope_mode == "interleaved":
                 self._position[order] = self._counter
@@ -164,7 +182,7 @@ class BatchBuilder:
             raise ValueError(f"BatchBuilder.image: order {order} of session {sid} already sits at turn "
                              f"{self._position[order]}, not {rope_turn} (twins share a position)")
         self._images.append(_Image(sid, order, kind, (h, w), tokens, self._position[order],
-                                   (text_block, prompt_block), info))
+                                   (text_block, prompt_block), info, joins))
         return len(self._images) - 1
 
     # ------------------------------------------------------------------ build
@@ -203,15 +221,20 @@ class BatchBuilder:
         if self.rope_mode == "text_then_image":
             for x in texts:
                 after[x.session] += x.length
-        img_pos, img_loss, iblocks, image_blocks, start = [], [], [], [], 0
-        for i, x in enumerate(images):
+        img_pos, img_loss, iblocks, cond, image_blocks, start = [], [], [], [], [], 0
+        for x in images:
             h, w = x.hw
             if x.hw not in grids:
                 grids[x.hw] = token_grid(h, w)
             img_pos.append(torch.cat([torch.full((h * w, 1), after[x.session] + x.rope_turn), grids[x.hw]], 1))
             img_loss.append(torch.full((h * w,), x.kind == KIND_NOISY))
-            iblocks.append((h * w, x.order, x.kind, x.session))
-            image_blocks.append(dict(block=n_txt_blocks + i, session=x.session, **x.info, hw=x.hw,
+            if x.joins:                             # a clip's next frame: its block grows
+                n, order, kind, sess = iblocks[-1]
+                iblocks[-1] = (n + h * w, order, kind, sess)
+            else:
+                iblocks.append((h * w, x.order, x.kind, x.session))
+                cond.append(x.cond)
+            image_blocks.append(dict(block=n_txt_blocks + len(iblocks) - 1, session=x.session, **x.info, hw=x.hw,
                                      noisy=x.kind == KIND_NOISY, start=start, length=h * w))
             start += h * w
         s_img = start
@@ -224,7 +247,7 @@ class BatchBuilder:
         blocks = tblocks + ([(pad_t, 0, KIND_TEXT, n_sess)] if pad_t else []) + iblocks \
             + ([(pad_i, 0, KIND_CLEAN, n_sess + 1)] if pad_i else [])
         spec = MaskSpec(*spec_from_blocks(blocks), self.mask_type)
-        cond = [x.cond for x in images] + [(-1, -1)] * bool(pad_i)
+        cond += [(-1, -1)] * bool(pad_i)
         block_text = torch.tensor([(-1, -1)] * n_txt_blocks + cond, dtype=torch.long).view(-1, 2)
 
         # ---- tensors: given, or drawn (txt_emb, block_t, img_x0: the order the tests rely on) ----
