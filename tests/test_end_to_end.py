@@ -184,6 +184,23 @@ def test_text_to_image_then_edit_from_saved_checkpoint(trained_run, tmp_path):
     assert r.returncode == 2 and "has no scene states" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_text_to_video_from_saved_checkpoint(trained_run, tmp_path):
+    """``vincie-edit t2v``: a clip per caption, one frame more per --text, each frame a PNG and the clip a
+    strip; the demo run learned no text-to-video, which it says."""
+    out = tmp_path / "t2v.png"
+    r = run("vincie-edit", "t2v", "--run", str(trained_run), "--caption", "a large red square at the top left",
+            "--text", "make the red square blue", "--text", "remove the blue square", "--out", str(out),
+            "--set", "sampler.steps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "trained without text-to-video samples" in r.stderr
+    for j in range(3):
+        im = np.asarray(Image.open(tmp_path / f"t2v_0_frame{j}.png"))
+        assert im.shape == (24, 24, 3) and im.dtype == np.uint8
+    assert Image.open(tmp_path / "t2v_0_strip.png").size[0] > 3 * 24
+    bad = run("vincie-edit", "t2v", "--run", str(trained_run), "--caption", "a scene", "--text", " ")
+    assert bad.returncode == 2 and "--text" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
 def test_evaluate_rejudges_a_saved_run_with_other_sampler_settings(trained_run):
     import json
     # guided (both branches run), by chain-of-editing: each turn's source map first (Table 3's "CS -> I")

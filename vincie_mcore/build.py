@@ -355,9 +355,10 @@ def build_training(cfg):
     corpus = dc["corpus"]
     official = is_official(cfg)
     flow = flow_config(cfg)                                       # bad flow keys fail before the corpus is built
-    if official and dc["recipe"].t2i_prob > 0:
-        raise ConfigError("data.recipe.t2i_prob: the official variant trains the release's session layout only "
-                          "(no text-to-image samples); set it to 0")
+    for key in ("t2i_prob", "t2v_prob"):
+        if official and getattr(dc["recipe"], key) > 0:
+            raise ConfigError(f"data.recipe.{key}: the official variant trains the release's session layout only "
+                              "(no text-to-image or -video samples); set it to 0")
     if official and dc["recipe"].mask_type != "full":
         raise ConfigError(f"data.recipe.mask_type: the official variant trains one target per session under "
                           f"the full mask, got {dc['recipe'].mask_type!r}")
@@ -522,7 +523,8 @@ def synthetic_evaluator(cfg, store, sessions: int | None = None):
     per turn; returns ``summarize_eval``'s summary."""
     from .data.corpus import decode_corpus
     from .encoders import TextEncoder, build_image_encoder
-    from .eval.synthetic import evaluate, evaluate_t2i, mean_cell_error, summarize_eval, summarize_t2i
+    from .eval.synthetic import (evaluate, evaluate_t2i, evaluate_t2v, mean_cell_error, summarize_eval,
+                                 summarize_t2i, summarize_t2v)
     from .train.hooks import unwrap
 
     store = Path(store)
@@ -543,6 +545,9 @@ def synthetic_evaluator(cfg, store, sessions: int | None = None):
         if dc["recipe"].t2i_prob > 0:                      # what the text-to-image samples taught, too
             out |= summarize_t2i(*evaluate_t2i(editor, cache["held"], dc["world"], batch=int(cfg.eval.batch),
                                                progress=False)[:2])
+        if dc["recipe"].t2v_prob > 0:                      # ... and the text-to-video samples
+            out |= summarize_t2v(*evaluate_t2v(editor, cache["held"], dc["world"], turns=int(cfg.eval.turns),
+                                               batch=int(cfg.eval.batch), progress=False)[:2])
         return out
 
     return run

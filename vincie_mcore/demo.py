@@ -22,7 +22,7 @@ import torch
 from .build import build_training, data_configs, make_editor
 from .data.corpus import decode_corpus, synthesize_store
 from .encoders import TextEncoder, build_image_encoder
-from .eval.synthetic import evaluate, evaluate_t2i, summarize_eval, summarize_t2i
+from .eval.synthetic import evaluate, evaluate_t2i, evaluate_t2v, summarize_eval, summarize_t2i, summarize_t2v
 from .infer.editor import save_strip
 from .runinfo import arithmetic_info, code_version
 from .train.hooks import unwrap
@@ -81,6 +81,15 @@ def run_demo(cfg, t_start: float | None = None) -> dict:
         summary |= summarize_t2i(t2i, t2i_base)
         for i, (caption, out, truth) in enumerate(t2i_strips):
             save_strip([out, truth], run / f"t2i_{i}.png", labels=[caption, "true frame"])
+    if dc["recipe"].t2v_prob > 0:                               # ... and text-to-video
+        print("== 5. generate held-out clips from caption + transitions (text-to-video)", flush=True)
+        with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():
+            t2v, t2v_base, t2v_strips = evaluate_t2v(editor, held, world, turns=int(cfg.eval.turns),
+                                                     batch=int(cfg.eval.batch))
+        summary |= summarize_t2v(t2v, t2v_base)
+        for i, (caption, texts, clip, truth) in enumerate(t2v_strips):
+            save_strip(list(clip) + list(truth), run / f"t2v_{i}.png",
+                       labels=[caption] + list(texts) + ["true frames:"] + [""] * len(texts))
     summary["minutes"] = round((time.time() - t_start) / 60, 2)
     summary["steps"] = trainer.step
     summary["seconds_per_step"] = round(train_s / max(len(trainer.losses), 1), 4)

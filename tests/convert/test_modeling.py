@@ -94,7 +94,7 @@ def _random_export(folder, *overrides):
 
 def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
     """``text_to_image``: several captions in one batch give what each gives alone with its seed; the
-    default seed is the sampler's for every caption; the image can then be edited."""
+    default seed is the sampler's for every caption; the image can then be edited. ``text_to_video``: a clip."""
     import numpy as np
 
     pipe = _random_export(tmp_path, "data.recipe.t2i_prob=0.5")
@@ -107,6 +107,12 @@ def test_pipeline_draws_from_captions(megatron_cpu, tmp_path):
     same = pipe.text_to_image(caps, (16, 24), steps=2, seed=3)
     assert np.abs(same[0].astype(int) - both[0].astype(int)).max() <= 1
     assert len(pipe(both[0], ["make the red square blue"], steps=2)) == 1
+    # text-to-video: a clip of one frame more than texts, the sampler's seed by default, as the editor draws it
+    texts = ["make the red square blue", "remove the blue square"]
+    clip = pipe.text_to_video(caps[0], texts, (16, 24), steps=2)
+    assert [im.shape for im in clip] == [(16, 24, 3)] * 3
+    (direct,) = pipe.editor(steps=2).text_to_video([caps[0]], [texts], (16, 24), seeds=[pipe.sampler.seed])
+    assert all(np.array_equal(a, b) for a, b in zip(clip, direct))
 
 
 def test_pipeline_edits_several_images_at_once(megatron_cpu, tmp_path):

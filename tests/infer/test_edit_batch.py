@@ -219,3 +219,48 @@ def test_text_to_image_in_one_batch_gives_each_caption_its_own_image(megatron_cp
         ed.text_to_image(caps[:1], (12, 16))
     with pytest.raises(ValueError, match="non-empty strings"):
         ed.text_to_image(["  "], (16, 16))
+
+
+@pytest.mark.parametrize("mask_type", ["full", "block_causal"])
+def test_text_to_video_clips_in_one_batch_and_frames_that_see_each_other(megatron_cpu, mask_type):
+    """``Editor.text_to_video``: clips of different lengths packed in one batch give what each gives alone
+    with the same seed (under block_causal the KV-cache path equals re-packing); and a clip's frames are
+    generated together: changing only frame 1's starting noise changes frame 0 (under block_causal too,
+    where separate noisy blocks would never see each other)."""
+    from dataclasses import replace
+
+    from vincie_mcore.data.packing import EncodedSession, pack
+    from vincie_mcore.data.recipe import t2v_sample
+    from vincie_mcore.diffusion.flow import euler_sample
+
+    ed = _editor(mask_type)
+    caps = ["a small red square at the top left", "an empty scene"]
+    texts = [["make it blue", "move it right"], ["add a green circle"]]
+    together = ed.text_to_video(caps, texts, (16, 24), seeds=[5, 6])
+    assert [len(c) for c in together] == [3, 2]
+    assert all(im.shape == (16, 24, 3) and im.dtype == np.uint8 for c in together for im in c)
+    for c, tx, seed, clip in zip(caps, texts, [5, 6], together):
+        ed.gen.manual_seed(seed)
+        (alone,) = ed.text_to_video([c], [tx], (16, 24))
+        assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for a, b in zip(alone, clip))
+    if mask_type == "block_causal":
+        assert ed.kv_cache_reason() is None
+        ed.use_kv_cache = False
+        repacked = ed.text_to_video(caps, texts, (16, 24), seeds=[5, 6])
+        assert all(np.abs(a.astype(int) - b.astype(int)).max() <= 1 for x, y in zip(repacked, together)
+                   for a, b in zip(x, y))
+    sess = EncodedSession(frames=torch.zeros(3, 3, 16, 24), texts=texts[0], cameras=[None, None])
+    batch = pack([(t2v_sample(caps[0], texts[0]), sess)], ed.text.encode, ed.pack_cfg, mask_type)
+    f0, f1 = batch.image_blocks[0], batch.image_blocks[1]
+    noise = torch.randn(batch.img_x0.shape, generator=torch.Generator().manual_seed(0))
+    other = noise.clone()
+    other[f1["start"]:f1["start"] + f1["length"]] = torch.randn(f1["length"], noise.shape[1])
+    cfg = replace(ed.flow_cfg)
+    a = euler_sample(ed.model, batch, cfg, steps=2, guidance=3.0, noise=noise)
+    b = euler_sample(ed.model, batch, cfg, steps=2, guidance=3.0, noise=other)
+    rows0 = slice(f0["start"], f0["start"] + f0["length"])
+    assert (a[rows0] - b[rows0]).abs().max() > 1e-5          # 0 exactly where frame 0 could not see frame 1
+    with pytest.raises(ValueError, match="2 lists for 1 captions"):
+        ed.text_to_video(caps[:1], texts, (16, 24))
+    with pytest.raises(ValueError, match="a list of non-empty strings"):
+        ed.text_to_video(caps[:1], ["make it blue"], (16, 24))

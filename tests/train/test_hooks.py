@@ -64,7 +64,7 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     over = ["experiment=demo", f"run_dir={run}", "train.steps=2", "train.warmup=0", "train.progress=false",
             "train.log_every=1", "train.eval_every=1", "model.num_layers=2", "model.mm_layers=1",
             "data.corpus.workers=1", "data.pack.token_budget=400", "eval.turns=1", "sampler.steps=2",
-            "data.recipe.t2i_prob=0.3"]     # text-to-image samples too: the store's captions through training
+            "data.recipe.t2i_prob=0.3", "data.recipe.t2v_prob=0.3"]   # T2I and T2V samples too: the store's captions
     dc = data_configs(load_config(over))
     c = dc["corpus"]
     store = synthesize_store(tmp_path / "store", 6, dc["world"], c, "fixed", 3)
@@ -99,6 +99,14 @@ def test_eval_hook_every_n_steps_matches_vincie_evaluate(dist1, tmp_path):
     for k in ("t2i_success", "t2i_objects_right", "t2i_baseline_success", "t2i_sessions"):
         assert t2i[k] == last[k], (k, t2i[k], last[k])
     assert t2i["t2i_cell_error"] == pytest.approx(last["t2i_cell_error"], rel=1e-5)
+    # text-to-video likewise: every held-out session's first two frames as one clip
+    assert last["t2v_sessions"] == 6 and len(last["t2v_frame_success"]) == 2
+    assert evaluate_main(["--run", str(run), "--store", str(store), "--out", str(out), "--task", "t2v"]) == 0
+    t2v = json.loads(out.read_text())
+    assert t2v["task"] == "t2v" and [len(x) for x in t2v["session_success"]] == [6, 6]
+    for k in ("t2v_frame_success", "t2v_clip_success", "t2v_still_baseline", "t2v_sessions"):
+        assert t2v[k] == last[k], (k, t2v[k], last[k])
+    assert t2v["t2v_cell_error"] == pytest.approx(last["t2v_cell_error"], rel=1e-5)
 
 
 def test_magicbrush_eval_hook_matches_the_benchmark(dist1, tmp_path):

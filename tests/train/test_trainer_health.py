@@ -144,19 +144,20 @@ def test_loss_parts_match_a_hand_computation(dist1):
     # (session, order, ref, noisy, tokens); each target's task / turn by hand in `truth`
     layout = [(0, 1, ("frame", 0), False, 4), (0, 2, ("frame", 1), True, 4), (0, 3, ("roe_src", 1), True, 2),
               (0, 4, ("roe_tgt", 2), True, 3), (0, 5, ("frame", 3), True, 4), (1, 1, ("frame", 0), False, 2),
-              (1, 2, ("frame", 1), False, 2), (1, 2, ("frame", 1), True, 2), (1, 3, ("frame", 4), True, 1)]
+              (1, 2, ("frame", 1), False, 2), (1, 2, ("frame", 1), True, 2), (1, 3, ("frame", 4), True, 1),
+              (2, 1, ("t2v", 0), True, 3), (2, 2, ("t2v", 1), True, 2)]          # a text-to-video clip
     truth = {("frame", 1): ("task_nip", "turn_1"), ("roe_src", 1): ("task_csp", "turn_2"),
              ("roe_tgt", 2): ("task_nsp", "turn_3plus"), ("frame", 3): ("task_nip", "turn_3plus"),
-             ("frame", 4): ("task_nip", "turn_3plus")}
+             ("frame", 4): ("task_nip", "turn_3plus"), ("t2v", 0): ("task_t2v",), ("t2v", 1): ("task_t2v",)}
     b = BatchBuilder("block_causal", pad_multiple=16)
     rows = []
-    for sess in (0, 1):
+    for sess in (0, 1, 2):
         b.session()
         b.text(0, 0, torch.randn(2, 4, generator=g))
         for s, order, ref, noisy, n in layout:
             if s == sess:
                 b.image(order, KIND_NOISY if noisy else KIND_CLEAN, (1, n), torch.randn(n, P, generator=g),
-                        rope_turn=order, ref=ref)
+                        rope_turn=order, ref=ref, joins=ref == ("t2v", 1))
                 rows.append((ref, noisy, n))
     batch = b.build()
     assert batch.s_img > sum(n for _, _, n in rows)                 # padding rows are in the stream
@@ -173,12 +174,13 @@ def test_loss_parts_match_a_hand_computation(dist1):
                 want[name] = (s + sq, c + n * P)
         start += n
     parts = metrics["loss_parts"]
-    assert set(parts) == {"task_nip", "task_csp", "task_nsp", "task_t2i", "turn_1", "turn_2", "turn_3plus"}
+    assert set(parts) == {"task_nip", "task_csp", "task_nsp", "task_t2i", "task_t2v", "turn_1", "turn_2", "turn_3plus"}
     assert parts["task_t2i"][1].item() == 0                       # no text-to-image target in this batch
+    assert set(want) == set(parts) - {"task_t2i"}
     for name, (s, c) in want.items():
         assert parts[name][1].item() == c, name
         assert parts[name][0].item() == pytest.approx(s, rel=1e-6), name
-    tasks = sum(parts[k] for k in ("task_nip", "task_csp", "task_nsp"))
+    tasks = sum(parts[k] for k in ("task_nip", "task_csp", "task_nsp", "task_t2v"))
     assert (tasks[0] / tasks[1]).item() == pytest.approx(loss.item(), rel=1e-6)
 
 

@@ -19,6 +19,11 @@ docs/text_to_image.md), then edit it turn after turn when prompts are given:
 
     vincie-edit t2i --run runs/t2i --caption "a large red square at the top left" --prompt "make the red square blue"
 
+Or a whole clip, generated at once: its first frame from a caption, one frame per --text (a run trained
+with data.recipe.t2v_prob > 0):
+
+    vincie-edit t2v --run runs/t2v --caption "a large red square at the top left" --text "make the red square blue"
+
 Many images, each turn after turn, N sessions per model pass, resumable (docs/applications.md, "Many images"):
 
     vincie-edit batch --run runs/3b --jobs jobs.jsonl --out edits/ --batch 8
@@ -41,6 +46,8 @@ def main(argv=None) -> int:
         return batch(argv[1:])
     if argv and argv[0] == "t2i":
         return text_to_image(argv[1:])
+    if argv and argv[0] == "t2v":
+        return text_to_video(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  epilog=f"applications: vincie-edit {{{','.join(APPLICATIONS)}}} --help")
     src = ap.add_mutually_exclusive_group(required=True)
@@ -117,20 +124,7 @@ def text_to_image(argv) -> int:
     from vincie_tools.benchmark import input_size
 
     try:
-        if a.export:
-            from vincie_mcore.hf.pipeline import VincieEditPipeline
-            from vincie_tools.benchmark import export_sampler
-            editor, cfg = VincieEditPipeline.from_pretrained(a.export).editor(**export_sampler(a.set)), None
-        else:
-            from vincie_mcore.build import load_run, make_editor
-            cfg, model, text, img = load_run(a.run, a.set)
-            editor = make_editor(cfg, model, text, img)
-            if not cfg.data.recipe.get("t2i_prob", 0):
-                print("warning: this run trained without text-to-image samples (data.recipe.t2i_prob=0)",
-                      file=sys.stderr)
-        if not hasattr(editor, "text_to_image"):
-            raise ValueError(f"{type(editor).__name__}: this model's editor has no text-to-image (a released "
-                             f"model's layout has none)")
+        editor, cfg = _text_editor(a, "t2i_prob", "text_to_image")
         images = editor.text_to_image(a.caption, input_size(a, cfg))
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
@@ -148,6 +142,67 @@ def text_to_image(argv) -> int:
         save_strip(sess.images, out.with_name(f"{out.stem}_{i}_strip.png"),
                    labels=[caption] + [f"{t}: {p}" for t, p in enumerate(a.prompt, 1)])
     print(f"strips: {out.with_name(out.stem + '_<i>_strip.png')}")
+    return 0
+
+
+def _text_editor(a, key: str, method: str):
+    """(editor, run config or None) of ``--run`` / ``--export`` for ``vincie-edit t2i|t2v``: a warning when
+    the run trained without the samples ``data.recipe.<key>`` draws, an error when the editor lacks ``method``."""
+    if a.export:
+        from vincie_mcore.hf.pipeline import VincieEditPipeline
+        from vincie_tools.benchmark import export_sampler
+        editor, cfg = VincieEditPipeline.from_pretrained(a.export).editor(**export_sampler(a.set)), None
+    else:
+        from vincie_mcore.build import load_run, make_editor
+        cfg, model, text, img = load_run(a.run, a.set)
+        editor = make_editor(cfg, model, text, img)
+        if not cfg.data.recipe.get(key, 0):
+            print(f"warning: this run trained without {method.replace('_', '-')} samples (data.recipe.{key}=0)",
+                  file=sys.stderr)
+    if not hasattr(editor, method):
+        raise ValueError(f"{type(editor).__name__}: this model's editor has no {method.replace('_', '-')} (a "
+                         f"released model's layout has none)")
+    return editor, cfg
+
+
+def text_to_video(argv) -> int:
+    """``vincie-edit t2v``: a clip per ``--caption`` (all in one model pass), its first frame from the caption and
+    one more frame per ``--text`` (the transitions, shared by every clip), generated together; writes each frame
+    as ``<out>_<i>_frame<j>.png`` and the clip as a strip, ``<out>_<i>_strip.png``."""
+    ap = argparse.ArgumentParser(prog="vincie-edit t2v", description=text_to_video.__doc__.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help="training run folder (trained with data.recipe.t2v_prob > 0)")
+    src.add_argument("--export", help="export folder (vincie-convert export) of such a run")
+    ap.add_argument("--caption", action="append", required=True, help="the first frame (repeat for several clips)")
+    ap.add_argument("--text", action="append", required=True, help="what happens next: one frame each (repeat)")
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="frame size (default: a run's data.world.image_px, or 512 512)")
+    ap.add_argument("--out", default="t2v.png", help="output PNG name; each caption adds _<i>")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. sampler.steps=30 (with --export: sampler keys only)")
+    a = ap.parse_args(argv)
+    if any(not c.strip() for c in a.caption) or any(not t.strip() for t in a.text):
+        print("error: --caption and --text must not be empty", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    from vincie_mcore.infer.editor import save_strip
+    from vincie_tools.benchmark import input_size
+
+    try:
+        editor, cfg = _text_editor(a, "t2v_prob", "text_to_video")
+        clips = editor.text_to_video(a.caption, [list(a.text)] * len(a.caption), input_size(a, cfg))
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, (caption, clip) in enumerate(zip(a.caption, clips)):
+        for j, frame in enumerate(clip):
+            Image.fromarray(frame).save(out.with_name(f"{out.stem}_{i}_frame{j}.png"))
+        strip = out.with_name(f"{out.stem}_{i}_strip.png")
+        save_strip(clip, strip, labels=[caption] + [f"{t}: {x}" for t, x in enumerate(a.text, 1)])
+        print(f"{caption!r} -> {strip} ({len(clip)} frames)")
     return 0
 
 

@@ -313,8 +313,27 @@ MUTANTS = [
            ("tests/data/test_t2i.py",), "a stored session's caption embeddings are read from its block's first "
                                         "session: every T2I sample is conditioned on another frame's caption"),
     Mutant("t2i_loss_counted_as_nip", "vincie_mcore/diffusion/flow.py",
-           '"roe_tgt": 2, "t2i": 3}', '"roe_tgt": 2, "t2i": 0}',
+           '"roe_tgt": 2, "t2i": 3,', '"roe_tgt": 2, "t2i": 0,',
            ("tests/data/test_t2i.py",), "text-to-image targets are logged as next-image prediction (loss/task_nip)"),
+    Mutant("t2v_frames_not_one_block", "vincie_mcore/data/packing.py",
+           "joins=clip and in_clip,", "joins=False,",
+           ("tests/data/test_t2v.py",), "a text-to-video clip's frames are separate noisy blocks: under "
+                                        "block_causal no frame sees another, each is drawn alone"),
+    Mutant("t2v_frames_at_slot_zero", "vincie_mcore/data/packing.py",
+           '    return 0 if kind == "t2i" else', '    return 0 if kind in ("t2i", "t2v") else',
+           ("tests/data/test_t2v.py",), "every frame of a text-to-video clip takes RoPE slot 0: the clip has no "
+                                        "time axis, and not the positions edits use"),
+    Mutant("t2v_clip_conditioned_on_last_transition", "vincie_mcore/data/packing.py",
+           "text_block=caption if clip else last_text,", "text_block=last_text,",
+           ("tests/data/test_t2v.py",), "a text-to-video clip's text AdaLN reads its last transition text, "
+                                        "not its caption"),
+    Mutant("t2v_draws_before_t2i", "vincie_mcore/data/recipe.py",
+           "        if u < cfg.t2i_prob:\n", "        if cfg.t2v_prob <= u < cfg.t2i_prob + cfg.t2v_prob:\n",
+           ("tests/data/test_t2v.py",), "T2I is drawn above the T2V share: adding t2v_prob changes which "
+                                        "samples are text-to-image"),
+    Mutant("t2v_loss_counted_as_t2i", "vincie_mcore/diffusion/flow.py",
+           '"t2i": 3, "t2v": 4}', '"t2i": 3, "t2v": 3}',
+           ("tests/train/test_trainer_health.py",), "text-to-video targets are logged as text-to-image"),
     Mutant("captioned_store_refused_without_t2i", "vincie_mcore/data/latents.py",
            '    if a.get("texts.captions") and not b.get("texts.captions"):', "    if False:",
            ("tests/data/test_t2i.py",), "a store with captions is refused by a run without text-to-image"),

@@ -17,7 +17,8 @@ Layout and the reasons behind it: docs/latent_store.md. In short, under ``root/`
       txt_first [S+1]   txt_first[s]:txt_first[s+1] (K-1 each)
       prompt_*          the fixed texts: mask prompts (source, target) and "" (text dropout); in the
                         official layout the release's negative prompt and ""
-      cap, cap_off      only in a store made for text-to-image (``data.recipe.t2i_prob`` > 0): every
+      cap, cap_off      only in a store made for text-to-image or -video (``data.recipe.t2i_prob`` or
+                        ``t2v_prob`` > 0): every
                         frame's caption encoded, K per session (a session without captions: K empty ones)
       n_frames, hw      per session: K and the latent (h, w)
       record    str[S]  JSON: video_id, texts, cameras (raw), so the recipe can lay a session out
@@ -112,7 +113,7 @@ def encoder_identity(image_cfg, text_cfg, recipe: RecipeConfig, image_size: int 
 
     texts = {"camera_prompts": bool(recipe.camera_prompts), "mask_prompt_src": recipe.mask_prompt_src,
              "mask_prompt_tgt": recipe.mask_prompt_tgt}
-    if recipe.t2i_prob > 0:         # frame captions encoded too (a store without serves no T2I run; see _compare)
+    if recipe.captioned:            # frame captions encoded too (a store without serves no T2I/T2V run; _compare)
         texts["captions"] = True
     if layout == "official":        # (a paper-layout identity stays as stores made before layouts existed)
         from ..packed.official import OFFICIAL_NEGATIVE_PROMPT
@@ -141,7 +142,7 @@ def _compare(root, have: dict, want: dict) -> None:
         return out
     a, b = flat(have), flat(want)
     if a.get("texts.captions") and not b.get("texts.captions"):
-        del a["texts.captions"]                 # a store with captions serves a run without T2I as well
+        del a["texts.captions"]                 # a store with captions serves a run without T2I/T2V as well
     diff = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
     if diff:
         raise LatentMismatch(f"latent store {root} was made with other encoders/precision ("
@@ -574,7 +575,8 @@ class LatentStore:
 
     @property
     def captioned(self) -> bool:
-        """Whether the store holds frame captions (made for text-to-image, ``data.recipe.t2i_prob``)."""
+        """Whether the store holds frame captions (made for text-to-image or -video, ``data.recipe.t2i_prob``,
+        ``t2v_prob``)."""
         return bool(self.identity["texts"].get("captions"))
 
     def index(self) -> dict:

@@ -22,7 +22,7 @@ import torch
 from ..packed.batch import PackedBatch
 from ..packed.builder import ROPE_MODES, BatchBuilder
 from ..packed.patches import patchify
-from .recipe import RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan, pairwise_sessions
+from .recipe import T2V, RecipeConfig, SessionSample, build_sample, camera_prompt, draw_plan, pairwise_sessions
 
 
 @dataclass
@@ -55,7 +55,8 @@ class EncodedSession:
 
     def latent(self, ref) -> torch.Tensor:
         kind, j = ref
-        src = {"frame": self.frames, "t2i": self.frames, "roe_src": self.roe_src, "roe_tgt": self.roe_tgt}[kind]
+        src = {"frame": self.frames, "t2i": self.frames, "t2v": self.frames, "roe_src": self.roe_src,
+               "roe_tgt": self.roe_tgt}[kind]
         return src[j]
 
     def patches(self, ref, p: int) -> tuple[torch.Tensor, int, int]:
@@ -71,7 +72,7 @@ def _text_ids(blocks):
     return [b for b in blocks if b.modality == "text"]
 
 
-SLOTS = {"frame": 0, "roe_src": 1, "roe_tgt": 2}
+SLOTS = {"frame": 0, "roe_src": 1, "roe_tgt": 2, "t2v": 0}
 
 
 def image_slot(ref: tuple) -> int:
@@ -79,7 +80,8 @@ def image_slot(ref: tuple) -> int:
     RoE maps at 3j+1 (source) and 3j+2 (target). Frames keep the same relative positions whether
     or not a session carries RoE maps or drops context, so training (maps, dropout) and editing
     (frames only) agree on where the previous frame is. A text-to-image frame is the session's
-    first image, whichever frame of its video it was: slot 0, as I0 of an edit."""
+    first image, whichever frame of its video it was: slot 0, as I0 of an edit. A text-to-video clip's
+    frame j sits where frame j of an edit does (3j), so a T2V base learns the positions edits use."""
     kind, j = ref
     return 0 if kind == "t2i" else 3 * j + SLOTS[kind]
 
@@ -98,7 +100,8 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     embs = iter(encode_text(all_texts)) if all_texts else iter(())
     for sample, sess in items:
         builder.session()
-        last_text = last_prompt = -1    # text-block ids; a prompt counts only after the latest transition text
+        last_text = last_prompt = caption = -1   # text-block ids; a prompt counts only after the latest transition text
+        in_clip = False
         for b in sample.blocks:
             if b.modality == "text":
                 t = builder.text(b.order, b.turn, next(embs))                 # <TURN>_turn + (L, text_dim)
@@ -106,10 +109,15 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
                     last_prompt = t
                 else:
                     last_text, last_prompt = t, -1
+                caption = t if b.role == "caption" else caption
             else:
                 tok, h, w = sess.patches(b.image, p)                          # (h*w, C*p*p)
-                builder.image(b.order, b.kind, (h, w), tok, rope_turn=image_slot(b.image), text_block=last_text,
-                              prompt_block=last_prompt if b.role.startswith("roe") else -1, ref=b.image)
+                clip = b.role == T2V                                          # one block, conditioned on the caption
+                builder.image(b.order, b.kind, (h, w), tok, rope_turn=image_slot(b.image),
+                              text_block=caption if clip else last_text,
+                              prompt_block=last_prompt if b.role.startswith("roe") else -1, joins=clip and in_clip,
+                              ref=b.image)
+                in_clip = clip
     return builder.build()
 
 
@@ -147,7 +155,7 @@ class PackedStream:
         for s in self.corpus:
             for t, c in zip(s.texts, s.cameras):
                 texts.add(camera_prompt(t, c) if self.recipe.camera_prompts else t)
-            if self.recipe.t2i_prob > 0:
+            if self.recipe.captioned:
                 texts.update(s.captions or ())
         texts = sorted(texts)
         for a in range(0, len(texts), chunk):

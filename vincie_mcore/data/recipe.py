@@ -24,6 +24,13 @@ region in I_i / I_{i+1}). Recipe choices, each drawn per sample:
   The paper's model learns from T2I and T2V data besides sessions (Fig. 14) and starts from a T2V
   base (§4.1); this is how a run mixes T2I in, or (t2i_prob=1) trains a T2I base. Sessions without
   captions are never drawn as T2I, so the T2I share of a corpus is t2i_prob x its captioned share.
+* ``t2v_prob``: likewise a text-to-video sample: the session's caption of frame 0 and its transition
+  texts, then ALL its kept frames as one noisy clip, [caption_0, T0, ..., T_{n-1}, I0*..I_n*]
+  (``t2v_sample``; refs ("t2v", j), frame j at its session slot, loss group ``task_t2v``). The
+  packer makes the clip one block of the mask (docs/masks.md), so its frames see each other and
+  share one diffusion time, as a video model generates a clip: the T2V base the paper starts
+  from, learned from the same videos. One uniform draw decides T2I (below t2i_prob), T2V (below
+  t2i_prob + t2v_prob) or an edit, so t2v_prob 0 changes no earlier sample.
 
 The output is a list of ``Block``s in interleaved order. Orders are assigned
 here; the packer turns blocks into streams and the mask spec.
@@ -37,8 +44,9 @@ import numpy as np
 
 from ..packed.maskspec import KIND_CLEAN, KIND_NOISY, KIND_TEXT, MASK_TYPES
 
-TASKS = ("nip", "csp", "nsp")       # the editing tasks; "t2i" (text-to-image) is drawn apart, by t2i_prob
+TASKS = ("nip", "csp", "nsp")       # the editing tasks; text-to-image / -video are drawn apart (t2i/t2v_prob)
 T2I = "t2i"
+T2V = "t2v"
 
 
 @dataclass
@@ -56,11 +64,12 @@ class RecipeConfig:
     max_frames: int = 20                 # longer sessions are cut
     pairwise: bool = False               # train on each session's (I_i, T_i, I_{i+1}) pairs, not sessions
     t2i_prob: float = 0.0                # P(a captioned session's sample is text-to-image: [caption_j, noisy I_j])
+    t2v_prob: float = 0.0                # P(... is text-to-video: [caption_0, T0..T_{n-1}, noisy clip I0..I_n])
 
     def __post_init__(self):
         if self.mask_type not in MASK_TYPES:
             raise ValueError(f"recipe.mask_type: expected one of {MASK_TYPES}, got {self.mask_type!r}")
-        for name in ("roe_prob", "drop_frame", "drop_roe_src", "drop_roe_tgt", "t2i_prob"):
+        for name in ("roe_prob", "drop_frame", "drop_roe_src", "drop_roe_tgt", "t2i_prob", "t2v_prob"):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"recipe.{name}: must be a probability in [0, 1], got {v}")
@@ -69,6 +78,14 @@ class RecipeConfig:
             raise ValueError(f"recipe.task_probs: expected 3 non-negative weights (NIP, CSP, NSP), got {self.task_probs}")
         if self.max_frames < 2:
             raise ValueError(f"recipe.max_frames: must be >= 2, got {self.max_frames}")
+        if self.t2i_prob + self.t2v_prob > 1:
+            raise ValueError(f"recipe.t2v_prob: t2i_prob + t2v_prob must be <= 1 (one draw picks T2I, T2V or an "
+                             f"edit), got {self.t2i_prob} + {self.t2v_prob}")
+
+    @property
+    def captioned(self) -> bool:
+        """Whether samples read frame captions (text-to-image or -video): the latent store must hold them."""
+        return self.t2i_prob > 0 or self.t2v_prob > 0
 
 
 def pairwise_sessions(corpus: list) -> list:
@@ -101,8 +118,8 @@ class Block:
     order: int               # index in the interleaved session (noisy twins share it)
     turn: int                # transition index the block belongs to (<TURN>_turn for text)
     text: str | None = None  # text blocks
-    image: tuple | None = None   # image blocks: ("frame", j) | ("roe_src", j) | ("roe_tgt", j) | ("t2i", j)
-    role: str = ""           # "frame" | "roe_src" | "roe_tgt" | "t2i" | "text" | "mask_prompt" | "caption"
+    image: tuple | None = None   # image blocks: ("frame", j) | ("roe_src", j) | ("roe_tgt", j) | ("t2i", j) | ("t2v", j)
+    role: str = ""           # "frame" | "roe_src" | "roe_tgt" | "t2i" | "t2v" | "text" | "mask_prompt" | "caption"
 
 
 @dataclass
@@ -118,21 +135,26 @@ class SessionPlan:
     """The random choices of one sample, kept explicit so inference and tests can set them."""
     num_turns: int                           # transitions kept (frames = num_turns + 1); 0 for t2i
     use_roe: bool = False
-    task: str = "nip"                        # one of TASKS, or T2I
-    target_turn: int = -1                    # full mask: the turn whose target is noisy; t2i: the frame
+    task: str = "nip"                        # one of TASKS, or T2I / T2V
+    target_turn: int = -1                    # full mask: the turn whose target is noisy; t2i: the frame;
+                                             # t2v: 0, the frame whose caption leads the clip
     dropped: set = field(default_factory=set)    # {("frame", j), ("roe_src", j), ("roe_tgt", j)}
 
 
 def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_roe: bool = True,
               has_captions: bool = False) -> SessionPlan:
     """Draw the recipe's random choices for a session with ``num_frames`` frames (``has_captions``: its
-    frames are captioned, so it may be drawn as text-to-image). With ``t2i_prob`` 0 nothing more is drawn
-    than before it existed: the same seed gives the same samples."""
+    frames are captioned, so it may be drawn as text-to-image or -video). With ``t2i_prob`` and ``t2v_prob``
+    0 nothing more is drawn than before they existed: the same seed gives the same samples."""
     if num_frames < 2:
         raise ValueError(f"session has {num_frames} frame(s); a training session needs at least 2")
     n = min(num_frames, cfg.max_frames) - 1
-    if has_captions and cfg.t2i_prob > 0 and rng.random() < cfg.t2i_prob:
-        return SessionPlan(num_turns=0, task=T2I, target_turn=int(rng.integers(n + 1)))
+    if has_captions and cfg.captioned:
+        u = rng.random()
+        if u < cfg.t2i_prob:
+            return SessionPlan(num_turns=0, task=T2I, target_turn=int(rng.integers(n + 1)))
+        if u < cfg.t2i_prob + cfg.t2v_prob:
+            return SessionPlan(num_turns=n, task=T2V, target_turn=0)
     use_roe = has_roe and rng.random() < cfg.roe_prob
     probs = np.asarray(cfg.task_probs, dtype=float) if use_roe else np.array([1.0, 0.0, 0.0])
     task = TASKS[rng.choice(3, p=probs / probs.sum())]
@@ -163,18 +185,38 @@ def t2i_sample(caption: str, frame: int = 0) -> SessionSample:
                          task=T2I, target_turn=frame)
 
 
+def t2v_sample(caption: str, texts: list[str]) -> SessionSample:
+    """Text-to-video: [caption, T0, ..., T_{n-1}, noisy frames 0..n] with n = len(texts) (texts as they are
+    emitted, camera tags included). Frame j's ref is ("t2v", j), at order n + 1 + j: its own position
+    (frame j's slot, as in an edit); the packer joins the frames into one block (``BatchBuilder.image``'s
+    ``joins``), the clip a video model denoises together."""
+    n = len(texts)
+    blocks = [Block("text", KIND_TEXT, 0, 0, text=caption, role="caption")]
+    blocks += [Block("text", KIND_TEXT, 1 + j, j, text=t, role="text") for j, t in enumerate(texts)]
+    blocks += [Block("image", KIND_NOISY, n + 1 + j, j, image=(T2V, j), role=T2V) for j in range(n + 1)]
+    return SessionSample(blocks=blocks, task=T2V, target_turn=0)
+
+
+def emitted(text: str, camera: str | None, cfg: RecipeConfig) -> str:
+    """A transition text as the layout carries it: with its camera tag when ``cfg.camera_prompts``."""
+    return camera_prompt(text, camera) if cfg.camera_prompts else text
+
+
 def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan, cfg: RecipeConfig,
                  captions: list[str] | None = None) -> SessionSample:
     """Lay out the blocks of one session under ``plan``.
 
     ``texts[j]`` / ``cameras[j]`` describe transition j (frame j -> j+1). Image
     blocks refer to latents by ("frame", j) / ("roe_src", j) / ("roe_tgt", j);
-    a t2i plan lays out ``t2i_sample(captions[j], j)``.
+    a t2i plan lays out ``t2i_sample(captions[j], j)``, a t2v plan ``t2v_sample`` of caption 0 and the
+    plan's ``num_turns`` transitions.
     """
+    if plan.task in (T2I, T2V) and captions is None:
+        raise ValueError(f"a text-to-{'image' if plan.task == T2I else 'video'} plan needs the session's frame captions")
     if plan.task == T2I:
-        if captions is None:
-            raise ValueError("a text-to-image plan needs the session's frame captions")
         return t2i_sample(captions[plan.target_turn], plan.target_turn)
+    if plan.task == T2V:
+        return t2v_sample(captions[0], [emitted(texts[j], cameras[j], cfg) for j in range(plan.num_turns)])
     blocks: list[Block] = []
     order = 0
 
@@ -204,7 +246,7 @@ def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan,
     place(("frame", 0), 0, is_target=False)
     for j in range(last + 1):
         tgt = full and j == plan.target_turn
-        add_text(camera_prompt(texts[j], cameras[j]) if cfg.camera_prompts else texts[j], j, "text")
+        add_text(emitted(texts[j], cameras[j], cfg), j, "text")
         if plan.use_roe:
             for kind, prompt, task in (("roe_src", cfg.mask_prompt_src, "csp"), ("roe_tgt", cfg.mask_prompt_tgt, "nsp")):
                 is_target = tgt and plan.task == task

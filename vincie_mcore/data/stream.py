@@ -154,15 +154,16 @@ class PackPlanner:
         if self.pairwise and official is not None:
             raise ValueError("data.recipe.pairwise: the official variant trains whole sessions, one target each")
         self.units = self.rows
-        # text-to-image (recipe.t2i_prob): which rows are captioned (cap_len of the first frame > 0)
+        # text-to-image / -video (recipe.t2i_prob, t2v_prob): which rows are captioned (cap_len of frame 0 > 0)
         self.captioned = None
-        if recipe.t2i_prob > 0 and official is None:
+        if recipe.captioned and official is None:
+            key = "data.recipe." + ("t2i_prob" if recipe.t2i_prob > 0 else "t2v_prob")
             if "cap_len" not in index:
-                raise ConfigError("data.recipe.t2i_prob: the latent store holds no frame captions; precompute it "
-                                  "with the run's config (t2i_prob > 0 encodes them)")
+                raise ConfigError(f"{key}: the latent store holds no frame captions; precompute it "
+                                  "with the run's config (t2i_prob or t2v_prob > 0 encodes them)")
             self.captioned = index["cap_len"][index["cap_first"][:-1]] > 0
             if not self.captioned[self.rows].any():
-                raise ConfigError("data.recipe.t2i_prob: no session of this run has frame captions (the session "
+                raise ConfigError(f"{key}: no session of this run has frame captions (the session "
                                   "store's annotator gave none: the synthetic world's and a VLM's do)")
         if self.pairwise:
             pairs = index["n_frames"][self.rows].astype(np.int64) - 1

@@ -26,11 +26,11 @@ PREDICTIONS = ("v", "x0")
 
 # The loss split the trainer logs per window (``loss/<name>``). A target's task follows from the
 # image it predicts (data/recipe.py: NIP -> ("frame", j+1), CSP -> ("roe_src", j), NSP -> ("roe_tgt", j),
-# text-to-image -> ("t2i", j)); its turn is the edit it belongs to: frame j is turn j, transition j's maps
-# are turn j + 1; a text-to-image target is no edit and has no turn.
-LOSS_TASKS = ("task_nip", "task_csp", "task_nsp", "task_t2i")
+# text-to-image -> ("t2i", j), text-to-video -> ("t2v", j)); its turn is the edit it belongs to: frame j is
+# turn j, transition j's maps are turn j + 1; a text-to-image or -video target is no edit and has no turn.
+LOSS_TASKS = ("task_nip", "task_csp", "task_nsp", "task_t2i", "task_t2v")
 LOSS_TURNS = ("turn_1", "turn_2", "turn_3plus")
-_TASK_OF_REF = {"frame": 0, "roe_src": 1, "roe_tgt": 2, "t2i": 3}
+_TASK_OF_REF = {"frame": 0, "roe_src": 1, "roe_tgt": 2, "t2i": 3, "t2v": 4}
 
 
 @dataclass
@@ -110,7 +110,7 @@ def loss_groups(batch: PackedBatch) -> torch.Tensor | None:
         if ib.get("noisy") and kind in _TASK_OF_REF:
             named = True
             task.append(_TASK_OF_REF[kind])
-            turn.append(-1 if kind == "t2i" else min(ref[1] + (kind != "frame"), 3) - 1)
+            turn.append(-1 if kind in ("t2i", "t2v") else min(ref[1] + (kind != "frame"), 3) - 1)
         else:
             task.append(-1)
             turn.append(-1)

@@ -137,6 +137,48 @@ def summarize_t2i(results, baseline) -> dict:
             "t2i_cell_error": mean_cell_error(results), "t2i_sessions": len(results)}
 
 
+def evaluate_t2v(editor: Editor, sessions, world, turns: int = 3, batch: int = 64, progress: bool = True):
+    """Text-to-video on the synthetic world, judged exactly frame by frame: each held-out session's clip of
+    ``turns + 1`` frames is generated at once from its first frame's exact caption and its first ``turns``
+    transition texts (``Editor.text_to_video``); frame 0 is judged as text-to-image (against an empty scene),
+    frame k as the edit ``states[k-1] -> states[k]`` (success: every cell of frame k right). The baseline
+    holds the true first frame still: right at frame 0, and later only where an edit changed nothing.
+    Returns (results, baseline, strips): results[k] (baseline[k]) the judge dicts of frame k, strips the
+    first six (caption, texts, generated frames, true frames)."""
+    from tqdm import tqdm
+
+    from ..data.world import Scene, scene_caption
+    from .judge import as_scene
+
+    sessions = [s for s in sessions if s.states and s.frames.shape[0] > turns]
+    results, baseline, strips = [[] for _ in range(turns + 1)], [[] for _ in range(turns + 1)], []
+    for a in tqdm(range(0, len(sessions), batch), desc="text-to-video", disable=not progress):
+        chunk = sessions[a:a + batch]
+        captions = [scene_caption(as_scene(s.states[0]), world) for s in chunk]
+        texts = [list(s.texts[:turns]) for s in chunk]
+        seeds = [editor.sampler.seed + a + i for i in range(len(chunk))]       # as evaluate_t2i
+        clips = editor.text_to_video(captions, texts, tuple(chunk[0].frames.shape[1:3]), seeds=seeds)
+        for s, clip, cap, tx in zip(chunk, clips, captions, texts):
+            for k, out in enumerate(clip):
+                before = Scene() if k == 0 else s.states[k - 1]
+                results[k].append(judge_edit(out, before, s.states[k], world))
+                baseline[k].append(judge_edit(s.frames[0], before, s.states[k], world))
+            if len(strips) < 6:
+                strips.append((cap, tx, clip, list(s.frames[:turns + 1])))
+    return results, baseline, strips
+
+
+def summarize_t2v(results, baseline) -> dict:
+    """Per-frame success of the clips, the share of clips right in every frame, the still baseline's per
+    frame, and the mean cell error per frame."""
+    rate = lambda rs: round(float(np.mean([r["success"] for r in rs])), 4) if rs else 0.0
+    whole = [all(fr[i]["success"] for fr in results) for i in range(len(results[0]))] if results else []
+    return {"t2v_frame_success": [rate(r) for r in results],
+            "t2v_clip_success": round(float(np.mean(whole)), 4) if whole else 0.0,
+            "t2v_still_baseline": [rate(b) for b in baseline],
+            "t2v_cell_error": [mean_cell_error(r) for r in results], "t2v_sessions": len(whole)}
+
+
 def summarize_eval(results, baseline) -> dict:
     """Success rates per turn (model and copy baseline), turn 1 by edit type, sessions judged."""
     rate = lambda rs: float(np.mean([r["success"] for r in rs])) if rs else 0.0

@@ -8,6 +8,7 @@ export from a run folder writes (docs/export.md).
     pipe = VincieEditPipeline.from_pretrained("exports/demo")
     images = pipe(image, ["add a red square at the top left", "make it blue"], steps=20, guidance=3.0, seed=0)
     drawn = pipe.text_to_image(["a large red square at the top left"], (24, 24))   # a run trained with T2I
+    clip = pipe.text_to_video("a large red square at the top left", ["make the red square blue"], (24, 24))
 """
 from __future__ import annotations
 
@@ -143,14 +144,25 @@ class VincieEditPipeline:
         seeds = [editor.sampler.seed] * len(captions) if seeds is None else list(seeds)
         return editor.text_to_image(captions, tuple(size), seeds=seeds)
 
+    @torch.no_grad()
+    def text_to_video(self, caption: str, texts: list[str], size: tuple[int, int], seed: int | None = None,
+                      **sampler) -> list[np.ndarray]:
+        """A caption and the transition texts -> a clip of ``len(texts) + 1`` frames, uint8 [H, W, 3] each, all
+        generated together: for a model trained with ``data.recipe.t2v_prob`` > 0 (docs/text_to_image.md).
+        ``seed``: default the sampler's; sampler settings as in ``__call__``."""
+        self._recipe("text_to_video")                    # a release has no text-to-video layout
+        editor = self.editor(**sampler)
+        return editor.text_to_video([caption], [list(texts)], tuple(size),
+                                    seeds=[editor.sampler.seed if seed is None else int(seed)])[0]
+
     # ------------------------------------------------------------------ the paper's applications
     # (infer/applications.py, docs/applications.md); sampler settings as in __call__. Each returns the
     # application's result: its images, and ``panels`` / ``labels`` for ``applications.save`` (an edit strip).
 
     def _recipe(self, name: str) -> RecipeConfig:
         if self.model.cfg.variant == "official":
-            raise ValueError(f"{name}: not for a released model (variant 'official'): it needs the RoE maps, "
-                             f"which the release's inference layout has no place for")
+            raise ValueError(f"{name}: not for a released model (variant 'official'): it needs a layout the "
+                             f"release's inference has no place for (RoE maps, a caption)")
         if self.recipe is None:
             raise ValueError(f"{name}: this export has no recipe in config.json's pipeline section (exported "
                              f"before it was written): export the run again")

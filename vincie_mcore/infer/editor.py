@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..data.packing import EncodedSession, PackConfig, pack
-from ..data.recipe import SessionSample, inference_sample, t2i_sample
+from ..data.recipe import T2V, SessionSample, camera_prompt, inference_sample, t2i_sample, t2v_sample
 from ..diffusion.flow import FlowConfig, euler_sample
 from ..packed.patches import unpatchify
 from ..parallel import cpu_compat
@@ -190,6 +190,30 @@ class Editor:
         layouts = [(t2i_sample(c), EncodedSession(frames=torch.zeros(1, *shape), texts=[], cameras=[]))
                    for c in captions]
         return [out[("t2i", 0)][0] for out in self.generate_many(layouts, seeds=seeds)]
+
+    @torch.no_grad()
+    def text_to_video(self, captions: list[str], transitions: list[list[str]], size: tuple[int, int],
+                      seeds: list | None = None) -> list[list[np.ndarray]]:
+        """A clip per caption: its first frame described by ``captions[i]``, then one frame per text of
+        ``transitions[i]``, all frames generated together as one block (uint8 [H, W, 3] each, ``size`` (H, W));
+        every clip in one packed batch. The text-to-video layout a run learns with ``data.recipe.t2v_prob`` > 0
+        (``recipe.t2v_sample``; texts with the editor's camera tag, as edits). ``seeds`` as in ``edit_turns``."""
+        if not captions or any(not isinstance(c, str) or not c.strip() for c in captions):
+            raise ValueError("captions: expected one or more non-empty strings")
+        if len(transitions) != len(captions):
+            raise ValueError(f"transitions: {len(transitions)} lists for {len(captions)} captions")
+        for texts in transitions:
+            if isinstance(texts, str) or any(not isinstance(t, str) or not t.strip() for t in texts):
+                raise ValueError("transitions: expected a list of non-empty strings per caption")
+        blank = self._check_image(np.zeros((*size, 3), np.uint8))             # size checked as an edit's image
+        shape = self.image.encode(blank[None])[0].shape                        # the latent's (C, h, w)
+        tag = (lambda t: camera_prompt(t, None)) if self.sampler.camera_prompts else (lambda t: t)
+        layouts = [(t2v_sample(c, [tag(t) for t in texts]),
+                    EncodedSession(frames=torch.zeros(len(texts) + 1, *shape), texts=list(texts),
+                                   cameras=[None] * len(texts)))
+                   for c, texts in zip(captions, transitions)]
+        made = self.generate_many(layouts, seeds=seeds)
+        return [[out[(T2V, j)][0] for j in range(len(texts) + 1)] for out, texts in zip(made, transitions)]
 
     def new_kv(self) -> dict | None:
         """Empty ``{"cond", "uncond"}`` KV caches for ``generate``, or None where the cache cannot run."""
