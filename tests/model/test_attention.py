@@ -182,3 +182,41 @@ def test_torch_core_on_awkward_random_layouts(seed):
     go = torch.randn(out.shape, generator=g, dtype=out.dtype)
     for a, b in zip(torch.autograd.grad(out, (q, k, v), go), torch.autograd.grad(ref, (q, k, v), go)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("core", ["torch", "triton"])
+def test_cores_on_a_text_to_video_clip(core):
+    """A text-to-video clip is one noisy block of several frames (docs/text_to_image.md): both cores, forward
+    and backward, against the rule in words, beside an edit session, under block_causal."""
+    from vincie_mcore.packed.builder import BatchBuilder
+    from vincie_mcore.packed.maskspec import KIND_CLEAN
+
+    b = BatchBuilder("block_causal")
+    b.session()
+    t = b.text(0, 0, length=5)
+    b.text(1, 0, length=3)
+    for f in range(3):
+        b.image(2 + f, KIND_NOISY, (3, 4), rope_turn=3 * f, text_block=t, joins=f > 0)
+    b.session()
+    b.image(0, KIND_CLEAN, (2, 3), rope_turn=0)
+    t2 = b.text(1, 0, length=4)
+    b.image(2, KIND_CLEAN, (2, 3), rope_turn=3, text_block=t2)
+    b.image(2, KIND_NOISY, (2, 3), rope_turn=3, text_block=t2)
+    spec = b.build(torch.Generator().manual_seed(0), text_dim=4, patch_dim=4).spec
+    mask = rule_mask(spec)
+    clip = slice(12, 12 + 36)                               # both sessions' 12 text rows, then the clip's
+    assert mask[clip, clip].all() and mask[clip, :8].all() and not mask[:12, clip].any()
+    q, k, v = _qkv(spec.seq_len, H=2, D=16, seed=1)
+    ref, _ = dense_attention(q, k, v, mask)
+    go = torch.randn(ref.shape, generator=torch.Generator().manual_seed(2), dtype=ref.dtype)
+    want = torch.autograd.grad(ref, (q, k, v), go)
+    if core == "torch":
+        out = TorchMaskedAttention()(q, k, v, spec)
+        tol = dict(rtol=1e-4, atol=1e-5)
+    else:
+        pytest.importorskip("vincie_kernels.masked_attention", reason="the Triton kernels need triton")
+        out = TritonMaskedAttention()(q.float(), k.float(), v.float(), spec)
+        tol = dict(rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(out.double(), ref, **tol)
+    for a, w in zip(torch.autograd.grad(out, (q, k, v), go.to(out.dtype)), want):
+        torch.testing.assert_close(a.double(), w, **tol)
