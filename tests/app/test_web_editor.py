@@ -154,6 +154,36 @@ def test_compose_starts_a_session_that_edits_on(backend, tmp_path):
         (24, 24, 3)                                            # fit: both to the training size first
 
 
+def test_draw_starts_a_session_that_edits_on(backend, tmp_path):
+    """A start image drawn from a caption: the image ``Editor.text_to_image`` draws with the same settings and
+    seed, at the training size; later turns edit it (equal to the no-cache editor); the history and the
+    download name the caption; an upload afterwards forgets it; bad input is one line."""
+    from vincie_mcore.infer.editor import EditSession
+
+    ws = WebSession(backend)
+    cap = "a large red square at the top left"
+    drawn = ws.draw(f" {cap} ", 3, 3.0, 4)
+    (want,) = backend.editor(3, 3.0, 4).text_to_image([cap], (24, 24), seeds=[4])
+    assert drawn.shape == (24, 24, 3) and np.array_equal(drawn, want)
+    out = ws.edit(PROMPTS[0], 2, 3.0, 1)
+    ed = backend.editor(2, 3.0, 1)
+    ed.use_kv_cache = False
+    ref = EditSession(ed, images=[torch.from_numpy(drawn)], texts=[])
+    ref.edit(PROMPTS[0])
+    torch.testing.assert_close(ws.session.latents[-1], ref.latents[-1], atol=1e-5, rtol=0)
+    assert out.shape == (24, 24, 3)
+    assert [c for _, c in ws.gallery()] == [f"drawn: {cap}", f"turn 1: {PROMPTS[0]}"]
+    with zipfile.ZipFile(ws.download(tmp_path)) as z:
+        assert json.loads(z.read("session.json"))["drawn_from"] == cap
+    ws.undo()
+    with pytest.raises(AppError, match="^undo: no turn to undo$"):
+        ws.undo()
+    ws.start(_image(3))
+    assert ws.caption is None and ws.gallery()[0][1] == "start"
+    with pytest.raises(AppError, match="^caption: type what to draw$"):
+        WebSession(backend).draw("  ", 2, 3.0, 0)
+
+
 def test_drag_is_a_turn_that_edits_on(backend, tmp_path):
     """A region painted on the latest result and moved: the turn is the image ``applications.drag`` makes from
     that image alone (the same re-packing path: equal), its instruction joins the history, the next turn edits
@@ -487,3 +517,12 @@ def test_two_turns_undo_download_and_a_bad_image_in_the_browser(server, driver, 
     css(d, "#compose-btn")[0].click()
     wait(lambda: "Turn 1 done: 60 steps" in text(d, "#status"), what="the composition")
     wait(lambda: len(css(d, "#history img")) == 3, what="references and the composed image")
+
+    # 9. draw: a caption starts a new session from a drawn image (60 steps still set)
+    css(d, "#draw button.label-wrap")[0].click()               # open the "Draw ... from a caption" accordion
+    wait(lambda: css(d, "#caption textarea"), what="the caption box")
+    css(d, "#caption textarea")[0].send_keys("a large red square at the top left")
+    css(d, "#draw-btn")[0].click()
+    wait(lambda: "Start image 24x24 (drawn from the caption)" in text(d, "#status"), what="the drawing")
+    wait(lambda: len(css(d, "#history img")) == 1, what="the drawn start image alone")
+    assert "drawn: a large red square at the top left" in text(d, "#history")

@@ -138,6 +138,7 @@ class WebSession:
         self.session: EditSession | None = None
         self.turns: list[Turn] = []
         self.references = 1            # images the session started from: 1, or a composition's references
+        self.caption: str | None = None   # the caption the start image was drawn from (``draw``), if it was
         self.maps: dict[int, dict] = {}   # image index -> the RoE maps its chain-of-editing turn predicted
         self.chain = None                 # the ChainSession of chain-of-editing turns (its KV cache), over a prefix
         self.id = uuid.uuid4().hex[:12]
@@ -154,8 +155,24 @@ class WebSession:
             raise AppError("image: upload a start image first")
         a = self._checked(self._load(image, "image"), fit, "image")
         self.session = self.backend.editor(1, 1.0, 0).start(a)
-        self.turns, self.references, self.maps, self.chain = [], 1, {}, None
+        self.turns, self.references, self.maps, self.chain, self.caption = [], 1, {}, None, None
         return np.asarray(self.session.images[0])   # the official editor fits the image to its model size
+
+    def draw(self, caption: str, steps: int, guidance: float, seed: int, progress=None) -> np.ndarray:
+        """A new session whose start image is drawn from ``caption`` (``Editor.text_to_image``: the layout a run
+        learns with ``data.recipe.t2i_prob`` > 0) at the model's training size (512x512 when unknown) -> the
+        image; later turns edit it as an uploaded one. A released model has no text-to-image layout."""
+        if self.backend.variant == "official":
+            raise AppError("caption: not for a released model (model.variant 'official'): the release's inference "
+                           "layout has no text-to-image")
+        if not isinstance(caption, str) or not caption.strip():
+            raise AppError("caption: type what to draw")
+        editor = self.backend.editor(steps, guidance, seed)
+        editor.step_callback = progress
+        (image,) = editor.text_to_image([caption.strip()], self.backend.image_size or (512, 512), seeds=[int(seed)])
+        self.session = self.backend.editor(1, 1.0, 0).start(image)
+        self.turns, self.references, self.maps, self.chain, self.caption = [], 1, {}, None, caption.strip()
+        return image
 
     def compose(self, references, prompt: str, steps: int, guidance: float, seed: int, fit: bool = False,
                 progress=None) -> np.ndarray:
@@ -178,6 +195,7 @@ class WebSession:
         except ValueError as e:                              # e.g. references of two sizes (paper layout)
             raise AppError(str(e)) from None
         self.session, self.turns, self.references, self.maps, self.chain = session, [], len(arrays), {}, None
+        self.caption = None
         t0 = time.perf_counter()
         out = session.edit(text)
         self.turns.append(Turn(prompt.strip(), int(steps), float(guidance), int(seed),
@@ -348,7 +366,8 @@ class WebSession:
         """(image, caption) per step of the history: the start image, then each turn with its prompt."""
         ims = self.images
         k = self.references
-        caps = (["start"] if k == 1 else [f"reference {i}" for i in range(1, k + 1)]) + \
+        first = "start" if self.caption is None else f"drawn: {self.caption}"
+        caps = ([first] if k == 1 else [f"reference {i}" for i in range(1, k + 1)]) + \
             [f"turn {i}: {t.prompt}" for i, t in enumerate(self.turns, 1)]
         return list(zip(ims, caps))
 
@@ -358,7 +377,7 @@ class WebSession:
         return {"source": self.backend.source, "library_version": library_version(),
                 "mask_type": self.backend.mask_type,
                 "image_size": list(self.images[0].shape[:2]) if self.images else None,
-                "references": self.references,
+                "references": self.references, "drawn_from": self.caption,
                 "turns": [dataclasses.asdict(t) for t in self.turns]}
 
     def download(self, folder) -> Path:

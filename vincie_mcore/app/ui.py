@@ -56,7 +56,8 @@ def _status(ws: WebSession | None) -> str:
         return "No session: upload a start image."
     if not ws.turns:
         h, w = ws.images[0].shape[:2]
-        return f"Start image {w}x{h}. Type the first instruction."
+        drawn = "" if ws.caption is None else " (drawn from the caption)"
+        return f"Start image {w}x{h}{drawn}. Type the first instruction."
     t = ws.turns[-1]
     return (f"**Turn {len(ws.turns)}** done: {t.steps} steps, guidance {t.guidance:g}, seed {t.seed}, "
             f"{t.seconds:.2f} s, KV cache {'on' if t.kv_cache else 'off'}.")
@@ -213,6 +214,18 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         except Exception as e:
             _fail(e)
 
+    def on_draw(caption, steps, guidance, seed, request: gr.Request, progress=gr.Progress()):
+        key = request.session_hash
+        try:
+            ws = WebSession(backend, max_pixels=max_pixels, max_bytes=max_bytes)
+            ws.draw(caption, steps, guidance, seed,
+                    progress=lambda done, n: progress((done, n), desc="drawing", unit="steps"))
+            sessions.drop(key, "new drawing")
+            sessions.put(key, ws)
+            return _outputs(ws)
+        except Exception as e:
+            _fail(e)
+
     def on_undo(request: gr.Request):
         ws = sessions.get(request.session_hash)
         try:
@@ -254,6 +267,13 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
                     compose = gr.Button("Compose", elem_id="compose-btn")
                     gr.Markdown("The instruction above says what to make of them; the result starts a new "
                                 "session, edited on like any other.")
+                with gr.Accordion("Draw the start image from a caption", open=False, elem_id="draw",
+                                  visible=backend.variant != "official"):     # the release has no T2I layout
+                    caption = gr.Textbox(label="Caption", placeholder="e.g. a large red square at the top left",
+                                         elem_id="caption", lines=1)
+                    draw = gr.Button("Draw", elem_id="draw-btn")
+                    gr.Markdown("For a model trained with text-to-image samples (`data.recipe.t2i_prob` > 0). "
+                                "The drawing starts a new session, edited on like an uploaded image.")
                 with gr.Accordion("Move an object (drag)", open=False, elem_id="drag",
                                   visible=backend.variant != "official"):     # the release has no RoE maps
                     canvas = gr.ImageEditor(label="Paint the object to move on the latest result", type="numpy",
@@ -287,6 +307,7 @@ def build_app(backend: Backend, upload_root: str | None = None, max_pixels: int 
         edit.click(on_edit, [prompt, steps, guidance, seed, chain], [*outs, prompt], api_name="edit")
         prompt.submit(on_edit, [prompt, steps, guidance, seed, chain], [*outs, prompt], api_name=False)
         undo.click(on_undo, None, outs, api_name="undo")
+        draw.click(on_draw, [caption, steps, guidance, seed], outs, api_name="draw")
         compose.click(on_compose, [refs, prompt, steps, guidance, seed, fit], [*outs, prompt], api_name="compose")
         move.click(on_drag, [canvas, dx, dy, scale, angle, prompt, steps, guidance, seed], [*outs, prompt],
                    api_name="drag")
