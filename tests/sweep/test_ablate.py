@@ -362,6 +362,39 @@ def test_context_ablation_on_slurm_plan_launch_report(slurm_cluster, tmp_path): 
     assert (Path(owner.run_dir) / owner.eval_file).is_file()
 
 
+def test_base_ablation_s_scratch_arm_waits_for_no_base(slurm_cluster, tmp_path):  # noqa: F811
+    """``launch`` of the base ablation: the arm from the base waits for the base array, the scratch arm
+    (``from_base: false``) is an array of its own with no dependency, each evaluation waits for its own arm's
+    element, and a later launch finds both arms' elements (submitted held and cancelled: the dependencies
+    are what is tested here; both arrays run the same sbatch script the other Slurm tests run)."""
+    from vincie_mcore.sweep.launch import _launched, format_launch, launch
+
+    env = dict(slurm_cluster, PATH=f"{BIN}:{os.environ['PATH']}")
+    sw = tmp_path / "base"
+    A.plan(_ablation_yaml(tmp_path, ablation="base", pretrain={"overrides": ["data.recipe.t2i_prob=1.0"],
+                                                               "steps": 2}), sw, build_data=False)
+    runs = P.read_runs(sw)
+    rec = launch(sw, env=env, extra_sbatch=["--hold"])
+    try:
+        scratch = next(r.index for r in runs if r.pretrain is None)
+        based = next(r.index for r in runs if r.pretrain is not None)
+        assert rec["free_runs"] == [scratch] and rec["train_free"] != rec["train"] and rec["pretrain_runs"] == [0]
+
+        def dependency(job):
+            out = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, env=env).stdout
+            return re.search(r"Dependency=(\S+)", out).group(1)
+
+        assert dependency(rec["train"]).startswith(f"afterok:{rec['pretrain']}")
+        assert dependency(rec["train_free"]) == "(null)"
+        assert dependency(rec["evals"][scratch]).startswith(f"afterok:{rec['train_free']}_{scratch}")
+        assert dependency(rec["evals"][based]).startswith(f"afterok:{rec['train']}_{based}")
+        assert _launched(sw) == {scratch: f"{rec['train_free']}_{scratch}", based: f"{rec['train']}_{based}"}
+        assert f"(and {rec['train_free']} for the 1 run from no base, at once)" in format_launch(rec)
+    finally:
+        jobs = [rec["pretrain"], rec["train"], rec["train_free"], *rec["evals"].values(), rec["collect"]]
+        subprocess.run(["scancel", *jobs], env=env)
+
+
 def test_heldout_world_builds_the_heldout_store_from_its_own_world(tmp_path):
     """The camera ablation's data: training videos whose camera always pans, held-out videos from the static
     demo world; and a bad world is one line naming its key."""

@@ -14,7 +14,9 @@ done and not waiting or running under an earlier launch. Every launch is recorde
 With ``pretrain:`` (``plan.py``), a base-model array comes first, over the seeds whose base the runs to
 train need and that is neither trained to its steps nor queued; the training array waits for it
 (``afterok``, and for a base still queued from an earlier launch), and is cancelled with it if a base
-fails (``--kill-on-invalid-dep``), its evaluations with it; collect still runs.
+fails (``--kill-on-invalid-dep``), its evaluations with it; collect still runs. Runs that start from no
+base (``models.<name>.from_base: false``, the ``base`` ablation's scratch arm) go in an array of their own
+that waits for nothing (``train_free``, ``free_runs`` in the launch record).
 """
 from __future__ import annotations
 
@@ -78,7 +80,10 @@ def _launched(sweep_dir: Path, pretrain: bool = False) -> dict[int, str]:
                     out.update({int(i): f"{rec['pretrain']}_{i}" for i in rec.get("pretrain_runs", [])})
                     continue
                 owner = rec.get("trained_by", {})              # eval-only runs: their owner's element
-                out.update({int(i): f"{rec['train']}_{owner.get(str(i), i)}" for i in rec["runs"]})
+                free = set(rec.get("free_runs", []))          # trained by the array that waits for no base
+                for i in rec["runs"]:
+                    o = owner.get(str(i), i)
+                    out[int(i)] = f"{rec['train_free'] if o in free else rec['train']}_{o}"
     return out
 
 
@@ -132,10 +137,19 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
                                 "pretrain"], env)
         after.append(pretrain_job)
     wait = [f"--dependency=afterok:{':'.join(after)}", "--kill-on-invalid-dep=yes"] if after else []
-    array = ",".join(str(i) for i in trained) + (f"%{cap}" if cap else "")
-    train = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *wait, *res, *(extra_sbatch or []),
-                     str(SLURM / "sweep_train.sbatch"), str(sweep_dir)], env)
-    evals = {r.index: _sbatch([f"--dependency=afterok:{train}_{trainer_index(r)}", "--kill-on-invalid-dep=yes",
+    # runs from no base wait for nothing: an array of their own when others wait for a base (so, with
+    # ``after`` set, some run waits and ``train`` is the waiting array)
+    free = [i for i in trained if runs[i].pretrain is None] if after else []
+    job_of = {}
+    for group, dep in (([i for i in trained if i not in free], wait), (free, [])):
+        if group:
+            array = ",".join(str(i) for i in group) + (f"%{cap}" if cap else "")
+            job = _sbatch([f"--array={array}", f"--output={logs}/train_%a_%A.out", *dep, *res, *(extra_sbatch or []),
+                           str(SLURM / "sweep_train.sbatch"), str(sweep_dir)], env)
+            job_of.update({i: job for i in group})
+    train = job_of[next(i for i in trained if i not in free)]
+    evals = {r.index: _sbatch([f"--dependency=afterok:{job_of[trainer_index(r)]}_{trainer_index(r)}",
+                               "--kill-on-invalid-dep=yes",
                                f"--output={logs}/eval_{r.index}_%j.out", f"--cpus-per-task={int(c.get('cpus_per_task', 1))}",
                                *(extra_sbatch or []), str(SLURM / "sweep_eval.sbatch"), str(sweep_dir), str(r.index)], env)
              for r in todo}
@@ -147,6 +161,8 @@ def launch(sweep_dir, env=None, extra_sbatch: list[str] | None = None) -> dict:
         rec["trained_by"] = {str(r.index): r.train_with for r in todo if r.train_with is not None}
     if pretrain_job:
         rec.update(pretrain=pretrain_job, pretrain_runs=pre_todo)
+    if free:
+        rec.update(train_free=job_of[free[0]], free_runs=free)
     with open(sweep_dir / "launches.jsonl", "a") as f:
         f.write(json.dumps(rec) + "\n")
     return rec
@@ -157,7 +173,11 @@ def format_launch(rec: dict) -> str:
     if not rec["runs"]:
         return "launch: nothing to do, every run is done or queued"
     base = (f"base array {rec['pretrain']} ({len(rec['pretrain_runs'])} runs), then " if rec.get("pretrain") else "")
-    return (f"launch: {len(rec['runs'])} runs; {base}train array {rec['train']}, evals {' '.join(rec['evals'].values())}, "
+    n = len(rec.get("free_runs", []))
+    free = (f" (and {rec['train_free']} for the {n} run{'s' * (n != 1)} from no base, at once)"
+            if rec.get("train_free") else "")
+    return (f"launch: {len(rec['runs'])} runs; {base}train array {rec['train']}{free}, "
+            f"evals {' '.join(rec['evals'].values())}, "
             f"collect {rec['collect']}")
 
 
