@@ -103,17 +103,8 @@ def text_to_image(argv) -> int:
     """``vincie-edit t2i``: an image per ``--caption`` (one model pass for all of them), each then edited turn
     after turn by the ``--prompt``s, if any; writes ``<out>_<i>.png`` per caption, its turns as
     ``<out>_<i>_turn<t>.png``, and a strip per caption as ``<out>_<i>_strip.png``."""
-    ap = argparse.ArgumentParser(prog="vincie-edit t2i", description=text_to_image.__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="training run folder (trained with data.recipe.t2i_prob > 0)")
-    src.add_argument("--export", help="export folder (vincie-convert export) of such a run")
-    ap.add_argument("--caption", action="append", required=True, help="what to draw (repeat for several images)")
+    ap = _text_parser("t2i", text_to_image.__doc__, "what to draw (repeat for several images)")
     ap.add_argument("--prompt", action="append", default=[], help="then an edit instruction per turn (repeat)")
-    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="image size (default: a run's data.world.image_px, or 512 512)")
-    ap.add_argument("--out", default="t2i.png", help="output PNG name; each caption adds _<i>")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. sampler.steps=30 (with --export: sampler keys only)")
     a = ap.parse_args(argv)
     if any(not c.strip() for c in a.caption) or any(not p.strip() for p in a.prompt):
         print("error: --caption and --prompt must not be empty", file=sys.stderr)
@@ -145,6 +136,21 @@ def text_to_image(argv) -> int:
     return 0
 
 
+def _text_parser(task: str, doc: str, caption_help: str) -> argparse.ArgumentParser:
+    """The arguments ``vincie-edit t2i`` and ``t2v`` share (the model, captions, size, output, overrides)."""
+    ap = argparse.ArgumentParser(prog=f"vincie-edit {task}", description=doc.split("\n")[0])
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run", help=f"training run folder (trained with data.recipe.{task}_prob > 0)")
+    src.add_argument("--export", help="export folder (vincie-convert export) of such a run")
+    ap.add_argument("--caption", action="append", required=True, help=caption_help)
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="image size (default: a run's data.world.image_px, or 512 512)")
+    ap.add_argument("--out", default=f"{task}.png", help="output PNG name; each caption adds _<i>")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="config override, e.g. sampler.steps=30 (with --export: sampler keys only)")
+    return ap
+
+
 def _text_editor(a, key: str, method: str):
     """(editor, run config or None) of ``--run`` / ``--export`` for ``vincie-edit t2i|t2v``: a warning when
     the run trained without the samples ``data.recipe.<key>`` draws, an error when the editor lacks ``method``."""
@@ -169,17 +175,8 @@ def text_to_video(argv) -> int:
     """``vincie-edit t2v``: a clip per ``--caption`` (all in one model pass), its first frame from the caption and
     one more frame per ``--text`` (the transitions, shared by every clip), generated together; writes each frame
     as ``<out>_<i>_frame<j>.png`` and the clip as a strip, ``<out>_<i>_strip.png``."""
-    ap = argparse.ArgumentParser(prog="vincie-edit t2v", description=text_to_video.__doc__.split("\n")[0])
-    src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run", help="training run folder (trained with data.recipe.t2v_prob > 0)")
-    src.add_argument("--export", help="export folder (vincie-convert export) of such a run")
-    ap.add_argument("--caption", action="append", required=True, help="the first frame (repeat for several clips)")
+    ap = _text_parser("t2v", text_to_video.__doc__, "the first frame (repeat for several clips)")
     ap.add_argument("--text", action="append", required=True, help="what happens next: one frame each (repeat)")
-    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
-                    help="frame size (default: a run's data.world.image_px, or 512 512)")
-    ap.add_argument("--out", default="t2v.png", help="output PNG name; each caption adds _<i>")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="config override, e.g. sampler.steps=30 (with --export: sampler keys only)")
     a = ap.parse_args(argv)
     if any(not c.strip() for c in a.caption) or any(not t.strip() for t in a.text):
         print("error: --caption and --text must not be empty", file=sys.stderr)
