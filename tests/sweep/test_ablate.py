@@ -299,10 +299,22 @@ def test_plan_resolves_the_arms_at_the_same_compute(tmp_path):
                     assert {"data.recipe.mask_type=full"} <= set(ra.overrides) & set(rb.overrides)
                 assert ra.run_dir != rb.run_dir and ra.train_with is rb.train_with is None
                 assert set(ra.overrides) ^ set(rb.overrides) - {f"run_dir={ra.run_dir}", f"run_dir={rb.run_dir}"}
+    # equal_compute: the scratch arm trains the base's 3 steps more; the arm from the base as before
+    pre = {"pretrain": {"overrides": ["data.recipe.t2i_prob=1.0"], "steps": 3}}
+    s = A.plan(_ablation_yaml(tmp_path, ablation="base", equal_compute=True, **pre), tmp_path / "equal",
+               build_data=False)
+    runs = P.read_runs(tmp_path / "equal")
+    assert {r.model: r.steps for r in runs} == {"scratch": 5, "base": 2}
+    assert "train.steps=5" in next(r for r in runs if r.model == "scratch").overrides
+    assert s["budget"]["steps"] == 5 + 2 + 3                           # each arm's + the base's: A's = B's + base
     for change, msg in (({"ablation": "dropout"}, "ablation.ablation: one of context, pairwise, segmentation, coe, attention, rope, camera, camera_pe"),
                         ({"steps": {"rule": "fixed"}}, "ablation.steps: a positive int"),
                         ({"models": {}}, "ablation.models: unknown key"),
-                        ({"ablation": "base"}, "ablation.pretrain: the base ablation compares")):
+                        ({"ablation": "base"}, "ablation.pretrain: the base ablation compares"),
+                        ({"equal_compute": True}, "ablation.equal_compute: true or false, for the base ablation only, "
+                                                  "got True with ablation 'context'"),
+                        ({"ablation": "base", "equal_compute": "yes", **pre},
+                         "ablation.equal_compute: true or false, for the base ablation only, got 'yes'")):
         r = _tool("vincie-ablate", "plan", "--config", str(_ablation_yaml(tmp_path, **change)), "--sweep",
                   str(tmp_path / "bad"), rc=2)
         assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr

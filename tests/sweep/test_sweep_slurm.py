@@ -89,6 +89,8 @@ def test_bad_sweep_yaml_is_one_line(tmp_path):
                          "sweep.models.b: config: Could not override 'sampler.stesp'. (run b_d4_s0"),
                         ({"models": {"a": [], "b": {"train_as": "a", "from_base": False}}},
                          "sweep.models.b.from_base: true or false, on a model that trains"),
+                        ({"models": {"a": {"train": [], "extra_steps": -1}}},
+                         "sweep.models.a.extra_steps: an int >= 0, on a model that trains, got -1"),
                         # a base model per seed
                         ({"pretrain": {"overrides": []}}, "sweep.pretrain.steps: a positive int is required"),
                         ({"pretrain": {"steps": 2, "lr": 1}}, "sweep.pretrain: unknown key 'lr'"),

@@ -21,6 +21,7 @@ from a paired two-stage bootstrap (``paired_bootstrap``; docs/ablations.md).
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -81,12 +82,14 @@ ABLATIONS = {
         "no_pe": {"train_as": "pe", "eval": ["sampler.camera_prompts=false"]}}),
     # §4.1: the paper's model starts from an MM-DiT pre-trained on text-to-video, not from scratch. The same
     # session training from the sweep's pretrain: base (e.g. text-to-image only, data.recipe.t2i_prob=1.0,
-    # docs/text_to_image.md) against from scratch, at equal session steps.
+    # docs/text_to_image.md) against from scratch, at equal session steps; with equal_compute: true the
+    # scratch arm trains the base's steps more (the base's compute spent on sessions instead).
     "base": ("scratch", "base", {
         "base": [],
         "scratch": {"train": [], "from_base": False}}),
 }
-KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster", "pretrain"}
+KEYS = {"ablation", "name", "base", "data", "data_size", "seeds", "steps", "eval", "cluster", "pretrain",
+        "equal_compute"}
 
 
 def _err(key: str, msg: str) -> ValueError:
@@ -116,8 +119,18 @@ def read_ablation(path, ablation: str | None = None) -> dict:
     steps = d.get("steps")
     if not isinstance(steps, int) or steps <= 0:
         raise _err("steps", f"a positive int is required (the same for both arms), got {steps!r}")
-    sweep = {k: v for k, v in d.items() if k not in ("ablation", "data_size", "steps")}
-    sweep.update(data_sizes=[n], models=ABLATIONS[name][2], combine="product",
+    models = copy.deepcopy(ABLATIONS[name][2])
+    equal = d.get("equal_compute", False)
+    if not isinstance(equal, bool) or (equal and name != "base"):
+        raise _err("equal_compute", f"true or false, for the base ablation only, got {equal!r}"
+                                    + ("" if name == "base" else f" with ablation {name!r}"))
+    if equal:       # the scratch arm spends the base's steps on sessions: equal compute, not equal session steps
+        pre = d["pretrain"]
+        if not isinstance(pre, dict) or not isinstance(pre.get("steps"), int) or pre["steps"] <= 0:
+            raise _err("pretrain.steps", f"a positive int is required, got {pre.get('steps') if isinstance(pre, dict) else pre!r}")
+        models["scratch"]["extra_steps"] = pre["steps"]
+    sweep = {k: v for k, v in d.items() if k not in ("ablation", "data_size", "steps", "equal_compute")}
+    sweep.update(data_sizes=[n], models=models, combine="product",
                  steps={"rule": "fixed", "steps": steps})
     sweep.setdefault("name", name)
     return {"ablation": name, "sweep": sweep}

@@ -12,7 +12,8 @@
     # or, per model, {train: [...], eval: [...], train_as: OTHER}: eval = extra vincie-evaluate arguments
     # of this model's runs; train_as = evaluate OTHER's trained run (same size, seed) instead of training
     # again (an eval-only arm of an ablation, docs/ablations.md); from_base: false = this model trains from
-    # scratch even when the sweep has a pretrain: base (the "base" ablation's control arm)
+    # scratch even when the sweep has a pretrain: base (the "base" ablation's control arm); extra_steps: N =
+    # this model's runs train N steps more than the rule gives (the base ablation's equal-compute arm)
     seeds: [0, 1]
     combine: product                          # or zip
     steps: {rule: proportional, per_session: 0.1, min: 2, max: 100000}   # or {rule: fixed, steps: 1000}
@@ -44,7 +45,7 @@ import yaml
 from ..paths import safe_name
 
 KEYS = {"name", "base", "data", "data_sizes", "models", "seeds", "combine", "steps", "eval", "cluster", "pretrain"}
-MODEL_KEYS = {"train", "eval", "train_as", "from_base"}
+MODEL_KEYS = {"train", "eval", "train_as", "from_base", "extra_steps"}
 PRETRAIN_KEYS = {"overrides", "steps", "data_size"}
 SYNTHETIC_KEYS = {"videos", "heldout_videos", "world", "heldout_world"}
 
@@ -99,6 +100,9 @@ def read_sweep(path) -> dict:
             if not isinstance(m.get("from_base", True), bool) or ("from_base" in m and m.get("train_as")):
                 raise _err(f"models.{name}.from_base", "true or false, on a model that trains (a train_as model "
                                                         "shares its owner's weights)")
+            extra = m.get("extra_steps", 0)
+            if not isinstance(extra, int) or isinstance(extra, bool) or extra < 0 or ("extra_steps" in m and m.get("train_as")):
+                raise _err(f"models.{name}.extra_steps", f"an int >= 0, on a model that trains, got {extra!r}")
             other = m.get("train_as")
             if other is not None and (other == name or not isinstance(d["models"].get(other), (list, dict))
                                       or isinstance(d["models"][other], dict) and d["models"][other].get("train_as")):
@@ -262,7 +266,7 @@ def plan(sweep_yaml, sweep_dir, build_data: bool = True, progress: bool = True) 
         owner = m.get("train_as") or model                     # the model whose training this run uses
         om = d["models"][owner]
         run_dir = str(sweep_dir / "runs" / safe_name(f"{owner}_d{n}_s{seed}", "run name"))
-        steps = steps_for(d["steps"], n)
+        steps = steps_for(d["steps"], n) + (om.get("extra_steps", 0) if isinstance(om, dict) else 0)
         ov = [*d["base"], *(om.get("train", []) if isinstance(om, dict) else om), f"seed={seed}",
               *_data_overrides(train_store, heldout, n, steps, run_dir)]
         based = seed in base_of and (om.get("from_base", True) if isinstance(om, dict) else True)
