@@ -186,14 +186,16 @@ def test_a_t2i_frame_is_packed_as_a_first_image():
         assert [int(k) for k in last.spec.block_kind[-1:]] == [KIND_NOISY]
 
 
-@pytest.mark.parametrize("pairwise", [False, True])
-def test_streamed_t2i_batches_equal_pack_of_the_in_memory_corpus(made, pairwise):
+@pytest.mark.parametrize("pairwise, t2v_max", [(False, 0), (False, 2), (True, 0)])
+def test_streamed_t2i_batches_equal_pack_of_the_in_memory_corpus(made, pairwise, t2v_max):
     """Every streamed batch equals ``pack`` of the in-memory corpus under the same plans (captions from the
     session store, embeddings from a separate text encoder); the planner counts its tokens; text-to-image
     and -video samples come from captioned sessions only, about t2i_prob / t2v_prob of theirs; their
-    targets form task_t2i / task_t2v (a store made for T2I serves T2V: the same captions)."""
+    targets form task_t2i / task_t2v (a store made for T2I serves T2V: the same captions). ``t2v_max`` 2:
+    one-text windows at any start, whose camera tags (alternating by transition) make their texts' lengths
+    differ from the session's first."""
     tmp, root = made
-    rec = RecipeConfig(mask_type="block_causal", t2i_prob=0.3, t2v_prob=0.3, pairwise=pairwise)
+    rec = RecipeConfig(mask_type="block_causal", t2i_prob=0.3, t2v_prob=0.3, t2v_max_frames=t2v_max, pairwise=pairwise)
     ref = encode_corpus(decode_corpus(tmp / "sessions", CorpusConfig()), IMG_ENCODER())
     text = TextEncoder(TXT)
     s = LatentStream(root, rec, PACK, seed=3, num_workers=1)

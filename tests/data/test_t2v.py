@@ -128,3 +128,32 @@ def test_t2v_summary_judges_every_frame():
     assert s["t2v_frame_success"] == [1.0, 1.0, 0.5] and s["t2v_clip_success"] == 0.5
     assert s["t2v_still_baseline"] == [1.0, 0.0, 0.0] and s["t2v_sessions"] == 2
     assert s["t2v_cell_error"][0] < s["t2v_cell_error"][2]
+
+
+def test_a_clip_window_of_a_longer_session():
+    """``t2v_max_frames``: a longer session's clip is that many consecutive frames from a uniform start a, with
+    caption a and transitions a.., packed exactly as a clip from frame 0 of a session cut at a (the same
+    positions, rows and conditioning); shorter sessions draw no start."""
+    rec = RecipeConfig(mask_type="block_causal", t2v_prob=1.0, t2v_max_frames=3, camera_prompts=False)
+    plans = [draw_plan(6, rec, np.random.default_rng(s), has_captions=True) for s in range(400)]
+    assert {p.num_turns for p in plans} == {2} and np.bincount([p.target_turn for p in plans]).min() > 70
+    assert len({p.target_turn for p in plans}) == 4                       # starts 0..3 of 6 frames
+    assert draw_plan(3, rec, np.random.default_rng(0), has_captions=True) == \
+        SessionPlan(num_turns=2, task=T2V, target_turn=0)
+    with pytest.raises(ValueError, match="t2v_max_frames: 0 \\(every kept frame\\) or >= 2, got 1"):
+        RecipeConfig(t2v_max_frames=1)
+    lat = torch.randn(6, 3, 8, 8)
+    texts, caps = [f"t{j}" for j in range(5)], [f"c{j}" for j in range(6)]
+    sess = EncodedSession(frames=lat, texts=texts, cameras=[None] * 5, captions=caps)
+    a = 2
+    sample = build_sample(texts, [None] * 5, SessionPlan(num_turns=2, task=T2V, target_turn=a), rec, caps)
+    assert [b.text or b.image for b in sample.blocks] == ["c2", "t2", "t3", (T2V, 2), (T2V, 3), (T2V, 4)]
+    cut = EncodedSession(frames=lat[a:a + 3], texts=texts[a:a + 2], cameras=[None] * 2, captions=caps[a:a + 3])
+    from_zero = build_sample(cut.texts, cut.cameras, SessionPlan(num_turns=2, task=T2V, target_turn=0), rec,
+                             cut.captions)
+    pc = PackConfig(patch_size=4)
+    b, z = pack([(sample, sess)], _words, pc, "block_causal"), pack([(from_zero, cut)], _words, pc, "block_causal")
+    for f in ("img_x0", "img_pos", "txt_emb", "txt_pos", "txt_turn", "block_text"):
+        assert torch.equal(getattr(b, f), getattr(z, f)), f
+    assert torch.equal(b.spec.dense(), z.spec.dense())
+    assert [ib["ref"] for ib in b.image_blocks] == [(T2V, 2), (T2V, 3), (T2V, 4)]

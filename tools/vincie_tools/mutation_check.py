@@ -316,7 +316,7 @@ MUTANTS = [
            '"roe_tgt": 2, "t2i": 3,', '"roe_tgt": 2, "t2i": 0,',
            ("tests/data/test_t2i.py",), "text-to-image targets are logged as next-image prediction (loss/task_nip)"),
     Mutant("t2v_frames_not_one_block", "vincie_mcore/data/packing.py",
-           "joins=clip and in_clip,", "joins=False,",
+           "joins=in_clip,", "joins=False,",
            ("tests/data/test_t2v.py",), "a text-to-video clip's frames are separate noisy blocks: under "
                                         "block_causal no frame sees another, each is drawn alone"),
     Mutant("t2v_frames_at_slot_zero", "vincie_mcore/data/packing.py",
@@ -331,6 +331,14 @@ MUTANTS = [
            "        if u < cfg.t2i_prob:\n", "        if cfg.t2v_prob <= u < cfg.t2i_prob + cfg.t2v_prob:\n",
            ("tests/data/test_t2v.py",), "T2I is drawn above the T2V share: adding t2v_prob changes which "
                                         "samples are text-to-image"),
+    Mutant("t2v_window_texts_from_zero", "vincie_mcore/data/recipe.py",
+           "[emitted(texts[a + j], cameras[a + j], cfg)", "[emitted(texts[j], cameras[j], cfg)",
+           ("tests/data/test_t2v.py",), "a text-to-video window starting at frame a reads the session's first "
+                                        "transitions, not its own"),
+    Mutant("t2v_window_planner_counts_from_zero", "vincie_mcore/data/stream.py",
+           "[first + b.turn + (plan.target_turn if plan.task == T2V else 0)]", "[first + b.turn]",
+           ("tests/data/test_t2i.py",), "the pack planner counts a T2V window's texts from the session's first "
+                                        "transition: packs overflow or underfill the token budget"),
     Mutant("t2v_loss_counted_as_t2i", "vincie_mcore/diffusion/flow.py",
            '"t2i": 3, "t2v": 4}', '"t2i": 3, "t2v": 3}',
            ("tests/train/test_trainer_health.py",), "text-to-video targets are logged as text-to-image"),

@@ -81,7 +81,8 @@ def image_slot(ref: tuple) -> int:
     or not a session carries RoE maps or drops context, so training (maps, dropout) and editing
     (frames only) agree on where the previous frame is. A text-to-image frame is the session's
     first image, whichever frame of its video it was: slot 0, as I0 of an edit. A text-to-video clip's
-    frame j sits where frame j of an edit does (3j), so a T2V base learns the positions edits use."""
+    frame j, counted from the clip's first (``pack`` passes ("t2v", j)), sits where frame j of an edit does
+    (3j), so a T2V base learns the positions edits use."""
     kind, j = ref
     return 0 if kind == "t2i" else 3 * j + SLOTS[kind]
 
@@ -101,7 +102,7 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
     for sample, sess in items:
         builder.session()
         last_text = last_prompt = caption = -1   # text-block ids; a prompt counts only after the latest transition text
-        in_clip = False
+        clip0 = None                    # a text-to-video clip's first frame: its frames sit at slots from 0
         for b in sample.blocks:
             if b.modality == "text":
                 t = builder.text(b.order, b.turn, next(embs))                 # <TURN>_turn + (L, text_dim)
@@ -113,11 +114,14 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
             else:
                 tok, h, w = sess.patches(b.image, p)                          # (h*w, C*p*p)
                 clip = b.role == T2V                                          # one block, conditioned on the caption
-                builder.image(b.order, b.kind, (h, w), tok, rope_turn=image_slot(b.image),
-                              text_block=caption if clip else last_text,
-                              prompt_block=last_prompt if b.role.startswith("roe") else -1, joins=clip and in_clip,
+                in_clip = clip and clip0 is not None
+                if clip and not in_clip:
+                    clip0 = b.image[1]
+                slot = image_slot((T2V, b.image[1] - clip0)) if clip else image_slot(b.image)
+                builder.image(b.order, b.kind, (h, w), tok, rope_turn=slot, text_block=caption if clip else last_text,
+                              prompt_block=last_prompt if b.role.startswith("roe") else -1, joins=in_clip,
                               ref=b.image)
-                in_clip = clip
+                clip0 = clip0 if clip else None
     return builder.build()
 
 

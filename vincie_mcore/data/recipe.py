@@ -30,7 +30,9 @@ region in I_i / I_{i+1}). Recipe choices, each drawn per sample:
   packer makes the clip one block of the mask (docs/masks.md), so its frames see each other and
   share one diffusion time, as a video model generates a clip: the T2V base the paper starts
   from, learned from the same videos. One uniform draw decides T2I (below t2i_prob), T2V (below
-  t2i_prob + t2v_prob) or an edit, so t2v_prob 0 changes no earlier sample.
+  t2i_prob + t2v_prob) or an edit, so t2v_prob 0 changes no earlier sample. ``t2v_max_frames`` (> 0)
+  caps the clip: a longer session gives a window of that many consecutive frames at a uniform start
+  a, [caption_a, T_a, ..., noisy I_a..], laid out as a clip from frame 0 (slots 0, 3, 6, ...).
 
 The output is a list of ``Block``s in interleaved order. Orders are assigned
 here; the packer turns blocks into streams and the mask spec.
@@ -65,6 +67,7 @@ class RecipeConfig:
     pairwise: bool = False               # train on each session's (I_i, T_i, I_{i+1}) pairs, not sessions
     t2i_prob: float = 0.0                # P(a captioned session's sample is text-to-image: [caption_j, noisy I_j])
     t2v_prob: float = 0.0                # P(... is text-to-video: [caption_0, T0..T_{n-1}, noisy clip I0..I_n])
+    t2v_max_frames: int = 0              # > 0: a clip is at most this many frames, a window at a uniform start
 
     def __post_init__(self):
         if self.mask_type not in MASK_TYPES:
@@ -78,6 +81,8 @@ class RecipeConfig:
             raise ValueError(f"recipe.task_probs: expected 3 non-negative weights (NIP, CSP, NSP), got {self.task_probs}")
         if self.max_frames < 2:
             raise ValueError(f"recipe.max_frames: must be >= 2, got {self.max_frames}")
+        if self.t2v_max_frames != 0 and self.t2v_max_frames < 2:
+            raise ValueError(f"recipe.t2v_max_frames: 0 (every kept frame) or >= 2, got {self.t2v_max_frames}")
         if self.t2i_prob + self.t2v_prob > 1:
             raise ValueError(f"recipe.t2v_prob: t2i_prob + t2v_prob must be <= 1 (one draw picks T2I, T2V or an "
                              f"edit), got {self.t2i_prob} + {self.t2v_prob}")
@@ -137,7 +142,7 @@ class SessionPlan:
     use_roe: bool = False
     task: str = "nip"                        # one of TASKS, or T2I / T2V
     target_turn: int = -1                    # full mask: the turn whose target is noisy; t2i: the frame;
-                                             # t2v: 0, the frame whose caption leads the clip
+                                             # t2v: the clip's first frame (its caption leads the clip)
     dropped: set = field(default_factory=set)    # {("frame", j), ("roe_src", j), ("roe_tgt", j)}
 
 
@@ -154,7 +159,9 @@ def draw_plan(num_frames: int, cfg: RecipeConfig, rng: np.random.Generator, has_
         if u < cfg.t2i_prob:
             return SessionPlan(num_turns=0, task=T2I, target_turn=int(rng.integers(n + 1)))
         if u < cfg.t2i_prob + cfg.t2v_prob:
-            return SessionPlan(num_turns=n, task=T2V, target_turn=0)
+            m = n + 1 if cfg.t2v_max_frames == 0 else min(n + 1, cfg.t2v_max_frames)    # clip frames
+            start = int(rng.integers(n + 2 - m)) if m < n + 1 else 0
+            return SessionPlan(num_turns=m - 1, task=T2V, target_turn=start)
     use_roe = has_roe and rng.random() < cfg.roe_prob
     probs = np.asarray(cfg.task_probs, dtype=float) if use_roe else np.array([1.0, 0.0, 0.0])
     task = TASKS[rng.choice(3, p=probs / probs.sum())]
@@ -185,16 +192,17 @@ def t2i_sample(caption: str, frame: int = 0) -> SessionSample:
                          task=T2I, target_turn=frame)
 
 
-def t2v_sample(caption: str, texts: list[str]) -> SessionSample:
+def t2v_sample(caption: str, texts: list[str], first: int = 0) -> SessionSample:
     """Text-to-video: [caption, T0, ..., T_{n-1}, noisy frames 0..n] with n = len(texts) (texts as they are
-    emitted, camera tags included). Frame j's ref is ("t2v", j), at order n + 1 + j: its own position
-    (frame j's slot, as in an edit); the packer joins the frames into one block (``BatchBuilder.image``'s
-    ``joins``), the clip a video model denoises together."""
+    emitted, camera tags included), the clip's frames being the session's ``first``..``first + n``. Clip frame
+    j's ref is ("t2v", first + j), at order n + 1 + j: its own position (slot 3j, as frame j of an edit); the
+    packer joins the frames into one block (``BatchBuilder.image``'s ``joins``), the clip a video model
+    denoises together. Text j has turn j (the clip's own count, as its positions)."""
     n = len(texts)
     blocks = [Block("text", KIND_TEXT, 0, 0, text=caption, role="caption")]
     blocks += [Block("text", KIND_TEXT, 1 + j, j, text=t, role="text") for j, t in enumerate(texts)]
-    blocks += [Block("image", KIND_NOISY, n + 1 + j, j, image=(T2V, j), role=T2V) for j in range(n + 1)]
-    return SessionSample(blocks=blocks, task=T2V, target_turn=0)
+    blocks += [Block("image", KIND_NOISY, n + 1 + j, j, image=(T2V, first + j), role=T2V) for j in range(n + 1)]
+    return SessionSample(blocks=blocks, task=T2V, target_turn=first)
 
 
 def emitted(text: str, camera: str | None, cfg: RecipeConfig) -> str:
@@ -208,15 +216,16 @@ def build_sample(texts: list[str], cameras: list[str | None], plan: SessionPlan,
 
     ``texts[j]`` / ``cameras[j]`` describe transition j (frame j -> j+1). Image
     blocks refer to latents by ("frame", j) / ("roe_src", j) / ("roe_tgt", j);
-    a t2i plan lays out ``t2i_sample(captions[j], j)``, a t2v plan ``t2v_sample`` of caption 0 and the
-    plan's ``num_turns`` transitions.
+    a t2i plan lays out ``t2i_sample(captions[j], j)``, a t2v plan ``t2v_sample`` of the caption of its first
+    frame a (``target_turn``) and the ``num_turns`` transitions from a.
     """
     if plan.task in (T2I, T2V) and captions is None:
         raise ValueError(f"a text-to-{'image' if plan.task == T2I else 'video'} plan needs the session's frame captions")
     if plan.task == T2I:
         return t2i_sample(captions[plan.target_turn], plan.target_turn)
     if plan.task == T2V:
-        return t2v_sample(captions[0], [emitted(texts[j], cameras[j], cfg) for j in range(plan.num_turns)])
+        a = plan.target_turn
+        return t2v_sample(captions[a], [emitted(texts[a + j], cameras[a + j], cfg) for j in range(plan.num_turns)], a)
     blocks: list[Block] = []
     order = 0
 

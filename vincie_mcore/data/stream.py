@@ -38,7 +38,7 @@ import torch
 
 from .latents import LatentMismatch, LatentStore, check_layout
 from .packing import PackConfig, pack
-from .recipe import RecipeConfig, build_sample, draw_plan, pairwise_sessions
+from .recipe import T2V, RecipeConfig, build_sample, draw_plan, pairwise_sessions
 from ..config import ConfigError
 from ..signals import become_helper, helper_context
 
@@ -248,7 +248,7 @@ class PackPlanner:
         placeholder texts), each text its stored length + the <TURN> token, each image h/p * w/p."""
         if self.official is not None:
             return self._official_tokens(int(key), plan)
-        n = plan.num_turns
+        n = plan.num_turns + (plan.target_turn if plan.task == T2V else 0)    # a T2V window reads texts from its start
         sample = build_sample([""] * n, [None] * n, plan, self.recipe, captions=[""] * (plan.target_turn + 1))
         p = self.cfg.patch_size
         row, pair = unit_of(key, self.pairwise)
@@ -260,8 +260,8 @@ class PackPlanner:
                 tok += (h // p) * (w // p)
             elif b.role == "caption":               # frame j's caption (a pair's frames are j = pair, pair + 1)
                 tok += int(self.idx["cap_len"][int(self.idx["cap_first"][row]) + (pair or 0) + plan.target_turn]) + 1
-            elif b.role == "text":
-                tok += int(self.idx["txt_len"][first + b.turn]) + 1
+            elif b.role == "text":                  # a T2V window's text j is transition start + j
+                tok += int(self.idx["txt_len"][first + b.turn + (plan.target_turn if plan.task == T2V else 0)]) + 1
             else:
                 tok += self.prompt_lens[b.text] + 1
         return tok
