@@ -114,14 +114,12 @@ def pack(items: list[tuple[SessionSample, EncodedSession]], encode_text, cfg: Pa
             else:
                 tok, h, w = sess.patches(b.image, p)                          # (h*w, C*p*p)
                 clip = b.role == T2V                                          # one block, conditioned on the caption
-                in_clip = clip and clip0 is not None
-                if clip and not in_clip:
-                    clip0 = b.image[1]
+                in_clip = clip and clip0 is not None                          # a later frame: joins the block
+                clip0 = (clip0 if in_clip else b.image[1]) if clip else None
                 slot = image_slot((T2V, b.image[1] - clip0)) if clip else image_slot(b.image)
                 builder.image(b.order, b.kind, (h, w), tok, rope_turn=slot, text_block=caption if clip else last_text,
                               prompt_block=last_prompt if b.role.startswith("roe") else -1, joins=in_clip,
                               ref=b.image)
-                clip0 = clip0 if clip else None
     return builder.build()
 
 
